@@ -1,0 +1,38 @@
+//! lockbox's cryptography, and nothing else.
+//!
+//! This crate turns bytes and [`std::io::Read`]/[`std::io::Write`] values into
+//! other bytes. It never opens a file, a socket or a terminal: the caller reads
+//! `~/.lockbox/identity.age` and hands the bytes to [`identity::unwrap`], the
+//! caller opens a store file and hands it to [`seal::Opened::open`].
+//!
+//! | module | job |
+//! |---|---|
+//! | [`kdf`] | Argon2id parameters, their caps for untrusted input, derivation |
+//! | [`seal`] | age v1 sealing to X25519 recipients, header caps, seekable opening |
+//! | [`identity`] | the passphrase-wrapped `identity.age` format |
+//! | [`recipients`] | the `recipients.txt` format |
+//! | [`sign`] | Ed25519 keys, the canonical encoding and [`sign::Signed`] records |
+//! | [`circle`] | the passphrase-bound circle key and member endorsements |
+//! | [`digest`] | SHA-256 content digests, hashing readers and writers |
+//!
+//! The on-disk formats defined here are written down in
+//! `docs/formats-crypto.md`.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod circle;
+pub mod digest;
+pub mod error;
+pub mod identity;
+pub mod kdf;
+pub mod recipients;
+pub mod seal;
+pub mod sign;
+
+pub use age::x25519::{Identity as AgeIdentity, Recipient as AgeRecipient};
+pub use error::Error;
+pub use secrecy::{ExposeSecret, SecretString};
+
+/// The result type of every fallible function in this crate.
+pub type Result<T> = std::result::Result<T, Error>;

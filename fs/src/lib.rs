@@ -1,0 +1,64 @@
+//! `lockbox-fs`: the local state of one envoy. The [`store::Store`] keeps one
+//! age file per lockbox file with atomic, durable replacement; [`name::Name`]
+//! is the only way a file name gets in. The FUSE adapter will sit on top of
+//! the store as a thin layer.
+#![forbid(unsafe_code)]
+
+pub mod name;
+pub mod store;
+
+pub use name::Name;
+pub use store::{Entry, FileState, Sealed, Store, SweepReport};
+
+use std::path::{Path, PathBuf};
+
+/// Errors of the store, each saying what to do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A name that cannot be a lockbox file.
+    #[error("bad file name '{name}': it {why}")]
+    BadName {
+        /// The name as given (lossy).
+        name: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// No such file in the store.
+    #[error("no file named '{0}' in the lockbox: see lockbox list")]
+    NotFound(String),
+    /// Over the size limit.
+    #[error("'{name}' is larger than the {limit}-byte limit")]
+    TooLarge {
+        /// The file.
+        name: String,
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// Reading the plaintext source failed.
+    #[error("reading the source failed: {0}")]
+    Read(#[source] std::io::Error),
+    /// Sealing or opening failed.
+    #[error(transparent)]
+    Crypto(#[from] lockbox_crypto::Error),
+    /// A file-system operation in the store failed.
+    #[error("could not {op} {}: {source}", path.display())]
+    Io {
+        /// What was attempted.
+        op: &'static str,
+        /// On which path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(op: &'static str, path: &Path, source: std::io::Error) -> Error {
+        Error::Io {
+            op,
+            path: path.to_owned(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,573 @@
+//! The store: `~/.lockbox/store/`, one age file per lockbox file, mode 0600.
+//!
+//! Every write is atomic: the ciphertext goes to a temp file in
+//! `~/.lockbox/tmp/` (same file system), is made durable with `fsync`, is
+//! renamed over the old version, and the store directory is synced. After a
+//! crash at any instant a name holds its old or its new complete ciphertext,
+//! never a torn one. Plaintext is never written here by lockbox: it streams
+//! from the caller's reader straight into the age sealer.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Read, Seek, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use lockbox_crypto::digest::{HashingWriter, Sha256};
+use lockbox_crypto::seal::{self, Sealer};
+use lockbox_crypto::AgeRecipient;
+
+use crate::name::{Name, NameKind};
+use crate::Error;
+
+/// What the store says a file is (the seeds' auto-encrypt states).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileState {
+    /// An age file sealed to the circle.
+    Ciphertext,
+    /// Not (yet) an age file: found in the store or the bare mount folder.
+    Plaintext,
+    /// `NAME.<ts>.failed`: sealing failed; kept out of the mesh.
+    Failed,
+    /// `NAME.conflict-…`: the losing side of a concurrent edit.
+    Conflict,
+}
+
+/// One file of the store as `list` and `status` show it.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// The file's name.
+    pub name: Name,
+    /// Its state.
+    pub state: FileState,
+    /// Plaintext size for an age file whose header parses, else bytes on disk.
+    pub size: u64,
+    /// Bytes on disk.
+    pub stored_size: u64,
+    /// Modification time, seconds since the epoch.
+    pub mtime: i64,
+    /// Whether the bytes on disk start with the age magic.
+    pub is_age: bool,
+}
+
+/// What a completed seal produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sealed {
+    /// Plaintext bytes sealed.
+    pub plaintext_len: u64,
+    /// Ciphertext bytes written.
+    pub ciphertext_len: u64,
+    /// SHA-256 of the ciphertext.
+    pub hash: Sha256,
+}
+
+/// What a sweep did (SPEC §5.4).
+#[derive(Debug, Default, Clone)]
+pub struct SweepReport {
+    /// Plaintext files now sealed.
+    pub sealed: Vec<Name>,
+    /// Plaintext files left alone because they exceed the size limit.
+    pub too_large: Vec<Name>,
+    /// Files that failed to seal, with the name they were moved to and why.
+    pub failed: Vec<(Name, Name, String)>,
+}
+
+/// The ciphertext store of one envoy.
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+    tmp: PathBuf,
+}
+
+impl Store {
+    /// Open (creating if needed) the store under `state_dir` (`~/.lockbox`).
+    /// Leftover temp files of an interrupted write are removed: they hold
+    /// only partial ciphertext and were never renamed into place.
+    pub fn open(state_dir: &Path) -> Result<Store, Error> {
+        let store = Store {
+            dir: state_dir.join("store"),
+            tmp: state_dir.join("tmp"),
+        };
+        for d in [&store.dir, &store.tmp] {
+            ensure_private_dir(d)?;
+        }
+        let leftovers = fs::read_dir(&store.tmp).map_err(|e| Error::io("read", &store.tmp, e))?;
+        for entry in leftovers.flatten() {
+            let p = entry.path();
+            if let Err(e) = fs::remove_file(&p) {
+                tracing::warn!("could not remove leftover temp file {}: {e}", p.display());
+            }
+        }
+        Ok(store)
+    }
+
+    /// The store directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Path of a name in the store.
+    pub fn path_of(&self, name: &Name) -> PathBuf {
+        self.dir.join(name.as_os_str())
+    }
+
+    /// Whether the store holds `name`.
+    pub fn contains(&self, name: &Name) -> bool {
+        self.path_of(name).symlink_metadata().is_ok()
+    }
+
+    /// Seal everything `plaintext` yields to `recipients` and atomically
+    /// install it as `name`. More than `max_size` bytes of plaintext →
+    /// [`Error::TooLarge`] and nothing changes.
+    pub fn seal(
+        &self,
+        name: &Name,
+        plaintext: impl Read,
+        recipients: &[AgeRecipient],
+        max_size: u64,
+    ) -> Result<Sealed, Error> {
+        let mut limited = plaintext.take(max_size.saturating_add(1));
+        let sealed = self.write_atomic(name, |file| {
+            let hasher = HashingWriter::new(BufWriter::with_capacity(256 * 1024, file));
+            let mut sealer = Sealer::new(recipients, hasher)?;
+            let n = pump(&mut limited, &mut sealer)?;
+            if n > max_size {
+                return Err(Error::TooLarge {
+                    name: name.to_string(),
+                    limit: max_size,
+                });
+            }
+            let (buf, hash, ciphertext_len) = sealer.finish()?.finish();
+            buf.into_inner()
+                .map_err(|e| Error::io("write", Path::new("temp file"), e.into_error()))?;
+            Ok(Sealed {
+                plaintext_len: n,
+                ciphertext_len,
+                hash,
+            })
+        })?;
+        Ok(sealed)
+    }
+
+    /// Write `name` atomically: `fill` writes the complete content into a
+    /// fresh 0600 temp file, which is then synced and renamed into place.
+    fn write_atomic<T>(
+        &self,
+        name: &Name,
+        fill: impl FnOnce(&mut File) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let tmp_path = self.tmp.join(format!("{:016x}.partial", rand::random::<u64>()));
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp_path)
+            .map_err(|e| Error::io("create", &tmp_path, e))?;
+        let result = fill(&mut file).and_then(|t| {
+            file.sync_all()
+                .map_err(|e| Error::io("sync", &tmp_path, e))?;
+            let dest = self.path_of(name);
+            fs::rename(&tmp_path, &dest).map_err(|e| Error::io("rename into", &dest, e))?;
+            sync_dir(&self.dir)?;
+            Ok(t)
+        });
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp_path);
+        }
+        result
+    }
+
+    /// Open a store file for reading (ciphertext or, for a plaintext entry,
+    /// the raw bytes).
+    pub fn open_file(&self, name: &Name) -> Result<File, Error> {
+        let p = self.path_of(name);
+        File::open(&p).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => Error::NotFound(name.to_string()),
+            _ => Error::io("open", &p, e),
+        })
+    }
+
+    /// Remove `name` from the store (durably).
+    pub fn remove(&self, name: &Name) -> Result<(), Error> {
+        let p = self.path_of(name);
+        fs::remove_file(&p).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => Error::NotFound(name.to_string()),
+            _ => Error::io("remove", &p, e),
+        })?;
+        sync_dir(&self.dir)
+    }
+
+    /// Rename `from` to `to` inside the store (durably), replacing `to`.
+    pub fn rename(&self, from: &Name, to: &Name) -> Result<(), Error> {
+        let (a, b) = (self.path_of(from), self.path_of(to));
+        fs::rename(&a, &b).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => Error::NotFound(from.to_string()),
+            _ => Error::io("rename", &a, e),
+        })?;
+        sync_dir(&self.dir)
+    }
+
+    /// Describe one file of the store.
+    pub fn entry(&self, name: &Name) -> Result<Entry, Error> {
+        let p = self.path_of(name);
+        let meta = p.symlink_metadata().map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => Error::NotFound(name.to_string()),
+            _ => Error::io("stat", &p, e),
+        })?;
+        self.describe(name.clone(), &p, &meta)
+    }
+
+    fn describe(&self, name: Name, path: &Path, meta: &fs::Metadata) -> Result<Entry, Error> {
+        let stored_size = meta.len();
+        let (is_age, plaintext_len) = probe(path, stored_size)?;
+        let state = match name.kind() {
+            NameKind::Failed => FileState::Failed,
+            NameKind::Conflict if is_age => FileState::Conflict,
+            _ if is_age => FileState::Ciphertext,
+            _ => FileState::Plaintext,
+        };
+        Ok(Entry {
+            name,
+            state,
+            size: plaintext_len.unwrap_or(stored_size),
+            stored_size,
+            mtime: meta.mtime(),
+            is_age,
+        })
+    }
+
+    /// Every regular file in the store, sorted by name. Anything else found
+    /// there (a folder, a symlink) is skipped with a warning.
+    pub fn list(&self) -> Result<Vec<Entry>, Error> {
+        let mut out = Vec::new();
+        let rd = fs::read_dir(&self.dir).map_err(|e| Error::io("read", &self.dir, e))?;
+        for dirent in rd {
+            let dirent = dirent.map_err(|e| Error::io("read", &self.dir, e))?;
+            let path = dirent.path();
+            let Ok(name) = Name::from_os(&dirent.file_name()) else {
+                continue;
+            };
+            let meta = match path.symlink_metadata() {
+                Ok(m) => m,
+                // Removed between readdir and stat: not an error.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io("stat", &path, e)),
+            };
+            if !meta.file_type().is_file() {
+                tracing::warn!("ignoring {}: lockbox holds only regular files", path.display());
+                continue;
+            }
+            match self.describe(name, &path, &meta) {
+                Ok(e) => out.push(e),
+                Err(Error::NotFound(_)) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// Seal every plaintext file of the store in place (SPEC §5.4): files up
+    /// to `max_size` are sealed and their plaintext replaced atomically;
+    /// larger ones stay and are reported; a file that fails to seal is
+    /// renamed `NAME.<unix_ts>.failed`.
+    pub fn sweep(&self, recipients: &[AgeRecipient], max_size: u64) -> Result<SweepReport, Error> {
+        let mut report = SweepReport::default();
+        for entry in self.list()? {
+            if entry.state != FileState::Plaintext {
+                continue;
+            }
+            if entry.stored_size > max_size {
+                tracing::warn!(
+                    "{} is plaintext and larger than {max_size} bytes: left as is, not synced",
+                    entry.name
+                );
+                report.too_large.push(entry.name);
+                continue;
+            }
+            let src = self.path_of(&entry.name);
+            let sealed = File::open(&src)
+                .map_err(|e| Error::io("open", &src, e))
+                .and_then(|f| self.seal(&entry.name, f, recipients, max_size));
+            match sealed {
+                Ok(_) => {
+                    tracing::info!("sealed plaintext {} found in the store", entry.name);
+                    report.sealed.push(entry.name);
+                }
+                Err(e) => report.failed.push(self.mark_failed(&entry.name, &e)?),
+            }
+        }
+        Ok(report)
+    }
+
+    /// Seal every regular file found in `dir` (the bare `~/lockbox/` before
+    /// mounting) into the store under the same name, then remove the
+    /// plaintext original. Files over `max_size` stay where they are.
+    pub fn import_dir(
+        &self,
+        dir: &Path,
+        recipients: &[AgeRecipient],
+        max_size: u64,
+    ) -> Result<SweepReport, Error> {
+        let mut report = SweepReport::default();
+        let rd = match fs::read_dir(dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(report),
+            Err(e) => return Err(Error::io("read", dir, e)),
+        };
+        for dirent in rd.flatten() {
+            let path = dirent.path();
+            let Ok(name) = Name::from_os(&dirent.file_name()) else {
+                continue;
+            };
+            let Ok(meta) = path.symlink_metadata() else {
+                continue;
+            };
+            if !meta.file_type().is_file() {
+                tracing::warn!("ignoring {}: lockbox holds only regular files", path.display());
+                continue;
+            }
+            if meta.len() > max_size {
+                tracing::warn!("{} is over the size limit: left in place", path.display());
+                report.too_large.push(name);
+                continue;
+            }
+            let result = File::open(&path)
+                .map_err(|e| Error::io("open", &path, e))
+                .and_then(|mut f| {
+                    if is_age_file(&mut f)? {
+                        // Already ciphertext (e.g. copied from a store): keep as is.
+                        self.write_atomic(&name, |out| {
+                            io::copy(&mut f, out).map_err(|e| Error::io("copy", &path, e))?;
+                            Ok(())
+                        })
+                    } else {
+                        self.seal(&name, f, recipients, max_size).map(|_| ())
+                    }
+                });
+            match result {
+                Ok(()) => {
+                    fs::remove_file(&path).map_err(|e| Error::io("remove", &path, e))?;
+                    tracing::info!("sealed {} from the unmounted folder", name);
+                    report.sealed.push(name);
+                }
+                Err(e) => {
+                    tracing::warn!("could not seal {}: {e}", path.display());
+                    report.failed.push((name.clone(), name, e.to_string()));
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    fn mark_failed(&self, name: &Name, why: &Error) -> Result<(Name, Name, String), Error> {
+        let ts = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let failed = name.failed(ts)?;
+        tracing::warn!(
+            "could not seal {name} ({why}): renamed to {failed}; rename it back to retry"
+        );
+        self.rename(name, &failed)?;
+        Ok((name.clone(), failed, why.to_string()))
+    }
+}
+
+/// Copy plaintext from `src` into `dst` through a buffer that is zeroized
+/// afterwards. Read errors and write errors stay apart: the first is the
+/// source's fault, the second the store's.
+pub fn pump(src: &mut impl Read, dst: &mut impl Write) -> Result<u64, Error> {
+    let mut buf = zeroize::Zeroizing::new(vec![0u8; 64 * 1024]);
+    let mut total = 0u64;
+    loop {
+        let n = match src.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::Read(e)),
+        };
+        dst.write_all(&buf[..n])
+            .map_err(|e| Error::io("write", Path::new("the store"), e))?;
+        total += n as u64;
+    }
+}
+
+/// Whether an open file starts with the age magic; rewinds it.
+fn is_age_file(f: &mut File) -> Result<bool, Error> {
+    let mut head = [0u8; 32];
+    let mut got = 0;
+    while got < seal::AGE_MAGIC.len() {
+        match f.read(&mut head[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::Read(e)),
+        }
+    }
+    f.rewind().map_err(Error::Read)?;
+    Ok(seal::is_age(&head[..got]))
+}
+
+/// Whether a store file is an age file, and if so its plaintext length
+/// (computed from the header length and file size, no key needed).
+fn probe(path: &Path, size: u64) -> Result<(bool, Option<u64>), Error> {
+    let mut f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(Error::NotFound(path.display().to_string()))
+        }
+        Err(e) => return Err(Error::io("open", path, e)),
+    };
+    if !is_age_file(&mut f)? {
+        return Ok((false, None));
+    }
+    let len = seal::read_header(&mut f)
+        .ok()
+        .and_then(|h| seal::plaintext_len(h.header_len, size).ok());
+    Ok((true, len))
+}
+
+fn ensure_private_dir(d: &Path) -> Result<(), Error> {
+    fs::create_dir_all(d).map_err(|e| Error::io("create", d, e))?;
+    let meta = d.metadata().map_err(|e| Error::io("stat", d, e))?;
+    if meta.permissions().mode() & 0o777 != 0o700 {
+        fs::set_permissions(d, fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::io("chmod", d, e))?;
+    }
+    Ok(())
+}
+
+/// fsync a directory so a rename or unlink in it is durable.
+pub fn sync_dir(d: &Path) -> Result<(), Error> {
+    File::open(d)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io("sync", d, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lockbox_crypto::{identity, seal::open_to_vec};
+    use std::io::Cursor;
+
+    fn setup() -> (tempfile::TempDir, Store, lockbox_crypto::AgeIdentity) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        (dir, store, identity::generate())
+    }
+
+    fn n(s: &str) -> Name {
+        Name::new(s).unwrap()
+    }
+
+    #[test]
+    fn seal_then_open_round_trips_with_private_modes() {
+        let (dir, store, id) = setup();
+        let s = store
+            .seal(&n("key"), Cursor::new(b"secret bytes"), &[id.to_public()], 1 << 20)
+            .unwrap();
+        assert_eq!(s.plaintext_len, 12);
+        let f = store.open_file(&n("key")).unwrap();
+        assert_eq!(&open_to_vec(&id, f).unwrap()[..], b"secret bytes");
+        let mode = |p: &Path| p.metadata().unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&store.path_of(&n("key"))), 0o600);
+        assert_eq!(mode(&dir.path().join("store")), 0o700);
+        let e = store.entry(&n("key")).unwrap();
+        assert_eq!((e.state, e.size, e.stored_size), (FileState::Ciphertext, 12, s.ciphertext_len));
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn too_large_changes_nothing() {
+        let (dir, store, id) = setup();
+        store.seal(&n("f"), Cursor::new(b"old"), &[id.to_public()], 10).unwrap();
+        let err = store
+            .seal(&n("f"), Cursor::new(vec![7u8; 11]), &[id.to_public()], 10)
+            .unwrap_err();
+        assert!(matches!(err, Error::TooLarge { .. }), "{err}");
+        let f = store.open_file(&n("f")).unwrap();
+        assert_eq!(&open_to_vec(&id, f).unwrap()[..], b"old");
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn failing_reader_leaves_old_version() {
+        struct Broken;
+        impl Read for Broken {
+            fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+                Err(io::Error::other("source vanished mid-read"))
+            }
+        }
+        let (_dir, store, id) = setup();
+        store.seal(&n("f"), Cursor::new(b"old"), &[id.to_public()], 10).unwrap();
+        assert!(store.seal(&n("f"), Broken, &[id.to_public()], 10).is_err());
+        let f = store.open_file(&n("f")).unwrap();
+        assert_eq!(&open_to_vec(&id, f).unwrap()[..], b"old");
+    }
+
+    #[test]
+    fn list_states_and_sweep() {
+        let (dir, store, id) = setup();
+        let r = [id.to_public()];
+        store.seal(&n("a"), Cursor::new(b"aa"), &r, 100).unwrap();
+        fs::write(store.path_of(&n("plain")), b"dropped in by hand").unwrap();
+        fs::write(store.path_of(&n("big")), vec![1u8; 200]).unwrap();
+        fs::write(store.path_of(&n("x.1714380000.failed")), b"x").unwrap();
+        store.seal(&n("a.conflict-b-20260101-000000"), Cursor::new(b"c"), &r, 100).unwrap();
+        fs::create_dir(dir.path().join("store/sub")).unwrap();
+        let states: Vec<(String, FileState)> =
+            store.list().unwrap().into_iter().map(|e| (e.name.to_string(), e.state)).collect();
+        assert_eq!(
+            states,
+            vec![
+                ("a".into(), FileState::Ciphertext),
+                ("a.conflict-b-20260101-000000".into(), FileState::Conflict),
+                ("big".into(), FileState::Plaintext),
+                ("plain".into(), FileState::Plaintext),
+                ("x.1714380000.failed".into(), FileState::Failed),
+            ]
+        );
+        let rep = store.sweep(&r, 100).unwrap();
+        assert_eq!(rep.sealed, vec![n("plain")]);
+        assert_eq!(rep.too_large, vec![n("big")]);
+        assert!(rep.failed.is_empty());
+        let f = store.open_file(&n("plain")).unwrap();
+        assert_eq!(&open_to_vec(&id, f).unwrap()[..], b"dropped in by hand");
+    }
+
+    #[test]
+    fn sweep_with_no_recipients_marks_failed() {
+        let (_dir, store, _id) = setup();
+        fs::write(store.path_of(&n("p")), b"plain").unwrap();
+        let rep = store.sweep(&[], 100).unwrap();
+        assert_eq!(rep.failed.len(), 1);
+        assert!(!store.contains(&n("p")));
+        assert_eq!(rep.failed[0].1.kind(), NameKind::Failed);
+        assert!(store.contains(&rep.failed[0].1));
+    }
+
+    #[test]
+    fn import_dir_moves_plaintext_into_store() {
+        let (dir, store, id) = setup();
+        let bare = dir.path().join("bare");
+        fs::create_dir(&bare).unwrap();
+        fs::write(bare.join("notes"), b"hello").unwrap();
+        fs::write(bare.join("huge"), vec![0u8; 50]).unwrap();
+        let rep = store.import_dir(&bare, &[id.to_public()], 10).unwrap();
+        assert_eq!(rep.sealed, vec![n("notes")]);
+        assert_eq!(rep.too_large, vec![n("huge")]);
+        assert!(!bare.join("notes").exists() && bare.join("huge").exists());
+        let f = store.open_file(&n("notes")).unwrap();
+        assert_eq!(&open_to_vec(&id, f).unwrap()[..], b"hello");
+    }
+
+    #[test]
+    fn leftover_temp_files_are_cleaned_on_open() {
+        let (dir, _store, _id) = setup();
+        fs::write(dir.path().join("tmp/dead.partial"), b"partial").unwrap();
+        Store::open(dir.path()).unwrap();
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+}

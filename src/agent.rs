@@ -1,0 +1,412 @@
+//! The agent (`lockbox daemon`): one process per user per envoy. It hardens
+//! itself before any key is loaded, serves the control socket to its own uid
+//! only, holds the unlock session with its idle timeout, and shuts down
+//! cleanly on `lockbox stop`, SIGTERM or SIGINT.
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use lockbox_crypto::seal::Opened;
+use lockbox_fs::Name;
+use tokio::sync::Notify;
+
+use crate::control::{self, DataFrames, Failure, Frame, Request, Response};
+use crate::envoy::Envoy;
+use crate::paths::Paths;
+use crate::session::Session;
+use crate::status::{ListEntry, StatusReport};
+use crate::sys::{self, Hardening};
+
+/// The line the agent prints on stdout once it serves requests; `daemon`
+/// (detached) waits for it.
+pub const READY_PREFIX: &str = "lockbox agent ready";
+
+struct Agent {
+    envoy: Envoy,
+    session: Mutex<Session>,
+    session_changed: Notify,
+    shutdown: Notify,
+    hardening: Hardening,
+    /// Connections of `stop` callers: closed only when the process exits,
+    /// which is how they learn the agent is gone.
+    stoppers: Mutex<Vec<UnixStream>>,
+}
+
+/// Run the agent in the foreground until stopped.
+pub fn run(paths: Paths) -> anyhow::Result<()> {
+    // Hardening comes first: nothing secret is loaded before it.
+    let hardening = match sys::harden_process() {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!("could not harden the agent process: {e}");
+            sys::read_hardening().unwrap_or(Hardening {
+                dumpable: true,
+                core_limit: u64::MAX,
+            })
+        }
+    };
+    let envoy = Envoy::load(paths)?;
+    let lock = take_agent_lock(&envoy.paths)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let timeout = envoy.config.idle_timeout_minutes;
+    let agent = Arc::new(Agent {
+        envoy,
+        session: Mutex::new(Session::new(timeout, Instant::now())),
+        session_changed: Notify::new(),
+        shutdown: Notify::new(),
+        hardening,
+        stoppers: Mutex::new(Vec::new()),
+    });
+    let result = runtime.block_on(serve(agent.clone()));
+    // Lock the session (zeroizing the identity) before anything else.
+    lock_session(&agent);
+    let _ = fs::remove_file(agent.envoy.paths.socket());
+    tracing::info!("agent stopped");
+    drop(lock);
+    // Returning closes the stoppers' connections as the process exits.
+    result
+}
+
+fn lock_session(agent: &Agent) {
+    if let Ok(mut s) = agent.session.lock() {
+        s.lock();
+    }
+}
+
+/// Only one agent per user: hold an exclusive lock on `agent.lock`.
+fn take_agent_lock(paths: &Paths) -> anyhow::Result<File> {
+    let path = paths.agent_lock();
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
+    match f.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            let mut pid = String::new();
+            let _ = f.read_to_string(&mut pid);
+            bail!(
+                "an agent is already running (pid {}): use it, or run lockbox stop first",
+                pid.trim()
+            );
+        }
+        Err(fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
+    f.set_len(0)?;
+    write!(f, "{}", std::process::id())?;
+    Ok(f)
+}
+
+async fn serve(agent: Arc<Agent>) -> anyhow::Result<()> {
+    let sock_path = agent.envoy.paths.socket();
+    // We hold the agent lock, so a socket file here is a dead agent's.
+    let _ = fs::remove_file(&sock_path);
+    let listener = tokio::net::UnixListener::bind(&sock_path)
+        .with_context(|| format!("cannot listen on {}", sock_path.display()))?;
+    fs::set_permissions(&sock_path, fs::Permissions::from_mode(0o600))?;
+
+    tokio::spawn(idle_timer(agent.clone()));
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+
+    tracing::info!(
+        "agent for {} on envoy {} serving {}",
+        agent.envoy.config.user,
+        agent.envoy.config.envoy,
+        sock_path.display()
+    );
+    let mut out = std::io::stdout();
+    let _ = writeln!(
+        out,
+        "{READY_PREFIX} (pid {}, socket {})",
+        std::process::id(),
+        sock_path.display()
+    );
+    let _ = out.flush();
+
+    let me = sys::uid();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _) = match accepted {
+                    Ok(s) => s,
+                    Err(e) => { tracing::warn!("control socket accept failed: {e}"); continue; }
+                };
+                let stream = match stream.into_std().and_then(|s| { s.set_nonblocking(false)?; Ok(s) }) {
+                    Ok(s) => s,
+                    Err(e) => { tracing::warn!("control connection setup failed: {e}"); continue; }
+                };
+                match sys::peer_uid(&stream) {
+                    Ok(uid) if uid == me => {}
+                    Ok(uid) => {
+                        tracing::warn!("refused a control connection from uid {uid}: only uid {me} may use this agent");
+                        continue;
+                    }
+                    Err(e) => { tracing::warn!("cannot read control peer credentials: {e}"); continue; }
+                }
+                let agent = agent.clone();
+                tokio::task::spawn_blocking(move || handle(&agent, stream));
+            }
+            _ = agent.shutdown.notified() => { tracing::info!("stop requested"); break; }
+            _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
+            _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
+        }
+    }
+    Ok(())
+}
+
+/// Lock the session when it has been idle for the timeout.
+async fn idle_timer(agent: Arc<Agent>) {
+    loop {
+        let deadline = agent.session.lock().ok().and_then(|s| s.deadline());
+        match deadline {
+            Some(d) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(d.into()) => {
+                        if let Ok(mut s) = agent.session.lock() {
+                            if s.expire(Instant::now()) {
+                                tracing::info!("idle timeout: session locked");
+                            }
+                        }
+                    }
+                    _ = agent.session_changed.notified() => {}
+                }
+            }
+            None => agent.session_changed.notified().await,
+        }
+    }
+}
+
+fn handle(agent: &Agent, mut stream: UnixStream) {
+    let req = match control::read_frame::<Request>(&mut stream) {
+        Ok(Some(Frame::Message(r))) => r,
+        Ok(None) => return,
+        Ok(Some(Frame::Data(_))) | Err(_) => {
+            let _ = reply_err(&mut stream, Failure::Invalid, "malformed request".into());
+            return;
+        }
+    };
+    let result = match req {
+        Request::Status => control::write_message(&mut stream, &Response::Status(Box::new(status(agent)))),
+        Request::List => match agent.envoy.store.list() {
+            Ok(entries) => control::write_message(
+                &mut stream,
+                &Response::List(entries.iter().map(ListEntry::from_entry).collect()),
+            ),
+            Err(e) => reply_err(&mut stream, Failure::Internal, e.to_string()),
+        },
+        Request::Unlock { passphrase } => {
+            let resp = unlock(agent, &passphrase.0);
+            drop(passphrase);
+            control::write_message(&mut stream, &resp)
+        }
+        Request::Lock => {
+            lock_session(agent);
+            agent.session_changed.notify_one();
+            tracing::info!("session locked");
+            control::write_message(&mut stream, &Response::Ok)
+        }
+        Request::Encrypt { name } => encrypt(agent, &mut stream, name),
+        Request::Decrypt { name } => decrypt(agent, &mut stream, name),
+        Request::Delete { name } => {
+            let resp = match Name::new(name) {
+                Ok(n) => match agent.envoy.delete(&n) {
+                    Ok(()) => Response::Ok,
+                    Err(e) => error_response(&e),
+                },
+                Err(e) => Response::Error { failure: Failure::Invalid, message: e.to_string() },
+            };
+            control::write_message(&mut stream, &resp)
+        }
+        Request::Stop => {
+            let r = control::write_message(&mut stream, &Response::Stopping);
+            if let Ok(mut s) = agent.stoppers.lock() {
+                s.push(stream);
+            }
+            agent.shutdown.notify_one();
+            return drop(r);
+        }
+        Request::EndOfData => reply_err(&mut stream, Failure::Invalid, "unexpected end of data".into()),
+    };
+    if let Err(e) = result {
+        tracing::debug!("control client went away: {e}");
+    }
+}
+
+fn reply_err(stream: &mut UnixStream, failure: Failure, message: String) -> std::io::Result<()> {
+    control::write_message(stream, &Response::Error { failure, message })
+}
+
+/// Map an error to a response: file-not-found and bad names are the user's
+/// to fix; the rest is reported as is.
+fn error_response(e: &anyhow::Error) -> Response {
+    let failure = match e.downcast_ref::<lockbox_fs::Error>() {
+        Some(lockbox_fs::Error::NotFound(_)) => Failure::NotFound,
+        Some(lockbox_fs::Error::BadName { .. } | lockbox_fs::Error::TooLarge { .. }) => Failure::Invalid,
+        _ => Failure::Internal,
+    };
+    Response::Error { failure, message: format!("{e:#}") }
+}
+
+fn status(agent: &Agent) -> StatusReport {
+    let now = Instant::now();
+    let (unlocked, idle_left) = match agent.session.lock() {
+        Ok(mut s) => {
+            s.touch(now);
+            (s.is_unlocked(), s.idle_left(now))
+        }
+        Err(_) => (false, None),
+    };
+    agent.session_changed.notify_one();
+    let e = &agent.envoy;
+    let mut report = match StatusReport::gather(&e.paths, &e.config, &e.store) {
+        Ok(r) => r,
+        Err(err) => {
+            tracing::warn!("status: {err:#}");
+            return StatusReport {
+                warnings: vec![format!("could not read the store: {err:#}")],
+                ..StatusReport::gather_minimal(&e.config)
+            };
+        }
+    };
+    report.agent_running = true;
+    report.agent_pid = Some(std::process::id());
+    report.unlocked = unlocked;
+    report.idle_left_secs = idle_left.map(|d| d.as_secs());
+    report.mount = "not mounted (the FUSE mount is not part of this build yet)".into();
+    report.hardening = Some(agent.hardening);
+    if agent.hardening.dumpable {
+        report.warnings.push("the agent could not make itself non-dumpable".into());
+    }
+    if agent.hardening.core_limit != 0 {
+        report.warnings.push("the agent could not disable core dumps".into());
+    }
+    report
+}
+
+fn unlock(agent: &Agent, passphrase: &str) -> Response {
+    let path = agent.envoy.paths.identity();
+    let file = match fs::read(&path) {
+        Ok(b) if b.len() <= 64 * 1024 => b,
+        Ok(_) => {
+            return Response::Error {
+                failure: Failure::Damaged,
+                message: format!("{} is too large to be an identity file", path.display()),
+            }
+        }
+        Err(e) => {
+            return Response::Error {
+                failure: Failure::Damaged,
+                message: format!("cannot read {}: {e}", path.display()),
+            }
+        }
+    };
+    let secret = lockbox_crypto::SecretString::from(passphrase.to_owned());
+    let identity = match lockbox_crypto::identity::unwrap(&file, &secret) {
+        Ok(id) => id,
+        Err(lockbox_crypto::Error::WrongPassphrase) => {
+            tracing::warn!("unlock refused: wrong passphrase");
+            return Response::Error {
+                failure: Failure::WrongPassphrase,
+                message: "wrong passphrase".into(),
+            };
+        }
+        Err(e) => {
+            return Response::Error { failure: Failure::Damaged, message: e.to_string() }
+        }
+    };
+    if let Ok(mut s) = agent.session.lock() {
+        s.unlock(identity, Instant::now());
+    }
+    agent.session_changed.notify_one();
+    tracing::info!("session unlocked");
+    let swept = match agent.envoy.sweep() {
+        Ok(r) => r.sealed.len(),
+        Err(e) => {
+            tracing::warn!("sweep after unlock failed: {e:#}");
+            0
+        }
+    };
+    Response::Unlocked { swept }
+}
+
+fn encrypt(agent: &Agent, stream: &mut UnixStream, name: Vec<u8>) -> std::io::Result<()> {
+    let name = match Name::new(name) {
+        Ok(n) => n,
+        Err(e) => return reply_err(stream, Failure::Invalid, e.to_string()),
+    };
+    // Tell the client to start sending, then seal straight from the frames.
+    control::write_message(stream, &Response::Ok)?;
+    let mut reader = stream.try_clone()?;
+    let resp = match agent.envoy.encrypt(&name, DataFrames::new(&mut reader)) {
+        Ok(s) => Response::Encrypted { len: s.plaintext_len },
+        Err(e) => {
+            tracing::warn!("encrypt of {name} failed: {e:#}; the old version (if any) is unchanged");
+            error_response(&e)
+        }
+    };
+    control::write_message(stream, &resp)
+}
+
+fn decrypt(agent: &Agent, stream: &mut UnixStream, name: Vec<u8>) -> std::io::Result<()> {
+    let name = match Name::new(name) {
+        Ok(n) => n,
+        Err(e) => return reply_err(stream, Failure::Invalid, e.to_string()),
+    };
+    let identity = agent.session.lock().ok().and_then(|mut s| s.use_identity(Instant::now()));
+    agent.session_changed.notify_one();
+    let Some(identity) = identity else {
+        return reply_err(stream, Failure::Locked, "locked: run lockbox unlock".into());
+    };
+    let file = match agent.envoy.store.open_file(&name) {
+        Ok(f) => f,
+        Err(e) => return control::write_message(stream, &error_response(&e.into())),
+    };
+    let mut opened = match Opened::open(&identity, file) {
+        Ok(o) => o,
+        Err(lockbox_crypto::Error::NotAge) => {
+            return reply_err(
+                stream,
+                Failure::Damaged,
+                format!("{name} is not sealed yet (plaintext): run lockbox unlock to seal it"),
+            )
+        }
+        Err(e) => {
+            tracing::warn!("cannot decrypt {name}: {e}");
+            return reply_err(stream, Failure::Damaged, format!("{name}: {e}"));
+        }
+    };
+    control::write_message(stream, &Response::Decrypting { len: opened.plaintext_len() })?;
+    let mut buf = zeroize::Zeroizing::new(vec![0u8; control::DATA_CHUNK]);
+    loop {
+        match opened.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => control::write_data(stream, &buf[..n])?,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                tracing::warn!("{name}: ciphertext failed authentication ({e}); refusing to return it");
+                return reply_err(
+                    stream,
+                    Failure::Damaged,
+                    format!("{name}: the ciphertext is damaged or was tampered with ({e}); nothing was written"),
+                );
+            }
+        }
+    }
+    control::write_message(stream, &Response::End)
+}

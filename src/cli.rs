@@ -1,0 +1,141 @@
+//! The command line (SPEC §4): clap definitions and dispatch. Exit codes: 0
+//! success, 1 a user-facing error with one line on stderr, 2 a usage error
+//! (clap's own).
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::cmd;
+use crate::paths::Paths;
+
+/// Keep secrets in ~/lockbox on every machine you use, sealed with age.
+#[derive(Parser, Debug)]
+#[command(name = "lockbox", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// First-time setup on this envoy: identity, signing key, store, config.
+    Init {
+        /// Read the passphrase from the first line of this file.
+        #[arg(long, value_name = "FILE")]
+        passphrase_file: Option<PathBuf>,
+        /// This envoy's name (default: the host name).
+        #[arg(long, value_name = "NAME")]
+        envoy: Option<String>,
+    },
+    /// Run the agent (detaches and returns once it is ready).
+    Daemon {
+        /// Stay in the foreground, logging to stderr.
+        #[arg(long)]
+        foreground: bool,
+    },
+    /// Unlock: hold this envoy's identity in the agent (starting it if needed).
+    Unlock {
+        /// Read the passphrase from the first line of this file.
+        #[arg(long, value_name = "FILE")]
+        passphrase_file: Option<PathBuf>,
+    },
+    /// Drop the identity from the agent's memory.
+    Lock,
+    /// Stop the agent.
+    Stop,
+    /// Add a plaintext file from anywhere, sealed (works while locked).
+    Encrypt {
+        /// The file to add.
+        path: PathBuf,
+        /// Name in the lockbox (default: the file's base name).
+        #[arg(long, value_name = "NAME")]
+        name: Option<OsString>,
+    },
+    /// Write a file's plaintext to OUT (`-` for stdout); needs unlock.
+    Decrypt {
+        /// The file's name in the lockbox.
+        name: OsString,
+        /// Output path, created 0600; `-` writes to stdout.
+        #[arg(short = 'o', long = "output", value_name = "OUT")]
+        out: PathBuf,
+    },
+    /// Delete a file.
+    Delete {
+        /// The file's name in the lockbox.
+        name: OsString,
+    },
+    /// List files: name, size, mtime, state, envoys.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the envoy, session, mount, recipients, peers and file counts.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print this envoy's AGE-SECRET-KEY for offline recovery (after the passphrase).
+    ExportIdentity {
+        /// Read the passphrase from the first line of this file.
+        #[arg(long, value_name = "FILE")]
+        passphrase_file: Option<PathBuf>,
+    },
+    /// Check FUSE, ports, certificates, clock, swap and core dumps.
+    Doctor,
+    /// A throwaway walk-through in a temporary directory; cleans up after itself.
+    Demo,
+}
+
+/// Parse argv (exits 2 on usage errors).
+pub fn parse() -> Cli {
+    Cli::parse()
+}
+
+/// Run a parsed command.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let daemon = matches!(cli.command, Command::Daemon { .. });
+    init_logging(daemon);
+    let paths = match cli.command {
+        Command::Demo => return cmd::demo::run(),
+        _ => Paths::from_env()?,
+    };
+    match cli.command {
+        Command::Init {
+            passphrase_file,
+            envoy,
+        } => cmd::init::run(&paths, passphrase_file.as_deref(), envoy),
+        Command::Daemon { foreground } => cmd::agentctl::daemon(&paths, foreground),
+        Command::Unlock { passphrase_file } => {
+            cmd::agentctl::unlock(&paths, passphrase_file.as_deref())
+        }
+        Command::Lock => cmd::agentctl::lock(&paths),
+        Command::Stop => cmd::agentctl::stop(&paths),
+        Command::Encrypt { path, name } => cmd::files::encrypt(&paths, &path, name),
+        Command::Decrypt { name, out } => cmd::files::decrypt(&paths, &name, &out),
+        Command::Delete { name } => cmd::files::delete(&paths, &name),
+        Command::List { json } => cmd::files::list(&paths, json),
+        Command::Status { json } => cmd::report::status(&paths, json),
+        Command::ExportIdentity { passphrase_file } => {
+            cmd::init::export_identity(&paths, passphrase_file.as_deref())
+        }
+        Command::Doctor => cmd::report::doctor(&paths),
+        Command::Demo => cmd::demo::run(),
+    }
+}
+
+/// Logs go to stderr; `RUST_LOG` filters. The agent logs at info by
+/// default, the CLI only warnings.
+fn init_logging(daemon: bool) {
+    let default = if daemon { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

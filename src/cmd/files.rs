@@ -1,0 +1,145 @@
+//! `encrypt`, `decrypt`, `delete`, `list`: through the agent when it runs,
+//! otherwise directly on the store (except `decrypt`, which needs the
+//! agent's unlock session).
+
+use std::ffi::OsStr;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use lockbox_fs::Name;
+
+use crate::client::{self, Client, ConnectError};
+use crate::control::{Failure, Request, Response};
+use crate::envoy::Envoy;
+use crate::paths::Paths;
+use crate::status::{render_list, ListEntry};
+
+fn agent(paths: &Paths) -> anyhow::Result<Option<Client>> {
+    match Client::connect(paths) {
+        Ok(c) => Ok(Some(c)),
+        Err(ConnectError::NotRunning) => Ok(None),
+        Err(ConnectError::Refused(e)) => Err(e),
+    }
+}
+
+/// `lockbox encrypt PATH [--name NAME]`.
+pub fn encrypt(paths: &Paths, path: &Path, name: Option<std::ffi::OsString>) -> anyhow::Result<()> {
+    let name = match name {
+        Some(n) => n,
+        None => path
+            .file_name()
+            .map(OsStr::to_owned)
+            .with_context(|| format!("{} has no file name: give one with --name", path.display()))?,
+    };
+    let name = Name::from_os(&name)?;
+    let mut src = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let meta = src.metadata()?;
+    if meta.is_dir() {
+        bail!("{} is a folder: lockbox holds only files", path.display());
+    }
+    let len = match agent(paths)? {
+        Some(mut c) => {
+            match c.call(&Request::Encrypt { name: name.as_bytes().to_vec() })? {
+                Response::Ok => {}
+                other => return Err(client::into_error(other)),
+            }
+            c.send_data(&mut src)?;
+            match c.response()? {
+                Response::Encrypted { len } => len,
+                other => return Err(client::into_error(other)),
+            }
+        }
+        None => Envoy::load(paths.clone())?.encrypt(&name, src)?.plaintext_len,
+    };
+    println!("sealed {name} ({len} bytes)");
+    Ok(())
+}
+
+/// `lockbox decrypt NAME -o OUT`. A file output is written to a 0600 temp
+/// file beside OUT and renamed only when the whole plaintext authenticated,
+/// so a damaged ciphertext leaves no partial file behind.
+pub fn decrypt(paths: &Paths, name: &OsStr, out: &Path) -> anyhow::Result<()> {
+    let name = Name::from_os(name)?;
+    let mut c = Client::require(paths)?;
+    let len = match c.call(&Request::Decrypt { name: name.as_bytes().to_vec() })? {
+        Response::Decrypting { len } => len,
+        r if client::is_failure(&r, Failure::Locked) => bail!("locked: run lockbox unlock"),
+        other => return Err(client::into_error(other)),
+    };
+    if out == Path::new("-") {
+        let stdout = io::stdout();
+        let mut w = BufWriter::new(stdout.lock());
+        c.receive_data(&mut w)?;
+        w.flush()?;
+        return Ok(());
+    }
+    if out.is_dir() {
+        bail!("{} is a folder: give a file path to -o", out.display());
+    }
+    let dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let base = out.file_name().context("-o needs a file name")?.to_string_lossy();
+    let tmp = dir.join(format!(".{base}.lockbox-partial-{:08x}", rand::random::<u32>()));
+    let result = (|| -> anyhow::Result<()> {
+        let f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        let mut w = BufWriter::new(f);
+        let got = c.receive_data(&mut w)?;
+        if got != len {
+            bail!("the agent sent {got} bytes of {len}: nothing was written");
+        }
+        let f = w.into_inner().map_err(|e| e.into_error())?;
+        f.sync_all()?;
+        fs::rename(&tmp, out).with_context(|| format!("cannot write {}", out.display()))?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// `lockbox delete NAME`.
+pub fn delete(paths: &Paths, name: &OsStr) -> anyhow::Result<()> {
+    let name = Name::from_os(name)?;
+    match agent(paths)? {
+        Some(mut c) => match c.call(&Request::Delete { name: name.as_bytes().to_vec() })? {
+            Response::Ok => {}
+            other => return Err(client::into_error(other)),
+        },
+        None => Envoy::load(paths.clone())?.delete(&name)?,
+    }
+    println!("deleted {name}");
+    Ok(())
+}
+
+/// `lockbox list [--json]`.
+pub fn list(paths: &Paths, json: bool) -> anyhow::Result<()> {
+    let rows: Vec<ListEntry> = match agent(paths)? {
+        Some(mut c) => match c.call(&Request::List)? {
+            Response::List(rows) => rows,
+            other => return Err(client::into_error(other)),
+        },
+        None => Envoy::load(paths.clone())?
+            .store
+            .list()?
+            .iter()
+            .map(ListEntry::from_entry)
+            .collect(),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        print!("{}", render_list(&rows));
+    }
+    Ok(())
+}

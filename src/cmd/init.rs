@@ -1,0 +1,111 @@
+//! `lockbox init` (first-time setup) and `lockbox export-identity`.
+
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use lockbox_crypto::circle::{CircleKey, Endorsement};
+use lockbox_crypto::recipients::RecipientEntry;
+use lockbox_crypto::sign::SigningKey;
+use lockbox_crypto::{identity, ExposeSecret, SecretString};
+
+use crate::envoy::{self, write_private};
+use crate::passphrase;
+use crate::paths::Paths;
+
+/// Set up this envoy. Refuses if it is already initialised. The wrapped
+/// identity is written last, so an interrupted init can simply be re-run.
+pub fn run(paths: &Paths, pass_file: Option<&Path>, envoy_name: Option<String>) -> anyhow::Result<()> {
+    if paths.identity().exists() {
+        bail!(
+            "already initialised: {} exists (to start over on this envoy: lockbox purge --yes)",
+            paths.identity().display()
+        );
+    }
+    envoy::private_dir(&paths.state)?;
+    // A config written beforehand (tests, provisioning) is kept and validated.
+    let mut config = envoy::load_config(paths)?;
+    if let Some(name) = envoy_name {
+        config.envoy = name;
+    }
+    if config.envoy.is_empty() {
+        config.envoy = host_name();
+    }
+    let config = crate::config::Config::parse(&config.render())
+        .context("the envoy name is not usable: pick another with --envoy NAME")?;
+    let user = if config.user.is_empty() { crate::sys::user_name() } else { config.user.clone() };
+    let config = crate::config::Config { user, ..config };
+
+    let pass = passphrase::read(pass_file, "New lockbox passphrase: ", true)?;
+    let secret = SecretString::from(pass.to_string());
+    let kdf = config.kdf_params();
+
+    let id = identity::generate();
+    let recipient = id.to_public().to_string();
+    let signing = SigningKey::generate();
+    let circle = CircleKey::derive(&secret, &config.user, kdf)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let endorsement = circle.endorse(Endorsement {
+        user: config.user.clone(),
+        envoy: config.envoy.clone(),
+        recipient: recipient.clone(),
+        signing_key: signing.public(),
+        created_unix: now,
+    });
+    let wrapped = identity::wrap(&id, &secret, kdf)?;
+
+    write_private(&paths.config(), config.render().as_bytes())?;
+    write_private(&paths.signing_key(), signing.encode_file().as_bytes())?;
+    write_private(&paths.circle_public(), format!("{}\n", circle.public()).as_bytes())?;
+    envoy::private_dir(&paths.members())?;
+    write_private(
+        &paths.members().join(format!("{}.endorsement", config.envoy)),
+        &endorsement.to_bytes(),
+    )?;
+    let entries = [RecipientEntry {
+        recipient,
+        envoy: config.envoy.clone(),
+    }];
+    write_private(&paths.recipients(), lockbox_crypto::recipients::encode(&entries).as_bytes())?;
+    envoy::private_dir(&paths.store())?;
+    envoy::private_dir(&paths.tls())?;
+    envoy::private_dir(&paths.mount)?;
+    write_private(&paths.identity(), &wrapped)?;
+
+    println!(
+        "initialised envoy '{}' for user '{}' in {}",
+        config.envoy,
+        config.user,
+        paths.state.display()
+    );
+    println!("next: lockbox unlock   (starts the agent and holds your key in memory)");
+    Ok(())
+}
+
+/// The host name, for the default envoy name.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty() && !s.contains('/'))
+        .unwrap_or_else(|| "envoy".into())
+}
+
+/// Print the AGE-SECRET-KEY after checking the passphrase.
+pub fn export_identity(paths: &Paths, pass_file: Option<&Path>) -> anyhow::Result<()> {
+    let path = paths.identity();
+    if !path.exists() {
+        bail!("lockbox is not initialised for this user: run lockbox init");
+    }
+    let file = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let pass = passphrase::read(pass_file, "Lockbox passphrase: ", false)?;
+    let id = identity::unwrap(&file, &SecretString::from(pass.to_string()))?;
+    eprintln!(
+        "warning: the key below decrypts every lockbox file sealed to this envoy. \
+         Store it offline (paper, a safe); anyone who has it can read your secrets."
+    );
+    println!("{}", id.to_string().expose_secret());
+    Ok(())
+}

@@ -1,0 +1,127 @@
+//! `status` and `doctor`.
+
+use std::net::TcpListener;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::bail;
+
+use crate::client::{self, Client, ConnectError};
+use crate::control::{Request, Response};
+use crate::envoy::{self, Envoy};
+use crate::host;
+use crate::paths::Paths;
+use crate::status::StatusReport;
+
+/// `lockbox status [--json]`: from the agent when it runs, else from disk.
+pub fn status(paths: &Paths, json: bool) -> anyhow::Result<()> {
+    let report = match Client::connect(paths) {
+        Ok(mut c) => match c.call(&Request::Status)? {
+            Response::Status(r) => *r,
+            other => return Err(client::into_error(other)),
+        },
+        Err(ConnectError::NotRunning) => {
+            let e = Envoy::load(paths.clone())?;
+            StatusReport::gather(&e.paths, &e.config, &e.store)?
+        }
+        Err(ConnectError::Refused(e)) => return Err(e),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.render());
+    }
+    Ok(())
+}
+
+#[derive(PartialEq)]
+enum Level {
+    Ok,
+    Warn,
+    Fail,
+}
+
+/// `lockbox doctor`: one line per check; exit 1 when any check fails.
+pub fn doctor(paths: &Paths) -> anyhow::Result<()> {
+    let mut checks: Vec<(Level, String)> = Vec::new();
+    let config = match envoy::load_config(paths) {
+        Ok(c) => {
+            checks.push((Level::Ok, format!("config {} is valid", paths.config().display())));
+            Some(c)
+        }
+        Err(e) => {
+            checks.push((Level::Fail, format!("{e:#}")));
+            None
+        }
+    };
+    if paths.identity().exists() {
+        checks.push((Level::Ok, "initialised (identity.age present)".into()));
+    } else {
+        checks.push((Level::Warn, "not initialised: run lockbox init".into()));
+    }
+    match host::fuse_available(crate::sys::uid() == 0) {
+        Ok(()) => checks.push((Level::Ok, "FUSE is available".into())),
+        Err(e) => checks.push((Level::Fail, e)),
+    }
+    if let Some(c) = &config {
+        let agent_running = Client::connect(paths).is_ok();
+        match TcpListener::bind((c.listen.as_str(), c.peer_port)) {
+            Ok(_) => checks.push((Level::Ok, format!("peer port {}:{} is free", c.listen, c.peer_port))),
+            Err(e) if agent_running => checks.push((
+                Level::Ok,
+                format!("peer port {} is in use ({e}; the agent may hold it)", c.peer_port),
+            )),
+            Err(e) => checks.push((
+                Level::Warn,
+                format!("peer port {}:{} cannot be bound: {e}; set peer_port in config.yaml", c.listen, c.peer_port),
+            )),
+        }
+    }
+    let tls = paths.tls();
+    let have_certs = ["ca.pem", "cert.pem", "key.pem"].iter().all(|f| tls.join(f).exists());
+    if have_certs {
+        checks.push((Level::Ok, format!("mTLS certificates present in {}", tls.display())));
+    } else {
+        checks.push((
+            Level::Warn,
+            format!("no fleet certificates in {}: the mesh needs ca.pem, cert.pem and key.pem", tls.display()),
+        ));
+    }
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    // 2024-01-01: a clock before that is certainly wrong (certificates and
+    // version records carry times).
+    if now < 1_704_067_200 {
+        checks.push((Level::Fail, "the system clock is before 2024: set the time (NTP)".into()));
+    } else {
+        checks.push((Level::Ok, "the system clock is plausible".into()));
+    }
+    let swaps = host::swap_areas();
+    let swap_warn = host::swap_warnings(&swaps);
+    if swaps.is_empty() {
+        checks.push((Level::Ok, "no swap is active".into()));
+    } else if swap_warn.is_empty() {
+        checks.push((Level::Ok, "swap is encrypted or in RAM (zram/dm-crypt)".into()));
+    }
+    checks.extend(swap_warn.into_iter().map(|w| (Level::Warn, w)));
+    let core = host::core_dump_warnings();
+    if core.is_empty() {
+        checks.push((Level::Ok, "core dumps of the non-dumpable agent are off".into()));
+    }
+    checks.extend(core.into_iter().map(|w| (Level::Warn, w)));
+
+    let mut failed = 0;
+    for (level, msg) in &checks {
+        let tag = match level {
+            Level::Ok => "ok  ",
+            Level::Warn => "warn",
+            Level::Fail => {
+                failed += 1;
+                "FAIL"
+            }
+        };
+        println!("{tag}  {msg}");
+    }
+    if failed > 0 {
+        bail!("{failed} check(s) failed: see the FAIL lines above");
+    }
+    Ok(())
+}

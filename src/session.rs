@@ -1,0 +1,124 @@
+//! The unlock session: the envoy's age identity held in RAM until the idle
+//! timeout or `lock`. Time is passed in, so the rules are tested without
+//! waiting. Dropping the identity zeroizes it (age's X25519 secret is
+//! zeroize-on-drop); in-flight decryptions hold an `Arc` and release it when
+//! they finish.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lockbox_crypto::AgeIdentity;
+
+/// The session state.
+pub struct Session {
+    identity: Option<Arc<AgeIdentity>>,
+    last_used: Instant,
+    timeout: Duration,
+}
+
+impl Session {
+    /// A locked session with the given idle timeout.
+    pub fn new(timeout: Duration, now: Instant) -> Self {
+        Session {
+            identity: None,
+            last_used: now,
+            timeout,
+        }
+    }
+
+    /// Hold `identity` from `now` on.
+    pub fn unlock(&mut self, identity: AgeIdentity, now: Instant) {
+        self.identity = Some(Arc::new(identity));
+        self.last_used = now;
+    }
+
+    /// Drop the identity.
+    pub fn lock(&mut self) {
+        self.identity = None;
+    }
+
+    /// Lock if idle past the timeout; returns whether it locked now.
+    pub fn expire(&mut self, now: Instant) -> bool {
+        if self.identity.is_some() && now.saturating_duration_since(self.last_used) >= self.timeout {
+            self.identity = None;
+            return true;
+        }
+        false
+    }
+
+    /// The identity for a decryption, resetting the idle timer; `None` when
+    /// locked (or idle past the timeout, which locks).
+    pub fn use_identity(&mut self, now: Instant) -> Option<Arc<AgeIdentity>> {
+        self.expire(now);
+        let id = self.identity.clone()?;
+        self.last_used = now;
+        Some(id)
+    }
+
+    /// Reset the idle timer (status does this, per the seeds).
+    pub fn touch(&mut self, now: Instant) {
+        if !self.expire(now) {
+            self.last_used = now;
+        }
+    }
+
+    /// Whether the identity is held.
+    pub fn is_unlocked(&self) -> bool {
+        self.identity.is_some()
+    }
+
+    /// Time until the idle timeout, when unlocked.
+    pub fn idle_left(&self, now: Instant) -> Option<Duration> {
+        self.identity.as_ref()?;
+        Some(self.timeout.saturating_sub(now.saturating_duration_since(self.last_used)))
+    }
+
+    /// When the session would time out, when unlocked.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.identity.as_ref().map(|_| self.last_used + self.timeout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_timeout_locks_and_use_resets_it() {
+        let t0 = Instant::now();
+        let min = Duration::from_secs(60);
+        let mut s = Session::new(10 * min, t0);
+        assert!(s.use_identity(t0).is_none());
+        s.unlock(lockbox_crypto::identity::generate(), t0);
+        assert_eq!(s.idle_left(t0 + 4 * min), Some(6 * min));
+        assert!(s.use_identity(t0 + 9 * min).is_some());
+        // Used at 9 min: still unlocked at 18 min.
+        assert!(!s.expire(t0 + 18 * min));
+        s.touch(t0 + 18 * min);
+        assert_eq!(s.deadline(), Some(t0 + 28 * min));
+        assert!(s.expire(t0 + 28 * min));
+        assert!(!s.is_unlocked());
+        assert!(s.use_identity(t0 + 28 * min).is_none());
+        assert_eq!(s.idle_left(t0), None);
+    }
+
+    #[test]
+    fn touch_after_timeout_does_not_revive() {
+        let t0 = Instant::now();
+        let mut s = Session::new(Duration::from_secs(1), t0);
+        s.unlock(lockbox_crypto::identity::generate(), t0);
+        s.touch(t0 + Duration::from_secs(5));
+        assert!(!s.is_unlocked());
+    }
+
+    #[test]
+    fn lock_drops_identity_but_inflight_users_keep_theirs() {
+        let t0 = Instant::now();
+        let mut s = Session::new(Duration::from_secs(60), t0);
+        s.unlock(lockbox_crypto::identity::generate(), t0);
+        let held = s.use_identity(t0).expect("unlocked");
+        s.lock();
+        assert!(!s.is_unlocked());
+        assert_eq!(Arc::strong_count(&held), 1);
+    }
+}

@@ -1,0 +1,363 @@
+//! What `lockbox status` and `lockbox list` report, how it is gathered from
+//! the local state, and how it is printed. The agent fills in the live parts
+//! (session, hardening); the CLI fills in what it can when no agent runs.
+
+use std::fmt::Write as _;
+
+use lockbox_fs::{Entry, FileState, Store};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::paths::Paths;
+use crate::sys::Hardening;
+
+/// One row of `lockbox list`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ListEntry {
+    /// File name (lossy UTF-8 for display; see `name_bytes`).
+    pub name: String,
+    /// Raw name bytes when the name is not UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name_bytes: Option<Vec<u8>>,
+    /// Plaintext size in bytes.
+    pub size: u64,
+    /// Modification time, seconds since the epoch.
+    pub mtime: i64,
+    /// `ciphertext`, `plaintext`, `failed` or `conflict`.
+    pub state: String,
+    /// On how many envoys the file is known to be (this one included).
+    pub envoys: u32,
+}
+
+impl ListEntry {
+    /// The row for a store entry.
+    pub fn from_entry(e: &Entry) -> Self {
+        let name = e.name.to_string();
+        let utf8 = std::str::from_utf8(e.name.as_bytes()).is_ok();
+        ListEntry {
+            name,
+            name_bytes: (!utf8).then(|| e.name.as_bytes().to_vec()),
+            size: e.size,
+            mtime: e.mtime,
+            state: state_word(e.state).to_string(),
+            envoys: 1,
+        }
+    }
+}
+
+fn state_word(s: FileState) -> &'static str {
+    match s {
+        FileState::Ciphertext => "ciphertext",
+        FileState::Plaintext => "plaintext",
+        FileState::Failed => "failed",
+        FileState::Conflict => "conflict",
+    }
+}
+
+/// File counts with the seeds' sub-counts.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileCounts {
+    /// All files.
+    pub total: usize,
+    /// Sealed files (conflict copies included).
+    pub ciphertext: usize,
+    /// Not yet sealed.
+    pub plaintext: usize,
+    /// Failed to seal.
+    pub failed: usize,
+    /// Conflict copies (also counted in `ciphertext`).
+    pub conflict: usize,
+    /// Names of the failed files.
+    pub failed_names: Vec<String>,
+}
+
+impl FileCounts {
+    /// Count a store listing.
+    pub fn of(entries: &[Entry]) -> Self {
+        let mut c = FileCounts {
+            total: entries.len(),
+            ..FileCounts::default()
+        };
+        for e in entries {
+            match e.state {
+                FileState::Ciphertext => c.ciphertext += 1,
+                FileState::Conflict => {
+                    c.ciphertext += 1;
+                    c.conflict += 1
+                }
+                FileState::Plaintext => c.plaintext += 1,
+                FileState::Failed => {
+                    c.failed += 1;
+                    c.failed_names.push(e.name.to_string());
+                }
+            }
+        }
+        c
+    }
+}
+
+/// Everything `lockbox status` shows.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StatusReport {
+    /// This envoy's name.
+    pub envoy: String,
+    /// The user.
+    pub user: String,
+    /// Whether an agent answered.
+    pub agent_running: bool,
+    /// The agent's pid.
+    pub agent_pid: Option<u32>,
+    /// Whether the identity is held.
+    pub unlocked: bool,
+    /// Seconds until the idle timeout.
+    pub idle_left_secs: Option<u64>,
+    /// Mount state, in words.
+    pub mount: String,
+    /// Envoy names of the recipient set.
+    pub recipients: Vec<String>,
+    /// Peers (filled in by the mesh).
+    pub peers: Vec<PeerLine>,
+    /// File counts.
+    pub files: FileCounts,
+    /// Last completed catch-up with a peer, seconds since the epoch.
+    pub last_catch_up: Option<i64>,
+    /// The long-absence line, when it applies.
+    pub long_absence: Option<String>,
+    /// The agent's hardening as it reads it back.
+    pub hardening: Option<Hardening>,
+    /// Warnings (swap, core dumps, hardening).
+    pub warnings: Vec<String>,
+}
+
+/// One peer in `status`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PeerLine {
+    /// Envoy name.
+    pub envoy: String,
+    /// `live`, `stale` or `absent`.
+    pub state: String,
+}
+
+impl StatusReport {
+    /// What can be known from disk alone (no agent).
+    pub fn gather(paths: &Paths, config: &Config, store: &Store) -> anyhow::Result<Self> {
+        let entries = store.list()?;
+        let recipients = std::fs::read_to_string(paths.recipients())
+            .ok()
+            .and_then(|t| lockbox_crypto::recipients::parse(&t).ok())
+            .map(|v| v.into_iter().map(|r| r.envoy).collect())
+            .unwrap_or_default();
+        let mut warnings = crate::host::swap_warnings(&crate::host::swap_areas());
+        warnings.extend(crate::host::core_dump_warnings());
+        Ok(StatusReport {
+            envoy: config.envoy.clone(),
+            user: config.user.clone(),
+            agent_running: false,
+            agent_pid: None,
+            unlocked: false,
+            idle_left_secs: None,
+            mount: "not mounted (agent not running)".into(),
+            recipients,
+            peers: Vec::new(),
+            files: FileCounts::of(&entries),
+            last_catch_up: None,
+            long_absence: None,
+            hardening: None,
+            warnings,
+        })
+    }
+
+    /// A report with only the config's identity fields, for when the store
+    /// cannot be read.
+    pub fn gather_minimal(config: &crate::config::Config) -> StatusReport {
+        StatusReport {
+            envoy: config.envoy.clone(),
+            user: config.user.clone(),
+            agent_running: true,
+            agent_pid: Some(std::process::id()),
+            unlocked: false,
+            idle_left_secs: None,
+            mount: String::new(),
+            recipients: vec![],
+            peers: vec![],
+            files: Default::default(),
+            last_catch_up: None,
+            long_absence: None,
+            hardening: None,
+            warnings: vec![],
+        }
+    }
+
+    /// The text `lockbox status` prints.
+    pub fn render(&self) -> String {
+        let mut o = String::new();
+        let _ = writeln!(o, "envoy: {}", self.envoy);
+        let _ = writeln!(o, "user: {}", self.user);
+        match (self.agent_running, self.agent_pid) {
+            (true, Some(pid)) => {
+                let _ = writeln!(o, "agent: running (pid {pid})");
+            }
+            (true, None) => {
+                let _ = writeln!(o, "agent: running");
+            }
+            _ => {
+                let _ = writeln!(o, "agent: not running (run 'lockbox unlock' to start it)");
+            }
+        }
+        if self.unlocked {
+            let left = self.idle_left_secs.unwrap_or(0);
+            let _ = writeln!(
+                o,
+                "session: unlocked ({} idle time left)",
+                humantime::format_duration(std::time::Duration::from_secs(left))
+            );
+        } else {
+            let _ = writeln!(o, "session: locked (run 'lockbox unlock' to decrypt)");
+        }
+        let _ = writeln!(o, "mount: {}", self.mount);
+        let _ = writeln!(
+            o,
+            "recipients: {}",
+            if self.recipients.is_empty() {
+                "none (run 'lockbox init')".to_string()
+            } else {
+                self.recipients.join(", ")
+            }
+        );
+        if self.peers.is_empty() {
+            let _ = writeln!(o, "peers: none seen");
+        } else {
+            let _ = writeln!(o, "peers:");
+            for p in &self.peers {
+                let _ = writeln!(o, "  {}: {}", p.envoy, p.state);
+            }
+        }
+        let f = &self.files;
+        let _ = writeln!(o, "files: {}", f.total);
+        let _ = writeln!(o, "  ciphertext: {}", f.ciphertext);
+        if f.conflict > 0 {
+            let _ = writeln!(o, "    conflict copies: {}", f.conflict);
+        }
+        if f.plaintext > 0 {
+            let _ = writeln!(
+                o,
+                "  plaintext: {} (run 'lockbox unlock' to encrypt and sync)",
+                f.plaintext
+            );
+        } else {
+            let _ = writeln!(o, "  plaintext: 0");
+        }
+        let _ = writeln!(o, "  failed: {}", f.failed);
+        for n in &f.failed_names {
+            let _ = writeln!(o, "    {n}");
+        }
+        match self.last_catch_up {
+            Some(t) => {
+                let _ = writeln!(o, "last catch-up: {}", fmt_time(t));
+            }
+            None => {
+                let _ = writeln!(o, "last catch-up: never");
+            }
+        }
+        if let Some(l) = &self.long_absence {
+            let _ = writeln!(o, "long absence: {l}");
+        }
+        if let Some(h) = self.hardening {
+            let _ = writeln!(
+                o,
+                "hardening: dumpable={} core_limit={}",
+                u8::from(h.dumpable),
+                h.core_limit
+            );
+        }
+        for w in &self.warnings {
+            let _ = writeln!(o, "warning: {w}");
+        }
+        o
+    }
+}
+
+/// Seconds since the epoch as `YYYY-MM-DD HH:MM:SS UTC`.
+pub fn fmt_time(t: i64) -> String {
+    let st = std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.max(0) as u64);
+    let s = humantime::format_rfc3339_seconds(st).to_string();
+    s.replace('T', " ").replace('Z', " UTC")
+}
+
+/// The text `lockbox list` prints.
+pub fn render_list(rows: &[ListEntry]) -> String {
+    let mut o = String::new();
+    let w = rows.iter().map(|r| r.name.chars().count()).max().unwrap_or(4).max(4);
+    let _ = writeln!(
+        o,
+        "{:<w$}  {:>12}  {:<23}  {:<10}  ENVOYS",
+        "NAME", "SIZE", "MODIFIED", "STATE"
+    );
+    for r in rows {
+        let _ = writeln!(
+            o,
+            "{:<w$}  {:>12}  {:<23}  {:<10}  {}",
+            r.name,
+            r.size,
+            fmt_time(r.mtime),
+            r.state,
+            r.envoys
+        );
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> StatusReport {
+        StatusReport {
+            envoy: "laptop".into(),
+            user: "ada".into(),
+            agent_running: true,
+            agent_pid: Some(42),
+            unlocked: false,
+            idle_left_secs: None,
+            mount: "mounted at /home/ada/lockbox".into(),
+            recipients: vec!["laptop".into()],
+            peers: vec![],
+            files: FileCounts {
+                total: 5,
+                ciphertext: 3,
+                plaintext: 1,
+                failed: 1,
+                conflict: 0,
+                failed_names: vec!["vigo-lic-backup.tar.gz.20260429.failed".into()],
+            },
+            last_catch_up: None,
+            long_absence: None,
+            hardening: Some(Hardening {
+                dumpable: false,
+                core_limit: 0,
+            }),
+            warnings: vec![],
+        }
+    }
+
+    #[test]
+    fn counts_render_like_the_seeds() {
+        let text = report().render();
+        let expected = "files: 5\n  ciphertext: 3\n  plaintext: 1 (run 'lockbox unlock' to encrypt and sync)\n  failed: 1\n    vigo-lic-backup.tar.gz.20260429.failed\n";
+        assert!(text.contains(expected), "{text}");
+        assert!(text.contains("session: locked"));
+        assert!(text.contains("hardening: dumpable=0 core_limit=0"));
+    }
+
+    #[test]
+    fn json_round_trips() {
+        let r = report();
+        let j = serde_json::to_string(&r).unwrap();
+        assert_eq!(serde_json::from_str::<StatusReport>(&j).unwrap(), r);
+    }
+
+    #[test]
+    fn time_format() {
+        assert_eq!(fmt_time(0), "1970-01-01 00:00:00 UTC");
+    }
+}

@@ -1,0 +1,137 @@
+//! The few system calls lockbox needs that std does not wrap: process
+//! hardening (SPEC §7), the current user's name, and socket peer credentials.
+//!
+//! This is the only module in the binary allowed `unsafe`; every block is a
+//! single libc call on values owned by the caller.
+#![allow(unsafe_code)]
+
+use std::ffi::CStr;
+use std::io;
+
+/// What the process reads back about its own hardening.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Hardening {
+    /// `prctl(PR_GET_DUMPABLE)`: `false` means non-dumpable (hardened).
+    pub dumpable: bool,
+    /// Soft `RLIMIT_CORE` in bytes (0 = no core dumps).
+    pub core_limit: u64,
+}
+
+/// Make this process non-dumpable and forbid core dumps. Called by the agent
+/// before any key material is loaded.
+pub fn harden_process() -> io::Result<Hardening> {
+    let zero = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: setrlimit reads a valid, initialised rlimit struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_CORE, &zero) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: prctl with PR_SET_DUMPABLE takes plain integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    read_hardening()
+}
+
+/// Read back the dumpable flag and the core-size limit of this process.
+pub fn read_hardening() -> io::Result<Hardening> {
+    // SAFETY: prctl with PR_GET_DUMPABLE takes no pointers.
+    let dumpable = unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) };
+    if dumpable < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the rlimit we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_CORE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(Hardening {
+        dumpable: dumpable != 0,
+        core_limit: lim.rlim_cur,
+    })
+}
+
+/// The real uid of this process.
+pub fn uid() -> u32 {
+    // SAFETY: getuid cannot fail and takes no arguments.
+    unsafe { libc::getuid() }
+}
+
+/// The login name of the real uid, from the password database; falls back to
+/// the numeric uid when the uid has no entry (e.g. in a bare container).
+pub fn user_name() -> String {
+    let uid = uid();
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: passwd is plain old data; zeroed is a valid initial state.
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer refers to memory we own for the duration of the
+    // call, and buf.len() is its true size.
+    let rc = unsafe {
+        libc::getpwuid_r(
+            uid,
+            &mut pwd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    if rc == 0 && !result.is_null() && !pwd.pw_name.is_null() {
+        // SAFETY: on success pw_name points to a NUL-terminated string in buf.
+        let name = unsafe { CStr::from_ptr(pwd.pw_name) };
+        if let Ok(s) = name.to_str() {
+            return s.to_owned();
+        }
+    }
+    uid.to_string()
+}
+
+/// The uid of the process at the other end of a Unix socket (SO_PEERCRED).
+pub fn peer_uid(sock: &impl std::os::fd::AsRawFd) -> io::Result<u32> {
+    // SAFETY: ucred is plain old data; zeroed is a valid initial state.
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: the fd is a live socket owned by `sock`; cred and len are ours
+    // and len holds cred's true size.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cred.uid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_uid_of_a_socketpair_is_us() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+        assert_eq!(peer_uid(&a).expect("SO_PEERCRED"), uid());
+    }
+
+    #[test]
+    fn user_name_is_not_empty() {
+        assert!(!user_name().is_empty());
+    }
+
+    #[test]
+    fn read_hardening_reports_something() {
+        // The test process itself is dumpable unless something hardened it.
+        let h = read_hardening().expect("prctl");
+        assert!(h.dumpable || h.core_limit == 0);
+    }
+}

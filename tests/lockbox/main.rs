@@ -1,0 +1,9 @@
+//! Integration tests: the real `lockbox` binary, real agents, real sockets.
+//! Each test gets its own HOME; every agent is stopped when its test ends,
+//! pass or fail (see `util::Envoy`'s `Drop`).
+
+mod agent;
+mod cli;
+mod interop;
+mod unprivileged;
+mod util;

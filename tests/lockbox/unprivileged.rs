@@ -1,0 +1,88 @@
+//! lockbox as an ordinary user (SPEC §7): the whole one-envoy flow runs as
+//! uid 65534, the agent makes itself non-dumpable (its /proc entries become
+//! root's), and the control socket refuses every other uid — root included.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use crate::require;
+use crate::util::{is_root, Envoy, NOBODY};
+
+fn have_setpriv() -> bool {
+    std::process::Command::new("setpriv").arg("--version").output().is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn full_flow_as_an_unprivileged_user_with_a_hardened_agent() {
+    require!(is_root(), "switching to an unprivileged uid needs root");
+    require!(have_setpriv(), "setpriv (util-linux) is not installed");
+    let e = Envoy::as_user(NOBODY);
+    e.init("nobody-envoy");
+    let src = e.plain_file("secret.txt", b"unprivileged secret");
+    e.ok(&["encrypt", &src.to_string_lossy()]);
+    e.unlock();
+    let pid = e.agent_pid().expect("agent runs");
+
+    // The agent runs as nobody…
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(uid_line.split_whitespace().nth(1) == Some("65534"), "{uid_line}");
+    // …and is non-dumpable: the kernel makes its /proc entries root's.
+    let owner = std::fs::metadata(format!("/proc/{pid}/status")).unwrap().uid();
+    assert_eq!(owner, 0, "/proc/{pid}/status should be owned by root when non-dumpable");
+    let st = e.status_json();
+    assert_eq!(st["hardening"]["dumpable"], false);
+    assert_eq!(st["hardening"]["core_limit"], 0);
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let core = limits.lines().find(|l| l.starts_with("Max core file size")).unwrap();
+    assert!(core.split_whitespace().nth(4) == Some("0"), "{core}");
+
+    let out = e.cmd(&["decrypt", "secret.txt", "-o", "-"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.stdout, b"unprivileged secret");
+    for f in ["identity.age", "signing.key", "store/secret.txt", "agent.sock"] {
+        let m = std::fs::metadata(e.state().join(f)).unwrap();
+        assert_eq!((m.uid(), m.mode() & 0o777), (NOBODY, 0o600), "{f}");
+    }
+
+    // The socket refuses another uid even when it can reach it (root can).
+    let mut s = UnixStream::connect(e.state().join("agent.sock")).unwrap();
+    let req = br#"{"Status":null}"#;
+    let mut frame = ((req.len() + 1) as u32).to_be_bytes().to_vec();
+    frame.push(b'J');
+    frame.extend_from_slice(req);
+    let _ = s.write_all(&frame);
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut reply = Vec::new();
+    let _ = s.read_to_end(&mut reply);
+    assert!(reply.is_empty(), "root got a reply from nobody's agent");
+    let log = std::fs::read_to_string(e.state().join("agent.log")).unwrap();
+    assert!(log.contains("refused a control connection from uid 0"), "{log}");
+
+    // The root CLI refuses to talk to a socket it does not own.
+    let out = std::process::Command::new(crate::util::bin())
+        .arg("status")
+        .env("HOME", &e.home)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("belongs to uid 65534"));
+    e.ok(&["stop"]);
+}
+
+#[test]
+fn a_foreign_owned_socket_is_refused_before_anything_is_sent() {
+    require!(is_root(), "chown to another uid needs root");
+    let e = Envoy::new();
+    e.init("alpha");
+    let sock = e.state().join("agent.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    std::os::unix::fs::chown(&sock, Some(NOBODY), Some(NOBODY)).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let err = e.fails(1, &["unlock", "--passphrase-file", &e.pass.to_string_lossy()]);
+    assert!(err.contains("belongs to uid 65534") && err.contains("refusing"), "{err}");
+    // Nothing connected, so no passphrase could have been sent.
+    assert!(listener.accept().is_err());
+}

@@ -1,0 +1,246 @@
+//! Test harness: an envoy in a temporary HOME, driven through the CLI.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The lockbox binary under test.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_lockbox"))
+}
+
+/// Whether we run in CI, where missing prerequisites are failures.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Whether the tests run as root.
+pub fn is_root() -> bool {
+    fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false)
+}
+
+/// Skip (loudly) outside CI, fail in CI.
+#[macro_export]
+macro_rules! require {
+    ($cond:expr, $why:expr) => {
+        if !$cond {
+            if $crate::util::in_ci() {
+                panic!("prerequisite missing in CI: {}", $why);
+            }
+            eprintln!("SKIPPED {}: {}", module_path!(), $why);
+            return;
+        }
+    };
+}
+
+/// A fast Argon2id for tests (the real default costs ~0.5 s per unlock).
+pub const TEST_CONFIG: &str = "multicast: off\npeer_port: 0\nlisten: 127.0.0.1\nkdf: {memory_kib: 64, iterations: 1, parallelism: 1}\n";
+
+/// The uid/gid the unprivileged tests run as.
+pub const NOBODY: u32 = 65534;
+
+/// One envoy in its own temporary HOME.
+pub struct Envoy {
+    _dir: tempfile::TempDir,
+    /// Its HOME.
+    pub home: PathBuf,
+    /// A file holding the passphrase.
+    pub pass: PathBuf,
+    /// Run commands as this uid (via setpriv) instead of ours.
+    pub as_uid: Option<u32>,
+    /// The binary to run (a copy the other uid can execute, when `as_uid`).
+    exe: PathBuf,
+}
+
+impl Envoy {
+    /// A fresh envoy with the test config.
+    pub fn new() -> Envoy {
+        Envoy::with_config(TEST_CONFIG)
+    }
+
+    /// A fresh envoy with this config.yaml.
+    pub fn with_config(config: &str) -> Envoy {
+        Envoy::build(config, None)
+    }
+
+    /// A fresh envoy whose commands run as `uid` (requires root).
+    pub fn as_user(uid: u32) -> Envoy {
+        Envoy::build(TEST_CONFIG, Some(uid))
+    }
+
+    fn build(config: &str, as_uid: Option<u32>) -> Envoy {
+        let dir = tempfile::Builder::new().prefix("lockbox-test-").tempdir().expect("tempdir");
+        let home = dir.path().join("home");
+        fs::create_dir_all(home.join(".lockbox")).expect("mkdir");
+        fs::write(home.join(".lockbox/config.yaml"), config).expect("config");
+        let pass = dir.path().join("pass");
+        fs::write(&pass, "correct horse battery staple\n").expect("pass");
+        let mut exe = bin();
+        if let Some(uid) = as_uid {
+            // The other uid must reach the binary, the passphrase and HOME.
+            fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+            let copy = dir.path().join("lockbox");
+            fs::copy(&exe, &copy).expect("copy binary");
+            fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).expect("chmod");
+            exe = copy;
+            for p in [&home, &home.join(".lockbox"), &home.join(".lockbox/config.yaml"), &pass] {
+                std::os::unix::fs::chown(p, Some(uid), Some(uid)).expect("chown");
+            }
+        }
+        Envoy { _dir: dir, home, pass, as_uid, exe }
+    }
+
+    /// The state folder.
+    pub fn state(&self) -> PathBuf {
+        self.home.join(".lockbox")
+    }
+
+    /// The store folder.
+    pub fn store(&self) -> PathBuf {
+        self.state().join("store")
+    }
+
+    /// A command for `lockbox ARGS` in this envoy.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = match self.as_uid {
+            Some(uid) => {
+                let mut c = Command::new("setpriv");
+                c.args([
+                    &format!("--reuid={uid}"),
+                    &format!("--regid={uid}"),
+                    "--clear-groups",
+                    "--",
+                ]);
+                c.arg(&self.exe);
+                c
+            }
+            None => Command::new(&self.exe),
+        };
+        c.args(args).env("HOME", &self.home).env_remove("RUST_LOG").stdin(Stdio::null());
+        c
+    }
+
+    /// Run `lockbox ARGS`.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("run lockbox")
+    }
+
+    /// Run and require exit 0; returns stdout.
+    #[track_caller]
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "lockbox {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Run and require exit `code`; returns stderr.
+    #[track_caller]
+    pub fn fails(&self, code: i32, args: &[&str]) -> String {
+        let out = self.run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "lockbox {args:?}: expected exit {code}\nstdout: {}\nstderr: {stderr}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        stderr
+    }
+
+    /// `init` with the test passphrase.
+    pub fn init(&self, name: &str) {
+        let pass = self.pass.to_string_lossy().into_owned();
+        self.ok(&["init", "--passphrase-file", &pass, "--envoy", name]);
+    }
+
+    /// `daemon` (detached; returns when ready).
+    pub fn start(&self) {
+        self.ok(&["daemon"]);
+    }
+
+    /// `unlock` with the test passphrase.
+    pub fn unlock(&self) {
+        let pass = self.pass.to_string_lossy().into_owned();
+        self.ok(&["unlock", "--passphrase-file", &pass]);
+    }
+
+    /// The running agent's pid, from its lock file.
+    pub fn agent_pid(&self) -> Option<u32> {
+        let pid: u32 = fs::read_to_string(self.state().join("agent.lock")).ok()?.trim().parse().ok()?;
+        alive(pid).then_some(pid)
+    }
+
+    /// Write a plaintext file in this envoy's temp dir and return its path.
+    pub fn plain_file(&self, name: &str, content: &[u8]) -> PathBuf {
+        let p = self.home.parent().expect("parent").join(name);
+        fs::write(&p, content).expect("write plain file");
+        if let Some(uid) = self.as_uid {
+            std::os::unix::fs::chown(&p, Some(uid), Some(uid)).expect("chown");
+        }
+        p
+    }
+
+    /// `status --json` parsed.
+    pub fn status_json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["status", "--json"])).expect("status json")
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let pid = self.agent_pid();
+        let _ = self.cmd(&["stop"]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        if let Some(pid) = pid {
+            // If stop did not work, do not leave the process behind.
+            if wait_until(Duration::from_secs(5), || !alive(pid)).is_err() {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            }
+        }
+    }
+}
+
+/// Whether `pid` is a running process (a zombie awaiting its reaper counts
+/// as exited: detached agents are reparented, and the reaper may be slow).
+pub fn alive(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            // The state follows the ")" that closes the command name.
+            let state = stat.rsplit(')').next().and_then(|r| r.split_whitespace().next());
+            !matches!(state, Some("Z") | Some("X"))
+        }
+        Err(_) => false,
+    }
+}
+
+/// Poll `cond` until it holds or `limit` passes. For conditions the system
+/// reaches on its own (a timer firing); never a substitute for a readiness
+/// signal we can wait on.
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> Result<(), String> {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(5);
+    while start.elapsed() < limit {
+        if cond() {
+            return Ok(());
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+    if cond() {
+        Ok(())
+    } else {
+        Err(format!("condition not reached within {limit:?}"))
+    }
+}
+
+/// Mode bits of a path.
+pub fn mode(p: &Path) -> u32 {
+    fs::metadata(p).expect("stat").permissions().mode() & 0o777
+}
