@@ -202,7 +202,9 @@ fn handle(agent: &Agent, mut stream: UnixStream) {
         }
     };
     let result = match req {
-        Request::Status => control::write_message(&mut stream, &Response::Status(Box::new(status(agent)))),
+        Request::Status => {
+            control::write_message(&mut stream, &Response::Status(Box::new(status(agent))))
+        }
         Request::List => match agent.envoy.store.list() {
             Ok(entries) => control::write_message(
                 &mut stream,
@@ -229,7 +231,10 @@ fn handle(agent: &Agent, mut stream: UnixStream) {
                     Ok(()) => Response::Ok,
                     Err(e) => error_response(&e),
                 },
-                Err(e) => Response::Error { failure: Failure::Invalid, message: e.to_string() },
+                Err(e) => Response::Error {
+                    failure: Failure::Invalid,
+                    message: e.to_string(),
+                },
             };
             control::write_message(&mut stream, &resp)
         }
@@ -241,7 +246,11 @@ fn handle(agent: &Agent, mut stream: UnixStream) {
             agent.shutdown.notify_one();
             return drop(r);
         }
-        Request::EndOfData => reply_err(&mut stream, Failure::Invalid, "unexpected end of data".into()),
+        Request::EndOfData => reply_err(
+            &mut stream,
+            Failure::Invalid,
+            "unexpected end of data".into(),
+        ),
     };
     if let Err(e) = result {
         tracing::debug!("control client went away: {e}");
@@ -257,10 +266,15 @@ fn reply_err(stream: &mut UnixStream, failure: Failure, message: String) -> std:
 fn error_response(e: &anyhow::Error) -> Response {
     let failure = match e.downcast_ref::<lockbox_fs::Error>() {
         Some(lockbox_fs::Error::NotFound(_)) => Failure::NotFound,
-        Some(lockbox_fs::Error::BadName { .. } | lockbox_fs::Error::TooLarge { .. }) => Failure::Invalid,
+        Some(lockbox_fs::Error::BadName { .. } | lockbox_fs::Error::TooLarge { .. }) => {
+            Failure::Invalid
+        }
         _ => Failure::Internal,
     };
-    Response::Error { failure, message: format!("{e:#}") }
+    Response::Error {
+        failure,
+        message: format!("{e:#}"),
+    }
 }
 
 fn status(agent: &Agent) -> StatusReport {
@@ -291,10 +305,14 @@ fn status(agent: &Agent) -> StatusReport {
     report.mount = "not mounted (the FUSE mount is not part of this build yet)".into();
     report.hardening = Some(agent.hardening);
     if agent.hardening.dumpable {
-        report.warnings.push("the agent could not make itself non-dumpable".into());
+        report
+            .warnings
+            .push("the agent could not make itself non-dumpable".into());
     }
     if agent.hardening.core_limit != 0 {
-        report.warnings.push("the agent could not disable core dumps".into());
+        report
+            .warnings
+            .push("the agent could not disable core dumps".into());
     }
     report
 }
@@ -327,7 +345,10 @@ fn unlock(agent: &Agent, passphrase: &str) -> Response {
             };
         }
         Err(e) => {
-            return Response::Error { failure: Failure::Damaged, message: e.to_string() }
+            return Response::Error {
+                failure: Failure::Damaged,
+                message: e.to_string(),
+            }
         }
     };
     if let Ok(mut s) = agent.session.lock() {
@@ -354,9 +375,13 @@ fn encrypt(agent: &Agent, stream: &mut UnixStream, name: Vec<u8>) -> std::io::Re
     control::write_message(stream, &Response::Ok)?;
     let mut reader = stream.try_clone()?;
     let resp = match agent.envoy.encrypt(&name, DataFrames::new(&mut reader)) {
-        Ok(s) => Response::Encrypted { len: s.plaintext_len },
+        Ok(s) => Response::Encrypted {
+            len: s.plaintext_len,
+        },
         Err(e) => {
-            tracing::warn!("encrypt of {name} failed: {e:#}; the old version (if any) is unchanged");
+            tracing::warn!(
+                "encrypt of {name} failed: {e:#}; the old version (if any) is unchanged"
+            );
             error_response(&e)
         }
     };
@@ -368,7 +393,11 @@ fn decrypt(agent: &Agent, stream: &mut UnixStream, name: Vec<u8>) -> std::io::Re
         Ok(n) => n,
         Err(e) => return reply_err(stream, Failure::Invalid, e.to_string()),
     };
-    let identity = agent.session.lock().ok().and_then(|mut s| s.use_identity(Instant::now()));
+    let identity = agent
+        .session
+        .lock()
+        .ok()
+        .and_then(|mut s| s.use_identity(Instant::now()));
     agent.session_changed.notify_one();
     let Some(identity) = identity else {
         return reply_err(stream, Failure::Locked, "locked: run lockbox unlock".into());
@@ -391,7 +420,12 @@ fn decrypt(agent: &Agent, stream: &mut UnixStream, name: Vec<u8>) -> std::io::Re
             return reply_err(stream, Failure::Damaged, format!("{name}: {e}"));
         }
     };
-    control::write_message(stream, &Response::Decrypting { len: opened.plaintext_len() })?;
+    control::write_message(
+        stream,
+        &Response::Decrypting {
+            len: opened.plaintext_len(),
+        },
+    )?;
     let mut buf = zeroize::Zeroizing::new(vec![0u8; control::DATA_CHUNK]);
     loop {
         match opened.read(&mut buf) {
@@ -399,7 +433,9 @@ fn decrypt(agent: &Agent, stream: &mut UnixStream, name: Vec<u8>) -> std::io::Re
             Ok(n) => control::write_data(stream, &buf[..n])?,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                tracing::warn!("{name}: ciphertext failed authentication ({e}); refusing to return it");
+                tracing::warn!(
+                    "{name}: ciphertext failed authentication ({e}); refusing to return it"
+                );
                 return reply_err(
                     stream,
                     Failure::Damaged,

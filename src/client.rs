@@ -119,8 +119,7 @@ impl Client {
             };
             control::write_data(&mut self.stream, &buf[..n]).context("the agent went away")?;
         }
-        control::write_message(&mut self.stream, &Request::EndOfData)
-            .context("the agent went away")
+        control::write_message(&mut self.stream, &Request::EndOfData).context("the agent went away")
     }
 
     /// Copy the data frames of a `Decrypting` reply into `out` until `End`;

@@ -32,8 +32,9 @@ impl fmt::Display for Multicast {
     }
 }
 
-/// Argon2id cost settings in config (`kdf:`), used for `init`'s identity
-/// wrapping and circle key. Absent means the tuned defaults.
+/// Argon2id cost settings in config (`kdf:`), used when `init` wraps this
+/// envoy's identity. Absent means the tuned defaults. (The circle key's cost
+/// is fixed, so envoys with different settings still share one circle.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KdfConfig {
@@ -82,7 +83,7 @@ pub struct Config {
     pub push_concurrency: u32,
     /// Refuse pushes when free disk is at or below this percentage.
     pub disk_pressure_percent: u8,
-    /// Argon2id cost for `init` (identity wrapping and circle key).
+    /// Argon2id cost for wrapping the identity at `init`.
     pub kdf: Option<KdfConfig>,
 }
 
@@ -122,8 +123,13 @@ impl Config {
 
     fn validate(&self) -> anyhow::Result<()> {
         use anyhow::bail;
-        if self.envoy.len() > 64 || self.envoy.contains(['/', '\0', '\n']) {
-            bail!("envoy: must be at most 64 bytes without '/', NUL or newline");
+        // Empty means "not set yet" (init fills both in); otherwise the names
+        // must be valid on the wire, where announcements carry them.
+        for (key, v) in [("envoy", &self.envoy), ("user", &self.user)] {
+            if !v.is_empty() {
+                lockbox_net::WireName::new(v.as_str())
+                    .map_err(|e| anyhow::anyhow!("{key}: {e}"))?;
+            }
         }
         if self.max_file_size == 0 || self.max_file_size > MAX_FILE_SIZE {
             bail!("max_file_size: must be between 1 byte and 1GiB");
@@ -225,7 +231,7 @@ impl Config {
 }
 
 fn render_minutes(d: Duration) -> String {
-    if d.as_secs() % 60 == 0 && d.subsec_nanos() == 0 {
+    if d.as_secs().is_multiple_of(60) && d.subsec_nanos() == 0 {
         (d.as_secs() / 60).to_string()
     } else {
         humantime::format_duration(d).to_string()
@@ -233,9 +239,9 @@ fn render_minutes(d: Duration) -> String {
 }
 
 fn render_size(n: u64) -> String {
-    if n % (1 << 30) == 0 {
+    if n.is_multiple_of(1 << 30) {
         format!("{}GiB", n >> 30)
-    } else if n % (1 << 20) == 0 {
+    } else if n.is_multiple_of(1 << 20) {
         format!("{}MiB", n >> 20)
     } else {
         n.to_string()
@@ -287,7 +293,9 @@ fn de_multicast<'de, D: Deserializer<'de>>(d: D) -> Result<Multicast, D::Error> 
         return Ok(Multicast::Off);
     }
     let addr: SocketAddrV4 = s.trim().parse().map_err(|_| {
-        serde::de::Error::custom(format!("'{s}' is not 'off' or a group like 224.0.0.44:1533"))
+        serde::de::Error::custom(format!(
+            "'{s}' is not 'off' or a group like 224.0.0.44:1533"
+        ))
     })?;
     if !addr.ip().is_multicast() {
         return Err(serde::de::Error::custom(format!(
@@ -304,7 +312,10 @@ mod tests {
     #[test]
     fn empty_text_gives_defaults() {
         assert_eq!(Config::parse("").unwrap(), Config::default());
-        assert_eq!(Config::parse("# only a comment\n").unwrap(), Config::default());
+        assert_eq!(
+            Config::parse("# only a comment\n").unwrap(),
+            Config::default()
+        );
     }
 
     #[test]
@@ -327,7 +338,9 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named() {
-        let e = Config::parse("envoy: a\nfrobnicate: 3\n").unwrap_err().to_string();
+        let e = Config::parse("envoy: a\nfrobnicate: 3\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("frobnicate"), "{e}");
     }
 
@@ -342,7 +355,12 @@ mod tests {
             ("listen: nowhere\n", "listen"),
             ("peer_port: 70000\n", "peer_port"),
             ("envoy: a/b\n", "envoy"),
-            ("kdf: {memory_kib: 0, iterations: 1, parallelism: 1}\n", "kdf"),
+            ("envoy: \"tab\\there\"\n", "envoy"),
+            ("user: \"..\"\n", "user"),
+            (
+                "kdf: {memory_kib: 0, iterations: 1, parallelism: 1}\n",
+                "kdf",
+            ),
             ("- a list\n", "invalid type"),
         ] {
             let e = Config::parse(text).unwrap_err().to_string();

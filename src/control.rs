@@ -243,12 +243,20 @@ mod tests {
     #[test]
     fn messages_and_data_round_trip() {
         let mut buf = Vec::new();
-        write_message(&mut buf, &Request::Decrypt { name: b"a".to_vec() }).unwrap();
+        write_message(
+            &mut buf,
+            &Request::Decrypt {
+                name: b"a".to_vec(),
+            },
+        )
+        .unwrap();
         write_data(&mut buf, b"payload").unwrap();
         let mut r = Cursor::new(buf);
         assert_eq!(
             read_frame::<Request>(&mut r).unwrap(),
-            Some(Frame::Message(Request::Decrypt { name: b"a".to_vec() }))
+            Some(Frame::Message(Request::Decrypt {
+                name: b"a".to_vec()
+            }))
         );
         assert_eq!(
             read_frame::<Request>(&mut r).unwrap(),

@@ -125,7 +125,9 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let dir = path.parent().context("path has no parent")?;
     let tmp = dir.join(format!(
         ".{}.tmp-{:08x}",
-        path.file_name().map(|f| f.to_string_lossy()).unwrap_or_default(),
+        path.file_name()
+            .map(|f| f.to_string_lossy())
+            .unwrap_or_default(),
         rand::random::<u32>()
     ));
     let result = (|| {

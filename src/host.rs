@@ -84,9 +84,11 @@ pub fn core_dump_warnings() -> Vec<String> {
 
 fn core_dump_warnings_from(suid_dumpable: &str) -> Vec<String> {
     match suid_dumpable {
-        "2" => vec!["fs.suid_dumpable=2 lets non-dumpable processes such as the agent dump core \
+        "2" => vec![
+            "fs.suid_dumpable=2 lets non-dumpable processes such as the agent dump core \
                      (readable by root); set it to 0"
-            .to_string()],
+                .to_string(),
+        ],
         _ => vec![],
     }
 }

@@ -32,9 +32,11 @@ pub fn read(file: Option<&Path>, prompt: &str, confirm: bool) -> anyhow::Result<
 }
 
 fn prompt_tty(prompt: &str) -> anyhow::Result<Zeroizing<String>> {
-    rpassword::prompt_password(prompt).map(Zeroizing::new).map_err(|_| {
-        anyhow::anyhow!("no terminal to read the passphrase from: use --passphrase-file FILE")
-    })
+    rpassword::prompt_password(prompt)
+        .map(Zeroizing::new)
+        .map_err(|_| {
+            anyhow::anyhow!("no terminal to read the passphrase from: use --passphrase-file FILE")
+        })
 }
 
 /// The first line of `path` (without its line ending).
@@ -46,7 +48,10 @@ pub fn from_file(path: &Path) -> anyhow::Result<Zeroizing<String>> {
         .read_line(&mut line)
         .with_context(|| format!("{} is not a text file", path.display()))?;
     if line.len() as u64 > MAX_LEN {
-        bail!("the first line of {} is longer than {MAX_LEN} bytes", path.display());
+        bail!(
+            "the first line of {} is longer than {MAX_LEN} bytes",
+            path.display()
+        );
     }
     while line.ends_with('\n') || line.ends_with('\r') {
         line.pop();
@@ -65,7 +70,10 @@ mod tests {
         std::fs::write(&p, "correct horse\r\nsecond line\n").unwrap();
         assert_eq!(&*read(Some(&p), "", false).unwrap(), "correct horse");
         std::fs::write(&p, "\nnext").unwrap();
-        assert!(read(Some(&p), "", false).unwrap_err().to_string().contains("empty"));
+        assert!(read(Some(&p), "", false)
+            .unwrap_err()
+            .to_string()
+            .contains("empty"));
         assert!(read(Some(&dir.path().join("missing")), "", false).is_err());
     }
 }

@@ -39,7 +39,8 @@ impl Session {
 
     /// Lock if idle past the timeout; returns whether it locked now.
     pub fn expire(&mut self, now: Instant) -> bool {
-        if self.identity.is_some() && now.saturating_duration_since(self.last_used) >= self.timeout {
+        if self.identity.is_some() && now.saturating_duration_since(self.last_used) >= self.timeout
+        {
             self.identity = None;
             return true;
         }
@@ -70,12 +71,17 @@ impl Session {
     /// Time until the idle timeout, when unlocked.
     pub fn idle_left(&self, now: Instant) -> Option<Duration> {
         self.identity.as_ref()?;
-        Some(self.timeout.saturating_sub(now.saturating_duration_since(self.last_used)))
+        Some(
+            self.timeout
+                .saturating_sub(now.saturating_duration_since(self.last_used)),
+        )
     }
 
     /// When the session would time out, when unlocked.
     pub fn deadline(&self) -> Option<Instant> {
-        self.identity.as_ref().map(|_| self.last_used + self.timeout)
+        self.identity
+            .as_ref()
+            .map(|_| self.last_used + self.timeout)
     }
 }
 

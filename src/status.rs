@@ -287,7 +287,12 @@ pub fn fmt_time(t: i64) -> String {
 /// The text `lockbox list` prints.
 pub fn render_list(rows: &[ListEntry]) -> String {
     let mut o = String::new();
-    let w = rows.iter().map(|r| r.name.chars().count()).max().unwrap_or(4).max(4);
+    let w = rows
+        .iter()
+        .map(|r| r.name.chars().count())
+        .max()
+        .unwrap_or(4)
+        .max(4);
     let _ = writeln!(
         o,
         "{:<w$}  {:>12}  {:<23}  {:<10}  ENVOYS",

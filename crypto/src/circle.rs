@@ -136,7 +136,9 @@ pub fn verify_endorsement(s: &Signed<Endorsement>, circle: &PublicKey) -> Result
     }
     let e = s.body();
     if e.user.len() > MAX_NAME_BYTES || e.envoy.len() > MAX_NAME_BYTES {
-        return Err(Error::Malformed("endorsement names exceed 255 bytes".into()));
+        return Err(Error::Malformed(
+            "endorsement names exceed 255 bytes".into(),
+        ));
     }
     AgeRecipient::from_str(&e.recipient).map_err(|reason| {
         Error::Malformed(format!(
@@ -184,9 +186,11 @@ mod tests {
             KNOWN_CIRCLE_PUBLIC,
             "circle key derivation changed; every existing circle would split"
         );
-        let other_pass = CircleKey::derive(&pass("hunter3 hunter3"), "alice", KdfParams::TEST).unwrap();
+        let other_pass =
+            CircleKey::derive(&pass("hunter3 hunter3"), "alice", KdfParams::TEST).unwrap();
         assert_ne!(a.public(), other_pass.public());
-        let other_user = CircleKey::derive(&pass("hunter2 hunter2"), "bob", KdfParams::TEST).unwrap();
+        let other_user =
+            CircleKey::derive(&pass("hunter2 hunter2"), "bob", KdfParams::TEST).unwrap();
         assert_ne!(a.public(), other_user.public());
         assert!(format!("{a:?}").starts_with("CircleKey(PublicKey("));
     }
@@ -237,7 +241,10 @@ mod tests {
                 ..endorsement()
             });
             assert!(
-                matches!(verify_endorsement(&signed, &circle.public()), Err(Error::Malformed(_))),
+                matches!(
+                    verify_endorsement(&signed, &circle.public()),
+                    Err(Error::Malformed(_))
+                ),
                 "{bad}"
             );
         }
@@ -254,9 +261,18 @@ mod tests {
         });
         Signed::<Endorsement>::from_bytes(&ok.to_bytes()).unwrap();
         for e in [
-            Endorsement { user: long(MAX_NAME_BYTES + 1), ..endorsement() },
-            Endorsement { envoy: long(MAX_NAME_BYTES + 1), ..endorsement() },
-            Endorsement { recipient: long(MAX_RECIPIENT_BYTES + 1), ..endorsement() },
+            Endorsement {
+                user: long(MAX_NAME_BYTES + 1),
+                ..endorsement()
+            },
+            Endorsement {
+                envoy: long(MAX_NAME_BYTES + 1),
+                ..endorsement()
+            },
+            Endorsement {
+                recipient: long(MAX_RECIPIENT_BYTES + 1),
+                ..endorsement()
+            },
         ] {
             let signed = circle.endorse(e);
             assert!(matches!(

@@ -59,7 +59,11 @@ pub fn generate() -> AgeIdentity {
 ///
 /// `params` are validated and stored in the file; use
 /// [`KdfParams::DEFAULT`] (tests use [`KdfParams::TEST`]).
-pub fn wrap(identity: &AgeIdentity, passphrase: &SecretString, params: KdfParams) -> Result<Vec<u8>> {
+pub fn wrap(
+    identity: &AgeIdentity,
+    passphrase: &SecretString,
+    params: KdfParams,
+) -> Result<Vec<u8>> {
     params.validate()?;
     let mut salt = [0u8; SALT_LEN];
     let mut nonce = [0u8; NONCE_LEN];
@@ -132,7 +136,9 @@ fn parse(file: &[u8]) -> Result<Parsed<'_>> {
     }
     let (body, checksum) = file.split_at(file.len() - CHECKSUM_LEN);
     if Sha256::of(body).0 != checksum {
-        return Err(corrupt("checksum mismatch: the file is damaged or truncated"));
+        return Err(corrupt(
+            "checksum mismatch: the file is damaged or truncated",
+        ));
     }
     let version = body[MAGIC.len()];
     if version != VERSION {
@@ -179,10 +185,13 @@ pub fn unwrap(file: &[u8], passphrase: &SecretString) -> Result<AgeIdentity> {
     let mut buf = Zeroizing::new(parsed.ciphertext.to_vec());
     aead.decrypt_in_place(XNonce::from_slice(parsed.nonce), parsed.header, &mut *buf)
         .map_err(|_| Error::WrongPassphrase)?;
-    let text = std::str::from_utf8(&buf)
-        .map_err(|_| corrupt("the decrypted payload is not text"))?;
-    AgeIdentity::from_str(text)
-        .map_err(|reason| corrupt(&format!("the decrypted payload is not an age identity: {reason}")))
+    let text =
+        std::str::from_utf8(&buf).map_err(|_| corrupt("the decrypted payload is not text"))?;
+    AgeIdentity::from_str(text).map_err(|reason| {
+        corrupt(&format!(
+            "the decrypted payload is not an age identity: {reason}"
+        ))
+    })
 }
 
 /// The KDF parameters stored in an identity file (checks framing, version,
@@ -210,7 +219,7 @@ mod tests {
     }
 
     /// Replaces the trailing checksum with the correct one for the rest.
-    fn rechecksum(file: &mut Vec<u8>) {
+    fn rechecksum(file: &mut [u8]) {
         let n = file.len() - CHECKSUM_LEN;
         let sum = Sha256::of(&file[..n]);
         file[n..].copy_from_slice(&sum.0);
@@ -246,8 +255,14 @@ mod tests {
     #[test]
     fn wrong_passphrase() {
         let (_, file) = sample();
-        assert!(matches!(unwrap(&file, &pass("open sesame ")), Err(Error::WrongPassphrase)));
-        assert!(matches!(unwrap(&file, &pass("")), Err(Error::WrongPassphrase)));
+        assert!(matches!(
+            unwrap(&file, &pass("open sesame ")),
+            Err(Error::WrongPassphrase)
+        ));
+        assert!(matches!(
+            unwrap(&file, &pass("")),
+            Err(Error::WrongPassphrase)
+        ));
     }
 
     #[test]
@@ -258,7 +273,10 @@ mod tests {
                 let mut bad = file.clone();
                 bad[i] ^= 1 << bit;
                 let r = unwrap(&bad, &pass("open sesame")).map(|_| ());
-                assert!(matches!(r, Err(Error::CorruptIdentity(_))), "byte {i}: {r:?}");
+                assert!(
+                    matches!(r, Err(Error::CorruptIdentity(_))),
+                    "byte {i}: {r:?}"
+                );
             }
         }
     }
@@ -282,11 +300,17 @@ mod tests {
         let (_, file) = sample();
         for len in 0..file.len() {
             let r = unwrap(&file[..len], &pass("open sesame")).map(|_| ());
-            assert!(matches!(r, Err(Error::CorruptIdentity(_))), "len {len}: {r:?}");
+            assert!(
+                matches!(r, Err(Error::CorruptIdentity(_))),
+                "len {len}: {r:?}"
+            );
         }
         let mut long = file.clone();
         long.push(0);
-        assert!(matches!(unwrap(&long, &pass("open sesame")), Err(Error::CorruptIdentity(_))));
+        assert!(matches!(
+            unwrap(&long, &pass("open sesame")),
+            Err(Error::CorruptIdentity(_))
+        ));
     }
 
     #[test]
@@ -294,7 +318,14 @@ mod tests {
         let (_, file) = sample();
         // 4 GiB + 1 KiB, u32::MAX iterations, 1000 lanes: deriving with any
         // of these would allocate or spin for ages; they must fail at once.
-        for (at, value) in [(17, 4 * 1024 * 1024 + 1), (17, u32::MAX), (21, 65), (21, 0), (25, 1000), (25, 0)] {
+        for (at, value) in [
+            (17, 4 * 1024 * 1024 + 1),
+            (17, u32::MAX),
+            (21, 65),
+            (21, 0),
+            (25, 1000),
+            (25, 0),
+        ] {
             let mut bad = file.clone();
             bad[at..at + 4].copy_from_slice(&u32::to_be_bytes(value));
             rechecksum(&mut bad);
@@ -339,7 +370,10 @@ mod tests {
         newer.extend_from_slice(b"whatever comes next");
         newer.extend_from_slice(&[0; CHECKSUM_LEN]);
         rechecksum(&mut newer);
-        assert!(matches!(params_of(&newer), Err(Error::UnsupportedIdentityVersion(2))));
+        assert!(matches!(
+            params_of(&newer),
+            Err(Error::UnsupportedIdentityVersion(2))
+        ));
     }
 
     #[test]
@@ -387,7 +421,13 @@ mod tests {
 
     #[test]
     fn wrap_validates_params() {
-        let bad = KdfParams { iterations: 0, ..KdfParams::TEST };
-        assert!(matches!(wrap(&generate(), &pass("p"), bad), Err(Error::KdfParams(_))));
+        let bad = KdfParams {
+            iterations: 0,
+            ..KdfParams::TEST
+        };
+        assert!(matches!(
+            wrap(&generate(), &pass("p"), bad),
+            Err(Error::KdfParams(_))
+        ));
     }
 }

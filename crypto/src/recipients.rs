@@ -143,16 +143,24 @@ mod tests {
     #[test]
     fn parses_entries_comments_and_blank_lines() {
         let (a, b, c) = (recipient(), recipient(), recipient());
-        let text = format!(
-            "# header\n\n{a}  # laptop\r\n   \n  # indented comment\n{b} #desk\n{c}\n"
-        );
+        let text =
+            format!("# header\n\n{a}  # laptop\r\n   \n  # indented comment\n{b} #desk\n{c}\n");
         let entries = parse(&text).unwrap();
         assert_eq!(
             entries,
             vec![
-                RecipientEntry { recipient: a, envoy: "laptop".into() },
-                RecipientEntry { recipient: b, envoy: "desk".into() },
-                RecipientEntry { recipient: c, envoy: String::new() },
+                RecipientEntry {
+                    recipient: a,
+                    envoy: "laptop".into()
+                },
+                RecipientEntry {
+                    recipient: b,
+                    envoy: "desk".into()
+                },
+                RecipientEntry {
+                    recipient: c,
+                    envoy: String::new()
+                },
             ]
         );
         assert_eq!(to_age(&entries).unwrap().len(), 3);
@@ -163,7 +171,10 @@ mod tests {
     fn round_trip() {
         let entries: Vec<_> = ["laptop", "desk pc", "", "Zoë's phone #2"]
             .iter()
-            .map(|n| RecipientEntry { recipient: recipient(), envoy: n.to_string() })
+            .map(|n| RecipientEntry {
+                recipient: recipient(),
+                envoy: n.to_string(),
+            })
             .collect();
         let text = encode(&entries);
         assert!(text.starts_with("# lockbox recipients"));
@@ -184,12 +195,17 @@ mod tests {
     #[test]
     fn errors_name_the_line() {
         let a = recipient();
-        assert_eq!(line_of(parse(&format!("# c\n{a}\nage1bogus\n")).unwrap_err()), 3);
+        assert_eq!(
+            line_of(parse(&format!("# c\n{a}\nage1bogus\n")).unwrap_err()),
+            3
+        );
         assert_eq!(line_of(parse(&format!("{a} laptop\n")).unwrap_err()), 1);
         assert_eq!(line_of(parse("AGE-SECRET-KEY-1XYZ\n").unwrap_err()), 1);
         assert_eq!(line_of(parse("ssh-ed25519 AAAA # key\n").unwrap_err()), 1);
         let dup = parse(&format!("{a} # one\n\n{a} # two\n")).unwrap_err();
-        assert!(matches!(&dup, Error::BadRecipients { line: 3, reason } if reason.contains("line 1")));
+        assert!(
+            matches!(&dup, Error::BadRecipients { line: 3, reason } if reason.contains("line 1"))
+        );
         let long = format!("{a}  # {}\n", "x".repeat(MAX_LINE_BYTES));
         assert_eq!(line_of(parse(&long).unwrap_err()), 1);
     }
@@ -199,7 +215,10 @@ mod tests {
         let a = recipient();
         let entries = parse(&a.to_uppercase()).unwrap();
         assert_eq!(entries[0].recipient, a);
-        assert_eq!(line_of(parse(&format!("{a}\n{}\n", a.to_uppercase())).unwrap_err()), 2);
+        assert_eq!(
+            line_of(parse(&format!("{a}\n{}\n", a.to_uppercase())).unwrap_err()),
+            2
+        );
     }
 
     #[test]
@@ -216,8 +235,14 @@ mod tests {
     #[test]
     fn to_age_rejects_bad_entries() {
         let entries = vec![
-            RecipientEntry { recipient: recipient(), envoy: "a".into() },
-            RecipientEntry { recipient: "age1nope".into(), envoy: "b".into() },
+            RecipientEntry {
+                recipient: recipient(),
+                envoy: "a".into(),
+            },
+            RecipientEntry {
+                recipient: "age1nope".into(),
+                envoy: "b".into(),
+            },
         ];
         assert_eq!(line_of(to_age(&entries).unwrap_err()), 2);
     }

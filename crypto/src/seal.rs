@@ -186,6 +186,11 @@ pub fn scan_header(prefix: &[u8]) -> Result<HeaderInfo> {
 /// Reads an age header from `input` (at most [`MAX_HEADER_BYTES`] + 1
 /// bytes, possibly a little of the payload after it) and scans it like
 /// [`scan_header`]. The position of `input` afterwards is unspecified.
+///
+/// Unlike [`scan_header`], which may be given a prefix, this sees the whole
+/// input, so an input that ends before the magic line is complete (an empty
+/// file, say) is [`Error::NotAge`], matching [`is_age`]; an input that starts
+/// with the magic line but ends inside the header is [`Error::Truncated`].
 pub fn read_header<R: Read>(input: R) -> Result<HeaderInfo> {
     let mut input = input.take(MAX_HEADER_BYTES as u64 + 1);
     let mut scanner = HeaderScanner::default();
@@ -198,7 +203,14 @@ pub fn read_header<R: Read>(input: R) -> Result<HeaderInfo> {
             Err(e) => return Err(e.into()),
         };
         if n == 0 {
-            return Err(HeaderScanner::incomplete(buf.len()));
+            // The whole input is here: if it does not even start with the
+            // magic line it is not age (an empty file included), as `is_age`
+            // would say; otherwise its header is cut short.
+            return Err(if is_age(&buf) {
+                HeaderScanner::incomplete(buf.len())
+            } else {
+                Error::NotAge
+            });
         }
         buf.extend_from_slice(&chunk[..n]);
         if let Some(info) = scanner.scan(&buf)? {
@@ -436,7 +448,10 @@ impl<R: Read + Seek> Seek for Opened<R> {
             )
         })?;
         self.check_failed()?;
-        if let Err(e) = self.reader.seek(SeekFrom::Start(target.min(self.plaintext_len))) {
+        if let Err(e) = self
+            .reader
+            .seek(SeekFrom::Start(target.min(self.plaintext_len)))
+        {
             self.failed = true;
             return Err(auth_io_error(e));
         }
@@ -461,16 +476,15 @@ impl<R: Read + Seek> Opened<R> {
 /// Opens `input` with `identity` and reads the whole plaintext into memory.
 /// For small files and tests: any authentication failure is an
 /// [`Error::Corrupt`], never partial data.
-pub fn open_to_vec<R: Read + Seek>(
-    identity: &AgeIdentity,
-    input: R,
-) -> Result<Zeroizing<Vec<u8>>> {
+pub fn open_to_vec<R: Read + Seek>(identity: &AgeIdentity, input: R) -> Result<Zeroizing<Vec<u8>>> {
     let mut opened = Opened::open(identity, input)?;
     let len = usize::try_from(opened.plaintext_len())
         .map_err(|_| Error::Corrupt("plaintext does not fit in memory".into()))?;
     // Sized up front so the buffer never reallocates and leaves copies behind.
     let mut plaintext = Zeroizing::new(vec![0u8; len]);
-    opened.read_exact(&mut plaintext[..]).map_err(payload_error)?;
+    opened
+        .read_exact(&mut plaintext[..])
+        .map_err(payload_error)?;
     Ok(plaintext)
 }
 

@@ -501,7 +501,14 @@ mod tests {
         assert_eq!(PublicKey::from_base64(&s).unwrap(), k);
         assert_eq!(k.to_string(), s);
         assert_eq!(format!("{k:?}"), format!("PublicKey({s})"));
-        for bad in ["", "AAAA", &format!("{s}="), &format!("{s}A"), &format!("+{}", &s[1..]), &format!("/{}", &s[1..])] {
+        for bad in [
+            "",
+            "AAAA",
+            &format!("{s}="),
+            &format!("{s}A"),
+            &format!("+{}", &s[1..]),
+            &format!("/{}", &s[1..]),
+        ] {
             assert!(PublicKey::from_base64(bad).is_err(), "{bad}");
         }
     }
@@ -515,7 +522,10 @@ mod tests {
         assert_eq!(text.lines().count(), 2);
         assert_eq!(SigningKey::parse_file(&text).unwrap().public(), k.public());
         let no_newline = text.trim_end();
-        assert_eq!(SigningKey::parse_file(no_newline).unwrap().public(), k.public());
+        assert_eq!(
+            SigningKey::parse_file(no_newline).unwrap().public(),
+            k.public()
+        );
         let seed_line = text.lines().nth(1).unwrap();
         for bad in [
             String::new(),
@@ -563,7 +573,10 @@ mod tests {
             for bit in 0..8 {
                 let mut bad = bytes.clone();
                 bad[i] ^= 1 << bit;
-                assert!(Signed::<Note>::from_bytes(&bad).is_err(), "byte {i} bit {bit}");
+                assert!(
+                    Signed::<Note>::from_bytes(&bad).is_err(),
+                    "byte {i} bit {bit}"
+                );
             }
         }
     }
@@ -632,7 +645,10 @@ mod tests {
     #[test]
     fn oversized_and_unknown_version_records_are_rejected() {
         let big = vec![1u8; MAX_RECORD_BYTES + 1];
-        assert!(matches!(Signed::<Note>::from_bytes(&big), Err(Error::Malformed(_))));
+        assert!(matches!(
+            Signed::<Note>::from_bytes(&big),
+            Err(Error::Malformed(_))
+        ));
         let mut bytes = Signed::sign(note(), &SigningKey::generate()).to_bytes();
         bytes[0] = 2;
         assert!(matches!(
@@ -645,16 +661,25 @@ mod tests {
     fn decoder_caps_declared_lengths_without_allocating() {
         // Declares 4 GiB - 1 bytes on a 6-byte input.
         let input = [0xff, 0xff, 0xff, 0xff, b'a', b'b'];
-        assert!(matches!(Decoder::new(&input).bytes(usize::MAX), Err(Error::Malformed(_))));
-        assert!(matches!(Decoder::new(&input).bytes(10), Err(Error::Malformed(m)) if m.contains("cap")));
+        assert!(matches!(
+            Decoder::new(&input).bytes(usize::MAX),
+            Err(Error::Malformed(_))
+        ));
+        assert!(
+            matches!(Decoder::new(&input).bytes(10), Err(Error::Malformed(m)) if m.contains("cap"))
+        );
         // Within the cap but beyond the input.
         let input = [0, 0, 0, 3, b'a', b'b'];
-        assert!(matches!(Decoder::new(&input).bytes(10), Err(Error::Malformed(m)) if m.contains("truncated")));
+        assert!(
+            matches!(Decoder::new(&input).bytes(10), Err(Error::Malformed(m)) if m.contains("truncated"))
+        );
         let input = [0, 0, 0, 2, b'a', b'b'];
         assert_eq!(Decoder::new(&input).bytes(2).unwrap(), b"ab");
         assert!(Decoder::new(&input).bytes(1).is_err());
         let input = [0, 0, 0, 2, 0xc3, 0x28];
-        assert!(matches!(Decoder::new(&input).str(10), Err(Error::Malformed(m)) if m.contains("UTF-8")));
+        assert!(
+            matches!(Decoder::new(&input).str(10), Err(Error::Malformed(m)) if m.contains("UTF-8"))
+        );
     }
 
     #[test]

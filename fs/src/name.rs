@@ -135,7 +135,14 @@ mod tests {
 
     #[test]
     fn accepts_ordinary_and_non_utf8_names() {
-        for good in [&b"id_ed25519"[..], b".hidden", b"...", b"a b", b"\xff\xfe", b"-rf"] {
+        for good in [
+            &b"id_ed25519"[..],
+            b".hidden",
+            b"...",
+            b"a b",
+            b"\xff\xfe",
+            b"-rf",
+        ] {
             assert!(Name::new(good).is_ok(), "{good:?}");
         }
     }
@@ -151,7 +158,10 @@ mod tests {
         assert_eq!(k("db.conflict-laptop-20260101-120000"), NameKind::Conflict);
         let n = Name::new("keys").unwrap();
         assert_eq!(n.failed(42).unwrap().kind(), NameKind::Failed);
-        assert!(Name::new(vec![b'a'; 250]).unwrap().failed(1_700_000_000).is_err());
+        assert!(Name::new(vec![b'a'; 250])
+            .unwrap()
+            .failed(1_700_000_000)
+            .is_err());
     }
 
     proptest! {

@@ -157,7 +157,9 @@ impl Store {
         name: &Name,
         fill: impl FnOnce(&mut File) -> Result<T, Error>,
     ) -> Result<T, Error> {
-        let tmp_path = self.tmp.join(format!("{:016x}.partial", rand::random::<u64>()));
+        let tmp_path = self
+            .tmp
+            .join(format!("{:016x}.partial", rand::random::<u64>()));
         let mut file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -255,7 +257,10 @@ impl Store {
                 Err(e) => return Err(Error::io("stat", &path, e)),
             };
             if !meta.file_type().is_file() {
-                tracing::warn!("ignoring {}: lockbox holds only regular files", path.display());
+                tracing::warn!(
+                    "ignoring {}: lockbox holds only regular files",
+                    path.display()
+                );
                 continue;
             }
             match self.describe(name, &path, &meta) {
@@ -325,7 +330,10 @@ impl Store {
                 continue;
             };
             if !meta.file_type().is_file() {
-                tracing::warn!("ignoring {}: lockbox holds only regular files", path.display());
+                tracing::warn!(
+                    "ignoring {}: lockbox holds only regular files",
+                    path.display()
+                );
                 continue;
             }
             if meta.len() > max_size {
@@ -466,7 +474,12 @@ mod tests {
     fn seal_then_open_round_trips_with_private_modes() {
         let (dir, store, id) = setup();
         let s = store
-            .seal(&n("key"), Cursor::new(b"secret bytes"), &[id.to_public()], 1 << 20)
+            .seal(
+                &n("key"),
+                Cursor::new(b"secret bytes"),
+                &[id.to_public()],
+                1 << 20,
+            )
             .unwrap();
         assert_eq!(s.plaintext_len, 12);
         let f = store.open_file(&n("key")).unwrap();
@@ -475,14 +488,19 @@ mod tests {
         assert_eq!(mode(&store.path_of(&n("key"))), 0o600);
         assert_eq!(mode(&dir.path().join("store")), 0o700);
         let e = store.entry(&n("key")).unwrap();
-        assert_eq!((e.state, e.size, e.stored_size), (FileState::Ciphertext, 12, s.ciphertext_len));
+        assert_eq!(
+            (e.state, e.size, e.stored_size),
+            (FileState::Ciphertext, 12, s.ciphertext_len)
+        );
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
     }
 
     #[test]
     fn too_large_changes_nothing() {
         let (dir, store, id) = setup();
-        store.seal(&n("f"), Cursor::new(b"old"), &[id.to_public()], 10).unwrap();
+        store
+            .seal(&n("f"), Cursor::new(b"old"), &[id.to_public()], 10)
+            .unwrap();
         let err = store
             .seal(&n("f"), Cursor::new(vec![7u8; 11]), &[id.to_public()], 10)
             .unwrap_err();
@@ -501,7 +519,9 @@ mod tests {
             }
         }
         let (_dir, store, id) = setup();
-        store.seal(&n("f"), Cursor::new(b"old"), &[id.to_public()], 10).unwrap();
+        store
+            .seal(&n("f"), Cursor::new(b"old"), &[id.to_public()], 10)
+            .unwrap();
         assert!(store.seal(&n("f"), Broken, &[id.to_public()], 10).is_err());
         let f = store.open_file(&n("f")).unwrap();
         assert_eq!(&open_to_vec(&id, f).unwrap()[..], b"old");
@@ -515,10 +535,21 @@ mod tests {
         fs::write(store.path_of(&n("plain")), b"dropped in by hand").unwrap();
         fs::write(store.path_of(&n("big")), vec![1u8; 200]).unwrap();
         fs::write(store.path_of(&n("x.1714380000.failed")), b"x").unwrap();
-        store.seal(&n("a.conflict-b-20260101-000000"), Cursor::new(b"c"), &r, 100).unwrap();
+        store
+            .seal(
+                &n("a.conflict-b-20260101-000000"),
+                Cursor::new(b"c"),
+                &r,
+                100,
+            )
+            .unwrap();
         fs::create_dir(dir.path().join("store/sub")).unwrap();
-        let states: Vec<(String, FileState)> =
-            store.list().unwrap().into_iter().map(|e| (e.name.to_string(), e.state)).collect();
+        let states: Vec<(String, FileState)> = store
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.name.to_string(), e.state))
+            .collect();
         assert_eq!(
             states,
             vec![

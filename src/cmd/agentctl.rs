@@ -25,7 +25,10 @@ pub fn daemon(paths: &Paths, foreground: bool) -> anyhow::Result<()> {
         bail!("an agent is already running for this user: use it, or run lockbox stop first");
     }
     let pid = spawn_detached(paths)?;
-    println!("lockbox agent started (pid {pid}); log: {}", paths.log().display());
+    println!(
+        "lockbox agent started (pid {pid}); log: {}",
+        paths.log().display()
+    );
     Ok(())
 }
 
@@ -72,7 +75,12 @@ pub fn spawn_detached(paths: &Paths) -> anyhow::Result<u32> {
 fn last_log_line(path: &Path) -> String {
     std::fs::read_to_string(path)
         .ok()
-        .and_then(|t| t.lines().rev().find(|l| !l.trim().is_empty()).map(str::to_owned))
+        .and_then(|t| {
+            t.lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .map(str::to_owned)
+        })
         .unwrap_or_else(|| format!("see {}", path.display()))
 }
 

@@ -95,7 +95,8 @@ fn steps(root: &Path, a: &DemoEnvoy) -> anyhow::Result<()> {
     a.show(&["daemon"])?;
 
     let secret = root.join("id_demo");
-    let content = "-----BEGIN DEMO KEY-----\nnot a real key, but sealed like one\n-----END DEMO KEY-----\n";
+    let content =
+        "-----BEGIN DEMO KEY-----\nnot a real key, but sealed like one\n-----END DEMO KEY-----\n";
     std::fs::write(&secret, content)?;
     a.show(&["encrypt", &secret.to_string_lossy()])?;
     let stored = a.home.join(".lockbox/store/id_demo");

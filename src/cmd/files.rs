@@ -29,10 +29,9 @@ fn agent(paths: &Paths) -> anyhow::Result<Option<Client>> {
 pub fn encrypt(paths: &Paths, path: &Path, name: Option<std::ffi::OsString>) -> anyhow::Result<()> {
     let name = match name {
         Some(n) => n,
-        None => path
-            .file_name()
-            .map(OsStr::to_owned)
-            .with_context(|| format!("{} has no file name: give one with --name", path.display()))?,
+        None => path.file_name().map(OsStr::to_owned).with_context(|| {
+            format!("{} has no file name: give one with --name", path.display())
+        })?,
     };
     let name = Name::from_os(&name)?;
     let mut src = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
@@ -42,7 +41,9 @@ pub fn encrypt(paths: &Paths, path: &Path, name: Option<std::ffi::OsString>) -> 
     }
     let len = match agent(paths)? {
         Some(mut c) => {
-            match c.call(&Request::Encrypt { name: name.as_bytes().to_vec() })? {
+            match c.call(&Request::Encrypt {
+                name: name.as_bytes().to_vec(),
+            })? {
                 Response::Ok => {}
                 other => return Err(client::into_error(other)),
             }
@@ -52,7 +53,11 @@ pub fn encrypt(paths: &Paths, path: &Path, name: Option<std::ffi::OsString>) -> 
                 other => return Err(client::into_error(other)),
             }
         }
-        None => Envoy::load(paths.clone())?.encrypt(&name, src)?.plaintext_len,
+        None => {
+            Envoy::load(paths.clone())?
+                .encrypt(&name, src)?
+                .plaintext_len
+        }
     };
     println!("sealed {name} ({len} bytes)");
     Ok(())
@@ -64,7 +69,9 @@ pub fn encrypt(paths: &Paths, path: &Path, name: Option<std::ffi::OsString>) -> 
 pub fn decrypt(paths: &Paths, name: &OsStr, out: &Path) -> anyhow::Result<()> {
     let name = Name::from_os(name)?;
     let mut c = Client::require(paths)?;
-    let len = match c.call(&Request::Decrypt { name: name.as_bytes().to_vec() })? {
+    let len = match c.call(&Request::Decrypt {
+        name: name.as_bytes().to_vec(),
+    })? {
         Response::Decrypting { len } => len,
         r if client::is_failure(&r, Failure::Locked) => bail!("locked: run lockbox unlock"),
         other => return Err(client::into_error(other)),
@@ -83,8 +90,14 @@ pub fn decrypt(paths: &Paths, name: &OsStr, out: &Path) -> anyhow::Result<()> {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let base = out.file_name().context("-o needs a file name")?.to_string_lossy();
-    let tmp = dir.join(format!(".{base}.lockbox-partial-{:08x}", rand::random::<u32>()));
+    let base = out
+        .file_name()
+        .context("-o needs a file name")?
+        .to_string_lossy();
+    let tmp = dir.join(format!(
+        ".{base}.lockbox-partial-{:08x}",
+        rand::random::<u32>()
+    ));
     let result = (|| -> anyhow::Result<()> {
         let f = OpenOptions::new()
             .write(true)
@@ -112,7 +125,9 @@ pub fn decrypt(paths: &Paths, name: &OsStr, out: &Path) -> anyhow::Result<()> {
 pub fn delete(paths: &Paths, name: &OsStr) -> anyhow::Result<()> {
     let name = Name::from_os(name)?;
     match agent(paths)? {
-        Some(mut c) => match c.call(&Request::Delete { name: name.as_bytes().to_vec() })? {
+        Some(mut c) => match c.call(&Request::Delete {
+            name: name.as_bytes().to_vec(),
+        })? {
             Response::Ok => {}
             other => return Err(client::into_error(other)),
         },

@@ -14,7 +14,11 @@ use crate::paths::Paths;
 
 /// Set up this envoy. Refuses if it is already initialised. The wrapped
 /// identity is written last, so an interrupted init can simply be re-run.
-pub fn run(paths: &Paths, pass_file: Option<&Path>, envoy_name: Option<String>) -> anyhow::Result<()> {
+pub fn run(
+    paths: &Paths,
+    pass_file: Option<&Path>,
+    envoy_name: Option<String>,
+) -> anyhow::Result<()> {
     if paths.identity().exists() {
         bail!(
             "already initialised: {} exists (to start over on this envoy: lockbox purge --yes)",
@@ -32,7 +36,11 @@ pub fn run(paths: &Paths, pass_file: Option<&Path>, envoy_name: Option<String>) 
     }
     let config = crate::config::Config::parse(&config.render())
         .context("the envoy name is not usable: pick another with --envoy NAME")?;
-    let user = if config.user.is_empty() { crate::sys::user_name() } else { config.user.clone() };
+    let user = if config.user.is_empty() {
+        crate::sys::user_name()
+    } else {
+        config.user.clone()
+    };
     let config = crate::config::Config { user, ..config };
 
     let pass = passphrase::read(pass_file, "New lockbox passphrase: ", true)?;
@@ -42,7 +50,9 @@ pub fn run(paths: &Paths, pass_file: Option<&Path>, envoy_name: Option<String>) 
     let id = identity::generate();
     let recipient = id.to_public().to_string();
     let signing = SigningKey::generate();
-    let circle = CircleKey::derive(&secret, &config.user, kdf)?;
+    // The circle key's cost is frozen (not the config's `kdf`): every envoy of
+    // the user must derive the same key from the same passphrase.
+    let circle = CircleKey::derive(&secret, &config.user, lockbox_crypto::circle::CIRCLE_PARAMS)?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -58,17 +68,25 @@ pub fn run(paths: &Paths, pass_file: Option<&Path>, envoy_name: Option<String>) 
 
     write_private(&paths.config(), config.render().as_bytes())?;
     write_private(&paths.signing_key(), signing.encode_file().as_bytes())?;
-    write_private(&paths.circle_public(), format!("{}\n", circle.public()).as_bytes())?;
+    write_private(
+        &paths.circle_public(),
+        format!("{}\n", circle.public()).as_bytes(),
+    )?;
     envoy::private_dir(&paths.members())?;
     write_private(
-        &paths.members().join(format!("{}.endorsement", config.envoy)),
+        &paths
+            .members()
+            .join(format!("{}.endorsement", config.envoy)),
         &endorsement.to_bytes(),
     )?;
     let entries = [RecipientEntry {
         recipient,
         envoy: config.envoy.clone(),
     }];
-    write_private(&paths.recipients(), lockbox_crypto::recipients::encode(&entries).as_bytes())?;
+    write_private(
+        &paths.recipients(),
+        lockbox_crypto::recipients::encode(&entries).as_bytes(),
+    )?;
     envoy::private_dir(&paths.store())?;
     envoy::private_dir(&paths.tls())?;
     envoy::private_dir(&paths.mount)?;

@@ -45,7 +45,10 @@ pub fn doctor(paths: &Paths) -> anyhow::Result<()> {
     let mut checks: Vec<(Level, String)> = Vec::new();
     let config = match envoy::load_config(paths) {
         Ok(c) => {
-            checks.push((Level::Ok, format!("config {} is valid", paths.config().display())));
+            checks.push((
+                Level::Ok,
+                format!("config {} is valid", paths.config().display()),
+            ));
             Some(c)
         }
         Err(e) => {
@@ -65,32 +68,55 @@ pub fn doctor(paths: &Paths) -> anyhow::Result<()> {
     if let Some(c) = &config {
         let agent_running = Client::connect(paths).is_ok();
         match TcpListener::bind((c.listen.as_str(), c.peer_port)) {
-            Ok(_) => checks.push((Level::Ok, format!("peer port {}:{} is free", c.listen, c.peer_port))),
+            Ok(_) => checks.push((
+                Level::Ok,
+                format!("peer port {}:{} is free", c.listen, c.peer_port),
+            )),
             Err(e) if agent_running => checks.push((
                 Level::Ok,
-                format!("peer port {} is in use ({e}; the agent may hold it)", c.peer_port),
+                format!(
+                    "peer port {} is in use ({e}; the agent may hold it)",
+                    c.peer_port
+                ),
             )),
             Err(e) => checks.push((
                 Level::Warn,
-                format!("peer port {}:{} cannot be bound: {e}; set peer_port in config.yaml", c.listen, c.peer_port),
+                format!(
+                    "peer port {}:{} cannot be bound: {e}; set peer_port in config.yaml",
+                    c.listen, c.peer_port
+                ),
             )),
         }
     }
     let tls = paths.tls();
-    let have_certs = ["ca.pem", "cert.pem", "key.pem"].iter().all(|f| tls.join(f).exists());
+    let have_certs = ["ca.pem", "cert.pem", "key.pem"]
+        .iter()
+        .all(|f| tls.join(f).exists());
     if have_certs {
-        checks.push((Level::Ok, format!("mTLS certificates present in {}", tls.display())));
+        checks.push((
+            Level::Ok,
+            format!("mTLS certificates present in {}", tls.display()),
+        ));
     } else {
         checks.push((
             Level::Warn,
-            format!("no fleet certificates in {}: the mesh needs ca.pem, cert.pem and key.pem", tls.display()),
+            format!(
+                "no fleet certificates in {}: the mesh needs ca.pem, cert.pem and key.pem",
+                tls.display()
+            ),
         ));
     }
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     // 2024-01-01: a clock before that is certainly wrong (certificates and
     // version records carry times).
     if now < 1_704_067_200 {
-        checks.push((Level::Fail, "the system clock is before 2024: set the time (NTP)".into()));
+        checks.push((
+            Level::Fail,
+            "the system clock is before 2024: set the time (NTP)".into(),
+        ));
     } else {
         checks.push((Level::Ok, "the system clock is plausible".into()));
     }
@@ -99,12 +125,18 @@ pub fn doctor(paths: &Paths) -> anyhow::Result<()> {
     if swaps.is_empty() {
         checks.push((Level::Ok, "no swap is active".into()));
     } else if swap_warn.is_empty() {
-        checks.push((Level::Ok, "swap is encrypted or in RAM (zram/dm-crypt)".into()));
+        checks.push((
+            Level::Ok,
+            "swap is encrypted or in RAM (zram/dm-crypt)".into(),
+        ));
     }
     checks.extend(swap_warn.into_iter().map(|w| (Level::Warn, w)));
     let core = host::core_dump_warnings();
     if core.is_empty() {
-        checks.push((Level::Ok, "core dumps of the non-dumpable agent are off".into()));
+        checks.push((
+            Level::Ok,
+            "core dumps of the non-dumpable agent are off".into(),
+        ));
     }
     checks.extend(core.into_iter().map(|w| (Level::Warn, w)));
 

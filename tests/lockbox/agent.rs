@@ -34,10 +34,15 @@ fn sigterm_stops_cleanly_and_a_stale_socket_is_replaced() {
     e.init("alpha");
     e.start();
     let pid = e.agent_pid().unwrap();
-    std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
     wait_until(Duration::from_secs(10), || !alive(pid)).unwrap();
     assert!(!e.state().join("agent.sock").exists());
-    assert!(fs::read_to_string(e.state().join("agent.log")).unwrap().contains("SIGTERM"));
+    assert!(fs::read_to_string(e.state().join("agent.log"))
+        .unwrap()
+        .contains("SIGTERM"));
 
     // A dead agent's socket (nobody listening) reads as "not running"…
     drop(UnixListener::bind(e.state().join("agent.sock")).unwrap());
@@ -97,7 +102,11 @@ fn control_socket_rejects_bad_requests_and_changes_nothing() {
     let sock = e.state().join("agent.sock");
     // A NUL byte in a name (argv cannot carry one, the socket can).
     let reply = raw_request(&sock, r#"{"Delete":{"name":[97,0,98]}}"#);
-    assert!(String::from_utf8_lossy(&reply).contains("NUL"), "{}", String::from_utf8_lossy(&reply));
+    assert!(
+        String::from_utf8_lossy(&reply).contains("NUL"),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
     let reply = raw_request(&sock, r#"{"Decrypt":{"name":[46,46,47,120]}}"#);
     assert!(String::from_utf8_lossy(&reply).contains("bad file name"));
     // Garbage and oversize frames.
@@ -144,7 +153,11 @@ fn an_interrupted_encrypt_changes_nothing() {
         log.contains("encrypt of keep failed")
     })
     .unwrap();
-    assert_eq!(fs::read_dir(e.state().join("tmp")).unwrap().count(), 0, "temp file removed");
+    assert_eq!(
+        fs::read_dir(e.state().join("tmp")).unwrap().count(),
+        0,
+        "temp file removed"
+    );
     assert_eq!(fs::read(e.store().join("keep")).unwrap(), before);
     e.unlock();
     let out = e.cmd(&["decrypt", "keep", "-o", "-"]).output().unwrap();

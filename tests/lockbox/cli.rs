@@ -11,7 +11,13 @@ fn init_creates_private_state_and_refuses_a_second_time() {
     let e = Envoy::new();
     e.init("alpha");
     let s = e.state();
-    for f in ["identity.age", "signing.key", "recipients.txt", "config.yaml", "circle.pub"] {
+    for f in [
+        "identity.age",
+        "signing.key",
+        "recipients.txt",
+        "config.yaml",
+        "circle.pub",
+    ] {
         assert_eq!(mode(&s.join(f)), 0o600, "{f}");
     }
     for d in ["", "store", "tls", "members"] {
@@ -19,17 +25,27 @@ fn init_creates_private_state_and_refuses_a_second_time() {
     }
     assert_eq!(mode(&e.home.join("lockbox")), 0o700);
     let recipients = fs::read_to_string(s.join("recipients.txt")).unwrap();
-    let lines: Vec<&str> = recipients.lines().filter(|l| l.starts_with("age1")).collect();
+    let lines: Vec<&str> = recipients
+        .lines()
+        .filter(|l| l.starts_with("age1"))
+        .collect();
     assert_eq!(lines.len(), 1, "{recipients}");
     assert!(lines[0].ends_with("# alpha"), "{recipients}");
     // The config kept the test's settings and gained envoy and user.
     let config = fs::read_to_string(s.join("config.yaml")).unwrap();
-    assert!(config.contains("envoy: \"alpha\"") && config.contains("multicast: \"off\""), "{config}");
+    assert!(
+        config.contains("envoy: \"alpha\"") && config.contains("multicast: \"off\""),
+        "{config}"
+    );
     let before = fs::read(s.join("identity.age")).unwrap();
     let err = e.fails(1, &["init", "--passphrase-file", &e.pass.to_string_lossy()]);
     assert!(err.contains("already initialised"), "{err}");
     assert_eq!(err.trim().lines().count(), 1);
-    assert_eq!(fs::read(s.join("identity.age")).unwrap(), before, "second init changed nothing");
+    assert_eq!(
+        fs::read(s.join("identity.age")).unwrap(),
+        before,
+        "second init changed nothing"
+    );
 }
 
 #[test]
@@ -44,7 +60,9 @@ fn seal_decrypt_round_trip_through_the_agent() {
     assert_eq!(mode(&stored), 0o600);
     let raw = fs::read(&stored).unwrap();
     assert!(raw.starts_with(b"age-encryption.org/v1\n"));
-    assert!(!raw.windows(64).any(|w| content.windows(64).next() == Some(w)));
+    assert!(!raw
+        .windows(64)
+        .any(|w| content.windows(64).next() == Some(w)));
 
     let err = e.fails(1, &["decrypt", "id_ed25519", "-o", "-"]);
     assert_eq!(err.trim(), "lockbox: agent not running: run lockbox unlock");
@@ -54,7 +72,10 @@ fn seal_decrypt_round_trip_through_the_agent() {
     assert_eq!(err.trim(), "lockbox: locked: run lockbox unlock");
 
     e.unlock();
-    let out = e.cmd(&["decrypt", "id_ed25519", "-o", "-"]).output().unwrap();
+    let out = e
+        .cmd(&["decrypt", "id_ed25519", "-o", "-"])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     assert_eq!(out.stdout, content);
 
@@ -66,7 +87,10 @@ fn seal_decrypt_round_trip_through_the_agent() {
     // encrypt through the running agent, with --name.
     let src2 = e.plain_file("tmp.txt", b"licence key 1234");
     e.ok(&["encrypt", &src2.to_string_lossy(), "--name", "licence.txt"]);
-    let out = e.cmd(&["decrypt", "licence.txt", "-o", "-"]).output().unwrap();
+    let out = e
+        .cmd(&["decrypt", "licence.txt", "-o", "-"])
+        .output()
+        .unwrap();
     assert_eq!(out.stdout, b"licence key 1234");
 
     e.ok(&["lock"]);
@@ -75,7 +99,10 @@ fn seal_decrypt_round_trip_through_the_agent() {
     e.ok(&["delete", "licence.txt"]);
     assert!(!e.store().join("licence.txt").exists());
     let err = e.fails(1, &["decrypt", "licence.txt", "-o", "-"]);
-    assert!(err.contains("locked") || err.contains("no file named"), "{err}");
+    assert!(
+        err.contains("locked") || err.contains("no file named"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -84,19 +111,34 @@ fn list_and_status_report_states_and_counts() {
     e.init("alpha");
     let src = e.plain_file("a", b"aaaa");
     e.ok(&["encrypt", &src.to_string_lossy()]);
-    fs::write(e.store().join("dropped.txt"), b"plaintext copied in by hand").unwrap();
+    fs::write(
+        e.store().join("dropped.txt"),
+        b"plaintext copied in by hand",
+    )
+    .unwrap();
     fs::write(e.store().join("old.tar.gz.1714380000.failed"), b"x").unwrap();
-    fs::write(e.home.join("lockbox/bare.txt"), b"plaintext in the unmounted folder").unwrap();
+    fs::write(
+        e.home.join("lockbox/bare.txt"),
+        b"plaintext in the unmounted folder",
+    )
+    .unwrap();
 
     let list: serde_json::Value = serde_json::from_str(&e.ok(&["list", "--json"])).unwrap();
     let rows = list.as_array().unwrap();
-    let find = |n: &str| rows.iter().find(|r| r["name"] == n).unwrap_or_else(|| panic!("{n} in {list}"));
+    let find = |n: &str| {
+        rows.iter()
+            .find(|r| r["name"] == n)
+            .unwrap_or_else(|| panic!("{n} in {list}"))
+    };
     assert_eq!(find("a")["state"], "ciphertext");
     assert_eq!(find("a")["size"], 4, "list shows the plaintext size");
     assert_eq!(find("dropped.txt")["state"], "plaintext");
     assert_eq!(find("old.tar.gz.1714380000.failed")["state"], "failed");
     let text = e.ok(&["list"]);
-    assert!(text.starts_with("NAME") && text.contains("dropped.txt"), "{text}");
+    assert!(
+        text.starts_with("NAME") && text.contains("dropped.txt"),
+        "{text}"
+    );
 
     let st = e.status_json();
     assert_eq!(st["envoy"], "alpha");
@@ -105,8 +147,14 @@ fn list_and_status_report_states_and_counts() {
     assert_eq!(st["files"]["plaintext"], 1);
     assert_eq!(st["files"]["failed"], 1);
     let text = e.ok(&["status"]);
-    assert!(text.contains("  plaintext: 1 (run 'lockbox unlock' to encrypt and sync)"), "{text}");
-    assert!(text.contains("  failed: 1\n    old.tar.gz.1714380000.failed"), "{text}");
+    assert!(
+        text.contains("  plaintext: 1 (run 'lockbox unlock' to encrypt and sync)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  failed: 1\n    old.tar.gz.1714380000.failed"),
+        "{text}"
+    );
 
     // Unlock sweeps: the store's plaintext and the bare folder's file are sealed.
     e.unlock();
@@ -123,7 +171,10 @@ fn list_and_status_report_states_and_counts() {
     assert_eq!(st["hardening"]["core_limit"], 0);
     let out = e.cmd(&["decrypt", "bare.txt", "-o", "-"]).output().unwrap();
     assert_eq!(out.stdout, b"plaintext in the unmounted folder");
-    let out = e.cmd(&["decrypt", "dropped.txt", "-o", "-"]).output().unwrap();
+    let out = e
+        .cmd(&["decrypt", "dropped.txt", "-o", "-"])
+        .output()
+        .unwrap();
     assert_eq!(out.stdout, b"plaintext copied in by hand");
 }
 
@@ -132,9 +183,19 @@ fn wrong_passphrase_and_damaged_identity() {
     let e = Envoy::new();
     e.init("alpha");
     let wrong = e.plain_file("wrong", b"not the passphrase\n");
-    let err = e.fails(1, &["unlock", "--passphrase-file", &wrong.to_string_lossy()]);
+    let err = e.fails(
+        1,
+        &["unlock", "--passphrase-file", &wrong.to_string_lossy()],
+    );
     assert_eq!(err.trim(), "lockbox: wrong passphrase");
-    let err = e.fails(1, &["export-identity", "--passphrase-file", &wrong.to_string_lossy()]);
+    let err = e.fails(
+        1,
+        &[
+            "export-identity",
+            "--passphrase-file",
+            &wrong.to_string_lossy(),
+        ],
+    );
     assert!(err.contains("wrong passphrase"), "{err}");
     e.ok(&["stop"]);
 
@@ -145,15 +206,28 @@ fn wrong_passphrase_and_damaged_identity() {
     let mid = bad.len() / 2;
     bad[mid] ^= 0x40;
     fs::write(&id_path, &bad).unwrap();
-    let err = e.fails(1, &["unlock", "--passphrase-file", &e.pass.to_string_lossy()]);
+    let err = e.fails(
+        1,
+        &["unlock", "--passphrase-file", &e.pass.to_string_lossy()],
+    );
     assert!(err.contains("corrupt"), "{err}");
     assert!(!err.contains("wrong passphrase"), "{err}");
     // Truncated.
     fs::write(&id_path, &good[..good.len() - 10]).unwrap();
-    let err = e.fails(1, &["unlock", "--passphrase-file", &e.pass.to_string_lossy()]);
+    let err = e.fails(
+        1,
+        &["unlock", "--passphrase-file", &e.pass.to_string_lossy()],
+    );
     assert!(err.contains("corrupt"), "{err}");
     fs::write(&id_path, b"").unwrap();
-    let err = e.fails(1, &["export-identity", "--passphrase-file", &e.pass.to_string_lossy()]);
+    let err = e.fails(
+        1,
+        &[
+            "export-identity",
+            "--passphrase-file",
+            &e.pass.to_string_lossy(),
+        ],
+    );
     assert!(err.contains("corrupt"), "{err}");
     // Restored, it works again.
     fs::write(&id_path, &good).unwrap();
@@ -177,13 +251,26 @@ fn tampered_or_truncated_store_file_leaves_no_output() {
     let mut tampered = good.clone();
     let at = good.len() - 1000; // inside the last chunk
     tampered[at] ^= 1;
-    for (label, bytes) in [("tampered", tampered), ("truncated", good[..good.len() - 70_000].to_vec())] {
+    for (label, bytes) in [
+        ("tampered", tampered),
+        ("truncated", good[..good.len() - 70_000].to_vec()),
+    ] {
         fs::write(&stored, &bytes).unwrap();
         let err = e.fails(1, &["decrypt", "big", "-o", &out.to_string_lossy()]);
-        assert!(err.contains("damaged") || err.contains("tampered") || err.contains("corrupt"), "{label}: {err}");
-        assert_eq!(fs::read_dir(&outdir).unwrap().count(), 0, "{label}: no partial output");
+        assert!(
+            err.contains("damaged") || err.contains("tampered") || err.contains("corrupt"),
+            "{label}: {err}"
+        );
+        assert_eq!(
+            fs::read_dir(&outdir).unwrap().count(),
+            0,
+            "{label}: no partial output"
+        );
         let log = fs::read_to_string(e.state().join("agent.log")).unwrap();
-        assert!(log.contains("WARN") && log.contains("big"), "{label}: a WARN names the file");
+        assert!(
+            log.contains("WARN") && log.contains("big"),
+            "{label}: a WARN names the file"
+        );
     }
     fs::write(&stored, &good).unwrap();
     e.ok(&["decrypt", "big", "-o", &out.to_string_lossy()]);
@@ -205,7 +292,12 @@ fn bad_names_are_refused() {
     assert_eq!(fs::read_dir(e.store()).unwrap().count(), 0);
     assert!(!e.home.join("escape").exists() && !e.state().join("escape").exists());
     // 255 bytes is fine.
-    e.ok(&["encrypt", &src.to_string_lossy(), "--name", &"n".repeat(255)]);
+    e.ok(&[
+        "encrypt",
+        &src.to_string_lossy(),
+        "--name",
+        &"n".repeat(255),
+    ]);
 }
 
 #[test]
@@ -225,8 +317,19 @@ fn missing_names_unknown_config_and_usage_errors() {
     e.fails(2, &["frobnicate"]);
     e.fails(2, &["status", "--bogus"]);
     for c in [
-        "init", "daemon", "unlock", "lock", "stop", "encrypt", "decrypt", "delete", "list",
-        "status", "export-identity", "doctor", "demo",
+        "init",
+        "daemon",
+        "unlock",
+        "lock",
+        "stop",
+        "encrypt",
+        "decrypt",
+        "delete",
+        "list",
+        "status",
+        "export-identity",
+        "doctor",
+        "demo",
     ] {
         e.ok(&[c, "--help"]);
     }
@@ -237,7 +340,10 @@ fn missing_names_unknown_config_and_usage_errors() {
     let err = e.fails(1, &["status"]);
     assert!(err.contains("frobnicate"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
-    let err = e.fails(1, &["unlock", "--passphrase-file", &e.pass.to_string_lossy()]);
+    let err = e.fails(
+        1,
+        &["unlock", "--passphrase-file", &e.pass.to_string_lossy()],
+    );
     assert!(err.contains("frobnicate"), "{err}");
 }
 
@@ -256,7 +362,11 @@ fn commands_before_init_say_to_init() {
 fn passphrase_never_from_argv_or_env() {
     let e = Envoy::new();
     // No terminal and no file: a clear error, not a hang.
-    let out = e.cmd(&["init", "--envoy", "x"]).env("LOCKBOX_PASSPHRASE", "x").output().unwrap();
+    let out = e
+        .cmd(&["init", "--envoy", "x"])
+        .env("LOCKBOX_PASSPHRASE", "x")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--passphrase-file"), "{err}");
@@ -267,7 +377,14 @@ fn passphrase_never_from_argv_or_env() {
 fn export_identity_prints_the_age_key_with_a_warning() {
     let e = Envoy::new();
     e.init("alpha");
-    let out = e.cmd(&["export-identity", "--passphrase-file", &e.pass.to_string_lossy()]).output().unwrap();
+    let out = e
+        .cmd(&[
+            "export-identity",
+            "--passphrase-file",
+            &e.pass.to_string_lossy(),
+        ])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let key = String::from_utf8(out.stdout).unwrap();
     assert!(key.trim().starts_with("AGE-SECRET-KEY-1"), "{key}");
@@ -283,5 +400,9 @@ fn doctor_reports_checks() {
     for needle in ["config", "FUSE", "peer port", "certificates", "clock"] {
         assert!(text.contains(needle), "{needle} in {text}");
     }
-    assert!(text.lines().all(|l| l.starts_with("ok") || l.starts_with("warn") || l.starts_with("FAIL")), "{text}");
+    assert!(
+        text.lines()
+            .all(|l| l.starts_with("ok") || l.starts_with("warn") || l.starts_with("FAIL")),
+        "{text}"
+    );
 }

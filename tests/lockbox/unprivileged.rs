@@ -11,7 +11,10 @@ use crate::require;
 use crate::util::{is_root, Envoy, NOBODY};
 
 fn have_setpriv() -> bool {
-    std::process::Command::new("setpriv").arg("--version").output().is_ok_and(|o| o.status.success())
+    std::process::Command::new("setpriv")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 #[test]
@@ -28,21 +31,44 @@ fn full_flow_as_an_unprivileged_user_with_a_hardened_agent() {
     // The agent runs as nobody…
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
-    assert!(uid_line.split_whitespace().nth(1) == Some("65534"), "{uid_line}");
+    assert!(
+        uid_line.split_whitespace().nth(1) == Some("65534"),
+        "{uid_line}"
+    );
     // …and is non-dumpable: the kernel makes its /proc entries root's.
-    let owner = std::fs::metadata(format!("/proc/{pid}/status")).unwrap().uid();
-    assert_eq!(owner, 0, "/proc/{pid}/status should be owned by root when non-dumpable");
+    let owner = std::fs::metadata(format!("/proc/{pid}/status"))
+        .unwrap()
+        .uid();
+    assert_eq!(
+        owner, 0,
+        "/proc/{pid}/status should be owned by root when non-dumpable"
+    );
     let st = e.status_json();
     assert_eq!(st["hardening"]["dumpable"], false);
     assert_eq!(st["hardening"]["core_limit"], 0);
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
-    let core = limits.lines().find(|l| l.starts_with("Max core file size")).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
     assert!(core.split_whitespace().nth(4) == Some("0"), "{core}");
 
-    let out = e.cmd(&["decrypt", "secret.txt", "-o", "-"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = e
+        .cmd(&["decrypt", "secret.txt", "-o", "-"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(out.stdout, b"unprivileged secret");
-    for f in ["identity.age", "signing.key", "store/secret.txt", "agent.sock"] {
+    for f in [
+        "identity.age",
+        "signing.key",
+        "store/secret.txt",
+        "agent.sock",
+    ] {
         let m = std::fs::metadata(e.state().join(f)).unwrap();
         assert_eq!((m.uid(), m.mode() & 0o777), (NOBODY, 0o600), "{f}");
     }
@@ -59,7 +85,10 @@ fn full_flow_as_an_unprivileged_user_with_a_hardened_agent() {
     let _ = s.read_to_end(&mut reply);
     assert!(reply.is_empty(), "root got a reply from nobody's agent");
     let log = std::fs::read_to_string(e.state().join("agent.log")).unwrap();
-    assert!(log.contains("refused a control connection from uid 0"), "{log}");
+    assert!(
+        log.contains("refused a control connection from uid 0"),
+        "{log}"
+    );
 
     // The root CLI refuses to talk to a socket it does not own.
     let out = std::process::Command::new(crate::util::bin())
@@ -81,8 +110,14 @@ fn a_foreign_owned_socket_is_refused_before_anything_is_sent() {
     let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
     std::os::unix::fs::chown(&sock, Some(NOBODY), Some(NOBODY)).unwrap();
     listener.set_nonblocking(true).unwrap();
-    let err = e.fails(1, &["unlock", "--passphrase-file", &e.pass.to_string_lossy()]);
-    assert!(err.contains("belongs to uid 65534") && err.contains("refusing"), "{err}");
+    let err = e.fails(
+        1,
+        &["unlock", "--passphrase-file", &e.pass.to_string_lossy()],
+    );
+    assert!(
+        err.contains("belongs to uid 65534") && err.contains("refusing"),
+        "{err}"
+    );
     // Nothing connected, so no passphrase could have been sent.
     assert!(listener.accept().is_err());
 }

@@ -18,7 +18,9 @@ pub fn in_ci() -> bool {
 
 /// Whether the tests run as root.
 pub fn is_root() -> bool {
-    fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false)
+    fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
 }
 
 /// Skip (loudly) outside CI, fail in CI.
@@ -71,7 +73,10 @@ impl Envoy {
     }
 
     fn build(config: &str, as_uid: Option<u32>) -> Envoy {
-        let dir = tempfile::Builder::new().prefix("lockbox-test-").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("lockbox-test-")
+            .tempdir()
+            .expect("tempdir");
         let home = dir.path().join("home");
         fs::create_dir_all(home.join(".lockbox")).expect("mkdir");
         fs::write(home.join(".lockbox/config.yaml"), config).expect("config");
@@ -85,11 +90,22 @@ impl Envoy {
             fs::copy(&exe, &copy).expect("copy binary");
             fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).expect("chmod");
             exe = copy;
-            for p in [&home, &home.join(".lockbox"), &home.join(".lockbox/config.yaml"), &pass] {
+            for p in [
+                &home,
+                &home.join(".lockbox"),
+                &home.join(".lockbox/config.yaml"),
+                &pass,
+            ] {
                 std::os::unix::fs::chown(p, Some(uid), Some(uid)).expect("chown");
             }
         }
-        Envoy { _dir: dir, home, pass, as_uid, exe }
+        Envoy {
+            _dir: dir,
+            home,
+            pass,
+            as_uid,
+            exe,
+        }
     }
 
     /// The state folder.
@@ -118,7 +134,10 @@ impl Envoy {
             }
             None => Command::new(&self.exe),
         };
-        c.args(args).env("HOME", &self.home).env_remove("RUST_LOG").stdin(Stdio::null());
+        c.args(args)
+            .env("HOME", &self.home)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null());
         c
     }
 
@@ -174,7 +193,11 @@ impl Envoy {
 
     /// The running agent's pid, from its lock file.
     pub fn agent_pid(&self) -> Option<u32> {
-        let pid: u32 = fs::read_to_string(self.state().join("agent.lock")).ok()?.trim().parse().ok()?;
+        let pid: u32 = fs::read_to_string(self.state().join("agent.lock"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
         alive(pid).then_some(pid)
     }
 
@@ -197,7 +220,11 @@ impl Envoy {
 impl Drop for Envoy {
     fn drop(&mut self) {
         let pid = self.agent_pid();
-        let _ = self.cmd(&["stop"]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        let _ = self
+            .cmd(&["stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
         if let Some(pid) = pid {
             // If stop did not work, do not leave the process behind.
             if wait_until(Duration::from_secs(5), || !alive(pid)).is_err() {
@@ -213,7 +240,10 @@ pub fn alive(pid: u32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => {
             // The state follows the ")" that closes the command name.
-            let state = stat.rsplit(')').next().and_then(|r| r.split_whitespace().next());
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next());
             !matches!(state, Some("Z") | Some("X"))
         }
         Err(_) => false,

@@ -204,7 +204,7 @@ fn every_truncation_of_a_small_file_is_rejected() {
 fn truncation_at_chunk_boundaries_is_rejected() {
     let (id, r) = keypair();
     for pt_len in [C, 2 * C, 2 * C + 1, 3 * C] {
-        let file = seal_to(&[r.clone()], &data(pt_len, 8));
+        let file = seal_to(std::slice::from_ref(&r), &data(pt_len, 8));
         let body = real_header_len(&file) as usize + NONCE_LEN as usize;
         let mut cut = body;
         while cut < file.len() {
@@ -228,7 +228,7 @@ fn truncation_at_chunk_boundaries_is_rejected() {
 fn trailing_garbage_is_rejected() {
     let (id, r) = keypair();
     for pt_len in [0, 10, C] {
-        let mut file = seal_to(&[r.clone()], &data(pt_len, 10));
+        let mut file = seal_to(std::slice::from_ref(&r), &data(pt_len, 10));
         file.push(0);
         assert_rejected(&id, &file, "one extra byte");
     }
@@ -240,7 +240,8 @@ fn read_errors_are_invalid_data_and_carry_no_plaintext() {
     let pt = data(3 * C, 11);
     let mut file = seal_to(&[r], &pt);
     // Corrupt the middle chunk; the last chunk (checked at open) is intact.
-    let mid = real_header_len(&file) as usize + NONCE_LEN as usize + ENCRYPTED_CHUNK_SIZE as usize + 10;
+    let mid =
+        real_header_len(&file) as usize + NONCE_LEN as usize + ENCRYPTED_CHUNK_SIZE as usize + 10;
     file[mid] ^= 0x80;
     let mut opened = Opened::open(&id, Cursor::new(&file)).unwrap();
     let mut first = vec![0u8; C];
@@ -253,7 +254,9 @@ fn read_errors_are_invalid_data_and_carry_no_plaintext() {
     assert!(buf.iter().all(|&b| b == 0), "no bytes of the bad chunk");
     // The handle is now poisoned: every further call fails the same way.
     assert!(is_auth_failure(&opened.read(&mut buf).unwrap_err()));
-    assert!(is_auth_failure(&opened.seek(SeekFrom::Start(2 * C as u64)).unwrap_err()));
+    assert!(is_auth_failure(
+        &opened.seek(SeekFrom::Start(2 * C as u64)).unwrap_err()
+    ));
     // A fresh handle reads around the bad chunk; seeking into it fails.
     let mut opened = Opened::open(&id, Cursor::new(&file)).unwrap();
     opened.seek(SeekFrom::Start(2 * C as u64)).unwrap();
@@ -278,15 +281,23 @@ fn seek_variants_and_past_end() {
     let mut tail = Vec::new();
     o.read_to_end(&mut tail).unwrap();
     assert_eq!(tail, pt[2 * C..]);
-    assert_eq!(o.seek(SeekFrom::Current(-(C as i64) - 10)).unwrap(), C as u64);
+    assert_eq!(
+        o.seek(SeekFrom::Current(-(C as i64) - 10)).unwrap(),
+        C as u64
+    );
     let mut b = [0u8; 4];
     o.read_exact(&mut b).unwrap();
     assert_eq!(b, pt[C..C + 4]);
     assert_eq!(o.seek(SeekFrom::End(100)).unwrap(), pt.len() as u64 + 100);
     assert_eq!(o.read(&mut b).unwrap(), 0);
-    assert_eq!(o.seek(SeekFrom::Start(pt.len() as u64)).unwrap(), pt.len() as u64);
+    assert_eq!(
+        o.seek(SeekFrom::Start(pt.len() as u64)).unwrap(),
+        pt.len() as u64
+    );
     assert_eq!(o.read(&mut b).unwrap(), 0);
-    let e = o.seek(SeekFrom::Current(-(pt.len() as i64) - 1)).unwrap_err();
+    let e = o
+        .seek(SeekFrom::Current(-(pt.len() as i64) - 1))
+        .unwrap_err();
     assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
     o.seek(SeekFrom::Start(0)).unwrap();
     let mut all = Vec::new();
@@ -316,7 +327,7 @@ fn header_of_len(len: usize) -> Vec<u8> {
     let fixed = AGE_MAGIC.len() + 5 + 1 + 1 + 4 + 43 + 1;
     let mut h = AGE_MAGIC.to_vec();
     h.extend_from_slice(b"-> t ");
-    h.extend(std::iter::repeat(b'a').take(len - fixed));
+    h.extend(std::iter::repeat_n(b'a', len - fixed));
     h.extend_from_slice(b"\n\n--- ");
     h.extend_from_slice(&[b'C'; 43]);
     h.extend_from_slice(b"\n");
@@ -353,7 +364,10 @@ fn scan_counts_stanzas_and_caps_them() {
 #[test]
 fn scan_caps_header_size() {
     let exact = header_of_len(MAX_HEADER_BYTES);
-    assert_eq!(scan_header(&exact).unwrap().header_len, MAX_HEADER_BYTES as u64);
+    assert_eq!(
+        scan_header(&exact).unwrap().header_len,
+        MAX_HEADER_BYTES as u64
+    );
     assert_eq!(
         read_header(&exact[..]).unwrap().header_len,
         MAX_HEADER_BYTES as u64
@@ -382,7 +396,10 @@ fn scan_rejects_garbage_and_reports_truncation() {
     assert!(matches!(scan_header(b""), Err(Error::Truncated(_))));
     assert!(matches!(scan_header(b"age-enc"), Err(Error::Truncated(_))));
     assert!(matches!(scan_header(b"hello world"), Err(Error::NotAge)));
-    assert!(matches!(scan_header(b"age-encryption.org/v2\n-> "), Err(Error::NotAge)));
+    assert!(matches!(
+        scan_header(b"age-encryption.org/v2\n-> "),
+        Err(Error::NotAge)
+    ));
     assert!(matches!(scan_header(&[0xff; 100]), Err(Error::NotAge)));
     assert!(!is_age(b"age-encryption.org/v2\n"));
     assert!(is_age(AGE_MAGIC));
@@ -395,20 +412,27 @@ fn scan_rejects_garbage_and_reports_truncation() {
         );
     }
     let corrupt = |needle: &[u8], with: &[u8]| {
-        let at = good.windows(needle.len()).position(|w| w == needle).unwrap();
+        let at = good
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .unwrap();
         let mut bad = good.clone();
         bad.splice(at..at + needle.len(), with.iter().copied());
         scan_header(&bad)
     };
     for (needle, with) in [
-        (&b"-> X25519 "[..], &b"-> X25519  "[..]),  // empty argument
-        (b"-> X25519 ", b"-> X2\x01519 "),          // control character
-        (b"BBBB", b"BB=B"),                         // not base64
-        (b"BBBB\n", b"BBBB\r\n"),                   // CR in body
-        (b"--- ", b"---"),                          // MAC line without space
-        (b"--- CC", b"--- C"),                      // short MAC
+        (&b"-> X25519 "[..], &b"-> X25519  "[..]), // empty argument
+        (b"-> X25519 ", b"-> X2\x01519 "),         // control character
+        (b"BBBB", b"BB=B"),                        // not base64
+        (b"BBBB\n", b"BBBB\r\n"),                  // CR in body
+        (b"--- ", b"---"),                         // MAC line without space
+        (b"--- CC", b"--- C"),                     // short MAC
     ] {
-        assert!(matches!(corrupt(needle, with), Err(Error::Corrupt(_))), "{:?}", String::from_utf8_lossy(with));
+        assert!(
+            matches!(corrupt(needle, with), Err(Error::Corrupt(_))),
+            "{:?}",
+            String::from_utf8_lossy(with)
+        );
     }
     // A body line after the body ended, and a body line with no stanza.
     let mut bad = AGE_MAGIC.to_vec();
@@ -442,7 +466,10 @@ fn a_valid_looking_header_with_a_bad_mac_is_corrupt() {
     }
     file.extend_from_slice(&[0u8; 64]);
     let err = Opened::open(&id, Cursor::new(&file)).err().unwrap();
-    assert!(matches!(err, Error::NotARecipient | Error::Corrupt(_)), "{err:?}");
+    assert!(
+        matches!(err, Error::NotARecipient | Error::Corrupt(_)),
+        "{err:?}"
+    );
 }
 
 /// A reader that hands out one byte per call.
@@ -462,10 +489,30 @@ impl Read for Trickle<'_> {
 }
 
 #[test]
+fn short_non_age_inputs_are_not_age_when_complete() {
+    let (id, _) = keypair();
+    for input in [&b""[..], b"a", b"age-enc", b"plain text\n"] {
+        assert!(
+            matches!(read_header(input), Err(Error::NotAge)),
+            "{input:?}"
+        );
+        assert!(matches!(
+            Opened::open(&id, Cursor::new(input)),
+            Err(Error::NotAge)
+        ));
+        assert!(!is_age(input));
+    }
+    assert!(matches!(read_header(AGE_MAGIC), Err(Error::Truncated(_))));
+}
+
+#[test]
 fn read_header_from_a_slow_reader() {
     let (_, r) = keypair();
     let file = seal_to(&[r], b"x");
-    assert_eq!(read_header(Trickle(&file)).unwrap(), scan_header(&file).unwrap());
+    assert_eq!(
+        read_header(Trickle(&file)).unwrap(),
+        scan_header(&file).unwrap()
+    );
     let h = fake_header(3);
     assert!(matches!(
         read_header(Trickle(&h[..h.len() - 1])),
@@ -479,15 +526,24 @@ fn length_arithmetic_edges() {
     assert_eq!(ciphertext_len(h, 0), h + 32);
     assert_eq!(plaintext_len(h, h + 32).unwrap(), 0);
     assert_eq!(ciphertext_len(h, CHUNK_SIZE), h + 16 + CHUNK_SIZE + 16);
-    assert_eq!(ciphertext_len(h, CHUNK_SIZE + 1), h + 16 + CHUNK_SIZE + 1 + 32);
+    assert_eq!(
+        ciphertext_len(h, CHUNK_SIZE + 1),
+        h + 16 + CHUNK_SIZE + 1 + 32
+    );
     assert!(matches!(plaintext_len(h, h + 31), Err(Error::Truncated(_))));
     assert!(matches!(plaintext_len(h, 50), Err(Error::Truncated(_))));
     // A last chunk shorter than its tag.
     let one_chunk = h + 16 + ENCRYPTED_CHUNK_SIZE;
     for extra in 1..=TAG_LEN {
-        assert!(plaintext_len(h, one_chunk + extra).is_err(), "extra {extra}");
+        assert!(
+            plaintext_len(h, one_chunk + extra).is_err(),
+            "extra {extra}"
+        );
     }
-    assert_eq!(plaintext_len(h, one_chunk + TAG_LEN + 1).unwrap(), CHUNK_SIZE + 1);
+    assert_eq!(
+        plaintext_len(h, one_chunk + TAG_LEN + 1).unwrap(),
+        CHUNK_SIZE + 1
+    );
     assert_eq!(ciphertext_len(u64::MAX, 5), u64::MAX);
 }
 
@@ -564,4 +620,12 @@ proptest! {
         let cut = at.index(file.len());
         assert_rejected(&id, &file[..cut], &format!("cut to {cut}"));
     }
+}
+
+#[test]
+fn handles_can_move_between_threads() {
+    fn assert_send<T: Send>() {}
+    assert_send::<Opened<std::fs::File>>();
+    assert_send::<Opened<Cursor<Vec<u8>>>>();
+    assert_send::<Sealer<std::fs::File>>();
 }
