@@ -3,14 +3,14 @@
 //! only, holds the unlock session with its idle timeout, and shuts down
 //! cleanly on `lockbox stop`, SIGTERM or SIGINT.
 
-use std::fs::{self, File};
+use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use lockbox_crypto::seal::Opened;
 use lockbox_fs::Name;
 use tokio::sync::Notify;
@@ -50,8 +50,10 @@ pub fn run(paths: Paths) -> anyhow::Result<()> {
             })
         }
     };
-    let envoy = Envoy::load(paths)?;
-    let lock = take_agent_lock(&envoy.paths)?;
+    // The lock comes before the store is touched: a second agent must not
+    // clean up the first one's in-flight temp files.
+    let (envoy, mut lock) = Envoy::load_exclusive(paths)?;
+    lock.write_pid()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -70,9 +72,19 @@ pub fn run(paths: Paths) -> anyhow::Result<()> {
     // Lock the session (zeroizing the identity) before anything else.
     lock_session(&agent);
     let _ = fs::remove_file(agent.envoy.paths.socket());
+    let stoppers = agent
+        .stoppers
+        .lock()
+        .map(|mut s| std::mem::take(&mut *s))
+        .unwrap_or_default();
+    // Blocking handlers still serving a client must not hold up the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    drop(agent);
     tracing::info!("agent stopped");
     drop(lock);
-    // Returning closes the stoppers' connections as the process exits.
+    // `lockbox stop` waits for its connection to close. Leave that to the
+    // kernel at process exit, so the caller returns only once we are gone.
+    std::mem::forget(stoppers);
     result
 }
 
@@ -80,36 +92,6 @@ fn lock_session(agent: &Agent) {
     if let Ok(mut s) = agent.session.lock() {
         s.lock();
     }
-}
-
-/// Only one agent per user: hold an exclusive lock on `agent.lock`.
-fn take_agent_lock(paths: &Paths) -> anyhow::Result<File> {
-    let path = paths.agent_lock();
-    let mut f = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
-    match f.try_lock() {
-        Ok(()) => {}
-        Err(fs::TryLockError::WouldBlock) => {
-            let mut pid = String::new();
-            let _ = f.read_to_string(&mut pid);
-            bail!(
-                "an agent is already running (pid {}): use it, or run lockbox stop first",
-                pid.trim()
-            );
-        }
-        Err(fs::TryLockError::Error(e)) => {
-            return Err(e).with_context(|| format!("cannot lock {}", path.display()))
-        }
-    }
-    f.set_len(0)?;
-    write!(f, "{}", std::process::id())?;
-    Ok(f)
 }
 
 async fn serve(agent: Arc<Agent>) -> anyhow::Result<()> {

@@ -3,7 +3,7 @@
 //! agent for its clients, the CLI directly when no agent is running).
 
 use std::fs::{self, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{Read, Seek, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
@@ -40,6 +40,19 @@ impl Envoy {
             config,
             store,
         })
+    }
+
+    /// Load for writing: take the agent lock first (so no agent or other
+    /// command writes the store meanwhile), then load and remove leftovers of
+    /// interrupted writes. The lock is held until the returned guard drops.
+    pub fn load_exclusive(paths: Paths) -> anyhow::Result<(Envoy, AgentLock)> {
+        let lock = AgentLock::take(&paths)?;
+        let envoy = Envoy::load(paths)?;
+        let removed = envoy.store.remove_leftovers()?;
+        if removed > 0 {
+            tracing::info!("removed {removed} partial file(s) of interrupted writes");
+        }
+        Ok((envoy, lock))
     }
 
     /// The current recipient set from `recipients.txt`.
@@ -87,6 +100,49 @@ impl Envoy {
             report.failed.extend(bare.failed);
         }
         Ok(report)
+    }
+}
+
+/// The exclusive `flock` on `~/.lockbox/agent.lock`: held by the running
+/// agent for its lifetime, and by the CLI while it writes the store with no
+/// agent running. Released when dropped (or when the process dies).
+pub struct AgentLock(fs::File);
+
+impl AgentLock {
+    /// Take the lock without waiting.
+    pub fn take(paths: &Paths) -> anyhow::Result<AgentLock> {
+        let path = paths.agent_lock();
+        let mut f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        match f.try_lock() {
+            Ok(()) => Ok(AgentLock(f)),
+            Err(fs::TryLockError::WouldBlock) => {
+                let mut pid = String::new();
+                let _ = f.read_to_string(&mut pid);
+                let holder = match pid.trim() {
+                    "" => String::new(),
+                    p => format!(" (pid {p})"),
+                };
+                bail!("an agent is already running{holder}: use it, or run lockbox stop first")
+            }
+            Err(fs::TryLockError::Error(e)) => {
+                Err(e).with_context(|| format!("cannot lock {}", path.display()))
+            }
+        }
+    }
+
+    /// Record the agent's pid in the lock file (for messages and tests).
+    pub fn write_pid(&mut self) -> anyhow::Result<()> {
+        self.0.set_len(0)?;
+        self.0.seek(std::io::SeekFrom::Start(0))?;
+        write!(self.0, "{}", std::process::id())?;
+        Ok(())
     }
 }
 

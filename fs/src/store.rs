@@ -82,8 +82,6 @@ pub struct Store {
 
 impl Store {
     /// Open (creating if needed) the store under `state_dir` (`~/.lockbox`).
-    /// Leftover temp files of an interrupted write are removed: they hold
-    /// only partial ciphertext and were never renamed into place.
     pub fn open(state_dir: &Path) -> Result<Store, Error> {
         let store = Store {
             dir: state_dir.join("store"),
@@ -92,14 +90,26 @@ impl Store {
         for d in [&store.dir, &store.tmp] {
             ensure_private_dir(d)?;
         }
-        let leftovers = fs::read_dir(&store.tmp).map_err(|e| Error::io("read", &store.tmp, e))?;
+        Ok(store)
+    }
+
+    /// Remove temp files left by an interrupted write: they hold only partial
+    /// ciphertext and were never renamed into place. Only the store's single
+    /// writer may call this (the agent, or the CLI holding the agent lock),
+    /// or it would delete another writer's in-flight file.
+    pub fn remove_leftovers(&self) -> Result<usize, Error> {
+        let mut removed = 0;
+        let leftovers = fs::read_dir(&self.tmp).map_err(|e| Error::io("read", &self.tmp, e))?;
         for entry in leftovers.flatten() {
             let p = entry.path();
-            if let Err(e) = fs::remove_file(&p) {
-                tracing::warn!("could not remove leftover temp file {}: {e}", p.display());
+            match fs::remove_file(&p) {
+                Ok(()) => removed += 1,
+                Err(e) => {
+                    tracing::warn!("could not remove leftover temp file {}: {e}", p.display())
+                }
             }
         }
-        Ok(store)
+        Ok(removed)
     }
 
     /// The store directory.
@@ -595,10 +605,12 @@ mod tests {
     }
 
     #[test]
-    fn leftover_temp_files_are_cleaned_on_open() {
-        let (dir, _store, _id) = setup();
+    fn leftover_temp_files_are_removed_only_when_asked() {
+        let (dir, store, _id) = setup();
         fs::write(dir.path().join("tmp/dead.partial"), b"partial").unwrap();
         Store::open(dir.path()).unwrap();
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 1);
+        assert_eq!(store.remove_leftovers().unwrap(), 1);
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
     }
 }

@@ -54,9 +54,9 @@ pub fn encrypt(paths: &Paths, path: &Path, name: Option<std::ffi::OsString>) -> 
             }
         }
         None => {
-            Envoy::load(paths.clone())?
-                .encrypt(&name, src)?
-                .plaintext_len
+            // No agent: seal directly, holding the agent lock meanwhile.
+            let (envoy, _lock) = Envoy::load_exclusive(paths.clone())?;
+            envoy.encrypt(&name, src)?.plaintext_len
         }
     };
     println!("sealed {name} ({len} bytes)");
@@ -131,7 +131,10 @@ pub fn delete(paths: &Paths, name: &OsStr) -> anyhow::Result<()> {
             Response::Ok => {}
             other => return Err(client::into_error(other)),
         },
-        None => Envoy::load(paths.clone())?.delete(&name)?,
+        None => {
+            let (envoy, _lock) = Envoy::load_exclusive(paths.clone())?;
+            envoy.delete(&name)?
+        }
     }
     println!("deleted {name}");
     Ok(())

@@ -18,9 +18,17 @@ fn daemon_is_single_instance_and_stop_removes_the_socket() {
     assert_eq!(mode(&e.state().join("agent.sock")), 0o600);
     let err = e.fails(1, &["daemon"]);
     assert!(err.contains("already running"), "{err}");
-    // Foreground too: the lock refuses a second agent.
+    // Foreground too: the lock refuses a second agent — before it touches
+    // the store, so the first agent's in-flight temp files survive.
+    let inflight = e.state().join("tmp/0123456789abcdef.partial");
+    fs::write(&inflight, b"ciphertext being written").unwrap();
     let err = e.fails(1, &["daemon", "--foreground"]);
     assert!(err.contains("already running"), "{err}");
+    assert!(
+        inflight.exists(),
+        "a refused second agent removed a live temp file"
+    );
+    fs::remove_file(&inflight).unwrap();
     e.ok(&["stop"]);
     // stop returns only once the agent is gone.
     assert!(!alive(pid), "agent still running after stop");
