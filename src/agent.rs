@@ -16,11 +16,13 @@ use lockbox_fs::Name;
 use tokio::sync::Notify;
 
 use crate::control::{self, DataFrames, Failure, Frame, Request, Response};
-use crate::envoy::Envoy;
+use crate::envoy::{self, Envoy};
 use crate::paths::Paths;
 use crate::session::Session;
 use crate::status::{ListEntry, StatusReport};
 use crate::sys::{self, Hardening};
+use lockbox_fs::fuse::{FsConfig, Keys, LockboxFs};
+use lockbox_fs::mount::{self, Mount, MountState};
 
 /// The line the agent prints on stdout once it serves requests; `daemon`
 /// (detached) waits for it.
@@ -28,7 +30,11 @@ pub const READY_PREFIX: &str = "lockbox agent ready";
 
 struct Agent {
     envoy: Envoy,
-    session: Mutex<Session>,
+    session: Arc<Mutex<Session>>,
+    /// The mounted file system, if mounting worked.
+    fs: Option<Arc<LockboxFs>>,
+    /// What `status` says about the mount.
+    mount_note: String,
     session_changed: Notify,
     shutdown: Notify,
     hardening: Hardening,
@@ -60,16 +66,26 @@ pub fn run(paths: Paths) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     let timeout = envoy.config.idle_timeout_minutes;
+    let session = Arc::new(Mutex::new(Session::new(timeout, Instant::now())));
+    let (mount, mount_note) = mount_lockbox(&envoy, session.clone());
     let agent = Arc::new(Agent {
+        fs: mount.as_ref().map(|m| m.fs().clone()),
+        mount_note,
         envoy,
-        session: Mutex::new(Session::new(timeout, Instant::now())),
+        session,
         session_changed: Notify::new(),
         shutdown: Notify::new(),
         hardening,
         stoppers: Mutex::new(Vec::new()),
     });
     let result = runtime.block_on(serve(agent.clone()));
-    // Lock the session (zeroizing the identity) before anything else.
+    // Seal what is open and unmount, then lock the session (zeroizing the
+    // identity).
+    if let Some(m) = mount {
+        if let Err(e) = m.unmount() {
+            tracing::warn!("unmount failed: {e}");
+        }
+    }
     lock_session(&agent);
     let _ = fs::remove_file(agent.envoy.paths.socket());
     let stoppers = agent
@@ -91,6 +107,82 @@ pub fn run(paths: Paths) -> anyhow::Result<()> {
 fn lock_session(agent: &Agent) {
     if let Ok(mut s) = agent.session.lock() {
         s.lock();
+    }
+    // Decrypted chunks and open readers' keys go with the session.
+    if let Some(fs) = &agent.fs {
+        fs.on_lock();
+    }
+}
+
+/// The agent's side of the file system's needs: the session's identity and
+/// the recipient set.
+struct AgentKeys {
+    session: Arc<Mutex<Session>>,
+    recipients: std::path::PathBuf,
+}
+
+impl Keys for AgentKeys {
+    fn identity(&self) -> Option<Arc<lockbox_crypto::AgeIdentity>> {
+        self.session.lock().ok()?.use_identity(Instant::now())
+    }
+
+    fn recipients(&self) -> Result<Vec<lockbox_crypto::AgeRecipient>, String> {
+        envoy::read_recipients(&self.recipients).map_err(|e| format!("{e:#}"))
+    }
+}
+
+/// Detach a stale mount, sweep plaintext from the bare folder and the
+/// store, and mount `~/lockbox`. A failure leaves the agent running without
+/// the mount (the CLI still works) and says why in `status`.
+fn mount_lockbox(envoy: &Envoy, session: Arc<Mutex<Session>>) -> (Option<Mount>, String) {
+    let path = &envoy.paths.mount;
+    if mount::state(path) == MountState::Stale {
+        tracing::warn!(
+            "{} is a stale mount of a killed agent: detaching it",
+            path.display()
+        );
+        if let Err(e) = mount::detach(path) {
+            let note = format!(
+                "not mounted: the stale mount at {} could not be detached ({e}); run fusermount3 -uz {}",
+                path.display(),
+                path.display()
+            );
+            tracing::error!("{note}");
+            return (None, note);
+        }
+    }
+    match envoy.sweep() {
+        Ok(r) if !r.sealed.is_empty() => {
+            tracing::info!("sealed {} plaintext file(s) at mount", r.sealed.len())
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("sweep before mounting failed: {e:#}"),
+    }
+    if let Err(e) = crate::host::fuse_available(sys::uid() == 0) {
+        let note = format!("not mounted: {e}");
+        tracing::error!("{note}");
+        return (None, note);
+    }
+    let keys = Arc::new(AgentKeys {
+        session,
+        recipients: envoy.paths.recipients(),
+    });
+    let config = FsConfig {
+        max_file_size: envoy.config.max_file_size,
+        cache_bytes: 32 << 20,
+    };
+    let mounted = LockboxFs::new(envoy.store.clone(), keys, config)
+        .and_then(|fs| Mount::start(Arc::new(fs), path, 4));
+    match mounted {
+        Ok(m) => {
+            tracing::info!("mounted {}", path.display());
+            (Some(m), format!("mounted at {}", path.display()))
+        }
+        Err(e) => {
+            let note = format!("not mounted: mounting {} failed: {e}", path.display());
+            tracing::error!("{note}");
+            (None, note)
+        }
     }
 }
 
@@ -115,9 +207,10 @@ async fn serve(agent: Arc<Agent>) -> anyhow::Result<()> {
     let mut out = std::io::stdout();
     let _ = writeln!(
         out,
-        "{READY_PREFIX} (pid {}, socket {})",
+        "{READY_PREFIX} (pid {}, socket {}, {})",
         std::process::id(),
-        sock_path.display()
+        sock_path.display(),
+        agent.mount_note
     );
     let _ = out.flush();
 
@@ -160,10 +253,12 @@ async fn idle_timer(agent: Arc<Agent>) {
             Some(d) => {
                 tokio::select! {
                     _ = tokio::time::sleep_until(d.into()) => {
-                        if let Ok(mut s) = agent.session.lock() {
-                            if s.expire(Instant::now()) {
-                                tracing::info!("idle timeout: session locked");
+                        let expired = agent.session.lock().is_ok_and(|mut s| s.expire(Instant::now()));
+                        if expired {
+                            if let Some(fs) = &agent.fs {
+                                fs.on_lock();
                             }
+                            tracing::info!("idle timeout: session locked");
                         }
                     }
                     _ = agent.session_changed.notified() => {}
@@ -210,7 +305,10 @@ fn handle(agent: &Agent, mut stream: UnixStream) {
         Request::Delete { name } => {
             let resp = match Name::new(name) {
                 Ok(n) => match agent.envoy.delete(&n) {
-                    Ok(()) => Response::Ok,
+                    Ok(()) => {
+                        invalidate(agent, &n);
+                        Response::Ok
+                    }
                     Err(e) => error_response(&e),
                 },
                 Err(e) => Response::Error {
@@ -236,6 +334,13 @@ fn handle(agent: &Agent, mut stream: UnixStream) {
     };
     if let Err(e) = result {
         tracing::debug!("control client went away: {e}");
+    }
+}
+
+/// Tell the kernel a store file changed outside the mount.
+fn invalidate(agent: &Agent, name: &Name) {
+    if let Some(fs) = &agent.fs {
+        fs.invalidate(name);
     }
 }
 
@@ -284,7 +389,16 @@ fn status(agent: &Agent) -> StatusReport {
     report.agent_pid = Some(std::process::id());
     report.unlocked = unlocked;
     report.idle_left_secs = idle_left.map(|d| d.as_secs());
-    report.mount = "not mounted (the FUSE mount is not part of this build yet)".into();
+    report.mount = match (&agent.fs, mount::state(&e.paths.mount)) {
+        (Some(_), MountState::Mounted) => agent.mount_note.clone(),
+        (Some(_), MountState::Stale) => {
+            "stale: the mount stopped answering; run lockbox stop, then lockbox unlock".into()
+        }
+        (Some(_), MountState::NotMounted) => {
+            "not mounted (unmounted behind the agent's back; restart it)".into()
+        }
+        (None, _) => agent.mount_note.clone(),
+    };
     report.hardening = Some(agent.hardening);
     if agent.hardening.dumpable {
         report

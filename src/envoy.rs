@@ -57,17 +57,7 @@ impl Envoy {
 
     /// The current recipient set from `recipients.txt`.
     pub fn recipients(&self) -> anyhow::Result<Vec<AgeRecipient>> {
-        let path = self.paths.recipients();
-        let text = read_capped(&path, 1 << 20)?;
-        let entries = lockbox_crypto::recipients::parse(&text)
-            .with_context(|| format!("{} is damaged", path.display()))?;
-        if entries.is_empty() {
-            bail!(
-                "recipients empty: {} lists no envoy; re-run lockbox init after lockbox purge",
-                path.display()
-            );
-        }
-        Ok(lockbox_crypto::recipients::to_age(&entries)?)
+        read_recipients(&self.paths.recipients())
     }
 
     /// Seal `plaintext` as `name` to the current recipients.
@@ -93,7 +83,9 @@ impl Envoy {
         let recipients = self.recipients()?;
         let max = self.config.max_file_size;
         let mut report = self.store.sweep(&recipients, max)?;
-        if !is_mount_point(&self.paths.mount) {
+        // Only a plain folder: through a live mount the files are already ours.
+        if lockbox_fs::mount::state(&self.paths.mount) == lockbox_fs::mount::MountState::NotMounted
+        {
             let bare = self.store.import_dir(&self.paths.mount, &recipients, max)?;
             report.sealed.extend(bare.sealed);
             report.too_large.extend(bare.too_large);
@@ -144,6 +136,20 @@ impl AgentLock {
         write!(self.0, "{}", std::process::id())?;
         Ok(())
     }
+}
+
+/// The recipient set in a `recipients.txt`.
+pub fn read_recipients(path: &Path) -> anyhow::Result<Vec<AgeRecipient>> {
+    let text = read_capped(path, 1 << 20)?;
+    let entries = lockbox_crypto::recipients::parse(&text)
+        .with_context(|| format!("{} is damaged", path.display()))?;
+    if entries.is_empty() {
+        bail!(
+            "recipients empty: {} lists no envoy; re-run lockbox init after lockbox purge",
+            path.display()
+        );
+    }
+    Ok(lockbox_crypto::recipients::to_age(&entries)?)
 }
 
 /// Read and validate `config.yaml` (absent = defaults).
@@ -208,13 +214,4 @@ pub fn private_dir(path: &Path) -> anyhow::Result<()> {
     fs::create_dir_all(path).with_context(|| format!("cannot create {}", path.display()))?;
     fs::set_permissions(path, fs::Permissions::from_mode(0o700))
         .with_context(|| format!("cannot chmod {}", path.display()))
-}
-
-/// Whether `path` is a mount point (its device differs from its parent's).
-pub fn is_mount_point(path: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let (Ok(m), Some(parent)) = (fs::metadata(path), path.parent()) else {
-        return false;
-    };
-    fs::metadata(parent).is_ok_and(|p| p.dev() != m.dev())
 }

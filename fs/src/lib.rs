@@ -1,10 +1,14 @@
 //! `lockbox-fs`: the local state of one envoy. The [`store::Store`] keeps one
 //! age file per lockbox file with atomic, durable replacement; [`name::Name`]
-//! is the only way a file name gets in. The FUSE adapter will sit on top of
-//! the store as a thin layer.
+//! is the only way a file name gets in. [`fuse::LockboxFs`] is the FUSE
+//! adapter over the store, [`mount`] mounts it, and [`pages::Pages`] stages
+//! plaintext being written, in memory only.
 #![forbid(unsafe_code)]
 
+pub mod fuse;
+pub mod mount;
 pub mod name;
+pub mod pages;
 pub mod store;
 
 pub use name::Name;

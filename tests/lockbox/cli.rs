@@ -156,9 +156,13 @@ fn list_and_status_report_states_and_counts() {
         "{text}"
     );
 
-    // Unlock sweeps: the store's plaintext and the bare folder's file are sealed.
+    // Starting the agent sweeps: the store's plaintext and the bare folder's
+    // file are sealed (and the folder becomes the mount).
     e.unlock();
-    assert!(!e.home.join("lockbox/bare.txt").exists());
+    let sealed = fs::read(e.store().join("bare.txt")).unwrap();
+    assert!(sealed.starts_with(b"age-encryption.org/v1\n"));
+    let sealed = fs::read(e.store().join("dropped.txt")).unwrap();
+    assert!(sealed.starts_with(b"age-encryption.org/v1\n"));
     let st = e.status_json();
     assert_eq!(st["agent_running"], true);
     assert_eq!(st["unlocked"], true);

@@ -1,0 +1,1355 @@
+//! The FUSE adapter: `~/lockbox` as one flat folder of regular files (SPEC §5).
+//!
+//! A thin layer over [`Store`]: writes are staged in memory ([`Pages`]) and
+//! sealed into the store when a writer closes (`flush`, so `close(2)` reports
+//! a sealing failure) or calls `fsync`; reads decrypt on demand, one 64 KiB
+//! age chunk at a time, through a bounded in-memory cache of decrypted
+//! chunks. Keys come from the agent through [`Keys`]: reading needs the
+//! unlock session, sealing needs only the public recipients, so creating or
+//! fully replacing a file works while locked and everything that needs the
+//! old plaintext gets `EACCES`.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::num::NonZeroUsize;
+use std::os::unix::fs::MetadataExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request,
+    TimeOrNow, WriteFlags,
+};
+use lockbox_crypto::seal::{Opened, CHUNK_SIZE};
+use lockbox_crypto::{AgeIdentity, AgeRecipient};
+use zeroize::Zeroizing;
+
+use crate::pages::Pages;
+use crate::store::{Sealed, Store};
+use crate::{Error, Name};
+
+/// How long the kernel may cache attributes and names.
+const TTL: Duration = Duration::from_secs(1);
+const ROOT: u64 = 1;
+
+/// What the file system needs from the agent.
+pub trait Keys: Send + Sync + 'static {
+    /// The identity for a decryption (resetting the idle timer), or `None`
+    /// when locked.
+    fn identity(&self) -> Option<Arc<AgeIdentity>>;
+    /// The recipients to seal to (public keys; available while locked).
+    fn recipients(&self) -> Result<Vec<AgeRecipient>, String>;
+    /// A version was sealed through the mount (the mesh queues it).
+    fn sealed(&self, _name: &Name, _sealed: &Sealed) {}
+    /// A name was deleted through the mount.
+    fn deleted(&self, _name: &Name) {}
+}
+
+/// Settings of the mounted file system.
+#[derive(Debug, Clone, Copy)]
+pub struct FsConfig {
+    /// Largest file (bytes); a write past it gets `EFBIG`.
+    pub max_file_size: u64,
+    /// Bytes of decrypted chunks kept in memory.
+    pub cache_bytes: usize,
+}
+
+/// Which version of a store file (changes whenever the file is replaced).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Version {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime_ns: i64,
+}
+
+impl Version {
+    fn of(m: &std::fs::Metadata) -> Self {
+        Version {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+        }
+    }
+}
+
+/// Plaintext staged for a file open for writing.
+struct Staged {
+    pages: Pages,
+    /// Whether `pages` holds the file's content. A writer that opened an
+    /// existing file without `O_TRUNC` loads the old plaintext only when a
+    /// read or write needs it, so `open` + `ftruncate(0)` works while locked.
+    loaded: bool,
+    /// Changed since the last seal.
+    dirty: bool,
+    /// Open write handles.
+    writers: u32,
+    /// A modification time set with utimensat while staged.
+    mtime_set: Option<SystemTime>,
+    mtime: SystemTime,
+}
+
+struct Node {
+    /// `None` once unlinked (or replaced by a rename) while still open.
+    name: Option<Name>,
+    lookups: u64,
+    open: u32,
+    staged: Option<Arc<Mutex<Staged>>>,
+    /// Plaintext size of a store version, to answer `stat` without a key.
+    size_cache: Option<(Version, u64)>,
+}
+
+enum Handle {
+    /// Decrypting reader of one store version.
+    Reader {
+        ino: u64,
+        version: Version,
+        name: Name,
+        opened: Mutex<Option<Box<Opened<File>>>>,
+    },
+    /// Reads and writes go to the staged plaintext.
+    Staged {
+        ino: u64,
+        staged: Arc<Mutex<Staged>>,
+        write: bool,
+    },
+}
+
+#[derive(Default)]
+struct Inner {
+    by_name: HashMap<Name, u64>,
+    nodes: HashMap<u64, Node>,
+    next_ino: u64,
+    handles: HashMap<u64, Arc<Handle>>,
+    next_fh: u64,
+    dirs: HashMap<u64, Vec<(u64, Name)>>,
+    warned_damaged: HashSet<Version>,
+}
+
+type ChunkCache = lru::LruCache<(Version, u64), Arc<Zeroizing<Vec<u8>>>>;
+
+/// The lockbox file system.
+pub struct LockboxFs {
+    store: Store,
+    keys: Arc<dyn Keys>,
+    config: FsConfig,
+    inner: Mutex<Inner>,
+    cache: Mutex<ChunkCache>,
+    warned_locked: AtomicBool,
+    uid: u32,
+    gid: u32,
+    notifier: OnceLock<fuser::Notifier>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic in another FUSE thread must not wedge the whole mount.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn errno_of(e: &Error) -> Errno {
+    match e {
+        Error::NotFound(_) => Errno::ENOENT,
+        Error::BadName { .. } => Errno::EINVAL,
+        Error::TooLarge { .. } => Errno::EFBIG,
+        Error::Io { source, .. } | Error::Read(source) => match source.raw_os_error() {
+            Some(libc::ENOSPC) => Errno::ENOSPC,
+            Some(libc::EDQUOT) => Errno::from_i32(libc::EDQUOT),
+            _ => Errno::EIO,
+        },
+        _ => Errno::EIO,
+    }
+}
+
+fn name_errno(name: &OsStr) -> Errno {
+    if name.len() > crate::name::MAX_NAME_BYTES {
+        Errno::ENAMETOOLONG
+    } else {
+        Errno::EINVAL
+    }
+}
+
+impl LockboxFs {
+    /// A file system over `store`.
+    pub fn new(store: Store, keys: Arc<dyn Keys>, config: FsConfig) -> io::Result<Self> {
+        let meta = std::fs::metadata(store.dir())?;
+        let chunks = (config.cache_bytes / CHUNK_SIZE as usize).max(1);
+        Ok(LockboxFs {
+            store,
+            keys,
+            config,
+            inner: Mutex::new(Inner {
+                next_ino: ROOT + 1,
+                next_fh: 1,
+                ..Inner::default()
+            }),
+            cache: Mutex::new(lru::LruCache::new(
+                NonZeroUsize::new(chunks).unwrap_or(NonZeroUsize::MIN),
+            )),
+            warned_locked: AtomicBool::new(false),
+            uid: meta.uid(),
+            gid: meta.gid(),
+            notifier: OnceLock::new(),
+        })
+    }
+
+    /// The session was locked: drop every decrypted chunk and every open
+    /// reader's key material. Staged writes stay (they are sealed at close).
+    pub fn on_lock(&self) {
+        lock(&self.cache).clear();
+        let inner = lock(&self.inner);
+        for h in inner.handles.values() {
+            if let Handle::Reader { opened, .. } = &**h {
+                *lock(opened) = None;
+            }
+        }
+        self.warned_locked.store(false, Ordering::Relaxed);
+    }
+
+    /// Give the file system the channel to tell the kernel about changes
+    /// made behind its back (set once, right after mounting).
+    pub fn set_notifier(&self, notifier: fuser::Notifier) {
+        let _ = self.notifier.set(notifier);
+    }
+
+    /// The store changed `name` outside the mount (CLI, mesh): drop the
+    /// kernel's cached attributes, pages and name for it. Must not be called
+    /// from a FUSE request thread.
+    pub fn invalidate(&self, name: &Name) {
+        let ino = {
+            let mut inner = lock(&self.inner);
+            let ino = inner.by_name.get(name).copied();
+            if let Some(n) = ino.and_then(|i| inner.nodes.get_mut(&i)) {
+                n.size_cache = None;
+            }
+            ino
+        };
+        if let Some(notifier) = self.notifier.get() {
+            if let Some(ino) = ino {
+                let _ = notifier.inval_inode(INodeNo(ino), 0, 0);
+            }
+            let _ = notifier.inval_entry(INodeNo(ROOT), name.as_os_str());
+        }
+    }
+
+    /// Seal every file with unsealed writes (before unmounting).
+    pub fn seal_all(&self) -> usize {
+        let staged: Vec<(u64, Arc<Mutex<Staged>>)> = lock(&self.inner)
+            .nodes
+            .iter()
+            .filter_map(|(ino, n)| n.staged.clone().map(|s| (*ino, s)))
+            .collect();
+        staged
+            .into_iter()
+            .filter(|(ino, s)| self.seal_staged(*ino, &mut lock(s)).is_ok())
+            .count()
+    }
+
+    fn warn_locked(&self, what: &str) {
+        if !self.warned_locked.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "{what} refused (EACCES): lockbox is locked; run `lockbox unlock` to read or \
+                 modify existing files (creating or fully replacing files works while locked)"
+            );
+        }
+    }
+
+    fn identity_or_eacces(&self, what: &str) -> Result<Arc<AgeIdentity>, Errno> {
+        self.keys.identity().ok_or_else(|| {
+            self.warn_locked(what);
+            Errno::EACCES
+        })
+    }
+
+    fn root_attr(&self) -> FileAttr {
+        let now = SystemTime::now();
+        let mtime = std::fs::metadata(self.store.dir())
+            .and_then(|m| m.modified())
+            .unwrap_or(now);
+        FileAttr {
+            ino: INodeNo(ROOT),
+            size: 0,
+            blocks: 0,
+            atime: mtime,
+            mtime,
+            ctime: mtime,
+            crtime: mtime,
+            kind: FileType::Directory,
+            perm: 0o700,
+            nlink: 2,
+            uid: self.uid,
+            gid: self.gid,
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+
+    fn file_attr(&self, ino: u64, size: u64, mtime: SystemTime) -> FileAttr {
+        FileAttr {
+            ino: INodeNo(ino),
+            size,
+            blocks: size.div_ceil(512),
+            atime: mtime,
+            mtime,
+            ctime: mtime,
+            crtime: mtime,
+            kind: FileType::RegularFile,
+            perm: 0o600,
+            nlink: 1,
+            uid: self.uid,
+            gid: self.gid,
+            rdev: 0,
+            blksize: CHUNK_SIZE as u32,
+            flags: 0,
+        }
+    }
+
+    /// Attributes of a node: staged size while being written, else the
+    /// plaintext size of its store version (no key needed).
+    fn attr_of(&self, ino: u64) -> Result<FileAttr, Errno> {
+        if ino == ROOT {
+            return Ok(self.root_attr());
+        }
+        let (name, staged, cached) = {
+            let inner = lock(&self.inner);
+            let node = inner.nodes.get(&ino).ok_or(Errno::ENOENT)?;
+            (node.name.clone(), node.staged.clone(), node.size_cache)
+        };
+        if let Some(s) = staged {
+            let s = lock(&s);
+            if s.loaded {
+                return Ok(self.file_attr(ino, s.pages.len(), s.mtime));
+            }
+        }
+        let name = name.ok_or(Errno::ENOENT)?;
+        let meta = self
+            .store
+            .path_of(&name)
+            .symlink_metadata()
+            .map_err(|_| Errno::ENOENT)?;
+        let version = Version::of(&meta);
+        let size = match cached {
+            Some((v, size)) if v == version => size,
+            _ => {
+                let size = self.store.entry(&name).map_err(|e| errno_of(&e))?.size;
+                if let Some(node) = lock(&self.inner).nodes.get_mut(&ino) {
+                    node.size_cache = Some((version, size));
+                }
+                size
+            }
+        };
+        Ok(self.file_attr(ino, size, meta.modified().unwrap_or(UNIX_EPOCH)))
+    }
+
+    /// The inode of `name`, allocating one if the store has the file.
+    fn resolve(&self, name: &Name) -> Result<u64, Errno> {
+        let mut inner = lock(&self.inner);
+        if let Some(&ino) = inner.by_name.get(name) {
+            let staged = inner.nodes.get(&ino).is_some_and(|n| n.staged.is_some());
+            if staged || self.store.contains(name) {
+                return Ok(ino);
+            }
+            // Gone from the store behind our back (deleted by the CLI or the mesh).
+            inner.by_name.remove(name);
+            if let Some(n) = inner.nodes.get_mut(&ino) {
+                n.name = None;
+            }
+            Self::maybe_drop(&mut inner, ino);
+            return Err(Errno::ENOENT);
+        }
+        if !self.store.contains(name) {
+            return Err(Errno::ENOENT);
+        }
+        Ok(Self::add_node(&mut inner, name.clone(), None))
+    }
+
+    fn add_node(inner: &mut Inner, name: Name, staged: Option<Arc<Mutex<Staged>>>) -> u64 {
+        let ino = inner.next_ino;
+        inner.next_ino += 1;
+        inner.by_name.insert(name.clone(), ino);
+        inner.nodes.insert(
+            ino,
+            Node {
+                name: Some(name),
+                lookups: 0,
+                open: 0,
+                staged,
+                size_cache: None,
+            },
+        );
+        ino
+    }
+
+    /// Forget a node nobody refers to any more.
+    fn maybe_drop(inner: &mut Inner, ino: u64) {
+        let Some(n) = inner.nodes.get(&ino) else {
+            return;
+        };
+        if n.lookups == 0 && n.open == 0 && n.staged.is_none() {
+            if let Some(name) = &n.name {
+                if inner.by_name.get(name) == Some(&ino) {
+                    inner.by_name.remove(name);
+                }
+            }
+            inner.nodes.remove(&ino);
+        }
+    }
+
+    fn add_handle(&self, h: Handle) -> u64 {
+        let mut inner = lock(&self.inner);
+        let fh = inner.next_fh;
+        inner.next_fh += 1;
+        let ino = match &h {
+            Handle::Reader { ino, .. } | Handle::Staged { ino, .. } => *ino,
+        };
+        if let Some(n) = inner.nodes.get_mut(&ino) {
+            n.open += 1;
+        }
+        inner.handles.insert(fh, Arc::new(h));
+        fh
+    }
+
+    fn handle(&self, fh: FileHandle) -> Result<Arc<Handle>, Errno> {
+        lock(&self.inner)
+            .handles
+            .get(&fh.0)
+            .cloned()
+            .ok_or(Errno::EBADF)
+    }
+
+    /// Seal a staged file if it changed since its last seal. The caller holds
+    /// the staged lock, which also serialises seals with renames.
+    fn seal_staged(&self, ino: u64, st: &mut Staged) -> Result<(), Errno> {
+        if !st.dirty || !st.loaded {
+            return Ok(());
+        }
+        let name = lock(&self.inner)
+            .nodes
+            .get(&ino)
+            .and_then(|n| n.name.clone());
+        let Some(name) = name else {
+            // Unlinked while open: nothing to keep.
+            st.dirty = false;
+            return Ok(());
+        };
+        let recipients = self.keys.recipients().map_err(|e| {
+            tracing::warn!("cannot seal {name}: {e}");
+            Errno::EIO
+        })?;
+        match self.store.seal(
+            &name,
+            st.pages.reader(),
+            &recipients,
+            self.config.max_file_size,
+        ) {
+            Ok(sealed) => {
+                st.dirty = false;
+                if let Some(t) = st.mtime_set {
+                    let _ = File::open(self.store.path_of(&name)).and_then(|f| f.set_modified(t));
+                }
+                tracing::debug!("sealed {name} ({} bytes)", sealed.plaintext_len);
+                self.keys.sealed(&name, &sealed);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!("sealing {name} failed: {e}; the previous version is unchanged");
+                Err(errno_of(&e))
+            }
+        }
+    }
+
+    /// Load the old plaintext into a lazily staged writer (needs the key).
+    fn ensure_loaded(&self, ino: u64, st: &mut Staged, what: &str) -> Result<(), Errno> {
+        if st.loaded {
+            return Ok(());
+        }
+        let identity = self.identity_or_eacces(what)?;
+        let name = lock(&self.inner)
+            .nodes
+            .get(&ino)
+            .and_then(|n| n.name.clone())
+            .ok_or(Errno::ENOENT)?;
+        st.pages = self.load_plaintext(&name, &identity)?;
+        st.loaded = true;
+        Ok(())
+    }
+
+    /// Plaintext of a store file, for a writer that keeps the old content.
+    fn load_plaintext(&self, name: &Name, identity: &AgeIdentity) -> Result<Pages, Errno> {
+        let mut pages = Pages::new();
+        let file = match self.store.open_file(name) {
+            Ok(f) => f,
+            Err(Error::NotFound(_)) => return Ok(pages),
+            Err(e) => return Err(errno_of(&e)),
+        };
+        let version = file
+            .metadata()
+            .map(|m| Version::of(&m))
+            .map_err(|_| Errno::EIO)?;
+        let mut opened = Opened::open(identity, file)
+            .map_err(|e| self.damaged(name, version, &e.to_string()))?;
+        pages
+            .fill_from(&mut opened, self.config.max_file_size)
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::FileTooLarge => Errno::EFBIG,
+                _ => self.damaged(name, version, &e.to_string()),
+            })?;
+        Ok(pages)
+    }
+
+    /// Log one WARN per damaged store version; the caller returns EIO.
+    fn damaged(&self, name: &Name, version: Version, why: &str) -> Errno {
+        if lock(&self.inner).warned_damaged.insert(version) {
+            tracing::warn!(
+                "{name}: the ciphertext failed authentication or cannot be opened ({why}); \
+                 reads return EIO. Restore it from another envoy or a backup."
+            );
+        }
+        Errno::EIO
+    }
+
+    /// Read `size` bytes at `offset` through the chunk cache.
+    fn read_decrypted(&self, h: &Handle, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+        let Handle::Reader {
+            version,
+            name,
+            opened,
+            ..
+        } = h
+        else {
+            return Err(Errno::EBADF);
+        };
+        // Reads need the session (and keep it alive).
+        self.identity_or_eacces("reading")?;
+        let end = (offset + size as u64).min(self.plaintext_len_of(h)?);
+        let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
+        let mut pos = offset;
+        while pos < end {
+            let idx = pos / CHUNK_SIZE;
+            let chunk = self.chunk(*version, name, opened, idx)?;
+            let within = (pos - idx * CHUNK_SIZE) as usize;
+            if within >= chunk.len() {
+                break;
+            }
+            let n = (chunk.len() - within).min((end - pos) as usize);
+            out.extend_from_slice(&chunk[within..within + n]);
+            pos += n as u64;
+        }
+        Ok(out)
+    }
+
+    fn plaintext_len_of(&self, h: &Handle) -> Result<u64, Errno> {
+        match h {
+            Handle::Reader { opened, name, .. } => {
+                let mut g = lock(opened);
+                match g.as_mut() {
+                    Some(o) => Ok(o.plaintext_len()),
+                    None => {
+                        drop(g);
+                        // Dropped at lock time: the session is back, reopen.
+                        self.reopen(h, name)
+                    }
+                }
+            }
+            Handle::Staged { staged, .. } => Ok(lock(staged).pages.len()),
+        }
+    }
+
+    fn reopen(&self, h: &Handle, name: &Name) -> Result<u64, Errno> {
+        let Handle::Reader {
+            version, opened, ..
+        } = h
+        else {
+            return Err(Errno::EBADF);
+        };
+        let identity = self.identity_or_eacces("reading")?;
+        let file = self.store.open_file(name).map_err(|e| errno_of(&e))?;
+        let now = file
+            .metadata()
+            .map(|m| Version::of(&m))
+            .map_err(|_| Errno::EIO)?;
+        if now != *version {
+            // Replaced meanwhile: this handle's version is gone.
+            return Err(Errno::ESTALE);
+        }
+        let o =
+            Opened::open(&identity, file).map_err(|e| self.damaged(name, now, &e.to_string()))?;
+        let len = o.plaintext_len();
+        *lock(opened) = Some(Box::new(o));
+        Ok(len)
+    }
+
+    fn chunk(
+        &self,
+        version: Version,
+        name: &Name,
+        opened: &Mutex<Option<Box<Opened<File>>>>,
+        idx: u64,
+    ) -> Result<Arc<Zeroizing<Vec<u8>>>, Errno> {
+        if let Some(c) = lock(&self.cache).get(&(version, idx)) {
+            return Ok(c.clone());
+        }
+        let mut g = lock(opened);
+        let o = g.as_mut().ok_or(Errno::EACCES)?;
+        let mut buf = Zeroizing::new(vec![0u8; CHUNK_SIZE as usize]);
+        let mut got = 0;
+        let result = o.seek(SeekFrom::Start(idx * CHUNK_SIZE)).and_then(|_| {
+            while got < buf.len() {
+                match o.read(&mut buf[got..]) {
+                    Ok(0) => break,
+                    Ok(n) => got += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        });
+        if let Err(e) = result {
+            drop(g);
+            return Err(self.damaged(name, version, &e.to_string()));
+        }
+        buf.truncate(got);
+        let chunk = Arc::new(buf);
+        lock(&self.cache).put((version, idx), chunk.clone());
+        Ok(chunk)
+    }
+
+    /// Open an existing node (shared by `open` and `create` on an existing name).
+    fn open_node(&self, ino: u64, flags: i32) -> Result<u64, Errno> {
+        let acc = OpenFlags(flags).acc_mode();
+        let trunc = flags & libc::O_TRUNC != 0;
+        let (name, staged) = {
+            let inner = lock(&self.inner);
+            let node = inner.nodes.get(&ino).ok_or(Errno::ENOENT)?;
+            (node.name.clone().ok_or(Errno::ENOENT)?, node.staged.clone())
+        };
+        if acc == OpenAccMode::O_RDONLY {
+            let identity = self.identity_or_eacces("opening for reading")?;
+            if let Some(staged) = staged {
+                return Ok(self.add_handle(Handle::Staged {
+                    ino,
+                    staged,
+                    write: false,
+                }));
+            }
+            let file = self.store.open_file(&name).map_err(|e| errno_of(&e))?;
+            let version = file
+                .metadata()
+                .map(|m| Version::of(&m))
+                .map_err(|_| Errno::EIO)?;
+            let opened = match Opened::open(&identity, file) {
+                Ok(o) => o,
+                Err(e) => return Err(self.damaged(&name, version, &e.to_string())),
+            };
+            return Ok(self.add_handle(Handle::Reader {
+                ino,
+                version,
+                name,
+                opened: Mutex::new(Some(Box::new(opened))),
+            }));
+        }
+        // Writing: share the staged buffer of other writers, or stage anew.
+        let staged = match staged {
+            Some(s) => {
+                let mut st = lock(&s);
+                st.writers += 1;
+                if trunc {
+                    st.pages.truncate(0);
+                    st.loaded = true;
+                    st.dirty = true;
+                }
+                drop(st);
+                s
+            }
+            None => {
+                let size = self.store.entry(&name).map(|e| e.size).unwrap_or(0);
+                let empty = trunc || size == 0;
+                let s = Arc::new(Mutex::new(Staged {
+                    pages: Pages::new(),
+                    loaded: empty,
+                    dirty: trunc && size > 0,
+                    writers: 1,
+                    mtime_set: None,
+                    mtime: SystemTime::now(),
+                }));
+                let mut inner = lock(&self.inner);
+                let node = inner.nodes.get_mut(&ino).ok_or(Errno::ENOENT)?;
+                match &node.staged {
+                    // Another writer staged it meanwhile: join that one.
+                    Some(other) => {
+                        lock(other).writers += 1;
+                        other.clone()
+                    }
+                    None => {
+                        node.staged = Some(s.clone());
+                        s
+                    }
+                }
+            }
+        };
+        Ok(self.add_handle(Handle::Staged {
+            ino,
+            staged,
+            write: true,
+        }))
+    }
+
+    /// Truncate a file with no open writer to `size` (setattr on a path).
+    fn truncate_closed(&self, ino: u64, size: u64) -> Result<(), Errno> {
+        let name = lock(&self.inner)
+            .nodes
+            .get(&ino)
+            .and_then(|n| n.name.clone())
+            .ok_or(Errno::ENOENT)?;
+        let mut pages = if size == 0 {
+            Pages::new()
+        } else {
+            let identity = self.identity_or_eacces("truncating to a non-zero size")?;
+            self.load_plaintext(&name, &identity)?
+        };
+        if pages.len() == size && size != 0 {
+            return Ok(());
+        }
+        pages.truncate(size);
+        let mut st = Staged {
+            pages,
+            loaded: true,
+            dirty: true,
+            writers: 0,
+            mtime_set: None,
+            mtime: SystemTime::now(),
+        };
+        self.seal_staged(ino, &mut st)
+    }
+}
+
+/// The [`Filesystem`] fuser drives; shares the file system with the agent.
+pub struct Mounted(pub Arc<LockboxFs>);
+
+impl Filesystem for Mounted {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        // Bigger requests mean fewer round trips; the kernel may refuse.
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_readahead(1 << 20);
+        // Let open(O_TRUNC) arrive as one request instead of truncate + open.
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_ATOMIC_O_TRUNC);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        if parent.0 != ROOT {
+            return reply.error(Errno::ENOENT);
+        }
+        let Ok(name) = Name::from_os(name) else {
+            return reply.error(if name.len() > 255 {
+                Errno::ENAMETOOLONG
+            } else {
+                Errno::ENOENT
+            });
+        };
+        let fs = &self.0;
+        let ino = match fs.resolve(&name) {
+            Ok(i) => i,
+            Err(e) => return reply.error(e),
+        };
+        match fs.attr_of(ino) {
+            Ok(attr) => {
+                if let Some(n) = lock(&fs.inner).nodes.get_mut(&ino) {
+                    n.lookups += 1;
+                }
+                reply.entry(&TTL, &attr, Generation(0))
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        let mut inner = lock(&self.0.inner);
+        if let Some(n) = inner.nodes.get_mut(&ino.0) {
+            n.lookups = n.lookups.saturating_sub(nlookup);
+        }
+        LockboxFs::maybe_drop(&mut inner, ino.0);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.0.attr_of(ino.0) {
+            Ok(a) => reply.attr(&TTL, &a),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let fs = &self.0;
+        if ino.0 == ROOT {
+            return reply.attr(&TTL, &fs.root_attr());
+        }
+        // chmod/chown are accepted and ignored: files are always 0600, ours.
+        let staged = lock(&fs.inner)
+            .nodes
+            .get(&ino.0)
+            .and_then(|n| n.staged.clone());
+        let mtime = mtime.map(|t| match t {
+            TimeOrNow::SpecificTime(t) => t,
+            TimeOrNow::Now => SystemTime::now(),
+        });
+        if let Some(size) = size {
+            if size > fs.config.max_file_size {
+                return reply.error(Errno::EFBIG);
+            }
+            let r = match &staged {
+                Some(s) => {
+                    let mut st = lock(s);
+                    let ready = if size == 0 {
+                        st.loaded = true;
+                        Ok(())
+                    } else {
+                        fs.ensure_loaded(ino.0, &mut st, "truncating to a non-zero size")
+                    };
+                    ready.map(|()| {
+                        if st.pages.len() != size || !st.dirty {
+                            st.pages.truncate(size);
+                            st.dirty = true;
+                            st.mtime = SystemTime::now();
+                        }
+                    })
+                }
+                None => fs.truncate_closed(ino.0, size),
+            };
+            if let Err(e) = r {
+                return reply.error(e);
+            }
+        }
+        if let Some(t) = mtime {
+            match &staged {
+                Some(s) => {
+                    let mut st = lock(s);
+                    st.mtime = t;
+                    st.mtime_set = Some(t);
+                }
+                None => {
+                    let name = lock(&fs.inner)
+                        .nodes
+                        .get(&ino.0)
+                        .and_then(|n| n.name.clone());
+                    let Some(name) = name else {
+                        return reply.error(Errno::ENOENT);
+                    };
+                    let r = File::open(fs.store.path_of(&name)).and_then(|f| f.set_modified(t));
+                    if let Err(e) = r {
+                        return reply.error(Errno::from(e));
+                    }
+                }
+            }
+        }
+        match fs.attr_of(ino.0) {
+            Ok(a) => reply.attr(&TTL, &a),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mknod(
+        &self,
+        _r: &Request,
+        _p: INodeNo,
+        _n: &OsStr,
+        _m: u32,
+        _u: u32,
+        _d: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EPERM)
+    }
+
+    fn mkdir(&self, _r: &Request, _p: INodeNo, _n: &OsStr, _m: u32, _u: u32, reply: ReplyEntry) {
+        reply.error(Errno::EPERM)
+    }
+
+    fn symlink(
+        &self,
+        _r: &Request,
+        _p: INodeNo,
+        _n: &OsStr,
+        _l: &std::path::Path,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EPERM)
+    }
+
+    fn link(&self, _r: &Request, _i: INodeNo, _p: INodeNo, _n: &OsStr, reply: ReplyEntry) {
+        reply.error(Errno::EPERM)
+    }
+
+    fn rmdir(&self, _r: &Request, _p: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let exists = Name::from_os(name).is_ok_and(|n| self.0.resolve(&n).is_ok());
+        reply.error(if exists {
+            Errno::ENOTDIR
+        } else {
+            Errno::ENOENT
+        })
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let fs = &self.0;
+        if parent.0 != ROOT {
+            return reply.error(Errno::ENOENT);
+        }
+        let Ok(name) = Name::from_os(name) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let ino = lock(&fs.inner).by_name.get(&name).copied();
+        let staged = ino.and_then(|i| lock(&fs.inner).nodes.get(&i).and_then(|n| n.staged.clone()));
+        // Hold the staged lock so a concurrent seal cannot re-create the name.
+        let _st = staged.as_ref().map(|s| lock(s));
+        let removed = fs.store.remove(&name);
+        let mut inner = lock(&fs.inner);
+        match (removed, ino) {
+            (Err(Error::NotFound(_)), None) => return reply.error(Errno::ENOENT),
+            (Err(Error::NotFound(_)), Some(_)) if staged.is_none() => {
+                inner.by_name.remove(&name);
+                return reply.error(Errno::ENOENT);
+            }
+            (Err(e @ Error::Io { .. }), _) => return reply.error(errno_of(&e)),
+            _ => {}
+        }
+        if let Some(i) = ino {
+            inner.by_name.remove(&name);
+            if let Some(n) = inner.nodes.get_mut(&i) {
+                n.name = None;
+            }
+            LockboxFs::maybe_drop(&mut inner, i);
+        }
+        drop(inner);
+        tracing::info!("deleted {name}");
+        fs.keys.deleted(&name);
+        reply.ok()
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let fs = &self.0;
+        if parent.0 != ROOT || newparent.0 != ROOT {
+            return reply.error(Errno::ENOENT);
+        }
+        if flags.contains(RenameFlags::RENAME_EXCHANGE)
+            || flags.contains(RenameFlags::RENAME_WHITEOUT)
+        {
+            return reply.error(Errno::EINVAL);
+        }
+        let (Ok(from), Ok(to)) = (Name::from_os(name), Name::from_os(newname)) else {
+            return reply.error(name_errno(if Name::from_os(name).is_err() {
+                name
+            } else {
+                newname
+            }));
+        };
+        let src = match fs.resolve(&from) {
+            Ok(i) => i,
+            Err(e) => return reply.error(e),
+        };
+        let dst = fs.resolve(&to).ok();
+        if dst == Some(src) {
+            return reply.ok();
+        }
+        if flags.contains(RenameFlags::RENAME_NOREPLACE) && dst.is_some() {
+            return reply.error(Errno::EEXIST);
+        }
+        let staged = lock(&fs.inner)
+            .nodes
+            .get(&src)
+            .and_then(|n| n.staged.clone());
+        let mut st = staged.as_ref().map(|s| lock(s));
+        // A file still being written that was never sealed: seal what it has,
+        // so the rename atomically replaces the target with real content.
+        if let Some(st) = st.as_deref_mut() {
+            if !fs.store.contains(&from) {
+                st.dirty = true;
+            }
+            if let Err(e) = fs.seal_staged(src, st) {
+                return reply.error(e);
+            }
+        }
+        if let Err(e) = fs.store.rename(&from, &to) {
+            return reply.error(errno_of(&e));
+        }
+        let mut inner = lock(&fs.inner);
+        if let Some(d) = dst {
+            if let Some(n) = inner.nodes.get_mut(&d) {
+                n.name = None;
+            }
+            LockboxFs::maybe_drop(&mut inner, d);
+        }
+        inner.by_name.remove(&from);
+        inner.by_name.insert(to.clone(), src);
+        if let Some(n) = inner.nodes.get_mut(&src) {
+            n.name = Some(to);
+            n.size_cache = None;
+        }
+        reply.ok()
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.0.open_node(ino.0, flags.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let fs = &self.0;
+        if parent.0 != ROOT {
+            return reply.error(Errno::ENOENT);
+        }
+        let Ok(name) = Name::from_os(name) else {
+            return reply.error(name_errno(name));
+        };
+        let ino = match fs.resolve(&name) {
+            Ok(ino) => {
+                if flags & libc::O_EXCL != 0 {
+                    return reply.error(Errno::EEXIST);
+                }
+                ino
+            }
+            Err(_) => {
+                let staged = Arc::new(Mutex::new(Staged {
+                    pages: Pages::new(),
+                    loaded: true,
+                    // A new file exists once closed, even if nothing is written.
+                    dirty: true,
+                    writers: 0,
+                    mtime_set: None,
+                    mtime: SystemTime::now(),
+                }));
+                LockboxFs::add_node(&mut lock(&fs.inner), name, Some(staged))
+            }
+        };
+        // create always opens for writing (O_CREAT with O_RDONLY still may write nothing).
+        let wflags = if OpenFlags(flags).acc_mode() == OpenAccMode::O_RDONLY {
+            (flags & !libc::O_ACCMODE) | libc::O_RDWR
+        } else {
+            flags
+        };
+        let fh = match fs.open_node(ino, wflags) {
+            Ok(fh) => fh,
+            Err(e) => return reply.error(e),
+        };
+        // The staged buffer for a brand-new node was made with writers = 0.
+        if let Some(s) = lock(&fs.inner)
+            .nodes
+            .get(&ino)
+            .and_then(|n| n.staged.clone())
+        {
+            let mut st = lock(&s);
+            st.writers = st.writers.max(1);
+        }
+        match fs.attr_of(ino) {
+            Ok(attr) => {
+                if let Some(n) = lock(&fs.inner).nodes.get_mut(&ino) {
+                    n.lookups += 1;
+                }
+                reply.created(
+                    &TTL,
+                    &attr,
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                )
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let fs = &self.0;
+        let h = match fs.handle(fh) {
+            Ok(h) => h,
+            Err(e) => return reply.error(e),
+        };
+        match &*h {
+            Handle::Staged { ino, staged, .. } => {
+                let mut st = lock(staged);
+                if let Err(e) = fs.ensure_loaded(*ino, &mut st, "reading back") {
+                    return reply.error(e);
+                }
+                let mut buf = Zeroizing::new(vec![0u8; size as usize]);
+                let n = st.pages.read_at(offset, &mut buf);
+                reply.data(&buf[..n])
+            }
+            Handle::Reader { .. } => match fs.read_decrypted(&h, offset, size) {
+                Ok(data) => {
+                    let data = Zeroizing::new(data);
+                    reply.data(&data)
+                }
+                Err(e) => reply.error(e),
+            },
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let fs = &self.0;
+        let h = match fs.handle(fh) {
+            Ok(h) => h,
+            Err(e) => return reply.error(e),
+        };
+        let Handle::Staged {
+            ino,
+            staged,
+            write: true,
+        } = &*h
+        else {
+            return reply.error(Errno::EBADF);
+        };
+        if offset + data.len() as u64 > fs.config.max_file_size {
+            return reply.error(Errno::EFBIG);
+        }
+        let mut st = lock(staged);
+        if let Err(e) = fs.ensure_loaded(*ino, &mut st, "appending to or partly overwriting a file")
+        {
+            return reply.error(e);
+        }
+        st.pages.write(offset, data);
+        st.dirty = true;
+        st.mtime = SystemTime::now();
+        reply.written(data.len() as u32)
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lo: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        let fs = &self.0;
+        match fs.handle(fh).as_deref() {
+            Ok(Handle::Staged {
+                ino,
+                staged,
+                write: true,
+            }) => match fs.seal_staged(*ino, &mut lock(staged)) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            },
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(*e),
+        }
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        // A seal is durable when it returns (fsync of file and folder), so
+        // fsync means: seal now if anything changed.
+        self.flush(_req, _ino, fh, LockOwner(0), reply)
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let fs = &self.0;
+        let Some(h) = lock(&fs.inner).handles.remove(&fh.0) else {
+            return reply.ok();
+        };
+        let ino = match &*h {
+            Handle::Reader { ino, .. } | Handle::Staged { ino, .. } => *ino,
+        };
+        if let Handle::Staged {
+            staged,
+            write: true,
+            ..
+        } = &*h
+        {
+            let mut st = lock(staged);
+            st.writers = st.writers.saturating_sub(1);
+            if st.writers == 0 {
+                // Normally flush sealed it already; this catches writers that
+                // never flushed (e.g. the kernel skipped flush).
+                if let Err(e) = fs.seal_staged(ino, &mut st) {
+                    tracing::warn!("sealing at release failed ({e:?}); the previous version stays");
+                }
+                drop(st);
+                let mut inner = lock(&fs.inner);
+                if let Some(n) = inner.nodes.get_mut(&ino) {
+                    if n.staged.as_ref().is_some_and(|s| Arc::ptr_eq(s, staged)) {
+                        n.staged = None;
+                        n.size_cache = None;
+                    }
+                }
+            }
+        }
+        let mut inner = lock(&fs.inner);
+        if let Some(n) = inner.nodes.get_mut(&ino) {
+            n.open = n.open.saturating_sub(1);
+        }
+        LockboxFs::maybe_drop(&mut inner, ino);
+        reply.ok()
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let fs = &self.0;
+        if ino.0 != ROOT {
+            return reply.error(Errno::ENOTDIR);
+        }
+        let mut names: Vec<Name> = match std::fs::read_dir(fs.store.dir()) {
+            Ok(rd) => rd
+                .flatten()
+                .filter(|d| d.file_type().is_ok_and(|t| t.is_file()))
+                .filter_map(|d| Name::from_os(&d.file_name()).ok())
+                .collect(),
+            Err(e) => return reply.error(Errno::from(e)),
+        };
+        let mut inner = lock(&fs.inner);
+        // Files created but not sealed yet are listed too.
+        for n in inner.nodes.values() {
+            if let (Some(name), Some(_)) = (&n.name, &n.staged) {
+                names.push(name.clone());
+            }
+        }
+        names.sort();
+        names.dedup();
+        let entries: Vec<(u64, Name)> = names
+            .into_iter()
+            .map(|name| {
+                let ino = match inner.by_name.get(&name) {
+                    Some(&i) => i,
+                    None => LockboxFs::add_node(&mut inner, name.clone(), None),
+                };
+                (ino, name)
+            })
+            .collect();
+        let fh = inner.next_fh;
+        inner.next_fh += 1;
+        inner.dirs.insert(fh, entries);
+        reply.opened(FileHandle(fh), FopenFlags::empty())
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let inner = lock(&self.0.inner);
+        let Some(entries) = inner.dirs.get(&fh.0) else {
+            return reply.error(Errno::EBADF);
+        };
+        let dots = [
+            (ROOT, FileType::Directory, OsStr::new(".")),
+            (ROOT, FileType::Directory, OsStr::new("..")),
+        ];
+        let all = dots.into_iter().chain(
+            entries
+                .iter()
+                .map(|(i, n)| (*i, FileType::RegularFile, n.as_os_str())),
+        );
+        for (i, (ino, kind, name)) in all.enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(ino), (i + 1) as u64, kind, name) {
+                break;
+            }
+        }
+        reply.ok()
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        lock(&self.0.inner).dirs.remove(&fh.0);
+        reply.ok()
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match rustix::fs::statvfs(self.0.store.dir()) {
+            Ok(s) => reply.statfs(
+                s.f_blocks,
+                s.f_bfree,
+                s.f_bavail,
+                s.f_files,
+                s.f_ffree,
+                s.f_bsize as u32,
+                255,
+                s.f_frsize as u32,
+            ),
+            Err(e) => reply.error(Errno::from_i32(e.raw_os_error())),
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! Mounting `~/lockbox`: cleaning up a stale mount a killed agent left
+//! ("Transport endpoint is not connected"), starting the multi-threaded
+//! fuser session, waiting until the mount answers, and unmounting after
+//! sealing whatever is still open.
+
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use fuser::{BackgroundSession, MountOption};
+
+use crate::fuse::{LockboxFs, Mounted};
+
+/// What is at the mount point now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MountState {
+    /// A plain folder (or nothing).
+    NotMounted,
+    /// A mount whose FUSE server is gone (ENOTCONN).
+    Stale,
+    /// A live mount.
+    Mounted,
+}
+
+/// Inspect the mount point.
+pub fn state(path: &Path) -> MountState {
+    match std::fs::metadata(path) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => MountState::Stale,
+        Err(_) => MountState::NotMounted,
+        Ok(m) => {
+            let parent_dev = path
+                .parent()
+                .and_then(|p| std::fs::metadata(p).ok())
+                .map(|p| p.dev());
+            if parent_dev.is_some_and(|d| d != m.dev()) {
+                MountState::Mounted
+            } else {
+                MountState::NotMounted
+            }
+        }
+    }
+}
+
+/// Detach a mount: `umount2(MNT_DETACH)` as root, else `fusermount3 -u -z`.
+pub fn detach(path: &Path) -> io::Result<()> {
+    match rustix::mount::unmount(path, rustix::mount::UnmountFlags::DETACH) {
+        Ok(()) => Ok(()),
+        Err(e) if e == rustix::io::Errno::PERM => {
+            let out = Command::new("fusermount3")
+                .arg("-u")
+                .arg("-z")
+                .arg(path)
+                .output()?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(io::Error::other(format!(
+                    "fusermount3 -u -z {} failed: {}",
+                    path.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )))
+            }
+        }
+        Err(e) => Err(io::Error::from_raw_os_error(e.raw_os_error())),
+    }
+}
+
+/// A live mount of the lockbox file system.
+pub struct Mount {
+    path: PathBuf,
+    fs: Arc<LockboxFs>,
+    session: Option<BackgroundSession>,
+}
+
+impl Mount {
+    /// Mount `fs` on `path` with `threads` FUSE worker threads; returns once
+    /// the mount answers. A stale mount is detached first.
+    pub fn start(fs: Arc<LockboxFs>, path: &Path, threads: usize) -> io::Result<Mount> {
+        match state(path) {
+            MountState::Stale => {
+                tracing::warn!(
+                    "{} is a stale mount left by a stopped agent: detaching it",
+                    path.display()
+                );
+                detach(path)?;
+            }
+            MountState::Mounted => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!(
+                        "{} is already a mount point: unmount it first",
+                        path.display()
+                    ),
+                ))
+            }
+            MountState::NotMounted => {}
+        }
+        std::fs::create_dir_all(path)?;
+        let mut config = fuser::Config::default();
+        config.mount_options = vec![
+            MountOption::FSName("lockbox".into()),
+            MountOption::Subtype("lockbox".into()),
+            MountOption::DefaultPermissions,
+            MountOption::NoDev,
+            MountOption::NoSuid,
+            MountOption::RW,
+        ];
+        config.n_threads = Some(threads.max(1));
+        config.clone_fd = threads > 1;
+        let session = fuser::Session::new(Mounted(fs.clone()), path, &config)?;
+        let session = session.spawn()?;
+        fs.set_notifier(session.notifier());
+        // Readiness: this stat is answered by the session we just started.
+        std::fs::metadata(path)?;
+        if state(path) != MountState::Mounted {
+            return Err(io::Error::other(format!(
+                "{} did not become a mount",
+                path.display()
+            )));
+        }
+        Ok(Mount {
+            path: path.to_owned(),
+            fs,
+            session: Some(session),
+        })
+    }
+
+    /// The mounted file system.
+    pub fn fs(&self) -> &Arc<LockboxFs> {
+        &self.fs
+    }
+
+    /// Seal what is still open, then unmount. If files are still open (the
+    /// unmount is refused as busy), the mount is detached instead and goes
+    /// away when they close.
+    pub fn unmount(mut self) -> io::Result<()> {
+        let sealed = self.fs.seal_all();
+        if sealed > 0 {
+            tracing::info!("sealed {sealed} open file(s) before unmounting");
+        }
+        let Some(session) = self.session.take() else {
+            return Ok(());
+        };
+        match session.umount_and_join() {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                tracing::warn!(
+                    "unmount of {} failed ({e}): detaching it",
+                    self.path.display()
+                );
+                if state(&self.path) != MountState::NotMounted {
+                    detach(&self.path)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if let Some(session) = self.session.take() {
+            self.fs.seal_all();
+            if session.umount_and_join().is_err() && state(&self.path) != MountState::NotMounted {
+                let _ = detach(&self.path);
+            }
+        }
+    }
+}

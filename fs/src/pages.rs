@@ -1,0 +1,255 @@
+//! The in-memory staging buffer of a file open for writing (SPEC §5.2).
+//!
+//! Plaintext being written through the mount lives here, never on disk,
+//! until it is sealed. Storage is a sparse list of 64 KiB pages, so random
+//! writes (sqlite) and growth cost no reallocation of the whole file, holes
+//! cost nothing, and every page is zeroized when it is dropped or truncated
+//! away.
+
+use std::io::{self, Read};
+
+use zeroize::Zeroize;
+
+/// Bytes per page.
+pub const PAGE: usize = 64 * 1024;
+
+/// A file's plaintext being staged.
+#[derive(Default)]
+pub struct Pages {
+    pages: Vec<Option<Box<[u8]>>>,
+    len: u64,
+}
+
+impl Pages {
+    /// An empty buffer.
+    pub fn new() -> Self {
+        Pages::default()
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the buffer is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes of memory held by pages.
+    pub fn resident(&self) -> usize {
+        self.pages.iter().flatten().count() * PAGE
+    }
+
+    /// Write `data` at `offset`, growing the file (holes read as zeros).
+    pub fn write(&mut self, offset: u64, data: &[u8]) {
+        let end = offset + data.len() as u64;
+        let mut pos = offset;
+        let mut src = data;
+        while !src.is_empty() {
+            let idx = (pos / PAGE as u64) as usize;
+            let within = (pos % PAGE as u64) as usize;
+            let n = src.len().min(PAGE - within);
+            if self.pages.len() <= idx {
+                self.pages.resize_with(idx + 1, || None);
+            }
+            let page = self.pages[idx].get_or_insert_with(|| vec![0u8; PAGE].into_boxed_slice());
+            page[within..within + n].copy_from_slice(&src[..n]);
+            src = &src[n..];
+            pos += n as u64;
+        }
+        self.len = self.len.max(end);
+    }
+
+    /// Copy up to `out.len()` bytes from `offset` into `out`; returns the
+    /// count (short at end of file).
+    pub fn read_at(&self, offset: u64, out: &mut [u8]) -> usize {
+        if offset >= self.len {
+            return 0;
+        }
+        let want = out.len().min((self.len - offset) as usize);
+        let mut done = 0;
+        while done < want {
+            let pos = offset + done as u64;
+            let idx = (pos / PAGE as u64) as usize;
+            let within = (pos % PAGE as u64) as usize;
+            let n = (want - done).min(PAGE - within);
+            match self.pages.get(idx).and_then(|p| p.as_ref()) {
+                Some(page) => out[done..done + n].copy_from_slice(&page[within..within + n]),
+                None => out[done..done + n].fill(0),
+            }
+            done += n;
+        }
+        want
+    }
+
+    /// Set the length: shrinking zeroizes what is cut off, growing adds a hole.
+    pub fn truncate(&mut self, len: u64) {
+        if len < self.len {
+            let keep_pages = len.div_ceil(PAGE as u64) as usize;
+            for p in self
+                .pages
+                .drain(keep_pages.min(self.pages.len())..)
+                .flatten()
+            {
+                zeroize_page(p);
+            }
+            // Zero the tail of the last kept page so a later growth reads zeros.
+            // The page holding the new end may be a hole (or beyond the
+            // pages that exist): only a real page at that index is cut.
+            let within = (len % PAGE as u64) as usize;
+            if within != 0 {
+                if let Some(Some(page)) = self.pages.get_mut(keep_pages - 1) {
+                    page[within..].zeroize();
+                }
+            }
+        }
+        self.len = len;
+    }
+
+    /// A reader over the whole content, for sealing.
+    pub fn reader(&self) -> PagesReader<'_> {
+        PagesReader {
+            pages: self,
+            pos: 0,
+        }
+    }
+
+    /// Replace the content with everything `src` yields (at most `limit`
+    /// bytes; more is an error of kind `FileTooLarge`).
+    pub fn fill_from(&mut self, src: &mut impl Read, limit: u64) -> io::Result<()> {
+        self.truncate(0);
+        let mut buf = zeroize::Zeroizing::new(vec![0u8; PAGE]);
+        loop {
+            let n = match src.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if self.len + n as u64 > limit {
+                return Err(io::Error::new(
+                    io::ErrorKind::FileTooLarge,
+                    "over the size limit",
+                ));
+            }
+            let at = self.len;
+            self.write(at, &buf[..n]);
+        }
+    }
+}
+
+fn zeroize_page(mut p: Box<[u8]>) {
+    p.zeroize();
+}
+
+impl Drop for Pages {
+    fn drop(&mut self) {
+        for p in self.pages.drain(..).flatten() {
+            zeroize_page(p);
+        }
+    }
+}
+
+/// `Read` over a [`Pages`].
+pub struct PagesReader<'a> {
+    pages: &'a Pages,
+    pos: u64,
+}
+
+impl Read for PagesReader<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let n = self.pages.read_at(self.pos, out);
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Write(u64, Vec<u8>),
+        Truncate(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (
+                0u64..300_000,
+                proptest::collection::vec(any::<u8>(), 0..70_000)
+            )
+                .prop_map(|(o, d)| Op::Write(o, d)),
+            (0u64..300_000).prop_map(Op::Truncate),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn behaves_like_a_vec(ops in proptest::collection::vec(op(), 1..12)) {
+            let mut model: Vec<u8> = Vec::new();
+            let mut pages = Pages::new();
+            for op in ops {
+                match op {
+                    Op::Write(o, d) => {
+                        let end = o as usize + d.len();
+                        if model.len() < end { model.resize(end, 0); }
+                        model[o as usize..end].copy_from_slice(&d);
+                        pages.write(o, &d);
+                    }
+                    Op::Truncate(n) => {
+                        model.resize(n as usize, 0);
+                        pages.truncate(n);
+                    }
+                }
+                prop_assert_eq!(pages.len(), model.len() as u64);
+            }
+            let mut all = Vec::new();
+            pages.reader().read_to_end(&mut all).unwrap();
+            prop_assert_eq!(&all, &model);
+            // Random-offset reads agree too.
+            for off in [0u64, 1, 65_535, 65_536, 131_071, model.len() as u64] {
+                let mut buf = vec![0u8; 5000];
+                let n = pages.read_at(off, &mut buf);
+                let expect = model.get(off as usize..).map(|s| &s[..s.len().min(5000)]).unwrap_or(&[]);
+                prop_assert_eq!(&buf[..n], expect);
+            }
+        }
+    }
+
+    /// Regression: shrinking into a hole past the last real page zeroed the
+    /// tail of that (unrelated) last page.
+    #[test]
+    fn shrinking_into_a_hole_keeps_earlier_pages() {
+        let mut p = Pages::new();
+        p.truncate(107_910);
+        p.write(0, &[9u8; 50_000]);
+        p.truncate(107_909);
+        let mut b = vec![0u8; 50_000];
+        assert_eq!(p.read_at(0, &mut b), 50_000);
+        assert!(b.iter().all(|&x| x == 9));
+    }
+
+    #[test]
+    fn holes_cost_no_memory_and_read_as_zero() {
+        let mut p = Pages::new();
+        p.write(10 * PAGE as u64, b"x");
+        assert_eq!(p.resident(), PAGE);
+        let mut b = [1u8; 4];
+        assert_eq!(p.read_at(PAGE as u64, &mut b), 4);
+        assert_eq!(b, [0; 4]);
+    }
+
+    #[test]
+    fn fill_from_respects_the_limit() {
+        let mut p = Pages::new();
+        p.fill_from(&mut &[7u8; 100][..], 100).unwrap();
+        assert_eq!(p.len(), 100);
+        let e = p.fill_from(&mut &[7u8; 101][..], 100).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::FileTooLarge);
+    }
+}
