@@ -31,10 +31,8 @@ pub const READY_PREFIX: &str = "lockbox agent ready";
 struct Agent {
     envoy: Envoy,
     session: Arc<Mutex<Session>>,
-    /// The mounted file system, if mounting worked.
-    fs: Option<Arc<LockboxFs>>,
-    /// What `status` says about the mount.
-    mount_note: String,
+    /// The mounted file system.
+    fs: Arc<LockboxFs>,
     session_changed: Notify,
     shutdown: Notify,
     hardening: Hardening,
@@ -67,10 +65,11 @@ pub fn run(paths: Paths) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     let timeout = envoy.config.idle_timeout_minutes;
     let session = Arc::new(Mutex::new(Session::new(timeout, Instant::now())));
-    let (mount, mount_note) = mount_lockbox(&envoy, session.clone());
+    // No agent without its mount: otherwise ~/lockbox is a plain folder
+    // that takes plaintext while the user believes it is sealed.
+    let mount = mount_lockbox(&envoy, session.clone())?;
     let agent = Arc::new(Agent {
-        fs: mount.as_ref().map(|m| m.fs().clone()),
-        mount_note,
+        fs: mount.fs().clone(),
         envoy,
         session,
         session_changed: Notify::new(),
@@ -81,10 +80,8 @@ pub fn run(paths: Paths) -> anyhow::Result<()> {
     let result = runtime.block_on(serve(agent.clone()));
     // Seal what is open and unmount, then lock the session (zeroizing the
     // identity).
-    if let Some(m) = mount {
-        if let Err(e) = m.unmount() {
-            tracing::warn!("unmount failed: {e}");
-        }
+    if let Err(e) = mount.unmount() {
+        tracing::warn!("unmount failed: {e}");
     }
     lock_session(&agent);
     let _ = fs::remove_file(agent.envoy.paths.socket());
@@ -109,9 +106,7 @@ fn lock_session(agent: &Agent) {
         s.lock();
     }
     // Decrypted chunks and open readers' keys go with the session.
-    if let Some(fs) = &agent.fs {
-        fs.on_lock();
-    }
+    agent.fs.on_lock();
 }
 
 /// The agent's side of the file system's needs: the session's identity and
@@ -132,37 +127,34 @@ impl Keys for AgentKeys {
 }
 
 /// Detach a stale mount, sweep plaintext from the bare folder and the
-/// store, and mount `~/lockbox`. A failure leaves the agent running without
-/// the mount (the CLI still works) and says why in `status`.
-fn mount_lockbox(envoy: &Envoy, session: Arc<Mutex<Session>>) -> (Option<Mount>, String) {
+/// store, and mount `~/lockbox`.
+fn mount_lockbox(envoy: &Envoy, session: Arc<Mutex<Session>>) -> anyhow::Result<Mount> {
     let path = &envoy.paths.mount;
     if mount::state(path) == MountState::Stale {
         tracing::warn!(
             "{} is a stale mount of a killed agent: detaching it",
             path.display()
         );
-        if let Err(e) = mount::detach(path) {
-            let note = format!(
-                "not mounted: the stale mount at {} could not be detached ({e}); run fusermount3 -uz {}",
+        mount::detach(path).with_context(|| {
+            format!(
+                "the stale mount at {} could not be detached: run fusermount3 -uz {}",
                 path.display(),
                 path.display()
-            );
-            tracing::error!("{note}");
-            return (None, note);
-        }
+            )
+        })?;
     }
     match envoy.sweep() {
         Ok(r) if !r.sealed.is_empty() => {
-            tracing::info!("sealed {} plaintext file(s) at mount", r.sealed.len())
+            tracing::info!(
+                "sealed {} plaintext file(s) before mounting",
+                r.sealed.len()
+            )
         }
         Ok(_) => {}
         Err(e) => tracing::warn!("sweep before mounting failed: {e:#}"),
     }
-    if let Err(e) = crate::host::fuse_available(sys::uid() == 0) {
-        let note = format!("not mounted: {e}");
-        tracing::error!("{note}");
-        return (None, note);
-    }
+    crate::host::fuse_available(sys::uid() == 0)
+        .map_err(|e| anyhow::anyhow!("cannot mount {}: {e}", path.display()))?;
     let keys = Arc::new(AgentKeys {
         session,
         recipients: envoy.paths.recipients(),
@@ -171,19 +163,15 @@ fn mount_lockbox(envoy: &Envoy, session: Arc<Mutex<Session>>) -> (Option<Mount>,
         max_file_size: envoy.config.max_file_size,
         cache_bytes: 32 << 20,
     };
-    let mounted = LockboxFs::new(envoy.store.clone(), keys, config)
-        .and_then(|fs| Mount::start(Arc::new(fs), path, 4));
-    match mounted {
-        Ok(m) => {
-            tracing::info!("mounted {}", path.display());
-            (Some(m), format!("mounted at {}", path.display()))
-        }
-        Err(e) => {
-            let note = format!("not mounted: mounting {} failed: {e}", path.display());
-            tracing::error!("{note}");
-            (None, note)
-        }
-    }
+    let fs = LockboxFs::new(envoy.store.clone(), keys, config)?;
+    let m = Mount::start(Arc::new(fs), path, 4).with_context(|| {
+        format!(
+            "cannot mount {} (lockbox doctor checks FUSE)",
+            path.display()
+        )
+    })?;
+    tracing::info!("mounted {}", path.display());
+    Ok(m)
 }
 
 async fn serve(agent: Arc<Agent>) -> anyhow::Result<()> {
@@ -207,10 +195,10 @@ async fn serve(agent: Arc<Agent>) -> anyhow::Result<()> {
     let mut out = std::io::stdout();
     let _ = writeln!(
         out,
-        "{READY_PREFIX} (pid {}, socket {}, {})",
+        "{READY_PREFIX} (pid {}, socket {}, mounted at {})",
         std::process::id(),
         sock_path.display(),
-        agent.mount_note
+        agent.envoy.paths.mount.display()
     );
     let _ = out.flush();
 
@@ -255,9 +243,7 @@ async fn idle_timer(agent: Arc<Agent>) {
                     _ = tokio::time::sleep_until(d.into()) => {
                         let expired = agent.session.lock().is_ok_and(|mut s| s.expire(Instant::now()));
                         if expired {
-                            if let Some(fs) = &agent.fs {
-                                fs.on_lock();
-                            }
+                            agent.fs.on_lock();
                             tracing::info!("idle timeout: session locked");
                         }
                     }
@@ -339,9 +325,7 @@ fn handle(agent: &Agent, mut stream: UnixStream) {
 
 /// Tell the kernel a store file changed outside the mount.
 fn invalidate(agent: &Agent, name: &Name) {
-    if let Some(fs) = &agent.fs {
-        fs.invalidate(name);
-    }
+    agent.fs.invalidate(name);
 }
 
 fn reply_err(stream: &mut UnixStream, failure: Failure, message: String) -> std::io::Result<()> {
@@ -389,15 +373,15 @@ fn status(agent: &Agent) -> StatusReport {
     report.agent_pid = Some(std::process::id());
     report.unlocked = unlocked;
     report.idle_left_secs = idle_left.map(|d| d.as_secs());
-    report.mount = match (&agent.fs, mount::state(&e.paths.mount)) {
-        (Some(_), MountState::Mounted) => agent.mount_note.clone(),
-        (Some(_), MountState::Stale) => {
+    report.mount = match mount::state(&e.paths.mount) {
+        MountState::Mounted => format!("mounted at {}", e.paths.mount.display()),
+        MountState::Stale => {
             "stale: the mount stopped answering; run lockbox stop, then lockbox unlock".into()
         }
-        (Some(_), MountState::NotMounted) => {
-            "not mounted (unmounted behind the agent's back; restart it)".into()
+        MountState::NotMounted => {
+            "not mounted (unmounted behind the agent's back): run lockbox stop, then lockbox unlock"
+                .into()
         }
-        (None, _) => agent.mount_note.clone(),
     };
     report.hardening = Some(agent.hardening);
     if agent.hardening.dumpable {

@@ -99,8 +99,22 @@ pub fn fuse_available(is_root: bool) -> Result<(), String> {
     if !Path::new("/dev/fuse").exists() {
         return Err("/dev/fuse is missing: load the fuse module (modprobe fuse)".into());
     }
-    if !is_root && which("fusermount3").is_none() {
-        return Err("fusermount3 is not installed: install the fuse3 package".into());
+    if !is_root {
+        if which("fusermount3").is_none() {
+            return Err("fusermount3 is not installed: install the fuse3 package".into());
+        }
+        // fusermount3 opens the device with the user's own rights, so its
+        // mode decides who may mount (distributions ship it 0666).
+        if let Err(e) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/fuse")
+        {
+            return Err(format!(
+                "/dev/fuse cannot be opened by this user ({e}): FUSE for ordinary users needs it \
+                 mode 0666, as the fuse3 package sets it (as root: chmod 0666 /dev/fuse)"
+            ));
+        }
     }
     Ok(())
 }

@@ -21,6 +21,10 @@ fn have_setpriv() -> bool {
 fn full_flow_as_an_unprivileged_user_with_a_hardened_agent() {
     require!(is_root(), "switching to an unprivileged uid needs root");
     require!(have_setpriv(), "setpriv (util-linux) is not installed");
+    require!(
+        std::fs::metadata("/dev/fuse").is_ok_and(|m| m.mode() & 0o006 == 0o006),
+        "/dev/fuse is not mode 0666, so ordinary users cannot mount (.ci/run sets it)"
+    );
     let e = Envoy::as_user(NOBODY);
     e.init("nobody-envoy");
     let src = e.plain_file("secret.txt", b"unprivileged secret");
@@ -63,6 +67,43 @@ fn full_flow_as_an_unprivileged_user_with_a_hardened_agent() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(out.stdout, b"unprivileged secret");
+
+    // The mount works for the ordinary user (through fusermount3): write and
+    // read back through it as that user; the store holds ciphertext.
+    let mnt = e.home.join("lockbox");
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let line = mounts
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some(mnt.to_str().unwrap()))
+        .unwrap_or_else(|| panic!("{} is not mounted", mnt.display()));
+    assert!(
+        line.contains("fuse.lockbox") && line.contains("user_id=65534"),
+        "{line}"
+    );
+    let script = format!(
+        "printf 'written by nobody' > {m}/via-mount && cat {m}/via-mount",
+        m = mnt.display()
+    );
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"written by nobody");
+    let sealed = std::fs::read(e.store().join("via-mount")).unwrap();
+    assert!(sealed.starts_with(b"age-encryption.org/v1\n"));
     for f in [
         "identity.age",
         "signing.key",
@@ -99,6 +140,11 @@ fn full_flow_as_an_unprivileged_user_with_a_hardened_agent() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("belongs to uid 65534"));
     e.ok(&["stop"]);
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(
+        !mounts.contains(mnt.to_str().unwrap()),
+        "still mounted after stop"
+    );
 }
 
 #[test]
