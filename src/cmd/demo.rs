@@ -1,6 +1,6 @@
 //! `lockbox demo`: a throwaway walk-through in a temporary directory that
-//! drives the real CLI and agent as a user would, then cleans up — also on
-//! Ctrl-C. Until the mesh exists it runs one envoy; it becomes the
+//! drives the real CLI, agent and FUSE mount as a user would, then cleans up
+//! — also on Ctrl-C. Until the mesh exists it runs one envoy; it becomes the
 //! three-envoy mesh demo when the mesh lands.
 
 use std::path::{Path, PathBuf};
@@ -92,22 +92,36 @@ fn steps(root: &Path, a: &DemoEnvoy) -> anyhow::Result<()> {
     )?;
 
     a.show(&["init", "--passphrase-file", &pass, "--envoy", "alpha"])?;
-    a.show(&["daemon"])?;
+    a.show(&["unlock", "--passphrase-file", &pass])?;
 
-    let secret = root.join("id_demo");
+    // Write through the mount, as any program would.
+    let mnt = a.home.join("lockbox");
     let content =
         "-----BEGIN DEMO KEY-----\nnot a real key, but sealed like one\n-----END DEMO KEY-----\n";
-    std::fs::write(&secret, content)?;
-    a.show(&["encrypt", &secret.to_string_lossy()])?;
+    std::fs::write(mnt.join("id_demo"), content)?;
+    println!("$ cp id_demo ~/lockbox/     (written through the FUSE mount)");
+    let back = std::fs::read_to_string(mnt.join("id_demo"))?;
+    if back != content {
+        bail!("reading back through the mount gave different content");
+    }
+    println!("$ cat ~/lockbox/id_demo\n{}", indent(&back));
     let stored = a.home.join(".lockbox/store/id_demo");
     let head = std::fs::read(&stored)?;
     let first = head.split(|&b| b == b'\n').next().unwrap_or_default();
     println!(
-        "the store holds only ciphertext: {} starts with {:?}\n",
+        "the store holds only ciphertext: {} ({} bytes) starts with {:?}\n",
         stored.display(),
+        head.len(),
         String::from_utf8_lossy(first)
     );
 
+    a.show(&["lock"])?;
+    match std::fs::read(mnt.join("id_demo")) {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            println!("$ cat ~/lockbox/id_demo     (while locked)\n    {e}\n")
+        }
+        other => bail!("reading while locked should be refused, got {other:?}"),
+    }
     let locked = a.lockbox(&["decrypt", "id_demo", "-o", "-"])?;
     println!("$ lockbox decrypt id_demo -o -     (while locked)");
     print!("{}", indent(&String::from_utf8_lossy(&locked.stderr)));
@@ -117,12 +131,11 @@ fn steps(root: &Path, a: &DemoEnvoy) -> anyhow::Result<()> {
     a.show(&["unlock", "--passphrase-file", &pass])?;
     let plain = a.show(&["decrypt", "id_demo", "-o", "-"])?;
     if plain != content {
-        bail!("decrypted content differs from what was sealed");
+        bail!("decrypted content differs from what was written");
     }
-    println!("decrypted content matches what was sealed\n");
+    println!("decrypted content matches what was written\n");
     a.show(&["list"])?;
     a.show(&["status"])?;
-    a.show(&["lock"])?;
     a.show(&["stop"])?;
     Ok(())
 }
