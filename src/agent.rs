@@ -28,6 +28,10 @@ use lockbox_fs::mount::{self, Mount, MountState};
 /// (detached) waits for it.
 pub const READY_PREFIX: &str = "lockbox agent ready";
 
+/// How long a rename into the store may stay undurable (see
+/// `Store::with_grouped_dir_sync` and docs/design.md).
+const DIR_SYNC_WINDOW: std::time::Duration = std::time::Duration::from_millis(100);
+
 struct Agent {
     envoy: Envoy,
     session: Arc<Mutex<Session>>,
@@ -56,8 +60,11 @@ pub fn run(paths: Paths) -> anyhow::Result<()> {
     };
     // The lock comes before the store is touched: a second agent must not
     // clean up the first one's in-flight temp files.
-    let (envoy, mut lock) = Envoy::load_exclusive(paths)?;
+    let (mut envoy, mut lock) = Envoy::load_exclusive(paths)?;
     lock.write_pid()?;
+    // Renames into the store folder become durable within this window
+    // (contents before the rename, always); fsync(2) and stop wait for it.
+    envoy.store = envoy.store.clone().with_grouped_dir_sync(DIR_SYNC_WINDOW);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -82,6 +89,9 @@ pub fn run(paths: Paths) -> anyhow::Result<()> {
     // identity).
     if let Err(e) = mount.unmount() {
         tracing::warn!("unmount failed: {e}");
+    }
+    if let Err(e) = agent.envoy.store.sync_dir_now() {
+        tracing::warn!("final sync of the store failed: {e}");
     }
     lock_session(&agent);
     let _ = fs::remove_file(agent.envoy.paths.socket());
@@ -119,6 +129,10 @@ struct AgentKeys {
 impl Keys for AgentKeys {
     fn identity(&self) -> Option<Arc<lockbox_crypto::AgeIdentity>> {
         self.session.lock().ok()?.use_identity(Instant::now())
+    }
+
+    fn is_unlocked(&self) -> bool {
+        self.session.lock().is_ok_and(|s| s.is_unlocked())
     }
 
     fn recipients(&self) -> Result<Vec<lockbox_crypto::AgeRecipient>, String> {

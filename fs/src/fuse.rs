@@ -13,7 +13,6 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
-use std::num::NonZeroUsize;
 use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -25,7 +24,7 @@ use fuser::{
     ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request,
     TimeOrNow, WriteFlags,
 };
-use lockbox_crypto::seal::{Opened, CHUNK_SIZE};
+use lockbox_crypto::seal::{self, Opened, CHUNK_SIZE};
 use lockbox_crypto::{AgeIdentity, AgeRecipient};
 use zeroize::Zeroizing;
 
@@ -42,6 +41,8 @@ pub trait Keys: Send + Sync + 'static {
     /// The identity for a decryption (resetting the idle timer), or `None`
     /// when locked.
     fn identity(&self) -> Option<Arc<AgeIdentity>>;
+    /// Whether the session is unlocked (without resetting the idle timer).
+    fn is_unlocked(&self) -> bool;
     /// The recipients to seal to (public keys; available while locked).
     fn recipients(&self) -> Result<Vec<AgeRecipient>, String>;
     /// A version was sealed through the mount (the mesh queues it).
@@ -106,12 +107,15 @@ struct Node {
 }
 
 enum Handle {
-    /// Decrypting reader of one store version.
+    /// Decrypting reader of one store version. The decryptor is created on
+    /// the first cache miss, so reads served from the cache cost no key work.
     Reader {
         ino: u64,
         version: Version,
         name: Name,
-        opened: Mutex<Option<Box<Opened<File>>>>,
+        /// Plaintext length (from the header; no key needed).
+        len: u64,
+        state: Mutex<ReaderState>,
     },
     /// Reads and writes go to the staged plaintext.
     Staged {
@@ -119,6 +123,46 @@ enum Handle {
         staged: Arc<Mutex<Staged>>,
         write: bool,
     },
+}
+
+struct ReaderState {
+    /// The store version pinned at open, until the decryptor takes it.
+    file: Option<File>,
+    opened: Option<Box<Opened<File>>>,
+}
+
+/// Decrypted chunks, least recently used first out, bounded in bytes.
+struct ChunkCache {
+    lru: lru::LruCache<(Version, u64), Arc<Zeroizing<Vec<u8>>>>,
+    used: usize,
+    budget: usize,
+}
+
+impl ChunkCache {
+    fn get(&mut self, key: &(Version, u64)) -> Option<Arc<Zeroizing<Vec<u8>>>> {
+        self.lru.get(key).cloned()
+    }
+
+    fn put(&mut self, key: (Version, u64), chunk: Arc<Zeroizing<Vec<u8>>>) {
+        if chunk.len() > self.budget {
+            return;
+        }
+        self.used += chunk.len();
+        if let Some(old) = self.lru.put(key, chunk) {
+            self.used -= old.len();
+        }
+        while self.used > self.budget {
+            match self.lru.pop_lru() {
+                Some((_, old)) => self.used -= old.len(),
+                None => break,
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.lru.clear();
+        self.used = 0;
+    }
 }
 
 #[derive(Default)]
@@ -131,8 +175,6 @@ struct Inner {
     dirs: HashMap<u64, Vec<(u64, Name)>>,
     warned_damaged: HashSet<Version>,
 }
-
-type ChunkCache = lru::LruCache<(Version, u64), Arc<Zeroizing<Vec<u8>>>>;
 
 /// The lockbox file system.
 pub struct LockboxFs {
@@ -178,7 +220,6 @@ impl LockboxFs {
     /// A file system over `store`.
     pub fn new(store: Store, keys: Arc<dyn Keys>, config: FsConfig) -> io::Result<Self> {
         let meta = std::fs::metadata(store.dir())?;
-        let chunks = (config.cache_bytes / CHUNK_SIZE as usize).max(1);
         Ok(LockboxFs {
             store,
             keys,
@@ -188,9 +229,11 @@ impl LockboxFs {
                 next_fh: 1,
                 ..Inner::default()
             }),
-            cache: Mutex::new(lru::LruCache::new(
-                NonZeroUsize::new(chunks).unwrap_or(NonZeroUsize::MIN),
-            )),
+            cache: Mutex::new(ChunkCache {
+                lru: lru::LruCache::unbounded(),
+                used: 0,
+                budget: config.cache_bytes,
+            }),
             warned_locked: AtomicBool::new(false),
             uid: meta.uid(),
             gid: meta.gid(),
@@ -204,8 +247,8 @@ impl LockboxFs {
         lock(&self.cache).clear();
         let inner = lock(&self.inner);
         for h in inner.handles.values() {
-            if let Handle::Reader { opened, .. } = &**h {
-                *lock(opened) = None;
+            if let Handle::Reader { state, .. } = &**h {
+                lock(state).opened = None;
             }
         }
         self.warned_locked.store(false, Ordering::Relaxed);
@@ -454,6 +497,7 @@ impl LockboxFs {
                     let _ = File::open(self.store.path_of(&name)).and_then(|f| f.set_modified(t));
                 }
                 tracing::debug!("sealed {name} ({} bytes)", sealed.plaintext_len);
+                self.prime_cache(&name, &st.pages);
                 self.keys.sealed(&name, &sealed);
                 Ok(())
             }
@@ -461,6 +505,28 @@ impl LockboxFs {
                 tracing::warn!("sealing {name} failed: {e}; the previous version is unchanged");
                 Err(errno_of(&e))
             }
+        }
+    }
+
+    /// After a seal, keep a small file's plaintext as decrypted chunks of its
+    /// new version, so reading it back costs no decryption. Only while
+    /// unlocked: locked, plaintext must not outlive the writer's close.
+    fn prime_cache(&self, name: &Name, pages: &Pages) {
+        let budget = self.config.cache_bytes as u64 / 4;
+        if pages.len() > budget || !self.keys.is_unlocked() {
+            return;
+        }
+        let Ok(meta) = self.store.path_of(name).symlink_metadata() else {
+            return;
+        };
+        let version = Version::of(&meta);
+        let mut cache = lock(&self.cache);
+        for idx in 0..pages.len().div_ceil(CHUNK_SIZE) {
+            let start = idx * CHUNK_SIZE;
+            let mut chunk =
+                Zeroizing::new(vec![0u8; (pages.len() - start).min(CHUNK_SIZE) as usize]);
+            pages.read_at(start, &mut chunk);
+            cache.put((version, idx), Arc::new(chunk));
         }
     }
 
@@ -516,23 +582,17 @@ impl LockboxFs {
 
     /// Read `size` bytes at `offset` through the chunk cache.
     fn read_decrypted(&self, h: &Handle, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
-        let Handle::Reader {
-            version,
-            name,
-            opened,
-            ..
-        } = h
-        else {
+        let Handle::Reader { len, .. } = h else {
             return Err(Errno::EBADF);
         };
         // Reads need the session (and keep it alive).
         self.identity_or_eacces("reading")?;
-        let end = (offset + size as u64).min(self.plaintext_len_of(h)?);
+        let end = (offset + size as u64).min(*len);
         let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
         let mut pos = offset;
         while pos < end {
             let idx = pos / CHUNK_SIZE;
-            let chunk = self.chunk(*version, name, opened, idx)?;
+            let chunk = self.chunk(h, idx)?;
             let within = (pos - idx * CHUNK_SIZE) as usize;
             if within >= chunk.len() {
                 break;
@@ -544,59 +604,44 @@ impl LockboxFs {
         Ok(out)
     }
 
-    fn plaintext_len_of(&self, h: &Handle) -> Result<u64, Errno> {
-        match h {
-            Handle::Reader { opened, name, .. } => {
-                let mut g = lock(opened);
-                match g.as_mut() {
-                    Some(o) => Ok(o.plaintext_len()),
-                    None => {
-                        drop(g);
-                        // Dropped at lock time: the session is back, reopen.
-                        self.reopen(h, name)
-                    }
-                }
-            }
-            Handle::Staged { staged, .. } => Ok(lock(staged).pages.len()),
-        }
-    }
-
-    fn reopen(&self, h: &Handle, name: &Name) -> Result<u64, Errno> {
+    /// One decrypted chunk of a reader's version: from the cache, or
+    /// decrypted now (creating the decryptor on first use).
+    fn chunk(&self, h: &Handle, idx: u64) -> Result<Arc<Zeroizing<Vec<u8>>>, Errno> {
         let Handle::Reader {
-            version, opened, ..
+            version,
+            name,
+            state,
+            ..
         } = h
         else {
             return Err(Errno::EBADF);
         };
-        let identity = self.identity_or_eacces("reading")?;
-        let file = self.store.open_file(name).map_err(|e| errno_of(&e))?;
-        let now = file
-            .metadata()
-            .map(|m| Version::of(&m))
-            .map_err(|_| Errno::EIO)?;
-        if now != *version {
-            // Replaced meanwhile: this handle's version is gone.
-            return Err(Errno::ESTALE);
+        if let Some(c) = lock(&self.cache).get(&(*version, idx)) {
+            return Ok(c);
         }
-        let o =
-            Opened::open(&identity, file).map_err(|e| self.damaged(name, now, &e.to_string()))?;
-        let len = o.plaintext_len();
-        *lock(opened) = Some(Box::new(o));
-        Ok(len)
-    }
-
-    fn chunk(
-        &self,
-        version: Version,
-        name: &Name,
-        opened: &Mutex<Option<Box<Opened<File>>>>,
-        idx: u64,
-    ) -> Result<Arc<Zeroizing<Vec<u8>>>, Errno> {
-        if let Some(c) = lock(&self.cache).get(&(version, idx)) {
-            return Ok(c.clone());
+        let mut st = lock(state);
+        if st.opened.is_none() {
+            let file = match st.file.take() {
+                Some(f) => f,
+                None => {
+                    // The decryptor was dropped at lock; reopen the same version.
+                    let f = self.store.open_file(name).map_err(|e| errno_of(&e))?;
+                    let now = f
+                        .metadata()
+                        .map(|m| Version::of(&m))
+                        .map_err(|_| Errno::EIO)?;
+                    if now != *version {
+                        return Err(Errno::ESTALE);
+                    }
+                    f
+                }
+            };
+            let identity = self.identity_or_eacces("reading")?;
+            let opened = Opened::open(&identity, file)
+                .map_err(|e| self.damaged(name, *version, &e.to_string()))?;
+            st.opened = Some(Box::new(opened));
         }
-        let mut g = lock(opened);
-        let o = g.as_mut().ok_or(Errno::EACCES)?;
+        let o = st.opened.as_mut().ok_or(Errno::EIO)?;
         let mut buf = Zeroizing::new(vec![0u8; CHUNK_SIZE as usize]);
         let mut got = 0;
         let result = o.seek(SeekFrom::Start(idx * CHUNK_SIZE)).and_then(|_| {
@@ -611,12 +656,15 @@ impl LockboxFs {
             Ok(())
         });
         if let Err(e) = result {
-            drop(g);
-            return Err(self.damaged(name, version, &e.to_string()));
+            st.opened = None;
+            drop(st);
+            return Err(self.damaged(name, *version, &e.to_string()));
         }
-        buf.truncate(got);
-        let chunk = Arc::new(buf);
-        lock(&self.cache).put((version, idx), chunk.clone());
+        drop(st);
+        let mut exact = Zeroizing::new(vec![0u8; got]);
+        exact.copy_from_slice(&buf[..got]);
+        let chunk = Arc::new(exact);
+        lock(&self.cache).put((*version, idx), chunk.clone());
         Ok(chunk)
     }
 
@@ -638,20 +686,27 @@ impl LockboxFs {
                     write: false,
                 }));
             }
-            let file = self.store.open_file(&name).map_err(|e| errno_of(&e))?;
+            drop(identity);
+            let mut file = self.store.open_file(&name).map_err(|e| errno_of(&e))?;
             let version = file
                 .metadata()
                 .map(|m| Version::of(&m))
                 .map_err(|_| Errno::EIO)?;
-            let opened = match Opened::open(&identity, file) {
-                Ok(o) => o,
-                Err(e) => return Err(self.damaged(&name, version, &e.to_string())),
-            };
+            // The plaintext length follows from the header; the key is needed
+            // only when a chunk is not in the cache.
+            let len = seal::read_header(&mut file)
+                .and_then(|h| seal::plaintext_len(h.header_len, version.len))
+                .map_err(|e| self.damaged(&name, version, &e.to_string()))?;
+            file.rewind().map_err(|_| Errno::EIO)?;
             return Ok(self.add_handle(Handle::Reader {
                 ino,
                 version,
                 name,
-                opened: Mutex::new(Some(Box::new(opened))),
+                len,
+                state: Mutex::new(ReaderState {
+                    file: Some(file),
+                    opened: None,
+                }),
             }));
         }
         // Writing: share the staged buffer of other writers, or stage anew.

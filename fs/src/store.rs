@@ -11,6 +11,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Seek, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use lockbox_crypto::digest::{HashingWriter, Sha256};
@@ -78,6 +79,18 @@ pub struct SweepReport {
 pub struct Store {
     dir: PathBuf,
     tmp: PathBuf,
+    /// When set, renames into the store folder are made durable by a
+    /// background `fsync` of the folder within a bounded window, instead of
+    /// one `fsync` per operation (see [`Store::with_grouped_dir_sync`]).
+    grouped: Option<Arc<DirSyncer>>,
+}
+
+/// Groups `fsync`s of the store folder: operations mark it dirty, and a
+/// background thread syncs it at most `window` later.
+#[derive(Debug)]
+struct DirSyncer {
+    dirty: Mutex<bool>,
+    wake: Condvar,
 }
 
 impl Store {
@@ -86,6 +99,7 @@ impl Store {
         let store = Store {
             dir: state_dir.join("store"),
             tmp: state_dir.join("tmp"),
+            grouped: None,
         };
         for d in [&store.dir, &store.tmp] {
             ensure_private_dir(d)?;
@@ -110,6 +124,63 @@ impl Store {
             }
         }
         Ok(removed)
+    }
+
+    /// Group the folder syncs of this store (the agent's, not the CLI's).
+    ///
+    /// File contents are still made durable before they are renamed into
+    /// place, so a name always holds a complete version; what may trail by up
+    /// to `window` after a crash is *which* complete version a name holds (a
+    /// rename, create or delete of the last moments may be undone). Call
+    /// [`Store::sync_dir_now`] where durability must not trail (`fsync(2)`,
+    /// shutdown).
+    pub fn with_grouped_dir_sync(mut self, window: std::time::Duration) -> Store {
+        let syncer = Arc::new(DirSyncer {
+            dirty: Mutex::new(false),
+            wake: Condvar::new(),
+        });
+        let (s, dir) = (syncer.clone(), self.dir.clone());
+        let spawned = std::thread::Builder::new()
+            .name("store-dir-sync".into())
+            .spawn(move || loop {
+                {
+                    let mut dirty = s.dirty.lock().unwrap_or_else(|e| e.into_inner());
+                    while !*dirty {
+                        dirty = s.wake.wait(dirty).unwrap_or_else(|e| e.into_inner());
+                    }
+                }
+                // Let more changes join this sync.
+                std::thread::sleep(window);
+                *s.dirty.lock().unwrap_or_else(|e| e.into_inner()) = false;
+                if let Err(e) = sync_dir(&dir) {
+                    tracing::warn!("{e}");
+                }
+            });
+        match spawned {
+            Ok(_) => self.grouped = Some(syncer),
+            Err(e) => tracing::warn!("cannot start the folder syncer ({e}): syncing per operation"),
+        }
+        self
+    }
+
+    /// Make every rename, create and delete so far durable.
+    pub fn sync_dir_now(&self) -> Result<(), Error> {
+        if let Some(s) = &self.grouped {
+            *s.dirty.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        }
+        sync_dir(&self.dir)
+    }
+
+    /// After a change of the folder: sync it now, or let the syncer do it.
+    fn dir_changed(&self) -> Result<(), Error> {
+        match &self.grouped {
+            Some(s) => {
+                *s.dirty.lock().unwrap_or_else(|e| e.into_inner()) = true;
+                s.wake.notify_one();
+                Ok(())
+            }
+            None => sync_dir(&self.dir),
+        }
     }
 
     /// The store directory.
@@ -181,7 +252,7 @@ impl Store {
                 .map_err(|e| Error::io("sync", &tmp_path, e))?;
             let dest = self.path_of(name);
             fs::rename(&tmp_path, &dest).map_err(|e| Error::io("rename into", &dest, e))?;
-            sync_dir(&self.dir)?;
+            self.dir_changed()?;
             Ok(t)
         });
         if result.is_err() {
@@ -207,7 +278,7 @@ impl Store {
             io::ErrorKind::NotFound => Error::NotFound(name.to_string()),
             _ => Error::io("remove", &p, e),
         })?;
-        sync_dir(&self.dir)
+        self.dir_changed()
     }
 
     /// Rename `from` to `to` inside the store (durably), replacing `to`.
@@ -217,7 +288,7 @@ impl Store {
             io::ErrorKind::NotFound => Error::NotFound(from.to_string()),
             _ => Error::io("rename", &a, e),
         })?;
-        sync_dir(&self.dir)
+        self.dir_changed()
     }
 
     /// Describe one file of the store.
@@ -602,6 +673,25 @@ mod tests {
         assert!(!bare.join("notes").exists() && bare.join("huge").exists());
         let f = store.open_file(&n("notes")).unwrap();
         assert_eq!(&open_to_vec(&id, f).unwrap()[..], b"hello");
+    }
+
+    #[test]
+    fn grouped_dir_sync_still_installs_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path())
+            .unwrap()
+            .with_grouped_dir_sync(std::time::Duration::from_millis(5));
+        let id = identity::generate();
+        store
+            .seal(&n("g"), Cursor::new(b"grouped"), &[id.to_public()], 100)
+            .unwrap();
+        // Visible immediately; only the folder's durability is deferred.
+        let f = store.open_file(&n("g")).unwrap();
+        assert_eq!(&open_to_vec(&id, f).unwrap()[..], b"grouped");
+        store.rename(&n("g"), &n("h")).unwrap();
+        store.remove(&n("h")).unwrap();
+        store.sync_dir_now().unwrap();
+        assert!(!store.contains(&n("h")));
     }
 
     #[test]
