@@ -60,6 +60,7 @@ pub fn run(paths: Paths) -> anyhow::Result<()> {
     };
     // The lock comes before the store is touched: a second agent must not
     // clean up the first one's in-flight temp files.
+    sys::return_freed_memory();
     let (mut envoy, mut lock) = Envoy::load_exclusive(paths)?;
     lock.write_pid()?;
     // Renames into the store folder become durable within this window
@@ -175,7 +176,7 @@ fn mount_lockbox(envoy: &Envoy, session: Arc<Mutex<Session>>) -> anyhow::Result<
     });
     let config = FsConfig {
         max_file_size: envoy.config.max_file_size,
-        cache_bytes: 32 << 20,
+        cache_bytes: 16 << 20,
     };
     let fs = LockboxFs::new(envoy.store.clone(), keys, config)?;
     let m = Mount::start(Arc::new(fs), path, 4).with_context(|| {

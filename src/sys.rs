@@ -35,6 +35,18 @@ pub fn harden_process() -> io::Result<Hardening> {
     read_hardening()
 }
 
+/// Make buffers of 64 KiB and more (staged file pages, Argon2's memory) come
+/// from `mmap`, so that freeing them returns the memory to the system.
+/// Without this, glibc raises its threshold dynamically and a large staged
+/// write leaves the idle agent's heap bloated.
+pub fn return_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt takes two integers and only tunes the allocator.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 * 1024);
+    }
+}
+
 /// Read back the dumpable flag and the core-size limit of this process.
 pub fn read_hardening() -> io::Result<Hardening> {
     // SAFETY: prctl with PR_GET_DUMPABLE takes no pointers.
