@@ -91,6 +91,9 @@ struct Staged {
     dirty: bool,
     /// Open write handles.
     writers: u32,
+    /// A write failed (EFBIG): the staged content is incomplete and must
+    /// never be sealed; close reports this error and the old version stays.
+    poisoned: Option<Errno>,
     /// A modification time set with utimensat while staged.
     mtime_set: Option<SystemTime>,
     mtime: SystemTime,
@@ -122,6 +125,11 @@ enum Handle {
         ino: u64,
         staged: Arc<Mutex<Staged>>,
         write: bool,
+        /// Data was written through this handle since its last seal. Only
+        /// then does `flush` seal: a process often closes a duplicate of a
+        /// just-opened descriptor (dd, shell redirections) before writing,
+        /// and sealing that would commit an empty, truncated version.
+        wrote: AtomicBool,
     },
 }
 
@@ -366,7 +374,7 @@ impl LockboxFs {
         };
         if let Some(s) = staged {
             let s = lock(&s);
-            if s.loaded {
+            if s.loaded && s.poisoned.is_none() {
                 return Ok(self.file_attr(ino, s.pages.len(), s.mtime));
             }
         }
@@ -469,6 +477,9 @@ impl LockboxFs {
     /// Seal a staged file if it changed since its last seal. The caller holds
     /// the staged lock, which also serialises seals with renames.
     fn seal_staged(&self, ino: u64, st: &mut Staged) -> Result<(), Errno> {
+        if let Some(e) = st.poisoned {
+            return Err(e);
+        }
         if !st.dirty || !st.loaded {
             return Ok(());
         }
@@ -674,9 +685,14 @@ impl LockboxFs {
         let trunc = flags & libc::O_TRUNC != 0;
         let (name, staged) = {
             let inner = lock(&self.inner);
-            let node = inner.nodes.get(&ino).ok_or(Errno::ENOENT)?;
-            (node.name.clone().ok_or(Errno::ENOENT)?, node.staged.clone())
+            let node = inner.nodes.get(&ino).ok_or(Errno::ESTALE)?;
+            // Replaced by a rename or unlinked while the kernel still held
+            // the old name: ESTALE makes it look the name up again.
+            (node.name.clone().ok_or(Errno::ESTALE)?, node.staged.clone())
         };
+        // A buffer poisoned by a failed write is never sealed: readers read
+        // the store, new writers start afresh.
+        let staged = staged.filter(|s| lock(s).poisoned.is_none());
         if acc == OpenAccMode::O_RDONLY {
             let identity = self.identity_or_eacces("opening for reading")?;
             if let Some(staged) = staged {
@@ -684,6 +700,7 @@ impl LockboxFs {
                     ino,
                     staged,
                     write: false,
+                    wrote: AtomicBool::new(false),
                 }));
             }
             drop(identity);
@@ -725,11 +742,16 @@ impl LockboxFs {
             None => {
                 let size = self.store.entry(&name).map(|e| e.size).unwrap_or(0);
                 let empty = trunc || size == 0;
+                // O_RDWR will read the old content: refuse now while locked.
+                if !empty && acc == OpenAccMode::O_RDWR {
+                    self.identity_or_eacces("opening for reading and writing")?;
+                }
                 let s = Arc::new(Mutex::new(Staged {
                     pages: Pages::new(),
                     loaded: empty,
                     dirty: trunc && size > 0,
                     writers: 1,
+                    poisoned: None,
                     mtime_set: None,
                     mtime: SystemTime::now(),
                 }));
@@ -737,11 +759,11 @@ impl LockboxFs {
                 let node = inner.nodes.get_mut(&ino).ok_or(Errno::ENOENT)?;
                 match &node.staged {
                     // Another writer staged it meanwhile: join that one.
-                    Some(other) => {
+                    Some(other) if lock(other).poisoned.is_none() => {
                         lock(other).writers += 1;
                         other.clone()
                     }
-                    None => {
+                    _ => {
                         node.staged = Some(s.clone());
                         s
                     }
@@ -752,10 +774,12 @@ impl LockboxFs {
             ino,
             staged,
             write: true,
+            wrote: AtomicBool::new(false),
         }))
     }
 
-    /// Truncate a file with no open writer to `size` (setattr on a path).
+    /// Truncate a file with no open writer to `size` (`truncate(2)` on a
+    /// path): seal the shortened version at once.
     fn truncate_closed(&self, ino: u64, size: u64) -> Result<(), Errno> {
         let name = lock(&self.inner)
             .nodes
@@ -768,15 +792,13 @@ impl LockboxFs {
             let identity = self.identity_or_eacces("truncating to a non-zero size")?;
             self.load_plaintext(&name, &identity)?
         };
-        if pages.len() == size && size != 0 {
-            return Ok(());
-        }
         pages.truncate(size);
         let mut st = Staged {
             pages,
             loaded: true,
             dirty: true,
             writers: 0,
+            poisoned: None,
             mtime_set: None,
             mtime: SystemTime::now(),
         };
@@ -1097,6 +1119,7 @@ impl Filesystem for Mounted {
         let Ok(name) = Name::from_os(name) else {
             return reply.error(name_errno(name));
         };
+        let mut new_file = false;
         let ino = match fs.resolve(&name) {
             Ok(ino) => {
                 if flags & libc::O_EXCL != 0 {
@@ -1111,9 +1134,11 @@ impl Filesystem for Mounted {
                     // A new file exists once closed, even if nothing is written.
                     dirty: true,
                     writers: 0,
+                    poisoned: None,
                     mtime_set: None,
                     mtime: SystemTime::now(),
                 }));
+                new_file = true;
                 LockboxFs::add_node(&mut lock(&fs.inner), name, Some(staged))
             }
         };
@@ -1127,6 +1152,13 @@ impl Filesystem for Mounted {
             Ok(fh) => fh,
             Err(e) => return reply.error(e),
         };
+        // A brand-new file exists once closed, even with nothing written (no
+        // old version can be lost by sealing it at the first close).
+        if new_file {
+            if let Ok(Handle::Staged { wrote, .. }) = fs.handle(FileHandle(fh)).as_deref() {
+                wrote.store(true, Ordering::Relaxed);
+            }
+        }
         // The staged buffer for a brand-new node was made with writers = 0.
         if let Some(s) = lock(&fs.inner)
             .nodes
@@ -1210,14 +1242,18 @@ impl Filesystem for Mounted {
             ino,
             staged,
             write: true,
+            wrote,
         } = &*h
         else {
             return reply.error(Errno::EBADF);
         };
+        wrote.store(true, Ordering::Relaxed);
+        let mut st = lock(staged);
         if offset + data.len() as u64 > fs.config.max_file_size {
+            // What was staged is now a cut-off version: never seal it.
+            st.poisoned = Some(Errno::EFBIG);
             return reply.error(Errno::EFBIG);
         }
-        let mut st = lock(staged);
         if let Err(e) = fs.ensure_loaded(*ino, &mut st, "appending to or partly overwriting a file")
         {
             return reply.error(e);
@@ -1242,10 +1278,16 @@ impl Filesystem for Mounted {
                 ino,
                 staged,
                 write: true,
-            }) => match fs.seal_staged(*ino, &mut lock(staged)) {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e),
-            },
+                wrote,
+            }) if wrote.swap(false, Ordering::Relaxed) => {
+                match fs.seal_staged(*ino, &mut lock(staged)) {
+                    Ok(()) => reply.ok(),
+                    Err(e) => {
+                        wrote.store(true, Ordering::Relaxed);
+                        reply.error(e)
+                    }
+                }
+            }
             Ok(_) => reply.ok(),
             Err(e) => reply.error(*e),
         }

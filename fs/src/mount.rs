@@ -4,7 +4,6 @@
 //! sealing whatever is still open.
 
 use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -24,23 +23,30 @@ pub enum MountState {
     Mounted,
 }
 
-/// Inspect the mount point.
+/// Inspect the mount point: a mount is one listed in `/proc/self/mountinfo`;
+/// whether it is alive is asked with `statfs`, which always reaches the FUSE
+/// server (a `stat` may be answered from the kernel's cache of a dead one).
 pub fn state(path: &Path) -> MountState {
-    match std::fs::metadata(path) {
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => MountState::Stale,
-        Err(_) => MountState::NotMounted,
-        Ok(m) => {
-            let parent_dev = path
-                .parent()
-                .and_then(|p| std::fs::metadata(p).ok())
-                .map(|p| p.dev());
-            if parent_dev.is_some_and(|d| d != m.dev()) {
-                MountState::Mounted
-            } else {
-                MountState::NotMounted
-            }
-        }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    if !is_listed(&mountinfo, path) {
+        return MountState::NotMounted;
     }
+    match rustix::fs::statfs(path) {
+        Err(e) if e == rustix::io::Errno::NOTCONN => MountState::Stale,
+        _ => MountState::Mounted,
+    }
+}
+
+/// Whether `path` is a mount point in a mountinfo text (field 5; spaces and
+/// other special bytes are octal-escaped there).
+fn is_listed(mountinfo: &str, path: &Path) -> bool {
+    let want = path
+        .to_string_lossy()
+        .replace('\\', "\\134")
+        .replace(' ', "\\040");
+    mountinfo
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
 }
 
 /// Detach a mount: `umount2(MNT_DETACH)` as root, else `fusermount3 -u -z`.
@@ -167,5 +173,26 @@ impl Drop for Mount {
                 let _ = detach(&self.path);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_lookup_is_exact_and_unescapes() {
+        let info = "36 35 98:0 / /home/a/lockbox rw - fuse lockbox rw\n\
+                    37 35 98:0 / /home/b\\040c/lockbox rw - fuse lockbox rw\n";
+        assert!(is_listed(info, Path::new("/home/a/lockbox")));
+        assert!(!is_listed(info, Path::new("/home/a")));
+        assert!(!is_listed(info, Path::new("/home/a/lockbox/x")));
+        assert!(is_listed(info, Path::new("/home/b c/lockbox")));
+    }
+
+    #[test]
+    fn a_plain_folder_is_not_mounted() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(state(d.path()), MountState::NotMounted);
     }
 }

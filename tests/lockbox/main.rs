@@ -5,6 +5,8 @@
 
 mod agent;
 mod cli;
+mod crash;
 mod interop;
+mod mount;
 mod unprivileged;
 mod util;

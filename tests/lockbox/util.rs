@@ -274,3 +274,62 @@ pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> Result<(),
 pub fn mode(p: &Path) -> u32 {
     fs::metadata(p).expect("stat").permissions().mode() & 0o777
 }
+
+/// The file system type mounted exactly at `p` (e.g. `fuse.lockbox`), read
+/// from `/proc/self/mountinfo`; `None` when nothing is mounted there. Works on
+/// a dead FUSE mount too, which `stat` cannot reach.
+pub fn mount_type(p: &Path) -> Option<String> {
+    // Resolve the parent only: a dead mount point itself cannot be resolved.
+    let parent = fs::canonicalize(p.parent()?).ok()?;
+    let want = parent.join(p.file_name()?);
+    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().rev().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let point = left.split(' ').nth(4)?;
+        // mountinfo escapes space, tab, newline and backslash as octal.
+        let point = point
+            .replace("\\040", " ")
+            .replace("\\011", "\t")
+            .replace("\\012", "\n")
+            .replace("\\134", "\\");
+        (Path::new(&point) == want).then(|| right.split(' ').next().unwrap_or("").to_owned())
+    })
+}
+
+/// Detach whatever is mounted at `p`, lazily, so that a dead or leaked FUSE
+/// mount cannot hang later tests. Does nothing when nothing is mounted.
+pub fn detach_mount(p: &Path) {
+    while mount_type(p).is_some() {
+        let quiet = |c: &mut Command| {
+            c.arg(p)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let done = quiet(Command::new("fusermount3").arg("-uz"))
+            || quiet(Command::new("umount").arg("-l"));
+        if !done {
+            eprintln!("could not detach the mount at {}", p.display());
+            return;
+        }
+    }
+}
+
+/// Wait up to `limit` for `child` to exit; kill it if it does not.
+/// Returns its exit status, or `None` if it had to be killed.
+pub fn wait_exit(
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> Option<std::process::ExitStatus> {
+    let mut status = None;
+    let _ = wait_until(limit, || {
+        status = child.try_wait().ok().flatten();
+        status.is_some()
+    });
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    status
+}

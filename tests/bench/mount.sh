@@ -1,0 +1,635 @@
+#!/usr/bin/env bash
+# Mount benchmark (SPEC §9): the lockbox mount against gocryptfs (the anchor)
+# and a plain directory (the limit), in one run, on the same disk.
+#
+#   sudo bash tests/bench/mount.sh                 # full run (1 GiB, 2000 files)
+#   sudo bash tests/bench/mount.sh --quick         # fast check (256 MiB, 500 files)
+#   sudo bash tests/bench/mount.sh --only plain,gocryptfs
+#
+# Environment:
+#   BENCH_DIR    directory on the disk to test; a fresh lockbox-bench.XXXX
+#                directory is made inside it and removed at exit
+#                (default: /var/tmp)
+#   LOCKBOX_BIN  the lockbox binary (default: target/release/lockbox of this
+#                repository; build it first with `cargo build --release`)
+#   PYTHON       python 3 interpreter (default: python3)
+#
+# Root is required: cold-cache rows drop the page cache through
+# /proc/sys/vm/drop_caches. Results go to stdout (markdown tables) and, with
+# --out FILE, also to FILE. Progress goes to stderr. See docs/benchmarks.md.
+
+set -euo pipefail
+ORIG_ARGS="$*"
+export LC_ALL=C
+
+usage() {
+    cat <<'EOF'
+usage: sudo bash tests/bench/mount.sh [--quick] [--only LIST] [--out FILE]
+
+  --quick       256 MiB instead of 1 GiB, 500 instead of 2000 small files,
+                2000 instead of 10000 files for the idle-RSS measurement
+  --only LIST   comma-separated subset of: plain,gocryptfs,lockbox
+  --reps N      repetitions of every row, the table shows the median
+                (default 3; 1 with --quick)
+  --out FILE    also write the result tables (markdown) to FILE
+  -h, --help    this help
+
+Environment: BENCH_DIR (default /var/tmp), LOCKBOX_BIN, PYTHON.
+EOF
+}
+
+QUICK=0
+REPS=""
+ONLY="plain,gocryptfs,lockbox"
+OUT=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick) QUICK=1 ;;
+        --only) [ $# -ge 2 ] || { echo "mount.sh: --only needs a list" >&2; exit 2; }
+                ONLY="$2"; shift ;;
+        --only=*) ONLY="${1#--only=}" ;;
+        --reps) [ $# -ge 2 ] && [[ "$2" =~ ^[1-9][0-9]*$ ]] ||
+                    { echo "mount.sh: --reps needs a positive number" >&2; exit 2; }
+                REPS="$2"; shift ;;
+        --out) [ $# -ge 2 ] || { echo "mount.sh: --out needs a file" >&2; exit 2; }
+               OUT="$2"; shift ;;
+        --out=*) OUT="${1#--out=}" ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "mount.sh: unknown argument: $1" >&2; usage >&2; exit 2 ;;
+    esac
+    shift
+done
+
+TARGETS=()
+IFS=',' read -r -a _only <<<"$ONLY"
+for t in "${_only[@]}"; do
+    case "$t" in
+        plain|gocryptfs|lockbox) TARGETS+=("$t") ;;
+        "") ;;
+        *) echo "mount.sh: --only: unknown target '$t' (use plain,gocryptfs,lockbox)" >&2; exit 2 ;;
+    esac
+done
+[ ${#TARGETS[@]} -gt 0 ] || { echo "mount.sh: --only selects no target" >&2; exit 2; }
+want() { local t; for t in "${TARGETS[@]}"; do [ "$t" = "$1" ] && return 0; done; return 1; }
+
+if [ "$QUICK" = 1 ]; then
+    BIG_MIB=256; SMALL_FILES=500; RSS_FILES=2000; REPS="${REPS:-1}"
+else
+    BIG_MIB=1024; SMALL_FILES=2000; RSS_FILES=10000; REPS="${REPS:-3}"
+fi
+RANDOM_READS=1000
+SEED=20240601
+
+log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { printf 'mount.sh: %s\n' "$*" >&2; exit 1; }
+
+# ---------------------------------------------------------------- preflight
+[ "$(id -u)" = 0 ] || die "must run as root (cold-cache rows write /proc/sys/vm/drop_caches): sudo bash $0 $ORIG_ARGS"
+[ -e /dev/fuse ] || die "/dev/fuse is missing: load the fuse module (modprobe fuse)"
+PYTHON="${PYTHON:-python3}"
+command -v "$PYTHON" >/dev/null || die "python 3 is missing: apt-get install python3 (or set PYTHON)"
+if want gocryptfs; then
+    command -v gocryptfs >/dev/null ||
+        die "gocryptfs is missing (the anchor): apt-get install gocryptfs   (or use --only plain,lockbox)"
+fi
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+if want lockbox; then
+    LOCKBOX_BIN="${LOCKBOX_BIN:-$REPO/target/release/lockbox}"
+    [ -x "$LOCKBOX_BIN" ] ||
+        die "no lockbox binary at $LOCKBOX_BIN: run 'cargo build --release' in $REPO (or set LOCKBOX_BIN)"
+fi
+sync
+echo 3 >/proc/sys/vm/drop_caches 2>/dev/null ||
+    die "cannot write /proc/sys/vm/drop_caches (read-only /proc in a container?): run on a host or a privileged container"
+
+BASE="${BENCH_DIR:-/var/tmp}"
+mkdir -p "$BASE"
+WORK="$(mktemp -d "$BASE/lockbox-bench.XXXX")"
+WORK="$(cd "$WORK" && pwd -P)"
+RES="$WORK/results.tsv"       # target <TAB> key <TAB> value
+: >"$RES"
+
+# ------------------------------------------------------------------ cleanup
+GC_CIPHER="$WORK/gocryptfs.cipher"
+GC_MNT="$WORK/gocryptfs.mnt"
+GC_PID=""
+LB_HOME="$WORK/lockbox-home"
+LB_MNT="$LB_HOME/lockbox"
+LB_STARTED=0
+SAMPLER_PID=""
+
+is_mounted() { awk -v p="$1" '$2 == p { f = 1 } END { exit !f }' /proc/self/mounts; }
+lb() { HOME="$LB_HOME" "$LOCKBOX_BIN" "$@"; }
+lb_pid() { tr -dc '0-9' <"$LB_HOME/.lockbox/agent.lock" 2>/dev/null || true; }
+
+unmount() {   # unmount a FUSE mount point if mounted, politely first
+    local m="$1" i
+    is_mounted "$m" || return 0
+    fusermount3 -u "$m" 2>/dev/null || umount "$m" 2>/dev/null || true
+    for i in $(seq 50); do is_mounted "$m" || return 0; sleep 0.1; done
+    log "unmount of $m is stuck: lazy unmount"
+    fusermount3 -uz "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
+}
+
+CLEANED=0
+cleanup() {
+    local rc=$? pid
+    [ "$CLEANED" = 1 ] && return
+    CLEANED=1
+    set +e
+    if [ -n "$SAMPLER_PID" ]; then kill "$SAMPLER_PID" 2>/dev/null; wait "$SAMPLER_PID" 2>/dev/null; fi
+    if [ "$LB_STARTED" = 1 ]; then
+        pid="$(lb_pid)"
+        log "cleanup: lockbox stop"
+        if ! timeout 180 env HOME="$LB_HOME" "$LOCKBOX_BIN" stop >/dev/null 2>"$WORK/stop.err"; then
+            log "cleanup: lockbox stop failed: $(tail -n 3 "$WORK/stop.err" | tr '\n' ' ')"
+            if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+                log "cleanup: SIGTERM to the agent (pid $pid)"
+                kill -TERM "$pid" 2>/dev/null
+                for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+                kill -0 "$pid" 2>/dev/null && { log "cleanup: SIGKILL to the agent (pid $pid)"; kill -KILL "$pid"; }
+            fi
+        fi
+        unmount "$LB_MNT"
+    fi
+    if is_mounted "$GC_MNT"; then log "cleanup: unmount gocryptfs"; unmount "$GC_MNT"; fi
+    if [ -n "$GC_PID" ]; then
+        for _ in $(seq 50); do kill -0 "$GC_PID" 2>/dev/null || break; sleep 0.1; done
+        kill -0 "$GC_PID" 2>/dev/null && kill -TERM "$GC_PID" 2>/dev/null
+        wait "$GC_PID" 2>/dev/null
+    fi
+    if awk -v p="$WORK/" 'index($2, p) == 1 { f = 1 } END { exit !f }' /proc/self/mounts; then
+        log "cleanup: something is still mounted under $WORK; NOT removing it (unmount, then rm -rf $WORK)"
+    else
+        rm -rf "$WORK"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'log "interrupted"; exit 130' INT
+trap 'log "terminated"; exit 143' TERM
+
+# ------------------------------------------------------------- python part
+PY="$WORK/bench.py"
+cat >"$PY" <<'PYEOF'
+import os, random, sys, time
+
+def small(d, n, size=4096):
+    """n files of `size` bytes: create, stat, read, rename, delete (one process)."""
+    rng = random.Random(1)
+    data = bytes(rng.getrandbits(8) for _ in range(size))
+    names = [os.path.join(d, "small-%06d" % i) for i in range(n)]
+    moved = [os.path.join(d, "moved-%06d" % i) for i in range(n)]
+    res = {}
+    t = time.perf_counter()
+    for p in names:
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            if os.write(fd, data) != size:
+                raise OSError("short write on %s" % p)
+        finally:
+            os.close(fd)
+    res["create"] = time.perf_counter() - t
+    t = time.perf_counter()
+    for p in names:
+        st = os.stat(p)
+        if st.st_size != size:
+            raise OSError("stat %s: size %d, want %d" % (p, st.st_size, size))
+    res["stat"] = time.perf_counter() - t
+    t = time.perf_counter()
+    for p in names:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            b = os.read(fd, size + 1)
+        finally:
+            os.close(fd)
+        if b != data:
+            raise OSError("read %s: wrong content (%d bytes)" % (p, len(b)))
+    res["read"] = time.perf_counter() - t
+    t = time.perf_counter()
+    for a, b in zip(names, moved):
+        os.rename(a, b)
+    res["rename"] = time.perf_counter() - t
+    t = time.perf_counter()
+    for p in moved:
+        os.unlink(p)
+    res["delete"] = time.perf_counter() - t
+    for k, v in res.items():
+        print("small_%s\t%.1f" % (k, n / v))
+    left = [f for f in os.listdir(d) if f.startswith(("small-", "moved-"))]
+    if left:
+        raise OSError("%d files left after delete" % len(left))
+
+def rand(path, n, seed):
+    """n random 4 KiB-aligned 4 KiB preads in `path` (content must be zeros)."""
+    zero = bytes(4096)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        blocks = os.fstat(fd).st_size // 4096
+        rng = random.Random(seed)
+        offs = [rng.randrange(blocks) * 4096 for _ in range(n)]
+        t = time.perf_counter()
+        for o in offs:
+            b = os.pread(fd, 4096, o)
+            if b != zero:
+                raise OSError("pread at %d: %d bytes, not the zeros written" % (o, len(b)))
+        dt = time.perf_counter() - t
+    finally:
+        os.close(fd)
+    print("random_read\t%.1f" % (n / dt))
+
+def mkfiles(d, n, size=1024):
+    """n small files (for the idle-RSS measurement)."""
+    data = os.urandom(size)
+    t = time.perf_counter()
+    for i in range(n):
+        fd = os.open(os.path.join(d, "rss-%06d" % i), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+    print("%.1f" % (time.perf_counter() - t))
+
+def _isnum(v):
+    try:
+        float(v)
+        return True
+    except ValueError:
+        return False
+
+def table(res_path, targets, big_mib, small_n, rand_n, rss_n, out):
+    V = {}
+    for line in open(res_path):
+        parts = line.rstrip("\n").split("\t")
+        if len(parts) == 3:
+            V.setdefault((parts[0], parts[1]), []).append(parts[2])
+    R = {}  # median of the repetitions, or the first non-number (ERR, BAD, "")
+    for key, vals in V.items():
+        try:
+            xs = sorted(float(v) for v in vals)
+        except ValueError:
+            R[key] = next(v for v in vals if not _isnum(v)) or "n/a"
+            continue
+        m = len(xs) // 2
+        R[key] = str(xs[m] if len(xs) % 2 else (xs[m - 1] + xs[m]) / 2)
+    cols = ["plain", "gocryptfs", "lockbox"]
+    def num(t, k):
+        try:
+            return float(R[(t, k)])
+        except (KeyError, ValueError):
+            return None
+    def cell(t, k, fmt):
+        if t not in targets:
+            return "–"
+        v = R.get((t, k))
+        if v is None:
+            return "n/a"
+        try:
+            return fmt % float(v)
+        except ValueError:
+            return v  # ERR etc.
+    size = "1 GiB" if big_mib == 1024 else "%d MiB" % big_mib
+    rows = [
+        ("seq_write", "sequential write %s (dd bs=1M conv=fsync)" % size, "MB/s", "%.0f"),
+        ("seq_read", "sequential read %s, cold cache (dd bs=1M)" % size, "MB/s", "%.0f"),
+        ("small_create", "create %d × 4 KiB files" % small_n, "files/s", "%.0f"),
+        ("small_stat", "stat %d files" % small_n, "files/s", "%.0f"),
+        ("small_read", "read %d files" % small_n, "files/s", "%.0f"),
+        ("small_rename", "rename %d files" % small_n, "files/s", "%.0f"),
+        ("small_delete", "delete %d files" % small_n, "files/s", "%.0f"),
+        ("random_read", "%d random 4 KiB preads in the %s file, cold cache" % (rand_n, size), "reads/s", "%.0f"),
+    ]
+    L = []
+    L.append("| measurement | unit | plain | gocryptfs | lockbox | lockbox/gocryptfs | lockbox/plain | target |")
+    L.append("|---|---|--:|--:|--:|--:|--:|---|")
+    for k, label, unit, fmt in rows:
+        lb, gc, pl = num("lockbox", k), num("gocryptfs", k), num("plain", k)
+        r_gc = lb / gc if lb is not None and gc else None
+        r_pl = lb / pl if lb is not None and pl else None
+        marks = []
+        if r_gc is not None:
+            marks.append("≥ gocryptfs: " + ("ok" if r_gc >= 1.0 else "**MISS**"))
+        if k == "seq_read" and r_pl is not None:
+            marks.append("≥ 50 % plain: " + ("ok" if r_pl >= 0.5 else "**MISS**"))
+        if not marks:
+            marks.append("≥ gocryptfs" + ("; ≥ 50 % plain" if k == "seq_read" else "") + " (not measured)")
+        L.append("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            label, unit, cell("plain", k, fmt), cell("gocryptfs", k, fmt), cell("lockbox", k, fmt),
+            "%.2f" % r_gc if r_gc is not None else "–",
+            "%.2f" % r_pl if r_pl is not None else "–",
+            "; ".join(marks)))
+    if R.get(("lockbox", "store_check")) == "BAD":
+        L.append("")
+        L.append("**WARNING: after the sequential write the lockbox store did not hold a complete age file; "
+                 "the lockbox numbers are not trustworthy.**")
+    L.append("")
+    mem = [
+        ("rss_fresh", "daemon RSS, idle, fresh mount, empty", None),
+        ("rss_idle_files", "daemon RSS, idle, after creating %d × 1 KiB files through a fresh mount" % rss_n, 50),
+        ("hwm_write", "daemon peak RSS during the %s sequential write (VmHWM, reset before)" % size, None),
+        ("max_sampled_write", "daemon peak RSS during the write (VmRSS sampled every 0.1 s)", None),
+        ("rss_after_rows", "daemon RSS, idle, after all the rows above", None),
+    ]
+    mt = [t for t in ("gocryptfs", "lockbox") if t in targets]
+    if mt:
+        L.append("| memory (MiB) | " + " | ".join(mt) + " | target |")
+        L.append("|---|" + "--:|" * len(mt) + "---|")
+        for k, label, limit in mem:
+            cells = []
+            for t in mt:
+                v = num(t, k)
+                cells.append("%.1f" % (v / 1024.0) if v is not None else R.get((t, k), "n/a"))
+            mark = ""
+            if limit is not None:
+                v = num("lockbox", k)
+                if v is None:
+                    mark = "lockbox < %d MiB (not measured)" % limit
+                else:
+                    mark = "lockbox < %d MiB: " % limit + ("ok" if v / 1024.0 < limit else "**MISS**")
+            L.append("| %s | %s | %s |" % (label, " | ".join(cells), mark))
+        L.append("")
+    multi = [(k, t, v) for (t, k), v in sorted(V.items(), key=lambda kv: (kv[0][1], kv[0][0])) if len(v) > 1]
+    if multi:
+        L.append("All repetitions (in run order):")
+        L.append("")
+        for k, t, v in multi:
+            L.append("- %s %s: %s" % (k, t, ", ".join(("%.0f" % float(x)) if _isnum(x) else x for x in v)))
+        L.append("")
+    text = "\n".join(L)
+    print(text)
+    if out:
+        with open(out, "a") as f:
+            f.write(text + "\n")
+
+if __name__ == "__main__":
+    cmd = sys.argv[1]
+    if cmd == "small":
+        small(sys.argv[2], int(sys.argv[3]))
+    elif cmd == "rand":
+        rand(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    elif cmd == "mkfiles":
+        mkfiles(sys.argv[2], int(sys.argv[3]))
+    elif cmd == "table":
+        table(sys.argv[2], sys.argv[3].split(","), int(sys.argv[4]), int(sys.argv[5]),
+              int(sys.argv[6]), int(sys.argv[7]), sys.argv[8] if len(sys.argv) > 8 else "")
+PYEOF
+
+# ---------------------------------------------------------------- helpers
+record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$RES"; }
+drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+settle() {  # before a row: every daemon idle, then cold caches
+    local t pids=()
+    for t in "${!TPID[@]}"; do [ -n "${TPID[$t]}" ] && pids+=("${TPID[$t]}"); done
+    [ ${#pids[@]} -eq 0 ] || wait_idle "${pids[@]}" || true
+    drop_caches
+}
+kib_of() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status" 2>/dev/null || true; }
+cpu_ticks() {  # utime + stime of a pid
+    local s f
+    s="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
+    s="${s##*) }"
+    read -r -a f <<<"$s"
+    echo $(( f[11] + f[12] ))
+}
+wait_idle() {  # until the pids used no CPU for 2 s in a row (max 120 s)
+    local prev cur still=0 i p
+    prev="$(for p in "$@"; do cpu_ticks "$p"; done)" || return 1
+    for i in $(seq 120); do
+        sleep 1
+        cur="$(for p in "$@"; do cpu_ticks "$p"; done)" || return 1
+        if [ "$cur" = "$prev" ]; then still=$((still + 1)); else still=0; fi
+        prev="$cur"
+        [ "$still" -ge 2 ] && return 0
+    done
+    log "warning: pid(s) $* still busy after 120 s"
+}
+dd_rate() {  # MB/s (10^6 bytes/s) from dd's summary line
+    awk '/bytes/ && /copied/ {
+            for (i = 1; i <= NF; i++) if ($i == "s," || $i == "s") secs = $(i-1)
+            if (secs > 0) printf "%.1f\n", $1 / secs / 1e6
+         }' "$1"
+}
+
+start_sampler() {  # max VmRSS of a pid, every 0.1 s, into a file
+    local pid="$1" out="$2"
+    ( max=0
+      while kill -0 "$pid" 2>/dev/null; do
+          v=""   # bash builtins only: no fork per sample
+          { while read -r k n _; do [ "$k" = "VmRSS:" ] && { v="$n"; break; }; done <"/proc/$pid/status"; } 2>/dev/null || true
+          [ -n "$v" ] && [ "$v" -gt "$max" ] && { max="$v"; echo "$max" >"$out"; }
+          sleep 0.1
+      done ) &
+    SAMPLER_PID=$!
+}
+stop_sampler() {
+    [ -n "$SAMPLER_PID" ] || return 0
+    kill "$SAMPLER_PID" 2>/dev/null || true
+    wait "$SAMPLER_PID" 2>/dev/null || true
+    SAMPLER_PID=""
+}
+
+# ------------------------------------------------------------ the targets
+setup_plain() { mkdir -p "$WORK/plain"; DIR="$WORK/plain"; DPID=""; }
+teardown_plain() { :; }
+
+gc_mount() {
+    mkdir -p "$GC_MNT"
+    gocryptfs -q -fg -passfile "$WORK/gc.pass" "$GC_CIPHER" "$GC_MNT" >>"$WORK/gocryptfs.log" 2>&1 &
+    GC_PID=$!
+    local i
+    for i in $(seq 300); do
+        is_mounted "$GC_MNT" && { DPID="$GC_PID"; return 0; }
+        kill -0 "$GC_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    die "gocryptfs did not mount: $(tail -n 5 "$WORK/gocryptfs.log" | tr '\n' ' ')"
+}
+gc_umount() {
+    unmount "$GC_MNT"
+    if [ -n "$GC_PID" ]; then wait "$GC_PID" 2>/dev/null || true; GC_PID=""; fi
+}
+setup_gocryptfs() {
+    echo "bench passphrase" >"$WORK/gc.pass"; chmod 600 "$WORK/gc.pass"
+    mkdir -p "$GC_CIPHER"
+    gocryptfs -init -q -passfile "$WORK/gc.pass" "$GC_CIPHER" >>"$WORK/gocryptfs.log" 2>&1 ||
+        die "gocryptfs -init failed: $(tail -n 5 "$WORK/gocryptfs.log" | tr '\n' ' ')"
+    gc_mount
+    DIR="$GC_MNT"
+}
+restart_gocryptfs() { gc_umount; gc_mount; }
+teardown_gocryptfs() { gc_umount; }
+
+lb_fail() {
+    log "lockbox: $1"
+    [ -f "$LB_HOME/.lockbox/agent.log" ] && tail -n 20 "$LB_HOME/.lockbox/agent.log" >&2
+    die "lockbox: $1"
+}
+lb_unlock() {
+    lb unlock --passphrase-file "$WORK/pass" >>"$WORK/lockbox.out" 2>&1 ||
+        lb_fail "unlock failed: $(tail -n 3 "$WORK/lockbox.out" | tr '\n' ' ')"
+    LB_STARTED=1
+    local i
+    for i in $(seq 300); do is_mounted "$LB_MNT" && break; sleep 0.1; done
+    is_mounted "$LB_MNT" || lb_fail "unlock returned but $LB_MNT is not mounted"
+    DPID="$(lb_pid)"
+    [ -n "$DPID" ] && [ -d "/proc/$DPID" ] || lb_fail "no live agent pid in $LB_HOME/.lockbox/agent.lock ('$DPID')"
+}
+lb_stop() {
+    timeout 180 env HOME="$LB_HOME" "$LOCKBOX_BIN" stop >>"$WORK/lockbox.out" 2>&1 ||
+        lb_fail "lockbox stop failed: $(tail -n 3 "$WORK/lockbox.out" | tr '\n' ' ')"
+    local i
+    for i in $(seq 100); do is_mounted "$LB_MNT" || break; sleep 0.1; done
+    is_mounted "$LB_MNT" && lb_fail "lockbox stop returned but $LB_MNT is still mounted"
+    LB_STARTED=0
+}
+setup_lockbox() {
+    mkdir -p "$LB_HOME/.lockbox"
+    printf 'multicast: off\npeer_port: 0\nlisten: 127.0.0.1\n' >"$LB_HOME/.lockbox/config.yaml"
+    echo "bench passphrase" >"$WORK/pass"; chmod 600 "$WORK/pass"
+    lb init --passphrase-file "$WORK/pass" --envoy bench >>"$WORK/lockbox.out" 2>&1 ||
+        lb_fail "init failed: $(tail -n 3 "$WORK/lockbox.out" | tr '\n' ' ')"
+    lb_unlock
+    DIR="$LB_MNT"
+}
+lb_check_store() {  # the write really went to the store, as age ciphertext
+    local f="$LB_HOME/.lockbox/store/$(basename "$1")" size magic
+    size="$(stat -c %s "$f" 2>/dev/null || echo 0)"
+    magic="$(head -c 21 "$f" 2>/dev/null || true)"
+    if [ "$magic" != "age-encryption.org/v1" ] || [ "$size" -le $((BIG_MIB * 1048576)) ]; then
+        log "lockbox: WARNING: store file $f is not a complete age file (size $size, starts '$magic')"
+        record lockbox store_check BAD
+    else
+        log "lockbox: store has $f: age ciphertext, $size bytes"
+    fi
+}
+restart_lockbox() { lb_stop; lb_unlock; }
+teardown_lockbox() { lb_stop; }
+
+# ------------------------------------------------------------- the rows
+declare -A TDIR TPID
+rows() {  # one repetition of the rows for one target
+    local t="$1" rep="$2" big out rc k
+    DIR="${TDIR[$t]}"; DPID="${TPID[$t]}"
+    big="$DIR/big"
+    log "$t (rep $rep/$REPS): sequential write of $BIG_MIB MiB"
+    settle
+    if [ -n "$DPID" ] && [ "$rep" = 1 ]; then
+        echo 5 >"/proc/$DPID/clear_refs" 2>/dev/null || log "warning: cannot reset VmHWM of pid $DPID"
+        echo 0 >"$WORK/sampled"
+        start_sampler "$DPID" "$WORK/sampled"
+    fi
+    if dd if=/dev/zero of="$big" bs=1M count="$BIG_MIB" conv=fsync 2>"$WORK/dd.err"; then
+        record "$t" seq_write "$(dd_rate "$WORK/dd.err")"
+    else
+        log "$t: write FAILED: $(tr '\n' ' ' <"$WORK/dd.err")"; record "$t" seq_write ERR
+    fi
+    if [ -n "$DPID" ] && [ "$rep" = 1 ]; then
+        stop_sampler
+        record "$t" hwm_write "$(kib_of "$DPID" VmHWM)"
+        record "$t" max_sampled_write "$(cat "$WORK/sampled")"
+    fi
+    [ "$t" = lockbox ] && lb_check_store "$big"
+
+    log "$t (rep $rep/$REPS): sequential read, cold cache"
+    settle
+    if dd if="$big" of=/dev/null bs=1M 2>"$WORK/dd.err"; then
+        record "$t" seq_read "$(dd_rate "$WORK/dd.err")"
+        rc="$(awk '/records in/ { print $1; exit }' "$WORK/dd.err")"
+        [ "$rc" = "$BIG_MIB+0" ] || log "$t: read returned '$rc' records, expected $BIG_MIB+0"
+    else
+        log "$t: read FAILED: $(tr '\n' ' ' <"$WORK/dd.err")"; record "$t" seq_read ERR
+    fi
+
+    log "$t (rep $rep/$REPS): $RANDOM_READS random 4 KiB reads, cold cache"
+    settle
+    if out="$("$PYTHON" "$PY" rand "$big" "$RANDOM_READS" "$SEED" 2>"$WORK/py.err")"; then
+        printf '%s\n' "$out" | sed "s/^/$t\t/" >>"$RES"
+    else
+        log "$t: random reads FAILED: $(tail -n 2 "$WORK/py.err" | tr '\n' ' ')"; record "$t" random_read ERR
+    fi
+    rm -f "$big" || log "$t: rm of the big file failed"
+
+    log "$t (rep $rep/$REPS): $SMALL_FILES small files: create / stat / read / rename / delete"
+    settle
+    if out="$("$PYTHON" "$PY" small "$DIR" "$SMALL_FILES" 2>"$WORK/py.err")"; then
+        printf '%s\n' "$out" | sed "s/^/$t\t/" >>"$RES"
+    else
+        log "$t: small files FAILED: $(tail -n 2 "$WORK/py.err" | tr '\n' ' ')"
+        # rm what is left so that the next repetition starts clean
+        find "$DIR" -maxdepth 1 -type f \( -name 'small-*' -o -name 'moved-*' \) -delete 2>/dev/null || true
+        for k in create stat read rename delete; do record "$t" "small_$k" ERR; done
+    fi
+}
+
+idle_rss_with_files() {  # fresh daemon, RSS_FILES small files created through it, then idle
+    local t="$1" out
+    log "$t: idle RSS with $RSS_FILES small files (fresh mount)"
+    "restart_$t"
+    TPID[$t]="$DPID"
+    wait_idle "$DPID" || true
+    if out="$("$PYTHON" "$PY" mkfiles "$DIR" "$RSS_FILES" 2>"$WORK/py.err")"; then
+        log "$t: created $RSS_FILES files in $out s; waiting for the daemon to be idle"
+        wait_idle "$DPID" || true
+        record "$t" rss_idle_files "$(kib_of "$DPID" VmRSS)"
+    else
+        log "$t: creating $RSS_FILES files FAILED: $(tail -n 2 "$WORK/py.err" | tr '\n' ' ')"
+        record "$t" rss_idle_files ERR
+    fi
+}
+
+# ------------------------------------------------------------------- main
+{
+    echo "# lockbox mount benchmark"
+    echo
+    echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo "- command: bash tests/bench/mount.sh $ORIG_ARGS"
+    echo "- repetitions: $REPS (rows show the median; targets interleaved within each repetition)"
+    echo "- machine: $(nproc) cores, $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo) RAM, kernel $(uname -r)"
+    echo "- bench dir: $WORK ($(df -PT "$WORK" | awk 'NR == 2 { print $2 " on " $1 }'))"
+    if want gocryptfs; then echo "- gocryptfs: $(gocryptfs -version 2>/dev/null | head -n 1)"; fi
+    if want lockbox; then
+        echo "- lockbox: $LOCKBOX_BIN (built $(date -u -r "$LOCKBOX_BIN" '+%Y-%m-%d %H:%M UTC'), repo HEAD $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?'))"
+    fi
+    echo "- load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+} >"$WORK/header.md"
+
+# All selected targets are mounted side by side; each repetition runs the
+# rows on every target in turn, so that load drift hits all of them alike.
+for t in plain gocryptfs lockbox; do
+    want "$t" || continue
+    log "== set up $t"
+    "setup_$t"
+    TDIR[$t]="$DIR"; TPID[$t]="$DPID"
+done
+for t in "${!TPID[@]}"; do
+    [ -n "${TPID[$t]}" ] || continue
+    wait_idle "${TPID[$t]}" || true
+    record "$t" rss_fresh "$(kib_of "${TPID[$t]}" VmRSS)"
+done
+for rep in $(seq "$REPS"); do
+    for t in plain gocryptfs lockbox; do
+        want "$t" && rows "$t" "$rep"
+    done
+done
+for t in gocryptfs lockbox; do
+    want "$t" || continue
+    DIR="${TDIR[$t]}"; DPID="${TPID[$t]}"
+    wait_idle "$DPID" || true
+    record "$t" rss_after_rows "$(kib_of "$DPID" VmRSS)"
+    idle_rss_with_files "$t"
+    "teardown_$t"
+done
+
+{
+    cat "$WORK/header.md"
+    echo "- load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo
+} >"$WORK/report.md"
+cat "$WORK/report.md"
+[ -n "$OUT" ] && cat "$WORK/report.md" >"$OUT"
+"$PYTHON" "$PY" table "$RES" "$(IFS=,; echo "${TARGETS[*]}")" "$BIG_MIB" "$SMALL_FILES" \
+    "$RANDOM_READS" "$RSS_FILES" "$OUT"
+if grep -qE $'\t(ERR|BAD)$' "$RES"; then
+    log "some measurements FAILED (ERR in the table); see the messages above"
+    exit 1
+fi

@@ -1,0 +1,1029 @@
+//! The FUSE mount (SPEC §5) driven by the ordinary tools a user would point
+//! at it — cp, cat, mv, rm, dd, vim, rsync, sqlite3, age, ls, stat, df — with
+//! every result checked by content, never by exit status alone. Also the
+//! locked mode, tampered ciphertext, the size limit, concurrent readers and
+//! writers, and the sweep of a folder filled while the agent was down.
+//!
+//! [`Mounted`] is the fixture the crash tests share: dropping it stops the
+//! agent and detaches any mount left behind, pass or fail.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use crate::require;
+use crate::util::{
+    alive, detach_mount, mode, mount_type, wait_exit, wait_until, Envoy, TEST_CONFIG,
+};
+
+/// One mebibyte.
+pub(crate) const MIB: usize = 1 << 20;
+
+/// The magic line every store file starts with.
+pub(crate) const AGE_MAGIC: &[u8] = b"age-encryption.org/v1\n";
+
+/// The plaintext size of one age STREAM chunk.
+const CHUNK: usize = 64 << 10;
+
+/// Skip (loudly) outside CI, fail in CI, when this machine cannot mount FUSE.
+#[macro_export]
+macro_rules! require_fuse {
+    () => {
+        $crate::require!(
+            std::path::Path::new("/dev/fuse").exists(),
+            "no /dev/fuse: this machine cannot mount FUSE"
+        );
+        $crate::require!(
+            $crate::util::is_root() || $crate::mount::on_path("fusermount3"),
+            "not root and fusermount3 is not on PATH (apt-get install fuse3)"
+        );
+    };
+}
+
+/// Whether `program` is an executable on PATH.
+pub(crate) fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| {
+            fs::metadata(dir.join(program)).is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0)
+        })
+    })
+}
+
+/// An initialised envoy whose agent serves `~/lockbox`. Dropping it stops
+/// the agent (killing it if `stop` hangs) and then detaches whatever is still
+/// mounted there: a leaked FUSE mount can hang anything that walks /tmp.
+pub(crate) struct Mounted {
+    /// The envoy (its `Drop` runs after ours, on an unmounted HOME).
+    pub e: Envoy,
+    /// `~/lockbox`, the mount point.
+    pub mnt: PathBuf,
+}
+
+impl Mounted {
+    /// An initialised envoy with `config`; no agent runs yet.
+    pub fn new(config: &str) -> Mounted {
+        let e = Envoy::with_config(config);
+        e.init("alpha");
+        let mnt = e.home.join("lockbox");
+        Mounted { e, mnt }
+    }
+
+    /// An envoy with `config`, unlocked, its mount answering.
+    pub fn unlocked_with(config: &str) -> Mounted {
+        let m = Mounted::new(config);
+        m.e.unlock();
+        m.assert_mounted();
+        m
+    }
+
+    /// An envoy with the test config, unlocked, its mount answering.
+    pub fn unlocked() -> Mounted {
+        Mounted::unlocked_with(TEST_CONFIG)
+    }
+
+    /// `~/lockbox/NAME`.
+    pub fn at(&self, name: &str) -> PathBuf {
+        self.mnt.join(name)
+    }
+
+    /// The temp folder of the store (`~/.lockbox/tmp/`).
+    pub fn tmp(&self) -> PathBuf {
+        self.e.state().join("tmp")
+    }
+
+    /// The mount is a live FUSE mount. (That its type is exactly
+    /// `fuse.lockbox` is checked once, in `stop_unmounts_and_a_restart_mounts_again`.)
+    #[track_caller]
+    pub fn assert_mounted(&self) {
+        let kind = mount_type(&self.mnt);
+        assert!(
+            kind.as_deref().is_some_and(|k| k.starts_with("fuse")),
+            "{} is not a FUSE mount ({kind:?})",
+            self.mnt.display()
+        );
+        fs::read_dir(&self.mnt).expect("the mount answers readdir");
+    }
+
+    /// Run `argv` (a program and its arguments) in this envoy's HOME with a
+    /// time limit, so that a hung mount fails the test instead of the run.
+    pub fn tool(&self, argv: &[&str]) -> Output {
+        Command::new("timeout")
+            .args(["-k", "10", "300"])
+            .args(argv)
+            .env("HOME", &self.e.home)
+            .env("LC_ALL", "C")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run a tool")
+    }
+
+    /// Run `argv`, require success; returns stdout.
+    #[track_caller]
+    pub fn tool_ok(&self, argv: &[&str]) -> Vec<u8> {
+        let out = self.tool(argv);
+        assert!(
+            out.status.success(),
+            "{argv:?} failed ({}):\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
+    /// Run `argv`, require failure with `needle` in stderr; returns the output.
+    #[track_caller]
+    pub fn tool_fails(&self, argv: &[&str], needle: &str) -> Output {
+        let out = self.tool(argv);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(needle),
+            "{argv:?}: expected a failure saying {needle:?}, got {}:\nstderr: {stderr}",
+            out.status
+        );
+        out
+    }
+
+    /// NAME's plaintext as the agent decrypts it from the store
+    /// (`lockbox decrypt`), independent of the mount.
+    #[track_caller]
+    pub fn decrypt(&self, name: &str) -> Vec<u8> {
+        let out = self.e.run(&["decrypt", name, "-o", "-"]);
+        assert!(
+            out.status.success(),
+            "lockbox decrypt {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
+    /// The agent's log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.e.state().join("agent.log")).unwrap_or_default()
+    }
+}
+
+impl std::ops::Deref for Mounted {
+    type Target = Envoy;
+    fn deref(&self) -> &Envoy {
+        &self.e
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if let Some(pid) = self.e.agent_pid() {
+            let stop = self
+                .e
+                .cmd(&["stop"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn();
+            if let Ok(mut stop) = stop {
+                wait_exit(&mut stop, Duration::from_secs(60));
+            }
+            if wait_until(Duration::from_secs(5), || !alive(pid)).is_err() {
+                kill9(pid);
+            }
+        }
+        detach_mount(&self.mnt);
+    }
+}
+
+/// SIGKILL `pid` and wait (bounded) until every one of its threads has
+/// exited — only then are its files (the FUSE device, the agent lock)
+/// closed; a zombie leader alone does not mean that. Whether it got there
+/// is for the caller to check with [`exited`].
+pub(crate) fn kill9(pid: u32) {
+    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    let _ = wait_until(Duration::from_secs(10), || exited(pid));
+}
+
+/// Whether `pid` and all its threads have exited (it may remain a zombie).
+pub(crate) fn exited(pid: u32) -> bool {
+    let threads = fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count());
+    !alive(pid) && threads <= 1
+}
+
+/// A path as a tool argument (test paths are UTF-8).
+pub(crate) fn s(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 path")
+}
+
+/// `len` pseudo-random bytes from `seed` (splitmix64): reproducible, and as
+/// incompressible as real key material.
+pub(crate) fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Whether `needle` occurs in `haystack`.
+pub(crate) fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Equal bytes, or a message with the sizes and the first difference
+/// (instead of megabytes of debug output).
+#[track_caller]
+pub(crate) fn assert_same(what: &str, got: &[u8], want: &[u8]) {
+    if got != want {
+        let at = got
+            .iter()
+            .zip(want)
+            .position(|(a, b)| a != b)
+            .unwrap_or(got.len().min(want.len()));
+        panic!(
+            "{what}: got {} bytes, expected {}; first difference at byte {at}",
+            got.len(),
+            want.len()
+        );
+    }
+}
+
+/// The names in a folder, sorted.
+pub(crate) fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display()))
+        .map(|d| d.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Every file in the store is an age file with mode 0600.
+#[track_caller]
+pub(crate) fn assert_store_is_ciphertext(e: &Envoy) {
+    for name in names(&e.store()) {
+        let p = e.store().join(&name);
+        let meta = fs::symlink_metadata(&p).unwrap();
+        assert!(meta.is_file(), "store/{name} is not a regular file");
+        assert_eq!(meta.mode() & 0o777, 0o600, "store/{name} mode");
+        let mut head = vec![0u8; AGE_MAGIC.len()];
+        let n = fs::File::open(&p).unwrap().read(&mut head).unwrap();
+        assert_eq!(&head[..n], AGE_MAGIC, "store/{name} is not an age file");
+    }
+}
+
+/// NAME's store file is an age file, mode 0600, that does not hold
+/// `plaintext` (nor, for a long one, any of three 32-byte samples of it).
+#[track_caller]
+fn assert_sealed(e: &Envoy, name: &str, plaintext: &[u8]) {
+    let p = e.store().join(name);
+    let raw = fs::read(&p).unwrap_or_else(|err| panic!("store/{name}: {err}"));
+    assert!(
+        raw.starts_with(AGE_MAGIC),
+        "store/{name} is not an age file"
+    );
+    assert_eq!(mode(&p), 0o600, "store/{name} mode");
+    if plaintext.len() <= 32 {
+        assert!(
+            !contains(&raw, plaintext),
+            "store/{name} holds the plaintext"
+        );
+    } else {
+        let n = plaintext.len();
+        for at in [0, (n - 32) / 2, n - 32] {
+            assert!(
+                !contains(&raw, &plaintext[at..at + 32]),
+                "store/{name} holds plaintext from byte {at}"
+            );
+        }
+    }
+}
+
+/// The store's temp folder holds nothing (no staged data on disk).
+#[track_caller]
+pub(crate) fn assert_no_temp_files(m: &Mounted) {
+    let left = names(&m.tmp());
+    assert!(left.is_empty(), "left in ~/.lockbox/tmp: {left:?}");
+}
+
+/// `stat -c FORMAT PATH`, trimmed.
+fn stat(m: &Mounted, format: &str, p: &Path) -> String {
+    String::from_utf8(m.tool_ok(&["stat", "-c", format, s(p)]))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+/// Our uid, as tools print it.
+fn my_uid() -> u32 {
+    fs::metadata("/proc/self").unwrap().uid()
+}
+
+#[test]
+fn cp_in_and_cat_out_are_byte_identical() {
+    require_fuse!();
+    let m = Mounted::unlocked();
+    let small = b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx0 alice@laptop\n".to_vec();
+    // Not a multiple of the 64 KiB chunk, so the last chunk is partial.
+    let big = pseudo_random(1, 3 * MIB + 12_345);
+    for (name, content) in [("id_ed25519.pub", &small), ("blob.bin", &big)] {
+        let src = m.plain_file(name, content);
+        m.tool_ok(&["cp", s(&src), s(&m.at(name))]);
+        assert_same(
+            &format!("cat {name}"),
+            &m.tool_ok(&["cat", s(&m.at(name))]),
+            content,
+        );
+        let ls = String::from_utf8(m.tool_ok(&["ls", "-l", s(&m.at(name))])).unwrap();
+        let fields: Vec<&str> = ls.split_whitespace().collect();
+        assert!(fields[0].starts_with("-rw-------"), "ls -l: {ls}");
+        assert_eq!(fields[4], content.len().to_string(), "ls -l size: {ls}");
+        assert_eq!(
+            stat(&m, "%s %a %u", &m.at(name)),
+            format!("{} 600 {}", content.len(), my_uid()),
+            "stat of {name}"
+        );
+        assert_sealed(&m, name, content);
+        assert_same(&format!("decrypt {name}"), &m.decrypt(name), content);
+    }
+    assert_eq!(names(&m.mnt), ["blob.bin", "id_ed25519.pub"]);
+    assert_no_temp_files(&m);
+}
+
+#[test]
+fn mv_rm_and_dd_behave_like_a_plain_folder() {
+    require_fuse!();
+    let m = Mounted::unlocked();
+    let alpha = m.plain_file("alpha", b"alpha content\n");
+    let bravo = m.plain_file("bravo", b"bravo content, longer than alpha\n");
+    m.tool_ok(&["cp", s(&alpha), s(&m.at("a"))]);
+    m.tool_ok(&["cp", s(&bravo), s(&m.at("b"))]);
+
+    // A plain rename.
+    m.tool_ok(&["mv", s(&m.at("a")), s(&m.at("c"))]);
+    assert_eq!(names(&m.mnt), ["b", "c"]);
+    assert_eq!(fs::read(m.at("c")).unwrap(), b"alpha content\n");
+    assert!(!m.store().join("a").exists(), "store/a survived the rename");
+    assert_sealed(&m, "c", b"alpha content\n");
+
+    // A rename over an existing file replaces it; the source name is gone.
+    m.tool_ok(&["mv", s(&m.at("c")), s(&m.at("b"))]);
+    assert_eq!(names(&m.mnt), ["b"]);
+    assert_eq!(fs::read(m.at("b")).unwrap(), b"alpha content\n");
+    assert_eq!(stat(&m, "%s", &m.at("b")), "14");
+    assert!(!m.store().join("c").exists(), "store/c survived the rename");
+    assert_eq!(m.decrypt("b"), b"alpha content\n");
+
+    // rm: gone from the mount and from the store.
+    m.tool_ok(&["rm", s(&m.at("b"))]);
+    assert!(names(&m.mnt).is_empty());
+    assert!(!m.store().join("b").exists(), "store/b survived rm");
+
+    // dd with conv=fsync, then read back.
+    let data = pseudo_random(2, 5 * MIB);
+    let src = m.plain_file("dd.src", &data);
+    m.tool_ok(&[
+        "dd",
+        &format!("if={}", s(&src)),
+        &format!("of={}", s(&m.at("x"))),
+        "bs=1M",
+        "count=4",
+        "conv=fsync",
+        "status=none",
+    ]);
+    assert_same("dd x", &fs::read(m.at("x")).unwrap(), &data[..4 * MIB]);
+    assert_sealed(&m, "x", &data[..4 * MIB]);
+
+    // A partial overwrite in the middle (read-modify-write of chunks 1 and 2).
+    let patch = pseudo_random(3, 3000);
+    let patch_src = m.plain_file("patch", &patch);
+    m.tool_ok(&[
+        "dd",
+        &format!("if={}", s(&patch_src)),
+        &format!("of={}", s(&m.at("x"))),
+        "bs=1000",
+        "seek=130",
+        "conv=notrunc,fsync",
+        "status=none",
+    ]);
+    let mut want = data[..4 * MIB].to_vec();
+    want[130_000..133_000].copy_from_slice(&patch);
+    assert_same("patched x", &fs::read(m.at("x")).unwrap(), &want);
+    assert_same("patched x, decrypted", &m.decrypt("x"), &want);
+    assert_no_temp_files(&m);
+}
+
+#[test]
+fn vim_edits_in_place_and_by_rename_without_leftovers() {
+    require_fuse!();
+    require!(on_path("vim"), "vim is not installed (apt-get install vim)");
+    let m = Mounted::unlocked();
+    let f = m.at("notes.txt");
+    fs::write(&f, "foo line\nsecond foo\nbaz\n").unwrap();
+    // backupcopy=yes overwrites the file in place; =no renames it to
+    // notes.txt~ and writes a new file. Both keep a swap file while editing.
+    for (backupcopy, from, to) in [("yes", "foo", "bar"), ("no", "bar", "qux")] {
+        m.tool_ok(&[
+            "vim",
+            "-es",
+            "-u",
+            "NONE",
+            "-i",
+            "NONE",
+            "-c",
+            &format!("set nocompatible swapfile writebackup nobackup backupcopy={backupcopy}"),
+            "-c",
+            &format!("%s/{from}/{to}/g"),
+            "-c",
+            "wq",
+            s(&f),
+        ]);
+        let want = format!("{to} line\nsecond {to}\nbaz\n");
+        assert_eq!(
+            fs::read_to_string(&f).unwrap(),
+            want,
+            "backupcopy={backupcopy}"
+        );
+        assert_eq!(m.decrypt("notes.txt"), want.as_bytes());
+        // No swap file, backup or vim's "4913" probe is left.
+        assert_eq!(names(&m.mnt), ["notes.txt"], "backupcopy={backupcopy}");
+        assert_eq!(names(&m.store()), ["notes.txt"], "backupcopy={backupcopy}");
+        assert_eq!(mode(&f), 0o600);
+    }
+    assert_no_temp_files(&m);
+}
+
+#[test]
+fn rsync_copies_a_tree_and_updates_it() {
+    require_fuse!();
+    require!(
+        on_path("rsync"),
+        "rsync is not installed (apt-get install rsync)"
+    );
+    let m = Mounted::unlocked();
+    let src = m.home.parent().unwrap().join("rsync-src");
+    fs::create_dir(&src).unwrap();
+    let mut files: Vec<(String, Vec<u8>)> = vec![
+        ("empty".into(), vec![]),
+        ("one".into(), b"1".to_vec()),
+        ("chunk-1".into(), pseudo_random(41, CHUNK - 1)),
+        ("chunk".into(), pseudo_random(42, CHUNK)),
+        ("chunk+1".into(), pseudo_random(43, CHUNK + 1)),
+        ("medium".into(), pseudo_random(44, 200_000)),
+        ("large".into(), pseudo_random(45, 2 * MIB + 7)),
+        ("with space.txt".into(), b"spaces are fine\n".to_vec()),
+        ("ünïcødé.key".into(), b"utf-8 names are fine\n".to_vec()),
+    ];
+    for i in 0..12u64 {
+        files.push((
+            format!("k{i:02}"),
+            pseudo_random(100 + i, 1 + 400 * i as usize),
+        ));
+    }
+    for (name, content) in &files {
+        fs::write(src.join(name), content).unwrap();
+    }
+    let check = |files: &[(String, Vec<u8>)]| {
+        let mut want: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+        want.sort();
+        assert_eq!(names(&m.mnt), want);
+        for (name, content) in files {
+            assert_same(
+                &format!("rsynced {name}"),
+                &fs::read(m.at(name)).unwrap(),
+                content,
+            );
+            // rsync -a also sets times; that is pinned by the (ignored, known
+            // racy) mtime_set_right_after_close_is_kept, not checked here.
+        }
+    };
+    let from = format!("{}/", s(&src));
+    let to = format!("{}/", s(&m.mnt));
+    m.tool_ok(&["rsync", "-a", &from, &to]);
+    check(&files);
+    assert_store_is_ciphertext(&m);
+
+    // Change one file, remove another, sync again with --delete.
+    files[5].1 = pseudo_random(46, 150_001);
+    fs::write(src.join("medium"), &files[5].1).unwrap();
+    fs::remove_file(src.join("one")).unwrap();
+    files.remove(1);
+    m.tool_ok(&["rsync", "-a", "--delete", &from, &to]);
+    check(&files);
+    assert!(!m.store().join("one").exists());
+    assert_eq!(names(&m.store()).len(), files.len());
+    assert_no_temp_files(&m);
+}
+
+#[test]
+fn sqlite_database_survives_transactions_and_a_fresh_reader() {
+    require_fuse!();
+    require!(
+        on_path("sqlite3"),
+        "sqlite3 is not installed (apt-get install sqlite3)"
+    );
+    let m = Mounted::unlocked();
+    let db = m.at("db.sqlite");
+    let sql = |script: &str| {
+        m.tool_ok(&[
+            "sqlite3",
+            "-bail",
+            "-batch",
+            "-init",
+            "/dev/null",
+            s(&db),
+            script,
+        ])
+    };
+    // 1010-character rows, so the database spans many 64 KiB chunks.
+    let insert = |lo: u32, hi: u32| {
+        format!(
+            "BEGIN; WITH RECURSIVE c(i) AS (SELECT {lo} UNION ALL SELECT i + 1 FROM c WHERE i < {hi}) \
+             INSERT INTO t(id, v) SELECT i, printf('row-%05d-', i) || replace(hex(zeroblob(500)), '00', 'ab') FROM c; COMMIT;"
+        )
+    };
+    sql(&format!(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT NOT NULL); {} {}",
+        insert(1, 100),
+        insert(101, 200)
+    ));
+    sql(&format!(
+        "{} {} {} BEGIN; UPDATE t SET v = 'updated' WHERE id % 50 = 0; COMMIT;",
+        insert(201, 300),
+        insert(301, 400),
+        insert(401, 500)
+    ));
+    let out = String::from_utf8(sql(
+        "PRAGMA integrity_check; SELECT count(*), sum(id), sum(length(v)) FROM t; \
+         SELECT v FROM t WHERE id = 250; SELECT substr(v, 1, 12) FROM t WHERE id = 377;",
+    ))
+    .unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "ok",
+            &format!("500|125250|{}", 490 * 1010 + 10 * 7),
+            "updated",
+            "row-00377-ab"
+        ],
+        "{out}"
+    );
+    // The rollback journal is gone; only the database is left.
+    assert_eq!(names(&m.mnt), ["db.sqlite"]);
+    let raw = fs::read(m.store().join("db.sqlite")).unwrap();
+    assert!(raw.starts_with(AGE_MAGIC));
+    assert!(!contains(&raw, b"SQLite format 3") && !contains(&raw, b"row-00377-"));
+    assert_eq!(m.decrypt("db.sqlite"), fs::read(&db).unwrap());
+    assert_no_temp_files(&m);
+}
+
+#[test]
+fn reference_age_decrypts_a_file_written_through_the_mount() {
+    require_fuse!();
+    require!(on_path("age"), "age is not installed (apt-get install age)");
+    let m = Mounted::unlocked();
+    let content = pseudo_random(6, 300_000);
+    fs::write(m.at("for-age"), &content).unwrap();
+    let out = m.run(&["export-identity", "--passphrase-file", s(&m.pass)]);
+    assert!(out.status.success());
+    let key = m.home.parent().unwrap().join("key.txt");
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&key)
+        .unwrap()
+        .write_all(&out.stdout)
+        .unwrap();
+    let plain = m.tool_ok(&["age", "-d", "-i", s(&key), s(&m.store().join("for-age"))]);
+    assert_same("age -d", &plain, &content);
+}
+
+#[test]
+fn only_regular_files_and_attributes_are_fixed() {
+    require_fuse!();
+    let m = Mounted::unlocked();
+    let f = m.at("f");
+    fs::write(&f, b"0123456789").unwrap();
+
+    // Nothing but regular files, directly in the mount.
+    let eperm = "Operation not permitted";
+    m.tool_fails(&["mkdir", s(&m.at("d"))], eperm);
+    m.tool_fails(&["ln", "-s", "f", s(&m.at("sym"))], eperm);
+    m.tool_fails(&["ln", s(&f), s(&m.at("hard"))], eperm);
+    m.tool_fails(&["mkfifo", s(&m.at("fifo"))], eperm);
+    let errno = |r: std::io::Result<()>| r.unwrap_err().raw_os_error();
+    assert_eq!(errno(fs::create_dir(m.at("d"))), Some(libc::EPERM));
+    assert_eq!(
+        errno(std::os::unix::fs::symlink("f", m.at("sym"))),
+        Some(libc::EPERM)
+    );
+    assert_eq!(errno(fs::hard_link(&f, m.at("hard"))), Some(libc::EPERM));
+    assert_eq!(names(&m.mnt), ["f"]);
+    assert_eq!(names(&m.store()), ["f"]);
+
+    // chmod and chown are accepted and ignored.
+    m.tool_ok(&["chmod", "0644", s(&f)]);
+    m.tool_ok(&["chown", &my_uid().to_string(), s(&f)]);
+    assert_eq!(stat(&m, "%a %u", &f), format!("600 {}", my_uid()));
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o755)).unwrap();
+    assert_eq!(mode(&f), 0o600);
+
+    // truncate shortens, extends with zeros, empties.
+    m.tool_ok(&["truncate", "-s", "3", s(&f)]);
+    assert_eq!(fs::read(&f).unwrap(), b"012");
+    assert_eq!(m.decrypt("f"), b"012");
+    m.tool_ok(&["truncate", "-s", "6", s(&f)]);
+    assert_eq!(fs::read(&f).unwrap(), b"012\0\0\0");
+    m.tool_ok(&["truncate", "-s", "0", s(&f)]);
+    assert_eq!(fs::read(&f).unwrap(), b"");
+    assert_eq!(stat(&m, "%s", &f), "0");
+
+    // touch sets times, and creates an empty file.
+    m.tool_ok(&["touch", "-d", "2020-01-01 00:00:00 UTC", s(&f)]);
+    assert_eq!(stat(&m, "%Y", &f), "1577836800");
+    m.tool_ok(&["touch", s(&m.at("new"))]);
+    assert_eq!(fs::read(m.at("new")).unwrap(), b"");
+    assert_sealed(&m, "new", b"");
+
+    // Names up to 255 bytes; longer ones are refused.
+    let long = "n".repeat(255);
+    fs::write(m.at(&long), b"long name").unwrap();
+    assert_eq!(fs::read(m.at(&long)).unwrap(), b"long name");
+    let too_long = "n".repeat(256);
+    let err = fs::write(m.at(&too_long), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENAMETOOLONG), "{err}");
+    assert_eq!(names(&m.store()), ["f", "new", long.as_str()]);
+
+    // statfs works and reports the store's file system.
+    let df = String::from_utf8(m.tool_ok(&["df", s(&m.mnt)])).unwrap();
+    assert!(df.contains(s(&m.mnt)), "{df}");
+    let fs_of = |p: &Path| {
+        String::from_utf8(m.tool_ok(&["stat", "-f", "-c", "%b %S", s(p)]))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(
+        fs_of(&m.mnt),
+        fs_of(&m.store()),
+        "total blocks and block size"
+    );
+}
+
+/// What rsync -a, cp -p and tar do: write, close, then set the mtime. The
+/// time set after close(2) must stick (a late seal must not overwrite it).
+///
+/// KNOWN BUG (open): passes alone, but under a parallel test load a few of
+/// the 64 files lose the time; the race is not found yet. Run with
+/// `cargo test --test lockbox mtime -- --ignored`.
+#[test]
+#[ignore = "known race under load: an mtime set right after close is sometimes lost"]
+fn mtime_set_right_after_close_is_kept() {
+    require_fuse!();
+    let m = Mounted::unlocked();
+    let then = std::time::UNIX_EPOCH + Duration::from_secs(1_577_836_800);
+    for i in 0..64 {
+        let p = m.at(&format!("t{i:02}"));
+        fs::write(&p, pseudo_random(i, 500)).unwrap();
+        fs::File::open(&p)
+            .unwrap()
+            .set_times(fs::FileTimes::new().set_modified(then))
+            .unwrap();
+    }
+    // After a restart every handle is long released and sealed.
+    m.ok(&["stop"]);
+    m.unlock();
+    let wrong: Vec<String> = (0..64)
+        .map(|i| format!("t{i:02}"))
+        .filter(|n| fs::metadata(m.at(n)).unwrap().mtime() != 1_577_836_800)
+        .collect();
+    assert!(wrong.is_empty(), "mtime lost on {wrong:?}");
+}
+
+#[test]
+fn locked_mount_lists_moves_and_replaces_but_does_not_read() {
+    require_fuse!();
+    let m = Mounted::new(TEST_CONFIG);
+    m.start();
+    m.assert_mounted();
+    let denied = "Permission denied";
+
+    // Before the first unlock: creating works, reading does not.
+    let src = m.plain_file("v1", b"secret v1\n");
+    m.tool_ok(&["cp", s(&src), s(&m.at("f"))]);
+    let out = m.tool_fails(&["cat", s(&m.at("f"))], denied);
+    assert!(out.stdout.is_empty());
+    let err = fs::read(m.at("f")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{err}");
+    m.unlock();
+    assert_eq!(fs::read(m.at("f")).unwrap(), b"secret v1\n");
+
+    m.ok(&["lock"]);
+    let log_before = m.log().len();
+    // Names, sizes and times are not secret.
+    assert_eq!(names(&m.mnt), ["f"]);
+    assert_eq!(stat(&m, "%s %a", &m.at("f")), "10 600");
+    // Anything that needs the plaintext is refused.
+    let out = m.tool_fails(&["cat", s(&m.at("f"))], denied);
+    assert!(out.stdout.is_empty());
+    m.tool_fails(
+        &["bash", "-c", "echo more >> \"$1\"", "bash", s(&m.at("f"))],
+        denied,
+    );
+    let patch = m.plain_file("patch", b"XY");
+    m.tool_fails(
+        &[
+            "dd",
+            &format!("if={}", s(&patch)),
+            &format!("of={}", s(&m.at("f"))),
+            "bs=1",
+            "seek=2",
+            "conv=notrunc",
+            "status=none",
+        ],
+        denied,
+    );
+    assert_eq!(stat(&m, "%s", &m.at("f")), "10", "refused writes changed f");
+
+    // mv and a full replacement (O_TRUNC) work.
+    m.tool_ok(&["mv", s(&m.at("f")), s(&m.at("g"))]);
+    assert_eq!(names(&m.mnt), ["g"]);
+    assert!(!m.store().join("f").exists());
+    m.tool_ok(&["bash", "-c", "echo new > \"$1\"", "bash", s(&m.at("g"))]);
+    assert_eq!(stat(&m, "%s", &m.at("g")), "4");
+    // Creating works, and so does rm.
+    m.tool_ok(&["bash", "-c", "echo fresh > \"$1\"", "bash", s(&m.at("h"))]);
+    m.tool_ok(&["cp", s(&src), s(&m.at("i"))]);
+    m.tool_ok(&["rm", s(&m.at("i"))]);
+    assert_eq!(names(&m.mnt), ["g", "h"]);
+    assert_eq!(names(&m.store()), ["g", "h"]);
+    assert_store_is_ciphertext(&m);
+    let log = m.log();
+    assert!(
+        log[log_before..].contains("lockbox unlock"),
+        "the log says what to do:\n{log}"
+    );
+    m.unlock();
+    assert_eq!(fs::read(m.at("g")).unwrap(), b"new\n");
+    assert_eq!(fs::read(m.at("h")).unwrap(), b"fresh\n");
+
+    // Opening for reading and writing is opening for reading.
+    m.ok(&["lock"]);
+    let err = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.at("g"))
+        .unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EACCES), "open O_RDWR: {err}");
+}
+
+/// Flip one bit in the middle of an age file; returns the index of the
+/// STREAM chunk that holds it.
+fn tamper_middle(p: &Path) -> usize {
+    let mut raw = fs::read(p).unwrap();
+    let at = raw.len() / 2;
+    raw[at] ^= 0x01;
+    fs::write(p, &raw).unwrap();
+    // The payload starts after the header's MAC line and a 16-byte nonce.
+    let mac = raw.windows(5).position(|w| w == b"\n--- ").unwrap() + 1;
+    let payload = mac + raw[mac..].iter().position(|&b| b == b'\n').unwrap() + 1 + 16;
+    (at - payload) / (CHUNK + 16)
+}
+
+#[test]
+fn tampered_ciphertext_reads_as_eio_and_never_as_garbage() {
+    require_fuse!();
+    let m = Mounted::unlocked();
+    let text = |tag: &str, lines: usize| -> Vec<u8> {
+        (0..lines)
+            .flat_map(|i| format!("{tag}-{i:06}\n").into_bytes())
+            .collect()
+    };
+    let single = text("SECRETONE", 2_000); // 34 000 bytes: one chunk
+    let multi = text("SECRETMANY", 20_000); // 360 000 bytes: six chunks
+    fs::write(m.at("single-chunk"), &single).unwrap();
+    fs::write(m.at("multi-chunk"), &multi).unwrap();
+    // Restart, so that no cache of the agent or the kernel holds plaintext.
+    m.ok(&["stop"]);
+    tamper_middle(&m.store().join("single-chunk"));
+    let bad_chunk = tamper_middle(&m.store().join("multi-chunk"));
+    assert!(
+        bad_chunk >= 1,
+        "the damage should not be in the first chunk"
+    );
+    m.unlock();
+    m.assert_mounted();
+
+    let out = m.tool_fails(&["cat", s(&m.at("single-chunk"))], "Input/output error");
+    assert!(
+        out.stdout.is_empty(),
+        "cat printed {} bytes",
+        out.stdout.len()
+    );
+    let err = fs::read(m.at("single-chunk")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+
+    // Authentic chunks before the damaged one may be returned; nothing else.
+    let out = m.tool_fails(&["cat", s(&m.at("multi-chunk"))], "Input/output error");
+    assert!(
+        out.stdout.len() <= bad_chunk * CHUNK && multi.starts_with(&out.stdout),
+        "cat printed {} bytes; the damage is in chunk {bad_chunk}",
+        out.stdout.len()
+    );
+    let log = m.log();
+    for name in ["single-chunk", "multi-chunk"] {
+        assert!(
+            log.lines().any(|l| l.contains("WARN") && l.contains(name)),
+            "a WARN names {name}:\n{log}"
+        );
+    }
+    assert!(!log.contains("SECRETONE") && !log.contains("SECRETMANY"));
+    // Nothing else is disturbed.
+    fs::write(m.at("fine"), b"still fine").unwrap();
+    assert_eq!(fs::read(m.at("fine")).unwrap(), b"still fine");
+}
+
+#[test]
+fn writes_past_max_file_size_fail_with_efbig_and_keep_the_old_version() {
+    require_fuse!();
+    let m = Mounted::unlocked_with(&format!("{TEST_CONFIG}max_file_size: 1MiB\n"));
+    let v1 = pseudo_random(10, 100_000);
+    fs::write(m.at("big"), &v1).unwrap();
+    let sealed = fs::read(m.store().join("big")).unwrap();
+
+    // The 17th 64 KiB block crosses 1 MiB.
+    m.tool_fails(
+        &[
+            "dd",
+            "if=/dev/zero",
+            &format!("of={}", s(&m.at("big"))),
+            "bs=64k",
+            "count=20",
+            "status=none",
+        ],
+        "File too large",
+    );
+    assert_same("big after EFBIG", &fs::read(m.at("big")).unwrap(), &v1);
+    assert_same("decrypted big after EFBIG", &m.decrypt("big"), &v1);
+    assert_eq!(
+        fs::read(m.store().join("big")).unwrap(),
+        sealed,
+        "store/big changed"
+    );
+
+    // Exactly the limit is fine; one byte more is EFBIG on that write.
+    m.tool_ok(&[
+        "dd",
+        "if=/dev/zero",
+        &format!("of={}", s(&m.at("exact"))),
+        "bs=64k",
+        "count=16",
+        "status=none",
+    ]);
+    assert_eq!(fs::metadata(m.at("exact")).unwrap().len(), MIB as u64);
+    assert_eq!(m.decrypt("exact"), vec![0u8; MIB]);
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(m.at("big"))
+        .unwrap();
+    file.write_all(&vec![7u8; MIB]).unwrap();
+    let err = file.write_all(b"!").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EFBIG), "{err}");
+    drop(file);
+    assert_same(
+        "big after a second EFBIG",
+        &fs::read(m.at("big")).unwrap(),
+        &v1,
+    );
+    assert_no_temp_files(&m);
+}
+
+#[test]
+fn concurrent_readers_and_writers_see_whole_versions() {
+    require_fuse!();
+    let m = Mounted::unlocked();
+
+    // Two readers of one file read the same bytes.
+    let shared = pseudo_random(11, 2 * MIB + 1);
+    fs::write(m.at("shared"), &shared).unwrap();
+    thread::scope(|sc| {
+        for _ in 0..2 {
+            sc.spawn(|| {
+                for _ in 0..5 {
+                    assert_same("parallel read", &fs::read(m.at("shared")).unwrap(), &shared);
+                }
+            });
+        }
+    });
+
+    // A reader never sees a mix while a writer replaces the file (a new
+    // version is written beside it and renamed over it, as editors do).
+    const SIZE: usize = MIB;
+    fs::write(m.at("flip"), vec![1u8; SIZE]).unwrap();
+    let done = AtomicBool::new(false);
+    let reads = AtomicUsize::new(0);
+    thread::scope(|sc| {
+        sc.spawn(|| {
+            while !done.load(Ordering::SeqCst) || reads.load(Ordering::SeqCst) < 10 {
+                let got = fs::read(m.at("flip")).unwrap();
+                assert_eq!(got.len(), SIZE, "a reader saw a short version");
+                let first = got[0];
+                assert!(
+                    (1..=8).contains(&first) && got.iter().all(|&b| b == first),
+                    "a reader saw a mix of versions (first byte {first}, mixed at {:?})",
+                    got.iter().position(|&b| b != first)
+                );
+                reads.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        let written = (2..=8u8).try_for_each(|v| {
+            fs::write(m.at(".flip.tmp"), vec![v; SIZE])?;
+            fs::rename(m.at(".flip.tmp"), m.at("flip"))
+        });
+        // Set before any panic, or the reader would loop forever.
+        done.store(true, Ordering::SeqCst);
+        written.expect("replace flip");
+    });
+    assert_eq!(fs::read(m.at("flip")).unwrap(), vec![8u8; SIZE]);
+
+    // 32 writers at once, each to its own file.
+    let contents: Vec<Vec<u8>> = (0..32)
+        .map(|i| pseudo_random(1000 + i, 50_000 + 7919 * i as usize))
+        .collect();
+    thread::scope(|sc| {
+        for (i, content) in contents.iter().enumerate() {
+            let m = &m;
+            sc.spawn(move || fs::write(m.at(&format!("par{i:02}")), content).unwrap());
+        }
+    });
+    for (i, content) in contents.iter().enumerate() {
+        let name = format!("par{i:02}");
+        assert_same(&name, &fs::read(m.at(&name)).unwrap(), content);
+    }
+    assert_eq!(names(&m.store()).len(), 32 + 2);
+    assert_store_is_ciphertext(&m);
+    assert_no_temp_files(&m);
+}
+
+#[test]
+fn plaintext_left_in_the_bare_folder_is_sealed_at_mount() {
+    require_fuse!();
+    let m = Mounted::new(TEST_CONFIG);
+    let secret = b"dropped in while the agent was down\n";
+    fs::write(m.at("dropped.txt"), secret).unwrap();
+    m.start();
+    m.assert_mounted();
+    assert_sealed(&m, "dropped.txt", secret);
+    assert_eq!(names(&m.mnt), ["dropped.txt"]);
+    m.unlock();
+    assert_eq!(fs::read(m.at("dropped.txt")).unwrap(), secret);
+    // The plaintext is gone from under the mount point.
+    m.ok(&["stop"]);
+    assert_eq!(mount_type(&m.mnt), None, "stop unmounts");
+    assert!(
+        names(&m.mnt).is_empty(),
+        "the bare folder still holds plaintext"
+    );
+    assert_eq!(mode(&m.mnt), 0o700);
+}
+
+#[test]
+fn stop_unmounts_and_a_restart_mounts_again() {
+    require_fuse!();
+    let m = Mounted::unlocked();
+    fs::write(m.at("kept"), b"across restarts").unwrap();
+    let pid = m.agent_pid().unwrap();
+    m.ok(&["stop"]);
+    assert!(!alive(pid));
+    assert_eq!(mount_type(&m.mnt), None, "stop unmounts");
+    assert!(names(&m.mnt).is_empty());
+    // SIGTERM unmounts too.
+    m.start();
+    m.assert_mounted();
+    let pid = m.agent_pid().unwrap();
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    wait_until(Duration::from_secs(20), || !alive(pid)).unwrap();
+    assert_eq!(mount_type(&m.mnt), None, "SIGTERM unmounts");
+    m.unlock();
+    m.assert_mounted();
+    assert_eq!(fs::read(m.at("kept")).unwrap(), b"across restarts");
+    // Tools such as findmnt, df -t and mount -t know it by its type.
+    // Through fusermount3 (ordinary users) the type is `fuse.lockbox`; root
+    // mounts directly and fuser passes plain `fuse` (the subtype is dropped).
+    let ty = mount_type(&m.mnt);
+    assert!(
+        matches!(ty.as_deref(), Some("fuse.lockbox") | Some("fuse")),
+        "{ty:?}"
+    );
+}
