@@ -26,17 +26,13 @@ fn reference_age_decrypts_our_store_files() {
     let content: Vec<u8> = (0..150_000u32).map(|i| (i % 253) as u8).collect();
     let src = e.plain_file("blob", &content);
     e.ok(&["encrypt", &src.to_string_lossy()]);
-    let out = e
-        .cmd(&[
-            "export-identity",
-            "--passphrase-file",
-            &e.pass.to_string_lossy(),
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let key = e.ok(&[
+        "export-identity",
+        "--passphrase-file",
+        &e.pass.to_string_lossy(),
+    ]);
     let keyfile = e.home.join("key.txt");
-    fs::write(&keyfile, &out.stdout).unwrap();
+    fs::write(&keyfile, key).unwrap();
     let dec = Command::new("age")
         .args(["-d", "-i"])
         .arg(&keyfile)
