@@ -4,7 +4,7 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Seek, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use anyhow::{bail, Context};
@@ -200,18 +200,16 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
             .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        fs::File::open(dir)?.sync_all()
+        fs::rename(&tmp, path)
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
-    result.with_context(|| format!("cannot write {}", path.display()))
+    result.with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(lockbox_fs::store::sync_dir(dir)?)
 }
 
 /// Create a directory (and parents) with mode 0700.
 pub fn private_dir(path: &Path) -> anyhow::Result<()> {
-    fs::create_dir_all(path).with_context(|| format!("cannot create {}", path.display()))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("cannot chmod {}", path.display()))
+    Ok(lockbox_fs::store::ensure_private_dir(path)?)
 }

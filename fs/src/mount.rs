@@ -142,36 +142,35 @@ impl Mount {
     /// unmount is refused as busy), the mount is detached instead and goes
     /// away when they close.
     pub fn unmount(mut self) -> io::Result<()> {
+        self.shutdown()
+    }
+
+    /// The one shutdown path, for [`Mount::unmount`] and for `Drop`.
+    fn shutdown(&mut self) -> io::Result<()> {
+        let Some(session) = self.session.take() else {
+            return Ok(());
+        };
         let sealed = self.fs.seal_all();
         if sealed > 0 {
             tracing::info!("sealed {sealed} open file(s) before unmounting");
         }
-        let Some(session) = self.session.take() else {
-            return Ok(());
-        };
-        match session.umount_and_join() {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                tracing::warn!(
-                    "unmount of {} failed ({e}): detaching it",
-                    self.path.display()
-                );
-                if state(&self.path) != MountState::NotMounted {
-                    detach(&self.path)?;
-                }
-                Ok(())
+        if let Err(e) = session.umount_and_join() {
+            tracing::warn!(
+                "unmount of {} failed ({e}): detaching it",
+                self.path.display()
+            );
+            if state(&self.path) != MountState::NotMounted {
+                detach(&self.path)?;
             }
         }
+        Ok(())
     }
 }
 
 impl Drop for Mount {
     fn drop(&mut self) {
-        if let Some(session) = self.session.take() {
-            self.fs.seal_all();
-            if session.umount_and_join().is_err() && state(&self.path) != MountState::NotMounted {
-                let _ = detach(&self.path);
-            }
+        if let Err(e) = self.shutdown() {
+            tracing::warn!("{e}");
         }
     }
 }

@@ -518,7 +518,9 @@ fn probe(path: &Path, size: u64) -> Result<(bool, Option<u64>), Error> {
     Ok((true, len))
 }
 
-fn ensure_private_dir(d: &Path) -> Result<(), Error> {
+/// Create a directory (and parents) with mode 0700, fixing its mode if
+/// it exists with another.
+pub fn ensure_private_dir(d: &Path) -> Result<(), Error> {
     fs::create_dir_all(d).map_err(|e| Error::io("create", d, e))?;
     let meta = d.metadata().map_err(|e| Error::io("stat", d, e))?;
     if meta.permissions().mode() & 0o777 != 0o700 {

@@ -7,7 +7,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::time::Duration;
 
-use crate::util::{alive, mode, wait_until, Envoy, TEST_CONFIG};
+use crate::util::{alive, control_frame, mode, wait_until, Envoy, TEST_CONFIG};
 
 #[test]
 fn daemon_is_single_instance_and_stop_removes_the_socket() {
@@ -92,9 +92,7 @@ fn status_resets_the_idle_timer() {
 
 fn raw_request(sock: &Path, json: &str) -> Vec<u8> {
     let mut s = UnixStream::connect(sock).unwrap();
-    let mut frame = ((json.len() + 1) as u32).to_be_bytes().to_vec();
-    frame.push(b'J');
-    frame.extend_from_slice(json.as_bytes());
+    let frame = control_frame(b'J', json.as_bytes());
     s.write_all(&frame).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut out = Vec::new();
@@ -142,17 +140,13 @@ fn an_interrupted_encrypt_changes_nothing() {
     // Start an encrypt of "keep", send some data, then vanish.
     let mut s = UnixStream::connect(e.state().join("agent.sock")).unwrap();
     let req = r#"{"Encrypt":{"name":[107,101,101,112]}}"#;
-    let mut frame = ((req.len() + 1) as u32).to_be_bytes().to_vec();
-    frame.push(b'J');
-    frame.extend_from_slice(req.as_bytes());
+    let frame = control_frame(b'J', req.as_bytes());
     s.write_all(&frame).unwrap();
     let mut ok = [0u8; 64];
     let n = s.read(&mut ok).unwrap();
     assert!(String::from_utf8_lossy(&ok[..n]).contains("Ok"));
     let data = b"half of version two";
-    let mut frame = ((data.len() + 1) as u32).to_be_bytes().to_vec();
-    frame.push(b'D');
-    frame.extend_from_slice(data);
+    let frame = control_frame(b'D', data);
     s.write_all(&frame).unwrap();
     drop(s);
     // The agent notices the sender vanished and says so; the old version stays.

@@ -117,9 +117,7 @@ fn full_flow_as_an_unprivileged_user_with_a_hardened_agent() {
     // The socket refuses another uid even when it can reach it (root can).
     let mut s = UnixStream::connect(e.state().join("agent.sock")).unwrap();
     let req = br#"{"Status":null}"#;
-    let mut frame = ((req.len() + 1) as u32).to_be_bytes().to_vec();
-    frame.push(b'J');
-    frame.extend_from_slice(req);
+    let frame = crate::util::control_frame(b'J', req);
     let _ = s.write_all(&frame);
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut reply = Vec::new();

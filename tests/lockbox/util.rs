@@ -333,3 +333,12 @@ pub fn wait_exit(
     }
     status
 }
+
+/// A raw control-socket frame (4-byte big-endian length, kind byte,
+/// payload), for tests that speak to the agent without the CLI.
+pub fn control_frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+    let mut frame = ((payload.len() + 1) as u32).to_be_bytes().to_vec();
+    frame.push(kind);
+    frame.extend_from_slice(payload);
+    frame
+}
