@@ -30,8 +30,10 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod announce;
+pub mod discovery;
 mod codec;
 pub mod name;
+pub mod tls;
 pub mod version;
 
 pub use announce::Announcement;

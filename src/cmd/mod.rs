@@ -4,5 +4,6 @@
 pub mod agentctl;
 pub mod demo;
 pub mod files;
+pub mod fleet;
 pub mod init;
 pub mod report;

@@ -1,0 +1,1 @@
+//! Multicast discovery sockets (work in progress).

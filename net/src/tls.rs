@@ -1,0 +1,1 @@
+//! Fleet CA and mutual-TLS configuration (work in progress).

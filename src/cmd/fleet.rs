@@ -1,0 +1,1 @@
+//! `lockbox fleet init|issue` and `lockbox renew-cert` (work in progress).
