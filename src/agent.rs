@@ -15,6 +15,9 @@ use lockbox_crypto::seal::Opened;
 use lockbox_fs::Name;
 use tokio::sync::Notify;
 
+use lockbox_net::mesh::{Mesh, MeshConfig};
+use lockbox_net::replica::Replica;
+
 use crate::control::{self, DataFrames, Failure, Frame, Request, Response};
 use crate::envoy::{self, Envoy};
 use crate::paths::Paths;
@@ -34,6 +37,14 @@ const DIR_SYNC_WINDOW: std::time::Duration = std::time::Duration::from_millis(10
 
 struct Agent {
     envoy: Envoy,
+    /// Records, tombstones and members.
+    replica: Arc<Replica>,
+    /// The mesh, when it runs.
+    mesh: Option<Arc<Mesh>>,
+    /// The mesh in words (for status).
+    mesh_state: String,
+    /// Woken when the member set changes (re-encryption).
+    members_changed: Arc<Notify>,
     session: Arc<Mutex<Session>>,
     /// The mounted file system.
     fs: Arc<LockboxFs>,
@@ -61,11 +72,14 @@ pub fn run(paths: Paths) -> anyhow::Result<()> {
     // The lock comes before the store is touched: a second agent must not
     // clean up the first one's in-flight temp files.
     sys::return_freed_memory();
-    let (mut envoy, mut lock) = Envoy::load_exclusive(paths)?;
-    lock.write_pid()?;
-    // Renames into the store folder become durable within this window
+    // Renames into the store folder become durable within DIR_SYNC_WINDOW
     // (contents before the rename, always); fsync(2) and stop wait for it.
-    envoy.store = envoy.store.clone().with_grouped_dir_sync(DIR_SYNC_WINDOW);
+    let (envoy, mut lock) = Envoy::load_exclusive(paths, Some(DIR_SYNC_WINDOW))?;
+    lock.write_pid()?;
+    let replica = envoy
+        .replica
+        .clone()
+        .context("the replica was not opened")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -76,15 +90,24 @@ pub fn run(paths: Paths) -> anyhow::Result<()> {
     // No agent without its mount: otherwise ~/lockbox is a plain folder
     // that takes plaintext while the user believes it is sealed.
     let mount = mount_lockbox(&envoy, session.clone())?;
+    let fs_for_mesh = mount.fs().clone();
+    replica.on_remote_change(move |name| fs_for_mesh.invalidate(name));
+    let (mesh, mesh_state) = runtime.block_on(start_mesh(&envoy, &replica));
     let agent = Arc::new(Agent {
         fs: mount.fs().clone(),
         envoy,
+        replica,
+        mesh,
+        mesh_state,
         session,
         session_changed: Notify::new(),
+        members_changed: Arc::new(Notify::new()),
         shutdown: Notify::new(),
         hardening,
         stoppers: Mutex::new(Vec::new()),
     });
+    let notify = agent.members_changed.clone();
+    agent.replica.on_members_change(move || notify.notify_one());
     let result = runtime.block_on(serve(agent.clone()));
     // Seal what is open and unmount, then lock the session (zeroizing the
     // identity).
@@ -198,6 +221,7 @@ async fn serve(agent: Arc<Agent>) -> anyhow::Result<()> {
     fs::set_permissions(&sock_path, fs::Permissions::from_mode(0o600))?;
 
     tokio::spawn(idle_timer(agent.clone()));
+    tokio::spawn(reencrypt_when_needed(agent.clone()));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
 
@@ -246,6 +270,110 @@ async fn serve(agent: Arc<Agent>) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Start the mesh if this envoy has its mTLS material; otherwise say why
+/// it is off. Returns the mesh and a line for `status`.
+async fn start_mesh(envoy: &Envoy, replica: &Arc<Replica>) -> (Option<Arc<Mesh>>, String) {
+    let c = &envoy.config;
+    let tls = match lockbox_net::tls::TlsMaterial::load(&envoy.paths.tls()) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!("the mesh is off: {e}");
+            return (None, format!("off: {e}"));
+        }
+    };
+    let (server, client) = match (tls.server_config(), tls.client_config()) {
+        (Ok(s), Ok(c)) => (s, c),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!("the mesh is off: {e}");
+            return (None, format!("off: {e}"));
+        }
+    };
+    let ip: std::net::IpAddr = match c.listen.parse() {
+        Ok(ip) => ip,
+        Err(_) => return (None, format!("off: listen address {:?} is not an IP address", c.listen)),
+    };
+    let multicast = match c.multicast {
+        crate::config::Multicast::Off => None,
+        crate::config::Multicast::Group(g) => Some(g),
+    };
+    let cfg = MeshConfig {
+        listen: std::net::SocketAddr::new(ip, c.peer_port),
+        multicast,
+        announce_interval: c.announce_interval,
+        stale_after: c.stale_after,
+        static_peers: c.cross_subnet_peers.clone(),
+        push_concurrency: c.push_concurrency as usize,
+        disk_pressure_percent: c.disk_pressure_percent,
+        max_file_size: c.max_file_size,
+        recipient: replica.own_recipient().unwrap_or_default(),
+        default_port: 1531,
+    };
+    match Mesh::start(replica.clone(), cfg, server, client).await {
+        Ok(m) => {
+            let state = format!(
+                "on: peer port {}, discovery {}, {} static peer(s)",
+                m.port(),
+                c.multicast,
+                c.cross_subnet_peers.len()
+            );
+            (Some(m), state)
+        }
+        Err(e) => {
+            tracing::warn!("the mesh is off: {e}");
+            (None, format!("off: {e}"))
+        }
+    }
+}
+
+/// While unlocked, re-encrypt every file sealed to an older member set:
+/// at unlock, and whenever the member set changes.
+async fn reencrypt_when_needed(agent: Arc<Agent>) {
+    loop {
+        let a = agent.clone();
+        let _ = tokio::task::spawn_blocking(move || reencrypt(&a, |_, _| {})).await;
+        tokio::select! {
+            _ = agent.members_changed.notified() => {}
+        }
+    }
+}
+
+/// Re-encrypt the drifted files now, if unlocked; `progress(done, total)`
+/// after each. Returns how many were re-encrypted.
+fn reencrypt(agent: &Agent, mut progress: impl FnMut(usize, usize)) -> Result<usize, String> {
+    let drift = agent.replica.drift();
+    if drift.is_empty() {
+        return Ok(0);
+    }
+    let identity = agent
+        .session
+        .lock()
+        .ok()
+        .and_then(|s| s.peek_identity())
+        .ok_or_else(|| "locked: run lockbox unlock".to_string())?;
+    let recipients =
+        envoy::read_recipients(&agent.envoy.paths.recipients()).map_err(|e| format!("{e:#}"))?;
+    let max = agent.envoy.config.max_file_size;
+    let total = drift.len();
+    let mut done = 0;
+    for (i, name) in drift.iter().enumerate() {
+        let r = agent.replica.reseal_if_drifted(name, |src, out| {
+            let opened = Opened::open(&identity, src).map_err(|e| e.to_string())?;
+            lockbox_fs::store::seal_into(out, name, opened, &recipients, max)
+                .map_err(|e| e.to_string())
+        });
+        match r {
+            Ok(true) => done += 1,
+            Ok(false) => {}
+            Err(e) => tracing::warn!("could not re-encrypt {name}: {e}"),
+        }
+        progress(i + 1, total);
+    }
+    if done > 0 {
+        tracing::info!("re-encrypted {done} file(s) to the current members");
+    }
+    Ok(done)
 }
 
 /// Lock the session when it has been idle for the timeout.
@@ -398,6 +526,15 @@ fn status(agent: &Agent) -> StatusReport {
                 .into()
         }
     };
+    report.mesh = agent.mesh_state.clone();
+    report.recipient_drift = agent.replica.drift().len();
+    if let Some(mesh) = &agent.mesh {
+        report.last_catch_up = mesh
+            .last_catchup()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs() as i64);
+        report.peers = peer_lines(&agent.replica.members().names(), &agent.envoy.config.envoy, &mesh.peers());
+    }
     report.hardening = Some(agent.hardening);
     if agent.hardening.dumpable {
         report
@@ -410,6 +547,46 @@ fn status(agent: &Agent) -> StatusReport {
             .push("the agent could not disable core dumps".into());
     }
     report
+}
+
+/// One line per member envoy (live, stale, or absent when never heard
+/// from), then one per refused peer.
+fn peer_lines(
+    members: &[String],
+    me: &str,
+    peers: &[lockbox_net::mesh::PeerStatus],
+) -> Vec<crate::status::PeerLine> {
+    let mut lines = Vec::new();
+    for m in members.iter().filter(|m| m.as_str() != me) {
+        let seen: Vec<_> = peers
+            .iter()
+            .filter(|p| p.envoy.as_deref() == Some(m.as_str()) && p.refused.is_none())
+            .collect();
+        let line = match seen.iter().find(|p| p.live).or(seen.first()) {
+            Some(p) => crate::status::PeerLine {
+                envoy: m.clone(),
+                state: if p.live { "live" } else { "stale" }.into(),
+                detail: match p.last_seen_secs {
+                    Some(s) => format!("{}, heard {s}s ago", p.addr),
+                    None => p.addr.clone(),
+                },
+            },
+            None => crate::status::PeerLine {
+                envoy: m.clone(),
+                state: "absent".into(),
+                detail: "a member, not heard from since this agent started".into(),
+            },
+        };
+        lines.push(line);
+    }
+    for p in peers.iter().filter(|p| p.refused.is_some()) {
+        lines.push(crate::status::PeerLine {
+            envoy: p.envoy.clone().unwrap_or_else(|| "?".into()),
+            state: "refused".into(),
+            detail: format!("{}: {}", p.addr, p.refused.clone().unwrap_or_default()),
+        });
+    }
+    lines
 }
 
 fn unlock(agent: &Agent, passphrase: &str) -> Response {
@@ -450,6 +627,8 @@ fn unlock(agent: &Agent, passphrase: &str) -> Response {
         s.unlock(identity, Instant::now());
     }
     agent.session_changed.notify_one();
+    // Unlocking lets files sealed to an older member set be re-encrypted.
+    agent.members_changed.notify_one();
     tracing::info!("session unlocked");
     let swept = match agent.envoy.sweep() {
         Ok(r) => r.sealed.len(),

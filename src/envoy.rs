@@ -7,8 +7,13 @@ use std::io::{Read, Seek, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
+use std::sync::Arc;
+
 use anyhow::{bail, Context};
+use lockbox_crypto::sign::SigningKey;
 use lockbox_crypto::AgeRecipient;
+use lockbox_net::replica::{Replica, ReplicaPaths};
+use lockbox_net::WireName;
 use lockbox_fs::{Name, Sealed, Store, SweepReport};
 
 use crate::config::Config;
@@ -20,8 +25,11 @@ pub struct Envoy {
     pub paths: Paths,
     /// Its config.
     pub config: Config,
-    /// Its store.
+    /// Its store (with the replica as journal once the replica is open).
     pub store: Store,
+    /// The replica: records, tombstones, members. Open only with the agent
+    /// lock held ([`Envoy::load_exclusive`]): its database is single-writer.
+    pub replica: Option<Arc<Replica>>,
 }
 
 impl Envoy {
@@ -39,20 +47,58 @@ impl Envoy {
             paths,
             config,
             store,
+            replica: None,
         })
     }
 
     /// Load for writing: take the agent lock first (so no agent or other
     /// command writes the store meanwhile), then load and remove leftovers of
     /// interrupted writes. The lock is held until the returned guard drops.
-    pub fn load_exclusive(paths: Paths) -> anyhow::Result<(Envoy, AgentLock)> {
+    ///
+    /// `dir_sync`: group the store folder's syncs within this window (the
+    /// agent); None syncs per operation (the CLI).
+    pub fn load_exclusive(
+        paths: Paths,
+        dir_sync: Option<std::time::Duration>,
+    ) -> anyhow::Result<(Envoy, AgentLock)> {
         let lock = AgentLock::take(&paths)?;
-        let envoy = Envoy::load(paths)?;
+        let mut envoy = Envoy::load(paths)?;
+        if let Some(window) = dir_sync {
+            envoy.store = envoy.store.clone().with_grouped_dir_sync(window);
+        }
         let removed = envoy.store.remove_leftovers()?;
         if removed > 0 {
             tracing::info!("removed {removed} partial file(s) of interrupted writes");
         }
+        let replica = envoy.open_replica()?;
+        match replica.reconcile() {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("reconciled {n} record(s) with the store"),
+            Err(e) => tracing::warn!("could not reconcile the records with the store: {e}"),
+        }
+        envoy.store = replica.store().clone();
+        envoy.replica = Some(replica);
         Ok((envoy, lock))
+    }
+
+    fn open_replica(&self) -> anyhow::Result<Arc<Replica>> {
+        let key_path = self.paths.signing_key();
+        let key_text = read_capped(&key_path, 4096)?;
+        let signing = SigningKey::parse_file(&key_text)
+            .with_context(|| format!("{} is damaged", key_path.display()))?;
+        let user = WireName::new(self.config.user.as_str())
+            .map_err(|e| anyhow::anyhow!("user name: {e}"))?;
+        let envoy = WireName::new(self.config.envoy.as_str()).map_err(|e| {
+            anyhow::anyhow!("envoy name in config.yaml: {e}")
+        })?;
+        let paths = ReplicaPaths {
+            members: self.paths.members(),
+            circle_public: self.paths.circle_public(),
+            recipients: self.paths.recipients(),
+            meta: self.paths.meta(),
+        };
+        Replica::open(user, envoy, self.store.clone(), signing, paths)
+            .map_err(|e| anyhow::anyhow!(e))
     }
 
     /// The current recipient set from `recipients.txt`.
@@ -70,7 +116,8 @@ impl Envoy {
         Ok(sealed)
     }
 
-    /// Remove `name` (local for now; tombstones come with the mesh).
+    /// Remove `name`: the replica records a signed tombstone and the mesh
+    /// fans it out.
     pub fn delete(&self, name: &Name) -> anyhow::Result<()> {
         self.store.remove(name)?;
         tracing::info!("deleted {name}");

@@ -54,6 +54,10 @@ impl Paths {
     pub fn members(&self) -> PathBuf {
         self.state.join("members")
     }
+    /// `meta.redb`: version records, tombstones (the mesh's metadata).
+    pub fn meta(&self) -> PathBuf {
+        self.state.join("meta.redb")
+    }
     /// `store/`: ciphertext files.
     pub fn store(&self) -> PathBuf {
         self.state.join("store")

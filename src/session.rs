@@ -47,6 +47,12 @@ impl Session {
         false
     }
 
+    /// The identity for a use that should not count as activity (background
+    /// re-encryption), without touching the idle timer.
+    pub fn peek_identity(&self) -> Option<Arc<AgeIdentity>> {
+        self.identity.clone()
+    }
+
     /// The identity for a decryption, resetting the idle timer; `None` when
     /// locked (or idle past the timeout, which locks).
     pub fn use_identity(&mut self, now: Instant) -> Option<Arc<AgeIdentity>> {

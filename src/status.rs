@@ -117,6 +117,13 @@ pub struct StatusReport {
     pub recipients: Vec<String>,
     /// Peers (filled in by the mesh).
     pub peers: Vec<PeerLine>,
+    /// The mesh in words: its port and discovery, or why it is off.
+    #[serde(default)]
+    pub mesh: String,
+    /// Files sealed to a recipient set other than the current members
+    /// (re-encrypted at unlock, or by `lockbox reencrypt`).
+    #[serde(default)]
+    pub recipient_drift: usize,
     /// File counts.
     pub files: FileCounts,
     /// Last completed catch-up with a peer, seconds since the epoch.
@@ -134,8 +141,11 @@ pub struct StatusReport {
 pub struct PeerLine {
     /// Envoy name.
     pub envoy: String,
-    /// `live`, `stale` or `absent`.
+    /// `live`, `stale`, `absent` or `refused`.
     pub state: String,
+    /// Where it was reached, and why it was refused (if it was).
+    #[serde(default)]
+    pub detail: String,
 }
 
 impl StatusReport {
@@ -159,6 +169,8 @@ impl StatusReport {
             mount: "not mounted (agent not running)".into(),
             recipients,
             peers: Vec::new(),
+            mesh: "off (agent not running)".into(),
+            recipient_drift: 0,
             files: FileCounts::of(&entries),
             last_catch_up: None,
             long_absence: None,
@@ -180,6 +192,8 @@ impl StatusReport {
             mount: String::new(),
             recipients: vec![],
             peers: vec![],
+            mesh: String::new(),
+            recipient_drift: 0,
             files: Default::default(),
             last_catch_up: None,
             long_absence: None,
@@ -224,12 +238,25 @@ impl StatusReport {
                 self.recipients.join(", ")
             }
         );
+        if self.recipient_drift > 0 {
+            let _ = writeln!(
+                o,
+                "recipient drift: {} file(s) sealed to an older member set \
+                 (re-encrypted while unlocked; or run 'lockbox reencrypt')",
+                self.recipient_drift
+            );
+        }
+        let _ = writeln!(o, "mesh: {}", self.mesh);
         if self.peers.is_empty() {
             let _ = writeln!(o, "peers: none seen");
         } else {
             let _ = writeln!(o, "peers:");
             for p in &self.peers {
-                let _ = writeln!(o, "  {}: {}", p.envoy, p.state);
+                if p.detail.is_empty() {
+                    let _ = writeln!(o, "  {}: {}", p.envoy, p.state);
+                } else {
+                    let _ = writeln!(o, "  {}: {} ({})", p.envoy, p.state, p.detail);
+                }
             }
         }
         let f = &self.files;

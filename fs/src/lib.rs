@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod fuse;
+pub mod meta;
 pub mod mount;
 pub mod name;
 pub mod pages;
@@ -45,6 +46,12 @@ pub enum Error {
     /// Sealing or opening failed.
     #[error(transparent)]
     Crypto(#[from] lockbox_crypto::Error),
+    /// The metadata database failed.
+    #[error("metadata store: {0}")]
+    Meta(String),
+    /// The journal refused or failed to record a change.
+    #[error("{0}")]
+    Journal(String),
     /// A file-system operation in the store failed.
     #[error("could not {op} {}: {source}", path.display())]
     Io {

@@ -79,10 +79,53 @@ pub struct SweepReport {
 pub struct Store {
     dir: PathBuf,
     tmp: PathBuf,
+    /// Told of every change, under `changes` (see [`Journal`]).
+    journal: Option<Arc<dyn Journal>>,
+    /// Serialises the last step of every change of a name (rename or remove
+    /// into the store, and the journal entry for it), so the record of a
+    /// version and the file it describes move together.
+    changes: Arc<Mutex<()>>,
     /// When set, renames into the store folder are made durable by a
     /// background `fsync` of the folder within a bounded window, instead of
     /// one `fsync` per operation (see [`Store::with_grouped_dir_sync`]).
     grouped: Option<Arc<DirSyncer>>,
+}
+
+/// Told of every change the store makes on behalf of the mount or the CLI,
+/// while the store's change lock is held, right after the change is on disk.
+/// The mesh implements it to sign and record versions and tombstones. A
+/// journal cannot veto a change (it is already made); it logs its own
+/// failures, and the agent reconciles the store at its next start.
+pub trait Journal: Send + Sync + std::fmt::Debug {
+    /// `name` now holds a new version; `sealed` describes it when the store
+    /// sealed it (None when existing ciphertext was copied in).
+    fn changed(&self, name: &Name, sealed: Option<&Sealed>);
+    /// `name` was removed.
+    fn removed(&self, name: &Name);
+    /// `from` was renamed to `to` (replacing `to`).
+    fn renamed(&self, from: &Name, to: &Name);
+}
+
+/// A complete, durable file in the store's temp folder, not yet in the
+/// store; removed when dropped unless [`Store::commit_staged`] took it.
+#[derive(Debug)]
+pub struct StagedFile {
+    path: PathBuf,
+}
+
+impl StagedFile {
+    /// Where it is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for StagedFile {
+    fn drop(&mut self) {
+        if !self.path.as_os_str().is_empty() {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
 }
 
 /// Groups `fsync`s of the store folder: operations mark it dirty, and a
@@ -99,6 +142,8 @@ impl Store {
         let store = Store {
             dir: state_dir.join("store"),
             tmp: state_dir.join("tmp"),
+            journal: None,
+            changes: Arc::new(Mutex::new(())),
             grouped: None,
         };
         for d in [&store.dir, &store.tmp] {
@@ -183,6 +228,83 @@ impl Store {
         }
     }
 
+    /// Tell `journal` of every change from now on.
+    pub fn with_journal(mut self, journal: Arc<dyn Journal>) -> Store {
+        self.journal = Some(journal);
+        self
+    }
+
+    /// Take the change lock: while held, no name of the store changes
+    /// except through the holder (who uses the `*_locked` methods).
+    pub fn change_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.changes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Write a complete file into the temp folder with `fill`, made durable;
+    /// it enters the store only through [`Store::commit_staged`].
+    pub fn stage<T>(
+        &self,
+        fill: impl FnOnce(&mut File) -> Result<T, Error>,
+    ) -> Result<(StagedFile, T), Error> {
+        let staged = StagedFile {
+            path: self
+                .tmp
+                .join(format!("{:016x}.partial", rand::random::<u64>())),
+        };
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&staged.path)
+            .map_err(|e| Error::io("create", &staged.path, e))?;
+        let t = fill(&mut file)?;
+        file.sync_all()
+            .map_err(|e| Error::io("sync", &staged.path, e))?;
+        Ok((staged, t))
+    }
+
+    /// Rename a staged file into place as `name`. The caller holds
+    /// [`Store::change_lock`] and records the change itself (no journal).
+    pub fn commit_staged(&self, mut staged: StagedFile, name: &Name) -> Result<(), Error> {
+        let dest = self.path_of(name);
+        fs::rename(&staged.path, &dest).map_err(|e| Error::io("rename into", &dest, e))?;
+        staged.path = PathBuf::new();
+        self.dir_changed()
+    }
+
+    /// Remove `name`; the caller holds [`Store::change_lock`] (no journal).
+    /// A missing file is not an error.
+    pub fn remove_locked(&self, name: &Name) -> Result<(), Error> {
+        let p = self.path_of(name);
+        match fs::remove_file(&p) {
+            Ok(()) => self.dir_changed(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("remove", &p, e)),
+        }
+    }
+
+    /// Rename `from` to `to`; the caller holds [`Store::change_lock`] (no
+    /// journal).
+    pub fn rename_locked(&self, from: &Name, to: &Name) -> Result<(), Error> {
+        let (a, b) = (self.path_of(from), self.path_of(to));
+        fs::rename(&a, &b).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => Error::NotFound(from.to_string()),
+            _ => Error::io("rename", &a, e),
+        })?;
+        self.dir_changed()
+    }
+
+    /// Free space of the store's file system, in percent of its size
+    /// (what peers compare with `disk_pressure_percent`).
+    pub fn free_percent(&self) -> Result<u8, Error> {
+        let s = rustix::fs::statvfs(&self.dir)
+            .map_err(|e| Error::io("statvfs", &self.dir, e.into()))?;
+        if s.f_blocks == 0 {
+            return Ok(100);
+        }
+        Ok((s.f_bavail.saturating_mul(100) / s.f_blocks).min(100) as u8)
+    }
+
     /// The store directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -208,57 +330,30 @@ impl Store {
         recipients: &[AgeRecipient],
         max_size: u64,
     ) -> Result<Sealed, Error> {
-        let mut limited = plaintext.take(max_size.saturating_add(1));
-        let sealed = self.write_atomic(name, |file| {
-            let hasher = HashingWriter::new(BufWriter::with_capacity(256 * 1024, file));
-            let mut sealer = Sealer::new(recipients, hasher)?;
-            let n = pump(&mut limited, &mut sealer)?;
-            if n > max_size {
-                return Err(Error::TooLarge {
-                    name: name.to_string(),
-                    limit: max_size,
-                });
-            }
-            let (buf, hash, ciphertext_len) = sealer.finish()?.finish();
-            buf.into_inner()
-                .map_err(|e| Error::io("write", Path::new("temp file"), e.into_error()))?;
-            Ok(Sealed {
-                plaintext_len: n,
-                ciphertext_len,
-                hash,
-            })
-        })?;
-        Ok(sealed)
+        self.write_atomic(
+            name,
+            |file| seal_into(file, name, plaintext, recipients, max_size),
+            |s| Some(*s),
+        )
     }
 
     /// Write `name` atomically: `fill` writes the complete content into a
     /// fresh 0600 temp file, which is then synced and renamed into place.
+    /// The journal is told under the change lock, after the rename; `seen`
+    /// turns `fill`'s result into what the journal is told.
     fn write_atomic<T>(
         &self,
         name: &Name,
         fill: impl FnOnce(&mut File) -> Result<T, Error>,
+        seen: impl FnOnce(&T) -> Option<Sealed>,
     ) -> Result<T, Error> {
-        let tmp_path = self
-            .tmp
-            .join(format!("{:016x}.partial", rand::random::<u64>()));
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp_path)
-            .map_err(|e| Error::io("create", &tmp_path, e))?;
-        let result = fill(&mut file).and_then(|t| {
-            file.sync_all()
-                .map_err(|e| Error::io("sync", &tmp_path, e))?;
-            let dest = self.path_of(name);
-            fs::rename(&tmp_path, &dest).map_err(|e| Error::io("rename into", &dest, e))?;
-            self.dir_changed()?;
-            Ok(t)
-        });
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp_path);
+        let (staged, t) = self.stage(fill)?;
+        let _guard = self.change_lock();
+        self.commit_staged(staged, name)?;
+        if let Some(j) = &self.journal {
+            j.changed(name, seen(&t).as_ref());
         }
-        result
+        Ok(t)
     }
 
     /// Open a store file for reading (ciphertext or, for a plaintext entry,
@@ -274,21 +369,26 @@ impl Store {
     /// Remove `name` from the store (durably).
     pub fn remove(&self, name: &Name) -> Result<(), Error> {
         let p = self.path_of(name);
+        let _guard = self.change_lock();
         fs::remove_file(&p).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => Error::NotFound(name.to_string()),
             _ => Error::io("remove", &p, e),
         })?;
-        self.dir_changed()
+        self.dir_changed()?;
+        if let Some(j) = &self.journal {
+            j.removed(name);
+        }
+        Ok(())
     }
 
     /// Rename `from` to `to` inside the store (durably), replacing `to`.
     pub fn rename(&self, from: &Name, to: &Name) -> Result<(), Error> {
-        let (a, b) = (self.path_of(from), self.path_of(to));
-        fs::rename(&a, &b).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => Error::NotFound(from.to_string()),
-            _ => Error::io("rename", &a, e),
-        })?;
-        self.dir_changed()
+        let _guard = self.change_lock();
+        self.rename_locked(from, to)?;
+        if let Some(j) = &self.journal {
+            j.renamed(from, to);
+        }
+        Ok(())
     }
 
     /// Describe one file of the store.
@@ -427,10 +527,15 @@ impl Store {
                 .and_then(|mut f| {
                     if is_age_file(&mut f)? {
                         // Already ciphertext (e.g. copied from a store): keep as is.
-                        self.write_atomic(&name, |out| {
-                            io::copy(&mut f, out).map_err(|e| Error::io("copy", &path, e))?;
-                            Ok(())
-                        })
+                        self.write_atomic(
+                            &name,
+                            |out| {
+                                io::copy(&mut f, out)
+                                    .map_err(|e| Error::io("copy", &path, e))?;
+                                Ok(())
+                            },
+                            |_| None,
+                        )
                     } else {
                         self.seal(&name, f, recipients, max_size).map(|_| ())
                     }
@@ -462,6 +567,36 @@ impl Store {
         self.rename(name, &failed)?;
         Ok((name.clone(), failed, why.to_string()))
     }
+}
+
+/// Seal everything `plaintext` yields to `recipients` into `file` (the
+/// ciphertext, hashed on the way). More than `max_size` bytes of plaintext
+/// → [`Error::TooLarge`] (`name` is for the message).
+pub fn seal_into(
+    file: &mut File,
+    name: &Name,
+    plaintext: impl Read,
+    recipients: &[AgeRecipient],
+    max_size: u64,
+) -> Result<Sealed, Error> {
+    let mut limited = plaintext.take(max_size.saturating_add(1));
+    let hasher = HashingWriter::new(BufWriter::with_capacity(256 * 1024, file));
+    let mut sealer = Sealer::new(recipients, hasher)?;
+    let n = pump(&mut limited, &mut sealer)?;
+    if n > max_size {
+        return Err(Error::TooLarge {
+            name: name.to_string(),
+            limit: max_size,
+        });
+    }
+    let (buf, hash, ciphertext_len) = sealer.finish()?.finish();
+    buf.into_inner()
+        .map_err(|e| Error::io("write", Path::new("temp file"), e.into_error()))?;
+    Ok(Sealed {
+        plaintext_len: n,
+        ciphertext_len,
+        hash,
+    })
 }
 
 /// Copy plaintext from `src` into `dst` through a buffer that is zeroized

@@ -31,8 +31,11 @@
 
 pub mod announce;
 pub mod discovery;
+pub mod mesh;
 mod codec;
 pub mod name;
+pub mod records;
+pub mod replica;
 pub mod tls;
 pub mod version;
 

@@ -247,6 +247,11 @@ pub struct Candidate {
     pub sealed_unix: i64,
     /// The SHA-256 of its ciphertext, identifying its bytes.
     pub hash: [u8; 32],
+    /// A re-encryption of an earlier version's content to a new recipient
+    /// set; it keeps that version's vector.
+    pub reseal: bool,
+    /// How many envoys it is sealed to.
+    pub recipients: usize,
 }
 
 /// What to do when a second version of the same name meets the first.
@@ -278,6 +283,8 @@ pub enum Resolution<'a> {
 ///
 /// Causally ordered versions: the later one replaces the earlier. Concurrent
 /// versions (and, defensively, versions with equal vectors but different
+/// bytes, unless one is a re-encryption: then the one sealed to more envoys
+/// replaces the other)
 /// bytes) conflict; the winner is the greater by this total order, compared
 /// field by field:
 ///
@@ -294,6 +301,16 @@ pub fn resolve<'a>(a: &'a Candidate, b: &'a Candidate) -> Resolution<'a> {
         Causality::Before => Resolution::Supersedes { newer: b, older: a },
         Causality::After => Resolution::Supersedes { newer: a, older: b },
         Causality::Equal if a.hash == b.hash => Resolution::Same,
+        // Equal vectors and a re-encryption on either side: the same content
+        // under different recipients. Keep the one sealed to more envoys
+        // (then the greater hash); no conflict copy, nothing is lost.
+        Causality::Equal if a.reseal || b.reseal => {
+            if (a.recipients, a.hash) < (b.recipients, b.hash) {
+                Resolution::Supersedes { newer: b, older: a }
+            } else {
+                Resolution::Supersedes { newer: a, older: b }
+            }
+        }
         Causality::Equal | Causality::Concurrent => {
             if precedence(a, b) == Ordering::Less {
                 Resolution::Conflict {
@@ -431,7 +448,27 @@ mod tests {
             envoy: name(envoy),
             sealed_unix,
             hash: [hash; 32],
+            reseal: false,
+            recipients: 1,
         }
+    }
+
+    #[test]
+    fn a_reseal_replaces_without_a_conflict_copy() {
+        let v = vv(&[("desk", 2)]);
+        let original = candidate(v.clone(), "desk", 10, 1);
+        let mut reseal = candidate(v, "desk", 10, 9);
+        reseal.reseal = true;
+        reseal.recipients = 3;
+        for (a, b) in [(&original, &reseal), (&reseal, &original)] {
+            match resolve(a, b) {
+                Resolution::Supersedes { newer, .. } => assert_eq!(newer, &reseal),
+                other => panic!("expected the reseal to replace, got {other:?}"),
+            }
+        }
+        // An edit made after the original still supersedes the reseal.
+        let edit = candidate(vv(&[("desk", 2), ("laptop", 1)]), "laptop", 5, 2);
+        assert!(matches!(resolve(&reseal, &edit), Resolution::Supersedes { newer, .. } if newer == &edit));
     }
 
     fn reverse(c: Causality) -> Causality {

@@ -55,7 +55,7 @@ pub fn encrypt(paths: &Paths, path: &Path, name: Option<std::ffi::OsString>) -> 
         }
         None => {
             // No agent: seal directly, holding the agent lock meanwhile.
-            let (envoy, _lock) = Envoy::load_exclusive(paths.clone())?;
+            let (envoy, _lock) = Envoy::load_exclusive(paths.clone(), None)?;
             envoy.encrypt(&name, src)?.plaintext_len
         }
     };
@@ -132,7 +132,7 @@ pub fn delete(paths: &Paths, name: &OsStr) -> anyhow::Result<()> {
             other => return Err(client::into_error(other)),
         },
         None => {
-            let (envoy, _lock) = Envoy::load_exclusive(paths.clone())?;
+            let (envoy, _lock) = Envoy::load_exclusive(paths.clone(), None)?;
             envoy.delete(&name)?
         }
     }

@@ -1,0 +1,316 @@
+//! The metadata store: `~/.lockbox/meta.redb`, an embedded, crash-safe
+//! key-value database (redb) beside the ciphertext store.
+//!
+//! It holds, per file name, the signed record of the version in the store
+//! and the local `stat` of the store file when that record was written
+//! (`versions`, `local`); per name the signed tombstones (`tombstones`); and
+//! a few small values (`misc`). Records are opaque bytes here: the mesh
+//! (`lockbox-net`) gives them meaning. Every change is one transaction, so a
+//! crash leaves the tables as they were before or after it.
+//!
+//! The record of a version is written just after its ciphertext is renamed
+//! into the store, so a crash between the two can leave a store file newer
+//! than its record. The `local` stat tells: at start the agent re-hashes
+//! every store file whose stat differs from the recorded one
+//! ([`LocalStat::of`]) and records it as a new local version.
+
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::name::Name;
+use crate::Error;
+
+const VERSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("versions");
+const LOCAL: TableDefinition<&[u8], &[u8]> = TableDefinition::new("local");
+const TOMBSTONES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tombstones");
+const MISC: TableDefinition<&str, &[u8]> = TableDefinition::new("misc");
+
+/// What identifies one store file's bytes without reading them: inode,
+/// size and modification time in nanoseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalStat {
+    /// Inode number.
+    pub ino: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime_ns: i64,
+}
+
+impl LocalStat {
+    /// The stat of a store file.
+    pub fn of(path: &Path) -> std::io::Result<LocalStat> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::symlink_metadata(path)?;
+        Ok(LocalStat {
+            ino: m.ino(),
+            size: m.size(),
+            mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+        })
+    }
+
+    fn to_bytes(self) -> [u8; 24] {
+        let mut b = [0u8; 24];
+        b[..8].copy_from_slice(&self.ino.to_be_bytes());
+        b[8..16].copy_from_slice(&self.size.to_be_bytes());
+        b[16..].copy_from_slice(&self.mtime_ns.to_be_bytes());
+        b
+    }
+
+    fn from_bytes(b: &[u8]) -> Option<LocalStat> {
+        if b.len() != 24 {
+            return None;
+        }
+        let u = |r: std::ops::Range<usize>| u64::from_be_bytes(b[r].try_into().unwrap_or([0; 8]));
+        Some(LocalStat {
+            ino: u(0..8),
+            size: u(8..16),
+            mtime_ns: u(16..24) as i64,
+        })
+    }
+}
+
+/// One change; a batch of them commits atomically ([`Meta::apply`]).
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Record `record` as the version of `name`, whose store file has `stat`.
+    PutVersion {
+        /// The name.
+        name: Name,
+        /// The signed record bytes.
+        record: Vec<u8>,
+        /// The store file's stat, if it exists.
+        stat: Option<LocalStat>,
+    },
+    /// Forget the version of `name`.
+    DelVersion(Name),
+    /// Replace the tombstones of `name` (an encoded list; empty removes).
+    PutTombstones(Name, Vec<u8>),
+    /// Set a small value.
+    PutMisc(&'static str, Vec<u8>),
+}
+
+/// The metadata database of one envoy.
+#[derive(Debug)]
+pub struct Meta {
+    db: Database,
+}
+
+fn db_err(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Meta(format!("{what}: {e}"))
+}
+
+impl Meta {
+    /// Open (or create) the database at `path`, mode 0600.
+    pub fn open(path: &Path) -> Result<Meta, Error> {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Create it 0600 ourselves; redb would use the umask.
+        if !path.exists() {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| Error::io("create", path, e))?;
+        }
+        let db = Database::create(path).map_err(|e| {
+            db_err(
+                &format!(
+                    "cannot open {} (if it is damaged, move it away: the agent rebuilds it \
+                     from the store and its peers)",
+                    path.display()
+                ),
+                e,
+            )
+        })?;
+        let w = db.begin_write().map_err(|e| db_err("begin", e))?;
+        {
+            w.open_table(VERSIONS).map_err(|e| db_err("table", e))?;
+            w.open_table(LOCAL).map_err(|e| db_err("table", e))?;
+            w.open_table(TOMBSTONES).map_err(|e| db_err("table", e))?;
+            w.open_table(MISC).map_err(|e| db_err("table", e))?;
+        }
+        w.commit().map_err(|e| db_err("commit", e))?;
+        Ok(Meta { db })
+    }
+
+    /// Apply `ops` in one durable transaction.
+    pub fn apply(&self, ops: &[Op]) -> Result<(), Error> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let w = self.db.begin_write().map_err(|e| db_err("begin", e))?;
+        {
+            let mut versions = w.open_table(VERSIONS).map_err(|e| db_err("table", e))?;
+            let mut local = w.open_table(LOCAL).map_err(|e| db_err("table", e))?;
+            let mut tombs = w.open_table(TOMBSTONES).map_err(|e| db_err("table", e))?;
+            let mut misc = w.open_table(MISC).map_err(|e| db_err("table", e))?;
+            for op in ops {
+                match op {
+                    Op::PutVersion { name, record, stat } => {
+                        versions
+                            .insert(name.as_bytes(), record.as_slice())
+                            .map_err(|e| db_err("insert", e))?;
+                        match stat {
+                            Some(s) => {
+                                local
+                                    .insert(name.as_bytes(), &s.to_bytes()[..])
+                                    .map_err(|e| db_err("insert", e))?;
+                            }
+                            None => {
+                                local
+                                    .remove(name.as_bytes())
+                                    .map_err(|e| db_err("remove", e))?;
+                            }
+                        }
+                    }
+                    Op::DelVersion(name) => {
+                        versions
+                            .remove(name.as_bytes())
+                            .map_err(|e| db_err("remove", e))?;
+                        local
+                            .remove(name.as_bytes())
+                            .map_err(|e| db_err("remove", e))?;
+                    }
+                    Op::PutTombstones(name, list) => {
+                        if list.is_empty() {
+                            tombs
+                                .remove(name.as_bytes())
+                                .map_err(|e| db_err("remove", e))?;
+                        } else {
+                            tombs
+                                .insert(name.as_bytes(), list.as_slice())
+                                .map_err(|e| db_err("insert", e))?;
+                        }
+                    }
+                    Op::PutMisc(key, v) => {
+                        misc.insert(*key, v.as_slice())
+                            .map_err(|e| db_err("insert", e))?;
+                    }
+                }
+            }
+        }
+        w.commit().map_err(|e| db_err("commit", e))
+    }
+
+    /// The record of `name`'s version and its recorded local stat.
+    pub fn version(&self, name: &Name) -> Result<Option<(Vec<u8>, Option<LocalStat>)>, Error> {
+        let r = self.db.begin_read().map_err(|e| db_err("begin", e))?;
+        let versions = r.open_table(VERSIONS).map_err(|e| db_err("table", e))?;
+        let local = r.open_table(LOCAL).map_err(|e| db_err("table", e))?;
+        let Some(rec) = versions
+            .get(name.as_bytes())
+            .map_err(|e| db_err("get", e))?
+        else {
+            return Ok(None);
+        };
+        let stat = local
+            .get(name.as_bytes())
+            .map_err(|e| db_err("get", e))?
+            .and_then(|v| LocalStat::from_bytes(v.value()));
+        Ok(Some((rec.value().to_vec(), stat)))
+    }
+
+    /// Every `(name, record, local stat)`.
+    #[allow(clippy::type_complexity)]
+    pub fn versions(&self) -> Result<Vec<(Vec<u8>, Vec<u8>, Option<LocalStat>)>, Error> {
+        let r = self.db.begin_read().map_err(|e| db_err("begin", e))?;
+        let versions = r.open_table(VERSIONS).map_err(|e| db_err("table", e))?;
+        let local = r.open_table(LOCAL).map_err(|e| db_err("table", e))?;
+        let mut out = Vec::new();
+        for item in versions.iter().map_err(|e| db_err("scan", e))? {
+            let (k, v) = item.map_err(|e| db_err("scan", e))?;
+            let stat = local
+                .get(k.value())
+                .map_err(|e| db_err("get", e))?
+                .and_then(|s| LocalStat::from_bytes(s.value()));
+            out.push((k.value().to_vec(), v.value().to_vec(), stat));
+        }
+        Ok(out)
+    }
+
+    /// The encoded tombstone list of `name` (empty if none).
+    pub fn tombstones(&self, name: &Name) -> Result<Vec<u8>, Error> {
+        let r = self.db.begin_read().map_err(|e| db_err("begin", e))?;
+        let t = r.open_table(TOMBSTONES).map_err(|e| db_err("table", e))?;
+        Ok(t.get(name.as_bytes())
+            .map_err(|e| db_err("get", e))?
+            .map(|v| v.value().to_vec())
+            .unwrap_or_default())
+    }
+
+    /// Every `(name, encoded tombstone list)`.
+    pub fn all_tombstones(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
+        let r = self.db.begin_read().map_err(|e| db_err("begin", e))?;
+        let t = r.open_table(TOMBSTONES).map_err(|e| db_err("table", e))?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(|e| db_err("scan", e))? {
+            let (k, v) = item.map_err(|e| db_err("scan", e))?;
+            out.push((k.value().to_vec(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// A small value.
+    pub fn misc(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
+        let r = self.db.begin_read().map_err(|e| db_err("begin", e))?;
+        let t = r.open_table(MISC).map_err(|e| db_err("table", e))?;
+        Ok(t.get(key)
+            .map_err(|e| db_err("get", e))?
+            .map(|v| v.value().to_vec()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(s: &str) -> Name {
+        Name::new(s.as_bytes().to_vec()).unwrap()
+    }
+
+    #[test]
+    fn batches_commit_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.redb");
+        {
+            let m = Meta::open(&path).unwrap();
+            let stat = LocalStat {
+                ino: 7,
+                size: 100,
+                mtime_ns: -5,
+            };
+            m.apply(&[
+                Op::PutVersion {
+                    name: n("a"),
+                    record: b"ra".to_vec(),
+                    stat: Some(stat),
+                },
+                Op::PutVersion {
+                    name: n("b"),
+                    record: b"rb".to_vec(),
+                    stat: None,
+                },
+                Op::PutTombstones(n("c"), b"tc".to_vec()),
+                Op::PutMisc("k", b"v".to_vec()),
+            ])
+            .unwrap();
+            assert_eq!(m.version(&n("a")).unwrap(), Some((b"ra".to_vec(), Some(stat))));
+            m.apply(&[Op::DelVersion(n("b"))]).unwrap();
+        }
+        let m = Meta::open(&path).unwrap();
+        let all = m.versions().unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(m.version(&n("b")).unwrap(), None);
+        assert_eq!(m.tombstones(&n("c")).unwrap(), b"tc");
+        assert_eq!(m.tombstones(&n("a")).unwrap(), b"");
+        assert_eq!(m.misc("k").unwrap(), Some(b"v".to_vec()));
+        m.apply(&[Op::PutTombstones(n("c"), Vec::new())]).unwrap();
+        assert!(m.all_tombstones().unwrap().is_empty());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+}

@@ -1,0 +1,500 @@
+//! The signed records the mesh carries (SPEC §6.1, §6.3, §6.6): a
+//! [`FileVersion`] for every sealed version, a [`Tombstone`] for every
+//! delete, and the rules that compare them.
+//!
+//! Both are [`Record`]s: canonical bytes signed with the signing key of the
+//! envoy that made them (the envelope is [`Signed`]). Whether that signer is
+//! a member of the circle is the receiver's check, against its member table.
+//!
+//! The deletion rule is a pure function of version vectors, so every envoy
+//! reaches the same verdict whatever order records arrive in:
+//!
+//! - a tombstone deletes exactly the versions it had seen: version `v` is
+//!   deleted by tombstone `t` when `v.vv` is Before or Equal to `t.vv`;
+//! - a version made without knowing the tombstone (a concurrent edit)
+//!   survives it, and so does a deliberate re-add, whose vector is bumped
+//!   from the tombstone's and so comes after it;
+//! - per name the tombstone table keeps the maximal tombstones only (an
+//!   antichain): merging is a set union followed by dropping dominated
+//!   entries, so it is commutative, associative and idempotent.
+
+use lockbox_crypto::digest::Sha256;
+use lockbox_crypto::sign::{Decoder, Encoder, Record, Signed};
+use lockbox_fs::Name;
+use sha2::Digest;
+
+use crate::version::{Candidate, Causality, VersionVector};
+use crate::WireName;
+
+/// Most recipients a version names (one per envoy of the circle).
+pub const MAX_RECIPIENTS: usize = 256;
+
+fn bad(what: &str) -> lockbox_crypto::Error {
+    lockbox_crypto::Error::Malformed(what.to_string())
+}
+
+fn decode_name(d: &mut Decoder<'_>) -> lockbox_crypto::Result<Name> {
+    let raw = d.bytes(lockbox_fs::name::MAX_NAME_BYTES)?;
+    Name::new(raw.to_vec()).map_err(|e| bad(&format!("record file name: {e}")))
+}
+
+fn decode_wire(d: &mut Decoder<'_>, field: &str) -> lockbox_crypto::Result<WireName> {
+    let s = d.str(WireName::MAX_LEN)?;
+    WireName::new(s).map_err(|e| bad(&format!("{field}: {e}")))
+}
+
+fn decode_vv(d: &mut Decoder<'_>) -> lockbox_crypto::Result<VersionVector> {
+    let raw = d.bytes(crate::version::MAX_ENCODED_LEN)?;
+    VersionVector::decode(raw).map_err(|e| bad(&format!("version vector: {e}")))
+}
+
+fn encode_vv(e: &mut Encoder, vv: &VersionVector) {
+    // A vector in a record we made is always encodable (≤ 256 envoys); a
+    // hostile one never reaches here because decoding caps it.
+    e.bytes(&vv.encode().unwrap_or_default());
+}
+
+/// One sealed version of a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileVersion {
+    /// The user whose lockbox it belongs to.
+    pub user: WireName,
+    /// The name it was sealed under.
+    pub name: Name,
+    /// Its version vector.
+    pub vv: VersionVector,
+    /// The envoy that wrote the content (kept by re-encryptions).
+    pub author: WireName,
+    /// When the content was sealed, Unix seconds by the author's clock.
+    pub sealed_unix: i64,
+    /// Plaintext length in bytes.
+    pub plaintext_len: u64,
+    /// Ciphertext length in bytes (the store file, the transfer body).
+    pub ciphertext_len: u64,
+    /// SHA-256 of the ciphertext.
+    pub hash: Sha256,
+    /// The envoys it is sealed to, sorted.
+    pub recipients: Vec<WireName>,
+    /// A re-encryption of the same content to a new recipient set: it keeps
+    /// the vector of the version it re-encrypts.
+    pub reseal: bool,
+}
+
+impl Record for FileVersion {
+    const DOMAIN: &'static str = "lockbox/file-version/v1";
+
+    fn encode(&self, e: &mut Encoder) {
+        e.str(self.user.as_str());
+        e.bytes(self.name.as_bytes());
+        encode_vv(e, &self.vv);
+        e.str(self.author.as_str());
+        e.u64(self.sealed_unix as u64);
+        e.u64(self.plaintext_len);
+        e.u64(self.ciphertext_len);
+        e.bytes(&self.hash.0);
+        e.u32(self.recipients.len() as u32);
+        for r in &self.recipients {
+            e.str(r.as_str());
+        }
+        e.u8(u8::from(self.reseal));
+    }
+
+    fn decode(d: &mut Decoder<'_>) -> lockbox_crypto::Result<Self> {
+        let user = decode_wire(d, "user")?;
+        let name = decode_name(d)?;
+        let vv = decode_vv(d)?;
+        if vv.is_empty() {
+            return Err(bad("a file version with an empty version vector"));
+        }
+        let author = decode_wire(d, "author")?;
+        let sealed_unix = d.u64()? as i64;
+        let plaintext_len = d.u64()?;
+        let ciphertext_len = d.u64()?;
+        let hash: [u8; 32] = d
+            .bytes(32)?
+            .try_into()
+            .map_err(|_| bad("ciphertext hash is not 32 bytes"))?;
+        let n = d.u32()? as usize;
+        if n > MAX_RECIPIENTS {
+            return Err(bad("more than 256 recipients"));
+        }
+        let mut recipients = Vec::with_capacity(n);
+        for _ in 0..n {
+            let r = decode_wire(d, "recipient envoy")?;
+            if recipients.last().is_some_and(|p: &WireName| p >= &r) {
+                return Err(bad("recipient envoys not sorted or repeated"));
+            }
+            recipients.push(r);
+        }
+        let reseal = match d.u8()? {
+            0 => false,
+            1 => true,
+            _ => return Err(bad("reseal flag is neither 0 nor 1")),
+        };
+        Ok(Self {
+            user,
+            name,
+            vv,
+            author,
+            sealed_unix,
+            plaintext_len,
+            ciphertext_len,
+            hash: Sha256(hash),
+            recipients,
+            reseal,
+        })
+    }
+}
+
+impl FileVersion {
+    /// The fields the conflict rule looks at.
+    pub fn candidate(&self) -> Candidate {
+        Candidate {
+            vv: self.vv.clone(),
+            envoy: self.author.clone(),
+            sealed_unix: self.sealed_unix,
+            hash: self.hash.0,
+            reseal: self.reseal,
+            recipients: self.recipients.len(),
+        }
+    }
+
+    /// The name this version is stored under when it loses a conflict.
+    pub fn conflict_name(&self) -> Option<Name> {
+        let base = String::from_utf8_lossy(self.name.as_bytes());
+        let n = crate::version::conflict_name(&base, &self.author, self.sealed_unix);
+        Name::new(n.into_bytes()).ok()
+    }
+
+    /// Whether a version with this record may be stored under `name`: its
+    /// own name, or its conflict-copy name.
+    pub fn fits_name(&self, name: &Name) -> bool {
+        *name == self.name || self.conflict_name().as_ref() == Some(name)
+    }
+}
+
+/// A signed delete of a name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tombstone {
+    /// The user.
+    pub user: WireName,
+    /// The deleted name.
+    pub name: Name,
+    /// The vector of the version that was deleted: every version Before or
+    /// Equal to it is gone.
+    pub vv: VersionVector,
+    /// The envoy that deleted it.
+    pub author: WireName,
+    /// When, Unix seconds by the author's clock (for retention).
+    pub deleted_unix: i64,
+}
+
+impl Record for Tombstone {
+    const DOMAIN: &'static str = "lockbox/tombstone/v1";
+
+    fn encode(&self, e: &mut Encoder) {
+        e.str(self.user.as_str());
+        e.bytes(self.name.as_bytes());
+        encode_vv(e, &self.vv);
+        e.str(self.author.as_str());
+        e.u64(self.deleted_unix as u64);
+    }
+
+    fn decode(d: &mut Decoder<'_>) -> lockbox_crypto::Result<Self> {
+        let user = decode_wire(d, "user")?;
+        let name = decode_name(d)?;
+        let vv = decode_vv(d)?;
+        if vv.is_empty() {
+            return Err(bad("a tombstone with an empty version vector"));
+        }
+        Ok(Self {
+            user,
+            name,
+            vv,
+            author: decode_wire(d, "author")?,
+            deleted_unix: d.u64()? as i64,
+        })
+    }
+}
+
+/// Whether tombstone vector `t` deletes a version with vector `v`.
+pub fn deletes(t: &VersionVector, v: &VersionVector) -> bool {
+    matches!(v.compare(t), Causality::Before | Causality::Equal)
+}
+
+/// Whether any of `tombs` deletes a version with vector `v`.
+pub fn deleted_by(tombs: &[Signed<Tombstone>], v: &VersionVector) -> bool {
+    tombs.iter().any(|t| deletes(&t.body().vv, v))
+}
+
+/// Merges tombstones of one name into the antichain of maximal ones, in a
+/// canonical order (by vector bytes, then signature bytes). Order-independent
+/// and idempotent.
+pub fn merge_tombstones(
+    mut all: Vec<Signed<Tombstone>>,
+) -> Vec<Signed<Tombstone>> {
+    all.sort_by_key(|t| t.to_bytes());
+    all.dedup_by(|a, b| a.to_bytes() == b.to_bytes());
+    let keep: Vec<bool> = all
+        .iter()
+        .map(|t| {
+            !all.iter().any(|o| {
+                let c = t.body().vv.compare(&o.body().vv);
+                // Dominated by a strictly later tombstone, or an equal-vector
+                // duplicate that sorts first.
+                c == Causality::Before
+                    || (c == Causality::Equal && o.to_bytes() < t.to_bytes())
+            })
+        })
+        .collect();
+    all.into_iter()
+        .zip(keep)
+        .filter_map(|(t, k)| k.then_some(t))
+        .collect()
+}
+
+/// The merged vector of all tombstones of a name (what a re-add bumps from).
+pub fn tombstone_floor(tombs: &[Signed<Tombstone>]) -> VersionVector {
+    tombs
+        .iter()
+        .fold(VersionVector::new(), |acc, t| acc.merge(&t.body().vv))
+}
+
+/// Encodes a list of records (each already in wire form) for a table
+/// response: `u32` count, then each as `u32` length + bytes.
+pub fn encode_list<'a>(items: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let items: Vec<&[u8]> = items.into_iter().collect();
+    let mut out = Vec::new();
+    out.extend_from_slice(&(items.len() as u32).to_be_bytes());
+    for i in items {
+        out.extend_from_slice(&(i.len() as u32).to_be_bytes());
+        out.extend_from_slice(i);
+    }
+    out
+}
+
+/// Decodes [`encode_list`]: at most `max_items` items of at most
+/// `lockbox_crypto::sign::MAX_RECORD_BYTES` each; no trailing bytes.
+pub fn decode_list(bytes: &[u8], max_items: usize) -> Result<Vec<&[u8]>, crate::Error> {
+    let trunc = || crate::Error::Truncated {
+        what: "record list",
+        field: "an item",
+    };
+    let take = |b: &mut &[u8], n: usize| -> Result<Vec<u8>, crate::Error> {
+        if b.len() < n {
+            return Err(trunc());
+        }
+        let (h, t) = b.split_at(n);
+        *b = t;
+        Ok(h.to_vec())
+    };
+    let mut rest = bytes;
+    let count = u32::from_be_bytes(take(&mut rest, 4)?.try_into().map_err(|_| trunc())?) as usize;
+    if count > max_items {
+        return Err(crate::Error::TooManyEntries {
+            count,
+            max: max_items,
+        });
+    }
+    // Every item takes at least its 4-byte length, so this bounds the
+    // allocation by the input, not by a count the sender chose.
+    let mut out = Vec::with_capacity(count.min(rest.len() / 4));
+    for _ in 0..count {
+        let len = u32::from_be_bytes(take(&mut rest, 4)?.try_into().map_err(|_| trunc())?) as usize;
+        if len > lockbox_crypto::sign::MAX_RECORD_BYTES {
+            return Err(crate::Error::TooLarge {
+                what: "record in a list",
+                len,
+                max: lockbox_crypto::sign::MAX_RECORD_BYTES,
+            });
+        }
+        if rest.len() < len {
+            return Err(trunc());
+        }
+        let (item, tail) = rest.split_at(len);
+        out.push(item);
+        rest = tail;
+    }
+    if !rest.is_empty() {
+        return Err(crate::Error::TrailingBytes {
+            what: "record list",
+            count: rest.len(),
+        });
+    }
+    Ok(out)
+}
+
+/// The 16-byte digest of a table announced in discovery: SHA-256 over the
+/// sorted `(key, record bytes)` pairs, each length-prefixed, truncated.
+/// Equal tables give equal digests on every envoy.
+pub fn table_digest<'a>(entries: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> [u8; 16] {
+    let mut entries: Vec<(&[u8], &[u8])> = entries.into_iter().collect();
+    entries.sort();
+    let mut h = sha2::Sha256::new();
+    h.update(b"lockbox-table-digest-v1\0");
+    for (k, v) in entries {
+        h.update((k.len() as u32).to_be_bytes());
+        h.update(k);
+        h.update((v.len() as u32).to_be_bytes());
+        h.update(v);
+    }
+    let full: [u8; 32] = h.finalize().into();
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&full[..16]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lockbox_crypto::sign::SigningKey;
+    use proptest::prelude::*;
+
+    fn w(s: &str) -> WireName {
+        WireName::new(s).unwrap()
+    }
+
+    fn vv(entries: &[(&str, u64)]) -> VersionVector {
+        let mut v = VersionVector::new();
+        for (e, n) in entries {
+            for _ in 0..*n {
+                v.bump(&w(e)).unwrap();
+            }
+        }
+        v
+    }
+
+    fn version(vvv: VersionVector) -> FileVersion {
+        FileVersion {
+            user: w("alice"),
+            name: Name::new(b"id_ed25519".to_vec()).unwrap(),
+            vv: vvv,
+            author: w("desk"),
+            sealed_unix: 1_714_380_000,
+            plaintext_len: 411,
+            ciphertext_len: 700,
+            hash: Sha256([7; 32]),
+            recipients: vec![w("desk"), w("laptop")],
+            reseal: false,
+        }
+    }
+
+    fn tomb(key: &SigningKey, v: VersionVector) -> Signed<Tombstone> {
+        Signed::sign(
+            Tombstone {
+                user: w("alice"),
+                name: Name::new(b"id_ed25519".to_vec()).unwrap(),
+                vv: v,
+                author: w("desk"),
+                deleted_unix: 1,
+            },
+            key,
+        )
+    }
+
+    #[test]
+    fn file_version_round_trips_and_is_signed() {
+        let key = SigningKey::generate();
+        let s = Signed::sign(version(vv(&[("desk", 2), ("laptop", 1)])), &key);
+        let back = Signed::<FileVersion>::from_bytes(&s.to_bytes()).unwrap();
+        assert_eq!(back.body(), s.body());
+        assert_eq!(back.signer(), key.public());
+        // A flipped bit anywhere is refused.
+        let mut bytes = s.to_bytes();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        assert!(Signed::<FileVersion>::from_bytes(&bytes).is_err());
+        // A tombstone signature never verifies as a version.
+        let t = tomb(&key, vv(&[("desk", 1)]));
+        assert!(Signed::<FileVersion>::from_bytes(&t.to_bytes()).is_err());
+    }
+
+    #[test]
+    fn unsorted_recipients_and_traversal_names_are_refused() {
+        let key = SigningKey::generate();
+        let mut v = version(vv(&[("desk", 1)]));
+        v.recipients = vec![w("laptop"), w("desk")];
+        let s = Signed::sign(v, &key);
+        assert!(Signed::<FileVersion>::from_bytes(&s.to_bytes()).is_err());
+
+        // Hand-encode a record whose name is "../x".
+        let mut e = Encoder::new();
+        e.str("alice");
+        e.bytes(b"../x");
+        let err = Name::new(b"../x".to_vec());
+        assert!(err.is_err());
+    }
+
+    #[test]
+    fn conflict_copy_name_fits() {
+        let v = version(vv(&[("desk", 1)]));
+        let c = v.conflict_name().unwrap();
+        assert!(v.fits_name(&c));
+        assert!(v.fits_name(&v.name));
+        assert!(!v.fits_name(&Name::new(b"other".to_vec()).unwrap()));
+        assert_eq!(c.as_bytes(), b"id_ed25519.conflict-desk-20240429-084000");
+    }
+
+    #[test]
+    fn a_tombstone_deletes_what_it_saw_and_nothing_newer() {
+        let t = vv(&[("desk", 2)]);
+        assert!(deletes(&t, &vv(&[("desk", 1)])));
+        assert!(deletes(&t, &vv(&[("desk", 2)])));
+        assert!(!deletes(&t, &vv(&[("desk", 3)])));
+        assert!(!deletes(&t, &vv(&[("desk", 1), ("laptop", 1)])));
+    }
+
+    #[test]
+    fn list_codec_rejects_garbage() {
+        let a = [1u8, 2, 3];
+        let b: [u8; 0] = [];
+        let enc = encode_list([&a[..], &b[..]]);
+        let dec = decode_list(&enc, 10).unwrap();
+        assert_eq!(dec, vec![&a[..], &b[..]]);
+        assert!(decode_list(&enc, 1).is_err());
+        assert!(decode_list(&enc[..enc.len() - 1], 10).is_err());
+        let mut long = enc.clone();
+        long.push(0);
+        assert!(decode_list(&long, 10).is_err());
+        assert!(decode_list(&[0xff, 0xff, 0xff, 0xff], usize::MAX).is_err());
+    }
+
+    fn arb_vv() -> impl Strategy<Value = VersionVector> {
+        proptest::collection::vec((0usize..3, 1u64..4), 1..4).prop_map(|es| {
+            let names = ["a", "b", "c"];
+            let mut v = VersionVector::new();
+            for (i, n) in es {
+                for _ in 0..n {
+                    v.bump(&w(names[i])).unwrap();
+                }
+            }
+            v
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn tombstone_merge_is_order_independent_and_idempotent(
+            vs in proptest::collection::vec(arb_vv(), 1..6),
+            probe in arb_vv(),
+        ) {
+            let key = SigningKey::from_seed(&[9; 32]);
+            let ts: Vec<_> = vs.into_iter().map(|v| tomb(&key, v)).collect();
+            let m1 = merge_tombstones(ts.clone());
+            let mut rev = ts.clone();
+            rev.reverse();
+            let m2 = merge_tombstones(rev);
+            prop_assert_eq!(&m1, &m2);
+            prop_assert_eq!(merge_tombstones(m1.clone()), m1.clone());
+            let mut twice = m1.clone();
+            twice.extend(ts.clone());
+            prop_assert_eq!(merge_tombstones(twice), m1.clone());
+            // The merged table deletes exactly what the inputs delete.
+            prop_assert_eq!(deleted_by(&m1, &probe), deleted_by(&ts, &probe));
+            // A re-add bumped from the floor survives every tombstone.
+            let mut re = tombstone_floor(&m1);
+            re.bump(&w("a")).unwrap();
+            prop_assert!(!deleted_by(&m1, &re));
+        }
+    }
+}

@@ -1,0 +1,1014 @@
+//! The replica: one envoy's copy of the user's lockbox as the mesh sees it —
+//! the ciphertext store, the signed record of every version, the tombstones
+//! and the members of the circle — and the rules that change it.
+//!
+//! Local changes reach it through the store's [`Journal`] (the mount and the
+//! CLI never call it directly): each sealed version gets a signed
+//! [`FileVersion`], each delete a signed [`Tombstone`], and both are queued
+//! for fan-out. Changes from peers arrive through [`Replica::admit`] (is this
+//! version wanted?) and [`Replica::install`] (put it in place), which apply
+//! the same rules under the store's change lock, so a local seal and a
+//! received version of the same name never overtake each other.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use lockbox_crypto::circle::{verify_endorsement, Endorsement};
+use lockbox_crypto::digest::{HashingWriter, Sha256};
+use lockbox_crypto::recipients::RecipientEntry;
+use lockbox_crypto::sign::{Decoder, Encoder, PublicKey, Signed, SigningKey};
+use lockbox_fs::meta::{LocalStat, Meta, Op};
+use lockbox_fs::name::NameKind;
+use lockbox_fs::store::{Journal, StagedFile};
+use lockbox_fs::{Name, Sealed, Store};
+
+use crate::records::{self, FileVersion, Tombstone};
+use crate::version::{resolve, Resolution};
+use crate::WireName;
+
+/// Most entries a manifest or tombstone table may hold.
+pub const MAX_TABLE_ENTRIES: usize = 1 << 20;
+
+/// Why a version, tombstone or request from a peer was refused; each maps
+/// to an HTTP status of the protocol (SPEC §6.3).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// 400: malformed name, record or body.
+    #[error("bad request: {0}")]
+    Bad(String),
+    /// 403: signed by a key that is not a member of the circle.
+    #[error("forbidden: {0}")]
+    NotMember(String),
+    /// 409: this envoy holds a newer version.
+    #[error("conflict: this envoy holds a newer version of {0}")]
+    Newer(String),
+    /// 410 `tombstoned`: the name was deleted after this version.
+    #[error("tombstoned")]
+    Tombstoned,
+    /// 410 `dormant`: no lockbox for this user here.
+    #[error("dormant")]
+    Dormant,
+    /// 413: over the size limit.
+    #[error("too large: {0}")]
+    TooLarge(String),
+    /// 507: the receiver's disk is (nearly) full.
+    #[error("insufficient storage: {0}% free")]
+    DiskFull(u8),
+    /// 500: the receiver failed.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Refusal {
+    /// The HTTP status code for this refusal.
+    pub fn status(&self) -> u16 {
+        match self {
+            Refusal::Bad(_) => 400,
+            Refusal::NotMember(_) => 403,
+            Refusal::Newer(_) => 409,
+            Refusal::Tombstoned | Refusal::Dormant => 410,
+            Refusal::TooLarge(_) => 413,
+            Refusal::DiskFull(_) => 507,
+            Refusal::Internal(_) => 500,
+        }
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> Refusal {
+    Refusal::Internal(e.to_string())
+}
+
+/// What admitting or installing a version came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Already held: nothing to do.
+    Same,
+    /// Wanted: store it under this name (the record's name, or its
+    /// conflict-copy name when it loses a conflict).
+    Store(Name),
+}
+
+/// Something for the fan-out to send.
+#[derive(Debug, Clone)]
+pub enum Outgoing {
+    /// A new local version of this name.
+    Version(Name),
+    /// A new tombstone.
+    Tombstone(Signed<Tombstone>),
+}
+
+/// Where the replica keeps what is not in the store.
+#[derive(Debug, Clone)]
+pub struct ReplicaPaths {
+    /// `members/`: one endorsement file per member.
+    pub members: PathBuf,
+    /// `circle.pub`.
+    pub circle_public: PathBuf,
+    /// `recipients.txt`, regenerated from the members.
+    pub recipients: PathBuf,
+    /// `meta.redb`.
+    pub meta: PathBuf,
+}
+
+/// The members of the circle: envoy name → its endorsement.
+#[derive(Debug, Clone, Default)]
+pub struct Members {
+    by_envoy: BTreeMap<String, Signed<Endorsement>>,
+}
+
+impl Members {
+    /// The member whose signing key is `key`.
+    pub fn by_key(&self, key: &PublicKey) -> Option<&Endorsement> {
+        self.by_envoy
+            .values()
+            .map(|s| s.body())
+            .find(|e| e.signing_key == *key)
+    }
+
+    /// Member envoy names, sorted.
+    pub fn names(&self) -> Vec<String> {
+        self.by_envoy.keys().cloned().collect()
+    }
+
+    /// Every endorsement in wire form.
+    pub fn endorsements(&self) -> Vec<Vec<u8>> {
+        self.by_envoy.values().map(|s| s.to_bytes()).collect()
+    }
+
+    /// How many members.
+    pub fn len(&self) -> usize {
+        self.by_envoy.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.by_envoy.is_empty()
+    }
+}
+
+/// One envoy's replica of the lockbox.
+pub struct Replica {
+    user: WireName,
+    envoy: WireName,
+    store: Store,
+    meta: Meta,
+    signing: SigningKey,
+    circle: PublicKey,
+    paths: ReplicaPaths,
+    members: RwLock<Members>,
+    /// Where new local versions and tombstones go (set by the mesh).
+    outgoing: Mutex<Option<tokio::sync::mpsc::UnboundedSender<Outgoing>>>,
+    /// Called with every name a peer changed (the agent drops the kernel's
+    /// cached pages and attributes of it).
+    on_remote_change: Mutex<Option<Box<dyn Fn(&Name) + Send + Sync>>>,
+    /// Called when the member set changes.
+    on_members_change: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica")
+            .field("user", &self.user)
+            .field("envoy", &self.envoy)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The store's journal: forwards to the replica (a weak link, since the
+/// replica owns the store).
+#[derive(Debug)]
+struct JournalLink(Weak<Replica>);
+
+impl Journal for JournalLink {
+    fn changed(&self, name: &Name, sealed: Option<&Sealed>) {
+        if let Some(r) = self.0.upgrade() {
+            r.local_changed(name, sealed, None);
+        }
+    }
+
+    fn removed(&self, name: &Name) {
+        if let Some(r) = self.0.upgrade() {
+            r.local_removed(name);
+        }
+    }
+
+    fn renamed(&self, from: &Name, to: &Name) {
+        if let Some(r) = self.0.upgrade() {
+            let moved = r.record(from).ok().flatten();
+            r.local_removed(from);
+            r.local_changed(to, None, moved.as_ref());
+        }
+    }
+}
+
+fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Whether a name takes part in the mesh (failed files stay local).
+pub fn in_mesh(name: &Name) -> bool {
+    name.kind() != NameKind::Failed
+}
+
+impl Replica {
+    /// Open the replica of an initialised envoy. `store` is the plain store;
+    /// the replica installs itself as its journal ([`Replica::store`]).
+    pub fn open(
+        user: WireName,
+        envoy: WireName,
+        store: Store,
+        signing: SigningKey,
+        paths: ReplicaPaths,
+    ) -> Result<Arc<Replica>, String> {
+        let circle_text = fs::read_to_string(&paths.circle_public).map_err(|e| {
+            format!(
+                "cannot read {}: {e} (the envoy is not fully initialised: run lockbox init)",
+                paths.circle_public.display()
+            )
+        })?;
+        let circle = PublicKey::from_base64(circle_text.trim())
+            .map_err(|e| format!("{} is damaged: {e}", paths.circle_public.display()))?;
+        let meta = Meta::open(&paths.meta).map_err(|e| e.to_string())?;
+        let members = load_members(&paths.members, &circle, &user);
+        Ok(Arc::new_cyclic(|weak| Replica {
+            user,
+            envoy,
+            store: store.with_journal(Arc::new(JournalLink(weak.clone()))),
+            meta,
+            signing,
+            circle,
+            paths,
+            members: RwLock::new(members),
+            outgoing: Mutex::new(None),
+            on_remote_change: Mutex::new(None),
+            on_members_change: Mutex::new(None),
+        }))
+    }
+
+    /// The store, with this replica as its journal: every change made
+    /// through it is recorded and fanned out.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The user.
+    pub fn user(&self) -> &WireName {
+        &self.user
+    }
+
+    /// This envoy.
+    pub fn envoy(&self) -> &WireName {
+        &self.envoy
+    }
+
+    /// This envoy's signing key (public half).
+    pub fn signing_public(&self) -> PublicKey {
+        self.signing.public()
+    }
+
+    /// The circle public key.
+    pub fn circle(&self) -> PublicKey {
+        self.circle
+    }
+
+    /// A snapshot of the members.
+    pub fn members(&self) -> Members {
+        self.members.read().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    /// This envoy's own endorsement, in wire form.
+    pub fn own_endorsement(&self) -> Option<Vec<u8>> {
+        let m = self.members.read().ok()?;
+        m.by_envoy.get(self.envoy.as_str()).map(|s| s.to_bytes())
+    }
+
+    /// This envoy's own age recipient, from its endorsement.
+    pub fn own_recipient(&self) -> Option<String> {
+        let m = self.members.read().ok()?;
+        m.by_envoy
+            .get(self.envoy.as_str())
+            .map(|s| s.body().recipient.clone())
+    }
+
+    /// Send new local versions and tombstones to `tx` from now on.
+    pub fn set_outgoing(&self, tx: tokio::sync::mpsc::UnboundedSender<Outgoing>) {
+        if let Ok(mut o) = self.outgoing.lock() {
+            *o = Some(tx);
+        }
+    }
+
+    /// Call `f` with every name a peer changed.
+    pub fn on_remote_change(&self, f: impl Fn(&Name) + Send + Sync + 'static) {
+        if let Ok(mut o) = self.on_remote_change.lock() {
+            *o = Some(Box::new(f));
+        }
+    }
+
+    /// Call `f` whenever the member set changes.
+    pub fn on_members_change(&self, f: impl Fn() + Send + Sync + 'static) {
+        if let Ok(mut o) = self.on_members_change.lock() {
+            *o = Some(Box::new(f));
+        }
+    }
+
+    fn emit(&self, out: Outgoing) {
+        if let Ok(o) = self.outgoing.lock() {
+            if let Some(tx) = o.as_ref() {
+                let _ = tx.send(out);
+            }
+        }
+    }
+
+    fn remote_changed(&self, name: &Name) {
+        if let Ok(o) = self.on_remote_change.lock() {
+            if let Some(f) = o.as_ref() {
+                f(name);
+            }
+        }
+    }
+
+    // ---- members -------------------------------------------------------
+
+    /// Verify and add endorsements a peer showed us. Returns the envoys that
+    /// became members; endorsements that do not verify under our circle key
+    /// are skipped (and reported in the error list).
+    pub fn learn_members(&self, endorsements: &[Vec<u8>]) -> (Vec<String>, Vec<String>) {
+        let mut added = Vec::new();
+        let mut refused = Vec::new();
+        for bytes in endorsements.iter().take(crate::version::MAX_ENTRIES) {
+            let signed = match Signed::<Endorsement>::from_bytes(bytes) {
+                Ok(s) => s,
+                Err(e) => {
+                    refused.push(format!("unreadable endorsement: {e}"));
+                    continue;
+                }
+            };
+            let e = signed.body().clone();
+            if verify_endorsement(&signed, &self.circle).is_err() || e.user != self.user.as_str()
+            {
+                refused.push(format!(
+                    "envoy {:?} is not endorsed by this circle (set up with a different \
+                     passphrase or for another user)",
+                    e.envoy
+                ));
+                continue;
+            }
+            if WireName::new(e.envoy.as_str()).is_err() {
+                refused.push(format!("endorsement names a bad envoy {:?}", e.envoy));
+                continue;
+            }
+            let Ok(mut members) = self.members.write() else {
+                continue;
+            };
+            let replace = match members.by_envoy.get(&e.envoy) {
+                None => true,
+                // An envoy set up again (after a purge) has a newer endorsement.
+                Some(old) => {
+                    old.body().created_unix < e.created_unix && old.body() != &e
+                }
+            };
+            if !replace {
+                continue;
+            }
+            let file = self.paths.members.join(format!("{}.endorsement", e.envoy));
+            if let Err(err) = write_file_atomic(&file, &signed.to_bytes()) {
+                tracing::warn!("cannot record member {}: {err}", e.envoy);
+                continue;
+            }
+            members.by_envoy.insert(e.envoy.clone(), signed);
+            added.push(e.envoy);
+        }
+        if !added.is_empty() {
+            if let Err(e) = self.write_recipients() {
+                tracing::warn!("cannot rewrite the recipient set: {e}");
+            }
+            tracing::info!("new member(s) of the circle: {}", added.join(", "));
+            if let Ok(o) = self.on_members_change.lock() {
+                if let Some(f) = o.as_ref() {
+                    f();
+                }
+            }
+        }
+        (added, refused)
+    }
+
+    /// Regenerate `recipients.txt` from the members.
+    fn write_recipients(&self) -> Result<(), String> {
+        let entries: Vec<RecipientEntry> = self
+            .members()
+            .by_envoy
+            .values()
+            .map(|s| RecipientEntry {
+                recipient: s.body().recipient.clone(),
+                envoy: s.body().envoy.clone(),
+            })
+            .collect();
+        write_file_atomic(
+            &self.paths.recipients,
+            lockbox_crypto::recipients::encode(&entries).as_bytes(),
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    fn member_names(&self) -> Vec<WireName> {
+        self.members()
+            .names()
+            .into_iter()
+            .filter_map(|n| WireName::new(n).ok())
+            .collect()
+    }
+
+    // ---- records -------------------------------------------------------
+
+    /// The signed record of the version stored as `name`.
+    pub fn record(&self, name: &Name) -> Result<Option<Signed<FileVersion>>, String> {
+        match self.meta.version(name).map_err(|e| e.to_string())? {
+            None => Ok(None),
+            Some((bytes, _)) => Signed::<FileVersion>::from_bytes(&bytes)
+                .map(Some)
+                .map_err(|e| format!("the record of {name} is damaged: {e}")),
+        }
+    }
+
+    /// The tombstones of `name`.
+    pub fn tombstones(&self, name: &Name) -> Vec<Signed<Tombstone>> {
+        let bytes = self.meta.tombstones(name).unwrap_or_default();
+        decode_tombstones(&bytes)
+    }
+
+    /// Every `(stored name, record)` of the mesh's files.
+    pub fn manifest(&self) -> Vec<(Name, Vec<u8>)> {
+        let mut out = Vec::new();
+        for (name, rec, _) in self.meta.versions().unwrap_or_default() {
+            if let Ok(n) = Name::new(name) {
+                if in_mesh(&n) {
+                    out.push((n, rec));
+                }
+            }
+        }
+        out
+    }
+
+    /// The manifest in wire form: a list of items, each the stored name and
+    /// the record (both length-prefixed).
+    pub fn manifest_bytes(&self) -> Vec<u8> {
+        let items: Vec<Vec<u8>> = self
+            .manifest()
+            .into_iter()
+            .map(|(n, rec)| {
+                let mut e = Encoder::new();
+                e.bytes(n.as_bytes());
+                e.bytes(&rec);
+                e.finish()
+            })
+            .collect();
+        records::encode_list(items.iter().map(|v| v.as_slice()))
+    }
+
+    /// Every tombstone, each in wire form.
+    pub fn all_tombstones(&self) -> Vec<Vec<u8>> {
+        self.meta
+            .all_tombstones()
+            .unwrap_or_default()
+            .into_iter()
+            .flat_map(|(_, list)| {
+                decode_tombstones(&list)
+                    .into_iter()
+                    .map(|t| t.to_bytes())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// The digest of the file table (as announced).
+    pub fn files_digest(&self) -> [u8; 16] {
+        let m = self.manifest();
+        records::table_digest(m.iter().map(|(n, r)| (n.as_bytes(), r.as_slice())))
+    }
+
+    /// The digest of the tombstone table (as announced).
+    pub fn tombstones_digest(&self) -> [u8; 16] {
+        let t = self.meta.all_tombstones().unwrap_or_default();
+        records::table_digest(t.iter().map(|(n, l)| (n.as_slice(), l.as_slice())))
+    }
+
+    fn sign_version(&self, v: FileVersion) -> Signed<FileVersion> {
+        Signed::sign(v, &self.signing)
+    }
+
+    /// Record a local change of `name` (called under the change lock).
+    /// `moved` is the record of the version renamed here, if any.
+    fn local_changed(&self, name: &Name, sealed: Option<&Sealed>, moved: Option<&Signed<FileVersion>>) {
+        if !in_mesh(name) {
+            return;
+        }
+        if let Err(e) = self.record_local(name, sealed, moved, None) {
+            tracing::warn!("cannot record the new version of {name}: {e}");
+        }
+    }
+
+    /// Sign and store the record of the local version now in the store as
+    /// `name`. `reseal_of`: the record this version re-encrypts.
+    fn record_local(
+        &self,
+        name: &Name,
+        sealed: Option<&Sealed>,
+        moved: Option<&Signed<FileVersion>>,
+        reseal_of: Option<&FileVersion>,
+    ) -> Result<Signed<FileVersion>, String> {
+        let path = self.store.path_of(name);
+        let (plaintext_len, ciphertext_len, hash) = match (sealed, moved) {
+            (Some(s), _) => (s.plaintext_len, s.ciphertext_len, s.hash),
+            (None, Some(m)) => (
+                m.body().plaintext_len,
+                m.body().ciphertext_len,
+                m.body().hash,
+            ),
+            (None, None) => describe_file(&path)?,
+        };
+        let recipients = match (moved, sealed) {
+            (Some(m), None) => m.body().recipients.clone(),
+            _ => self.member_names(),
+        };
+        let signed = if let Some(orig) = reseal_of {
+            self.sign_version(FileVersion {
+                plaintext_len,
+                ciphertext_len,
+                hash,
+                recipients,
+                reseal: true,
+                ..orig.clone()
+            })
+        } else {
+            let prev = self.record(name).ok().flatten();
+            let mut vv = prev.map(|p| p.body().vv.clone()).unwrap_or_default();
+            vv = vv.merge(&records::tombstone_floor(&self.tombstones(name)));
+            vv.bump(&self.envoy).map_err(|e| e.to_string())?;
+            self.sign_version(FileVersion {
+                user: self.user.clone(),
+                name: name.clone(),
+                vv,
+                author: self.envoy.clone(),
+                sealed_unix: now_unix(),
+                plaintext_len,
+                ciphertext_len,
+                hash,
+                recipients,
+                reseal: false,
+            })
+        };
+        self.meta
+            .apply(&[Op::PutVersion {
+                name: name.clone(),
+                record: signed.to_bytes(),
+                stat: LocalStat::of(&path).ok(),
+            }])
+            .map_err(|e| e.to_string())?;
+        self.emit(Outgoing::Version(name.clone()));
+        Ok(signed)
+    }
+
+    /// Record a local delete of `name` (called under the change lock).
+    fn local_removed(&self, name: &Name) {
+        let prev = match self.record(name) {
+            Ok(Some(p)) => p,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!("{e}");
+                return;
+            }
+        };
+        let t = Signed::sign(
+            Tombstone {
+                user: self.user.clone(),
+                name: name.clone(),
+                vv: prev.body().vv.clone(),
+                author: self.envoy.clone(),
+                deleted_unix: now_unix(),
+            },
+            &self.signing,
+        );
+        let mut tombs = self.tombstones(name);
+        tombs.push(t.clone());
+        let tombs = records::merge_tombstones(tombs);
+        let result = self.meta.apply(&[
+            Op::DelVersion(name.clone()),
+            Op::PutTombstones(name.clone(), encode_tombstones(&tombs)),
+        ]);
+        match result {
+            Ok(()) => self.emit(Outgoing::Tombstone(t)),
+            Err(e) => tracing::warn!("cannot record the delete of {name}: {e}"),
+        }
+    }
+
+    /// Bring the records in line with the store after the agent was down or
+    /// crashed: a store file with no record, or whose stat differs from the
+    /// recorded one, is hashed and, if its bytes changed, recorded as a new
+    /// local version; a record whose file is gone is dropped (a peer will
+    /// send the file back). Returns how many records changed.
+    pub fn reconcile(&self) -> Result<usize, String> {
+        let _guard = self.store.change_lock();
+        let mut changed = 0;
+        let entries = self.store.list().map_err(|e| e.to_string())?;
+        let mut seen = std::collections::HashSet::new();
+        for entry in entries {
+            seen.insert(entry.name.clone());
+            if !entry.is_age || !in_mesh(&entry.name) {
+                continue;
+            }
+            let path = self.store.path_of(&entry.name);
+            let stat = LocalStat::of(&path).ok();
+            let known = self.meta.version(&entry.name).map_err(|e| e.to_string())?;
+            let record = known
+                .as_ref()
+                .and_then(|(b, _)| Signed::<FileVersion>::from_bytes(b).ok());
+            if let (Some((_, Some(s))), Some(_)) = (&known, &record) {
+                if Some(*s) == stat {
+                    continue;
+                }
+            }
+            let (_, _, hash) = describe_file(&path)?;
+            match record {
+                Some(r) if r.body().hash == hash => {
+                    self.meta
+                        .apply(&[Op::PutVersion {
+                            name: entry.name.clone(),
+                            record: r.to_bytes(),
+                            stat,
+                        }])
+                        .map_err(|e| e.to_string())?;
+                }
+                _ => {
+                    tracing::info!("recording {} as a new local version", entry.name);
+                    self.record_local(&entry.name, None, None, None)?;
+                    changed += 1;
+                }
+            }
+        }
+        for (name, _, _) in self.meta.versions().map_err(|e| e.to_string())? {
+            if let Ok(n) = Name::new(name) {
+                if !seen.contains(&n) {
+                    tracing::info!("{n} is gone from the store: a peer will send it again");
+                    self.meta
+                        .apply(&[Op::DelVersion(n)])
+                        .map_err(|e| e.to_string())?;
+                    changed += 1;
+                }
+            }
+        }
+        Ok(changed)
+    }
+
+    // ---- from peers ----------------------------------------------------
+
+    /// Check a version offered by a peer for `name`, before its body is read.
+    pub fn admit(&self, name: &Name, rec: &Signed<FileVersion>) -> Result<Admission, Refusal> {
+        let v = rec.body();
+        if self.members().by_key(&rec.signer()).is_none() {
+            return Err(Refusal::NotMember(format!(
+                "the version of {name} is signed by {}, which is not a member of this circle",
+                rec.signer()
+            )));
+        }
+        if v.user != self.user {
+            return Err(Refusal::Bad(format!("the record is for user {}", v.user)));
+        }
+        if !v.fits_name(name) || !in_mesh(name) {
+            return Err(Refusal::Bad(format!(
+                "a record of {} cannot be stored as {name}",
+                v.name
+            )));
+        }
+        self.decide(name, v)
+    }
+
+    /// Where an admitted version goes, given what is held now.
+    fn decide(&self, name: &Name, v: &FileVersion) -> Result<Admission, Refusal> {
+        if records::deleted_by(&self.tombstones(name), &v.vv) {
+            return Err(Refusal::Tombstoned);
+        }
+        let current = self.record(name).map_err(internal)?;
+        let Some(cur) = current else {
+            return Ok(Admission::Store(name.clone()));
+        };
+        let (a, b) = (cur.body().candidate(), v.candidate());
+        match resolve(&a, &b) {
+            Resolution::Same => Ok(Admission::Same),
+            Resolution::Supersedes { newer, .. } if newer == &b => Ok(Admission::Store(name.clone())),
+            Resolution::Supersedes { .. } => Err(Refusal::Newer(name.to_string())),
+            Resolution::Conflict { winner, .. } if winner == &b => Ok(Admission::Store(name.clone())),
+            Resolution::Conflict { .. } => {
+                // The newcomer loses: it is kept as its conflict copy.
+                let copy = v
+                    .conflict_name()
+                    .ok_or_else(|| Refusal::Bad("no conflict-copy name".into()))?;
+                if &copy == name {
+                    return Err(Refusal::Newer(name.to_string()));
+                }
+                self.decide(&copy, v)
+            }
+        }
+    }
+
+    /// Stream a peer's ciphertext into a staged file, checking its length
+    /// and hash against the record. Nothing enters the store here.
+    pub fn stage_body(
+        &self,
+        rec: &FileVersion,
+        body: &mut dyn Read,
+    ) -> Result<StagedFile, Refusal> {
+        let limit = rec.ciphertext_len;
+        let (staged, (hash, len)) = self
+            .store
+            .stage(|f| {
+                let mut w = HashingWriter::new(f);
+                let mut limited = body.take(limit + 1);
+                let n = std::io::copy(&mut limited, &mut w)
+                    .map_err(|e| lockbox_fs::Error::Read(e))?;
+                w.flush().map_err(lockbox_fs::Error::Read)?;
+                let (_, hash, _) = w.finish();
+                Ok((hash, n))
+            })
+            .map_err(|e| Refusal::Bad(format!("receiving the body failed: {e}")))?;
+        if len != rec.ciphertext_len || hash != rec.hash {
+            return Err(Refusal::Bad(format!(
+                "the body of {} does not match its record ({len} bytes received, {} expected, \
+                 hash {})",
+                rec.name,
+                rec.ciphertext_len,
+                if hash == rec.hash { "matches" } else { "differs" }
+            )));
+        }
+        let mut head = [0u8; 32];
+        let n = fs::File::open(staged.path())
+            .and_then(|mut f| f.read(&mut head))
+            .map_err(internal)?;
+        if !lockbox_crypto::seal::is_age(&head[..n]) {
+            return Err(Refusal::Bad("the body is not an age file".into()));
+        }
+        Ok(staged)
+    }
+
+    /// Put a received, staged version in place under the change lock,
+    /// re-deciding against what is held now. Returns where it went.
+    pub fn install(
+        &self,
+        name: &Name,
+        rec: &Signed<FileVersion>,
+        staged: StagedFile,
+    ) -> Result<Admission, Refusal> {
+        let _guard = self.store.change_lock();
+        let target = match self.admit(name, rec)? {
+            Admission::Same => return Ok(Admission::Same),
+            Admission::Store(t) => t,
+        };
+        let mut ops = Vec::new();
+        let mut touched = vec![target.clone()];
+        // The version it replaces under the name, if it loses a conflict, is
+        // moved to its own conflict copy first.
+        if let Some(cur) = self.record(&target).map_err(internal)? {
+            let (a, b) = (cur.body().candidate(), rec.body().candidate());
+            if let Resolution::Conflict { loser, .. } = resolve(&a, &b) {
+                if loser == &a {
+                    if let Some(copy) = cur.body().conflict_name() {
+                        if copy != target && self.store.contains(&target) {
+                            self.store
+                                .rename_locked(&target, &copy)
+                                .map_err(internal)?;
+                            ops.push(Op::PutVersion {
+                                name: copy.clone(),
+                                record: cur.to_bytes(),
+                                stat: LocalStat::of(&self.store.path_of(&copy)).ok(),
+                            });
+                            touched.push(copy);
+                        }
+                    }
+                }
+            }
+        }
+        self.store
+            .commit_staged(staged, &target)
+            .map_err(internal)?;
+        ops.push(Op::PutVersion {
+            name: target.clone(),
+            record: rec.to_bytes(),
+            stat: LocalStat::of(&self.store.path_of(&target)).ok(),
+        });
+        self.meta.apply(&ops).map_err(internal)?;
+        for n in &touched {
+            self.remote_changed(n);
+        }
+        Ok(Admission::Store(target))
+    }
+
+    /// Apply a tombstone from a peer: record it and remove the version it
+    /// deletes, if held. Returns whether anything changed.
+    pub fn apply_tombstone(&self, t: &Signed<Tombstone>) -> Result<bool, Refusal> {
+        if self.members().by_key(&t.signer()).is_none() {
+            return Err(Refusal::NotMember(format!(
+                "the delete of {} is signed by {}, which is not a member of this circle",
+                t.body().name,
+                t.signer()
+            )));
+        }
+        if t.body().user != self.user {
+            return Err(Refusal::Bad(format!("the tombstone is for user {}", t.body().user)));
+        }
+        let name = t.body().name.clone();
+        let _guard = self.store.change_lock();
+        let old = self.tombstones(&name);
+        let mut merged = old.clone();
+        merged.push(t.clone());
+        let merged = records::merge_tombstones(merged);
+        if merged == old {
+            return Ok(false);
+        }
+        let mut ops = vec![Op::PutTombstones(name.clone(), encode_tombstones(&merged))];
+        let cur = self.record(&name).map_err(internal)?;
+        let delete = cur
+            .as_ref()
+            .is_some_and(|c| records::deleted_by(&merged, &c.body().vv));
+        if delete {
+            self.store.remove_locked(&name).map_err(internal)?;
+            ops.push(Op::DelVersion(name.clone()));
+        }
+        self.meta.apply(&ops).map_err(internal)?;
+        if delete {
+            tracing::info!("{name} was deleted on envoy {}", t.body().author);
+            self.remote_changed(&name);
+        }
+        Ok(true)
+    }
+
+    /// Re-encrypt `name` to the current members if its record names a
+    /// different recipient set. `reseal` does the crypto: it reads the old
+    /// ciphertext and writes the new into the given file, returning what it
+    /// sealed. Returns whether it re-encrypted.
+    pub fn reseal_if_drifted(
+        &self,
+        name: &Name,
+        reseal: impl FnOnce(&mut fs::File, &mut fs::File) -> Result<Sealed, String>,
+    ) -> Result<bool, String> {
+        let Some(rec) = self.record(name)? else {
+            return Ok(false);
+        };
+        let members = self.member_names();
+        if rec.body().recipients == members {
+            return Ok(false);
+        }
+        let mut src = self.store.open_file(name).map_err(|e| e.to_string())?;
+        let (staged, sealed) = self
+            .store
+            .stage(|out| reseal(&mut src, out).map_err(lockbox_fs::Error::Journal))
+            .map_err(|e| e.to_string())?;
+        let _guard = self.store.change_lock();
+        // Only if the version is still the one we re-encrypted.
+        match self.record(name)? {
+            Some(now) if now.body().hash == rec.body().hash => {}
+            _ => return Ok(false),
+        }
+        self.store
+            .commit_staged(staged, name)
+            .map_err(|e| e.to_string())?;
+        self.record_local(name, Some(&sealed), None, Some(rec.body()))?;
+        self.remote_changed(name);
+        Ok(true)
+    }
+
+    /// Names whose record is sealed to a set other than the members.
+    pub fn drift(&self) -> Vec<Name> {
+        let members = self.member_names();
+        self.manifest()
+            .into_iter()
+            .filter(|(_, rec)| {
+                Signed::<FileVersion>::from_bytes(rec)
+                    .map(|r| r.body().recipients != members)
+                    .unwrap_or(false)
+            })
+            .map(|(n, _)| n)
+            .collect()
+    }
+}
+
+/// Length of the plaintext and ciphertext, and the ciphertext hash, of a
+/// store file (read through once).
+fn describe_file(path: &Path) -> Result<(u64, u64, Sha256), String> {
+    let mut f = fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let header = lockbox_crypto::seal::read_header(&mut f)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let len = f.metadata().map_err(|e| e.to_string())?.len();
+    let plain = lockbox_crypto::seal::plaintext_len(header.header_len, len)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut f = fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut w = HashingWriter::new(std::io::sink());
+    std::io::copy(&mut f, &mut w).map_err(|e| format!("{}: {e}", path.display()))?;
+    let (_, hash, n) = w.finish();
+    Ok((plain, n, hash))
+}
+
+/// The tombstones in a stored list (unreadable entries are skipped).
+fn decode_tombstones(bytes: &[u8]) -> Vec<Signed<Tombstone>> {
+    if bytes.is_empty() {
+        return Vec::new();
+    }
+    records::decode_list(bytes, MAX_TABLE_ENTRIES)
+        .map(|items| {
+            items
+                .into_iter()
+                .filter_map(|b| Signed::<Tombstone>::from_bytes(b).ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn encode_tombstones(t: &[Signed<Tombstone>]) -> Vec<u8> {
+    let bytes: Vec<Vec<u8>> = t.iter().map(|t| t.to_bytes()).collect();
+    records::encode_list(bytes.iter().map(|b| b.as_slice()))
+}
+
+/// Decode a manifest in wire form into `(stored name, record)` pairs.
+pub fn decode_manifest(bytes: &[u8]) -> Result<Vec<(Name, Signed<FileVersion>)>, String> {
+    let items = records::decode_list(bytes, MAX_TABLE_ENTRIES).map_err(|e| e.to_string())?;
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let mut d = Decoder::new(item);
+        let name = d
+            .bytes(lockbox_fs::name::MAX_NAME_BYTES)
+            .map_err(|e| e.to_string())?;
+        let name = Name::new(name.to_vec()).map_err(|e| e.to_string())?;
+        let rec = d
+            .bytes(lockbox_crypto::sign::MAX_RECORD_BYTES)
+            .map_err(|e| e.to_string())?;
+        d.finish().map_err(|e| e.to_string())?;
+        let rec = Signed::<FileVersion>::from_bytes(rec).map_err(|e| e.to_string())?;
+        out.push((name, rec));
+    }
+    Ok(out)
+}
+
+/// Load the members from `members/`, keeping only endorsements that verify
+/// under `circle` for `user`.
+fn load_members(dir: &Path, circle: &PublicKey, user: &WireName) -> Members {
+    let mut members = Members::default();
+    let Ok(rd) = fs::read_dir(dir) else {
+        return members;
+    };
+    for entry in rd.flatten() {
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "endorsement") {
+            continue;
+        }
+        let bytes = match fs::read(&path) {
+            Ok(b) if b.len() <= lockbox_crypto::sign::MAX_RECORD_BYTES => b,
+            _ => continue,
+        };
+        match Signed::<Endorsement>::from_bytes(&bytes) {
+            Ok(s) if verify_endorsement(&s, circle).is_ok() && s.body().user == user.as_str() => {
+                let envoy = s.body().envoy.clone();
+                let newer = members
+                    .by_envoy
+                    .get(&envoy)
+                    .is_none_or(|o| o.body().created_unix < s.body().created_unix);
+                if newer {
+                    members.by_envoy.insert(envoy, s);
+                }
+            }
+            _ => tracing::warn!(
+                "ignoring {}: not an endorsement of this circle",
+                path.display()
+            ),
+        }
+    }
+    members
+}
+
+/// Write a small private file atomically (temp, fsync, rename).
+fn write_file_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension(format!("tmp-{:08x}", rand::random::<u32>()));
+    let result = (|| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent() {
+            fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
