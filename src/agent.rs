@@ -292,7 +292,12 @@ async fn start_mesh(envoy: &Envoy, replica: &Arc<Replica>) -> (Option<Arc<Mesh>>
     };
     let ip: std::net::IpAddr = match c.listen.parse() {
         Ok(ip) => ip,
-        Err(_) => return (None, format!("off: listen address {:?} is not an IP address", c.listen)),
+        Err(_) => {
+            return (
+                None,
+                format!("off: listen address {:?} is not an IP address", c.listen),
+            )
+        }
     };
     let multicast = match c.multicast {
         crate::config::Multicast::Off => None,
@@ -533,7 +538,11 @@ fn status(agent: &Agent) -> StatusReport {
             .last_catchup()
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map(|d| d.as_secs() as i64);
-        report.peers = peer_lines(&agent.replica.members().names(), &agent.envoy.config.envoy, &mesh.peers());
+        report.peers = peer_lines(
+            &agent.replica.members().names(),
+            &agent.envoy.config.envoy,
+            &mesh.peers(),
+        );
     }
     report.hardening = Some(agent.hardening);
     if agent.hardening.dumpable {

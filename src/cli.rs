@@ -84,10 +84,56 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         passphrase_file: Option<PathBuf>,
     },
+    /// Fleet certificates: create the fleet CA, issue an envoy's mTLS certificate.
+    Fleet {
+        #[command(subcommand)]
+        command: FleetCommand,
+    },
+    /// Re-issue this envoy's mTLS certificate (same name and hosts) into ~/.lockbox/tls.
+    RenewCert {
+        /// The fleet CA's folder (holding ca.pem and ca.key).
+        #[arg(long, value_name = "DIR")]
+        ca: PathBuf,
+        /// Days the new certificate is valid (cut short at the CA's expiry).
+        #[arg(long, value_name = "N", default_value_t = cmd::fleet::DEFAULT_DAYS,
+              value_parser = clap::value_parser!(u32).range(1..=i64::from(cmd::fleet::MAX_DAYS)))]
+        days: u32,
+    },
     /// Check FUSE, ports, certificates, clock, swap and core dumps.
     Doctor,
     /// A throwaway walk-through in a temporary directory; cleans up after itself.
     Demo,
+}
+
+#[derive(Subcommand, Debug)]
+enum FleetCommand {
+    /// Create a new fleet CA (ca.pem and ca.key) in DIR; refuses if DIR/ca.key exists.
+    Init {
+        /// The folder for the CA (created mode 0700).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Issue an envoy's certificate: writes ca.pem, cert.pem and key.pem to DIR
+    /// (`--out ~/.lockbox/tls` installs them on this envoy).
+    Issue {
+        /// The fleet CA's folder (holding ca.pem and ca.key).
+        #[arg(long, value_name = "DIR")]
+        ca: PathBuf,
+        /// The envoy's name, as in its config.yaml.
+        #[arg(long, value_name = "NAME")]
+        envoy: String,
+        /// An IP address or DNS name of the envoy, for tools that check names
+        /// (repeatable; localhost, 127.0.0.1 and ::1 are always added).
+        #[arg(long = "host", value_name = "H")]
+        hosts: Vec<String>,
+        /// The folder to write to (created mode 0700; existing files are replaced).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Days the certificate is valid (cut short at the CA's expiry).
+        #[arg(long, value_name = "N", default_value_t = cmd::fleet::DEFAULT_DAYS,
+              value_parser = clap::value_parser!(u32).range(1..=i64::from(cmd::fleet::MAX_DAYS)))]
+        days: u32,
+    },
 }
 
 /// Parse argv (exits 2 on usage errors).
@@ -101,6 +147,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     init_logging(daemon);
     let paths = match cli.command {
         Command::Demo => return cmd::demo::run(),
+        // The fleet commands work on the folders they are given, not on HOME.
+        Command::Fleet { ref command } => return fleet(command),
         _ => Paths::from_env()?,
     };
     match cli.command {
@@ -122,8 +170,23 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::ExportIdentity { passphrase_file } => {
             cmd::init::export_identity(&paths, passphrase_file.as_deref())
         }
+        Command::Fleet { ref command } => fleet(command),
+        Command::RenewCert { ca, days } => cmd::fleet::renew(&paths, &ca, days),
         Command::Doctor => cmd::report::doctor(&paths),
         Command::Demo => cmd::demo::run(),
+    }
+}
+
+fn fleet(command: &FleetCommand) -> anyhow::Result<()> {
+    match command {
+        FleetCommand::Init { out } => cmd::fleet::init(out),
+        FleetCommand::Issue {
+            ca,
+            envoy,
+            hosts,
+            out,
+            days,
+        } => cmd::fleet::issue(ca, envoy, hosts, out, *days),
     }
 }
 

@@ -12,9 +12,9 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use lockbox_crypto::sign::SigningKey;
 use lockbox_crypto::AgeRecipient;
+use lockbox_fs::{Name, Sealed, Store, SweepReport};
 use lockbox_net::replica::{Replica, ReplicaPaths};
 use lockbox_net::WireName;
-use lockbox_fs::{Name, Sealed, Store, SweepReport};
 
 use crate::config::Config;
 use crate::paths::Paths;
@@ -88,9 +88,8 @@ impl Envoy {
             .with_context(|| format!("{} is damaged", key_path.display()))?;
         let user = WireName::new(self.config.user.as_str())
             .map_err(|e| anyhow::anyhow!("user name: {e}"))?;
-        let envoy = WireName::new(self.config.envoy.as_str()).map_err(|e| {
-            anyhow::anyhow!("envoy name in config.yaml: {e}")
-        })?;
+        let envoy = WireName::new(self.config.envoy.as_str())
+            .map_err(|e| anyhow::anyhow!("envoy name in config.yaml: {e}"))?;
         let paths = ReplicaPaths {
             members: self.paths.members(),
             circle_public: self.paths.circle_public(),

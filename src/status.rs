@@ -354,6 +354,8 @@ mod tests {
             mount: "mounted at /home/ada/lockbox".into(),
             recipients: vec!["laptop".into()],
             peers: vec![],
+            mesh: "off (multicast off, no peers configured)".into(),
+            recipient_drift: 0,
             files: FileCounts {
                 total: 5,
                 ciphertext: 3,

@@ -91,6 +91,12 @@ pub enum Op {
     PutMisc(&'static str, Vec<u8>),
 }
 
+/// A name's signed record bytes and the store file's stat recorded with it.
+pub type Recorded = (Vec<u8>, Option<LocalStat>);
+
+/// A raw name and the bytes stored under it.
+pub type NamedBytes = (Vec<u8>, Vec<u8>);
+
 /// The metadata database of one envoy.
 #[derive(Debug)]
 pub struct Meta {
@@ -196,7 +202,7 @@ impl Meta {
     }
 
     /// The record of `name`'s version and its recorded local stat.
-    pub fn version(&self, name: &Name) -> Result<Option<(Vec<u8>, Option<LocalStat>)>, Error> {
+    pub fn version(&self, name: &Name) -> Result<Option<Recorded>, Error> {
         let r = self.db.begin_read().map_err(|e| db_err("begin", e))?;
         let versions = r.open_table(VERSIONS).map_err(|e| db_err("table", e))?;
         let local = r.open_table(LOCAL).map_err(|e| db_err("table", e))?;
@@ -242,7 +248,7 @@ impl Meta {
     }
 
     /// Every `(name, encoded tombstone list)`.
-    pub fn all_tombstones(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
+    pub fn all_tombstones(&self) -> Result<Vec<NamedBytes>, Error> {
         let r = self.db.begin_read().map_err(|e| db_err("begin", e))?;
         let t = r.open_table(TOMBSTONES).map_err(|e| db_err("table", e))?;
         let mut out = Vec::new();
@@ -297,7 +303,10 @@ mod tests {
                 Op::PutMisc("k", b"v".to_vec()),
             ])
             .unwrap();
-            assert_eq!(m.version(&n("a")).unwrap(), Some((b"ra".to_vec(), Some(stat))));
+            assert_eq!(
+                m.version(&n("a")).unwrap(),
+                Some((b"ra".to_vec(), Some(stat)))
+            );
             m.apply(&[Op::DelVersion(n("b"))]).unwrap();
         }
         let m = Meta::open(&path).unwrap();

@@ -530,8 +530,7 @@ impl Store {
                         self.write_atomic(
                             &name,
                             |out| {
-                                io::copy(&mut f, out)
-                                    .map_err(|e| Error::io("copy", &path, e))?;
+                                io::copy(&mut f, out).map_err(|e| Error::io("copy", &path, e))?;
                                 Ok(())
                             },
                             |_| None,

@@ -51,7 +51,10 @@ impl Discovery {
 
     /// Send one announcement to the group.
     pub async fn announce(&self, a: &Announcement) -> std::io::Result<()> {
-        self.socket.send_to(&a.encode(), self.group).await.map(|_| ())
+        self.socket
+            .send_to(&a.encode(), self.group)
+            .await
+            .map(|_| ())
     }
 
     /// Wait for the next valid announcement; garbage is skipped.

@@ -30,9 +30,9 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod announce;
+mod codec;
 pub mod discovery;
 pub mod mesh;
-mod codec;
 pub mod name;
 pub mod records;
 pub mod replica;

@@ -156,7 +156,9 @@ pub struct Mesh {
 
 impl std::fmt::Debug for Mesh {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Mesh").field("port", &self.port).finish_non_exhaustive()
+        f.debug_struct("Mesh")
+            .field("port", &self.port)
+            .finish_non_exhaustive()
     }
 }
 
@@ -271,7 +273,10 @@ impl Mesh {
     }
 
     fn digests(&self) -> ([u8; 16], [u8; 16]) {
-        (self.replica.files_digest(), self.replica.tombstones_digest())
+        (
+            self.replica.files_digest(),
+            self.replica.tombstones_digest(),
+        )
     }
 
     fn hello(&self) -> Hello {
@@ -408,7 +413,9 @@ impl Mesh {
     /// its digests differ from ours.
     async fn contact(self: &Arc<Self>, addr: SocketAddr) {
         {
-            let Ok(mut s) = self.syncing.lock() else { return };
+            let Ok(mut s) = self.syncing.lock() else {
+                return;
+            };
             if !s.insert(addr) {
                 return;
             }
@@ -448,8 +455,7 @@ impl Mesh {
                 String::from_utf8_lossy(&body)
             ));
         }
-        let hello: Hello =
-            serde_json::from_slice(&body).map_err(|e| format!("bad hello: {e}"))?;
+        let hello: Hello = serde_json::from_slice(&body).map_err(|e| format!("bad hello: {e}"))?;
         if hello.instance == self.instance {
             // Ourselves, listed as a static peer.
             if let Ok(mut peers) = self.peers.lock() {
@@ -465,8 +471,8 @@ impl Mesh {
             .filter_map(|m| hex::decode(m).ok())
             .collect();
         let (_, refused_own) = self.replica.learn_members(std::slice::from_ref(&own));
-        let is_member = refused_own.is_empty()
-            && self.replica.members().names().contains(&hello.envoy);
+        let is_member =
+            refused_own.is_empty() && self.replica.members().names().contains(&hello.envoy);
         let refused = if is_member {
             self.replica.learn_members(&members);
             None
@@ -597,7 +603,10 @@ impl Mesh {
                     return;
                 }
                 Err(PushError::Retry(e)) => {
-                    tracing::debug!("push of {name} to {addr} failed (attempt {}): {e}", attempt + 1);
+                    tracing::debug!(
+                        "push of {name} to {addr} failed (attempt {}): {e}",
+                        attempt + 1
+                    );
                 }
             }
             tokio::time::sleep(delay).await;
@@ -628,7 +637,9 @@ impl Mesh {
             .map_err(|e| PushError::Final(e.to_string()))?;
         let resp = self.request(addr, req).await.map_err(PushError::Retry)?;
         let status = resp.status();
-        let text = read_capped(resp.into_body(), 4096).await.unwrap_or_default();
+        let text = read_capped(resp.into_body(), 4096)
+            .await
+            .unwrap_or_default();
         match status.as_u16() {
             200..=299 => Ok(()),
             409 | 410 | 400 | 403 | 413 => Err(PushError::Final(format!(
@@ -726,16 +737,22 @@ impl Mesh {
         }
     }
 
-    fn serve_hello(self: &Arc<Self>, remote: SocketAddr, req: &Request<Incoming>) -> Response<Body> {
+    fn serve_hello(
+        self: &Arc<Self>,
+        remote: SocketAddr,
+        req: &Request<Incoming>,
+    ) -> Response<Body> {
         let h = |k: &str| req.headers().get(k).and_then(|v| v.to_str().ok());
         // The client's endorsement: learn it; if it is a member and says
         // where its server is, it becomes a peer we push to and sync with.
         if let Some(e) = h(H_ENDORSEMENT).and_then(|e| hex::decode(e).ok()) {
-            let (_, refused) = self.replica.learn_members(&[e.clone()]);
+            let (_, refused) = self.replica.learn_members(std::slice::from_ref(&e));
             let envoy = Signed::<lockbox_crypto::circle::Endorsement>::from_bytes(&e)
                 .ok()
                 .map(|s| s.body().envoy.clone());
-            let port = h(H_PORT).and_then(|p| p.parse::<u16>().ok()).filter(|p| *p != 0);
+            let port = h(H_PORT)
+                .and_then(|p| p.parse::<u16>().ok())
+                .filter(|p| *p != 0);
             let instance = h(H_INSTANCE).and_then(|p| p.parse::<u64>().ok());
             if let (Some(port), true) = (port, instance != Some(self.instance)) {
                 let addr = SocketAddr::new(remote.ip(), port);
@@ -745,7 +762,11 @@ impl Mesh {
                     h("lockbox-files") != Some(hex::encode(f).as_str())
                         || h("lockbox-tombstones") != Some(hex::encode(t).as_str())
                 };
-                let fresh = self.peers.lock().map(|p| p.get(&addr).is_none_or(|p| !p.member)).unwrap_or(false);
+                let fresh = self
+                    .peers
+                    .lock()
+                    .map(|p| p.get(&addr).is_none_or(|p| !p.member))
+                    .unwrap_or(false);
                 self.seen(addr, |p| {
                     p.envoy = envoy;
                     p.instance = instance;
@@ -841,7 +862,8 @@ fn record_header(h: &http::HeaderMap) -> Result<Signed<FileVersion>, String> {
 }
 
 fn apply_tombstone_list(replica: &Replica, body: &[u8]) -> Result<(), String> {
-    let items = records::decode_list(body, replica::MAX_TABLE_ENTRIES).map_err(|e| e.to_string())?;
+    let items =
+        records::decode_list(body, replica::MAX_TABLE_ENTRIES).map_err(|e| e.to_string())?;
     let mut first_err = None;
     for item in items {
         let r = Signed::<Tombstone>::from_bytes(item)
@@ -969,9 +991,7 @@ async fn receive_body(
         }
     }
     drop(tx);
-    worker
-        .await
-        .map_err(|e| Refusal::Internal(e.to_string()))?
+    worker.await.map_err(|e| Refusal::Internal(e.to_string()))?
 }
 
 async fn serve(mesh: Arc<Mesh>, listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
@@ -989,14 +1009,15 @@ async fn serve(mesh: Arc<Mesh>, listener: TcpListener, tls: Arc<rustls::ServerCo
         let acceptor = acceptor.clone();
         let mesh = mesh.clone();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                Ok(Ok(t)) => t,
-                Ok(Err(e)) => {
-                    tracing::info!("refused a peer connection from {remote}: {e}");
-                    return;
-                }
-                Err(_) => return,
-            };
+            let tls =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(t)) => t,
+                    Ok(Err(e)) => {
+                        tracing::info!("refused a peer connection from {remote}: {e}");
+                        return;
+                    }
+                    Err(_) => return,
+                };
             let service = hyper::service::service_fn(move |req| {
                 let mesh = mesh.clone();
                 async move { Ok::<_, std::convert::Infallible>(mesh.handle(remote, req).await) }
@@ -1106,7 +1127,11 @@ impl Mesh {
 async fn resolve_peer(spec: &str, default_port: u16) -> Option<SocketAddr> {
     let spec = spec.to_string();
     tokio::task::spawn_blocking(move || {
-        let with_port = if spec.parse::<SocketAddr>().is_ok() || spec.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+        let with_port = if spec.parse::<SocketAddr>().is_ok()
+            || spec
+                .rsplit_once(':')
+                .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
             spec
         } else {
             format!("{spec}:{default_port}")

@@ -230,9 +230,7 @@ pub fn deleted_by(tombs: &[Signed<Tombstone>], v: &VersionVector) -> bool {
 /// Merges tombstones of one name into the antichain of maximal ones, in a
 /// canonical order (by vector bytes, then signature bytes). Order-independent
 /// and idempotent.
-pub fn merge_tombstones(
-    mut all: Vec<Signed<Tombstone>>,
-) -> Vec<Signed<Tombstone>> {
+pub fn merge_tombstones(mut all: Vec<Signed<Tombstone>>) -> Vec<Signed<Tombstone>> {
     all.sort_by_key(|t| t.to_bytes());
     all.dedup_by(|a, b| a.to_bytes() == b.to_bytes());
     let keep: Vec<bool> = all
@@ -242,8 +240,7 @@ pub fn merge_tombstones(
                 let c = t.body().vv.compare(&o.body().vv);
                 // Dominated by a strictly later tombstone, or an equal-vector
                 // duplicate that sorts first.
-                c == Causality::Before
-                    || (c == Causality::Equal && o.to_bytes() < t.to_bytes())
+                c == Causality::Before || (c == Causality::Equal && o.to_bytes() < t.to_bytes())
             })
         })
         .collect();

@@ -164,10 +164,13 @@ pub struct Replica {
     outgoing: Mutex<Option<tokio::sync::mpsc::UnboundedSender<Outgoing>>>,
     /// Called with every name a peer changed (the agent drops the kernel's
     /// cached pages and attributes of it).
-    on_remote_change: Mutex<Option<Box<dyn Fn(&Name) + Send + Sync>>>,
+    on_remote_change: Mutex<Option<NameHook>>,
     /// Called when the member set changes.
     on_members_change: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
 }
+
+/// A callback that is told a file name.
+type NameHook = Box<dyn Fn(&Name) + Send + Sync>;
 
 impl std::fmt::Debug for Replica {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -351,8 +354,7 @@ impl Replica {
                 }
             };
             let e = signed.body().clone();
-            if verify_endorsement(&signed, &self.circle).is_err() || e.user != self.user.as_str()
-            {
+            if verify_endorsement(&signed, &self.circle).is_err() || e.user != self.user.as_str() {
                 refused.push(format!(
                     "envoy {:?} is not endorsed by this circle (set up with a different \
                      passphrase or for another user)",
@@ -370,9 +372,7 @@ impl Replica {
             let replace = match members.by_envoy.get(&e.envoy) {
                 None => true,
                 // An envoy set up again (after a purge) has a newer endorsement.
-                Some(old) => {
-                    old.body().created_unix < e.created_unix && old.body() != &e
-                }
+                Some(old) => old.body().created_unix < e.created_unix && old.body() != &e,
             };
             if !replace {
                 continue;
@@ -505,7 +505,12 @@ impl Replica {
 
     /// Record a local change of `name` (called under the change lock).
     /// `moved` is the record of the version renamed here, if any.
-    fn local_changed(&self, name: &Name, sealed: Option<&Sealed>, moved: Option<&Signed<FileVersion>>) {
+    fn local_changed(
+        &self,
+        name: &Name,
+        sealed: Option<&Sealed>,
+        moved: Option<&Signed<FileVersion>>,
+    ) {
         if !in_mesh(name) {
             return;
         }
@@ -701,9 +706,13 @@ impl Replica {
         let (a, b) = (cur.body().candidate(), v.candidate());
         match resolve(&a, &b) {
             Resolution::Same => Ok(Admission::Same),
-            Resolution::Supersedes { newer, .. } if newer == &b => Ok(Admission::Store(name.clone())),
+            Resolution::Supersedes { newer, .. } if newer == &b => {
+                Ok(Admission::Store(name.clone()))
+            }
             Resolution::Supersedes { .. } => Err(Refusal::Newer(name.to_string())),
-            Resolution::Conflict { winner, .. } if winner == &b => Ok(Admission::Store(name.clone())),
+            Resolution::Conflict { winner, .. } if winner == &b => {
+                Ok(Admission::Store(name.clone()))
+            }
             Resolution::Conflict { .. } => {
                 // The newcomer loses: it is kept as its conflict copy.
                 let copy = v
@@ -730,8 +739,7 @@ impl Replica {
             .stage(|f| {
                 let mut w = HashingWriter::new(f);
                 let mut limited = body.take(limit + 1);
-                let n = std::io::copy(&mut limited, &mut w)
-                    .map_err(|e| lockbox_fs::Error::Read(e))?;
+                let n = std::io::copy(&mut limited, &mut w).map_err(lockbox_fs::Error::Read)?;
                 w.flush().map_err(lockbox_fs::Error::Read)?;
                 let (_, hash, _) = w.finish();
                 Ok((hash, n))
@@ -743,7 +751,11 @@ impl Replica {
                  hash {})",
                 rec.name,
                 rec.ciphertext_len,
-                if hash == rec.hash { "matches" } else { "differs" }
+                if hash == rec.hash {
+                    "matches"
+                } else {
+                    "differs"
+                }
             )));
         }
         let mut head = [0u8; 32];
@@ -779,9 +791,7 @@ impl Replica {
                 if loser == &a {
                     if let Some(copy) = cur.body().conflict_name() {
                         if copy != target && self.store.contains(&target) {
-                            self.store
-                                .rename_locked(&target, &copy)
-                                .map_err(internal)?;
+                            self.store.rename_locked(&target, &copy).map_err(internal)?;
                             ops.push(Op::PutVersion {
                                 name: copy.clone(),
                                 record: cur.to_bytes(),
@@ -819,7 +829,10 @@ impl Replica {
             )));
         }
         if t.body().user != self.user {
-            return Err(Refusal::Bad(format!("the tombstone is for user {}", t.body().user)));
+            return Err(Refusal::Bad(format!(
+                "the tombstone is for user {}",
+                t.body().user
+            )));
         }
         let name = t.body().name.clone();
         let _guard = self.store.change_lock();

@@ -468,7 +468,9 @@ mod tests {
         }
         // An edit made after the original still supersedes the reseal.
         let edit = candidate(vv(&[("desk", 2), ("laptop", 1)]), "laptop", 5, 2);
-        assert!(matches!(resolve(&reseal, &edit), Resolution::Supersedes { newer, .. } if newer == &edit));
+        assert!(
+            matches!(resolve(&reseal, &edit), Resolution::Supersedes { newer, .. } if newer == &edit)
+        );
     }
 
     fn reverse(c: Causality) -> Causality {

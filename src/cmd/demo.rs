@@ -1,15 +1,20 @@
-//! `lockbox demo`: a throwaway walk-through in a temporary directory that
-//! drives the real CLI, agent and FUSE mount as a user would, then cleans up
-//! — also on Ctrl-C. Until the mesh exists it runs one envoy; it becomes the
-//! three-envoy mesh demo when the mesh lands.
+//! `lockbox demo`: a throwaway three-envoy mesh on loopback, each envoy with
+//! its own HOME, agent and FUSE mount, driven through the real CLI as a user
+//! would. It writes a file through envoy alpha's mount, shows it decrypted
+//! through bravo's and charlie's, prints each status, and cleans everything
+//! up — also on Ctrl-C.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-/// One envoy of the demo: its HOME.
+const NAMES: [&str; 3] = ["alpha", "bravo", "charlie"];
+
+/// One envoy of the demo: its name and HOME.
 struct DemoEnvoy {
+    name: &'static str,
     home: PathBuf,
 }
 
@@ -27,14 +32,23 @@ impl DemoEnvoy {
     /// Run, echo the command and its output, and require success.
     fn show(&self, args: &[&str]) -> anyhow::Result<String> {
         let out = self.lockbox(args)?;
-        println!("$ lockbox {}", args.join(" "));
+        println!("[{}] $ lockbox {}", self.name, args.join(" "));
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         print!("{}", indent(&stdout));
         eprint!("{}", indent(&String::from_utf8_lossy(&out.stderr)));
         if !out.status.success() {
-            bail!("lockbox {} failed", args.join(" "));
+            bail!("[{}] lockbox {} failed", self.name, args.join(" "));
         }
         Ok(stdout)
+    }
+
+    fn status_json(&self) -> Option<serde_json::Value> {
+        let out = self.lockbox(&["status", "--json"]).ok()?;
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    fn mount(&self) -> PathBuf {
+        self.home.join("lockbox")
     }
 
     /// Stop the agent if one runs (cleanup; errors ignored).
@@ -53,89 +67,194 @@ pub fn run() -> anyhow::Result<()> {
         .prefix("lockbox-demo-")
         .tempdir()
         .context("cannot create a temporary directory")?;
-    let envoy = DemoEnvoy {
-        home: dir.path().join("alpha"),
-    };
+    let root = dir.path().to_owned();
+    let envoys: Vec<DemoEnvoy> = NAMES
+        .iter()
+        .map(|n| DemoEnvoy {
+            name: n,
+            home: root.join(n),
+        })
+        .collect();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let root = dir.path().to_owned();
-    let home = envoy.home.clone();
+    let homes: Vec<PathBuf> = envoys.iter().map(|e| e.home.clone()).collect();
+    let steps_root = root.clone();
     let outcome = runtime.block_on(async move {
-        let steps = tokio::task::spawn_blocking(move || steps(&root, &DemoEnvoy { home }));
+        let steps = tokio::task::spawn_blocking(move || {
+            let envoys: Vec<DemoEnvoy> = NAMES
+                .iter()
+                .zip(homes)
+                .map(|(name, home)| DemoEnvoy { name, home })
+                .collect();
+            steps(&steps_root, &envoys)
+        });
         tokio::select! {
             r = steps => r.unwrap_or_else(|e| Err(anyhow::anyhow!("demo step panicked: {e}"))),
             _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
         }
     });
     // Cleanup runs whatever happened above.
-    envoy.stop();
+    for e in &envoys {
+        e.stop();
+    }
     drop(runtime);
-    let path = dir.path().to_owned();
     dir.close()
-        .with_context(|| format!("cannot remove {}", path.display()))?;
-    println!("cleaned up {}", path.display());
+        .with_context(|| format!("cannot remove {}", root.display()))?;
+    println!("cleaned up {}", root.display());
     outcome
 }
 
-fn steps(root: &Path, a: &DemoEnvoy) -> anyhow::Result<()> {
-    println!("lockbox demo: one envoy in {}\n", root.display());
-    std::fs::create_dir_all(a.home.join(".lockbox"))?;
+/// Three loopback ports that are free now.
+fn free_ports() -> anyhow::Result<Vec<u16>> {
+    let listeners: Vec<std::net::TcpListener> = (0..3)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<_, _>>()
+        .context("cannot find free loopback ports")?;
+    Ok(listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok().map(|a| a.port()))
+        .collect())
+}
+
+/// Poll `check` until it holds or `limit` passes.
+fn wait_for(
+    what: &str,
+    limit: Duration,
+    mut check: impl FnMut() -> bool,
+) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    while !check() {
+        if start.elapsed() > limit {
+            bail!("timed out after {limit:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(start.elapsed())
+}
+
+fn steps(root: &Path, envoys: &[DemoEnvoy]) -> anyhow::Result<()> {
+    println!(
+        "lockbox demo: three envoys ({}) on loopback in {}\n",
+        NAMES.join(", "),
+        root.display()
+    );
     let pass = root.join("passphrase");
     let phrase = format!("demo-{:016x}", rand::random::<u64>());
     crate::envoy::write_private(&pass, phrase.as_bytes())?;
     let pass = pass.to_string_lossy().into_owned();
-    // The demo's envoys stay off the network.
-    crate::envoy::write_private(
-        &a.home.join(".lockbox/config.yaml"),
-        b"multicast: off\npeer_port: 0\nlisten: 127.0.0.1\n",
+    let ca = root.join("fleet-ca").to_string_lossy().into_owned();
+
+    // One fleet CA; a certificate per envoy.
+    envoys[0].show(&["fleet", "init", "--out", &ca])?;
+    let ports = free_ports()?;
+    for (i, e) in envoys.iter().enumerate() {
+        std::fs::create_dir_all(e.home.join(".lockbox"))?;
+        let peers: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, p)| format!("\"127.0.0.1:{p}\""))
+            .collect();
+        // Loopback only, no multicast; short intervals so the demo is quick.
+        let config = format!(
+            "multicast: off\nlisten: 127.0.0.1\npeer_port: {}\ncross_subnet_peers: [{}]\n\
+             announce_interval: 1s\nstale_after: 5s\n",
+            ports[i],
+            peers.join(", ")
+        );
+        crate::envoy::write_private(&e.home.join(".lockbox/config.yaml"), config.as_bytes())?;
+        let tls = e.home.join(".lockbox/tls").to_string_lossy().into_owned();
+        e.show(&[
+            "fleet",
+            "issue",
+            "--ca",
+            &ca,
+            "--envoy",
+            e.name,
+            "--host",
+            "127.0.0.1",
+            "--out",
+            &tls,
+        ])?;
+        // The same passphrase on every envoy: that is what makes them one circle.
+        e.show(&["init", "--passphrase-file", &pass, "--envoy", e.name])?;
+    }
+    for e in envoys {
+        e.show(&["unlock", "--passphrase-file", &pass])?;
+    }
+
+    // The envoys find each other and verify each other's endorsements.
+    let took = wait_for(
+        "the envoys to form one circle",
+        Duration::from_secs(30),
+        || {
+            envoys.iter().all(|e| {
+                e.status_json().is_some_and(|s| {
+                    s["recipients"].as_array().is_some_and(|r| r.len() == 3)
+                        && s["peers"]
+                            .as_array()
+                            .is_some_and(|p| p.iter().filter(|p| p["state"] == "live").count() == 2)
+                })
+            })
+        },
     )?;
+    println!(
+        "\nthe three envoys found each other and agree on the circle ({} ms)\n",
+        took.as_millis()
+    );
 
-    a.show(&["init", "--passphrase-file", &pass, "--envoy", "alpha"])?;
-    a.show(&["unlock", "--passphrase-file", &pass])?;
-
-    // Write through the mount, as any program would.
-    let mnt = a.home.join("lockbox");
+    // Write through alpha's mount, as any program would.
     let content =
         "-----BEGIN DEMO KEY-----\nnot a real key, but sealed like one\n-----END DEMO KEY-----\n";
-    std::fs::write(mnt.join("id_demo"), content)?;
-    println!("$ cp id_demo ~/lockbox/     (written through the FUSE mount)");
-    let back = std::fs::read_to_string(mnt.join("id_demo"))?;
-    if back != content {
-        bail!("reading back through the mount gave different content");
+    let written = Instant::now();
+    std::fs::write(envoys[0].mount().join("id_demo"), content)?;
+    println!("[alpha] $ cp id_demo ~/lockbox/     (written through the FUSE mount)");
+    for e in &envoys[1..] {
+        let path = e.mount().join("id_demo");
+        wait_for(
+            &format!("id_demo on {}", e.name),
+            Duration::from_secs(20),
+            || std::fs::read_to_string(&path).is_ok_and(|c| c == content),
+        )?;
+        println!(
+            "[{}] $ cat ~/lockbox/id_demo     ({} ms after alpha's close)\n{}",
+            e.name,
+            written.elapsed().as_millis(),
+            indent(content)
+        );
     }
-    println!("$ cat ~/lockbox/id_demo\n{}", indent(&back));
-    let stored = a.home.join(".lockbox/store/id_demo");
+    let stored = envoys[1].home.join(".lockbox/store/id_demo");
     let head = std::fs::read(&stored)?;
     let first = head.split(|&b| b == b'\n').next().unwrap_or_default();
     println!(
-        "the store holds only ciphertext: {} ({} bytes) starts with {:?}\n",
+        "bravo's store holds only ciphertext: {} ({} bytes) starts with {:?}\n",
         stored.display(),
         head.len(),
         String::from_utf8_lossy(first)
     );
 
-    a.show(&["lock"])?;
-    match std::fs::read(mnt.join("id_demo")) {
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-            println!("$ cat ~/lockbox/id_demo     (while locked)\n    {e}\n")
-        }
-        other => bail!("reading while locked should be refused, got {other:?}"),
+    // A delete on charlie reaches everyone.
+    std::fs::remove_file(envoys[2].mount().join("id_demo"))?;
+    println!("[charlie] $ rm ~/lockbox/id_demo");
+    for e in &envoys[..2] {
+        let path = e.mount().join("id_demo");
+        wait_for(
+            &format!("the delete on {}", e.name),
+            Duration::from_secs(20),
+            || !path.exists(),
+        )?;
+        println!(
+            "[{}] id_demo is gone (signed tombstone from charlie)",
+            e.name
+        );
     }
-    let locked = a.lockbox(&["decrypt", "id_demo", "-o", "-"])?;
-    println!("$ lockbox decrypt id_demo -o -     (while locked)");
-    print!("{}", indent(&String::from_utf8_lossy(&locked.stderr)));
-    if locked.status.code() != Some(1) {
-        bail!("decrypt while locked should fail with exit 1");
+    println!();
+    for e in envoys {
+        e.show(&["status"])?;
     }
-    a.show(&["unlock", "--passphrase-file", &pass])?;
-    let plain = a.show(&["decrypt", "id_demo", "-o", "-"])?;
-    if plain != content {
-        bail!("decrypted content differs from what was written");
+    for e in envoys {
+        e.show(&["stop"])?;
     }
-    println!("decrypted content matches what was written\n");
-    a.show(&["list"])?;
-    a.show(&["status"])?;
-    a.show(&["stop"])?;
     Ok(())
 }

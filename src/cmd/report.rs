@@ -1,11 +1,13 @@
 //! `status` and `doctor`.
 
 use std::net::TcpListener;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::bail;
+use lockbox_net::tls::{TlsError, TlsMaterial};
 
 use crate::client::{self, Client, ConnectError};
+use crate::cmd;
 use crate::control::{Request, Response};
 use crate::envoy::{self, Envoy};
 use crate::host;
@@ -38,6 +40,56 @@ enum Level {
     Ok,
     Warn,
     Fail,
+}
+
+/// How soon before expiry `doctor` starts warning about the certificate.
+const RENEW_WITHIN: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// The mTLS certificate in `~/.lockbox/tls`: missing is a warning (the
+/// envoy works alone), damaged or expired a failure, expiring soon a warning.
+fn certificate_check(paths: &Paths) -> (Level, String) {
+    let tls = paths.tls();
+    let renew = "run lockbox renew-cert --ca CA_DIR";
+    match TlsMaterial::load(&tls) {
+        Err(TlsError::NoCertificate { .. }) => (
+            Level::Warn,
+            format!(
+                "no mTLS certificates in {}: the mesh needs ca.pem, cert.pem and key.pem; \
+                 issue them with lockbox fleet issue --ca CA_DIR --envoy NAME --out {}",
+                tls.display(),
+                tls.display()
+            ),
+        ),
+        Err(e) => (Level::Fail, format!("mTLS certificates: {e}")),
+        Ok(m) => {
+            let until = cmd::fleet::date(m.not_after());
+            match m.not_after().duration_since(SystemTime::now()) {
+                Err(_) => (
+                    Level::Fail,
+                    format!(
+                        "mTLS certificate of envoy {} expired on {until}: {renew}",
+                        m.envoy()
+                    ),
+                ),
+                Ok(left) if left < RENEW_WITHIN => (
+                    Level::Warn,
+                    format!(
+                        "mTLS certificate of envoy {} expires on {until} (in {} days): {renew}",
+                        m.envoy(),
+                        left.as_secs() / 86400
+                    ),
+                ),
+                Ok(_) => (
+                    Level::Ok,
+                    format!(
+                        "mTLS certificates in {}: envoy {}, valid until {until}",
+                        tls.display(),
+                        m.envoy()
+                    ),
+                ),
+            }
+        }
+    }
 }
 
 /// `lockbox doctor`: one line per check; exit 1 when any check fails.
@@ -88,24 +140,7 @@ pub fn doctor(paths: &Paths) -> anyhow::Result<()> {
             )),
         }
     }
-    let tls = paths.tls();
-    let have_certs = ["ca.pem", "cert.pem", "key.pem"]
-        .iter()
-        .all(|f| tls.join(f).exists());
-    if have_certs {
-        checks.push((
-            Level::Ok,
-            format!("mTLS certificates present in {}", tls.display()),
-        ));
-    } else {
-        checks.push((
-            Level::Warn,
-            format!(
-                "no fleet certificates in {}: the mesh needs ca.pem, cert.pem and key.pem",
-                tls.display()
-            ),
-        ));
-    }
+    checks.push(certificate_check(paths));
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())

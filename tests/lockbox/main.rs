@@ -6,7 +6,9 @@
 mod agent;
 mod cli;
 mod crash;
+mod fleet;
 mod interop;
 mod mount;
+mod netlab;
 mod unprivileged;
 mod util;

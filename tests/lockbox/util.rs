@@ -54,6 +54,9 @@ pub struct Envoy {
     pub as_uid: Option<u32>,
     /// The binary to run (a copy the other uid can execute, when `as_uid`).
     exe: PathBuf,
+    /// Run commands inside this network namespace (`nsenter --net=PATH`,
+    /// e.g. `NetLab::ns_path`); the agent they start inherits it.
+    pub netns: Option<PathBuf>,
 }
 
 impl Envoy {
@@ -105,6 +108,7 @@ impl Envoy {
             pass,
             as_uid,
             exe,
+            netns: None,
         }
     }
 
@@ -122,7 +126,7 @@ impl Envoy {
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = match self.as_uid {
             Some(uid) => {
-                let mut c = Command::new("setpriv");
+                let mut c = self.program("setpriv");
                 c.args([
                     &format!("--reuid={uid}"),
                     &format!("--regid={uid}"),
@@ -132,7 +136,7 @@ impl Envoy {
                 c.arg(&self.exe);
                 c
             }
-            None => Command::new(&self.exe),
+            None => self.program(&self.exe),
         };
         c.args(args)
             .env("HOME", &self.home)
@@ -341,4 +345,22 @@ pub fn control_frame(kind: u8, payload: &[u8]) -> Vec<u8> {
     frame.push(kind);
     frame.extend_from_slice(payload);
     frame
+}
+
+impl Envoy {
+    /// A command for `program`, run inside `self.netns` when set: only the
+    /// network namespace is entered, so mounts stay visible to the test, and
+    /// nsenter execs `program` (same pid, no fork).
+    fn program(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        match &self.netns {
+            Some(ns) => {
+                let mut net = std::ffi::OsString::from("--net=");
+                net.push(ns);
+                let mut c = Command::new("nsenter");
+                c.arg(net).arg("--").arg(program);
+                c
+            }
+            None => Command::new(program),
+        }
+    }
 }
