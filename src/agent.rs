@@ -575,9 +575,10 @@ fn peer_lines(
             Some(p) => crate::status::PeerLine {
                 envoy: m.clone(),
                 state: if p.live { "live" } else { "stale" }.into(),
-                detail: match p.last_seen_secs {
-                    Some(s) => format!("{}, heard {s}s ago", p.addr),
-                    None => p.addr.clone(),
+                detail: match (p.last_seen_secs, &p.error) {
+                    (Some(s), None) => format!("{}, heard {s}s ago", p.addr),
+                    (Some(s), Some(e)) => format!("{}, heard {s}s ago; since then: {e}", p.addr),
+                    (None, _) => p.addr.clone(),
                 },
             },
             None => crate::status::PeerLine {
@@ -587,6 +588,20 @@ fn peer_lines(
             },
         };
         lines.push(line);
+    }
+    // Addresses that never answered as a member (a static peer that is down
+    // or refused us in the TLS handshake).
+    for p in peers
+        .iter()
+        .filter(|p| p.refused.is_none() && p.envoy.is_none())
+    {
+        if let Some(e) = &p.error {
+            lines.push(crate::status::PeerLine {
+                envoy: "?".into(),
+                state: "unreachable".into(),
+                detail: format!("{}: {e}", p.addr),
+            });
+        }
     }
     for p in peers.iter().filter(|p| p.refused.is_some()) {
         lines.push(crate::status::PeerLine {

@@ -141,7 +141,7 @@ pub struct StatusReport {
 pub struct PeerLine {
     /// Envoy name.
     pub envoy: String,
-    /// `live`, `stale`, `absent` or `refused`.
+    /// `live`, `stale`, `absent`, `refused` or `unreachable`.
     pub state: String,
     /// Where it was reached, and why it was refused (if it was).
     #[serde(default)]

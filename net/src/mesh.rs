@@ -127,6 +127,10 @@ pub struct PeerStatus {
     pub refused: Option<String>,
     /// Its free disk, percent, from its last hello.
     pub free_percent: Option<u8>,
+    /// Why the last contact failed (unreachable, refused in the TLS
+    /// handshake, …), until it next answers.
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -138,6 +142,7 @@ struct Peer {
     refused: Option<String>,
     free_percent: Option<u8>,
     digests: Option<([u8; 16], [u8; 16])>,
+    error: Option<String>,
 }
 
 /// The running mesh of one agent.
@@ -266,6 +271,7 @@ impl Mesh {
                 last_seen_secs: p.last_seen.map(|t| now.duration_since(t).as_secs()),
                 refused: p.refused.clone(),
                 free_percent: p.free_percent,
+                error: p.error.clone(),
             })
             .collect();
         out.sort_by(|a, b| a.envoy.cmp(&b.envoy).then(a.addr.cmp(&b.addr)));
@@ -323,6 +329,7 @@ impl Mesh {
         if let Ok(mut peers) = self.peers.lock() {
             let p = peers.entry(addr).or_default();
             p.last_seen = Some(now_instant());
+            p.error = None;
             update(p);
         }
     }
@@ -425,7 +432,15 @@ impl Mesh {
             s.remove(&addr);
         }
         if let Err(e) = result {
-            tracing::debug!("peer {addr}: {e}");
+            // Logged when it changes, not at every attempt.
+            let Ok(mut peers) = self.peers.lock() else {
+                return;
+            };
+            let p = peers.entry(addr).or_default();
+            if p.error.as_deref() != Some(e.as_str()) {
+                tracing::info!("peer {addr}: {e}");
+            }
+            p.error = Some(e);
         }
     }
 
@@ -536,9 +551,14 @@ impl Mesh {
         }
         let body = read_capped(resp.into_body(), MAX_TABLE_BODY).await?;
         let replica = self.replica.clone();
-        tokio::task::spawn_blocking(move || apply_tombstone_list(&replica, &body))
+        let applied = tokio::task::spawn_blocking(move || apply_tombstone_list(&replica, &body))
             .await
-            .map_err(|e| e.to_string())??;
+            .map_err(|e| e.to_string())?;
+        // What was valid is applied; one refused entry must not stop the
+        // catch-up of the rest.
+        if let Err(e) = applied {
+            tracing::debug!("tombstones from {addr}: {e}");
+        }
         Ok(())
     }
 
@@ -723,7 +743,7 @@ impl Mesh {
                         .await
                         {
                             Ok(Ok(())) => respond(200, "ok"),
-                            Ok(Err(e)) => respond(400, e),
+                            Ok(Err(e)) => refuse(&e),
                             Err(e) => respond(500, e.to_string()),
                         }
                     }
@@ -861,16 +881,19 @@ fn record_header(h: &http::HeaderMap) -> Result<Signed<FileVersion>, String> {
     Signed::<FileVersion>::from_bytes(&bytes).map_err(|e| format!("bad version record: {e}"))
 }
 
-fn apply_tombstone_list(replica: &Replica, body: &[u8]) -> Result<(), String> {
-    let items =
-        records::decode_list(body, replica::MAX_TABLE_ENTRIES).map_err(|e| e.to_string())?;
+/// Apply a list of signed tombstones (a pull or a POST). Every valid one is
+/// applied; the first refusal is returned, so a POST answers with its status
+/// (403 for a non-member's delete, 400 for garbage).
+fn apply_tombstone_list(replica: &Replica, body: &[u8]) -> Result<(), Refusal> {
+    let items = records::decode_list(body, replica::MAX_TABLE_ENTRIES)
+        .map_err(|e| Refusal::Bad(format!("bad tombstone list: {e}")))?;
     let mut first_err = None;
     for item in items {
         let r = Signed::<Tombstone>::from_bytes(item)
-            .map_err(|e| Refusal::Bad(e.to_string()))
+            .map_err(|e| Refusal::Bad(format!("bad tombstone: {e}")))
             .and_then(|t| replica.apply_tombstone(&t));
         if let Err(e) = r {
-            first_err.get_or_insert(e.to_string());
+            first_err.get_or_insert(e);
         }
     }
     match first_err {

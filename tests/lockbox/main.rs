@@ -8,6 +8,7 @@ mod cli;
 mod crash;
 mod fleet;
 mod interop;
+mod mesh;
 mod mount;
 mod netlab;
 mod unprivileged;

@@ -67,8 +67,12 @@ pub(crate) struct Mounted {
 impl Mounted {
     /// An initialised envoy with `config`; no agent runs yet.
     pub fn new(config: &str) -> Mounted {
-        let e = Envoy::with_config(config);
-        e.init("alpha");
+        Mounted::named(Envoy::with_config(config), "alpha")
+    }
+
+    /// `e`, initialised as envoy `name`; no agent runs yet.
+    pub fn named(e: Envoy, name: &str) -> Mounted {
+        e.init(name);
         let mnt = e.home.join("lockbox");
         Mounted { e, mnt }
     }

@@ -1,0 +1,820 @@
+//! The mesh (SPEC §6) on real agents: envoys with their own HOME, agent and
+//! FUSE mount, one fleet CA, real mTLS on loopback ports (and, as root, real
+//! multicast between network namespaces). Everything is checked by content
+//! read back through the mounts, never by log lines alone.
+//!
+//! [`Circle`] is the fixture: dropping it stops every agent and detaches every
+//! mount, pass or fail. Waits poll for the state they need with a deadline;
+//! a timeout prints each envoy's status and the tail of its agent log.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::mount::{kill9, Mounted, AGE_MAGIC, MIB};
+use crate::util::{bin, mode, wait_until, Envoy};
+use crate::{require, require_fuse};
+
+/// A fast Argon2id for the identity (the circle key keeps its fixed cost).
+const KDF: &str = "kdf: {memory_kib: 64, iterations: 1, parallelism: 1}\n";
+
+/// The announcement interval of the test meshes.
+const INTERVAL: Duration = Duration::from_millis(300);
+
+/// How long a test waits for the mesh to converge on one change: generous,
+/// since CI machines are slow and tests run in parallel; the figures
+/// themselves are measured by the mesh benchmark.
+const CONVERGE: Duration = Duration::from_secs(30);
+
+/// Loopback ports that are free now (bound and released at once; the
+/// agents bind them moments later).
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("local addr").port())
+        .collect()
+}
+
+/// The config of an envoy on loopback that contacts `peers` directly.
+fn loopback_config(port: u16, peers: &[u16]) -> String {
+    let peers: Vec<String> = peers.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+    format!(
+        "multicast: off\nlisten: 127.0.0.1\npeer_port: {port}\ncross_subnet_peers: [{}]\n\
+         announce_interval: {}ms\nstale_after: 3s\n{KDF}",
+        peers.join(", "),
+        INTERVAL.as_millis()
+    )
+}
+
+fn text(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+/// A fleet CA in a folder of its own.
+pub(crate) struct Fleet {
+    dir: tempfile::TempDir,
+}
+
+impl Fleet {
+    pub(crate) fn new() -> Fleet {
+        let dir = tempfile::Builder::new()
+            .prefix("lockbox-fleet-")
+            .tempdir()
+            .expect("tempdir");
+        let out = Command::new(bin())
+            .args(["fleet", "init", "--out"])
+            .arg(dir.path().join("ca"))
+            .env("HOME", dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run lockbox fleet init");
+        assert!(out.status.success(), "fleet init: {out:?}");
+        Fleet { dir }
+    }
+
+    fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca")
+    }
+
+    /// Issue `name`'s certificate into `e`'s `~/.lockbox/tls`.
+    pub(crate) fn issue(&self, e: &Envoy, name: &str, hosts: &[&str]) {
+        let (ca, tls) = (text(&self.ca()), text(&e.state().join("tls")));
+        let mut args = vec![
+            "fleet", "issue", "--ca", &ca, "--envoy", name, "--out", &tls,
+        ];
+        for h in hosts {
+            args.extend(["--host", h]);
+        }
+        e.ok(&args);
+    }
+}
+
+/// One envoy of a circle: its mount fixture, name and peer port.
+pub(crate) struct Node {
+    pub m: Mounted,
+    pub name: String,
+    pub port: u16,
+}
+
+impl Node {
+    /// `~/lockbox/NAME`.
+    pub fn at(&self, name: &str) -> PathBuf {
+        self.m.at(name)
+    }
+
+    /// `~/.lockbox/store/NAME`.
+    fn stored(&self, name: &str) -> PathBuf {
+        self.m.e.state().join("store").join(name)
+    }
+
+    fn tls(&self, file: &str) -> String {
+        text(&self.m.e.state().join("tls").join(file))
+    }
+
+    /// The envoy names in `status --json`'s `recipients`.
+    fn recipients(&self) -> Vec<String> {
+        names_of(&self.m.e.status_json()["recipients"])
+    }
+
+    /// `status --json`'s peers as `(envoy, state, detail)`.
+    fn peers(&self) -> Vec<(String, String, String)> {
+        let s = self.m.e.status_json();
+        s["peers"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|p| {
+                        let f = |k: &str| p[k].as_str().unwrap_or_default().to_string();
+                        (f("envoy"), f("state"), f("detail"))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The names listed through the mount, sorted.
+    fn listing(&self) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(&self.m.mnt)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Every store file is an age file with mode 0600, and nothing is left
+    /// in the store's temp folder.
+    #[track_caller]
+    fn assert_store_sealed(&self) {
+        for entry in fs::read_dir(self.m.e.state().join("store")).expect("store") {
+            let p = entry.expect("entry").path();
+            let mut head = vec![0u8; AGE_MAGIC.len()];
+            let n = fs::File::open(&p)
+                .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
+                .expect("read a store file");
+            assert_eq!(&head[..n], AGE_MAGIC, "{} is not an age file", p.display());
+            assert_eq!(mode(&p), 0o600, "{}", p.display());
+        }
+        let tmp: Vec<_> = fs::read_dir(self.m.tmp())
+            .map(|rd| rd.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(tmp.is_empty(), "left in {}: {tmp:?}", self.name);
+    }
+
+    /// The last lines of the agent's log.
+    fn log_tail(&self) -> String {
+        let log = fs::read_to_string(self.m.e.state().join("agent.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(25)..].join("\n")
+    }
+}
+
+fn names_of(v: &serde_json::Value) -> Vec<String> {
+    let mut names: Vec<String> = v
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|r| r.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Envoys that share a fleet CA (and, unless a test says otherwise, a
+/// passphrase), each unlocked with its mount answering.
+pub(crate) struct Circle {
+    /// Dropped first: every agent stops and every mount is detached.
+    pub nodes: Vec<Node>,
+    /// The CA the nodes' certificates come from (its folder lives as long).
+    pub _fleet: Fleet,
+}
+
+impl Circle {
+    /// `names` on loopback, each with the others as `cross_subnet_peers`,
+    /// unlocked, and agreed on one circle of all of them.
+    pub fn loopback(names: &[&str]) -> Circle {
+        let circle = Circle::loopback_locked(names);
+        for n in &circle.nodes {
+            n.m.e.unlock();
+            n.m.assert_mounted();
+        }
+        circle.wait_formed(names);
+        circle
+    }
+
+    /// As [`Circle::loopback`], but initialised only: no agent runs.
+    pub fn loopback_locked(names: &[&str]) -> Circle {
+        let fleet = Fleet::new();
+        let ports = free_ports(names.len());
+        let nodes = names
+            .iter()
+            .zip(&ports)
+            .map(|(name, &port)| {
+                let others: Vec<u16> = ports.iter().copied().filter(|&p| p != port).collect();
+                let e = Envoy::with_config(&loopback_config(port, &others));
+                fleet.issue(&e, name, &["127.0.0.1"]);
+                Node {
+                    m: Mounted::named(e, name),
+                    name: name.to_string(),
+                    port,
+                }
+            })
+            .collect();
+        Circle {
+            nodes,
+            _fleet: fleet,
+        }
+    }
+
+    pub fn node(&self, name: &str) -> &Node {
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no envoy {name}"))
+    }
+
+    /// Every running envoy's status and log tail, for a failure message.
+    fn dump(&self) -> String {
+        let mut o = String::new();
+        for n in &self.nodes {
+            let status = n.m.e.run(&["status"]);
+            o.push_str(&format!(
+                "==== {} status:\n{}\n==== {} agent.log (tail):\n{}\n",
+                n.name,
+                String::from_utf8_lossy(&status.stdout),
+                n.name,
+                n.log_tail()
+            ));
+        }
+        o
+    }
+
+    /// Wait for `what` to hold, or fail with every envoy's state.
+    #[track_caller]
+    fn wait(&self, what: &str, limit: Duration, cond: impl FnMut() -> bool) -> Duration {
+        let start = Instant::now();
+        if wait_until(limit, cond).is_err() {
+            panic!(
+                "timed out after {limit:?} waiting for {what}\n{}",
+                self.dump()
+            );
+        }
+        start.elapsed()
+    }
+
+    /// Wait until each of `members` lists exactly `members` as recipients
+    /// and sees the others live.
+    #[track_caller]
+    fn wait_formed(&self, members: &[&str]) {
+        let mut want: Vec<String> = members.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        self.wait("the envoys to form one circle", CONVERGE, || {
+            members.iter().all(|m| {
+                let n = self.node(m);
+                n.recipients() == want
+                    && n.peers()
+                        .iter()
+                        .filter(|(e, state, _)| state == "live" && want.contains(e))
+                        .count()
+                        == members.len() - 1
+            })
+        });
+    }
+
+    /// Wait until `name` reads back as `content` through the mount of every
+    /// envoy in `on`.
+    #[track_caller]
+    fn wait_content(&self, on: &[&str], name: &str, content: &[u8]) -> Duration {
+        self.wait(&format!("{name} on {on:?}"), CONVERGE, || {
+            on.iter()
+                .all(|n| fs::read(self.node(n).at(name)).is_ok_and(|c| c == content))
+        })
+    }
+
+    /// Wait until `name` is gone from the mount of every envoy in `on`.
+    #[track_caller]
+    fn wait_gone(&self, on: &[&str], name: &str) {
+        self.wait(&format!("{name} gone on {on:?}"), CONVERGE, || {
+            on.iter().all(|n| !self.node(n).at(name).exists())
+        });
+    }
+
+    /// Wait until every envoy in `on` lists the same names through its mount
+    /// (and return them).
+    #[track_caller]
+    fn wait_same_listing(&self, on: &[&str], count: usize) -> Vec<String> {
+        self.wait(&format!("{count} files alike on {on:?}"), CONVERGE, || {
+            let first = self.node(on[0]).listing();
+            first.len() == count && on.iter().all(|n| self.node(n).listing() == first)
+        });
+        self.node(on[0]).listing()
+    }
+}
+
+/// `len` bytes that differ per `seed`.
+fn content(seed: &str, len: usize) -> Vec<u8> {
+    let line = format!("{seed}: the quick brown fox jumps over the lazy dog\n");
+    line.bytes().cycle().take(len).collect()
+}
+
+const ALL: [&str; 3] = ["alpha", "bravo", "charlie"];
+
+#[test]
+fn writes_replaces_and_renames_converge_on_every_envoy() {
+    require_fuse!();
+    let c = Circle::loopback(&ALL);
+
+    // A write on alpha reaches bravo and charlie, byte-identical.
+    let v1 = content("v1", 300 * 1024);
+    fs::write(c.node("alpha").at("id_ed25519"), &v1).expect("write on alpha");
+    c.wait_content(&ALL, "id_ed25519", &v1);
+
+    // bravo replaces it; everyone sees the new version.
+    let v2 = content("v2", 5000);
+    fs::write(c.node("bravo").at("id_ed25519"), &v2).expect("replace on bravo");
+    c.wait_content(&ALL, "id_ed25519", &v2);
+
+    // charlie renames it; the old name is gone everywhere.
+    fs::rename(
+        c.node("charlie").at("id_ed25519"),
+        c.node("charlie").at("id_old"),
+    )
+    .expect("rename on charlie");
+    c.wait_content(&ALL, "id_old", &v2);
+    c.wait_gone(&ALL, "id_ed25519");
+
+    // Rename over an existing file on alpha: the target takes the content.
+    let other = content("other", 100);
+    fs::write(c.node("alpha").at("notes"), &other).expect("write notes");
+    c.wait_content(&ALL, "notes", &other);
+    fs::rename(c.node("alpha").at("id_old"), c.node("alpha").at("notes")).expect("rename over");
+    c.wait_content(&ALL, "notes", &v2);
+    c.wait_gone(&ALL, "id_old");
+    assert_eq!(c.wait_same_listing(&ALL, 1), ["notes"]);
+
+    for n in &c.nodes {
+        n.assert_store_sealed();
+        // Every envoy's store holds the version sealed to all three.
+        assert_eq!(n.recipients(), ALL, "{}", n.name);
+    }
+}
+
+#[test]
+fn every_envoy_writing_at_once_converges() {
+    require_fuse!();
+    let c = Circle::loopback(&ALL);
+    let per = 6;
+    std::thread::scope(|s| {
+        for n in &c.nodes {
+            s.spawn(move || {
+                for i in 0..per {
+                    let name = format!("{}-{i}", n.name);
+                    fs::write(n.at(&name), content(&name, 1000 + i * 7000)).expect("write");
+                }
+            });
+        }
+    });
+    let names = c.wait_same_listing(&ALL, per * ALL.len());
+    for name in &names {
+        let len = 1000 + name[name.len() - 1..].parse::<usize>().unwrap() * 7000;
+        c.wait_content(&ALL, name, &content(name, len));
+    }
+    for n in &c.nodes {
+        n.assert_store_sealed();
+    }
+}
+
+#[test]
+fn a_delete_reaches_every_envoy_and_a_lagging_copy_does_not_return() {
+    require_fuse!();
+    let c = Circle::loopback(&ALL);
+    let v = content("doomed", 2000);
+    fs::write(c.node("alpha").at("doomed"), &v).expect("write");
+    c.wait_content(&ALL, "doomed", &v);
+
+    fs::remove_file(c.node("bravo").at("doomed")).expect("rm on bravo");
+    c.wait_gone(&ALL, "doomed");
+    // Several rounds of anti-entropy later it is still gone everywhere.
+    let keep = fs::write(c.node("alpha").at("marker"), b"m");
+    keep.expect("write marker");
+    c.wait_content(&ALL, "marker", b"m");
+    std::thread::sleep(INTERVAL * 4);
+    for n in &c.nodes {
+        assert!(!n.at("doomed").exists(), "doomed came back on {}", n.name);
+        assert!(!n.stored("doomed").exists(), "doomed in {}'s store", n.name);
+    }
+}
+
+#[test]
+fn concurrent_edits_keep_both_versions_under_one_agreed_name() {
+    require_fuse!();
+    let c = Circle::loopback(&ALL);
+    let base = content("base", 1000);
+    fs::write(c.node("alpha").at("shared"), &base).expect("write");
+    c.wait_content(&ALL, "shared", &base);
+
+    // bravo goes down and edits its copy offline (encrypt works without an
+    // agent); alpha edits meanwhile. The two versions are concurrent.
+    let bravo = c.node("bravo");
+    bravo.m.e.ok(&["stop"]);
+    let offline = content("bravo-offline", 1500);
+    let src = bravo.m.e.plain_file("shared", &offline);
+    bravo.m.e.ok(&["encrypt", &text(&src), "--name", "shared"]);
+    let online = content("alpha-online", 1700);
+    fs::write(c.node("alpha").at("shared"), &online).expect("edit on alpha");
+    c.wait_content(&["alpha", "charlie"], "shared", &online);
+
+    bravo.m.e.unlock();
+    let names = c.wait_same_listing(&ALL, 2);
+    assert_eq!(names[0], "shared", "{names:?}");
+    let copy = &names[1];
+    assert!(copy.starts_with("shared.conflict-"), "{names:?}");
+    // Both edits survive, the same way on every envoy.
+    let winner = fs::read(c.node("alpha").at("shared")).expect("read");
+    let loser = fs::read(c.node("alpha").at(copy)).expect("read copy");
+    let mut both = [winner.clone(), loser.clone()];
+    both.sort();
+    let mut want = [online.clone(), offline.clone()];
+    want.sort();
+    assert_eq!(both, want, "both edits are kept");
+    let loser_envoy = if loser == offline { "bravo" } else { "alpha" };
+    assert!(
+        copy.starts_with(&format!("shared.conflict-{loser_envoy}-")),
+        "{copy} names the envoy whose version lost"
+    );
+    c.wait_content(&ALL, "shared", &winner);
+    c.wait_content(&ALL, copy, &loser);
+}
+
+#[test]
+fn an_envoy_that_was_down_catches_up_and_reads_everything() {
+    require_fuse!();
+    let c = Circle::loopback(&ALL);
+    let keep = content("kept", 4000);
+    let gone = content("gone", 100);
+    for (name, v) in [("kept", &keep), ("gone", &gone), ("renamed", &gone)] {
+        fs::write(c.node("alpha").at(name), v).expect("write");
+        c.wait_content(&ALL, name, v);
+    }
+
+    let charlie = c.node("charlie");
+    charlie.m.e.ok(&["stop"]);
+    // While charlie is away: new files, a replacement, a delete, a rename.
+    let mut fresh = Vec::new();
+    for i in 0..5 {
+        let name = format!("new-{i}");
+        let v = content(&name, 10_000 * (i + 1));
+        fs::write(c.node(ALL[i % 2]).at(&name), &v).expect("write while charlie is away");
+        fresh.push((name, v));
+    }
+    let replaced = content("replaced", 70_000);
+    fs::write(c.node("bravo").at("kept"), &replaced).expect("replace");
+    fs::remove_file(c.node("alpha").at("gone")).expect("delete");
+    fs::rename(c.node("bravo").at("renamed"), c.node("bravo").at("moved")).expect("rename");
+    c.wait_same_listing(&["alpha", "bravo"], 7);
+
+    let back = Instant::now();
+    charlie.m.e.unlock();
+    c.wait_same_listing(&ALL, 7);
+    c.wait_content(&ALL, "kept", &replaced);
+    c.wait_content(&ALL, "moved", &gone);
+    for (name, v) in &fresh {
+        c.wait_content(&["charlie"], name, v);
+    }
+    eprintln!(
+        "charlie caught up {} ms after its unlock returned (announce interval {} ms)",
+        back.elapsed().as_millis(),
+        INTERVAL.as_millis()
+    );
+    assert!(!charlie.at("gone").exists() && !charlie.at("renamed").exists());
+    charlie.assert_store_sealed();
+}
+
+#[test]
+fn killing_a_receiving_agent_mid_transfer_leaves_no_torn_file() {
+    require_fuse!();
+    let c = Circle::loopback(&["alpha", "bravo"]);
+    let old = content("old", 10_000);
+    fs::write(c.node("alpha").at("big"), &old).expect("write");
+    c.wait_content(&["alpha", "bravo"], "big", &old);
+
+    let bravo = c.node("bravo");
+    let pid = bravo.m.e.agent_pid().expect("bravo's agent");
+    let big = content("new", 200 * MIB);
+    fs::write(c.node("alpha").at("big"), &big).expect("write 200 MiB on alpha");
+    // Kill bravo as soon as the transfer has started landing in its temp
+    // folder, i.e. mid-transfer.
+    let tmp = bravo.m.tmp();
+    c.wait("the transfer to reach bravo", CONVERGE, || {
+        fs::read_dir(&tmp).is_ok_and(|rd| {
+            rd.flatten()
+                .any(|e| e.metadata().is_ok_and(|m| m.len() > 0))
+        })
+    });
+    kill9(pid);
+    crate::util::detach_mount(&bravo.m.mnt);
+
+    // What bravo's store holds is the old version, whole and sealed.
+    let stored = fs::read(bravo.stored("big")).expect("bravo still has big");
+    assert!(stored.starts_with(AGE_MAGIC));
+    assert_eq!(mode(&bravo.stored("big")), 0o600);
+
+    // Restarted, bravo throws the partial transfer away and gets the new
+    // version, byte-identical.
+    bravo.m.e.unlock();
+    c.wait_content(&["bravo"], "big", &big);
+    bravo.assert_store_sealed();
+    let store = fs::metadata(bravo.stored("big")).expect("stat");
+    assert!(store.size() > big.len() as u64, "ciphertext is larger");
+}
+
+/// `curl` against a peer port with `tls` (ca, cert, key), or no client
+/// certificate. Returns curl's output (`-w '%{http_code}'` on stdout).
+fn curl(port: u16, path: &str, tls: Option<(&str, &str, &str)>, extra: &[&str]) -> Output {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--http2", "--max-time", "20", "-w", "%{http_code}"]);
+    match tls {
+        Some((ca, cert, key)) => {
+            cmd.args(["--cacert", ca, "--cert", cert, "--key", key]);
+        }
+        None => {
+            cmd.arg("-k");
+        }
+    }
+    cmd.args(extra)
+        .arg(format!("https://127.0.0.1:{port}{path}"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run curl")
+}
+
+fn have_curl() -> bool {
+    crate::mount::on_path("curl")
+}
+
+#[test]
+fn a_host_with_another_passphrase_is_never_a_member() {
+    require_fuse!();
+    require!(have_curl(), "curl not found (apt-get install curl)");
+    // alpha and bravo share the passphrase; mallory has a certificate from
+    // the same fleet CA but another passphrase.
+    let fleet = Fleet::new();
+    let ports = free_ports(3);
+    let names = ["alpha", "bravo", "mallory"];
+    let nodes: Vec<Node> = names
+        .iter()
+        .zip(&ports)
+        .map(|(name, &port)| {
+            let others: Vec<u16> = ports.iter().copied().filter(|&p| p != port).collect();
+            let e = Envoy::with_config(&loopback_config(port, &others));
+            if *name == "mallory" {
+                fs::write(&e.pass, "not the user's passphrase\n").expect("pass");
+            }
+            fleet.issue(&e, name, &["127.0.0.1"]);
+            Node {
+                m: Mounted::named(e, name),
+                name: name.to_string(),
+                port,
+            }
+        })
+        .collect();
+    let c = Circle {
+        nodes,
+        _fleet: fleet,
+    };
+    for n in &c.nodes {
+        n.m.e.unlock();
+    }
+    c.wait_formed(&["alpha", "bravo"]);
+    // Each side sees the other circle refused, and says why.
+    c.wait("mallory to be refused on both sides", CONVERGE, || {
+        let refused = |n: &Node, who: &str| {
+            n.peers()
+                .iter()
+                .any(|(e, s, d)| e == who && s == "refused" && d.contains("passphrase"))
+        };
+        refused(c.node("alpha"), "mallory")
+            && refused(c.node("bravo"), "mallory")
+            && refused(c.node("mallory"), "alpha")
+    });
+    assert_eq!(c.node("alpha").recipients(), ["alpha", "bravo"]);
+    assert_eq!(c.node("mallory").recipients(), ["mallory"]);
+    let recipients = fs::read_to_string(c.node("alpha").m.e.state().join("recipients.txt"))
+        .expect("recipients.txt");
+    assert!(!recipients.contains("mallory"), "{recipients}");
+
+    // A file on mallory never reaches alpha; alpha's never reaches mallory.
+    fs::write(c.node("mallory").at("planted"), b"planted").expect("write on mallory");
+    let secret = content("secret", 3000);
+    fs::write(c.node("alpha").at("secret"), &secret).expect("write on alpha");
+    c.wait_content(&["bravo"], "secret", &secret);
+    fs::write(c.node("alpha").at("shared"), b"alpha's").expect("write");
+    c.wait_content(&["bravo"], "shared", b"alpha's");
+
+    // mallory pushes a version signed by its own key straight to alpha's
+    // peer port with its valid fleet certificate: 403.
+    let mallory = c.node("mallory");
+    let user = mallory.m.e.status_json()["user"]
+        .as_str()
+        .expect("user")
+        .to_string();
+    let tls = (
+        mallory.tls("ca.pem"),
+        mallory.tls("cert.pem"),
+        mallory.tls("key.pem"),
+    );
+    let tls = Some((tls.0.as_str(), tls.1.as_str(), tls.2.as_str()));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (headers, body) = (dir.path().join("headers"), dir.path().join("body"));
+    let got = curl(
+        mallory.port,
+        &format!("/lockbox/files/{user}/planted"),
+        tls,
+        &["-D", &text(&headers), "-o", &text(&body)],
+    );
+    assert_eq!(String::from_utf8_lossy(&got.stdout), "200", "{got:?}");
+    let headers = fs::read_to_string(&headers).expect("headers");
+    let record = headers
+        .lines()
+        .find_map(|l| l.strip_prefix("lockbox-record: "))
+        .expect("a version record")
+        .trim()
+        .to_string();
+    let alpha = c.node("alpha");
+    let push = curl(
+        alpha.port,
+        &format!("/lockbox/push/{user}/planted"),
+        tls,
+        &[
+            "-X",
+            "POST",
+            "-H",
+            &format!("lockbox-record: {record}"),
+            "--data-binary",
+            &format!("@{}", text(&body)),
+        ],
+    );
+    let out = String::from_utf8_lossy(&push.stdout);
+    assert!(out.ends_with("403"), "push by a non-member: {push:?}");
+
+    // A delete signed by mallory does not delete alpha's file of that name.
+    fs::write(mallory.at("shared"), b"mallory's").expect("write");
+    fs::remove_file(mallory.at("shared")).expect("rm on mallory");
+    let tombs = dir.path().join("tombs");
+    let got = curl(
+        mallory.port,
+        &format!("/lockbox/tombstones/{user}"),
+        tls,
+        &["-o", &text(&tombs)],
+    );
+    assert_eq!(String::from_utf8_lossy(&got.stdout), "200", "{got:?}");
+    let post = curl(
+        alpha.port,
+        &format!("/lockbox/tombstones/{user}"),
+        tls,
+        &["-X", "POST", "--data-binary", &format!("@{}", text(&tombs))],
+    );
+    let out = String::from_utf8_lossy(&post.stdout);
+    assert!(out.ends_with("403"), "tombstone by a non-member: {post:?}");
+
+    std::thread::sleep(INTERVAL * 4);
+    assert!(
+        !alpha.at("planted").exists(),
+        "mallory's file reached alpha"
+    );
+    assert!(!c.node("bravo").at("planted").exists());
+    assert!(
+        !mallory.at("secret").exists(),
+        "alpha's file reached mallory"
+    );
+    assert_eq!(fs::read(alpha.at("shared")).expect("shared"), b"alpha's");
+    assert_eq!(
+        fs::read(c.node("bravo").at("shared")).expect("shared"),
+        b"alpha's"
+    );
+}
+
+#[test]
+fn peers_without_a_fleet_certificate_are_refused_in_the_handshake() {
+    require_fuse!();
+    require!(have_curl(), "curl not found (apt-get install curl)");
+    let c = Circle::loopback(&["alpha"]);
+    let alpha = c.node("alpha");
+    let user = alpha.m.e.status_json()["user"]
+        .as_str()
+        .expect("user")
+        .to_string();
+    let hello = format!("/lockbox/hello/{user}");
+    let own = (
+        alpha.tls("ca.pem"),
+        alpha.tls("cert.pem"),
+        alpha.tls("key.pem"),
+    );
+
+    // With the fleet's certificate the hello is answered: the probe works.
+    let ok = curl(alpha.port, &hello, Some((&own.0, &own.1, &own.2)), &[]);
+    assert!(
+        String::from_utf8_lossy(&ok.stdout).ends_with("200"),
+        "{ok:?}"
+    );
+
+    // No client certificate: refused in the handshake, no HTTP status.
+    let none = curl(alpha.port, &hello, None, &[]);
+    assert!(!none.status.success(), "{none:?}");
+    assert_eq!(String::from_utf8_lossy(&none.stdout), "000", "{none:?}");
+
+    // A certificate from another fleet CA: refused the same way.
+    let other = Fleet::new();
+    let stranger = Envoy::new();
+    other.issue(&stranger, "stranger", &["127.0.0.1"]);
+    let st = |f: &str| text(&stranger.state().join("tls").join(f));
+    let foreign = curl(
+        alpha.port,
+        &hello,
+        Some((&own.0, &st("cert.pem"), &st("key.pem"))),
+        &[],
+    );
+    assert!(!foreign.status.success(), "{foreign:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&foreign.stdout),
+        "000",
+        "{foreign:?}"
+    );
+
+    // The other way round: a server with another fleet's certificate is
+    // refused by alpha's client, and alpha's status says why.
+    drop(c);
+    let ports = free_ports(2);
+    let alpha = Envoy::with_config(&loopback_config(ports[0], &ports[1..]));
+    let fleet = Fleet::new();
+    fleet.issue(&alpha, "alpha", &["127.0.0.1"]);
+    let alpha = Node {
+        m: Mounted::named(alpha, "alpha"),
+        name: "alpha".into(),
+        port: ports[0],
+    };
+    let stranger = Envoy::with_config(&loopback_config(ports[1], &ports[..1]));
+    other.issue(&stranger, "stranger", &["127.0.0.1"]);
+    let stranger = Node {
+        m: Mounted::named(stranger, "stranger"),
+        name: "stranger".into(),
+        port: ports[1],
+    };
+    let c = Circle {
+        nodes: vec![alpha, stranger],
+        _fleet: fleet,
+    };
+    for n in &c.nodes {
+        n.m.e.unlock();
+    }
+    c.wait(
+        "both sides to report the other unreachable",
+        CONVERGE,
+        || {
+            let unreachable = |n: &Node, port: u16| {
+                n.peers().iter().any(|(_, s, d)| {
+                    s == "unreachable"
+                        && d.contains(&format!("127.0.0.1:{port}"))
+                        && d.contains("TLS")
+                })
+            };
+            unreachable(c.node("alpha"), ports[1]) && unreachable(c.node("stranger"), ports[0])
+        },
+    );
+    assert_eq!(c.node("alpha").recipients(), ["alpha"]);
+    assert_eq!(c.node("stranger").recipients(), ["stranger"]);
+}
+
+#[test]
+fn a_new_member_can_read_files_written_before_it_joined() {
+    require_fuse!();
+    let c = Circle::loopback_locked(&ALL);
+    for n in &c.nodes[..2] {
+        n.m.e.unlock();
+    }
+    c.wait_formed(&["alpha", "bravo"]);
+    let early = content("early", 200_000);
+    fs::write(c.node("alpha").at("early"), &early).expect("write");
+    c.wait_content(&["alpha", "bravo"], "early", &early);
+
+    // charlie joins later: alpha and bravo re-seal what they hold to the new
+    // member set, and charlie reads the file through its own mount.
+    c.node("charlie").m.e.unlock();
+    c.wait_formed(&ALL);
+    c.wait_content(&ALL, "early", &early);
+    c.wait("no recipient drift anywhere", CONVERGE, || {
+        c.nodes
+            .iter()
+            .all(|n| n.m.e.status_json()["recipient_drift"] == 0)
+    });
+}
