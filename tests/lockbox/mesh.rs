@@ -818,3 +818,66 @@ fn a_new_member_can_read_files_written_before_it_joined() {
             .all(|n| n.m.e.status_json()["recipient_drift"] == 0)
     });
 }
+
+#[test]
+fn envoys_in_network_namespaces_find_each_other_by_multicast() {
+    require_fuse!();
+    require!(
+        crate::netlab::available().is_ok(),
+        crate::netlab::available().unwrap_err()
+    );
+    // The lab first: the circle drops before it, stopping the agents through
+    // the namespaces that still exist.
+    let lab = crate::netlab::NetLab::new(3).expect("network lab");
+    let fleet = Fleet::new();
+    // The defaults: multicast on 224.0.0.44:1533, peer port 1531, no static
+    // peers; each host has its own address and port space.
+    let config = format!(
+        "listen: 0.0.0.0\nannounce_interval: {}ms\nstale_after: 3s\n{KDF}",
+        INTERVAL.as_millis()
+    );
+    let nodes: Vec<Node> = ALL
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let mut e = Envoy::with_config(&config);
+            e.netns = Some(lab.ns_path(i));
+            fleet.issue(&e, name, &[&lab.addr(i).to_string()]);
+            Node {
+                m: Mounted::named(e, name),
+                name: name.to_string(),
+                port: 1531,
+            }
+        })
+        .collect();
+    let c = Circle {
+        nodes,
+        _fleet: fleet,
+    };
+    for n in &c.nodes {
+        n.m.e.unlock();
+        n.m.assert_mounted();
+    }
+    c.wait_formed(&ALL);
+    // Each envoy reached the others at their own addresses.
+    for (i, n) in c.nodes.iter().enumerate() {
+        for (e, state, detail) in n.peers() {
+            let j = ALL.iter().position(|a| *a == e).expect("a member");
+            assert_ne!(i, j);
+            assert_eq!(state, "live");
+            assert!(
+                detail.starts_with(&format!("{}:1531", lab.addr(j))),
+                "{}: {e} at {detail}",
+                n.name
+            );
+        }
+    }
+
+    let v = content("multicast", 50_000);
+    fs::write(c.node("bravo").at("found"), &v).expect("write on bravo");
+    c.wait_content(&ALL, "found", &v);
+    fs::remove_file(c.node("charlie").at("found")).expect("rm on charlie");
+    c.wait_gone(&ALL, "found");
+    drop(c);
+    drop(lab);
+}
