@@ -16,7 +16,7 @@ use lockbox_fs::Name;
 use tokio::sync::Notify;
 
 use lockbox_net::mesh::{Mesh, MeshConfig};
-use lockbox_net::replica::Replica;
+use lockbox_net::replica::{Replica, Reseal};
 
 use crate::control::{self, DataFrames, Failure, Frame, Request, Response};
 use crate::envoy::{self, Envoy};
@@ -337,19 +337,32 @@ async fn start_mesh(envoy: &Envoy, replica: &Arc<Replica>) -> (Option<Arc<Mesh>>
 async fn reencrypt_when_needed(agent: Arc<Agent>) {
     loop {
         let a = agent.clone();
-        let _ = tokio::task::spawn_blocking(move || reencrypt(&a, |_, _| {})).await;
+        let _ =
+            tokio::task::spawn_blocking(move || reencrypt(&a, Reseal::Drifted, |_, _| {})).await;
         tokio::select! {
             _ = agent.members_changed.notified() => {}
         }
     }
 }
 
-/// Re-encrypt the drifted files now, if unlocked; `progress(done, total)`
-/// after each. Returns how many were re-encrypted.
-fn reencrypt(agent: &Agent, mut progress: impl FnMut(usize, usize)) -> Result<usize, String> {
-    let drift = agent.replica.drift();
+/// Re-encrypt `which` files now, if unlocked; `progress(done, total)` after
+/// each. Returns how many were re-encrypted and how many were considered.
+fn reencrypt(
+    agent: &Agent,
+    which: Reseal,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<(usize, usize), String> {
+    let drift = match which {
+        Reseal::Drifted => agent.replica.drift(),
+        Reseal::All => agent
+            .replica
+            .manifest()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect(),
+    };
     if drift.is_empty() {
-        return Ok(0);
+        return Ok((0, 0));
     }
     let identity = agent
         .session
@@ -363,7 +376,7 @@ fn reencrypt(agent: &Agent, mut progress: impl FnMut(usize, usize)) -> Result<us
     let total = drift.len();
     let mut done = 0;
     for (i, name) in drift.iter().enumerate() {
-        let r = agent.replica.reseal_if_drifted(name, |src, out| {
+        let r = agent.replica.reseal(name, which, |src, out| {
             let opened = Opened::open(&identity, src).map_err(|e| e.to_string())?;
             lockbox_fs::store::seal_into(out, name, opened, &recipients, max)
                 .map_err(|e| e.to_string())
@@ -378,7 +391,38 @@ fn reencrypt(agent: &Agent, mut progress: impl FnMut(usize, usize)) -> Result<us
     if done > 0 {
         tracing::info!("re-encrypted {done} file(s) to the current members");
     }
-    Ok(done)
+    Ok((done, total))
+}
+
+/// `Reencrypt`: every file, with a `Progress` frame after each, then
+/// `Reencrypted`.
+fn reencrypt_all(agent: &Agent, stream: &mut UnixStream) -> std::io::Result<()> {
+    // A request of the user's: it counts as use of the session.
+    let _ = agent
+        .session
+        .lock()
+        .ok()
+        .and_then(|mut s| s.use_identity(Instant::now()));
+    agent.session_changed.notify_one();
+    let mut sent = Ok(());
+    let result = reencrypt(agent, Reseal::All, |done, total| {
+        if sent.is_ok() {
+            sent = control::write_message(&mut *stream, &Response::Progress { done, total });
+        }
+    });
+    sent?;
+    match result {
+        Ok((resealed, total)) => {
+            control::write_message(stream, &Response::Reencrypted { resealed, total })
+        }
+        Err(message) => control::write_message(
+            stream,
+            &Response::Error {
+                failure: Failure::Locked,
+                message,
+            },
+        ),
+    }
 }
 
 /// Lock the session when it has been idle for the timeout.
@@ -435,6 +479,7 @@ fn handle(agent: &Agent, mut stream: UnixStream) {
             control::write_message(&mut stream, &Response::Ok)
         }
         Request::Encrypt { name } => encrypt(agent, &mut stream, name),
+        Request::Reencrypt => reencrypt_all(agent, &mut stream),
         Request::Decrypt { name } => decrypt(agent, &mut stream, name),
         Request::Delete { name } => {
             let resp = match Name::new(name) {

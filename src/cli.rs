@@ -84,6 +84,8 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         passphrase_file: Option<PathBuf>,
     },
+    /// Re-encrypt every file to the current members of the circle (needs unlock).
+    Reencrypt,
     /// Fleet certificates: create the fleet CA, issue an envoy's mTLS certificate.
     Fleet {
         #[command(subcommand)]
@@ -170,6 +172,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::ExportIdentity { passphrase_file } => {
             cmd::init::export_identity(&paths, passphrase_file.as_deref())
         }
+        Command::Reencrypt => cmd::files::reencrypt(&paths),
         Command::Fleet { ref command } => fleet(command),
         Command::RenewCert { ca, days } => cmd::fleet::renew(&paths, &ca, days),
         Command::Doctor => cmd::report::doctor(&paths),

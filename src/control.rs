@@ -48,6 +48,9 @@ pub enum Request {
         /// Raw name bytes.
         name: Vec<u8>,
     },
+    /// Re-encrypt every file to the current members (`Progress` frames,
+    /// then `Reencrypted`).
+    Reencrypt,
     /// Stop the agent; the connection closes when the agent has exited.
     Stop,
     /// Marks the end of the data frames of an `Encrypt`.
@@ -117,6 +120,20 @@ pub enum Response {
     },
     /// The agent is stopping.
     Stopping,
+    /// `done` of `total` files re-encrypted so far.
+    Progress {
+        /// Files handled.
+        done: usize,
+        /// Files in all.
+        total: usize,
+    },
+    /// Re-encryption is complete.
+    Reencrypted {
+        /// Files re-encrypted.
+        resealed: usize,
+        /// Files considered.
+        total: usize,
+    },
 }
 
 /// One frame.

@@ -101,6 +101,15 @@ pub enum Outgoing {
     Tombstone(Signed<Tombstone>),
 }
 
+/// Which files [`Replica::reseal`] re-encrypts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reseal {
+    /// Only those sealed to a recipient set other than the members.
+    Drifted,
+    /// Every one (`lockbox reencrypt`).
+    All,
+}
+
 /// Where the replica keeps what is not in the store.
 #[derive(Debug, Clone)]
 pub struct ReplicaPaths {
@@ -860,20 +869,22 @@ impl Replica {
         Ok(true)
     }
 
-    /// Re-encrypt `name` to the current members if its record names a
-    /// different recipient set. `reseal` does the crypto: it reads the old
-    /// ciphertext and writes the new into the given file, returning what it
-    /// sealed. Returns whether it re-encrypted.
-    pub fn reseal_if_drifted(
+    /// Re-encrypt `name` to the current members: always with `Reseal::All`,
+    /// with `Reseal::Drifted` only if its record names a different recipient
+    /// set. `reseal` does the crypto: it reads the old ciphertext and writes
+    /// the new into the given file, returning what it sealed. Returns whether
+    /// it re-encrypted.
+    pub fn reseal(
         &self,
         name: &Name,
+        which: Reseal,
         reseal: impl FnOnce(&mut fs::File, &mut fs::File) -> Result<Sealed, String>,
     ) -> Result<bool, String> {
         let Some(rec) = self.record(name)? else {
             return Ok(false);
         };
         let members = self.member_names();
-        if rec.body().recipients == members {
+        if which == Reseal::Drifted && rec.body().recipients == members {
             return Ok(false);
         }
         let mut src = self.store.open_file(name).map_err(|e| e.to_string())?;

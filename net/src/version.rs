@@ -281,12 +281,18 @@ pub enum Resolution<'a> {
 
 /// Decide between two versions of the same name.
 ///
-/// Causally ordered versions: the later one replaces the earlier. Concurrent
-/// versions (and, defensively, versions with equal vectors but different
-/// bytes, unless one is a re-encryption: then the one sealed to more envoys
-/// replaces the other)
-/// bytes) conflict; the winner is the greater by this total order, compared
-/// field by field:
+/// Causally ordered versions: the later one replaces the earlier.
+///
+/// Equal vectors with a re-encryption on either side are the same content
+/// sealed to different recipient sets: the one sealed to more envoys
+/// replaces the other, then the later re-encryption (by `sealed_unix`), then
+/// the greater hash. No conflict copy is made, since no edit is lost; and
+/// when every unlocked envoy re-seals its copies after a member change, they
+/// all settle on one ciphertext per file.
+///
+/// Concurrent versions (and, defensively, versions with equal vectors but
+/// different bytes and no re-encryption) conflict; the winner is the greater
+/// by this total order, compared field by field:
 ///
 /// 1. later `sealed_unix` (the most recent edit keeps the name),
 /// 2. greater envoy name (bytewise),
@@ -302,10 +308,10 @@ pub fn resolve<'a>(a: &'a Candidate, b: &'a Candidate) -> Resolution<'a> {
         Causality::After => Resolution::Supersedes { newer: a, older: b },
         Causality::Equal if a.hash == b.hash => Resolution::Same,
         // Equal vectors and a re-encryption on either side: the same content
-        // under different recipients. Keep the one sealed to more envoys
-        // (then the greater hash); no conflict copy, nothing is lost.
+        // under different recipients. Keep the one sealed to more envoys,
+        // then the later one, then the greater hash; no conflict copy.
         Causality::Equal if a.reseal || b.reseal => {
-            if (a.recipients, a.hash) < (b.recipients, b.hash) {
+            if (a.recipients, a.sealed_unix, a.hash) < (b.recipients, b.sealed_unix, b.hash) {
                 Resolution::Supersedes { newer: b, older: a }
             } else {
                 Resolution::Supersedes { newer: a, older: b }
@@ -470,6 +476,28 @@ mod tests {
         let edit = candidate(vv(&[("desk", 2), ("laptop", 1)]), "laptop", 5, 2);
         assert!(
             matches!(resolve(&reseal, &edit), Resolution::Supersedes { newer, .. } if newer == &edit)
+        );
+    }
+
+    #[test]
+    fn among_reseals_to_as_many_envoys_the_later_one_wins_whatever_the_hash() {
+        let v = vv(&[("desk", 2)]);
+        let mut first = candidate(v.clone(), "desk", 10, 9);
+        let mut later = candidate(v, "laptop", 11, 1);
+        for c in [&mut first, &mut later] {
+            c.reseal = true;
+            c.recipients = 3;
+        }
+        for (a, b) in [(&first, &later), (&later, &first)] {
+            match resolve(a, b) {
+                Resolution::Supersedes { newer, .. } => assert_eq!(newer, &later),
+                other => panic!("expected the later reseal to replace, got {other:?}"),
+            }
+        }
+        // Sealed to more envoys beats later.
+        first.recipients = 4;
+        assert!(
+            matches!(resolve(&first, &later), Resolution::Supersedes { newer, .. } if newer == &first)
         );
     }
 

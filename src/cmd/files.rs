@@ -161,3 +161,51 @@ pub fn list(paths: &Paths, json: bool) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `lockbox reencrypt`: every file re-sealed to the current members by the
+/// agent (which needs the session), with a progress bar on a terminal.
+pub fn reencrypt(paths: &Paths) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let mut c = Client::require(paths)?;
+    let mut bar: Option<indicatif::ProgressBar> = None;
+    let mut resp = c.call(&Request::Reencrypt)?;
+    loop {
+        match resp {
+            Response::Progress { done, total } => {
+                if io::stderr().is_terminal() {
+                    let b = bar.get_or_insert_with(|| {
+                        let b = indicatif::ProgressBar::new(total as u64);
+                        if let Ok(style) = indicatif::ProgressStyle::with_template(
+                            "re-encrypting {bar:30} {pos}/{len} files",
+                        ) {
+                            b.set_style(style);
+                        }
+                        b
+                    });
+                    b.set_position(done as u64);
+                }
+            }
+            Response::Reencrypted { resealed, total } => {
+                if let Some(b) = bar {
+                    b.finish_and_clear();
+                }
+                let members = crate::envoy::read_recipients(&paths.recipients())
+                    .map(|r| r.len())
+                    .unwrap_or(0);
+                println!(
+                    "re-encrypted {resealed} of {total} file(s) to the {members} current member(s)"
+                );
+                if resealed < total {
+                    println!(
+                        "{} file(s) changed meanwhile or could not be read: see the agent log",
+                        total - resealed
+                    );
+                }
+                return Ok(());
+            }
+            r if client::is_failure(&r, Failure::Locked) => bail!("locked: run lockbox unlock"),
+            other => return Err(client::into_error(other)),
+        }
+        resp = c.response()?;
+    }
+}
