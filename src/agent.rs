@@ -585,7 +585,7 @@ fn status(agent: &Agent) -> StatusReport {
             .map(|d| d.as_secs() as i64);
         report.peers = peer_lines(
             &agent.replica.members().names(),
-            &agent.envoy.config.envoy,
+            &agent.envoy.config,
             &mesh.peers(),
         );
     }
@@ -607,11 +607,11 @@ fn status(agent: &Agent) -> StatusReport {
 /// from), then one per refused peer.
 fn peer_lines(
     members: &[String],
-    me: &str,
+    config: &crate::config::Config,
     peers: &[lockbox_net::mesh::PeerStatus],
 ) -> Vec<crate::status::PeerLine> {
     let mut lines = Vec::new();
-    for m in members.iter().filter(|m| m.as_str() != me) {
+    for m in members.iter().filter(|m| **m != config.envoy) {
         let seen: Vec<_> = peers
             .iter()
             .filter(|p| p.envoy.as_deref() == Some(m.as_str()) && p.refused.is_none())
@@ -620,10 +620,21 @@ fn peer_lines(
             Some(p) => crate::status::PeerLine {
                 envoy: m.clone(),
                 state: if p.live { "live" } else { "stale" }.into(),
-                detail: match (p.last_seen_secs, &p.error) {
-                    (Some(s), None) => format!("{}, heard {s}s ago", p.addr),
-                    (Some(s), Some(e)) => format!("{}, heard {s}s ago; since then: {e}", p.addr),
-                    (None, _) => p.addr.clone(),
+                detail: {
+                    let mut d = match (p.last_seen_secs, &p.error) {
+                        (Some(s), None) => format!("{}, heard {s}s ago", p.addr),
+                        (Some(s), Some(e)) => {
+                            format!("{}, heard {s}s ago; since then: {e}", p.addr)
+                        }
+                        (None, _) => p.addr.clone(),
+                    };
+                    let free = p.free_percent.unwrap_or(100);
+                    if p.disk_short || free <= config.disk_pressure_percent {
+                        d.push_str(&format!(
+                            "; its disk is short ({free}% free): it gets no pushes"
+                        ));
+                    }
+                    d
                 },
             },
             None => crate::status::PeerLine {

@@ -106,6 +106,10 @@ pub struct Hello {
     pub members: Vec<String>,
     /// Free disk of its store, percent.
     pub free_percent: u8,
+    /// Whether that is at or below its own `disk_pressure_percent`: it
+    /// refuses pushes (507) and should not be sent any.
+    #[serde(default)]
+    pub disk_short: bool,
     /// Digest of its file table (hex).
     pub files: String,
     /// Digest of its tombstone table (hex).
@@ -127,6 +131,9 @@ pub struct PeerStatus {
     pub refused: Option<String>,
     /// Its free disk, percent, from its last hello.
     pub free_percent: Option<u8>,
+    /// It said its disk is short (hello or a 507): it gets no pushes.
+    #[serde(default)]
+    pub disk_short: bool,
     /// Why the last contact failed (unreachable, refused in the TLS
     /// handshake, …), until it next answers.
     #[serde(default)]
@@ -141,6 +148,7 @@ struct Peer {
     member: bool,
     refused: Option<String>,
     free_percent: Option<u8>,
+    disk_short: bool,
     digests: Option<([u8; 16], [u8; 16])>,
     error: Option<String>,
 }
@@ -271,6 +279,7 @@ impl Mesh {
                 last_seen_secs: p.last_seen.map(|t| now.duration_since(t).as_secs()),
                 refused: p.refused.clone(),
                 free_percent: p.free_percent,
+                disk_short: p.disk_short,
                 error: p.error.clone(),
             })
             .collect();
@@ -287,6 +296,7 @@ impl Mesh {
 
     fn hello(&self) -> Hello {
         let (files, tombstones) = self.digests();
+        let free = self.replica.store().free_percent().unwrap_or(100);
         Hello {
             protocol: PROTOCOL_VERSION,
             user: self.replica.user().to_string(),
@@ -300,7 +310,8 @@ impl Mesh {
                 .iter()
                 .map(hex::encode)
                 .collect(),
-            free_percent: self.replica.store().free_percent().unwrap_or(100),
+            free_percent: free,
+            disk_short: free <= self.cfg.disk_pressure_percent,
             files: hex::encode(files),
             tombstones: hex::encode(tombstones),
         }
@@ -318,6 +329,7 @@ impl Mesh {
                 p.member
                     && p.last_seen
                         .is_some_and(|t| now.duration_since(t) < self.cfg.stale_after)
+                    && !p.disk_short
                     && p.free_percent
                         .is_none_or(|f| f > self.cfg.disk_pressure_percent)
             })
@@ -507,6 +519,7 @@ impl Mesh {
             p.member = is_member;
             p.refused = refused.clone();
             p.free_percent = Some(hello.free_percent);
+            p.disk_short = hello.disk_short;
             p.digests = Some(peer_digests);
         });
         if let Some(why) = refused {
@@ -563,6 +576,14 @@ impl Mesh {
     }
 
     async fn pull_files(self: &Arc<Self>, addr: SocketAddr) -> Result<(), String> {
+        let free = self.replica.store().free_percent().unwrap_or(100);
+        if free <= self.cfg.disk_pressure_percent {
+            return Err(format!(
+                "not fetching files: only {free}% of this envoy's disk is free \
+                 (disk_pressure_percent: {})",
+                self.cfg.disk_pressure_percent
+            ));
+        }
         let resp = self.get(addr, &self.user_path("files")).await?;
         if !resp.status().is_success() {
             return Err(format!("manifest: {}", resp.status()));
@@ -571,6 +592,10 @@ impl Mesh {
         let manifest = replica::decode_manifest(&body)?;
         let mut wanted = Vec::new();
         for (name, rec) in manifest {
+            if let Err(e) = self.size_allowed(&name, rec.body()) {
+                tracing::debug!("peer {addr}: not taking {name}: {e}");
+                continue;
+            }
             match self.replica.admit(&name, &rec) {
                 Ok(Admission::Store(_)) => wanted.push(name),
                 Ok(Admission::Same) => {}
@@ -600,6 +625,8 @@ impl Mesh {
         }
         let rec = record_header(resp.headers())?;
         let name = name.clone();
+        self.size_allowed(&name, rec.body())
+            .map_err(|e| e.to_string())?;
         match self.replica.admit(&name, &rec) {
             Ok(Admission::Same) | Err(Refusal::Newer(_) | Refusal::Tombstoned) => return Ok(()),
             Ok(Admission::Store(_)) => {}
@@ -667,7 +694,7 @@ impl Mesh {
                 String::from_utf8_lossy(&text)
             ))),
             507 => {
-                self.seen(addr, |p| p.free_percent = Some(0));
+                self.seen(addr, |p| p.disk_short = true);
                 Err(PushError::Final("peer disk full".into()))
             }
             _ => Err(PushError::Retry(format!("{status}"))),
@@ -828,19 +855,26 @@ impl Mesh {
         }
     }
 
+    /// Whether a version is small enough for this envoy (`max_file_size`,
+    /// and the largest ciphertext of a 1 GiB file); checked for pushes and
+    /// pulls alike, before any body is read.
+    fn size_allowed(&self, name: &Name, v: &FileVersion) -> Result<(), Refusal> {
+        if v.ciphertext_len > MAX_CIPHERTEXT || v.plaintext_len > self.cfg.max_file_size {
+            return Err(Refusal::TooLarge(format!(
+                "{name} is {} bytes; this envoy takes files up to {} bytes (max_file_size)",
+                v.plaintext_len, self.cfg.max_file_size
+            )));
+        }
+        Ok(())
+    }
+
     async fn serve_push(&self, name: Name, req: Request<Incoming>) -> Response<Body> {
         let rec = match record_header(req.headers()) {
             Ok(r) => r,
             Err(e) => return refuse(&Refusal::Bad(e)),
         };
-        if rec.body().ciphertext_len > MAX_CIPHERTEXT
-            || rec.body().plaintext_len > self.cfg.max_file_size
-        {
-            return refuse(&Refusal::TooLarge(format!(
-                "{} is {} bytes",
-                name,
-                rec.body().plaintext_len
-            )));
+        if let Err(r) = self.size_allowed(&name, rec.body()) {
+            return refuse(&r);
         }
         let free = self.replica.store().free_percent().unwrap_or(100);
         if free <= self.cfg.disk_pressure_percent {

@@ -214,6 +214,12 @@ impl Circle {
 
     /// As [`Circle::loopback`], but initialised only: no agent runs.
     pub fn loopback_locked(names: &[&str]) -> Circle {
+        Circle::loopback_locked_with(names, |_| String::new())
+    }
+
+    /// As [`Circle::loopback_locked`], with `extra(name)` appended to each
+    /// envoy's config.yaml.
+    pub fn loopback_locked_with(names: &[&str], extra: impl Fn(&str) -> String) -> Circle {
         let fleet = Fleet::new();
         let ports = free_ports(names.len());
         let nodes = names
@@ -221,7 +227,8 @@ impl Circle {
             .zip(&ports)
             .map(|(name, &port)| {
                 let others: Vec<u16> = ports.iter().copied().filter(|&p| p != port).collect();
-                let e = Envoy::with_config(&loopback_config(port, &others));
+                let config = loopback_config(port, &others) + &extra(name);
+                let e = Envoy::with_config(&config);
                 fleet.issue(&e, name, &["127.0.0.1"]);
                 Node {
                     m: Mounted::named(e, name),
@@ -973,4 +980,187 @@ fn a_locked_circle_shows_drift_until_unlock_and_reencrypt_reseals_on_demand() {
     }
     // Nothing was lost to a conflict copy.
     assert_eq!(c.wait_same_listing(&ALL, 3), ["f0", "f1", "f2"]);
+}
+
+/// `(headers, body)` of a version `node` serves for `name`, fetched with
+/// `node`'s own certificate; the record header is what a push carries.
+fn fetch_version(node: &Node, user: &str, name: &str, dir: &Path) -> (String, PathBuf) {
+    let (headers, body) = (dir.join(format!("{name}.h")), dir.join(format!("{name}.b")));
+    let tls = (
+        node.tls("ca.pem"),
+        node.tls("cert.pem"),
+        node.tls("key.pem"),
+    );
+    let got = curl(
+        node.port,
+        &format!("/lockbox/files/{user}/{name}"),
+        Some((&tls.0, &tls.1, &tls.2)),
+        &["-D", &text(&headers), "-o", &text(&body)],
+    );
+    assert_eq!(String::from_utf8_lossy(&got.stdout), "200", "{got:?}");
+    let record = fs::read_to_string(&headers)
+        .expect("headers")
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("lockbox-record: ")
+                .map(|r| r.trim().to_string())
+        })
+        .expect("a version record");
+    (record, body)
+}
+
+/// POST a version (`record`, `body`) to `to`'s push endpoint for `path_name`
+/// with `from`'s certificate; returns the HTTP status and the answer.
+fn push_version(
+    from: &Node,
+    to: &Node,
+    user: &str,
+    path_name: &str,
+    record: &str,
+    body: &Path,
+) -> (String, String) {
+    let tls = (
+        from.tls("ca.pem"),
+        from.tls("cert.pem"),
+        from.tls("key.pem"),
+    );
+    let out = curl(
+        to.port,
+        &format!("/lockbox/push/{user}/{path_name}"),
+        Some((&tls.0, &tls.1, &tls.2)),
+        &[
+            "-X",
+            "POST",
+            "-H",
+            &format!("lockbox-record: {record}"),
+            "--data-binary",
+            &format!("@{}", text(body)),
+        ],
+    );
+    let out = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (answer, status) = out.split_at(out.len().saturating_sub(3));
+    (status.to_string(), answer.to_string())
+}
+
+#[test]
+fn pushes_are_answered_with_the_spec_status_codes() {
+    require_fuse!();
+    require!(have_curl(), "curl not found (apt-get install curl)");
+    // charlie takes files up to 1 MiB only.
+    let c = Circle::loopback_locked_with(&ALL, |name| {
+        if name == "charlie" {
+            "max_file_size: 1MiB\n".into()
+        } else {
+            String::new()
+        }
+    });
+    for n in &c.nodes {
+        n.m.e.unlock();
+    }
+    c.wait_formed(&ALL);
+    let (alpha, bravo, charlie) = (c.node("alpha"), c.node("bravo"), c.node("charlie"));
+    let user = alpha.m.e.status_json()["user"]
+        .as_str()
+        .expect("user")
+        .to_string();
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    let v1 = content("v1", 5000);
+    fs::write(alpha.at("doc"), &v1).expect("write");
+    c.wait_content(&ALL, "doc", &v1);
+    let (old_record, old_body) = fetch_version(alpha, &user, "doc", dir.path());
+
+    // The same version again: accepted as already held.
+    let (status, _) = push_version(alpha, bravo, &user, "doc", &old_record, &old_body);
+    assert_eq!(status, "200");
+
+    // A newer version is held: 409, and bravo keeps it.
+    let v2 = content("v2", 6000);
+    fs::write(alpha.at("doc"), &v2).expect("replace");
+    c.wait_content(&ALL, "doc", &v2);
+    let (status, answer) = push_version(alpha, bravo, &user, "doc", &old_record, &old_body);
+    assert_eq!(status, "409", "{answer}");
+
+    // A record pushed under another name, or a name that cannot be: 400.
+    for bad in ["other", "%2E%2E", "a%2Fb"] {
+        let (status, answer) = push_version(alpha, bravo, &user, bad, &old_record, &old_body);
+        assert_eq!(status, "400", "{bad}: {answer}");
+    }
+    // A body that does not match its record: 400, nothing stored.
+    let (status, answer) = push_version(
+        alpha,
+        bravo,
+        &user,
+        "doc",
+        &old_record,
+        &dir.path().join("doc.h"),
+    );
+    assert!(status == "409" || status == "400", "{answer}");
+
+    // Another user's lockbox does not exist here: 410 dormant.
+    let (status, answer) = push_version(alpha, bravo, "nobody-here", "doc", &old_record, &old_body);
+    assert_eq!((status.as_str(), answer.as_str()), ("410", "dormant"));
+
+    // A deleted name: 410 tombstoned, for the version it deleted.
+    let (rec2, body2) = fetch_version(alpha, &user, "doc", dir.path());
+    fs::remove_file(alpha.at("doc")).expect("rm");
+    c.wait_gone(&ALL, "doc");
+    let (status, answer) = push_version(alpha, bravo, &user, "doc", &rec2, &body2);
+    assert_eq!((status.as_str(), answer.as_str()), ("410", "tombstoned"));
+    assert!(!bravo.at("doc").exists());
+
+    // Over charlie's size limit: 413; alpha and bravo have it, charlie not.
+    let big = content("big", 2 * MIB);
+    fs::write(alpha.at("big"), &big).expect("write big");
+    c.wait_content(&["alpha", "bravo"], "big", &big);
+    let (rec, body) = fetch_version(alpha, &user, "big", dir.path());
+    let (status, _) = push_version(alpha, charlie, &user, "big", &rec, &body);
+    assert_eq!(status, "413");
+    assert!(!charlie.at("big").exists() && !charlie.stored("big").exists());
+    for n in &c.nodes {
+        n.assert_store_sealed();
+    }
+}
+
+#[test]
+fn a_peer_short_of_disk_refuses_pushes_and_is_skipped() {
+    require_fuse!();
+    require!(have_curl(), "curl not found (apt-get install curl)");
+    // bravo counts its disk as full unless more than 99 % is free.
+    let c = Circle::loopback_locked_with(&["alpha", "bravo"], |name| {
+        if name == "bravo" {
+            "disk_pressure_percent: 99\n".into()
+        } else {
+            String::new()
+        }
+    });
+    for n in &c.nodes {
+        n.m.e.unlock();
+    }
+    c.wait_formed(&["alpha", "bravo"]);
+    let (alpha, bravo) = (c.node("alpha"), c.node("bravo"));
+    let user = alpha.m.e.status_json()["user"]
+        .as_str()
+        .expect("user")
+        .to_string();
+
+    fs::write(alpha.at("doc"), b"not for bravo").expect("write");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (rec, body) = fetch_version(alpha, &user, "doc", dir.path());
+    let (status, answer) = push_version(alpha, bravo, &user, "doc", &rec, &body);
+    assert_eq!(status, "507", "{answer}");
+    // Neither a push nor bravo's own catch-up brings it: bravo skips
+    // fetching while its disk is short.
+    std::thread::sleep(INTERVAL * 6);
+    assert!(
+        !bravo.stored("doc").exists(),
+        "bravo took a file with a full disk"
+    );
+    let peers = alpha.peers();
+    assert!(
+        peers
+            .iter()
+            .any(|(e, _, d)| e == "bravo" && d.contains("disk")),
+        "alpha's status says why bravo gets nothing: {peers:?}"
+    );
 }
