@@ -483,6 +483,13 @@ impl Mesh {
             ));
         }
         let hello: Hello = serde_json::from_slice(&body).map_err(|e| format!("bad hello: {e}"))?;
+        if hello.protocol != PROTOCOL_VERSION {
+            return Err(format!(
+                "envoy {:?} speaks lockbox protocol {}, this agent speaks {PROTOCOL_VERSION}: \
+                 run the same lockbox version on both",
+                hello.envoy, hello.protocol
+            ));
+        }
         if hello.instance == self.instance {
             // Ourselves, listed as a static peer.
             if let Ok(mut peers) = self.peers.lock() {
@@ -642,7 +649,8 @@ impl Mesh {
     /// Push the current version of `name` to `addr`, with retries.
     async fn push(&self, addr: SocketAddr, name: &Name) {
         let mut delay = Duration::from_millis(200);
-        for attempt in 0..4 {
+        const ATTEMPTS: u32 = 4;
+        for attempt in 1..=ATTEMPTS {
             match self.push_once(addr, name).await {
                 Ok(()) => return,
                 Err(PushError::Final(e)) => {
@@ -650,14 +658,13 @@ impl Mesh {
                     return;
                 }
                 Err(PushError::Retry(e)) => {
-                    tracing::debug!(
-                        "push of {name} to {addr} failed (attempt {}): {e}",
-                        attempt + 1
-                    );
+                    tracing::debug!("push of {name} to {addr} failed (attempt {attempt}): {e}");
                 }
             }
-            tokio::time::sleep(delay).await;
-            delay *= 3;
+            if attempt < ATTEMPTS {
+                tokio::time::sleep(delay).await;
+                delay *= 3;
+            }
         }
         tracing::info!("could not push {name} to {addr}; anti-entropy will deliver it");
     }
