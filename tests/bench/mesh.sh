@@ -245,6 +245,13 @@ def ticks(pids):
         t += int(fields[11]) + int(fields[12])
     return t
 
+def machine_ticks():
+    """(busy, total) clock ticks of all CPUs together, from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + (v[4] if len(v) > 4 else 0)
+    return sum(v) - idle, sum(v)
+
 def wait_idle(pids, window=0.5, limit=30.0):
     """Until the processes used at most one clock tick in `window` seconds."""
     t0 = time.monotonic()
@@ -350,6 +357,7 @@ def one_run(src, dsts, name, size, seed, pids):
         w.start()
     path = os.path.join(src, name)
     tw = time.monotonic()
+    self_cpu0 = sum(os.times()[:2])
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         view = memoryview(data)
@@ -360,13 +368,18 @@ def one_run(src, dsts, name, size, seed, pids):
         os.close(fd)
     t0 = time.monotonic()          # the clock starts when close(2) has returned
     cpu0 = [ticks([p]) for p in pids]
+    m0 = machine_ticks()
     for w, c in zip(ws, cpu0[1:]):
         w.start_at, w.cpu0 = t0, c
     go.set()
     for w in ws:
         w.join()
     cpu = [(ticks([p]) - c) / HZ for p, c in zip(pids, cpu0)]
+    m1 = machine_ticks()
+    busy = (m1[0] - m0[0]) / max(1, m1[1] - m0[1])
+    others = max(0.0, (m1[0] - m0[0]) / HZ - sum(cpu) - sum(os.times()[:2]) + self_cpu0)
     r = {"write_close": t0 - tw, "cpu_sender": cpu[0], "cpu_receivers": sum(cpu[1:]),
+         "machine_busy": busy, "cpu_others": others,
          "visible": [w.visible for w in ws], "read": [w.read for w in ws],
          "polls": [w.polls for w in ws], "cpu_visible": [w.cpu_visible for w in ws],
          "mismatch": sum(w.mismatch for w in ws),
@@ -584,10 +597,16 @@ def table(res, out, syncthing_note):
         for key, label in (("cpu_sender", "median CPU time of the sending agent, close to last read (s)"),
                            ("cpu_receivers", "median CPU time of all receiving agents together, same span (s)"),
                            ("cpu_recv_visible", "median CPU time of all receiving agents together, "
-                            "close until each shows the full size (s)")):
+                            "close until each shows the full size (s)"),
+                           ("cpu_others", "median CPU time of everything else (kernel threads such as writeback, "
+                            "other processes), close to last read (s)")):
             a, b = [r[key] for r in one], [r[key] for r in four]
             if a and b and median(a) > 0:
                 L.append("| %s | %.2f | %.2f | %.2f | |" % (label, median(a), median(b), median(b) / median(a)))
+        a, b = [r["machine_busy"] for r in one], [r["machine_busy"] for r in four]
+        if a and b:
+            L.append("| median share of both cores busy, close to last read | %.0f %% | %.0f %% | | |" % (
+                100 * median(a), 100 * median(b)))
         L.append("")
         L.append("Every repetition, in run order (ms; read back on the last peer / per peer):")
         L.append("")
