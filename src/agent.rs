@@ -15,8 +15,9 @@ use lockbox_crypto::seal::Opened;
 use lockbox_fs::Name;
 use tokio::sync::Notify;
 
+use lockbox_crypto::sign::Signed;
 use lockbox_net::mesh::{Mesh, MeshConfig};
-use lockbox_net::replica::{Replica, Reseal};
+use lockbox_net::replica::{Replica, Reseal, Table};
 
 use crate::control::{self, DataFrames, Failure, Frame, Request, Response};
 use crate::envoy::{self, Envoy};
@@ -314,6 +315,7 @@ async fn start_mesh(envoy: &Envoy, replica: &Arc<Replica>) -> (Option<Arc<Mesh>>
         max_file_size: c.max_file_size,
         recipient: replica.own_recipient().unwrap_or_default(),
         default_port: 1531,
+        tombstone_retention: c.tombstone_retention,
     };
     match Mesh::start(replica.clone(), cfg, server, client).await {
         Ok(m) => {
@@ -392,6 +394,24 @@ fn reencrypt(
         tracing::info!("re-encrypted {done} file(s) to the current members");
     }
     Ok((done, total))
+}
+
+/// How long `leave` and `evict` wait for the live members to take the
+/// record.
+const DELIVER_WITHIN: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Push a leave or eviction to the live members now (on the agent's runtime,
+/// from this blocking thread) and say how many took it.
+fn deliver_leave(agent: &Agent, record: Vec<u8>, members: usize) -> Response {
+    let (took, asked) = match (&agent.mesh, tokio::runtime::Handle::try_current()) {
+        (Some(mesh), Ok(rt)) => rt.block_on(mesh.deliver(Table::Leaves, record, DELIVER_WITHIN)),
+        _ => (0, 0),
+    };
+    Response::Delivered {
+        took,
+        asked,
+        members,
+    }
 }
 
 /// `Reencrypt`: every file, with a `Progress` frame after each, then
@@ -480,6 +500,47 @@ fn handle(agent: &Agent, mut stream: UnixStream) {
         }
         Request::Encrypt { name } => encrypt(agent, &mut stream, name),
         Request::Reencrypt => reencrypt_all(agent, &mut stream),
+        Request::Resurrect { name } => {
+            let resp = match Name::new(name) {
+                Ok(n) => match agent.replica.resurrect(&n) {
+                    Ok(_) => Response::Ok,
+                    Err(message) => Response::Error {
+                        failure: Failure::Invalid,
+                        message,
+                    },
+                },
+                Err(e) => Response::Error {
+                    failure: Failure::Invalid,
+                    message: e.to_string(),
+                },
+            };
+            control::write_message(&mut stream, &resp)
+        }
+        Request::Leave => {
+            let members = agent.replica.members().len().saturating_sub(1);
+            let resp = match agent.replica.leave() {
+                Ok(l) => deliver_leave(agent, l.to_bytes(), members),
+                Err(message) => Response::Error {
+                    failure: Failure::Internal,
+                    message,
+                },
+            };
+            control::write_message(&mut stream, &resp)
+        }
+        Request::Evict { record } => {
+            let members = agent.replica.members().len().saturating_sub(1);
+            let resp = match Signed::<lockbox_net::records::Leave>::from_bytes(&record)
+                .map_err(|e| format!("bad eviction record: {e}"))
+                .and_then(|l| agent.replica.evict(&l).map(|()| l))
+            {
+                Ok(l) => deliver_leave(agent, l.to_bytes(), members),
+                Err(message) => Response::Error {
+                    failure: Failure::Invalid,
+                    message,
+                },
+            };
+            control::write_message(&mut stream, &resp)
+        }
         Request::Decrypt { name } => decrypt(agent, &mut stream, name),
         Request::Delete { name } => {
             let resp = match Name::new(name) {
@@ -583,12 +644,26 @@ fn status(agent: &Agent) -> StatusReport {
             .last_catchup()
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map(|d| d.as_secs() as i64);
+        let peers = mesh.peers();
         report.peers = peer_lines(
             &agent.replica.members().names(),
             &agent.envoy.config,
-            &mesh.peers(),
+            &peers,
         );
+        report.tables = table_lines(&agent.replica, &mesh.digests(), &peers);
+        report.long_absence = mesh.long_absence();
     }
+    report.departed = agent.replica.departed().map(|l| {
+        let how = match l.body().kind {
+            lockbox_net::records::LeaveKind::Leave => "left",
+            lockbox_net::records::LeaveKind::Evict => "was evicted from",
+        };
+        format!(
+            "this envoy {how} the circle on {}: the others refuse it; run lockbox purge --yes \
+             to wipe it here",
+            lockbox_net::version::utc_date(l.body().left_unix)
+        )
+    });
     report.hardening = Some(agent.hardening);
     if agent.hardening.dumpable {
         report
@@ -605,6 +680,44 @@ fn status(agent: &Agent) -> StatusReport {
 
 /// One line per member envoy (live, stale, or absent when never heard
 /// from), then one per refused peer.
+/// Each table's size, and the live members whose digest of it differs.
+fn table_lines(
+    replica: &Replica,
+    mine: &lockbox_net::announce::Digests,
+    peers: &[lockbox_net::mesh::PeerStatus],
+) -> Vec<crate::status::TableLine> {
+    use lockbox_net::announce::Digests;
+    let sizes = replica.table_sizes();
+    let count = |t: Table| sizes.iter().find(|(x, _)| *x == t).map_or(0, |(_, n)| *n);
+    let digest = |d: &Digests, table: &str| match table {
+        "files" => d.files,
+        "tombstones" => d.tombstones,
+        "resurrects" => d.resurrects,
+        _ => d.leaves,
+    };
+    [
+        ("files", replica.manifest().len()),
+        ("tombstones", count(Table::Tombstones)),
+        ("resurrects", count(Table::Resurrects)),
+        ("leaves", count(Table::Leaves)),
+    ]
+    .into_iter()
+    .map(|(table, records)| crate::status::TableLine {
+        table: table.into(),
+        records,
+        differs_on: peers
+            .iter()
+            .filter(|p| p.live && p.refused.is_none())
+            .filter_map(|p| {
+                let d = p.digests.as_ref()?;
+                (digest(d, table) != digest(mine, table))
+                    .then(|| p.envoy.clone().unwrap_or_else(|| p.addr.clone()))
+            })
+            .collect(),
+    })
+    .collect()
+}
+
 fn peer_lines(
     members: &[String],
     config: &crate::config::Config,

@@ -61,9 +61,14 @@ enum Command {
         #[arg(short = 'o', long = "output", value_name = "OUT")]
         out: PathBuf,
     },
-    /// Delete a file.
+    /// Delete a file on every envoy (a signed tombstone; works while locked).
     Delete {
         /// The file's name in the lockbox.
+        name: OsString,
+    },
+    /// Lift the delete of a name on every envoy (re-adding a file does this itself).
+    Resurrect {
+        /// The deleted file's name.
         name: OsString,
     },
     /// List files: name, size, mtime, state, envoys.
@@ -86,6 +91,26 @@ enum Command {
     },
     /// Re-encrypt every file to the current members of the circle (needs unlock).
     Reencrypt,
+    /// Leave the circle: tell the other envoys, then wipe this envoy's lockbox.
+    Leave {
+        /// Yes, remove this envoy from the circle and wipe ~/.lockbox and ~/lockbox.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Remove another envoy from the circle (needs the passphrase).
+    Evict {
+        /// The envoy's name.
+        envoy: String,
+        /// Read the passphrase from the first line of this file.
+        #[arg(long, value_name = "FILE")]
+        passphrase_file: Option<PathBuf>,
+    },
+    /// Wipe this envoy's lockbox without telling the other envoys.
+    Purge {
+        /// Yes, wipe ~/.lockbox and ~/lockbox here.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Fleet certificates: create the fleet CA, issue an envoy's mTLS certificate.
     Fleet {
         #[command(subcommand)]
@@ -173,6 +198,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             cmd::init::export_identity(&paths, passphrase_file.as_deref())
         }
         Command::Reencrypt => cmd::files::reencrypt(&paths),
+        Command::Resurrect { name } => cmd::files::resurrect(&paths, &name),
+        Command::Leave { yes } => cmd::circle::leave(&paths, yes),
+        Command::Evict {
+            envoy,
+            passphrase_file,
+        } => cmd::circle::evict(&paths, &envoy, passphrase_file.as_deref()),
+        Command::Purge { yes } => cmd::circle::purge(&paths, yes),
         Command::Fleet { ref command } => fleet(command),
         Command::RenewCert { ca, days } => cmd::fleet::renew(&paths, &ca, days),
         Command::Doctor => cmd::report::doctor(&paths),

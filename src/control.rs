@@ -51,6 +51,19 @@ pub enum Request {
     /// Re-encrypt every file to the current members (`Progress` frames,
     /// then `Reencrypted`).
     Reencrypt,
+    /// Lift the delete of `name` on every envoy.
+    Resurrect {
+        /// Raw name bytes.
+        name: Vec<u8>,
+    },
+    /// Sign this envoy's LEAVE and deliver it (`Delivered`); the CLI then
+    /// stops the agent and scrubs.
+    Leave,
+    /// Apply and deliver an eviction signed with the circle key.
+    Evict {
+        /// The signed leave record (kind evict).
+        record: Vec<u8>,
+    },
     /// Stop the agent; the connection closes when the agent has exited.
     Stop,
     /// Marks the end of the data frames of an `Encrypt`.
@@ -126,6 +139,15 @@ pub enum Response {
         done: usize,
         /// Files in all.
         total: usize,
+    },
+    /// A leave or eviction was recorded and pushed to the live members.
+    Delivered {
+        /// Peers that took it.
+        took: usize,
+        /// Live member peers it was pushed to.
+        asked: usize,
+        /// Other members of the circle (live or not) before it.
+        members: usize,
     },
     /// Re-encryption is complete.
     Reencrypted {

@@ -124,6 +124,12 @@ pub struct StatusReport {
     /// (re-encrypted at unlock, or by `lockbox reencrypt`).
     #[serde(default)]
     pub recipient_drift: usize,
+    /// The mesh's tables, and whether the live peers agree on them.
+    #[serde(default)]
+    pub tables: Vec<TableLine>,
+    /// Set when this envoy left or was evicted from the circle.
+    #[serde(default)]
+    pub departed: Option<String>,
     /// File counts.
     pub files: FileCounts,
     /// Last completed catch-up with a peer, seconds since the epoch.
@@ -134,6 +140,17 @@ pub struct StatusReport {
     pub hardening: Option<Hardening>,
     /// Warnings (swap, core dumps, hardening).
     pub warnings: Vec<String>,
+}
+
+/// One table of the mesh in `status`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TableLine {
+    /// `files`, `tombstones`, `resurrects` or `leaves`.
+    pub table: String,
+    /// Records it holds.
+    pub records: usize,
+    /// Live members whose copy of it differs (a catch-up is due).
+    pub differs_on: Vec<String>,
 }
 
 /// One peer in `status`.
@@ -171,6 +188,8 @@ impl StatusReport {
             peers: Vec::new(),
             mesh: "off (agent not running)".into(),
             recipient_drift: 0,
+            tables: vec![],
+            departed: None,
             files: FileCounts::of(&entries),
             last_catch_up: None,
             long_absence: None,
@@ -194,6 +213,8 @@ impl StatusReport {
             peers: vec![],
             mesh: String::new(),
             recipient_drift: 0,
+            tables: vec![],
+            departed: None,
             files: Default::default(),
             last_catch_up: None,
             long_absence: None,
@@ -246,6 +267,9 @@ impl StatusReport {
                 self.recipient_drift
             );
         }
+        if let Some(d) = &self.departed {
+            let _ = writeln!(o, "circle: {d}");
+        }
         let _ = writeln!(o, "mesh: {}", self.mesh);
         if self.peers.is_empty() {
             let _ = writeln!(o, "peers: none seen");
@@ -277,6 +301,17 @@ impl StatusReport {
         let _ = writeln!(o, "  failed: {}", f.failed);
         for n in &f.failed_names {
             let _ = writeln!(o, "    {n}");
+        }
+        if !self.tables.is_empty() {
+            let _ = writeln!(o, "tables:");
+            for t in &self.tables {
+                let agree = if t.differs_on.is_empty() {
+                    "same on every live peer".to_string()
+                } else {
+                    format!("differs on {}: catching up", t.differs_on.join(", "))
+                };
+                let _ = writeln!(o, "  {}: {} ({agree})", t.table, t.records);
+            }
         }
         match self.last_catch_up {
             Some(t) => {
@@ -356,6 +391,8 @@ mod tests {
             peers: vec![],
             mesh: "off (multicast off, no peers configured)".into(),
             recipient_drift: 0,
+            tables: vec![],
+            departed: None,
             files: FileCounts {
                 total: 5,
                 ciphertext: 3,

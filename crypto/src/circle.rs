@@ -73,6 +73,12 @@ impl CircleKey {
     pub fn endorse(&self, e: Endorsement) -> Signed<Endorsement> {
         Signed::sign(e, &self.0)
     }
+
+    /// Signs another record with the circle key (an eviction: the authority
+    /// of whoever knows the passphrase).
+    pub fn sign<T: crate::sign::Record>(&self, body: T) -> Signed<T> {
+        Signed::sign(body, &self.0)
+    }
 }
 
 impl fmt::Debug for CircleKey {

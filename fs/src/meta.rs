@@ -3,8 +3,9 @@
 //!
 //! It holds, per file name, the signed record of the version in the store
 //! and the local `stat` of the store file when that record was written
-//! (`versions`, `local`); per name the signed tombstones (`tombstones`); and
-//! a few small values (`misc`). Records are opaque bytes here: the mesh
+//! (`versions`, `local`); per name the signed tombstones (`tombstones`) and
+//! resurrects (`resurrects`); per signing key the signed leaves and evictions
+//! (`leaves`); and a few small values (`misc`). Records are opaque bytes here: the mesh
 //! (`lockbox-net`) gives them meaning. Every change is one transaction, so a
 //! crash leaves the tables as they were before or after it.
 //!
@@ -24,6 +25,26 @@ use crate::Error;
 const VERSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("versions");
 const LOCAL: TableDefinition<&[u8], &[u8]> = TableDefinition::new("local");
 const TOMBSTONES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tombstones");
+const RESURRECTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("resurrects");
+const LEAVES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("leaves");
+
+/// The per-name record lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum List {
+    /// Signed deletes.
+    Tombstones,
+    /// Signed re-adds.
+    Resurrects,
+}
+
+impl List {
+    fn table(self) -> TableDefinition<'static, &'static [u8], &'static [u8]> {
+        match self {
+            List::Tombstones => TOMBSTONES,
+            List::Resurrects => RESURRECTS,
+        }
+    }
+}
 const MISC: TableDefinition<&str, &[u8]> = TableDefinition::new("misc");
 
 /// What identifies one store file's bytes without reading them: inode,
@@ -85,8 +106,10 @@ pub enum Op {
     },
     /// Forget the version of `name`.
     DelVersion(Name),
-    /// Replace the tombstones of `name` (an encoded list; empty removes).
-    PutTombstones(Name, Vec<u8>),
+    /// Replace the list of `name` (an encoded list; empty removes).
+    PutList(List, Name, Vec<u8>),
+    /// Record a leave or eviction under the signing key it names.
+    PutLeave(Vec<u8>, Vec<u8>),
     /// Set a small value.
     PutMisc(&'static str, Vec<u8>),
 }
@@ -136,6 +159,8 @@ impl Meta {
             w.open_table(VERSIONS).map_err(|e| db_err("table", e))?;
             w.open_table(LOCAL).map_err(|e| db_err("table", e))?;
             w.open_table(TOMBSTONES).map_err(|e| db_err("table", e))?;
+            w.open_table(RESURRECTS).map_err(|e| db_err("table", e))?;
+            w.open_table(LEAVES).map_err(|e| db_err("table", e))?;
             w.open_table(MISC).map_err(|e| db_err("table", e))?;
         }
         w.commit().map_err(|e| db_err("commit", e))?;
@@ -152,6 +177,8 @@ impl Meta {
             let mut versions = w.open_table(VERSIONS).map_err(|e| db_err("table", e))?;
             let mut local = w.open_table(LOCAL).map_err(|e| db_err("table", e))?;
             let mut tombs = w.open_table(TOMBSTONES).map_err(|e| db_err("table", e))?;
+            let mut resurrects = w.open_table(RESURRECTS).map_err(|e| db_err("table", e))?;
+            let mut leaves = w.open_table(LEAVES).map_err(|e| db_err("table", e))?;
             let mut misc = w.open_table(MISC).map_err(|e| db_err("table", e))?;
             for op in ops {
                 match op {
@@ -180,16 +207,22 @@ impl Meta {
                             .remove(name.as_bytes())
                             .map_err(|e| db_err("remove", e))?;
                     }
-                    Op::PutTombstones(name, list) => {
+                    Op::PutList(which, name, list) => {
+                        let t = match which {
+                            List::Tombstones => &mut tombs,
+                            List::Resurrects => &mut resurrects,
+                        };
                         if list.is_empty() {
-                            tombs
-                                .remove(name.as_bytes())
-                                .map_err(|e| db_err("remove", e))?;
+                            t.remove(name.as_bytes()).map_err(|e| db_err("remove", e))?;
                         } else {
-                            tombs
-                                .insert(name.as_bytes(), list.as_slice())
+                            t.insert(name.as_bytes(), list.as_slice())
                                 .map_err(|e| db_err("insert", e))?;
                         }
+                    }
+                    Op::PutLeave(key, record) => {
+                        leaves
+                            .insert(key.as_slice(), record.as_slice())
+                            .map_err(|e| db_err("insert", e))?;
                     }
                     Op::PutMisc(key, v) => {
                         misc.insert(*key, v.as_slice())
@@ -237,20 +270,34 @@ impl Meta {
         Ok(out)
     }
 
-    /// The encoded tombstone list of `name` (empty if none).
-    pub fn tombstones(&self, name: &Name) -> Result<Vec<u8>, Error> {
+    /// The encoded `which` list of `name` (empty if none).
+    pub fn list(&self, which: List, name: &Name) -> Result<Vec<u8>, Error> {
         let r = self.db.begin_read().map_err(|e| db_err("begin", e))?;
-        let t = r.open_table(TOMBSTONES).map_err(|e| db_err("table", e))?;
+        let t = r
+            .open_table(which.table())
+            .map_err(|e| db_err("table", e))?;
         Ok(t.get(name.as_bytes())
             .map_err(|e| db_err("get", e))?
             .map(|v| v.value().to_vec())
             .unwrap_or_default())
     }
 
-    /// Every `(name, encoded tombstone list)`.
-    pub fn all_tombstones(&self) -> Result<Vec<NamedBytes>, Error> {
+    /// Every `(signing key, leave record)`.
+    pub fn leaves(&self) -> Result<Vec<NamedBytes>, Error> {
+        self.scan(LEAVES)
+    }
+
+    /// Every `(name, encoded list)` of `which`.
+    pub fn all_lists(&self, which: List) -> Result<Vec<NamedBytes>, Error> {
+        self.scan(which.table())
+    }
+
+    fn scan(
+        &self,
+        table: TableDefinition<'static, &'static [u8], &'static [u8]>,
+    ) -> Result<Vec<NamedBytes>, Error> {
         let r = self.db.begin_read().map_err(|e| db_err("begin", e))?;
-        let t = r.open_table(TOMBSTONES).map_err(|e| db_err("table", e))?;
+        let t = r.open_table(table).map_err(|e| db_err("table", e))?;
         let mut out = Vec::new();
         for item in t.iter().map_err(|e| db_err("scan", e))? {
             let (k, v) = item.map_err(|e| db_err("scan", e))?;
@@ -299,7 +346,9 @@ mod tests {
                     record: b"rb".to_vec(),
                     stat: None,
                 },
-                Op::PutTombstones(n("c"), b"tc".to_vec()),
+                Op::PutList(List::Tombstones, n("c"), b"tc".to_vec()),
+                Op::PutList(List::Resurrects, n("c"), b"rc".to_vec()),
+                Op::PutLeave(b"key".to_vec(), b"leave".to_vec()),
                 Op::PutMisc("k", b"v".to_vec()),
             ])
             .unwrap();
@@ -313,11 +362,18 @@ mod tests {
         let all = m.versions().unwrap();
         assert_eq!(all.len(), 1);
         assert_eq!(m.version(&n("b")).unwrap(), None);
-        assert_eq!(m.tombstones(&n("c")).unwrap(), b"tc");
-        assert_eq!(m.tombstones(&n("a")).unwrap(), b"");
+        assert_eq!(m.list(List::Tombstones, &n("c")).unwrap(), b"tc");
+        assert_eq!(m.list(List::Resurrects, &n("c")).unwrap(), b"rc");
+        assert_eq!(m.list(List::Tombstones, &n("a")).unwrap(), b"");
+        assert_eq!(
+            m.leaves().unwrap(),
+            vec![(b"key".to_vec(), b"leave".to_vec())]
+        );
         assert_eq!(m.misc("k").unwrap(), Some(b"v".to_vec()));
-        m.apply(&[Op::PutTombstones(n("c"), Vec::new())]).unwrap();
-        assert!(m.all_tombstones().unwrap().is_empty());
+        m.apply(&[Op::PutList(List::Tombstones, n("c"), Vec::new())])
+            .unwrap();
+        assert!(m.all_lists(List::Tombstones).unwrap().is_empty());
+        assert_eq!(m.all_lists(List::Resurrects).unwrap().len(), 1);
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);

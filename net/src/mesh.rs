@@ -14,8 +14,9 @@
 //!   every live member peer, at most `push_concurrency` transfers at a
 //!   time, over one reused HTTP/2 connection per peer, retried with backoff.
 //! - **Anti-entropy**: when a peer's digests differ from ours (in an
-//!   announcement or a hello), we pull its tombstones and its manifest and
-//!   fetch every version we lack. This is also how an envoy that was away
+//!   announcement or a hello), we pull those of its tables (leaves,
+//!   tombstones, resurrects) and its manifest, merge, and fetch every
+//!   version we lack. This is also how an envoy that was away
 //!   catches up.
 
 use std::collections::{HashMap, HashSet};
@@ -39,8 +40,8 @@ use tokio::sync::Semaphore;
 
 use crate::announce::{AgeRecipient, Announcement, Digests};
 use crate::discovery::Discovery;
-use crate::records::{self, FileVersion, Tombstone};
-use crate::replica::{self, Admission, Outgoing, Refusal, Replica};
+use crate::records::{self, FileVersion, Leave, Resurrect, Tombstone};
+use crate::replica::{self, Admission, Outgoing, Refusal, Replica, Table};
 
 /// The protocol version spoken on the peer port.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -51,6 +52,9 @@ pub const MAX_CIPHERTEXT: u64 = (1 << 30) + ((1 << 30) / 65536 + 1) * 16 + 65536
 
 /// Largest table body (manifest, tombstones) accepted from a peer.
 const MAX_TABLE_BODY: usize = 256 << 20;
+
+/// How often expired deletes are forgotten (also at every start).
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// Largest hello body.
 const MAX_HELLO_BODY: usize = 1 << 20;
@@ -87,6 +91,9 @@ pub struct MeshConfig {
     pub recipient: String,
     /// Default peer port for `cross_subnet_peers` given without one.
     pub default_port: u16,
+    /// How long deletes are remembered; an envoy away longer pushes
+    /// nothing until it has caught up.
+    pub tombstone_retention: Duration,
 }
 
 /// What a hello answers.
@@ -114,6 +121,38 @@ pub struct Hello {
     pub files: String,
     /// Digest of its tombstone table (hex).
     pub tombstones: String,
+    /// Digest of its resurrect table (hex).
+    #[serde(default)]
+    pub resurrects: String,
+    /// Digest of its leave table (hex).
+    #[serde(default)]
+    pub leaves: String,
+}
+
+impl Hello {
+    /// Its table digests (an unreadable one counts as all zeros, so it
+    /// differs and is pulled).
+    fn digests(&self) -> Digests {
+        let d = |s: &str| parse_digest(s).unwrap_or_default();
+        Digests {
+            files: d(&self.files),
+            tombstones: d(&self.tombstones),
+            leaves: d(&self.leaves),
+            resurrects: d(&self.resurrects),
+        }
+    }
+}
+
+/// The hello headers that carry the client's digests.
+const H_DIGESTS: [&str; 4] = [
+    "lockbox-files",
+    "lockbox-tombstones",
+    "lockbox-leaves",
+    "lockbox-resurrects",
+];
+
+fn digest_list(d: &Digests) -> [[u8; 16]; 4] {
+    [d.files, d.tombstones, d.leaves, d.resurrects]
 }
 
 /// How a peer looks from here (for `status`).
@@ -138,6 +177,9 @@ pub struct PeerStatus {
     /// handshake, …), until it next answers.
     #[serde(default)]
     pub error: Option<String>,
+    /// Its table digests as last heard.
+    #[serde(skip)]
+    pub digests: Option<Digests>,
 }
 
 #[derive(Debug, Default)]
@@ -149,7 +191,7 @@ struct Peer {
     refused: Option<String>,
     free_percent: Option<u8>,
     disk_short: bool,
-    digests: Option<([u8; 16], [u8; 16])>,
+    digests: Option<Digests>,
     error: Option<String>,
 }
 
@@ -165,6 +207,32 @@ pub struct Mesh {
     syncing: Mutex<HashSet<SocketAddr>>,
     transfers: Semaphore,
     last_catchup: Mutex<Option<SystemTime>>,
+    /// Set at start when the last catch-up is older than the retention:
+    /// until one completes, nothing is pushed or served.
+    absence: Mutex<Absence>,
+}
+
+/// The long-absence state (SPEC §6.6).
+#[derive(Debug, Clone, Copy, Default)]
+struct Absence {
+    /// The last catch-up before this start, when it is older than the
+    /// retention.
+    away_since: Option<i64>,
+    /// When this run caught up again.
+    back_at: Option<i64>,
+}
+
+impl Absence {
+    fn holding_back(&self) -> bool {
+        self.away_since.is_some() && self.back_at.is_none()
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 impl std::fmt::Debug for Mesh {
@@ -225,6 +293,18 @@ impl Mesh {
         };
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         replica.set_outgoing(tx);
+        let retention = cfg.tombstone_retention.as_secs() as i64;
+        let away_since = replica
+            .last_contact()
+            .filter(|t| unix_now().saturating_sub(*t) > retention);
+        if let Some(t) = away_since {
+            tracing::warn!(
+                "long absence: last in touch with the circle on {}, longer ago than the \
+                 tombstone retention; nothing is pushed until the tables are pulled from a peer",
+                crate::version::utc_date(t)
+            );
+        }
+        replica.prune(retention, unix_now());
         let mesh = Arc::new(Mesh {
             transfers: Semaphore::new(cfg.push_concurrency.max(1)),
             replica,
@@ -236,6 +316,10 @@ impl Mesh {
             conns: tokio::sync::Mutex::new(HashMap::new()),
             syncing: Mutex::new(HashSet::new()),
             last_catchup: Mutex::new(None),
+            absence: Mutex::new(Absence {
+                away_since,
+                back_at: None,
+            }),
         });
         tokio::spawn(serve(mesh.clone(), listener, server_tls));
         tokio::spawn(fan_out(mesh.clone(), rx));
@@ -255,6 +339,29 @@ impl Mesh {
     /// This run's instance id.
     pub fn instance(&self) -> u64 {
         self.instance
+    }
+
+    /// Whether pushes wait for a catch-up after a long absence.
+    fn holding_back(&self) -> bool {
+        self.absence.lock().is_ok_and(|a| a.holding_back())
+    }
+
+    /// The long-absence line for `status`, when it applies.
+    pub fn long_absence(&self) -> Option<String> {
+        let a = *self.absence.lock().ok()?;
+        let since = a.away_since?;
+        let days = unix_now().saturating_sub(since) / 86_400;
+        Some(match a.back_at {
+            None => format!(
+                "last in touch with the circle on {} ({days} days ago, longer than the \
+                 tombstone retention): nothing is pushed until the tables are pulled from a peer",
+                crate::version::utc_date(since)
+            ),
+            Some(t) => format!(
+                "back after {days} days away; caught up on {}",
+                crate::version::utc_date(t)
+            ),
+        })
     }
 
     /// When this envoy last completed a catch-up with a peer.
@@ -281,21 +388,25 @@ impl Mesh {
                 free_percent: p.free_percent,
                 disk_short: p.disk_short,
                 error: p.error.clone(),
+                digests: p.digests,
             })
             .collect();
         out.sort_by(|a, b| a.envoy.cmp(&b.envoy).then(a.addr.cmp(&b.addr)));
         out
     }
 
-    fn digests(&self) -> ([u8; 16], [u8; 16]) {
-        (
-            self.replica.files_digest(),
-            self.replica.tombstones_digest(),
-        )
+    /// This envoy's table digests.
+    pub fn digests(&self) -> Digests {
+        Digests {
+            files: self.replica.files_digest(),
+            tombstones: self.replica.table_digest(Table::Tombstones),
+            leaves: self.replica.table_digest(Table::Leaves),
+            resurrects: self.replica.table_digest(Table::Resurrects),
+        }
     }
 
     fn hello(&self) -> Hello {
-        let (files, tombstones) = self.digests();
+        let d = self.digests();
         let free = self.replica.store().free_percent().unwrap_or(100);
         Hello {
             protocol: PROTOCOL_VERSION,
@@ -312,14 +423,17 @@ impl Mesh {
                 .collect(),
             free_percent: free,
             disk_short: free <= self.cfg.disk_pressure_percent,
-            files: hex::encode(files),
-            tombstones: hex::encode(tombstones),
+            files: hex::encode(d.files),
+            tombstones: hex::encode(d.tombstones),
+            resurrects: hex::encode(d.resurrects),
+            leaves: hex::encode(d.leaves),
         }
     }
 
     /// Member peers heard from within `stale_after` with room on disk.
     fn push_targets(&self) -> Vec<SocketAddr> {
         let now = now_instant();
+        let members = self.replica.members().names();
         let Ok(peers) = self.peers.lock() else {
             return Vec::new();
         };
@@ -327,6 +441,7 @@ impl Mesh {
             .iter()
             .filter(|(_, p)| {
                 p.member
+                    && p.envoy.as_ref().is_some_and(|e| members.contains(e))
                     && p.last_seen
                         .is_some_and(|t| now.duration_since(t) < self.cfg.stale_after)
                     && !p.disk_short
@@ -457,8 +572,8 @@ impl Mesh {
     }
 
     async fn contact_inner(self: &Arc<Self>, addr: SocketAddr) -> Result<(), String> {
-        let (files, tombs) = self.digests();
-        let req = Request::builder()
+        let mine = digest_list(&self.digests());
+        let mut req = Request::builder()
             .method(Method::GET)
             .uri(self.uri(addr, &self.user_path("hello")))
             .header(
@@ -466,11 +581,11 @@ impl Mesh {
                 hex::encode(self.replica.own_endorsement().unwrap_or_default()),
             )
             .header(H_PORT, self.port.to_string())
-            .header(H_INSTANCE, self.instance.to_string())
-            .header("lockbox-files", hex::encode(files))
-            .header("lockbox-tombstones", hex::encode(tombs))
-            .body(full(Bytes::new()))
-            .map_err(|e| e.to_string())?;
+            .header(H_INSTANCE, self.instance.to_string());
+        for (h, d) in H_DIGESTS.iter().zip(mine) {
+            req = req.header(*h, hex::encode(d));
+        }
+        let req = req.body(full(Bytes::new())).map_err(|e| e.to_string())?;
         let resp = tokio::time::timeout(Duration::from_secs(10), self.request(addr, req))
             .await
             .map_err(|_| "hello timed out".to_string())??;
@@ -516,10 +631,7 @@ impl Mesh {
             });
             Some(why)
         };
-        let peer_digests = (
-            parse_digest(&hello.files).unwrap_or_default(),
-            parse_digest(&hello.tombstones).unwrap_or_default(),
-        );
+        let peer_digests = hello.digests();
         self.seen(addr, |p| {
             p.envoy = Some(hello.envoy.clone());
             p.instance = Some(hello.instance);
@@ -536,20 +648,38 @@ impl Mesh {
         self.catch_up(addr, peer_digests).await
     }
 
-    /// Pull the tables whose digests differ from ours, and merge them.
-    async fn catch_up(
-        self: &Arc<Self>,
-        addr: SocketAddr,
-        (files, tombs): ([u8; 16], [u8; 16]),
-    ) -> Result<(), String> {
-        let (my_files, my_tombs) = self.digests();
-        if tombs != my_tombs {
-            self.pull_tombstones(addr).await?;
+    /// Pull the tables whose digests differ from ours, and merge them:
+    /// leaves first (who is a member), then tombstones and resurrects, then
+    /// the manifest.
+    async fn catch_up(self: &Arc<Self>, addr: SocketAddr, theirs: Digests) -> Result<(), String> {
+        for table in Table::ALL {
+            let digest = |d: &Digests| match table {
+                Table::Tombstones => d.tombstones,
+                Table::Resurrects => d.resurrects,
+                Table::Leaves => d.leaves,
+            };
+            if digest(&theirs) != digest(&self.digests()) {
+                self.pull_table(addr, table).await?;
+            }
         }
-        if files != my_files {
+        let now = unix_now();
+        if let Ok(mut a) = self.absence.lock() {
+            if a.holding_back() {
+                a.back_at = Some(now);
+                tracing::info!("caught up after a long absence: pushing again");
+            }
+        }
+        // An envoy that left the circle keeps its tables (so it knows) but
+        // takes no more files.
+        if theirs.files != self.digests().files && self.replica.departed().is_none() {
             self.pull_files(addr).await?;
         }
         if let Ok(mut l) = self.last_catchup.lock() {
+            // Persisted at most once a minute (it only matters in days).
+            let stored = self.replica.last_contact().unwrap_or(0);
+            if now.saturating_sub(stored) >= 60 {
+                self.replica.set_last_contact(now);
+            }
             *l = Some(SystemTime::now());
         }
         Ok(())
@@ -564,20 +694,20 @@ impl Mesh {
         self.request(addr, req).await
     }
 
-    async fn pull_tombstones(&self, addr: SocketAddr) -> Result<(), String> {
-        let resp = self.get(addr, &self.user_path("tombstones")).await?;
+    async fn pull_table(&self, addr: SocketAddr, table: Table) -> Result<(), String> {
+        let resp = self.get(addr, &self.user_path(table.path())).await?;
         if !resp.status().is_success() {
-            return Err(format!("tombstones: {}", resp.status()));
+            return Err(format!("{}: {}", table.path(), resp.status()));
         }
         let body = read_capped(resp.into_body(), MAX_TABLE_BODY).await?;
         let replica = self.replica.clone();
-        let applied = tokio::task::spawn_blocking(move || apply_tombstone_list(&replica, &body))
+        let applied = tokio::task::spawn_blocking(move || apply_table(&replica, table, &body))
             .await
             .map_err(|e| e.to_string())?;
         // What was valid is applied; one refused entry must not stop the
         // catch-up of the rest.
         if let Err(e) = applied {
-            tracing::debug!("tombstones from {addr}: {e}");
+            tracing::debug!("{} from {addr}: {e}", table.path());
         }
         Ok(())
     }
@@ -708,27 +838,57 @@ impl Mesh {
         }
     }
 
-    async fn push_tombstone(&self, addr: SocketAddr, t: &Signed<Tombstone>) {
-        let body = records::encode_list([t.to_bytes().as_slice()]);
+    /// POST one signed record to `addr`'s `table`, with a few retries.
+    /// Returns whether the peer took it.
+    async fn push_record(&self, addr: SocketAddr, table: Table, record: &[u8]) -> bool {
+        let body = records::encode_list([record]);
         for _ in 0..3 {
             let req = match Request::builder()
                 .method(Method::POST)
-                .uri(self.uri(addr, &self.user_path("tombstones")))
+                .uri(self.uri(addr, &self.user_path(table.path())))
                 .body(full(body.clone()))
             {
                 Ok(r) => r,
-                Err(_) => return,
+                Err(_) => return false,
             };
             match self.request(addr, req).await {
-                Ok(r) if r.status().is_success() => return,
+                Ok(r) if r.status().is_success() => return true,
                 Ok(r) => {
-                    tracing::debug!("tombstone to {addr}: {}", r.status());
-                    return;
+                    tracing::debug!("{} to {addr}: {}", table.path(), r.status());
+                    return false;
                 }
-                Err(e) => tracing::debug!("tombstone to {addr}: {e}"),
+                Err(e) => tracing::debug!("{} to {addr}: {e}", table.path()),
             }
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
+        false
+    }
+
+    /// Push a signed table record to every live member now and wait (at most
+    /// `within`) for the answers: `(took it, asked)`. For a leave, which
+    /// must reach someone before the envoy scrubs itself.
+    pub async fn deliver(
+        self: &Arc<Self>,
+        table: Table,
+        record: Vec<u8>,
+        within: Duration,
+    ) -> (usize, usize) {
+        let targets = self.push_targets();
+        let asked = targets.len();
+        let mut tasks = tokio::task::JoinSet::new();
+        for addr in targets {
+            let me = self.clone();
+            let record = record.clone();
+            tasks.spawn(async move { me.push_record(addr, table, &record).await });
+        }
+        let mut took = 0;
+        let _ = tokio::time::timeout(within, async {
+            while let Some(r) = tasks.join_next().await {
+                took += usize::from(r.unwrap_or(false));
+            }
+        })
+        .await;
+        (took, asked)
     }
 
     // ---- server side ---------------------------------------------------
@@ -754,6 +914,10 @@ impl Mesh {
         };
         match (req.method().clone(), kind, name) {
             (Method::GET, "hello", None) => self.serve_hello(remote, &req),
+            (Method::GET, "files", _) if self.holding_back() => respond(
+                503,
+                "catching up after a long absence: ask again after its next catch-up",
+            ),
             (Method::GET, "files", None) => {
                 let replica = self.replica.clone();
                 match tokio::task::spawn_blocking(move || replica.manifest_bytes()).await {
@@ -763,16 +927,22 @@ impl Mesh {
             }
             (Method::GET, "files", Some(name)) => self.serve_file(&name),
             (Method::POST, "push", Some(name)) => self.serve_push(name, req).await,
-            (Method::GET, "tombstones", None) => {
-                let all = self.replica.all_tombstones();
+            (method, path, None) if table_of(path).is_some() && method == Method::GET => {
+                let Some(table) = table_of(path) else {
+                    return respond(404, "no such endpoint");
+                };
+                let all = self.replica.table_records(table);
                 respond(200, records::encode_list(all.iter().map(|v| v.as_slice())))
             }
-            (Method::POST, "tombstones", None) => {
+            (Method::POST, path, None) if table_of(path).is_some() => {
+                let Some(table) = table_of(path) else {
+                    return respond(404, "no such endpoint");
+                };
                 match read_capped(req.into_body(), MAX_TABLE_BODY).await {
                     Ok(body) => {
                         let replica = self.replica.clone();
                         match tokio::task::spawn_blocking(move || {
-                            apply_tombstone_list(&replica, &body)
+                            apply_table(&replica, table, &body)
                         })
                         .await
                         {
@@ -783,9 +953,6 @@ impl Mesh {
                     }
                     Err(e) => respond(413, e),
                 }
-            }
-            (Method::GET, "leaves" | "resurrects", None) => {
-                respond(200, records::encode_list(std::iter::empty::<&[u8]>()))
             }
             _ => respond(404, "no such endpoint"),
         }
@@ -811,19 +978,25 @@ impl Mesh {
             if let (Some(port), true) = (port, instance != Some(self.instance)) {
                 let addr = SocketAddr::new(remote.ip(), port);
                 let member = refused.is_empty();
-                let differs = {
-                    let (f, t) = self.digests();
-                    h("lockbox-files") != Some(hex::encode(f).as_str())
-                        || h("lockbox-tombstones") != Some(hex::encode(t).as_str())
-                };
+                let differs = H_DIGESTS
+                    .iter()
+                    .zip(digest_list(&self.digests()))
+                    .any(|(k, d)| h(k) != Some(hex::encode(d).as_str()));
                 let fresh = self
                     .peers
                     .lock()
                     .map(|p| p.get(&addr).is_none_or(|p| !p.member))
                     .unwrap_or(false);
+                let theirs = H_DIGESTS.map(|k| h(k).and_then(parse_digest).unwrap_or_default());
                 self.seen(addr, |p| {
                     p.envoy = envoy;
                     p.instance = instance;
+                    p.digests = Some(Digests {
+                        files: theirs[0],
+                        tombstones: theirs[1],
+                        leaves: theirs[2],
+                        resurrects: theirs[3],
+                    });
                     if member {
                         p.member = true;
                         p.refused = None;
@@ -922,17 +1095,32 @@ fn record_header(h: &http::HeaderMap) -> Result<Signed<FileVersion>, String> {
     Signed::<FileVersion>::from_bytes(&bytes).map_err(|e| format!("bad version record: {e}"))
 }
 
-/// Apply a list of signed tombstones (a pull or a POST). Every valid one is
-/// applied; the first refusal is returned, so a POST answers with its status
-/// (403 for a non-member's delete, 400 for garbage).
-fn apply_tombstone_list(replica: &Replica, body: &[u8]) -> Result<(), Refusal> {
+/// The table an endpoint path segment names.
+fn table_of(path: &str) -> Option<Table> {
+    Table::ALL.into_iter().find(|t| t.path() == path)
+}
+
+/// Apply a list of signed records of `table` (a pull or a POST). Every valid
+/// one is applied; the first refusal is returned, so a POST answers with its
+/// status (403 for a non-member's record, 400 for garbage).
+fn apply_table(replica: &Replica, table: Table, body: &[u8]) -> Result<(), Refusal> {
     let items = records::decode_list(body, replica::MAX_TABLE_ENTRIES)
-        .map_err(|e| Refusal::Bad(format!("bad tombstone list: {e}")))?;
+        .map_err(|e| Refusal::Bad(format!("bad {} list: {e}", table.path())))?;
+    let bad =
+        |e: lockbox_crypto::Error| Refusal::Bad(format!("bad record in {}: {e}", table.path()));
     let mut first_err = None;
     for item in items {
-        let r = Signed::<Tombstone>::from_bytes(item)
-            .map_err(|e| Refusal::Bad(format!("bad tombstone: {e}")))
-            .and_then(|t| replica.apply_tombstone(&t));
+        let r = match table {
+            Table::Tombstones => Signed::<Tombstone>::from_bytes(item)
+                .map_err(bad)
+                .and_then(|t| replica.apply_tombstone(&t)),
+            Table::Resurrects => Signed::<Resurrect>::from_bytes(item)
+                .map_err(bad)
+                .and_then(|r| replica.apply_resurrect(&r)),
+            Table::Leaves => Signed::<Leave>::from_bytes(item)
+                .map_err(bad)
+                .and_then(|l| replica.apply_leave(&l)),
+        };
         if let Err(e) = r {
             first_err.get_or_insert(e);
         }
@@ -1101,6 +1289,11 @@ async fn serve(mesh: Arc<Mesh>, listener: TcpListener, tls: Arc<rustls::ServerCo
 
 async fn fan_out(mesh: Arc<Mesh>, mut rx: tokio::sync::mpsc::UnboundedReceiver<Outgoing>) {
     while let Some(out) = rx.recv().await {
+        if mesh.holding_back() || mesh.replica.departed().is_some() {
+            // Kept in the tables; anti-entropy carries it once caught up (a
+            // departed envoy's are refused anyway).
+            continue;
+        }
         for addr in mesh.push_targets() {
             let mesh = mesh.clone();
             let out = out.clone();
@@ -1108,7 +1301,14 @@ async fn fan_out(mesh: Arc<Mesh>, mut rx: tokio::sync::mpsc::UnboundedReceiver<O
                 let _permit = mesh.transfers.acquire().await;
                 match &out {
                     Outgoing::Version(name) => mesh.push(addr, name).await,
-                    Outgoing::Tombstone(t) => mesh.push_tombstone(addr, t).await,
+                    Outgoing::Tombstone(t) => {
+                        mesh.push_record(addr, Table::Tombstones, &t.to_bytes())
+                            .await;
+                    }
+                    Outgoing::Resurrect(r) => {
+                        mesh.push_record(addr, Table::Resurrects, &r.to_bytes())
+                            .await;
+                    }
                 }
             });
         }
@@ -1129,7 +1329,7 @@ async fn listen_announcements(mesh: Arc<Mesh>, d: Arc<Discovery>) {
             continue;
         }
         let addr = SocketAddr::new(from.ip(), a.peer_port.get());
-        let digests = (a.digests.files, a.digests.tombstones);
+        let digests = a.digests;
         let mut need = false;
         mesh.seen(addr, |p| {
             need = !p.member || p.instance != Some(a.instance_id) || p.digests != Some(digests);
@@ -1148,8 +1348,17 @@ async fn listen_announcements(mesh: Arc<Mesh>, d: Arc<Discovery>) {
 async fn ticker(mesh: Arc<Mesh>, discovery: Option<Arc<Discovery>>) {
     let mut interval = tokio::time::interval(mesh.cfg.announce_interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pruned = Instant::now();
     loop {
         interval.tick().await;
+        if pruned.elapsed() >= PRUNE_EVERY {
+            pruned = Instant::now();
+            let (replica, retention) = (
+                mesh.replica.clone(),
+                mesh.cfg.tombstone_retention.as_secs() as i64,
+            );
+            let _ = tokio::task::spawn_blocking(move || replica.prune(retention, unix_now())).await;
+        }
         if let Some(d) = &discovery {
             if let Some(a) = mesh.announcement() {
                 if let Err(e) = d.announce(&a).await {
@@ -1171,7 +1380,7 @@ async fn ticker(mesh: Arc<Mesh>, discovery: Option<Arc<Discovery>>) {
 
 impl Mesh {
     fn announcement(&self) -> Option<Announcement> {
-        let (files, tombstones) = self.digests();
+        let digests = self.digests();
         Some(Announcement {
             user: self.replica.user().clone(),
             envoy: self.replica.envoy().clone(),
@@ -1179,11 +1388,7 @@ impl Mesh {
             signing_key: self.replica.signing_public().0,
             peer_port: NonZeroU16::new(self.port)?,
             instance_id: self.instance,
-            digests: Digests {
-                files,
-                tombstones,
-                ..Digests::default()
-            },
+            digests,
         })
     }
 }

@@ -222,24 +222,179 @@ pub fn deletes(t: &VersionVector, v: &VersionVector) -> bool {
     matches!(v.compare(t), Causality::Before | Causality::Equal)
 }
 
-/// Whether any of `tombs` deletes a version with vector `v`.
-pub fn deleted_by(tombs: &[Signed<Tombstone>], v: &VersionVector) -> bool {
-    tombs.iter().any(|t| deletes(&t.body().vv, v))
+/// A signed, deliberate re-add of a deleted name (SPEC §6.6): it cancels
+/// every tombstone of the name whose vector it covers, so those no longer
+/// gate versions of it. A re-add through the mount or `encrypt` records one
+/// (then seals a version that comes after it); `lockbox resurrect NAME`
+/// records one on its own, letting a copy some envoy still holds back in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resurrect {
+    /// The user whose lockbox it belongs to.
+    pub user: WireName,
+    /// The name re-added.
+    pub name: Name,
+    /// The merged vector of the tombstones it cancels.
+    pub vv: VersionVector,
+    /// The envoy that re-added it.
+    pub author: WireName,
+    /// When, in Unix seconds by the author's clock.
+    pub resurrected_unix: i64,
 }
 
-/// Merges tombstones of one name into the antichain of maximal ones, in a
-/// canonical order (by vector bytes, then signature bytes). Order-independent
-/// and idempotent.
-pub fn merge_tombstones(mut all: Vec<Signed<Tombstone>>) -> Vec<Signed<Tombstone>> {
+impl Record for Resurrect {
+    const DOMAIN: &'static str = "lockbox/resurrect/v1";
+
+    fn encode(&self, e: &mut Encoder) {
+        e.str(self.user.as_str());
+        e.bytes(self.name.as_bytes());
+        encode_vv(e, &self.vv);
+        e.str(self.author.as_str());
+        e.u64(self.resurrected_unix as u64);
+    }
+
+    fn decode(d: &mut Decoder<'_>) -> lockbox_crypto::Result<Self> {
+        let user = decode_wire(d, "user")?;
+        let name = decode_name(d)?;
+        let vv = decode_vv(d)?;
+        if vv.is_empty() {
+            return Err(bad("a resurrect with an empty version vector"));
+        }
+        Ok(Self {
+            user,
+            name,
+            vv,
+            author: decode_wire(d, "author")?,
+            resurrected_unix: d.u64()? as i64,
+        })
+    }
+}
+
+/// How an envoy left the circle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaveKind {
+    /// `lockbox leave`: signed by the departing envoy's own signing key.
+    Leave,
+    /// `lockbox evict ENVOY`: signed by the circle key (the passphrase).
+    Evict,
+}
+
+/// A signed departure from the circle (SPEC §6.6). It names the envoy's
+/// signing key, not only its name: an envoy set up again under the same
+/// name has a new key and a new endorsement, and may join again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leave {
+    /// The user whose circle it is.
+    pub user: WireName,
+    /// The envoy that left.
+    pub envoy: WireName,
+    /// Its signing key (the member key that is no longer one).
+    pub signing_key: lockbox_crypto::sign::PublicKey,
+    /// Leave or evict.
+    pub kind: LeaveKind,
+    /// When, in Unix seconds by the signer's clock.
+    pub left_unix: i64,
+}
+
+impl Record for Leave {
+    const DOMAIN: &'static str = "lockbox/leave/v1";
+
+    fn encode(&self, e: &mut Encoder) {
+        e.str(self.user.as_str());
+        e.str(self.envoy.as_str());
+        e.key(&self.signing_key);
+        e.u8(match self.kind {
+            LeaveKind::Leave => 0,
+            LeaveKind::Evict => 1,
+        });
+        e.u64(self.left_unix as u64);
+    }
+
+    fn decode(d: &mut Decoder<'_>) -> lockbox_crypto::Result<Self> {
+        let user = decode_wire(d, "user")?;
+        let envoy = decode_wire(d, "envoy")?;
+        let signing_key = d.key()?;
+        let kind = match d.u8()? {
+            0 => LeaveKind::Leave,
+            1 => LeaveKind::Evict,
+            _ => return Err(bad("leave kind is neither 0 (leave) nor 1 (evict)")),
+        };
+        Ok(Self {
+            user,
+            envoy,
+            signing_key,
+            kind,
+            left_unix: d.u64()? as i64,
+        })
+    }
+}
+
+/// Whether a leave's signature carries authority: a leave signed by the key
+/// it names, or an eviction signed by the circle key.
+pub fn leave_is_authorised(l: &Signed<Leave>, circle: &lockbox_crypto::sign::PublicKey) -> bool {
+    match l.body().kind {
+        LeaveKind::Leave => l.signer() == l.body().signing_key,
+        LeaveKind::Evict => l.signer() == *circle,
+    }
+}
+
+/// A record with a per-name version vector, kept per name as an antichain.
+pub trait Versioned: Record {
+    /// Its vector.
+    fn vv(&self) -> &VersionVector;
+}
+
+impl Versioned for Tombstone {
+    fn vv(&self) -> &VersionVector {
+        &self.vv
+    }
+}
+
+impl Versioned for Resurrect {
+    fn vv(&self) -> &VersionVector {
+        &self.vv
+    }
+}
+
+/// Whether a version with vector `v` is deleted: some tombstone covers it
+/// and no resurrect covers that tombstone. A version made after a tombstone
+/// (a concurrent edit, or a re-add bumped from it) is never deleted by it.
+pub fn deleted_by(
+    tombs: &[Signed<Tombstone>],
+    resurrects: &[Signed<Resurrect>],
+    v: &VersionVector,
+) -> bool {
+    tombs.iter().any(|t| {
+        deletes(&t.body().vv, v)
+            && !resurrects
+                .iter()
+                .any(|r| deletes(&r.body().vv, &t.body().vv))
+    })
+}
+
+/// Whether any of `tombs` is not cancelled by `resurrects` (the name is
+/// deleted, as far as its tombstones go).
+pub fn has_live_tombstone(tombs: &[Signed<Tombstone>], resurrects: &[Signed<Resurrect>]) -> bool {
+    tombs.iter().any(|t| {
+        !resurrects
+            .iter()
+            .any(|r| deletes(&r.body().vv, &t.body().vv))
+    })
+}
+
+/// Merges the records of one name into the antichain of maximal ones, in a
+/// canonical order (by wire bytes): a set union that drops every record
+/// whose vector another one covers (for equal vectors, keeps the smaller
+/// bytes). Commutative, associative, idempotent; and it keeps the verdict of
+/// [`deleted_by`], since whatever a dropped record covers its dominator
+/// covers too.
+pub fn merge_antichain<T: Versioned>(mut all: Vec<Signed<T>>) -> Vec<Signed<T>> {
     all.sort_by_key(|t| t.to_bytes());
     all.dedup_by(|a, b| a.to_bytes() == b.to_bytes());
     let keep: Vec<bool> = all
         .iter()
         .map(|t| {
             !all.iter().any(|o| {
-                let c = t.body().vv.compare(&o.body().vv);
-                // Dominated by a strictly later tombstone, or an equal-vector
-                // duplicate that sorts first.
+                let c = t.body().vv().compare(o.body().vv());
                 c == Causality::Before || (c == Causality::Equal && o.to_bytes() < t.to_bytes())
             })
         })
@@ -250,11 +405,11 @@ pub fn merge_tombstones(mut all: Vec<Signed<Tombstone>>) -> Vec<Signed<Tombstone
         .collect()
 }
 
-/// The merged vector of all tombstones of a name (what a re-add bumps from).
-pub fn tombstone_floor(tombs: &[Signed<Tombstone>]) -> VersionVector {
-    tombs
+/// The merged vector of a name's records (what a re-add bumps from).
+pub fn floor<T: Versioned>(records: &[Signed<T>]) -> VersionVector {
+    records
         .iter()
-        .fold(VersionVector::new(), |acc, t| acc.merge(&t.body().vv))
+        .fold(VersionVector::new(), |acc, t| acc.merge(t.body().vv()))
 }
 
 /// Encodes a list of records (each already in wire form) for a table
@@ -469,7 +624,132 @@ mod tests {
         })
     }
 
+    fn resurrect(key: &SigningKey, v: VersionVector) -> Signed<Resurrect> {
+        Signed::sign(
+            Resurrect {
+                user: w("alice"),
+                name: Name::new(b"id_ed25519".to_vec()).unwrap(),
+                vv: v,
+                author: w("laptop"),
+                resurrected_unix: 2,
+            },
+            key,
+        )
+    }
+
+    #[test]
+    fn resurrect_and_leave_round_trip_and_do_not_verify_as_each_other() {
+        let key = SigningKey::generate();
+        let r = resurrect(&key, vv(&[("desk", 3)]));
+        let back = Signed::<Resurrect>::from_bytes(&r.to_bytes()).unwrap();
+        assert_eq!(back.body(), r.body());
+        assert!(Signed::<Tombstone>::from_bytes(&r.to_bytes()).is_err());
+
+        let circle = SigningKey::generate();
+        let leave = Leave {
+            user: w("alice"),
+            envoy: w("desk"),
+            signing_key: key.public(),
+            kind: LeaveKind::Leave,
+            left_unix: 5,
+        };
+        let own = Signed::sign(leave.clone(), &key);
+        let back = Signed::<Leave>::from_bytes(&own.to_bytes()).unwrap();
+        assert_eq!(back.body(), &leave);
+        assert!(leave_is_authorised(&back, &circle.public()));
+        // A leave signed by another key is no one's authority.
+        let forged = Signed::sign(leave.clone(), &SigningKey::generate());
+        assert!(!leave_is_authorised(&forged, &circle.public()));
+        // An eviction needs the circle key.
+        let evict = Leave {
+            kind: LeaveKind::Evict,
+            ..leave
+        };
+        assert!(leave_is_authorised(
+            &Signed::sign(evict.clone(), &circle),
+            &circle.public()
+        ));
+        assert!(!leave_is_authorised(
+            &Signed::sign(evict, &key),
+            &circle.public()
+        ));
+        // An unknown kind byte is refused.
+        let mut bytes = own.to_bytes();
+        let kind_at = bytes.len() - 9;
+        bytes[kind_at] = 7;
+        assert!(Signed::<Leave>::from_bytes(&bytes).is_err());
+    }
+
+    #[test]
+    fn a_resurrect_cancels_the_tombstones_it_covers_only() {
+        let key = SigningKey::from_seed(&[3; 32]);
+        let old = vv(&[("desk", 2)]);
+        let t = vec![tomb(&key, old.clone())];
+        assert!(deleted_by(&t, &[], &old));
+        // Covering the tombstone: the deleted version is allowed back.
+        let r = vec![resurrect(&key, old.clone())];
+        assert!(!deleted_by(&t, &r, &old));
+        assert!(!has_live_tombstone(&t, &r));
+        // A later delete (of a later version) is not covered by it.
+        let later = vv(&[("desk", 4)]);
+        let t2 = merge_antichain(vec![t[0].clone(), tomb(&key, later.clone())]);
+        assert!(deleted_by(&t2, &r, &later));
+        assert!(
+            deleted_by(&t2, &r, &old),
+            "the later tombstone covers old too"
+        );
+        assert!(has_live_tombstone(&t2, &r));
+        // A replayed old tombstone never deletes a re-add made after it.
+        let mut readd = floor(&t);
+        readd.bump(&w("laptop")).unwrap();
+        let replayed = merge_antichain(vec![t[0].clone(), t[0].clone()]);
+        assert!(!deleted_by(&replayed, &r, &readd));
+        assert!(!deleted_by(&replayed, &[], &readd));
+    }
+
     proptest! {
+        #[test]
+        fn tables_merge_in_any_order_to_the_same_verdict(
+            tv in proptest::collection::vec(arb_vv(), 0..5),
+            rv in proptest::collection::vec(arb_vv(), 0..4),
+            split in 0usize..5,
+            probe in arb_vv(),
+        ) {
+            let key = SigningKey::from_seed(&[4; 32]);
+            let ts: Vec<_> = tv.into_iter().map(|v| tomb(&key, v)).collect();
+            let rs: Vec<_> = rv.into_iter().map(|v| resurrect(&key, v)).collect();
+            // Two envoys each saw part of the tables; merging their halves in
+            // either order gives the full tables and the same verdict.
+            let k = split.min(ts.len());
+            let (ta, tb) = ts.split_at(k);
+            let k = split.min(rs.len());
+            let (ra, rb) = rs.split_at(k);
+            let mut ab = merge_antichain(ta.to_vec());
+            ab.extend(tb.iter().cloned());
+            let ab = merge_antichain(ab);
+            let mut ba = merge_antichain(tb.to_vec());
+            ba.extend(ta.iter().cloned());
+            let ba = merge_antichain(ba);
+            prop_assert_eq!(&ab, &ba);
+            let mut rab = merge_antichain(ra.to_vec());
+            rab.extend(rb.iter().cloned());
+            let rab = merge_antichain(rab);
+            prop_assert_eq!(
+                deleted_by(&ab, &rab, &probe),
+                deleted_by(&ts, &rs, &probe)
+            );
+            prop_assert_eq!(has_live_tombstone(&ab, &rab), has_live_tombstone(&ts, &rs));
+        }
+
+        #[test]
+        fn garbage_records_and_lists_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = Signed::<FileVersion>::from_bytes(&bytes);
+            let _ = Signed::<Tombstone>::from_bytes(&bytes);
+            let _ = Signed::<Resurrect>::from_bytes(&bytes);
+            let _ = Signed::<Leave>::from_bytes(&bytes);
+            let _ = decode_list(&bytes, 1 << 20);
+        }
+
         #[test]
         fn tombstone_merge_is_order_independent_and_idempotent(
             vs in proptest::collection::vec(arb_vv(), 1..6),
@@ -477,21 +757,21 @@ mod tests {
         ) {
             let key = SigningKey::from_seed(&[9; 32]);
             let ts: Vec<_> = vs.into_iter().map(|v| tomb(&key, v)).collect();
-            let m1 = merge_tombstones(ts.clone());
+            let m1 = merge_antichain(ts.clone());
             let mut rev = ts.clone();
             rev.reverse();
-            let m2 = merge_tombstones(rev);
+            let m2 = merge_antichain(rev);
             prop_assert_eq!(&m1, &m2);
-            prop_assert_eq!(merge_tombstones(m1.clone()), m1.clone());
+            prop_assert_eq!(merge_antichain(m1.clone()), m1.clone());
             let mut twice = m1.clone();
             twice.extend(ts.clone());
-            prop_assert_eq!(merge_tombstones(twice), m1.clone());
+            prop_assert_eq!(merge_antichain(twice), m1.clone());
             // The merged table deletes exactly what the inputs delete.
-            prop_assert_eq!(deleted_by(&m1, &probe), deleted_by(&ts, &probe));
+            prop_assert_eq!(deleted_by(&m1, &[], &probe), deleted_by(&ts, &[], &probe));
             // A re-add bumped from the floor survives every tombstone.
-            let mut re = tombstone_floor(&m1);
+            let mut re = floor(&m1);
             re.bump(&w("a")).unwrap();
-            prop_assert!(!deleted_by(&m1, &re));
+            prop_assert!(!deleted_by(&m1, &[], &re));
         }
     }
 }

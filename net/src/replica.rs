@@ -21,14 +21,17 @@ use lockbox_crypto::circle::{verify_endorsement, Endorsement};
 use lockbox_crypto::digest::{HashingWriter, Sha256};
 use lockbox_crypto::recipients::RecipientEntry;
 use lockbox_crypto::sign::{Decoder, Encoder, PublicKey, Signed, SigningKey};
-use lockbox_fs::meta::{LocalStat, Meta, Op};
+use lockbox_fs::meta::{List, LocalStat, Meta, Op};
 use lockbox_fs::name::NameKind;
 use lockbox_fs::store::{Journal, StagedFile};
 use lockbox_fs::{Name, Sealed, Store};
 
-use crate::records::{self, FileVersion, Tombstone};
+use crate::records::{self, FileVersion, Leave, LeaveKind, Resurrect, Tombstone, Versioned};
 use crate::version::{resolve, Resolution};
 use crate::WireName;
+
+/// The `misc` key of the last completed catch-up.
+const LAST_CONTACT: &str = "last_contact";
 
 /// Most entries a manifest or tombstone table may hold.
 pub const MAX_TABLE_ENTRIES: usize = 1 << 20;
@@ -99,6 +102,35 @@ pub enum Outgoing {
     Version(Name),
     /// A new tombstone.
     Tombstone(Signed<Tombstone>),
+    /// A new resurrect.
+    Resurrect(Signed<Resurrect>),
+}
+
+/// The tables the mesh compares by digest and exchanges whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    /// Signed deletes (`/lockbox/tombstones`).
+    Tombstones,
+    /// Signed re-adds (`/lockbox/resurrects`).
+    Resurrects,
+    /// Signed leaves and evictions (`/lockbox/leaves`).
+    Leaves,
+}
+
+impl Table {
+    /// All of them, in the order a catch-up pulls them: membership first,
+    /// then what lifts deletes, then deletes — so a copy that a resurrect
+    /// lets back in is not removed by the delete it lifts on the way.
+    pub const ALL: [Table; 3] = [Table::Leaves, Table::Resurrects, Table::Tombstones];
+
+    /// The endpoint's path segment.
+    pub fn path(self) -> &'static str {
+        match self {
+            Table::Tombstones => "tombstones",
+            Table::Resurrects => "resurrects",
+            Table::Leaves => "leaves",
+        }
+    }
 }
 
 /// Which files [`Replica::reseal`] re-encrypts.
@@ -248,7 +280,17 @@ impl Replica {
         let circle = PublicKey::from_base64(circle_text.trim())
             .map_err(|e| format!("{} is damaged: {e}", paths.circle_public.display()))?;
         let meta = Meta::open(&paths.meta).map_err(|e| e.to_string())?;
-        let members = load_members(&paths.members, &circle, &user);
+        let mut members = load_members(&paths.members, &circle, &user);
+        let departed: Vec<PublicKey> = meta
+            .leaves()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(_, r)| Signed::<Leave>::from_bytes(&r).ok())
+            .map(|l| l.body().signing_key)
+            .collect();
+        members
+            .by_envoy
+            .retain(|_, e| !departed.contains(&e.body().signing_key));
         Ok(Arc::new_cyclic(|weak| Replica {
             user,
             envoy,
@@ -375,6 +417,18 @@ impl Replica {
                 refused.push(format!("endorsement names a bad envoy {:?}", e.envoy));
                 continue;
             }
+            if let Some(l) = self.left(&e.signing_key) {
+                refused.push(format!(
+                    "envoy {:?} {} this circle on {}",
+                    e.envoy,
+                    match l.body().kind {
+                        LeaveKind::Leave => "left",
+                        LeaveKind::Evict => "was evicted from",
+                    },
+                    crate::version::utc_date(l.body().left_unix)
+                ));
+                continue;
+            }
             let Ok(mut members) = self.members.write() else {
                 continue;
             };
@@ -448,8 +502,81 @@ impl Replica {
 
     /// The tombstones of `name`.
     pub fn tombstones(&self, name: &Name) -> Vec<Signed<Tombstone>> {
-        let bytes = self.meta.tombstones(name).unwrap_or_default();
-        decode_tombstones(&bytes)
+        decode_records(&self.meta.list(List::Tombstones, name).unwrap_or_default())
+    }
+
+    /// The resurrects of `name`.
+    pub fn resurrects(&self, name: &Name) -> Vec<Signed<Resurrect>> {
+        decode_records(&self.meta.list(List::Resurrects, name).unwrap_or_default())
+    }
+
+    /// Whether a version of `name` with vector `vv` is deleted here: a
+    /// tombstone covers it and no resurrect lifts that tombstone.
+    pub fn is_deleted(&self, name: &Name, vv: &crate::VersionVector) -> bool {
+        records::deleted_by(&self.tombstones(name), &self.resurrects(name), vv)
+    }
+
+    /// The signed leaves and evictions.
+    pub fn leaves(&self) -> Vec<Signed<Leave>> {
+        self.meta
+            .leaves()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(_, r)| Signed::<Leave>::from_bytes(&r).ok())
+            .collect()
+    }
+
+    /// The leave of the member with signing key `key`, if it left.
+    fn left(&self, key: &PublicKey) -> Option<Signed<Leave>> {
+        let bytes = self.meta.leaves().ok()?;
+        bytes
+            .into_iter()
+            .find(|(k, _)| k.as_slice() == key.0.as_slice())
+            .and_then(|(_, r)| Signed::<Leave>::from_bytes(&r).ok())
+    }
+
+    /// This envoy's own leave or eviction, if it happened.
+    pub fn departed(&self) -> Option<Signed<Leave>> {
+        self.left(&self.signing.public())
+    }
+
+    /// Every record of `table`, each in wire form (a table response).
+    pub fn table_records(&self, table: Table) -> Vec<Vec<u8>> {
+        let lists = |which| {
+            self.meta
+                .all_lists(which)
+                .unwrap_or_default()
+                .into_iter()
+                .flat_map(|(_, list)| records_of(&list))
+                .collect()
+        };
+        match table {
+            Table::Tombstones => lists(List::Tombstones),
+            Table::Resurrects => lists(List::Resurrects),
+            Table::Leaves => self
+                .meta
+                .leaves()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(_, r)| r)
+                .collect(),
+        }
+    }
+
+    /// The digest of `table` (as announced).
+    pub fn table_digest(&self, table: Table) -> [u8; 16] {
+        let rows = match table {
+            Table::Tombstones => self.meta.all_lists(List::Tombstones),
+            Table::Resurrects => self.meta.all_lists(List::Resurrects),
+            Table::Leaves => self.meta.leaves(),
+        }
+        .unwrap_or_default();
+        records::table_digest(rows.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
+    }
+
+    /// How many records each table holds (for `status`).
+    pub fn table_sizes(&self) -> [(Table, usize); 3] {
+        Table::ALL.map(|t| (t, self.table_records(t).len()))
     }
 
     /// Every `(stored name, record)` of the mesh's files.
@@ -481,31 +608,10 @@ impl Replica {
         records::encode_list(items.iter().map(|v| v.as_slice()))
     }
 
-    /// Every tombstone, each in wire form.
-    pub fn all_tombstones(&self) -> Vec<Vec<u8>> {
-        self.meta
-            .all_tombstones()
-            .unwrap_or_default()
-            .into_iter()
-            .flat_map(|(_, list)| {
-                decode_tombstones(&list)
-                    .into_iter()
-                    .map(|t| t.to_bytes())
-                    .collect::<Vec<_>>()
-            })
-            .collect()
-    }
-
     /// The digest of the file table (as announced).
     pub fn files_digest(&self) -> [u8; 16] {
         let m = self.manifest();
         records::table_digest(m.iter().map(|(n, r)| (n.as_bytes(), r.as_slice())))
-    }
-
-    /// The digest of the tombstone table (as announced).
-    pub fn tombstones_digest(&self) -> [u8; 16] {
-        let t = self.meta.all_tombstones().unwrap_or_default();
-        records::table_digest(t.iter().map(|(n, l)| (n.as_slice(), l.as_slice())))
     }
 
     fn sign_version(&self, v: FileVersion) -> Signed<FileVersion> {
@@ -562,8 +668,14 @@ impl Replica {
             })
         } else {
             let prev = self.record(name).ok().flatten();
+            let tombs = self.tombstones(name);
+            if prev.is_none() && records::has_live_tombstone(&tombs, &self.resurrects(name)) {
+                // A deliberate re-add of a deleted name: lift the delete
+                // everywhere, then seal a version that comes after it.
+                self.record_resurrect(name, &tombs)?;
+            }
             let mut vv = prev.map(|p| p.body().vv.clone()).unwrap_or_default();
-            vv = vv.merge(&records::tombstone_floor(&self.tombstones(name)));
+            vv = vv.merge(&records::floor(&tombs));
             vv.bump(&self.envoy).map_err(|e| e.to_string())?;
             self.sign_version(FileVersion {
                 user: self.user.clone(),
@@ -611,10 +723,10 @@ impl Replica {
         );
         let mut tombs = self.tombstones(name);
         tombs.push(t.clone());
-        let tombs = records::merge_tombstones(tombs);
+        let tombs = records::merge_antichain(tombs);
         let result = self.meta.apply(&[
             Op::DelVersion(name.clone()),
-            Op::PutTombstones(name.clone(), encode_tombstones(&tombs)),
+            Op::PutList(List::Tombstones, name.clone(), encode_records(&tombs)),
         ]);
         match result {
             Ok(()) => self.emit(Outgoing::Tombstone(t)),
@@ -705,7 +817,7 @@ impl Replica {
 
     /// Where an admitted version goes, given what is held now.
     fn decide(&self, name: &Name, v: &FileVersion) -> Result<Admission, Refusal> {
-        if records::deleted_by(&self.tombstones(name), &v.vv) {
+        if self.is_deleted(name, &v.vv) {
             return Err(Refusal::Tombstoned);
         }
         let current = self.record(name).map_err(internal)?;
@@ -821,52 +933,321 @@ impl Replica {
             stat: LocalStat::of(&self.store.path_of(&target)).ok(),
         });
         self.meta.apply(&ops).map_err(internal)?;
+        // The kernel is told after the lock is released: an invalidation can
+        // wait on a FUSE request that itself waits for the lock.
+        drop(_guard);
         for n in &touched {
             self.remote_changed(n);
         }
         Ok(Admission::Store(target))
     }
 
+    /// Check that a peer's record is signed by a member, for our user.
+    fn check_member_record(
+        &self,
+        what: &str,
+        signer: &PublicKey,
+        user: &WireName,
+    ) -> Result<(), Refusal> {
+        if self.members().by_key(signer).is_none() {
+            return Err(Refusal::NotMember(format!(
+                "the {what} is signed by {signer}, which is not a member of this circle"
+            )));
+        }
+        if *user != self.user {
+            return Err(Refusal::Bad(format!("the {what} is for user {user}")));
+        }
+        Ok(())
+    }
+
     /// Apply a tombstone from a peer: record it and remove the version it
     /// deletes, if held. Returns whether anything changed.
     pub fn apply_tombstone(&self, t: &Signed<Tombstone>) -> Result<bool, Refusal> {
-        if self.members().by_key(&t.signer()).is_none() {
-            return Err(Refusal::NotMember(format!(
-                "the delete of {} is signed by {}, which is not a member of this circle",
-                t.body().name,
-                t.signer()
-            )));
-        }
-        if t.body().user != self.user {
-            return Err(Refusal::Bad(format!(
-                "the tombstone is for user {}",
-                t.body().user
-            )));
-        }
         let name = t.body().name.clone();
+        self.check_member_record(&format!("delete of {name}"), &t.signer(), &t.body().user)?;
         let _guard = self.store.change_lock();
         let old = self.tombstones(&name);
         let mut merged = old.clone();
         merged.push(t.clone());
-        let merged = records::merge_tombstones(merged);
+        let merged = records::merge_antichain(merged);
         if merged == old {
             return Ok(false);
         }
-        let mut ops = vec![Op::PutTombstones(name.clone(), encode_tombstones(&merged))];
+        let mut ops = vec![Op::PutList(
+            List::Tombstones,
+            name.clone(),
+            encode_records(&merged),
+        )];
         let cur = self.record(&name).map_err(internal)?;
+        let resurrects = self.resurrects(&name);
         let delete = cur
             .as_ref()
-            .is_some_and(|c| records::deleted_by(&merged, &c.body().vv));
+            .is_some_and(|c| records::deleted_by(&merged, &resurrects, &c.body().vv));
         if delete {
             self.store.remove_locked(&name).map_err(internal)?;
             ops.push(Op::DelVersion(name.clone()));
         }
         self.meta.apply(&ops).map_err(internal)?;
+        drop(_guard);
         if delete {
             tracing::info!("{name} was deleted on envoy {}", t.body().author);
             self.remote_changed(&name);
         }
         Ok(true)
+    }
+
+    /// Apply a resurrect from a peer: record it, so the tombstones it covers
+    /// no longer gate the name. Returns whether anything changed.
+    pub fn apply_resurrect(&self, r: &Signed<Resurrect>) -> Result<bool, Refusal> {
+        let name = r.body().name.clone();
+        self.check_member_record(&format!("re-add of {name}"), &r.signer(), &r.body().user)?;
+        let _guard = self.store.change_lock();
+        let old = self.resurrects(&name);
+        let mut merged = old.clone();
+        merged.push(r.clone());
+        let merged = records::merge_antichain(merged);
+        if merged == old {
+            return Ok(false);
+        }
+        self.meta
+            .apply(&[Op::PutList(
+                List::Resurrects,
+                name.clone(),
+                encode_records(&merged),
+            )])
+            .map_err(internal)?;
+        tracing::info!("{name} was re-added on envoy {}", r.body().author);
+        Ok(true)
+    }
+
+    /// Sign, store and queue a resurrect covering `tombs` (under the change
+    /// lock).
+    fn record_resurrect(
+        &self,
+        name: &Name,
+        tombs: &[Signed<Tombstone>],
+    ) -> Result<Signed<Resurrect>, String> {
+        let r = Signed::sign(
+            Resurrect {
+                user: self.user.clone(),
+                name: name.clone(),
+                vv: records::floor(tombs),
+                author: self.envoy.clone(),
+                resurrected_unix: now_unix(),
+            },
+            &self.signing,
+        );
+        let mut all = self.resurrects(name);
+        all.push(r.clone());
+        let all = records::merge_antichain(all);
+        self.meta
+            .apply(&[Op::PutList(
+                List::Resurrects,
+                name.clone(),
+                encode_records(&all),
+            )])
+            .map_err(|e| e.to_string())?;
+        tracing::info!("{name} re-added: its delete is lifted on every envoy");
+        self.emit(Outgoing::Resurrect(r.clone()));
+        Ok(r)
+    }
+
+    /// `lockbox resurrect NAME`: lift the delete of `name` on every envoy,
+    /// so a copy some envoy still holds may come back. Errors when `name` is
+    /// not deleted.
+    pub fn resurrect(&self, name: &Name) -> Result<Signed<Resurrect>, String> {
+        let _guard = self.store.change_lock();
+        let tombs = self.tombstones(name);
+        if !records::has_live_tombstone(&tombs, &self.resurrects(name)) {
+            return Err(format!(
+                "{name} is not deleted (no delete of it is in force): nothing to resurrect"
+            ));
+        }
+        self.record_resurrect(name, &tombs)
+    }
+
+    // ---- leaving -------------------------------------------------------
+
+    /// Apply a leave or eviction (from a peer, or made here): record it, drop
+    /// the member it names and rewrite the recipients. Returns whether
+    /// anything changed. A leave must be signed by the member's own key; an
+    /// eviction by the circle key.
+    pub fn apply_leave(&self, l: &Signed<Leave>) -> Result<bool, Refusal> {
+        let body = l.body();
+        if body.user != self.user {
+            return Err(Refusal::Bad(format!("the leave is for user {}", body.user)));
+        }
+        if !records::leave_is_authorised(l, &self.circle) {
+            return Err(Refusal::NotMember(match body.kind {
+                LeaveKind::Leave => format!(
+                    "the leave of {} is not signed by that envoy's key",
+                    body.envoy
+                ),
+                LeaveKind::Evict => format!(
+                    "the eviction of {} is not signed by this circle's key",
+                    body.envoy
+                ),
+            }));
+        }
+        if let Some(old) = self.left(&body.signing_key) {
+            // One record per key: the canonical (smallest) one, so every
+            // envoy keeps the same table.
+            if old.to_bytes() <= l.to_bytes() {
+                return Ok(false);
+            }
+        }
+        self.meta
+            .apply(&[Op::PutLeave(body.signing_key.0.to_vec(), l.to_bytes())])
+            .map_err(internal)?;
+        let dropped = {
+            let Ok(mut members) = self.members.write() else {
+                return Err(Refusal::Internal("member table poisoned".into()));
+            };
+            let gone: Vec<String> = members
+                .by_envoy
+                .iter()
+                .filter(|(_, e)| e.body().signing_key == body.signing_key)
+                .map(|(n, _)| n.clone())
+                .collect();
+            for n in &gone {
+                members.by_envoy.remove(n);
+                let _ = fs::remove_file(self.paths.members.join(format!("{n}.endorsement")));
+            }
+            gone
+        };
+        let how = match body.kind {
+            LeaveKind::Leave => "left",
+            LeaveKind::Evict => "was evicted from",
+        };
+        tracing::info!("envoy {} {how} the circle", body.envoy);
+        if !dropped.is_empty() {
+            if let Err(e) = self.write_recipients() {
+                tracing::warn!("cannot rewrite the recipient set: {e}");
+            }
+            if let Ok(o) = self.on_members_change.lock() {
+                if let Some(f) = o.as_ref() {
+                    f();
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// When this envoy last completed a catch-up with a member (Unix
+    /// seconds), if ever.
+    pub fn last_contact(&self) -> Option<i64> {
+        let b = self.meta.misc(LAST_CONTACT).ok()??;
+        Some(i64::from_be_bytes(b.try_into().ok()?))
+    }
+
+    /// Record a completed catch-up at `unix`.
+    pub fn set_last_contact(&self, unix: i64) {
+        if let Err(e) = self
+            .meta
+            .apply(&[Op::PutMisc(LAST_CONTACT, unix.to_be_bytes().to_vec())])
+        {
+            tracing::warn!("cannot record the last catch-up: {e}");
+        }
+    }
+
+    /// Forget deletes older than `retention` seconds at `now` (and the
+    /// resurrects that lifted only such deletes). Returns how many records
+    /// went. A resurrect stays while a tombstone it covers stays, so pruning
+    /// never brings a lifted delete back into force.
+    pub fn prune(&self, retention: i64, now: i64) -> usize {
+        let cutoff = now.saturating_sub(retention);
+        let _guard = self.store.change_lock();
+        let mut ops = Vec::new();
+        let mut gone = 0;
+        let names: Vec<Vec<u8>> = [List::Tombstones, List::Resurrects]
+            .iter()
+            .flat_map(|l| self.meta.all_lists(*l).unwrap_or_default())
+            .map(|(n, _)| n)
+            .collect();
+        let mut seen = std::collections::BTreeSet::new();
+        for raw in names {
+            if !seen.insert(raw.clone()) {
+                continue;
+            }
+            let Ok(name) = Name::new(raw) else { continue };
+            let tombs = self.tombstones(&name);
+            let kept: Vec<_> = tombs
+                .iter()
+                .filter(|t| t.body().deleted_unix >= cutoff)
+                .cloned()
+                .collect();
+            let res = self.resurrects(&name);
+            let kept_res: Vec<_> = res
+                .iter()
+                .filter(|r| {
+                    r.body().resurrected_unix >= cutoff
+                        || kept
+                            .iter()
+                            .any(|t| records::deletes(&r.body().vv, &t.body().vv))
+                })
+                .cloned()
+                .collect();
+            if kept.len() != tombs.len() {
+                gone += tombs.len() - kept.len();
+                ops.push(Op::PutList(
+                    List::Tombstones,
+                    name.clone(),
+                    encode_records(&kept),
+                ));
+            }
+            if kept_res.len() != res.len() {
+                gone += res.len() - kept_res.len();
+                ops.push(Op::PutList(
+                    List::Resurrects,
+                    name,
+                    encode_records(&kept_res),
+                ));
+            }
+        }
+        if let Err(e) = self.meta.apply(&ops) {
+            tracing::warn!("cannot forget expired deletes: {e}");
+            return 0;
+        }
+        if gone > 0 {
+            tracing::info!("forgot {gone} delete record(s) older than the tombstone retention");
+        }
+        gone
+    }
+
+    /// `lockbox leave`: sign this envoy's leave and apply it. The caller
+    /// delivers it ([`crate::mesh::Mesh::deliver`]) before scrubbing.
+    pub fn leave(&self) -> Result<Signed<Leave>, String> {
+        let l = Signed::sign(
+            Leave {
+                user: self.user.clone(),
+                envoy: self.envoy.clone(),
+                signing_key: self.signing.public(),
+                kind: LeaveKind::Leave,
+                left_unix: now_unix(),
+            },
+            &self.signing,
+        );
+        self.apply_leave(&l).map_err(|e| e.to_string())?;
+        Ok(l)
+    }
+
+    /// `lockbox evict ENVOY`: apply an eviction the CLI signed with the
+    /// circle key (the caller delivers it; anti-entropy spreads it too).
+    pub fn evict(&self, l: &Signed<Leave>) -> Result<(), String> {
+        if l.body().kind != LeaveKind::Evict {
+            return Err("not an eviction".into());
+        }
+        if l.body().signing_key == self.signing.public() {
+            return Err("this envoy cannot evict itself: use lockbox leave --yes".into());
+        }
+        self.apply_leave(l).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// The endorsement of member `envoy`.
+    pub fn member(&self, envoy: &str) -> Option<Endorsement> {
+        let m = self.members.read().ok()?;
+        m.by_envoy.get(envoy).map(|s| s.body().clone())
     }
 
     /// Re-encrypt `name` to the current members: always with `Reseal::All`,
@@ -902,6 +1283,7 @@ impl Replica {
             .commit_staged(staged, name)
             .map_err(|e| e.to_string())?;
         self.record_local(name, Some(&sealed), None, Some(rec.body()))?;
+        drop(_guard);
         self.remote_changed(name);
         Ok(true)
     }
@@ -937,22 +1319,25 @@ fn describe_file(path: &Path) -> Result<(u64, u64, Sha256), String> {
     Ok((plain, n, hash))
 }
 
-/// The tombstones in a stored list (unreadable entries are skipped).
-fn decode_tombstones(bytes: &[u8]) -> Vec<Signed<Tombstone>> {
+/// The items of a stored list, in wire form.
+fn records_of(bytes: &[u8]) -> Vec<Vec<u8>> {
     if bytes.is_empty() {
         return Vec::new();
     }
     records::decode_list(bytes, MAX_TABLE_ENTRIES)
-        .map(|items| {
-            items
-                .into_iter()
-                .filter_map(|b| Signed::<Tombstone>::from_bytes(b).ok())
-                .collect()
-        })
+        .map(|items| items.into_iter().map(<[u8]>::to_vec).collect())
         .unwrap_or_default()
 }
 
-fn encode_tombstones(t: &[Signed<Tombstone>]) -> Vec<u8> {
+/// The records in a stored list (unreadable entries are skipped).
+fn decode_records<T: Versioned>(bytes: &[u8]) -> Vec<Signed<T>> {
+    records_of(bytes)
+        .iter()
+        .filter_map(|b| Signed::<T>::from_bytes(b).ok())
+        .collect()
+}
+
+fn encode_records<T: Versioned>(t: &[Signed<T>]) -> Vec<u8> {
     let bytes: Vec<Vec<u8>> = t.iter().map(|t| t.to_bytes()).collect();
     records::encode_list(bytes.iter().map(|b| b.as_slice()))
 }

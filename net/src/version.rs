@@ -284,11 +284,14 @@ pub enum Resolution<'a> {
 /// Causally ordered versions: the later one replaces the earlier.
 ///
 /// Equal vectors with a re-encryption on either side are the same content
-/// sealed to different recipient sets: the one sealed to more envoys
-/// replaces the other, then the later re-encryption (by `sealed_unix`), then
-/// the greater hash. No conflict copy is made, since no edit is lost; and
-/// when every unlocked envoy re-seals its copies after a member change, they
-/// all settle on one ciphertext per file.
+/// sealed to different recipient sets: the later seal (by `sealed_unix`)
+/// replaces the other, then the one sealed to more envoys, then the greater
+/// hash. A re-encryption follows a change of the member set, so the later
+/// one knows the later set — whether a member joined or left (preferring
+/// the larger set would bring a departed member's copy back). No conflict
+/// copy is made, since no edit is lost; and when every unlocked envoy
+/// re-seals its copies after a member change, they all settle on one
+/// ciphertext per file.
 ///
 /// Concurrent versions (and, defensively, versions with equal vectors but
 /// different bytes and no re-encryption) conflict; the winner is the greater
@@ -308,10 +311,10 @@ pub fn resolve<'a>(a: &'a Candidate, b: &'a Candidate) -> Resolution<'a> {
         Causality::After => Resolution::Supersedes { newer: a, older: b },
         Causality::Equal if a.hash == b.hash => Resolution::Same,
         // Equal vectors and a re-encryption on either side: the same content
-        // under different recipients. Keep the one sealed to more envoys,
-        // then the later one, then the greater hash; no conflict copy.
+        // under different recipients. Keep the later one, then the one
+        // sealed to more envoys, then the greater hash; no conflict copy.
         Causality::Equal if a.reseal || b.reseal => {
-            if (a.recipients, a.sealed_unix, a.hash) < (b.recipients, b.sealed_unix, b.hash) {
+            if (a.sealed_unix, a.recipients, a.hash) < (b.sealed_unix, b.recipients, b.hash) {
                 Resolution::Supersedes { newer: b, older: a }
             } else {
                 Resolution::Supersedes { newer: a, older: b }
@@ -386,6 +389,21 @@ pub fn conflict_name(name: &str, loser_envoy: &WireName, sealed_unix: i64) -> St
 }
 
 /// `YYYYMMDD-HHMMSS` in UTC, with the time clamped to years 0–9999.
+/// `unix` as `YYYY-MM-DD HH:MM:SS UTC`, for messages (clamped like the
+/// conflict stamp).
+pub fn utc_date(unix: i64) -> String {
+    let s = utc_stamp(unix);
+    format!(
+        "{}-{}-{} {}:{}:{} UTC",
+        &s[0..4],
+        &s[4..6],
+        &s[6..8],
+        &s[9..11],
+        &s[11..13],
+        &s[13..15]
+    )
+}
+
 fn utc_stamp(unix: i64) -> String {
     let unix = unix.clamp(STAMP_MIN_UNIX, STAMP_MAX_UNIX);
     let days = unix.div_euclid(SECONDS_PER_DAY);
@@ -480,7 +498,13 @@ mod tests {
     }
 
     #[test]
-    fn among_reseals_to_as_many_envoys_the_later_one_wins_whatever_the_hash() {
+    fn utc_date_reads_like_a_date() {
+        assert_eq!(utc_date(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc_date(1_714_380_000), "2024-04-29 08:40:00 UTC");
+    }
+
+    #[test]
+    fn the_later_reseal_wins_whatever_its_recipients_and_hash() {
         let v = vv(&[("desk", 2)]);
         let mut first = candidate(v.clone(), "desk", 10, 9);
         let mut later = candidate(v, "laptop", 11, 1);
@@ -494,10 +518,15 @@ mod tests {
                 other => panic!("expected the later reseal to replace, got {other:?}"),
             }
         }
-        // Sealed to more envoys beats later.
+        // Later beats sealed to more envoys (a member left in between) …
         first.recipients = 4;
         assert!(
-            matches!(resolve(&first, &later), Resolution::Supersedes { newer, .. } if newer == &first)
+            matches!(resolve(&first, &later), Resolution::Supersedes { newer, .. } if newer == &later)
+        );
+        // … and in the same second, more envoys win.
+        first.sealed_unix = later.sealed_unix;
+        assert!(
+            matches!(resolve(&later, &first), Resolution::Supersedes { newer, .. } if newer == &first)
         );
     }
 

@@ -121,7 +121,8 @@ pub fn decrypt(paths: &Paths, name: &OsStr, out: &Path) -> anyhow::Result<()> {
     result
 }
 
-/// `lockbox delete NAME`.
+/// `lockbox delete NAME`. Without an agent the tombstone is signed and
+/// recorded here, and the peers pull it when the agent next runs.
 pub fn delete(paths: &Paths, name: &OsStr) -> anyhow::Result<()> {
     let name = Name::from_os(name)?;
     match agent(paths)? {
@@ -137,6 +138,34 @@ pub fn delete(paths: &Paths, name: &OsStr) -> anyhow::Result<()> {
         }
     }
     println!("deleted {name}");
+    Ok(())
+}
+
+/// `lockbox resurrect NAME`: lift the delete of NAME on every envoy (through
+/// the agent, or recorded here for the peers to pull).
+pub fn resurrect(paths: &Paths, name: &OsStr) -> anyhow::Result<()> {
+    let name = Name::from_os(name)?;
+    match agent(paths)? {
+        Some(mut c) => match c.call(&Request::Resurrect {
+            name: name.as_bytes().to_vec(),
+        })? {
+            Response::Ok => {}
+            other => return Err(client::into_error(other)),
+        },
+        None => {
+            let (envoy, _lock) = Envoy::load_exclusive(paths.clone(), None)?;
+            envoy
+                .replica
+                .as_ref()
+                .context("the replica was not opened")?
+                .resurrect(&name)
+                .map_err(|e| anyhow::anyhow!(e))?;
+        }
+    }
+    println!(
+        "resurrected {name}: its delete is lifted on every envoy; write the file again \
+         (or an envoy that still holds a copy shares it)"
+    );
     Ok(())
 }
 

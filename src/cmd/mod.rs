@@ -2,6 +2,7 @@
 //! (via [`crate::client`]) or over the local state (via [`crate::envoy`]).
 
 pub mod agentctl;
+pub mod circle;
 pub mod demo;
 pub mod files;
 pub mod fleet;

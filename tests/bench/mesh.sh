@@ -4,8 +4,8 @@
 # through the CLI exactly as `lockbox demo` does. Optionally Syncthing on the
 # same small-file workload, as an anchor.
 #
-#   bash tests/bench/mesh.sh                  # full run (~5 min)
-#   bash tests/bench/mesh.sh --quick          # fewer runs (~2 min)
+#   bash tests/bench/mesh.sh                  # full run (~4 min)
+#   bash tests/bench/mesh.sh --quick          # fewer runs (~1.5 min)
 #   bash tests/bench/mesh.sh --no-syncthing --out results.md
 #
 # Environment:
@@ -300,7 +300,7 @@ class Watcher(threading.Thread):
 
     visible: first time stat showed the full size (big files) or the open
     succeeded (small files). read: time the byte-identical read completed.
-    Both in seconds after `start` (the write's close returned)."""
+    Both in seconds after the writer's close(2) returned."""
     def __init__(self, path, size, want, go, pid):
         super().__init__(daemon=True)
         self.path, self.size, self.want, self.go, self.pid = path, size, want, go, pid
@@ -561,7 +561,6 @@ def table(res, out, syncthing_note):
         L.append(lat_row("Syncthing 4 KiB (fsWatcherDelayS=1): read back on B", st, "all_read"))
     elif syncthing_note:
         L.append("| Syncthing 4 KiB | – | – | – | – | – | – | %s |" % syncthing_note)
-    wc = [r["write_close"] for r in small + big]
     L.append("")
     for lab, rs in (("4 KiB", small), ("100 MiB", big)):
         if rs:
@@ -720,7 +719,7 @@ json_nums() { local IFS=,; echo "[$*]"; }
 # system watcher on (delay 1 s, Syncthing's minimum) and no periodic rescan.
 SYNCTHING_NOTE=""
 syncthing_bench() {
-    local d="$WORK/syncthing" i id key ids=() keys=() took
+    local d="$WORK/syncthing" i id key ids=() keys=() took kids work=()
     local -a p
     read -r -a p <<<"$("$PYTHON" "$PY" ports 4)"   # gui0 gui1 listen0 listen1
     for i in 0 1; do
@@ -750,8 +749,16 @@ syncthing_bench() {
         return 1
     fi
     log "syncthing: two instances connected, folder idle ($took s)"
+    # `syncthing serve` runs a monitor process that starts the real one as
+    # its child: measure (and, at cleanup, also stop) the children.
+    for i in 0 1; do
+        kids=($(cat "/proc/${ST_PIDS[$i]}"/task/*/children 2>/dev/null))
+        [ ${#kids[@]} -gt 0 ] || kids=("${ST_PIDS[$i]}")
+        work+=("${kids[0]}")
+        ST_PIDS+=("${kids[@]}")
+    done
     pyrun st-series "{\"out\": \"$RES\", \"size\": $SMALL_SIZE, \"runs\": $ST_RUNS,
-        \"src\": \"$d/folder0\", \"dst\": \"$d/folder1\", \"pids\": $(json_nums "${ST_PIDS[@]}")}" ||
+        \"src\": \"$d/folder0\", \"dst\": \"$d/folder1\", \"pids\": $(json_nums "${work[@]}")}" ||
         { SYNCTHING_NOTE="the Syncthing runs failed"; return 1; }
 }
 
@@ -765,7 +772,7 @@ syncthing_bench() {
     echo "- envoys: loopback (127.0.0.1), multicast off, cross_subnet_peers, announce_interval $ANNOUNCE_INTERVAL, stale_after $STALE_AFTER; poll interval 1 ms"
     echo "- machine: $(nproc) cores, $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo) RAM, kernel $(uname -r)"
     echo "- homes: $WORK ($(df -PT "$WORK" | awk 'NR == 2 { print $2 " on " $1 }'))"
-    echo "- lockbox: $LOCKBOX_BIN (built $(date -u -r "$LOCKBOX_BIN" '+%Y-%m-%d %H:%M UTC'), repo HEAD $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?'))"
+    echo "- lockbox: $LOCKBOX_BIN ($("$LOCKBOX_BIN" --version 2>/dev/null), file dated $(date -u -r "$LOCKBOX_BIN" '+%Y-%m-%d %H:%M UTC'); repo HEAD at run time $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?'))"
     if [ "$SYNCTHING_WANTED" = 1 ]; then echo "- syncthing: $("$SYNCTHING" --version 2>/dev/null | head -n 1)"; fi
     echo "- load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 } >"$WORK/header.md"

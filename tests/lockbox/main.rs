@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod agent;
+mod circle;
 mod cli;
 mod crash;
 mod fleet;

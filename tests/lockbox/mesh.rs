@@ -18,19 +18,19 @@ use crate::util::{bin, mode, wait_until, Envoy};
 use crate::{require, require_fuse};
 
 /// A fast Argon2id for the identity (the circle key keeps its fixed cost).
-const KDF: &str = "kdf: {memory_kib: 64, iterations: 1, parallelism: 1}\n";
+pub(crate) const KDF: &str = "kdf: {memory_kib: 64, iterations: 1, parallelism: 1}\n";
 
 /// The announcement interval of the test meshes.
-const INTERVAL: Duration = Duration::from_millis(300);
+pub(crate) const INTERVAL: Duration = Duration::from_millis(300);
 
 /// How long a test waits for the mesh to converge on one change: generous,
 /// since CI machines are slow and tests run in parallel; the figures
 /// themselves are measured by the mesh benchmark.
-const CONVERGE: Duration = Duration::from_secs(30);
+pub(crate) const CONVERGE: Duration = Duration::from_secs(30);
 
 /// Loopback ports that are free now (bound and released at once; the
 /// agents bind them moments later).
-fn free_ports(n: usize) -> Vec<u16> {
+pub(crate) fn free_ports(n: usize) -> Vec<u16> {
     let listeners: Vec<std::net::TcpListener> = (0..n)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
         .collect();
@@ -41,7 +41,7 @@ fn free_ports(n: usize) -> Vec<u16> {
 }
 
 /// The config of an envoy on loopback that contacts `peers` directly.
-fn loopback_config(port: u16, peers: &[u16]) -> String {
+pub(crate) fn loopback_config(port: u16, peers: &[u16]) -> String {
     let peers: Vec<String> = peers.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
     format!(
         "multicast: off\nlisten: 127.0.0.1\npeer_port: {port}\ncross_subnet_peers: [{}]\n\
@@ -51,7 +51,7 @@ fn loopback_config(port: u16, peers: &[u16]) -> String {
     )
 }
 
-fn text(p: &Path) -> String {
+pub(crate) fn text(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
 
@@ -108,21 +108,21 @@ impl Node {
     }
 
     /// `~/.lockbox/store/NAME`.
-    fn stored(&self, name: &str) -> PathBuf {
+    pub(crate) fn stored(&self, name: &str) -> PathBuf {
         self.m.e.state().join("store").join(name)
     }
 
-    fn tls(&self, file: &str) -> String {
+    pub(crate) fn tls(&self, file: &str) -> String {
         text(&self.m.e.state().join("tls").join(file))
     }
 
     /// The envoy names in `status --json`'s `recipients`.
-    fn recipients(&self) -> Vec<String> {
+    pub(crate) fn recipients(&self) -> Vec<String> {
         names_of(&self.m.e.status_json()["recipients"])
     }
 
     /// `status --json`'s peers as `(envoy, state, detail)`.
-    fn peers(&self) -> Vec<(String, String, String)> {
+    pub(crate) fn peers(&self) -> Vec<(String, String, String)> {
         let s = self.m.e.status_json();
         s["peers"]
             .as_array()
@@ -138,7 +138,7 @@ impl Node {
     }
 
     /// The names listed through the mount, sorted.
-    fn listing(&self) -> Vec<String> {
+    pub(crate) fn listing(&self) -> Vec<String> {
         let mut v: Vec<String> = fs::read_dir(&self.m.mnt)
             .map(|rd| {
                 rd.flatten()
@@ -153,7 +153,7 @@ impl Node {
     /// Every store file is an age file with mode 0600, and nothing is left
     /// in the store's temp folder.
     #[track_caller]
-    fn assert_store_sealed(&self) {
+    pub(crate) fn assert_store_sealed(&self) {
         for entry in fs::read_dir(self.m.e.state().join("store")).expect("store") {
             let p = entry.expect("entry").path();
             let mut head = vec![0u8; AGE_MAGIC.len()];
@@ -268,7 +268,7 @@ impl Circle {
 
     /// Wait for `what` to hold, or fail with every envoy's state.
     #[track_caller]
-    fn wait(&self, what: &str, limit: Duration, cond: impl FnMut() -> bool) -> Duration {
+    pub(crate) fn wait(&self, what: &str, limit: Duration, cond: impl FnMut() -> bool) -> Duration {
         let start = Instant::now();
         if wait_until(limit, cond).is_err() {
             panic!(
@@ -282,7 +282,7 @@ impl Circle {
     /// Wait until each of `members` lists exactly `members` as recipients
     /// and sees the others live.
     #[track_caller]
-    fn wait_formed(&self, members: &[&str]) {
+    pub(crate) fn wait_formed(&self, members: &[&str]) {
         let mut want: Vec<String> = members.iter().map(|s| s.to_string()).collect();
         want.sort();
         self.wait("the envoys to form one circle", CONVERGE, || {
@@ -301,7 +301,7 @@ impl Circle {
     /// Wait until `name` reads back as `content` through the mount of every
     /// envoy in `on`.
     #[track_caller]
-    fn wait_content(&self, on: &[&str], name: &str, content: &[u8]) -> Duration {
+    pub(crate) fn wait_content(&self, on: &[&str], name: &str, content: &[u8]) -> Duration {
         self.wait(&format!("{name} on {on:?}"), CONVERGE, || {
             on.iter()
                 .all(|n| fs::read(self.node(n).at(name)).is_ok_and(|c| c == content))
@@ -310,7 +310,7 @@ impl Circle {
 
     /// Wait until `name` is gone from the mount of every envoy in `on`.
     #[track_caller]
-    fn wait_gone(&self, on: &[&str], name: &str) {
+    pub(crate) fn wait_gone(&self, on: &[&str], name: &str) {
         self.wait(&format!("{name} gone on {on:?}"), CONVERGE, || {
             on.iter().all(|n| !self.node(n).at(name).exists())
         });
@@ -319,7 +319,7 @@ impl Circle {
     /// Wait until every envoy in `on` lists the same names through its mount
     /// (and return them).
     #[track_caller]
-    fn wait_same_listing(&self, on: &[&str], count: usize) -> Vec<String> {
+    pub(crate) fn wait_same_listing(&self, on: &[&str], count: usize) -> Vec<String> {
         self.wait(&format!("{count} files alike on {on:?}"), CONVERGE, || {
             let first = self.node(on[0]).listing();
             first.len() == count && on.iter().all(|n| self.node(n).listing() == first)
@@ -329,12 +329,12 @@ impl Circle {
 }
 
 /// `len` bytes that differ per `seed`.
-fn content(seed: &str, len: usize) -> Vec<u8> {
+pub(crate) fn content(seed: &str, len: usize) -> Vec<u8> {
     let line = format!("{seed}: the quick brown fox jumps over the lazy dog\n");
     line.bytes().cycle().take(len).collect()
 }
 
-const ALL: [&str; 3] = ["alpha", "bravo", "charlie"];
+pub(crate) const ALL: [&str; 3] = ["alpha", "bravo", "charlie"];
 
 #[test]
 fn writes_replaces_and_renames_converge_on_every_envoy() {
@@ -547,7 +547,12 @@ fn killing_a_receiving_agent_mid_transfer_leaves_no_torn_file() {
 
 /// `curl` against a peer port with `tls` (ca, cert, key), or no client
 /// certificate. Returns curl's output (`-w '%{http_code}'` on stdout).
-fn curl(port: u16, path: &str, tls: Option<(&str, &str, &str)>, extra: &[&str]) -> Output {
+pub(crate) fn curl(
+    port: u16,
+    path: &str,
+    tls: Option<(&str, &str, &str)>,
+    extra: &[&str],
+) -> Output {
     let mut cmd = Command::new("curl");
     cmd.args(["-sS", "--http2", "--max-time", "20", "-w", "%{http_code}"]);
     match tls {
@@ -565,7 +570,7 @@ fn curl(port: u16, path: &str, tls: Option<(&str, &str, &str)>, extra: &[&str]) 
         .expect("run curl")
 }
 
-fn have_curl() -> bool {
+pub(crate) fn have_curl() -> bool {
     crate::mount::on_path("curl")
 }
 
@@ -984,7 +989,7 @@ fn a_locked_circle_shows_drift_until_unlock_and_reencrypt_reseals_on_demand() {
 
 /// `(headers, body)` of a version `node` serves for `name`, fetched with
 /// `node`'s own certificate; the record header is what a push carries.
-fn fetch_version(node: &Node, user: &str, name: &str, dir: &Path) -> (String, PathBuf) {
+pub(crate) fn fetch_version(node: &Node, user: &str, name: &str, dir: &Path) -> (String, PathBuf) {
     let (headers, body) = (dir.join(format!("{name}.h")), dir.join(format!("{name}.b")));
     let tls = (
         node.tls("ca.pem"),
@@ -1011,7 +1016,7 @@ fn fetch_version(node: &Node, user: &str, name: &str, dir: &Path) -> (String, Pa
 
 /// POST a version (`record`, `body`) to `to`'s push endpoint for `path_name`
 /// with `from`'s certificate; returns the HTTP status and the answer.
-fn push_version(
+pub(crate) fn push_version(
     from: &Node,
     to: &Node,
     user: &str,

@@ -1,0 +1,430 @@
+//! Deletion and membership across the mesh (SPEC §6.6) on real agents:
+//! re-adds and `resurrect`, replayed deletes, `leave`, `evict` and `purge`,
+//! and what a departed envoy's key can still read.
+
+use std::fs;
+use std::process::Command;
+
+use crate::mesh::{content, curl, have_curl, text, Circle, Node, ALL, CONVERGE, INTERVAL};
+use crate::mount::AGE_MAGIC;
+use crate::{require, require_fuse};
+
+/// `status --json`'s table line for `table`: (records, differs_on).
+fn table(n: &Node, table: &str) -> (u64, Vec<String>) {
+    let s = n.m.e.status_json();
+    let t = s["tables"]
+        .as_array()
+        .and_then(|a| a.iter().find(|t| t["table"] == table).cloned())
+        .unwrap_or_else(|| panic!("no {table} line in {s}"));
+    let differs = t["differs_on"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    (t["records"].as_u64().unwrap_or(0), differs)
+}
+
+/// Whether the reference `age` CLI decrypts `file` with `key` (an
+/// `AGE-SECRET-KEY-…` line).
+fn age_opens(key: &str, file: &std::path::Path) -> bool {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let id = dir.path().join("id");
+    fs::write(&id, format!("{key}\n")).expect("identity file");
+    Command::new("age")
+        .args(["-d", "-i", &text(&id), &text(file)])
+        .output()
+        .expect("run age")
+        .status
+        .success()
+}
+
+fn have_age() -> bool {
+    crate::mount::on_path("age")
+}
+
+/// Stop `away`'s agent and wait until every other envoy sees it stale, so
+/// nothing is pushed to it any more: it is a lagging envoy from then on,
+/// and learns what it missed only by its own catch-up when it is back.
+fn take_away(c: &Circle, away: &str) {
+    c.node(away).m.e.ok(&["stop"]);
+    c.wait(&format!("{away} stale everywhere"), CONVERGE, || {
+        c.nodes
+            .iter()
+            .filter(|n| n.name != away)
+            .all(|n| n.peers().iter().any(|(e, s, _)| e == away && s == "stale"))
+    });
+}
+
+#[test]
+fn a_re_added_name_returns_everywhere_and_a_stale_copy_never_does() {
+    require_fuse!();
+    let c = Circle::loopback(&ALL);
+    let old = content("old secret", 3000);
+    fs::write(c.node("alpha").at("key"), &old).expect("write");
+    c.wait_content(&ALL, "key", &old);
+
+    // charlie is away with the old copy while the name is deleted and then
+    // re-added with new content.
+    let charlie = c.node("charlie");
+    take_away(&c, "charlie");
+    fs::remove_file(c.node("alpha").at("key")).expect("rm");
+    c.wait_gone(&["alpha", "bravo"], "key");
+    let new = content("new secret", 2000);
+    fs::write(c.node("bravo").at("key"), &new).expect("re-add on bravo");
+    c.wait_content(&["alpha", "bravo"], "key", &new);
+    for n in ["alpha", "bravo"] {
+        c.wait(
+            &format!("one resurrect and one tombstone on {n}"),
+            CONVERGE,
+            || table(c.node(n), "resurrects").0 == 1 && table(c.node(n), "tombstones").0 == 1,
+        );
+    }
+
+    // charlie comes back: it takes the re-added version; its stale copy is
+    // neither kept nor sent anywhere.
+    charlie.m.e.unlock();
+    c.wait_content(&ALL, "key", &new);
+    assert_eq!(c.wait_same_listing(&ALL, 1), ["key"]);
+    std::thread::sleep(INTERVAL * 4);
+    for n in &c.nodes {
+        assert_eq!(fs::read(n.at("key")).expect("read"), new, "{}", n.name);
+        let (_, differs) = table(n, "files");
+        assert!(
+            differs.is_empty(),
+            "{}: files differ on {differs:?}",
+            n.name
+        );
+    }
+}
+
+#[test]
+fn resurrect_lets_a_copy_an_envoy_still_holds_come_back() {
+    require_fuse!();
+    let c = Circle::loopback(&ALL);
+    let v = content("precious", 4000);
+    fs::write(c.node("alpha").at("precious"), &v).expect("write");
+    c.wait_content(&ALL, "precious", &v);
+
+    let alpha = c.node("alpha");
+    let err = alpha.m.e.fails(1, &["resurrect", "precious"]);
+    assert!(err.contains("is not deleted"), "{err}");
+
+    // charlie keeps its copy while the others delete it.
+    let charlie = c.node("charlie");
+    take_away(&c, "charlie");
+    alpha.m.e.ok(&["delete", "precious"]);
+    c.wait_gone(&["alpha", "bravo"], "precious");
+
+    // The delete holds against charlie's copy …
+    let out = alpha.m.e.ok(&["resurrect", "precious"]);
+    assert!(out.contains("resurrected precious"), "{out}");
+    // … until resurrect lifts it: charlie's copy comes back everywhere.
+    charlie.m.e.unlock();
+    c.wait_content(&ALL, "precious", &v);
+    let err = alpha.m.e.fails(1, &["resurrect", "no-such-file"]);
+    assert!(err.contains("is not deleted"), "{err}");
+}
+
+#[test]
+fn a_lagging_copy_stays_deleted_without_a_resurrect() {
+    require_fuse!();
+    let c = Circle::loopback(&ALL);
+    let v = content("gone", 4000);
+    fs::write(c.node("alpha").at("gone"), &v).expect("write");
+    c.wait_content(&ALL, "gone", &v);
+    let charlie = c.node("charlie");
+    take_away(&c, "charlie");
+    c.node("bravo").m.e.ok(&["delete", "gone"]);
+    c.wait_gone(&["alpha", "bravo"], "gone");
+
+    charlie.m.e.unlock();
+    c.wait_gone(&ALL, "gone");
+    c.wait("one tombstone everywhere", CONVERGE, || {
+        c.nodes.iter().all(|n| table(n, "tombstones").0 == 1)
+    });
+    std::thread::sleep(INTERVAL * 4);
+    for n in &c.nodes {
+        assert!(!n.at("gone").exists(), "gone came back on {}", n.name);
+        assert!(!n.stored("gone").exists());
+    }
+}
+
+#[test]
+fn a_replayed_old_delete_never_removes_the_re_added_file() {
+    require_fuse!();
+    require!(have_curl(), "curl not found (apt-get install curl)");
+    let c = Circle::loopback(&["alpha", "bravo"]);
+    let (alpha, bravo) = (c.node("alpha"), c.node("bravo"));
+    let user = alpha.m.e.status_json()["user"]
+        .as_str()
+        .expect("user")
+        .to_string();
+    fs::write(alpha.at("doc"), b"first").expect("write");
+    c.wait_content(&["alpha", "bravo"], "doc", b"first");
+    fs::remove_file(alpha.at("doc")).expect("rm");
+    c.wait_gone(&["alpha", "bravo"], "doc");
+
+    // Keep the signed delete as a replaying attacker would.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tombs = dir.path().join("tombs");
+    let tls = (
+        alpha.tls("ca.pem"),
+        alpha.tls("cert.pem"),
+        alpha.tls("key.pem"),
+    );
+    let tls = Some((tls.0.as_str(), tls.1.as_str(), tls.2.as_str()));
+    let got = curl(
+        alpha.port,
+        &format!("/lockbox/tombstones/{user}"),
+        tls,
+        &["-o", &text(&tombs)],
+    );
+    assert_eq!(String::from_utf8_lossy(&got.stdout), "200");
+
+    fs::write(alpha.at("doc"), b"second").expect("re-add");
+    c.wait_content(&["alpha", "bravo"], "doc", b"second");
+    for n in [alpha, bravo] {
+        let post = curl(
+            n.port,
+            &format!("/lockbox/tombstones/{user}"),
+            tls,
+            &["-X", "POST", "--data-binary", &format!("@{}", text(&tombs))],
+        );
+        assert!(
+            String::from_utf8_lossy(&post.stdout).ends_with("200"),
+            "{post:?}"
+        );
+    }
+    std::thread::sleep(INTERVAL * 4);
+    for n in [alpha, bravo] {
+        assert_eq!(fs::read(n.at("doc")).expect("doc"), b"second", "{}", n.name);
+    }
+
+    // Garbage in a table POST is refused and changes nothing.
+    fs::write(
+        dir.path().join("junk"),
+        b"\x00\x00\x00\x01\x00\x00\x00\x03abc",
+    )
+    .expect("junk");
+    let post = curl(
+        alpha.port,
+        &format!("/lockbox/tombstones/{user}"),
+        tls,
+        &[
+            "-X",
+            "POST",
+            "--data-binary",
+            &format!("@{}", text(&dir.path().join("junk"))),
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&post.stdout).ends_with("400"),
+        "{post:?}"
+    );
+    for t in ["resurrects", "leaves"] {
+        let post = curl(
+            alpha.port,
+            &format!("/lockbox/{t}/{user}"),
+            tls,
+            &[
+                "-X",
+                "POST",
+                "--data-binary",
+                &format!("@{}", text(&dir.path().join("junk"))),
+            ],
+        );
+        assert!(
+            String::from_utf8_lossy(&post.stdout).ends_with("400"),
+            "{t}: {post:?}"
+        );
+    }
+    assert_eq!(fs::read(alpha.at("doc")).expect("doc"), b"second");
+}
+
+#[test]
+fn leave_tells_the_others_scrubs_and_locks_the_old_key_out() {
+    require_fuse!();
+    require!(have_age(), "age not found (apt-get install age)");
+    let c = Circle::loopback(&ALL);
+    let early = content("early", 5000);
+    fs::write(c.node("alpha").at("early"), &early).expect("write");
+    c.wait_content(&ALL, "early", &early);
+
+    let charlie = c.node("charlie");
+    let pass = text(&charlie.m.e.pass);
+    let key = charlie
+        .m
+        .e
+        .ok(&["export-identity", "--passphrase-file", &pass])
+        .trim()
+        .to_string();
+    assert!(key.starts_with("AGE-SECRET-KEY-"));
+    assert!(age_opens(&key, &c.node("alpha").stored("early")));
+    // Keep charlie's state to bring the departed envoy back later.
+    let backup = tempfile::tempdir().expect("tempdir");
+    let saved = backup.path().join("state");
+    let cp = Command::new("cp")
+        .args(["-a", &text(&charlie.m.e.state()), &text(&saved)])
+        .status()
+        .expect("cp");
+    assert!(cp.success());
+
+    let err = charlie.m.e.fails(1, &["leave"]);
+    assert!(err.contains("lockbox leave --yes"), "{err}");
+    let out = charlie.m.e.ok(&["leave", "--yes"]);
+    assert!(out.contains("left the circle: 2 of 2"), "{out}");
+    assert!(!charlie.m.e.state().exists(), "~/.lockbox is still there");
+    assert!(
+        crate::util::mount_type(&charlie.m.mnt).is_none(),
+        "still mounted"
+    );
+    assert!(!charlie.m.mnt.exists());
+
+    // The others drop charlie and re-seal what they hold without it.
+    let two = ["alpha", "bravo"];
+    c.wait("charlie dropped by alpha and bravo", CONVERGE, || {
+        two.iter().all(|n| c.node(n).recipients() == two)
+    });
+    c.wait("early re-sealed without charlie", CONVERGE, || {
+        two.iter()
+            .all(|n| !age_opens(&key, &c.node(n).stored("early")))
+    });
+    let later = content("later", 3000);
+    fs::write(c.node("bravo").at("later"), &later).expect("write");
+    c.wait_content(&two, "later", &later);
+    for n in two {
+        let stored = c.node(n).stored("later");
+        assert!(fs::read(&stored).expect("stored").starts_with(AGE_MAGIC));
+        assert!(
+            !age_opens(&key, &stored),
+            "charlie's old key reads later on {n}"
+        );
+        c.wait_content(&[n], "early", &early);
+    }
+
+    // The departed envoy, brought back from a copy of its old state, is
+    // refused: it learns it left, and nothing crosses.
+    fs::create_dir_all(&charlie.m.mnt).expect("mkdir ~/lockbox");
+    let cp = Command::new("cp")
+        .args(["-a", &text(&saved), &text(&charlie.m.e.state())])
+        .status()
+        .expect("cp");
+    assert!(cp.success());
+    charlie.m.e.unlock();
+    c.wait("charlie refused by alpha", CONVERGE, || {
+        c.node("alpha")
+            .peers()
+            .iter()
+            .any(|(e, s, d)| e == "charlie" && s == "refused" && d.contains("left"))
+    });
+    c.wait("charlie told it left", CONVERGE, || {
+        charlie
+            .m
+            .e
+            .ok(&["status"])
+            .contains("this envoy left the circle")
+    });
+    fs::write(charlie.at("sneaky"), b"from the departed").expect("write on charlie");
+    std::thread::sleep(INTERVAL * 4);
+    assert!(!c.node("alpha").at("sneaky").exists());
+    assert!(
+        !charlie.at("later").exists(),
+        "the departed envoy got a new file"
+    );
+    assert_eq!(c.node("alpha").recipients(), two);
+}
+
+#[test]
+fn evict_removes_a_gone_envoy_with_the_passphrase() {
+    require_fuse!();
+    require!(have_age(), "age not found (apt-get install age)");
+    let c = Circle::loopback(&ALL);
+    let charlie = c.node("charlie");
+    let pass = text(&charlie.m.e.pass);
+    let key = charlie
+        .m
+        .e
+        .ok(&["export-identity", "--passphrase-file", &pass])
+        .trim()
+        .to_string();
+    charlie.m.e.ok(&["stop"]);
+
+    let alpha = c.node("alpha");
+    let wrong = alpha.m.e.plain_file("wrong-pass", b"not it\n");
+    let err = alpha
+        .m
+        .e
+        .fails(1, &["evict", "charlie", "--passphrase-file", &text(&wrong)]);
+    assert!(err.contains("wrong passphrase"), "{err}");
+    let err = alpha
+        .m
+        .e
+        .fails(1, &["evict", "nobody", "--passphrase-file", &pass]);
+    assert!(
+        err.contains("not a member") && err.contains("alpha, bravo, charlie"),
+        "{err}"
+    );
+    let err = alpha
+        .m
+        .e
+        .fails(1, &["evict", "alpha", "--passphrase-file", &pass]);
+    assert!(err.contains("lockbox leave --yes"), "{err}");
+    assert_eq!(alpha.recipients(), ALL, "refused evictions changed nothing");
+
+    let out = alpha
+        .m
+        .e
+        .ok(&["evict", "charlie", "--passphrase-file", &pass]);
+    assert!(out.contains("evicted charlie: 1 of"), "{out}");
+    let two = ["alpha", "bravo"];
+    c.wait("charlie evicted everywhere", CONVERGE, || {
+        two.iter()
+            .all(|n| c.node(n).recipients() == two && table(c.node(n), "leaves").0 == 1)
+    });
+    let after = content("after", 2000);
+    fs::write(c.node("bravo").at("after"), &after).expect("write");
+    c.wait_content(&two, "after", &after);
+    assert!(!age_opens(&key, &alpha.stored("after")));
+
+    // charlie comes back: refused by both, and told it was evicted.
+    charlie.m.e.unlock();
+    c.wait("charlie learns its eviction", CONVERGE, || {
+        charlie
+            .m
+            .e
+            .ok(&["status"])
+            .contains("this envoy was evicted from the circle")
+    });
+    std::thread::sleep(INTERVAL * 4);
+    assert!(!charlie.at("after").exists());
+    for n in two {
+        assert_eq!(c.node(n).recipients(), two);
+    }
+}
+
+#[test]
+fn purge_wipes_this_envoy_and_tells_no_one() {
+    require_fuse!();
+    let c = Circle::loopback(&["alpha", "bravo"]);
+    fs::write(c.node("alpha").at("f"), b"kept").expect("write");
+    c.wait_content(&["alpha", "bravo"], "f", b"kept");
+    let bravo = c.node("bravo");
+    let err = bravo.m.e.fails(1, &["purge"]);
+    assert!(err.contains("lockbox purge --yes"), "{err}");
+    assert!(bravo.m.e.state().exists());
+    bravo.m.e.ok(&["purge", "--yes"]);
+    assert!(!bravo.m.e.state().exists());
+    assert!(!bravo.m.mnt.exists());
+    // alpha was not told: bravo stays a member and a recipient, gone stale.
+    c.wait("bravo stale on alpha", CONVERGE, || {
+        c.node("alpha")
+            .peers()
+            .iter()
+            .any(|(e, s, _)| e == "bravo" && s == "stale")
+    });
+    assert_eq!(c.node("alpha").recipients(), ["alpha", "bravo"]);
+    assert_eq!(table(c.node("alpha"), "leaves").0, 0);
+}
