@@ -770,10 +770,12 @@ impl Mesh {
             Err(e) => return Err(e.to_string()),
         }
         let replica = self.replica.clone();
-        receive_body(replica, name, rec, resp.into_body())
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        match receive_body(replica, name, rec, resp.into_body()).await {
+            // Overtaken while it streamed (a newer version or a delete came
+            // in meanwhile): nothing to fetch any more.
+            Ok(_) | Err(Refusal::Newer(_) | Refusal::Tombstoned) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     /// Push the current version of `name` to `addr`, with retries.

@@ -428,3 +428,136 @@ fn purge_wipes_this_envoy_and_tells_no_one() {
     assert_eq!(c.node("alpha").recipients(), ["alpha", "bravo"]);
     assert_eq!(table(c.node("alpha"), "leaves").0, 0);
 }
+
+#[test]
+fn after_a_long_absence_nothing_is_pushed_until_the_tables_are_pulled() {
+    require_fuse!();
+    // Deletes are kept 3 s here, so a short absence is a long one.
+    let c =
+        Circle::loopback_locked_with(&["alpha", "bravo"], |_| "tombstone_retention: 3s\n".into());
+    for n in &c.nodes {
+        n.m.e.unlock();
+    }
+    c.wait_formed(&["alpha", "bravo"]);
+    let (alpha, bravo) = (c.node("alpha"), c.node("bravo"));
+    fs::write(alpha.at("before"), b"before").expect("write");
+    c.wait_content(&["alpha", "bravo"], "before", b"before");
+
+    // Both stop; bravo comes back first, after more than the retention.
+    bravo.m.e.ok(&["stop"]);
+    alpha.m.e.ok(&["stop"]);
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    bravo.m.e.unlock();
+    let status = bravo.m.e.ok(&["status"]);
+    assert!(
+        status.contains("long absence: last in touch with the circle on")
+            && status.contains("nothing is pushed until the tables are pulled"),
+        "{status}"
+    );
+    fs::write(bravo.at("while-away"), b"made while away").expect("write on bravo");
+
+    // alpha returns: bravo catches up first, then shares what it made.
+    alpha.m.e.unlock();
+    c.wait_content(&["alpha", "bravo"], "while-away", b"made while away");
+    c.wait("bravo back from its absence", CONVERGE, || {
+        bravo
+            .m
+            .e
+            .ok(&["status"])
+            .contains("long absence: back after")
+    });
+    c.wait_content(&["alpha", "bravo"], "before", b"before");
+}
+
+#[test]
+fn a_partition_heals_to_one_agreed_state() {
+    require_fuse!();
+    require!(
+        crate::netlab::available().is_ok(),
+        crate::netlab::available().unwrap_err()
+    );
+    let lab = crate::netlab::NetLab::new(3).expect("network lab");
+    let interval = std::time::Duration::from_secs(1);
+    let config = format!(
+        "listen: 0.0.0.0\nannounce_interval: {}ms\nstale_after: 3s\n{}",
+        interval.as_millis(),
+        crate::mesh::KDF
+    );
+    let fleet = crate::mesh::Fleet::new();
+    let nodes: Vec<Node> = ALL
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let mut e = crate::util::Envoy::with_config(&config);
+            e.netns = Some(lab.ns_path(i));
+            fleet.issue(&e, name, &[&lab.addr(i).to_string()]);
+            Node {
+                m: crate::mount::Mounted::named(e, name),
+                name: name.to_string(),
+                port: 1531,
+            }
+        })
+        .collect();
+    let c = Circle {
+        nodes,
+        _fleet: fleet,
+    };
+    for n in &c.nodes {
+        n.m.e.unlock();
+    }
+    c.wait_formed(&ALL);
+    for f in ["edited", "readded", "plain"] {
+        fs::write(c.node("alpha").at(f), format!("{f} v1")).expect("write");
+        c.wait_content(&ALL, f, format!("{f} v1").as_bytes());
+    }
+
+    // charlie is cut off. On alpha's side: "edited" is deleted, "readded"
+    // is deleted and written again on bravo. On charlie: "edited" is edited.
+    lab.cut(2).expect("cut charlie off");
+    c.wait("charlie stale on both sides", CONVERGE, || {
+        ["alpha", "bravo"].iter().all(|n| {
+            c.node(n)
+                .peers()
+                .iter()
+                .any(|(e, s, _)| e == "charlie" && s == "stale")
+        })
+    });
+    fs::remove_file(c.node("alpha").at("edited")).expect("delete edited");
+    fs::remove_file(c.node("bravo").at("readded")).expect("delete readded");
+    fs::write(c.node("bravo").at("readded"), b"readded v2").expect("re-add");
+    fs::write(c.node("charlie").at("edited"), b"edited by charlie").expect("edit");
+    c.wait_content(&["alpha", "bravo"], "readded", b"readded v2");
+    c.wait_gone(&["alpha", "bravo"], "edited");
+
+    // Heal: one agreed state everywhere. The edit made without knowing of
+    // the delete survives it (a delete removes only the versions it saw);
+    // the re-add replaces charlie's old copy; nothing else changes.
+    let healed = std::time::Instant::now();
+    lab.heal(2).expect("heal");
+    c.wait_content(&ALL, "edited", b"edited by charlie");
+    c.wait_content(&ALL, "readded", b"readded v2");
+    c.wait_content(&ALL, "plain", b"plain v1");
+    let names = c.wait_same_listing(&ALL, 3);
+    let took = healed.elapsed();
+    assert_eq!(names, ["edited", "plain", "readded"]);
+    c.wait("every table agreed", CONVERGE, || {
+        c.nodes.iter().all(|n| {
+            ["files", "tombstones", "resurrects", "leaves"]
+                .iter()
+                .all(|t| table(n, t).1.is_empty())
+        })
+    });
+    eprintln!(
+        "converged {} ms after the heal (announce interval {} ms)",
+        took.as_millis(),
+        interval.as_millis()
+    );
+    // Two intervals, plus time for ARP after the link comes back and for a
+    // loaded CI machine.
+    assert!(
+        took <= interval * 2 + std::time::Duration::from_secs(3),
+        "took {took:?} to converge after the heal"
+    );
+    drop(c);
+    drop(lab);
+}
