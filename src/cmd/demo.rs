@@ -234,18 +234,24 @@ fn steps(root: &Path, envoys: &[DemoEnvoy]) -> anyhow::Result<()> {
         String::from_utf8_lossy(first)
     );
 
-    // A delete on charlie reaches everyone.
-    std::fs::remove_file(envoys[2].mount().join("id_demo"))?;
-    println!("[charlie] $ rm ~/lockbox/id_demo");
+    // A file written on bravo, deleted on charlie: the delete reaches everyone.
+    std::fs::write(envoys[1].mount().join("old_key"), "an old key\n")?;
+    println!("[bravo] $ echo 'an old key' > ~/lockbox/old_key");
+    let old_on_charlie = envoys[2].mount().join("old_key");
+    wait_for("old_key on charlie", Duration::from_secs(20), || {
+        old_on_charlie.exists()
+    })?;
+    std::fs::remove_file(&old_on_charlie)?;
+    println!("[charlie] $ rm ~/lockbox/old_key");
     for e in &envoys[..2] {
-        let path = e.mount().join("id_demo");
+        let path = e.mount().join("old_key");
         wait_for(
             &format!("the delete on {}", e.name),
             Duration::from_secs(20),
             || !path.exists(),
         )?;
         println!(
-            "[{}] id_demo is gone (signed tombstone from charlie)",
+            "[{}] old_key is gone (signed tombstone from charlie)",
             e.name
         );
     }

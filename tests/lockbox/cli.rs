@@ -334,6 +334,13 @@ fn missing_names_unknown_config_and_usage_errors() {
         "export-identity",
         "doctor",
         "demo",
+        "reencrypt",
+        "resurrect",
+        "leave",
+        "evict",
+        "purge",
+        "fleet",
+        "renew-cert",
     ] {
         e.ok(&[c, "--help"]);
     }

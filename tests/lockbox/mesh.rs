@@ -1169,3 +1169,55 @@ fn a_peer_short_of_disk_refuses_pushes_and_is_skipped() {
         "alpha's status says why bravo gets nothing: {peers:?}"
     );
 }
+
+#[test]
+fn the_demo_runs_three_envoys_and_cleans_up() {
+    require_fuse!();
+    let tmp = tempfile::Builder::new()
+        .prefix("lockbox-demo-test-")
+        .tempdir()
+        .expect("tempdir");
+    let out = Command::new("timeout")
+        .args(["-k", "10", "240"])
+        .arg(bin())
+        .arg("demo")
+        .env("TMPDIR", tmp.path())
+        .env("HOME", tmp.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run lockbox demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "the three envoys found each other",
+        "[bravo] $ cat ~/lockbox/id_demo",
+        "[charlie] $ cat ~/lockbox/id_demo",
+        "starts with \"age-encryption.org/v1\"",
+        "[alpha] old_key is gone",
+        "recipients: alpha, bravo, charlie",
+        "cleaned up",
+    ] {
+        assert!(stdout.contains(want), "no {want:?} in:\n{stdout}");
+    }
+    // Nothing is left: no envoy folder, no mount.
+    let left: Vec<_> = fs::read_dir(tmp.path())
+        .expect("tmp")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("lockbox-demo-"))
+        })
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    let mounts = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(
+        !mounts.contains(&*tmp.path().to_string_lossy()),
+        "a demo mount is left"
+    );
+}
