@@ -118,6 +118,9 @@ pub fn run(paths: Paths) -> anyhow::Result<()> {
     if let Err(e) = agent.envoy.store.sync_dir_now() {
         tracing::warn!("final sync of the store failed: {e}");
     }
+    if let Err(e) = agent.replica.flush() {
+        tracing::warn!("final sync of the records failed: {e}");
+    }
     lock_session(&agent);
     let _ = fs::remove_file(agent.envoy.paths.socket());
     let stoppers = agent

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod fuse;
+pub mod grouped;
 pub mod meta;
 pub mod mount;
 pub mod name;

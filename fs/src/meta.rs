@@ -9,6 +9,12 @@
 //! (`lockbox-net`) gives them meaning. Every change is one transaction, so a
 //! crash leaves the tables as they were before or after it.
 //!
+//! In the agent, commits are grouped ([`Meta::with_grouped_commits`]): each
+//! commits without an `fsync`, and a background thread makes them durable
+//! within the same window as the store folder's syncs, so a power loss
+//! undoes at most the last window of records — as it may the last window of
+//! renames and deletes — and never leaves the database torn.
+//!
 //! The record of a version is written just after its ciphertext is renamed
 //! into the store, so a crash between the two can leave a store file newer
 //! than its record. The `local` stat tells: at start the agent re-hashes
@@ -17,7 +23,11 @@
 
 use std::path::Path;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use std::sync::Arc;
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::grouped::Grouped;
 
 use crate::name::Name;
 use crate::Error;
@@ -123,11 +133,19 @@ pub type NamedBytes = (Vec<u8>, Vec<u8>);
 /// The metadata database of one envoy.
 #[derive(Debug)]
 pub struct Meta {
-    db: Database,
+    db: Arc<Database>,
+    /// Set when commits are grouped: marked after each one.
+    grouped: Option<Arc<Grouped>>,
 }
 
 fn db_err(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Meta(format!("{what}: {e}"))
+}
+
+/// An empty durable commit: it makes every earlier non-durable one durable.
+fn durable_commit(db: &Database) -> Result<(), Error> {
+    let w = db.begin_write().map_err(|e| db_err("begin", e))?;
+    w.commit().map_err(|e| db_err("commit", e))
 }
 
 impl Meta {
@@ -164,15 +182,52 @@ impl Meta {
             w.open_table(MISC).map_err(|e| db_err("table", e))?;
         }
         w.commit().map_err(|e| db_err("commit", e))?;
-        Ok(Meta { db })
+        Ok(Meta {
+            db: Arc::new(db),
+            grouped: None,
+        })
     }
 
-    /// Apply `ops` in one durable transaction.
+    /// Group the commits' `fsync`s within `window` (the agent's; the CLI
+    /// commits durably one by one). [`Meta::flush`] makes everything
+    /// durable at once (shutdown).
+    pub fn with_grouped_commits(mut self, window: std::time::Duration) -> Meta {
+        // Weak: dropping the Meta closes the database; the syncer then has
+        // nothing left to do.
+        let db = Arc::downgrade(&self.db);
+        let flush = move || {
+            if let Some(db) = db.upgrade() {
+                if let Err(e) = durable_commit(&db) {
+                    tracing::warn!("{e}");
+                }
+            }
+        };
+        match Grouped::start("meta-sync", window, flush) {
+            Ok(g) => self.grouped = Some(g),
+            Err(e) => tracing::warn!("cannot start the metadata syncer ({e}): syncing per commit"),
+        }
+        self
+    }
+
+    /// Make every commit so far durable.
+    pub fn flush(&self) -> Result<(), Error> {
+        if let Some(g) = &self.grouped {
+            g.clear();
+        }
+        durable_commit(&self.db)
+    }
+
+    /// Apply `ops` in one transaction: durable at once, or within the window
+    /// when commits are grouped.
     pub fn apply(&self, ops: &[Op]) -> Result<(), Error> {
         if ops.is_empty() {
             return Ok(());
         }
-        let w = self.db.begin_write().map_err(|e| db_err("begin", e))?;
+        let mut w = self.db.begin_write().map_err(|e| db_err("begin", e))?;
+        if self.grouped.is_some() {
+            w.set_durability(Durability::None)
+                .map_err(|e| db_err("durability", e))?;
+        }
         {
             let mut versions = w.open_table(VERSIONS).map_err(|e| db_err("table", e))?;
             let mut local = w.open_table(LOCAL).map_err(|e| db_err("table", e))?;
@@ -231,7 +286,11 @@ impl Meta {
                 }
             }
         }
-        w.commit().map_err(|e| db_err("commit", e))
+        w.commit().map_err(|e| db_err("commit", e))?;
+        if let Some(g) = &self.grouped {
+            g.mark();
+        }
+        Ok(())
     }
 
     /// The record of `name`'s version and its recorded local stat.
@@ -322,6 +381,25 @@ mod tests {
 
     fn n(s: &str) -> Name {
         Name::new(s.as_bytes().to_vec()).unwrap()
+    }
+
+    #[test]
+    fn grouped_commits_are_seen_at_once_and_kept_after_a_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.redb");
+        {
+            let m = Meta::open(&path)
+                .unwrap()
+                .with_grouped_commits(std::time::Duration::from_millis(20));
+            for i in 0..50u8 {
+                m.apply(&[Op::PutMisc("k", vec![i])]).unwrap();
+                assert_eq!(m.misc("k").unwrap(), Some(vec![i]));
+            }
+            m.flush().unwrap();
+        }
+        // Closed on drop, although the syncer thread lives on.
+        let m = Meta::open(&path).unwrap();
+        assert_eq!(m.misc("k").unwrap(), Some(vec![49]));
     }
 
     #[test]

@@ -11,13 +11,14 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Seek, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use lockbox_crypto::digest::{HashingWriter, Sha256};
 use lockbox_crypto::seal::{self, Sealer};
 use lockbox_crypto::AgeRecipient;
 
+use crate::grouped::Grouped;
 use crate::name::{Name, NameKind};
 use crate::Error;
 
@@ -88,7 +89,9 @@ pub struct Store {
     /// When set, renames into the store folder are made durable by a
     /// background `fsync` of the folder within a bounded window, instead of
     /// one `fsync` per operation (see [`Store::with_grouped_dir_sync`]).
-    grouped: Option<Arc<DirSyncer>>,
+    grouped: Option<Arc<Grouped>>,
+    /// Its window, when grouped.
+    window: Option<std::time::Duration>,
 }
 
 /// Told of every change the store makes on behalf of the mount or the CLI,
@@ -128,14 +131,6 @@ impl Drop for StagedFile {
     }
 }
 
-/// Groups `fsync`s of the store folder: operations mark it dirty, and a
-/// background thread syncs it at most `window` later.
-#[derive(Debug)]
-struct DirSyncer {
-    dirty: Mutex<bool>,
-    wake: Condvar,
-}
-
 impl Store {
     /// Open (creating if needed) the store under `state_dir` (`~/.lockbox`).
     pub fn open(state_dir: &Path) -> Result<Store, Error> {
@@ -145,6 +140,7 @@ impl Store {
             journal: None,
             changes: Arc::new(Mutex::new(())),
             grouped: None,
+            window: None,
         };
         for d in [&store.dir, &store.tmp] {
             ensure_private_dir(d)?;
@@ -180,38 +176,31 @@ impl Store {
     /// [`Store::sync_dir_now`] where durability must not trail (`fsync(2)`,
     /// shutdown).
     pub fn with_grouped_dir_sync(mut self, window: std::time::Duration) -> Store {
-        let syncer = Arc::new(DirSyncer {
-            dirty: Mutex::new(false),
-            wake: Condvar::new(),
-        });
-        let (s, dir) = (syncer.clone(), self.dir.clone());
-        let spawned = std::thread::Builder::new()
-            .name("store-dir-sync".into())
-            .spawn(move || loop {
-                {
-                    let mut dirty = s.dirty.lock().unwrap_or_else(|e| e.into_inner());
-                    while !*dirty {
-                        dirty = s.wake.wait(dirty).unwrap_or_else(|e| e.into_inner());
-                    }
-                }
-                // Let more changes join this sync.
-                std::thread::sleep(window);
-                *s.dirty.lock().unwrap_or_else(|e| e.into_inner()) = false;
-                if let Err(e) = sync_dir(&dir) {
-                    tracing::warn!("{e}");
-                }
-            });
-        match spawned {
-            Ok(_) => self.grouped = Some(syncer),
+        let dir = self.dir.clone();
+        let sync = move || {
+            if let Err(e) = sync_dir(&dir) {
+                tracing::warn!("{e}");
+            }
+        };
+        match Grouped::start("store-dir-sync", window, sync) {
+            Ok(g) => {
+                self.grouped = Some(g);
+                self.window = Some(window);
+            }
             Err(e) => tracing::warn!("cannot start the folder syncer ({e}): syncing per operation"),
         }
         self
     }
 
+    /// The window of grouped syncs, if this store groups them.
+    pub fn sync_window(&self) -> Option<std::time::Duration> {
+        self.window
+    }
+
     /// Make every rename, create and delete so far durable.
     pub fn sync_dir_now(&self) -> Result<(), Error> {
-        if let Some(s) = &self.grouped {
-            *s.dirty.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        if let Some(g) = &self.grouped {
+            g.clear();
         }
         sync_dir(&self.dir)
     }
@@ -219,9 +208,8 @@ impl Store {
     /// After a change of the folder: sync it now, or let the syncer do it.
     fn dir_changed(&self) -> Result<(), Error> {
         match &self.grouped {
-            Some(s) => {
-                *s.dirty.lock().unwrap_or_else(|e| e.into_inner()) = true;
-                s.wake.notify_one();
+            Some(g) => {
+                g.mark();
                 Ok(())
             }
             None => sync_dir(&self.dir),

@@ -279,7 +279,11 @@ impl Replica {
         })?;
         let circle = PublicKey::from_base64(circle_text.trim())
             .map_err(|e| format!("{} is damaged: {e}", paths.circle_public.display()))?;
-        let meta = Meta::open(&paths.meta).map_err(|e| e.to_string())?;
+        let mut meta = Meta::open(&paths.meta).map_err(|e| e.to_string())?;
+        // Records become durable with the same bound as the store's renames.
+        if let Some(window) = store.sync_window() {
+            meta = meta.with_grouped_commits(window);
+        }
         let mut members = load_members(&paths.members, &circle, &user);
         let departed: Vec<PublicKey> = meta
             .leaves()
@@ -304,6 +308,11 @@ impl Replica {
             on_remote_change: Mutex::new(None),
             on_members_change: Mutex::new(None),
         }))
+    }
+
+    /// Make every record so far durable (shutdown).
+    pub fn flush(&self) -> Result<(), String> {
+        self.meta.flush().map_err(|e| e.to_string())
     }
 
     /// The store, with this replica as its journal: every change made
@@ -1089,12 +1098,25 @@ impl Replica {
                 ),
             }));
         }
-        if let Some(old) = self.left(&body.signing_key) {
+        let earlier = self.left(&body.signing_key);
+        if let Some(old) = &earlier {
             // One record per key: the canonical (smallest) one, so every
             // envoy keeps the same table.
             if old.to_bytes() <= l.to_bytes() {
                 return Ok(false);
             }
+        }
+        // A self-signed leave of a key that was never a member would only
+        // fill the table; an eviction carries the circle's authority and may
+        // name an envoy this one never met.
+        if body.kind == LeaveKind::Leave
+            && earlier.is_none()
+            && self.members().by_key(&body.signing_key).is_none()
+        {
+            return Err(Refusal::NotMember(format!(
+                "the leave of {} names a key that is not a member of this circle",
+                body.envoy
+            )));
         }
         self.meta
             .apply(&[Op::PutLeave(body.signing_key.0.to_vec(), l.to_bytes())])

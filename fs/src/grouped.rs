@@ -1,0 +1,59 @@
+//! Grouped durability: many changes, one sync. A change *marks* the group;
+//! a background thread runs the sync action at most `window` after the
+//! first mark, so every change in that window shares one `fsync`. Used for
+//! the store folder (renames, creates, deletes) and for the metadata
+//! database's commits; docs/design.md states the bound this puts on what a
+//! power loss may undo.
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+/// A pending sync shared by the changes of one window.
+#[derive(Debug)]
+pub struct Grouped {
+    dirty: Mutex<bool>,
+    wake: Condvar,
+}
+
+impl Grouped {
+    /// Start the background thread `name` that runs `sync` at most `window`
+    /// after a mark. Fails only when the thread cannot be spawned (callers
+    /// then sync per change).
+    pub fn start(
+        name: &str,
+        window: Duration,
+        sync: impl Fn() + Send + 'static,
+    ) -> std::io::Result<Arc<Grouped>> {
+        let group = Arc::new(Grouped {
+            dirty: Mutex::new(false),
+            wake: Condvar::new(),
+        });
+        let g = group.clone();
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || loop {
+                {
+                    let mut dirty = g.dirty.lock().unwrap_or_else(|e| e.into_inner());
+                    while !*dirty {
+                        dirty = g.wake.wait(dirty).unwrap_or_else(|e| e.into_inner());
+                    }
+                }
+                // Let more changes join this sync.
+                std::thread::sleep(window);
+                *g.dirty.lock().unwrap_or_else(|e| e.into_inner()) = false;
+                sync();
+            })?;
+        Ok(group)
+    }
+
+    /// A change happened: sync it within the window.
+    pub fn mark(&self) {
+        *self.dirty.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.wake.notify_one();
+    }
+
+    /// The caller is about to sync everything itself: nothing is pending.
+    pub fn clear(&self) {
+        *self.dirty.lock().unwrap_or_else(|e| e.into_inner()) = false;
+    }
+}
