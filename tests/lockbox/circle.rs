@@ -427,6 +427,36 @@ fn purge_wipes_this_envoy_and_tells_no_one() {
     });
     assert_eq!(c.node("alpha").recipients(), ["alpha", "bravo"]);
     assert_eq!(table(c.node("alpha"), "leaves").0, 0);
+    // Nothing re-creates the purged lockbox, whatever alpha sends.
+    fs::write(c.node("alpha").at("g"), b"for nobody").expect("write");
+    std::thread::sleep(INTERVAL * 4);
+    assert!(!bravo.m.e.state().exists(), "a push re-created ~/.lockbox");
+    assert!(!bravo.m.mnt.exists());
+}
+
+#[test]
+fn deletes_and_re_adds_work_while_locked_and_through_encrypt() {
+    require_fuse!();
+    let c = Circle::loopback(&["alpha", "bravo"]);
+    let (alpha, bravo) = (c.node("alpha"), c.node("bravo"));
+    fs::write(alpha.at("note"), b"v1").expect("write");
+    c.wait_content(&["alpha", "bravo"], "note", b"v1");
+
+    // Locked, alpha still deletes everywhere (the signing key is not
+    // passphrase-wrapped).
+    alpha.m.e.ok(&["lock"]);
+    fs::remove_file(alpha.at("note")).expect("rm while locked");
+    c.wait_gone(&["bravo"], "note");
+    // And re-adds it with `encrypt`, still locked: a resurrect, then the
+    // new version, everywhere.
+    let src = alpha.m.e.plain_file("note", b"v2");
+    alpha.m.e.ok(&["encrypt", &text(&src)]);
+    c.wait_content(&["bravo"], "note", b"v2");
+    c.wait("the resurrect on bravo", CONVERGE, || {
+        table(bravo, "resurrects").0 == 1
+    });
+    alpha.m.e.unlock();
+    c.wait_content(&["alpha"], "note", b"v2");
 }
 
 #[test]

@@ -1091,16 +1091,37 @@ fn pushes_are_answered_with_the_spec_status_codes() {
         let (status, answer) = push_version(alpha, bravo, &user, bad, &old_record, &old_body);
         assert_eq!(status, "400", "{bad}: {answer}");
     }
-    // A body that does not match its record: 400, nothing stored.
+    // A body that does not match its record: 400, nothing stored. (Pushed
+    // under the record's conflict-copy name, which bravo does not hold, so
+    // the body is read and checked.)
+    let rec = hex::decode(&old_record).expect("hex");
+    let rec = lockbox_crypto::sign::Signed::<lockbox_net::records::FileVersion>::from_bytes(&rec)
+        .expect("a record");
+    let copy = rec
+        .body()
+        .conflict_name()
+        .expect("conflict name")
+        .to_string();
     let (status, answer) = push_version(
         alpha,
         bravo,
         &user,
-        "doc",
+        &copy,
         &old_record,
         &dir.path().join("doc.h"),
     );
-    assert!(status == "409" || status == "400", "{answer}");
+    assert_eq!(status, "400", "{answer}");
+    assert!(answer.contains("does not match its record"), "{answer}");
+    assert!(!bravo.stored(&copy).exists());
+
+    // A forged signature (one flipped bit in the record): 400.
+    let mut forged = hex::decode(&old_record).expect("hex");
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    let (status, answer) =
+        push_version(alpha, bravo, &user, &copy, &hex::encode(forged), &old_body);
+    assert_eq!(status, "400", "{answer}");
+    assert!(!bravo.stored(&copy).exists());
 
     // Another user's lockbox does not exist here: 410 dormant.
     let (status, answer) = push_version(alpha, bravo, "nobody-here", "doc", &old_record, &old_body);
