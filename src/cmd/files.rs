@@ -121,22 +121,33 @@ pub fn decrypt(paths: &Paths, name: &OsStr, out: &Path) -> anyhow::Result<()> {
     result
 }
 
+/// Send `req` to the agent and expect `Ok`; with no agent running, do
+/// `local` on the store instead (holding the agent lock meanwhile).
+fn through_agent_or_locally(
+    paths: &Paths,
+    req: Request,
+    local: impl FnOnce(&Envoy) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    match agent(paths)? {
+        Some(mut c) => match c.call(&req)? {
+            Response::Ok => Ok(()),
+            other => Err(client::into_error(other)),
+        },
+        None => {
+            let (envoy, _lock) = Envoy::load_exclusive(paths.clone(), None)?;
+            local(&envoy)
+        }
+    }
+}
+
 /// `lockbox delete NAME`. Without an agent the tombstone is signed and
 /// recorded here, and the peers pull it when the agent next runs.
 pub fn delete(paths: &Paths, name: &OsStr) -> anyhow::Result<()> {
     let name = Name::from_os(name)?;
-    match agent(paths)? {
-        Some(mut c) => match c.call(&Request::Delete {
-            name: name.as_bytes().to_vec(),
-        })? {
-            Response::Ok => {}
-            other => return Err(client::into_error(other)),
-        },
-        None => {
-            let (envoy, _lock) = Envoy::load_exclusive(paths.clone(), None)?;
-            envoy.delete(&name)?
-        }
-    }
+    let req = Request::Delete {
+        name: name.as_bytes().to_vec(),
+    };
+    through_agent_or_locally(paths, req, |envoy| envoy.delete(&name))?;
     println!("deleted {name}");
     Ok(())
 }
@@ -145,23 +156,19 @@ pub fn delete(paths: &Paths, name: &OsStr) -> anyhow::Result<()> {
 /// the agent, or recorded here for the peers to pull).
 pub fn resurrect(paths: &Paths, name: &OsStr) -> anyhow::Result<()> {
     let name = Name::from_os(name)?;
-    match agent(paths)? {
-        Some(mut c) => match c.call(&Request::Resurrect {
-            name: name.as_bytes().to_vec(),
-        })? {
-            Response::Ok => {}
-            other => return Err(client::into_error(other)),
-        },
-        None => {
-            let (envoy, _lock) = Envoy::load_exclusive(paths.clone(), None)?;
-            envoy
-                .replica
-                .as_ref()
-                .context("the replica was not opened")?
-                .resurrect(&name)
-                .map_err(|e| anyhow::anyhow!(e))?;
-        }
-    }
+    let req = Request::Resurrect {
+        name: name.as_bytes().to_vec(),
+    };
+    through_agent_or_locally(paths, req, |envoy| {
+        let replica = envoy
+            .replica
+            .as_ref()
+            .context("the replica was not opened")?;
+        replica
+            .resurrect(&name)
+            .map(drop)
+            .map_err(|e| anyhow::anyhow!(e))
+    })?;
     println!(
         "resurrected {name}: its delete is lifted on every envoy; write the file again \
          (or an envoy that still holds a copy shares it)"

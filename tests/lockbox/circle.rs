@@ -5,7 +5,7 @@
 use std::fs;
 use std::process::Command;
 
-use crate::mesh::{content, curl, have_curl, text, Circle, Node, ALL, CONVERGE, INTERVAL};
+use crate::mesh::{content, have_curl, text, Circle, Node, ALL, CONVERGE, INTERVAL};
 use crate::mount::AGE_MAGIC;
 use crate::{require, require_fuse};
 
@@ -158,10 +158,7 @@ fn a_replayed_old_delete_never_removes_the_re_added_file() {
     require!(have_curl(), "curl not found (apt-get install curl)");
     let c = Circle::loopback(&["alpha", "bravo"]);
     let (alpha, bravo) = (c.node("alpha"), c.node("bravo"));
-    let user = alpha.m.e.status_json()["user"]
-        .as_str()
-        .expect("user")
-        .to_string();
+    let user = alpha.user();
     fs::write(alpha.at("doc"), b"first").expect("write");
     c.wait_content(&["alpha", "bravo"], "doc", b"first");
     fs::remove_file(alpha.at("doc")).expect("rm");
@@ -170,33 +167,17 @@ fn a_replayed_old_delete_never_removes_the_re_added_file() {
     // Keep the signed delete as a replaying attacker would.
     let dir = tempfile::tempdir().expect("tempdir");
     let tombs = dir.path().join("tombs");
-    let tls = (
-        alpha.tls("ca.pem"),
-        alpha.tls("cert.pem"),
-        alpha.tls("key.pem"),
-    );
-    let tls = Some((tls.0.as_str(), tls.1.as_str(), tls.2.as_str()));
-    let got = curl(
-        alpha.port,
-        &format!("/lockbox/tombstones/{user}"),
-        tls,
-        &["-o", &text(&tombs)],
-    );
+    let path = format!("/lockbox/tombstones/{user}");
+    let got = alpha.curl_as(alpha.port, &path, &["-o", &text(&tombs)]);
     assert_eq!(String::from_utf8_lossy(&got.stdout), "200");
 
     fs::write(alpha.at("doc"), b"second").expect("re-add");
     c.wait_content(&["alpha", "bravo"], "doc", b"second");
+    let replay = format!("@{}", text(&tombs));
     for n in [alpha, bravo] {
-        let post = curl(
-            n.port,
-            &format!("/lockbox/tombstones/{user}"),
-            tls,
-            &["-X", "POST", "--data-binary", &format!("@{}", text(&tombs))],
-        );
-        assert!(
-            String::from_utf8_lossy(&post.stdout).ends_with("200"),
-            "{post:?}"
-        );
+        let post = alpha.curl_as(n.port, &path, &["-X", "POST", "--data-binary", &replay]);
+        let out = String::from_utf8_lossy(&post.stdout);
+        assert!(out.ends_with("200"), "{post:?}");
     }
     std::thread::sleep(INTERVAL * 4);
     for n in [alpha, bravo] {
@@ -204,42 +185,17 @@ fn a_replayed_old_delete_never_removes_the_re_added_file() {
     }
 
     // Garbage in a table POST is refused and changes nothing.
-    fs::write(
-        dir.path().join("junk"),
-        b"\x00\x00\x00\x01\x00\x00\x00\x03abc",
-    )
-    .expect("junk");
-    let post = curl(
-        alpha.port,
-        &format!("/lockbox/tombstones/{user}"),
-        tls,
-        &[
-            "-X",
-            "POST",
-            "--data-binary",
-            &format!("@{}", text(&dir.path().join("junk"))),
-        ],
-    );
-    assert!(
-        String::from_utf8_lossy(&post.stdout).ends_with("400"),
-        "{post:?}"
-    );
-    for t in ["resurrects", "leaves"] {
-        let post = curl(
+    let junk = dir.path().join("junk");
+    fs::write(&junk, b"\x00\x00\x00\x01\x00\x00\x00\x03abc").expect("junk");
+    let junk = format!("@{}", text(&junk));
+    for t in ["tombstones", "resurrects", "leaves"] {
+        let post = alpha.curl_as(
             alpha.port,
             &format!("/lockbox/{t}/{user}"),
-            tls,
-            &[
-                "-X",
-                "POST",
-                "--data-binary",
-                &format!("@{}", text(&dir.path().join("junk"))),
-            ],
+            &["-X", "POST", "--data-binary", &junk],
         );
-        assert!(
-            String::from_utf8_lossy(&post.stdout).ends_with("400"),
-            "{t}: {post:?}"
-        );
+        let out = String::from_utf8_lossy(&post.stdout);
+        assert!(out.ends_with("400"), "{t}: {post:?}");
     }
     assert_eq!(fs::read(alpha.at("doc")).expect("doc"), b"second");
 }
