@@ -657,13 +657,10 @@ fn status(agent: &Agent) -> StatusReport {
         report.long_absence = mesh.long_absence();
     }
     report.departed = agent.replica.departed().map(|l| {
-        let how = match l.body().kind {
-            lockbox_net::records::LeaveKind::Leave => "left",
-            lockbox_net::records::LeaveKind::Evict => "was evicted from",
-        };
         format!(
-            "this envoy {how} the circle on {}: the others refuse it; run lockbox purge --yes \
+            "this envoy {} the circle on {}: the others refuse it; run lockbox purge --yes \
              to wipe it here",
+            l.body().kind.verb(),
             lockbox_net::version::utc_date(l.body().left_unix)
         )
     });

@@ -648,17 +648,17 @@ impl Mesh {
         self.catch_up(addr, peer_digests).await
     }
 
-    /// Pull the tables whose digests differ from ours, and merge them:
-    /// leaves first (who is a member), then tombstones and resurrects, then
+    /// Pull the tables whose digests differ from ours, and merge them in
+    /// the order of [`Table::ALL`] (leaves, resurrects, tombstones), then
     /// the manifest.
     async fn catch_up(self: &Arc<Self>, addr: SocketAddr, theirs: Digests) -> Result<(), String> {
         for table in Table::ALL {
-            let digest = |d: &Digests| match table {
-                Table::Tombstones => d.tombstones,
-                Table::Resurrects => d.resurrects,
-                Table::Leaves => d.leaves,
+            let their = match table {
+                Table::Tombstones => theirs.tombstones,
+                Table::Resurrects => theirs.resurrects,
+                Table::Leaves => theirs.leaves,
             };
-            if digest(&theirs) != digest(&self.digests()) {
+            if their != self.replica.table_digest(table) {
                 self.pull_table(addr, table).await?;
             }
         }
@@ -671,7 +671,7 @@ impl Mesh {
         }
         // An envoy that left the circle keeps its tables (so it knows) but
         // takes no more files.
-        if theirs.files != self.digests().files && self.replica.departed().is_none() {
+        if theirs.files != self.replica.files_digest() && self.replica.departed().is_none() {
             self.pull_files(addr).await?;
         }
         if let Ok(mut l) = self.last_catchup.lock() {

@@ -278,6 +278,17 @@ pub enum LeaveKind {
     Evict,
 }
 
+impl LeaveKind {
+    /// How the departure reads in a sentence: "left" / "was evicted from"
+    /// (the circle).
+    pub fn verb(self) -> &'static str {
+        match self {
+            LeaveKind::Leave => "left",
+            LeaveKind::Evict => "was evicted from",
+        }
+    }
+}
+
 /// A signed departure from the circle (SPEC §6.6). It names the envoy's
 /// signing key, not only its name: an envoy set up again under the same
 /// name has a new key and a new endorsement, and may join again.

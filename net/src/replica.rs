@@ -430,10 +430,7 @@ impl Replica {
                 refused.push(format!(
                     "envoy {:?} {} this circle on {}",
                     e.envoy,
-                    match l.body().kind {
-                        LeaveKind::Leave => "left",
-                        LeaveKind::Evict => "was evicted from",
-                    },
+                    l.body().kind.verb(),
                     crate::version::utc_date(l.body().left_unix)
                 ));
                 continue;
@@ -1137,11 +1134,7 @@ impl Replica {
             }
             gone
         };
-        let how = match body.kind {
-            LeaveKind::Leave => "left",
-            LeaveKind::Evict => "was evicted from",
-        };
-        tracing::info!("envoy {} {how} the circle", body.envoy);
+        tracing::info!("envoy {} {} the circle", body.envoy, body.kind.verb());
         if !dropped.is_empty() {
             if let Err(e) = self.write_recipients() {
                 tracing::warn!("cannot rewrite the recipient set: {e}");
