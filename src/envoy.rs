@@ -2,7 +2,7 @@
 //! store and recipient set, plus the operations both run on the store (the
 //! agent for its clients, the CLI directly when no agent is running).
 
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io::{Read, Seek, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -231,27 +231,8 @@ pub fn read_capped(path: &Path, cap: u64) -> anyhow::Result<String> {
 /// of the directory.
 pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let dir = path.parent().context("path has no parent")?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{:08x}",
-        path.file_name()
-            .map(|f| f.to_string_lossy())
-            .unwrap_or_default(),
-        rand::random::<u32>()
-    ));
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.with_context(|| format!("cannot write {}", path.display()))?;
+    lockbox_fs::store::write_private_file(path, bytes, lockbox_fs::store::Existing::Replace)
+        .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(lockbox_fs::store::sync_dir(dir)?)
 }
 

@@ -652,6 +652,55 @@ pub fn ensure_private_dir(d: &Path) -> Result<(), Error> {
     Ok(())
 }
 
+/// Whether [`write_private_file`] may replace a file that exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Existing {
+    /// Replace it atomically.
+    Replace,
+    /// Refuse with `AlreadyExists`, even if it appears meanwhile.
+    Keep,
+}
+
+/// Write a small 0600 file atomically: a temp file in the same folder
+/// (`.NAME.tmp-XXXXXXXX`), fsync, then rename over `path` — or, with
+/// [`Existing::Keep`], a hard link that fails if `path` exists. A failure
+/// removes the temp file. The caller syncs the folder ([`sync_dir`]), once
+/// for several files.
+pub fn write_private_file(path: &Path, bytes: &[u8], existing: Existing) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let base = path
+        .file_name()
+        .map(|f| f.to_string_lossy())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{base}.tmp-{:08x}", rand::random::<u32>()));
+    let result = (|| -> io::Result<()> {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        match existing {
+            Existing::Replace => fs::rename(&tmp, path),
+            Existing::Keep => match fs::hard_link(&tmp, path) {
+                Ok(()) => fs::remove_file(&tmp),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(e),
+                // A file system without hard links: check, then rename.
+                Err(_) if path.symlink_metadata().is_ok() => {
+                    Err(io::ErrorKind::AlreadyExists.into())
+                }
+                Err(_) => fs::rename(&tmp, path),
+            },
+        }
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
 /// fsync a directory so a rename or unlink in it is durable.
 pub fn sync_dir(d: &Path) -> Result<(), Error> {
     File::open(d)

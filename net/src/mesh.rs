@@ -907,12 +907,14 @@ impl Mesh {
             .decode_utf8()
             .is_ok_and(|u| u == self.replica.user().as_str());
         if !user_ok {
-            return refuse(&Refusal::Dormant);
+            return after_small_body(req, refuse(&Refusal::Dormant)).await;
         }
         let name = match rest.map(|r| Name::new(percent_decode_str(r).collect::<Vec<u8>>())) {
             None => None,
             Some(Ok(n)) => Some(n),
-            Some(Err(e)) => return refuse(&Refusal::Bad(e.to_string())),
+            Some(Err(e)) => {
+                return after_small_body(req, refuse(&Refusal::Bad(e.to_string()))).await
+            }
         };
         match (req.method().clone(), kind, name) {
             (Method::GET, "hello", None) => self.serve_hello(remote, &req),
@@ -1051,21 +1053,25 @@ impl Mesh {
     }
 
     async fn serve_push(&self, name: Name, req: Request<Incoming>) -> Response<Body> {
+        // Everything is decided from the record before the body is read.
         let rec = match record_header(req.headers()) {
             Ok(r) => r,
-            Err(e) => return refuse(&Refusal::Bad(e)),
+            Err(e) => return after_small_body(req, refuse(&Refusal::Bad(e))).await,
         };
-        if let Err(r) = self.size_allowed(&name, rec.body()) {
-            return refuse(&r);
-        }
         let free = self.replica.store().free_percent().unwrap_or(100);
-        if free <= self.cfg.disk_pressure_percent {
-            return refuse(&Refusal::DiskFull(free));
-        }
-        match self.replica.admit(&name, &rec) {
-            Ok(Admission::Same) => return respond(200, "already held"),
-            Ok(Admission::Store(_)) => {}
-            Err(r) => return refuse(&r),
+        let early = if let Err(r) = self.size_allowed(&name, rec.body()) {
+            Some(refuse(&r))
+        } else if free <= self.cfg.disk_pressure_percent {
+            Some(refuse(&Refusal::DiskFull(free)))
+        } else {
+            match self.replica.admit(&name, &rec) {
+                Ok(Admission::Same) => Some(respond(200, "already held")),
+                Ok(Admission::Store(_)) => None,
+                Err(r) => Some(refuse(&r)),
+            }
+        };
+        if let Some(resp) = early {
+            return after_small_body(req, resp).await;
         }
         match receive_body(self.replica.clone(), name, rec, req.into_body()).await {
             Ok(Admission::Same) => respond(200, "already held"),
@@ -1131,6 +1137,24 @@ fn apply_table(replica: &Replica, table: Table, body: &[u8]) -> Result<(), Refus
         None => Ok(()),
         Some(e) => Err(e),
     }
+}
+
+/// Answer `resp` to a request whose body is not wanted, after reading that
+/// body if it is small (≤ 1 MiB by its `content-length`): the stream then
+/// ends cleanly, which some HTTP/2 clients (curl) need to see the answer.
+/// A larger body is not read: the stream is reset after the answer.
+async fn after_small_body(req: Request<Incoming>, resp: Response<Body>) -> Response<Body> {
+    const SMALL: u64 = 1 << 20;
+    let small = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n <= SMALL);
+    if small {
+        let _ = read_capped(req.into_body(), SMALL as usize).await;
+    }
+    resp
 }
 
 /// Read a whole body, refusing more than `cap` bytes.

@@ -1413,26 +1413,11 @@ fn load_members(dir: &Path, circle: &PublicKey, user: &WireName) -> Members {
     members
 }
 
-/// Write a small private file atomically (temp, fsync, rename).
+/// Write a small private file atomically and make the rename durable.
 fn write_file_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension(format!("tmp-{:08x}", rand::random::<u32>()));
-    let result = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        if let Some(dir) = path.parent() {
-            fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+    lockbox_fs::store::write_private_file(path, bytes, lockbox_fs::store::Existing::Replace)?;
+    match path.parent() {
+        Some(dir) => fs::File::open(dir)?.sync_all(),
+        None => Ok(()),
     }
-    result
 }

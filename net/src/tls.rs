@@ -60,11 +60,12 @@
 //! again repairs it.
 
 use std::fmt;
-use std::fs::{self, OpenOptions};
-use std::io::{self, Read, Write};
+use std::fs;
+use std::io::{self, Read};
 use std::net::IpAddr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+
+use lockbox_fs::store::Existing;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -413,11 +414,11 @@ impl FleetCa {
         }
         lockbox_fs::store::ensure_private_dir(dir)?;
         // The key first: it is the claim on the folder.
-        write_private(&key_file, self.key_pem.as_bytes(), Replace::Never)?;
+        write_private(&key_file, self.key_pem.as_bytes(), Existing::Keep)?;
         write_private(
             &dir.join(CA_CERT_FILE),
             self.cert_pem.as_bytes(),
-            Replace::Allow,
+            Existing::Replace,
         )?;
         lockbox_fs::store::sync_dir(dir)?;
         Ok(())
@@ -532,7 +533,7 @@ impl Issued {
             (KEY_FILE, self.key_pem.as_str()),
             (CERT_FILE, self.cert_pem.as_str()),
         ] {
-            write_private(&dir.join(file), text.as_bytes(), Replace::Allow)?;
+            write_private(&dir.join(file), text.as_bytes(), Existing::Replace)?;
         }
         lockbox_fs::store::sync_dir(dir)?;
         Ok(())
@@ -976,48 +977,12 @@ fn read_pem(
 }
 
 /// Whether [`write_private`] may replace an existing file.
-#[derive(PartialEq)]
-enum Replace {
-    Allow,
-    Never,
-}
-
-/// Write a 0600 file atomically: a temporary file in the same folder, fsync,
-/// then rename over `path` (or, with [`Replace::Never`], a hard link that
-/// fails if `path` exists). The caller syncs the folder.
-fn write_private(path: &Path, bytes: &[u8], replace: Replace) -> Result<(), TlsError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let base = path
-        .file_name()
-        .map(|f| f.to_string_lossy())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{base}.tmp-{:08x}", rand::random::<u32>()));
-    let result = (|| -> io::Result<()> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        match replace {
-            Replace::Allow => fs::rename(&tmp, path),
-            Replace::Never => match fs::hard_link(&tmp, path) {
-                Ok(()) => fs::remove_file(&tmp),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(e),
-                // A file system without hard links: check, then rename.
-                Err(_) if path.symlink_metadata().is_ok() => {
-                    Err(io::ErrorKind::AlreadyExists.into())
-                }
-                Err(_) => fs::rename(&tmp, path),
-            },
-        }
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(|source| {
-        if replace == Replace::Never && source.kind() == io::ErrorKind::AlreadyExists {
+/// Write a 0600 file atomically (see [`lockbox_fs::store::write_private_file`]);
+/// the caller syncs the folder. With [`Existing::Keep`] an existing file is
+/// [`TlsError::CaExists`].
+fn write_private(path: &Path, bytes: &[u8], existing: Existing) -> Result<(), TlsError> {
+    lockbox_fs::store::write_private_file(path, bytes, existing).map_err(|source| {
+        if existing == Existing::Keep && source.kind() == io::ErrorKind::AlreadyExists {
             TlsError::CaExists {
                 file: path.to_owned(),
             }
@@ -1391,7 +1356,7 @@ mod tests {
         );
 
         // The no-clobber write itself refuses, even without the early check.
-        let err = write_private(&tmp.path().join(CA_KEY_FILE), b"x", Replace::Never).unwrap_err();
+        let err = write_private(&tmp.path().join(CA_KEY_FILE), b"x", Existing::Keep).unwrap_err();
         assert!(matches!(err, TlsError::CaExists { .. }), "{err}");
         assert_eq!(fs::read(tmp.path().join(CA_KEY_FILE)).unwrap(), key_before);
         assert_eq!(

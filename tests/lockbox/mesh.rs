@@ -989,9 +989,11 @@ pub(crate) fn push_version(
         &format!("/lockbox/push/{user}/{path_name}"),
         &["-X", "POST", "-H", &header, "--data-binary", &data],
     );
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
     let out = String::from_utf8_lossy(&out.stdout).into_owned();
     let (answer, status) = out.split_at(out.len().saturating_sub(3));
-    (status.to_string(), answer.to_string())
+    // curl's own complaint, if any, follows the answer.
+    (status.to_string(), format!("{answer}{err}"))
 }
 
 #[test]
