@@ -255,6 +255,22 @@ fn steps(root: &Path, envoys: &[DemoEnvoy]) -> anyhow::Result<()> {
             e.name
         );
     }
+    // Each envoy compares its tables with what it last heard from the
+    // others; once a round of hellos has passed, they all agree.
+    wait_for(
+        "the envoys' tables to agree",
+        Duration::from_secs(20),
+        || {
+            envoys.iter().all(|e| {
+                e.status_json().is_some_and(|s| {
+                    s["tables"].as_array().is_some_and(|t| {
+                        t.iter()
+                            .all(|t| t["differs_on"].as_array().is_some_and(|d| d.is_empty()))
+                    })
+                })
+            })
+        },
+    )?;
     println!();
     for e in envoys {
         e.show(&["status"])?;

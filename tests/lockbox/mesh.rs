@@ -1164,6 +1164,7 @@ fn the_demo_runs_three_envoys_and_cleans_up() {
         "starts with \"age-encryption.org/v1\"",
         "[alpha] old_key is gone",
         "recipients: alpha, bravo, charlie",
+        "tombstones: 1 (same on every live peer)",
         "cleaned up",
     ] {
         assert!(stdout.contains(want), "no {want:?} in:\n{stdout}");
