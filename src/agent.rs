@@ -73,6 +73,7 @@ pub fn run(paths: Paths) -> anyhow::Result<()> {
     // The lock comes before the store is touched: a second agent must not
     // clean up the first one's in-flight temp files.
     sys::return_freed_memory();
+    lockbox_fs::pages::on_large_release(sys::trim_heap);
     // Renames into the store folder become durable within DIR_SYNC_WINDOW
     // (contents before the rename, always); fsync(2) and stop wait for it.
     let (envoy, mut lock) = Envoy::load_exclusive(paths, Some(DIR_SYNC_WINDOW))?;

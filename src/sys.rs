@@ -35,15 +35,28 @@ pub fn harden_process() -> io::Result<Hardening> {
     read_hardening()
 }
 
-/// Make buffers of 64 KiB and more (staged file pages, Argon2's memory) come
-/// from `mmap`, so that freeing them returns the memory to the system.
-/// Without this, glibc raises its threshold dynamically and a large staged
-/// write leaves the idle agent's heap bloated.
+/// Fix glibc's `mmap` threshold at 4 MiB. Buffers below it (staged pages,
+/// 64 KiB decrypted chunks, 1 MiB FUSE reads) come from the heap and are
+/// reused: an `mmap` each cost a page fault per page and a TLB shootdown per
+/// `munmap` on every read and write. Bigger ones (Argon2's memory) are
+/// mapped and so returned at free; a fixed value also stops glibc's dynamic
+/// threshold from growing. Freed staged pages go back to the system through
+/// [`trim_heap`], which `lockbox_fs::pages` calls after a large release.
 pub fn return_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt takes two integers and only tunes the allocator.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 * 1024);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+    }
+}
+
+/// Give free heap memory back to the system (after a large staged file is
+/// freed; see [`return_freed_memory`]).
+pub fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes an integer and only releases free memory.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

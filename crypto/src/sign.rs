@@ -387,6 +387,20 @@ impl<T: Record> Signed<T> {
     /// verifies the signature, and only then decodes the body (rejecting
     /// trailing bytes).
     pub fn from_bytes(b: &[u8]) -> Result<Self> {
+        Self::parse(b, true)
+    }
+
+    /// Parses the wire form like [`Signed::from_bytes`] but does not check
+    /// the signature. Only for records read back from this envoy's own
+    /// metadata database, which holds nothing that was not verified (or
+    /// signed here) on the way in: re-verifying them on every lookup cost
+    /// an Ed25519 verification per record per file operation. Anything that
+    /// leaves the envoy is verified again by its receiver.
+    pub fn from_trusted_bytes(b: &[u8]) -> Result<Self> {
+        Self::parse(b, false)
+    }
+
+    fn parse(b: &[u8], verify: bool) -> Result<Self> {
         if b.len() > MAX_RECORD_BYTES {
             return Err(Error::Malformed(format!(
                 "record of {} bytes exceeds the {MAX_RECORD_BYTES}-byte cap",
@@ -409,7 +423,9 @@ impl<T: Record> Signed<T> {
         let signer = PublicKey(d.array()?);
         let signature: [u8; 64] = d.array()?;
         let body_bytes = &b[ENVELOPE_LEN..];
-        signer.verify_raw(&signed_message::<T>(body_bytes), &signature)?;
+        if verify {
+            signer.verify_raw(&signed_message::<T>(body_bytes), &signature)?;
+        }
 
         let mut d = Decoder::new(body_bytes);
         let body = T::decode(&mut d)?;
@@ -579,6 +595,31 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The trusted parse skips only the signature check: it reads the same
+    /// record, and the framing rules still hold.
+    #[test]
+    fn trusted_parse_skips_only_the_signature() {
+        let key = SigningKey::generate();
+        let s = Signed::sign(note(), &key);
+        let bytes = s.to_bytes();
+        assert_eq!(Signed::<Note>::from_trusted_bytes(&bytes).unwrap(), s);
+        let mut forged = bytes.clone();
+        let last = forged.len() - 1;
+        forged[ENVELOPE_LEN - 1] ^= 1; // a signature byte
+        assert!(Signed::<Note>::from_bytes(&forged).is_err());
+        assert_eq!(
+            Signed::<Note>::from_trusted_bytes(&forged).unwrap().body(),
+            &note()
+        );
+        assert!(Signed::<Note>::from_trusted_bytes(&bytes[..last]).is_err());
+        let mut long = bytes.clone();
+        long.push(0);
+        assert!(Signed::<Note>::from_trusted_bytes(&long).is_err());
+        let mut version = bytes;
+        version[0] = 2;
+        assert!(Signed::<Note>::from_trusted_bytes(&version).is_err());
     }
 
     #[test]

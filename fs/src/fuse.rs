@@ -134,9 +134,54 @@ enum Handle {
 }
 
 struct ReaderState {
-    /// The store version pinned at open, until the decryptor takes it.
-    file: Option<File>,
-    opened: Option<Box<Opened<File>>>,
+    /// The store version pinned at open. Store files are never changed in
+    /// place (a new version is a new file renamed over the name), so every
+    /// decryptor of this handle reads the same bytes through it.
+    file: Arc<File>,
+    /// Idle decryptors. A read takes one (or opens one more: a header
+    /// unwrap) and gives it back, so concurrent reads of one handle (the
+    /// kernel's read-ahead runs several) decrypt on several threads. At most
+    /// as many exist as reads ran at once; all are dropped at lock.
+    idle: Vec<Opened<PreadFile>>,
+    /// Bumped at lock, so a decryptor in use then is not given back.
+    epoch: u64,
+}
+
+/// A reader of a shared file by positional reads (`pread`), so several
+/// decryptors can read one open file at their own offsets.
+struct PreadFile {
+    file: Arc<File>,
+    pos: u64,
+    len: u64,
+}
+
+impl PreadFile {
+    fn new(file: Arc<File>) -> io::Result<PreadFile> {
+        let len = file.metadata()?.len();
+        Ok(PreadFile { file, pos: 0, len })
+    }
+}
+
+impl Read for PreadFile {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let n = self.file.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for PreadFile {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        let target = match pos {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::End(d) => self.len.checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        }
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek out of range"))?;
+        self.pos = target;
+        Ok(target)
+    }
 }
 
 /// Decrypted chunks, least recently used first out, bounded in bytes.
@@ -256,7 +301,9 @@ impl LockboxFs {
         let inner = lock(&self.inner);
         for h in inner.handles.values() {
             if let Handle::Reader { state, .. } = &**h {
-                lock(state).opened = None;
+                let mut st = lock(state);
+                st.idle.clear();
+                st.epoch += 1;
             }
         }
         self.warned_locked.store(false, Ordering::Relaxed);
@@ -622,6 +669,7 @@ impl LockboxFs {
             version,
             name,
             state,
+            len,
             ..
         } = h
         else {
@@ -630,35 +678,33 @@ impl LockboxFs {
         if let Some(c) = lock(&self.cache).get(&(*version, idx)) {
             return Ok(c);
         }
-        let mut st = lock(state);
-        if st.opened.is_none() {
-            let file = match st.file.take() {
-                Some(f) => f,
-                None => {
-                    // The decryptor was dropped at lock; reopen the same version.
-                    let f = self.store.open_file(name).map_err(|e| errno_of(&e))?;
-                    let now = f
-                        .metadata()
-                        .map(|m| Version::of(&m))
-                        .map_err(|_| Errno::EIO)?;
-                    if now != *version {
-                        return Err(Errno::ESTALE);
-                    }
-                    f
-                }
-            };
-            let identity = self.identity_or_eacces("reading")?;
-            let opened = Opened::open(&identity, file)
-                .map_err(|e| self.damaged(name, *version, &e.to_string()))?;
-            st.opened = Some(Box::new(opened));
-        }
-        let o = st.opened.as_mut().ok_or(Errno::EIO)?;
-        let mut buf = Zeroizing::new(vec![0u8; CHUNK_SIZE as usize]);
-        let mut got = 0;
-        let result = o.seek(SeekFrom::Start(idx * CHUNK_SIZE)).and_then(|_| {
-            while got < buf.len() {
+        let (taken, file, epoch) = {
+            let mut st = lock(state);
+            (st.idle.pop(), st.file.clone(), st.epoch)
+        };
+        let mut o = match taken {
+            Some(o) => o,
+            None => {
+                let identity = self.identity_or_eacces("reading")?;
+                let input = PreadFile::new(file).map_err(|_| Errno::EIO)?;
+                Opened::open(&identity, input)
+                    .map_err(|e| self.damaged(name, *version, &e.to_string()))?
+            }
+        };
+        // The exact length of chunk `idx` follows from the plaintext length.
+        let start = idx * CHUNK_SIZE;
+        let want = len.saturating_sub(start).min(CHUNK_SIZE) as usize;
+        let mut buf = Zeroizing::new(vec![0u8; want]);
+        let result = o.seek(SeekFrom::Start(start)).and_then(|_| {
+            let mut got = 0;
+            while got < want {
                 match o.read(&mut buf[got..]) {
-                    Ok(0) => break,
+                    Ok(0) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "the chunk ended early",
+                        ))
+                    }
                     Ok(n) => got += n,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => return Err(e),
@@ -667,14 +713,16 @@ impl LockboxFs {
             Ok(())
         });
         if let Err(e) = result {
-            st.opened = None;
-            drop(st);
+            // A failed decryptor is not given back.
             return Err(self.damaged(name, *version, &e.to_string()));
         }
-        drop(st);
-        let mut exact = Zeroizing::new(vec![0u8; got]);
-        exact.copy_from_slice(&buf[..got]);
-        let chunk = Arc::new(exact);
+        {
+            let mut st = lock(state);
+            if st.epoch == epoch {
+                st.idle.push(o);
+            }
+        }
+        let chunk = Arc::new(buf);
         lock(&self.cache).put((*version, idx), chunk.clone());
         Ok(chunk)
     }
@@ -721,8 +769,9 @@ impl LockboxFs {
                 name,
                 len,
                 state: Mutex::new(ReaderState {
-                    file: Some(file),
-                    opened: None,
+                    file: Arc::new(file),
+                    idle: Vec::new(),
+                    epoch: 0,
                 }),
             }));
         }

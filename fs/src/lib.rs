@@ -10,6 +10,7 @@ pub mod grouped;
 pub mod meta;
 pub mod mount;
 pub mod name;
+pub mod offload;
 pub mod pages;
 pub mod store;
 

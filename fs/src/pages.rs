@@ -87,13 +87,7 @@ impl Pages {
     pub fn truncate(&mut self, len: u64) {
         if len < self.len {
             let keep_pages = len.div_ceil(PAGE as u64) as usize;
-            for p in self
-                .pages
-                .drain(keep_pages.min(self.pages.len())..)
-                .flatten()
-            {
-                zeroize_page(p);
-            }
+            free_pages(self.pages.drain(keep_pages.min(self.pages.len())..));
             // Zero the tail of the last kept page so a later growth reads zeros.
             // The page holding the new end may be a hole (or beyond the
             // pages that exist): only a real page at that index is cut.
@@ -139,15 +133,37 @@ impl Pages {
     }
 }
 
-fn zeroize_page(mut p: Box<[u8]>) {
-    p.zeroize();
+/// Zeroize and free pages. After a large release, call the release hook
+/// (the agent's heap trim): the agent keeps buffers up to a few MiB on the
+/// heap, so 64 KiB chunks are not an `mmap` and a page fault each, and
+/// without a trim a staged 1 GiB write would leave the idle agent that large.
+fn free_pages(pages: impl Iterator<Item = Option<Box<[u8]>>>) {
+    let mut freed = 0;
+    for mut p in pages.flatten() {
+        p.zeroize();
+        freed += p.len();
+    }
+    if freed >= RELEASE_AFTER {
+        if let Some(hook) = RELEASE_HOOK.get() {
+            hook();
+        }
+    }
+}
+
+/// Bytes freed at once after which the release hook runs.
+const RELEASE_AFTER: usize = 4 << 20;
+
+static RELEASE_HOOK: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Set what runs after a large staged buffer is freed (once per process;
+/// the agent passes its heap trim).
+pub fn on_large_release(hook: fn()) {
+    let _ = RELEASE_HOOK.set(hook);
 }
 
 impl Drop for Pages {
     fn drop(&mut self) {
-        for p in self.pages.drain(..).flatten() {
-            zeroize_page(p);
-        }
+        free_pages(self.pages.drain(..));
     }
 }
 

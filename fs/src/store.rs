@@ -8,7 +8,7 @@
 //! from the caller's reader straight into the age sealer.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Read, Seek, Write};
+use std::io::{self, Read, Seek, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -20,6 +20,7 @@ use lockbox_crypto::AgeRecipient;
 
 use crate::grouped::Grouped;
 use crate::name::{Name, NameKind};
+use crate::offload::offloaded;
 use crate::Error;
 
 /// What the store says a file is (the seeds' auto-encrypt states).
@@ -567,18 +568,22 @@ pub fn seal_into(
     max_size: u64,
 ) -> Result<Sealed, Error> {
     let mut limited = plaintext.take(max_size.saturating_add(1));
-    let hasher = HashingWriter::new(BufWriter::with_capacity(256 * 1024, file));
-    let mut sealer = Sealer::new(recipients, hasher)?;
-    let n = pump(&mut limited, &mut sealer)?;
-    if n > max_size {
-        return Err(Error::TooLarge {
-            name: name.to_string(),
-            limit: max_size,
-        });
-    }
-    let (buf, hash, ciphertext_len) = sealer.finish()?.finish();
-    buf.into_inner()
-        .map_err(|e| Error::io("write", Path::new("temp file"), e.into_error()))?;
+    // Past 1 MiB the ciphertext is hashed and written on a second thread
+    // while this one encrypts.
+    let sink_error = |e| Error::io("write", Path::new("the store's temp file"), e);
+    let (n, hasher) = offloaded(HashingWriter::new(file), 1 << 20, sink_error, |out| {
+        let mut sealer = Sealer::new(recipients, out)?;
+        let n = pump(&mut limited, &mut sealer)?;
+        if n > max_size {
+            return Err(Error::TooLarge {
+                name: name.to_string(),
+                limit: max_size,
+            });
+        }
+        sealer.finish()?;
+        Ok(n)
+    })?;
+    let (_, hash, ciphertext_len) = hasher.finish();
     Ok(Sealed {
         plaintext_len: n,
         ciphertext_len,

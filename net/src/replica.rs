@@ -289,7 +289,7 @@ impl Replica {
             .leaves()
             .unwrap_or_default()
             .into_iter()
-            .filter_map(|(_, r)| Signed::<Leave>::from_bytes(&r).ok())
+            .filter_map(|(_, r)| Signed::<Leave>::from_trusted_bytes(&r).ok())
             .map(|l| l.body().signing_key)
             .collect();
         members
@@ -500,7 +500,7 @@ impl Replica {
     pub fn record(&self, name: &Name) -> Result<Option<Signed<FileVersion>>, String> {
         match self.meta.version(name).map_err(|e| e.to_string())? {
             None => Ok(None),
-            Some((bytes, _)) => Signed::<FileVersion>::from_bytes(&bytes)
+            Some((bytes, _)) => Signed::<FileVersion>::from_trusted_bytes(&bytes)
                 .map(Some)
                 .map_err(|e| format!("the record of {name} is damaged: {e}")),
         }
@@ -528,7 +528,7 @@ impl Replica {
             .leaves()
             .unwrap_or_default()
             .into_iter()
-            .filter_map(|(_, r)| Signed::<Leave>::from_bytes(&r).ok())
+            .filter_map(|(_, r)| Signed::<Leave>::from_trusted_bytes(&r).ok())
             .collect()
     }
 
@@ -538,7 +538,7 @@ impl Replica {
         bytes
             .into_iter()
             .find(|(k, _)| k.as_slice() == key.0.as_slice())
-            .and_then(|(_, r)| Signed::<Leave>::from_bytes(&r).ok())
+            .and_then(|(_, r)| Signed::<Leave>::from_trusted_bytes(&r).ok())
     }
 
     /// This envoy's own leave or eviction, if it happened.
@@ -760,7 +760,7 @@ impl Replica {
             let known = self.meta.version(&entry.name).map_err(|e| e.to_string())?;
             let record = known
                 .as_ref()
-                .and_then(|(b, _)| Signed::<FileVersion>::from_bytes(b).ok());
+                .and_then(|(b, _)| Signed::<FileVersion>::from_trusted_bytes(b).ok());
             if let (Some((_, Some(s))), Some(_)) = (&known, &record) {
                 if Some(*s) == stat {
                     continue;
@@ -1309,7 +1309,7 @@ impl Replica {
         self.manifest()
             .into_iter()
             .filter(|(_, rec)| {
-                Signed::<FileVersion>::from_bytes(rec)
+                Signed::<FileVersion>::from_trusted_bytes(rec)
                     .map(|r| r.body().recipients != members)
                     .unwrap_or(false)
             })
@@ -1344,11 +1344,12 @@ fn records_of(bytes: &[u8]) -> Vec<Vec<u8>> {
         .unwrap_or_default()
 }
 
-/// The records in a stored list (unreadable entries are skipped).
+/// The records in a list from meta.redb (unreadable entries are skipped; the
+/// signatures were checked when the records came in).
 fn decode_records<T: Versioned>(bytes: &[u8]) -> Vec<Signed<T>> {
     records_of(bytes)
         .iter()
-        .filter_map(|b| Signed::<T>::from_bytes(b).ok())
+        .filter_map(|b| Signed::<T>::from_trusted_bytes(b).ok())
         .collect()
 }
 

@@ -928,6 +928,30 @@ fn concurrent_readers_and_writers_see_whole_versions() {
         }
     });
 
+    // One descriptor read by four threads at scattered offsets: each read
+    // decrypts on its own thread (the handle keeps several decryptors).
+    let scattered = pseudo_random(12, 5 * MIB + 333);
+    fs::write(m.at("scattered"), &scattered).unwrap();
+    let f = fs::File::open(m.at("scattered")).unwrap();
+    thread::scope(|sc| {
+        for t in 0..4u64 {
+            let (f, scattered) = (&f, &scattered);
+            sc.spawn(move || {
+                use std::os::unix::fs::FileExt;
+                for i in 0..40u64 {
+                    let off = ((i * 7919 + t * 104_729) * 4099) % scattered.len() as u64;
+                    let mut buf = vec![0u8; 70_000];
+                    let n = f.read_at(&mut buf, off).unwrap();
+                    let want =
+                        &scattered[off as usize..(off as usize + 70_000).min(scattered.len())];
+                    assert_eq!(n, want.len(), "short pread at {off}");
+                    assert_same("scattered pread", &buf[..n], want);
+                }
+            });
+        }
+    });
+    drop(f);
+
     // A reader never sees a mix while a writer replaces the file (a new
     // version is written beside it and renamed over it, as editors do).
     const SIZE: usize = MIB;
@@ -972,7 +996,7 @@ fn concurrent_readers_and_writers_see_whole_versions() {
         let name = format!("par{i:02}");
         assert_same(&name, &fs::read(m.at(&name)).unwrap(), content);
     }
-    assert_eq!(names(&m.store()).len(), 32 + 2);
+    assert_eq!(names(&m.store()).len(), 32 + 3);
     assert_store_is_ciphertext(&m);
     assert_no_temp_files(&m);
 }

@@ -1,0 +1,220 @@
+//! A writer that moves its sink to a second thread once enough bytes came
+//! through, so producing the bytes (age encryption) and consuming them
+//! (hashing the ciphertext and writing it to the temp file) run on two cores
+//! for a large file. A small file stays on the caller's thread: spawning a
+//! thread would cost more than it saves. Only ciphertext passes through, so
+//! the buffers need no zeroizing.
+
+use std::io::{self, Write};
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::thread::{Scope, ScopedJoinHandle};
+
+/// Size of the buffers handed to the sink thread.
+const BLOCK: usize = 256 * 1024;
+/// Buffers in flight between the two threads (bounds the memory).
+const IN_FLIGHT: usize = 4;
+
+/// Run `f` with a writer into `sink` that offloads to a scoped thread after
+/// `threshold` bytes; returns `f`'s result and the sink, with everything
+/// written. An error of the sink is returned from the write that follows it,
+/// or, through `sink_error`, from the end.
+pub fn offloaded<W, T, E>(
+    sink: W,
+    threshold: u64,
+    sink_error: impl FnOnce(io::Error) -> E,
+    f: impl FnOnce(&mut dyn Write) -> Result<T, E>,
+) -> Result<(T, W), E>
+where
+    W: Write + Send,
+{
+    std::thread::scope(|scope| {
+        let mut w = Offload {
+            scope,
+            state: State::Inline(sink),
+            buf: Vec::with_capacity(BLOCK),
+            sent: 0,
+            threshold,
+        };
+        let t = f(&mut w)?;
+        let sink = w.finish().map_err(sink_error)?;
+        Ok((t, sink))
+    })
+}
+
+/// See [`offloaded`].
+struct Offload<'scope, 'env, W: Write + Send> {
+    scope: &'scope Scope<'scope, 'env>,
+    state: State<'scope, W>,
+    buf: Vec<u8>,
+    sent: u64,
+    threshold: u64,
+}
+
+enum State<'scope, W> {
+    Inline(W),
+    Spawned {
+        tx: SyncSender<Vec<u8>>,
+        worker: ScopedJoinHandle<'scope, io::Result<W>>,
+    },
+    /// After an error or the end.
+    Gone,
+}
+
+impl<'scope, W: Write + Send + 'scope> Offload<'scope, '_, W> {
+    /// Hand the buffered bytes on: inline, or to the sink thread (started
+    /// when the threshold is crossed).
+    fn dispatch(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        self.sent += self.buf.len() as u64;
+        match std::mem::replace(&mut self.state, State::Gone) {
+            State::Inline(mut sink) if self.sent < self.threshold => {
+                let r = sink.write_all(&self.buf);
+                self.buf.clear();
+                r?;
+                self.state = State::Inline(sink);
+                Ok(())
+            }
+            State::Inline(sink) => {
+                let (tx, rx) = sync_channel::<Vec<u8>>(IN_FLIGHT);
+                let worker = self.scope.spawn(move || {
+                    let mut sink = sink;
+                    for block in rx {
+                        sink.write_all(&block)?;
+                    }
+                    Ok(sink)
+                });
+                self.state = State::Spawned { tx, worker };
+                self.send()
+            }
+            spawned @ State::Spawned { .. } => {
+                self.state = spawned;
+                self.send()
+            }
+            State::Gone => Err(io::Error::other("the writer already failed")),
+        }
+    }
+
+    fn send(&mut self) -> io::Result<()> {
+        let block = std::mem::replace(&mut self.buf, Vec::with_capacity(BLOCK));
+        let State::Spawned { tx, .. } = &self.state else {
+            return Err(io::Error::other("no sink thread"));
+        };
+        if tx.send(block).is_ok() {
+            return Ok(());
+        }
+        // The sink thread stopped: it failed; return its error.
+        match std::mem::replace(&mut self.state, State::Gone) {
+            State::Spawned { worker, .. } => match worker.join() {
+                Ok(Err(e)) => Err(e),
+                Ok(Ok(_)) => Err(io::Error::other("the sink thread stopped early")),
+                Err(_) => Err(io::Error::other("the sink thread panicked")),
+            },
+            _ => Err(io::Error::other("no sink thread")),
+        }
+    }
+
+    /// Write out what is buffered and return the sink.
+    fn finish(mut self) -> io::Result<W> {
+        self.dispatch()?;
+        match std::mem::replace(&mut self.state, State::Gone) {
+            State::Inline(sink) => Ok(sink),
+            State::Spawned { tx, worker } => {
+                drop(tx);
+                worker
+                    .join()
+                    .map_err(|_| io::Error::other("the sink thread panicked"))?
+            }
+            State::Gone => Err(io::Error::other("the writer already failed")),
+        }
+    }
+}
+
+impl<'scope, W: Write + Send + 'scope> Write for Offload<'scope, '_, W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = data.len().min(BLOCK - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == BLOCK {
+            self.dispatch()?;
+        }
+        Ok(n)
+    }
+
+    /// Buffered bytes reach the sink at [`offloaded`]'s end; a flush in
+    /// between does not force them out (the sink may be on another thread).
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pattern(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
+    }
+
+    #[test]
+    fn small_and_large_writes_arrive_whole_and_in_order() {
+        for (len, threshold) in [
+            (0, 0),
+            (10, 1 << 20),
+            (BLOCK - 1, 0),
+            (BLOCK * 3 + 5, 0),
+            (BLOCK * 9 + 17, BLOCK as u64 * 2),
+        ] {
+            let data = pattern(len);
+            let ((), out) = offloaded(
+                Vec::new(),
+                threshold,
+                |e| e,
+                |w| {
+                    for piece in data.chunks(65_552) {
+                        w.write_all(piece)?;
+                    }
+                    Ok::<(), io::Error>(())
+                },
+            )
+            .unwrap();
+            assert_eq!(out, data, "len {len} threshold {threshold}");
+        }
+    }
+
+    /// A sink that fails after `ok` bytes.
+    struct Failing {
+        ok: usize,
+    }
+
+    impl Write for Failing {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            if b.len() > self.ok {
+                return Err(io::Error::other("disk full"));
+            }
+            self.ok -= b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_sink_error_is_returned_inline_and_offloaded() {
+        for threshold in [0, u64::MAX] {
+            let data = pattern(BLOCK * 20);
+            let r = offloaded(
+                Failing { ok: BLOCK * 2 },
+                threshold,
+                |e| e,
+                |w| {
+                    w.write_all(&data)?;
+                    Ok::<(), io::Error>(())
+                },
+            );
+            let e = r.err().expect("the sink's error");
+            assert_eq!(e.to_string(), "disk full", "threshold {threshold}");
+        }
+    }
+}
