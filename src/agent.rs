@@ -93,7 +93,16 @@ pub fn run(paths: Paths) -> anyhow::Result<()> {
     // that takes plaintext while the user believes it is sealed.
     let mount = mount_lockbox(&envoy, session.clone())?;
     let fs_for_mesh = mount.fs().clone();
-    replica.on_remote_change(move |name| fs_for_mesh.invalidate(name));
+    let members_changed = Arc::new(Notify::new());
+    let (reseal, weak) = (members_changed.clone(), Arc::downgrade(&replica));
+    replica.on_remote_change(move |name| {
+        fs_for_mesh.invalidate(name);
+        // A version from a peer still sealed to an envoy that is no member
+        // here (it left, and the peer did not know yet): re-encrypt it.
+        if weak.upgrade().is_some_and(|r| r.sealed_to_outsiders(name)) {
+            reseal.notify_one();
+        }
+    });
     let (mesh, mesh_state) = runtime.block_on(start_mesh(&envoy, &replica));
     let agent = Arc::new(Agent {
         fs: mount.fs().clone(),
@@ -103,7 +112,7 @@ pub fn run(paths: Paths) -> anyhow::Result<()> {
         mesh_state,
         session,
         session_changed: Notify::new(),
-        members_changed: Arc::new(Notify::new()),
+        members_changed,
         shutdown: Notify::new(),
         hardening,
         stoppers: Mutex::new(Vec::new()),
@@ -164,7 +173,7 @@ impl Keys for AgentKeys {
         self.session.lock().is_ok_and(|s| s.is_unlocked())
     }
 
-    fn recipients(&self) -> Result<Vec<lockbox_crypto::AgeRecipient>, String> {
+    fn recipients(&self) -> Result<lockbox_fs::SealTo, String> {
         envoy::read_recipients(&self.recipients).map_err(|e| format!("{e:#}"))
     }
 }
@@ -376,12 +385,14 @@ fn reencrypt(
         .ok()
         .and_then(|s| s.peek_identity())
         .ok_or_else(|| "locked: run lockbox unlock".to_string())?;
-    let recipients =
-        envoy::read_recipients(&agent.envoy.paths.recipients()).map_err(|e| format!("{e:#}"))?;
     let max = agent.envoy.config.max_file_size;
     let total = drift.len();
     let mut done = 0;
     for (i, name) in drift.iter().enumerate() {
+        // Read for each file: the members may change during a long run, and
+        // each record names the envoys its file was sealed to.
+        let recipients = envoy::read_recipients(&agent.envoy.paths.recipients())
+            .map_err(|e| format!("{e:#}"))?;
         let r = agent.replica.reseal(name, which, |src, out| {
             let opened = Opened::open(&identity, src).map_err(|e| e.to_string())?;
             lockbox_fs::store::seal_into(out, name, opened, &recipients, max)

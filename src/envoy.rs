@@ -11,8 +11,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use lockbox_crypto::sign::SigningKey;
-use lockbox_crypto::AgeRecipient;
-use lockbox_fs::{Name, Sealed, Store, SweepReport};
+use lockbox_fs::{Name, SealTo, Sealed, Store, SweepReport};
 use lockbox_net::replica::{Replica, ReplicaPaths};
 use lockbox_net::WireName;
 
@@ -101,7 +100,7 @@ impl Envoy {
     }
 
     /// The current recipient set from `recipients.txt`.
-    pub fn recipients(&self) -> anyhow::Result<Vec<AgeRecipient>> {
+    pub fn recipients(&self) -> anyhow::Result<SealTo> {
         read_recipients(&self.paths.recipients())
     }
 
@@ -185,7 +184,7 @@ impl AgentLock {
 }
 
 /// The recipient set in a `recipients.txt`.
-pub fn read_recipients(path: &Path) -> anyhow::Result<Vec<AgeRecipient>> {
+pub fn read_recipients(path: &Path) -> anyhow::Result<SealTo> {
     let text = read_capped(path, 1 << 20)?;
     let entries = lockbox_crypto::recipients::parse(&text)
         .with_context(|| format!("{} is damaged", path.display()))?;
@@ -195,7 +194,10 @@ pub fn read_recipients(path: &Path) -> anyhow::Result<Vec<AgeRecipient>> {
             path.display()
         );
     }
-    Ok(lockbox_crypto::recipients::to_age(&entries)?)
+    Ok(SealTo {
+        keys: lockbox_crypto::recipients::to_age(&entries)?,
+        envoys: entries.into_iter().map(|e| e.envoy).collect(),
+    })
 }
 
 /// Read and validate `config.yaml` (absent = defaults).

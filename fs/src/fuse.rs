@@ -25,11 +25,11 @@ use fuser::{
     ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use lockbox_crypto::seal::{self, Opened, CHUNK_SIZE};
-use lockbox_crypto::{AgeIdentity, AgeRecipient};
+use lockbox_crypto::AgeIdentity;
 use zeroize::Zeroizing;
 
 use crate::pages::Pages;
-use crate::store::{Sealed, Store};
+use crate::store::{SealTo, Sealed, Store};
 use crate::{Error, Name};
 
 /// How long the kernel may cache attributes and names.
@@ -44,7 +44,7 @@ pub trait Keys: Send + Sync + 'static {
     /// Whether the session is unlocked (without resetting the idle timer).
     fn is_unlocked(&self) -> bool;
     /// The recipients to seal to (public keys; available while locked).
-    fn recipients(&self) -> Result<Vec<AgeRecipient>, String>;
+    fn recipients(&self) -> Result<SealTo, String>;
     /// A version was sealed through the mount (the mesh queues it).
     fn sealed(&self, _name: &Name, _sealed: &Sealed) {}
     /// A name was deleted through the mount.
@@ -959,6 +959,7 @@ impl Filesystem for Mounted {
                             st.pages.truncate(size);
                             st.dirty = true;
                             st.mtime = SystemTime::now();
+                            st.mtime_set = None;
                         }
                     })
                 }
@@ -969,24 +970,27 @@ impl Filesystem for Mounted {
             }
         }
         if let Some(t) = mtime {
-            match &staged {
-                Some(s) => {
-                    let mut st = lock(s);
-                    st.mtime = t;
-                    st.mtime_set = Some(t);
-                }
-                None => {
-                    let name = lock(&fs.inner)
-                        .nodes
-                        .get(&ino.0)
-                        .and_then(|n| n.name.clone());
-                    let Some(name) = name else {
-                        return reply.error(Errno::ENOENT);
-                    };
-                    let r = File::open(fs.store.path_of(&name)).and_then(|f| f.set_modified(t));
-                    if let Err(e) = r {
-                        return reply.error(Errno::from(e));
-                    }
+            // Staged and not yet sealed: the seal sets it. Otherwise (also a
+            // staged file already sealed at close(2), whose release has not
+            // come yet: cp -p and rsync set the time right after close) it
+            // goes on the store file now.
+            let pending = staged.as_ref().is_some_and(|s| {
+                let mut st = lock(s);
+                st.mtime = t;
+                st.mtime_set = Some(t);
+                st.dirty
+            });
+            if !pending {
+                let name = lock(&fs.inner)
+                    .nodes
+                    .get(&ino.0)
+                    .and_then(|n| n.name.clone());
+                let Some(name) = name else {
+                    return reply.error(Errno::ENOENT);
+                };
+                let r = File::open(fs.store.path_of(&name)).and_then(|f| f.set_modified(t));
+                if let Err(e) = r {
+                    return reply.error(Errno::from(e));
                 }
             }
         }
@@ -1310,6 +1314,8 @@ impl Filesystem for Mounted {
         st.pages.write(offset, data);
         st.dirty = true;
         st.mtime = SystemTime::now();
+        // A write after utimensat makes the file modified now.
+        st.mtime_set = None;
         reply.written(data.len() as u32)
     }
 

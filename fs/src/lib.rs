@@ -15,7 +15,7 @@ pub mod pages;
 pub mod store;
 
 pub use name::Name;
-pub use store::{Entry, FileState, Sealed, Store, SweepReport};
+pub use store::{Entry, FileState, SealTo, Sealed, Store, SweepReport};
 
 use std::path::{Path, PathBuf};
 

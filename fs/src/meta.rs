@@ -9,11 +9,15 @@
 //! (`lockbox-net`) gives them meaning. Every change is one transaction, so a
 //! crash leaves the tables as they were before or after it.
 //!
-//! In the agent, commits are grouped ([`Meta::with_grouped_commits`]): each
-//! commits without an `fsync`, and a background thread makes them durable
-//! within the same window as the store folder's syncs, so a power loss
-//! undoes at most the last window of records — as it may the last window of
-//! renames and deletes — and never leaves the database torn.
+//! In the agent, changes are written back in groups
+//! ([`Meta::with_grouped_commits`]): a change is applied to an in-memory
+//! layer that every read sees at once, and a background thread commits what
+//! gathered in one durable transaction per window (the same window as the
+//! store folder's syncs). A crash or power loss undoes at most the last
+//! window of records — as it may the last window of renames and deletes —
+//! and never leaves the database torn: each window is one transaction, and
+//! each [`Meta::apply`] lands in one window whole. A redb commit per change
+//! cost more than everything else a rename does.
 //!
 //! The record of a version is written just after its ciphertext is renamed
 //! into the store, so a crash between the two can leave a store file newer
@@ -23,9 +27,9 @@
 
 use std::path::Path;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::grouped::Grouped;
 
@@ -47,14 +51,6 @@ pub enum List {
     Resurrects,
 }
 
-impl List {
-    fn table(self) -> TableDefinition<'static, &'static [u8], &'static [u8]> {
-        match self {
-            List::Tombstones => TOMBSTONES,
-            List::Resurrects => RESURRECTS,
-        }
-    }
-}
 const MISC: TableDefinition<&str, &[u8]> = TableDefinition::new("misc");
 
 /// What identifies one store file's bytes without reading them: inode,
@@ -130,11 +126,132 @@ pub type Recorded = (Vec<u8>, Option<LocalStat>);
 /// A raw name and the bytes stored under it.
 pub type NamedBytes = (Vec<u8>, Vec<u8>);
 
+/// The tables, by index into an [`Overlay`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tbl {
+    Versions = 0,
+    Local = 1,
+    Tombstones = 2,
+    Resurrects = 3,
+    Leaves = 4,
+    Misc = 5,
+}
+
+const TABLES: usize = 6;
+
+impl From<List> for Tbl {
+    fn from(l: List) -> Tbl {
+        match l {
+            List::Tombstones => Tbl::Tombstones,
+            List::Resurrects => Tbl::Resurrects,
+        }
+    }
+}
+
+/// One key of one table set to a value, or removed (`None`).
+type Entry = (Tbl, Vec<u8>, Option<Vec<u8>>);
+
+/// What the operations do to the tables: the one translation used both
+/// for a direct commit and for the write-back overlay.
+fn entries(ops: &[Op]) -> Vec<Entry> {
+    let mut out = Vec::with_capacity(ops.len() * 2);
+    for op in ops {
+        match op {
+            Op::PutVersion { name, record, stat } => {
+                out.push((
+                    Tbl::Versions,
+                    name.as_bytes().to_vec(),
+                    Some(record.clone()),
+                ));
+                let stat = stat.map(|s| s.to_bytes().to_vec());
+                out.push((Tbl::Local, name.as_bytes().to_vec(), stat));
+            }
+            Op::DelVersion(name) => {
+                out.push((Tbl::Versions, name.as_bytes().to_vec(), None));
+                out.push((Tbl::Local, name.as_bytes().to_vec(), None));
+            }
+            Op::PutList(which, name, list) => {
+                let v = (!list.is_empty()).then(|| list.clone());
+                out.push(((*which).into(), name.as_bytes().to_vec(), v));
+            }
+            Op::PutLeave(key, record) => {
+                out.push((Tbl::Leaves, key.clone(), Some(record.clone())));
+            }
+            Op::PutMisc(key, v) => {
+                out.push((Tbl::Misc, key.as_bytes().to_vec(), Some(v.clone())));
+            }
+        }
+    }
+    out
+}
+
+/// Changes applied but not yet in the database, per table and key.
+#[derive(Debug, Default)]
+struct Overlay {
+    tables: [std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>; TABLES],
+}
+
+impl Overlay {
+    fn is_empty(&self) -> bool {
+        self.tables.iter().all(|t| t.is_empty())
+    }
+
+    fn put(&mut self, (t, k, v): Entry) {
+        self.tables[t as usize].insert(k, v);
+    }
+
+    fn get(&self, t: Tbl, k: &[u8]) -> Option<&Option<Vec<u8>>> {
+        self.tables[t as usize].get(k)
+    }
+
+    fn entries(&self) -> impl Iterator<Item = Entry> + '_ {
+        self.tables.iter().enumerate().flat_map(|(i, t)| {
+            let tbl = [
+                Tbl::Versions,
+                Tbl::Local,
+                Tbl::Tombstones,
+                Tbl::Resurrects,
+                Tbl::Leaves,
+                Tbl::Misc,
+            ][i];
+            t.iter().map(move |(k, v)| (tbl, k.clone(), v.clone()))
+        })
+    }
+}
+
+/// The write-back layers of grouped mode: `pending` takes new changes;
+/// `flushing` is what is being committed (still read from until the commit
+/// is done).
+#[derive(Debug, Default)]
+struct Layers {
+    pending: Overlay,
+    flushing: Option<Arc<Overlay>>,
+}
+
+impl Layers {
+    /// The newest value of a key held in memory, if any.
+    fn get(&self, t: Tbl, k: &[u8]) -> Option<Option<Vec<u8>>> {
+        self.pending
+            .get(t, k)
+            .or_else(|| self.flushing.as_ref().and_then(|f| f.get(t, k)))
+            .cloned()
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    db: Database,
+    layers: Mutex<Layers>,
+    /// Held while a write-back commits, and while a scan merges the
+    /// database with the layers (so nothing moves between them meanwhile).
+    flush_lock: Mutex<()>,
+}
+
 /// The metadata database of one envoy.
 #[derive(Debug)]
 pub struct Meta {
-    db: Arc<Database>,
-    /// Set when commits are grouped: marked after each one.
+    inner: Arc<Inner>,
+    /// Set when commits are grouped (write-back): marked after each change.
     grouped: Option<Arc<Grouped>>,
 }
 
@@ -142,10 +259,131 @@ fn db_err(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Meta(format!("{what}: {e}"))
 }
 
-/// An empty durable commit: it makes every earlier non-durable one durable.
-fn durable_commit(db: &Database) -> Result<(), Error> {
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Write `entries` in one durable transaction.
+fn commit(db: &Database, entries: impl Iterator<Item = Entry>) -> Result<(), Error> {
     let w = db.begin_write().map_err(|e| db_err("begin", e))?;
+    {
+        let mut byte_tables = [
+            w.open_table(VERSIONS).map_err(|e| db_err("table", e))?,
+            w.open_table(LOCAL).map_err(|e| db_err("table", e))?,
+            w.open_table(TOMBSTONES).map_err(|e| db_err("table", e))?,
+            w.open_table(RESURRECTS).map_err(|e| db_err("table", e))?,
+            w.open_table(LEAVES).map_err(|e| db_err("table", e))?,
+        ];
+        let mut misc = w.open_table(MISC).map_err(|e| db_err("table", e))?;
+        for (t, k, v) in entries {
+            if t == Tbl::Misc {
+                let key = std::str::from_utf8(&k).map_err(|e| db_err("misc key", e))?;
+                match v {
+                    Some(v) => misc.insert(key, v.as_slice()).map(drop),
+                    None => misc.remove(key).map(drop),
+                }
+                .map_err(|e| db_err("write", e))?;
+                continue;
+            }
+            let table = &mut byte_tables[t as usize];
+            match v {
+                Some(v) => table.insert(k.as_slice(), v.as_slice()).map(drop),
+                None => table.remove(k.as_slice()).map(drop),
+            }
+            .map_err(|e| db_err("write", e))?;
+        }
+    }
     w.commit().map_err(|e| db_err("commit", e))
+}
+
+impl Inner {
+    /// Commit the pending layer durably (grouped mode). On failure the
+    /// changes stay in memory, under any newer ones, for the next try.
+    fn write_back(&self) -> Result<(), Error> {
+        let _flush = lock(&self.flush_lock);
+        let batch = {
+            let mut layers = lock(&self.layers);
+            if layers.pending.is_empty() {
+                return Ok(());
+            }
+            let batch = Arc::new(std::mem::take(&mut layers.pending));
+            layers.flushing = Some(batch.clone());
+            batch
+        };
+        let result = commit(&self.db, batch.entries());
+        let mut layers = lock(&self.layers);
+        layers.flushing = None;
+        if result.is_err() {
+            let newer = std::mem::take(&mut layers.pending);
+            let mut back = Overlay::default();
+            batch.entries().for_each(|e| back.put(e));
+            newer.entries().for_each(|e| back.put(e));
+            layers.pending = back;
+        }
+        result
+    }
+
+    /// The value of `k` in table `t`: the newest in memory, else the
+    /// database's.
+    fn get(&self, t: Tbl, k: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        if let Some(v) = lock(&self.layers).get(t, k) {
+            return Ok(v);
+        }
+        let r = self.db.begin_read().map_err(|e| db_err("begin", e))?;
+        let value = if t == Tbl::Misc {
+            let key = std::str::from_utf8(k).map_err(|e| db_err("misc key", e))?;
+            let table = r.open_table(MISC).map_err(|e| db_err("table", e))?;
+            table
+                .get(key)
+                .map_err(|e| db_err("get", e))?
+                .map(|v| v.value().to_vec())
+        } else {
+            let table = r
+                .open_table(byte_table(t))
+                .map_err(|e| db_err("table", e))?;
+            table
+                .get(k)
+                .map_err(|e| db_err("get", e))?
+                .map(|v| v.value().to_vec())
+        };
+        Ok(value)
+    }
+
+    /// Every key and value of a byte-keyed table, in key order, with the
+    /// in-memory layers applied.
+    fn scan(&self, t: Tbl) -> Result<std::collections::BTreeMap<Vec<u8>, Vec<u8>>, Error> {
+        let _flush = lock(&self.flush_lock);
+        let r = self.db.begin_read().map_err(|e| db_err("begin", e))?;
+        let table = r
+            .open_table(byte_table(t))
+            .map_err(|e| db_err("table", e))?;
+        let mut out = std::collections::BTreeMap::new();
+        for item in table.iter().map_err(|e| db_err("scan", e))? {
+            let (k, v) = item.map_err(|e| db_err("scan", e))?;
+            out.insert(k.value().to_vec(), v.value().to_vec());
+        }
+        let layers = lock(&self.layers);
+        // No flush runs (we hold its lock), so only `pending` can be set.
+        for (k, v) in &layers.pending.tables[t as usize] {
+            match v {
+                Some(v) => out.insert(k.clone(), v.clone()),
+                None => out.remove(k),
+            };
+        }
+        Ok(out)
+    }
+}
+
+/// The definition of a byte-keyed table (`misc`, keyed by `str`, is opened
+/// by its callers itself).
+fn byte_table(t: Tbl) -> TableDefinition<'static, &'static [u8], &'static [u8]> {
+    match t {
+        Tbl::Versions => VERSIONS,
+        Tbl::Local => LOCAL,
+        Tbl::Tombstones => TOMBSTONES,
+        Tbl::Resurrects => RESURRECTS,
+        Tbl::Leaves | Tbl::Misc => LEAVES,
+    }
 }
 
 impl Meta {
@@ -172,33 +410,32 @@ impl Meta {
                 e,
             )
         })?;
-        let w = db.begin_write().map_err(|e| db_err("begin", e))?;
-        {
-            w.open_table(VERSIONS).map_err(|e| db_err("table", e))?;
-            w.open_table(LOCAL).map_err(|e| db_err("table", e))?;
-            w.open_table(TOMBSTONES).map_err(|e| db_err("table", e))?;
-            w.open_table(RESURRECTS).map_err(|e| db_err("table", e))?;
-            w.open_table(LEAVES).map_err(|e| db_err("table", e))?;
-            w.open_table(MISC).map_err(|e| db_err("table", e))?;
-        }
-        w.commit().map_err(|e| db_err("commit", e))?;
+        commit(&db, std::iter::empty())?; // creates the tables
         Ok(Meta {
-            db: Arc::new(db),
+            inner: Arc::new(Inner {
+                db,
+                layers: Mutex::new(Layers::default()),
+                flush_lock: Mutex::new(()),
+            }),
             grouped: None,
         })
     }
 
-    /// Group the commits' `fsync`s within `window` (the agent's; the CLI
-    /// commits durably one by one). [`Meta::flush`] makes everything
-    /// durable at once (shutdown).
+    /// Write changes back in groups within `window` (the agent's; the CLI
+    /// commits durably one by one): a change is applied in memory at once,
+    /// seen by every read, and a background thread commits what gathered
+    /// in one durable transaction per window. [`Meta::flush`] commits
+    /// everything at once (shutdown).
     pub fn with_grouped_commits(mut self, window: std::time::Duration) -> Meta {
         // Weak: dropping the Meta closes the database; the syncer then has
         // nothing left to do.
-        let db = Arc::downgrade(&self.db);
+        let inner = Arc::downgrade(&self.inner);
         let flush = move || {
-            if let Some(db) = db.upgrade() {
-                if let Err(e) = durable_commit(&db) {
-                    tracing::warn!("{e}");
+            if let Some(inner) = inner.upgrade() {
+                if let Err(e) = inner.write_back() {
+                    tracing::warn!(
+                        "cannot write the metadata back: {e} (kept in memory; retrying)"
+                    );
                 }
             }
         };
@@ -209,169 +446,79 @@ impl Meta {
         self
     }
 
-    /// Make every commit so far durable.
+    /// Make every change so far durable.
     pub fn flush(&self) -> Result<(), Error> {
         if let Some(g) = &self.grouped {
             g.clear();
         }
-        durable_commit(&self.db)
+        self.inner.write_back()
     }
 
-    /// Apply `ops` in one transaction: durable at once, or within the window
-    /// when commits are grouped.
+    /// Apply `ops` atomically: durable at once, or (grouped) in memory now
+    /// and durable within the window, all in the same transaction.
     pub fn apply(&self, ops: &[Op]) -> Result<(), Error> {
         if ops.is_empty() {
             return Ok(());
         }
-        let mut w = self.db.begin_write().map_err(|e| db_err("begin", e))?;
-        if self.grouped.is_some() {
-            w.set_durability(Durability::None)
-                .map_err(|e| db_err("durability", e))?;
-        }
-        {
-            let mut versions = w.open_table(VERSIONS).map_err(|e| db_err("table", e))?;
-            let mut local = w.open_table(LOCAL).map_err(|e| db_err("table", e))?;
-            let mut tombs = w.open_table(TOMBSTONES).map_err(|e| db_err("table", e))?;
-            let mut resurrects = w.open_table(RESURRECTS).map_err(|e| db_err("table", e))?;
-            let mut leaves = w.open_table(LEAVES).map_err(|e| db_err("table", e))?;
-            let mut misc = w.open_table(MISC).map_err(|e| db_err("table", e))?;
-            for op in ops {
-                match op {
-                    Op::PutVersion { name, record, stat } => {
-                        versions
-                            .insert(name.as_bytes(), record.as_slice())
-                            .map_err(|e| db_err("insert", e))?;
-                        match stat {
-                            Some(s) => {
-                                local
-                                    .insert(name.as_bytes(), &s.to_bytes()[..])
-                                    .map_err(|e| db_err("insert", e))?;
-                            }
-                            None => {
-                                local
-                                    .remove(name.as_bytes())
-                                    .map_err(|e| db_err("remove", e))?;
-                            }
-                        }
-                    }
-                    Op::DelVersion(name) => {
-                        versions
-                            .remove(name.as_bytes())
-                            .map_err(|e| db_err("remove", e))?;
-                        local
-                            .remove(name.as_bytes())
-                            .map_err(|e| db_err("remove", e))?;
-                    }
-                    Op::PutList(which, name, list) => {
-                        let t = match which {
-                            List::Tombstones => &mut tombs,
-                            List::Resurrects => &mut resurrects,
-                        };
-                        if list.is_empty() {
-                            t.remove(name.as_bytes()).map_err(|e| db_err("remove", e))?;
-                        } else {
-                            t.insert(name.as_bytes(), list.as_slice())
-                                .map_err(|e| db_err("insert", e))?;
-                        }
-                    }
-                    Op::PutLeave(key, record) => {
-                        leaves
-                            .insert(key.as_slice(), record.as_slice())
-                            .map_err(|e| db_err("insert", e))?;
-                    }
-                    Op::PutMisc(key, v) => {
-                        misc.insert(*key, v.as_slice())
-                            .map_err(|e| db_err("insert", e))?;
-                    }
-                }
+        match &self.grouped {
+            None => commit(&self.inner.db, entries(ops).into_iter()),
+            Some(g) => {
+                let mut layers = lock(&self.inner.layers);
+                entries(ops).into_iter().for_each(|e| layers.pending.put(e));
+                drop(layers);
+                g.mark();
+                Ok(())
             }
         }
-        w.commit().map_err(|e| db_err("commit", e))?;
-        if let Some(g) = &self.grouped {
-            g.mark();
-        }
-        Ok(())
     }
 
     /// The record of `name`'s version and its recorded local stat.
     pub fn version(&self, name: &Name) -> Result<Option<Recorded>, Error> {
-        let r = self.db.begin_read().map_err(|e| db_err("begin", e))?;
-        let versions = r.open_table(VERSIONS).map_err(|e| db_err("table", e))?;
-        let local = r.open_table(LOCAL).map_err(|e| db_err("table", e))?;
-        let Some(rec) = versions
-            .get(name.as_bytes())
-            .map_err(|e| db_err("get", e))?
-        else {
+        let Some(rec) = self.inner.get(Tbl::Versions, name.as_bytes())? else {
             return Ok(None);
         };
-        let stat = local
-            .get(name.as_bytes())
-            .map_err(|e| db_err("get", e))?
-            .and_then(|v| LocalStat::from_bytes(v.value()));
-        Ok(Some((rec.value().to_vec(), stat)))
+        let stat = self
+            .inner
+            .get(Tbl::Local, name.as_bytes())?
+            .and_then(|v| LocalStat::from_bytes(&v));
+        Ok(Some((rec, stat)))
     }
 
     /// Every `(name, record, local stat)`.
     #[allow(clippy::type_complexity)]
     pub fn versions(&self) -> Result<Vec<(Vec<u8>, Vec<u8>, Option<LocalStat>)>, Error> {
-        let r = self.db.begin_read().map_err(|e| db_err("begin", e))?;
-        let versions = r.open_table(VERSIONS).map_err(|e| db_err("table", e))?;
-        let local = r.open_table(LOCAL).map_err(|e| db_err("table", e))?;
-        let mut out = Vec::new();
-        for item in versions.iter().map_err(|e| db_err("scan", e))? {
-            let (k, v) = item.map_err(|e| db_err("scan", e))?;
-            let stat = local
-                .get(k.value())
-                .map_err(|e| db_err("get", e))?
-                .and_then(|s| LocalStat::from_bytes(s.value()));
-            out.push((k.value().to_vec(), v.value().to_vec(), stat));
-        }
-        Ok(out)
+        let versions = self.inner.scan(Tbl::Versions)?;
+        let local = self.inner.scan(Tbl::Local)?;
+        Ok(versions
+            .into_iter()
+            .map(|(k, v)| {
+                let stat = local.get(&k).and_then(|s| LocalStat::from_bytes(s));
+                (k, v, stat)
+            })
+            .collect())
     }
 
     /// The encoded `which` list of `name` (empty if none).
     pub fn list(&self, which: List, name: &Name) -> Result<Vec<u8>, Error> {
-        let r = self.db.begin_read().map_err(|e| db_err("begin", e))?;
-        let t = r
-            .open_table(which.table())
-            .map_err(|e| db_err("table", e))?;
-        Ok(t.get(name.as_bytes())
-            .map_err(|e| db_err("get", e))?
-            .map(|v| v.value().to_vec())
+        Ok(self
+            .inner
+            .get(which.into(), name.as_bytes())?
             .unwrap_or_default())
     }
 
     /// Every `(signing key, leave record)`.
     pub fn leaves(&self) -> Result<Vec<NamedBytes>, Error> {
-        self.scan(LEAVES)
+        Ok(self.inner.scan(Tbl::Leaves)?.into_iter().collect())
     }
 
     /// Every `(name, encoded list)` of `which`.
     pub fn all_lists(&self, which: List) -> Result<Vec<NamedBytes>, Error> {
-        self.scan(which.table())
-    }
-
-    fn scan(
-        &self,
-        table: TableDefinition<'static, &'static [u8], &'static [u8]>,
-    ) -> Result<Vec<NamedBytes>, Error> {
-        let r = self.db.begin_read().map_err(|e| db_err("begin", e))?;
-        let t = r.open_table(table).map_err(|e| db_err("table", e))?;
-        let mut out = Vec::new();
-        for item in t.iter().map_err(|e| db_err("scan", e))? {
-            let (k, v) = item.map_err(|e| db_err("scan", e))?;
-            out.push((k.value().to_vec(), v.value().to_vec()));
-        }
-        Ok(out)
+        Ok(self.inner.scan(which.into())?.into_iter().collect())
     }
 
     /// A small value.
     pub fn misc(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
-        let r = self.db.begin_read().map_err(|e| db_err("begin", e))?;
-        let t = r.open_table(MISC).map_err(|e| db_err("table", e))?;
-        Ok(t.get(key)
-            .map_err(|e| db_err("get", e))?
-            .map(|v| v.value().to_vec()))
+        self.inner.get(Tbl::Misc, key.as_bytes())
     }
 }
 
@@ -400,6 +547,88 @@ mod tests {
         // Closed on drop, although the syncer thread lives on.
         let m = Meta::open(&path).unwrap();
         assert_eq!(m.misc("k").unwrap(), Some(vec![49]));
+    }
+
+    /// Everything a reader can ask, for comparing two databases.
+    #[allow(clippy::type_complexity)]
+    fn view(
+        m: &Meta,
+    ) -> (
+        Vec<Option<Recorded>>,
+        Vec<NamedBytes>,
+        Vec<NamedBytes>,
+        Vec<(Vec<u8>, Vec<u8>, Option<LocalStat>)>,
+        Option<Vec<u8>>,
+    ) {
+        let names = ["a", "b", "c"].map(n);
+        (
+            names.iter().map(|x| m.version(x).unwrap()).collect(),
+            m.all_lists(List::Tombstones).unwrap(),
+            m.all_lists(List::Resurrects).unwrap(),
+            m.versions().unwrap(),
+            m.misc("k").unwrap(),
+        )
+    }
+
+    fn op_strategy() -> impl proptest::strategy::Strategy<Value = Option<Op>> {
+        use proptest::prelude::*;
+        let name = prop::sample::select(vec!["a", "b", "c"]).prop_map(n);
+        let bytes = prop::collection::vec(any::<u8>(), 0..4);
+        prop_oneof![
+            (name.clone(), bytes.clone(), any::<Option<u8>>()).prop_map(|(name, record, s)| {
+                Some(Op::PutVersion {
+                    name,
+                    record,
+                    stat: s.map(|i| LocalStat {
+                        ino: i as u64,
+                        size: 1,
+                        mtime_ns: -1,
+                    }),
+                })
+            }),
+            name.clone().prop_map(|x| Some(Op::DelVersion(x))),
+            (any::<bool>(), name, bytes.clone()).prop_map(|(t, x, b)| {
+                let which = if t {
+                    List::Tombstones
+                } else {
+                    List::Resurrects
+                };
+                Some(Op::PutList(which, x, b))
+            }),
+            bytes.prop_map(|b| Some(Op::PutMisc("k", b))),
+            Just(None), // a flush
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// The write-back layers are invisible: after every step a grouped
+        /// database reads like one that commits each change at once, and
+        /// after a flush and a reopen it holds the same.
+        #[test]
+        fn write_back_reads_like_direct_commits(
+            steps in proptest::collection::vec(proptest::collection::vec(op_strategy(), 1..3), 1..25)
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let direct = Meta::open(&dir.path().join("direct.redb")).unwrap();
+            let path = dir.path().join("grouped.redb");
+            let grouped = Meta::open(&path)
+                .unwrap()
+                .with_grouped_commits(std::time::Duration::from_secs(3600));
+            for step in steps {
+                let ops: Vec<Op> = step.iter().flatten().cloned().collect();
+                if step.iter().any(|o| o.is_none()) {
+                    grouped.flush().unwrap();
+                }
+                direct.apply(&ops).unwrap();
+                grouped.apply(&ops).unwrap();
+                proptest::prop_assert_eq!(view(&grouped), view(&direct));
+            }
+            grouped.flush().unwrap();
+            drop(grouped);
+            let reopened = Meta::open(&path).unwrap();
+            proptest::prop_assert_eq!(view(&reopened), view(&direct));
+        }
     }
 
     #[test]

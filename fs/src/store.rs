@@ -54,8 +54,32 @@ pub struct Entry {
     pub is_age: bool,
 }
 
+/// Who a file is sealed to: the age recipients and the envoys they belong
+/// to, read together from one snapshot. The envoys go into the version's
+/// record, so a member change during a seal shows as drift and the file is
+/// re-encrypted; naming the members at record time instead would hide a
+/// departed member's key in a file sealed just before it left.
+#[derive(Debug, Clone, Default)]
+pub struct SealTo {
+    /// The age recipients.
+    pub keys: Vec<AgeRecipient>,
+    /// Their envoys' names (empty when not known: the record then names the
+    /// members at the time it is written).
+    pub envoys: Vec<String>,
+}
+
+impl SealTo {
+    /// Recipients whose envoys are not known (tests, tools).
+    pub fn keys(keys: Vec<AgeRecipient>) -> SealTo {
+        SealTo {
+            keys,
+            envoys: Vec::new(),
+        }
+    }
+}
+
 /// What a completed seal produced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sealed {
     /// Plaintext bytes sealed.
     pub plaintext_len: u64,
@@ -63,6 +87,8 @@ pub struct Sealed {
     pub ciphertext_len: u64,
     /// SHA-256 of the ciphertext.
     pub hash: Sha256,
+    /// The envoys it is sealed to ([`SealTo::envoys`]).
+    pub envoys: Vec<String>,
 }
 
 /// What a sweep did (SPEC §5.4).
@@ -316,13 +342,13 @@ impl Store {
         &self,
         name: &Name,
         plaintext: impl Read,
-        recipients: &[AgeRecipient],
+        recipients: &SealTo,
         max_size: u64,
     ) -> Result<Sealed, Error> {
         self.write_atomic(
             name,
             |file| seal_into(file, name, plaintext, recipients, max_size),
-            |s| Some(*s),
+            |s| Some(s.clone()),
         )
     }
 
@@ -447,7 +473,7 @@ impl Store {
     /// to `max_size` are sealed and their plaintext replaced atomically;
     /// larger ones stay and are reported; a file that fails to seal is
     /// renamed `NAME.<unix_ts>.failed`.
-    pub fn sweep(&self, recipients: &[AgeRecipient], max_size: u64) -> Result<SweepReport, Error> {
+    pub fn sweep(&self, recipients: &SealTo, max_size: u64) -> Result<SweepReport, Error> {
         let mut report = SweepReport::default();
         for entry in self.list()? {
             if entry.state != FileState::Plaintext {
@@ -482,7 +508,7 @@ impl Store {
     pub fn import_dir(
         &self,
         dir: &Path,
-        recipients: &[AgeRecipient],
+        recipients: &SealTo,
         max_size: u64,
     ) -> Result<SweepReport, Error> {
         let mut report = SweepReport::default();
@@ -564,7 +590,7 @@ pub fn seal_into(
     file: &mut File,
     name: &Name,
     plaintext: impl Read,
-    recipients: &[AgeRecipient],
+    recipients: &SealTo,
     max_size: u64,
 ) -> Result<Sealed, Error> {
     let mut limited = plaintext.take(max_size.saturating_add(1));
@@ -572,7 +598,7 @@ pub fn seal_into(
     // while this one encrypts.
     let sink_error = |e| Error::io("write", Path::new("the store's temp file"), e);
     let (n, hasher) = offloaded(HashingWriter::new(file), 1 << 20, sink_error, |out| {
-        let mut sealer = Sealer::new(recipients, out)?;
+        let mut sealer = Sealer::new(&recipients.keys, out)?;
         let n = pump(&mut limited, &mut sealer)?;
         if n > max_size {
             return Err(Error::TooLarge {
@@ -588,6 +614,7 @@ pub fn seal_into(
         plaintext_len: n,
         ciphertext_len,
         hash,
+        envoys: recipients.envoys.clone(),
     })
 }
 
@@ -736,7 +763,7 @@ mod tests {
             .seal(
                 &n("key"),
                 Cursor::new(b"secret bytes"),
-                &[id.to_public()],
+                &SealTo::keys(vec![id.to_public()]),
                 1 << 20,
             )
             .unwrap();
@@ -758,10 +785,20 @@ mod tests {
     fn too_large_changes_nothing() {
         let (dir, store, id) = setup();
         store
-            .seal(&n("f"), Cursor::new(b"old"), &[id.to_public()], 10)
+            .seal(
+                &n("f"),
+                Cursor::new(b"old"),
+                &SealTo::keys(vec![id.to_public()]),
+                10,
+            )
             .unwrap();
         let err = store
-            .seal(&n("f"), Cursor::new(vec![7u8; 11]), &[id.to_public()], 10)
+            .seal(
+                &n("f"),
+                Cursor::new(vec![7u8; 11]),
+                &SealTo::keys(vec![id.to_public()]),
+                10,
+            )
             .unwrap_err();
         assert!(matches!(err, Error::TooLarge { .. }), "{err}");
         let f = store.open_file(&n("f")).unwrap();
@@ -779,9 +816,16 @@ mod tests {
         }
         let (_dir, store, id) = setup();
         store
-            .seal(&n("f"), Cursor::new(b"old"), &[id.to_public()], 10)
+            .seal(
+                &n("f"),
+                Cursor::new(b"old"),
+                &SealTo::keys(vec![id.to_public()]),
+                10,
+            )
             .unwrap();
-        assert!(store.seal(&n("f"), Broken, &[id.to_public()], 10).is_err());
+        assert!(store
+            .seal(&n("f"), Broken, &SealTo::keys(vec![id.to_public()]), 10)
+            .is_err());
         let f = store.open_file(&n("f")).unwrap();
         assert_eq!(&open_to_vec(&id, f).unwrap()[..], b"old");
     }
@@ -789,7 +833,7 @@ mod tests {
     #[test]
     fn list_states_and_sweep() {
         let (dir, store, id) = setup();
-        let r = [id.to_public()];
+        let r = SealTo::keys(vec![id.to_public()]);
         store.seal(&n("a"), Cursor::new(b"aa"), &r, 100).unwrap();
         fs::write(store.path_of(&n("plain")), b"dropped in by hand").unwrap();
         fs::write(store.path_of(&n("big")), vec![1u8; 200]).unwrap();
@@ -831,7 +875,7 @@ mod tests {
     fn sweep_with_no_recipients_marks_failed() {
         let (_dir, store, _id) = setup();
         fs::write(store.path_of(&n("p")), b"plain").unwrap();
-        let rep = store.sweep(&[], 100).unwrap();
+        let rep = store.sweep(&SealTo::default(), 100).unwrap();
         assert_eq!(rep.failed.len(), 1);
         assert!(!store.contains(&n("p")));
         assert_eq!(rep.failed[0].1.kind(), NameKind::Failed);
@@ -845,7 +889,9 @@ mod tests {
         fs::create_dir(&bare).unwrap();
         fs::write(bare.join("notes"), b"hello").unwrap();
         fs::write(bare.join("huge"), vec![0u8; 50]).unwrap();
-        let rep = store.import_dir(&bare, &[id.to_public()], 10).unwrap();
+        let rep = store
+            .import_dir(&bare, &SealTo::keys(vec![id.to_public()]), 10)
+            .unwrap();
         assert_eq!(rep.sealed, vec![n("notes")]);
         assert_eq!(rep.too_large, vec![n("huge")]);
         assert!(!bare.join("notes").exists() && bare.join("huge").exists());
@@ -861,7 +907,12 @@ mod tests {
             .with_grouped_dir_sync(std::time::Duration::from_millis(5));
         let id = identity::generate();
         store
-            .seal(&n("g"), Cursor::new(b"grouped"), &[id.to_public()], 100)
+            .seal(
+                &n("g"),
+                Cursor::new(b"grouped"),
+                &SealTo::keys(vec![id.to_public()]),
+                100,
+            )
             .unwrap();
         // Visible immediately; only the folder's durability is deferred.
         let f = store.open_file(&n("g")).unwrap();

@@ -661,6 +661,7 @@ impl Replica {
         };
         let recipients = match (moved, sealed) {
             (Some(m), None) => m.body().recipients.clone(),
+            (_, Some(s)) => sealed_to(&s.envoys).unwrap_or_else(|| self.member_names()),
             _ => self.member_names(),
         };
         let signed = if let Some(orig) = reseal_of {
@@ -1053,7 +1054,7 @@ impl Replica {
                 encode_records(&all),
             )])
             .map_err(|e| e.to_string())?;
-        tracing::info!("{name} re-added: its delete is lifted on every envoy");
+        tracing::debug!("{name} re-added: its delete is lifted on every envoy");
         self.emit(Outgoing::Resurrect(r.clone()));
         Ok(r)
     }
@@ -1303,6 +1304,19 @@ impl Replica {
         Ok(true)
     }
 
+    /// Whether the record of `name` names an envoy that is not a member
+    /// (one that left): its file should be re-encrypted. A record that only
+    /// lacks a member is left to the re-encryption that follows a join, so
+    /// two envoys that disagree about a new member do not re-seal back and
+    /// forth.
+    pub fn sealed_to_outsiders(&self, name: &Name) -> bool {
+        let Ok(Some(rec)) = self.record(name) else {
+            return false;
+        };
+        let members = self.member_names();
+        rec.body().recipients.iter().any(|r| !members.contains(r))
+    }
+
     /// Names whose record is sealed to a set other than the members.
     pub fn drift(&self) -> Vec<Name> {
         let members = self.member_names();
@@ -1320,6 +1334,21 @@ impl Replica {
 
 /// Length of the plaintext and ciphertext, and the ciphertext hash, of a
 /// store file (read through once).
+/// The envoys a seal named, sorted as the members are; `None` if it named
+/// none or one that cannot be a name (the members are recorded then).
+fn sealed_to(envoys: &[String]) -> Option<Vec<WireName>> {
+    if envoys.is_empty() {
+        return None;
+    }
+    let mut names: Vec<WireName> = envoys
+        .iter()
+        .map(|e| WireName::new(e.clone()).ok())
+        .collect::<Option<_>>()?;
+    names.sort();
+    names.dedup();
+    Some(names)
+}
+
 fn describe_file(path: &Path) -> Result<(u64, u64, Sha256), String> {
     let mut f = fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let header = lockbox_crypto::seal::read_header(&mut f)

@@ -311,10 +311,15 @@ pub fn resolve<'a>(a: &'a Candidate, b: &'a Candidate) -> Resolution<'a> {
         Causality::After => Resolution::Supersedes { newer: a, older: b },
         Causality::Equal if a.hash == b.hash => Resolution::Same,
         // Equal vectors and a re-encryption on either side: the same content
-        // under different recipients. Keep the later one, then the one
-        // sealed to more envoys, then the greater hash; no conflict copy.
+        // under different recipients. Keep the later one; within the same
+        // second the re-encryption (made from the other, so after it), then
+        // the one sealed to more envoys, then the greater hash; no conflict
+        // copy. Preferring more envoys first would let the original, still
+        // sealed to a member who just left, win over its re-encryption when
+        // both fall in one second.
         Causality::Equal if a.reseal || b.reseal => {
-            if (a.sealed_unix, a.recipients, a.hash) < (b.sealed_unix, b.recipients, b.hash) {
+            let key = |c: &Candidate| (c.sealed_unix, c.reseal, c.recipients, c.hash);
+            if key(a) < key(b) {
                 Resolution::Supersedes { newer: b, older: a }
             } else {
                 Resolution::Supersedes { newer: a, older: b }
@@ -495,6 +500,26 @@ mod tests {
         assert!(
             matches!(resolve(&reseal, &edit), Resolution::Supersedes { newer, .. } if newer == &edit)
         );
+    }
+
+    /// A member left within the second the file was written: the re-seal
+    /// without it has fewer recipients and the same time, and must still
+    /// replace the original everywhere, or the departed key could read the
+    /// copy that wins.
+    #[test]
+    fn a_same_second_reseal_to_fewer_envoys_beats_its_original() {
+        let v = vv(&[("desk", 1)]);
+        let mut original = candidate(v.clone(), "desk", 10, 9);
+        original.recipients = 3;
+        let mut reseal = candidate(v, "laptop", 10, 1);
+        reseal.reseal = true;
+        reseal.recipients = 2;
+        for (a, b) in [(&original, &reseal), (&reseal, &original)] {
+            match resolve(a, b) {
+                Resolution::Supersedes { newer, .. } => assert_eq!(newer, &reseal),
+                other => panic!("expected the reseal to replace, got {other:?}"),
+            }
+        }
     }
 
     #[test]

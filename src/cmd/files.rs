@@ -226,7 +226,7 @@ pub fn reencrypt(paths: &Paths) -> anyhow::Result<()> {
                     b.finish_and_clear();
                 }
                 let members = crate::envoy::read_recipients(&paths.recipients())
-                    .map(|r| r.len())
+                    .map(|r| r.keys.len())
                     .unwrap_or(0);
                 println!(
                     "re-encrypted {resealed} of {total} file(s) to the {members} current member(s)"
