@@ -555,7 +555,15 @@ impl LockboxFs {
                     let _ = File::open(self.store.path_of(&name)).and_then(|f| f.set_modified(t));
                 }
                 tracing::debug!("sealed {name} ({} bytes)", sealed.plaintext_len);
-                self.prime_cache(&name, &st.pages);
+                // The new version's plaintext size is known: `stat` after
+                // the release need not read its header.
+                if let Ok(meta) = self.store.path_of(&name).symlink_metadata() {
+                    let version = Version::of(&meta);
+                    if let Some(n) = lock(&self.inner).nodes.get_mut(&ino) {
+                        n.size_cache = Some((version, sealed.plaintext_len));
+                    }
+                    self.prime_cache(version, &st.pages);
+                }
                 self.keys.sealed(&name, &sealed);
                 Ok(())
             }
@@ -569,15 +577,11 @@ impl LockboxFs {
     /// After a seal, keep a small file's plaintext as decrypted chunks of its
     /// new version, so reading it back costs no decryption. Only while
     /// unlocked: locked, plaintext must not outlive the writer's close.
-    fn prime_cache(&self, name: &Name, pages: &Pages) {
+    fn prime_cache(&self, version: Version, pages: &Pages) {
         let budget = self.config.cache_bytes as u64 / 4;
         if pages.len() > budget || !self.keys.is_unlocked() {
             return;
         }
-        let Ok(meta) = self.store.path_of(name).symlink_metadata() else {
-            return;
-        };
-        let version = Version::of(&meta);
         let mut cache = lock(&self.cache);
         for idx in 0..pages.len().div_ceil(CHUNK_SIZE) {
             let start = idx * CHUNK_SIZE;
@@ -1396,8 +1400,9 @@ impl Filesystem for Mounted {
                 let mut inner = lock(&fs.inner);
                 if let Some(n) = inner.nodes.get_mut(&ino) {
                     if n.staged.as_ref().is_some_and(|s| Arc::ptr_eq(s, staged)) {
+                        // The size cache stays: it is keyed by the store
+                        // version it describes.
                         n.staged = None;
-                        n.size_cache = None;
                     }
                 }
             }
