@@ -374,6 +374,16 @@ impl Inner {
     }
 }
 
+impl Drop for Inner {
+    /// Closing writes back what is still in memory (the agent also flushes
+    /// at shutdown; this covers any other owner).
+    fn drop(&mut self) {
+        if let Err(e) = self.write_back() {
+            tracing::warn!("cannot write the metadata back at close: {e}");
+        }
+    }
+}
+
 /// The definition of a byte-keyed table (`misc`, keyed by `str`, is opened
 /// by its callers itself).
 fn byte_table(t: Tbl) -> TableDefinition<'static, &'static [u8], &'static [u8]> {
@@ -547,6 +557,19 @@ mod tests {
         // Closed on drop, although the syncer thread lives on.
         let m = Meta::open(&path).unwrap();
         assert_eq!(m.misc("k").unwrap(), Some(vec![49]));
+        drop(m);
+        // Dropping writes back what is still in memory (a window of an
+        // hour: only the drop can have written it).
+        {
+            let m = Meta::open(&path)
+                .unwrap()
+                .with_grouped_commits(std::time::Duration::from_secs(3600));
+            m.apply(&[Op::PutMisc("k", vec![50])]).unwrap();
+        }
+        assert_eq!(
+            Meta::open(&path).unwrap().misc("k").unwrap(),
+            Some(vec![50])
+        );
     }
 
     /// Everything a reader can ask, for comparing two databases.
