@@ -482,6 +482,16 @@ mod tests {
         }
     }
 
+    /// `newer` replaces `older` without a conflict copy, in either order.
+    fn assert_replaces(older: &Candidate, newer: &Candidate) {
+        for (a, b) in [(older, newer), (newer, older)] {
+            match resolve(a, b) {
+                Resolution::Supersedes { newer: n, .. } => assert_eq!(n, newer),
+                other => panic!("expected {newer:?} to replace, got {other:?}"),
+            }
+        }
+    }
+
     #[test]
     fn a_reseal_replaces_without_a_conflict_copy() {
         let v = vv(&[("desk", 2)]);
@@ -489,12 +499,7 @@ mod tests {
         let mut reseal = candidate(v, "desk", 10, 9);
         reseal.reseal = true;
         reseal.recipients = 3;
-        for (a, b) in [(&original, &reseal), (&reseal, &original)] {
-            match resolve(a, b) {
-                Resolution::Supersedes { newer, .. } => assert_eq!(newer, &reseal),
-                other => panic!("expected the reseal to replace, got {other:?}"),
-            }
-        }
+        assert_replaces(&original, &reseal);
         // An edit made after the original still supersedes the reseal.
         let edit = candidate(vv(&[("desk", 2), ("laptop", 1)]), "laptop", 5, 2);
         assert!(
@@ -514,12 +519,7 @@ mod tests {
         let mut reseal = candidate(v, "laptop", 10, 1);
         reseal.reseal = true;
         reseal.recipients = 2;
-        for (a, b) in [(&original, &reseal), (&reseal, &original)] {
-            match resolve(a, b) {
-                Resolution::Supersedes { newer, .. } => assert_eq!(newer, &reseal),
-                other => panic!("expected the reseal to replace, got {other:?}"),
-            }
-        }
+        assert_replaces(&original, &reseal);
     }
 
     #[test]
@@ -537,12 +537,7 @@ mod tests {
             c.reseal = true;
             c.recipients = 3;
         }
-        for (a, b) in [(&first, &later), (&later, &first)] {
-            match resolve(a, b) {
-                Resolution::Supersedes { newer, .. } => assert_eq!(newer, &later),
-                other => panic!("expected the later reseal to replace, got {other:?}"),
-            }
-        }
+        assert_replaces(&first, &later);
         // Later beats sealed to more envoys (a member left in between) …
         first.recipients = 4;
         assert!(
