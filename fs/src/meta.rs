@@ -139,6 +139,16 @@ enum Tbl {
 
 const TABLES: usize = 6;
 
+/// Every table, in index order.
+const ALL_TABLES: [Tbl; TABLES] = [
+    Tbl::Versions,
+    Tbl::Local,
+    Tbl::Tombstones,
+    Tbl::Resurrects,
+    Tbl::Leaves,
+    Tbl::Misc,
+];
+
 impl From<List> for Tbl {
     fn from(l: List) -> Tbl {
         match l {
@@ -205,17 +215,10 @@ impl Overlay {
     }
 
     fn entries(&self) -> impl Iterator<Item = Entry> + '_ {
-        self.tables.iter().enumerate().flat_map(|(i, t)| {
-            let tbl = [
-                Tbl::Versions,
-                Tbl::Local,
-                Tbl::Tombstones,
-                Tbl::Resurrects,
-                Tbl::Leaves,
-                Tbl::Misc,
-            ][i];
-            t.iter().map(move |(k, v)| (tbl, k.clone(), v.clone()))
-        })
+        ALL_TABLES
+            .into_iter()
+            .zip(&self.tables)
+            .flat_map(|(tbl, t)| t.iter().map(move |(k, v)| (tbl, k.clone(), v.clone())))
     }
 }
 
@@ -444,7 +447,8 @@ impl Meta {
             if let Some(inner) = inner.upgrade() {
                 if let Err(e) = inner.write_back() {
                     tracing::warn!(
-                        "cannot write the metadata back: {e} (kept in memory; retrying)"
+                        "cannot write the metadata back: {e} (kept in memory; tried again \
+                         with the next change and at shutdown)"
                     );
                 }
             }
