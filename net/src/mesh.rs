@@ -632,7 +632,9 @@ impl Mesh {
             Some(why)
         };
         let peer_digests = hello.digests();
+        let mut changed = false;
         self.seen(addr, |p| {
+            changed = p.refused != refused;
             p.envoy = Some(hello.envoy.clone());
             p.instance = Some(hello.instance);
             p.member = is_member;
@@ -642,7 +644,10 @@ impl Mesh {
             p.digests = Some(peer_digests);
         });
         if let Some(why) = refused {
-            tracing::warn!("peer {addr} ({}) refused: {why}", hello.envoy);
+            // Logged when it changes, not at every hello.
+            if changed {
+                tracing::warn!("peer {addr} ({}) refused: {why}", hello.envoy);
+            }
             return Ok(());
         }
         self.catch_up(addr, peer_digests).await

@@ -201,6 +201,10 @@ pub struct Replica {
     circle: PublicKey,
     paths: ReplicaPaths,
     members: RwLock<Members>,
+    /// This envoy's own endorsement, kept apart from `members`: after it
+    /// learns it left, it still shows it in every hello, so the others can
+    /// say why they refuse it (it left) instead of "no endorsement".
+    own: Option<Signed<Endorsement>>,
     /// Where new local versions and tombstones go (set by the mesh).
     outgoing: Mutex<Option<tokio::sync::mpsc::UnboundedSender<Outgoing>>>,
     /// Called with every name a peer changed (the agent drops the kernel's
@@ -285,6 +289,11 @@ impl Replica {
             meta = meta.with_grouped_commits(window);
         }
         let mut members = load_members(&paths.members, &circle, &user);
+        let own = members
+            .by_envoy
+            .get(envoy.as_str())
+            .filter(|e| e.body().signing_key == signing.public())
+            .cloned();
         let departed: Vec<PublicKey> = meta
             .leaves()
             .unwrap_or_default()
@@ -304,6 +313,7 @@ impl Replica {
             circle,
             paths,
             members: RwLock::new(members),
+            own,
             outgoing: Mutex::new(None),
             on_remote_change: Mutex::new(None),
             on_members_change: Mutex::new(None),
@@ -346,18 +356,14 @@ impl Replica {
         self.members.read().map(|m| m.clone()).unwrap_or_default()
     }
 
-    /// This envoy's own endorsement, in wire form.
+    /// This envoy's own endorsement, in wire form (also after it left).
     pub fn own_endorsement(&self) -> Option<Vec<u8>> {
-        let m = self.members.read().ok()?;
-        m.by_envoy.get(self.envoy.as_str()).map(|s| s.to_bytes())
+        self.own.as_ref().map(|s| s.to_bytes())
     }
 
     /// This envoy's own age recipient, from its endorsement.
     pub fn own_recipient(&self) -> Option<String> {
-        let m = self.members.read().ok()?;
-        m.by_envoy
-            .get(self.envoy.as_str())
-            .map(|s| s.body().recipient.clone())
+        self.own.as_ref().map(|s| s.body().recipient.clone())
     }
 
     /// Send new local versions and tombstones to `tx` from now on.
@@ -406,6 +412,10 @@ impl Replica {
         let mut added = Vec::new();
         let mut refused = Vec::new();
         for bytes in endorsements.iter().take(crate::version::MAX_ENTRIES) {
+            if bytes.is_empty() {
+                refused.push("the peer sent no endorsement".to_string());
+                continue;
+            }
             let signed = match Signed::<Endorsement>::from_bytes(bytes) {
                 Ok(s) => s,
                 Err(e) => {
@@ -1131,7 +1141,11 @@ impl Replica {
                 .collect();
             for n in &gone {
                 members.by_envoy.remove(n);
-                let _ = fs::remove_file(self.paths.members.join(format!("{n}.endorsement")));
+                // Our own stays on disk: it is how this envoy tells the
+                // others who it is (and they answer that it left).
+                if body.signing_key != self.signing.public() {
+                    let _ = fs::remove_file(self.paths.members.join(format!("{n}.endorsement")));
+                }
             }
             gone
         };
@@ -1449,5 +1463,114 @@ fn write_file_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     match path.parent() {
         Some(dir) => fs::File::open(dir)?.sync_all(),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lockbox_crypto::circle::CircleKey;
+    use lockbox_crypto::kdf::KdfParams;
+    use secrecy::SecretString;
+
+    /// An envoy of user alice: its state dir, the seed of its signing key
+    /// and its endorsement.
+    struct Envoy {
+        state: PathBuf,
+        name: &'static str,
+        seed: [u8; 32],
+        endorsement: Signed<Endorsement>,
+    }
+
+    impl Envoy {
+        fn new(dir: &Path, circle: &CircleKey, name: &'static str, seed: u8) -> Envoy {
+            let state = dir.join(name);
+            fs::create_dir_all(state.join("members")).unwrap();
+            fs::write(state.join("circle.pub"), circle.public().to_base64()).unwrap();
+            let seed = [seed; 32];
+            let endorsement = circle.endorse(Endorsement {
+                user: "alice".into(),
+                envoy: name.into(),
+                recipient: lockbox_crypto::identity::generate().to_public().to_string(),
+                signing_key: SigningKey::from_seed(&seed).public(),
+                created_unix: 1,
+            });
+            Envoy {
+                state,
+                name,
+                seed,
+                endorsement,
+            }
+        }
+
+        /// Record `e` as a member in this envoy's `members/`.
+        fn knows(&self, e: &Envoy) {
+            let file = self
+                .state
+                .join("members")
+                .join(format!("{}.endorsement", e.name));
+            fs::write(file, e.endorsement.to_bytes()).unwrap();
+        }
+
+        fn open(&self) -> Arc<Replica> {
+            let paths = ReplicaPaths {
+                members: self.state.join("members"),
+                circle_public: self.state.join("circle.pub"),
+                recipients: self.state.join("recipients.txt"),
+                meta: self.state.join("meta.redb"),
+            };
+            Replica::open(
+                WireName::new("alice").unwrap(),
+                WireName::new(self.name).unwrap(),
+                Store::open(&self.state).unwrap(),
+                SigningKey::from_seed(&self.seed),
+                paths,
+            )
+            .unwrap()
+        }
+    }
+
+    #[test]
+    fn a_departed_envoy_still_shows_who_it_is_and_is_told_it_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let pass = SecretString::from("pw pw pw".to_string());
+        let circle = CircleKey::derive(&pass, "alice", KdfParams::TEST).unwrap();
+        let a = Envoy::new(dir.path(), &circle, "alpha", 1);
+        let c = Envoy::new(dir.path(), &circle, "charlie", 2);
+        for x in [&a, &c] {
+            x.knows(&a);
+            x.knows(&c);
+        }
+        let alpha = a.open();
+        let charlie = c.open();
+        let own = Some(c.endorsement.to_bytes());
+        assert_eq!(charlie.own_endorsement(), own);
+
+        let leave = charlie.leave().unwrap();
+        assert!(alpha.apply_leave(&leave).unwrap());
+        assert_eq!(alpha.members().names(), ["alpha"]);
+        assert_eq!(charlie.members().names(), ["alpha"]);
+        // Charlie knows it left, yet still presents its endorsement, also
+        // after a restart ...
+        assert!(charlie.departed().is_some());
+        assert_eq!(charlie.own_endorsement(), own);
+        drop(charlie);
+        let charlie = c.open();
+        assert!(charlie.departed().is_some());
+        assert_eq!(charlie.members().names(), ["alpha"]);
+        assert_eq!(charlie.own_endorsement(), own);
+        // ... so alpha can say why it refuses it ...
+        let (added, refused) = alpha.learn_members(&[c.endorsement.to_bytes()]);
+        assert!(added.is_empty());
+        assert_eq!(refused.len(), 1);
+        assert!(
+            refused[0].contains("\"charlie\" left this circle"),
+            "{}",
+            refused[0]
+        );
+        assert_eq!(alpha.members().names(), ["alpha"]);
+        // ... and a hello without one is named as such.
+        let (_, refused) = alpha.learn_members(&[Vec::new()]);
+        assert_eq!(refused, ["the peer sent no endorsement"]);
     }
 }
