@@ -574,6 +574,27 @@ impl LockboxFs {
         }
     }
 
+    /// Seal what was written through handle `fh` since its last seal (flush
+    /// and fsync); a failed seal leaves it to be tried again.
+    fn seal_written(&self, fh: u64) -> Result<(), Errno> {
+        match self.handle(FileHandle(fh)).as_deref() {
+            Ok(Handle::Staged {
+                ino,
+                staged,
+                write: true,
+                wrote,
+            }) if wrote.swap(false, Ordering::Relaxed) => {
+                let r = self.seal_staged(*ino, &mut lock(staged));
+                if r.is_err() {
+                    wrote.store(true, Ordering::Relaxed);
+                }
+                r
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(*e),
+        }
+    }
+
     /// After a seal, keep a small file's plaintext as decrypted chunks of its
     /// new version, so reading it back costs no decryption. Only while
     /// unlocked: locked, plaintext must not outlive the writer's close.
@@ -1331,24 +1352,9 @@ impl Filesystem for Mounted {
         _lo: LockOwner,
         reply: ReplyEmpty,
     ) {
-        let fs = &self.0;
-        match fs.handle(fh).as_deref() {
-            Ok(Handle::Staged {
-                ino,
-                staged,
-                write: true,
-                wrote,
-            }) if wrote.swap(false, Ordering::Relaxed) => {
-                match fs.seal_staged(*ino, &mut lock(staged)) {
-                    Ok(()) => reply.ok(),
-                    Err(e) => {
-                        wrote.store(true, Ordering::Relaxed);
-                        reply.error(e)
-                    }
-                }
-            }
-            Ok(_) => reply.ok(),
-            Err(e) => reply.error(*e),
+        match self.0.seal_written(fh.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
         }
     }
 
@@ -1360,9 +1366,22 @@ impl Filesystem for Mounted {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        // A seal is durable when it returns (fsync of file and folder), so
-        // fsync means: seal now if anything changed.
-        self.flush(_req, _ino, fh, LockOwner(0), reply)
+        // fsync means: seal now if anything changed, then make the rename
+        // of what is sealed durable. A seal syncs its content, but the
+        // agent groups the folder syncs (`Store::with_grouped_dir_sync`), so
+        // a rename of the last window, by this seal or by the close before
+        // this fsync, may still be pending.
+        let fs = &self.0;
+        if let Err(e) = fs.seal_written(fh.0) {
+            return reply.error(e);
+        }
+        match fs.store.sync_dir_now() {
+            Ok(()) => reply.ok(),
+            Err(e) => {
+                tracing::warn!("fsync: {e}");
+                reply.error(Errno::EIO)
+            }
+        }
     }
 
     fn release(

@@ -1072,3 +1072,126 @@ fn stop_unmounts_and_a_restart_mounts_again() {
         "{ty:?}"
     );
 }
+
+/// `strace` attached to every thread of a process, logging its `fsync`s
+/// with wall-clock times; detached when dropped, pass or fail.
+struct FsyncTrace {
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl FsyncTrace {
+    /// Attach to `pid` and return once every thread of it is traced.
+    fn attach(pid: u32, log: PathBuf) -> FsyncTrace {
+        let mut child = Command::new("strace")
+            .args(["-f", "-ttt", "-y", "-e", "trace=fsync,fdatasync", "-o"])
+            .arg(&log)
+            .args(["-p", &pid.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run strace");
+        let stderr = child.stderr.take().expect("stderr");
+        let trace = FsyncTrace { child, log };
+        // strace says "Process N attached with K threads" once it traces
+        // every thread.
+        let (tx, rx) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        loop {
+            match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(line) if line.contains("attached") => break,
+                Ok(_) => {}
+                Err(_) => panic!("strace did not attach to the agent within 30 s"),
+            }
+        }
+        trace
+    }
+
+    /// Detach; the times of the syncs of `dir` that succeeded.
+    fn syncs_of(mut self, dir: &Path) -> Vec<f64> {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        let needle = format!("<{}>)", dir.display());
+        fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(&needle) && l.trim_end().ends_with("= 0"))
+            // "TID SECONDS.MICROS fsync(FD<PATH>) = 0"
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            .collect()
+    }
+}
+
+impl Drop for FsyncTrace {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// fsync(2) returns only once the new version's rename is durable: the
+/// agent groups the syncs of the store folder across closes, so the fsync
+/// handler syncs the folder itself — after sealing, and also for a file
+/// closed (sealed, its rename still pending) just before it was reopened.
+#[test]
+fn fsync_waits_for_the_store_folder_sync() {
+    require_fuse!();
+    require!(
+        on_path("strace"),
+        "strace not found (apt-get install strace)"
+    );
+    let m = Mounted::unlocked();
+    fs::write(m.at("warm"), b"warm").unwrap();
+    let pid = m.agent_pid().expect("agent pid");
+    let store = fs::canonicalize(m.e.state().join("store")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let trace = FsyncTrace::attach(pid, dir.path().join("strace.log"));
+
+    // Written and fsynced through one handle.
+    let mut f = fs::File::create(m.at("one")).unwrap();
+    f.write_all(b"first").unwrap();
+    let t0 = unix_now();
+    f.sync_all().unwrap();
+    let t1 = unix_now();
+    drop(f);
+    // Written, closed (sealed; the folder sync is left to the window),
+    // reopened at once and fsynced with nothing new to seal.
+    fs::write(m.at("two"), b"second").unwrap();
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(m.at("two"))
+        .unwrap();
+    let t2 = unix_now();
+    f.sync_all().unwrap();
+    let t3 = unix_now();
+    drop(f);
+
+    let syncs = trace.syncs_of(&store);
+    for (what, a, b) in [("write + fsync", t0, t1), ("close, reopen, fsync", t2, t3)] {
+        assert!(
+            syncs.iter().any(|t| *t >= a && *t <= b),
+            "{what}: no sync of {} while fsync(2) ran ({a:.6}..{b:.6}); syncs at {syncs:?}",
+            store.display()
+        );
+    }
+    assert_eq!(fs::read(m.at("one")).unwrap(), b"first");
+    assert_eq!(fs::read(m.at("two")).unwrap(), b"second");
+}
