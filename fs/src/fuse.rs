@@ -29,7 +29,7 @@ use lockbox_crypto::AgeIdentity;
 use zeroize::Zeroizing;
 
 use crate::pages::Pages;
-use crate::store::{SealTo, Sealed, Store};
+use crate::store::{Pending, SealTo, Sealed, Store};
 use crate::{Error, Name};
 
 /// How long the kernel may cache attributes and names.
@@ -524,11 +524,19 @@ impl LockboxFs {
     /// Seal a staged file if it changed since its last seal. The caller holds
     /// the staged lock, which also serialises seals with renames.
     fn seal_staged(&self, ino: u64, st: &mut Staged) -> Result<(), Errno> {
+        self.seal_staged_pending(ino, st).map(drop)
+    }
+
+    /// [`LockboxFs::seal_staged`], leaving the journal entry (signing and
+    /// recording the version) to the returned [`Pending`]: the caller
+    /// answers the kernel first and then drops it. It holds the store's
+    /// change lock, so the caller must not change the store before.
+    fn seal_staged_pending(&self, ino: u64, st: &mut Staged) -> Result<Option<Pending<'_>>, Errno> {
         if let Some(e) = st.poisoned {
             return Err(e);
         }
         if !st.dirty || !st.loaded {
-            return Ok(());
+            return Ok(None);
         }
         let name = lock(&self.inner)
             .nodes
@@ -537,19 +545,19 @@ impl LockboxFs {
         let Some(name) = name else {
             // Unlinked while open: nothing to keep.
             st.dirty = false;
-            return Ok(());
+            return Ok(None);
         };
         let recipients = self.keys.recipients().map_err(|e| {
             tracing::warn!("cannot seal {name}: {e}");
             Errno::EIO
         })?;
-        match self.store.seal(
+        match self.store.seal_pending(
             &name,
             st.pages.reader(),
             &recipients,
             self.config.max_file_size,
         ) {
-            Ok(sealed) => {
+            Ok((sealed, recorded)) => {
                 st.dirty = false;
                 if let Some(t) = st.mtime_set {
                     let _ = File::open(self.store.path_of(&name)).and_then(|f| f.set_modified(t));
@@ -565,7 +573,7 @@ impl LockboxFs {
                     self.prime_cache(version, &st.pages);
                 }
                 self.keys.sealed(&name, &sealed);
-                Ok(())
+                Ok(Some(recorded))
             }
             Err(e) => {
                 tracing::warn!("sealing {name} failed: {e}; the previous version is unchanged");
@@ -575,8 +583,9 @@ impl LockboxFs {
     }
 
     /// Seal what was written through handle `fh` since its last seal (flush
-    /// and fsync); a failed seal leaves it to be tried again.
-    fn seal_written(&self, fh: u64) -> Result<(), Errno> {
+    /// and fsync); a failed seal leaves it to be tried again. The journal
+    /// entry is left to the returned [`Pending`].
+    fn seal_written(&self, fh: u64) -> Result<Option<Pending<'_>>, Errno> {
         match self.handle(FileHandle(fh)).as_deref() {
             Ok(Handle::Staged {
                 ino,
@@ -584,13 +593,13 @@ impl LockboxFs {
                 write: true,
                 wrote,
             }) if wrote.swap(false, Ordering::Relaxed) => {
-                let r = self.seal_staged(*ino, &mut lock(staged));
+                let r = self.seal_staged_pending(*ino, &mut lock(staged));
                 if r.is_err() {
                     wrote.store(true, Ordering::Relaxed);
                 }
                 r
             }
-            Ok(_) => Ok(()),
+            Ok(_) => Ok(None),
             Err(e) => Err(*e),
         }
     }
@@ -1078,15 +1087,19 @@ impl Filesystem for Mounted {
         let staged = ino.and_then(|i| lock(&fs.inner).nodes.get(&i).and_then(|n| n.staged.clone()));
         // Hold the staged lock so a concurrent seal cannot re-create the name.
         let _st = staged.as_ref().map(|s| lock(s));
-        let removed = fs.store.remove(&name);
+        let (removed, missing) = match fs.store.remove_pending(&name) {
+            Ok(recorded) => (Some(recorded), false),
+            Err(Error::NotFound(_)) => (None, true),
+            Err(e @ Error::Io { .. }) => return reply.error(errno_of(&e)),
+            Err(_) => (None, false),
+        };
         let mut inner = lock(&fs.inner);
-        match (removed, ino) {
-            (Err(Error::NotFound(_)), None) => return reply.error(Errno::ENOENT),
-            (Err(Error::NotFound(_)), Some(_)) if staged.is_none() => {
+        match (missing, ino) {
+            (true, None) => return reply.error(Errno::ENOENT),
+            (true, Some(_)) if staged.is_none() => {
                 inner.by_name.remove(&name);
                 return reply.error(Errno::ENOENT);
             }
-            (Err(e @ Error::Io { .. }), _) => return reply.error(errno_of(&e)),
             _ => {}
         }
         if let Some(i) = ino {
@@ -1099,7 +1112,9 @@ impl Filesystem for Mounted {
         drop(inner);
         tracing::info!("deleted {name}");
         fs.keys.deleted(&name);
-        reply.ok()
+        reply.ok();
+        // The tombstone is signed and recorded after the answer.
+        drop(removed);
     }
 
     fn rename(
@@ -1154,9 +1169,12 @@ impl Filesystem for Mounted {
                 return reply.error(e);
             }
         }
-        if let Err(e) = fs.store.rename(&from, &to) {
-            return reply.error(errno_of(&e));
-        }
+        // `st` stays held: a seal of this file must not land under the old
+        // name between the store's rename and the node's.
+        let recorded = match fs.store.rename_pending(&from, &to) {
+            Ok(r) => r,
+            Err(e) => return reply.error(errno_of(&e)),
+        };
         let mut inner = lock(&fs.inner);
         if let Some(d) = dst {
             if let Some(n) = inner.nodes.get_mut(&d) {
@@ -1170,7 +1188,10 @@ impl Filesystem for Mounted {
             n.name = Some(to);
             n.size_cache = None;
         }
-        reply.ok()
+        drop(inner);
+        reply.ok();
+        // The records of the move are signed and made after the answer.
+        drop(recorded);
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -1353,7 +1374,12 @@ impl Filesystem for Mounted {
         reply: ReplyEmpty,
     ) {
         match self.0.seal_written(fh.0) {
-            Ok(()) => reply.ok(),
+            // close(2) returns now; the version is signed and recorded
+            // while the caller goes on.
+            Ok(recorded) => {
+                reply.ok();
+                drop(recorded);
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -1372,7 +1398,7 @@ impl Filesystem for Mounted {
         // a rename of the last window, by this seal or by the close before
         // this fsync, may still be pending.
         let fs = &self.0;
-        if let Err(e) = fs.seal_written(fh.0) {
+        if let Err(e) = fs.seal_written(fh.0).map(drop) {
             return reply.error(e);
         }
         match fs.store.sync_dir_now() {

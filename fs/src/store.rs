@@ -158,6 +158,46 @@ impl Drop for StagedFile {
     }
 }
 
+/// A change that is on disk and whose journal entry is still to be made:
+/// the entry is made when this is dropped, and until then the store's change
+/// lock stays held, so no other change comes between a change and its
+/// record. The mount drops it after it has answered the kernel, so the
+/// signing and recording of a close, rename or delete overlap with the
+/// caller's next request instead of adding to this one's latency.
+#[must_use = "dropping it makes the journal entry at once"]
+pub struct Pending<'a> {
+    journal: Option<&'a Arc<dyn Journal>>,
+    event: Option<Event>,
+    _guard: std::sync::MutexGuard<'a, ()>,
+}
+
+/// What a [`Pending`] tells the journal.
+enum Event {
+    Changed(Name, Option<Sealed>),
+    Removed(Name),
+    Renamed(Name, Name),
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        // Runs before the guard (a field) is released.
+        let (Some(j), Some(event)) = (self.journal, self.event.take()) else {
+            return;
+        };
+        match event {
+            Event::Changed(name, sealed) => j.changed(&name, sealed.as_ref()),
+            Event::Removed(name) => j.removed(&name),
+            Event::Renamed(from, to) => j.renamed(&from, &to),
+        }
+    }
+}
+
+impl std::fmt::Debug for Pending<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending").finish_non_exhaustive()
+    }
+}
+
 impl Store {
     /// Open (creating if needed) the store under `state_dir` (`~/.lockbox`).
     pub fn open(state_dir: &Path) -> Result<Store, Error> {
@@ -345,6 +385,19 @@ impl Store {
         recipients: &SealTo,
         max_size: u64,
     ) -> Result<Sealed, Error> {
+        self.seal_pending(name, plaintext, recipients, max_size)
+            .map(|(sealed, _recorded)| sealed)
+    }
+
+    /// [`Store::seal`], with the journal entry left to the returned
+    /// [`Pending`].
+    pub fn seal_pending(
+        &self,
+        name: &Name,
+        plaintext: impl Read,
+        recipients: &SealTo,
+        max_size: u64,
+    ) -> Result<(Sealed, Pending<'_>), Error> {
         self.write_atomic(
             name,
             |file| seal_into(file, name, plaintext, recipients, max_size),
@@ -354,21 +407,28 @@ impl Store {
 
     /// Write `name` atomically: `fill` writes the complete content into a
     /// fresh 0600 temp file, which is then synced and renamed into place.
-    /// The journal is told under the change lock, after the rename; `seen`
-    /// turns `fill`'s result into what the journal is told.
+    /// The journal is told under the change lock, after the rename, when
+    /// the returned [`Pending`] is dropped; `seen` turns `fill`'s result
+    /// into what the journal is told.
     fn write_atomic<T>(
         &self,
         name: &Name,
         fill: impl FnOnce(&mut File) -> Result<T, Error>,
         seen: impl FnOnce(&T) -> Option<Sealed>,
-    ) -> Result<T, Error> {
+    ) -> Result<(T, Pending<'_>), Error> {
         let (staged, t) = self.stage(fill)?;
-        let _guard = self.change_lock();
+        let guard = self.change_lock();
         self.commit_staged(staged, name)?;
-        if let Some(j) = &self.journal {
-            j.changed(name, seen(&t).as_ref());
+        let event = Event::Changed(name.clone(), seen(&t));
+        Ok((t, self.pending(guard, event)))
+    }
+
+    fn pending<'a>(&'a self, guard: std::sync::MutexGuard<'a, ()>, event: Event) -> Pending<'a> {
+        Pending {
+            journal: self.journal.as_ref(),
+            event: Some(event),
+            _guard: guard,
         }
-        Ok(t)
     }
 
     /// Open a store file for reading (ciphertext or, for a plaintext entry,
@@ -383,27 +443,33 @@ impl Store {
 
     /// Remove `name` from the store (durably).
     pub fn remove(&self, name: &Name) -> Result<(), Error> {
+        self.remove_pending(name).map(drop)
+    }
+
+    /// [`Store::remove`], with the journal entry left to the returned
+    /// [`Pending`].
+    pub fn remove_pending(&self, name: &Name) -> Result<Pending<'_>, Error> {
         let p = self.path_of(name);
-        let _guard = self.change_lock();
+        let guard = self.change_lock();
         fs::remove_file(&p).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => Error::NotFound(name.to_string()),
             _ => Error::io("remove", &p, e),
         })?;
         self.dir_changed()?;
-        if let Some(j) = &self.journal {
-            j.removed(name);
-        }
-        Ok(())
+        Ok(self.pending(guard, Event::Removed(name.clone())))
     }
 
     /// Rename `from` to `to` inside the store (durably), replacing `to`.
     pub fn rename(&self, from: &Name, to: &Name) -> Result<(), Error> {
-        let _guard = self.change_lock();
+        self.rename_pending(from, to).map(drop)
+    }
+
+    /// [`Store::rename`], with the journal entry left to the returned
+    /// [`Pending`].
+    pub fn rename_pending(&self, from: &Name, to: &Name) -> Result<Pending<'_>, Error> {
+        let guard = self.change_lock();
         self.rename_locked(from, to)?;
-        if let Some(j) = &self.journal {
-            j.renamed(from, to);
-        }
-        Ok(())
+        Ok(self.pending(guard, Event::Renamed(from.clone(), to.clone())))
     }
 
     /// Describe one file of the store.
@@ -550,6 +616,7 @@ impl Store {
                             },
                             |_| None,
                         )
+                        .map(|((), _recorded)| ())
                     } else {
                         self.seal(&name, f, recipients, max_size).map(|_| ())
                     }
