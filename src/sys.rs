@@ -42,18 +42,20 @@ pub fn harden_process() -> io::Result<Hardening> {
 /// mapped and so returned at free; a fixed value also stops glibc's dynamic
 /// threshold from growing.
 ///
-/// The trim threshold goes up to 64 MiB too: at glibc's 128 KiB, every free
-/// of a seal's buffers at the top of a FUSE thread's arena gave the pages
-/// back (`madvise`, a TLB shootdown) only to fault them in again at the next
-/// close, a fifth of the cost of sealing a small file. Freed staged pages
-/// still go back to the system through [`trim_heap`], which
+/// The trim threshold goes up to 8 MiB too: at glibc's 128 KiB, every free
+/// of a seal's buffers (a few hundred KiB) at the top of a FUSE thread's
+/// arena gave the pages back (`madvise`, a TLB shootdown) only to fault
+/// them in again at the next close, a fifth of the cost of sealing a small
+/// file. It stays small enough that an idle agent keeps at most a few MiB
+/// per arena (at 64 MiB it kept 260 MiB after the benchmark's reads). Freed
+/// staged pages go back to the system through [`trim_heap`], which
 /// `lockbox_fs::pages` calls after a large release.
 pub fn return_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt takes two integers and only tunes the allocator.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 8 << 20);
     }
 }
 
