@@ -234,7 +234,39 @@ struct Layers {
     /// rename). Grouped mode only: there the database changes only by a
     /// write-back, which replaces it in the same step as it lets go of
     /// `flushing`, so no lookup sees neither.
-    snapshot: Option<Arc<redb::ReadTransaction>>,
+    snapshot: Option<Arc<Snapshot>>,
+}
+
+/// A read snapshot of the database with every table open.
+struct Snapshot {
+    /// The byte-keyed tables, by `Tbl` index (all but `misc`).
+    bytes: Vec<redb::ReadOnlyTable<&'static [u8], &'static [u8]>>,
+    misc: redb::ReadOnlyTable<&'static str, &'static [u8]>,
+}
+
+impl Snapshot {
+    fn open(db: &Database) -> Result<Snapshot, Error> {
+        let r = db.begin_read().map_err(|e| db_err("begin", e))?;
+        let bytes = ALL_TABLES
+            .into_iter()
+            .filter(|t| *t != Tbl::Misc)
+            .map(|t| r.open_table(byte_table(t)).map_err(|e| db_err("table", e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let misc = r.open_table(MISC).map_err(|e| db_err("table", e))?;
+        Ok(Snapshot { bytes, misc })
+    }
+
+    fn get(&self, t: Tbl, k: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        let value = if t == Tbl::Misc {
+            let key = std::str::from_utf8(k).map_err(|e| db_err("misc key", e))?;
+            self.misc.get(key).map_err(|e| db_err("get", e))?
+        } else {
+            self.bytes[t as usize]
+                .get(k)
+                .map_err(|e| db_err("get", e))?
+        };
+        Ok(value.map(|v| v.value().to_vec()))
+    }
 }
 
 impl std::fmt::Debug for Layers {
@@ -334,7 +366,7 @@ impl Inner {
         let result = commit(&self.db, batch.entries());
         // A lookup that misses the layers from now on must see the commit.
         let snapshot = match &result {
-            Ok(()) => self.db.begin_read().ok().map(Arc::new),
+            Ok(()) => Snapshot::open(&self.db).ok().map(Arc::new),
             Err(_) => None,
         };
         let mut layers = lock(&self.layers);
@@ -351,41 +383,23 @@ impl Inner {
     }
 
     /// The value of `k` in table `t`: the newest in memory, else the
-    /// database's.
+    /// database's (through the shared snapshot in grouped mode).
     fn get(&self, t: Tbl, k: &[u8]) -> Result<Option<Vec<u8>>, Error> {
-        let r = {
+        let snapshot = {
             let mut layers = lock(&self.layers);
             if let Some(v) = layers.get(t, k) {
                 return Ok(v);
             }
-            match &layers.snapshot {
-                Some(r) => r.clone(),
-                None => {
-                    let r = Arc::new(self.db.begin_read().map_err(|e| db_err("begin", e))?);
-                    if self.grouped.load(std::sync::atomic::Ordering::Relaxed) {
-                        layers.snapshot = Some(r.clone());
-                    }
-                    r
-                }
+            if self.grouped.load(std::sync::atomic::Ordering::Relaxed) && layers.snapshot.is_none()
+            {
+                layers.snapshot = Some(Arc::new(Snapshot::open(&self.db)?));
             }
+            layers.snapshot.clone()
         };
-        let value = if t == Tbl::Misc {
-            let key = std::str::from_utf8(k).map_err(|e| db_err("misc key", e))?;
-            let table = r.open_table(MISC).map_err(|e| db_err("table", e))?;
-            table
-                .get(key)
-                .map_err(|e| db_err("get", e))?
-                .map(|v| v.value().to_vec())
-        } else {
-            let table = r
-                .open_table(byte_table(t))
-                .map_err(|e| db_err("table", e))?;
-            table
-                .get(k)
-                .map_err(|e| db_err("get", e))?
-                .map(|v| v.value().to_vec())
-        };
-        Ok(value)
+        match snapshot {
+            Some(s) => s.get(t, k),
+            None => Snapshot::open(&self.db)?.get(t, k),
+        }
     }
 
     /// Every key and value of a byte-keyed table, in key order, with the
