@@ -149,6 +149,9 @@ const ALL_TABLES: [Tbl; TABLES] = [
     Tbl::Misc,
 ];
 
+/// The byte-keyed tables, in index order: all but `misc`, the last.
+const BYTE_TABLES: &[Tbl] = ALL_TABLES.split_at(Tbl::Misc as usize).0;
+
 impl From<List> for Tbl {
     fn from(l: List) -> Tbl {
         match l {
@@ -247,10 +250,9 @@ struct Snapshot {
 impl Snapshot {
     fn open(db: &Database) -> Result<Snapshot, Error> {
         let r = db.begin_read().map_err(|e| db_err("begin", e))?;
-        let bytes = ALL_TABLES
-            .into_iter()
-            .filter(|t| *t != Tbl::Misc)
-            .map(|t| r.open_table(byte_table(t)).map_err(|e| db_err("table", e)))
+        let bytes = BYTE_TABLES
+            .iter()
+            .map(|t| r.open_table(byte_table(*t)).map_err(|e| db_err("table", e)))
             .collect::<Result<Vec<_>, _>>()?;
         let misc = r.open_table(MISC).map_err(|e| db_err("table", e))?;
         Ok(Snapshot { bytes, misc })
@@ -320,13 +322,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 fn commit(db: &Database, entries: impl Iterator<Item = Entry>) -> Result<(), Error> {
     let w = db.begin_write().map_err(|e| db_err("begin", e))?;
     {
-        let mut byte_tables = [
-            w.open_table(VERSIONS).map_err(|e| db_err("table", e))?,
-            w.open_table(LOCAL).map_err(|e| db_err("table", e))?,
-            w.open_table(TOMBSTONES).map_err(|e| db_err("table", e))?,
-            w.open_table(RESURRECTS).map_err(|e| db_err("table", e))?,
-            w.open_table(LEAVES).map_err(|e| db_err("table", e))?,
-        ];
+        let mut byte_tables = BYTE_TABLES
+            .iter()
+            .map(|t| w.open_table(byte_table(*t)).map_err(|e| db_err("table", e)))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut misc = w.open_table(MISC).map_err(|e| db_err("table", e))?;
         for (t, k, v) in entries {
             if t == Tbl::Misc {
