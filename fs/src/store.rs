@@ -999,4 +999,66 @@ mod tests {
         assert_eq!(store.remove_leftovers().unwrap(), 1);
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
     }
+
+    /// Records what the journal is told.
+    #[derive(Debug, Default)]
+    struct Log(Mutex<Vec<String>>);
+
+    impl Journal for Log {
+        fn changed(&self, name: &Name, sealed: Option<&Sealed>) {
+            let what = format!("changed {name} sealed={}", sealed.is_some());
+            self.0.lock().unwrap().push(what);
+        }
+        fn removed(&self, name: &Name) {
+            self.0.lock().unwrap().push(format!("removed {name}"));
+        }
+        fn renamed(&self, from: &Name, to: &Name) {
+            self.0.lock().unwrap().push(format!("renamed {from} {to}"));
+        }
+    }
+
+    #[test]
+    fn a_pending_change_is_journaled_when_dropped_and_holds_the_lock_until_then() {
+        let (_dir, store, id) = setup();
+        let log = Arc::new(Log::default());
+        let store = store.with_journal(log.clone());
+        let to = SealTo::keys(vec![id.to_public()]);
+        let entries = || log.0.lock().unwrap().clone();
+
+        let (sealed, pending) = store
+            .seal_pending(&n("a"), Cursor::new(b"one".to_vec()), &to, 1 << 20)
+            .unwrap();
+        assert_eq!(sealed.plaintext_len, 3);
+        // On disk already, journaled not yet; no other change can start.
+        assert!(store.contains(&n("a")));
+        assert!(entries().is_empty());
+        assert!(store.changes.try_lock().is_err());
+        drop(pending);
+        assert_eq!(entries(), ["changed a sealed=true"]);
+        assert!(store.changes.try_lock().is_ok());
+
+        let pending = store.rename_pending(&n("a"), &n("b")).unwrap();
+        assert!(store.contains(&n("b")) && !store.contains(&n("a")));
+        assert_eq!(entries().len(), 1);
+        assert!(store.changes.try_lock().is_err());
+        drop(pending);
+        let pending = store.remove_pending(&n("b")).unwrap();
+        assert!(!store.contains(&n("b")));
+        assert_eq!(entries().len(), 2);
+        drop(pending);
+        assert_eq!(
+            entries(),
+            ["changed a sealed=true", "renamed a b", "removed b"]
+        );
+        // The immediate forms journal before they return; a failed change
+        // journals nothing and leaves the lock free.
+        store
+            .seal(&n("c"), Cursor::new(b"two".to_vec()), &to, 1 << 20)
+            .unwrap();
+        assert_eq!(entries().len(), 4);
+        assert!(matches!(store.remove(&n("gone")), Err(Error::NotFound(_))));
+        assert!(store.rename_pending(&n("gone"), &n("x")).is_err());
+        assert_eq!(entries().len(), 4);
+        assert!(store.changes.try_lock().is_ok());
+    }
 }
