@@ -395,7 +395,8 @@ fn reencrypt(
             .map_err(|e| format!("{e:#}"))?;
         let r = agent.replica.reseal(name, which, |src, out| {
             let opened = Opened::open(&identity, src).map_err(|e| e.to_string())?;
-            lockbox_fs::store::seal_into(out, name, opened, &recipients, max)
+            let shares = agent.envoy.store.shares();
+            lockbox_fs::store::seal_into(out, name, opened, &recipients, shares, max)
                 .map_err(|e| e.to_string())
         });
         match r {

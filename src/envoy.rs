@@ -63,7 +63,11 @@ impl Envoy {
         let lock = AgentLock::take(&paths)?;
         let mut envoy = Envoy::load(paths)?;
         if let Some(window) = dir_sync {
-            envoy.store = envoy.store.clone().with_grouped_dir_sync(window);
+            envoy.store = envoy
+                .store
+                .clone()
+                .with_grouped_dir_sync(window)
+                .with_share_pool();
         }
         let removed = envoy.store.remove_leftovers()?;
         if removed > 0 {

@@ -31,6 +31,7 @@ pub mod identity;
 pub mod kdf;
 pub mod recipients;
 pub mod seal;
+pub mod share;
 pub mod sign;
 
 pub use age::x25519::{Identity as AgeIdentity, Recipient as AgeRecipient};

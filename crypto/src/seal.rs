@@ -279,15 +279,33 @@ impl<W: Write> Sealer<W> {
     /// encryptor. Errors: [`Error::NoRecipients`] for an empty set,
     /// [`Error::TooManyRecipients`] above [`MAX_RECIPIENTS`].
     pub fn new(recipients: &[AgeRecipient], out: W) -> Result<Self> {
+        Self::with_shares(recipients, None, out)
+    }
+
+    /// [`Sealer::new`], wrapping the file key with a share from `pool` for
+    /// each recipient that has one ready (the same stanza, with the key
+    /// agreement done ahead; see [`crate::share`]).
+    pub fn with_shares(
+        recipients: &[AgeRecipient],
+        pool: Option<&crate::share::SharePool>,
+        out: W,
+    ) -> Result<Self> {
         if recipients.is_empty() {
             return Err(Error::NoRecipients);
         }
         if recipients.len() > MAX_RECIPIENTS {
             return Err(Error::TooManyRecipients(recipients.len()));
         }
+        let shares: Vec<Option<crate::share::Share>> = recipients
+            .iter()
+            .map(|r| pool.and_then(|p| p.take(r)))
+            .collect();
+        let wrappers = recipients.iter().zip(&shares).map(|(r, s)| match s {
+            Some(s) => s as &dyn age::Recipient,
+            None => r as &dyn age::Recipient,
+        });
         let encryptor =
-            Encryptor::with_recipients(recipients.iter().map(|r| r as &dyn age::Recipient))
-                .map_err(|e| Error::Seal(e.to_string()))?;
+            Encryptor::with_recipients(wrappers).map_err(|e| Error::Seal(e.to_string()))?;
         Ok(Self {
             inner: encryptor.wrap_output(out)?,
         })

@@ -16,6 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use lockbox_crypto::digest::{HashingWriter, Sha256};
 use lockbox_crypto::seal::{self, Sealer};
+use lockbox_crypto::share::SharePool;
 use lockbox_crypto::AgeRecipient;
 
 use crate::grouped::Grouped;
@@ -119,6 +120,9 @@ pub struct Store {
     grouped: Option<Arc<Grouped>>,
     /// Its window, when grouped.
     window: Option<std::time::Duration>,
+    /// X25519 shares computed ahead for the seals (the agent's; see
+    /// [`Store::with_share_pool`]).
+    shares: Option<Arc<SharePool>>,
 }
 
 /// Told of every change the store makes on behalf of the mount or the CLI,
@@ -208,6 +212,7 @@ impl Store {
             changes: Arc::new(Mutex::new(())),
             grouped: None,
             window: None,
+            shares: None,
         };
         for d in [&store.dir, &store.tmp] {
             ensure_private_dir(d)?;
@@ -257,6 +262,22 @@ impl Store {
             Err(e) => tracing::warn!("cannot start the folder syncer ({e}): syncing per operation"),
         }
         self
+    }
+
+    /// Seal with X25519 shares computed ahead on a thread of their own
+    /// (`lockbox_crypto::share`): the key agreement per recipient leaves
+    /// the close path. For the long-lived agent; the CLI seals inline.
+    pub fn with_share_pool(mut self) -> Store {
+        match SharePool::start() {
+            Ok(p) => self.shares = Some(p),
+            Err(e) => tracing::warn!("cannot start the share thread ({e}): sealing inline"),
+        }
+        self
+    }
+
+    /// The pool of X25519 shares, if this store has one.
+    pub fn shares(&self) -> Option<&SharePool> {
+        self.shares.as_deref()
     }
 
     /// The window of grouped syncs, if this store groups them.
@@ -400,7 +421,7 @@ impl Store {
     ) -> Result<(Sealed, Pending<'_>), Error> {
         self.write_atomic(
             name,
-            |file| seal_into(file, name, plaintext, recipients, max_size),
+            |file| seal_into(file, name, plaintext, recipients, self.shares(), max_size),
             |s| Some(s.clone()),
         )
     }
@@ -658,6 +679,7 @@ pub fn seal_into(
     name: &Name,
     plaintext: impl Read,
     recipients: &SealTo,
+    shares: Option<&SharePool>,
     max_size: u64,
 ) -> Result<Sealed, Error> {
     let mut limited = plaintext.take(max_size.saturating_add(1));
@@ -665,7 +687,7 @@ pub fn seal_into(
     // while this one encrypts.
     let sink_error = |e| Error::io("write", Path::new("the store's temp file"), e);
     let (n, hasher) = offloaded(HashingWriter::new(file), 1 << 20, sink_error, |out| {
-        let mut sealer = Sealer::new(&recipients.keys, out)?;
+        let mut sealer = Sealer::with_shares(&recipients.keys, shares, out)?;
         let n = pump(&mut limited, &mut sealer)?;
         if n > max_size {
             return Err(Error::TooLarge {

@@ -79,3 +79,57 @@ fn files_sealed_by_reference_age_decrypt_with_lockbox() {
     let list = e.ok(&["list", "--json"]);
     assert!(list.contains("\"ciphertext\""), "{list}");
 }
+
+/// A file whose key is wrapped with a share computed ahead of the seal
+/// (`lockbox_crypto::share`, what the agent's seals use) decrypts with the
+/// reference CLI, for the recipient with the share and for the one wrapped
+/// inline in the same header.
+#[test]
+fn reference_age_decrypts_a_seal_with_precomputed_shares() {
+    use lockbox_crypto::ExposeSecret;
+    use std::io::Write;
+    require!(
+        have_age(),
+        "the reference age CLI is not installed (apt-get install age)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (
+        lockbox_crypto::identity::generate(),
+        lockbox_crypto::identity::generate(),
+    );
+    let pool = lockbox_crypto::share::SharePool::empty();
+    // Ask for a's shares only, then compute them.
+    assert!(pool.take(&a.to_public()).is_none());
+    while pool.refill_one() {}
+    let ready = pool.ready(&a.to_public());
+    assert!(ready > 0);
+    let content: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let mut sealed = Vec::new();
+    let mut s = lockbox_crypto::seal::Sealer::with_shares(
+        &[a.to_public(), b.to_public()],
+        Some(&pool),
+        &mut sealed,
+    )
+    .unwrap();
+    s.write_all(&content).unwrap();
+    s.finish().unwrap();
+    assert_eq!(pool.ready(&a.to_public()), ready - 1, "a's share was used");
+    let file = dir.path().join("sealed.age");
+    fs::write(&file, &sealed).unwrap();
+    for (who, id) in [("a (share)", &a), ("b (inline)", &b)] {
+        let key = dir.path().join("key.txt");
+        fs::write(&key, id.to_string().expose_secret()).unwrap();
+        let out = Command::new("age")
+            .args(["-d", "-i"])
+            .arg(&key)
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "age -d for {who}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.stdout, content, "{who}");
+    }
+}

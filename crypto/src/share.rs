@@ -1,0 +1,294 @@
+//! X25519 shares computed ahead of a seal.
+//!
+//! Wrapping a file key to an age X25519 recipient takes a fresh ephemeral
+//! key and a Diffie-Hellman agreement with the recipient's key: two scalar
+//! multiplications, most of the cost of sealing a small file. Neither
+//! depends on the file, so a [`SharePool`] computes a few per recipient
+//! ahead of time on a thread of its own, and a seal takes one per
+//! recipient ([`SharePool::take`]); when none is ready it wraps as age does,
+//! inline. The stanza is age's own X25519 stanza, byte for byte in format:
+//!
+//! ```text
+//! -> X25519 base64(ephemeral public key)
+//! ChaCha20-Poly1305(key = HKDF-SHA256(ikm = shared secret,
+//!                                      salt = ephemeral pk || recipient pk,
+//!                                      info = "age-encryption.org/v1/X25519"),
+//!                   nonce = 0, file key)
+//! ```
+//!
+//! Each share is used for one file only: [`SharePool::take`] hands it out by
+//! value, and the shared secret is zeroized when it is dropped. The
+//! ephemeral secret key itself is dropped (zeroized) right after the
+//! agreement; only its public half and the shared secret are kept.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Condvar, Mutex, Weak};
+
+use age_core::format::{FileKey, Stanza};
+use age_core::primitives::{aead_encrypt, hkdf};
+use age_core::secrecy::ExposeSecret;
+use base64::{engine::general_purpose::STANDARD_NO_PAD, Engine};
+use rand::rngs::OsRng;
+use x25519_dalek::{EphemeralSecret, PublicKey};
+use zeroize::Zeroizing;
+
+use crate::AgeRecipient;
+
+const TAG: &str = "X25519";
+const KEY_LABEL: &[u8] = b"age-encryption.org/v1/X25519";
+
+/// Shares kept ready per recipient.
+pub const DEPTH: usize = 8;
+/// Recipients the pool keeps shares for; past it, the least recently
+/// asked-for are forgotten.
+const MAX_KEYS: usize = 64;
+
+/// The 32-byte X25519 public key of an age recipient.
+fn key_of(r: &AgeRecipient) -> Option<[u8; 32]> {
+    let (hrp, bytes) = bech32::decode(&r.to_string()).ok()?;
+    (hrp.as_str() == "age").then_some(())?;
+    bytes.try_into().ok()
+}
+
+/// One ephemeral share with one recipient, ready to wrap one file key.
+pub struct Share {
+    recipient: [u8; 32],
+    epk: [u8; 32],
+    shared: Zeroizing<[u8; 32]>,
+}
+
+impl Share {
+    /// A fresh share with the recipient whose key is `recipient`; `None`
+    /// if the agreement was not contributory (a low-order key).
+    fn compute(recipient: [u8; 32]) -> Option<Share> {
+        let esk = EphemeralSecret::random_from_rng(OsRng);
+        let epk = PublicKey::from(&esk);
+        let shared = esk.diffie_hellman(&PublicKey::from(recipient));
+        if !shared.was_contributory() {
+            return None;
+        }
+        Some(Share {
+            recipient,
+            epk: epk.to_bytes(),
+            shared: Zeroizing::new(shared.to_bytes()),
+        })
+    }
+}
+
+impl age::Recipient for Share {
+    fn wrap_file_key(
+        &self,
+        file_key: &FileKey,
+    ) -> Result<(Vec<Stanza>, HashSet<String>), age::EncryptError> {
+        let mut salt = [0; 64];
+        salt[..32].copy_from_slice(&self.epk);
+        salt[32..].copy_from_slice(&self.recipient);
+        let key = Zeroizing::new(hkdf(&salt, KEY_LABEL, self.shared.as_slice()));
+        let body = aead_encrypt(&key, file_key.expose_secret());
+        Ok((
+            vec![Stanza {
+                tag: TAG.to_owned(),
+                args: vec![STANDARD_NO_PAD.encode(self.epk)],
+                body,
+            }],
+            HashSet::new(),
+        ))
+    }
+}
+
+impl std::fmt::Debug for Share {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Share").finish_non_exhaustive()
+    }
+}
+
+/// Shares computed ahead, per recipient, refilled by a background thread.
+pub struct SharePool {
+    state: Mutex<State>,
+    /// Wakes the filler when a recipient runs low.
+    low: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    ready: HashMap<[u8; 32], Vec<Share>>,
+    /// When each recipient was last asked for (a counter), to forget old ones.
+    asked: HashMap<[u8; 32], u64>,
+    clock: u64,
+}
+
+impl State {
+    /// A recipient with fewer than [`DEPTH`] shares, if any.
+    fn short(&self) -> Option<[u8; 32]> {
+        self.asked
+            .keys()
+            .find(|k| self.ready.get(*k).is_none_or(|v| v.len() < DEPTH))
+            .copied()
+    }
+}
+
+impl SharePool {
+    /// A pool with its filler thread (which ends when the pool is dropped).
+    pub fn start() -> std::io::Result<Arc<SharePool>> {
+        let pool = Arc::new(SharePool::empty());
+        let weak = Arc::downgrade(&pool);
+        std::thread::Builder::new()
+            .name("x25519-shares".into())
+            .spawn(move || fill(weak))?;
+        Ok(pool)
+    }
+
+    /// A pool without a filler ([`SharePool::refill_one`] fills it).
+    pub fn empty() -> SharePool {
+        SharePool {
+            state: Mutex::new(State::default()),
+            low: Condvar::new(),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A ready share with `r`, if one is; either way `r` is kept filled
+    /// from now on.
+    pub fn take(&self, r: &AgeRecipient) -> Option<Share> {
+        let key = key_of(r)?;
+        let mut st = self.state();
+        st.clock += 1;
+        let now = st.clock;
+        st.asked.insert(key, now);
+        if st.asked.len() > MAX_KEYS {
+            if let Some(oldest) = st.asked.iter().min_by_key(|(_, t)| **t).map(|(k, _)| *k) {
+                st.asked.remove(&oldest);
+                st.ready.remove(&oldest);
+            }
+        }
+        let share = st.ready.get_mut(&key).and_then(|v| v.pop());
+        drop(st);
+        self.low.notify_one();
+        share
+    }
+
+    /// Compute one share for a recipient that is short of them; false when
+    /// none is.
+    pub fn refill_one(&self) -> bool {
+        let Some(key) = self.state().short() else {
+            return false;
+        };
+        // Computed without the lock: takes go on meanwhile.
+        let Some(share) = Share::compute(key) else {
+            // A low-order key can never get a share: stop asking.
+            self.state().asked.remove(&key);
+            return true;
+        };
+        let mut st = self.state();
+        if st.asked.contains_key(&key) {
+            let v = st.ready.entry(key).or_default();
+            if v.len() < DEPTH {
+                v.push(share);
+            }
+        }
+        true
+    }
+
+    /// Shares ready for `r`.
+    pub fn ready(&self, r: &AgeRecipient) -> usize {
+        key_of(r).map_or(0, |k| self.state().ready.get(&k).map_or(0, Vec::len))
+    }
+}
+
+impl std::fmt::Debug for SharePool {
+    /// Counts only: the shares are secrets.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let st = self.state();
+        let ready: usize = st.ready.values().map(Vec::len).sum();
+        f.debug_struct("SharePool")
+            .field("recipients", &st.asked.len())
+            .field("ready", &ready)
+            .finish()
+    }
+}
+
+/// The filler: compute shares while some recipient is short, else sleep
+/// until a take.
+fn fill(pool: Weak<SharePool>) {
+    loop {
+        let Some(p) = pool.upgrade() else { return };
+        if p.refill_one() {
+            continue;
+        }
+        let st = p.state();
+        if st.short().is_none() {
+            // Woken by a take; the timeout lets a dropped pool end the thread.
+            let _ = p.low.wait_timeout(st, std::time::Duration::from_secs(5));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    fn seal_with(r: &dyn age::Recipient, msg: &[u8]) -> Vec<u8> {
+        let enc = age::Encryptor::with_recipients(std::iter::once(r)).unwrap();
+        let mut out = Vec::new();
+        let mut w = enc.wrap_output(&mut out).unwrap();
+        w.write_all(msg).unwrap();
+        w.finish().unwrap();
+        out
+    }
+
+    fn open_with(id: &age::x25519::Identity, file: &[u8]) -> Vec<u8> {
+        let d = age::Decryptor::new(file).unwrap();
+        let mut r = d
+            .decrypt(std::iter::once(id as &dyn age::Identity))
+            .unwrap();
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn a_precomputed_share_wraps_like_age_and_is_used_once() {
+        let id = age::x25519::Identity::generate();
+        let other = age::x25519::Identity::generate();
+        let pool = SharePool::empty();
+        assert!(pool.take(&id.to_public()).is_none(), "nothing computed yet");
+        while pool.refill_one() {}
+        assert_eq!(pool.ready(&id.to_public()), DEPTH);
+        let share = pool.take(&id.to_public()).unwrap();
+        assert_eq!(pool.ready(&id.to_public()), DEPTH - 1);
+        let file = seal_with(&share, b"precomputed");
+        assert_eq!(open_with(&id, &file), b"precomputed");
+        // Only the recipient's identity opens it.
+        let d = age::Decryptor::new(&file[..]).unwrap();
+        assert!(d
+            .decrypt(std::iter::once(&other as &dyn age::Identity))
+            .is_err());
+        // Every share differs: no ephemeral key is used twice.
+        let mut epks = HashSet::new();
+        while let Some(s) = pool.take(&id.to_public()) {
+            assert!(epks.insert(s.epk));
+        }
+        assert!(epks.insert(share.epk));
+        assert_eq!(pool.ready(&id.to_public()), 0);
+    }
+
+    #[test]
+    fn the_filler_keeps_every_asked_recipient_ready() {
+        let a = age::x25519::Identity::generate();
+        let b = age::x25519::Identity::generate();
+        let pool = SharePool::start().unwrap();
+        let _ = pool.take(&a.to_public());
+        let _ = pool.take(&b.to_public());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while pool.ready(&a.to_public()) < DEPTH || pool.ready(&b.to_public()) < DEPTH {
+            assert!(std::time::Instant::now() < deadline, "the filler stalled");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let s = pool.take(&b.to_public()).unwrap();
+        assert_eq!(open_with(&b, &seal_with(&s, b"b")), b"b");
+    }
+}
