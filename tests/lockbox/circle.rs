@@ -30,19 +30,7 @@ fn table(n: &Node, table: &str) -> (u64, Vec<String>) {
 /// Whether the reference `age` CLI decrypts `file` with `key` (an
 /// `AGE-SECRET-KEY-…` line).
 fn age_opens(key: &str, file: &std::path::Path) -> bool {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let id = dir.path().join("id");
-    fs::write(&id, format!("{key}\n")).expect("identity file");
-    Command::new("age")
-        .args(["-d", "-i", &text(&id), &text(file)])
-        .output()
-        .expect("run age")
-        .status
-        .success()
-}
-
-fn have_age() -> bool {
-    crate::mount::on_path("age")
+    crate::interop::age_decrypt(key, file).status.success()
 }
 
 /// Stop `away`'s agent and wait until every other envoy sees it stale, so
@@ -203,7 +191,10 @@ fn a_replayed_old_delete_never_removes_the_re_added_file() {
 #[test]
 fn leave_tells_the_others_scrubs_and_locks_the_old_key_out() {
     require_fuse!();
-    require!(have_age(), "age not found (apt-get install age)");
+    require!(
+        crate::interop::have_age(),
+        "age not found (apt-get install age)"
+    );
     let c = Circle::loopback(&ALL);
     let early = content("early", 5000);
     fs::write(c.node("alpha").at("early"), &early).expect("write");
@@ -296,7 +287,10 @@ fn leave_tells_the_others_scrubs_and_locks_the_old_key_out() {
 #[test]
 fn evict_removes_a_gone_envoy_with_the_passphrase() {
     require_fuse!();
-    require!(have_age(), "age not found (apt-get install age)");
+    require!(
+        crate::interop::have_age(),
+        "age not found (apt-get install age)"
+    );
     let c = Circle::loopback(&ALL);
     let charlie = c.node("charlie");
     let pass = text(&charlie.m.e.pass);

@@ -3,16 +3,44 @@
 //! `age -r <recipient>` decrypt with `lockbox decrypt`.
 
 use std::fs;
-use std::process::Command;
+use std::path::Path;
+use std::process::{Command, Output};
 
 use crate::require;
 use crate::util::Envoy;
 
-fn have_age() -> bool {
+/// Whether the reference age CLI runs here.
+pub(crate) fn have_age() -> bool {
     Command::new("age")
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success())
+}
+
+/// The reference `age -d` of `file` with `key` (the text of an identity
+/// file: an `AGE-SECRET-KEY-…` line).
+pub(crate) fn age_decrypt(key: &str, file: &Path) -> Output {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let id = dir.path().join("id");
+    fs::write(&id, format!("{key}\n")).expect("identity file");
+    Command::new("age")
+        .args(["-d", "-i"])
+        .arg(&id)
+        .arg(file)
+        .output()
+        .expect("run age")
+}
+
+/// [`age_decrypt`], required to succeed: the plaintext.
+#[track_caller]
+fn age_plaintext(key: &str, file: &Path, what: &str) -> Vec<u8> {
+    let out = age_decrypt(key, file);
+    assert!(
+        out.status.success(),
+        "age -d of {what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
 }
 
 #[test]
@@ -31,20 +59,8 @@ fn reference_age_decrypts_our_store_files() {
         "--passphrase-file",
         &e.pass.to_string_lossy(),
     ]);
-    let keyfile = e.home.join("key.txt");
-    fs::write(&keyfile, key).unwrap();
-    let dec = Command::new("age")
-        .args(["-d", "-i"])
-        .arg(&keyfile)
-        .arg(e.store().join("blob"))
-        .output()
-        .unwrap();
-    assert!(
-        dec.status.success(),
-        "{}",
-        String::from_utf8_lossy(&dec.stderr)
-    );
-    assert_eq!(dec.stdout, content);
+    let plain = age_plaintext(&key, &e.store().join("blob"), "the store file");
+    assert_eq!(plain, content);
 }
 
 #[test]
@@ -117,19 +133,7 @@ fn reference_age_decrypts_a_seal_with_precomputed_shares() {
     let file = dir.path().join("sealed.age");
     fs::write(&file, &sealed).unwrap();
     for (who, id) in [("a (share)", &a), ("b (inline)", &b)] {
-        let key = dir.path().join("key.txt");
-        fs::write(&key, id.to_string().expose_secret()).unwrap();
-        let out = Command::new("age")
-            .args(["-d", "-i"])
-            .arg(&key)
-            .arg(&file)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "age -d for {who}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(out.stdout, content, "{who}");
+        let plain = age_plaintext(id.to_string().expose_secret(), &file, who);
+        assert_eq!(plain, content, "{who}");
     }
 }
