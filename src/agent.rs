@@ -32,9 +32,9 @@ use lockbox_fs::mount::{self, Mount, MountState};
 /// (detached) waits for it.
 pub const READY_PREFIX: &str = "lockbox agent ready";
 
-/// How long a rename into the store may stay undurable (see
-/// `Store::with_grouped_dir_sync` and docs/design.md).
-const DIR_SYNC_WINDOW: std::time::Duration = std::time::Duration::from_millis(100);
+/// How long a seal, rename or delete in the store may stay undurable (see
+/// `Store::with_grouped_syncs` and docs/design.md).
+const SYNC_WINDOW: std::time::Duration = std::time::Duration::from_millis(100);
 
 struct Agent {
     envoy: Envoy,
@@ -74,9 +74,10 @@ pub fn run(paths: Paths) -> anyhow::Result<()> {
     // clean up the first one's in-flight temp files.
     sys::return_freed_memory();
     lockbox_fs::pages::on_large_release(sys::trim_heap);
-    // Renames into the store folder become durable within DIR_SYNC_WINDOW
-    // (contents before the rename, always); fsync(2) and stop wait for it.
-    let (envoy, mut lock) = Envoy::load_exclusive(paths, Some(DIR_SYNC_WINDOW))?;
+    // Seals through the mount, renames and deletes become durable within
+    // SYNC_WINDOW (a content always before its rename into the store);
+    // fsync(2) and stop wait for it.
+    let (envoy, mut lock) = Envoy::load_exclusive(paths, Some(SYNC_WINDOW))?;
     lock.write_pid()?;
     let replica = envoy
         .replica
@@ -125,7 +126,7 @@ pub fn run(paths: Paths) -> anyhow::Result<()> {
     if let Err(e) = mount.unmount() {
         tracing::warn!("unmount failed: {e}");
     }
-    if let Err(e) = agent.envoy.store.sync_dir_now() {
+    if let Err(e) = agent.envoy.store.sync_now() {
         tracing::warn!("final sync of the store failed: {e}");
     }
     if let Err(e) = agent.replica.flush() {

@@ -54,24 +54,33 @@ impl Envoy {
     /// command writes the store meanwhile), then load and remove leftovers of
     /// interrupted writes. The lock is held until the returned guard drops.
     ///
-    /// `dir_sync`: group the store folder's syncs within this window (the
-    /// agent); None syncs per operation (the CLI).
+    /// `grouped`: group the store's syncs within this window (the agent);
+    /// None syncs per operation (the CLI).
     pub fn load_exclusive(
         paths: Paths,
-        dir_sync: Option<std::time::Duration>,
+        grouped: Option<std::time::Duration>,
     ) -> anyhow::Result<(Envoy, AgentLock)> {
         let lock = AgentLock::take(&paths)?;
         let mut envoy = Envoy::load(paths)?;
-        if let Some(window) = dir_sync {
+        if let Some(window) = grouped {
             envoy.store = envoy
                 .store
                 .clone()
-                .with_grouped_dir_sync(window)
+                .with_grouped_syncs(window)
                 .with_share_pool();
         }
-        let removed = envoy.store.remove_leftovers()?;
-        if removed > 0 {
-            tracing::info!("removed {removed} partial file(s) of interrupted writes");
+        let leftovers = envoy.store.recover_leftovers()?;
+        if leftovers.removed > 0 {
+            let n = leftovers.removed;
+            tracing::info!("removed {n} partial file(s) of interrupted writes");
+        }
+        if !leftovers.recovered.is_empty() {
+            let names: Vec<String> = leftovers.recovered.iter().map(|n| n.to_string()).collect();
+            tracing::info!(
+                "put in place {} file(s) sealed just before the agent stopped: {}",
+                names.len(),
+                names.join(", ")
+            );
         }
         let replica = envoy.open_replica()?;
         match replica.reconcile() {

@@ -426,11 +426,7 @@ impl LockboxFs {
             }
         }
         let name = name.ok_or(Errno::ENOENT)?;
-        let meta = self
-            .store
-            .path_of(&name)
-            .symlink_metadata()
-            .map_err(|_| Errno::ENOENT)?;
+        let meta = self.store.metadata(&name).map_err(|_| Errno::ENOENT)?;
         let version = Version::of(&meta);
         let size = match cached {
             Some((v, size)) if v == version => size,
@@ -551,7 +547,7 @@ impl LockboxFs {
             tracing::warn!("cannot seal {name}: {e}");
             Errno::EIO
         })?;
-        match self.store.seal_pending(
+        match self.store.seal_deferred(
             &name,
             st.pages.reader(),
             &recipients,
@@ -560,12 +556,12 @@ impl LockboxFs {
             Ok((sealed, recorded)) => {
                 st.dirty = false;
                 if let Some(t) = st.mtime_set {
-                    let _ = File::open(self.store.path_of(&name)).and_then(|f| f.set_modified(t));
+                    let _ = self.store.set_mtime(&name, t);
                 }
                 tracing::debug!("sealed {name} ({} bytes)", sealed.plaintext_len);
                 // The new version's plaintext size is known: `stat` after
                 // the release need not read its header.
-                if let Ok(meta) = self.store.path_of(&name).symlink_metadata() {
+                if let Ok(meta) = self.store.metadata(&name) {
                     let version = Version::of(&meta);
                     if let Some(n) = lock(&self.inner).nodes.get_mut(&ino) {
                         n.size_cache = Some((version, sealed.plaintext_len));
@@ -1022,9 +1018,8 @@ impl Filesystem for Mounted {
                 let Some(name) = name else {
                     return reply.error(Errno::ENOENT);
                 };
-                let r = File::open(fs.store.path_of(&name)).and_then(|f| f.set_modified(t));
-                if let Err(e) = r {
-                    return reply.error(Errno::from(e));
+                if let Err(e) = fs.store.set_mtime(&name, t) {
+                    return reply.error(errno_of(&e));
                 }
             }
         }
@@ -1392,16 +1387,17 @@ impl Filesystem for Mounted {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        // fsync means: seal now if anything changed, then make the rename
-        // of what is sealed durable. A seal syncs its content, but the
-        // agent groups the folder syncs (`Store::with_grouped_dir_sync`), so
-        // a rename of the last window, by this seal or by the close before
-        // this fsync, may still be pending.
+        // fsync means: seal now if anything changed, then make what is
+        // sealed durable. The agent groups the syncs
+        // (`Store::with_grouped_syncs`): this seal, or the close's before
+        // this fsync, may still wait in its temp file, and a rename of the
+        // last window may not be synced yet. The journal entry is made
+        // (the Pending dropped) before the round, which takes the change lock.
         let fs = &self.0;
         if let Err(e) = fs.seal_written(fh.0).map(drop) {
             return reply.error(e);
         }
-        match fs.store.sync_dir_now() {
+        match fs.store.sync_now() {
             Ok(()) => reply.ok(),
             Err(e) => {
                 tracing::warn!("fsync: {e}");
@@ -1465,13 +1461,9 @@ impl Filesystem for Mounted {
         if ino.0 != ROOT {
             return reply.error(Errno::ENOTDIR);
         }
-        let mut names: Vec<Name> = match std::fs::read_dir(fs.store.dir()) {
-            Ok(rd) => rd
-                .flatten()
-                .filter(|d| d.file_type().is_ok_and(|t| t.is_file()))
-                .filter_map(|d| Name::from_os(&d.file_name()).ok())
-                .collect(),
-            Err(e) => return reply.error(Errno::from(e)),
+        let mut names: Vec<Name> = match fs.store.names() {
+            Ok(names) => names,
+            Err(e) => return reply.error(errno_of(&e)),
         };
         let mut inner = lock(&fs.inner);
         // Files created but not sealed yet are listed too.

@@ -297,9 +297,23 @@ struct Inner {
     /// Whether every change goes through the layers (grouped mode).
     grouped: std::sync::atomic::AtomicBool,
     layers: Mutex<Layers>,
-    /// Held while a write-back commits, and while a scan merges the
-    /// database with the layers (so nothing moves between them meanwhile).
+    /// Held while a write-back commits and updates the layers, and while a
+    /// scan merges the database with the layers (so nothing moves between
+    /// them meanwhile).
     flush_lock: Mutex<()>,
+    /// Held for a whole write-back (one at a time).
+    write_lock: Mutex<()>,
+    /// Run by each write-back after it took the pending changes and before
+    /// it commits them (see [`Meta::with_grouped_commits_after`]).
+    before_commit: std::sync::OnceLock<BeforeCommit>,
+}
+
+struct BeforeCommit(Box<dyn Fn() -> Result<(), Error> + Send + Sync>);
+
+impl std::fmt::Debug for BeforeCommit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BeforeCommit")
+    }
 }
 
 /// The metadata database of one envoy.
@@ -352,7 +366,9 @@ impl Inner {
     /// Commit the pending layer durably (grouped mode). On failure the
     /// changes stay in memory, under any newer ones, for the next try.
     fn write_back(&self) -> Result<(), Error> {
-        let _flush = lock(&self.flush_lock);
+        // One write-back at a time. It is never taken under the store's
+        // change lock, so `before_commit` may take that lock.
+        let _writer = lock(&self.write_lock);
         let batch = {
             let mut layers = lock(&self.layers);
             if layers.pending.is_empty() {
@@ -362,7 +378,13 @@ impl Inner {
             layers.flushing = Some(batch.clone());
             batch
         };
-        let result = commit(&self.db, batch.entries());
+        let result = match self.before_commit.get() {
+            Some(before) => (before.0)(),
+            None => Ok(()),
+        };
+        // A scan must not fall between the commit and the layers' update.
+        let _flush = lock(&self.flush_lock);
+        let result = result.and_then(|()| commit(&self.db, batch.entries()));
         // A lookup that misses the layers from now on must see the commit.
         let snapshot = match &result {
             Ok(()) => Snapshot::open(&self.db).ok().map(Arc::new),
@@ -415,12 +437,16 @@ impl Inner {
             out.insert(k.value().to_vec(), v.value().to_vec());
         }
         let layers = lock(&self.layers);
-        // No flush runs (we hold its lock), so only `pending` can be set.
-        for (k, v) in &layers.pending.tables[t as usize] {
-            match v {
-                Some(v) => out.insert(k.clone(), v.clone()),
-                None => out.remove(k),
-            };
+        // No commit runs (we hold its lock): what a write-back took is
+        // still in `flushing`, under the newer `pending`.
+        let flushing = layers.flushing.as_deref().into_iter();
+        for overlay in flushing.chain(std::iter::once(&layers.pending)) {
+            for (k, v) in &overlay.tables[t as usize] {
+                match v {
+                    Some(v) => out.insert(k.clone(), v.clone()),
+                    None => out.remove(k),
+                };
+            }
         }
         Ok(out)
     }
@@ -480,6 +506,8 @@ impl Meta {
                 grouped: std::sync::atomic::AtomicBool::new(false),
                 layers: Mutex::new(Layers::default()),
                 flush_lock: Mutex::new(()),
+                write_lock: Mutex::new(()),
+                before_commit: std::sync::OnceLock::new(),
             }),
             grouped: None,
         })
@@ -490,7 +518,22 @@ impl Meta {
     /// seen by every read, and a background thread commits what gathered
     /// in one durable transaction per window. [`Meta::flush`] commits
     /// everything at once (shutdown).
-    pub fn with_grouped_commits(mut self, window: std::time::Duration) -> Meta {
+    pub fn with_grouped_commits(self, window: std::time::Duration) -> Meta {
+        self.with_grouped_commits_after(window, || Ok(()))
+    }
+
+    /// [`Meta::with_grouped_commits`], running `before` in every write-back
+    /// after it took the changes to commit and before it commits them; an
+    /// error leaves them in memory for the next write-back. The agent makes
+    /// the store's waiting seals durable there, so no durable record names
+    /// a file a crash could still take back. Every change `before` must
+    /// cover was made before it was applied here, so it is in the batch.
+    pub fn with_grouped_commits_after(
+        mut self,
+        window: std::time::Duration,
+        before: impl Fn() -> Result<(), Error> + Send + Sync + 'static,
+    ) -> Meta {
+        let _ = self.inner.before_commit.set(BeforeCommit(Box::new(before)));
         // Weak: dropping the Meta closes the database; the syncer then has
         // nothing left to do.
         let inner = Arc::downgrade(&self.inner);
@@ -630,6 +673,72 @@ mod tests {
             Meta::open(&path).unwrap().misc("k").unwrap(),
             Some(vec![50])
         );
+    }
+
+    #[test]
+    fn a_failing_before_commit_keeps_the_changes_for_the_next_write_back() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.redb");
+        let calls = Arc::new(AtomicUsize::new(0));
+        {
+            let c = calls.clone();
+            let m = Meta::open(&path).unwrap().with_grouped_commits_after(
+                std::time::Duration::from_secs(3600),
+                move || match c.fetch_add(1, Ordering::SeqCst) {
+                    0 => Err(Error::Meta("the store could not sync".into())),
+                    _ => Ok(()),
+                },
+            );
+            m.apply(&[Op::PutMisc("k", vec![1])]).unwrap();
+            assert!(m.flush().is_err());
+            assert_eq!(m.misc("k").unwrap(), Some(vec![1]), "kept in memory");
+            m.apply(&[Op::PutMisc("j", vec![2])]).unwrap();
+            m.flush().unwrap();
+            assert_eq!(calls.load(Ordering::SeqCst), 2);
+        }
+        let m = Meta::open(&path).unwrap();
+        assert_eq!(m.misc("k").unwrap(), Some(vec![1]));
+        assert_eq!(m.misc("j").unwrap(), Some(vec![2]));
+    }
+
+    #[test]
+    fn a_scan_during_a_write_back_sees_what_it_took() {
+        let dir = tempfile::tempdir().unwrap();
+        let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let go_rx = Mutex::new(go_rx);
+        let m = Arc::new(
+            Meta::open(&dir.path().join("meta.redb"))
+                .unwrap()
+                .with_grouped_commits_after(std::time::Duration::from_secs(3600), move || {
+                    entered_tx.send(()).unwrap();
+                    lock(&go_rx).recv().unwrap();
+                    Ok(())
+                }),
+        );
+        let put = |name: &str| Op::PutVersion {
+            name: Name::new(name).unwrap(),
+            record: name.as_bytes().to_vec(),
+            stat: None,
+        };
+        m.apply(&[put("taken")]).unwrap();
+        let flusher = {
+            let m = m.clone();
+            std::thread::spawn(move || m.flush())
+        };
+        // The write-back took "taken" and waits in its hook: a newer change
+        // and a scan both go on meanwhile.
+        entered_rx.recv().unwrap();
+        m.apply(&[put("newer")]).unwrap();
+        let names: Vec<Vec<u8>> = m.versions().unwrap().into_iter().map(|v| v.0).collect();
+        assert_eq!(names, vec![b"newer".to_vec(), b"taken".to_vec()]);
+        go_tx.send(()).unwrap();
+        flusher.join().unwrap().unwrap();
+        let names: Vec<Vec<u8>> = m.versions().unwrap().into_iter().map(|v| v.0).collect();
+        assert_eq!(names, vec![b"newer".to_vec(), b"taken".to_vec()]);
+        // The drop's own write-back runs the hook once more.
+        go_tx.send(()).unwrap();
     }
 
     /// Everything a reader can ask, for comparing two databases.

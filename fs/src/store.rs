@@ -6,11 +6,21 @@
 //! crash at any instant a name holds its old or its new complete ciphertext,
 //! never a torn one. Plaintext is never written here by lockbox: it streams
 //! from the caller's reader straight into the age sealer.
+//!
+//! The agent groups the syncs ([`Store::with_grouped_syncs`]): a seal made
+//! through the mount ([`Store::seal_deferred`]) *waits* in its temp file,
+//! where every read of the name finds it, until a background round makes
+//! all waiting temps durable with one `syncfs` and renames them into place;
+//! the folder is synced once per round too. What a crash may undo is
+//! bounded by the window, and a name still never holds a torn file: a temp
+//! enters the store only after it is durable.
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -114,15 +124,115 @@ pub struct Store {
     /// into the store, and the journal entry for it), so the record of a
     /// version and the file it describes move together.
     changes: Arc<Mutex<()>>,
-    /// When set, renames into the store folder are made durable by a
-    /// background `fsync` of the folder within a bounded window, instead of
-    /// one `fsync` per operation (see [`Store::with_grouped_dir_sync`]).
+    /// When set, seals through the mount wait in their temp files and
+    /// renames into the store folder are made durable by background rounds
+    /// within a bounded window, instead of syncs per operation (see
+    /// [`Store::with_grouped_syncs`]).
     grouped: Option<Arc<Grouped>>,
+    /// The seals waiting for the next round (grouped mode only).
+    waiting: Option<Arc<Waiting>>,
     /// Its window, when grouped.
     window: Option<std::time::Duration>,
     /// X25519 shares computed ahead for the seals (the agent's; see
     /// [`Store::with_share_pool`]).
     shares: Option<Arc<SharePool>>,
+}
+
+/// What [`Store::recover_leftovers`] did.
+#[derive(Debug, Default)]
+pub struct Leftovers {
+    /// Complete seals put in place.
+    pub recovered: Vec<Name>,
+    /// Partial temp files removed.
+    pub removed: usize,
+}
+
+fn remove_leftover(p: &Path) -> usize {
+    match fs::remove_file(p) {
+        Ok(()) => 1,
+        Err(e) => {
+            tracing::warn!("could not remove leftover temp file {}: {e}", p.display());
+            0
+        }
+    }
+}
+
+/// The extended attribute that marks a waiting seal's temp file complete:
+/// `BOOT_ID\nSEQ\nNAME`, the boot it was written in, its number and the
+/// name it is for.
+const SEAL_XATTR: &str = "user.lockbox.seal";
+
+/// This boot's id (`/proc/sys/kernel/random/boot_id`), if the kernel says.
+fn boot_id() -> Option<&'static str> {
+    static ID: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    })
+    .as_deref()
+}
+
+/// Mark a waiting seal complete, so that if the agent dies before a round
+/// puts it in place the next start does (see [`Store::recover_leftovers`]).
+/// Without extended attributes on the store's file system a waiting seal
+/// dies with the agent, as it would with the machine; that is said once.
+fn mark_complete(file: &File, seq: u64, name: &Name) {
+    let Some(boot) = boot_id() else {
+        return;
+    };
+    let mut v = format!("{boot}\n{seq}\n").into_bytes();
+    v.extend_from_slice(name.as_bytes());
+    if let Err(e) = rustix::fs::fsetxattr(file, SEAL_XATTR, &v, rustix::fs::XattrFlags::empty()) {
+        static SAID: AtomicBool = AtomicBool::new(false);
+        if !SAID.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "cannot mark sealed files as complete ({e}): a file closed less than a \
+                 sync window before the agent is killed will be lost"
+            );
+        }
+    }
+}
+
+/// The number and name of the complete seal `path` holds, if it was
+/// marked in this boot.
+fn completed_seal_of(path: &Path) -> Option<(u64, Name)> {
+    use std::os::unix::ffi::OsStrExt;
+    let boot = boot_id()?;
+    let mut buf = [0u8; 512];
+    let n = rustix::fs::getxattr(path, SEAL_XATTR, &mut buf[..]).ok()?;
+    let mut parts = buf[..n].splitn(3, |&b| b == b'\n');
+    if parts.next()? != boot.as_bytes() {
+        return None;
+    }
+    let seq = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+    let name = Name::from_os(std::ffi::OsStr::from_bytes(parts.next()?)).ok()?;
+    Some((seq, name))
+}
+
+/// Seals that wait in their temp files for a round of the grouped syncs.
+#[derive(Debug, Default)]
+struct Waiting {
+    /// Per name, its newest seal. Held while a temp is opened or renamed
+    /// into place, so a reader never opens a path that just moved.
+    files: Mutex<HashMap<Name, WaitingFile>>,
+    /// Numbers the seals, so a round installs only the one it synced.
+    next: AtomicU64,
+    /// One round at a time (the store's syncer, the metadata's, `fsync`).
+    round: Mutex<()>,
+    /// The store folder changed since its last sync.
+    dir_dirty: AtomicBool,
+}
+
+#[derive(Debug)]
+struct WaitingFile {
+    temp: PathBuf,
+    seq: u64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Told of every change the store makes on behalf of the mount or the CLI,
@@ -211,6 +321,7 @@ impl Store {
             journal: None,
             changes: Arc::new(Mutex::new(())),
             grouped: None,
+            waiting: None,
             window: None,
             shares: None,
         };
@@ -220,48 +331,193 @@ impl Store {
         Ok(store)
     }
 
-    /// Remove temp files left by an interrupted write: they hold only partial
-    /// ciphertext and were never renamed into place. Only the store's single
-    /// writer may call this (the agent, or the CLI holding the agent lock),
-    /// or it would delete another writer's in-flight file.
-    pub fn remove_leftovers(&self) -> Result<usize, Error> {
-        let mut removed = 0;
+    /// Deal with the temp files a stopped writer left. A complete seal that
+    /// was waiting for a round when the agent died, in this same boot (so
+    /// its bytes are whole in the page cache), is synced and put in place:
+    /// its `close(2)` had returned. Every other temp file holds partial
+    /// ciphertext that was never renamed into place and is removed. Only
+    /// the store's single writer may call this (the agent, or the CLI
+    /// holding the agent lock), or it would take another writer's
+    /// in-flight file.
+    pub fn recover_leftovers(&self) -> Result<Leftovers, Error> {
+        let mut done = Leftovers::default();
         let leftovers = fs::read_dir(&self.tmp).map_err(|e| Error::io("read", &self.tmp, e))?;
+        // The newest complete seal per name (a crash can leave an older one
+        // that was about to be removed).
+        let mut newest: HashMap<Name, (u64, PathBuf)> = HashMap::new();
         for entry in leftovers.flatten() {
             let p = entry.path();
-            match fs::remove_file(&p) {
-                Ok(()) => removed += 1,
+            if let Some((seq, name)) = completed_seal_of(&p) {
+                let older = match newest.get(&name) {
+                    Some((s, _)) if *s > seq => Some(p),
+                    _ => newest.insert(name, (seq, p)).map(|(_, p)| p),
+                };
+                if let Some(older) = older {
+                    done.removed += remove_leftover(&older);
+                }
+                continue;
+            }
+            done.removed += remove_leftover(&p);
+        }
+        for (name, (_, temp)) in newest {
+            let dest = self.path_of(&name);
+            let put = File::open(&temp)
+                .and_then(|f| f.sync_data())
+                .and_then(|()| fs::rename(&temp, &dest));
+            match put {
+                Ok(()) => {
+                    let _ = rustix::fs::removexattr(&dest, SEAL_XATTR);
+                    done.recovered.push(name);
+                }
                 Err(e) => {
-                    tracing::warn!("could not remove leftover temp file {}: {e}", p.display())
+                    tracing::warn!("cannot put the sealed {name} in place ({e}): it is lost");
+                    done.removed += remove_leftover(&temp);
                 }
             }
         }
-        Ok(removed)
+        if !done.recovered.is_empty() {
+            sync_dir(&self.dir)?;
+        }
+        done.recovered.sort();
+        Ok(done)
     }
 
-    /// Group the folder syncs of this store (the agent's, not the CLI's).
+    /// Group the syncs of this store (the agent's, not the CLI's): a seal
+    /// through [`Store::seal_deferred`] waits in its temp file, and a
+    /// background round at most `window` after a change makes every waiting
+    /// temp durable at once (one `syncfs`), renames them into place and
+    /// syncs the folder once.
     ///
-    /// File contents are still made durable before they are renamed into
-    /// place, so a name always holds a complete version; what may trail by up
-    /// to `window` after a crash is *which* complete version a name holds (a
-    /// rename, create or delete of the last moments may be undone). Call
-    /// [`Store::sync_dir_now`] where durability must not trail (`fsync(2)`,
-    /// shutdown).
-    pub fn with_grouped_dir_sync(mut self, window: std::time::Duration) -> Store {
-        let dir = self.dir.clone();
+    /// A file's content is still durable before it is renamed into place,
+    /// so a name always holds a complete version; what may trail by up to
+    /// `window` (plus the round's own sync) after a crash is *which*
+    /// complete version a name holds: a seal, rename, create or delete of
+    /// the last moments may be undone. Call [`Store::sync_now`] where
+    /// durability must not trail (`fsync(2)`, shutdown).
+    pub fn with_grouped_syncs(mut self, window: std::time::Duration) -> Store {
+        self.waiting = Some(Arc::new(Waiting::default()));
+        let this = self.clone();
         let sync = move || {
-            if let Err(e) = sync_dir(&dir) {
-                tracing::warn!("{e}");
+            if let Err(e) = this.sync_round(false) {
+                tracing::warn!("{e} (tried again with the next change, by fsync and at shutdown)");
             }
         };
-        match Grouped::start("store-dir-sync", window, sync) {
+        match Grouped::start("store-sync", window, sync) {
             Ok(g) => {
                 self.grouped = Some(g);
                 self.window = Some(window);
             }
-            Err(e) => tracing::warn!("cannot start the folder syncer ({e}): syncing per operation"),
+            Err(e) => {
+                self.waiting = None;
+                tracing::warn!("cannot start the store's syncer ({e}): syncing per operation")
+            }
         }
         self
+    }
+
+    /// One round of the grouped syncs: make the seals waiting now durable
+    /// (one `fdatasync` for a single file, one `syncfs` for several), rename
+    /// each into place unless a newer change of its name came meanwhile,
+    /// then sync the folder if it changed (or always, with `force_dir`).
+    /// The caller must not hold the change lock. A failed sync leaves the
+    /// seals waiting for the next round.
+    pub fn sync_round(&self, force_dir: bool) -> Result<(), Error> {
+        let Some(w) = &self.waiting else {
+            return sync_dir(&self.dir);
+        };
+        let _round = lock(&w.round);
+        let batch: Vec<(Name, PathBuf, u64)> = lock(&w.files)
+            .iter()
+            .map(|(n, f)| (n.clone(), f.temp.clone(), f.seq))
+            .collect();
+        if !batch.is_empty() {
+            self.sync_contents(batch.iter().map(|(_, temp, _)| temp.as_path()))?;
+            let _changes = self.change_lock();
+            let mut failed = None;
+            for (name, temp, seq) in batch {
+                let mut files = lock(&w.files);
+                if files.get(&name).map(|f| f.seq) != Some(seq) {
+                    continue; // replaced, removed or installed meanwhile
+                }
+                let dest = self.path_of(&name);
+                match fs::rename(&temp, &dest) {
+                    Ok(()) => {
+                        files.remove(&name);
+                        w.dir_dirty.store(true, Ordering::SeqCst);
+                        let _ = rustix::fs::removexattr(&dest, SEAL_XATTR);
+                    }
+                    Err(e) => failed = Some(Error::io("rename into", &dest, e)),
+                }
+            }
+            if let Some(e) = failed {
+                return Err(e);
+            }
+        }
+        if w.dir_dirty.swap(false, Ordering::SeqCst) || force_dir {
+            if let Err(e) = sync_dir(&self.dir) {
+                w.dir_dirty.store(true, Ordering::SeqCst);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Make the temp files `temps` durable: `fdatasync` for one, `syncfs`
+    /// of the store's file system for more (one device flush for all). A
+    /// temp that is gone was replaced or removed: nothing to sync.
+    fn sync_contents<'p>(
+        &self,
+        temps: impl ExactSizeIterator<Item = &'p Path>,
+    ) -> Result<(), Error> {
+        let mut temps = temps;
+        if temps.len() == 1 {
+            let temp = temps.next().expect("one temp");
+            return match File::open(temp) {
+                Ok(f) => f.sync_data().map_err(|e| Error::io("sync", temp, e)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(Error::io("open", temp, e)),
+            };
+        }
+        let d = File::open(&self.tmp).map_err(|e| Error::io("open", &self.tmp, e))?;
+        rustix::fs::syncfs(&d)
+            .map_err(|e| Error::io("sync the file system of", &self.tmp, e.into()))
+    }
+
+    /// The newest seal of `name` is waiting in its temp file (grouped mode).
+    fn waiting_temp(&self, name: &Name) -> Option<PathBuf> {
+        let w = self.waiting.as_ref()?;
+        lock(&w.files).get(name).map(|f| f.temp.clone())
+    }
+
+    /// Under the change lock: put `name`'s waiting seal in place now (made
+    /// durable first), as a rename of `name` needs it in the store.
+    fn install_locked(&self, name: &Name) -> Result<(), Error> {
+        let (Some(w), Some(temp)) = (&self.waiting, self.waiting_temp(name)) else {
+            return Ok(());
+        };
+        self.sync_contents(std::iter::once(temp.as_path()))?;
+        let dest = self.path_of(name);
+        let mut files = lock(&w.files);
+        fs::rename(&temp, &dest).map_err(|e| Error::io("rename into", &dest, e))?;
+        files.remove(name);
+        drop(files);
+        let _ = rustix::fs::removexattr(&dest, SEAL_XATTR);
+        self.dir_changed()
+    }
+
+    /// Under the change lock: forget `name`'s waiting seal, as a newer
+    /// change of the name replaced it. Returns whether there was one.
+    fn drop_waiting_locked(&self, name: &Name) -> bool {
+        let Some(w) = &self.waiting else {
+            return false;
+        };
+        let Some(f) = lock(&w.files).remove(name) else {
+            return false;
+        };
+        if let Err(e) = fs::remove_file(&f.temp) {
+            tracing::warn!("cannot remove {}: {e}", f.temp.display());
+        }
+        true
     }
 
     /// Seal with X25519 shares computed ahead on a thread of their own
@@ -285,22 +541,21 @@ impl Store {
         self.window
     }
 
-    /// Make every rename, create and delete so far durable.
-    pub fn sync_dir_now(&self) -> Result<(), Error> {
-        if let Some(g) = &self.grouped {
-            g.clear();
-        }
-        sync_dir(&self.dir)
+    /// Make every seal, rename, create and delete so far durable. The
+    /// caller must not hold the change lock.
+    pub fn sync_now(&self) -> Result<(), Error> {
+        self.sync_round(true)
     }
 
     /// After a change of the folder: sync it now, or let the syncer do it.
     fn dir_changed(&self) -> Result<(), Error> {
-        match &self.grouped {
-            Some(g) => {
+        match (&self.grouped, &self.waiting) {
+            (Some(g), Some(w)) => {
+                w.dir_dirty.store(true, Ordering::SeqCst);
                 g.mark();
                 Ok(())
             }
-            None => sync_dir(&self.dir),
+            _ => sync_dir(&self.dir),
         }
     }
 
@@ -322,6 +577,16 @@ impl Store {
         &self,
         fill: impl FnOnce(&mut File) -> Result<T, Error>,
     ) -> Result<(StagedFile, T), Error> {
+        self.stage_with(fill, true)
+    }
+
+    /// [`Store::stage`], made durable only if `durable` (else a round of the
+    /// grouped syncs does it before the file enters the store).
+    fn stage_with<T>(
+        &self,
+        fill: impl FnOnce(&mut File) -> Result<T, Error>,
+        durable: bool,
+    ) -> Result<(StagedFile, T), Error> {
         let staged = StagedFile {
             path: self
                 .tmp
@@ -334,35 +599,61 @@ impl Store {
             .open(&staged.path)
             .map_err(|e| Error::io("create", &staged.path, e))?;
         let t = fill(&mut file)?;
-        file.sync_all()
-            .map_err(|e| Error::io("sync", &staged.path, e))?;
+        if durable {
+            file.sync_all()
+                .map_err(|e| Error::io("sync", &staged.path, e))?;
+        }
         Ok((staged, t))
     }
 
-    /// Rename a staged file into place as `name`. The caller holds
-    /// [`Store::change_lock`] and records the change itself (no journal).
+    /// Rename a staged file into place as `name` (replacing a seal of it
+    /// still waiting). The caller holds [`Store::change_lock`] and records
+    /// the change itself (no journal).
     pub fn commit_staged(&self, mut staged: StagedFile, name: &Name) -> Result<(), Error> {
+        // The waiting seal goes first: if the agent died between the two, the
+        // next start must not put it back over this file.
+        self.drop_waiting_locked(name);
         let dest = self.path_of(name);
         fs::rename(&staged.path, &dest).map_err(|e| Error::io("rename into", &dest, e))?;
         staged.path = PathBuf::new();
         self.dir_changed()
     }
 
-    /// Remove `name`; the caller holds [`Store::change_lock`] (no journal).
-    /// A missing file is not an error.
+    /// Remove `name` (and a seal of it still waiting); the caller holds
+    /// [`Store::change_lock`] (no journal). A missing file is not an error.
     pub fn remove_locked(&self, name: &Name) -> Result<(), Error> {
+        self.remove_either(name).map(drop)
+    }
+
+    /// Remove `name`'s store file and its waiting seal; whether either was
+    /// there.
+    fn remove_either(&self, name: &Name) -> Result<bool, Error> {
+        let waited = self.drop_waiting_locked(name);
         let p = self.path_of(name);
-        match fs::remove_file(&p) {
-            Ok(()) => self.dir_changed(),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io("remove", &p, e)),
+        let removed = match fs::remove_file(&p) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+            Err(e) => return Err(Error::io("remove", &p, e)),
+        };
+        if removed {
+            self.dir_changed()?;
         }
+        Ok(waited || removed)
     }
 
     /// Rename `from` to `to`; the caller holds [`Store::change_lock`] (no
-    /// journal).
+    /// journal). A seal of `from` still waiting is put in place first; one
+    /// of `to` is dropped, as the rename replaces it.
     pub fn rename_locked(&self, from: &Name, to: &Name) -> Result<(), Error> {
+        self.install_locked(from)?;
         let (a, b) = (self.path_of(from), self.path_of(to));
+        if a.symlink_metadata().is_err() {
+            return Err(Error::NotFound(from.to_string()));
+        }
+        // As in `commit_staged`: the replaced seal goes before the rename.
+        if from != to {
+            self.drop_waiting_locked(to);
+        }
         fs::rename(&a, &b).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => Error::NotFound(from.to_string()),
             _ => Error::io("rename", &a, e),
@@ -391,9 +682,52 @@ impl Store {
         self.dir.join(name.as_os_str())
     }
 
+    /// Where `name`'s newest bytes are: its waiting seal's temp file, else
+    /// its store file. Only stable while the caller holds the change lock
+    /// (a round moves a temp into place under it).
+    pub fn current_path(&self, name: &Name) -> PathBuf {
+        self.waiting_temp(name)
+            .unwrap_or_else(|| self.path_of(name))
+    }
+
+    /// Run `f` on the path of `name`'s newest bytes while no round can move
+    /// them (for a single open, stat or touch).
+    fn at_current<T>(&self, name: &Name, f: impl FnOnce(&Path) -> T) -> T {
+        if let Some(w) = &self.waiting {
+            let files = lock(&w.files);
+            if let Some(wf) = files.get(name) {
+                return f(&wf.temp);
+            }
+        }
+        f(&self.path_of(name))
+    }
+
     /// Whether the store holds `name`.
     pub fn contains(&self, name: &Name) -> bool {
-        self.path_of(name).symlink_metadata().is_ok()
+        self.at_current(name, |p| p.symlink_metadata().is_ok())
+    }
+
+    /// The file system's metadata of `name`'s newest bytes (its inode,
+    /// ciphertext size and mtime, which a round's rename keeps).
+    pub fn metadata(&self, name: &Name) -> Result<fs::Metadata, Error> {
+        self.at_current(name, |p| {
+            p.symlink_metadata().map_err(|e| match e.kind() {
+                io::ErrorKind::NotFound => Error::NotFound(name.to_string()),
+                _ => Error::io("stat", p, e),
+            })
+        })
+    }
+
+    /// Set the modification time of `name`'s newest bytes.
+    pub fn set_mtime(&self, name: &Name, t: SystemTime) -> Result<(), Error> {
+        self.at_current(name, |p| {
+            File::open(p)
+                .and_then(|f| f.set_modified(t))
+                .map_err(|e| match e.kind() {
+                    io::ErrorKind::NotFound => Error::NotFound(name.to_string()),
+                    _ => Error::io("set the time of", p, e),
+                })
+        })
     }
 
     /// Seal everything `plaintext` yields to `recipients` and atomically
@@ -408,6 +742,41 @@ impl Store {
     ) -> Result<Sealed, Error> {
         self.seal_pending(name, plaintext, recipients, max_size)
             .map(|(sealed, _recorded)| sealed)
+    }
+
+    /// [`Store::seal_pending`], but in grouped mode the seal waits in its
+    /// temp file for the next round instead of being synced now: every
+    /// read of `name` sees it at once, and it is durable within the window
+    /// (or at [`Store::sync_now`]). For the mount's closes; a seal that
+    /// replaces a source it then deletes (the sweep) must not wait.
+    pub fn seal_deferred(
+        &self,
+        name: &Name,
+        plaintext: impl Read,
+        recipients: &SealTo,
+        max_size: u64,
+    ) -> Result<(Sealed, Pending<'_>), Error> {
+        let (Some(g), Some(w)) = (&self.grouped, &self.waiting) else {
+            return self.seal_pending(name, plaintext, recipients, max_size);
+        };
+        let seq = w.next.fetch_add(1, Ordering::Relaxed);
+        let fill = |file: &mut File| {
+            let sealed = seal_into(file, name, plaintext, recipients, self.shares(), max_size)?;
+            mark_complete(file, seq, name);
+            Ok(sealed)
+        };
+        let (mut staged, sealed) = self.stage_with(fill, false)?;
+        let guard = self.change_lock();
+        let temp = std::mem::take(&mut staged.path);
+        let older = lock(&w.files).insert(name.clone(), WaitingFile { temp, seq });
+        if let Some(older) = older {
+            if let Err(e) = fs::remove_file(&older.temp) {
+                tracing::warn!("cannot remove {}: {e}", older.temp.display());
+            }
+        }
+        g.mark();
+        let event = Event::Changed(name.clone(), Some(sealed.clone()));
+        Ok((sealed, self.pending(guard, event)))
     }
 
     /// [`Store::seal`], with the journal entry left to the returned
@@ -455,10 +824,11 @@ impl Store {
     /// Open a store file for reading (ciphertext or, for a plaintext entry,
     /// the raw bytes).
     pub fn open_file(&self, name: &Name) -> Result<File, Error> {
-        let p = self.path_of(name);
-        File::open(&p).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => Error::NotFound(name.to_string()),
-            _ => Error::io("open", &p, e),
+        self.at_current(name, |p| {
+            File::open(p).map_err(|e| match e.kind() {
+                io::ErrorKind::NotFound => Error::NotFound(name.to_string()),
+                _ => Error::io("open", p, e),
+            })
         })
     }
 
@@ -470,13 +840,10 @@ impl Store {
     /// [`Store::remove`], with the journal entry left to the returned
     /// [`Pending`].
     pub fn remove_pending(&self, name: &Name) -> Result<Pending<'_>, Error> {
-        let p = self.path_of(name);
         let guard = self.change_lock();
-        fs::remove_file(&p).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => Error::NotFound(name.to_string()),
-            _ => Error::io("remove", &p, e),
-        })?;
-        self.dir_changed()?;
+        if !self.remove_either(name)? {
+            return Err(Error::NotFound(name.to_string()));
+        }
         Ok(self.pending(guard, Event::Removed(name.clone())))
     }
 
@@ -495,12 +862,13 @@ impl Store {
 
     /// Describe one file of the store.
     pub fn entry(&self, name: &Name) -> Result<Entry, Error> {
-        let p = self.path_of(name);
-        let meta = p.symlink_metadata().map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => Error::NotFound(name.to_string()),
-            _ => Error::io("stat", &p, e),
-        })?;
-        self.describe(name.clone(), &p, &meta)
+        self.at_current(name, |p| {
+            let meta = p.symlink_metadata().map_err(|e| match e.kind() {
+                io::ErrorKind::NotFound => Error::NotFound(name.to_string()),
+                _ => Error::io("stat", p, e),
+            })?;
+            self.describe(name.clone(), p, &meta)
+        })
     }
 
     fn describe(&self, name: Name, path: &Path, meta: &fs::Metadata) -> Result<Entry, Error> {
@@ -522,37 +890,47 @@ impl Store {
         })
     }
 
-    /// Every regular file in the store, sorted by name. Anything else found
-    /// there (a folder, a symlink) is skipped with a warning.
-    pub fn list(&self) -> Result<Vec<Entry>, Error> {
+    /// The names of every regular file in the store, with the seals still
+    /// waiting, sorted. Anything else found there (a folder, a symlink) is
+    /// skipped with a warning.
+    pub fn names(&self) -> Result<Vec<Name>, Error> {
         let mut out = Vec::new();
         let rd = fs::read_dir(&self.dir).map_err(|e| Error::io("read", &self.dir, e))?;
         for dirent in rd {
             let dirent = dirent.map_err(|e| Error::io("read", &self.dir, e))?;
-            let path = dirent.path();
             let Ok(name) = Name::from_os(&dirent.file_name()) else {
                 continue;
             };
-            let meta = match path.symlink_metadata() {
-                Ok(m) => m,
+            match dirent.file_type() {
+                Ok(t) if t.is_file() => out.push(name),
+                Ok(_) => tracing::warn!(
+                    "ignoring {}: lockbox holds only regular files",
+                    dirent.path().display()
+                ),
                 // Removed between readdir and stat: not an error.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(Error::io("stat", &path, e)),
-            };
-            if !meta.file_type().is_file() {
-                tracing::warn!(
-                    "ignoring {}: lockbox holds only regular files",
-                    path.display()
-                );
-                continue;
+                Err(e) => return Err(Error::io("stat", &dirent.path(), e)),
             }
-            match self.describe(name, &path, &meta) {
+        }
+        if let Some(w) = &self.waiting {
+            out.extend(lock(&w.files).keys().cloned());
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// Every regular file in the store (see [`Store::names`]), described.
+    pub fn list(&self) -> Result<Vec<Entry>, Error> {
+        let mut out = Vec::new();
+        for name in self.names()? {
+            match self.entry(&name) {
                 Ok(e) => out.push(e),
+                // Removed meanwhile: not an error.
                 Err(Error::NotFound(_)) => continue,
                 Err(e) => return Err(e),
             }
         }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
 
@@ -993,7 +1371,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path())
             .unwrap()
-            .with_grouped_dir_sync(std::time::Duration::from_millis(5));
+            .with_grouped_syncs(std::time::Duration::from_millis(5));
         let id = identity::generate();
         store
             .seal(
@@ -1008,8 +1386,135 @@ mod tests {
         assert_eq!(&open_to_vec(&id, f).unwrap()[..], b"grouped");
         store.rename(&n("g"), &n("h")).unwrap();
         store.remove(&n("h")).unwrap();
-        store.sync_dir_now().unwrap();
+        store.sync_now().unwrap();
         assert!(!store.contains(&n("h")));
+    }
+
+    /// A store that groups its syncs, with a window so long that only the
+    /// test's own rounds run.
+    fn grouped() -> (tempfile::TempDir, Store, lockbox_crypto::AgeIdentity) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path())
+            .unwrap()
+            .with_grouped_syncs(std::time::Duration::from_secs(3600));
+        (dir, store, identity::generate())
+    }
+
+    fn seal_later(store: &Store, id: &lockbox_crypto::AgeIdentity, name: &str, text: &[u8]) {
+        let to = SealTo::keys(vec![id.to_public()]);
+        let (sealed, pending) = store
+            .seal_deferred(&n(name), Cursor::new(text.to_vec()), &to, 1 << 20)
+            .unwrap();
+        drop(pending);
+        assert_eq!(sealed.plaintext_len, text.len() as u64);
+    }
+
+    fn read(store: &Store, id: &lockbox_crypto::AgeIdentity, name: &str) -> Vec<u8> {
+        open_to_vec(id, store.open_file(&n(name)).unwrap())
+            .unwrap()
+            .to_vec()
+    }
+
+    fn temps(dir: &tempfile::TempDir) -> usize {
+        fs::read_dir(dir.path().join("tmp")).unwrap().count()
+    }
+
+    #[test]
+    fn a_deferred_seal_is_read_from_its_temp_until_a_round_installs_it() {
+        let (dir, store, id) = grouped();
+        seal_later(&store, &id, "a", b"first");
+        seal_later(&store, &id, "a", b"second, longer");
+        // Not in the store folder yet, but every read finds the newest seal.
+        assert!(!dir.path().join("store/a").exists());
+        assert_eq!(temps(&dir), 1, "the older waiting seal was removed");
+        assert!(store.contains(&n("a")));
+        assert_eq!(read(&store, &id, "a"), b"second, longer");
+        assert_eq!(store.entry(&n("a")).unwrap().size, 14);
+        assert_eq!(store.names().unwrap(), vec![n("a")]);
+        assert_eq!(store.list().unwrap().len(), 1);
+        let before = store.metadata(&n("a")).unwrap();
+        store.sync_now().unwrap();
+        // Installed: same inode, size and mtime (what the records keep).
+        let after = fs::symlink_metadata(dir.path().join("store/a")).unwrap();
+        assert_eq!((before.ino(), before.len()), (after.ino(), after.len()));
+        assert_eq!(before.mtime_nsec(), after.mtime_nsec());
+        assert_eq!(after.permissions().mode() & 0o777, 0o600);
+        assert_eq!(temps(&dir), 0);
+        assert_eq!(read(&store, &id, "a"), b"second, longer");
+        assert_eq!(store.names().unwrap(), vec![n("a")]);
+    }
+
+    #[test]
+    fn changes_of_a_waiting_name_act_on_its_newest_seal() {
+        let (dir, store, id) = grouped();
+        let to = SealTo::keys(vec![id.to_public()]);
+        // Renaming a waiting seal puts it in place first.
+        seal_later(&store, &id, "a", b"new a");
+        store.rename(&n("a"), &n("b")).unwrap();
+        assert!(!store.contains(&n("a")));
+        assert_eq!(read(&store, &id, "b"), b"new a");
+        assert_eq!(temps(&dir), 0);
+        // Removing a name removes its installed file and its waiting seal.
+        store
+            .seal(&n("c"), Cursor::new(b"old c"), &to, 100)
+            .unwrap();
+        seal_later(&store, &id, "c", b"new c");
+        store.remove(&n("c")).unwrap();
+        assert!(!store.contains(&n("c")));
+        assert!(matches!(store.remove(&n("c")), Err(Error::NotFound(_))));
+        seal_later(&store, &id, "w", b"only waiting");
+        store.remove(&n("w")).unwrap();
+        assert!(!store.contains(&n("w")));
+        assert_eq!(temps(&dir), 0);
+        // A rename onto a waiting name replaces it: the older seal must not
+        // come back with the next round.
+        seal_later(&store, &id, "d", b"stale d");
+        store
+            .seal(&n("e"), Cursor::new(b"e's bytes"), &to, 100)
+            .unwrap();
+        store.rename(&n("e"), &n("d")).unwrap();
+        store.sync_now().unwrap();
+        assert_eq!(read(&store, &id, "d"), b"e's bytes");
+        // So does a file put in place from a peer (commit_staged).
+        seal_later(&store, &id, "f", b"local f");
+        let (staged, ()) = store
+            .stage(|file| {
+                seal_into(file, &n("f"), Cursor::new(b"peer f"), &to, None, 100).map(drop)
+            })
+            .unwrap();
+        {
+            let _guard = store.change_lock();
+            store.commit_staged(staged, &n("f")).unwrap();
+        }
+        store.sync_now().unwrap();
+        assert_eq!(read(&store, &id, "f"), b"peer f");
+        assert_eq!(temps(&dir), 0);
+        assert_eq!(store.names().unwrap(), vec![n("b"), n("d"), n("f")]);
+    }
+
+    #[test]
+    fn many_waiting_seals_share_one_round() {
+        let (dir, store, id) = grouped();
+        for i in 0..50 {
+            seal_later(
+                &store,
+                &id,
+                &format!("f{i:02}"),
+                format!("body {i}").as_bytes(),
+            );
+        }
+        assert_eq!(temps(&dir), 50);
+        assert_eq!(store.names().unwrap().len(), 50);
+        store.sync_round(false).unwrap();
+        assert_eq!(temps(&dir), 0);
+        for i in 0..50 {
+            let p = dir.path().join(format!("store/f{i:02}"));
+            assert!(seal::is_age(&fs::read(&p).unwrap()), "{}", p.display());
+            assert_eq!(
+                read(&store, &id, &format!("f{i:02}")),
+                format!("body {i}").as_bytes()
+            );
+        }
     }
 
     #[test]
@@ -1018,8 +1523,73 @@ mod tests {
         fs::write(dir.path().join("tmp/dead.partial"), b"partial").unwrap();
         Store::open(dir.path()).unwrap();
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 1);
-        assert_eq!(store.remove_leftovers().unwrap(), 1);
+        let done = store.recover_leftovers().unwrap();
+        assert_eq!((done.removed, done.recovered.len()), (1, 0));
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    /// Whether the file system under `dir` keeps user extended attributes.
+    fn has_user_xattrs(dir: &Path) -> bool {
+        let p = dir.join("xattr-probe");
+        let f = File::create(&p).unwrap();
+        let ok = rustix::fs::fsetxattr(&f, "user.probe", b"1", rustix::fs::XattrFlags::empty());
+        fs::remove_file(&p).unwrap();
+        ok.is_ok()
+    }
+
+    #[test]
+    fn a_seal_still_waiting_when_the_agent_died_is_put_in_place_at_the_next_start() {
+        let (dir, store, id) = grouped();
+        let to = SealTo::keys(vec![id.to_public()]);
+        store
+            .seal(&n("kept"), Cursor::new(b"old"), &to, 100)
+            .unwrap();
+        seal_later(&store, &id, "kept", b"closed, not yet synced");
+        seal_later(&store, &id, "new", b"brand new");
+        seal_later(&store, &id, "new", b"brand new, second close");
+        // A partial temp of a seal in progress, and a complete one from an
+        // earlier boot (its bytes may be torn by the power loss).
+        fs::write(
+            dir.path().join("tmp/cut.partial"),
+            b"age-encryption.org/v1\n-> X",
+        )
+        .unwrap();
+        let old_boot = dir.path().join("tmp/old-boot.partial");
+        let f = File::create(&old_boot).unwrap();
+        let v = "not-this-boot\n7\nghost";
+        let marked = rustix::fs::fsetxattr(
+            &f,
+            SEAL_XATTR,
+            v.as_bytes(),
+            rustix::fs::XattrFlags::empty(),
+        );
+        drop(f);
+        // The agent dies: no round ran (the window is an hour). The next
+        // start opens the store afresh.
+        drop(store);
+        let again = Store::open(dir.path()).unwrap();
+        let done = again.recover_leftovers().unwrap();
+        assert_eq!(temps(&dir), 0);
+        assert!(!again.contains(&n("ghost")));
+        if !has_user_xattrs(dir.path()) {
+            assert!(marked.is_err());
+            eprintln!(
+                "no user xattrs under {}: waiting seals are lost with the agent",
+                dir.path().display()
+            );
+            assert_eq!(read(&again, &id, "kept"), b"old");
+            assert!(!again.contains(&n("new")));
+            return;
+        }
+        assert_eq!(done.recovered, vec![n("kept"), n("new")]);
+        assert_eq!(done.removed, 2);
+        assert_eq!(read(&again, &id, "kept"), b"closed, not yet synced");
+        assert_eq!(read(&again, &id, "new"), b"brand new, second close");
+        let p = dir.path().join("store/new");
+        assert!(
+            rustix::fs::getxattr(&p, SEAL_XATTR, &mut [0u8; 512][..]).is_err(),
+            "mark left"
+        );
     }
 
     /// Records what the journal is told.

@@ -284,9 +284,13 @@ impl Replica {
         let circle = PublicKey::from_base64(circle_text.trim())
             .map_err(|e| format!("{} is damaged: {e}", paths.circle_public.display()))?;
         let mut meta = Meta::open(&paths.meta).map_err(|e| e.to_string())?;
-        // Records become durable with the same bound as the store's renames.
+        // Records become durable with the same bound as the store's seals
+        // and renames, and never before them: each write-back first runs a
+        // round of the store's grouped syncs, so a durable record never
+        // names a seal that a crash could still undo.
         if let Some(window) = store.sync_window() {
-            meta = meta.with_grouped_commits(window);
+            let s = store.clone();
+            meta = meta.with_grouped_commits_after(window, move || s.sync_round(false));
         }
         let mut members = load_members(&paths.members, &circle, &user);
         let own = members
@@ -659,7 +663,10 @@ impl Replica {
         moved: Option<&Signed<FileVersion>>,
         reseal_of: Option<&FileVersion>,
     ) -> Result<Signed<FileVersion>, String> {
-        let path = self.store.path_of(name);
+        // The caller holds the change lock: a seal still waiting for the
+        // grouped sync stays in its temp file (whose inode, size and mtime
+        // the store file will have) until the lock is released.
+        let path = self.store.current_path(name);
         let (plaintext_len, ciphertext_len, hash) = match (sealed, moved) {
             (Some(s), _) => (s.plaintext_len, s.ciphertext_len, s.hash),
             (None, Some(m)) => (

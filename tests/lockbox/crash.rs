@@ -268,3 +268,41 @@ fn a_stale_mount_is_cleaned_up_by_the_next_agent() {
     assert_eq!(fs::read(m.at("kept")).unwrap(), b"kept across a crash");
     assert!(mount_type(&m.mnt).is_some());
 }
+
+/// A `close(2)` that returned is kept when the agent is killed right after
+/// it, before the grouped sync put the seal in place: the next start finds
+/// the complete seal waiting in the temp folder (same boot, so its bytes
+/// are whole) and puts it in place. The store then holds only complete age
+/// files and every name its last closed content.
+#[test]
+fn files_closed_just_before_a_sigkill_are_kept() {
+    require_fuse!();
+    let m = Mounted::unlocked();
+    fs::write(m.at("edited"), b"first version").unwrap();
+    m.settle();
+    let files: Vec<(String, Vec<u8>)> = (0..40)
+        .map(|i| {
+            (
+                format!("closed-{i:02}"),
+                format!("content {i}").into_bytes(),
+            )
+        })
+        .collect();
+    for (name, content) in &files {
+        fs::write(m.at(name), content).unwrap();
+    }
+    fs::write(m.at("edited"), b"second version").unwrap();
+    let waiting = names(&m.tmp()).len();
+    kill9(m.agent_pid().expect("agent pid"));
+    eprintln!("{waiting} seal(s) were waiting in ~/.lockbox/tmp just before the kill");
+    m.start();
+    m.unlock();
+    m.assert_mounted();
+    assert_no_temp_files(&m);
+    assert_store_is_ciphertext(&m);
+    for (name, content) in &files {
+        assert_eq!(&fs::read(m.at(name)).unwrap(), content, "{name}");
+    }
+    assert_eq!(fs::read(m.at("edited")).unwrap(), b"second version");
+    assert_eq!(m.decrypt("edited"), b"second version");
+}

@@ -108,7 +108,9 @@ impl Node {
     }
 
     /// `~/.lockbox/store/NAME`.
+    /// NAME's file in this envoy's store folder, once no seal waits.
     pub(crate) fn stored(&self, name: &str) -> PathBuf {
+        self.m.e.settle();
         self.m.e.state().join("store").join(name)
     }
 

@@ -270,6 +270,7 @@ pub(crate) fn names(dir: &Path) -> Vec<String> {
 /// Every file in the store is an age file with mode 0600.
 #[track_caller]
 pub(crate) fn assert_store_is_ciphertext(e: &Envoy) {
+    e.settle();
     for name in names(&e.store()) {
         let p = e.store().join(&name);
         let meta = fs::symlink_metadata(&p).unwrap();
@@ -285,6 +286,7 @@ pub(crate) fn assert_store_is_ciphertext(e: &Envoy) {
 /// `plaintext` (nor, for a long one, any of three 32-byte samples of it).
 #[track_caller]
 fn assert_sealed(e: &Envoy, name: &str, plaintext: &[u8]) {
+    e.settle();
     let p = e.store().join(name);
     let raw = fs::read(&p).unwrap_or_else(|err| panic!("store/{name}: {err}"));
     assert!(
@@ -311,6 +313,7 @@ fn assert_sealed(e: &Envoy, name: &str, plaintext: &[u8]) {
 /// The store's temp folder holds nothing (no staged data on disk).
 #[track_caller]
 pub(crate) fn assert_no_temp_files(m: &Mounted) {
+    m.settle();
     let left = names(&m.tmp());
     assert!(left.is_empty(), "left in ~/.lockbox/tmp: {left:?}");
 }
@@ -456,6 +459,7 @@ fn vim_edits_in_place_and_by_rename_without_leftovers() {
         assert_eq!(m.decrypt("notes.txt"), want.as_bytes());
         // No swap file, backup or vim's "4913" probe is left.
         assert_eq!(names(&m.mnt), ["notes.txt"], "backupcopy={backupcopy}");
+        m.settle();
         assert_eq!(names(&m.store()), ["notes.txt"], "backupcopy={backupcopy}");
         assert_eq!(mode(&f), 0o600);
     }
@@ -519,6 +523,7 @@ fn rsync_copies_a_tree_and_updates_it() {
     files.remove(1);
     m.tool_ok(&["rsync", "-a", "--delete", &from, &to]);
     check(&files);
+    m.settle();
     assert!(!m.store().join("one").exists());
     assert_eq!(names(&m.store()).len(), files.len());
     assert_no_temp_files(&m);
@@ -580,6 +585,7 @@ fn sqlite_database_survives_transactions_and_a_fresh_reader() {
     );
     // The rollback journal is gone; only the database is left.
     assert_eq!(names(&m.mnt), ["db.sqlite"]);
+    m.settle();
     let raw = fs::read(m.store().join("db.sqlite")).unwrap();
     assert!(raw.starts_with(AGE_MAGIC));
     assert!(!contains(&raw, b"SQLite format 3") && !contains(&raw, b"row-00377-"));
@@ -605,6 +611,7 @@ fn reference_age_decrypts_a_file_written_through_the_mount() {
         .unwrap()
         .write_all(&out.stdout)
         .unwrap();
+    m.settle();
     let plain = m.tool_ok(&["age", "-d", "-i", s(&key), s(&m.store().join("for-age"))]);
     assert_same("age -d", &plain, &content);
 }
@@ -630,6 +637,7 @@ fn only_regular_files_and_attributes_are_fixed() {
     );
     assert_eq!(errno(fs::hard_link(&f, m.at("hard"))), Some(libc::EPERM));
     assert_eq!(names(&m.mnt), ["f"]);
+    m.settle();
     assert_eq!(names(&m.store()), ["f"]);
 
     // chmod and chown are accepted and ignored.
@@ -663,6 +671,7 @@ fn only_regular_files_and_attributes_are_fixed() {
     let too_long = "n".repeat(256);
     let err = fs::write(m.at(&too_long), b"x").unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::ENAMETOOLONG), "{err}");
+    m.settle();
     assert_eq!(names(&m.store()), ["f", "new", long.as_str()]);
 
     // statfs works and reports the store's file system.
@@ -784,6 +793,7 @@ fn locked_mount_lists_moves_and_replaces_but_does_not_read() {
     m.tool_ok(&["cp", s(&src), s(&m.at("i"))]);
     m.tool_ok(&["rm", s(&m.at("i"))]);
     assert_eq!(names(&m.mnt), ["g", "h"]);
+    m.settle();
     assert_eq!(names(&m.store()), ["g", "h"]);
     assert_store_is_ciphertext(&m);
     let log = m.log();
@@ -877,6 +887,7 @@ fn writes_past_max_file_size_fail_with_efbig_and_keep_the_old_version() {
     let m = Mounted::unlocked_with(&format!("{TEST_CONFIG}max_file_size: 1MiB\n"));
     let v1 = pseudo_random(10, 100_000);
     fs::write(m.at("big"), &v1).unwrap();
+    m.settle();
     let sealed = fs::read(m.store().join("big")).unwrap();
 
     // The 17th 64 KiB block crosses 1 MiB.
@@ -893,6 +904,7 @@ fn writes_past_max_file_size_fail_with_efbig_and_keep_the_old_version() {
     );
     assert_same("big after EFBIG", &fs::read(m.at("big")).unwrap(), &v1);
     assert_same("decrypted big after EFBIG", &m.decrypt("big"), &v1);
+    m.settle();
     assert_eq!(
         fs::read(m.store().join("big")).unwrap(),
         sealed,
@@ -1013,6 +1025,7 @@ fn concurrent_readers_and_writers_see_whole_versions() {
         let name = format!("par{i:02}");
         assert_same(&name, &fs::read(m.at(&name)).unwrap(), content);
     }
+    m.settle();
     assert_eq!(names(&m.store()).len(), 32 + 3);
     assert_store_is_ciphertext(&m);
     assert_no_temp_files(&m);

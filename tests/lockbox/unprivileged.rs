@@ -102,6 +102,7 @@ fn full_flow_as_an_unprivileged_user_with_a_hardened_agent() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(out.stdout, b"written by nobody");
+    e.settle();
     let sealed = std::fs::read(e.store().join("via-mount")).unwrap();
     assert!(sealed.starts_with(b"age-encryption.org/v1\n"));
     for f in [

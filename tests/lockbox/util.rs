@@ -122,6 +122,22 @@ impl Envoy {
         self.state().join("store")
     }
 
+    /// Wait until the agent has put every seal that waits for its grouped
+    /// sync into the store folder (`~/.lockbox/tmp` is empty): SPEC §5.2
+    /// lets durability trail `close(2)` by the sync window, and a test that
+    /// looks at the store folder itself must wait for it. Returns at once
+    /// when no agent runs (a killed one leaves its temp files to the next
+    /// start). At most 30 s.
+    #[track_caller]
+    pub fn settle(&self) {
+        let tmp = self.state().join("tmp");
+        wait_until(Duration::from_secs(30), || {
+            fs::read_dir(&tmp).map_or(true, |mut rd| rd.next().is_none())
+                || self.agent_pid().is_none()
+        })
+        .unwrap_or_else(|e| panic!("{} never emptied: {e}", tmp.display()));
+    }
+
     /// A command for `lockbox ARGS` in this envoy.
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = match self.as_uid {
