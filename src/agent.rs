@@ -162,7 +162,7 @@ fn lock_session(agent: &Agent) {
 /// the recipient set.
 struct AgentKeys {
     session: Arc<Mutex<Session>>,
-    recipients: std::path::PathBuf,
+    recipients: envoy::RecipientsFile,
 }
 
 impl Keys for AgentKeys {
@@ -175,7 +175,7 @@ impl Keys for AgentKeys {
     }
 
     fn recipients(&self) -> Result<lockbox_fs::SealTo, String> {
-        envoy::read_recipients(&self.recipients).map_err(|e| format!("{e:#}"))
+        self.recipients.get().map_err(|e| format!("{e:#}"))
     }
 }
 
@@ -210,7 +210,7 @@ fn mount_lockbox(envoy: &Envoy, session: Arc<Mutex<Session>>) -> anyhow::Result<
         .map_err(|e| anyhow::anyhow!("cannot mount {}: {e}", path.display()))?;
     let keys = Arc::new(AgentKeys {
         session,
-        recipients: envoy.paths.recipients(),
+        recipients: envoy::RecipientsFile::new(envoy.paths.recipients()),
     });
     let config = FsConfig {
         max_file_size: envoy.config.max_file_size,

@@ -213,6 +213,69 @@ pub fn read_recipients(path: &Path) -> anyhow::Result<SealTo> {
     })
 }
 
+/// `recipients.txt`, parsed once per version of the file: a seal asks for
+/// the recipients at every close, and a `stat` tells whether the file was
+/// replaced (`init`, `join`, `leave` write it anew) or edited since.
+#[derive(Debug)]
+pub struct RecipientsFile {
+    path: std::path::PathBuf,
+    last: std::sync::Mutex<Option<(FileStamp, SealTo)>>,
+}
+
+/// What tells one version of a small file from another without reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+impl FileStamp {
+    fn of(path: &Path) -> std::io::Result<FileStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let m = fs::metadata(path)?;
+        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+        Ok(FileStamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime_ns: ns(m.mtime(), m.mtime_nsec()),
+            ctime_ns: ns(m.ctime(), m.ctime_nsec()),
+        })
+    }
+}
+
+impl RecipientsFile {
+    /// The recipients listed at `path`.
+    pub fn new(path: std::path::PathBuf) -> RecipientsFile {
+        RecipientsFile {
+            path,
+            last: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The current recipients: parsed again only when the file changed.
+    pub fn get(&self) -> anyhow::Result<SealTo> {
+        let stamp = FileStamp::of(&self.path)
+            .with_context(|| format!("cannot read {}", self.path.display()))?;
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((seen, to)) = last.as_ref() {
+            if *seen == stamp {
+                return Ok(to.clone());
+            }
+        }
+        let to = read_recipients(&self.path)?;
+        // A change during the read shows in the next stamp, so that version
+        // is parsed again rather than remembered under an older stamp.
+        if FileStamp::of(&self.path).ok() == Some(stamp) {
+            *last = Some((stamp, to.clone()));
+        }
+        Ok(to)
+    }
+}
+
 /// Read and validate `config.yaml` (absent = defaults).
 pub fn load_config(paths: &Paths) -> anyhow::Result<Config> {
     let path = paths.config();
@@ -254,4 +317,39 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 /// Create a directory (and parents) with mode 0700.
 pub fn private_dir(path: &Path) -> anyhow::Result<()> {
     Ok(lockbox_fs::store::ensure_private_dir(path)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lockbox_crypto::identity;
+
+    fn line(envoy: &str) -> String {
+        format!("{}  # {envoy}\n", identity::generate().to_public())
+    }
+
+    #[test]
+    fn recipients_are_parsed_again_only_when_the_file_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("recipients.txt");
+        fs::write(&path, line("alpha")).unwrap();
+        let file = RecipientsFile::new(path.clone());
+        assert_eq!(file.get().unwrap().envoys, ["alpha"]);
+        // Replaced atomically, as init, join and leave do.
+        let tmp = dir.path().join("next");
+        fs::write(&tmp, line("alpha") + &line("bravo")).unwrap();
+        fs::rename(&tmp, &path).unwrap();
+        assert_eq!(file.get().unwrap().envoys, ["alpha", "bravo"]);
+        assert_eq!(file.get().unwrap().keys.len(), 2);
+        // Edited in place, to the same length.
+        let text = fs::read_to_string(&path).unwrap().replace("bravo", "zulu_");
+        fs::write(&path, text).unwrap();
+        assert_eq!(file.get().unwrap().envoys, ["alpha", "zulu_"]);
+        // Damaged: an error naming the file, not the remembered list.
+        fs::write(&path, "not a recipient\n").unwrap();
+        let err = format!("{:#}", file.get().unwrap_err());
+        assert!(err.contains("recipients.txt is damaged"), "{err}");
+        fs::remove_file(&path).unwrap();
+        assert!(file.get().is_err());
+    }
 }

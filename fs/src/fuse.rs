@@ -1180,8 +1180,9 @@ impl Filesystem for Mounted {
         inner.by_name.remove(&from);
         inner.by_name.insert(to.clone(), src);
         if let Some(n) = inner.nodes.get_mut(&src) {
+            // The size cache stays: it is keyed by the store file's inode,
+            // size and mtime, which a rename keeps.
             n.name = Some(to);
-            n.size_cache = None;
         }
         drop(inner);
         reply.ok();

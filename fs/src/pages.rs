@@ -4,7 +4,9 @@
 //! until it is sealed. Storage is a sparse list of 64 KiB pages, so random
 //! writes (sqlite) and growth cost no reallocation of the whole file, holes
 //! cost nothing, and every page is zeroized when it is dropped or truncated
-//! away.
+//! away. A page starts as small as what is written into it (4 KiB at
+//! least) and doubles up to 64 KiB as it fills, so a small file costs a
+//! small buffer to fill and to wipe; bytes past a page's end read as zeros.
 
 use std::io::{self, Read};
 
@@ -38,7 +40,7 @@ impl Pages {
 
     /// Bytes of memory held by pages.
     pub fn resident(&self) -> usize {
-        self.pages.iter().flatten().count() * PAGE
+        self.pages.iter().flatten().map(|p| p.len()).sum()
     }
 
     /// Write `data` at `offset`, growing the file (holes read as zeros).
@@ -53,7 +55,13 @@ impl Pages {
             if self.pages.len() <= idx {
                 self.pages.resize_with(idx + 1, || None);
             }
-            let page = self.pages[idx].get_or_insert_with(|| vec![0u8; PAGE].into_boxed_slice());
+            let page = self.pages[idx].get_or_insert_with(|| zeroed(within + n));
+            if page.len() < within + n {
+                let mut bigger = zeroed(within + n);
+                bigger[..page.len()].copy_from_slice(page);
+                page.zeroize();
+                *page = bigger;
+            }
             page[within..within + n].copy_from_slice(&src[..n]);
             src = &src[n..];
             pos += n as u64;
@@ -74,9 +82,14 @@ impl Pages {
             let idx = (pos / PAGE as u64) as usize;
             let within = (pos % PAGE as u64) as usize;
             let n = (want - done).min(PAGE - within);
+            let out = &mut out[done..done + n];
             match self.pages.get(idx).and_then(|p| p.as_ref()) {
-                Some(page) => out[done..done + n].copy_from_slice(&page[within..within + n]),
-                None => out[done..done + n].fill(0),
+                Some(page) if within < page.len() => {
+                    let have = n.min(page.len() - within);
+                    out[..have].copy_from_slice(&page[within..within + have]);
+                    out[have..].fill(0);
+                }
+                _ => out.fill(0),
             }
             done += n;
         }
@@ -94,7 +107,9 @@ impl Pages {
             let within = (len % PAGE as u64) as usize;
             if within != 0 {
                 if let Some(Some(page)) = self.pages.get_mut(keep_pages - 1) {
-                    page[within..].zeroize();
+                    if within < page.len() {
+                        page[within..].zeroize();
+                    }
                 }
             }
         }
@@ -131,6 +146,12 @@ impl Pages {
             self.write(at, &buf[..n]);
         }
     }
+}
+
+/// A zeroed page big enough for `need` bytes: the next power of two, at
+/// least 4 KiB, at most [`PAGE`].
+fn zeroed(need: usize) -> Box<[u8]> {
+    vec![0u8; need.next_power_of_two().clamp(4096, PAGE)].into_boxed_slice()
 }
 
 /// Zeroize and free pages. After a large release, call the release hook
@@ -199,6 +220,12 @@ mod tests {
                 proptest::collection::vec(any::<u8>(), 0..70_000)
             )
                 .prop_map(|(o, d)| Op::Write(o, d)),
+            // Small writes near the start, which grow short pages.
+            (
+                0u64..140_000,
+                proptest::collection::vec(any::<u8>(), 0..9_000)
+            )
+                .prop_map(|(o, d)| Op::Write(o, d)),
             (0u64..300_000).prop_map(Op::Truncate),
         ]
     }
@@ -254,10 +281,40 @@ mod tests {
     fn holes_cost_no_memory_and_read_as_zero() {
         let mut p = Pages::new();
         p.write(10 * PAGE as u64, b"x");
-        assert_eq!(p.resident(), PAGE);
+        assert_eq!(p.resident(), 4096);
         let mut b = [1u8; 4];
         assert_eq!(p.read_at(PAGE as u64, &mut b), 4);
         assert_eq!(b, [0; 4]);
+    }
+
+    #[test]
+    fn a_page_grows_with_what_is_written_and_reads_zeros_past_its_end() {
+        let mut p = Pages::new();
+        p.write(0, &[1u8; 100]);
+        assert_eq!(p.resident(), 4096);
+        p.write(5000, &[2u8; 100]);
+        assert_eq!(p.resident(), 8192);
+        p.write(PAGE as u64 - 1, &[3u8; 2]);
+        assert_eq!(p.resident(), PAGE + 4096);
+        let mut b = vec![9u8; 6000];
+        assert_eq!(p.read_at(0, &mut b), 6000);
+        assert!(b[..100].iter().all(|&x| x == 1));
+        assert!(b[100..5000].iter().all(|&x| x == 0));
+        assert!(b[5000..5100].iter().all(|&x| x == 2));
+        assert!(b[5100..].iter().all(|&x| x == 0));
+        // A short page inside the file: the bytes past it are a hole.
+        let mut p = Pages::new();
+        p.write(0, b"abc");
+        p.write(3 * PAGE as u64, b"z");
+        let mut b = vec![9u8; 8000];
+        assert_eq!(p.read_at(0, &mut b), 8000);
+        assert_eq!(&b[..3], b"abc");
+        assert!(b[3..].iter().all(|&x| x == 0));
+        p.truncate(2);
+        p.truncate(PAGE as u64);
+        assert_eq!(p.read_at(0, &mut b), 8000);
+        assert_eq!(&b[..2], b"ab");
+        assert!(b[2..].iter().all(|&x| x == 0));
     }
 
     #[test]

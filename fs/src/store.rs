@@ -1088,17 +1088,49 @@ pub fn seal_into(
 /// Copy plaintext from `src` into `dst` through a buffer that is zeroized
 /// afterwards. Read errors and write errors stay apart: the first is the
 /// source's fault, the second the store's.
+///
+/// The 64 KiB buffer is kept per thread and only the part a copy used is
+/// wiped after it, so a small file's seal neither allocates nor clears the
+/// whole buffer.
 pub fn pump(src: &mut impl Read, dst: &mut impl Write) -> Result<u64, Error> {
-    let mut buf = zeroize::Zeroizing::new(vec![0u8; 64 * 1024]);
+    thread_local! {
+        static BUF: std::cell::RefCell<Box<[u8]>> =
+            std::cell::RefCell::new(vec![0u8; 64 * 1024].into_boxed_slice());
+    }
+    BUF.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => pump_through(src, dst, &mut buf),
+        // A pump inside a pump (not done today): a buffer of its own.
+        Err(_) => pump_through(src, dst, &mut vec![0u8; 64 * 1024]),
+    })
+}
+
+fn pump_through(src: &mut impl Read, dst: &mut impl Write, buf: &mut [u8]) -> Result<u64, Error> {
+    /// Wipes what was used of the buffer, however the copy ends.
+    struct Wipe<'b> {
+        buf: &'b mut [u8],
+        used: usize,
+    }
+    impl Drop for Wipe<'_> {
+        fn drop(&mut self) {
+            use zeroize::Zeroize;
+            self.buf[..self.used].zeroize();
+        }
+    }
+    let mut w = Wipe { buf, used: 0 };
     let mut total = 0u64;
     loop {
-        let n = match src.read(&mut buf) {
+        let n = match src.read(w.buf) {
             Ok(0) => return Ok(total),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Error::Read(e)),
+            Err(e) => {
+                // What a failed read left in the buffer is unknown.
+                w.used = w.buf.len();
+                return Err(Error::Read(e));
+            }
         };
-        dst.write_all(&buf[..n])
+        w.used = w.used.max(n);
+        dst.write_all(&w.buf[..n])
             .map_err(|e| Error::io("write", Path::new("the store"), e))?;
         total += n as u64;
     }
