@@ -647,11 +647,12 @@ impl Store {
     pub fn rename_locked(&self, from: &Name, to: &Name) -> Result<(), Error> {
         self.install_locked(from)?;
         let (a, b) = (self.path_of(from), self.path_of(to));
-        if a.symlink_metadata().is_err() {
-            return Err(Error::NotFound(from.to_string()));
-        }
-        // As in `commit_staged`: the replaced seal goes before the rename.
-        if from != to {
+        // As in `commit_staged`: a replaced seal goes before the rename
+        // (once it is sure there is something to rename).
+        if from != to && self.waiting_temp(to).is_some() {
+            if a.symlink_metadata().is_err() {
+                return Err(Error::NotFound(from.to_string()));
+            }
             self.drop_waiting_locked(to);
         }
         fs::rename(&a, &b).map_err(|e| match e.kind() {
