@@ -1171,7 +1171,9 @@ impl Filesystem for Mounted {
             Ok(i) => i,
             Err(e) => return reply.error(e),
         };
-        let dst = fs.resolve_known(&to).ok();
+        // The node the rename replaces, if the kernel knows one (no node:
+        // nothing to forget, whether or not the store has the file).
+        let dst = lock(&fs.inner).by_name.get(&to).copied();
         if dst == Some(src) {
             return reply.ok();
         }

@@ -48,8 +48,15 @@ impl Grouped {
 
     /// A change happened: sync it within the window.
     pub fn mark(&self) {
-        *self.dirty.lock().unwrap_or_else(|e| e.into_inner()) = true;
-        self.wake.notify_one();
+        let was = std::mem::replace(
+            &mut *self.dirty.lock().unwrap_or_else(|e| e.into_inner()),
+            true,
+        );
+        // The thread waits only while nothing is marked: only the first mark
+        // of a window needs to wake it (a wake is a futex call per change).
+        if !was {
+            self.wake.notify_one();
+        }
     }
 
     /// The caller is about to sync everything itself: nothing is pending.

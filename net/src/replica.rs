@@ -240,14 +240,20 @@ impl Journal for JournalLink {
 
     fn removed(&self, name: &Name) {
         if let Some(r) = self.0.upgrade() {
-            r.local_removed(name);
+            match r.record(name) {
+                Ok(Some(prev)) => r.local_removed(name, &prev),
+                Ok(None) => {}
+                Err(e) => tracing::warn!("{e}"),
+            }
         }
     }
 
     fn renamed(&self, from: &Name, to: &Name) {
         if let Some(r) = self.0.upgrade() {
             let moved = r.record(from).ok().flatten();
-            r.local_removed(from);
+            if let Some(prev) = &moved {
+                r.local_removed(from, prev);
+            }
             r.local_changed(to, None, moved.as_ref());
         }
     }
@@ -725,16 +731,9 @@ impl Replica {
         Ok(signed)
     }
 
-    /// Record a local delete of `name` (called under the change lock).
-    fn local_removed(&self, name: &Name) {
-        let prev = match self.record(name) {
-            Ok(Some(p)) => p,
-            Ok(None) => return,
-            Err(e) => {
-                tracing::warn!("{e}");
-                return;
-            }
-        };
+    /// Record the local delete of `name`, whose version was `prev` (called
+    /// under the change lock).
+    fn local_removed(&self, name: &Name, prev: &Signed<FileVersion>) {
         let t = Signed::sign(
             Tombstone {
                 user: self.user.clone(),
