@@ -147,11 +147,13 @@ pub struct Leftovers {
     pub removed: usize,
 }
 
+/// Remove a temp file that is no longer wanted (a seal overtaken by a newer
+/// change of its name, or a leftover of a stopped writer); 1 if removed.
 fn remove_leftover(p: &Path) -> usize {
     match fs::remove_file(p) {
         Ok(()) => 1,
         Err(e) => {
-            tracing::warn!("could not remove leftover temp file {}: {e}", p.display());
+            tracing::warn!("could not remove the temp file {}: {e}", p.display());
             0
         }
     }
@@ -514,9 +516,7 @@ impl Store {
         let Some(f) = lock(&w.files).remove(name) else {
             return false;
         };
-        if let Err(e) = fs::remove_file(&f.temp) {
-            tracing::warn!("cannot remove {}: {e}", f.temp.display());
-        }
+        remove_leftover(&f.temp);
         true
     }
 
@@ -771,9 +771,7 @@ impl Store {
         let temp = std::mem::take(&mut staged.path);
         let older = lock(&w.files).insert(name.clone(), WaitingFile { temp, seq });
         if let Some(older) = older {
-            if let Err(e) = fs::remove_file(&older.temp) {
-                tracing::warn!("cannot remove {}: {e}", older.temp.display());
-            }
+            remove_leftover(&older.temp);
         }
         g.mark();
         let event = Event::Changed(name.clone(), Some(sealed.clone()));
