@@ -238,8 +238,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Told of every change the store makes on behalf of the mount or the CLI,
-/// while the store's change lock is held, right after the change is on disk.
-/// The mesh implements it to sign and record versions and tombstones. A
+/// while the store's change lock is held, right after the change is made
+/// (a seal through the mount may still wait for its grouped sync: every
+/// read finds it, and the records commit only after it is durable; see
+/// [`Store::with_grouped_syncs`]). The mesh implements it to sign and
+/// record versions and tombstones. A
 /// journal cannot veto a change (it is already made); it logs its own
 /// failures, and the agent reconciles the store at its next start.
 pub trait Journal: Send + Sync + std::fmt::Debug {
