@@ -402,9 +402,21 @@ impl Store {
     pub fn with_grouped_syncs(mut self, window: std::time::Duration) -> Store {
         self.waiting = Some(Arc::new(Waiting::default()));
         let this = self.clone();
+        // A failure that repeats is said again at most once a minute.
+        let said: Mutex<Option<(String, std::time::Instant)>> = Mutex::new(None);
         let sync = move || {
             if let Err(e) = this.sync_round(false) {
-                tracing::warn!("{e} (tried again with the next change, by fsync and at shutdown)");
+                let text = e.to_string();
+                let mut said = lock(&said);
+                let again = said.as_ref().is_some_and(|(last, at)| {
+                    *last == text && at.elapsed() < std::time::Duration::from_secs(60)
+                });
+                if !again {
+                    tracing::warn!(
+                        "{text} (tried again with the next change, by fsync and at shutdown)"
+                    );
+                    *said = Some((text, std::time::Instant::now()));
+                }
             }
         };
         match Grouped::start("store-sync", window, sync) {
