@@ -51,8 +51,10 @@ impl Envoy {
     }
 
     /// Load for writing: take the agent lock first (so no agent or other
-    /// command writes the store meanwhile), then load and remove leftovers of
-    /// interrupted writes. The lock is held until the returned guard drops.
+    /// command writes the store meanwhile), then load, put in place the
+    /// seals a killed agent left waiting and remove the leftovers of
+    /// interrupted writes (`Store::recover_leftovers`). The lock is held
+    /// until the returned guard drops.
     ///
     /// `grouped`: group the store's syncs within this window (the agent);
     /// None syncs per operation (the CLI).
