@@ -549,8 +549,9 @@ impl LockboxFs {
 
     /// [`LockboxFs::seal_staged`], leaving the journal entry (signing and
     /// recording the version) to the returned [`Pending`]: the caller
-    /// answers the kernel first and then drops it. It holds the store's
-    /// change lock, so the caller must not change the store before.
+    /// answers the kernel first and then drops it, which queues the entry.
+    /// It holds the store's change lock, so the caller must not change the
+    /// store before.
     fn seal_staged_pending(&self, ino: u64, st: &mut Staged) -> Result<Option<Pending<'_>>, Errno> {
         if let Some(e) = st.poisoned {
             return Err(e);
@@ -1430,7 +1431,7 @@ impl Filesystem for Mounted {
         // sealed durable. The agent groups the syncs
         // (`Store::with_grouped_syncs`): this seal, or the close's before
         // this fsync, may still wait in its temp file, and a rename of the
-        // last window may not be synced yet. The journal entry is made
+        // last window may not be synced yet. The journal entry is queued
         // (the Pending dropped) before the round, which takes the change lock.
         let fs = &self.0;
         if let Err(e) = fs.seal_written(fh.0).map(drop) {

@@ -7,6 +7,7 @@
 
 pub mod fuse;
 pub mod grouped;
+pub mod journal;
 pub mod meta;
 pub mod mount;
 pub mod name;

@@ -30,6 +30,9 @@ use lockbox_crypto::share::SharePool;
 use lockbox_crypto::AgeRecipient;
 
 use crate::grouped::Grouped;
+pub use crate::journal::Journal;
+use crate::journal::{Event, Queue};
+use crate::meta::LocalStat;
 use crate::name::{Name, NameKind};
 use crate::offload::offloaded;
 use crate::Error;
@@ -118,8 +121,9 @@ pub struct SweepReport {
 pub struct Store {
     dir: PathBuf,
     tmp: PathBuf,
-    /// Told of every change, under `changes` (see [`Journal`]).
-    journal: Option<Arc<dyn Journal>>,
+    /// Where every change is queued for the journal, under `changes` (see
+    /// [`crate::journal`]).
+    journal: Option<Arc<Queue>>,
     /// Serialises the last step of every change of a name (rename or remove
     /// into the store, and the journal entry for it), so the record of a
     /// version and the file it describes move together.
@@ -237,24 +241,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Told of every change the store makes on behalf of the mount or the CLI,
-/// while the store's change lock is held, right after the change is made
-/// (a seal through the mount may still wait for its grouped sync: every
-/// read finds it, and the records commit only after it is durable; see
-/// [`Store::with_grouped_syncs`]). The mesh implements it to sign and
-/// record versions and tombstones. A
-/// journal cannot veto a change (it is already made); it logs its own
-/// failures, and the agent reconciles the store at its next start.
-pub trait Journal: Send + Sync + std::fmt::Debug {
-    /// `name` now holds a new version; `sealed` describes it when the store
-    /// sealed it (None when existing ciphertext was copied in).
-    fn changed(&self, name: &Name, sealed: Option<&Sealed>);
-    /// `name` was removed.
-    fn removed(&self, name: &Name);
-    /// `from` was renamed to `to` (replacing `to`).
-    fn renamed(&self, from: &Name, to: &Name);
-}
-
 /// A complete, durable file in the store's temp folder, not yet in the
 /// store; removed when dropped unless [`Store::commit_staged`] took it.
 #[derive(Debug)]
@@ -277,36 +263,24 @@ impl Drop for StagedFile {
     }
 }
 
-/// A change that is on disk and whose journal entry is still to be made:
-/// the entry is made when this is dropped, and until then the store's change
-/// lock stays held, so no other change comes between a change and its
-/// record. The mount drops it after it has answered the kernel, so the
-/// signing and recording of a close, rename or delete overlap with the
-/// caller's next request instead of adding to this one's latency.
-#[must_use = "dropping it makes the journal entry at once"]
+/// A change that is on disk and whose journal entry is still to be
+/// queued: it is queued when this is dropped, and until then the store's
+/// change lock stays held, so no other change comes between a change and
+/// its place in the queue. The mount drops it after it has answered the
+/// kernel; the journal's thread signs and records it after that (see
+/// [`crate::journal`]).
+#[must_use = "dropping it queues the journal entry at once"]
 pub struct Pending<'a> {
-    journal: Option<&'a Arc<dyn Journal>>,
+    journal: Option<&'a Arc<Queue>>,
     event: Option<Event>,
     _guard: std::sync::MutexGuard<'a, ()>,
-}
-
-/// What a [`Pending`] tells the journal.
-enum Event {
-    Changed(Name, Option<Sealed>),
-    Removed(Name),
-    Renamed(Name, Name),
 }
 
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
         // Runs before the guard (a field) is released.
-        let (Some(j), Some(event)) = (self.journal, self.event.take()) else {
-            return;
-        };
-        match event {
-            Event::Changed(name, sealed) => j.changed(&name, sealed.as_ref()),
-            Event::Removed(name) => j.removed(&name),
-            Event::Renamed(from, to) => j.renamed(&from, &to),
+        if let (Some(q), Some(event)) = (self.journal, self.event.take()) {
+            q.push(event);
         }
     }
 }
@@ -449,7 +423,7 @@ impl Store {
             .collect();
         if !batch.is_empty() {
             self.sync_contents(batch.iter().map(|(_, temp, _)| temp.as_path()))?;
-            let _changes = self.change_lock();
+            let _changes = self.lock_changes();
             let mut failed = None;
             for (name, temp, seq) in batch {
                 let mut files = lock(&w.files);
@@ -574,16 +548,36 @@ impl Store {
         }
     }
 
-    /// Tell `journal` of every change from now on.
+    /// Tell `journal` of every change from now on, in order, from a
+    /// thread of its own (see [`crate::journal`]).
     pub fn with_journal(mut self, journal: Arc<dyn Journal>) -> Store {
-        self.journal = Some(journal);
+        self.journal = Some(Queue::start(journal));
         self
     }
 
     /// Take the change lock: while held, no name of the store changes
-    /// except through the holder (who uses the `*_locked` methods).
+    /// except through the holder (who uses the `*_locked` methods). Every
+    /// change queued for the journal before is delivered first, so the
+    /// holder reads records that are up to date.
     pub fn change_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        let guard = self.lock_changes();
+        self.deliver_journal();
+        guard
+    }
+
+    /// The change lock, without waiting for the journal (the store's own
+    /// changes, which only queue their events).
+    fn lock_changes(&self) -> std::sync::MutexGuard<'_, ()> {
         self.changes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Deliver every change queued for the journal, on this thread; when
+    /// it returns, the journal has been told of every change made before
+    /// the call. The agent calls it before its final write-back.
+    pub fn deliver_journal(&self) {
+        if let Some(q) = &self.journal {
+            q.deliver();
+        }
     }
 
     /// Write a complete file into the temp folder with `fill`, made durable;
@@ -748,7 +742,8 @@ impl Store {
 
     /// Seal everything `plaintext` yields to `recipients` and atomically
     /// install it as `name`. More than `max_size` bytes of plaintext →
-    /// [`Error::TooLarge`] and nothing changes.
+    /// [`Error::TooLarge`] and nothing changes. The journal has been told
+    /// when it returns.
     pub fn seal(
         &self,
         name: &Name,
@@ -756,8 +751,11 @@ impl Store {
         recipients: &SealTo,
         max_size: u64,
     ) -> Result<Sealed, Error> {
-        self.seal_pending(name, plaintext, recipients, max_size)
-            .map(|(sealed, _recorded)| sealed)
+        let sealed = self
+            .seal_pending(name, plaintext, recipients, max_size)
+            .map(|(sealed, _recorded)| sealed)?;
+        self.deliver_journal();
+        Ok(sealed)
     }
 
     /// [`Store::seal_pending`], but in grouped mode the seal waits in its
@@ -782,14 +780,15 @@ impl Store {
             Ok(sealed)
         };
         let (mut staged, sealed) = self.stage_with(fill, false)?;
-        let guard = self.change_lock();
+        let guard = self.lock_changes();
+        let stat = LocalStat::of(&staged.path).ok();
         let temp = std::mem::take(&mut staged.path);
         let older = lock(&w.files).insert(name.clone(), WaitingFile { temp, seq });
         if let Some(older) = older {
             remove_leftover(&older.temp);
         }
         g.mark();
-        let event = Event::Changed(name.clone(), Some(sealed.clone()));
+        let event = Event::Changed(name.clone(), Some(sealed.clone()), stat);
         Ok((sealed, self.pending(guard, event)))
     }
 
@@ -821,9 +820,10 @@ impl Store {
         seen: impl FnOnce(&T) -> Option<Sealed>,
     ) -> Result<(T, Pending<'_>), Error> {
         let (staged, t) = self.stage(fill)?;
-        let guard = self.change_lock();
+        let guard = self.lock_changes();
         self.commit_staged(staged, name)?;
-        let event = Event::Changed(name.clone(), seen(&t));
+        let stat = LocalStat::of(&self.path_of(name)).ok();
+        let event = Event::Changed(name.clone(), seen(&t), stat);
         Ok((t, self.pending(guard, event)))
     }
 
@@ -846,32 +846,39 @@ impl Store {
         })
     }
 
-    /// Remove `name` from the store (durably).
+    /// Remove `name` from the store (durably); the journal has been told
+    /// when it returns.
     pub fn remove(&self, name: &Name) -> Result<(), Error> {
-        self.remove_pending(name).map(drop)
+        self.remove_pending(name).map(drop)?;
+        self.deliver_journal();
+        Ok(())
     }
 
     /// [`Store::remove`], with the journal entry left to the returned
     /// [`Pending`].
     pub fn remove_pending(&self, name: &Name) -> Result<Pending<'_>, Error> {
-        let guard = self.change_lock();
+        let guard = self.lock_changes();
         if !self.remove_either(name)? {
             return Err(Error::NotFound(name.to_string()));
         }
         Ok(self.pending(guard, Event::Removed(name.clone())))
     }
 
-    /// Rename `from` to `to` inside the store (durably), replacing `to`.
+    /// Rename `from` to `to` inside the store (durably), replacing `to`;
+    /// the journal has been told when it returns.
     pub fn rename(&self, from: &Name, to: &Name) -> Result<(), Error> {
-        self.rename_pending(from, to).map(drop)
+        self.rename_pending(from, to).map(drop)?;
+        self.deliver_journal();
+        Ok(())
     }
 
     /// [`Store::rename`], with the journal entry left to the returned
     /// [`Pending`].
     pub fn rename_pending(&self, from: &Name, to: &Name) -> Result<Pending<'_>, Error> {
-        let guard = self.change_lock();
+        let guard = self.lock_changes();
         self.rename_locked(from, to)?;
-        Ok(self.pending(guard, Event::Renamed(from.clone(), to.clone())))
+        let stat = LocalStat::of(&self.path_of(to)).ok();
+        Ok(self.pending(guard, Event::Renamed(from.clone(), to.clone(), stat)))
     }
 
     /// Describe one file of the store.
@@ -1638,65 +1645,131 @@ mod tests {
         );
     }
 
-    /// Records what the journal is told.
+    /// Records what the journal is told; holds every call while its gate
+    /// is closed (a slow journal).
     #[derive(Debug, Default)]
-    struct Log(Mutex<Vec<String>>);
+    struct Log {
+        entries: Mutex<Vec<String>>,
+        closed: Mutex<bool>,
+        opened: std::sync::Condvar,
+    }
+
+    impl Log {
+        fn add(&self, what: String) {
+            let mut closed = self.closed.lock().unwrap();
+            while *closed {
+                closed = self.opened.wait(closed).unwrap();
+            }
+            self.entries.lock().unwrap().push(what);
+        }
+        fn gate(&self, closed: bool) {
+            *self.closed.lock().unwrap() = closed;
+            self.opened.notify_all();
+        }
+        fn entries(&self) -> Vec<String> {
+            self.entries.lock().unwrap().clone()
+        }
+    }
+
+    fn ino(stat: Option<LocalStat>) -> String {
+        stat.map_or("none".into(), |s| s.ino.to_string())
+    }
 
     impl Journal for Log {
-        fn changed(&self, name: &Name, sealed: Option<&Sealed>) {
-            let what = format!("changed {name} sealed={}", sealed.is_some());
-            self.0.lock().unwrap().push(what);
+        fn changed(&self, name: &Name, sealed: Option<&Sealed>, stat: Option<LocalStat>) {
+            self.add(format!(
+                "changed {name} sealed={} ino={}",
+                sealed.is_some(),
+                ino(stat)
+            ));
         }
         fn removed(&self, name: &Name) {
-            self.0.lock().unwrap().push(format!("removed {name}"));
+            self.add(format!("removed {name}"));
         }
-        fn renamed(&self, from: &Name, to: &Name) {
-            self.0.lock().unwrap().push(format!("renamed {from} {to}"));
+        fn renamed(&self, from: &Name, to: &Name, stat: Option<LocalStat>) {
+            self.add(format!("renamed {from} {to} ino={}", ino(stat)));
         }
     }
 
     #[test]
-    fn a_pending_change_is_journaled_when_dropped_and_holds_the_lock_until_then() {
-        let (_dir, store, id) = setup();
+    fn pending_changes_are_queued_at_drop_and_a_slow_journal_holds_up_no_change() {
+        let (dir, store, id) = setup();
         let log = Arc::new(Log::default());
         let store = store.with_journal(log.clone());
         let to = SealTo::keys(vec![id.to_public()]);
-        let entries = || log.0.lock().unwrap().clone();
+        log.gate(true);
 
         let (sealed, pending) = store
             .seal_pending(&n("a"), Cursor::new(b"one".to_vec()), &to, 1 << 20)
             .unwrap();
         assert_eq!(sealed.plaintext_len, 3);
-        // On disk already, journaled not yet; no other change can start.
+        let a_ino = fs::metadata(dir.path().join("store/a")).unwrap().ino();
+        // On disk already; until it is dropped no other change can start.
         assert!(store.contains(&n("a")));
-        assert!(entries().is_empty());
         assert!(store.changes.try_lock().is_err());
         drop(pending);
-        assert_eq!(entries(), ["changed a sealed=true"]);
+        // Queued: the lock is free although the journal cannot run.
         assert!(store.changes.try_lock().is_ok());
-
         let pending = store.rename_pending(&n("a"), &n("b")).unwrap();
         assert!(store.contains(&n("b")) && !store.contains(&n("a")));
-        assert_eq!(entries().len(), 1);
         assert!(store.changes.try_lock().is_err());
         drop(pending);
-        let pending = store.remove_pending(&n("b")).unwrap();
+        drop(store.remove_pending(&n("b")).unwrap());
         assert!(!store.contains(&n("b")));
-        assert_eq!(entries().len(), 2);
-        drop(pending);
+        assert!(log.entries().is_empty());
+
+        // The mesh's lock waits for the whole queue, delivered in order, and
+        // carries the stat each change had (the file is gone by now).
+        let other = store.clone();
+        let holder = std::thread::spawn(move || {
+            let _guard = other.change_lock();
+            // Nothing can be queued while the lock is held.
+            other.journal.as_ref().unwrap().len()
+        });
+        log.gate(false);
+        assert_eq!(holder.join().unwrap(), 0);
         assert_eq!(
-            entries(),
-            ["changed a sealed=true", "renamed a b", "removed b"]
+            log.entries(),
+            [
+                format!("changed a sealed=true ino={a_ino}"),
+                format!("renamed a b ino={a_ino}"),
+                "removed b".to_string(),
+            ]
         );
-        // The immediate forms journal before they return; a failed change
-        // journals nothing and leaves the lock free.
+    }
+
+    #[test]
+    fn the_journal_thread_delivers_without_being_asked_and_immediate_forms_wait() {
+        let (_dir, store, id) = setup();
+        let log = Arc::new(Log::default());
+        let store = store.with_journal(log.clone());
+        let to = SealTo::keys(vec![id.to_public()]);
+
+        drop(
+            store
+                .seal_pending(&n("a"), Cursor::new(b"one".to_vec()), &to, 1 << 20)
+                .unwrap(),
+        );
+        // Nobody drains: the journal's thread delivers on its own.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while log.entries().is_empty() {
+            assert!(std::time::Instant::now() < deadline, "never delivered");
+            std::thread::yield_now();
+        }
+        assert_eq!(log.entries().len(), 1);
+
+        // The immediate forms are journaled before they return; a failed
+        // change journals nothing and leaves the lock free.
         store
             .seal(&n("c"), Cursor::new(b"two".to_vec()), &to, 1 << 20)
             .unwrap();
-        assert_eq!(entries().len(), 4);
+        assert_eq!(log.entries().len(), 2);
+        store.rename(&n("c"), &n("d")).unwrap();
+        store.remove(&n("d")).unwrap();
+        assert_eq!(log.entries().len(), 4);
         assert!(matches!(store.remove(&n("gone")), Err(Error::NotFound(_))));
         assert!(store.rename_pending(&n("gone"), &n("x")).is_err());
-        assert_eq!(entries().len(), 4);
+        assert_eq!(log.entries().len(), 4);
         assert!(store.changes.try_lock().is_ok());
     }
 }

@@ -232,9 +232,9 @@ impl std::fmt::Debug for Replica {
 struct JournalLink(Weak<Replica>);
 
 impl Journal for JournalLink {
-    fn changed(&self, name: &Name, sealed: Option<&Sealed>) {
+    fn changed(&self, name: &Name, sealed: Option<&Sealed>, stat: Option<LocalStat>) {
         if let Some(r) = self.0.upgrade() {
-            r.local_changed(name, sealed, None);
+            r.local_changed(name, sealed, None, stat);
         }
     }
 
@@ -248,13 +248,13 @@ impl Journal for JournalLink {
         }
     }
 
-    fn renamed(&self, from: &Name, to: &Name) {
+    fn renamed(&self, from: &Name, to: &Name, stat: Option<LocalStat>) {
         if let Some(r) = self.0.upgrade() {
             let moved = r.record(from).ok().flatten();
             if let Some(prev) = &moved {
                 r.local_removed(from, prev);
             }
-            r.local_changed(to, None, moved.as_ref());
+            r.local_changed(to, None, moved.as_ref(), stat);
         }
     }
 }
@@ -332,6 +332,7 @@ impl Replica {
 
     /// Make every record so far durable (shutdown).
     pub fn flush(&self) -> Result<(), String> {
+        self.store.deliver_journal();
         self.meta.flush().map_err(|e| e.to_string())
     }
 
@@ -644,35 +645,48 @@ impl Replica {
         Signed::sign(v, &self.signing)
     }
 
-    /// Record a local change of `name` (called under the change lock).
-    /// `moved` is the record of the version renamed here, if any.
+    /// Record a local change of `name`, told by the store's journal (in
+    /// the order of the changes, possibly after the file moved on; see
+    /// `lockbox_fs::journal`). `moved` is the record of the version renamed
+    /// here, if any; `stat` the file's stat right after the change.
     fn local_changed(
         &self,
         name: &Name,
         sealed: Option<&Sealed>,
         moved: Option<&Signed<FileVersion>>,
+        stat: Option<LocalStat>,
     ) {
         if !in_mesh(name) {
             return;
         }
-        if let Err(e) = self.record_local(name, sealed, moved, None) {
+        if sealed.is_none() && moved.is_none() {
+            // Only the file itself says what it holds. If it changed since
+            // (a later change of the name is queued behind this one and
+            // records it), recording it now would pair that content with
+            // this change's stat.
+            let now = LocalStat::of(&self.store.current_path(name)).ok();
+            if now.is_none() || now != stat {
+                tracing::debug!("{name} changed again before it was recorded");
+                return;
+            }
+        }
+        if let Err(e) = self.record_local(name, sealed, moved, None, stat) {
             tracing::warn!("cannot record the new version of {name}: {e}");
         }
     }
 
-    /// Sign and store the record of the local version now in the store as
-    /// `name`. `reseal_of`: the record this version re-encrypts.
+    /// Sign and store the record of the local version in the store as
+    /// `name`, whose stat is `stat`. `reseal_of`: the record this version
+    /// re-encrypts. With neither `sealed` nor `moved`, the file is read to
+    /// describe it.
     fn record_local(
         &self,
         name: &Name,
         sealed: Option<&Sealed>,
         moved: Option<&Signed<FileVersion>>,
         reseal_of: Option<&FileVersion>,
+        stat: Option<LocalStat>,
     ) -> Result<Signed<FileVersion>, String> {
-        // The caller holds the change lock: a seal still waiting for the
-        // grouped sync stays in its temp file (whose inode, size and mtime
-        // the store file will have) until the lock is released.
-        let path = self.store.current_path(name);
         let (plaintext_len, ciphertext_len, hash) = match (sealed, moved) {
             (Some(s), _) => (s.plaintext_len, s.ciphertext_len, s.hash),
             (None, Some(m)) => (
@@ -680,7 +694,7 @@ impl Replica {
                 m.body().ciphertext_len,
                 m.body().hash,
             ),
-            (None, None) => describe_file(&path)?,
+            (None, None) => describe_file(&self.store.current_path(name))?,
         };
         let recipients = match (moved, sealed) {
             (Some(m), None) => m.body().recipients.clone(),
@@ -724,15 +738,15 @@ impl Replica {
             .apply(&[Op::PutVersion {
                 name: name.clone(),
                 record: signed.to_bytes(),
-                stat: LocalStat::of(&path).ok(),
+                stat,
             }])
             .map_err(|e| e.to_string())?;
         self.emit(Outgoing::Version(name.clone()));
         Ok(signed)
     }
 
-    /// Record the local delete of `name`, whose version was `prev` (called
-    /// under the change lock).
+    /// Record the local delete of `name`, whose version was `prev` (told by
+    /// the store's journal, in order with every other local change).
     fn local_removed(&self, name: &Name, prev: &Signed<FileVersion>) {
         let t = Signed::sign(
             Tombstone {
@@ -796,7 +810,7 @@ impl Replica {
                 }
                 _ => {
                     tracing::info!("recording {} as a new local version", entry.name);
-                    self.record_local(&entry.name, None, None, None)?;
+                    self.record_local(&entry.name, None, None, None, stat)?;
                     changed += 1;
                 }
             }
@@ -1318,7 +1332,8 @@ impl Replica {
         self.store
             .commit_staged(staged, name)
             .map_err(|e| e.to_string())?;
-        self.record_local(name, Some(&sealed), None, Some(rec.body()))?;
+        let stat = LocalStat::of(&self.store.path_of(name)).ok();
+        self.record_local(name, Some(&sealed), None, Some(rec.body()), stat)?;
         drop(_guard);
         self.remote_changed(name);
         Ok(true)

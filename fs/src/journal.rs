@@ -1,0 +1,264 @@
+//! The journal of local changes: what the store tells the mesh, in order,
+//! off the caller's path.
+//!
+//! Every change the store makes for the mount or the CLI (a seal, a
+//! rename, a remove) becomes an [`Event`] that the mesh turns into signed
+//! records (a version, a tombstone, a resurrect). Signing and recording
+//! cost more than the change itself, so they do not run while the store's
+//! change lock is held: the change *queues* its event under the lock, which
+//! fixes the order, and a background thread delivers the queue to the
+//! [`Journal`] in that order.
+//!
+//! Two rules keep the records as correct as when they were made inline:
+//!
+//! - **Nothing an event needs can change before it is delivered.** An event
+//!   carries what the store looked like right after the change (the
+//!   [`LocalStat`] of the new file, the [`Sealed`] description); what it
+//!   reads from the records (a name's previous version) is changed only by
+//!   events delivered before it, or by the mesh.
+//! - **The mesh sees every queued change before it acts.** The mesh's own
+//!   changes (a peer's version, tombstone or resurrect, reconcile, prune,
+//!   reseal) take [`Store::change_lock`](crate::Store::change_lock), which
+//!   delivers the whole queue first, on the caller's thread. While that
+//!   lock is held no new event can be queued.
+//!
+//! The queue is bounded ([`MAX_QUEUED`]); a change that finds it full
+//! delivers it on its own thread, which slows a burst down to the pace of
+//! the journal instead of letting memory grow.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use crate::meta::LocalStat;
+use crate::name::Name;
+use crate::store::Sealed;
+
+/// Told of every change the store makes on behalf of the mount or the CLI,
+/// in the order the changes were made, after they were made (a seal through
+/// the mount may still wait for its grouped sync: every read finds it, and
+/// the records commit only after it is durable; see
+/// [`Store::with_grouped_syncs`](crate::Store::with_grouped_syncs)). The
+/// mesh implements it to sign and record versions and tombstones. A
+/// journal cannot veto a change (it is already made); it logs its own
+/// failures, and the agent reconciles the store at its next start.
+///
+/// A journal must not take the store's change lock: it may be called while
+/// another thread holds it and waits for the queue (see the module docs).
+pub trait Journal: Send + Sync + std::fmt::Debug {
+    /// `name` now holds a new version; `sealed` describes it when the store
+    /// sealed it (None when existing ciphertext was copied in). `stat` is
+    /// the new file's stat right after the change (None if it could not be
+    /// read); the file may have moved on since.
+    fn changed(&self, name: &Name, sealed: Option<&Sealed>, stat: Option<LocalStat>);
+    /// `name` was removed.
+    fn removed(&self, name: &Name);
+    /// `from` was renamed to `to` (replacing `to`); `stat` as in
+    /// [`Journal::changed`].
+    fn renamed(&self, from: &Name, to: &Name, stat: Option<LocalStat>);
+}
+
+/// One change, as the journal is told it.
+#[derive(Debug)]
+pub(crate) enum Event {
+    Changed(Name, Option<Sealed>, Option<LocalStat>),
+    Removed(Name),
+    Renamed(Name, Name, Option<LocalStat>),
+}
+
+/// Events queued beyond this are delivered by the change that finds the
+/// queue full.
+pub const MAX_QUEUED: usize = 4096;
+
+/// How often the delivering thread checks that its queue still exists.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+
+/// The queue between the store's changes and the journal.
+#[derive(Debug)]
+pub(crate) struct Queue {
+    journal: Arc<dyn Journal>,
+    events: Mutex<VecDeque<Event>>,
+    /// Signalled when an event is queued.
+    queued: Condvar,
+    /// Held while events are delivered: one deliverer at a time, so the
+    /// journal sees them in queue order.
+    delivering: Mutex<()>,
+    /// False when the delivering thread could not be started.
+    threaded: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Queue {
+    /// A queue to `journal`, with its delivering thread. If the thread
+    /// cannot be started, every event is delivered as it is queued.
+    pub(crate) fn start(journal: Arc<dyn Journal>) -> Arc<Queue> {
+        let queue = Arc::new(Queue {
+            journal,
+            events: Mutex::new(VecDeque::new()),
+            queued: Condvar::new(),
+            delivering: Mutex::new(()),
+            threaded: AtomicBool::new(true),
+        });
+        let weak = Arc::downgrade(&queue);
+        let started = std::thread::Builder::new()
+            .name("journal".into())
+            .spawn(move || deliver_loop(weak));
+        if let Err(e) = started {
+            tracing::warn!("cannot start the journal thread ({e}): recording every change inline");
+            queue.threaded.store(false, Ordering::Relaxed);
+        }
+        queue
+    }
+
+    /// Queue `event` (the caller holds the change lock, which fixes the
+    /// order). Delivers the queue here if it is full.
+    pub(crate) fn push(&self, event: Event) {
+        let full = {
+            let mut events = lock(&self.events);
+            events.push_back(event);
+            events.len() > MAX_QUEUED
+        };
+        if full || !self.threaded.load(Ordering::Relaxed) {
+            self.deliver();
+        } else {
+            self.queued.notify_one();
+        }
+    }
+
+    /// Deliver every queued event, in order, on this thread. Returns when
+    /// the queue is empty and no other thread is still delivering.
+    pub(crate) fn deliver(&self) {
+        let _one = lock(&self.delivering);
+        loop {
+            let Some(event) = lock(&self.events).pop_front() else {
+                return;
+            };
+            self.tell(event);
+        }
+    }
+
+    /// Events not yet delivered.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        lock(&self.events).len()
+    }
+
+    fn tell(&self, event: Event) {
+        let j = &self.journal;
+        match event {
+            Event::Changed(name, sealed, stat) => j.changed(&name, sealed.as_ref(), stat),
+            Event::Removed(name) => j.removed(&name),
+            Event::Renamed(from, to, stat) => j.renamed(&from, &to, stat),
+        }
+    }
+}
+
+/// The delivering thread: waits for events and delivers them, until the
+/// queue is gone (every store holding it was dropped).
+fn deliver_loop(queue: Weak<Queue>) {
+    loop {
+        let Some(q) = queue.upgrade() else {
+            return;
+        };
+        let has_events = {
+            let events = lock(&q.events);
+            let (events, _) = q
+                .queued
+                .wait_timeout_while(events, IDLE_CHECK, |e| e.is_empty())
+                .unwrap_or_else(|e| e.into_inner());
+            !events.is_empty()
+        };
+        if has_events {
+            q.deliver();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// Counts removes by name order; holds every call while `closed`.
+    #[derive(Debug, Default)]
+    struct Slow {
+        seen: Mutex<Vec<String>>,
+        closed: Mutex<bool>,
+        opened: Condvar,
+        calls: AtomicUsize,
+    }
+
+    impl Journal for Slow {
+        fn changed(&self, _: &Name, _: Option<&Sealed>, _: Option<LocalStat>) {}
+        fn removed(&self, name: &Name) {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let mut closed = lock(&self.closed);
+            while *closed {
+                closed = self.opened.wait(closed).unwrap();
+            }
+            lock(&self.seen).push(name.to_string());
+        }
+        fn renamed(&self, _: &Name, _: &Name, _: Option<LocalStat>) {}
+    }
+
+    fn name(i: usize) -> Name {
+        Name::new(format!("f{i:05}")).unwrap()
+    }
+
+    #[test]
+    fn a_full_queue_is_delivered_by_the_change_that_finds_it_full() {
+        let slow = Arc::new(Slow::default());
+        *lock(&slow.closed) = true;
+        let q = Queue::start(slow.clone());
+        q.push(Event::Removed(name(0)));
+        // The thread took the first event and is held inside the journal.
+        while slow.calls.load(Ordering::SeqCst) == 0 {
+            std::thread::yield_now();
+        }
+        for i in 1..=MAX_QUEUED {
+            q.push(Event::Removed(name(i)));
+        }
+        assert_eq!(q.len(), MAX_QUEUED);
+        // One more is over the bound: this push delivers the queue itself,
+        // so it returns only once the journal has caught up.
+        let pusher = {
+            let q = q.clone();
+            std::thread::spawn(move || {
+                q.push(Event::Removed(name(MAX_QUEUED + 1)));
+                q.len()
+            })
+        };
+        // Wait until it has pushed (it is then held at the delivering lock).
+        while q.len() <= MAX_QUEUED {
+            std::thread::yield_now();
+        }
+        assert_eq!(q.len(), MAX_QUEUED + 1);
+        *lock(&slow.closed) = false;
+        slow.opened.notify_all();
+        assert_eq!(pusher.join().unwrap(), 0);
+        let seen = lock(&slow.seen).clone();
+        let want: Vec<String> = (0..=MAX_QUEUED + 1).map(|i| name(i).to_string()).collect();
+        assert_eq!(seen, want, "delivered out of order or not at all");
+    }
+
+    #[test]
+    fn the_thread_ends_when_the_queue_is_dropped() {
+        let slow = Arc::new(Slow::default());
+        let q = Queue::start(slow.clone());
+        q.push(Event::Removed(name(1)));
+        q.deliver();
+        assert_eq!(lock(&slow.seen).len(), 1);
+        drop(q);
+        // The thread holds the journal through the queue only: once it has
+        // noticed the queue is gone, `slow` is ours alone.
+        let deadline = std::time::Instant::now() + IDLE_CHECK * 20;
+        while Arc::strong_count(&slow) > 1 {
+            assert!(std::time::Instant::now() < deadline, "the thread lives on");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
