@@ -13,7 +13,9 @@
 //!   nonce, then chunks of [`CHUNK_SIZE`] plaintext bytes plus a 16-byte tag).
 //! - **Streaming.** [`Sealer`] encrypts as it is written; [`Opened`] is a
 //!   seekable plaintext view that authenticates the file length when it is
-//!   opened and every chunk as it is read.
+//!   opened and every chunk as it is read. [`Payload`] reads one chunk at a
+//!   time by position, decrypting in the caller's buffer, for readers that
+//!   jump around from several threads (the mount).
 //!
 //! # Errors while reading
 //!
@@ -50,6 +52,9 @@ pub const CHUNK_SIZE: u64 = 64 * 1024;
 const NONCE_LEN: u64 = 16;
 /// Bytes of the Poly1305 tag at the end of every chunk.
 const TAG_LEN: u64 = 16;
+/// [`TAG_LEN`] as a buffer size: a chunk read by [`Payload::read_chunk`]
+/// needs this much room past its plaintext.
+pub const TAG_BYTES: usize = TAG_LEN as usize;
 /// Ciphertext bytes of a full chunk.
 const ENCRYPTED_CHUNK_SIZE: u64 = CHUNK_SIZE + TAG_LEN;
 /// Characters of the base64 header MAC on the `---` line.
@@ -548,6 +553,9 @@ fn auth_io_error(e: io::Error) -> io::Error {
         e
     }
 }
+
+mod payload;
+pub use payload::{Payload, CHUNK_BUFFER};
 
 #[cfg(test)]
 mod tests;

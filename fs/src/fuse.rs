@@ -12,7 +12,7 @@
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Seek};
 use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -24,7 +24,7 @@ use fuser::{
     ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
     ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use lockbox_crypto::seal::{self, Opened, CHUNK_SIZE};
+use lockbox_crypto::seal::{self, Opened, Payload, CHUNK_SIZE};
 use lockbox_crypto::AgeIdentity;
 use zeroize::Zeroizing;
 
@@ -136,52 +136,15 @@ enum Handle {
 struct ReaderState {
     /// The store version pinned at open. Store files are never changed in
     /// place (a new version is a new file renamed over the name), so every
-    /// decryptor of this handle reads the same bytes through it.
+    /// read of this handle reads the same bytes through it.
     file: Arc<File>,
-    /// Idle decryptors. A read takes one (or opens one more: a header
-    /// unwrap) and gives it back, so concurrent reads of one handle (the
-    /// kernel's read-ahead runs several) decrypt on several threads. At most
-    /// as many exist as reads ran at once; all are dropped at lock.
-    idle: Vec<Opened<PreadFile>>,
-    /// Bumped at lock, so a decryptor in use then is not given back.
+    /// Its payload key and layout, made at the first cache miss (a header
+    /// unwrap). Reads decrypt by position through it, so concurrent reads
+    /// of one handle (the kernel's read-ahead runs several) decrypt on
+    /// several threads. Dropped at lock.
+    payload: Option<Arc<Payload>>,
+    /// Bumped at lock, so a payload opened across a lock is not kept.
     epoch: u64,
-}
-
-/// A reader of a shared file by positional reads (`pread`), so several
-/// decryptors can read one open file at their own offsets.
-struct PreadFile {
-    file: Arc<File>,
-    pos: u64,
-    len: u64,
-}
-
-impl PreadFile {
-    fn new(file: Arc<File>) -> io::Result<PreadFile> {
-        let len = file.metadata()?.len();
-        Ok(PreadFile { file, pos: 0, len })
-    }
-}
-
-impl Read for PreadFile {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        use std::os::unix::fs::FileExt;
-        let n = self.file.read_at(buf, self.pos)?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
-
-impl Seek for PreadFile {
-    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
-        let target = match pos {
-            SeekFrom::Start(p) => Some(p),
-            SeekFrom::End(d) => self.len.checked_add_signed(d),
-            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
-        }
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek out of range"))?;
-        self.pos = target;
-        Ok(target)
-    }
 }
 
 /// Decrypted chunks, least recently used first out, bounded in bytes.
@@ -302,7 +265,7 @@ impl LockboxFs {
         for h in inner.handles.values() {
             if let Handle::Reader { state, .. } = &**h {
                 let mut st = lock(state);
-                st.idle.clear();
+                st.payload = None;
                 st.epoch += 1;
             }
         }
@@ -693,20 +656,51 @@ impl LockboxFs {
         Errno::EIO
     }
 
-    /// Read `size` bytes at `offset` through the chunk cache.
-    fn read_decrypted(&self, h: &Handle, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
-        let Handle::Reader { len, .. } = h else {
+    /// Read `size` bytes at `offset`: from the chunk cache, else decrypted
+    /// now. A chunk the read covers whole is decrypted straight into the
+    /// reply (the kernel's page cache keeps it); a chunk read in part goes
+    /// through the cache, for the reads of its other parts.
+    fn read_decrypted(
+        &self,
+        h: &Handle,
+        offset: u64,
+        size: u32,
+    ) -> Result<Zeroizing<Vec<u8>>, Errno> {
+        let Handle::Reader { len, version, .. } = h else {
             return Err(Errno::EBADF);
         };
         // Reads need the session (and keep it alive).
         self.identity_or_eacces("reading")?;
         let end = (offset + size as u64).min(*len);
-        let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
+        let want = end.saturating_sub(offset) as usize;
+        // Room for one tag more than the plaintext: a chunk is decrypted in
+        // place after the bytes before it, and the vector must never grow
+        // (a reallocation would leave a copy of the plaintext behind).
+        let mut out = Zeroizing::new(Vec::with_capacity(want + seal::TAG_BYTES));
         let mut pos = offset;
         while pos < end {
             let idx = pos / CHUNK_SIZE;
-            let chunk = self.chunk(h, idx)?;
             let within = (pos - idx * CHUNK_SIZE) as usize;
+            let cached = lock(&self.cache).get(&(*version, idx));
+            let chunk_end = ((idx + 1) * CHUNK_SIZE).min(*len);
+            let chunk = match cached {
+                Some(c) => c,
+                None if within == 0 && chunk_end <= end => {
+                    let (file, payload) = self.payload(h)?;
+                    let at = out.len();
+                    out.resize(at + payload.chunk_len(idx) + seal::TAG_BYTES, 0);
+                    let got = payload
+                        .read_chunk(&file, idx, &mut out[at..])
+                        .map_err(|e| self.damaged_reader(h, &e.to_string()))?;
+                    out.truncate(at + got);
+                    if got == 0 {
+                        break;
+                    }
+                    pos += got as u64;
+                    continue;
+                }
+                None => self.chunk(h, idx)?,
+            };
             if within >= chunk.len() {
                 break;
             }
@@ -717,66 +711,53 @@ impl LockboxFs {
         Ok(out)
     }
 
+    /// [`LockboxFs::damaged`] for the version a reader reads.
+    fn damaged_reader(&self, h: &Handle, why: &str) -> Errno {
+        match h {
+            Handle::Reader { name, version, .. } => self.damaged(name, *version, why),
+            _ => Errno::EIO,
+        }
+    }
+
+    /// A reader's file and payload key, opening the payload (a header
+    /// unwrap) on first use.
+    fn payload(&self, h: &Handle) -> Result<(Arc<File>, Arc<Payload>), Errno> {
+        let Handle::Reader { state, .. } = h else {
+            return Err(Errno::EBADF);
+        };
+        let (file, payload, epoch) = {
+            let st = lock(state);
+            (st.file.clone(), st.payload.clone(), st.epoch)
+        };
+        if let Some(p) = payload {
+            return Ok((file, p));
+        }
+        let identity = self.identity_or_eacces("reading")?;
+        let p =
+            Payload::open(&identity, &file).map_err(|e| self.damaged_reader(h, &e.to_string()))?;
+        let p = Arc::new(p);
+        let mut st = lock(state);
+        if st.epoch == epoch && st.payload.is_none() {
+            st.payload = Some(p.clone());
+        }
+        Ok((file, p))
+    }
+
     /// One decrypted chunk of a reader's version: from the cache, or
-    /// decrypted now (creating the decryptor on first use).
+    /// decrypted now and put in the cache.
     fn chunk(&self, h: &Handle, idx: u64) -> Result<Arc<Zeroizing<Vec<u8>>>, Errno> {
-        let Handle::Reader {
-            version,
-            name,
-            state,
-            len,
-            ..
-        } = h
-        else {
+        let Handle::Reader { version, .. } = h else {
             return Err(Errno::EBADF);
         };
         if let Some(c) = lock(&self.cache).get(&(*version, idx)) {
             return Ok(c);
         }
-        let (taken, file, epoch) = {
-            let mut st = lock(state);
-            (st.idle.pop(), st.file.clone(), st.epoch)
-        };
-        let mut o = match taken {
-            Some(o) => o,
-            None => {
-                let identity = self.identity_or_eacces("reading")?;
-                let input = PreadFile::new(file).map_err(|_| Errno::EIO)?;
-                Opened::open(&identity, input)
-                    .map_err(|e| self.damaged(name, *version, &e.to_string()))?
-            }
-        };
-        // The exact length of chunk `idx` follows from the plaintext length.
-        let start = idx * CHUNK_SIZE;
-        let want = len.saturating_sub(start).min(CHUNK_SIZE) as usize;
-        let mut buf = Zeroizing::new(vec![0u8; want]);
-        let result = o.seek(SeekFrom::Start(start)).and_then(|_| {
-            let mut got = 0;
-            while got < want {
-                match o.read(&mut buf[got..]) {
-                    Ok(0) => {
-                        return Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "the chunk ended early",
-                        ))
-                    }
-                    Ok(n) => got += n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(e),
-                }
-            }
-            Ok(())
-        });
-        if let Err(e) = result {
-            // A failed decryptor is not given back.
-            return Err(self.damaged(name, *version, &e.to_string()));
-        }
-        {
-            let mut st = lock(state);
-            if st.epoch == epoch {
-                st.idle.push(o);
-            }
-        }
+        let (file, payload) = self.payload(h)?;
+        let mut buf = Zeroizing::new(vec![0u8; payload.chunk_len(idx) + seal::TAG_BYTES]);
+        let n = payload
+            .read_chunk(&file, idx, &mut buf)
+            .map_err(|e| self.damaged_reader(h, &e.to_string()))?;
+        buf.truncate(n);
         let chunk = Arc::new(buf);
         lock(&self.cache).put((*version, idx), chunk.clone());
         Ok(chunk)
@@ -825,7 +806,7 @@ impl LockboxFs {
                 len,
                 state: Mutex::new(ReaderState {
                     file: Arc::new(file),
-                    idle: Vec::new(),
+                    payload: None,
                     epoch: 0,
                 }),
             }));
@@ -1346,10 +1327,7 @@ impl Filesystem for Mounted {
                 reply.data(&buf[..n])
             }
             Handle::Reader { .. } => match fs.read_decrypted(&h, offset, size) {
-                Ok(data) => {
-                    let data = Zeroizing::new(data);
-                    reply.data(&data)
-                }
+                Ok(data) => reply.data(&data),
                 Err(e) => reply.error(e),
             },
         }
