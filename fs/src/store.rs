@@ -1085,7 +1085,8 @@ pub fn seal_into(
     // Past 1 MiB the ciphertext is hashed and written on a second thread
     // while this one encrypts.
     let sink_error = |e| Error::io("write", Path::new("the store's temp file"), e);
-    let (n, hasher) = offloaded(HashingWriter::new(file), 1 << 20, sink_error, |out| {
+    let sink = HashingWriter::new(EarlyWriteback::new(file));
+    let (n, hasher) = offloaded(sink, 1 << 20, sink_error, |out| {
         let mut sealer = Sealer::with_shares(&recipients.keys, shares, out)?;
         let n = pump(&mut limited, &mut sealer)?;
         if n > max_size {
@@ -1104,6 +1105,53 @@ pub fn seal_into(
         hash,
         envoys: recipients.envoys.clone(),
     })
+}
+
+/// Bytes of a seal written between two starts of their writeback.
+const WRITEBACK_STEP: u64 = 8 << 20;
+
+/// A store temp file being written, whose ciphertext the disk starts
+/// writing every [`WRITEBACK_STEP`] bytes instead of at the sync. On a
+/// machine with much memory the kernel would keep a whole 1 GiB seal dirty
+/// until the `fsync`, and the disk would only start once the encryption
+/// had ended; this way the two overlap. `POSIX_FADV_DONTNEED` over what was
+/// written starts that range's writeback without waiting for it (and lets
+/// the kernel drop those pages once clean: the mount reads a store file
+/// rarely right after sealing it). Small seals never reach a step.
+struct EarlyWriteback<'a> {
+    file: &'a mut File,
+    written: u64,
+    started: u64,
+}
+
+impl<'a> EarlyWriteback<'a> {
+    fn new(file: &'a mut File) -> Self {
+        let at = file.stream_position().unwrap_or(0);
+        EarlyWriteback {
+            file,
+            written: at,
+            started: at,
+        }
+    }
+}
+
+impl Write for EarlyWriteback<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.written += n as u64;
+        if self.written - self.started >= WRITEBACK_STEP {
+            let len = std::num::NonZeroU64::new(self.written - self.started);
+            // Advice only: a failure changes nothing but the timing.
+            let _ =
+                rustix::fs::fadvise(&*self.file, self.started, len, rustix::fs::Advice::DontNeed);
+            self.started = self.written;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
 }
 
 /// Copy plaintext from `src` into `dst` through a buffer that is zeroized
