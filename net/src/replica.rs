@@ -659,15 +659,18 @@ impl Replica {
         if !in_mesh(name) {
             return;
         }
+        let mut stat = stat;
         if sealed.is_none() && moved.is_none() {
-            // Only the file itself says what it holds. If it changed since
-            // (a later change of the name is queued behind this one and
-            // records it), recording it now would pair that content with
-            // this change's stat.
-            let now = LocalStat::of(&self.store.current_path(name)).ok();
-            if now.is_none() || now != stat {
-                tracing::debug!("{name} changed again before it was recorded");
-                return;
+            // Only the file itself says what it holds, and it may have
+            // changed since (a later change queued behind this one, or a
+            // new mtime): describe it as it is now, with its stat of now.
+            // Gone: a later change (queued) moved or removed it.
+            match LocalStat::of(&self.store.current_path(name)) {
+                Ok(now) => stat = Some(now),
+                Err(_) => {
+                    tracing::debug!("{name} was gone before its change was recorded");
+                    return;
+                }
             }
         }
         if let Err(e) = self.record_local(name, sealed, moved, None, stat) {
@@ -1593,5 +1596,88 @@ mod tests {
         // ... and a hello without one is named as such.
         let (_, refused) = alpha.learn_members(&[Vec::new()]);
         assert_eq!(refused, ["the peer sent no endorsement"]);
+    }
+
+    #[test]
+    fn queued_local_changes_are_recorded_in_order_as_if_made_inline() {
+        use lockbox_fs::SealTo;
+        use std::io::Cursor;
+        let dir = tempfile::tempdir().unwrap();
+        let pass = SecretString::from("pw pw pw".to_string());
+        let circle = CircleKey::derive(&pass, "alice", KdfParams::TEST).unwrap();
+        let a = Envoy::new(dir.path(), &circle, "alpha", 1);
+        a.knows(&a);
+        let alpha = a.open();
+        let store = alpha.store().clone();
+        let to = SealTo::keys(vec![lockbox_crypto::AgeIdentity::generate().to_public()]);
+        let n = |s: &str| Name::new(s).unwrap();
+        let seal = |name: &str, text: &str| {
+            drop(
+                store
+                    .seal_pending(
+                        &n(name),
+                        Cursor::new(text.as_bytes().to_vec()),
+                        &to,
+                        1 << 20,
+                    )
+                    .unwrap()
+                    .1,
+            )
+        };
+
+        // A chain of queued changes, each reading what the one before it
+        // recorded: x is sealed twice, moved to y, then to z, then removed.
+        seal("x", "one");
+        seal("x", "two");
+        drop(store.rename_pending(&n("x"), &n("y")).unwrap());
+        drop(store.rename_pending(&n("y"), &n("z")).unwrap());
+        drop(store.remove_pending(&n("z")).unwrap());
+        seal("w", "kept");
+        // The mesh's lock sees all of them recorded.
+        let guard = store.change_lock();
+        for gone in ["x", "y", "z"] {
+            assert!(alpha.record(&n(gone)).unwrap().is_none(), "{gone}");
+            assert_eq!(alpha.tombstones(&n(gone)).len(), 1, "{gone}");
+        }
+        let w = alpha.record(&n("w")).unwrap().expect("w recorded");
+        let recorded = alpha.meta.version(&n("w")).unwrap().unwrap().1;
+        assert_eq!(recorded, LocalStat::of(&store.current_path(&n("w"))).ok());
+        // x's tombstone covers the version x had after its second seal.
+        let x = alpha.tombstones(&n("x"));
+        assert_eq!(x[0].body().vv.get("alpha"), 2);
+        assert_eq!(w.body().plaintext_len, 4);
+
+        // A name with no record (put in place without the journal) renamed:
+        // its new name is described from the file itself.
+        let put = |name: &str| {
+            let (staged, _) = store
+                .stage(|f| {
+                    lockbox_fs::store::seal_into(
+                        f,
+                        &n(name),
+                        Cursor::new(b"raw".to_vec()),
+                        &to,
+                        None,
+                        1 << 20,
+                    )
+                })
+                .unwrap();
+            store.commit_staged(staged, &n(name)).unwrap();
+        };
+        put("raw");
+        put("raw2");
+        drop(guard);
+        drop(store.rename_pending(&n("raw"), &n("cooked")).unwrap());
+        // Renamed and removed before its record is made: nothing recorded.
+        drop(store.rename_pending(&n("raw2"), &n("cooked2")).unwrap());
+        drop(store.remove_pending(&n("cooked2")).unwrap());
+        let _guard = store.change_lock();
+        let cooked = alpha
+            .record(&n("cooked"))
+            .unwrap()
+            .expect("cooked recorded");
+        assert_eq!(cooked.body().plaintext_len, 3);
+        assert!(alpha.record(&n("cooked2")).unwrap().is_none());
+        assert!(alpha.record(&n("raw2")).unwrap().is_none());
     }
 }
