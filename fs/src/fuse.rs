@@ -686,20 +686,14 @@ impl LockboxFs {
             let chunk = match cached {
                 Some(c) => c,
                 None if within == 0 && chunk_end <= end => {
-                    let (file, payload) = self.payload(h)?;
-                    let at = out.len();
-                    out.resize(at + payload.chunk_len(idx) + seal::TAG_BYTES, 0);
-                    let got = payload
-                        .read_chunk(&file, idx, &mut out[at..])
-                        .map_err(|e| self.damaged_reader(h, &e.to_string()))?;
-                    out.truncate(at + got);
+                    let got = self.decrypt_onto(h, idx, &mut out)?;
                     if got == 0 {
                         break;
                     }
                     pos += got as u64;
                     continue;
                 }
-                None => self.chunk(h, idx)?,
+                None => self.decrypt_to_cache(h, idx)?,
             };
             if within >= chunk.len() {
                 break;
@@ -743,21 +737,33 @@ impl LockboxFs {
         Ok((file, p))
     }
 
-    /// One decrypted chunk of a reader's version: from the cache, or
-    /// decrypted now and put in the cache.
-    fn chunk(&self, h: &Handle, idx: u64) -> Result<Arc<Zeroizing<Vec<u8>>>, Errno> {
+    /// Decrypt chunk `idx` of a reader's version onto the end of `out`
+    /// (which needs room for the chunk and its tag, or it grows); returns
+    /// its plaintext length.
+    fn decrypt_onto(
+        &self,
+        h: &Handle,
+        idx: u64,
+        out: &mut Zeroizing<Vec<u8>>,
+    ) -> Result<usize, Errno> {
+        let (file, payload) = self.payload(h)?;
+        let at = out.len();
+        out.resize(at + payload.chunk_len(idx) + seal::TAG_BYTES, 0);
+        let got = payload
+            .read_chunk(&file, idx, &mut out[at..])
+            .map_err(|e| self.damaged_reader(h, &e.to_string()))?;
+        out.truncate(at + got);
+        Ok(got)
+    }
+
+    /// Decrypt chunk `idx` of a reader's version (not in the cache) and
+    /// put it in the cache.
+    fn decrypt_to_cache(&self, h: &Handle, idx: u64) -> Result<Arc<Zeroizing<Vec<u8>>>, Errno> {
         let Handle::Reader { version, .. } = h else {
             return Err(Errno::EBADF);
         };
-        if let Some(c) = lock(&self.cache).get(&(*version, idx)) {
-            return Ok(c);
-        }
-        let (file, payload) = self.payload(h)?;
-        let mut buf = Zeroizing::new(vec![0u8; payload.chunk_len(idx) + seal::TAG_BYTES]);
-        let n = payload
-            .read_chunk(&file, idx, &mut buf)
-            .map_err(|e| self.damaged_reader(h, &e.to_string()))?;
-        buf.truncate(n);
+        let mut buf = Zeroizing::new(Vec::with_capacity(CHUNK_SIZE as usize + seal::TAG_BYTES));
+        self.decrypt_onto(h, idx, &mut buf)?;
         let chunk = Arc::new(buf);
         lock(&self.cache).put((*version, idx), chunk.clone());
         Ok(chunk)
