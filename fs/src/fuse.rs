@@ -29,7 +29,7 @@ use lockbox_crypto::AgeIdentity;
 use zeroize::Zeroizing;
 
 use crate::pages::Pages;
-use crate::store::{Pending, SealTo, Sealed, Store};
+use crate::store::{Pending, SealStream, SealTo, Sealed, Store};
 use crate::{Error, Name};
 
 /// How long the kernel may cache attributes and names.
@@ -80,9 +80,22 @@ impl Version {
     }
 }
 
+/// Bytes staged before a file written from start to end is sealed as it
+/// grows instead of at its close (see [`Staged::stream`]).
+const STREAM_FROM: u64 = 8 << 20;
+
 /// Plaintext staged for a file open for writing.
 struct Staged {
     pages: Pages,
+    /// A file written from its start to its end, past [`STREAM_FROM`]
+    /// bytes, while unlocked: its content is sealed as the writes come
+    /// ([`SealStream`]) and `pages` is empty. Anything else a writer does
+    /// (a write elsewhere than at the end, a read, a truncation) first
+    /// turns it back into staged plaintext, decrypting what was sealed.
+    stream: Option<SealStream>,
+    /// Every write so far was an append to content that began empty and
+    /// was never streamed and turned back: the content may become a stream.
+    streamable: bool,
     /// Whether `pages` holds the file's content. A writer that opened an
     /// existing file without `O_TRUNC` loads the old plaintext only when a
     /// read or write needs it, so `open` + `ftruncate(0)` works while locked.
@@ -97,6 +110,44 @@ struct Staged {
     /// A modification time set with utimensat while staged.
     mtime_set: Option<SystemTime>,
     mtime: SystemTime,
+}
+
+impl Staged {
+    fn new(pages: Pages, loaded: bool, dirty: bool, writers: u32) -> Staged {
+        Staged {
+            streamable: loaded && pages.is_empty(),
+            pages,
+            stream: None,
+            loaded,
+            dirty,
+            writers,
+            poisoned: None,
+            mtime_set: None,
+            mtime: SystemTime::now(),
+        }
+    }
+
+    /// Size of the content.
+    fn len(&self) -> u64 {
+        match &self.stream {
+            Some(s) => s.len(),
+            None => self.pages.len(),
+        }
+    }
+
+    /// Make the content empty (`O_TRUNC`, `truncate` to 0).
+    fn clear(&mut self) {
+        self.pages.truncate(0);
+        self.stream = None;
+        self.loaded = true;
+        self.streamable = true;
+    }
+
+    /// The staged content can never be sealed (a failed write).
+    fn poison(&mut self, e: Errno) {
+        self.poisoned = Some(e);
+        self.stream = None;
+    }
 }
 
 struct Node {
@@ -385,7 +436,7 @@ impl LockboxFs {
         if let Some(s) = staged {
             let s = lock(&s);
             if s.loaded && s.poisoned.is_none() {
-                return Ok(self.file_attr(ino, s.pages.len(), s.mtime));
+                return Ok(self.file_attr(ino, s.len(), s.mtime));
             }
         }
         let name = name.ok_or(Errno::ENOENT)?;
@@ -529,18 +580,28 @@ impl LockboxFs {
         let Some(name) = name else {
             // Unlinked while open: nothing to keep.
             st.dirty = false;
+            st.stream = None;
             return Ok(None);
         };
-        let recipients = self.keys.recipients().map_err(|e| {
-            tracing::warn!("cannot seal {name}: {e}");
-            Errno::EIO
-        })?;
-        match self.store.seal_deferred(
-            &name,
-            st.pages.reader(),
-            &recipients,
-            self.config.max_file_size,
-        ) {
+        let done = if let Some(stream) = st.stream.take() {
+            // The content now lives in the store only: a later read or
+            // write through a handle still open loads it again.
+            st.loaded = false;
+            st.streamable = false;
+            self.store.finish_stream(stream, &name)
+        } else {
+            let recipients = self.keys.recipients().map_err(|e| {
+                tracing::warn!("cannot seal {name}: {e}");
+                Errno::EIO
+            })?;
+            self.store.seal_deferred(
+                &name,
+                st.pages.reader(),
+                &recipients,
+                self.config.max_file_size,
+            )
+        };
+        match done {
             Ok((sealed, recorded)) => {
                 st.dirty = false;
                 if let Some(t) = st.mtime_set {
@@ -561,6 +622,10 @@ impl LockboxFs {
             }
             Err(e) => {
                 tracing::warn!("sealing {name} failed: {e}; the previous version is unchanged");
+                if !st.loaded {
+                    // A stream that failed to finish is gone with its content.
+                    st.poison(Errno::EIO);
+                }
                 Err(errno_of(&e))
             }
         }
@@ -619,6 +684,74 @@ impl LockboxFs {
             .ok_or(Errno::ENOENT)?;
         st.pages = self.load_plaintext(&name, &identity)?;
         st.loaded = true;
+        st.streamable = false;
+        Ok(())
+    }
+
+    /// Turn a streamed content back into staged plaintext (needs the key),
+    /// for anything but an append. It stays staged until the close.
+    fn unstream(&self, st: &mut Staged, what: &str) -> Result<(), Errno> {
+        if st.stream.is_none() {
+            return Ok(());
+        }
+        let identity = self.identity_or_eacces(what)?;
+        let stream = st.stream.take().expect("checked above");
+        st.streamable = false;
+        match stream.into_plaintext(&identity) {
+            Ok(pages) => {
+                st.pages = pages;
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "a file being written could not be read back ({e}); its writes since it \
+                     was opened are lost, the previous version stays"
+                );
+                st.poison(Errno::EIO);
+                Err(Errno::EIO)
+            }
+        }
+    }
+
+    /// Stage `data` at `offset` of a loaded content: appended to its stream,
+    /// or into its pages (a content written from start to end past
+    /// [`STREAM_FROM`] becomes a stream, while unlocked).
+    fn stage_write(&self, st: &mut Staged, offset: u64, data: &[u8]) -> Result<(), Errno> {
+        let append = offset == st.len();
+        if let Some(stream) = st.stream.as_mut().filter(|_| append) {
+            if let Err(e) = stream.append(data) {
+                tracing::warn!("sealing a file as it is written failed: {e}");
+                st.poison(errno_of(&e));
+                return Err(errno_of(&e));
+            }
+            return Ok(());
+        }
+        self.unstream(
+            st,
+            "writing elsewhere than at the end of a file being written",
+        )?;
+        st.streamable &= append;
+        st.pages.write(offset, data);
+        if st.streamable && st.pages.len() >= STREAM_FROM && self.keys.is_unlocked() {
+            // Seal what was staged and go on streaming. A failure only
+            // means the file is sealed at its close as usual.
+            let started = self.keys.recipients().and_then(|to| {
+                let mut stream = self.store.begin_stream(&to).map_err(|e| e.to_string())?;
+                crate::store::pump(&mut st.pages.reader(), &mut stream)
+                    .map_err(|e| e.to_string())?;
+                Ok(stream)
+            });
+            match started {
+                Ok(stream) => {
+                    st.pages = Pages::new();
+                    st.stream = Some(stream);
+                }
+                Err(e) => {
+                    tracing::debug!("not sealing as written: {e}");
+                    st.streamable = false;
+                }
+            }
+        }
         Ok(())
     }
 
@@ -823,8 +956,7 @@ impl LockboxFs {
                 let mut st = lock(&s);
                 st.writers += 1;
                 if trunc {
-                    st.pages.truncate(0);
-                    st.loaded = true;
+                    st.clear();
                     st.dirty = true;
                 }
                 drop(st);
@@ -837,15 +969,12 @@ impl LockboxFs {
                 if !empty && acc == OpenAccMode::O_RDWR {
                     self.identity_or_eacces("opening for reading and writing")?;
                 }
-                let s = Arc::new(Mutex::new(Staged {
-                    pages: Pages::new(),
-                    loaded: empty,
-                    dirty: trunc && size > 0,
-                    writers: 1,
-                    poisoned: None,
-                    mtime_set: None,
-                    mtime: SystemTime::now(),
-                }));
+                let s = Arc::new(Mutex::new(Staged::new(
+                    Pages::new(),
+                    empty,
+                    trunc && size > 0,
+                    1,
+                )));
                 let mut inner = lock(&self.inner);
                 let node = inner.nodes.get_mut(&ino).ok_or(Errno::ENOENT)?;
                 match &node.staged {
@@ -884,15 +1013,7 @@ impl LockboxFs {
             self.load_plaintext(&name, &identity)?
         };
         pages.truncate(size);
-        let mut st = Staged {
-            pages,
-            loaded: true,
-            dirty: true,
-            writers: 0,
-            poisoned: None,
-            mtime_set: None,
-            mtime: SystemTime::now(),
-        };
+        let mut st = Staged::new(pages, true, true, 0);
         self.seal_staged(ino, &mut st)
     }
 }
@@ -996,14 +1117,20 @@ impl Filesystem for Mounted {
                 Some(s) => {
                     let mut st = lock(s);
                     let ready = if size == 0 {
-                        st.loaded = true;
+                        st.clear();
+                        Ok(())
+                    } else if st.stream.as_ref().is_some_and(|s| s.len() == size) {
                         Ok(())
                     } else {
                         fs.ensure_loaded(ino.0, &mut st, "truncating to a non-zero size")
+                            .and_then(|()| fs.unstream(&mut st, "truncating a file being written"))
+                            .map(|()| st.streamable = false)
                     };
                     ready.map(|()| {
-                        if st.pages.len() != size || !st.dirty {
-                            st.pages.truncate(size);
+                        if st.len() != size || !st.dirty {
+                            if st.stream.is_none() {
+                                st.pages.truncate(size);
+                            }
                             st.dirty = true;
                             st.mtime = SystemTime::now();
                             st.mtime_set = None;
@@ -1249,16 +1376,8 @@ impl Filesystem for Mounted {
                 ino
             }
             Err(_) => {
-                let staged = Arc::new(Mutex::new(Staged {
-                    pages: Pages::new(),
-                    loaded: true,
-                    // A new file exists once closed, even if nothing is written.
-                    dirty: true,
-                    writers: 0,
-                    poisoned: None,
-                    mtime_set: None,
-                    mtime: SystemTime::now(),
-                }));
+                // A new file exists once closed, even if nothing is written.
+                let staged = Arc::new(Mutex::new(Staged::new(Pages::new(), true, true, 0)));
                 new_file = true;
                 LockboxFs::add_node(&mut lock(&fs.inner), name, Some(staged))
             }
@@ -1325,7 +1444,10 @@ impl Filesystem for Mounted {
         match &*h {
             Handle::Staged { ino, staged, .. } => {
                 let mut st = lock(staged);
-                if let Err(e) = fs.ensure_loaded(*ino, &mut st, "reading back") {
+                if let Err(e) = fs
+                    .ensure_loaded(*ino, &mut st, "reading back")
+                    .and_then(|()| fs.unstream(&mut st, "reading a file being written"))
+                {
                     return reply.error(e);
                 }
                 let mut buf = Zeroizing::new(vec![0u8; size as usize]);
@@ -1369,14 +1491,16 @@ impl Filesystem for Mounted {
         let mut st = lock(staged);
         if offset + data.len() as u64 > fs.config.max_file_size {
             // What was staged is now a cut-off version: never seal it.
-            st.poisoned = Some(Errno::EFBIG);
+            st.poison(Errno::EFBIG);
             return reply.error(Errno::EFBIG);
         }
         if let Err(e) = fs.ensure_loaded(*ino, &mut st, "appending to or partly overwriting a file")
         {
             return reply.error(e);
         }
-        st.pages.write(offset, data);
+        if let Err(e) = fs.stage_write(&mut st, offset, data) {
+            return reply.error(e);
+        }
         st.dirty = true;
         st.mtime = SystemTime::now();
         // A write after utimensat makes the file modified now.

@@ -7,60 +7,47 @@
 
 use std::io::{self, Write};
 use std::sync::mpsc::{sync_channel, SyncSender};
-use std::thread::{Scope, ScopedJoinHandle};
+use std::thread::JoinHandle;
 
 /// Size of the buffers handed to the sink thread.
 const BLOCK: usize = 256 * 1024;
 /// Buffers in flight between the two threads (bounds the memory).
 const IN_FLIGHT: usize = 4;
 
-/// Run `f` with a writer into `sink` that offloads to a scoped thread after
-/// `threshold` bytes; returns `f`'s result and the sink, with everything
-/// written. An error of the sink is returned from the write that follows it,
-/// or, through `sink_error`, from the end.
-pub fn offloaded<W, T, E>(
-    sink: W,
-    threshold: u64,
-    sink_error: impl FnOnce(io::Error) -> E,
-    f: impl FnOnce(&mut dyn Write) -> Result<T, E>,
-) -> Result<(T, W), E>
-where
-    W: Write + Send,
-{
-    std::thread::scope(|scope| {
-        let mut w = Offload {
-            scope,
-            state: State::Inline(sink),
-            buf: Vec::with_capacity(BLOCK),
-            sent: 0,
-            threshold,
-        };
-        let t = f(&mut w)?;
-        let sink = w.finish().map_err(sink_error)?;
-        Ok((t, sink))
-    })
-}
-
-/// See [`offloaded`].
-struct Offload<'scope, 'env, W: Write + Send> {
-    scope: &'scope Scope<'scope, 'env>,
-    state: State<'scope, W>,
+/// A writer into a sink that moves to a thread of its own after
+/// `threshold` bytes. It owns the sink, so it can live across calls (a
+/// seal that grows with each write of the mount, [`crate::store::SealStream`]).
+/// [`Offload::finish`] returns the sink with everything written; an error
+/// of the sink is returned from the write that follows it, or from
+/// `finish`. Dropped unfinished, it waits for the sink thread to end.
+pub struct Offload<W: Write + Send + 'static> {
+    state: State<W>,
     buf: Vec<u8>,
     sent: u64,
     threshold: u64,
 }
 
-enum State<'scope, W> {
+enum State<W> {
     Inline(W),
     Spawned {
         tx: SyncSender<Vec<u8>>,
-        worker: ScopedJoinHandle<'scope, io::Result<W>>,
+        worker: JoinHandle<io::Result<W>>,
     },
     /// After an error or the end.
     Gone,
 }
 
-impl<'scope, W: Write + Send + 'scope> Offload<'scope, '_, W> {
+impl<W: Write + Send + 'static> Offload<W> {
+    /// A writer into `sink`, offloading after `threshold` bytes.
+    pub fn new(sink: W, threshold: u64) -> Self {
+        Offload {
+            state: State::Inline(sink),
+            buf: Vec::with_capacity(BLOCK),
+            sent: 0,
+            threshold,
+        }
+    }
+
     /// Hand the buffered bytes on: inline, or to the sink thread (started
     /// when the threshold is crossed).
     fn dispatch(&mut self) -> io::Result<()> {
@@ -78,13 +65,16 @@ impl<'scope, W: Write + Send + 'scope> Offload<'scope, '_, W> {
             }
             State::Inline(sink) => {
                 let (tx, rx) = sync_channel::<Vec<u8>>(IN_FLIGHT);
-                let worker = self.scope.spawn(move || {
-                    let mut sink = sink;
-                    for block in rx {
-                        sink.write_all(&block)?;
-                    }
-                    Ok(sink)
-                });
+                let worker =
+                    std::thread::Builder::new()
+                        .name("seal-sink".into())
+                        .spawn(move || {
+                            let mut sink = sink;
+                            for block in rx {
+                                sink.write_all(&block)?;
+                            }
+                            Ok(sink)
+                        })?;
                 self.state = State::Spawned { tx, worker };
                 self.send()
             }
@@ -116,7 +106,7 @@ impl<'scope, W: Write + Send + 'scope> Offload<'scope, '_, W> {
     }
 
     /// Write out what is buffered and return the sink.
-    fn finish(mut self) -> io::Result<W> {
+    pub fn finish(mut self) -> io::Result<W> {
         self.dispatch()?;
         match std::mem::replace(&mut self.state, State::Gone) {
             State::Inline(sink) => Ok(sink),
@@ -131,7 +121,18 @@ impl<'scope, W: Write + Send + 'scope> Offload<'scope, '_, W> {
     }
 }
 
-impl<'scope, W: Write + Send + 'scope> Write for Offload<'scope, '_, W> {
+impl<W: Write + Send + 'static> Drop for Offload<W> {
+    fn drop(&mut self) {
+        // Abandoned: let the thread end before the sink's owner goes on
+        // (it removes the file the sink writes to).
+        if let State::Spawned { tx, worker } = std::mem::replace(&mut self.state, State::Gone) {
+            drop(tx);
+            let _ = worker.join();
+        }
+    }
+}
+
+impl<W: Write + Send + 'static> Write for Offload<W> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         let n = data.len().min(BLOCK - self.buf.len());
         self.buf.extend_from_slice(&data[..n]);
@@ -141,7 +142,7 @@ impl<'scope, W: Write + Send + 'scope> Write for Offload<'scope, '_, W> {
         Ok(n)
     }
 
-    /// Buffered bytes reach the sink at [`offloaded`]'s end; a flush in
+    /// Buffered bytes reach the sink at [`Offload::finish`]; a flush in
     /// between does not force them out (the sink may be on another thread).
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
@@ -166,20 +167,41 @@ mod tests {
             (BLOCK * 9 + 17, BLOCK as u64 * 2),
         ] {
             let data = pattern(len);
-            let ((), out) = offloaded(
-                Vec::new(),
-                threshold,
-                |e| e,
-                |w| {
-                    for piece in data.chunks(65_552) {
-                        w.write_all(piece)?;
-                    }
-                    Ok::<(), io::Error>(())
-                },
-            )
-            .unwrap();
+            let mut w = Offload::new(Vec::new(), threshold);
+            for piece in data.chunks(65_552) {
+                w.write_all(piece).unwrap();
+            }
+            let out = w.finish().unwrap();
             assert_eq!(out, data, "len {len} threshold {threshold}");
         }
+    }
+
+    /// A sink that records when it is dropped.
+    struct Noting(std::sync::Arc<std::sync::atomic::AtomicBool>, Vec<u8>);
+
+    impl Write for Noting {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.1.extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Drop for Noting {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn dropped_unfinished_it_waits_for_the_sink_thread() {
+        let gone = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut w = Offload::new(Noting(gone.clone(), Vec::new()), 0);
+        w.write_all(&pattern(BLOCK * 5)).unwrap();
+        drop(w);
+        assert!(gone.load(std::sync::atomic::Ordering::SeqCst));
     }
 
     /// A sink that fails after `ok` bytes.
@@ -204,16 +226,9 @@ mod tests {
     fn a_sink_error_is_returned_inline_and_offloaded() {
         for threshold in [0, u64::MAX] {
             let data = pattern(BLOCK * 20);
-            let r = offloaded(
-                Failing { ok: BLOCK * 2 },
-                threshold,
-                |e| e,
-                |w| {
-                    w.write_all(&data)?;
-                    Ok::<(), io::Error>(())
-                },
-            );
-            let e = r.err().expect("the sink's error");
+            let mut w = Offload::new(Failing { ok: BLOCK * 2 }, threshold);
+            let r = w.write_all(&data).and_then(|()| w.finish().map(drop));
+            let e = r.expect_err("the sink's error");
             assert_eq!(e.to_string(), "disk full", "threshold {threshold}");
         }
     }

@@ -34,7 +34,7 @@ pub use crate::journal::Journal;
 use crate::journal::{Event, Queue};
 use crate::meta::LocalStat;
 use crate::name::{Name, NameKind};
-use crate::offload::offloaded;
+use crate::offload::Offload;
 use crate::Error;
 
 /// What the store says a file is (the seeds' auto-encrypt states).
@@ -596,23 +596,31 @@ impl Store {
         fill: impl FnOnce(&mut File) -> Result<T, Error>,
         durable: bool,
     ) -> Result<(StagedFile, T), Error> {
-        let staged = StagedFile {
-            path: self
-                .tmp
-                .join(format!("{:016x}.partial", rand::random::<u64>())),
-        };
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&staged.path)
-            .map_err(|e| Error::io("create", &staged.path, e))?;
+        let (staged, mut file) = self.new_temp()?;
         let t = fill(&mut file)?;
         if durable {
             file.sync_all()
                 .map_err(|e| Error::io("sync", &staged.path, e))?;
         }
         Ok((staged, t))
+    }
+
+    /// A fresh, empty 0600 temp file (removed when the [`StagedFile`] is
+    /// dropped).
+    fn new_temp(&self) -> Result<(StagedFile, File), Error> {
+        let staged = StagedFile {
+            path: self
+                .tmp
+                .join(format!("{:016x}.partial", rand::random::<u64>())),
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&staged.path)
+            .map_err(|e| Error::io("create", &staged.path, e))?;
+        Ok((staged, file))
     }
 
     /// Rename a staged file into place as `name` (replacing a seal of it
@@ -779,7 +787,21 @@ impl Store {
             mark_complete(file, seq, name);
             Ok(sealed)
         };
-        let (mut staged, sealed) = self.stage_with(fill, false)?;
+        let (staged, sealed) = self.stage_with(fill, false)?;
+        Ok(self.wait_staged(g, w, name, staged, seq, sealed))
+    }
+
+    /// Put a complete seal (marked with `seq`) among the waiting ones as
+    /// the newest version of `name`.
+    fn wait_staged(
+        &self,
+        g: &Grouped,
+        w: &Waiting,
+        name: &Name,
+        mut staged: StagedFile,
+        seq: u64,
+        sealed: Sealed,
+    ) -> (Sealed, Pending<'_>) {
         let guard = self.lock_changes();
         let stat = LocalStat::of(&staged.path).ok();
         let temp = std::mem::take(&mut staged.path);
@@ -789,7 +811,43 @@ impl Store {
         }
         g.mark();
         let event = Event::Changed(name.clone(), Some(sealed.clone()), stat);
-        Ok((sealed, self.pending(guard, event)))
+        (sealed, self.pending(guard, event))
+    }
+
+    /// Start a seal to `recipients` whose plaintext comes in pieces
+    /// ([`SealStream::write`]), for a file the mount sees written from start
+    /// to end: its ciphertext goes to a temp file as the writes arrive, so
+    /// neither the plaintext nor the time to encrypt it piles up until the
+    /// close. [`Store::finish_stream`] puts it in place.
+    pub fn begin_stream(&self, recipients: &SealTo) -> Result<SealStream, Error> {
+        let (staged, file) = self.new_temp()?;
+        let sink = Offload::new(sealing_sink(file), 1 << 20);
+        let sealer = Sealer::with_shares(&recipients.keys, self.shares(), sink)?;
+        Ok(SealStream {
+            staged,
+            sealer,
+            len: 0,
+            envoys: recipients.envoys.clone(),
+        })
+    }
+
+    /// Seal the end of `stream` and install it as `name`, as
+    /// [`Store::seal_deferred`] does with a whole plaintext.
+    pub fn finish_stream(
+        &self,
+        stream: SealStream,
+        name: &Name,
+    ) -> Result<(Sealed, Pending<'_>), Error> {
+        let (staged, file, sealed) = stream.finish()?;
+        if let (Some(g), Some(w)) = (&self.grouped, &self.waiting) {
+            let seq = w.next.fetch_add(1, Ordering::Relaxed);
+            mark_complete(&file, seq, name);
+            return Ok(self.wait_staged(g, w, name, staged, seq, sealed));
+        }
+        file.sync_all()
+            .map_err(|e| Error::io("sync", &staged.path, e))?;
+        self.install_staged(name, staged, Some(sealed.clone()))
+            .map(|p| (sealed, p))
     }
 
     /// [`Store::seal`], with the journal entry left to the returned
@@ -820,11 +878,23 @@ impl Store {
         seen: impl FnOnce(&T) -> Option<Sealed>,
     ) -> Result<(T, Pending<'_>), Error> {
         let (staged, t) = self.stage(fill)?;
+        let pending = self.install_staged(name, staged, seen(&t))?;
+        Ok((t, pending))
+    }
+
+    /// Rename a durable temp file into place as `name`; the journal hears
+    /// of it (as `sealed`) when the returned [`Pending`] is dropped.
+    fn install_staged(
+        &self,
+        name: &Name,
+        staged: StagedFile,
+        sealed: Option<Sealed>,
+    ) -> Result<Pending<'_>, Error> {
         let guard = self.lock_changes();
         self.commit_staged(staged, name)?;
         let stat = LocalStat::of(&self.path_of(name)).ok();
-        let event = Event::Changed(name.clone(), seen(&t), stat);
-        Ok((t, self.pending(guard, event)))
+        let event = Event::Changed(name.clone(), sealed, stat);
+        Ok(self.pending(guard, event))
     }
 
     fn pending<'a>(&'a self, guard: std::sync::MutexGuard<'a, ()>, event: Event) -> Pending<'a> {
@@ -1084,20 +1154,20 @@ pub fn seal_into(
     let mut limited = plaintext.take(max_size.saturating_add(1));
     // Past 1 MiB the ciphertext is hashed and written on a second thread
     // while this one encrypts.
-    let sink_error = |e| Error::io("write", Path::new("the store's temp file"), e);
-    let sink = HashingWriter::new(EarlyWriteback::new(file));
-    let (n, hasher) = offloaded(sink, 1 << 20, sink_error, |out| {
-        let mut sealer = Sealer::with_shares(&recipients.keys, shares, out)?;
-        let n = pump(&mut limited, &mut sealer)?;
-        if n > max_size {
-            return Err(Error::TooLarge {
-                name: name.to_string(),
-                limit: max_size,
-            });
-        }
-        sealer.finish()?;
-        Ok(n)
-    })?;
+    let dup = file.try_clone().map_err(sink_error)?;
+    let mut sealer = Sealer::with_shares(
+        &recipients.keys,
+        shares,
+        Offload::new(sealing_sink(dup), 1 << 20),
+    )?;
+    let n = pump(&mut limited, &mut sealer)?;
+    if n > max_size {
+        return Err(Error::TooLarge {
+            name: name.to_string(),
+            limit: max_size,
+        });
+    }
+    let hasher = sealer.finish()?.finish().map_err(sink_error)?;
     let (_, hash, ciphertext_len) = hasher.finish();
     Ok(Sealed {
         plaintext_len: n,
@@ -1105,6 +1175,94 @@ pub fn seal_into(
         hash,
         envoys: recipients.envoys.clone(),
     })
+}
+
+/// How a write into a store temp file fails.
+fn sink_error(e: io::Error) -> Error {
+    Error::io("write", Path::new("the store's temp file"), e)
+}
+
+/// Where a seal's ciphertext goes: hashed, then into `file`, whose
+/// writeback starts early.
+fn sealing_sink(file: File) -> HashingWriter<EarlyWriteback<File>> {
+    HashingWriter::new(EarlyWriteback::new(file))
+}
+
+/// A seal in progress whose plaintext arrives in pieces (see
+/// [`Store::begin_stream`]). Only ciphertext reaches the disk; dropped
+/// unfinished, its temp file is removed.
+pub struct SealStream {
+    staged: StagedFile,
+    sealer: Sealer<Offload<HashingWriter<EarlyWriteback<File>>>>,
+    len: u64,
+    envoys: Vec<String>,
+}
+
+impl SealStream {
+    /// Plaintext bytes sealed so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether nothing was written yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Seal `data` as the next bytes of the file.
+    pub fn append(&mut self, data: &[u8]) -> Result<(), Error> {
+        self.write_all(data).map_err(sink_error)
+    }
+
+    /// Seal the last chunk; the complete temp file, open, and what it is.
+    fn finish(self) -> Result<(StagedFile, File, Sealed), Error> {
+        let SealStream {
+            staged,
+            sealer,
+            len,
+            envoys,
+        } = self;
+        let hasher = sealer.finish()?.finish().map_err(sink_error)?;
+        let (writeback, hash, ciphertext_len) = hasher.finish();
+        let sealed = Sealed {
+            plaintext_len: len,
+            ciphertext_len,
+            hash,
+            envoys,
+        };
+        Ok((staged, writeback.file, sealed))
+    }
+
+    /// Give up the seal and get back what was written, decrypted with
+    /// `identity` (one of the recipients) into memory; for a writer that
+    /// turns out not to write from start to end. The temp file is removed.
+    pub fn into_plaintext(
+        self,
+        identity: &lockbox_crypto::AgeIdentity,
+    ) -> Result<crate::pages::Pages, Error> {
+        let len = self.len;
+        let (staged, mut file, _) = self.finish()?;
+        file.rewind()
+            .map_err(|e| Error::io("read", &staged.path, e))?;
+        let mut opened = seal::Opened::open(identity, file)?;
+        let mut pages = crate::pages::Pages::new();
+        pages
+            .fill_from(&mut opened, len)
+            .map_err(|e| Error::io("read back", &staged.path, e))?;
+        Ok(pages)
+    }
+}
+
+impl Write for SealStream {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = self.sealer.write(data)?;
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Bytes of a seal written between two starts of their writeback.
@@ -1118,14 +1276,14 @@ const WRITEBACK_STEP: u64 = 8 << 20;
 /// written starts that range's writeback without waiting for it (and lets
 /// the kernel drop those pages once clean: the mount reads a store file
 /// rarely right after sealing it). Small seals never reach a step.
-struct EarlyWriteback<'a> {
-    file: &'a mut File,
+struct EarlyWriteback<F> {
+    file: F,
     written: u64,
     started: u64,
 }
 
-impl<'a> EarlyWriteback<'a> {
-    fn new(file: &'a mut File) -> Self {
+impl EarlyWriteback<File> {
+    fn new(mut file: File) -> Self {
         let at = file.stream_position().unwrap_or(0);
         EarlyWriteback {
             file,
@@ -1135,7 +1293,7 @@ impl<'a> EarlyWriteback<'a> {
     }
 }
 
-impl Write for EarlyWriteback<'_> {
+impl Write for EarlyWriteback<File> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.file.write(buf)?;
         self.written += n as u64;
@@ -1143,7 +1301,7 @@ impl Write for EarlyWriteback<'_> {
             let len = std::num::NonZeroU64::new(self.written - self.started);
             // Advice only: a failure changes nothing but the timing.
             let _ =
-                rustix::fs::fadvise(&*self.file, self.started, len, rustix::fs::Advice::DontNeed);
+                rustix::fs::fadvise(&self.file, self.started, len, rustix::fs::Advice::DontNeed);
             self.started = self.written;
         }
         Ok(n)
@@ -1518,6 +1676,59 @@ mod tests {
 
     fn temps(dir: &tempfile::TempDir) -> usize {
         fs::read_dir(dir.path().join("tmp")).unwrap().count()
+    }
+
+    /// `len` bytes that differ from byte to byte.
+    fn bytes(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 31 + i / 977) as u8).collect()
+    }
+
+    #[test]
+    fn a_stream_sealed_in_pieces_is_one_age_file_in_either_mode() {
+        for grouped_mode in [false, true] {
+            let (dir, store, id) = if grouped_mode { grouped() } else { setup() };
+            let text = bytes(3 * 64 * 1024 + 1234 + (1 << 20));
+            let to = SealTo::keys(vec![id.to_public()]);
+            let mut stream = store.begin_stream(&to).unwrap();
+            for piece in text.chunks(100_003) {
+                stream.append(piece).unwrap();
+            }
+            assert_eq!(stream.len(), text.len() as u64);
+            assert_eq!(temps(&dir), 1, "the stream writes into a temp file");
+            let (sealed, pending) = store.finish_stream(stream, &n("s")).unwrap();
+            drop(pending);
+            assert_eq!(sealed.plaintext_len, text.len() as u64);
+            assert_eq!(read(&store, &id, "s"), text, "grouped: {grouped_mode}");
+            let raw = fs::read(store.current_path(&n("s"))).unwrap();
+            assert_eq!(sealed.ciphertext_len, raw.len() as u64);
+            assert_eq!(sealed.hash, lockbox_crypto::digest::Sha256::of(&raw));
+            store.sync_now().unwrap();
+            assert_eq!(temps(&dir), 0);
+            assert_eq!(read(&store, &id, "s"), text);
+        }
+    }
+
+    #[test]
+    fn a_stream_given_up_returns_its_plaintext_and_leaves_nothing() {
+        let (dir, store, id) = setup();
+        let to = SealTo::keys(vec![id.to_public()]);
+        for len in [0, 10, 64 * 1024, 2 << 20] {
+            let text = bytes(len);
+            let mut stream = store.begin_stream(&to).unwrap();
+            stream.append(&text).unwrap();
+            let pages = stream.into_plaintext(&id).unwrap();
+            assert_eq!(pages.len(), len as u64);
+            let mut back = vec![0u8; len];
+            pages.read_at(0, &mut back);
+            assert_eq!(back, text, "len {len}");
+            assert_eq!(temps(&dir), 0, "len {len}");
+        }
+        // Dropped unfinished: the temp file goes too, and nothing is stored.
+        let mut stream = store.begin_stream(&to).unwrap();
+        stream.append(&bytes(3 << 20)).unwrap();
+        drop(stream);
+        assert_eq!(temps(&dir), 0);
+        assert!(store.names().unwrap().is_empty());
     }
 
     #[test]

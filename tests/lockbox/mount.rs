@@ -939,6 +939,136 @@ fn writes_past_max_file_size_fail_with_efbig_and_keep_the_old_version() {
     assert_no_temp_files(&m);
 }
 
+/// The temp files of the store, with their sizes.
+fn temp_files(m: &Mounted) -> Vec<(PathBuf, u64)> {
+    fs::read_dir(m.tmp())
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| (e.path(), e.metadata().map_or(0, |md| md.len())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Write `data` in 1 MiB pieces at the end of `f`.
+fn append_all(f: &mut fs::File, data: &[u8]) {
+    for piece in data.chunks(MIB) {
+        f.write_all(piece).expect("append");
+    }
+}
+
+#[test]
+fn a_file_written_start_to_end_is_sealed_as_it_grows() {
+    use std::os::unix::fs::FileExt;
+    require_fuse!();
+    let m = Mounted::unlocked();
+    let big = pseudo_random(21, 12 * MIB);
+
+    // While it is being written, the store's temp folder holds its
+    // ciphertext (past the first 8 MiB): no plaintext, no 12 MiB buffer.
+    let mut f = fs::File::create(m.at("stream")).unwrap();
+    append_all(&mut f, &big);
+    let temps = temp_files(&m);
+    let (partial, len) = temps
+        .iter()
+        .max_by_key(|(_, len)| *len)
+        .cloned()
+        .expect("a temp file while writing");
+    assert!(
+        len >= 8 * MIB as u64,
+        "the seal trails the writes: {temps:?}"
+    );
+    let raw = fs::read(&partial).unwrap();
+    assert!(raw.starts_with(AGE_MAGIC), "the temp file is not age");
+    for at in [0, 5 * MIB, 11 * MIB] {
+        assert!(
+            !contains(&raw, &big[at..at + 32]),
+            "the temp file holds plaintext from byte {at}"
+        );
+    }
+    drop(f);
+    assert_same("stream", &fs::read(m.at("stream")).unwrap(), &big);
+    assert_same("decrypted stream", &m.decrypt("stream"), &big);
+    assert_sealed(&m, "stream", &big);
+
+    // A write elsewhere than at the end, and a read through the writer,
+    // turn it back into staged plaintext; appends go on after that.
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(m.at("patched"))
+        .unwrap();
+    append_all(&mut f, &big);
+    f.write_all_at(b"PATCH", 100).unwrap();
+    let mut back = vec![0u8; 4096];
+    f.read_exact_at(&mut back, 9 * MIB as u64).unwrap();
+    assert_same(
+        "read back through the writer",
+        &back,
+        &big[9 * MIB..9 * MIB + 4096],
+    );
+    f.write_all_at(b"tail", big.len() as u64).unwrap();
+    drop(f);
+    let mut want = big.clone();
+    want[100..105].copy_from_slice(b"PATCH");
+    want.extend_from_slice(b"tail");
+    assert_same("patched", &fs::read(m.at("patched")).unwrap(), &want);
+
+    // fsync puts the version in place; writing on after it keeps it.
+    let mut f = fs::File::create(m.at("synced")).unwrap();
+    append_all(&mut f, &big);
+    f.sync_all().unwrap();
+    assert_same("after fsync", &m.decrypt("synced"), &big);
+    f.write_all(b"more").unwrap();
+    drop(f);
+    let mut want = big.clone();
+    want.extend_from_slice(b"more");
+    assert_same(
+        "written on after fsync",
+        &fs::read(m.at("synced")).unwrap(),
+        &want,
+    );
+
+    // Truncation of a file being streamed: shorter, then to nothing.
+    let mut f = fs::File::create(m.at("cut")).unwrap();
+    append_all(&mut f, &big);
+    f.set_len(10 * MIB as u64 + 3).unwrap();
+    drop(f);
+    assert_same("cut", &fs::read(m.at("cut")).unwrap(), &big[..10 * MIB + 3]);
+    let mut f = fs::File::create(m.at("emptied")).unwrap();
+    append_all(&mut f, &big);
+    f.set_len(0).unwrap();
+    f.write_all_at(b"small", 0).unwrap();
+    drop(f);
+    assert_eq!(fs::read(m.at("emptied")).unwrap(), b"small");
+
+    // A close of a duplicate descriptor (a spawned child closes its copy
+    // at exec) seals what was streamed; writing on decrypts it back.
+    let mut f = fs::File::create(m.at("forked")).unwrap();
+    append_all(&mut f, &big);
+    assert!(Command::new("true").status().unwrap().success());
+    assert_same("sealed at the child's close", &m.decrypt("forked"), &big);
+    f.write_all(b"on").unwrap();
+    drop(f);
+    let mut want = big.clone();
+    want.extend_from_slice(b"on");
+    assert_same("forked", &fs::read(m.at("forked")).unwrap(), &want);
+
+    // So while locked, writing on after such a close is refused, and the
+    // version that close sealed stays whole.
+    let mut f = fs::File::create(m.at("locked")).unwrap();
+    append_all(&mut f, &big);
+    m.ok(&["lock"]);
+    let err = f.write_all_at(b"end", big.len() as u64).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{err}");
+    drop(f);
+    m.unlock();
+    assert_same("locked", &fs::read(m.at("locked")).unwrap(), &big);
+    assert_no_temp_files(&m);
+}
+
 #[test]
 fn concurrent_readers_and_writers_see_whole_versions() {
     require_fuse!();
