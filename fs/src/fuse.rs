@@ -2,7 +2,9 @@
 //!
 //! A thin layer over [`Store`]: writes are staged in memory ([`Pages`]) and
 //! sealed into the store when a writer closes (`flush`, so `close(2)` reports
-//! a sealing failure) or calls `fsync`; reads decrypt on demand, one 64 KiB
+//! a sealing failure) or calls `fsync`; a file written from start to end is
+//! sealed as it grows instead ([`SealStream`]), and its close seals only the
+//! last chunk and puts it in place. Reads decrypt on demand, one 64 KiB
 //! age chunk at a time, through a bounded in-memory cache of decrypted
 //! chunks. Keys come from the agent through [`Keys`]: reading needs the
 //! unlock session, sealing needs only the public recipients, so creating or

@@ -248,10 +248,31 @@ pub struct StagedFile {
     path: PathBuf,
 }
 
+/// The extended attribute in which a file received from a peer carries
+/// its version record into the store (see [`StagedFile::attach_record`]).
+const RECORD_XATTR: &str = "user.lockbox.record";
+
+/// The largest record [`Store::attached_record`] reads back.
+const MAX_ATTACHED_RECORD: usize = 64 * 1024;
+
 impl StagedFile {
     /// Where it is.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Attach `record` (a signed version record) to the file before it is
+    /// put in place, so the record reaches the store with the bytes it
+    /// describes: a crash after the rename and before the record is made
+    /// durable leaves a file whose record [`Store::attached_record`] gives
+    /// back. Best effort: without extended attributes it does nothing.
+    pub fn attach_record(&self, record: &[u8]) {
+        let _ = rustix::fs::setxattr(
+            &self.path,
+            RECORD_XATTR,
+            record,
+            rustix::fs::XattrFlags::empty(),
+        );
     }
 }
 
@@ -718,6 +739,15 @@ impl Store {
             }
         }
         f(&self.path_of(name))
+    }
+
+    /// The record attached to `name`'s store file when it was received
+    /// ([`StagedFile::attach_record`]), unverified; `None` if there is none.
+    pub fn attached_record(&self, name: &Name) -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; MAX_ATTACHED_RECORD];
+        let n = rustix::fs::getxattr(self.path_of(name), RECORD_XATTR, &mut buf[..]).ok()?;
+        buf.truncate(n);
+        Some(buf)
     }
 
     /// Whether the store holds `name`.

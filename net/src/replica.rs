@@ -801,6 +801,18 @@ impl Replica {
                 }
             }
             let (_, _, hash) = describe_file(&path)?;
+            // A file received just before a crash carries its record, which
+            // may not have been made durable with the others.
+            let record = record.filter(|r| r.body().hash == hash).or_else(|| {
+                self.store
+                    .attached_record(&entry.name)
+                    .and_then(|b| Signed::<FileVersion>::from_bytes(&b).ok())
+                    .filter(|r| {
+                        r.body().hash == hash
+                            && r.body().fits_name(&entry.name)
+                            && self.members().by_key(&r.signer()).is_some()
+                    })
+            });
             match record {
                 Some(r) if r.body().hash == hash => {
                     self.meta
@@ -964,6 +976,9 @@ impl Replica {
                 }
             }
         }
+        // The record goes with the file: killed before the records are
+        // durable, the next start finds it there (`reconcile`).
+        staged.attach_record(&rec.to_bytes());
         self.store
             .commit_staged(staged, &target)
             .map_err(internal)?;
@@ -1679,5 +1694,49 @@ mod tests {
         assert_eq!(cooked.body().plaintext_len, 3);
         assert!(alpha.record(&n("cooked2")).unwrap().is_none());
         assert!(alpha.record(&n("raw2")).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_received_file_whose_record_was_lost_gets_it_back_from_the_file() {
+        use lockbox_fs::SealTo;
+        use std::io::Cursor;
+        let dir = tempfile::tempdir().unwrap();
+        let pass = SecretString::from("pw pw pw".to_string());
+        let circle = CircleKey::derive(&pass, "alice", KdfParams::TEST).unwrap();
+        let a = Envoy::new(dir.path(), &circle, "alpha", 1);
+        let b = Envoy::new(dir.path(), &circle, "bravo", 2);
+        for x in [&a, &b] {
+            x.knows(&a);
+            x.knows(&b);
+        }
+        let (alpha, bravo) = (a.open(), b.open());
+        let doc = Name::new("doc").unwrap();
+        let to = SealTo::keys(vec![lockbox_crypto::AgeIdentity::generate().to_public()]);
+        alpha
+            .store()
+            .seal(&doc, Cursor::new(b"from alpha".to_vec()), &to, 1 << 20)
+            .unwrap();
+        let rec = {
+            let _guard = alpha.store().change_lock();
+            alpha.record(&doc).unwrap().expect("alpha recorded doc")
+        };
+        let body = fs::read(alpha.store().current_path(&doc)).unwrap();
+        let (staged, ()) = bravo
+            .store()
+            .stage(|f| std::io::Write::write_all(f, &body).map_err(lockbox_fs::Error::Read))
+            .unwrap();
+        assert!(matches!(
+            bravo.install(&doc, &rec, staged),
+            Ok(Admission::Store(_))
+        ));
+        // Killed before the records were durable: the file is in place,
+        // its record is not. The next start takes the record from the file
+        // instead of calling the file a new version of bravo's.
+        bravo.meta.apply(&[Op::DelVersion(doc.clone())]).unwrap();
+        assert_eq!(bravo.reconcile().unwrap(), 0);
+        let _guard = bravo.store().change_lock();
+        let got = bravo.record(&doc).unwrap().expect("bravo has doc's record");
+        assert_eq!(got.to_bytes(), rec.to_bytes());
+        assert_eq!(got.body().vv.get("bravo"), 0, "no version of bravo's own");
     }
 }

@@ -1,6 +1,7 @@
 //! Crash safety of the mount (SPEC §5.2): the agent is SIGKILLed while a
 //! 200 MiB file is being written through the mount, and while that file is
-//! being sealed. After a restart each name holds its old or its new complete
+//! being sealed (a file sealed as it grows, killed before its close, and,
+//! written while locked, a whole file sealed at `fsync`). After a restart each name holds its old or its new complete
 //! version (never a torn or an accidental empty one), the store holds only
 //! age files, no plaintext reached the disk, nothing is left in the temp
 //! folder, and the mount works again.
@@ -32,6 +33,17 @@ const BIG: u64 = 200 * MIB as u64;
 /// thread feeding it up to `BIG` bytes through a pipe. `fed` counts the bytes
 /// dd has taken from the pipe; dd has written all but its last block of them.
 fn feed_dd(dest: &Path, extra: &[&str], fed: Arc<AtomicU64>) -> (Child, JoinHandle<()>) {
+    feed_dd_held(dest, extra, fed, Arc::new(AtomicU64::new(BIG)))
+}
+
+/// [`feed_dd`], feeding no more than `limit` bytes until `limit` is raised
+/// (dd then waits for input with its file open).
+fn feed_dd_held(
+    dest: &Path,
+    extra: &[&str],
+    fed: Arc<AtomicU64>,
+    limit: Arc<AtomicU64>,
+) -> (Child, JoinHandle<()>) {
     let mut dd = Command::new("dd")
         .arg(format!("of={}", s(dest)))
         .args(["bs=1M", "iflag=fullblock", "status=none"])
@@ -45,6 +57,10 @@ fn feed_dd(dest: &Path, extra: &[&str], fed: Arc<AtomicU64>) -> (Child, JoinHand
     let feeder = thread::spawn(move || {
         let block = MARKER.repeat(MIB / MARKER.len());
         while fed.load(Ordering::SeqCst) < BIG {
+            if fed.load(Ordering::SeqCst) >= limit.load(Ordering::SeqCst) {
+                thread::sleep(Duration::from_millis(5));
+                continue;
+            }
             // Stops when dd is gone (EPIPE; Rust ignores SIGPIPE).
             if stdin.write_all(&block).is_err() {
                 return;
@@ -217,6 +233,59 @@ fn sigkill_while_writing_keeps_the_old_version_and_no_plaintext() {
     restart_and_check(&m, &v1, false);
 }
 
+/// A file written from start to end is sealed as it grows: SIGKILL when all
+/// but its last MiB is sealed into the temp folder, dd waiting for input
+/// with the file open. The version was never closed, so the old one stays.
+#[test]
+fn sigkill_while_sealing_as_written_keeps_the_old_version() {
+    require_fuse!();
+    let m = Mounted::unlocked();
+    let v1 = pseudo_random(14, MIB + 333);
+    fs::write(m.at("victim"), &v1).unwrap();
+    assert_no_temp_files(&m);
+    let pid = m.agent_pid().expect("agent pid");
+
+    let fed = Arc::new(AtomicU64::new(0));
+    let limit = Arc::new(AtomicU64::new(BIG - MIB as u64));
+    let (mut dd, feeder) = feed_dd_held(&m.at("victim"), &[], fed.clone(), limit.clone());
+    let tmp = m.tmp();
+    let sealed = || {
+        fs::read_dir(&tmp)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.metadata().map_or(0, |md| md.len()))
+                    .max()
+                    .unwrap_or(0)
+            })
+            .unwrap_or(0)
+    };
+    wait_until(Duration::from_secs(600), || {
+        sealed() >= BIG - 4 * MIB as u64 || !alive(dd.id())
+    })
+    .expect("the agent seals the file as it is written");
+    if let Some(status) = dd.try_wait().unwrap() {
+        let mut err = String::new();
+        dd.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        panic!("dd ended ({status}) before the kill: {err}");
+    }
+    kill9(pid);
+    assert!(exited(pid), "the agent survived SIGKILL");
+    // The rest of the input makes dd write again, into the dead mount.
+    limit.store(BIG, Ordering::SeqCst);
+    let status =
+        wait_exit(&mut dd, Duration::from_secs(60)).expect("dd ends once the agent is gone");
+    assert!(
+        !status.success(),
+        "dd succeeded although the agent was killed"
+    );
+    feeder.join().unwrap();
+
+    restart_and_check(&m, &v1, false);
+}
+
+/// Written while locked, a file is staged whole (it could not be decrypted
+/// back if it turned out not to be written from start to end), so
+/// fsync(2) seals all 200 MiB at once: SIGKILL during that seal.
 #[test]
 fn sigkill_while_sealing_leaves_the_old_or_the_new_version() {
     require_fuse!();
@@ -225,6 +294,7 @@ fn sigkill_while_sealing_leaves_the_old_or_the_new_version() {
     fs::write(m.at("victim"), &v1).unwrap();
     assert_no_temp_files(&m);
     let pid = m.agent_pid().expect("agent pid");
+    m.ok(&["lock"]);
 
     // dd writes all 200 MiB, then fsync(2) seals them (and close(2) would).
     let fed = Arc::new(AtomicU64::new(0));

@@ -1095,8 +1095,14 @@ fn pushes_are_answered_with_the_spec_status_codes() {
     fs::write(alpha.at("big"), &big).expect("write big");
     c.wait_content(&["alpha", "bravo"], "big", &big);
     let (rec, body) = fetch_version(alpha, &user, "big", dir.path());
-    let (status, _) = push_version(alpha, charlie, &user, "big", &rec, &body);
-    assert_eq!(status, "413");
+    // The refusal comes from the record, before any of the body is read;
+    // curl is sent only the body's first bytes, so that the answer does
+    // not race its upload (a server that answers early resets the stream,
+    // which some curl versions report as a failure instead of the answer).
+    let head = dir.path().join("big-head");
+    fs::write(&head, &fs::read(&body).expect("body")[..4096]).expect("write head");
+    let (status, answer) = push_version(alpha, charlie, &user, "big", &rec, &head);
+    assert_eq!(status, "413", "{answer}");
     assert!(!charlie.at("big").exists() && !charlie.stored("big").exists());
     for n in &c.nodes {
         n.assert_store_sealed();
