@@ -95,6 +95,25 @@ fn has_partial(dir: &Path) -> bool {
     })
 }
 
+/// Write the old version of "victim" (all of it sealed, nothing in the
+/// temp folder); returns it and the agent's pid.
+fn old_victim(m: &Mounted) -> (Vec<u8>, u32) {
+    let v1 = pseudo_random(14, MIB + 333);
+    fs::write(m.at("victim"), &v1).unwrap();
+    assert_no_temp_files(m);
+    (v1, m.agent_pid().expect("agent pid"))
+}
+
+/// `dd` has not ended (`when` says at which point of the test).
+#[track_caller]
+fn assert_running(dd: &mut Child, when: &str) {
+    if let Some(status) = dd.try_wait().unwrap() {
+        let mut err = String::new();
+        dd.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        panic!("dd ended ({status}) {when}: {err}");
+    }
+}
+
 /// The plaintext of `name` through the mount is `old`, or (if `new_allowed`)
 /// the complete marker file: never anything in between.
 #[track_caller]
@@ -211,11 +230,7 @@ fn sigkill_while_writing_keeps_the_old_version_and_no_plaintext() {
     })
     .expect("dd writes 24 MiB through the mount");
     for dd in [&mut dd_victim, &mut dd_newborn] {
-        if let Some(status) = dd.try_wait().unwrap() {
-            let mut err = String::new();
-            dd.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-            panic!("dd ended before the kill ({status}): {err}");
-        }
+        assert_running(dd, "before the kill");
     }
     kill9(pid);
     assert!(exited(pid), "the agent survived SIGKILL");
@@ -240,10 +255,7 @@ fn sigkill_while_writing_keeps_the_old_version_and_no_plaintext() {
 fn sigkill_while_sealing_as_written_keeps_the_old_version() {
     require_fuse!();
     let m = Mounted::unlocked();
-    let v1 = pseudo_random(14, MIB + 333);
-    fs::write(m.at("victim"), &v1).unwrap();
-    assert_no_temp_files(&m);
-    let pid = m.agent_pid().expect("agent pid");
+    let (v1, pid) = old_victim(&m);
 
     let fed = Arc::new(AtomicU64::new(0));
     let limit = Arc::new(AtomicU64::new(BIG - MIB as u64));
@@ -263,11 +275,7 @@ fn sigkill_while_sealing_as_written_keeps_the_old_version() {
         sealed() >= BIG - 4 * MIB as u64 || !alive(dd.id())
     })
     .expect("the agent seals the file as it is written");
-    if let Some(status) = dd.try_wait().unwrap() {
-        let mut err = String::new();
-        dd.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-        panic!("dd ended ({status}) before the kill: {err}");
-    }
+    assert_running(&mut dd, "before the kill");
     kill9(pid);
     assert!(exited(pid), "the agent survived SIGKILL");
     // The rest of the input makes dd write again, into the dead mount.
@@ -290,10 +298,7 @@ fn sigkill_while_sealing_as_written_keeps_the_old_version() {
 fn sigkill_while_sealing_leaves_the_old_or_the_new_version() {
     require_fuse!();
     let m = Mounted::unlocked();
-    let v1 = pseudo_random(14, MIB + 333);
-    fs::write(m.at("victim"), &v1).unwrap();
-    assert_no_temp_files(&m);
-    let pid = m.agent_pid().expect("agent pid");
+    let (v1, pid) = old_victim(&m);
     m.ok(&["lock"]);
 
     // dd writes all 200 MiB, then fsync(2) seals them (and close(2) would).
@@ -304,11 +309,7 @@ fn sigkill_while_sealing_leaves_the_old_or_the_new_version() {
         (fed.load(Ordering::SeqCst) >= BIG && has_partial(&tmp)) || !alive(dd.id())
     })
     .expect("the agent starts sealing the 200 MiB file");
-    if let Some(status) = dd.try_wait().unwrap() {
-        let mut err = String::new();
-        dd.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-        panic!("dd ended ({status}) before the seal was seen in progress: {err}");
-    }
+    assert_running(&mut dd, "before the seal was seen in progress");
     kill9(pid);
     assert!(exited(pid), "the agent survived SIGKILL");
     wait_exit(&mut dd, Duration::from_secs(60)).expect("dd ends once the agent is gone");
