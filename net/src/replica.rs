@@ -1569,17 +1569,29 @@ mod tests {
         }
     }
 
+    /// Envoys of one circle of alice's under `dir`, each knowing all.
+    fn circle(dir: &Path, names: &[&'static str]) -> Vec<Envoy> {
+        let pass = SecretString::from("pw pw pw".to_string());
+        let circle = CircleKey::derive(&pass, "alice", KdfParams::TEST).unwrap();
+        let envoys: Vec<Envoy> = (1u8..)
+            .zip(names)
+            .map(|(seed, name)| Envoy::new(dir, &circle, name, seed))
+            .collect();
+        for x in &envoys {
+            for y in &envoys {
+                x.knows(y);
+            }
+        }
+        envoys
+    }
+
     #[test]
     fn a_departed_envoy_still_shows_who_it_is_and_is_told_it_left() {
         let dir = tempfile::tempdir().unwrap();
-        let pass = SecretString::from("pw pw pw".to_string());
-        let circle = CircleKey::derive(&pass, "alice", KdfParams::TEST).unwrap();
-        let a = Envoy::new(dir.path(), &circle, "alpha", 1);
-        let c = Envoy::new(dir.path(), &circle, "charlie", 2);
-        for x in [&a, &c] {
-            x.knows(&a);
-            x.knows(&c);
-        }
+        let [a, c]: [Envoy; 2] = circle(dir.path(), &["alpha", "charlie"])
+            .try_into()
+            .ok()
+            .unwrap();
         let alpha = a.open();
         let charlie = c.open();
         let own = Some(c.endorsement.to_bytes());
@@ -1618,10 +1630,7 @@ mod tests {
         use lockbox_fs::SealTo;
         use std::io::Cursor;
         let dir = tempfile::tempdir().unwrap();
-        let pass = SecretString::from("pw pw pw".to_string());
-        let circle = CircleKey::derive(&pass, "alice", KdfParams::TEST).unwrap();
-        let a = Envoy::new(dir.path(), &circle, "alpha", 1);
-        a.knows(&a);
+        let [a]: [Envoy; 1] = circle(dir.path(), &["alpha"]).try_into().ok().unwrap();
         let alpha = a.open();
         let store = alpha.store().clone();
         let to = SealTo::keys(vec![lockbox_crypto::AgeIdentity::generate().to_public()]);
@@ -1701,14 +1710,10 @@ mod tests {
         use lockbox_fs::SealTo;
         use std::io::Cursor;
         let dir = tempfile::tempdir().unwrap();
-        let pass = SecretString::from("pw pw pw".to_string());
-        let circle = CircleKey::derive(&pass, "alice", KdfParams::TEST).unwrap();
-        let a = Envoy::new(dir.path(), &circle, "alpha", 1);
-        let b = Envoy::new(dir.path(), &circle, "bravo", 2);
-        for x in [&a, &b] {
-            x.knows(&a);
-            x.knows(&b);
-        }
+        let [a, b]: [Envoy; 2] = circle(dir.path(), &["alpha", "bravo"])
+            .try_into()
+            .ok()
+            .unwrap();
         let (alpha, bravo) = (a.open(), b.open());
         let doc = Name::new("doc").unwrap();
         let to = SealTo::keys(vec![lockbox_crypto::AgeIdentity::generate().to_public()]);
