@@ -107,6 +107,26 @@ pub fn run() -> anyhow::Result<()> {
 
 /// Three loopback ports that are free now.
 fn free_ports() -> anyhow::Result<Vec<u16>> {
+    // Below the kernel's ephemeral range when there is room: a port it
+    // hands out for `bind(0)` (another program's listener, or a test's
+    // agent on a busy machine) cannot then take one of ours between this
+    // check and the agents' own binds.
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let mut ports = Vec::new();
+    if low > 11_000 {
+        for _ in 0..200 {
+            let port = rand::Rng::gen_range(&mut rand::thread_rng(), 10_000..low);
+            if !ports.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                ports.push(port);
+                if ports.len() == 3 {
+                    return Ok(ports);
+                }
+            }
+        }
+    }
     let listeners: Vec<std::net::TcpListener> = (0..3)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
         .collect::<Result<_, _>>()
