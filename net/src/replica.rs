@@ -1570,13 +1570,14 @@ mod tests {
     }
 
     /// Envoys of one circle of alice's under `dir`, each knowing all.
-    fn circle(dir: &Path, names: &[&'static str]) -> Vec<Envoy> {
+    fn circle<const N: usize>(dir: &Path, names: [&'static str; N]) -> [Envoy; N] {
         let pass = SecretString::from("pw pw pw".to_string());
         let circle = CircleKey::derive(&pass, "alice", KdfParams::TEST).unwrap();
-        let envoys: Vec<Envoy> = (1u8..)
-            .zip(names)
-            .map(|(seed, name)| Envoy::new(dir, &circle, name, seed))
-            .collect();
+        let mut seed = 0u8;
+        let envoys = names.map(|name| {
+            seed += 1;
+            Envoy::new(dir, &circle, name, seed)
+        });
         for x in &envoys {
             for y in &envoys {
                 x.knows(y);
@@ -1588,10 +1589,7 @@ mod tests {
     #[test]
     fn a_departed_envoy_still_shows_who_it_is_and_is_told_it_left() {
         let dir = tempfile::tempdir().unwrap();
-        let [a, c]: [Envoy; 2] = circle(dir.path(), &["alpha", "charlie"])
-            .try_into()
-            .ok()
-            .unwrap();
+        let [a, c] = circle(dir.path(), ["alpha", "charlie"]);
         let alpha = a.open();
         let charlie = c.open();
         let own = Some(c.endorsement.to_bytes());
@@ -1630,7 +1628,7 @@ mod tests {
         use lockbox_fs::SealTo;
         use std::io::Cursor;
         let dir = tempfile::tempdir().unwrap();
-        let [a]: [Envoy; 1] = circle(dir.path(), &["alpha"]).try_into().ok().unwrap();
+        let [a] = circle(dir.path(), ["alpha"]);
         let alpha = a.open();
         let store = alpha.store().clone();
         let to = SealTo::keys(vec![lockbox_crypto::AgeIdentity::generate().to_public()]);
@@ -1710,10 +1708,7 @@ mod tests {
         use lockbox_fs::SealTo;
         use std::io::Cursor;
         let dir = tempfile::tempdir().unwrap();
-        let [a, b]: [Envoy; 2] = circle(dir.path(), &["alpha", "bravo"])
-            .try_into()
-            .ok()
-            .unwrap();
+        let [a, b] = circle(dir.path(), ["alpha", "bravo"]);
         let (alpha, bravo) = (a.open(), b.open());
         let doc = Name::new("doc").unwrap();
         let to = SealTo::keys(vec![lockbox_crypto::AgeIdentity::generate().to_public()]);
