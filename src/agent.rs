@@ -177,6 +177,10 @@ impl Keys for AgentKeys {
     fn recipients(&self) -> Result<lockbox_fs::SealTo, String> {
         self.recipients.get().map_err(|e| format!("{e:#}"))
     }
+
+    fn tag_key(&self) -> Option<Arc<lockbox_crypto::seal::tags::TagKey>> {
+        self.session.lock().ok()?.tag_key()
+    }
 }
 
 /// Detach a stale mount, sweep plaintext from the bare folder and the

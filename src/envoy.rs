@@ -212,6 +212,7 @@ pub fn read_recipients(path: &Path) -> anyhow::Result<SealTo> {
     Ok(SealTo {
         keys: lockbox_crypto::recipients::to_age(&entries)?,
         envoys: entries.into_iter().map(|e| e.envoy).collect(),
+        tags: None,
     })
 }
 

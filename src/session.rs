@@ -7,11 +7,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use lockbox_crypto::seal::tags::TagKey;
 use lockbox_crypto::AgeIdentity;
 
 /// The session state.
 pub struct Session {
     identity: Option<Arc<AgeIdentity>>,
+    /// The identity's block-tag key, derived at unlock, dropped with it.
+    tag_key: Option<Arc<TagKey>>,
     last_used: Instant,
     timeout: Duration,
 }
@@ -21,6 +24,7 @@ impl Session {
     pub fn new(timeout: Duration, now: Instant) -> Self {
         Session {
             identity: None,
+            tag_key: None,
             last_used: now,
             timeout,
         }
@@ -28,6 +32,7 @@ impl Session {
 
     /// Hold `identity` from `now` on.
     pub fn unlock(&mut self, identity: AgeIdentity, now: Instant) {
+        self.tag_key = Some(Arc::new(TagKey::of(&identity)));
         self.identity = Some(Arc::new(identity));
         self.last_used = now;
     }
@@ -35,13 +40,14 @@ impl Session {
     /// Drop the identity.
     pub fn lock(&mut self) {
         self.identity = None;
+        self.tag_key = None;
     }
 
     /// Lock if idle past the timeout; returns whether it locked now.
     pub fn expire(&mut self, now: Instant) -> bool {
         if self.identity.is_some() && now.saturating_duration_since(self.last_used) >= self.timeout
         {
-            self.identity = None;
+            self.lock();
             return true;
         }
         false
@@ -51,6 +57,13 @@ impl Session {
     /// re-encryption), without touching the idle timer.
     pub fn peek_identity(&self) -> Option<Arc<AgeIdentity>> {
         self.identity.clone()
+    }
+
+    /// The key a seal tags its blocks with (SPEC §5.3, docs/format.md),
+    /// while unlocked; without touching the idle timer (a seal works
+    /// locked too, it only goes without tags).
+    pub fn tag_key(&self) -> Option<Arc<TagKey>> {
+        self.tag_key.clone()
     }
 
     /// The identity for a decryption, resetting the idle timer; `None` when

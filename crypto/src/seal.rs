@@ -555,6 +555,7 @@ fn auth_io_error(e: io::Error) -> io::Error {
 }
 
 mod payload;
+pub mod tags;
 pub use payload::{Payload, CHUNK_BUFFER};
 
 #[cfg(test)]

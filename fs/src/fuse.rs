@@ -26,6 +26,7 @@ use fuser::{
     ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
     ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
+use lockbox_crypto::seal::tags::{BlockTags, TagKey, BLOCKS_PER_CHUNK, BLOCK_SIZE};
 use lockbox_crypto::seal::{self, Opened, Payload, CHUNK_SIZE};
 use lockbox_crypto::AgeIdentity;
 use zeroize::Zeroizing;
@@ -47,6 +48,13 @@ pub trait Keys: Send + Sync + 'static {
     fn is_unlocked(&self) -> bool;
     /// The recipients to seal to (public keys; available while locked).
     fn recipients(&self) -> Result<SealTo, String>;
+    /// The key seals tag their blocks with and reads check them against
+    /// (see `lockbox_crypto::seal::tags`), while unlocked; without
+    /// resetting the idle timer. `None`: seals go without tags and reads
+    /// by whole chunk.
+    fn tag_key(&self) -> Option<Arc<TagKey>> {
+        None
+    }
     /// A version was sealed through the mount (the mesh queues it).
     fn sealed(&self, _name: &Name, _sealed: &Sealed) {}
     /// A name was deleted through the mount.
@@ -234,6 +242,56 @@ impl ChunkCache {
     }
 }
 
+/// Bytes of block tags kept in memory (a 1 GiB file has 4 MiB of them).
+const TAGS_BUDGET: usize = 16 << 20;
+/// Versions whose block tags (or lack of them) are remembered.
+const TAGS_ENTRIES: usize = 4096;
+
+/// Block tags of versions read lately, or that a version has none; least
+/// recently used out, bounded in bytes and entries. Holds per-file MAC
+/// keys, so it is emptied at lock.
+struct TagCache {
+    lru: lru::LruCache<Version, Option<Arc<BlockTags>>>,
+    used: usize,
+}
+
+impl TagCache {
+    fn new() -> Self {
+        TagCache {
+            lru: lru::LruCache::new(
+                std::num::NonZeroUsize::new(TAGS_ENTRIES).expect("not zero"),
+            ),
+            used: 0,
+        }
+    }
+
+    fn get(&mut self, v: &Version) -> Option<Option<Arc<BlockTags>>> {
+        self.lru.get(v).cloned()
+    }
+
+    fn put(&mut self, v: Version, tags: Option<Arc<BlockTags>>) {
+        let size = |t: &Option<Arc<BlockTags>>| t.as_ref().map_or(0, |t| t.memory());
+        if size(&tags) > TAGS_BUDGET {
+            return;
+        }
+        self.used += size(&tags);
+        if let Some((_, old)) = self.lru.push(v, tags) {
+            self.used -= size(&old);
+        }
+        while self.used > TAGS_BUDGET {
+            match self.lru.pop_lru() {
+                Some((_, old)) => self.used -= size(&old),
+                None => break,
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.lru.clear();
+        self.used = 0;
+    }
+}
+
 #[derive(Default)]
 struct Inner {
     by_name: HashMap<Name, u64>,
@@ -252,6 +310,7 @@ pub struct LockboxFs {
     config: FsConfig,
     inner: Mutex<Inner>,
     cache: Mutex<ChunkCache>,
+    tags: Mutex<TagCache>,
     warned_locked: AtomicBool,
     uid: u32,
     gid: u32,
@@ -298,6 +357,7 @@ impl LockboxFs {
                 next_fh: 1,
                 ..Inner::default()
             }),
+            tags: Mutex::new(TagCache::new()),
             cache: Mutex::new(ChunkCache {
                 lru: lru::LruCache::unbounded(),
                 used: 0,
@@ -314,6 +374,7 @@ impl LockboxFs {
     /// reader's key material. Staged writes stay (they are sealed at close).
     pub fn on_lock(&self) {
         lock(&self.cache).clear();
+        lock(&self.tags).clear();
         let inner = lock(&self.inner);
         for h in inner.handles.values() {
             if let Handle::Reader { state, .. } = &**h {
@@ -371,6 +432,14 @@ impl LockboxFs {
                  modify existing files (creating or fully replacing files works while locked)"
             );
         }
+    }
+
+    /// Who a seal through the mount is sealed to, with the tag key while
+    /// unlocked.
+    fn seal_to(&self) -> Result<SealTo, String> {
+        let mut to = self.keys.recipients()?;
+        to.tags = self.keys.tag_key();
+        Ok(to)
     }
 
     fn identity_or_eacces(&self, what: &str) -> Result<Arc<AgeIdentity>, Errno> {
@@ -592,7 +661,7 @@ impl LockboxFs {
             st.streamable = false;
             self.store.finish_stream(stream, &name)
         } else {
-            let recipients = self.keys.recipients().map_err(|e| {
+            let recipients = self.seal_to().map_err(|e| {
                 tracing::warn!("cannot seal {name}: {e}");
                 Errno::EIO
             })?;
@@ -737,7 +806,7 @@ impl LockboxFs {
         if st.streamable && st.pages.len() >= STREAM_FROM && self.keys.is_unlocked() {
             // Seal what was staged and go on streaming. A failure only
             // means the file is sealed at its close as usual.
-            let started = self.keys.recipients().and_then(|to| {
+            let started = self.seal_to().and_then(|to| {
                 let mut stream = self.store.begin_stream(&to).map_err(|e| e.to_string())?;
                 crate::store::pump(&mut st.pages.reader(), &mut stream)
                     .map_err(|e| e.to_string())?;
@@ -828,7 +897,14 @@ impl LockboxFs {
                     pos += got as u64;
                     continue;
                 }
-                None => self.decrypt_to_cache(h, idx)?,
+                None => {
+                    let to = (end.min(chunk_end) - idx * CHUNK_SIZE) as usize;
+                    if let Some(got) = self.read_by_blocks(h, idx, within, to, &mut out)? {
+                        pos += got as u64;
+                        continue;
+                    }
+                    self.decrypt_to_cache(h, idx)?
+                }
             };
             if within >= chunk.len() {
                 break;
@@ -889,6 +965,76 @@ impl LockboxFs {
             .map_err(|e| self.damaged_reader(h, &e.to_string()))?;
         out.truncate(at + got);
         Ok(got)
+    }
+
+    /// Plaintext bytes `from..to` of chunk `idx` of a reader's version onto
+    /// the end of `out`, from the 4 KiB blocks around them, checked against
+    /// the version's block tags (see `lockbox_crypto::seal::tags`); the
+    /// count appended. `None` when the range is large (whole chunks, which
+    /// the cache keeps, serve it better), when the version has no tags, or
+    /// when a block does not match them: the caller then decrypts the
+    /// whole chunk, whose own tag decides between a stale index and a
+    /// damaged file.
+    fn read_by_blocks(
+        &self,
+        h: &Handle,
+        idx: u64,
+        from: usize,
+        to: usize,
+        out: &mut Zeroizing<Vec<u8>>,
+    ) -> Result<Option<usize>, Errno> {
+        let block = BLOCK_SIZE as usize;
+        let (first, last) = (from / block, to.div_ceil(block));
+        let count = last.saturating_sub(first);
+        if count == 0 || count as u64 > BLOCKS_PER_CHUNK / 2 {
+            return Ok(None);
+        }
+        let (file, payload) = self.payload(h)?;
+        let Some(tags) = self.block_tags(h, &payload) else {
+            return Ok(None);
+        };
+        let mut buf = Zeroizing::new(vec![0u8; count * block]);
+        let first_block = idx * BLOCKS_PER_CHUNK + first as u64;
+        match payload.read_blocks(&file, &tags, first_block, count as u64, &mut buf) {
+            Ok(Some(n)) => {
+                let (lo, hi) = (from - first * block, (to - first * block).min(n));
+                // `out` has room for what the read wants: this never grows it.
+                out.extend_from_slice(&buf[lo..hi.max(lo)]);
+                Ok(Some(hi.saturating_sub(lo)))
+            }
+            other => {
+                if let Handle::Reader { name, version, .. } = h {
+                    match other {
+                        Ok(_) => tracing::debug!("{name}: a block does not match its tag"),
+                        Err(e) => tracing::debug!("{name}: reading by blocks: {e}"),
+                    }
+                    lock(&self.tags).put(*version, None);
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// The block tags of a reader's version, loaded at its first small read
+    /// (`None`: a file of one chunk, a version sealed while locked or by a
+    /// peer, or locked now).
+    fn block_tags(&self, h: &Handle, payload: &Payload) -> Option<Arc<BlockTags>> {
+        let Handle::Reader { name, version, .. } = h else {
+            return None;
+        };
+        if payload.plaintext_len() <= CHUNK_SIZE {
+            return None;
+        }
+        if let Some(known) = lock(&self.tags).get(version) {
+            return known;
+        }
+        let key = self.keys.tag_key()?;
+        let tags = self
+            .store
+            .read_tags(name, &key, &payload.binding(), payload.plaintext_len())
+            .map(Arc::new);
+        lock(&self.tags).put(*version, tags.clone());
+        tags
     }
 
     /// Decrypt chunk `idx` of a reader's version (not in the cache) and

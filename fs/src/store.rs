@@ -14,6 +14,15 @@
 //! the folder is synced once per round too. What a crash may undo is
 //! bounded by the window, and a name still never holds a torn file: a temp
 //! enters the store only after it is durable.
+//!
+//! A seal made while unlocked also leaves the block tags of its ciphertext
+//! in `~/.lockbox/tags/<name>` (see `lockbox_crypto::seal::tags`): an
+//! index only this envoy can make or check, which lets the mount answer a
+//! small read of a large file from the 4 KiB blocks it needs. The tags are
+//! written before their version becomes visible, move with renames and go
+//! with removes; tags that do not belong to a name's current version (a
+//! version received from a peer, a crash between two steps) are told apart
+//! by their binding and ignored.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -25,6 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use lockbox_crypto::digest::{HashingWriter, Sha256};
+use lockbox_crypto::seal::tags::{self, BlockTags, Tagger, TagKey};
 use lockbox_crypto::seal::{self, Sealer};
 use lockbox_crypto::share::SharePool;
 use lockbox_crypto::AgeRecipient;
@@ -80,6 +90,10 @@ pub struct SealTo {
     /// Their envoys' names (empty when not known: the record then names the
     /// members at the time it is written).
     pub envoys: Vec<String>,
+    /// This envoy's block-tag key, when unlocked: a seal then also writes
+    /// the tags of its blocks (`tags/<name>`), so small reads of a large
+    /// file decrypt 4 KiB blocks instead of 64 KiB chunks.
+    pub tags: Option<Arc<TagKey>>,
 }
 
 impl SealTo {
@@ -88,6 +102,7 @@ impl SealTo {
         SealTo {
             keys,
             envoys: Vec::new(),
+            tags: None,
         }
     }
 }
@@ -121,6 +136,8 @@ pub struct SweepReport {
 pub struct Store {
     dir: PathBuf,
     tmp: PathBuf,
+    /// Block tags of the store files (see the module doc).
+    tags: PathBuf,
     /// Where every change is queued for the journal, under `changes` (see
     /// [`crate::journal`]).
     journal: Option<Arc<Queue>>,
@@ -318,6 +335,7 @@ impl Store {
         let store = Store {
             dir: state_dir.join("store"),
             tmp: state_dir.join("tmp"),
+            tags: state_dir.join("tags"),
             journal: None,
             changes: Arc::new(Mutex::new(())),
             grouped: None,
@@ -325,7 +343,7 @@ impl Store {
             window: None,
             shares: None,
         };
-        for d in [&store.dir, &store.tmp] {
+        for d in [&store.dir, &store.tmp, &store.tags] {
             ensure_private_dir(d)?;
         }
         Ok(store)
@@ -676,6 +694,9 @@ impl Store {
         if removed {
             self.dir_changed()?;
         }
+        if waited || removed {
+            self.drop_tags(name);
+        }
         Ok(waited || removed)
     }
 
@@ -697,7 +718,89 @@ impl Store {
             io::ErrorKind::NotFound => Error::NotFound(from.to_string()),
             _ => Error::io("rename", &a, e),
         })?;
+        if from != to {
+            self.move_tags(from, to);
+        }
         self.dir_changed()
+    }
+
+    /// Where `name`'s block tags are kept.
+    fn tags_path(&self, name: &Name) -> PathBuf {
+        self.tags.join(name.as_os_str())
+    }
+
+    /// Keep `tags` as those of `name`'s next version, before that version
+    /// becomes visible; without tags (sealed while locked) or for a file of
+    /// one chunk (which a read decrypts whole anyway), drop the old ones.
+    /// Tags are a cache: a failure here costs speed, never data, so it is
+    /// only logged.
+    fn keep_tags(&self, name: &Name, tags: Option<&BlockTags>) {
+        let Some(tags) = tags.filter(|t| t.plaintext_len() > seal::CHUNK_SIZE) else {
+            self.drop_tags(name);
+            return;
+        };
+        let put = || -> Result<(), Error> {
+            let (mut staged, mut file) = self.new_temp()?;
+            file.write_all(&tags.encode())
+                .map_err(|e| Error::io("write", &staged.path, e))?;
+            let dest = self.tags_path(name);
+            fs::rename(&staged.path, &dest).map_err(|e| Error::io("rename into", &dest, e))?;
+            staged.path = PathBuf::new();
+            Ok(())
+        };
+        if let Err(e) = put() {
+            tracing::debug!("no block tags kept for {name}: {e}");
+            self.drop_tags(name);
+        }
+    }
+
+    /// Forget `name`'s block tags (a missing file is fine).
+    fn drop_tags(&self, name: &Name) {
+        let p = self.tags_path(name);
+        match fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => tracing::debug!("cannot remove {}: {e}", p.display()),
+        }
+    }
+
+    /// `from`'s block tags become `to`'s (which lose theirs if `from` had none).
+    fn move_tags(&self, from: &Name, to: &Name) {
+        match fs::rename(self.tags_path(from), self.tags_path(to)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => self.drop_tags(to),
+            Err(e) => {
+                tracing::debug!("cannot move the block tags of {from}: {e}");
+                self.drop_tags(from);
+                self.drop_tags(to);
+            }
+        }
+    }
+
+    /// The block tags of `name` made with `key`, if there are some for the
+    /// version whose [`Payload`](seal::Payload) reads `binding` and
+    /// `plaintext_len`. Missing, stale or damaged tags are `None` (a read
+    /// then decrypts whole chunks); the file is read only if its size is
+    /// the one such tags have.
+    pub fn read_tags(
+        &self,
+        name: &Name,
+        key: &TagKey,
+        binding: &tags::Binding,
+        plaintext_len: u64,
+    ) -> Option<BlockTags> {
+        let p = self.tags_path(name);
+        let file = File::open(&p).ok()?;
+        let want = tags::index_len(plaintext_len);
+        if file.metadata().ok()?.len() != want {
+            tracing::debug!("{}: not the size of this version's tags", p.display());
+            return None;
+        }
+        let mut bytes = Vec::with_capacity(want as usize);
+        file.take(want).read_to_end(&mut bytes).ok()?;
+        BlockTags::decode(&bytes, key, binding, plaintext_len)
+            .map_err(|e| tracing::debug!("{}: {e}", p.display()))
+            .ok()
     }
 
     /// Free space of the store's file system, in percent of its size
@@ -813,11 +916,12 @@ impl Store {
         };
         let seq = w.next.fetch_add(1, Ordering::Relaxed);
         let fill = |file: &mut File| {
-            let sealed = seal_into(file, name, plaintext, recipients, self.shares(), max_size)?;
+            let done = seal_tagged(file, name, plaintext, recipients, self.shares(), max_size)?;
             mark_complete(file, seq, name);
-            Ok(sealed)
+            Ok(done)
         };
-        let (staged, sealed) = self.stage_with(fill, false)?;
+        let (staged, (sealed, tags)) = self.stage_with(fill, false)?;
+        self.keep_tags(name, tags.as_ref());
         Ok(self.wait_staged(g, w, name, staged, seq, sealed))
     }
 
@@ -851,7 +955,7 @@ impl Store {
     /// close. [`Store::finish_stream`] puts it in place.
     pub fn begin_stream(&self, recipients: &SealTo) -> Result<SealStream, Error> {
         let (staged, file) = self.new_temp()?;
-        let sink = Offload::new(sealing_sink(file), 1 << 20);
+        let sink = Offload::new(sealing_sink(file, recipients.tags.as_deref()), 1 << 20);
         let sealer = Sealer::with_shares(&recipients.keys, self.shares(), sink)?;
         Ok(SealStream {
             staged,
@@ -868,7 +972,8 @@ impl Store {
         stream: SealStream,
         name: &Name,
     ) -> Result<(Sealed, Pending<'_>), Error> {
-        let (staged, file, sealed) = stream.finish()?;
+        let (staged, file, sealed, tags) = stream.finish()?;
+        self.keep_tags(name, tags.as_ref());
         if let (Some(g), Some(w)) = (&self.grouped, &self.waiting) {
             let seq = w.next.fetch_add(1, Ordering::Relaxed);
             mark_complete(&file, seq, name);
@@ -889,11 +994,13 @@ impl Store {
         recipients: &SealTo,
         max_size: u64,
     ) -> Result<(Sealed, Pending<'_>), Error> {
-        self.write_atomic(
-            name,
-            |file| seal_into(file, name, plaintext, recipients, self.shares(), max_size),
-            |s| Some(s.clone()),
-        )
+        let seal = |file: &mut File| {
+            seal_tagged(file, name, plaintext, recipients, self.shares(), max_size)
+        };
+        let (staged, (sealed, tags)) = self.stage(seal)?;
+        self.keep_tags(name, tags.as_ref());
+        let pending = self.install_staged(name, staged, Some(sealed.clone()))?;
+        Ok((sealed, pending))
     }
 
     /// Write `name` atomically: `fill` writes the complete content into a
@@ -1181,14 +1288,27 @@ pub fn seal_into(
     shares: Option<&SharePool>,
     max_size: u64,
 ) -> Result<Sealed, Error> {
+    seal_tagged(file, name, plaintext, recipients, shares, max_size).map(|(sealed, _)| sealed)
+}
+
+/// [`seal_into`], and the block tags of what it wrote when `recipients`
+/// carries the tag key.
+fn seal_tagged(
+    file: &mut File,
+    name: &Name,
+    plaintext: impl Read,
+    recipients: &SealTo,
+    shares: Option<&SharePool>,
+    max_size: u64,
+) -> Result<(Sealed, Option<BlockTags>), Error> {
     let mut limited = plaintext.take(max_size.saturating_add(1));
-    // Past 1 MiB the ciphertext is hashed and written on a second thread
-    // while this one encrypts.
+    // Past 1 MiB the ciphertext is hashed, tagged and written on a second
+    // thread while this one encrypts.
     let dup = file.try_clone().map_err(sink_error)?;
     let mut sealer = Sealer::with_shares(
         &recipients.keys,
         shares,
-        Offload::new(sealing_sink(dup), 1 << 20),
+        Offload::new(sealing_sink(dup, recipients.tags.as_deref()), 1 << 20),
     )?;
     let n = pump(&mut limited, &mut sealer)?;
     if n > max_size {
@@ -1198,13 +1318,14 @@ pub fn seal_into(
         });
     }
     let hasher = sealer.finish()?.finish().map_err(sink_error)?;
-    let (_, hash, ciphertext_len) = hasher.finish();
-    Ok(Sealed {
+    let (tagger, hash, ciphertext_len) = hasher.finish();
+    let sealed = Sealed {
         plaintext_len: n,
         ciphertext_len,
         hash,
         envoys: recipients.envoys.clone(),
-    })
+    };
+    Ok((sealed, tagger.finish().1))
 }
 
 /// How a write into a store temp file fails.
@@ -1212,10 +1333,13 @@ fn sink_error(e: io::Error) -> Error {
     Error::io("write", Path::new("the store's temp file"), e)
 }
 
-/// Where a seal's ciphertext goes: hashed, then into `file`, whose
-/// writeback starts early.
-fn sealing_sink(file: File) -> HashingWriter<EarlyWriteback<File>> {
-    HashingWriter::new(EarlyWriteback::new(file))
+/// What a seal's ciphertext goes through.
+type Sink = HashingWriter<Tagger<EarlyWriteback<File>>>;
+
+/// Where a seal's ciphertext goes: hashed, tagged with `key` if there is
+/// one, then into `file`, whose writeback starts early.
+fn sealing_sink(file: File, key: Option<&TagKey>) -> Sink {
+    HashingWriter::new(Tagger::new(EarlyWriteback::new(file), key))
 }
 
 /// A seal in progress whose plaintext arrives in pieces (see
@@ -1223,7 +1347,7 @@ fn sealing_sink(file: File) -> HashingWriter<EarlyWriteback<File>> {
 /// unfinished, its temp file is removed.
 pub struct SealStream {
     staged: StagedFile,
-    sealer: Sealer<Offload<HashingWriter<EarlyWriteback<File>>>>,
+    sealer: Sealer<Offload<Sink>>,
     len: u64,
     envoys: Vec<String>,
 }
@@ -1244,8 +1368,9 @@ impl SealStream {
         self.write_all(data).map_err(sink_error)
     }
 
-    /// Seal the last chunk; the complete temp file, open, and what it is.
-    fn finish(self) -> Result<(StagedFile, File, Sealed), Error> {
+    /// Seal the last chunk; the complete temp file, open, what it is, and
+    /// its block tags if it was begun with the tag key.
+    fn finish(self) -> Result<(StagedFile, File, Sealed, Option<BlockTags>), Error> {
         let SealStream {
             staged,
             sealer,
@@ -1253,14 +1378,15 @@ impl SealStream {
             envoys,
         } = self;
         let hasher = sealer.finish()?.finish().map_err(sink_error)?;
-        let (writeback, hash, ciphertext_len) = hasher.finish();
+        let (tagger, hash, ciphertext_len) = hasher.finish();
+        let (writeback, tags) = tagger.finish();
         let sealed = Sealed {
             plaintext_len: len,
             ciphertext_len,
             hash,
             envoys,
         };
-        Ok((staged, writeback.file, sealed))
+        Ok((staged, writeback.file, sealed, tags))
     }
 
     /// Give up the seal and get back what was written, decrypted with
@@ -1271,7 +1397,7 @@ impl SealStream {
         identity: &lockbox_crypto::AgeIdentity,
     ) -> Result<crate::pages::Pages, Error> {
         let len = self.len;
-        let (staged, mut file, _) = self.finish()?;
+        let (staged, mut file, _, _) = self.finish()?;
         file.rewind()
             .map_err(|e| Error::io("read", &staged.path, e))?;
         let mut opened = seal::Opened::open(identity, file)?;

@@ -35,10 +35,13 @@ use age::{DecryptError, Decryptor};
 use age_core::format::{FileKey, Stanza};
 use age_core::primitives::hkdf;
 use age_core::secrecy::ExposeSecret;
+use chacha20::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
+use chacha20::ChaCha20;
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Nonce, Tag};
 use zeroize::Zeroizing;
 
+use super::tags::{Binding, BlockTags, BLOCKS_PER_CHUNK, BLOCK_SIZE};
 use super::{
     decrypt_error, plaintext_len, read_header, CHUNK_SIZE, ENCRYPTED_CHUNK_SIZE, NONCE_LEN, TAG_LEN,
 };
@@ -119,6 +122,11 @@ fn pread_exact(file: &File, mut buf: &mut [u8], mut offset: u64) -> io::Result<(
 /// when this is dropped.
 pub struct Payload {
     aead: ChaCha20Poly1305,
+    /// The payload key itself, for the ChaCha20 key stream of
+    /// [`Payload::read_blocks`].
+    key: Zeroizing<[u8; 32]>,
+    /// What ties block tags to this file.
+    binding: Binding,
     /// File offset of the first chunk (after the header and the nonce).
     start: u64,
     plaintext_len: u64,
@@ -157,12 +165,16 @@ impl Payload {
             .key
             .into_inner()
             .ok_or_else(|| Error::Corrupt("age accepted the header without a file key".into()))?;
-        let mut nonce = [0u8; NONCE_LEN as usize];
-        pread_exact(file, &mut nonce, info.header_len).map_err(super::payload_error)?;
-        let key = Zeroizing::new(hkdf(&nonce, PAYLOAD_KEY_LABEL, &file_key[..]));
+        // The header (at most MAX_HEADER_BYTES, scanned above) and the nonce.
+        let mut head = vec![0u8; (info.header_len + NONCE_LEN) as usize];
+        pread_exact(file, &mut head, 0).map_err(super::payload_error)?;
+        let nonce = &head[info.header_len as usize..];
+        let key = Zeroizing::new(hkdf(nonce, PAYLOAD_KEY_LABEL, &file_key[..]));
         let chunks = plaintext_len.div_ceil(CHUNK_SIZE).max(1);
         let payload = Payload {
             aead: ChaCha20Poly1305::new((&*key).into()),
+            binding: Binding::of(&head),
+            key,
             start: info.header_len + NONCE_LEN,
             plaintext_len,
             chunks,
@@ -185,6 +197,71 @@ impl Payload {
             return 0;
         }
         (self.plaintext_len - idx * CHUNK_SIZE).min(CHUNK_SIZE) as usize
+    }
+
+    /// What ties block tags to this file ([`BlockTags::binding`]).
+    pub fn binding(&self) -> Binding {
+        self.binding
+    }
+
+    /// The STREAM nonce of chunk `idx`: an 11-byte big-endian counter (a
+    /// u64 fills its low 8 bytes), then the last-chunk flag.
+    fn chunk_nonce(&self, idx: u64) -> [u8; 12] {
+        let mut nonce = [0u8; 12];
+        nonce[3..11].copy_from_slice(&idx.to_be_bytes());
+        nonce[11] = u8::from(idx + 1 == self.chunks);
+        nonce
+    }
+
+    /// Reads `count` blocks of 4 KiB from block `first` on (all in one
+    /// chunk) of `file` into `buf`, checks each against `tags` and only
+    /// then decrypts them there with the ChaCha20 key stream at their
+    /// offset (see [`super::tags`]). Returns the plaintext length at the
+    /// start of `buf`, or `None` when a block does not match its tag:
+    /// `buf` then holds ciphertext only, and the caller reads the whole
+    /// chunk ([`Payload::read_chunk`]), whose Poly1305 tag decides.
+    /// `tags` must be this file's (same binding and length) and the
+    /// blocks inside one chunk and the file, or it is `InvalidInput`.
+    pub fn read_blocks(
+        &self,
+        file: &File,
+        tags: &BlockTags,
+        first: u64,
+        count: u64,
+        buf: &mut [u8],
+    ) -> io::Result<Option<usize>> {
+        let invalid = |why: String| io::Error::new(io::ErrorKind::InvalidInput, why);
+        if tags.binding() != self.binding || tags.plaintext_len() != self.plaintext_len {
+            return Err(invalid("the block tags are another file's".into()));
+        }
+        let idx = first / BLOCKS_PER_CHUNK;
+        let j = first % BLOCKS_PER_CHUNK;
+        let chunk_len = self.chunk_len(idx) as u64;
+        let from = j * BLOCK_SIZE;
+        let to = ((j + count) * BLOCK_SIZE).min(chunk_len);
+        if count == 0 || j + count > BLOCKS_PER_CHUNK || from >= to {
+            return Err(invalid(format!(
+                "blocks {first}..{} are not inside one chunk of the file",
+                first + count
+            )));
+        }
+        let len = (to - from) as usize;
+        let have = buf.len();
+        let buf = buf.get_mut(..len).ok_or_else(|| {
+            invalid(format!("a {have}-byte buffer cannot hold {len} bytes of blocks"))
+        })?;
+        pread_exact(file, buf, self.start + idx * ENCRYPTED_CHUNK_SIZE + from)?;
+        for (k, block) in buf.chunks(BLOCK_SIZE as usize).enumerate() {
+            if !tags.matches(first + k as u64, block) {
+                return Ok(None);
+            }
+        }
+        let mut stream = ChaCha20::new((&*self.key).into(), (&self.chunk_nonce(idx)).into());
+        // ChaCha20-Poly1305 keys Poly1305 with key stream block 0 and
+        // encrypts from block 1 on.
+        stream.seek(64 + from);
+        stream.apply_keystream(buf);
+        Ok(Some(len))
     }
 
     /// Reads chunk `idx` of `file` (the file this was opened from) into
@@ -211,12 +288,7 @@ impl Payload {
             )
         })?;
         pread_exact(file, buf, self.start + idx * ENCRYPTED_CHUNK_SIZE)?;
-        let last = idx + 1 == self.chunks;
-        // An 11-byte big-endian counter (a u64 fills its low 8 bytes), then
-        // the last-chunk flag.
-        let mut nonce = [0u8; 12];
-        nonce[3..11].copy_from_slice(&idx.to_be_bytes());
-        nonce[11] = u8::from(last);
+        let nonce = self.chunk_nonce(idx);
         let (text, tag) = buf.split_at_mut(len);
         let tag = Tag::clone_from_slice(tag);
         self.aead
