@@ -258,9 +258,7 @@ struct TagCache {
 impl TagCache {
     fn new() -> Self {
         TagCache {
-            lru: lru::LruCache::new(
-                std::num::NonZeroUsize::new(TAGS_ENTRIES).expect("not zero"),
-            ),
+            lru: lru::LruCache::new(std::num::NonZeroUsize::new(TAGS_ENTRIES).expect("not zero")),
             used: 0,
         }
     }

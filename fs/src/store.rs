@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use lockbox_crypto::digest::{HashingWriter, Sha256};
-use lockbox_crypto::seal::tags::{self, BlockTags, Tagger, TagKey};
+use lockbox_crypto::seal::tags::{self, BlockTags, TagKey, Tagger};
 use lockbox_crypto::seal::{self, Sealer};
 use lockbox_crypto::share::SharePool;
 use lockbox_crypto::AgeRecipient;

@@ -881,6 +881,180 @@ fn tampered_ciphertext_reads_as_eio_and_never_as_garbage() {
     assert_eq!(fs::read(m.at("fine")).unwrap(), b"still fine");
 }
 
+/// Bytes the agent process has read so far (`rchar` of /proc/PID/io:
+/// every read syscall, from the store and from /dev/fuse alike).
+fn agent_read_bytes(m: &Mounted) -> u64 {
+    let pid = m.e.agent_pid().expect("the agent runs");
+    let io = fs::read_to_string(format!("/proc/{pid}/io")).expect("/proc/PID/io (as root)");
+    io.lines()
+        .find_map(|l| l.strip_prefix("rchar: "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("an rchar line")
+}
+
+/// `count` bytes at `at` of an open file, read by one pread.
+fn pread(f: &fs::File, at: u64, count: usize) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; count];
+    let n = f.read_at(&mut buf, at)?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// A file of the mount opened for random reads: no read-ahead, so each
+/// pread reaches the agent as one request of its own size.
+fn open_random(p: &Path) -> fs::File {
+    let f = fs::File::open(p).unwrap();
+    rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::Random).expect("posix_fadvise");
+    f
+}
+
+#[test]
+fn small_reads_of_a_large_file_decrypt_blocks_and_fall_back_to_chunks() {
+    require_fuse!();
+    let m = Mounted::unlocked();
+    // 1 MiB of distinct lines (16 chunks, 256 blocks) and a one-chunk file.
+    let big: Vec<u8> = (0..(MIB / 32))
+        .flat_map(|i| format!("BLOCKSECRET-{i:019}\n").into_bytes())
+        .collect();
+    assert_eq!(big.len(), MIB);
+    fs::write(m.at("big"), &big).unwrap();
+    fs::write(m.at("small"), &big[..10_000]).unwrap();
+    m.settle();
+    let tags = m.e.state().join("tags");
+    let index = fs::read(tags.join("big")).expect("a file sealed unlocked has block tags");
+    assert_eq!(
+        index.len(),
+        64 + 16 * 256,
+        "64-byte head and a tag per 4 KiB block"
+    );
+    assert_eq!(mode(&tags.join("big")), 0o600);
+    assert_eq!(mode(&tags), 0o700);
+    assert!(!contains(&index, b"BLOCKSECRET"));
+    assert!(
+        !tags.join("small").exists(),
+        "a one-chunk file needs no tags"
+    );
+
+    // A fresh agent and mount: nothing cached. One 4 KiB read in each of
+    // the 16 chunks, off its start, so that none is a whole chunk.
+    m.ok(&["stop"]);
+    m.unlock();
+    m.assert_mounted();
+    let offsets: Vec<u64> = (0..16)
+        .map(|c| (c * CHUNK + 4096 * (1 + c % 14)) as u64)
+        .collect();
+    let f = open_random(&m.at("big"));
+    let before = agent_read_bytes(&m);
+    for &at in &offsets {
+        let got = pread(&f, at, 4096).unwrap();
+        assert!(got == big[at as usize..at as usize + 4096], "4 KiB at {at}");
+    }
+    let read = agent_read_bytes(&m) - before;
+    // By blocks: 16 × 4 KiB, the 4 KiB index and the header and last chunk
+    // (read once, at the first miss). By chunks it would be 16 × 64 KiB.
+    assert!(
+        read < 16 * 4096 + 4160 + 2 * CHUNK as u64 + 64 * 1024,
+        "the agent read {read} bytes for 16 reads of 4 KiB: not by blocks"
+    );
+    // Reads across a block edge, at the file's end, and of a whole chunk.
+    for (at, n) in [
+        (4090u64, 20usize),
+        (MIB as u64 - 100, 4096),
+        (CHUNK as u64 * 3, CHUNK),
+    ] {
+        let got = pread(&f, at, n).unwrap();
+        let end = (at as usize + n).min(MIB);
+        assert!(got == big[at as usize..end], "{n} bytes at {at}");
+    }
+    drop(f);
+
+    // A damaged index only costs speed: the chunk's own tag vouches.
+    m.ok(&["stop"]);
+    let mut bad = index.clone();
+    bad[64 + 16 * 5] ^= 0x40; // block 5's tag
+    fs::write(tags.join("big"), &bad).unwrap();
+    m.unlock();
+    let f = open_random(&m.at("big"));
+    for at in [5 * 4096u64, 6 * 4096, 300_000] {
+        assert!(pread(&f, at, 4096).unwrap() == big[at as usize..at as usize + 4096]);
+    }
+    drop(f);
+    assert!(
+        !m.log()
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains("big")),
+        "a damaged index is not a damaged file: no WARN"
+    );
+
+    // Damaged ciphertext is EIO by blocks as by chunks, whatever the index.
+    m.ok(&["stop"]);
+    fs::write(tags.join("big"), &index).unwrap();
+    let bad_chunk = tamper_middle(&m.store().join("big"));
+    m.unlock();
+    let f = open_random(&m.at("big"));
+    let at = (bad_chunk * CHUNK) as u64;
+    let mut eio = 0;
+    for block in 0..16u64 {
+        match pread(&f, at + block * 4096, 4096) {
+            Ok(got) => assert!(
+                got == big[(at + block * 4096) as usize..][..4096],
+                "block {block} of the damaged chunk read as garbage"
+            ),
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+                eio += 1;
+            }
+        }
+    }
+    assert!(eio >= 1, "the damaged block was read without an error");
+    let other = ((bad_chunk + 1) % 16 * CHUNK) as u64 + 8192;
+    assert!(pread(&f, other, 4096).unwrap() == big[other as usize..][..4096]);
+    drop(f);
+    assert!(m
+        .log()
+        .lines()
+        .any(|l| l.contains("WARN") && l.contains("big")));
+
+    // A new version sealed while locked has no tags; the old version's
+    // tags put back (a crash, or a version from a peer) are told apart.
+    m.ok(&["lock"]);
+    let v2: Vec<u8> = big.iter().map(|b| b.to_ascii_lowercase()).collect();
+    fs::write(m.at("big"), &v2).unwrap();
+    m.settle();
+    assert!(
+        !tags.join("big").exists(),
+        "a seal while locked keeps no tags"
+    );
+    fs::write(tags.join("big"), &index).unwrap();
+    m.unlock();
+    let f = open_random(&m.at("big"));
+    for &at in &offsets {
+        assert!(
+            pread(&f, at, 4096).unwrap() == v2[at as usize..][..4096],
+            "v2 at {at}"
+        );
+    }
+    drop(f);
+
+    // Tags move with a rename and go with a remove.
+    fs::write(m.at("big"), &big).unwrap();
+    m.settle();
+    assert!(tags.join("big").exists());
+    fs::rename(m.at("big"), m.at("moved")).unwrap();
+    m.settle();
+    assert!(!tags.join("big").exists() && tags.join("moved").exists());
+    let f = open_random(&m.at("moved"));
+    assert!(pread(&f, 70_000, 4096).unwrap() == big[70_000..74_096]);
+    drop(f);
+    fs::remove_file(m.at("moved")).unwrap();
+    m.settle();
+    assert!(
+        !tags.join("moved").exists(),
+        "the tags of a removed file stay"
+    );
+}
+
 #[test]
 fn writes_past_max_file_size_fail_with_efbig_and_keep_the_old_version() {
     require_fuse!();

@@ -248,7 +248,9 @@ impl Payload {
         let len = (to - from) as usize;
         let have = buf.len();
         let buf = buf.get_mut(..len).ok_or_else(|| {
-            invalid(format!("a {have}-byte buffer cannot hold {len} bytes of blocks"))
+            invalid(format!(
+                "a {have}-byte buffer cannot hold {len} bytes of blocks"
+            ))
         })?;
         pread_exact(file, buf, self.start + idx * ENCRYPTED_CHUNK_SIZE + from)?;
         for (k, block) in buf.chunks(BLOCK_SIZE as usize).enumerate() {

@@ -53,7 +53,9 @@ use secrecy::ExposeSecret;
 use sha2::Digest;
 use zeroize::Zeroizing;
 
-use super::{HeaderScanner, CHUNK_SIZE, ENCRYPTED_CHUNK_SIZE, MAX_HEADER_BYTES, NONCE_LEN, TAG_LEN};
+use super::{
+    HeaderScanner, CHUNK_SIZE, ENCRYPTED_CHUNK_SIZE, MAX_HEADER_BYTES, NONCE_LEN, TAG_LEN,
+};
 use crate::{AgeIdentity, Error, Result};
 
 type HmacSha256 = Hmac<sha2::Sha256>;
@@ -362,7 +364,8 @@ impl<W: Write> Tagger<W> {
                     scanner,
                     header_len,
                 } => {
-                    let room = (MAX_HEADER_BYTES + NONCE_LEN as usize + 1).saturating_sub(buf.len());
+                    let room =
+                        (MAX_HEADER_BYTES + NONCE_LEN as usize + 1).saturating_sub(buf.len());
                     let n = data.len().min(room);
                     if n == 0 {
                         self.state = State::Off;
@@ -386,7 +389,8 @@ impl<W: Write> Tagger<W> {
                     }
                     let binding = Binding::of(&buf[..head]);
                     let rest = buf.split_off(head);
-                    let key = TagKey(self.key.clone().expect("tagging has a key")).file_key(&binding);
+                    let key =
+                        TagKey(self.key.clone().expect("tagging has a key")).file_key(&binding);
                     self.state = State::Body {
                         key,
                         binding,
@@ -405,9 +409,7 @@ impl<W: Write> Tagger<W> {
                     tags,
                     ..
                 } => {
-                    let n = data
-                        .len()
-                        .min(ENCRYPTED_CHUNK_SIZE as usize - chunk.len());
+                    let n = data.len().min(ENCRYPTED_CHUNK_SIZE as usize - chunk.len());
                     chunk.extend_from_slice(&data[..n]);
                     data = &data[n..];
                     if chunk.len() == ENCRYPTED_CHUNK_SIZE as usize {
@@ -496,7 +498,11 @@ mod tests {
         for b in 0..blocks_of(pt.len() as u64) {
             let at = b as usize * B;
             let want = &pt[at..(at + B).min(pt.len())];
-            assert_eq!(blocks(&p, &f, tags, b, 1).as_deref(), Some(want), "block {b}");
+            assert_eq!(
+                blocks(&p, &f, tags, b, 1).as_deref(),
+                Some(want),
+                "block {b}"
+            );
         }
         for (i, chunk) in pt.chunks(C).enumerate() {
             let first = i as u64 * BLOCKS_PER_CHUNK;
@@ -528,13 +534,19 @@ mod tests {
         let (_, tags) = sealed(&id, b"", 7);
         assert_eq!(tags.unwrap().tags.len(), 0);
         let key = TagKey::of(&id);
-        for junk in [&b""[..], b"not age at all", b"age-encryption.org/v1\n-> X25519"] {
+        for junk in [
+            &b""[..],
+            b"not age at all",
+            b"age-encryption.org/v1\n-> X25519",
+        ] {
             let mut t = Tagger::new(Vec::new(), Some(&key));
             t.write_all(junk).unwrap();
             assert!(t.finish().1.is_none(), "{junk:?}");
         }
         // A cut file (in its last tag) gives none either.
-        let file = seal_stream(&[id.to_public()], &data(C + 10, 3)[..], Vec::new()).unwrap().1;
+        let file = seal_stream(&[id.to_public()], &data(C + 10, 3)[..], Vec::new())
+            .unwrap()
+            .1;
         let mut t = Tagger::new(Vec::new(), Some(&key));
         t.write_all(&file[..file.len() - 27 - C]).unwrap();
         assert!(t.finish().1.is_none());
@@ -562,9 +574,14 @@ mod tests {
         assert!(BlockTags::decode(&bytes, &other, &tags.binding(), tags.plaintext_len()).is_err());
         let elsewhere = Binding::of(b"another file");
         assert!(BlockTags::decode(&bytes, &key, &elsewhere, tags.plaintext_len()).is_err());
-        assert!(BlockTags::decode(&bytes, &key, &tags.binding(), tags.plaintext_len() + 1).is_err());
+        assert!(
+            BlockTags::decode(&bytes, &key, &tags.binding(), tags.plaintext_len() + 1).is_err()
+        );
         for cut in [0, 8, 63, 64, bytes.len() - 1] {
-            assert!(BlockTags::decode(&bytes[..cut], &key, &tags.binding(), tags.plaintext_len()).is_err());
+            assert!(
+                BlockTags::decode(&bytes[..cut], &key, &tags.binding(), tags.plaintext_len())
+                    .is_err()
+            );
         }
         let mut longer = bytes.clone();
         longer.extend_from_slice(&[0; BLOCK_TAG_LEN]);
@@ -574,7 +591,10 @@ mod tests {
         for i in 0..INDEX_HEAD_LEN as usize {
             let mut bad = bytes.clone();
             bad[i] ^= 1;
-            assert!(BlockTags::decode(&bad, &key, &tags.binding(), tags.plaintext_len()).is_err(), "byte {i}");
+            assert!(
+                BlockTags::decode(&bad, &key, &tags.binding(), tags.plaintext_len()).is_err(),
+                "byte {i}"
+            );
         }
         let f = file_of(&file);
         let p = Payload::open(&id, &f).unwrap();
@@ -583,7 +603,10 @@ mod tests {
         let bad = BlockTags::decode(&bad, &key, &tags.binding(), tags.plaintext_len()).unwrap();
         assert_eq!(blocks(&p, &f, &bad, 3, 1), None);
         assert_eq!(blocks(&p, &f, &bad, 0, 16), None);
-        assert_eq!(blocks(&p, &f, &bad, 4, 1).as_deref(), Some(&pt[4 * B..5 * B]));
+        assert_eq!(
+            blocks(&p, &f, &bad, 4, 1).as_deref(),
+            Some(&pt[4 * B..5 * B])
+        );
     }
 
     #[test]
@@ -602,8 +625,14 @@ mod tests {
         let p = Payload::open(&id, &f).unwrap();
         assert_eq!(blocks(&p, &f, &tags, 20, 1), None);
         assert_eq!(blocks(&p, &f, &tags, 16, 16), None);
-        assert_eq!(blocks(&p, &f, &tags, 19, 1).as_deref(), Some(&pt[19 * B..20 * B]));
-        assert_eq!(blocks(&p, &f, &tags, 21, 1).as_deref(), Some(&pt[21 * B..22 * B]));
+        assert_eq!(
+            blocks(&p, &f, &tags, 19, 1).as_deref(),
+            Some(&pt[19 * B..20 * B])
+        );
+        assert_eq!(
+            blocks(&p, &f, &tags, 21, 1).as_deref(),
+            Some(&pt[21 * B..22 * B])
+        );
         // Two blocks swapped.
         let mut swapped = file.clone();
         swapped[at(1)..at(1) + B].copy_from_slice(&file[at(2)..at(2) + B]);
@@ -616,14 +645,20 @@ mod tests {
         // its block's place, so the pair still does not pass.
         let mut index = tags.encode();
         let tag = |p: usize| INDEX_HEAD_LEN as usize + p * BLOCK_TAG_LEN;
-        let (t1, t2) = (index[tag(1)..tag(2)].to_vec(), index[tag(2)..tag(3)].to_vec());
+        let (t1, t2) = (
+            index[tag(1)..tag(2)].to_vec(),
+            index[tag(2)..tag(3)].to_vec(),
+        );
         index[tag(1)..tag(2)].copy_from_slice(&t2);
         index[tag(2)..tag(3)].copy_from_slice(&t1);
         let key = TagKey::of(&id);
         let moved = BlockTags::decode(&index, &key, &tags.binding(), tags.plaintext_len()).unwrap();
         assert_eq!(blocks(&p, &f, &moved, 1, 1), None);
         assert_eq!(blocks(&p, &f, &moved, 2, 1), None);
-        assert_eq!(blocks(&p, &f, &moved, 3, 1).as_deref(), Some(&pt[3 * B..4 * B]));
+        assert_eq!(
+            blocks(&p, &f, &moved, 3, 1).as_deref(),
+            Some(&pt[3 * B..4 * B])
+        );
         // Another seal of the same plaintext: its tags are not this file's.
         let (again, again_tags) = sealed(&id, &pt, 65552);
         let f = file_of(&again);
@@ -637,7 +672,9 @@ mod tests {
         let p = Payload::open(&id, &f).unwrap();
         let mut buf = vec![0u8; 2 * C];
         for (first, count) in [(15, 2), (0, 0), (48, 1), (0, 17)] {
-            let e = p.read_blocks(&f, &tags, first, count, &mut buf).unwrap_err();
+            let e = p
+                .read_blocks(&f, &tags, first, count, &mut buf)
+                .unwrap_err();
             assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{first}+{count}");
         }
         let e = p.read_blocks(&f, &tags, 0, 2, &mut buf[..B]).unwrap_err();
