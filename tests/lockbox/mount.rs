@@ -815,17 +815,20 @@ fn locked_mount_lists_moves_and_replaces_but_does_not_read() {
     assert_eq!(err.raw_os_error(), Some(libc::EACCES), "open O_RDWR: {err}");
 }
 
-/// Flip one bit in the middle of an age file; returns the index of the
-/// STREAM chunk that holds it.
+/// Flip one bit in the middle of an age file; returns the plaintext
+/// offset of the byte it damaged.
 fn tamper_middle(p: &Path) -> usize {
     let mut raw = fs::read(p).unwrap();
     let at = raw.len() / 2;
     raw[at] ^= 0x01;
     fs::write(p, &raw).unwrap();
-    // The payload starts after the header's MAC line and a 16-byte nonce.
+    // The payload starts after the header's MAC line and a 16-byte nonce;
+    // each chunk is followed by its 16-byte tag.
     let mac = raw.windows(5).position(|w| w == b"\n--- ").unwrap() + 1;
     let payload = mac + raw[mac..].iter().position(|&b| b == b'\n').unwrap() + 1 + 16;
-    (at - payload) / (CHUNK + 16)
+    let (chunk, within) = ((at - payload) / (CHUNK + 16), (at - payload) % (CHUNK + 16));
+    assert!(within < CHUNK, "the flipped byte is in a chunk's tag");
+    chunk * CHUNK + within
 }
 
 #[test]
@@ -844,9 +847,9 @@ fn tampered_ciphertext_reads_as_eio_and_never_as_garbage() {
     // Restart, so that no cache of the agent or the kernel holds plaintext.
     m.ok(&["stop"]);
     tamper_middle(&m.store().join("single-chunk"));
-    let bad_chunk = tamper_middle(&m.store().join("multi-chunk"));
+    let damaged = tamper_middle(&m.store().join("multi-chunk"));
     assert!(
-        bad_chunk >= 1,
+        damaged >= CHUNK,
         "the damage should not be in the first chunk"
     );
     m.unlock();
@@ -861,11 +864,13 @@ fn tampered_ciphertext_reads_as_eio_and_never_as_garbage() {
     let err = fs::read(m.at("single-chunk")).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
 
-    // Authentic chunks before the damaged one may be returned; nothing else.
+    // Authentic bytes before the damaged 4 KiB block may be returned (the
+    // whole chunks before it, and its chunk's blocks before it where a
+    // read came by blocks); nothing else.
     let out = m.tool_fails(&["cat", s(&m.at("multi-chunk"))], "Input/output error");
     assert!(
-        out.stdout.len() <= bad_chunk * CHUNK && multi.starts_with(&out.stdout),
-        "cat printed {} bytes; the damage is in chunk {bad_chunk}",
+        out.stdout.len() <= damaged / 4096 * 4096 && multi.starts_with(&out.stdout),
+        "cat printed {} bytes; the damage is at byte {damaged}",
         out.stdout.len()
     );
     let log = m.log();
@@ -990,7 +995,7 @@ fn small_reads_of_a_large_file_decrypt_blocks_and_fall_back_to_chunks() {
     // Damaged ciphertext is EIO by blocks as by chunks, whatever the index.
     m.ok(&["stop"]);
     fs::write(tags.join("big"), &index).unwrap();
-    let bad_chunk = tamper_middle(&m.store().join("big"));
+    let bad_chunk = tamper_middle(&m.store().join("big")) / CHUNK;
     m.unlock();
     let f = open_random(&m.at("big"));
     let at = (bad_chunk * CHUNK) as u64;
