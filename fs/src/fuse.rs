@@ -32,7 +32,7 @@ use lockbox_crypto::AgeIdentity;
 use zeroize::Zeroizing;
 
 use crate::pages::Pages;
-use crate::store::{Pending, SealStream, SealTo, Sealed, Store};
+use crate::store::{Pending, Seal, SealStream, SealTo, Sealed, Store};
 use crate::{Error, Name};
 
 /// How long the kernel may cache attributes and names.
@@ -281,6 +281,12 @@ impl TagCache {
                 Some((_, old)) => self.used -= size(&old),
                 None => break,
             }
+        }
+    }
+
+    fn forget(&mut self, v: &Version) {
+        if let Some(Some(old)) = self.lru.pop(v) {
+            self.used -= old.memory();
         }
     }
 
@@ -671,7 +677,11 @@ impl LockboxFs {
             )
         };
         match done {
-            Ok((sealed, recorded)) => {
+            Ok(Seal {
+                sealed,
+                tags,
+                recorded,
+            }) => {
                 st.dirty = false;
                 if let Some(t) = st.mtime_set {
                     let _ = self.store.set_mtime(&name, t);
@@ -685,6 +695,10 @@ impl LockboxFs {
                         n.size_cache = Some((version, sealed.plaintext_len));
                     }
                     self.prime_cache(version, &st.pages);
+                    if tags.is_some() {
+                        // Reading back what was just written needs no load.
+                        lock(&self.tags).put(version, tags);
+                    }
                 }
                 self.keys.sealed(&name, &sealed);
                 Ok(Some(recorded))
@@ -1387,14 +1401,20 @@ impl Filesystem for Mounted {
             }
             _ => {}
         }
+        let mut gone = None;
         if let Some(i) = ino {
             inner.by_name.remove(&name);
             if let Some(n) = inner.nodes.get_mut(&i) {
                 n.name = None;
+                gone = n.size_cache.map(|(v, _)| v);
             }
             LockboxFs::maybe_drop(&mut inner, i);
         }
         drop(inner);
+        if let Some(v) = gone {
+            // A reader still open keeps reading, by chunks.
+            lock(&fs.tags).forget(&v);
+        }
         tracing::info!("deleted {name}");
         fs.keys.deleted(&name);
         reply.ok();

@@ -159,6 +159,17 @@ pub struct Store {
     shares: Option<Arc<SharePool>>,
 }
 
+/// A seal through the mount, done: what it sealed, its block tags when
+/// it kept some, and the journal entry to drop once the caller answered.
+pub struct Seal<'a> {
+    /// What was sealed.
+    pub sealed: Sealed,
+    /// The block tags written for it (also in `tags/<name>`).
+    pub tags: Option<Arc<BlockTags>>,
+    /// Its journal entry, made when this is dropped.
+    pub recorded: Pending<'a>,
+}
+
 /// What [`Store::recover_leftovers`] did.
 #[derive(Debug, Default)]
 pub struct Leftovers {
@@ -730,14 +741,14 @@ impl Store {
     }
 
     /// Keep `tags` as those of `name`'s next version, before that version
-    /// becomes visible; without tags (sealed while locked) or for a file of
-    /// one chunk (which a read decrypts whole anyway), drop the old ones.
-    /// Tags are a cache: a failure here costs speed, never data, so it is
-    /// only logged.
-    fn keep_tags(&self, name: &Name, tags: Option<&BlockTags>) {
+    /// becomes visible, and return them (for the mount's memory); without
+    /// tags (sealed while locked) or for a file of one chunk (which a read
+    /// decrypts whole anyway), drop the old ones. Tags are a cache: a
+    /// failure to write them costs speed, never data, so it is only logged.
+    fn keep_tags(&self, name: &Name, tags: Option<BlockTags>) -> Option<Arc<BlockTags>> {
         let Some(tags) = tags.filter(|t| t.plaintext_len() > seal::CHUNK_SIZE) else {
             self.drop_tags(name);
-            return;
+            return None;
         };
         let put = || -> Result<(), Error> {
             let (mut staged, mut file) = self.new_temp()?;
@@ -752,6 +763,7 @@ impl Store {
             tracing::debug!("no block tags kept for {name}: {e}");
             self.drop_tags(name);
         }
+        Some(Arc::new(tags))
     }
 
     /// Forget `name`'s block tags (a missing file is fine).
@@ -910,9 +922,9 @@ impl Store {
         plaintext: impl Read,
         recipients: &SealTo,
         max_size: u64,
-    ) -> Result<(Sealed, Pending<'_>), Error> {
+    ) -> Result<Seal<'_>, Error> {
         let (Some(g), Some(w)) = (&self.grouped, &self.waiting) else {
-            return self.seal_pending(name, plaintext, recipients, max_size);
+            return self.seal_tagged_pending(name, plaintext, recipients, max_size);
         };
         let seq = w.next.fetch_add(1, Ordering::Relaxed);
         let fill = |file: &mut File| {
@@ -921,8 +933,13 @@ impl Store {
             Ok(done)
         };
         let (staged, (sealed, tags)) = self.stage_with(fill, false)?;
-        self.keep_tags(name, tags.as_ref());
-        Ok(self.wait_staged(g, w, name, staged, seq, sealed))
+        let tags = self.keep_tags(name, tags);
+        let (sealed, recorded) = self.wait_staged(g, w, name, staged, seq, sealed);
+        Ok(Seal {
+            sealed,
+            tags,
+            recorded,
+        })
     }
 
     /// Put a complete seal (marked with `seq`) among the waiting ones as
@@ -967,22 +984,24 @@ impl Store {
 
     /// Seal the end of `stream` and install it as `name`, as
     /// [`Store::seal_deferred`] does with a whole plaintext.
-    pub fn finish_stream(
-        &self,
-        stream: SealStream,
-        name: &Name,
-    ) -> Result<(Sealed, Pending<'_>), Error> {
+    pub fn finish_stream(&self, stream: SealStream, name: &Name) -> Result<Seal<'_>, Error> {
         let (staged, file, sealed, tags) = stream.finish()?;
-        self.keep_tags(name, tags.as_ref());
-        if let (Some(g), Some(w)) = (&self.grouped, &self.waiting) {
+        let tags = self.keep_tags(name, tags);
+        let (sealed, recorded) = if let (Some(g), Some(w)) = (&self.grouped, &self.waiting) {
             let seq = w.next.fetch_add(1, Ordering::Relaxed);
             mark_complete(&file, seq, name);
-            return Ok(self.wait_staged(g, w, name, staged, seq, sealed));
-        }
-        file.sync_all()
-            .map_err(|e| Error::io("sync", &staged.path, e))?;
-        self.install_staged(name, staged, Some(sealed.clone()))
-            .map(|p| (sealed, p))
+            self.wait_staged(g, w, name, staged, seq, sealed)
+        } else {
+            file.sync_all()
+                .map_err(|e| Error::io("sync", &staged.path, e))?;
+            let recorded = self.install_staged(name, staged, Some(sealed.clone()))?;
+            (sealed, recorded)
+        };
+        Ok(Seal {
+            sealed,
+            tags,
+            recorded,
+        })
     }
 
     /// [`Store::seal`], with the journal entry left to the returned
@@ -994,13 +1013,29 @@ impl Store {
         recipients: &SealTo,
         max_size: u64,
     ) -> Result<(Sealed, Pending<'_>), Error> {
+        self.seal_tagged_pending(name, plaintext, recipients, max_size)
+            .map(|s| (s.sealed, s.recorded))
+    }
+
+    /// [`Store::seal_pending`], with the block tags it kept.
+    fn seal_tagged_pending(
+        &self,
+        name: &Name,
+        plaintext: impl Read,
+        recipients: &SealTo,
+        max_size: u64,
+    ) -> Result<Seal<'_>, Error> {
         let seal = |file: &mut File| {
             seal_tagged(file, name, plaintext, recipients, self.shares(), max_size)
         };
         let (staged, (sealed, tags)) = self.stage(seal)?;
-        self.keep_tags(name, tags.as_ref());
-        let pending = self.install_staged(name, staged, Some(sealed.clone()))?;
-        Ok((sealed, pending))
+        let tags = self.keep_tags(name, tags);
+        let recorded = self.install_staged(name, staged, Some(sealed.clone()))?;
+        Ok(Seal {
+            sealed,
+            tags,
+            recorded,
+        })
     }
 
     /// Write `name` atomically: `fill` writes the complete content into a
@@ -1817,11 +1852,10 @@ mod tests {
 
     fn seal_later(store: &Store, id: &lockbox_crypto::AgeIdentity, name: &str, text: &[u8]) {
         let to = SealTo::keys(vec![id.to_public()]);
-        let (sealed, pending) = store
+        let seal = store
             .seal_deferred(&n(name), Cursor::new(text.to_vec()), &to, 1 << 20)
             .unwrap();
-        drop(pending);
-        assert_eq!(sealed.plaintext_len, text.len() as u64);
+        assert_eq!(seal.sealed.plaintext_len, text.len() as u64);
     }
 
     fn read(store: &Store, id: &lockbox_crypto::AgeIdentity, name: &str) -> Vec<u8> {
@@ -1851,7 +1885,11 @@ mod tests {
             }
             assert_eq!(stream.len(), text.len() as u64);
             assert_eq!(temps(&dir), 1, "the stream writes into a temp file");
-            let (sealed, pending) = store.finish_stream(stream, &n("s")).unwrap();
+            let Seal {
+                sealed,
+                recorded: pending,
+                ..
+            } = store.finish_stream(stream, &n("s")).unwrap();
             drop(pending);
             assert_eq!(sealed.plaintext_len, text.len() as u64);
             assert_eq!(read(&store, &id, "s"), text, "grouped: {grouped_mode}");
@@ -1862,6 +1900,62 @@ mod tests {
             assert_eq!(temps(&dir), 0);
             assert_eq!(read(&store, &id, "s"), text);
         }
+    }
+
+    #[test]
+    fn block_tags_are_kept_for_their_version_and_follow_renames_and_removes() {
+        let (dir, store, id) = grouped();
+        let key = Arc::new(TagKey::of(&id));
+        let tagged = SealTo {
+            tags: Some(key.clone()),
+            ..SealTo::keys(vec![id.to_public()])
+        };
+        let untagged = SealTo::keys(vec![id.to_public()]);
+        let text = bytes(200_000);
+        let tags_of = |name: &str| dir.path().join("tags").join(name);
+        let check = |name: &str| -> Option<BlockTags> {
+            let f = store.open_file(&n(name)).unwrap();
+            let p = seal::Payload::open(&id, &f).unwrap();
+            store.read_tags(&n(name), &key, &p.binding(), p.plaintext_len())
+        };
+        let seal = |name: &str, to: &SealTo, text: &[u8]| {
+            store
+                .seal_deferred(&n(name), Cursor::new(text.to_vec()), to, 1 << 20)
+                .unwrap()
+                .tags
+        };
+        let kept = seal("f", &tagged, &text).expect("tags for a file of four chunks");
+        assert_eq!(kept.plaintext_len(), text.len() as u64);
+        let read = check("f").expect("the tags file is this version's");
+        assert_eq!(read.binding(), kept.binding());
+        let mode = fs::metadata(tags_of("f")).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // One chunk, or sealed without the key: no tags, and the old ones go.
+        assert!(seal("f", &tagged, &text[..60_000]).is_none());
+        assert!(!tags_of("f").exists());
+        seal("f", &tagged, &text);
+        assert!(seal("f", &untagged, &text).is_none());
+        assert!(!tags_of("f").exists());
+        // Another version's tags put back are not this version's.
+        seal("f", &tagged, &text);
+        let old = fs::read(tags_of("f")).unwrap();
+        seal("f", &tagged, &text);
+        fs::write(tags_of("f"), &old).unwrap();
+        assert!(check("f").is_none(), "stale tags are told apart");
+        // Renames move them (over a name with tags of its own), removes drop them.
+        seal("f", &tagged, &text);
+        seal("g", &tagged, &text);
+        store.rename(&n("f"), &n("g")).unwrap();
+        assert!(!tags_of("f").exists());
+        assert!(check("g").is_some(), "g has f's tags");
+        seal("h", &untagged, &text);
+        store.rename(&n("h"), &n("g")).unwrap();
+        assert!(!tags_of("g").exists(), "g took h's lack of tags");
+        seal("g", &tagged, &text);
+        store.remove(&n("g")).unwrap();
+        assert!(!tags_of("g").exists());
+        store.sync_now().unwrap();
+        assert_eq!(temps(&dir), 0, "no tags temp file is left behind");
     }
 
     #[test]
