@@ -21,8 +21,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
     ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
     ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
@@ -1236,6 +1236,24 @@ impl Filesystem for Mounted {
             Ok(a) => reply.attr(&TTL, &a),
             Err(e) => reply.error(e),
         }
+    }
+
+    /// `access(2)`. The mount has no `default_permissions` (so the kernel
+    /// asks no `getattr` of the folder before each name it changes) and
+    /// no `allow_other` (so the kernel lets only the owner in at all); for
+    /// the owner, the modes shown decide: the folder is 0700, a file 0600,
+    /// never executable.
+    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        if ino.0 == ROOT {
+            return reply.ok();
+        }
+        if !lock(&self.0.inner).nodes.contains_key(&ino.0) {
+            return reply.error(Errno::ENOENT);
+        }
+        if mask.contains(AccessFlags::X_OK) {
+            return reply.error(Errno::EACCES);
+        }
+        reply.ok()
     }
 
     fn setattr(

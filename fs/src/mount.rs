@@ -105,10 +105,16 @@ impl Mount {
         }
         std::fs::create_dir_all(path)?;
         let mut config = fuser::Config::default();
+        // No `default_permissions`: with it the kernel asks for the folder's
+        // attributes again before each create, rename or unlink that follows
+        // another (each one invalidates them), an extra round trip per
+        // operation. Without `allow_other` the kernel lets only the owner
+        // use the mount, and for the owner every mode lockbox shows (a 0700
+        // folder of 0600 files; chmod is ignored) allows everything but
+        // exec, which the kernel still checks and `access` answers.
         config.mount_options = vec![
             MountOption::FSName("lockbox".into()),
             MountOption::Subtype("lockbox".into()),
-            MountOption::DefaultPermissions,
             MountOption::NoDev,
             MountOption::NoSuid,
             MountOption::RW,

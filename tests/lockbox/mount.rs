@@ -647,6 +647,23 @@ fn only_regular_files_and_attributes_are_fixed() {
     fs::set_permissions(&f, fs::Permissions::from_mode(0o755)).unwrap();
     assert_eq!(mode(&f), 0o600);
 
+    // The modes shown decide access(2) and exec (the mount has no
+    // default_permissions): readable, writable, never executable.
+    m.tool_ok(&["test", "-r", s(&f)]);
+    m.tool_ok(&["test", "-w", s(&f)]);
+    m.tool_ok(&["test", "-x", s(&m.mnt)]);
+    assert!(
+        !m.tool(&["test", "-x", s(&f)]).status.success(),
+        "test -x of a file"
+    );
+    let script = m.at("script");
+    fs::write(&script, b"#!/bin/sh\necho ran\n").unwrap();
+    let err = Command::new(&script).output().unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EACCES), "exec: {err}");
+    fs::remove_file(&script).unwrap();
+    let gone = fs::metadata(m.at("script")).unwrap_err();
+    assert_eq!(gone.raw_os_error(), Some(libc::ENOENT));
+
     // truncate shortens, extends with zeros, empties.
     m.tool_ok(&["truncate", "-s", "3", s(&f)]);
     assert_eq!(fs::read(&f).unwrap(), b"012");

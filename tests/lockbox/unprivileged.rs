@@ -102,6 +102,16 @@ fn full_flow_as_an_unprivileged_user_with_a_hardened_agent() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(out.stdout, b"written by nobody");
+    // Nobody else gets in, root included: the mount is its owner's alone
+    // (no allow_other), whatever the modes it shows.
+    for what in [
+        std::fs::read_dir(&mnt).map(drop),
+        std::fs::read(mnt.join("via-mount")).map(drop),
+        std::fs::write(mnt.join("by-root"), b"x"),
+    ] {
+        let err = what.expect_err("root used nobody's mount");
+        assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{err}");
+    }
     e.settle();
     let sealed = std::fs::read(e.store().join("via-mount")).unwrap();
     assert!(sealed.starts_with(b"age-encryption.org/v1\n"));
