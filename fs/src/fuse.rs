@@ -1010,9 +1010,12 @@ impl LockboxFs {
         match payload.read_blocks(&file, &tags, first_block, count as u64, &mut buf) {
             Ok(Some(n)) => {
                 let (lo, hi) = (from - first * block, (to - first * block).min(n));
+                let Some(part) = buf.get(lo..hi).filter(|p| !p.is_empty()) else {
+                    return Ok(None);
+                };
                 // `out` has room for what the read wants: this never grows it.
-                out.extend_from_slice(&buf[lo..hi.max(lo)]);
-                Ok(Some(hi.saturating_sub(lo)))
+                out.extend_from_slice(part);
+                Ok(Some(part.len()))
             }
             other => {
                 if let Handle::Reader { name, version, .. } = h {
