@@ -742,11 +742,11 @@ impl Store {
 
     /// Keep `tags` as those of `name`'s next version, before that version
     /// becomes visible, and return them (for the mount's memory); without
-    /// tags (sealed while locked) or for a file of one chunk (which a read
-    /// decrypts whole anyway), drop the old ones. Tags are a cache: a
-    /// failure to write them costs speed, never data, so it is only logged.
+    /// tags (sealed while locked, or a file of one chunk, which the tagger
+    /// leaves out), drop the old ones. Tags are a cache: a failure to write
+    /// them costs speed, never data, so it is only logged.
     fn keep_tags(&self, name: &Name, tags: Option<BlockTags>) -> Option<Arc<BlockTags>> {
-        let Some(tags) = tags.filter(|t| t.plaintext_len() > seal::CHUNK_SIZE) else {
+        let Some(tags) = tags else {
             self.drop_tags(name);
             return None;
         };

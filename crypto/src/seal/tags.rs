@@ -29,7 +29,7 @@
 //! match (a stale index, a damaged index, an altered block) sends the read
 //! back to the whole chunk and its Poly1305 tag, which decides. A file
 //! sealed while locked, or received from another envoy, has no tags and is
-//! read by chunk as before.
+//! read by chunk as before; so is a file of one chunk, which gets no tags.
 //!
 //! The index file ([`BlockTags::encode`], version 1, integers big-endian):
 //!
@@ -319,7 +319,7 @@ impl<W: Write> Tagger<W> {
     }
 
     /// The inner writer, and the tags if every byte that passed made a
-    /// complete age file.
+    /// complete age file of more than one chunk.
     pub fn finish(self) -> (W, Option<BlockTags>) {
         let tags = match self.state {
             State::Body {
@@ -339,16 +339,20 @@ impl<W: Write> Tagger<W> {
                     }
                     _ => None,
                 };
-                last.map(|body| {
-                    tag_chunk(&key, chunks, body, &mut tags);
-                    plaintext_len += body.len() as u64;
-                    BlockTags {
-                        key,
-                        binding,
-                        plaintext_len,
-                        tags,
-                    }
-                })
+                // A file of one chunk gets none: any read of it decrypts
+                // that chunk whole anyway (so its block is never tagged).
+                last.filter(|_| chunks > 0)
+                    .map(|body| {
+                        tag_chunk(&key, chunks, body, &mut tags);
+                        plaintext_len += body.len() as u64;
+                        BlockTags {
+                            key,
+                            binding,
+                            plaintext_len,
+                            tags,
+                        }
+                    })
+                    .filter(|t| t.plaintext_len > CHUNK_SIZE)
             }
             _ => None,
         };
@@ -394,7 +398,8 @@ impl<W: Write> Tagger<W> {
                     self.state = State::Body {
                         key,
                         binding,
-                        chunk: Vec::with_capacity(ENCRYPTED_CHUNK_SIZE as usize),
+                        // Grows to a chunk only for a file that has one.
+                        chunk: Vec::new(),
                         chunks: 0,
                         plaintext_len: 0,
                         tags: Vec::new(),
@@ -521,7 +526,11 @@ mod tests {
                 }
                 let pt = data(len, len as u64);
                 let (file, tags) = sealed(&id, &pt, piece);
-                let tags = tags.expect("an age file passed");
+                if len <= C {
+                    assert!(tags.is_none(), "{len} bytes: one chunk, no tags");
+                    continue;
+                }
+                let tags = tags.expect("an age file of several chunks passed");
                 assert_eq!(tags.tags.len() as u64, blocks_of(len as u64));
                 assert_all_blocks(&id, &file, &tags, &pt);
             }
@@ -529,10 +538,12 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_file_has_no_blocks_and_non_age_bytes_no_tags() {
+    fn small_files_and_non_age_bytes_get_no_tags() {
         let id = AgeIdentity::generate();
-        let (_, tags) = sealed(&id, b"", 7);
-        assert_eq!(tags.unwrap().tags.len(), 0);
+        for len in [0, 1, C] {
+            let (_, tags) = sealed(&id, &data(len, 1), 7);
+            assert!(tags.is_none(), "{len} bytes");
+        }
         let key = TagKey::of(&id);
         for junk in [
             &b""[..],
@@ -543,13 +554,20 @@ mod tests {
             t.write_all(junk).unwrap();
             assert!(t.finish().1.is_none(), "{junk:?}");
         }
-        // A cut file (in its last tag) gives none either.
-        let file = seal_stream(&[id.to_public()], &data(C + 10, 3)[..], Vec::new())
+        // A file of three chunks gets tags whole, and none when cut inside
+        // its last tag (15 bytes left of its 10-byte chunk and tag) or to
+        // an empty last chunk after full ones (16 bytes left).
+        let file = seal_stream(&[id.to_public()], &data(2 * C + 10, 3)[..], Vec::new())
             .unwrap()
             .1;
-        let mut t = Tagger::new(Vec::new(), Some(&key));
-        t.write_all(&file[..file.len() - 27 - C]).unwrap();
-        assert!(t.finish().1.is_none());
+        let tags_of = |bytes: &[u8]| {
+            let mut t = Tagger::new(Vec::new(), Some(&key));
+            t.write_all(bytes).unwrap();
+            t.finish().1
+        };
+        assert!(tags_of(&file).is_some());
+        assert!(tags_of(&file[..file.len() - 11]).is_none());
+        assert!(tags_of(&file[..file.len() - 10]).is_none());
         // Without a key it only passes bytes on.
         let mut t = Tagger::new(Vec::new(), None);
         t.write_all(&file).unwrap();
@@ -699,7 +717,7 @@ mod tests {
 
         #[test]
         fn any_size_and_range_reads_back_the_plaintext(
-            len in 1usize..4 * C + 7,
+            len in C + 1..4 * C + 7,
             seed: u64,
             piece in 1usize..70_000,
             pick in any::<proptest::sample::Index>(),
