@@ -208,31 +208,54 @@ struct ReaderState {
     epoch: u64,
 }
 
-/// Decrypted chunks, least recently used first out, bounded in bytes.
-struct ChunkCache {
-    lru: lru::LruCache<(Version, u64), Arc<Zeroizing<Vec<u8>>>>,
+/// An LRU cache bounded in bytes (as `weigh` counts them) and, if given a
+/// cap, in entries; least recently used out first.
+struct Budgeted<K: std::hash::Hash + Eq, V: Clone> {
+    lru: lru::LruCache<K, V>,
     used: usize,
     budget: usize,
+    weigh: fn(&V) -> usize,
 }
 
-impl ChunkCache {
-    fn get(&mut self, key: &(Version, u64)) -> Option<Arc<Zeroizing<Vec<u8>>>> {
+impl<K: std::hash::Hash + Eq, V: Clone> Budgeted<K, V> {
+    fn new(budget: usize, entries: Option<usize>, weigh: fn(&V) -> usize) -> Self {
+        let lru = match entries.and_then(std::num::NonZeroUsize::new) {
+            Some(cap) => lru::LruCache::new(cap),
+            None => lru::LruCache::unbounded(),
+        };
+        Budgeted {
+            lru,
+            used: 0,
+            budget,
+            weigh,
+        }
+    }
+
+    fn get(&mut self, key: &K) -> Option<V> {
         self.lru.get(key).cloned()
     }
 
-    fn put(&mut self, key: (Version, u64), chunk: Arc<Zeroizing<Vec<u8>>>) {
-        if chunk.len() > self.budget {
+    fn put(&mut self, key: K, value: V) {
+        let size = (self.weigh)(&value);
+        if size > self.budget {
             return;
         }
-        self.used += chunk.len();
-        if let Some(old) = self.lru.put(key, chunk) {
-            self.used -= old.len();
+        self.used += size;
+        // `push` hands back what it replaced or evicted for the entry cap.
+        if let Some((_, old)) = self.lru.push(key, value) {
+            self.used -= (self.weigh)(&old);
         }
         while self.used > self.budget {
             match self.lru.pop_lru() {
-                Some((_, old)) => self.used -= old.len(),
+                Some((_, old)) => self.used -= (self.weigh)(&old),
                 None => break,
             }
+        }
+    }
+
+    fn forget(&mut self, key: &K) {
+        if let Some(old) = self.lru.pop(key) {
+            self.used -= (self.weigh)(&old);
         }
     }
 
@@ -241,59 +264,25 @@ impl ChunkCache {
         self.used = 0;
     }
 }
+
+/// Decrypted chunks by (version, chunk index), bounded in bytes.
+type ChunkCache = Budgeted<(Version, u64), Arc<Zeroizing<Vec<u8>>>>;
 
 /// Bytes of block tags kept in memory (a 1 GiB file has 4 MiB of them).
 const TAGS_BUDGET: usize = 16 << 20;
 /// Versions whose block tags (or lack of them) are remembered.
 const TAGS_ENTRIES: usize = 4096;
 
-/// Block tags of versions read lately, or that a version has none; least
-/// recently used out, bounded in bytes and entries. Holds per-file MAC
-/// keys, so it is emptied at lock.
-struct TagCache {
-    lru: lru::LruCache<Version, Option<Arc<BlockTags>>>,
-    used: usize,
+/// Block tags of versions read lately, or that a version has none; bounded
+/// in bytes and entries. Holds per-file MAC keys, so it is emptied at lock.
+type TagCache = Budgeted<Version, Option<Arc<BlockTags>>>;
+
+fn chunk_bytes(chunk: &Arc<Zeroizing<Vec<u8>>>) -> usize {
+    chunk.len()
 }
 
-impl TagCache {
-    fn new() -> Self {
-        TagCache {
-            lru: lru::LruCache::new(std::num::NonZeroUsize::new(TAGS_ENTRIES).expect("not zero")),
-            used: 0,
-        }
-    }
-
-    fn get(&mut self, v: &Version) -> Option<Option<Arc<BlockTags>>> {
-        self.lru.get(v).cloned()
-    }
-
-    fn put(&mut self, v: Version, tags: Option<Arc<BlockTags>>) {
-        let size = |t: &Option<Arc<BlockTags>>| t.as_ref().map_or(0, |t| t.memory());
-        if size(&tags) > TAGS_BUDGET {
-            return;
-        }
-        self.used += size(&tags);
-        if let Some((_, old)) = self.lru.push(v, tags) {
-            self.used -= size(&old);
-        }
-        while self.used > TAGS_BUDGET {
-            match self.lru.pop_lru() {
-                Some((_, old)) => self.used -= size(&old),
-                None => break,
-            }
-        }
-    }
-
-    fn forget(&mut self, v: &Version) {
-        if let Some(Some(old)) = self.lru.pop(v) {
-            self.used -= old.memory();
-        }
-    }
-
-    fn clear(&mut self) {
-        self.lru.clear();
-        self.used = 0;
-    }
+fn tags_bytes(tags: &Option<Arc<BlockTags>>) -> usize {
+    tags.as_ref().map_or(0, |t| t.memory())
 }
 
 #[derive(Default)]
@@ -361,12 +350,8 @@ impl LockboxFs {
                 next_fh: 1,
                 ..Inner::default()
             }),
-            tags: Mutex::new(TagCache::new()),
-            cache: Mutex::new(ChunkCache {
-                lru: lru::LruCache::unbounded(),
-                used: 0,
-                budget: config.cache_bytes,
-            }),
+            tags: Mutex::new(TagCache::new(TAGS_BUDGET, Some(TAGS_ENTRIES), tags_bytes)),
+            cache: Mutex::new(ChunkCache::new(config.cache_bytes, None, chunk_bytes)),
             warned_locked: AtomicBool::new(false),
             uid: meta.uid(),
             gid: meta.gid(),
