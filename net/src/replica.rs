@@ -212,6 +212,9 @@ pub struct Replica {
     on_remote_change: Mutex<Option<NameHook>>,
     /// Called when the member set changes.
     on_members_change: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
+    /// Held while `recipients.txt` is rewritten from the members (see
+    /// [`Replica::write_recipients`]).
+    recipients_file: Mutex<()>,
 }
 
 /// A callback that is told a file name.
@@ -326,6 +329,7 @@ impl Replica {
             own,
             outgoing: Mutex::new(None),
             on_remote_change: Mutex::new(None),
+            recipients_file: Mutex::new(()),
             on_members_change: Mutex::new(None),
         }))
     }
@@ -489,8 +493,16 @@ impl Replica {
         (added, refused)
     }
 
-    /// Regenerate `recipients.txt` from the members.
+    /// Regenerate `recipients.txt` from the members. Two peers' hellos can
+    /// add members at the same moment: each rewrite reads the members only
+    /// once it holds the file's lock, so the last one written is never an
+    /// older set than another's (a lost member would be left out of every
+    /// seal until the next change).
     fn write_recipients(&self) -> Result<(), String> {
+        let _file = self
+            .recipients_file
+            .lock()
+            .map_err(|_| "the recipient set's lock is poisoned".to_string())?;
         let entries: Vec<RecipientEntry> = self
             .members()
             .by_envoy
@@ -1584,6 +1596,54 @@ mod tests {
             }
         }
         envoys
+    }
+
+    /// Envoys learned by several hellos at once all end up in
+    /// `recipients.txt` (two at once used to lose one, now and then: a
+    /// rewrite from an older member set could land last).
+    #[test]
+    fn members_learned_at_the_same_moment_are_all_recipients() {
+        let names = ["alpha", "b1", "b2", "b3", "b4", "b5", "b6", "b7"];
+        for round in 0..8 {
+            let dir = tempfile::tempdir().unwrap();
+            let [a, others @ ..] = circle(dir.path(), names);
+            // alpha knows only itself; the others arrive together.
+            for o in &others {
+                fs::remove_file(
+                    a.state
+                        .join("members")
+                        .join(format!("{}.endorsement", o.name)),
+                )
+                .unwrap();
+            }
+            let alpha = a.open();
+            assert_eq!(alpha.members().names(), ["alpha"]);
+            let start = std::sync::Barrier::new(others.len());
+            std::thread::scope(|s| {
+                for o in &others {
+                    let (alpha, start) = (&alpha, &start);
+                    s.spawn(move || {
+                        start.wait();
+                        // What learn_members does, without its write of
+                        // the endorsement file, which (synced, under the
+                        // members' lock) spaces the rewrites out.
+                        let e = o.endorsement.clone();
+                        let mut members = alpha.members.write().unwrap();
+                        members.by_envoy.insert(o.name.to_string(), e);
+                        drop(members);
+                        alpha.write_recipients().unwrap();
+                    });
+                }
+            });
+            let text = fs::read_to_string(a.state.join("recipients.txt")).unwrap();
+            let mut listed: Vec<String> = lockbox_crypto::recipients::parse(&text)
+                .unwrap()
+                .into_iter()
+                .map(|r| r.envoy)
+                .collect();
+            listed.sort();
+            assert_eq!(listed, names, "round {round}");
+        }
     }
 
     #[test]
