@@ -598,7 +598,8 @@ fn handle(agent: &Agent, mut stream: UnixStream) {
     }
 }
 
-/// Tell the kernel a store file changed outside the mount.
+/// Tell the kernel a store file changed outside the mount: it caches
+/// names and attributes until told (see `TTL` in `lockbox_fs::fuse`).
 fn invalidate(agent: &Agent, name: &Name) {
     agent.fs.invalidate(name);
 }
@@ -842,7 +843,15 @@ fn unlock(agent: &Agent, passphrase: &str) -> Response {
     agent.members_changed.notify_one();
     tracing::info!("session unlocked");
     let swept = match agent.envoy.sweep() {
-        Ok(r) => r.sealed.len(),
+        Ok(r) => {
+            // Plaintext in the store became ciphertext, or `.failed`.
+            let failed = r.failed.iter().flat_map(|(from, to, _)| [from, to]);
+            r.sealed
+                .iter()
+                .chain(failed)
+                .for_each(|n| invalidate(agent, n));
+            r.sealed.len()
+        }
         Err(e) => {
             tracing::warn!("sweep after unlock failed: {e:#}");
             0
@@ -860,9 +869,12 @@ fn encrypt(agent: &Agent, stream: &mut UnixStream, name: Vec<u8>) -> std::io::Re
     control::write_message(stream, &Response::Ok)?;
     let mut reader = stream.try_clone()?;
     let resp = match agent.envoy.encrypt(&name, DataFrames::new(&mut reader)) {
-        Ok(s) => Response::Encrypted {
-            len: s.plaintext_len,
-        },
+        Ok(s) => {
+            invalidate(agent, &name);
+            Response::Encrypted {
+                len: s.plaintext_len,
+            }
+        }
         Err(e) => {
             tracing::warn!(
                 "encrypt of {name} failed: {e:#}; the old version (if any) is unchanged"

@@ -35,8 +35,16 @@ use crate::pages::Pages;
 use crate::store::{Pending, Seal, SealStream, SealTo, Sealed, Store};
 use crate::{Error, Name};
 
-/// How long the kernel may cache attributes and names.
-const TTL: Duration = Duration::from_secs(1);
+/// How long the kernel may cache a name and its attributes. The agent is
+/// the store's only writer, and it tells the kernel of every change it
+/// makes outside the mount ([`LockboxFs::invalidate`]; the mount's own
+/// changes the kernel sees for itself), so the kernel need not ask again
+/// on every `stat`, `open`, `rename` or `unlink` after a second, as it
+/// must with gocryptfs, whose backing folder anyone may change. The hour
+/// only bounds how long a change the agent failed to announce could stay
+/// hidden. Failed lookups are not cached at all: a name a peer adds shows
+/// at once.
+const TTL: Duration = Duration::from_secs(3600);
 const ROOT: u64 = 1;
 
 /// What the file system needs from the agent.
@@ -117,8 +125,8 @@ struct Staged {
     /// A write failed (EFBIG): the staged content is incomplete and must
     /// never be sealed; close reports this error and the old version stays.
     poisoned: Option<Errno>,
-    /// A modification time set with utimensat while staged.
-    mtime_set: Option<SystemTime>,
+    /// The modification time the file shows, and its next seal gives the
+    /// store file: the last write, or the time utimensat set after it.
     mtime: SystemTime,
 }
 
@@ -132,7 +140,6 @@ impl Staged {
             dirty,
             writers,
             poisoned: None,
-            mtime_set: None,
             mtime: SystemTime::now(),
         }
     }
@@ -648,7 +655,7 @@ impl LockboxFs {
             // write through a handle still open loads it again.
             st.loaded = false;
             st.streamable = false;
-            self.store.finish_stream(stream, &name)
+            self.store.finish_stream(stream, &name, st.mtime)
         } else {
             let recipients = self.seal_to().map_err(|e| {
                 tracing::warn!("cannot seal {name}: {e}");
@@ -659,6 +666,7 @@ impl LockboxFs {
                 st.pages.reader(),
                 &recipients,
                 self.config.max_file_size,
+                st.mtime,
             )
         };
         match done {
@@ -668,9 +676,6 @@ impl LockboxFs {
                 recorded,
             }) => {
                 st.dirty = false;
-                if let Some(t) = st.mtime_set {
-                    let _ = self.store.set_mtime(&name, t);
-                }
                 tracing::debug!("sealed {name} ({} bytes)", sealed.plaintext_len);
                 // The new version's plaintext size is known: `stat` after
                 // the release need not read its header.
@@ -1299,7 +1304,6 @@ impl Filesystem for Mounted {
                             }
                             st.dirty = true;
                             st.mtime = SystemTime::now();
-                            st.mtime_set = None;
                         }
                     })
                 }
@@ -1317,7 +1321,6 @@ impl Filesystem for Mounted {
             let pending = staged.as_ref().is_some_and(|s| {
                 let mut st = lock(s);
                 st.mtime = t;
-                st.mtime_set = Some(t);
                 st.dirty
             });
             if !pending {
@@ -1421,7 +1424,7 @@ impl Filesystem for Mounted {
             // A reader still open keeps reading, by chunks.
             lock(&fs.tags).forget(&v);
         }
-        tracing::info!("deleted {name}");
+        tracing::debug!("deleted {name}");
         fs.keys.deleted(&name);
         reply.ok();
         // The tombstone is signed and recorded after the answer.
@@ -1674,9 +1677,8 @@ impl Filesystem for Mounted {
             return reply.error(e);
         }
         st.dirty = true;
+        // Also after utimensat: a write makes the file modified now.
         st.mtime = SystemTime::now();
-        // A write after utimensat makes the file modified now.
-        st.mtime_set = None;
         reply.written(data.len() as u32)
     }
 

@@ -208,6 +208,12 @@ fn boot_id() -> Option<&'static str> {
     .as_deref()
 }
 
+/// Give a sealed temp file the modification time its version shows.
+fn set_mtime_of(file: &File, t: SystemTime) -> Result<(), Error> {
+    file.set_modified(t)
+        .map_err(|e| Error::io("set the time of", Path::new("a sealed temp file"), e))
+}
+
 /// Mark a waiting seal complete, so that if the agent dies before a round
 /// puts it in place the next start does (see [`Store::recover_leftovers`]).
 /// Without extended attributes on the store's file system a waiting seal
@@ -916,19 +922,24 @@ impl Store {
     /// read of `name` sees it at once, and it is durable within the window
     /// (or at [`Store::sync_now`]). For the mount's closes; a seal that
     /// replaces a source it then deletes (the sweep) must not wait.
+    /// `mtime` becomes the store file's modification time (the mount's
+    /// last write, or the time utimensat set), before the journal takes
+    /// its stat.
     pub fn seal_deferred(
         &self,
         name: &Name,
         plaintext: impl Read,
         recipients: &SealTo,
         max_size: u64,
+        mtime: SystemTime,
     ) -> Result<Seal<'_>, Error> {
         let (Some(g), Some(w)) = (&self.grouped, &self.waiting) else {
-            return self.seal_tagged_pending(name, plaintext, recipients, max_size);
+            return self.seal_tagged_pending(name, plaintext, recipients, max_size, Some(mtime));
         };
         let seq = w.next.fetch_add(1, Ordering::Relaxed);
         let fill = |file: &mut File| {
             let done = seal_tagged(file, name, plaintext, recipients, self.shares(), max_size)?;
+            set_mtime_of(file, mtime)?;
             mark_complete(file, seq, name);
             Ok(done)
         };
@@ -984,8 +995,14 @@ impl Store {
 
     /// Seal the end of `stream` and install it as `name`, as
     /// [`Store::seal_deferred`] does with a whole plaintext.
-    pub fn finish_stream(&self, stream: SealStream, name: &Name) -> Result<Seal<'_>, Error> {
+    pub fn finish_stream(
+        &self,
+        stream: SealStream,
+        name: &Name,
+        mtime: SystemTime,
+    ) -> Result<Seal<'_>, Error> {
         let (staged, file, sealed, tags) = stream.finish()?;
+        set_mtime_of(&file, mtime)?;
         let tags = self.keep_tags(name, tags);
         let (sealed, recorded) = if let (Some(g), Some(w)) = (&self.grouped, &self.waiting) {
             let seq = w.next.fetch_add(1, Ordering::Relaxed);
@@ -1013,20 +1030,26 @@ impl Store {
         recipients: &SealTo,
         max_size: u64,
     ) -> Result<(Sealed, Pending<'_>), Error> {
-        self.seal_tagged_pending(name, plaintext, recipients, max_size)
+        self.seal_tagged_pending(name, plaintext, recipients, max_size, None)
             .map(|s| (s.sealed, s.recorded))
     }
 
-    /// [`Store::seal_pending`], with the block tags it kept.
+    /// [`Store::seal_pending`], with the block tags it kept, and the
+    /// modification time set to `mtime` if given.
     fn seal_tagged_pending(
         &self,
         name: &Name,
         plaintext: impl Read,
         recipients: &SealTo,
         max_size: u64,
+        mtime: Option<SystemTime>,
     ) -> Result<Seal<'_>, Error> {
         let seal = |file: &mut File| {
-            seal_tagged(file, name, plaintext, recipients, self.shares(), max_size)
+            let done = seal_tagged(file, name, plaintext, recipients, self.shares(), max_size)?;
+            if let Some(t) = mtime {
+                set_mtime_of(file, t)?;
+            }
+            Ok(done)
         };
         let (staged, (sealed, tags)) = self.stage(seal)?;
         let tags = self.keep_tags(name, tags);
@@ -1850,12 +1873,26 @@ mod tests {
         (dir, store, identity::generate())
     }
 
+    /// The modification time the tests' seals through the mount give.
+    fn then() -> SystemTime {
+        UNIX_EPOCH + std::time::Duration::from_secs(1_577_836_800)
+    }
+
+    fn mtime_of(store: &Store, name: &str) -> SystemTime {
+        store.metadata(&n(name)).unwrap().modified().unwrap()
+    }
+
     fn seal_later(store: &Store, id: &lockbox_crypto::AgeIdentity, name: &str, text: &[u8]) {
         let to = SealTo::keys(vec![id.to_public()]);
         let seal = store
-            .seal_deferred(&n(name), Cursor::new(text.to_vec()), &to, 1 << 20)
+            .seal_deferred(&n(name), Cursor::new(text.to_vec()), &to, 1 << 20, then())
             .unwrap();
         assert_eq!(seal.sealed.plaintext_len, text.len() as u64);
+        assert_eq!(
+            mtime_of(store, name),
+            then(),
+            "the mount's time, also waiting"
+        );
     }
 
     fn read(store: &Store, id: &lockbox_crypto::AgeIdentity, name: &str) -> Vec<u8> {
@@ -1889,7 +1926,7 @@ mod tests {
                 sealed,
                 recorded: pending,
                 ..
-            } = store.finish_stream(stream, &n("s")).unwrap();
+            } = store.finish_stream(stream, &n("s"), then()).unwrap();
             drop(pending);
             assert_eq!(sealed.plaintext_len, text.len() as u64);
             assert_eq!(read(&store, &id, "s"), text, "grouped: {grouped_mode}");
@@ -1899,6 +1936,7 @@ mod tests {
             store.sync_now().unwrap();
             assert_eq!(temps(&dir), 0);
             assert_eq!(read(&store, &id, "s"), text);
+            assert_eq!(mtime_of(&store, "s"), then(), "grouped: {grouped_mode}");
         }
     }
 
@@ -1920,7 +1958,7 @@ mod tests {
         };
         let seal = |name: &str, to: &SealTo, text: &[u8]| {
             store
-                .seal_deferred(&n(name), Cursor::new(text.to_vec()), to, 1 << 20)
+                .seal_deferred(&n(name), Cursor::new(text.to_vec()), to, 1 << 20, then())
                 .unwrap()
                 .tags
         };

@@ -734,6 +734,75 @@ fn mtime_set_right_after_close_is_kept() {
     assert!(wrong.is_empty(), "mtime lost on {wrong:?}");
 }
 
+/// A file shows the time of its last write, before and after its seal:
+/// the seal at close gives the store file the time the open file showed,
+/// which the kernel may keep showing (it caches attributes until told).
+#[test]
+fn a_file_keeps_the_time_of_its_last_write_through_its_seal() {
+    require_fuse!();
+    let m = Mounted::unlocked();
+    // Sealed whole at close, and sealed as it is written (past 8 MiB).
+    let mut times = Vec::new();
+    for (name, len) in [("small", 200_000), ("streamed", 9 << 20)] {
+        let mut f = fs::File::create(m.at(name)).unwrap();
+        f.write_all(&pseudo_random(7, len)).unwrap();
+        let written = f.metadata().unwrap().modified().unwrap();
+        f.write_all(b"the last write").unwrap();
+        let last = f.metadata().unwrap().modified().unwrap();
+        assert!(last >= written);
+        drop(f);
+        let after_close = fs::metadata(m.at(name)).unwrap().modified().unwrap();
+        assert_eq!(after_close, last, "{name}: the time after close(2)");
+        times.push((name, last));
+    }
+    // The agent's own view, with no kernel cache in between.
+    m.e.settle();
+    for (name, last) in &times {
+        let store = fs::metadata(m.store().join(name))
+            .unwrap()
+            .modified()
+            .unwrap();
+        assert_eq!(store, *last, "{name}: the store file's time");
+    }
+    m.ok(&["stop"]);
+    m.unlock();
+    for (name, last) in &times {
+        let fresh = fs::metadata(m.at(name)).unwrap().modified().unwrap();
+        assert_eq!(fresh, *last, "{name}: the time after a restart");
+    }
+}
+
+/// The kernel caches names and attributes for as long as the agent does
+/// not say otherwise; the agent says so for every change it makes outside
+/// the mount (here the CLI's encrypt and delete), so what the mount shows
+/// right after one is already the change, with no wait.
+#[test]
+fn changes_outside_the_mount_show_through_it_at_once() {
+    require_fuse!();
+    let m = Mounted::unlocked();
+    fs::write(m.at("a"), b"one").unwrap();
+    assert_eq!(fs::read(m.at("a")).unwrap(), b"one");
+    let open = fs::File::open(m.at("a")).unwrap();
+    // Cached by the kernel now: the name and its attributes (a read marks
+    // the access time stale, so the stat comes last).
+    assert_eq!(fs::metadata(m.at("a")).unwrap().len(), 3);
+    let two = b"version two, longer than one";
+    let src = m.e.plain_file("a-two", two);
+    m.ok(&["encrypt", &src.to_string_lossy(), "--name", "a"]);
+    assert_eq!(fs::metadata(m.at("a")).unwrap().len(), two.len() as u64);
+    assert_eq!(fs::read(m.at("a")).unwrap(), two);
+    assert_eq!(
+        open.metadata().unwrap().len(),
+        two.len() as u64,
+        "fstat too"
+    );
+    drop(open);
+    m.ok(&["delete", "a"]);
+    let gone = fs::metadata(m.at("a")).unwrap_err();
+    assert_eq!(gone.kind(), std::io::ErrorKind::NotFound);
+    assert!(names(&m.mnt).is_empty(), "{:?}", names(&m.mnt));
+}
+
 /// A version's record names the envoys its file was sealed to, read in the
 /// same snapshot as their keys. A seal that raced a member change (here: a
 /// recipient that is no member, as a departed one would be) shows as drift,
