@@ -1519,8 +1519,14 @@ impl Filesystem for Mounted {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        // Closing a handle that cannot write seals nothing: the kernel need
+        // not send its FLUSH, one round trip close(2) would wait for.
+        let open = match flags.acc_mode() {
+            OpenAccMode::O_RDONLY => FopenFlags::FOPEN_NOFLUSH,
+            _ => FopenFlags::empty(),
+        };
         match self.0.open_node(ino.0, flags.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok(fh) => reply.opened(FileHandle(fh), open),
             Err(e) => reply.error(e),
         }
     }
