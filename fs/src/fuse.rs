@@ -1111,6 +1111,7 @@ impl LockboxFs {
                 if trunc {
                     st.clear();
                     st.dirty = true;
+                    st.mtime = SystemTime::now();
                 }
                 drop(st);
                 s
@@ -1122,12 +1123,15 @@ impl LockboxFs {
                 if !empty && acc == OpenAccMode::O_RDWR {
                     self.identity_or_eacces("opening for reading and writing")?;
                 }
-                let s = Arc::new(Mutex::new(Staged::new(
-                    Pages::new(),
-                    empty,
-                    trunc && size > 0,
-                    1,
-                )));
+                let mut st = Staged::new(Pages::new(), empty, trunc && size > 0, 1);
+                if !trunc {
+                    // Unchanged until its first write: the store file's time.
+                    let meta = self.store.metadata(&name).ok();
+                    if let Some(t) = meta.and_then(|m| m.modified().ok()) {
+                        st.mtime = t;
+                    }
+                }
+                let s = Arc::new(Mutex::new(st));
                 let mut inner = lock(&self.inner);
                 let node = inner.nodes.get_mut(&ino).ok_or(Errno::ENOENT)?;
                 match &node.staged {

@@ -208,10 +208,12 @@ fn boot_id() -> Option<&'static str> {
     .as_deref()
 }
 
-/// Give a sealed temp file the modification time its version shows.
-fn set_mtime_of(file: &File, t: SystemTime) -> Result<(), Error> {
-    file.set_modified(t)
-        .map_err(|e| Error::io("set the time of", Path::new("a sealed temp file"), e))
+/// Give a sealed temp file the modification time its version shows; if
+/// the file system refuses, the version keeps the time of its seal.
+fn set_mtime_of(file: &File, t: SystemTime) {
+    if let Err(e) = file.set_modified(t) {
+        tracing::debug!("cannot set the time of a sealed temp file: {e}");
+    }
 }
 
 /// Mark a waiting seal complete, so that if the agent dies before a round
@@ -939,7 +941,7 @@ impl Store {
         let seq = w.next.fetch_add(1, Ordering::Relaxed);
         let fill = |file: &mut File| {
             let done = seal_tagged(file, name, plaintext, recipients, self.shares(), max_size)?;
-            set_mtime_of(file, mtime)?;
+            set_mtime_of(file, mtime);
             mark_complete(file, seq, name);
             Ok(done)
         };
@@ -1002,7 +1004,7 @@ impl Store {
         mtime: SystemTime,
     ) -> Result<Seal<'_>, Error> {
         let (staged, file, sealed, tags) = stream.finish()?;
-        set_mtime_of(&file, mtime)?;
+        set_mtime_of(&file, mtime);
         let tags = self.keep_tags(name, tags);
         let (sealed, recorded) = if let (Some(g), Some(w)) = (&self.grouped, &self.waiting) {
             let seq = w.next.fetch_add(1, Ordering::Relaxed);
@@ -1047,7 +1049,7 @@ impl Store {
         let seal = |file: &mut File| {
             let done = seal_tagged(file, name, plaintext, recipients, self.shares(), max_size)?;
             if let Some(t) = mtime {
-                set_mtime_of(file, t)?;
+                set_mtime_of(file, t);
             }
             Ok(done)
         };

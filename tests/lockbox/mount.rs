@@ -770,6 +770,15 @@ fn a_file_keeps_the_time_of_its_last_write_through_its_seal() {
         let fresh = fs::metadata(m.at(name)).unwrap().modified().unwrap();
         assert_eq!(fresh, *last, "{name}: the time after a restart");
     }
+    // Opened for writing, not written: still the time of the last write.
+    let (name, last) = times[0];
+    let f = fs::OpenOptions::new().write(true).open(m.at(name)).unwrap();
+    assert_eq!(f.metadata().unwrap().modified().unwrap(), last);
+    drop(f);
+    assert_eq!(fs::metadata(m.at(name)).unwrap().modified().unwrap(), last);
+    // Truncated by its open: modified now.
+    drop(fs::File::create(m.at(name)).unwrap());
+    assert!(fs::metadata(m.at(name)).unwrap().modified().unwrap() > last);
 }
 
 /// The kernel caches names and attributes for as long as the agent does
