@@ -14,6 +14,7 @@
 //! | [`sign`] | Ed25519 keys, the canonical encoding and [`sign::Signed`] records |
 //! | [`circle`] | the passphrase-bound circle key and member endorsements |
 //! | [`digest`] | SHA-256 content digests, hashing readers and writers |
+//! | [`wipe`] | plaintext buffers wiped on drop, at memory speed |
 //!
 //! The on-disk formats defined here are written down in
 //! `docs/formats-crypto.md`.
@@ -33,6 +34,7 @@ pub mod recipients;
 pub mod seal;
 pub mod share;
 pub mod sign;
+pub mod wipe;
 
 pub use age::x25519::{Identity as AgeIdentity, Recipient as AgeRecipient};
 pub use error::Error;

@@ -341,7 +341,7 @@ pub fn seal_stream<R: Read, W: Write>(
 ) -> Result<(u64, W)> {
     let mut sealer = Sealer::new(recipients, out)?;
     // One chunk at a time, through a buffer that is wiped afterwards.
-    let mut buf = Zeroizing::new(vec![0u8; CHUNK_SIZE as usize]);
+    let mut buf = crate::wipe::SecretBuf::new(vec![0u8; CHUNK_SIZE as usize]);
     let mut total = 0u64;
     loop {
         let n = match plaintext.read(&mut buf[..]) {

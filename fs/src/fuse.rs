@@ -28,8 +28,8 @@ use fuser::{
 };
 use lockbox_crypto::seal::tags::{BlockTags, TagKey, BLOCKS_PER_CHUNK, BLOCK_SIZE};
 use lockbox_crypto::seal::{self, Opened, Payload, CHUNK_SIZE};
+use lockbox_crypto::wipe::SecretBuf;
 use lockbox_crypto::AgeIdentity;
-use zeroize::Zeroizing;
 
 use crate::pages::Pages;
 use crate::store::{Pending, Seal, SealStream, SealTo, Sealed, Store};
@@ -273,7 +273,7 @@ impl<K: std::hash::Hash + Eq, V: Clone> Budgeted<K, V> {
 }
 
 /// Decrypted chunks by (version, chunk index), bounded in bytes.
-type ChunkCache = Budgeted<(Version, u64), Arc<Zeroizing<Vec<u8>>>>;
+type ChunkCache = Budgeted<(Version, u64), Arc<SecretBuf>>;
 
 /// Bytes of block tags kept in memory (a 1 GiB file has 4 MiB of them).
 const TAGS_BUDGET: usize = 16 << 20;
@@ -284,7 +284,7 @@ const TAGS_ENTRIES: usize = 4096;
 /// in bytes and entries. Holds per-file MAC keys, so it is emptied at lock.
 type TagCache = Budgeted<Version, Option<Arc<BlockTags>>>;
 
-fn chunk_bytes(chunk: &Arc<Zeroizing<Vec<u8>>>) -> usize {
+fn chunk_bytes(chunk: &Arc<SecretBuf>) -> usize {
     chunk.len()
 }
 
@@ -738,7 +738,7 @@ impl LockboxFs {
         for idx in 0..pages.len().div_ceil(CHUNK_SIZE) {
             let start = idx * CHUNK_SIZE;
             let mut chunk =
-                Zeroizing::new(vec![0u8; (pages.len() - start).min(CHUNK_SIZE) as usize]);
+                SecretBuf::new(vec![0u8; (pages.len() - start).min(CHUNK_SIZE) as usize]);
             pages.read_at(start, &mut chunk);
             cache.put((version, idx), Arc::new(chunk));
         }
@@ -866,12 +866,7 @@ impl LockboxFs {
     /// now. A chunk the read covers whole is decrypted straight into the
     /// reply (the kernel's page cache keeps it); a chunk read in part goes
     /// through the cache, for the reads of its other parts.
-    fn read_decrypted(
-        &self,
-        h: &Handle,
-        offset: u64,
-        size: u32,
-    ) -> Result<Zeroizing<Vec<u8>>, Errno> {
+    fn read_decrypted(&self, h: &Handle, offset: u64, size: u32) -> Result<SecretBuf, Errno> {
         let Handle::Reader { len, version, .. } = h else {
             return Err(Errno::EBADF);
         };
@@ -882,7 +877,7 @@ impl LockboxFs {
         // Room for one tag more than the plaintext: a chunk is decrypted in
         // place after the bytes before it, and the vector must never grow
         // (a reallocation would leave a copy of the plaintext behind).
-        let mut out = Zeroizing::new(Vec::with_capacity(want + seal::TAG_BYTES));
+        let mut out = SecretBuf::new(Vec::with_capacity(want + seal::TAG_BYTES));
         let mut pos = offset;
         while pos < end {
             let idx = pos / CHUNK_SIZE;
@@ -953,12 +948,7 @@ impl LockboxFs {
     /// Decrypt chunk `idx` of a reader's version onto the end of `out`
     /// (which needs room for the chunk and its tag, or it grows); returns
     /// its plaintext length.
-    fn decrypt_onto(
-        &self,
-        h: &Handle,
-        idx: u64,
-        out: &mut Zeroizing<Vec<u8>>,
-    ) -> Result<usize, Errno> {
+    fn decrypt_onto(&self, h: &Handle, idx: u64, out: &mut SecretBuf) -> Result<usize, Errno> {
         let (file, payload) = self.payload(h)?;
         let at = out.len();
         out.resize(at + payload.chunk_len(idx) + seal::TAG_BYTES, 0);
@@ -983,7 +973,7 @@ impl LockboxFs {
         idx: u64,
         from: usize,
         to: usize,
-        out: &mut Zeroizing<Vec<u8>>,
+        out: &mut SecretBuf,
     ) -> Result<Option<usize>, Errno> {
         let block = BLOCK_SIZE as usize;
         let (first, last) = (from / block, to.div_ceil(block));
@@ -995,7 +985,7 @@ impl LockboxFs {
         let Some(tags) = self.block_tags(h, &payload) else {
             return Ok(None);
         };
-        let mut buf = Zeroizing::new(vec![0u8; count * block]);
+        let mut buf = SecretBuf::new(vec![0u8; count * block]);
         let first_block = idx * BLOCKS_PER_CHUNK + first as u64;
         match payload.read_blocks(&file, &tags, first_block, count as u64, &mut buf) {
             Ok(Some(n)) => {
@@ -1044,11 +1034,11 @@ impl LockboxFs {
 
     /// Decrypt chunk `idx` of a reader's version (not in the cache) and
     /// put it in the cache.
-    fn decrypt_to_cache(&self, h: &Handle, idx: u64) -> Result<Arc<Zeroizing<Vec<u8>>>, Errno> {
+    fn decrypt_to_cache(&self, h: &Handle, idx: u64) -> Result<Arc<SecretBuf>, Errno> {
         let Handle::Reader { version, .. } = h else {
             return Err(Errno::EBADF);
         };
-        let mut buf = Zeroizing::new(Vec::with_capacity(CHUNK_SIZE as usize + seal::TAG_BYTES));
+        let mut buf = SecretBuf::new(Vec::with_capacity(CHUNK_SIZE as usize + seal::TAG_BYTES));
         self.decrypt_onto(h, idx, &mut buf)?;
         let chunk = Arc::new(buf);
         lock(&self.cache).put((*version, idx), chunk.clone());
@@ -1635,7 +1625,7 @@ impl Filesystem for Mounted {
                 {
                     return reply.error(e);
                 }
-                let mut buf = Zeroizing::new(vec![0u8; size as usize]);
+                let mut buf = SecretBuf::new(vec![0u8; size as usize]);
                 let n = st.pages.read_at(offset, &mut buf);
                 reply.data(&buf[..n])
             }

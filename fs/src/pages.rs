@@ -59,7 +59,8 @@ impl Pages {
             if page.len() < within + n {
                 let mut bigger = zeroed(within + n);
                 bigger[..page.len()].copy_from_slice(page);
-                page.zeroize();
+                // As a slice: zeroize wipes a Box<[u8]> byte by byte.
+                page[..].zeroize();
                 *page = bigger;
             }
             page[within..within + n].copy_from_slice(&src[..n]);
@@ -128,7 +129,7 @@ impl Pages {
     /// bytes; more is an error of kind `FileTooLarge`).
     pub fn fill_from(&mut self, src: &mut impl Read, limit: u64) -> io::Result<()> {
         self.truncate(0);
-        let mut buf = zeroize::Zeroizing::new(vec![0u8; PAGE]);
+        let mut buf = lockbox_crypto::wipe::SecretBuf::new(vec![0u8; PAGE]);
         loop {
             let n = match src.read(&mut buf) {
                 Ok(0) => return Ok(()),
@@ -161,7 +162,9 @@ fn zeroed(need: usize) -> Box<[u8]> {
 fn free_pages(pages: impl Iterator<Item = Option<Box<[u8]>>>) {
     let mut freed = 0;
     for mut p in pages.flatten() {
-        p.zeroize();
+        // As a slice, filled in bulk: zeroize's Box<[u8]> impl stores one
+        // volatile byte at a time.
+        p[..].zeroize();
         freed += p.len();
     }
     if freed >= RELEASE_AFTER {

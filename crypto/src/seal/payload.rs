@@ -179,7 +179,7 @@ impl Payload {
             plaintext_len,
             chunks,
         };
-        let mut last = Zeroizing::new(vec![0u8; CHUNK_BUFFER]);
+        let mut last = crate::wipe::SecretBuf::new(vec![0u8; CHUNK_BUFFER]);
         payload
             .read_chunk(file, chunks - 1, &mut last)
             .map_err(super::payload_error)?;
