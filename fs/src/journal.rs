@@ -157,8 +157,6 @@ impl Queue {
     }
 }
 
-/// The delivering thread: waits for events and delivers them, until the
-/// queue is gone (every store holding it was dropped).
 /// The niceness of the delivering thread. Its work waits until after
 /// the caller's answer anyway; on a machine of two cores, at the same
 /// priority it took the CPU from the FUSE threads and their callers in a
@@ -167,6 +165,8 @@ impl Queue {
 /// busy one; a backlog is bounded by [`MAX_QUEUED`].
 const NICENESS: i32 = 10;
 
+/// The delivering thread: waits for events and delivers them, until the
+/// queue is gone (every store holding it was dropped).
 fn deliver_loop(queue: Weak<Queue>) {
     // On Linux the niceness is per thread: this one only (and never
     // raised, for an agent started nicer still).
