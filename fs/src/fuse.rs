@@ -160,6 +160,16 @@ impl Staged {
         self.streamable = true;
     }
 
+    /// One more writer opens the file; `O_TRUNC` empties it, modified now.
+    fn join_writer(&mut self, trunc: bool) {
+        self.writers += 1;
+        if trunc {
+            self.clear();
+            self.dirty = true;
+            self.mtime = SystemTime::now();
+        }
+    }
+
     /// The staged content can never be sealed (a failed write).
     fn poison(&mut self, e: Errno) {
         self.poisoned = Some(e);
@@ -1096,14 +1106,7 @@ impl LockboxFs {
         // Writing: share the staged buffer of other writers, or stage anew.
         let staged = match staged {
             Some(s) => {
-                let mut st = lock(&s);
-                st.writers += 1;
-                if trunc {
-                    st.clear();
-                    st.dirty = true;
-                    st.mtime = SystemTime::now();
-                }
-                drop(st);
+                lock(&s).join_writer(trunc);
                 s
             }
             None => {
@@ -1125,9 +1128,10 @@ impl LockboxFs {
                 let mut inner = lock(&self.inner);
                 let node = inner.nodes.get_mut(&ino).ok_or(Errno::ENOENT)?;
                 match &node.staged {
-                    // Another writer staged it meanwhile: join that one.
+                    // Another writer staged it meanwhile: join that one
+                    // (truncating it, if this open truncates).
                     Some(other) if lock(other).poisoned.is_none() => {
-                        lock(other).writers += 1;
+                        lock(other).join_writer(trunc);
                         other.clone()
                     }
                     _ => {
