@@ -27,7 +27,7 @@
 
 use std::cell::RefCell;
 use std::fs::File;
-use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::iter;
 use std::os::unix::fs::FileExt;
 
@@ -41,10 +41,11 @@ use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Nonce, Tag};
 use zeroize::Zeroizing;
 
-use super::tags::{Binding, BlockTags, BLOCKS_PER_CHUNK, BLOCK_SIZE};
+use super::tags::{Binding, BlockTags, TagKey, Tagger, BLOCKS_PER_CHUNK, BLOCK_SIZE};
 use super::{
     decrypt_error, plaintext_len, read_header, CHUNK_SIZE, ENCRYPTED_CHUNK_SIZE, NONCE_LEN, TAG_LEN,
 };
+use crate::wipe::SecretBuf;
 use crate::{AgeIdentity, Error, Result};
 
 /// The HKDF label of the payload key (age spec).
@@ -179,7 +180,7 @@ impl Payload {
             plaintext_len,
             chunks,
         };
-        let mut last = crate::wipe::SecretBuf::new(vec![0u8; CHUNK_BUFFER]);
+        let mut last = SecretBuf::new(vec![0u8; CHUNK_BUFFER]);
         payload
             .read_chunk(file, chunks - 1, &mut last)
             .map_err(super::payload_error)?;
@@ -274,24 +275,42 @@ impl Payload {
     /// ([`is_auth_failure`](super::is_auth_failure)) and leaves no
     /// plaintext in `buf`.
     pub fn read_chunk(&self, file: &File, idx: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let sealed = self.sealed_chunk(idx, buf.len())?;
+        pread_exact(
+            file,
+            &mut buf[..sealed],
+            self.start + idx * ENCRYPTED_CHUNK_SIZE,
+        )?;
+        self.open_chunk(idx, buf)
+    }
+
+    /// Bytes chunk `idx` takes in the file (its ciphertext and tag), if a
+    /// buffer of `have` bytes holds them; `InvalidInput` if not, or past
+    /// the last chunk.
+    fn sealed_chunk(&self, idx: u64, have: usize) -> io::Result<usize> {
         if idx >= self.chunks {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("chunk {idx} is past the end ({} chunks)", self.chunks),
             ));
         }
-        let len = self.chunk_len(idx);
-        let sealed = len + TAG_LEN as usize;
-        let have = buf.len();
-        let buf = buf.get_mut(..sealed).ok_or_else(|| {
-            io::Error::new(
+        let sealed = self.chunk_len(idx) + TAG_LEN as usize;
+        if have < sealed {
+            return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("a {have}-byte buffer cannot hold a {sealed}-byte chunk"),
-            )
-        })?;
-        pread_exact(file, buf, self.start + idx * ENCRYPTED_CHUNK_SIZE)?;
+            ));
+        }
+        Ok(sealed)
+    }
+
+    /// Decrypts in place chunk `idx`, whose ciphertext and tag begin `buf`
+    /// (as [`Payload::read_chunk`] read them).
+    fn open_chunk(&self, idx: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let sealed = self.sealed_chunk(idx, buf.len())?;
+        let len = sealed - TAG_LEN as usize;
         let nonce = self.chunk_nonce(idx);
-        let (text, tag) = buf.split_at_mut(len);
+        let (text, tag) = buf[..sealed].split_at_mut(len);
         let tag = Tag::clone_from_slice(tag);
         self.aead
             .decrypt_in_place_detached(Nonce::from_slice(&nonce), b"", text, &tag)
@@ -302,6 +321,42 @@ impl Payload {
                 )
             })?;
         Ok(len)
+    }
+
+    /// Block tags of `file` (the file this was opened from) made after the
+    /// fact with `key`, for a version sealed without them: while locked,
+    /// by the sweep, or by another envoy. Each chunk's ciphertext is tagged
+    /// only once its Poly1305 tag has verified, so the tags vouch for
+    /// nothing a seal's would not. `go_on` is asked before each chunk;
+    /// `Ok(None)` if it says stop, and for a file of one chunk (which gets
+    /// no tags, as at a seal). `InvalidData` if a chunk fails
+    /// authentication. The plaintext a check makes is wiped.
+    pub fn tag_blocks(
+        &self,
+        file: &File,
+        key: &TagKey,
+        mut go_on: impl FnMut() -> bool,
+    ) -> io::Result<Option<BlockTags>> {
+        if self.chunks < 2 {
+            return Ok(None);
+        }
+        let mut tagger = Tagger::new(io::sink(), Some(key));
+        let mut head = vec![0u8; self.start as usize];
+        pread_exact(file, &mut head, 0)?;
+        tagger.write_all(&head)?;
+        let mut buf = SecretBuf::new(vec![0u8; CHUNK_BUFFER]);
+        for idx in 0..self.chunks {
+            if !go_on() {
+                return Ok(None);
+            }
+            let sealed = self.sealed_chunk(idx, buf.len())?;
+            let at = self.start + idx * ENCRYPTED_CHUNK_SIZE;
+            pread_exact(file, &mut buf[..sealed], at)?;
+            tagger.write_all(&buf[..sealed])?;
+            self.open_chunk(idx, &mut buf)?;
+        }
+        let (_, tags) = tagger.finish();
+        Ok(tags.filter(|t| t.binding() == self.binding && t.plaintext_len() == self.plaintext_len))
     }
 }
 

@@ -28,8 +28,10 @@
 //! The tags are an accelerator, never an authority: a tag that does not
 //! match (a stale index, a damaged index, an altered block) sends the read
 //! back to the whole chunk and its Poly1305 tag, which decides. A file
-//! sealed while locked, or received from another envoy, has no tags and is
-//! read by chunk as before; so is a file of one chunk, which gets no tags.
+//! sealed while locked, or received from another envoy, has no tags until
+//! they are made after the fact ([`Payload::tag_blocks`], every chunk's
+//! Poly1305 tag checked first) and is read by chunk till then; so is a
+//! file of one chunk, which gets no tags.
 //!
 //! The index file ([`BlockTags::encode`], version 1, integers big-endian):
 //!
@@ -533,6 +535,50 @@ mod tests {
                 let tags = tags.expect("an age file of several chunks passed");
                 assert_eq!(tags.tags.len() as u64, blocks_of(len as u64));
                 assert_all_blocks(&id, &file, &tags, &pt);
+            }
+        }
+    }
+
+    #[test]
+    fn tags_made_after_the_fact_are_the_seals_own_and_only_for_authentic_chunks() {
+        let id = AgeIdentity::generate();
+        let key = TagKey::of(&id);
+        for len in [0, 1, C, C + 1, 2 * C, 3 * C + 5] {
+            let pt = data(len, 40 + len as u64);
+            let (file, at_seal) = sealed(&id, &pt, 4096);
+            let f = file_of(&file);
+            let p = Payload::open(&id, &f).unwrap();
+            let after = p.tag_blocks(&f, &key, || true).unwrap();
+            match (&at_seal, &after) {
+                (None, None) => assert!(len <= C, "{len} bytes: tags at the seal"),
+                (Some(a), Some(b)) => {
+                    assert_eq!(a.encode(), b.encode(), "{len} bytes: other tags");
+                    assert_all_blocks(&id, &file, b, &pt);
+                }
+                _ => panic!("{len} bytes: tags at the seal {at_seal:?}, after {after:?}"),
+            }
+            if len <= C {
+                continue;
+            }
+            // Stopped before a chunk: no tags.
+            let mut asked = 0;
+            let stopped = p.tag_blocks(&f, &key, || {
+                asked += 1;
+                asked < 2
+            });
+            assert!(stopped.unwrap().is_none(), "{len} bytes: stopped");
+            // Another envoy's key makes tags that do not load under ours.
+            let other = TagKey::of(&AgeIdentity::generate());
+            let theirs = p.tag_blocks(&f, &other, || true).unwrap().unwrap();
+            let loaded = BlockTags::decode(&theirs.encode(), &key, &p.binding(), len as u64);
+            assert!(loaded.is_err(), "{len} bytes: another key's tags loaded");
+            // A flipped byte in any chunk: no tags, an authentication error.
+            for chunk in 0..(len as u64).div_ceil(CHUNK_SIZE) {
+                let mut bad = file.clone();
+                let at = file.len() - pt.len() - 16 * (len as u64).div_ceil(CHUNK_SIZE) as usize;
+                bad[at + chunk as usize * (C + 16) + 3] ^= 1;
+                let e = p.tag_blocks(&file_of(&bad), &key, || true).unwrap_err();
+                assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{len}: chunk {chunk}");
             }
         }
     }
