@@ -32,6 +32,7 @@ use lockbox_crypto::wipe::SecretBuf;
 use lockbox_crypto::AgeIdentity;
 
 use crate::pages::Pages;
+use crate::retag::{Job, Retagger};
 use crate::store::{Pending, Seal, SealStream, SealTo, Sealed, Store};
 use crate::{Error, Name};
 
@@ -320,7 +321,9 @@ pub struct LockboxFs {
     config: FsConfig,
     inner: Mutex<Inner>,
     cache: Mutex<ChunkCache>,
-    tags: Mutex<TagCache>,
+    tags: Arc<Mutex<TagCache>>,
+    /// Makes the block tags of versions read without them.
+    retag: Retagger<Version>,
     warned_locked: AtomicBool,
     uid: u32,
     gid: u32,
@@ -358,16 +361,33 @@ impl LockboxFs {
     /// A file system over `store`.
     pub fn new(store: Store, keys: Arc<dyn Keys>, config: FsConfig) -> io::Result<Self> {
         let meta = std::fs::metadata(store.dir())?;
+        let tags = Arc::new(Mutex::new(TagCache::new(
+            TAGS_BUDGET,
+            Some(TAGS_ENTRIES),
+            tags_bytes,
+        )));
+        let retag = {
+            let (tags, keys) = (tags.clone(), keys.clone());
+            Retagger::start(store.clone(), keys.clone(), move |version, made| {
+                // Checked under the cache's lock, which `on_lock` takes
+                // after the session locked: no tag key stays behind.
+                let mut tags = lock(&tags);
+                if keys.is_unlocked() {
+                    tags.put(*version, Some(made));
+                }
+            })?
+        };
         Ok(LockboxFs {
             store,
             keys,
             config,
+            tags,
+            retag,
             inner: Mutex::new(Inner {
                 next_ino: ROOT + 1,
                 next_fh: 1,
                 ..Inner::default()
             }),
-            tags: Mutex::new(TagCache::new(TAGS_BUDGET, Some(TAGS_ENTRIES), tags_bytes)),
             cache: Mutex::new(ChunkCache::new(config.cache_bytes, None, chunk_bytes)),
             warned_locked: AtomicBool::new(false),
             uid: meta.uid(),
@@ -381,6 +401,7 @@ impl LockboxFs {
     pub fn on_lock(&self) {
         lock(&self.cache).clear();
         lock(&self.tags).clear();
+        self.retag.forget_asked();
         let inner = lock(&self.inner);
         for h in inner.handles.values() {
             if let Handle::Reader { state, .. } = &**h {
@@ -992,7 +1013,7 @@ impl LockboxFs {
             return Ok(None);
         }
         let (file, payload) = self.payload(h)?;
-        let Some(tags) = self.block_tags(h, &payload) else {
+        let Some(tags) = self.block_tags(h, &file, &payload) else {
             return Ok(None);
         };
         let mut buf = SecretBuf::new(vec![0u8; count * block]);
@@ -1014,6 +1035,9 @@ impl LockboxFs {
                         Err(e) => tracing::debug!("{name}: reading by blocks: {e}"),
                     }
                     lock(&self.tags).put(*version, None);
+                    // A stale or damaged index: make it again (a damaged
+                    // file fails that, and its reads say so).
+                    self.retag(h, &file, &payload);
                 }
                 Ok(None)
             }
@@ -1023,7 +1047,12 @@ impl LockboxFs {
     /// The block tags of a reader's version, loaded at its first small read
     /// (`None`: a file of one chunk, a version sealed while locked or by a
     /// peer, or locked now).
-    fn block_tags(&self, h: &Handle, payload: &Payload) -> Option<Arc<BlockTags>> {
+    fn block_tags(
+        &self,
+        h: &Handle,
+        file: &Arc<File>,
+        payload: &Arc<Payload>,
+    ) -> Option<Arc<BlockTags>> {
         let Handle::Reader { name, version, .. } = h else {
             return None;
         };
@@ -1039,7 +1068,23 @@ impl LockboxFs {
             .read_tags(name, &key, &payload.binding(), payload.plaintext_len())
             .map(Arc::new);
         lock(&self.tags).put(*version, tags.clone());
+        if tags.is_none() {
+            self.retag(h, file, payload);
+        }
         tags
+    }
+
+    /// Ask for the block tags of a reader's version, which has none that
+    /// match (see [`crate::retag`]); its later small reads go by blocks.
+    fn retag(&self, h: &Handle, file: &Arc<File>, payload: &Arc<Payload>) {
+        if let Handle::Reader { name, version, .. } = h {
+            self.retag.request(Job {
+                version: *version,
+                name: name.clone(),
+                file: file.clone(),
+                payload: payload.clone(),
+            });
+        }
     }
 
     /// Decrypt chunk `idx` of a reader's version (not in the cache) and

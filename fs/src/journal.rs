@@ -168,15 +168,7 @@ const NICENESS: i32 = 10;
 /// The delivering thread: waits for events and delivers them, until the
 /// queue is gone (every store holding it was dropped).
 fn deliver_loop(queue: Weak<Queue>) {
-    // On Linux the niceness is per thread: this one only (and never
-    // raised, for an agent started nicer still).
-    let tid = rustix::thread::gettid();
-    let now = rustix::process::getpriority_process(Some(tid)).unwrap_or(0);
-    if now < NICENESS {
-        if let Err(e) = rustix::process::setpriority_process(Some(tid), NICENESS) {
-            tracing::debug!("the journal thread keeps its priority: {e}");
-        }
-    }
+    crate::lower_priority(NICENESS, "the journal thread");
     loop {
         let Some(q) = queue.upgrade() else {
             return;

@@ -13,6 +13,7 @@ pub mod mount;
 pub mod name;
 pub mod offload;
 pub mod pages;
+mod retag;
 pub mod store;
 
 pub use name::Name;
@@ -65,6 +66,21 @@ pub enum Error {
         /// The OS error.
         source: std::io::Error,
     },
+}
+
+/// Make the calling thread at least `niceness` nice, for background work
+/// that should yield the CPU to the FUSE threads and their callers. On
+/// Linux the niceness is per thread: this one only (and never raised, for
+/// an agent started nicer still). `what` names the thread in the debug
+/// line of a failure, which leaves it at its priority.
+pub(crate) fn lower_priority(niceness: i32, what: &str) {
+    let tid = rustix::thread::gettid();
+    let now = rustix::process::getpriority_process(Some(tid)).unwrap_or(0);
+    if now < niceness {
+        if let Err(e) = rustix::process::setpriority_process(Some(tid), niceness) {
+            tracing::debug!("{what} keeps its priority: {e}");
+        }
+    }
 }
 
 impl Error {

@@ -22,7 +22,9 @@
 //! written before their version becomes visible, move with renames and go
 //! with removes; tags that do not belong to a name's current version (a
 //! version received from a peer, a crash between two steps) are told apart
-//! by their binding and ignored.
+//! by their binding and ignored. Tags made after the fact for a version
+//! sealed without them ([`Store::attach_tags`], from `crate::retag`) are
+//! kept only while that version is still the name's.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -758,20 +760,49 @@ impl Store {
             self.drop_tags(name);
             return None;
         };
-        let put = || -> Result<(), Error> {
-            let (mut staged, mut file) = self.new_temp()?;
-            file.write_all(&tags.encode())
-                .map_err(|e| Error::io("write", &staged.path, e))?;
-            let dest = self.tags_path(name);
-            fs::rename(&staged.path, &dest).map_err(|e| Error::io("rename into", &dest, e))?;
-            staged.path = PathBuf::new();
-            Ok(())
-        };
-        if let Err(e) = put() {
+        if let Err(e) = self.write_tags(name, &tags) {
             tracing::debug!("no block tags kept for {name}: {e}");
             self.drop_tags(name);
         }
         Some(Arc::new(tags))
+    }
+
+    /// Put `tags` in `tags/<name>` (a temp file renamed over it, no sync:
+    /// a lost index costs speed only).
+    fn write_tags(&self, name: &Name, tags: &BlockTags) -> Result<(), Error> {
+        let (mut staged, mut file) = self.new_temp()?;
+        file.write_all(&tags.encode())
+            .map_err(|e| Error::io("write", &staged.path, e))?;
+        let dest = self.tags_path(name);
+        fs::rename(&staged.path, &dest).map_err(|e| Error::io("rename into", &dest, e))?;
+        staged.path = PathBuf::new();
+        Ok(())
+    }
+
+    /// Keep `tags`, made after the fact from `version` (an open store file
+    /// of `name`, [`Payload::tag_blocks`](seal::Payload::tag_blocks)), as
+    /// `name`'s tags if `version` is still its current version; `false`
+    /// (nothing written) if the name moved on meanwhile. No rename or
+    /// remove of the name runs between the check and the write. A seal
+    /// of the name whose new version is not yet in place may have its
+    /// fresh tags replaced by these, which its version then finds stale:
+    /// that costs speed (reads by chunk) until its next seal, never data.
+    pub fn attach_tags(
+        &self,
+        name: &Name,
+        version: &File,
+        tags: &BlockTags,
+    ) -> Result<bool, Error> {
+        let _changes = self.lock_changes();
+        let ours = version
+            .metadata()
+            .map_err(|e| Error::io("stat", &self.path_of(name), e))?;
+        let current = self.at_current(name, |p| fs::metadata(p).ok());
+        if current.is_none_or(|c| (c.dev(), c.ino()) != (ours.dev(), ours.ino())) {
+            return Ok(false);
+        }
+        self.write_tags(name, tags)?;
+        Ok(true)
     }
 
     /// Forget `name`'s block tags (a missing file is fine).
@@ -1996,6 +2027,30 @@ mod tests {
         assert!(!tags_of("g").exists());
         store.sync_now().unwrap();
         assert_eq!(temps(&dir), 0, "no tags temp file is left behind");
+
+        // Tags made after the fact are kept only for the current version,
+        // whether it waits in the temp folder or is in place.
+        seal("u", &untagged, &text);
+        let made = |f: &File| {
+            let p = seal::Payload::open(&id, f).unwrap();
+            p.tag_blocks(f, &key, || true).unwrap().unwrap()
+        };
+        let v1 = store.open_file(&n("u")).unwrap();
+        let t1 = made(&v1);
+        assert!(store.attach_tags(&n("u"), &v1, &t1).unwrap());
+        assert_eq!(check("u").map(|t| t.encode()), Some(t1.encode()));
+        store.sync_now().unwrap();
+        let v1 = store.open_file(&n("u")).unwrap();
+        assert!(store.attach_tags(&n("u"), &v1, &t1).unwrap(), "in place");
+        seal("u", &untagged, &text);
+        assert!(!tags_of("u").exists());
+        assert!(!store.attach_tags(&n("u"), &v1, &t1).unwrap(), "replaced");
+        assert!(!tags_of("u").exists(), "tags of a replaced version kept");
+        store.remove(&n("u")).unwrap();
+        assert!(!store.attach_tags(&n("u"), &v1, &t1).unwrap(), "removed");
+        assert!(!tags_of("u").exists());
+        store.sync_now().unwrap();
+        assert_eq!(temps(&dir), 0);
     }
 
     #[test]

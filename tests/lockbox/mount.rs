@@ -1156,6 +1156,69 @@ fn small_reads_of_a_large_file_decrypt_blocks_and_fall_back_to_chunks() {
 }
 
 #[test]
+fn a_version_sealed_without_tags_is_tagged_at_its_first_small_read() {
+    require_fuse!();
+    let m = Mounted::unlocked();
+    // 2 MiB of distinct lines (32 chunks, 512 blocks), sealed while locked:
+    // as a version from a peer, it has no block tags.
+    let big: Vec<u8> = (0..(2 * MIB / 32))
+        .flat_map(|i| format!("RETAGSECRET-{i:019}\n").into_bytes())
+        .collect();
+    assert_eq!(big.len(), 2 * MIB);
+    m.ok(&["lock"]);
+    fs::write(m.at("big"), &big).unwrap();
+    m.settle();
+    let index = m.e.state().join("tags").join("big");
+    assert!(!index.exists(), "a seal while locked keeps no tags");
+
+    // The first small read goes by chunk and asks for the tags, which a
+    // background thread makes and keeps.
+    m.unlock();
+    let f = open_random(&m.at("big"));
+    assert!(pread(&f, 100_000, 4096).unwrap() == big[100_000..104_096]);
+    let want = (64 + 16 * 512) as u64;
+    wait_until(Duration::from_secs(60), || {
+        fs::metadata(&index).is_ok_and(|md| md.len() == want)
+    })
+    .expect("block tags made after the fact");
+    let bytes = fs::read(&index).unwrap();
+    assert!(!contains(&bytes, b"RETAGSECRET"), "plaintext in the index");
+    assert_eq!(mode(&index), 0o600);
+
+    // Small reads of chunks not read before now go by blocks, through the
+    // tags the thread handed to the mount, then through those on disk.
+    let by_blocks = |f: &fs::File, what: &str| {
+        let before = agent_read_bytes(&m);
+        for c in 2..18usize {
+            let at = c * CHUNK + 4096 * (1 + c % 14);
+            let got = pread(f, at as u64, 4096).unwrap();
+            assert!(got == big[at..at + 4096], "{what}: 4 KiB at {at}");
+        }
+        let read = agent_read_bytes(&m) - before;
+        // By chunks it would be 16 × 64 KiB.
+        assert!(
+            read < 4 * CHUNK as u64,
+            "{what}: the agent read {read} bytes for 16 reads of 4 KiB: not by blocks"
+        );
+    };
+    by_blocks(&f, "in memory");
+    drop(f);
+    m.ok(&["stop"]);
+    m.unlock();
+    let f = open_random(&m.at("big"));
+    // The first read also opens the header and the last chunk.
+    assert!(pread(&f, 8192, 100).unwrap() == big[8192..8292]);
+    by_blocks(&f, "from disk");
+    drop(f);
+    assert!(
+        !m.log()
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains("big")),
+        "tagging after the fact warned"
+    );
+}
+
+#[test]
 fn writes_past_max_file_size_fail_with_efbig_and_keep_the_old_version() {
     require_fuse!();
     let m = Mounted::unlocked_with(&format!("{TEST_CONFIG}max_file_size: 1MiB\n"));
