@@ -23,7 +23,7 @@
 use std::collections::HashSet;
 use std::fs::File;
 use std::hash::Hash;
-use std::sync::mpsc::{channel, Sender};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 
 use lockbox_crypto::seal::tags::BlockTags;
@@ -40,6 +40,11 @@ const NICENESS: i32 = 15;
 /// (a version asked for again is only tagged again).
 const MAX_REMEMBERED: usize = 4096;
 
+/// Jobs waiting at most: each holds an open store file and a payload key.
+/// A version asked for while the queue is full is not remembered, so a
+/// later read asks again.
+const MAX_QUEUED: usize = 64;
+
 /// One version to tag: `version` is the caller's key for it.
 pub(crate) struct Job<V> {
     pub version: V,
@@ -53,7 +58,7 @@ pub(crate) struct Job<V> {
 /// The queue of versions to tag and the thread that works it off. The
 /// thread ends when this is dropped.
 pub(crate) struct Retagger<V> {
-    tx: Mutex<Sender<Job<V>>>,
+    tx: Mutex<SyncSender<Job<V>>>,
     asked: Mutex<HashSet<V>>,
 }
 
@@ -65,7 +70,7 @@ impl<V: Hash + Eq + Clone + Send + 'static> Retagger<V> {
         keys: Arc<dyn Keys>,
         done: impl Fn(&V, Arc<BlockTags>) + Send + 'static,
     ) -> std::io::Result<Self> {
-        let (tx, rx) = channel::<Job<V>>();
+        let (tx, rx) = sync_channel::<Job<V>>(MAX_QUEUED);
         std::thread::Builder::new()
             .name("lockbox-retag".into())
             .spawn(move || {
@@ -91,20 +96,30 @@ impl<V: Hash + Eq + Clone + Send + 'static> Retagger<V> {
         self.asked.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
-    /// Queue `job`, unless its version was asked for before.
+    /// Queue `job`, unless its version was asked for before or the queue
+    /// is full; never waits.
     pub(crate) fn request(&self, job: Job<V>) {
-        {
-            let mut asked = self.asked.lock().unwrap_or_else(|e| e.into_inner());
-            if asked.len() >= MAX_REMEMBERED {
-                asked.clear();
-            }
-            if !asked.insert(job.version.clone()) {
-                return;
-            }
+        let mut asked = self.asked.lock().unwrap_or_else(|e| e.into_inner());
+        if asked.len() >= MAX_REMEMBERED {
+            asked.clear();
         }
-        let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
-        // The thread only ends with this value; nothing to do if it died.
-        let _ = tx.send(job);
+        if !asked.insert(job.version.clone()) {
+            return;
+        }
+        let version = job.version.clone();
+        let sent = self
+            .tx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .try_send(job);
+        match sent {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                asked.remove(&version);
+            }
+            // The thread only ends with this value; nothing to do if it died.
+            Err(TrySendError::Disconnected(_)) => {}
+        }
     }
 }
 
@@ -129,5 +144,123 @@ fn keep<V>(store: &Store, job: &Job<V>, tags: &BlockTags) {
         Ok(true) => tracing::debug!("{}: block tags made", job.name),
         Ok(false) => tracing::debug!("{}: block tags made for a version since replaced", job.name),
         Err(e) => tracing::debug!("{}: block tags not kept: {e}", job.name),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::SealTo;
+    use lockbox_crypto::seal::tags::TagKey;
+    use lockbox_crypto::AgeIdentity;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::mpsc::{channel, Receiver};
+    use std::time::Duration;
+
+    struct TestKeys {
+        id: Arc<AgeIdentity>,
+        key: Arc<TagKey>,
+        unlocked: AtomicBool,
+    }
+
+    impl Keys for TestKeys {
+        fn identity(&self) -> Option<Arc<AgeIdentity>> {
+            Some(self.id.clone())
+        }
+        fn is_unlocked(&self) -> bool {
+            self.unlocked.load(Ordering::SeqCst)
+        }
+        fn recipients(&self) -> Result<SealTo, String> {
+            Ok(SealTo::keys(vec![self.id.to_public()]))
+        }
+        fn tag_key(&self) -> Option<Arc<TagKey>> {
+            self.is_unlocked().then(|| self.key.clone())
+        }
+    }
+
+    type Done = Receiver<(u32, Arc<BlockTags>)>;
+
+    fn setup() -> (tempfile::TempDir, Store, Arc<TestKeys>, Retagger<u32>, Done) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = AgeIdentity::generate();
+        let keys = Arc::new(TestKeys {
+            key: Arc::new(TagKey::of(&id)),
+            id: Arc::new(id),
+            unlocked: AtomicBool::new(true),
+        });
+        let (tx, rx) = channel();
+        let done = Mutex::new(tx);
+        let retag = Retagger::start(store.clone(), keys.clone(), move |v: &u32, t| {
+            let _ = done.lock().unwrap().send((*v, t));
+        })
+        .unwrap();
+        (dir, store, keys, retag, rx)
+    }
+
+    fn job(store: &Store, keys: &TestKeys, version: u32, name: &str) -> Job<u32> {
+        let name = Name::new(name).unwrap();
+        let file = store.open_file(&name).unwrap();
+        let payload = Payload::open(&keys.id, &file).unwrap();
+        Job {
+            version,
+            name,
+            file: Arc::new(file),
+            payload: Arc::new(payload),
+        }
+    }
+
+    fn seal(store: &Store, keys: &TestKeys, name: &str, len: usize) {
+        let to = keys.recipients().unwrap();
+        let text = vec![7u8; len];
+        store
+            .seal(&Name::new(name).unwrap(), &text[..], &to, 1 << 30)
+            .unwrap();
+    }
+
+    const WAIT: Duration = Duration::from_secs(30);
+    const NONE: Duration = Duration::from_millis(300);
+
+    #[test]
+    fn a_version_is_tagged_once_and_kept_on_disk() {
+        let (dir, store, keys, retag, done) = setup();
+        seal(&store, &keys, "big", 300_000);
+        retag.request(job(&store, &keys, 1, "big"));
+        let (v, tags) = done.recv_timeout(WAIT).expect("tags made");
+        assert_eq!(v, 1);
+        assert_eq!(tags.plaintext_len(), 300_000);
+        // The done callback runs before the index is written: wait for it.
+        let index = dir.path().join("tags").join("big");
+        let on_disk = |want: &[u8]| std::fs::read(&index).is_ok_and(|b| b == want);
+        let deadline = std::time::Instant::now() + WAIT;
+        while !on_disk(&tags.encode()) {
+            assert!(std::time::Instant::now() < deadline, "no index on disk");
+            std::thread::yield_now();
+        }
+        // Asked again: nothing; after a lock's forgetting: again.
+        retag.request(job(&store, &keys, 1, "big"));
+        assert!(done.recv_timeout(NONE).is_err(), "tagged twice");
+        retag.forget_asked();
+        retag.request(job(&store, &keys, 1, "big"));
+        assert_eq!(done.recv_timeout(WAIT).expect("tags made again").0, 1);
+        // A file of one chunk gets none.
+        seal(&store, &keys, "small", 1000);
+        retag.request(job(&store, &keys, 2, "small"));
+        assert!(done.recv_timeout(NONE).is_err(), "a one-chunk file tagged");
+    }
+
+    #[test]
+    fn nothing_is_made_while_locked_and_a_lock_can_be_asked_again_after() {
+        let (dir, store, keys, retag, done) = setup();
+        seal(&store, &keys, "big", 300_000);
+        let j = job(&store, &keys, 1, "big");
+        keys.unlocked.store(false, Ordering::SeqCst);
+        retag.request(j);
+        assert!(done.recv_timeout(NONE).is_err(), "tagged while locked");
+        assert!(!dir.path().join("tags").join("big").exists());
+        keys.unlocked.store(true, Ordering::SeqCst);
+        retag.forget_asked();
+        retag.request(job(&store, &keys, 1, "big"));
+        assert_eq!(done.recv_timeout(WAIT).expect("tags after unlock").0, 1);
     }
 }
