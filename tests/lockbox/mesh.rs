@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::mount::{kill9, Mounted, AGE_MAGIC, MIB};
+use crate::mount::{kill9, open_random, pread, Mounted, AGE_MAGIC, MIB};
 use crate::util::{bin, mode, wait_until, Envoy};
 use crate::{require, require_fuse};
 
@@ -401,6 +401,37 @@ fn writes_replaces_and_renames_converge_on_every_envoy() {
         n.assert_store_sealed();
         // Every envoy's store holds the version sealed to all three.
         assert_eq!(n.recipients(), ALL, "{}", n.name);
+    }
+}
+
+#[test]
+fn a_received_version_gets_its_block_tags_at_its_first_small_read() {
+    require_fuse!();
+    let c = Circle::loopback(&ALL[..2]);
+    // 300 KiB: five chunks, 75 blocks. alpha seals it with its own tags.
+    let v = content("tagged", 300 * 1024);
+    fs::write(c.node("alpha").at("big"), &v).expect("write on alpha");
+    let bravo = c.node("bravo");
+    let stored = bravo.m.store().join("big");
+    wait_until(Duration::from_secs(30), || stored.exists()).expect("big reaches bravo");
+    let tags = bravo.m.e.state().join("tags").join("big");
+    assert!(!tags.exists(), "a received version comes without tags");
+
+    // Never read on bravo: the small read reaches its agent, goes by chunk
+    // and has the tags made.
+    let f = open_random(&bravo.at("big"));
+    assert!(pread(&f, 200_000, 100).unwrap() == v[200_000..200_100]);
+    wait_until(Duration::from_secs(30), || {
+        fs::metadata(&tags).is_ok_and(|m| m.len() == 64 + 16 * 75)
+    })
+    .expect("bravo made the block tags of the version it received");
+    let alpha = fs::read(c.node("alpha").m.e.state().join("tags").join("big"))
+        .expect("alpha's own seal kept tags");
+    let ours = fs::read(&tags).unwrap();
+    assert_eq!(alpha[8..48], ours[8..48], "same version (binding) and length");
+    assert_ne!(alpha[48..], ours[48..], "tags under bravo's own key");
+    for at in [4096u64, 70_000, 290_000] {
+        assert!(pread(&f, at, 4096).unwrap() == v[at as usize..at as usize + 4096]);
     }
 }
 

@@ -993,7 +993,7 @@ fn agent_read_bytes(m: &Mounted) -> u64 {
 }
 
 /// `count` bytes at `at` of an open file, read by one pread.
-fn pread(f: &fs::File, at: u64, count: usize) -> std::io::Result<Vec<u8>> {
+pub(crate) fn pread(f: &fs::File, at: u64, count: usize) -> std::io::Result<Vec<u8>> {
     use std::os::unix::fs::FileExt;
     let mut buf = vec![0u8; count];
     let n = f.read_at(&mut buf, at)?;
@@ -1003,7 +1003,7 @@ fn pread(f: &fs::File, at: u64, count: usize) -> std::io::Result<Vec<u8>> {
 
 /// A file of the mount opened for random reads: no read-ahead, so each
 /// pread reaches the agent as one request of its own size.
-fn open_random(p: &Path) -> fs::File {
+pub(crate) fn open_random(p: &Path) -> fs::File {
     let f = fs::File::open(p).unwrap();
     rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::Random).expect("posix_fadvise");
     f
