@@ -428,7 +428,11 @@ fn a_received_version_gets_its_block_tags_at_its_first_small_read() {
     let alpha = fs::read(c.node("alpha").m.e.state().join("tags").join("big"))
         .expect("alpha's own seal kept tags");
     let ours = fs::read(&tags).unwrap();
-    assert_eq!(alpha[8..48], ours[8..48], "same version (binding) and length");
+    assert_eq!(
+        alpha[8..48],
+        ours[8..48],
+        "same version (binding) and length"
+    );
     assert_ne!(alpha[48..], ours[48..], "tags under bravo's own key");
     for at in [4096u64, 70_000, 290_000] {
         assert!(pread(&f, at, 4096).unwrap() == v[at as usize..at as usize + 4096]);

@@ -1259,15 +1259,27 @@ fn writes_past_max_file_size_fail_with_efbig_and_keep_the_old_version() {
     ]);
     assert_eq!(fs::metadata(m.at("exact")).unwrap().len(), MIB as u64);
     assert_eq!(m.decrypt("exact"), vec![0u8; MIB]);
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .truncate(true)
-        .open(m.at("big"))
-        .unwrap();
-    file.write_all(&vec![7u8; MIB]).unwrap();
-    let err = file.write_all(b"!").unwrap_err();
-    assert_eq!(err.raw_os_error(), Some(libc::EFBIG), "{err}");
-    drop(file);
+    // A child process writes: a descriptor of this test process would be
+    // closed (flushed, so the 1 MiB sealed before the byte too many) by
+    // any child another test spawns meanwhile.
+    let script = "import errno, os, sys\n\
+        fd = os.open(sys.argv[1], os.O_WRONLY | os.O_TRUNC)\n\
+        d = memoryview(b'\\x07' * (1 << 20))\n\
+        while d:\n    d = d[os.write(fd, d):]\n\
+        for step in (lambda: os.write(fd, b'!'), lambda: os.close(fd)):\n\
+        \x20   try:\n        step()\n        print('ok')\n\
+        \x20   except OSError as e:\n        print(errno.errorcode[e.errno])\n";
+    let out = Command::new("python3")
+        .args(["-c", script, s(&m.at("big"))])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The byte too many, and the close (which seals nothing): EFBIG.
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "EFBIG\nEFBIG\n");
     assert_same(
         "big after a second EFBIG",
         &fs::read(m.at("big")).unwrap(),
