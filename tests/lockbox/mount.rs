@@ -169,6 +169,13 @@ impl Mounted {
     pub fn log(&self) -> String {
         fs::read_to_string(self.e.state().join("agent.log")).unwrap_or_default()
     }
+
+    /// Whether the agent logged a WARN that names `name`.
+    pub fn warned_about(&self, name: &str) -> bool {
+        self.log()
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains(name))
+    }
 }
 
 impl std::ops::Deref for Mounted {
@@ -970,10 +977,7 @@ fn tampered_ciphertext_reads_as_eio_and_never_as_garbage() {
     );
     let log = m.log();
     for name in ["single-chunk", "multi-chunk"] {
-        assert!(
-            log.lines().any(|l| l.contains("WARN") && l.contains(name)),
-            "a WARN names {name}:\n{log}"
-        );
+        assert!(m.warned_about(name), "a WARN names {name}:\n{log}");
     }
     assert!(!log.contains("SECRETONE") && !log.contains("SECRETMANY"));
     // Nothing else is disturbed.
@@ -1081,9 +1085,7 @@ fn small_reads_of_a_large_file_decrypt_blocks_and_fall_back_to_chunks() {
     }
     drop(f);
     assert!(
-        !m.log()
-            .lines()
-            .any(|l| l.contains("WARN") && l.contains("big")),
+        !m.warned_about("big"),
         "a damaged index is not a damaged file: no WARN"
     );
 
@@ -1111,10 +1113,7 @@ fn small_reads_of_a_large_file_decrypt_blocks_and_fall_back_to_chunks() {
     let other = ((bad_chunk + 1) % 16 * CHUNK) as u64 + 8192;
     assert!(pread(&f, other, 4096).unwrap() == big[other as usize..][..4096]);
     drop(f);
-    assert!(m
-        .log()
-        .lines()
-        .any(|l| l.contains("WARN") && l.contains("big")));
+    assert!(m.warned_about("big"), "damaged ciphertext: no WARN");
 
     // A new version sealed while locked has no tags; the old version's
     // tags put back (a crash, or a version from a peer) are told apart.
@@ -1210,12 +1209,7 @@ fn a_version_sealed_without_tags_is_tagged_at_its_first_small_read() {
     assert!(pread(&f, 8192, 100).unwrap() == big[8192..8292]);
     by_blocks(&f, "from disk");
     drop(f);
-    assert!(
-        !m.log()
-            .lines()
-            .any(|l| l.contains("WARN") && l.contains("big")),
-        "tagging after the fact warned"
-    );
+    assert!(!m.warned_about("big"), "tagging after the fact warned");
 }
 
 #[test]
