@@ -396,21 +396,34 @@ impl LockboxFs {
         })
     }
 
-    /// The session was locked: drop every decrypted chunk and every open
-    /// reader's key material. Staged writes stay (they are sealed at close).
+    /// The session was locked: drop every decrypted chunk, every open
+    /// reader's key material and the plaintext the kernel caches for the
+    /// mount's files, so that a reader open across the lock is refused too.
+    /// Staged writes stay (they are sealed at close). Must not be called
+    /// from a FUSE request thread.
     pub fn on_lock(&self) {
         lock(&self.cache).clear();
         lock(&self.tags).clear();
         self.retag.forget_asked();
-        let inner = lock(&self.inner);
-        for h in inner.handles.values() {
-            if let Handle::Reader { state, .. } = &**h {
-                let mut st = lock(state);
-                st.payload = None;
-                st.epoch += 1;
+        let inos: Vec<u64> = {
+            let inner = lock(&self.inner);
+            for h in inner.handles.values() {
+                if let Handle::Reader { state, .. } = &**h {
+                    let mut st = lock(state);
+                    st.payload = None;
+                    st.epoch += 1;
+                }
+            }
+            inner.nodes.keys().copied().collect()
+        };
+        self.warned_locked.store(false, Ordering::Relaxed);
+        // Outside the lock on the nodes: the kernel may wait, to drop a
+        // page, for a read that a FUSE thread is answering.
+        if let Some(notifier) = self.notifier.get() {
+            for ino in inos {
+                let _ = notifier.inval_inode(INodeNo(ino), 0, 0);
             }
         }
-        self.warned_locked.store(false, Ordering::Relaxed);
     }
 
     /// Give the file system the channel to tell the kernel about changes
