@@ -1050,7 +1050,7 @@ impl LockboxFs {
                     lock(&self.tags).put(*version, None);
                     // A stale or damaged index: make it again (a damaged
                     // file fails that, and its reads say so).
-                    self.retag(h, &file, &payload);
+                    self.ask_for_tags(h, &file, &payload);
                 }
                 Ok(None)
             }
@@ -1082,14 +1082,14 @@ impl LockboxFs {
             .map(Arc::new);
         lock(&self.tags).put(*version, tags.clone());
         if tags.is_none() {
-            self.retag(h, file, payload);
+            self.ask_for_tags(h, file, payload);
         }
         tags
     }
 
     /// Ask for the block tags of a reader's version, which has none that
     /// match (see [`crate::retag`]); its later small reads go by blocks.
-    fn retag(&self, h: &Handle, file: &Arc<File>, payload: &Arc<Payload>) {
+    fn ask_for_tags(&self, h: &Handle, file: &Arc<File>, payload: &Arc<Payload>) {
         if let Handle::Reader { name, version, .. } = h {
             self.retag.request(Job {
                 version: *version,
