@@ -1210,12 +1210,19 @@ fn a_version_sealed_without_tags_is_tagged_at_its_first_small_read() {
     by_blocks(&f, "in memory");
     drop(f);
     m.ok(&["stop"]);
+    let kept = fs::metadata(&index).unwrap().ino();
     m.unlock();
     let f = open_random(&m.at("big"));
     // The first read also opens the header and the last chunk.
     assert!(pread(&f, 8192, 100).unwrap() == big[8192..8292]);
     by_blocks(&f, "from disk");
     drop(f);
+    m.settle();
+    assert_eq!(
+        fs::metadata(&index).unwrap().ino(),
+        kept,
+        "the tags on disk were made again, not used"
+    );
     assert!(!m.warned_about("big"), "tagging after the fact warned");
 }
 
