@@ -17,7 +17,7 @@ use std::fs::File;
 use std::io::{self, Seek};
 use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
@@ -34,7 +34,7 @@ use lockbox_crypto::AgeIdentity;
 use crate::pages::Pages;
 use crate::retag::{Job, Retagger};
 use crate::store::{Pending, Seal, SealStream, SealTo, Sealed, Store};
-use crate::{Error, Name};
+use crate::{lock, Error, Name};
 
 /// How long the kernel may cache a name and its attributes. The agent is
 /// the store's only writer, and it tells the kernel of every change it
@@ -312,7 +312,17 @@ struct Inner {
     next_fh: u64,
     dirs: HashMap<u64, Vec<(u64, Name)>>,
     warned_damaged: HashSet<Version>,
+    /// Plaintext sizes of the store versions the mount has stat'ed or
+    /// sealed, so that a name whose node the kernel forgot (memory
+    /// pressure, `drop_caches`) or that was renamed (same version) is
+    /// stat'ed again without reading its header. Cleared when it reaches
+    /// [`MAX_SIZES`]; a miss only costs that read.
+    sizes: HashMap<Version, u64>,
 }
+
+/// Versions whose plaintext size [`Inner::sizes`] keeps (about 40 bytes
+/// each).
+const MAX_SIZES: usize = 1 << 16;
 
 /// The lockbox file system.
 pub struct LockboxFs {
@@ -328,11 +338,6 @@ pub struct LockboxFs {
     uid: u32,
     gid: u32,
     notifier: OnceLock<fuser::Notifier>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic in another FUSE thread must not wedge the whole mount.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn errno_of(e: &Error) -> Errno {
@@ -552,18 +557,81 @@ impl LockboxFs {
         }
         let name = name.ok_or(Errno::ENOENT)?;
         let meta = self.store.metadata(&name).map_err(|_| Errno::ENOENT)?;
-        let version = Version::of(&meta);
+        self.store_attr(ino, &name, cached, &meta)
+    }
+
+    /// Attributes of node `ino`, named `name`, whose store file has
+    /// metadata `meta`: the plaintext size comes from the node's cache, the
+    /// mount's [`Inner::sizes`], or else the file's header.
+    fn store_attr(
+        &self,
+        ino: u64,
+        name: &Name,
+        cached: Option<(Version, u64)>,
+        meta: &std::fs::Metadata,
+    ) -> Result<FileAttr, Errno> {
+        let version = Version::of(meta);
         let size = match cached {
             Some((v, size)) if v == version => size,
             _ => {
-                let size = self.store.entry(&name).map_err(|e| errno_of(&e))?.size;
-                if let Some(node) = lock(&self.inner).nodes.get_mut(&ino) {
-                    node.size_cache = Some((version, size));
-                }
+                let known = lock(&self.inner).sizes.get(&version).copied();
+                let size = match known {
+                    Some(size) => size,
+                    None => self.store.entry(name).map_err(|e| errno_of(&e))?.size,
+                };
+                self.remember_size(ino, version, size);
                 size
             }
         };
         Ok(self.file_attr(ino, size, meta.modified().unwrap_or(UNIX_EPOCH)))
+    }
+
+    /// Node `ino`'s store version `version` holds `size` bytes of plaintext.
+    fn remember_size(&self, ino: u64, version: Version, size: u64) {
+        let mut inner = lock(&self.inner);
+        if let Some(node) = inner.nodes.get_mut(&ino) {
+            node.size_cache = Some((version, size));
+        }
+        if inner.sizes.len() >= MAX_SIZES {
+            inner.sizes.clear();
+        }
+        inner.sizes.insert(version, size);
+    }
+
+    /// The node and attributes of `name`, for `lookup`: one `stat` of the
+    /// store file, whether the mount knew the name or not; an unknown
+    /// name gets a node only if the store has it.
+    fn lookup_attr(&self, name: &Name) -> Result<(u64, FileAttr), Errno> {
+        let known = lock(&self.inner).by_name.get(name).copied();
+        let (ino, attr) = match known {
+            Some(ino) => (ino, self.attr_of(ino)),
+            None => {
+                let meta = self.store.metadata(name).map_err(|e| errno_of(&e))?;
+                let (ino, fresh) = {
+                    let mut inner = lock(&self.inner);
+                    match inner.by_name.get(name) {
+                        // Made meanwhile (a create): ask it.
+                        Some(&ino) => (ino, false),
+                        None => (Self::add_node(&mut inner, name.clone(), None), true),
+                    }
+                };
+                let attr = if fresh {
+                    self.store_attr(ino, name, None, &meta)
+                } else {
+                    self.attr_of(ino)
+                };
+                (ino, attr)
+            }
+        };
+        match attr {
+            Ok(a) => Ok((ino, a)),
+            Err(e) => {
+                if e == Errno::ENOENT || known.is_none() {
+                    self.gone(name, ino);
+                }
+                Err(e)
+            }
+        }
     }
 
     /// The inode of `name`, allocating one if the store has the file.
@@ -584,9 +652,9 @@ impl LockboxFs {
     }
 
     /// [`LockboxFs::resolve`] without asking the store about a name that
-    /// has a node: for callers whose next step finds out anyway (`lookup`
-    /// stats the file, `rename` renames it) and then call
-    /// [`LockboxFs::gone`] if it is not there. One `stat` less each.
+    /// has a node: for a caller whose next step finds out anyway (`rename`
+    /// renames it) and then calls [`LockboxFs::gone`] if it is not there.
+    /// One `stat` less.
     fn resolve_known(&self, name: &Name) -> Result<u64, Errno> {
         if let Some(&ino) = lock(&self.inner).by_name.get(name) {
             return Ok(ino);
@@ -717,17 +785,17 @@ impl LockboxFs {
             Ok(Seal {
                 sealed,
                 tags,
+                metadata,
                 recorded,
             }) => {
                 st.dirty = false;
                 tracing::debug!("sealed {name} ({} bytes)", sealed.plaintext_len);
                 // The new version's plaintext size is known: `stat` after
                 // the release need not read its header.
-                if let Ok(meta) = self.store.metadata(&name) {
+                let metadata = metadata.map_or_else(|| self.store.metadata(&name), Ok);
+                if let Ok(meta) = metadata {
                     let version = Version::of(&meta);
-                    if let Some(n) = lock(&self.inner).nodes.get_mut(&ino) {
-                        n.size_cache = Some((version, sealed.plaintext_len));
-                    }
+                    self.remember_size(ino, version, sealed.plaintext_len);
                     self.prime_cache(version, &st.pages);
                     if tags.is_some() {
                         // Reading back what was just written needs no load.
@@ -1252,23 +1320,14 @@ impl Filesystem for Mounted {
             });
         };
         let fs = &self.0;
-        let ino = match fs.resolve_known(&name) {
-            Ok(i) => i,
-            Err(e) => return reply.error(e),
-        };
-        match fs.attr_of(ino) {
-            Ok(attr) => {
+        match fs.lookup_attr(&name) {
+            Ok((ino, attr)) => {
                 if let Some(n) = lock(&fs.inner).nodes.get_mut(&ino) {
                     n.lookups += 1;
                 }
                 reply.entry(&TTL, &attr, Generation(0))
             }
-            Err(e) => {
-                if e == Errno::ENOENT {
-                    fs.gone(&name, ino);
-                }
-                reply.error(e)
-            }
+            Err(e) => reply.error(e),
         }
     }
 
@@ -1474,6 +1533,9 @@ impl Filesystem for Mounted {
                 gone = n.size_cache.map(|(v, _)| v);
             }
             LockboxFs::maybe_drop(&mut inner, i);
+        }
+        if let Some(v) = &gone {
+            inner.sizes.remove(v);
         }
         drop(inner);
         if let Some(v) = gone {

@@ -8,6 +8,8 @@
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use crate::lock;
+
 /// A pending sync shared by the changes of one window.
 #[derive(Debug)]
 pub struct Grouped {
@@ -33,14 +35,14 @@ impl Grouped {
             .name(name.into())
             .spawn(move || loop {
                 {
-                    let mut dirty = g.dirty.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut dirty = lock(&g.dirty);
                     while !*dirty {
                         dirty = g.wake.wait(dirty).unwrap_or_else(|e| e.into_inner());
                     }
                 }
                 // Let more changes join this sync.
                 std::thread::sleep(window);
-                *g.dirty.lock().unwrap_or_else(|e| e.into_inner()) = false;
+                *lock(&g.dirty) = false;
                 sync();
             })?;
         Ok(group)
@@ -48,10 +50,7 @@ impl Grouped {
 
     /// A change happened: sync it within the window.
     pub fn mark(&self) {
-        let was = std::mem::replace(
-            &mut *self.dirty.lock().unwrap_or_else(|e| e.into_inner()),
-            true,
-        );
+        let was = std::mem::replace(&mut *lock(&self.dirty), true);
         // The thread waits only while nothing is marked: only the first mark
         // of a window needs to wake it (a wake is a futex call per change).
         if !was {
@@ -61,6 +60,6 @@ impl Grouped {
 
     /// The caller is about to sync everything itself: nothing is pending.
     pub fn clear(&self) {
-        *self.dirty.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        *lock(&self.dirty) = false;
     }
 }

@@ -28,9 +28,10 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::Duration;
 
+use crate::lock;
 use crate::meta::LocalStat;
 use crate::name::Name;
 use crate::store::Sealed;
@@ -86,10 +87,6 @@ pub(crate) struct Queue {
     delivering: Mutex<()>,
     /// False when the delivering thread could not be started.
     threaded: AtomicBool,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Queue {

@@ -68,6 +68,13 @@ pub enum Error {
     },
 }
 
+/// Lock `m`, going on past a poisoned lock: a panic in one FUSE or
+/// background thread must not wedge the whole mount, and every state these
+/// locks guard stays consistent between statements.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Make the calling thread at least `niceness` nice, for background work
 /// that should yield the CPU to the FUSE threads and their callers. On
 /// Linux the niceness is per thread: this one only (and never raised, for

@@ -34,7 +34,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use crate::grouped::Grouped;
 
 use crate::name::Name;
-use crate::Error;
+use crate::{lock, Error};
 
 const VERSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("versions");
 const LOCAL: TableDefinition<&[u8], &[u8]> = TableDefinition::new("local");
@@ -68,13 +68,17 @@ pub struct LocalStat {
 impl LocalStat {
     /// The stat of a store file.
     pub fn of(path: &Path) -> std::io::Result<LocalStat> {
+        std::fs::symlink_metadata(path).map(|m| LocalStat::from_metadata(&m))
+    }
+
+    /// The stat of a store file from its metadata.
+    pub fn from_metadata(m: &std::fs::Metadata) -> LocalStat {
         use std::os::unix::fs::MetadataExt;
-        let m = std::fs::symlink_metadata(path)?;
-        Ok(LocalStat {
+        LocalStat {
             ino: m.ino(),
             size: m.size(),
             mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
-        })
+        }
     }
 
     fn to_bytes(self) -> [u8; 24] {
@@ -326,10 +330,6 @@ pub struct Meta {
 
 fn db_err(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Meta(format!("{what}: {e}"))
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Write `entries` in one durable transaction.

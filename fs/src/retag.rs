@@ -30,7 +30,7 @@ use lockbox_crypto::seal::tags::BlockTags;
 use lockbox_crypto::seal::Payload;
 
 use crate::fuse::Keys;
-use crate::{Name, Store};
+use crate::{lock, Name, Store};
 
 /// The thread's niceness: it only speeds up later reads, so it yields the
 /// CPU to everything the user waits for.
@@ -93,13 +93,13 @@ impl<V: Hash + Eq + Clone + Send + 'static> Retagger<V> {
     /// Forget which versions were asked for (at a lock, which stops the
     /// work on them: after the next unlock they may be asked for again).
     pub(crate) fn forget_asked(&self) {
-        self.asked.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        lock(&self.asked).clear();
     }
 
     /// Queue `job`, unless its version was asked for before or the queue
     /// is full; never waits.
     pub(crate) fn request(&self, job: Job<V>) {
-        let mut asked = self.asked.lock().unwrap_or_else(|e| e.into_inner());
+        let mut asked = lock(&self.asked);
         if asked.len() >= MAX_REMEMBERED {
             asked.clear();
         }
@@ -107,11 +107,7 @@ impl<V: Hash + Eq + Clone + Send + 'static> Retagger<V> {
             return;
         }
         let version = job.version.clone();
-        let sent = self
-            .tx
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .try_send(job);
+        let sent = lock(&self.tx).try_send(job);
         match sent {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {

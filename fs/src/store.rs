@@ -26,7 +26,7 @@
 //! sealed without them ([`Store::attach_tags`], from `crate::retag`) are
 //! kept only while that version is still the name's.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -47,7 +47,7 @@ use crate::journal::{Event, Queue};
 use crate::meta::LocalStat;
 use crate::name::{Name, NameKind};
 use crate::offload::Offload;
-use crate::Error;
+use crate::{lock, Error};
 
 /// What the store says a file is (the seeds' auto-encrypt states).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -140,6 +140,13 @@ pub struct Store {
     tmp: PathBuf,
     /// Block tags of the store files (see the module doc).
     tags: PathBuf,
+    /// The names that have a file in `tags`, read from the folder at open
+    /// and kept in step by this store's changes, so that a rename or a
+    /// remove of a name without tags (every file of one chunk, most files)
+    /// costs no failing `rename` or `unlink`. A tags file this set misses
+    /// (written by another process) is at worst left behind, and is then
+    /// told apart by its binding like any stale index.
+    tagged: Arc<Mutex<HashSet<Name>>>,
     /// Where every change is queued for the journal, under `changes` (see
     /// [`crate::journal`]).
     journal: Option<Arc<Queue>>,
@@ -168,6 +175,10 @@ pub struct Seal<'a> {
     pub sealed: Sealed,
     /// The block tags written for it (also in `tags/<name>`).
     pub tags: Option<Arc<BlockTags>>,
+    /// The new version's file system metadata, when the seal had it at
+    /// hand (a seal waiting for its round): the mount's version check
+    /// then needs no `stat` of its own.
+    pub metadata: Option<fs::Metadata>,
     /// Its journal entry, made when this is dropped.
     pub recorded: Pending<'a>,
 }
@@ -275,10 +286,6 @@ struct WaitingFile {
     seq: u64,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// A complete, durable file in the store's temp folder, not yet in the
 /// store; removed when dropped unless [`Store::commit_staged`] took it.
 #[derive(Debug)]
@@ -357,6 +364,7 @@ impl Store {
             dir: state_dir.join("store"),
             tmp: state_dir.join("tmp"),
             tags: state_dir.join("tags"),
+            tagged: Arc::default(),
             journal: None,
             changes: Arc::new(Mutex::new(())),
             grouped: None,
@@ -367,6 +375,11 @@ impl Store {
         for d in [&store.dir, &store.tmp, &store.tags] {
             ensure_private_dir(d)?;
         }
+        let listed = fs::read_dir(&store.tags).map_err(|e| Error::io("read", &store.tags, e))?;
+        *lock(&store.tagged) = listed
+            .flatten()
+            .filter_map(|d| Name::from_os(&d.file_name()).ok())
+            .collect();
         Ok(store)
     }
 
@@ -628,7 +641,7 @@ impl Store {
     /// The change lock, without waiting for the journal (the store's own
     /// changes, which only queue their events).
     fn lock_changes(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.changes.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.changes)
     }
 
     /// Deliver every change queued for the journal, on this thread; when
@@ -776,6 +789,7 @@ impl Store {
         let dest = self.tags_path(name);
         fs::rename(&staged.path, &dest).map_err(|e| Error::io("rename into", &dest, e))?;
         staged.path = PathBuf::new();
+        lock(&self.tagged).insert(name.clone());
         Ok(())
     }
 
@@ -807,6 +821,9 @@ impl Store {
 
     /// Forget `name`'s block tags (a missing file is fine).
     fn drop_tags(&self, name: &Name) {
+        if !lock(&self.tagged).remove(name) {
+            return;
+        }
         let p = self.tags_path(name);
         match fs::remove_file(&p) {
             Ok(()) => {}
@@ -817,8 +834,14 @@ impl Store {
 
     /// `from`'s block tags become `to`'s (which lose theirs if `from` had none).
     fn move_tags(&self, from: &Name, to: &Name) {
+        if !lock(&self.tagged).remove(from) {
+            self.drop_tags(to);
+            return;
+        }
         match fs::rename(self.tags_path(from), self.tags_path(to)) {
-            Ok(()) => {}
+            Ok(()) => {
+                lock(&self.tagged).insert(to.clone());
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => self.drop_tags(to),
             Err(e) => {
                 tracing::debug!("cannot move the block tags of {from}: {e}");
@@ -978,10 +1001,11 @@ impl Store {
         };
         let (staged, (sealed, tags)) = self.stage_with(fill, false)?;
         let tags = self.keep_tags(name, tags);
-        let (sealed, recorded) = self.wait_staged(g, w, name, staged, seq, sealed);
+        let (sealed, metadata, recorded) = self.wait_staged(g, w, name, staged, seq, sealed);
         Ok(Seal {
             sealed,
             tags,
+            metadata,
             recorded,
         })
     }
@@ -996,9 +1020,10 @@ impl Store {
         mut staged: StagedFile,
         seq: u64,
         sealed: Sealed,
-    ) -> (Sealed, Pending<'_>) {
+    ) -> (Sealed, Option<fs::Metadata>, Pending<'_>) {
         let guard = self.lock_changes();
-        let stat = LocalStat::of(&staged.path).ok();
+        let metadata = fs::symlink_metadata(&staged.path).ok();
+        let stat = metadata.as_ref().map(LocalStat::from_metadata);
         let temp = std::mem::take(&mut staged.path);
         let older = lock(&w.files).insert(name.clone(), WaitingFile { temp, seq });
         if let Some(older) = older {
@@ -1006,7 +1031,7 @@ impl Store {
         }
         g.mark();
         let event = Event::Changed(name.clone(), Some(sealed.clone()), stat);
-        (sealed, self.pending(guard, event))
+        (sealed, metadata, self.pending(guard, event))
     }
 
     /// Start a seal to `recipients` whose plaintext comes in pieces
@@ -1037,19 +1062,21 @@ impl Store {
         let (staged, file, sealed, tags) = stream.finish()?;
         set_mtime_of(&file, mtime);
         let tags = self.keep_tags(name, tags);
-        let (sealed, recorded) = if let (Some(g), Some(w)) = (&self.grouped, &self.waiting) {
-            let seq = w.next.fetch_add(1, Ordering::Relaxed);
-            mark_complete(&file, seq, name);
-            self.wait_staged(g, w, name, staged, seq, sealed)
-        } else {
-            file.sync_all()
-                .map_err(|e| Error::io("sync", &staged.path, e))?;
-            let recorded = self.install_staged(name, staged, Some(sealed.clone()))?;
-            (sealed, recorded)
-        };
+        let (sealed, metadata, recorded) =
+            if let (Some(g), Some(w)) = (&self.grouped, &self.waiting) {
+                let seq = w.next.fetch_add(1, Ordering::Relaxed);
+                mark_complete(&file, seq, name);
+                self.wait_staged(g, w, name, staged, seq, sealed)
+            } else {
+                file.sync_all()
+                    .map_err(|e| Error::io("sync", &staged.path, e))?;
+                let recorded = self.install_staged(name, staged, Some(sealed.clone()))?;
+                (sealed, None, recorded)
+            };
         Ok(Seal {
             sealed,
             tags,
+            metadata,
             recorded,
         })
     }
@@ -1090,6 +1117,7 @@ impl Store {
         Ok(Seal {
             sealed,
             tags,
+            metadata: None,
             recorded,
         })
     }
@@ -2027,6 +2055,21 @@ mod tests {
         assert!(!tags_of("g").exists());
         store.sync_now().unwrap();
         assert_eq!(temps(&dir), 0, "no tags temp file is left behind");
+        // A store opened afresh knows the tags already on disk.
+        seal("k", &tagged, &text);
+        store.sync_now().unwrap();
+        let again = Store::open(dir.path()).unwrap();
+        again.rename(&n("k"), &n("m")).unwrap();
+        assert!(
+            !tags_of("k").exists(),
+            "left behind by a rename after a reopen"
+        );
+        assert!(check("m").is_some(), "m has k's tags");
+        again.remove(&n("m")).unwrap();
+        assert!(
+            !tags_of("m").exists(),
+            "left behind by a remove after a reopen"
+        );
 
         // Tags made after the fact are kept only for the current version,
         // whether it waits in the temp folder or is in place.

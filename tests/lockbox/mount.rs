@@ -1226,6 +1226,54 @@ fn a_version_sealed_without_tags_is_tagged_at_its_first_small_read() {
     assert!(!m.warned_about("big"), "tagging after the fact warned");
 }
 
+/// Make the kernel drop its unused dentries and inodes, the mount's
+/// included: it sends the agent a `FORGET` for each, and asks again
+/// (`LOOKUP`) at the next use of the name.
+fn drop_kernel_dentries() -> Result<(), String> {
+    fs::write("/proc/sys/vm/drop_caches", "2")
+        .map_err(|e| format!("cannot write /proc/sys/vm/drop_caches: {e} (needs root)"))
+}
+
+#[test]
+fn a_name_the_kernel_forgot_is_stated_again_without_reading_its_file() {
+    require_fuse!();
+    let dropped = drop_kernel_dentries();
+    require!(dropped.is_ok(), dropped.unwrap_err());
+    let m = Mounted::unlocked();
+    let sizes: Vec<usize> = (0..40).map(|i| 1000 + 37 * i).collect();
+    for (i, len) in sizes.iter().enumerate() {
+        fs::write(m.at(&format!("f{i}")), vec![b'x'; *len]).unwrap();
+    }
+    // One more, renamed after its seal: its version keeps its size.
+    fs::write(m.at("before"), vec![b'y'; 5555]).unwrap();
+    fs::rename(m.at("before"), m.at("after")).unwrap();
+    m.settle();
+    drop_kernel_dentries().unwrap();
+    let before = agent_read_bytes(&m);
+    for (i, len) in sizes.iter().enumerate() {
+        let md = fs::metadata(m.at(&format!("f{i}"))).unwrap();
+        assert_eq!(md.len(), *len as u64, "size of f{i}");
+    }
+    assert_eq!(fs::metadata(m.at("after")).unwrap().len(), 5555);
+    let read = agent_read_bytes(&m) - before;
+    // Each name costs the agent one LOOKUP request (a 40-byte head and the
+    // name) from /dev/fuse; reading a store file's header would add more
+    // than 1000 bytes (the header and the start of the ciphertext).
+    assert!(
+        read >= 41 * 40,
+        "the agent read {read} bytes: the kernel did not ask again, the test proves nothing"
+    );
+    assert!(
+        read < 41 * 200,
+        "the agent read {read} bytes to stat 41 files it had sealed: it read their headers"
+    );
+    // A version the agent never saw (sealed by another agent) is still
+    // sized from its header.
+    m.ok(&["stop"]);
+    m.unlock();
+    assert_eq!(fs::metadata(m.at("f3")).unwrap().len(), sizes[3] as u64);
+}
+
 #[test]
 fn writes_past_max_file_size_fail_with_efbig_and_keep_the_old_version() {
     require_fuse!();
