@@ -24,13 +24,16 @@ export LC_ALL=C
 
 usage() {
     cat <<'EOF'
-usage: sudo bash tests/bench/mount.sh [--quick] [--only LIST] [--out FILE]
+usage: sudo bash tests/bench/mount.sh [--quick] [--only LIST] [--reps N] [--rounds N] [--out FILE]
 
   --quick       256 MiB instead of 1 GiB, 500 instead of 2000 small files,
                 2000 instead of 10000 files for the idle-RSS measurement
   --only LIST   comma-separated subset of: plain,gocryptfs,lockbox
   --reps N      repetitions of every row, the table shows the median
                 (default 3; 1 with --quick)
+  --rounds N    runs of the random-read and small-file rows within each
+                repetition (default 5; 1 with --quick): they take a
+                second or less each, so one run is mostly noise
   --out FILE    also write the result tables (markdown) to FILE
   -h, --help    this help
 
@@ -40,6 +43,7 @@ EOF
 
 QUICK=0
 REPS=""
+ROUNDS=""
 ONLY="plain,gocryptfs,lockbox"
 OUT=""
 while [ $# -gt 0 ]; do
@@ -51,6 +55,9 @@ while [ $# -gt 0 ]; do
         --reps) [ $# -ge 2 ] && [[ "$2" =~ ^[1-9][0-9]*$ ]] ||
                     { echo "mount.sh: --reps needs a positive number" >&2; exit 2; }
                 REPS="$2"; shift ;;
+        --rounds) [ $# -ge 2 ] && [[ "$2" =~ ^[1-9][0-9]*$ ]] ||
+                    { echo "mount.sh: --rounds needs a positive number" >&2; exit 2; }
+                ROUNDS="$2"; shift ;;
         --out) [ $# -ge 2 ] || { echo "mount.sh: --out needs a file" >&2; exit 2; }
                OUT="$2"; shift ;;
         --out=*) OUT="${1#--out=}" ;;
@@ -73,9 +80,9 @@ done
 want() { local t; for t in "${TARGETS[@]}"; do [ "$t" = "$1" ] && return 0; done; return 1; }
 
 if [ "$QUICK" = 1 ]; then
-    BIG_MIB=256; SMALL_FILES=500; RSS_FILES=2000; REPS="${REPS:-1}"
+    BIG_MIB=256; SMALL_FILES=500; RSS_FILES=2000; REPS="${REPS:-1}"; ROUNDS="${ROUNDS:-1}"
 else
-    BIG_MIB=1024; SMALL_FILES=2000; RSS_FILES=10000; REPS="${REPS:-3}"
+    BIG_MIB=1024; SMALL_FILES=2000; RSS_FILES=10000; REPS="${REPS:-3}"; ROUNDS="${ROUNDS:-5}"
 fi
 RANDOM_READS=1000
 SEED=20240601
@@ -300,8 +307,20 @@ def table(res_path, targets, big_mib, small_n, rand_n, rss_n, out):
         ("random_read", "%d random 4 KiB preads in the %s file, cold cache" % (rand_n, size), "reads/s", "%.0f"),
     ]
     L = []
-    L.append("| measurement | unit | plain | gocryptfs | lockbox | lockbox/gocryptfs | lockbox/plain | target |")
-    L.append("|---|---|--:|--:|--:|--:|--:|---|")
+    def ahead(k):
+        # Runs are paired by their place in the run order: the n-th run of
+        # a row on lockbox and on gocryptfs belong to the same repetition
+        # and round, a few seconds apart.
+        try:
+            lb = [float(v) for v in V[("lockbox", k)]]
+            gc = [float(v) for v in V[("gocryptfs", k)]]
+        except (KeyError, ValueError):
+            return "–"
+        if len(lb) != len(gc):
+            return "–"
+        return "%d/%d" % (sum(a > b for a, b in zip(lb, gc)), len(lb))
+    L.append("| measurement | unit | plain | gocryptfs | lockbox | lockbox/gocryptfs | lockbox ahead (runs) | lockbox/plain | target |")
+    L.append("|---|---|--:|--:|--:|--:|--:|--:|---|")
     for k, label, unit, fmt in rows:
         lb, gc, pl = num("lockbox", k), num("gocryptfs", k), num("plain", k)
         r_gc = lb / gc if lb is not None and gc else None
@@ -313,9 +332,10 @@ def table(res_path, targets, big_mib, small_n, rand_n, rss_n, out):
             marks.append("≥ 50 % plain: " + ("ok" if r_pl >= 0.5 else "**MISS**"))
         if not marks:
             marks.append("≥ gocryptfs" + ("; ≥ 50 % plain" if k == "seq_read" else "") + " (not measured)")
-        L.append("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
+        L.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
             label, unit, cell("plain", k, fmt), cell("gocryptfs", k, fmt), cell("lockbox", k, fmt),
             "%.2f" % r_gc if r_gc is not None else "–",
+            ahead(k),
             "%.2f" % r_pl if r_pl is not None else "–",
             "; ".join(marks)))
     if R.get(("lockbox", "store_check")) == "BAD":
@@ -540,25 +560,32 @@ rows() {  # one repetition of the rows for one target
         log "$t: read FAILED: $(tr '\n' ' ' <"$WORK/dd.err")"; record "$t" seq_read ERR
     fi
 
-    log "$t (rep $rep/$REPS): $RANDOM_READS random 4 KiB reads, cold cache"
-    settle
-    if out="$("$PYTHON" "$PY" rand "$big" "$RANDOM_READS" "$SEED" 2>"$WORK/py.err")"; then
-        printf '%s\n' "$out" | sed "s/^/$t\t/" >>"$RES"
-    else
-        log "$t: random reads FAILED: $(tail -n 2 "$WORK/py.err" | tr '\n' ' ')"; record "$t" random_read ERR
-    fi
+    # Each round reads other offsets (its own seed), so that lockbox's
+    # cache of decrypted chunks, which drop_caches does not empty, serves
+    # at most the few that the rounds share.
+    for round in $(seq "$ROUNDS"); do
+        log "$t (rep $rep/$REPS, round $round/$ROUNDS): $RANDOM_READS random 4 KiB reads, cold cache"
+        settle
+        if out="$("$PYTHON" "$PY" rand "$big" "$RANDOM_READS" "$((SEED + round - 1))" 2>"$WORK/py.err")"; then
+            printf '%s\n' "$out" | sed "s/^/$t\t/" >>"$RES"
+        else
+            log "$t: random reads FAILED: $(tail -n 2 "$WORK/py.err" | tr '\n' ' ')"; record "$t" random_read ERR
+        fi
+    done
     rm -f "$big" || log "$t: rm of the big file failed"
 
-    log "$t (rep $rep/$REPS): $SMALL_FILES small files: create / stat / read / rename / delete"
-    settle
-    if out="$("$PYTHON" "$PY" small "$DIR" "$SMALL_FILES" 2>"$WORK/py.err")"; then
-        printf '%s\n' "$out" | sed "s/^/$t\t/" >>"$RES"
-    else
-        log "$t: small files FAILED: $(tail -n 2 "$WORK/py.err" | tr '\n' ' ')"
-        # rm what is left so that the next repetition starts clean
-        find "$DIR" -maxdepth 1 -type f \( -name 'small-*' -o -name 'moved-*' \) -delete 2>/dev/null || true
-        for k in create stat read rename delete; do record "$t" "small_$k" ERR; done
-    fi
+    for round in $(seq "$ROUNDS"); do
+        log "$t (rep $rep/$REPS, round $round/$ROUNDS): $SMALL_FILES small files: create / stat / read / rename / delete"
+        settle
+        if out="$("$PYTHON" "$PY" small "$DIR" "$SMALL_FILES" 2>"$WORK/py.err")"; then
+            printf '%s\n' "$out" | sed "s/^/$t\t/" >>"$RES"
+        else
+            log "$t: small files FAILED: $(tail -n 2 "$WORK/py.err" | tr '\n' ' ')"
+            # rm what is left so that the next round starts clean
+            find "$DIR" -maxdepth 1 -type f \( -name 'small-*' -o -name 'moved-*' \) -delete 2>/dev/null || true
+            for k in create stat read rename delete; do record "$t" "small_$k" ERR; done
+        fi
+    done
 }
 
 idle_rss_with_files() {  # fresh daemon, RSS_FILES small files created through it, then idle
@@ -583,7 +610,7 @@ idle_rss_with_files() {  # fresh daemon, RSS_FILES small files created through i
     echo
     echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo "- command: bash tests/bench/mount.sh $ORIG_ARGS"
-    echo "- repetitions: $REPS (rows show the median; targets interleaved within each repetition)"
+    echo "- repetitions: $REPS, with $ROUNDS rounds of the random-read and small-file rows in each (rows show the median of all runs; targets interleaved within each repetition)"
     echo "- machine: $(nproc) cores, $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo) RAM, kernel $(uname -r)"
     echo "- bench dir: $WORK ($(df -PT "$WORK" | awk 'NR == 2 { print $2 " on " $1 }'))"
     if want gocryptfs; then echo "- gocryptfs: $(gocryptfs -version 2>/dev/null | head -n 1)"; fi
