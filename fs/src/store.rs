@@ -234,11 +234,9 @@ fn set_mtime_of(file: &File, t: SystemTime) {
 /// Without extended attributes on the store's file system a waiting seal
 /// dies with the agent, as it would with the machine; that is said once.
 fn mark_complete(file: &File, seq: u64, name: &Name) {
-    let Some(boot) = boot_id() else {
+    let Some(v) = seal_mark(seq, name) else {
         return;
     };
-    let mut v = format!("{boot}\n{seq}\n").into_bytes();
-    v.extend_from_slice(name.as_bytes());
     if let Err(e) = rustix::fs::fsetxattr(file, SEAL_XATTR, &v, rustix::fs::XattrFlags::empty()) {
         static SAID: AtomicBool = AtomicBool::new(false);
         if !SAID.swap(true, Ordering::Relaxed) {
@@ -248,6 +246,15 @@ fn mark_complete(file: &File, seq: u64, name: &Name) {
             );
         }
     }
+}
+
+/// The value of [`SEAL_XATTR`] for seal number `seq` of `name` in this
+/// boot (none if the boot has no id).
+fn seal_mark(seq: u64, name: &Name) -> Option<Vec<u8>> {
+    let boot = boot_id()?;
+    let mut v = format!("{boot}\n{seq}\n").into_bytes();
+    v.extend_from_slice(name.as_bytes());
+    Some(v)
 }
 
 /// The number and name of the complete seal `path` holds, if it was
@@ -569,6 +576,47 @@ impl Store {
         self.dir_changed()
     }
 
+    /// Under the change lock: rename `from`, which exists only as a seal
+    /// waiting for its round, to `to` without a sync: the seal waits on as
+    /// `to`'s newest version (its temp file marked with the new name, for
+    /// a restart after a kill), and its round puts it in place over `to`'s
+    /// older file. This is how editors and `rsync` replace a file: write a
+    /// temp file, close it, rename it over the target; installing the temp
+    /// first would cost each of them an `fdatasync`. Until the round, a
+    /// crash keeps both names as they were before the temp file was made
+    /// (the create and the rename both undone), which the window allows.
+    /// `false`, nothing done, if `from` has no waiting seal or also a file
+    /// in the store, which must leave the name with the rename.
+    fn pass_waiting_locked(&self, from: &Name, to: &Name) -> Result<bool, Error> {
+        let (Some(g), Some(w)) = (&self.grouped, &self.waiting) else {
+            return Ok(false);
+        };
+        let mut files = lock(&w.files);
+        let Some(temp) = files.get(from).map(|f| f.temp.clone()) else {
+            return Ok(false);
+        };
+        if self.path_of(from).symlink_metadata().is_ok() {
+            return Ok(false);
+        }
+        // `to`'s own waiting seal goes first, so that a restart never finds
+        // it beside the one passed to it; the passed one gets a new number,
+        // the newest of `to`'s.
+        if let Some(old) = files.remove(to) {
+            remove_leftover(&old.temp);
+        }
+        let seq = w.next.fetch_add(1, Ordering::Relaxed);
+        if let Some(mark) = seal_mark(seq, to) {
+            rustix::fs::setxattr(&temp, SEAL_XATTR, &mark, rustix::fs::XattrFlags::empty())
+                .map_err(|e| Error::io("mark", &temp, e.into()))?;
+        }
+        files.remove(from);
+        files.insert(to.clone(), WaitingFile { temp, seq });
+        drop(files);
+        self.move_tags(from, to);
+        g.mark();
+        Ok(true)
+    }
+
     /// Under the change lock: forget `name`'s waiting seal, as a newer
     /// change of the name replaced it. Returns whether there was one.
     fn drop_waiting_locked(&self, name: &Name) -> bool {
@@ -735,9 +783,14 @@ impl Store {
     }
 
     /// Rename `from` to `to`; the caller holds [`Store::change_lock`] (no
-    /// journal). A seal of `from` still waiting is put in place first; one
-    /// of `to` is dropped, as the rename replaces it.
+    /// journal). A seal of `from` still waiting becomes `to`'s if `from`
+    /// has no older file in the store ([`Store::pass_waiting_locked`]);
+    /// otherwise it is put in place first. One of `to` is dropped, as the
+    /// rename replaces it.
     pub fn rename_locked(&self, from: &Name, to: &Name) -> Result<(), Error> {
+        if from != to && self.pass_waiting_locked(from, to)? {
+            return Ok(());
+        }
         self.install_locked(from)?;
         let (a, b) = (self.path_of(from), self.path_of(to));
         // As in `commit_staged`: a replaced seal goes before the rename
@@ -925,6 +978,12 @@ impl Store {
         let n = rustix::fs::getxattr(self.path_of(name), RECORD_XATTR, &mut buf[..]).ok()?;
         buf.truncate(n);
         Some(buf)
+    }
+
+    /// The [`LocalStat`] of `name`'s newest bytes (a seal still waiting,
+    /// or its store file); `None` if it has none or they cannot be read.
+    pub fn local_stat(&self, name: &Name) -> Option<LocalStat> {
+        self.at_current(name, |p| LocalStat::of(p).ok())
     }
 
     /// Whether the store holds `name`.
@@ -1203,7 +1262,7 @@ impl Store {
     pub fn rename_pending(&self, from: &Name, to: &Name) -> Result<Pending<'_>, Error> {
         let guard = self.lock_changes();
         self.rename_locked(from, to)?;
-        let stat = LocalStat::of(&self.path_of(to)).ok();
+        let stat = self.local_stat(to);
         Ok(self.pending(guard, Event::Renamed(from.clone(), to.clone(), stat)))
     }
 
@@ -2148,12 +2207,58 @@ mod tests {
     fn changes_of_a_waiting_name_act_on_its_newest_seal() {
         let (dir, store, id) = grouped();
         let to = SealTo::keys(vec![id.to_public()]);
-        // Renaming a waiting seal puts it in place first.
+        let ino_of =
+            |name: &str| fs::metadata(dir.path().join("store").join(name)).map(|m| m.ino());
+        let log = Arc::new(Log::default());
+        let store = store.with_journal(log.clone());
+        // Renaming a name that is only a waiting seal (a temp file written,
+        // closed and renamed over its target, as editors and rsync do)
+        // passes the seal on, without a sync; the round puts it in place.
         seal_later(&store, &id, "a", b"new a");
+        let temp_ino = store.local_stat(&n("a")).unwrap().ino;
         store.rename(&n("a"), &n("b")).unwrap();
         assert!(!store.contains(&n("a")));
         assert_eq!(read(&store, &id, "b"), b"new a");
+        assert_eq!(temps(&dir), 1, "still waiting, now as b's");
+        assert!(ino_of("b").is_err(), "put in place before its round");
+        assert_eq!(
+            log.entries().last().unwrap(),
+            &format!("renamed a b ino={temp_ino}"),
+            "the journal has the waiting file's stat"
+        );
+        store.sync_now().unwrap();
         assert_eq!(temps(&dir), 0);
+        assert_eq!(ino_of("b").unwrap(), temp_ino);
+        assert_eq!(read(&store, &id, "b"), b"new a");
+        // Over a name with a file in the store, which stays until the round.
+        store
+            .seal(&n("t"), Cursor::new(b"old t"), &to, 100)
+            .unwrap();
+        let old_t = ino_of("t").unwrap();
+        seal_later(&store, &id, "t.swp", b"new t");
+        store.rename(&n("t.swp"), &n("t")).unwrap();
+        assert_eq!(read(&store, &id, "t"), b"new t");
+        assert_eq!(
+            ino_of("t").unwrap(),
+            old_t,
+            "the old file went before the round"
+        );
+        store.sync_now().unwrap();
+        assert_eq!(read(&store, &id, "t"), b"new t");
+        assert_ne!(ino_of("t").unwrap(), old_t);
+        assert!(!store.contains(&n("t.swp")));
+        // A waiting seal of a name that also has a file in the store is put
+        // in place first: the old file must leave the name with it.
+        store
+            .seal(&n("g"), Cursor::new(b"old g"), &to, 100)
+            .unwrap();
+        seal_later(&store, &id, "g", b"new g");
+        store.rename(&n("g"), &n("h")).unwrap();
+        assert!(ino_of("h").is_ok() && ino_of("g").is_err());
+        assert_eq!(read(&store, &id, "h"), b"new g");
+        assert_eq!(temps(&dir), 0);
+        store.remove(&n("h")).unwrap();
+        store.remove(&n("t")).unwrap();
         // Removing a name removes its installed file and its waiting seal.
         store
             .seal(&n("c"), Cursor::new(b"old c"), &to, 100)
@@ -2247,6 +2352,13 @@ mod tests {
         seal_later(&store, &id, "kept", b"closed, not yet synced");
         seal_later(&store, &id, "new", b"brand new");
         seal_later(&store, &id, "new", b"brand new, second close");
+        // A temp file closed and renamed over its target: its seal waits
+        // under the target's name.
+        store
+            .seal(&n("target"), Cursor::new(b"target's old"), &to, 100)
+            .unwrap();
+        seal_later(&store, &id, "target~", b"target's new");
+        store.rename(&n("target~"), &n("target")).unwrap();
         // A partial temp of a seal in progress, and a complete one from an
         // earlier boot (its bytes may be torn by the power loss).
         fs::write(
@@ -2279,12 +2391,16 @@ mod tests {
             );
             assert_eq!(read(&again, &id, "kept"), b"old");
             assert!(!again.contains(&n("new")));
+            assert_eq!(read(&again, &id, "target"), b"target's old");
+            assert!(!again.contains(&n("target~")));
             return;
         }
-        assert_eq!(done.recovered, vec![n("kept"), n("new")]);
+        assert_eq!(done.recovered, vec![n("kept"), n("new"), n("target")]);
         assert_eq!(done.removed, 2);
         assert_eq!(read(&again, &id, "kept"), b"closed, not yet synced");
         assert_eq!(read(&again, &id, "new"), b"brand new, second close");
+        assert_eq!(read(&again, &id, "target"), b"target's new");
+        assert!(!again.contains(&n("target~")));
         let p = dir.path().join("store/new");
         assert!(
             rustix::fs::getxattr(&p, SEAL_XATTR, &mut [0u8; 512][..]).is_err(),

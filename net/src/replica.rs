@@ -980,7 +980,7 @@ impl Replica {
                             ops.push(Op::PutVersion {
                                 name: copy.clone(),
                                 record: cur.to_bytes(),
-                                stat: LocalStat::of(&self.store.path_of(&copy)).ok(),
+                                stat: self.store.local_stat(&copy),
                             });
                             touched.push(copy);
                         }
@@ -997,7 +997,7 @@ impl Replica {
         ops.push(Op::PutVersion {
             name: target.clone(),
             record: rec.to_bytes(),
-            stat: LocalStat::of(&self.store.path_of(&target)).ok(),
+            stat: self.store.local_stat(&target),
         });
         self.meta.apply(&ops).map_err(internal)?;
         // The kernel is told after the lock is released: an invalidation can
@@ -1362,7 +1362,7 @@ impl Replica {
         self.store
             .commit_staged(staged, name)
             .map_err(|e| e.to_string())?;
-        let stat = LocalStat::of(&self.store.path_of(name)).ok();
+        let stat = self.store.local_stat(name);
         self.record_local(name, Some(&sealed), None, Some(rec.body()), stat)?;
         drop(_guard);
         self.remote_changed(name);

@@ -344,12 +344,18 @@ fn a_stale_mount_is_cleaned_up_by_the_next_agent() {
 /// it, before the grouped sync put the seal in place: the next start finds
 /// the complete seal waiting in the temp folder (same boot, so its bytes
 /// are whole) and puts it in place. The store then holds only complete age
-/// files and every name its last closed content.
+/// files and every name its last closed content. So is a `rename(2)` that
+/// returned of such a file over its target (how editors and rsync save),
+/// whose seal waits under the target's name.
 #[test]
 fn files_closed_just_before_a_sigkill_are_kept() {
     require_fuse!();
     let m = Mounted::unlocked();
     fs::write(m.at("edited"), b"first version").unwrap();
+    let saved: Vec<String> = (0..10).map(|i| format!("saved-{i}")).collect();
+    for name in &saved {
+        fs::write(m.at(name), format!("{name}, old")).unwrap();
+    }
     m.settle();
     let files: Vec<(String, Vec<u8>)> = (0..40)
         .map(|i| {
@@ -363,6 +369,11 @@ fn files_closed_just_before_a_sigkill_are_kept() {
         fs::write(m.at(name), content).unwrap();
     }
     fs::write(m.at("edited"), b"second version").unwrap();
+    for name in &saved {
+        let temp = format!(".{name}.tmp");
+        fs::write(m.at(&temp), format!("{name}, new")).unwrap();
+        fs::rename(m.at(&temp), m.at(name)).unwrap();
+    }
     let waiting = names(&m.tmp()).len();
     kill9(m.agent_pid().expect("agent pid"));
     eprintln!("{waiting} seal(s) were waiting in ~/.lockbox/tmp just before the kill");
@@ -376,4 +387,17 @@ fn files_closed_just_before_a_sigkill_are_kept() {
     }
     assert_eq!(fs::read(m.at("edited")).unwrap(), b"second version");
     assert_eq!(m.decrypt("edited"), b"second version");
+    for name in &saved {
+        assert_eq!(
+            fs::read(m.at(name)).unwrap(),
+            format!("{name}, new").as_bytes()
+        );
+        assert_eq!(m.decrypt(name), format!("{name}, new").as_bytes());
+    }
+    let left: Vec<String> = fs::read_dir(&m.mnt)
+        .unwrap()
+        .map(|d| d.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(left.is_empty(), "temp names came back: {left:?}");
 }
