@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""Per-operation cost of a FUSE daemon on the small-file rows.
+
+    python3 tests/bench/per_op.py DIR PID [--files N] [--pause S] [--cycles K]
+
+Runs the mount benchmark's small-file cycle (N files of 4 KiB created,
+stat'ed, read, renamed and deleted by this one process) in DIR, K times,
+and prints for each phase the rate and the CPU time the daemon PID spent
+per operation, summed over its threads and split by thread name (from
+/proc/PID/task/*/schedstat, in nanoseconds; thread names lose their
+trailing numbers, so lockbox's fuser-0..3 count as one "fuser").
+
+--pause S sleeps S seconds between the creates and the stats: with it,
+the stat phase no longer overlaps what the daemon does right after a
+burst of creates (lockbox's last grouped-sync round; see
+docs/benchmarks.md, "The runs of 2026-12-06").
+
+The cycle does not drop caches; run `sync; echo 3 >
+/proc/sys/vm/drop_caches` between invocations for cold starts. The
+daemon's pid: `cat ~/.lockbox/agent.lock` for lockbox, `pgrep gocryptfs`.
+"""
+
+import argparse
+import collections
+import glob
+import os
+import re
+import sys
+import time
+
+
+def daemon_cpu(pid):
+    """CPU nanoseconds per thread name of process `pid`."""
+    by_name = collections.Counter()
+    for stat in glob.glob("/proc/%d/task/*/schedstat" % pid):
+        try:
+            with open(stat) as f:
+                ns = int(f.read().split()[0])
+            with open(stat[: -len("schedstat")] + "comm") as f:
+                name = re.sub(r"-?[0-9]+$", "", f.read().strip()) or "?"
+        except (OSError, ValueError, IndexError):
+            continue  # a thread that ended meanwhile
+        by_name[name] += ns
+    return by_name
+
+
+def phases(d, n):
+    """The small-file cycle's phases in order, as (name, function)."""
+    data = os.urandom(4096)
+    names = [os.path.join(d, "per-op-%06d" % i) for i in range(n)]
+    moved = [os.path.join(d, "per-op-moved-%06d" % i) for i in range(n)]
+
+    def create():
+        for p in names:
+            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                if os.write(fd, data) != len(data):
+                    raise OSError("short write on %s" % p)
+            finally:
+                os.close(fd)
+
+    def stat():
+        for p in names:
+            if os.stat(p).st_size != len(data):
+                raise OSError("stat %s: wrong size" % p)
+
+    def read():
+        for p in names:
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                if os.read(fd, len(data) + 1) != data:
+                    raise OSError("read %s: wrong content" % p)
+            finally:
+                os.close(fd)
+
+    def rename():
+        for a, b in zip(names, moved):
+            os.rename(a, b)
+
+    def delete():
+        for p in moved:
+            os.unlink(p)
+
+    return [("create", create), ("stat", stat), ("read", read),
+            ("rename", rename), ("delete", delete)]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("dir", help="the mount (or folder) to work in")
+    ap.add_argument("pid", type=int, help="the daemon's process id")
+    ap.add_argument("--files", type=int, default=2000)
+    ap.add_argument("--pause", type=float, default=0.0,
+                    help="seconds between the creates and the stats")
+    ap.add_argument("--cycles", type=int, default=1)
+    a = ap.parse_args()
+    if not os.path.isdir("/proc/%d/task" % a.pid):
+        sys.exit("per_op.py: no process %d" % a.pid)
+    if a.files < 1 or a.cycles < 1 or a.pause < 0:
+        sys.exit("per_op.py: --files and --cycles must be positive, --pause not negative")
+    for c in range(a.cycles):
+        out = []
+        for name, run in phases(a.dir, a.files):
+            if name == "stat" and a.pause:
+                time.sleep(a.pause)
+            before = daemon_cpu(a.pid)
+            t = time.perf_counter()
+            run()
+            secs = time.perf_counter() - t
+            after = daemon_cpu(a.pid)
+            per = {k: (after[k] - before.get(k, 0)) / a.files / 1000.0
+                   for k in after if after[k] > before.get(k, 0)}
+            out.append("%-6s %7.0f/s %6.1f µs (%s)" % (
+                name, a.files / secs, sum(per.values()),
+                " ".join("%s=%.0f" % kv for kv in sorted(per.items()))))
+        print("cycle %d/%d" % (c + 1, a.cycles))
+        for line in out:
+            print("  " + line)
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
