@@ -184,8 +184,9 @@ struct Node {
     lookups: u64,
     open: u32,
     staged: Option<Arc<Mutex<Staged>>>,
-    /// Plaintext size of a store version, to answer `stat` without a key.
-    size_cache: Option<(Version, u64)>,
+    /// Its store version as last stat'ed or sealed: whose plaintext size
+    /// (in [`Inner::sizes`]) and block tags to forget when it is unlinked.
+    version: Option<Version>,
 }
 
 enum Handle {
@@ -444,8 +445,12 @@ impl LockboxFs {
         let ino = {
             let mut inner = lock(&self.inner);
             let ino = inner.by_name.get(name).copied();
-            if let Some(n) = ino.and_then(|i| inner.nodes.get_mut(&i)) {
-                n.size_cache = None;
+            // Its size is read from the header again.
+            let seen = ino
+                .and_then(|i| inner.nodes.get_mut(&i))
+                .and_then(|n| n.version.take());
+            if let Some(v) = seen {
+                inner.sizes.remove(&v);
             }
             ino
         };
@@ -544,10 +549,10 @@ impl LockboxFs {
         if ino == ROOT {
             return Ok(self.root_attr());
         }
-        let (name, staged, cached) = {
+        let (name, staged) = {
             let inner = lock(&self.inner);
             let node = inner.nodes.get(&ino).ok_or(Errno::ENOENT)?;
-            (node.name.clone(), node.staged.clone(), node.size_cache)
+            (node.name.clone(), node.staged.clone())
         };
         if let Some(s) = staged {
             let s = lock(&s);
@@ -557,28 +562,31 @@ impl LockboxFs {
         }
         let name = name.ok_or(Errno::ENOENT)?;
         let meta = self.store.metadata(&name).map_err(|_| Errno::ENOENT)?;
-        self.store_attr(ino, &name, cached, &meta)
+        self.store_attr(ino, &name, &meta)
     }
 
     /// Attributes of node `ino`, named `name`, whose store file has
-    /// metadata `meta`: the plaintext size comes from the node's cache, the
-    /// mount's [`Inner::sizes`], or else the file's header.
+    /// metadata `meta`: the plaintext size comes from the mount's
+    /// [`Inner::sizes`], or else the file's header.
     fn store_attr(
         &self,
         ino: u64,
         name: &Name,
-        cached: Option<(Version, u64)>,
         meta: &std::fs::Metadata,
     ) -> Result<FileAttr, Errno> {
         let version = Version::of(meta);
-        let size = match cached {
-            Some((v, size)) if v == version => size,
-            _ => {
-                let known = lock(&self.inner).sizes.get(&version).copied();
-                let size = match known {
-                    Some(size) => size,
-                    None => self.store.entry(name).map_err(|e| errno_of(&e))?.size,
-                };
+        let known = {
+            let mut inner = lock(&self.inner);
+            let known = inner.sizes.get(&version).copied();
+            if let (Some(_), Some(node)) = (known, inner.nodes.get_mut(&ino)) {
+                node.version = Some(version);
+            }
+            known
+        };
+        let size = match known {
+            Some(size) => size,
+            None => {
+                let size = self.store.entry(name).map_err(|e| errno_of(&e))?.size;
                 self.remember_size(ino, version, size);
                 size
             }
@@ -590,7 +598,7 @@ impl LockboxFs {
     fn remember_size(&self, ino: u64, version: Version, size: u64) {
         let mut inner = lock(&self.inner);
         if let Some(node) = inner.nodes.get_mut(&ino) {
-            node.size_cache = Some((version, size));
+            node.version = Some(version);
         }
         if inner.sizes.len() >= MAX_SIZES {
             inner.sizes.clear();
@@ -616,7 +624,7 @@ impl LockboxFs {
                     }
                 };
                 let attr = if fresh {
-                    self.store_attr(ino, name, None, &meta)
+                    self.store_attr(ino, name, &meta)
                 } else {
                     self.attr_of(ino)
                 };
@@ -691,7 +699,7 @@ impl LockboxFs {
                 lookups: 0,
                 open: 0,
                 staged,
-                size_cache: None,
+                version: None,
             },
         );
         ino
@@ -1530,7 +1538,7 @@ impl Filesystem for Mounted {
             inner.by_name.remove(&name);
             if let Some(n) = inner.nodes.get_mut(&i) {
                 n.name = None;
-                gone = n.size_cache.map(|(v, _)| v);
+                gone = n.version;
             }
             LockboxFs::maybe_drop(&mut inner, i);
         }
