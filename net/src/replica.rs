@@ -1382,8 +1382,11 @@ impl Replica {
         rec.body().recipients.iter().any(|r| !members.contains(r))
     }
 
-    /// Names whose record is sealed to a set other than the members.
+    /// Names whose record is sealed to a set other than the members. The
+    /// changes still queued for the journal are recorded first, so a seal
+    /// made just before (a close, then `lockbox status`) counts.
     pub fn drift(&self) -> Vec<Name> {
+        self.store.deliver_journal();
         let members = self.member_names();
         self.manifest()
             .into_iter()
