@@ -275,13 +275,20 @@ impl Payload {
     /// ([`is_auth_failure`](super::is_auth_failure)) and leaves no
     /// plaintext in `buf`.
     pub fn read_chunk(&self, file: &File, idx: u64, buf: &mut [u8]) -> io::Result<usize> {
+        self.read_sealed_chunk(file, idx, buf)?;
+        self.open_chunk(idx, buf)
+    }
+
+    /// Reads chunk `idx`'s ciphertext and tag from `file` into the start
+    /// of `buf`, still sealed; returns how many bytes that is.
+    fn read_sealed_chunk(&self, file: &File, idx: u64, buf: &mut [u8]) -> io::Result<usize> {
         let sealed = self.sealed_chunk(idx, buf.len())?;
         pread_exact(
             file,
             &mut buf[..sealed],
             self.start + idx * ENCRYPTED_CHUNK_SIZE,
         )?;
-        self.open_chunk(idx, buf)
+        Ok(sealed)
     }
 
     /// Bytes chunk `idx` takes in the file (its ciphertext and tag), if a
@@ -349,9 +356,7 @@ impl Payload {
             if !go_on() {
                 return Ok(None);
             }
-            let sealed = self.sealed_chunk(idx, buf.len())?;
-            let at = self.start + idx * ENCRYPTED_CHUNK_SIZE;
-            pread_exact(file, &mut buf[..sealed], at)?;
+            let sealed = self.read_sealed_chunk(file, idx, &mut buf)?;
             tagger.write_all(&buf[..sealed])?;
             self.open_chunk(idx, &mut buf)?;
         }
