@@ -868,7 +868,7 @@ impl Store {
         let ours = version
             .metadata()
             .map_err(|e| Error::io("stat", &self.path_of(name), e))?;
-        let current = self.at_current(name, |p| fs::metadata(p).ok());
+        let current = self.metadata(name).ok();
         if current.is_none_or(|c| (c.dev(), c.ino()) != (ours.dev(), ours.ino())) {
             return Ok(false);
         }
