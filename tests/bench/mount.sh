@@ -179,7 +179,7 @@ trap 'log "terminated"; exit 143' TERM
 # ------------------------------------------------------------- python part
 PY="$WORK/bench.py"
 cat >"$PY" <<'PYEOF'
-import os, random, sys, time
+import math, os, random, sys, time
 
 def small(d, n, size=4096):
     """n files of `size` bytes: create, stat, read, rename, delete (one process)."""
@@ -264,6 +264,39 @@ def _isnum(v):
     except ValueError:
         return False
 
+def median_interval(xs, alpha=0.05):
+    """A distribution-free confidence interval of the median of xs: the
+    k-th smallest and the k-th largest, with k the largest such that a
+    fair coin gives fewer than k heads in len(xs) tosses with probability
+    at most alpha/2. It covers the median with probability at least
+    1 - alpha whatever the distribution, and needs no more than that the
+    runs are independent. None with fewer than 6 runs (no such k)."""
+    n = len(xs)
+    below, k = 0.0, 0
+    while True:
+        below += math.comb(n, k) / 2.0 ** n  # P(fewer than k + 1 heads)
+        if below > alpha / 2:
+            break
+        k += 1
+    if k == 0:
+        return None
+    xs = sorted(xs)
+    return (xs[k - 1], xs[n - k])
+
+def versus_mark(ratio, ci):
+    """The target mark of "lockbox >= gocryptfs" for a row: with an
+    interval, ahead when all of it is above 1.00, behind when all of it
+    is below, else level (the runs do not tell the two apart); with too
+    few runs for one, by the median ratio alone."""
+    if ci is None:
+        return "≥ gocryptfs: " + ("ok" if ratio >= 1.0 else "**MISS**") + " (median)"
+    lo, hi = ci
+    if lo > 1.0:
+        return "≥ gocryptfs: ok (ahead)"
+    if hi < 1.0:
+        return "≥ gocryptfs: **MISS** (behind)"
+    return "≥ gocryptfs: level (interval spans 1.00)"
+
 def table(res_path, targets, big_mib, small_n, rand_n, rss_n, out):
     V = {}
     for line in open(res_path):
@@ -307,35 +340,38 @@ def table(res_path, targets, big_mib, small_n, rand_n, rss_n, out):
         ("random_read", "%d random 4 KiB preads in the %s file, cold cache" % (rand_n, size), "reads/s", "%.0f"),
     ]
     L = []
-    def ahead(k):
+    def pairs(k):
         # Runs are paired by their place in the run order: the n-th run of
         # a row on lockbox and on gocryptfs belong to the same repetition
-        # and round, a few seconds apart.
+        # and round, seconds apart (the targets take turns).
         try:
             lb = [float(v) for v in V[("lockbox", k)]]
             gc = [float(v) for v in V[("gocryptfs", k)]]
         except (KeyError, ValueError):
-            return "–"
-        if len(lb) != len(gc):
-            return "–"
-        return "%d/%d" % (sum(a > b for a, b in zip(lb, gc)), len(lb))
-    L.append("| measurement | unit | plain | gocryptfs | lockbox | lockbox/gocryptfs | lockbox ahead (runs) | lockbox/plain | target |")
-    L.append("|---|---|--:|--:|--:|--:|--:|--:|---|")
+            return None
+        if len(lb) != len(gc) or not lb or min(gc) <= 0:
+            return None
+        return list(zip(lb, gc))
+    L.append("| measurement | unit | plain | gocryptfs | lockbox | lockbox/gocryptfs | 95 % interval | lockbox ahead (runs) | lockbox/plain | target |")
+    L.append("|---|---|--:|--:|--:|--:|--:|--:|--:|---|")
     for k, label, unit, fmt in rows:
         lb, gc, pl = num("lockbox", k), num("gocryptfs", k), num("plain", k)
         r_gc = lb / gc if lb is not None and gc else None
         r_pl = lb / pl if lb is not None and pl else None
+        ps = pairs(k)
+        ci = median_interval([a / b for a, b in ps]) if ps else None
         marks = []
         if r_gc is not None:
-            marks.append("≥ gocryptfs: " + ("ok" if r_gc >= 1.0 else "**MISS**"))
+            marks.append(versus_mark(r_gc, ci))
         if k == "seq_read" and r_pl is not None:
             marks.append("≥ 50 % plain: " + ("ok" if r_pl >= 0.5 else "**MISS**"))
         if not marks:
             marks.append("≥ gocryptfs" + ("; ≥ 50 % plain" if k == "seq_read" else "") + " (not measured)")
-        L.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+        L.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
             label, unit, cell("plain", k, fmt), cell("gocryptfs", k, fmt), cell("lockbox", k, fmt),
             "%.2f" % r_gc if r_gc is not None else "–",
-            ahead(k),
+            "%.2f–%.2f" % ci if ci else "–",
+            "%d/%d" % (sum(a > b for a, b in ps), len(ps)) if ps else "–",
             "%.2f" % r_pl if r_pl is not None else "–",
             "; ".join(marks)))
     if R.get(("lockbox", "store_check")) == "BAD":
@@ -527,10 +563,11 @@ teardown_lockbox() { lb_stop; }
 
 # ------------------------------------------------------------- the rows
 declare -A TDIR TPID
-rows() {  # one repetition of the rows for one target
-    local t="$1" rep="$2" big out rc k
-    DIR="${TDIR[$t]}"; DPID="${TPID[$t]}"
-    big="$DIR/big"
+use() { DIR="${TDIR[$1]}"; DPID="${TPID[$1]}"; }  # make target $1 current
+
+row_seq_write() {  # target, repetition
+    local t="$1" rep="$2" big
+    use "$t"; big="$DIR/big"
     log "$t (rep $rep/$REPS): sequential write of $BIG_MIB MiB"
     settle
     if [ -n "$DPID" ] && [ "$rep" = 1 ]; then
@@ -549,7 +586,12 @@ rows() {  # one repetition of the rows for one target
         record "$t" max_sampled_write "$(cat "$WORK/sampled")"
     fi
     [ "$t" = lockbox ] && lb_check_store "$big"
+    return 0
+}
 
+row_seq_read() {  # target, repetition
+    local t="$1" rep="$2" big rc
+    use "$t"; big="$DIR/big"
     log "$t (rep $rep/$REPS): sequential read, cold cache"
     settle
     if dd if="$big" of=/dev/null bs=1M 2>"$WORK/dd.err"; then
@@ -559,33 +601,37 @@ rows() {  # one repetition of the rows for one target
     else
         log "$t: read FAILED: $(tr '\n' ' ' <"$WORK/dd.err")"; record "$t" seq_read ERR
     fi
+}
 
-    # Each round reads other offsets (its own seed), so that lockbox's
-    # cache of decrypted chunks, which drop_caches does not empty, serves
-    # at most the few that the rounds share.
-    for round in $(seq "$ROUNDS"); do
-        log "$t (rep $rep/$REPS, round $round/$ROUNDS): $RANDOM_READS random 4 KiB reads, cold cache"
-        settle
-        if out="$("$PYTHON" "$PY" rand "$big" "$RANDOM_READS" "$((SEED + round - 1))" 2>"$WORK/py.err")"; then
-            printf '%s\n' "$out" | sed "s/^/$t\t/" >>"$RES"
-        else
-            log "$t: random reads FAILED: $(tail -n 2 "$WORK/py.err" | tr '\n' ' ')"; record "$t" random_read ERR
-        fi
-    done
-    rm -f "$big" || log "$t: rm of the big file failed"
+# Each round reads other offsets (its own seed), so that lockbox's cache
+# of decrypted chunks, which drop_caches does not empty, serves at most
+# the few that the rounds share. Every target of a round reads the same
+# offsets.
+row_random() {  # target, repetition, round
+    local t="$1" rep="$2" round="$3" out
+    use "$t"
+    log "$t (rep $rep/$REPS, round $round/$ROUNDS): $RANDOM_READS random 4 KiB reads, cold cache"
+    settle
+    if out="$("$PYTHON" "$PY" rand "$DIR/big" "$RANDOM_READS" "$((SEED + (rep - 1) * ROUNDS + round - 1))" 2>"$WORK/py.err")"; then
+        printf '%s\n' "$out" | sed "s/^/$t\t/" >>"$RES"
+    else
+        log "$t: random reads FAILED: $(tail -n 2 "$WORK/py.err" | tr '\n' ' ')"; record "$t" random_read ERR
+    fi
+}
 
-    for round in $(seq "$ROUNDS"); do
-        log "$t (rep $rep/$REPS, round $round/$ROUNDS): $SMALL_FILES small files: create / stat / read / rename / delete"
-        settle
-        if out="$("$PYTHON" "$PY" small "$DIR" "$SMALL_FILES" 2>"$WORK/py.err")"; then
-            printf '%s\n' "$out" | sed "s/^/$t\t/" >>"$RES"
-        else
-            log "$t: small files FAILED: $(tail -n 2 "$WORK/py.err" | tr '\n' ' ')"
-            # rm what is left so that the next round starts clean
-            find "$DIR" -maxdepth 1 -type f \( -name 'small-*' -o -name 'moved-*' \) -delete 2>/dev/null || true
-            for k in create stat read rename delete; do record "$t" "small_$k" ERR; done
-        fi
-    done
+row_small() {  # target, repetition, round
+    local t="$1" rep="$2" round="$3" out k
+    use "$t"
+    log "$t (rep $rep/$REPS, round $round/$ROUNDS): $SMALL_FILES small files: create / stat / read / rename / delete"
+    settle
+    if out="$("$PYTHON" "$PY" small "$DIR" "$SMALL_FILES" 2>"$WORK/py.err")"; then
+        printf '%s\n' "$out" | sed "s/^/$t\t/" >>"$RES"
+    else
+        log "$t: small files FAILED: $(tail -n 2 "$WORK/py.err" | tr '\n' ' ')"
+        # rm what is left so that the next round starts clean
+        find "$DIR" -maxdepth 1 -type f \( -name 'small-*' -o -name 'moved-*' \) -delete 2>/dev/null || true
+        for k in create stat read rename delete; do record "$t" "small_$k" ERR; done
+    fi
 }
 
 idle_rss_with_files() {  # fresh daemon, RSS_FILES small files created through it, then idle
@@ -633,17 +679,39 @@ for t in "${!TPID[@]}"; do
     wait_idle "${TPID[$t]}" || true
     record "$t" rss_fresh "$(kib_of "${TPID[$t]}" VmRSS)"
 done
-# The order rotates by one target each repetition (plain, gocryptfs,
-# lockbox; then gocryptfs, lockbox, plain; ...): a row can depend on what
-# ran just before it on the same disk (ext4 skips inodes deleted in the
-# last minute when it allocates one, so creates right after another
-# target's deletes scan past its 2000 fresh holes), and with three
-# repetitions each target runs first, second and last once.
-ORDER=(plain gocryptfs lockbox)
+# Targets take turns row by row, and within the random-read and
+# small-file rows round by round, so the runs compared (the same row,
+# repetition and round on each target) are seconds apart, not minutes:
+# this host's load drifts over minutes. The order of the turns rotates by
+# one target from one turn to the next (plain, gocryptfs, lockbox; then
+# gocryptfs, lockbox, plain; ...): a run can depend on what ran just
+# before it on the same disk (ext4 skips inodes deleted in the last
+# minute when it allocates one, so creates right after another target's
+# deletes scan past its 2000 fresh holes), so each target runs first,
+# second and last alike.
+TURN=0
+TURN_ORDER=()
+turn() {  # TURN_ORDER: the selected targets, in the order of the next turn
+    local order=(plain gocryptfs lockbox) shift_by t
+    shift_by=$((TURN % ${#order[@]}))
+    TURN=$((TURN + 1))
+    TURN_ORDER=()
+    for t in "${order[@]:$shift_by}" "${order[@]:0:$shift_by}"; do
+        if want "$t"; then TURN_ORDER+=("$t"); fi
+    done
+}
 for rep in $(seq "$REPS"); do
-    shift_by=$(((rep - 1) % ${#ORDER[@]}))
-    for t in "${ORDER[@]:$shift_by}" "${ORDER[@]:0:$shift_by}"; do
-        want "$t" && rows "$t" "$rep"
+    turn; for t in "${TURN_ORDER[@]}"; do row_seq_write "$t" "$rep"; done
+    turn; for t in "${TURN_ORDER[@]}"; do row_seq_read "$t" "$rep"; done
+    for round in $(seq "$ROUNDS"); do
+        turn; for t in "${TURN_ORDER[@]}"; do row_random "$t" "$rep" "$round"; done
+    done
+    turn; for t in "${TURN_ORDER[@]}"; do
+        use "$t"
+        rm -f "$DIR/big" || log "$t: rm of the big file failed"
+    done
+    for round in $(seq "$ROUNDS"); do
+        turn; for t in "${TURN_ORDER[@]}"; do row_small "$t" "$rep" "$round"; done
     done
 done
 for t in gocryptfs lockbox; do
