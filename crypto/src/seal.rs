@@ -556,7 +556,7 @@ fn auth_io_error(e: io::Error) -> io::Error {
 
 mod payload;
 pub mod tags;
-pub use payload::{Payload, CHUNK_BUFFER};
+pub use payload::{read_binding, Payload, CHUNK_BUFFER};
 
 #[cfg(test)]
 mod tests;

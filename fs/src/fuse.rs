@@ -14,7 +14,7 @@
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{self, Seek};
+use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -26,7 +26,7 @@ use fuser::{
     ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
     ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use lockbox_crypto::seal::tags::{BlockTags, TagKey, BLOCKS_PER_CHUNK, BLOCK_SIZE};
+use lockbox_crypto::seal::tags::{Binding, BlockTags, TagKey, BLOCKS_PER_CHUNK, BLOCK_SIZE};
 use lockbox_crypto::seal::{self, Opened, Payload, CHUNK_SIZE};
 use lockbox_crypto::wipe::SecretBuf;
 use lockbox_crypto::AgeIdentity;
@@ -185,8 +185,11 @@ struct Node {
     open: u32,
     staged: Option<Arc<Mutex<Staged>>>,
     /// Its store version as last stat'ed or sealed: whose plaintext size
-    /// (in [`Inner::sizes`]) and block tags to forget when it is unlinked.
+    /// (in [`Inner::sizes`]) to forget when it is unlinked.
     version: Option<Version>,
+    /// The binding of its store file as last sealed or opened for reading:
+    /// whose block tags to forget when it is unlinked.
+    binding: Option<Binding>,
 }
 
 enum Handle {
@@ -195,6 +198,11 @@ enum Handle {
     Reader {
         ino: u64,
         version: Version,
+        /// The file's binding (from its header and nonce, no key needed):
+        /// what the chunk and tag caches know it by. Its `version` can
+        /// recur once the file is gone (a new file that gets its inode,
+        /// size and times); its binding never does.
+        binding: Binding,
         name: Name,
         /// Plaintext length (from the header; no key needed).
         len: u64,
@@ -284,17 +292,22 @@ impl<K: std::hash::Hash + Eq, V: Clone> Budgeted<K, V> {
     }
 }
 
-/// Decrypted chunks by (version, chunk index), bounded in bytes.
-type ChunkCache = Budgeted<(Version, u64), Arc<SecretBuf>>;
+/// Decrypted chunks by (file binding, chunk index), bounded in bytes. Not
+/// by [`Version`]: a file deleted or replaced frees its inode, and a new
+/// file that gets it with the same size and times (kept by `cp -p` or
+/// `rsync -a`, or set by `touch -d`) would be served the old file's
+/// plaintext.
+type ChunkCache = Budgeted<(Binding, u64), Arc<SecretBuf>>;
 
 /// Bytes of block tags kept in memory (a 1 GiB file has 4 MiB of them).
 const TAGS_BUDGET: usize = 16 << 20;
 /// Versions whose block tags (or lack of them) are remembered.
 const TAGS_ENTRIES: usize = 4096;
 
-/// Block tags of versions read lately, or that a version has none; bounded
-/// in bytes and entries. Holds per-file MAC keys, so it is emptied at lock.
-type TagCache = Budgeted<Version, Option<Arc<BlockTags>>>;
+/// Block tags of files read lately, or that a file has none, by binding;
+/// bounded in bytes and entries. Holds per-file MAC keys, so it is emptied
+/// at lock.
+type TagCache = Budgeted<Binding, Option<Arc<BlockTags>>>;
 
 fn chunk_bytes(chunk: &Arc<SecretBuf>) -> usize {
     chunk.len()
@@ -334,7 +347,7 @@ pub struct LockboxFs {
     cache: Mutex<ChunkCache>,
     tags: Arc<Mutex<TagCache>>,
     /// Makes the block tags of versions read without them.
-    retag: Retagger<Version>,
+    retag: Retagger<Binding>,
     warned_locked: AtomicBool,
     uid: u32,
     gid: u32,
@@ -374,12 +387,12 @@ impl LockboxFs {
         )));
         let retag = {
             let (tags, keys) = (tags.clone(), keys.clone());
-            Retagger::start(store.clone(), keys.clone(), move |version, made| {
+            Retagger::start(store.clone(), keys.clone(), move |binding, made| {
                 // Checked under the cache's lock, which `on_lock` takes
                 // after the session locked: no tag key stays behind.
                 let mut tags = lock(&tags);
                 if keys.is_unlocked() {
-                    tags.put(*version, Some(made));
+                    tags.put(*binding, Some(made));
                 }
             })?
         };
@@ -700,6 +713,7 @@ impl LockboxFs {
                 open: 0,
                 staged,
                 version: None,
+                binding: None,
             },
         );
         ino
@@ -793,6 +807,7 @@ impl LockboxFs {
             Ok(Seal {
                 sealed,
                 tags,
+                binding,
                 metadata,
                 recorded,
             }) => {
@@ -802,12 +817,16 @@ impl LockboxFs {
                 // the release need not read its header.
                 let metadata = metadata.map_or_else(|| self.store.metadata(&name), Ok);
                 if let Ok(meta) = metadata {
-                    let version = Version::of(&meta);
-                    self.remember_size(ino, version, sealed.plaintext_len);
-                    self.prime_cache(version, &st.pages);
+                    self.remember_size(ino, Version::of(&meta), sealed.plaintext_len);
+                }
+                if let Some(n) = lock(&self.inner).nodes.get_mut(&ino) {
+                    n.binding = binding;
+                }
+                if let Some(binding) = binding {
+                    self.prime_cache(binding, &st.pages);
                     if tags.is_some() {
                         // Reading back what was just written needs no load.
-                        lock(&self.tags).put(version, tags);
+                        lock(&self.tags).put(binding, tags);
                     }
                 }
                 self.keys.sealed(&name, &sealed);
@@ -849,7 +868,7 @@ impl LockboxFs {
     /// After a seal, keep a small file's plaintext as decrypted chunks of its
     /// new version, so reading it back costs no decryption. Only while
     /// unlocked: locked, plaintext must not outlive the writer's close.
-    fn prime_cache(&self, version: Version, pages: &Pages) {
+    fn prime_cache(&self, binding: Binding, pages: &Pages) {
         let budget = self.config.cache_bytes as u64 / 4;
         if pages.len() > budget || !self.keys.is_unlocked() {
             return;
@@ -860,7 +879,7 @@ impl LockboxFs {
             let mut chunk =
                 SecretBuf::new(vec![0u8; (pages.len() - start).min(CHUNK_SIZE) as usize]);
             pages.read_at(start, &mut chunk);
-            cache.put((version, idx), Arc::new(chunk));
+            cache.put((binding, idx), Arc::new(chunk));
         }
     }
 
@@ -987,7 +1006,7 @@ impl LockboxFs {
     /// reply (the kernel's page cache keeps it); a chunk read in part goes
     /// through the cache, for the reads of its other parts.
     fn read_decrypted(&self, h: &Handle, offset: u64, size: u32) -> Result<SecretBuf, Errno> {
-        let Handle::Reader { len, version, .. } = h else {
+        let Handle::Reader { len, binding, .. } = h else {
             return Err(Errno::EBADF);
         };
         // Reads need the session (and keep it alive).
@@ -1002,7 +1021,7 @@ impl LockboxFs {
         while pos < end {
             let idx = pos / CHUNK_SIZE;
             let within = (pos - idx * CHUNK_SIZE) as usize;
-            let cached = lock(&self.cache).get(&(*version, idx));
+            let cached = lock(&self.cache).get(&(*binding, idx));
             let chunk_end = ((idx + 1) * CHUNK_SIZE).min(*len);
             let chunk = match cached {
                 Some(c) => c,
@@ -1118,12 +1137,12 @@ impl LockboxFs {
                 Ok(Some(part.len()))
             }
             other => {
-                if let Handle::Reader { name, version, .. } = h {
+                if let Handle::Reader { name, binding, .. } = h {
                     match other {
                         Ok(_) => tracing::debug!("{name}: a block does not match its tag"),
                         Err(e) => tracing::debug!("{name}: reading by blocks: {e}"),
                     }
-                    lock(&self.tags).put(*version, None);
+                    lock(&self.tags).put(*binding, None);
                     // A stale or damaged index: make it again (a damaged
                     // file fails that, and its reads say so).
                     self.ask_for_tags(h, &file, &payload);
@@ -1142,13 +1161,13 @@ impl LockboxFs {
         file: &Arc<File>,
         payload: &Arc<Payload>,
     ) -> Option<Arc<BlockTags>> {
-        let Handle::Reader { name, version, .. } = h else {
+        let Handle::Reader { name, binding, .. } = h else {
             return None;
         };
         if payload.plaintext_len() <= CHUNK_SIZE {
             return None;
         }
-        if let Some(known) = lock(&self.tags).get(version) {
+        if let Some(known) = lock(&self.tags).get(binding) {
             return known;
         }
         let key = self.keys.tag_key()?;
@@ -1156,7 +1175,7 @@ impl LockboxFs {
             .store
             .read_tags(name, &key, &payload.binding(), payload.plaintext_len())
             .map(Arc::new);
-        lock(&self.tags).put(*version, tags.clone());
+        lock(&self.tags).put(*binding, tags.clone());
         if tags.is_none() {
             self.ask_for_tags(h, file, payload);
         }
@@ -1166,9 +1185,9 @@ impl LockboxFs {
     /// Ask for the block tags of a reader's version, which has none that
     /// match (see [`crate::retag`]); its later small reads go by blocks.
     fn ask_for_tags(&self, h: &Handle, file: &Arc<File>, payload: &Arc<Payload>) {
-        if let Handle::Reader { name, version, .. } = h {
+        if let Handle::Reader { name, binding, .. } = h {
             self.retag.request(Job {
-                version: *version,
+                version: *binding,
                 name: name.clone(),
                 file: file.clone(),
                 payload: payload.clone(),
@@ -1179,13 +1198,13 @@ impl LockboxFs {
     /// Decrypt chunk `idx` of a reader's version (not in the cache) and
     /// put it in the cache.
     fn decrypt_to_cache(&self, h: &Handle, idx: u64) -> Result<Arc<SecretBuf>, Errno> {
-        let Handle::Reader { version, .. } = h else {
+        let Handle::Reader { binding, .. } = h else {
             return Err(Errno::EBADF);
         };
         let mut buf = SecretBuf::new(Vec::with_capacity(CHUNK_SIZE as usize + seal::TAG_BYTES));
         self.decrypt_onto(h, idx, &mut buf)?;
         let chunk = Arc::new(buf);
-        lock(&self.cache).put((*version, idx), chunk.clone());
+        lock(&self.cache).put((*binding, idx), chunk.clone());
         Ok(chunk)
     }
 
@@ -1214,20 +1233,29 @@ impl LockboxFs {
                 }));
             }
             drop(identity);
-            let mut file = self.store.open_file(&name).map_err(|e| errno_of(&e))?;
+            let file = self.store.open_file(&name).map_err(|e| errno_of(&e))?;
             let version = file
                 .metadata()
                 .map(|m| Version::of(&m))
                 .map_err(|_| Errno::EIO)?;
-            // The plaintext length follows from the header; the key is needed
-            // only when a chunk is not in the cache.
-            let len = seal::read_header(&mut file)
-                .and_then(|h| seal::plaintext_len(h.header_len, version.len))
+            // The plaintext length and the binding follow from the header
+            // and nonce; the key is needed only when a chunk is not in the
+            // cache.
+            let (len, binding) = seal::read_binding(&file)
+                .and_then(|(h, binding)| {
+                    Ok((seal::plaintext_len(h.header_len, version.len)?, binding))
+                })
                 .map_err(|e| self.damaged(&name, version, &e.to_string()))?;
-            file.rewind().map_err(|_| Errno::EIO)?;
+            // The size from the header is the truth, also for a version whose
+            // inode, size and time an earlier file had.
+            self.remember_size(ino, version, len);
+            if let Some(n) = lock(&self.inner).nodes.get_mut(&ino) {
+                n.binding = Some(binding);
+            }
             return Ok(self.add_handle(Handle::Reader {
                 ino,
                 version,
+                binding,
                 name,
                 len,
                 state: Mutex::new(ReaderState {
@@ -1533,12 +1561,13 @@ impl Filesystem for Mounted {
             }
             _ => {}
         }
-        let mut gone = None;
+        let (mut gone, mut tagged) = (None, None);
         if let Some(i) = ino {
             inner.by_name.remove(&name);
             if let Some(n) = inner.nodes.get_mut(&i) {
                 n.name = None;
                 gone = n.version;
+                tagged = n.binding;
             }
             LockboxFs::maybe_drop(&mut inner, i);
         }
@@ -1546,9 +1575,9 @@ impl Filesystem for Mounted {
             inner.sizes.remove(v);
         }
         drop(inner);
-        if let Some(v) = gone {
+        if let Some(b) = tagged {
             // A reader still open keeps reading, by chunks.
-            lock(&fs.tags).forget(&v);
+            lock(&fs.tags).forget(&b);
         }
         tracing::debug!("deleted {name}");
         fs.keys.deleted(&name);

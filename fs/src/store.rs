@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use lockbox_crypto::digest::{HashingWriter, Sha256};
-use lockbox_crypto::seal::tags::{self, BlockTags, TagKey, Tagger};
+use lockbox_crypto::seal::tags::{self, Binding, BlockTags, TagKey, Tagger};
 use lockbox_crypto::seal::{self, Sealer};
 use lockbox_crypto::share::SharePool;
 use lockbox_crypto::AgeRecipient;
@@ -175,6 +175,11 @@ pub struct Seal<'a> {
     pub sealed: Sealed,
     /// The block tags written for it (also in `tags/<name>`).
     pub tags: Option<Arc<BlockTags>>,
+    /// The new file's binding (see `lockbox_crypto::seal::tags`), when it
+    /// was sealed with the tag key (while unlocked): unlike its inode,
+    /// size and times, which a later file can repeat, no other file has
+    /// it, so the mount keys what it caches of the file by it.
+    pub binding: Option<Binding>,
     /// The new version's file system metadata, when the seal had it at
     /// hand (a seal waiting for its round): the mount's version check
     /// then needs no `stat` of its own.
@@ -1062,12 +1067,13 @@ impl Store {
             mark_complete(file, seq, name);
             Ok(done)
         };
-        let (staged, (sealed, tags)) = self.stage_with(fill, false)?;
-        let tags = self.keep_tags(name, tags);
+        let (staged, (sealed, tagged)) = self.stage_with(fill, false)?;
+        let tags = self.keep_tags(name, tagged.tags);
         let (sealed, metadata, recorded) = self.wait_staged(g, w, name, staged, seq, sealed);
         Ok(Seal {
             sealed,
             tags,
+            binding: tagged.binding,
             metadata,
             recorded,
         })
@@ -1122,9 +1128,9 @@ impl Store {
         name: &Name,
         mtime: SystemTime,
     ) -> Result<Seal<'_>, Error> {
-        let (staged, file, sealed, tags) = stream.finish()?;
+        let (staged, file, sealed, tagged) = stream.finish()?;
         set_mtime_of(&file, mtime);
-        let tags = self.keep_tags(name, tags);
+        let tags = self.keep_tags(name, tagged.tags);
         let (sealed, metadata, recorded) =
             if let (Some(g), Some(w)) = (&self.grouped, &self.waiting) {
                 let seq = w.next.fetch_add(1, Ordering::Relaxed);
@@ -1139,6 +1145,7 @@ impl Store {
         Ok(Seal {
             sealed,
             tags,
+            binding: tagged.binding,
             metadata,
             recorded,
         })
@@ -1174,12 +1181,13 @@ impl Store {
             }
             Ok(done)
         };
-        let (staged, (sealed, tags)) = self.stage(seal)?;
-        let tags = self.keep_tags(name, tags);
+        let (staged, (sealed, tagged)) = self.stage(seal)?;
+        let tags = self.keep_tags(name, tagged.tags);
         let recorded = self.install_staged(name, staged, Some(sealed.clone()))?;
         Ok(Seal {
             sealed,
             tags,
+            binding: tagged.binding,
             metadata: None,
             recorded,
         })
@@ -1473,8 +1481,26 @@ pub fn seal_into(
     seal_tagged(file, name, plaintext, recipients, shares, max_size).map(|(sealed, _)| sealed)
 }
 
-/// [`seal_into`], and the block tags of what it wrote when `recipients`
-/// carries the tag key.
+/// What a seal's [`Tagger`] found out about the file it wrote.
+struct Tagged {
+    /// Its binding, when it was sealed with the tag key.
+    binding: Option<Binding>,
+    /// Its block tags, when it was, and has more than one chunk.
+    tags: Option<BlockTags>,
+}
+
+impl<W: Write> From<Tagger<W>> for Tagged {
+    fn from(tagger: Tagger<W>) -> Self {
+        let binding = tagger.binding();
+        Tagged {
+            binding,
+            tags: tagger.finish().1,
+        }
+    }
+}
+
+/// [`seal_into`], and what its [`Tagger`] found out (block tags when
+/// `recipients` carries the tag key).
 fn seal_tagged(
     file: &mut File,
     name: &Name,
@@ -1482,7 +1508,7 @@ fn seal_tagged(
     recipients: &SealTo,
     shares: Option<&SharePool>,
     max_size: u64,
-) -> Result<(Sealed, Option<BlockTags>), Error> {
+) -> Result<(Sealed, Tagged), Error> {
     let mut limited = plaintext.take(max_size.saturating_add(1));
     // Past 1 MiB the ciphertext is hashed, tagged and written on a second
     // thread while this one encrypts.
@@ -1507,7 +1533,7 @@ fn seal_tagged(
         hash,
         envoys: recipients.envoys.clone(),
     };
-    Ok((sealed, tagger.finish().1))
+    Ok((sealed, tagger.into()))
 }
 
 /// How a write into a store temp file fails.
@@ -1551,8 +1577,8 @@ impl SealStream {
     }
 
     /// Seal the last chunk; the complete temp file, open, what it is, and
-    /// its block tags if it was begun with the tag key.
-    fn finish(self) -> Result<(StagedFile, File, Sealed, Option<BlockTags>), Error> {
+    /// what its tagger found (block tags if it was begun with the tag key).
+    fn finish(self) -> Result<(StagedFile, File, Sealed, Tagged), Error> {
         let SealStream {
             staged,
             sealer,
@@ -1561,6 +1587,7 @@ impl SealStream {
         } = self;
         let hasher = sealer.finish()?.finish().map_err(sink_error)?;
         let (tagger, hash, ciphertext_len) = hasher.finish();
+        let binding = tagger.binding();
         let (writeback, tags) = tagger.finish();
         let sealed = Sealed {
             plaintext_len: len,
@@ -1568,7 +1595,7 @@ impl SealStream {
             hash,
             envoys,
         };
-        Ok((staged, writeback.file, sealed, tags))
+        Ok((staged, writeback.file, sealed, Tagged { binding, tags }))
     }
 
     /// Give up the seal and get back what was written, decrypted with

@@ -819,6 +819,68 @@ fn changes_outside_the_mount_show_through_it_at_once() {
     assert!(names(&m.mnt).is_empty(), "{:?}", names(&m.mnt));
 }
 
+/// Decrypted bytes are cached by file, and a file is not known by its
+/// inode, size and times: once a store file is gone, ext4 hands its inode
+/// to the next file it makes (with a journal, at once), and a new version
+/// whose size and modification time match the old one's (`cp -p`, `rsync
+/// -a` and `touch -d` set times; the sizes of two seals of equally long
+/// plaintexts often match) looked like the old file, whose plaintext the
+/// chunk cache then served. Here the store file is rewritten in place,
+/// which gives the mount exactly that: the same inode, size and time, and
+/// other bytes.
+#[test]
+fn a_new_file_with_an_old_files_inode_size_and_time_is_read_afresh() {
+    require_fuse!();
+    require!(on_path("age"), "age is not installed (apt-get install age)");
+    let m = Mounted::unlocked();
+    let recipients = fs::read_to_string(m.e.state().join("recipients.txt")).unwrap();
+    let recipient = recipients
+        .split_whitespace()
+        .find(|w| w.starts_with("age1"))
+        .expect("a recipient in recipients.txt")
+        .to_owned();
+    // The reference age writes headers of one length for one recipient,
+    // so equally long plaintexts give equally long files. One chunk each.
+    let seal = |byte: u8| {
+        let plain = m.e.plain_file(&format!("plain-{byte}"), &[byte; 10_000]);
+        let out = m.e.home.join(format!("sealed-{byte}.age"));
+        m.tool_ok(&["age", "-r", &recipient, "-o", s(&out), s(&plain)]);
+        fs::read(&out).unwrap()
+    };
+    let (one, two) = (seal(b'A'), seal(b'B'));
+    assert_eq!(one.len(), two.len(), "age header lengths differ");
+    let file = m.store().join("reborn");
+    fs::write(&file, &one).unwrap();
+    let when = fs::metadata(&file).unwrap().modified().unwrap();
+
+    // A small read of part of the chunk decrypts it into the cache.
+    let f = open_random(&m.at("reborn"));
+    assert_eq!(pread(&f, 1000, 100).unwrap(), [b'A'; 100]);
+    drop(f);
+
+    // Other bytes under the same inode, size and modification time.
+    let ino = fs::metadata(&file).unwrap().ino();
+    let mut w = fs::OpenOptions::new().write(true).open(&file).unwrap();
+    w.write_all(&two).unwrap();
+    w.set_modified(when).unwrap();
+    drop(w);
+    let md = fs::metadata(&file).unwrap();
+    assert_eq!(
+        (md.ino(), md.len(), md.modified().unwrap()),
+        (ino, one.len() as u64, when)
+    );
+
+    let f = open_random(&m.at("reborn"));
+    assert_eq!(
+        pread(&f, 1000, 100).unwrap(),
+        [b'B'; 100],
+        "the mount served the earlier file's plaintext"
+    );
+    drop(f);
+    assert_eq!(fs::read(m.at("reborn")).unwrap(), [b'B'; 10_000]);
+    assert!(!m.warned_about("reborn"), "a warning: {}", m.log());
+}
+
 /// A version's record names the envoys its file was sealed to, read in the
 /// same snapshot as their keys. A seal that raced a member change (here: a
 /// recipient that is no member, as a departed one would be) shows as drift,

@@ -43,7 +43,8 @@ use zeroize::Zeroizing;
 
 use super::tags::{Binding, BlockTags, TagKey, Tagger, BLOCKS_PER_CHUNK, BLOCK_SIZE};
 use super::{
-    decrypt_error, plaintext_len, read_header, CHUNK_SIZE, ENCRYPTED_CHUNK_SIZE, NONCE_LEN, TAG_LEN,
+    decrypt_error, plaintext_len, read_header, HeaderInfo, CHUNK_SIZE, ENCRYPTED_CHUNK_SIZE,
+    NONCE_LEN, TAG_LEN,
 };
 use crate::wipe::SecretBuf;
 use crate::{AgeIdentity, Error, Result};
@@ -118,6 +119,28 @@ fn pread_exact(file: &File, mut buf: &mut [u8], mut offset: u64) -> io::Result<(
     Ok(())
 }
 
+/// The header of the age file `file` (scanned as [`read_header`] does)
+/// and its first bytes through the payload nonce: what a [`Binding`] is
+/// made of. No key is needed.
+fn read_head(file: &File) -> Result<(HeaderInfo, Vec<u8>)> {
+    let info = read_header(At { file, pos: 0 })?;
+    // The header (at most MAX_HEADER_BYTES, scanned above) and the nonce.
+    let mut head = vec![0u8; (info.header_len + NONCE_LEN) as usize];
+    pread_exact(file, &mut head, 0).map_err(super::payload_error)?;
+    Ok((info, head))
+}
+
+/// The header of the age file `file` and its [`Binding`], without a key:
+/// what a reader that has not unwrapped the file key yet knows the file
+/// by. Unlike a file's inode, size and times, which a later file can
+/// repeat once this one is gone, no two seals share a binding (each has a
+/// fresh file key and nonce), so caches of decrypted bytes are keyed by
+/// it. Errors as [`read_header`], or when the file ends inside its nonce.
+pub fn read_binding(file: &File) -> Result<(HeaderInfo, Binding)> {
+    let (info, head) = read_head(file)?;
+    Ok((info, Binding::of(&head)))
+}
+
 /// The payload of an opened age file: its key and layout. Holds no file;
 /// every read is given the file it was opened from. The key is zeroized
 /// when this is dropped.
@@ -149,7 +172,7 @@ impl Payload {
     /// MAC, derives the payload key and authenticates the file length by
     /// decrypting the last chunk. Errors as [`Opened::open`](super::Opened::open).
     pub fn open(identity: &AgeIdentity, file: &File) -> Result<Payload> {
-        let info = read_header(At { file, pos: 0 })?;
+        let (info, head) = read_head(file)?;
         let total = file.metadata()?.len();
         let plaintext_len = plaintext_len(info.header_len, total)?;
         let capture = Capture {
@@ -166,9 +189,6 @@ impl Payload {
             .key
             .into_inner()
             .ok_or_else(|| Error::Corrupt("age accepted the header without a file key".into()))?;
-        // The header (at most MAX_HEADER_BYTES, scanned above) and the nonce.
-        let mut head = vec![0u8; (info.header_len + NONCE_LEN) as usize];
-        pread_exact(file, &mut head, 0).map_err(super::payload_error)?;
         let nonce = &head[info.header_len as usize..];
         let key = Zeroizing::new(hkdf(nonce, PAYLOAD_KEY_LABEL, &file_key[..]));
         let chunks = plaintext_len.div_ceil(CHUNK_SIZE).max(1);
@@ -452,6 +472,24 @@ mod tests {
             assert_eq!(by_age(&id, &file).unwrap(), pt);
             assert_eq!(p.chunk_len(len.div_ceil(C).max(1) as u64), 0);
         }
+    }
+
+    #[test]
+    fn the_binding_is_read_without_a_key_and_no_two_seals_share_it() {
+        let id = AgeIdentity::generate();
+        let pt = data(C + 10, 7);
+        let (one, two) = (sealed(&id.to_public(), &pt), sealed(&id.to_public(), &pt));
+        let (f1, f2) = (file_of(&one), file_of(&two));
+        let (info, b1) = read_binding(&f1).unwrap();
+        assert_eq!(info.header_len, read_header(&one[..]).unwrap().header_len);
+        assert_eq!(b1, Payload::open(&id, &f1).unwrap().binding());
+        // The same plaintext, the same recipient: another file key and nonce.
+        let (_, b2) = read_binding(&f2).unwrap();
+        assert_ne!(b1, b2);
+        // It covers the nonce: a file that ends inside it has none.
+        let cut = file_of(&one[..info.header_len as usize + NONCE_LEN as usize - 1]);
+        assert!(read_binding(&cut).is_err());
+        assert!(matches!(read_binding(&file_of(b"")), Err(Error::NotAge)));
     }
 
     #[test]

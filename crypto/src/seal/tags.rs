@@ -107,7 +107,7 @@ impl fmt::Debug for TagKey {
 
 /// What ties an index to one age file: SHA-256 of its header and payload
 /// nonce. Two seals never share it (each has a fresh file key and nonce).
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Binding(pub [u8; 32]);
 
 impl Binding {
@@ -317,6 +317,16 @@ impl<W: Write> Tagger<W> {
             inner,
             key: key.map(|k| k.0.clone()),
             state,
+        }
+    }
+
+    /// The binding of the age file that passed, once its header and nonce
+    /// have (with a key; `None` without one or for bytes that are not an
+    /// age file). Known for a file of any size, also one that gets no tags.
+    pub fn binding(&self) -> Option<Binding> {
+        match &self.state {
+            State::Body { binding, .. } => Some(*binding),
+            _ => None,
         }
     }
 
