@@ -187,9 +187,17 @@ struct Node {
     /// Its store version as last stat'ed or sealed: whose plaintext size
     /// (in [`Inner::sizes`]) to forget when it is unlinked.
     version: Option<Version>,
-    /// The binding of its store file as last sealed or opened for reading:
-    /// whose block tags to forget when it is unlinked.
-    binding: Option<Binding>,
+    /// Its store file as the caches know it, as last sealed or opened for
+    /// reading: what to drop from them when it is unlinked or replaced.
+    cached: Option<Cached>,
+}
+
+/// What the chunk and tag caches know a store file by: its binding, and
+/// its plaintext length (which chunks of it they can hold).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Cached {
+    binding: Binding,
+    len: u64,
 }
 
 enum Handle {
@@ -289,6 +297,10 @@ impl<K: std::hash::Hash + Eq, V: Clone> Budgeted<K, V> {
     fn clear(&mut self) {
         self.lru.clear();
         self.used = 0;
+    }
+
+    fn is_empty(&self) -> bool {
+        self.lru.is_empty()
     }
 }
 
@@ -455,18 +467,20 @@ impl LockboxFs {
     /// kernel's cached attributes, pages and name for it. Must not be called
     /// from a FUSE request thread.
     pub fn invalidate(&self, name: &Name) {
-        let ino = {
+        let (ino, cached) = {
             let mut inner = lock(&self.inner);
             let ino = inner.by_name.get(name).copied();
+            let node = ino.and_then(|i| inner.nodes.get_mut(&i));
             // Its size is read from the header again.
-            let seen = ino
-                .and_then(|i| inner.nodes.get_mut(&i))
-                .and_then(|n| n.version.take());
+            let (seen, cached) = node.map_or((None, None), |n| (n.version.take(), n.cached.take()));
             if let Some(v) = seen {
                 inner.sizes.remove(&v);
             }
-            ino
+            (ino, cached)
         };
+        if let Some(c) = cached {
+            self.forget_cached(c);
+        }
         if let Some(notifier) = self.notifier.get() {
             if let Some(ino) = ino {
                 let _ = notifier.inval_inode(INodeNo(ino), 0, 0);
@@ -713,7 +727,7 @@ impl LockboxFs {
                 open: 0,
                 staged,
                 version: None,
-                binding: None,
+                cached: None,
             },
         );
         ino
@@ -819,9 +833,13 @@ impl LockboxFs {
                 if let Ok(meta) = metadata {
                     self.remember_size(ino, Version::of(&meta), sealed.plaintext_len);
                 }
-                if let Some(n) = lock(&self.inner).nodes.get_mut(&ino) {
-                    n.binding = binding;
-                }
+                self.now_cached(
+                    ino,
+                    binding.map(|binding| Cached {
+                        binding,
+                        len: sealed.plaintext_len,
+                    }),
+                );
                 if let Some(binding) = binding {
                     self.prime_cache(binding, &st.pages);
                     if tags.is_some() {
@@ -880,6 +898,37 @@ impl LockboxFs {
                 SecretBuf::new(vec![0u8; (pages.len() - start).min(CHUNK_SIZE) as usize]);
             pages.read_at(start, &mut chunk);
             cache.put((binding, idx), Arc::new(chunk));
+        }
+    }
+
+    /// Node `ino`'s store file is now `cached` (a seal, or a reader that
+    /// opened it): what the caches hold of the file it had before is
+    /// dropped.
+    fn now_cached(&self, ino: u64, cached: Option<Cached>) {
+        let old = {
+            let mut inner = lock(&self.inner);
+            let Some(n) = inner.nodes.get_mut(&ino) else {
+                return;
+            };
+            std::mem::replace(&mut n.cached, cached)
+        };
+        if let Some(old) = old.filter(|o| Some(*o) != cached) {
+            self.forget_cached(old);
+        }
+    }
+
+    /// Drop what the caches hold of a store file that is gone or replaced:
+    /// its decrypted chunks (wiped as they go) and its block tags, at once
+    /// rather than when they age out. A reader still open on it keeps
+    /// reading, decrypting again.
+    fn forget_cached(&self, c: Cached) {
+        lock(&self.tags).forget(&c.binding);
+        let mut cache = lock(&self.cache);
+        if cache.is_empty() {
+            return;
+        }
+        for idx in 0..c.len.div_ceil(CHUNK_SIZE).max(1) {
+            cache.forget(&(c.binding, idx));
         }
     }
 
@@ -1249,9 +1298,7 @@ impl LockboxFs {
             // The size from the header is the truth, also for a version whose
             // inode, size and time an earlier file had.
             self.remember_size(ino, version, len);
-            if let Some(n) = lock(&self.inner).nodes.get_mut(&ino) {
-                n.binding = Some(binding);
-            }
+            self.now_cached(ino, Some(Cached { binding, len }));
             return Ok(self.add_handle(Handle::Reader {
                 ino,
                 version,
@@ -1561,13 +1608,13 @@ impl Filesystem for Mounted {
             }
             _ => {}
         }
-        let (mut gone, mut tagged) = (None, None);
+        let (mut gone, mut cached) = (None, None);
         if let Some(i) = ino {
             inner.by_name.remove(&name);
             if let Some(n) = inner.nodes.get_mut(&i) {
                 n.name = None;
                 gone = n.version;
-                tagged = n.binding;
+                cached = n.cached.take();
             }
             LockboxFs::maybe_drop(&mut inner, i);
         }
@@ -1575,9 +1622,8 @@ impl Filesystem for Mounted {
             inner.sizes.remove(v);
         }
         drop(inner);
-        if let Some(b) = tagged {
-            // A reader still open keeps reading, by chunks.
-            lock(&fs.tags).forget(&b);
+        if let Some(c) = cached {
+            fs.forget_cached(c);
         }
         tracing::debug!("deleted {name}");
         fs.keys.deleted(&name);
@@ -1654,9 +1700,11 @@ impl Filesystem for Mounted {
             }
         };
         let mut inner = lock(&fs.inner);
+        let mut replaced = None;
         if let Some(d) = dst {
             if let Some(n) = inner.nodes.get_mut(&d) {
                 n.name = None;
+                replaced = n.cached.take();
             }
             LockboxFs::maybe_drop(&mut inner, d);
         }
@@ -1669,6 +1717,9 @@ impl Filesystem for Mounted {
         }
         drop(inner);
         reply.ok();
+        if let Some(c) = replaced {
+            fs.forget_cached(c);
+        }
         // The records of the move are signed and made after the answer.
         drop(recorded);
     }

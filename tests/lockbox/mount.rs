@@ -881,6 +881,46 @@ fn a_new_file_with_an_old_files_inode_size_and_time_is_read_afresh() {
     assert!(!m.warned_about("reborn"), "a warning: {}", m.log());
 }
 
+/// A file deleted or replaced through the mount leaves the cache of
+/// decrypted chunks at once, not when newer reads push it out: a secret
+/// the user removed should not stay in the agent's memory. Seen from a
+/// reader that still has the old file open: its next read (of a page the
+/// kernel does not hold yet) has to decrypt the chunk again.
+#[test]
+fn a_deleted_or_replaced_files_plaintext_leaves_the_cache_at_once() {
+    require_fuse!();
+    let m = Mounted::unlocked();
+    // One chunk, sealed while unlocked: cached at its close.
+    let size = 60_000;
+    let read_twice = |name: &str, change: &dyn Fn()| {
+        let content = pseudo_random(name.len() as u64, size);
+        fs::write(m.at(name), &content).unwrap();
+        m.settle();
+        let f = open_random(&m.at(name));
+        let before = agent_read_bytes(&m);
+        assert!(pread(&f, 1000, 100).unwrap() == content[1000..1100]);
+        let hit = agent_read_bytes(&m) - before;
+        assert!(
+            hit < 20_000,
+            "{name}: the agent read {hit} bytes: not from the cache"
+        );
+        change();
+        let before = agent_read_bytes(&m);
+        assert!(pread(&f, 40_000, 100).unwrap() == content[40_000..40_100]);
+        let again = agent_read_bytes(&m) - before;
+        assert!(
+            again >= size as u64,
+            "{name}: the agent read {again} bytes: the chunk was still cached"
+        );
+    };
+    read_twice("deleted", &|| fs::remove_file(m.at("deleted")).unwrap());
+    read_twice("replaced", &|| {
+        fs::write(m.at("newer"), b"newer").unwrap();
+        fs::rename(m.at("newer"), m.at("replaced")).unwrap();
+    });
+    assert_eq!(fs::read(m.at("replaced")).unwrap(), b"newer");
+}
+
 /// A version's record names the envoys its file was sealed to, read in the
 /// same snapshot as their keys. A seal that raced a member change (here: a
 /// recipient that is no member, as a departed one would be) shows as drift,
