@@ -241,6 +241,7 @@ async fn serve(agent: Arc<Agent>) -> anyhow::Result<()> {
 
     tokio::spawn(idle_timer(agent.clone()));
     tokio::spawn(reencrypt_when_needed(agent.clone()));
+    tokio::spawn(trim_when_idle());
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
 
@@ -463,6 +464,21 @@ fn reencrypt_all(agent: &Agent, stream: &mut UnixStream) -> std::io::Result<()> 
                 message,
             },
         ),
+    }
+}
+
+/// Give free heap back to the system once the agent has gone idle after
+/// work (see [`sys::TrimWhenIdle`]).
+async fn trim_when_idle() {
+    let mut when = sys::TrimWhenIdle::default();
+    let mut every = tokio::time::interval(sys::TrimWhenIdle::PERIOD);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        if when.tick(sys::process_cpu_time()) {
+            sys::trim_heap();
+            when.trimmed(sys::process_cpu_time());
+        }
     }
 }
 
