@@ -299,8 +299,25 @@ impl<K: std::hash::Hash + Eq, V: Clone> Budgeted<K, V> {
         self.used = 0;
     }
 
-    fn is_empty(&self) -> bool {
-        self.lru.is_empty()
+    fn len(&self) -> usize {
+        self.lru.len()
+    }
+
+    /// Drop every entry whose key `gone` picks (a pass over all of them).
+    fn forget_where(&mut self, gone: impl Fn(&K) -> bool)
+    where
+        K: Clone,
+    {
+        let keys: Vec<K> = self
+            .lru
+            .iter()
+            .map(|(k, _)| k)
+            .filter(|k| gone(k))
+            .cloned()
+            .collect();
+        for k in keys {
+            self.forget(&k);
+        }
     }
 }
 
@@ -924,11 +941,16 @@ impl LockboxFs {
     fn forget_cached(&self, c: Cached) {
         lock(&self.tags).forget(&c.binding);
         let mut cache = lock(&self.cache);
-        if cache.is_empty() {
-            return;
-        }
-        for idx in 0..c.len.div_ceil(CHUNK_SIZE).max(1) {
-            cache.forget(&(c.binding, idx));
+        let chunks = c.len.div_ceil(CHUNK_SIZE).max(1);
+        // Whichever is fewer: the file's chunks, or the cache's entries (a
+        // 1 GiB file has 16 384 chunks; the cache holds at most 256 whole
+        // ones, or a few thousand of small files).
+        if chunks > cache.len() as u64 {
+            cache.forget_where(|(b, _)| *b == c.binding);
+        } else {
+            for idx in 0..chunks {
+                cache.forget(&(c.binding, idx));
+            }
         }
     }
 

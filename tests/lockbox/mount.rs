@@ -884,41 +884,53 @@ fn a_new_file_with_an_old_files_inode_size_and_time_is_read_afresh() {
 /// A file deleted or replaced through the mount leaves the cache of
 /// decrypted chunks at once, not when newer reads push it out: a secret
 /// the user removed should not stay in the agent's memory. Seen from a
-/// reader that still has the old file open: its next read (of a page the
-/// kernel does not hold yet) has to decrypt the chunk again.
+/// reader that still has the old file open: its next read of the cached
+/// chunk (a page the kernel does not hold yet) has to decrypt it again.
 #[test]
 fn a_deleted_or_replaced_files_plaintext_leaves_the_cache_at_once() {
     require_fuse!();
     let m = Mounted::unlocked();
-    // One chunk, sealed while unlocked: cached at its close.
-    let size = 60_000;
-    let read_twice = |name: &str, change: &dyn Fn()| {
+    // `first` and `then`: two reads (offset, length) of the same chunk,
+    // on different pages; `change` deletes or replaces the file between.
+    let read_twice = |name: &str,
+                      size: usize,
+                      first: (usize, usize),
+                      then: (usize, usize),
+                      change: &dyn Fn()| {
         let content = pseudo_random(name.len() as u64, size);
         fs::write(m.at(name), &content).unwrap();
         m.settle();
         let f = open_random(&m.at(name));
-        let before = agent_read_bytes(&m);
-        assert!(pread(&f, 1000, 100).unwrap() == content[1000..1100]);
-        let hit = agent_read_bytes(&m) - before;
-        assert!(
-            hit < 20_000,
-            "{name}: the agent read {hit} bytes: not from the cache"
-        );
+        let (at, len) = first;
+        assert!(pread(&f, at as u64, len).unwrap() == content[at..at + len]);
         change();
         let before = agent_read_bytes(&m);
-        assert!(pread(&f, 40_000, 100).unwrap() == content[40_000..40_100]);
+        let (at, len) = then;
+        assert!(pread(&f, at as u64, len).unwrap() == content[at..at + len]);
         let again = agent_read_bytes(&m) - before;
+        // The chunk's ciphertext (all of a file of one chunk).
+        let chunk = size.min(CHUNK) as u64;
         assert!(
-            again >= size as u64,
+            again >= chunk,
             "{name}: the agent read {again} bytes: the chunk was still cached"
         );
     };
-    read_twice("deleted", &|| fs::remove_file(m.at("deleted")).unwrap());
-    read_twice("replaced", &|| {
+    // One chunk, sealed while unlocked: cached at its close. The first
+    // read comes from the cache.
+    let small = 60_000;
+    read_twice("deleted", small, (1000, 100), (40_000, 100), &|| {
+        fs::remove_file(m.at("deleted")).unwrap()
+    });
+    read_twice("replaced", small, (1000, 100), (40_000, 100), &|| {
         fs::write(m.at("newer"), b"newer").unwrap();
         fs::rename(m.at("newer"), m.at("replaced")).unwrap();
     });
     assert_eq!(fs::read(m.at("replaced")).unwrap(), b"newer");
+    // A file of many more chunks than the cache holds, whose first read
+    // (more than half a chunk, less than all of it) put one in the cache.
+    read_twice("large", 20 * MIB, (4096, 40_000), (49_152, 100), &|| {
+        fs::remove_file(m.at("large")).unwrap()
+    });
 }
 
 /// A version's record names the envoys its file was sealed to, read in the
