@@ -701,8 +701,13 @@ turn() {  # TURN_ORDER: the selected targets, in the order of the next turn
     done
 }
 for rep in $(seq "$REPS"); do
-    turn; for t in "${TURN_ORDER[@]}"; do row_seq_write "$t" "$rep"; done
-    turn; for t in "${TURN_ORDER[@]}"; do row_seq_read "$t" "$rep"; done
+    # Each target reads its big file right after writing it, so every
+    # target's read finds the same state (this VM's host caches the disk,
+    # and a file written two files ago may have left that cache).
+    turn; for t in "${TURN_ORDER[@]}"; do
+        row_seq_write "$t" "$rep"
+        row_seq_read "$t" "$rep"
+    done
     for round in $(seq "$ROUNDS"); do
         turn; for t in "${TURN_ORDER[@]}"; do row_random "$t" "$rep" "$round"; done
     done
