@@ -86,6 +86,10 @@ else
 fi
 RANDOM_READS=1000
 SEED=20240601
+# Idle RSS is read after the daemon used no CPU for this long: lockbox
+# gives its free heap back 2-4 s into an idle stretch (docs/design.md,
+# "Memory").
+RSS_IDLE_SECS=6
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { printf 'mount.sh: %s\n' "$*" >&2; exit 1; }
@@ -447,7 +451,7 @@ cpu_ticks() {  # utime + stime of a pid
     read -r -a f <<<"$s"
     echo $(( f[11] + f[12] ))
 }
-wait_idle() {  # until the pids used no CPU for 2 s in a row (max 120 s)
+wait_idle() {  # until the pids used no CPU for IDLE_SECS (2) s in a row (max 120 s)
     local prev cur still=0 i p
     prev="$(for p in "$@"; do cpu_ticks "$p"; done)" || return 1
     for i in $(seq 120); do
@@ -455,7 +459,7 @@ wait_idle() {  # until the pids used no CPU for 2 s in a row (max 120 s)
         cur="$(for p in "$@"; do cpu_ticks "$p"; done)" || return 1
         if [ "$cur" = "$prev" ]; then still=$((still + 1)); else still=0; fi
         prev="$cur"
-        [ "$still" -ge 2 ] && return 0
+        [ "$still" -ge "${IDLE_SECS:-2}" ] && return 0
     done
     log "warning: pid(s) $* still busy after 120 s"
 }
@@ -642,7 +646,7 @@ idle_rss_with_files() {  # fresh daemon, RSS_FILES small files created through i
     wait_idle "$DPID" || true
     if out="$("$PYTHON" "$PY" mkfiles "$DIR" "$RSS_FILES" 2>"$WORK/py.err")"; then
         log "$t: created $RSS_FILES files in $out s; waiting for the daemon to be idle"
-        wait_idle "$DPID" || true
+        IDLE_SECS=$RSS_IDLE_SECS wait_idle "$DPID" || true
         record "$t" rss_idle_files "$(kib_of "$DPID" VmRSS)"
     else
         log "$t: creating $RSS_FILES files FAILED: $(tail -n 2 "$WORK/py.err" | tr '\n' ' ')"
@@ -722,7 +726,7 @@ done
 for t in gocryptfs lockbox; do
     want "$t" || continue
     DIR="${TDIR[$t]}"; DPID="${TPID[$t]}"
-    wait_idle "$DPID" || true
+    IDLE_SECS=$RSS_IDLE_SECS wait_idle "$DPID" || true
     record "$t" rss_after_rows "$(kib_of "$DPID" VmRSS)"
     idle_rss_with_files "$t"
     "teardown_$t"
