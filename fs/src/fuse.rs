@@ -330,7 +330,7 @@ type ChunkCache = Budgeted<(Binding, u64), Arc<SecretBuf>>;
 
 /// Bytes of block tags kept in memory (a 1 GiB file has 4 MiB of them).
 const TAGS_BUDGET: usize = 16 << 20;
-/// Versions whose block tags (or lack of them) are remembered.
+/// Files whose block tags (or lack of them) are remembered.
 const TAGS_ENTRIES: usize = 4096;
 
 /// Block tags of files read lately, or that a file has none, by binding;

@@ -1489,13 +1489,12 @@ struct Tagged {
     tags: Option<BlockTags>,
 }
 
-impl<W: Write> From<Tagger<W>> for Tagged {
-    fn from(tagger: Tagger<W>) -> Self {
+impl Tagged {
+    /// What `tagger` found, and the writer under it.
+    fn of<W: Write>(tagger: Tagger<W>) -> (W, Tagged) {
         let binding = tagger.binding();
-        Tagged {
-            binding,
-            tags: tagger.finish().1,
-        }
+        let (inner, tags) = tagger.finish();
+        (inner, Tagged { binding, tags })
     }
 }
 
@@ -1533,7 +1532,7 @@ fn seal_tagged(
         hash,
         envoys: recipients.envoys.clone(),
     };
-    Ok((sealed, tagger.into()))
+    Ok((sealed, Tagged::of(tagger).1))
 }
 
 /// How a write into a store temp file fails.
@@ -1587,15 +1586,14 @@ impl SealStream {
         } = self;
         let hasher = sealer.finish()?.finish().map_err(sink_error)?;
         let (tagger, hash, ciphertext_len) = hasher.finish();
-        let binding = tagger.binding();
-        let (writeback, tags) = tagger.finish();
+        let (writeback, tagged) = Tagged::of(tagger);
         let sealed = Sealed {
             plaintext_len: len,
             ciphertext_len,
             hash,
             envoys,
         };
-        Ok((staged, writeback.file, sealed, Tagged { binding, tags }))
+        Ok((staged, writeback.file, sealed, tagged))
     }
 
     /// Give up the seal and get back what was written, decrypted with
