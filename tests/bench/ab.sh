@@ -35,54 +35,11 @@ trap cleanup EXIT
 
 echo "bench passphrase" >"$WORK/pass"
 chmod 600 "$WORK/pass"
-cat >"$WORK/rows.py" <<'PY'
-import os, random, sys, time
-
-def rand(path, n=1000, seed=20240601):
-    fd = os.open(path, os.O_RDONLY)
-    blocks = os.fstat(fd).st_size // 4096
-    rng = random.Random(seed)
-    offs = [rng.randrange(blocks) * 4096 for _ in range(n)]
-    t = time.perf_counter()
-    for o in offs:
-        if os.pread(fd, 4096, o) != bytes(4096):
-            raise OSError("pread at %d: not the zeros written" % o)
-    os.close(fd)
-    return n / (time.perf_counter() - t)
-
-def small(d, n=2000):
-    data = os.urandom(4096)
-    a = [os.path.join(d, "small-%06d" % i) for i in range(n)]
-    b = [os.path.join(d, "moved-%06d" % i) for i in range(n)]
-    r = {}
-    t = time.perf_counter()
-    for p in a:
-        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        os.write(fd, data)
-        os.close(fd)
-    r["create"] = n / (time.perf_counter() - t); t = time.perf_counter()
-    for p in a:
-        os.stat(p)
-    r["stat"] = n / (time.perf_counter() - t); t = time.perf_counter()
-    for p in a:
-        fd = os.open(p, os.O_RDONLY)
-        if os.read(fd, 4097) != data:
-            raise OSError("read %s: wrong content" % p)
-        os.close(fd)
-    r["read"] = n / (time.perf_counter() - t); t = time.perf_counter()
-    for x, y in zip(a, b):
-        os.rename(x, y)
-    r["rename"] = n / (time.perf_counter() - t); t = time.perf_counter()
-    for p in b:
-        os.unlink(p)
-    r["delete"] = n / (time.perf_counter() - t)
-    return r
-
-if sys.argv[1] == "rand":
-    print("random=%.0f/s" % rand(sys.argv[2]))
-else:
-    print(" ".join("%s=%.0f/s" % kv for kv in small(sys.argv[2]).items()))
-PY
+# The rows themselves are the mount benchmark's (tests/bench/bench.py).
+ROWS="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/bench.py"
+rows() {  # bench.py's "name<TAB>value" lines as "name=value/s" on one line
+    "$PYTHON" "$ROWS" "$@" | awk -F'\t' '{ printf "%s%s=%.0f/s", (NR > 1 ? " " : ""), $1, $2 } END { print "" }'
+}
 
 drop() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 
@@ -99,10 +56,10 @@ for rep in $(seq "$REPS"); do
         drop
         seq="$(dd if="$mnt/big" of=/dev/null bs=1M 2>&1 | awk '/copied/ { print $(NF-1), $NF }')"
         drop
-        rnd="$("$PYTHON" "$WORK/rows.py" rand "$mnt/big")"
+        rnd="$(rows rand "$mnt/big" 1000 20240601)"
         rm -f "$mnt/big"
         drop
-        sml="$("$PYTHON" "$WORK/rows.py" small "$mnt")"
+        sml="$(rows small "$mnt" 2000)"
         echo "rep $rep $BIN: seq_read=$seq $rnd $sml"
         HOME="$HOME_DIR" timeout 120 "$BIN" stop >/dev/null
         HOME_DIR=""
