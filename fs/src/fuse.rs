@@ -622,8 +622,8 @@ impl LockboxFs {
         let known = {
             let mut inner = lock(&self.inner);
             let known = inner.sizes.get(&version).copied();
-            if let (Some(_), Some(node)) = (known, inner.nodes.get_mut(&ino)) {
-                node.version = Some(version);
+            if known.is_some() {
+                Self::now_version(&mut inner, ino, version);
             }
             known
         };
@@ -641,13 +641,24 @@ impl LockboxFs {
     /// Node `ino`'s store version `version` holds `size` bytes of plaintext.
     fn remember_size(&self, ino: u64, version: Version, size: u64) {
         let mut inner = lock(&self.inner);
-        if let Some(node) = inner.nodes.get_mut(&ino) {
-            node.version = Some(version);
-        }
+        Self::now_version(&mut inner, ino, version);
         if inner.sizes.len() >= MAX_SIZES {
             inner.sizes.clear();
         }
         inner.sizes.insert(version, size);
+    }
+
+    /// Node `ino`'s store file is now `version`. The size of the version it
+    /// had is forgotten: that file is gone or changed, and a later file
+    /// may repeat its inode, size and time with another header length.
+    fn now_version(inner: &mut Inner, ino: u64, version: Version) {
+        let old = inner
+            .nodes
+            .get_mut(&ino)
+            .and_then(|n| n.version.replace(version));
+        if let Some(old) = old.filter(|o| *o != version) {
+            inner.sizes.remove(&old);
+        }
     }
 
     /// The node and attributes of `name`, for `lookup`: one `stat` of the
@@ -1727,6 +1738,9 @@ impl Filesystem for Mounted {
             if let Some(n) = inner.nodes.get_mut(&d) {
                 n.name = None;
                 replaced = n.cached.take();
+                if let Some(v) = n.version.take() {
+                    inner.sizes.remove(&v);
+                }
             }
             LockboxFs::maybe_drop(&mut inner, d);
         }
