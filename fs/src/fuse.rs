@@ -487,12 +487,8 @@ impl LockboxFs {
         let (ino, cached) = {
             let mut inner = lock(&self.inner);
             let ino = inner.by_name.get(name).copied();
-            let node = ino.and_then(|i| inner.nodes.get_mut(&i));
             // Its size is read from the header again.
-            let (seen, cached) = node.map_or((None, None), |n| (n.version.take(), n.cached.take()));
-            if let Some(v) = seen {
-                inner.sizes.remove(&v);
-            }
+            let cached = ino.and_then(|i| Self::file_gone(&mut inner, i));
             (ino, cached)
         };
         if let Some(c) = cached {
@@ -646,6 +642,19 @@ impl LockboxFs {
             inner.sizes.clear();
         }
         inner.sizes.insert(version, size);
+    }
+
+    /// Node `ino`'s store file is gone (unlinked, replaced, or changed
+    /// behind the mount's back): forget its version's size, and hand back
+    /// what the chunk and tag caches know it by, for
+    /// [`LockboxFs::forget_cached`] once the lock is released.
+    fn file_gone(inner: &mut Inner, ino: u64) -> Option<Cached> {
+        let n = inner.nodes.get_mut(&ino)?;
+        let (version, cached) = (n.version.take(), n.cached.take());
+        if let Some(v) = version {
+            inner.sizes.remove(&v);
+        }
+        cached
     }
 
     /// Node `ino`'s store file is now `version`. The size of the version it
@@ -1641,18 +1650,14 @@ impl Filesystem for Mounted {
             }
             _ => {}
         }
-        let (mut gone, mut cached) = (None, None);
+        let mut cached = None;
         if let Some(i) = ino {
             inner.by_name.remove(&name);
             if let Some(n) = inner.nodes.get_mut(&i) {
                 n.name = None;
-                gone = n.version;
-                cached = n.cached.take();
             }
+            cached = LockboxFs::file_gone(&mut inner, i);
             LockboxFs::maybe_drop(&mut inner, i);
-        }
-        if let Some(v) = &gone {
-            inner.sizes.remove(v);
         }
         drop(inner);
         if let Some(c) = cached {
@@ -1737,11 +1742,8 @@ impl Filesystem for Mounted {
         if let Some(d) = dst {
             if let Some(n) = inner.nodes.get_mut(&d) {
                 n.name = None;
-                replaced = n.cached.take();
-                if let Some(v) = n.version.take() {
-                    inner.sizes.remove(&v);
-                }
             }
+            replaced = LockboxFs::file_gone(&mut inner, d);
             LockboxFs::maybe_drop(&mut inner, d);
         }
         inner.by_name.remove(&from);
