@@ -197,6 +197,12 @@ pub fn scan_header(prefix: &[u8]) -> Result<HeaderInfo> {
 /// file, say) is [`Error::NotAge`], matching [`is_age`]; an input that starts
 /// with the magic line but ends inside the header is [`Error::Truncated`].
 pub fn read_header<R: Read>(input: R) -> Result<HeaderInfo> {
+    read_header_bytes(input).map(|(info, _)| info)
+}
+
+/// [`read_header`], and the bytes it read: the header and whatever of the
+/// payload came with it (reads are of 4 KiB).
+pub(crate) fn read_header_bytes<R: Read>(input: R) -> Result<(HeaderInfo, Vec<u8>)> {
     let mut input = input.take(MAX_HEADER_BYTES as u64 + 1);
     let mut scanner = HeaderScanner::default();
     let mut buf = Vec::with_capacity(4096);
@@ -219,7 +225,7 @@ pub fn read_header<R: Read>(input: R) -> Result<HeaderInfo> {
         }
         buf.extend_from_slice(&chunk[..n]);
         if let Some(info) = scanner.scan(&buf)? {
-            return Ok(info);
+            return Ok((info, buf));
         }
     }
 }

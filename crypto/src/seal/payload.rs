@@ -43,7 +43,7 @@ use zeroize::Zeroizing;
 
 use super::tags::{Binding, BlockTags, TagKey, Tagger, BLOCKS_PER_CHUNK, BLOCK_SIZE};
 use super::{
-    decrypt_error, plaintext_len, read_header, HeaderInfo, CHUNK_SIZE, ENCRYPTED_CHUNK_SIZE,
+    decrypt_error, plaintext_len, read_header_bytes, HeaderInfo, CHUNK_SIZE, ENCRYPTED_CHUNK_SIZE,
     NONCE_LEN, TAG_LEN,
 };
 use crate::wipe::SecretBuf;
@@ -119,14 +119,20 @@ fn pread_exact(file: &File, mut buf: &mut [u8], mut offset: u64) -> io::Result<(
     Ok(())
 }
 
-/// The header of the age file `file` (scanned as [`read_header`] does)
+/// The header of the age file `file` (scanned as [`read_header`](super::read_header) does)
 /// and its first bytes through the payload nonce: what a [`Binding`] is
 /// made of. No key is needed.
 fn read_head(file: &File) -> Result<(HeaderInfo, Vec<u8>)> {
-    let info = read_header(At { file, pos: 0 })?;
-    // The header (at most MAX_HEADER_BYTES, scanned above) and the nonce.
-    let mut head = vec![0u8; (info.header_len + NONCE_LEN) as usize];
-    pread_exact(file, &mut head, 0).map_err(super::payload_error)?;
+    let (info, mut head) = read_header_bytes(At { file, pos: 0 })?;
+    // The header (at most MAX_HEADER_BYTES, scanned above) and the nonce:
+    // almost always in what the scan read already.
+    let want = (info.header_len + NONCE_LEN) as usize;
+    let have = head.len();
+    if have < want {
+        head.resize(want, 0);
+        pread_exact(file, &mut head[have..], have as u64).map_err(super::payload_error)?;
+    }
+    head.truncate(want);
     Ok((info, head))
 }
 
@@ -135,7 +141,7 @@ fn read_head(file: &File) -> Result<(HeaderInfo, Vec<u8>)> {
 /// by. Unlike a file's inode, size and times, which a later file can
 /// repeat once this one is gone, no two seals share a binding (each has a
 /// fresh file key and nonce), so caches of decrypted bytes are keyed by
-/// it. Errors as [`read_header`], or when the file ends inside its nonce.
+/// it. Errors as [`read_header`](super::read_header), or when the file ends inside its nonce.
 pub fn read_binding(file: &File) -> Result<(HeaderInfo, Binding)> {
     let (info, head) = read_head(file)?;
     Ok((info, Binding::of(&head)))
@@ -387,7 +393,7 @@ impl Payload {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{seal_stream, Opened};
+    use super::super::{read_header, seal_stream, Opened};
     use super::*;
     use crate::AgeRecipient;
     use proptest::prelude::*;
