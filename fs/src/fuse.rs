@@ -123,6 +123,11 @@ struct Staged {
     dirty: bool,
     /// Open write handles.
     writers: u32,
+    /// Its last writer released it: it is being taken off its node, and
+    /// an open that found it there must stage anew instead of joining it
+    /// (joined, it would be a buffer the node no longer shows, so `stat`
+    /// would show the store's old version until the kernel forgot it).
+    released: bool,
     /// A write failed (EFBIG): the staged content is incomplete and must
     /// never be sealed; close reports this error and the old version stays.
     poisoned: Option<Errno>,
@@ -140,6 +145,7 @@ impl Staged {
             loaded,
             dirty,
             writers,
+            released: false,
             poisoned: None,
             mtime: SystemTime::now(),
         }
@@ -162,13 +168,19 @@ impl Staged {
     }
 
     /// One more writer opens the file; `O_TRUNC` empties it, modified now.
-    fn join_writer(&mut self, trunc: bool) {
+    /// False, and nothing changes, once its last writer released it.
+    #[must_use]
+    fn join_writer(&mut self, trunc: bool) -> bool {
+        if self.released {
+            return false;
+        }
         self.writers += 1;
         if trunc {
             self.clear();
             self.dirty = true;
             self.mtime = SystemTime::now();
         }
+        true
     }
 
     /// The staged content can never be sealed (a failed write).
@@ -1355,11 +1367,8 @@ impl LockboxFs {
             }));
         }
         // Writing: share the staged buffer of other writers, or stage anew.
-        let staged = match staged {
-            Some(s) => {
-                lock(&s).join_writer(trunc);
-                s
-            }
+        let staged = match staged.filter(|s| lock(s).join_writer(trunc)) {
+            Some(s) => s,
             None => {
                 let size = self.store.entry(&name).map(|e| e.size).unwrap_or(0);
                 let empty = trunc || size == 0;
@@ -1378,14 +1387,15 @@ impl LockboxFs {
                 let s = Arc::new(Mutex::new(st));
                 let mut inner = lock(&self.inner);
                 let node = inner.nodes.get_mut(&ino).ok_or(Errno::ENOENT)?;
-                match &node.staged {
-                    // Another writer staged it meanwhile: join that one
-                    // (truncating it, if this open truncates).
-                    Some(other) if lock(other).poisoned.is_none() => {
-                        lock(other).join_writer(trunc);
-                        other.clone()
-                    }
-                    _ => {
+                // Another writer staged it meanwhile: join that one
+                // (truncating it, if this open truncates).
+                let other = node.staged.clone().filter(|o| {
+                    let mut o = lock(o);
+                    o.poisoned.is_none() && o.join_writer(trunc)
+                });
+                match other {
+                    Some(o) => o,
+                    None => {
                         node.staged = Some(s.clone());
                         s
                     }
@@ -2009,6 +2019,9 @@ impl Filesystem for Mounted {
                 if let Err(e) = fs.seal_staged(ino, &mut st) {
                     tracing::warn!("sealing at release failed ({e:?}); the previous version stays");
                 }
+                // Under its lock: an open that found it on the node now
+                // stages anew rather than joining a buffer taken off it.
+                st.released = true;
                 drop(st);
                 let mut inner = lock(&fs.inner);
                 if let Some(n) = inner.nodes.get_mut(&ino) {
