@@ -1764,10 +1764,12 @@ impl Filesystem for Mounted {
             n.name = Some(to);
         }
         drop(inner);
-        reply.ok();
+        // Before the answer: once rename(2) returns, the replaced file's
+        // plaintext is out of the caches.
         if let Some(c) = replaced {
             fs.forget_cached(c);
         }
+        reply.ok();
         // The records of the move are signed and made after the answer.
         drop(recorded);
     }
