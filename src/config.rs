@@ -198,7 +198,7 @@ impl Config {
              user: {user:?}                # whose lockbox this is\n\
              peer_port: {peer_port}              # mTLS peer port (0 = ephemeral)\n\
              listen: {listen:?}\n\
-             multicast: {multicast:?}     # or off\n\
+             multicast: {multicast:?}     # group:port to announce on, or \"off\"\n\
              announce_interval: {ai}\n\
              stale_after: {sa}\n\
              cross_subnet_peers: {peers}       # host or host:port\n\
@@ -212,11 +212,11 @@ impl Config {
             peer_port = self.peer_port,
             listen = self.listen,
             multicast = self.multicast.to_string(),
-            ai = humantime::format_duration(self.announce_interval),
-            sa = humantime::format_duration(self.stale_after),
+            ai = render_duration(self.announce_interval),
+            sa = render_duration(self.stale_after),
             idle = render_minutes(self.idle_timeout_minutes),
             max = render_size(self.max_file_size),
-            tr = humantime::format_duration(self.tombstone_retention),
+            tr = render_duration(self.tombstone_retention),
             pc = self.push_concurrency,
             dp = self.disk_pressure_percent,
         );
@@ -227,6 +227,18 @@ impl Config {
             ));
         }
         out
+    }
+}
+
+/// A duration as config takes it back: whole days as `90d` (humantime
+/// would write 90 days as "2months 29days 2h 52m 48s", its month being
+/// 30.44 days), anything else as humantime writes it (`1m 30s`).
+fn render_duration(d: Duration) -> String {
+    const DAY: u64 = 24 * 3600;
+    if d.subsec_nanos() == 0 && d.as_secs() >= DAY && d.as_secs().is_multiple_of(DAY) {
+        format!("{}d", d.as_secs() / DAY)
+    } else {
+        humantime::format_duration(d).to_string()
     }
 }
 
@@ -387,5 +399,20 @@ mod tests {
         assert_eq!(Config::parse(&c.render()).unwrap(), c);
         let d = Config::default();
         assert_eq!(Config::parse(&d.render()).unwrap(), d);
+    }
+
+    #[test]
+    fn rendered_durations_read_as_a_person_would_write_them() {
+        let text = Config::default().render();
+        assert!(text.contains("tombstone_retention: 90d\n"), "{text}");
+        assert!(text.contains("stale_after: 1m 30s\n"), "{text}");
+        for (secs, nanos) in [(86_400 * 7, 0), (86_400 + 1, 0), (3 * 86_400, 5), (30, 0)] {
+            let d = Duration::new(secs, nanos);
+            let c = Config {
+                tombstone_retention: d,
+                ..Config::default()
+            };
+            assert_eq!(Config::parse(&c.render()).unwrap().tombstone_retention, d);
+        }
     }
 }
