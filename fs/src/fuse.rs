@@ -1990,6 +1990,29 @@ impl Filesystem for Mounted {
         }
     }
 
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        // fsync of the folder: every create, rename and delete so far (and
+        // every seal closed so far) is durable when it returns. Without
+        // this handler fuser answers ENOSYS, which the kernel turns into
+        // success without asking again: a save by rename followed by an
+        // fsync of the folder would be told "durable" while the rename
+        // still waited for the next grouped sync.
+        match self.0.store.sync_now() {
+            Ok(()) => reply.ok(),
+            Err(e) => {
+                tracing::warn!("fsync of the folder: {e}");
+                reply.error(Errno::EIO)
+            }
+        }
+    }
+
     fn release(
         &self,
         _req: &Request,

@@ -1839,7 +1839,8 @@ fn unix_now() -> f64 {
 /// fsync(2) returns only once the new version's rename is durable: the
 /// agent groups the syncs of the store folder across closes, so the fsync
 /// handler syncs the folder itself — after sealing, and also for a file
-/// closed (sealed, its rename still pending) just before it was reopened.
+/// closed (sealed, its rename still pending) just before it was reopened;
+/// an fsync of the folder after a rename syncs it too.
 #[test]
 fn fsync_waits_for_the_store_folder_sync() {
     require_fuse!();
@@ -1872,9 +1873,20 @@ fn fsync_waits_for_the_store_folder_sync() {
     f.sync_all().unwrap();
     let t3 = unix_now();
     drop(f);
+    // A save by rename, then an fsync of the folder (what editors and
+    // atomic-write libraries do): the rename must be durable when it returns.
+    fs::rename(m.at("two"), m.at("three")).unwrap();
+    let folder = fs::File::open(&m.mnt).unwrap();
+    let t4 = unix_now();
+    folder.sync_all().unwrap();
+    let t5 = unix_now();
 
     let syncs = trace.syncs_of(&store);
-    for (what, a, b) in [("write + fsync", t0, t1), ("close, reopen, fsync", t2, t3)] {
+    for (what, a, b) in [
+        ("write + fsync", t0, t1),
+        ("close, reopen, fsync", t2, t3),
+        ("rename, fsync of the folder", t4, t5),
+    ] {
         assert!(
             syncs.iter().any(|t| *t >= a && *t <= b),
             "{what}: no sync of {} while fsync(2) ran ({a:.6}..{b:.6}); syncs at {syncs:?}",
@@ -1882,5 +1894,5 @@ fn fsync_waits_for_the_store_folder_sync() {
         );
     }
     assert_eq!(fs::read(m.at("one")).unwrap(), b"first");
-    assert_eq!(fs::read(m.at("two")).unwrap(), b"second");
+    assert_eq!(fs::read(m.at("three")).unwrap(), b"second");
 }
