@@ -1358,7 +1358,16 @@ impl Store {
     /// renamed `NAME.<unix_ts>.failed`.
     pub fn sweep(&self, recipients: &SealTo, max_size: u64) -> Result<SweepReport, Error> {
         let mut report = SweepReport::default();
-        for entry in self.list()? {
+        for name in self.names()? {
+            // One file that cannot be read must not keep the rest in plaintext.
+            let entry = match self.entry(&name) {
+                Ok(e) => e,
+                Err(Error::NotFound(_)) => continue,
+                Err(e) => {
+                    tracing::warn!("sweep: skipping {name}: {e}");
+                    continue;
+                }
+            };
             if entry.state != FileState::Plaintext {
                 continue;
             }
@@ -1379,15 +1388,28 @@ impl Store {
                     tracing::info!("sealed plaintext {} found in the store", entry.name);
                     report.sealed.push(entry.name);
                 }
-                Err(e) => report.failed.push(self.mark_failed(&entry.name, &e)?),
+                Err(e) => match self.mark_failed(&entry.name, &e) {
+                    Ok(failed) => report.failed.push(failed),
+                    Err(e2) => {
+                        tracing::warn!(
+                            "could not seal {} ({e}) nor rename it aside ({e2}): it stays \
+                             plaintext in the store; move it out and add it again",
+                            entry.name
+                        );
+                        report
+                            .failed
+                            .push((entry.name.clone(), entry.name, e.to_string()));
+                    }
+                },
             }
         }
         Ok(report)
     }
 
     /// Seal every regular file found in `dir` (the bare `~/lockbox/` before
-    /// mounting) into the store under the same name, then remove the
-    /// plaintext original. Files over `max_size` stay where they are.
+    /// mounting) into the store under the same name, then, once the sealed
+    /// copies are durable, remove the plaintext originals. Files over
+    /// `max_size` stay where they are.
     pub fn import_dir(
         &self,
         dir: &Path,
@@ -1395,6 +1417,8 @@ impl Store {
         max_size: u64,
     ) -> Result<SweepReport, Error> {
         let mut report = SweepReport::default();
+        // Sealed, their plaintext not yet removed.
+        let mut imported = Vec::new();
         let rd = match fs::read_dir(dir) {
             Ok(rd) => rd,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(report),
@@ -1439,16 +1463,30 @@ impl Store {
                     }
                 });
             match result {
-                Ok(()) => {
-                    fs::remove_file(&path).map_err(|e| Error::io("remove", &path, e))?;
-                    tracing::info!("sealed {} from the unmounted folder", name);
-                    report.sealed.push(name);
-                }
+                Ok(()) => imported.push((name, path)),
                 Err(e) => {
                     tracing::warn!("could not seal {}: {e}", path.display());
                     report.failed.push((name.clone(), name, e.to_string()));
                 }
             }
+        }
+        if imported.is_empty() {
+            return Ok(report);
+        }
+        // A plaintext original goes only once its sealed copy is durable,
+        // the rename into the store included (which grouped syncs would
+        // otherwise leave to the next round): a crash in between must not
+        // lose both.
+        self.sync_now()?;
+        for (name, path) in imported {
+            match fs::remove_file(&path) {
+                Ok(()) => tracing::info!("sealed {name} from the unmounted folder"),
+                Err(e) => tracing::warn!(
+                    "sealed {name}, but could not remove its plaintext {} ({e}): remove it by hand",
+                    path.display()
+                ),
+            }
+            report.sealed.push(name);
         }
         Ok(report)
     }
@@ -1971,6 +2009,25 @@ mod tests {
         assert!(store.contains(&rep.failed[0].1));
     }
 
+    /// A file that can neither be sealed nor renamed aside (its name has
+    /// no room for the `.<ts>.failed` suffix) is reported, and the sweep
+    /// goes on to the next one.
+    #[test]
+    fn one_file_the_sweep_cannot_handle_does_not_stop_it() {
+        let (_dir, store, _id) = setup();
+        let long = n(&"a".repeat(250));
+        fs::write(store.path_of(&long), b"plain").unwrap();
+        fs::write(store.path_of(&n("b")), b"plain too").unwrap();
+        let rep = store.sweep(&SealTo::default(), 100).unwrap();
+        assert_eq!(rep.failed.len(), 2, "{:?}", rep.failed);
+        assert_eq!(rep.failed[0].0, long);
+        assert_eq!(rep.failed[0].1, long, "nowhere to rename it to");
+        assert!(store.contains(&long));
+        assert_eq!(rep.failed[1].0, n("b"));
+        assert_eq!(rep.failed[1].1.kind(), NameKind::Failed);
+        assert!(!store.contains(&n("b")) && store.contains(&rep.failed[1].1));
+    }
+
     #[test]
     fn import_dir_moves_plaintext_into_store() {
         let (dir, store, id) = setup();
@@ -1984,6 +2041,29 @@ mod tests {
         assert_eq!(rep.sealed, vec![n("notes")]);
         assert_eq!(rep.too_large, vec![n("huge")]);
         assert!(!bare.join("notes").exists() && bare.join("huge").exists());
+        let f = store.open_file(&n("notes")).unwrap();
+        assert_eq!(&open_to_vec(&id, f).unwrap()[..], b"hello");
+    }
+
+    /// With grouped syncs (the agent's store), the folder's rename of an
+    /// imported file would wait for the next round; the plaintext original
+    /// must not go before it, so the import syncs the store first.
+    #[test]
+    fn import_dir_leaves_nothing_to_sync_behind_the_removed_originals() {
+        let (dir, store, id) = grouped();
+        let bare = dir.path().join("bare");
+        fs::create_dir(&bare).unwrap();
+        fs::write(bare.join("notes"), b"hello").unwrap();
+        let rep = store
+            .import_dir(&bare, &SealTo::keys(vec![id.to_public()]), 100)
+            .unwrap();
+        assert_eq!(rep.sealed, vec![n("notes")]);
+        assert!(!bare.join("notes").exists());
+        let w = store.waiting.as_ref().expect("a grouped store");
+        assert!(
+            !w.dir_dirty.load(Ordering::SeqCst) && lock(&w.files).is_empty(),
+            "the plaintext is gone while its sealed copy still waits for a sync"
+        );
         let f = store.open_file(&n("notes")).unwrap();
         assert_eq!(&open_to_vec(&id, f).unwrap()[..], b"hello");
     }
