@@ -1322,12 +1322,11 @@ impl LockboxFs {
             // the old name: ESTALE makes it look the name up again.
             (node.name.clone().ok_or(Errno::ESTALE)?, node.staged.clone())
         };
-        // A buffer poisoned by a failed write is never sealed: readers read
-        // the store, new writers start afresh.
-        let staged = staged.filter(|s| lock(s).poisoned.is_none());
         if acc == OpenAccMode::O_RDONLY {
             let identity = self.identity_or_eacces("opening for reading")?;
-            if let Some(staged) = staged {
+            // A buffer poisoned by a failed write is never sealed: readers
+            // read the store.
+            if let Some(staged) = staged.filter(|s| lock(s).poisoned.is_none()) {
                 return Ok(self.add_handle(Handle::Staged {
                     ino,
                     staged,
@@ -1367,40 +1366,36 @@ impl LockboxFs {
             }));
         }
         // Writing: share the staged buffer of other writers, or stage anew.
-        let staged = match staged.filter(|s| lock(s).join_writer(trunc)) {
-            Some(s) => s,
-            None => {
-                let size = self.store.entry(&name).map(|e| e.size).unwrap_or(0);
-                let empty = trunc || size == 0;
-                // O_RDWR will read the old content: refuse now while locked.
-                if !empty && acc == OpenAccMode::O_RDWR {
-                    self.identity_or_eacces("opening for reading and writing")?;
-                }
-                let mut st = Staged::new(Pages::new(), empty, trunc && size > 0, 1);
-                if !trunc {
-                    // Unchanged until its first write: the store file's time.
-                    let meta = self.store.metadata(&name).ok();
-                    if let Some(t) = meta.and_then(|m| m.modified().ok()) {
-                        st.mtime = t;
-                    }
-                }
-                let s = Arc::new(Mutex::new(st));
-                let mut inner = lock(&self.inner);
-                let node = inner.nodes.get_mut(&ino).ok_or(Errno::ENOENT)?;
-                // Another writer staged it meanwhile: join that one
-                // (truncating it, if this open truncates).
-                let other = node.staged.clone().filter(|o| {
-                    let mut o = lock(o);
-                    o.poisoned.is_none() && o.join_writer(trunc)
-                });
-                match other {
-                    Some(o) => o,
-                    None => {
-                        node.staged = Some(s.clone());
-                        s
-                    }
+        // A staged buffer's lock is never taken while `inner` is held (a
+        // writer holds its buffer's lock when it takes `inner`), so the
+        // check of the node's buffer and the install of a new one are two
+        // steps: the install happens only if the node still has the buffer
+        // this open could not join, else it tries the newcomer.
+        let mut current = staged;
+        let staged = loop {
+            if let Some(c) = &current {
+                let mut st = lock(c);
+                // A buffer poisoned by a failed write is never sealed: new
+                // writers start afresh.
+                if st.poisoned.is_none() && st.join_writer(trunc) {
+                    break c.clone();
                 }
             }
+            let s = self.stage_anew(&name, acc, trunc)?;
+            let mut inner = lock(&self.inner);
+            let node = inner.nodes.get_mut(&ino).ok_or(Errno::ENOENT)?;
+            let unchanged = match (&node.staged, &current) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            };
+            if unchanged {
+                node.staged = Some(s.clone());
+                break s;
+            }
+            // Another writer staged it meanwhile: join that one (truncating
+            // it, if this open truncates).
+            current = node.staged.clone();
         };
         Ok(self.add_handle(Handle::Staged {
             ino,
@@ -1408,6 +1403,32 @@ impl LockboxFs {
             write: true,
             wrote: AtomicBool::new(false),
         }))
+    }
+
+    /// A new staged buffer for a writer opening `name` with `acc` (one
+    /// writer): empty if it truncates or the file is, else the old content,
+    /// loaded at its first use.
+    fn stage_anew(
+        &self,
+        name: &Name,
+        acc: OpenAccMode,
+        trunc: bool,
+    ) -> Result<Arc<Mutex<Staged>>, Errno> {
+        let size = self.store.entry(name).map(|e| e.size).unwrap_or(0);
+        let empty = trunc || size == 0;
+        // O_RDWR will read the old content: refuse now while locked.
+        if !empty && acc == OpenAccMode::O_RDWR {
+            self.identity_or_eacces("opening for reading and writing")?;
+        }
+        let mut st = Staged::new(Pages::new(), empty, trunc && size > 0, 1);
+        if !trunc {
+            // Unchanged until its first write: the store file's time.
+            let meta = self.store.metadata(name).ok();
+            if let Some(t) = meta.and_then(|m| m.modified().ok()) {
+                st.mtime = t;
+            }
+        }
+        Ok(Arc::new(Mutex::new(st)))
     }
 
     /// Truncate a file with no open writer to `size` (`truncate(2)` on a
@@ -1837,11 +1858,12 @@ impl Filesystem for Mounted {
             }
         }
         // The staged buffer for a brand-new node was made with writers = 0.
-        if let Some(s) = lock(&fs.inner)
+        // (Taken out of `inner` first: a buffer's lock is never taken under it.)
+        let staged = lock(&fs.inner)
             .nodes
             .get(&ino)
-            .and_then(|n| n.staged.clone())
-        {
+            .and_then(|n| n.staged.clone());
+        if let Some(s) = staged {
             let mut st = lock(&s);
             st.writers = st.writers.max(1);
         }
