@@ -1902,6 +1902,12 @@ impl Filesystem for Mounted {
         };
         match &*h {
             Handle::Staged { ino, staged, .. } => {
+                // The buffer may hold plaintext loaded before a lock (or
+                // written since): it is read only while unlocked, as the
+                // store is (SPEC §5.2: reading back needs the key).
+                if let Err(e) = fs.identity_or_eacces("reading back") {
+                    return reply.error(e);
+                }
                 let mut st = lock(staged);
                 if let Err(e) = fs
                     .ensure_loaded(*ino, &mut st, "reading back")

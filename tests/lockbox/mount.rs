@@ -1036,6 +1036,35 @@ fn locked_mount_lists_moves_and_replaces_but_does_not_read() {
         .open(m.at("g"))
         .unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EACCES), "open O_RDWR: {err}");
+
+    // Handles whose plaintext sits in the agent's memory across the lock
+    // are refused too: a file open for reading and writing (its old content
+    // loaded), and a reader of a file being written (it reads the writer's
+    // buffer). The writer still seals what it wrote at its close.
+    m.unlock();
+    let rw = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.at("g"))
+        .unwrap();
+    assert_eq!(pread(&rw, 0, 100).unwrap(), b"new\n");
+    let mut w = fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(m.at("h"))
+        .unwrap();
+    w.write_all(b"being written\n").unwrap();
+    let r = fs::File::open(m.at("h")).unwrap();
+    assert_eq!(pread(&r, 0, 100).unwrap(), b"being written\n");
+    m.ok(&["lock"]);
+    for (what, f) in [("O_RDWR", &rw), ("a reader of a file being written", &r)] {
+        let err = pread(f, 0, 100).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{what}: {err}");
+    }
+    drop((r, w, rw));
+    m.unlock();
+    assert_eq!(fs::read(m.at("h")).unwrap(), b"being written\n");
+    assert_eq!(fs::read(m.at("g")).unwrap(), b"new\n");
 }
 
 /// Flip one bit in the middle of an age file; returns the plaintext
