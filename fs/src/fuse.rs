@@ -1531,7 +1531,7 @@ impl Filesystem for Mounted {
         _atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
-        _fh: Option<FileHandle>,
+        fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
@@ -1582,6 +1582,18 @@ impl Filesystem for Mounted {
             };
             if let Err(e) = r {
                 return reply.error(e);
+            }
+            // ftruncate(2) writes through its descriptor: its fsync and
+            // close seal the new length, as they would a write. (Without a
+            // descriptor, truncate(2) of a file open for writing is sealed
+            // by its writers' close.)
+            if let Some(Ok(h)) = fh.map(|fh| fs.handle(fh)) {
+                if let Handle::Staged {
+                    write: true, wrote, ..
+                } = &*h
+                {
+                    wrote.store(true, Ordering::Relaxed);
+                }
             }
         }
         if let Some(t) = mtime {

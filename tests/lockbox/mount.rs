@@ -1736,6 +1736,45 @@ fn concurrent_readers_and_writers_see_whole_versions() {
     assert_no_temp_files(&m);
 }
 
+/// ftruncate(2) is a write: an fsync(2) after it seals the new length
+/// before it returns, without waiting for the close (SQLite's
+/// `journal_mode=TRUNCATE` relies on this). Shown by killing the agent
+/// after the fsync with the descriptors still open: the truncation used to
+/// live only in the agent's memory until the last close.
+#[test]
+fn ftruncate_then_fsync_seals_the_new_length_before_the_close() {
+    require_fuse!();
+    let m = Mounted::unlocked();
+    let content = pseudo_random(31, MIB);
+    fs::write(m.at("journal"), &content).unwrap();
+    fs::write(m.at("emptied"), b"about to be emptied").unwrap();
+    let shortened = fs::OpenOptions::new()
+        .write(true)
+        .open(m.at("journal"))
+        .unwrap();
+    shortened.set_len(4096).unwrap();
+    shortened.sync_all().unwrap();
+    let emptied = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.at("emptied"))
+        .unwrap();
+    emptied.set_len(0).unwrap();
+    emptied.sync_all().unwrap();
+
+    kill9(m.agent_pid().expect("agent pid"));
+    drop((shortened, emptied));
+    m.unlock();
+    m.assert_mounted();
+    assert_same(
+        "journal",
+        &fs::read(m.at("journal")).unwrap(),
+        &content[..4096],
+    );
+    assert_eq!(fs::read(m.at("emptied")).unwrap(), b"");
+    assert_no_temp_files(&m);
+}
+
 /// Writers that replace one file at once never hang the mount. An open
 /// that stages a new buffer used to take the mount's table and then wait
 /// for the buffer another writer had just installed, while that writer,
