@@ -609,12 +609,48 @@ impl LockboxFs {
         if let Some(s) = staged {
             let s = lock(&s);
             if s.loaded && s.poisoned.is_none() {
-                return Ok(self.file_attr(ino, s.len(), s.mtime));
+                let mut attr = self.file_attr(ino, s.len(), s.mtime);
+                if name.is_none() {
+                    attr.nlink = 0;
+                }
+                return Ok(attr);
             }
         }
-        let name = name.ok_or(Errno::ENOENT)?;
+        let Some(name) = name else {
+            // Unlinked or renamed over while open: fstat(2) of a descriptor
+            // (the kernel asks without naming it) describes what it reads.
+            return self.unnamed_attr(ino).ok_or(Errno::ENOENT);
+        };
         let meta = self.store.metadata(&name).map_err(|_| Errno::ENOENT)?;
         self.store_attr(ino, &name, &meta)
+    }
+
+    /// Attributes of node `ino`, which has no name any more, from a handle
+    /// still open on it: a reader's pinned store file, or a writer's loaded
+    /// content. Link count 0, as for any open file whose last name went.
+    fn unnamed_attr(&self, ino: u64) -> Option<FileAttr> {
+        let open: Vec<Arc<Handle>> = lock(&self.inner)
+            .handles
+            .values()
+            .filter(|h| match &***h {
+                Handle::Reader { ino: i, .. } | Handle::Staged { ino: i, .. } => *i == ino,
+            })
+            .cloned()
+            .collect();
+        let mut attr = open.iter().find_map(|h| match &**h {
+            Handle::Reader { len, state, .. } => {
+                let file = lock(state).file.clone();
+                let mtime = file.metadata().and_then(|m| m.modified()).ok()?;
+                Some(self.file_attr(ino, *len, mtime))
+            }
+            Handle::Staged { staged, .. } => {
+                let st = lock(staged);
+                (st.loaded && st.poisoned.is_none())
+                    .then(|| self.file_attr(ino, st.len(), st.mtime))
+            }
+        })?;
+        attr.nlink = 0;
+        Some(attr)
     }
 
     /// Attributes of node `ino`, named `name`, whose store file has

@@ -1775,6 +1775,42 @@ fn ftruncate_then_fsync_seals_the_new_length_before_the_close() {
     assert_no_temp_files(&m);
 }
 
+/// fstat(2) of a descriptor whose name went (unlinked, or renamed over)
+/// describes the file it still reads, with no links left, as on any file
+/// system; it used to fail with ENOENT (`tail -f`, editors and `less`
+/// fstat the files they hold).
+#[test]
+fn fstat_of_an_open_file_whose_name_went_describes_it() {
+    require_fuse!();
+    let m = Mounted::unlocked();
+    fs::write(m.at("gone"), pseudo_random(41, 70_000)).unwrap();
+    fs::write(m.at("replaced"), pseudo_random(42, 5_000)).unwrap();
+    let gone = fs::File::open(m.at("gone")).unwrap();
+    let replaced = fs::File::open(m.at("replaced")).unwrap();
+    let mut writing = fs::File::create(m.at("written")).unwrap();
+    writing.write_all(b"staged, not yet sealed").unwrap();
+
+    fs::remove_file(m.at("gone")).unwrap();
+    fs::write(m.at("new"), b"the new one").unwrap();
+    fs::rename(m.at("new"), m.at("replaced")).unwrap();
+    fs::remove_file(m.at("written")).unwrap();
+
+    for (what, f, len) in [
+        ("unlinked", &gone, 70_000),
+        ("renamed over", &replaced, 5_000),
+        ("unlinked while written", &writing, 22),
+    ] {
+        let st = f
+            .metadata()
+            .unwrap_or_else(|e| panic!("fstat of a file {what}: {e}"));
+        assert_eq!((st.len(), st.nlink()), (len, 0), "fstat of a file {what}");
+    }
+    let mut back = Vec::new();
+    (&gone).read_to_end(&mut back).unwrap();
+    assert_same("gone", &back, &pseudo_random(41, 70_000));
+    assert_eq!(fs::read(m.at("replaced")).unwrap(), b"the new one");
+}
+
 /// Writers that replace one file at once never hang the mount. An open
 /// that stages a new buffer used to take the mount's table and then wait
 /// for the buffer another writer had just installed, while that writer,
