@@ -929,7 +929,7 @@ impl LockboxFs {
                     self.prime_cache(binding, &st.pages);
                     if tags.is_some() {
                         // Reading back what was just written needs no load.
-                        lock(&self.tags).put(binding, tags);
+                        self.put_tags(binding, tags);
                     }
                 }
                 self.keys.sealed(&name, &sealed);
@@ -973,16 +973,37 @@ impl LockboxFs {
     /// unlocked: locked, plaintext must not outlive the writer's close.
     fn prime_cache(&self, binding: Binding, pages: &Pages) {
         let budget = self.config.cache_bytes as u64 / 4;
-        if pages.len() > budget || !self.keys.is_unlocked() {
+        if pages.len() > budget {
             return;
         }
-        let mut cache = lock(&self.cache);
+        let Some(mut cache) = self.cache_while_unlocked() else {
+            return;
+        };
         for idx in 0..pages.len().div_ceil(CHUNK_SIZE) {
             let start = idx * CHUNK_SIZE;
             let mut chunk =
                 SecretBuf::new(vec![0u8; (pages.len() - start).min(CHUNK_SIZE) as usize]);
             pages.read_at(start, &mut chunk);
             cache.put((binding, idx), Arc::new(chunk));
+        }
+    }
+
+    /// The chunk cache, to put plaintext in, if the session is unlocked.
+    /// Checked under the cache's lock: a lock locks the session first and
+    /// then clears the caches (`on_lock`), so whatever is put either goes
+    /// with that clearing or is not put at all — including by a read or a
+    /// seal that began before the lock.
+    fn cache_while_unlocked(&self) -> Option<std::sync::MutexGuard<'_, ChunkCache>> {
+        let cache = lock(&self.cache);
+        self.keys.is_unlocked().then_some(cache)
+    }
+
+    /// Remember `tags` (which hold a file's block keys) as `binding`'s,
+    /// only while unlocked; see [`LockboxFs::cache_while_unlocked`].
+    fn put_tags(&self, binding: Binding, tags: Option<Arc<BlockTags>>) {
+        let mut cache = lock(&self.tags);
+        if self.keys.is_unlocked() {
+            cache.put(binding, tags);
         }
     }
 
@@ -1281,7 +1302,7 @@ impl LockboxFs {
                         Ok(_) => tracing::debug!("{name}: a block does not match its tag"),
                         Err(e) => tracing::debug!("{name}: reading by blocks: {e}"),
                     }
-                    lock(&self.tags).put(*binding, None);
+                    self.put_tags(*binding, None);
                     // A stale or damaged index: make it again (a damaged
                     // file fails that, and its reads say so).
                     self.ask_for_tags(h, &file, &payload);
@@ -1314,7 +1335,7 @@ impl LockboxFs {
             .store
             .read_tags(name, &key, &payload.binding(), payload.plaintext_len())
             .map(Arc::new);
-        lock(&self.tags).put(*binding, tags.clone());
+        self.put_tags(*binding, tags.clone());
         if tags.is_none() {
             self.ask_for_tags(h, file, payload);
         }
@@ -1343,7 +1364,9 @@ impl LockboxFs {
         let mut buf = SecretBuf::new(Vec::with_capacity(CHUNK_SIZE as usize + seal::TAG_BYTES));
         self.decrypt_onto(h, idx, &mut buf)?;
         let chunk = Arc::new(buf);
-        lock(&self.cache).put((*binding, idx), chunk.clone());
+        if let Some(mut cache) = self.cache_while_unlocked() {
+            cache.put((*binding, idx), chunk.clone());
+        }
         Ok(chunk)
     }
 
@@ -2248,6 +2271,108 @@ impl Filesystem for Mounted {
                 s.f_frsize as u32,
             ),
             Err(e) => reply.error(Errno::from_i32(e.raw_os_error())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lockbox_crypto::identity;
+
+    /// A session that tests lock and unlock by hand.
+    struct TestKeys {
+        identity: Arc<AgeIdentity>,
+        tag_key: Arc<TagKey>,
+        unlocked: AtomicBool,
+    }
+
+    impl Keys for TestKeys {
+        fn identity(&self) -> Option<Arc<AgeIdentity>> {
+            self.is_unlocked().then(|| self.identity.clone())
+        }
+        fn is_unlocked(&self) -> bool {
+            self.unlocked.load(Ordering::SeqCst)
+        }
+        fn recipients(&self) -> Result<SealTo, String> {
+            Ok(SealTo::keys(vec![self.identity.to_public()]))
+        }
+        fn tag_key(&self) -> Option<Arc<TagKey>> {
+            self.is_unlocked().then(|| self.tag_key.clone())
+        }
+    }
+
+    fn unlocked_fs() -> (tempfile::TempDir, Arc<TestKeys>, LockboxFs) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = identity::generate();
+        let keys = Arc::new(TestKeys {
+            tag_key: Arc::new(TagKey::of(&id)),
+            identity: Arc::new(id),
+            unlocked: AtomicBool::new(true),
+        });
+        let config = FsConfig {
+            max_file_size: 1 << 30,
+            cache_bytes: 16 << 20,
+        };
+        let fs = LockboxFs::new(store, keys.clone(), config).unwrap();
+        (dir, keys, fs)
+    }
+
+    /// Write `len` bytes from start to end through a new file's handle.
+    fn write_new(fs: &LockboxFs, name: &str, len: usize) -> (u64, Arc<Mutex<Staged>>) {
+        let ino = {
+            let staged = Arc::new(Mutex::new(Staged::new(Pages::new(), true, true, 0)));
+            LockboxFs::add_node(&mut lock(&fs.inner), Name::new(name).unwrap(), Some(staged))
+        };
+        let fh = fs.open_node(ino, libc::O_WRONLY).unwrap();
+        let Ok(h) = fs.handle(FileHandle(fh)) else {
+            panic!("no handle")
+        };
+        let Handle::Staged { staged, .. } = &*h else {
+            panic!("not a writer's handle")
+        };
+        let block = vec![7u8; 1 << 20];
+        let mut st = lock(staged);
+        for i in 0..len.div_ceil(block.len()) {
+            let at = i * block.len();
+            let n = block.len().min(len - at);
+            fs.stage_write(&mut st, at as u64, &block[..n]).unwrap();
+        }
+        drop(st);
+        (ino, staged.clone())
+    }
+
+    /// A seal that began before a lock and ends after it (a file sealed as
+    /// it is written, closed once locked) leaves neither its block tags,
+    /// which hold the file's block keys, nor its plaintext in the caches:
+    /// they would outlive the lock's clearing of them. Unlocked, the same
+    /// seal fills them (so the check can fail).
+    #[test]
+    fn a_seal_that_ends_after_a_lock_leaves_nothing_in_the_caches() {
+        for lock_first in [false, true] {
+            let (_dir, keys, fs) = unlocked_fs();
+            // Past STREAM_FROM: sealed as written, with block tags.
+            let (ino, staged) = write_new(&fs, "big", (STREAM_FROM + (1 << 20)) as usize);
+            assert!(lock(&staged).stream.is_some(), "not sealed as written");
+            // And a small one, whose seal would prime the chunk cache.
+            let (small_ino, small) = write_new(&fs, "small", 1000);
+            if lock_first {
+                keys.unlocked.store(false, Ordering::SeqCst);
+                fs.on_lock();
+            }
+            fs.seal_staged_pending(ino, &mut lock(&staged)).unwrap();
+            fs.seal_staged_pending(small_ino, &mut lock(&small))
+                .unwrap();
+            let (tags, chunks) = (lock(&fs.tags).len(), lock(&fs.cache).len());
+            if lock_first {
+                assert_eq!((tags, chunks), (0, 0), "cached after the lock");
+            } else {
+                assert!(
+                    tags > 0 && chunks > 0,
+                    "unlocked: {tags} tags, {chunks} chunks"
+                );
+            }
         }
     }
 }
