@@ -70,6 +70,29 @@ pub trait Keys: Send + Sync + 'static {
     fn deleted(&self, _name: &Name) {}
 }
 
+/// Lock two staged buffers (either may be absent) in one order for all
+/// callers, their addresses', so two renames of the same pair in opposite
+/// directions cannot each hold one and wait for the other.
+fn lock_both<'a>(
+    a: Option<&'a Arc<Mutex<Staged>>>,
+    b: Option<&'a Arc<Mutex<Staged>>>,
+) -> (
+    Option<std::sync::MutexGuard<'a, Staged>>,
+    Option<std::sync::MutexGuard<'a, Staged>>,
+) {
+    match (a, b) {
+        (Some(x), Some(y)) if Arc::ptr_eq(x, y) => (Some(lock(x)), None),
+        (Some(x), Some(y)) if Arc::as_ptr(y) < Arc::as_ptr(x) => {
+            let gy = lock(y);
+            (Some(lock(x)), Some(gy))
+        }
+        (a, b) => {
+            let ga = a.map(|x| lock(x));
+            (ga, b.map(|y| lock(y)))
+        }
+    }
+}
+
 /// Settings of the mounted file system.
 #[derive(Debug, Clone, Copy)]
 pub struct FsConfig {
@@ -1812,11 +1835,17 @@ impl Filesystem for Mounted {
         if flags.contains(RenameFlags::RENAME_NOREPLACE) && fs.resolve(&to).is_ok() {
             return reply.error(Errno::EEXIST);
         }
-        let staged = lock(&fs.inner)
-            .nodes
-            .get(&src)
-            .and_then(|n| n.staged.clone());
-        let mut st = staged.as_ref().map(|s| lock(s));
+        let (staged, dst_staged) = {
+            let inner = lock(&fs.inner);
+            let staged_of = |i: u64| inner.nodes.get(&i).and_then(|n| n.staged.clone());
+            (staged_of(src), dst.and_then(staged_of))
+        };
+        // Both buffers stay locked until the nodes have their new names: a
+        // seal of the source must not land under its old name between the
+        // store's rename and the node's, and a seal of the target (a writer
+        // closing it) must not land after the rename, over the file that
+        // replaced it: it goes first, or finds its name gone.
+        let (mut st, _dst_st) = lock_both(staged.as_ref(), dst_staged.as_ref());
         // A file still being written that was never sealed: seal what it has,
         // so the rename atomically replaces the target with real content.
         if let Some(st) = st.as_deref_mut() {
@@ -1827,8 +1856,6 @@ impl Filesystem for Mounted {
                 return reply.error(e);
             }
         }
-        // `st` stays held: a seal of this file must not land under the old
-        // name between the store's rename and the node's.
         let recorded = match fs.store.rename_pending(&from, &to) {
             Ok(r) => r,
             Err(e) => {

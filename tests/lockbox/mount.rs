@@ -1811,6 +1811,50 @@ fn fstat_of_an_open_file_whose_name_went_describes_it() {
     assert_eq!(fs::read(m.at("replaced")).unwrap(), b"the new one");
 }
 
+/// `mv a b` while a writer of `b` is closing it (its seal under way)
+/// leaves `b` holding `a`'s content, as on any file system. (On this
+/// kernel rename(2) waits for the target's close; the agent also holds the
+/// target's buffer across the rename, so a seal that comes another way, a
+/// last release without a flush, cannot land over the renamed file either.)
+#[test]
+fn a_rename_over_a_file_being_sealed_keeps_the_renamed_content() {
+    require_fuse!();
+    let m = Mounted::unlocked();
+    let moved = pseudo_random(51, 10_000);
+    fs::write(m.at("a"), &moved).unwrap();
+    // Written out of order, so it is sealed at its close, not as it grows:
+    // the close takes a while.
+    let big = pseudo_random(52, 48 * MIB);
+    let w = fs::File::create(m.at("b")).unwrap();
+    {
+        use std::os::unix::fs::FileExt;
+        w.write_all_at(&big[MIB..], MIB as u64).unwrap();
+        w.write_all_at(&big[..MIB], 0).unwrap();
+    }
+    m.settle();
+    let before: Vec<PathBuf> = temp_files(&m).into_iter().map(|(p, _)| p).collect();
+    thread::scope(|sc| {
+        let closing = sc.spawn(move || drop(w));
+        // The seal has begun once its temp file shows (watched closely: a
+        // seal of 48 MiB takes a fraction of a second).
+        let started = std::time::Instant::now();
+        while !temp_files(&m).iter().any(|(p, _)| !before.contains(p)) {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the seal of b never began"
+            );
+            thread::sleep(Duration::from_micros(200));
+        }
+        fs::rename(m.at("a"), m.at("b")).unwrap();
+        closing.join().unwrap();
+    });
+    assert_same("b after the rename", &fs::read(m.at("b")).unwrap(), &moved);
+    assert!(!m.at("a").exists());
+    m.settle();
+    assert_sealed(&m, "b", &moved);
+    assert_eq!(names(&m.store()), ["b"]);
+}
+
 /// Writers that replace one file at once never hang the mount. An open
 /// that stages a new buffer used to take the mount's table and then wait
 /// for the buffer another writer had just installed, while that writer,
