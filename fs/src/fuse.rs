@@ -1637,17 +1637,21 @@ impl Filesystem for Mounted {
             if size > fs.config.max_file_size {
                 return reply.error(Errno::EFBIG);
             }
-            let r = match &staged {
-                Some(s) => {
-                    let mut st = lock(s);
+            // A buffer its last writer released is sealed and being taken
+            // off the node: the store file is what to truncate (a truncate
+            // of that buffer would never be sealed). Checked under its lock,
+            // which the release sets `released` under.
+            let mut st = staged.as_ref().map(|s| lock(s)).filter(|st| !st.released);
+            let r = match st.as_deref_mut() {
+                Some(st) => {
                     let ready = if size == 0 {
                         st.clear();
                         Ok(())
                     } else if st.stream.as_ref().is_some_and(|s| s.len() == size) {
                         Ok(())
                     } else {
-                        fs.ensure_loaded(ino.0, &mut st, "truncating to a non-zero size")
-                            .and_then(|()| fs.unstream(&mut st, "truncating a file being written"))
+                        fs.ensure_loaded(ino.0, st, "truncating to a non-zero size")
+                            .and_then(|()| fs.unstream(st, "truncating a file being written"))
                             .map(|()| st.streamable = false)
                     };
                     ready.map(|()| {

@@ -1855,6 +1855,36 @@ fn a_rename_over_a_file_being_sealed_keeps_the_renamed_content() {
     assert_eq!(names(&m.store()), ["b"]);
 }
 
+/// truncate(2) of a path right after its writer closed it is never lost:
+/// the release that follows the close (after close(2) returned) seals the
+/// writer's buffer and takes it off the file, and a truncate arriving in
+/// between used to shorten that buffer, which nothing sealed any more.
+#[test]
+fn a_truncate_right_after_a_close_is_kept() {
+    require_fuse!();
+    let m = Mounted::unlocked();
+    let path = m.at("log");
+    // truncate(2) by path (std has only ftruncate), in one process.
+    let script = "import os, sys\n\
+        p = sys.argv[1]\n\
+        for r in range(400):\n\
+        \x20   with open(p, 'w') as f:\n        f.write('round %d: some lines of a log' % r)\n\
+        \x20   os.truncate(p, 0)\n\
+        \x20   n = os.stat(p).st_size\n\
+        \x20   if n:\n        sys.exit('round %d: the truncate was lost (%d bytes)' % (r, n))\n";
+    let out = Command::new("python3")
+        .args(["-c", script, s(&path)])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    m.settle();
+    assert_eq!(fs::read(&path).unwrap(), b"");
+}
+
 /// Writers that replace one file at once never hang the mount. An open
 /// that stages a new buffer used to take the mount's table and then wait
 /// for the buffer another writer had just installed, while that writer,
