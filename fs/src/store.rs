@@ -290,6 +290,9 @@ struct Waiting {
     round: Mutex<()>,
     /// The store folder changed since its last sync.
     dir_dirty: AtomicBool,
+    /// Tests: the next sync of the waiting temps fails as a disk's would.
+    #[cfg(test)]
+    fail_next_sync: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -495,8 +498,9 @@ impl Store {
     /// (one `fdatasync` for a single file, one `syncfs` for several), rename
     /// each into place unless a newer change of its name came meanwhile,
     /// then sync the folder if it changed (or always, with `force_dir`).
-    /// The caller must not hold the change lock. A failed sync leaves the
-    /// seals waiting for the next round.
+    /// The caller must not hold the change lock. A failed sync of the
+    /// waiting temps drops their seals ([`Store::drop_unsynced`]); a failed
+    /// sync of the folder is tried again by the next round.
     pub fn sync_round(&self, force_dir: bool) -> Result<(), Error> {
         let Some(w) = &self.waiting else {
             return sync_dir(&self.dir);
@@ -507,7 +511,10 @@ impl Store {
             .map(|(n, f)| (n.clone(), f.temp.clone(), f.seq))
             .collect();
         if !batch.is_empty() {
-            self.sync_contents(batch.iter().map(|(_, temp, _)| temp.as_path()))?;
+            if let Err(e) = self.sync_contents(batch.iter().map(|(_, temp, _)| temp.as_path())) {
+                self.drop_unsynced(w, batch, &e);
+                return Err(e);
+            }
             let _changes = self.lock_changes();
             let mut failed = None;
             for (name, temp, seq) in batch {
@@ -538,6 +545,29 @@ impl Store {
         Ok(())
     }
 
+    /// A round's sync of the waiting temps failed: drop those seals, so
+    /// each name keeps the version it had. The kernel reports a write-back
+    /// error once and may have let the failed pages go, so a second sync
+    /// can succeed without the data on disk; installing the temps then
+    /// would put files with holes where complete versions were (the
+    /// "fsyncgate" lesson). A seal that a newer one replaced meanwhile is
+    /// that one's round's business.
+    fn drop_unsynced(&self, w: &Waiting, batch: Vec<(Name, PathBuf, u64)>, e: &Error) {
+        let _changes = self.lock_changes();
+        let mut files = lock(&w.files);
+        for (name, temp, seq) in batch {
+            if files.get(&name).map(|f| f.seq) != Some(seq) {
+                continue;
+            }
+            files.remove(&name);
+            remove_leftover(&temp);
+            tracing::error!(
+                "{name}: the disk failed while storing its newest version ({e}); that version \
+                 is dropped and {name} keeps the one before it; check the disk"
+            );
+        }
+    }
+
     /// Make the temp files `temps` durable: `fdatasync` for one, `syncfs`
     /// of the store's file system for more (one device flush for all). A
     /// temp that is gone was replaced or removed: nothing to sync.
@@ -546,6 +576,16 @@ impl Store {
         temps: impl ExactSizeIterator<Item = &'p Path>,
     ) -> Result<(), Error> {
         let mut temps = temps;
+        #[cfg(test)]
+        if let Some(w) = &self.waiting {
+            if w.fail_next_sync.swap(false, Ordering::SeqCst) {
+                return Err(Error::io(
+                    "sync",
+                    &self.tmp,
+                    io::Error::from_raw_os_error(libc::EIO),
+                ));
+            }
+        }
         if temps.len() == 1 {
             let temp = temps.next().expect("one temp");
             return match File::open(temp) {
@@ -571,7 +611,16 @@ impl Store {
         let (Some(w), Some(temp)) = (&self.waiting, self.waiting_temp(name)) else {
             return Ok(());
         };
-        self.sync_contents(std::iter::once(temp.as_path()))?;
+        if let Err(e) = self.sync_contents(std::iter::once(temp.as_path())) {
+            // As in a round (see `drop_unsynced`): a failed sync is not
+            // tried again on the same pages.
+            self.drop_waiting_locked(name);
+            tracing::error!(
+                "{name}: the disk failed while storing its newest version ({e}); that version \
+                 is dropped and {name} keeps the one before it; check the disk"
+            );
+            return Err(e);
+        }
         let dest = self.path_of(name);
         let mut files = lock(&w.files);
         fs::rename(&temp, &dest).map_err(|e| Error::io("rename into", &dest, e))?;
@@ -2043,6 +2092,45 @@ mod tests {
         assert!(!bare.join("notes").exists() && bare.join("huge").exists());
         let f = store.open_file(&n("notes")).unwrap();
         assert_eq!(&open_to_vec(&id, f).unwrap()[..], b"hello");
+    }
+
+    /// A failed sync of the waiting seals drops them: a second sync could
+    /// succeed without the pages the first failed to write, so installing
+    /// them then would put a file with holes in place of a whole version.
+    /// The name keeps its previous version, and nothing is left in `tmp/`.
+    #[test]
+    fn a_failed_sync_drops_the_waiting_seals_instead_of_installing_them() {
+        let (dir, store, id) = grouped();
+        let to = SealTo::keys(vec![id.to_public()]);
+        let seal = |name: &str, text: &[u8]| {
+            let s = store
+                .seal_deferred(&n(name), Cursor::new(text.to_vec()), &to, 1 << 20, then())
+                .unwrap();
+            drop(s);
+        };
+        seal("kept", b"version one");
+        store.sync_now().unwrap();
+        seal("kept", b"version two");
+        seal("new", b"never stored");
+        let w = store.waiting.as_ref().unwrap();
+        w.fail_next_sync.store(true, Ordering::SeqCst);
+        assert!(store.sync_now().is_err(), "the failed sync is reported");
+        store.sync_now().unwrap();
+        let f = store.open_file(&n("kept")).unwrap();
+        assert_eq!(&open_to_vec(&id, f).unwrap()[..], b"version one");
+        assert!(!store.contains(&n("new")));
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+
+        // The same when a rename needs a waiting seal in place first.
+        seal("moved", b"about to move");
+        store.sync_now().unwrap();
+        seal("moved", b"moved, never stored");
+        w.fail_next_sync.store(true, Ordering::SeqCst);
+        store.rename(&n("moved"), &n("there")).unwrap_err();
+        store.sync_now().unwrap();
+        let f = store.open_file(&n("moved")).unwrap();
+        assert_eq!(&open_to_vec(&id, f).unwrap()[..], b"about to move");
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
     }
 
     /// With grouped syncs (the agent's store), the folder's rename of an
