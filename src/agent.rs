@@ -153,6 +153,7 @@ pub fn run(paths: Paths) -> anyhow::Result<()> {
 fn lock_session(agent: &Agent) {
     if let Ok(mut s) = agent.session.lock() {
         s.lock();
+        s.take_cleanup();
     }
     // Decrypted chunks and open readers' keys go with the session.
     agent.fs.on_lock();
@@ -490,8 +491,15 @@ async fn idle_timer(agent: Arc<Agent>) {
             Some(d) => {
                 tokio::select! {
                     _ = tokio::time::sleep_until(d.into()) => {
-                        let expired = agent.session.lock().is_ok_and(|mut s| s.expire(Instant::now()));
-                        if expired {
+                        // Whether the timeout locked it now or a read that
+                        // came first did (`Session::use_identity` expires it
+                        // too), what the file system holds goes here.
+                        let locked = agent.session.lock().is_ok_and(|mut s| {
+                            s.expire(Instant::now());
+                            // (Unlocked again since: nothing to drop.)
+                            s.take_cleanup() && !s.is_unlocked()
+                        });
+                        if locked {
                             agent.fs.on_lock();
                             tracing::info!("idle timeout: session locked");
                         }

@@ -17,6 +17,11 @@ pub struct Session {
     tag_key: Option<Arc<TagKey>>,
     last_used: Instant,
     timeout: Duration,
+    /// It locked (by `lock`, or by the idle timeout in whichever call
+    /// noticed it: a read, `status`, the idle timer) and the file system
+    /// has not yet dropped what it holds of the session (decrypted chunks,
+    /// block tags, readers' keys, the kernel's cached pages).
+    cleanup_due: bool,
 }
 
 impl Session {
@@ -27,6 +32,7 @@ impl Session {
             tag_key: None,
             last_used: now,
             timeout,
+            cleanup_due: false,
         }
     }
 
@@ -39,8 +45,17 @@ impl Session {
 
     /// Drop the identity.
     pub fn lock(&mut self) {
+        self.cleanup_due |= self.identity.is_some();
         self.identity = None;
         self.tag_key = None;
+    }
+
+    /// Whether it locked since the last call: the caller then has the file
+    /// system drop what it holds of the session. The idle timer asks at
+    /// each deadline, so a timeout that a read noticed first is cleaned up
+    /// too.
+    pub fn take_cleanup(&mut self) -> bool {
+        std::mem::take(&mut self.cleanup_due)
     }
 
     /// Lock if idle past the timeout; returns whether it locked now.
@@ -125,6 +140,31 @@ mod tests {
         assert!(!s.is_unlocked());
         assert!(s.use_identity(t0 + 28 * min).is_none());
         assert_eq!(s.idle_left(t0), None);
+    }
+
+    /// However the lock comes (an explicit lock, the timer's expiry, or a
+    /// use that finds the timeout passed), the cleanup is due exactly once.
+    #[test]
+    fn every_lock_leaves_one_cleanup_due() {
+        let t0 = Instant::now();
+        let sec = Duration::from_secs(1);
+        let mut s = Session::new(sec, t0);
+        assert!(!s.take_cleanup(), "never unlocked");
+        s.unlock(lockbox_crypto::identity::generate(), t0);
+        assert!(!s.take_cleanup(), "unlocked");
+        // A read after the timeout locks, before the idle timer does.
+        assert!(s.use_identity(t0 + 2 * sec).is_none());
+        assert!(!s.expire(t0 + 2 * sec), "the timer finds it locked already");
+        assert!(s.take_cleanup(), "yet the cleanup is due");
+        assert!(!s.take_cleanup(), "once");
+        s.unlock(lockbox_crypto::identity::generate(), t0);
+        s.touch(t0 + 3 * sec);
+        assert!(s.take_cleanup(), "status after the timeout");
+        s.unlock(lockbox_crypto::identity::generate(), t0);
+        s.lock();
+        s.lock();
+        assert!(s.take_cleanup(), "lock");
+        assert!(!s.take_cleanup(), "a second lock of a locked session");
     }
 
     #[test]
