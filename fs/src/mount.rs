@@ -12,6 +12,10 @@ use fuser::{BackgroundSession, MountOption};
 
 use crate::fuse::{LockboxFs, Mounted};
 
+/// How long an unmount waits for the FUSE session to end (see
+/// [`Mount::unmount`]).
+const UNMOUNT_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// What is at the mount point now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MountState {
@@ -145,8 +149,9 @@ impl Mount {
     }
 
     /// Seal what is still open, then unmount. If files are still open (the
-    /// unmount is refused as busy), the mount is detached instead and goes
-    /// away when they close.
+    /// unmount is refused as busy, or for an ordinary user made lazy), the
+    /// mount is detached instead: it leaves the folder at once, and what
+    /// still holds a file in it gets ENOTCONN once the agent has exited.
     pub fn unmount(mut self) -> io::Result<()> {
         self.shutdown()
     }
@@ -160,14 +165,38 @@ impl Mount {
         if sealed > 0 {
             tracing::info!("sealed {sealed} open file(s) before unmounting");
         }
-        if let Err(e) = session.umount_and_join() {
-            tracing::warn!(
-                "unmount of {} failed ({e}): detaching it",
-                self.path.display()
-            );
-            if state(&self.path) != MountState::NotMounted {
-                detach(&self.path)?;
+        // An ordinary user's unmount is lazy (`fusermount3 -u -z`): the
+        // kernel ends the session only once nothing on the mount is open,
+        // so waiting for the session's threads would wait as long as a
+        // shell sits in ~/lockbox. Wait a little, then go on: the agent's
+        // exit closes the FUSE device, and what still has a file there
+        // gets ENOTCONN from then on.
+        let (done, waited) = std::sync::mpsc::channel();
+        let joined = std::thread::Builder::new()
+            .name("unmount".into())
+            .spawn(move || {
+                let _ = done.send(session.umount_and_join());
+            });
+        let result = match joined {
+            Ok(_) => waited.recv_timeout(UNMOUNT_WAIT).ok(),
+            Err(e) => Some(Err(e)),
+        };
+        match result {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                tracing::warn!(
+                    "unmount of {} failed ({e}): detaching it",
+                    self.path.display()
+                );
+                if state(&self.path) != MountState::NotMounted {
+                    detach(&self.path)?;
+                }
             }
+            None => tracing::warn!(
+                "{} is still in use (a program has a file or folder open in it): it is \
+                 detached and answers no more once the agent has exited",
+                self.path.display()
+            ),
         }
         Ok(())
     }

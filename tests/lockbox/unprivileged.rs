@@ -176,3 +176,74 @@ fn a_foreign_owned_socket_is_refused_before_anything_is_sent() {
     // Nothing connected, so no passphrase could have been sent.
     assert!(listener.accept().is_err());
 }
+
+/// `lockbox stop` returns, and the agent exits, while a program still has
+/// its working folder in the mount. An ordinary user's unmount is lazy, and
+/// the agent used to wait for the FUSE session to end, which it does only
+/// once nothing uses the mount: `stop` hung as long as a shell sat in
+/// ~/lockbox. The folder leaves the mount at once; the program's next
+/// access through its old working folder fails.
+#[test]
+fn stop_returns_while_a_shell_sits_in_the_mount() {
+    require!(is_root(), "switching to an unprivileged uid needs root");
+    require!(have_setpriv(), "setpriv (util-linux) is not installed");
+    require!(
+        std::fs::metadata("/dev/fuse").is_ok_and(|m| m.mode() & 0o006 == 0o006),
+        "/dev/fuse is not mode 0666, so ordinary users cannot mount (.ci/run sets it)"
+    );
+    let e = Envoy::as_user(NOBODY);
+    e.init("nobody-envoy");
+    e.unlock();
+    let pid = e.agent_pid().expect("agent runs");
+    let mnt = e.home.join("lockbox");
+    // A "shell" in the mount, as the same user (only the mounting user may
+    // enter a FUSE mount). It says when it is in.
+    let mut sitter = std::process::Command::new("setpriv")
+        .args([
+            &format!("--reuid={NOBODY}"),
+            &format!("--regid={NOBODY}"),
+            "--clear-groups",
+            "--",
+            "sh",
+            "-c",
+            "cd \"$1\" && echo in && exec sleep 600",
+            "sh",
+        ])
+        .arg(&mnt)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut out = sitter.stdout.take().unwrap();
+    let sitter = Kill(sitter);
+    let mut line = [0u8; 3];
+    out.read_exact(&mut line)
+        .expect("the sitter entered the mount");
+    assert_eq!(&line, b"in\n");
+
+    let mut stop = e.cmd(&["stop"]).spawn().unwrap();
+    let status = crate::util::wait_exit(&mut stop, Duration::from_secs(60));
+    let exited = crate::util::wait_until(Duration::from_secs(10), || !crate::util::alive(pid));
+    if exited.is_err() {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status();
+    }
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "lockbox stop did not return ({status:?})"
+    );
+    exited.expect("the agent did not exit");
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(
+        !mounts.contains(mnt.to_str().unwrap()),
+        "still mounted after stop"
+    );
+    drop(sitter);
+}
