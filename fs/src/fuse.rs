@@ -991,6 +991,32 @@ impl LockboxFs {
         }
     }
 
+    /// For fsync(2) through handle `fh`: seal its file's staged content if
+    /// it changed, whichever descriptor changed it (another writer's, or
+    /// this one read-only: `sync FILE` opens it so). Unlike `flush`, which
+    /// seals only what its own descriptor wrote, an fsync must leave the
+    /// file as it is now durable.
+    fn seal_for_fsync(&self, fh: u64) -> Result<Option<Pending<'_>>, Errno> {
+        match self.handle(FileHandle(fh)).as_deref() {
+            Ok(Handle::Staged {
+                ino, staged, wrote, ..
+            }) => {
+                let mut st = lock(staged);
+                if st.released {
+                    // Sealed by its last writer's release.
+                    return Ok(None);
+                }
+                let r = self.seal_staged_pending(*ino, &mut st);
+                if r.is_ok() {
+                    wrote.store(false, Ordering::Relaxed);
+                }
+                r
+            }
+            Ok(Handle::Reader { .. }) => Ok(None),
+            Err(e) => Err(*e),
+        }
+    }
+
     /// After a seal, keep a small file's plaintext as decrypted chunks of its
     /// new version, so reading it back costs no decryption. Only while
     /// unlocked: locked, plaintext must not outlive the writer's close.
@@ -2108,7 +2134,7 @@ impl Filesystem for Mounted {
         // last window may not be synced yet. The journal entry is queued
         // (the Pending dropped) before the round, which takes the change lock.
         let fs = &self.0;
-        if let Err(e) = fs.seal_written(fh.0).map(drop) {
+        if let Err(e) = fs.seal_for_fsync(fh.0).map(drop) {
             return reply.error(e);
         }
         match fs.store.sync_now() {

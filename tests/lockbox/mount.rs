@@ -209,8 +209,18 @@ impl Drop for Mounted {
 /// exited — only then are its files (the FUSE device, the agent lock)
 /// closed; a zombie leader alone does not mean that. Whether it got there
 /// is for the caller to check with [`exited`].
+///
+/// Sent with kill(2) from this process, not by running `kill`: a fork
+/// copies this process's descriptors, and the exec that follows closes the
+/// copies, which FUSE sees as a flush of every file the test holds open
+/// (sealing, before the kill, what a test means to leave unsealed).
 pub(crate) fn kill9(pid: u32) {
-    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    if let Some(p) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    {
+        let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+    }
     let _ = wait_until(Duration::from_secs(10), || exited(pid));
 }
 
@@ -1738,9 +1748,11 @@ fn concurrent_readers_and_writers_see_whole_versions() {
 
 /// ftruncate(2) is a write: an fsync(2) after it seals the new length
 /// before it returns, without waiting for the close (SQLite's
-/// `journal_mode=TRUNCATE` relies on this). Shown by killing the agent
-/// after the fsync with the descriptors still open: the truncation used to
-/// live only in the agent's memory until the last close.
+/// `journal_mode=TRUNCATE` relies on this). And an fsync through any
+/// descriptor of a file makes what its writers wrote durable (`sync FILE`
+/// opens it read-only). Shown by killing the agent after the fsyncs with
+/// the descriptors still open: the truncation, and the other descriptor's
+/// write, used to live only in the agent's memory until the last close.
 #[test]
 fn ftruncate_then_fsync_seals_the_new_length_before_the_close() {
     require_fuse!();
@@ -1761,11 +1773,26 @@ fn ftruncate_then_fsync_seals_the_new_length_before_the_close() {
         .unwrap();
     emptied.set_len(0).unwrap();
     emptied.sync_all().unwrap();
+    fs::write(m.at("synced"), b"old").unwrap();
+    let mut writer = fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(m.at("synced"))
+        .unwrap();
+    writer
+        .write_all(b"written by one, synced by another")
+        .unwrap();
+    let other = fs::File::open(m.at("synced")).unwrap();
+    other.sync_all().unwrap();
 
     kill9(m.agent_pid().expect("agent pid"));
-    drop((shortened, emptied));
+    drop((shortened, emptied, writer, other));
     m.unlock();
     m.assert_mounted();
+    assert_eq!(
+        fs::read(m.at("synced")).unwrap(),
+        b"written by one, synced by another"
+    );
     assert_same(
         "journal",
         &fs::read(m.at("journal")).unwrap(),
