@@ -32,12 +32,32 @@ pub enum MountState {
 /// server (a `stat` may be answered from the kernel's cache of a dead one).
 pub fn state(path: &Path) -> MountState {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    if !is_listed(&mountinfo, path) {
+    if !is_listed(&mountinfo, &as_the_kernel_names(path)) {
         return MountState::NotMounted;
     }
     match rustix::fs::statfs(path) {
         Err(e) if e == rustix::io::Errno::NOTCONN => MountState::Stale,
         _ => MountState::Mounted,
+    }
+}
+
+/// `path` as mountinfo lists it: the kernel names a mount point by its
+/// resolved path, so a HOME reached through a symbolic link (Fedora's
+/// atomic desktops link /home to /var/home) or written with `..` or `//`
+/// would never match. Only the folder holding the mount point is resolved:
+/// the mount point itself may be a dead mount, which cannot be looked into.
+fn as_the_kernel_names(path: &Path) -> PathBuf {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return path.to_owned();
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    match std::fs::canonicalize(parent) {
+        Ok(p) => p.join(name),
+        Err(_) => path.to_owned(),
     }
 }
 
@@ -222,6 +242,27 @@ mod tests {
         assert!(!is_listed(info, Path::new("/home/a")));
         assert!(!is_listed(info, Path::new("/home/a/lockbox/x")));
         assert!(is_listed(info, Path::new("/home/b c/lockbox")));
+    }
+
+    #[test]
+    fn a_mount_point_is_named_as_the_kernel_names_it() {
+        let d = tempfile::tempdir().unwrap();
+        let real = d.path().canonicalize().unwrap();
+        std::fs::create_dir(real.join("home")).unwrap();
+        std::os::unix::fs::symlink(real.join("home"), real.join("link")).unwrap();
+        assert_eq!(
+            as_the_kernel_names(&real.join("link/lockbox")),
+            real.join("home/lockbox")
+        );
+        assert_eq!(
+            as_the_kernel_names(&real.join("home/../home//lockbox")),
+            real.join("home/lockbox")
+        );
+        // The mount point itself is not looked into (it may be dead).
+        assert_eq!(
+            as_the_kernel_names(&real.join("home/missing")),
+            real.join("home/missing")
+        );
     }
 
     #[test]

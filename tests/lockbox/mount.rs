@@ -1802,6 +1802,35 @@ fn ftruncate_then_fsync_seals_the_new_length_before_the_close() {
     assert_no_temp_files(&m);
 }
 
+/// A HOME reached through a symbolic link (Fedora's atomic desktops link
+/// /home to /var/home) mounts and unmounts: the kernel lists a mount point
+/// by its resolved path, and the agent looked for it under the path it
+/// was given, found nothing and gave up ("did not become a mount").
+#[test]
+fn a_home_reached_through_a_symbolic_link_mounts() {
+    require_fuse!();
+    let mut e = Envoy::with_config(TEST_CONFIG);
+    let link = e.home.parent().unwrap().join("home-link");
+    std::os::unix::fs::symlink(&e.home, &link).unwrap();
+    let real_mnt = e.home.join("lockbox");
+    e.home = link;
+    let m = Mounted::named(e, "alpha");
+    m.e.unlock();
+    assert!(
+        mount_type(&real_mnt).is_some_and(|k| k.starts_with("fuse")),
+        "{} is not a FUSE mount",
+        real_mnt.display()
+    );
+    fs::write(m.at("through-the-link"), b"sealed all the same").unwrap();
+    assert_eq!(
+        fs::read(m.at("through-the-link")).unwrap(),
+        b"sealed all the same"
+    );
+    assert_sealed(&m, "through-the-link", b"sealed all the same");
+    m.ok(&["stop"]);
+    assert_eq!(mount_type(&real_mnt), None, "stop unmounts");
+}
+
 /// fstat(2) of a descriptor whose name went (unlinked, or renamed over)
 /// describes the file it still reads, with no links left, as on any file
 /// system; it used to fail with ENOENT (`tail -f`, editors and `less`
