@@ -745,7 +745,22 @@ impl LockboxFs {
     /// store file, whether the mount knew the name or not; an unknown
     /// name gets a node only if the store has it.
     fn lookup_attr(&self, name: &Name) -> Result<(u64, FileAttr), Errno> {
-        let known = lock(&self.inner).by_name.get(name).copied();
+        // The kernel's lookup count goes up in the same critical section
+        // that finds (or makes) the node: a FORGET of the kernel's previous
+        // inode of this name, answered meanwhile on another thread, must
+        // not drop the node this reply names (the kernel would then hold
+        // an inode the mount no longer knows: ENOENT for an existing file).
+        let counted = |inner: &mut Inner, ino: u64| {
+            if let Some(n) = inner.nodes.get_mut(&ino) {
+                n.lookups += 1;
+            }
+            ino
+        };
+        let known = {
+            let mut inner = lock(&self.inner);
+            let ino = inner.by_name.get(name).copied();
+            ino.map(|i| counted(&mut inner, i))
+        };
         let (ino, attr) = match known {
             Some(ino) => (ino, self.attr_of(ino)),
             None => {
@@ -754,8 +769,11 @@ impl LockboxFs {
                     let mut inner = lock(&self.inner);
                     match inner.by_name.get(name) {
                         // Made meanwhile (a create): ask it.
-                        Some(&ino) => (ino, false),
-                        None => (Self::add_node(&mut inner, name.clone(), None), true),
+                        Some(&ino) => (counted(&mut inner, ino), false),
+                        None => {
+                            let ino = Self::add_node(&mut inner, name.clone(), None);
+                            (counted(&mut inner, ino), true)
+                        }
                     }
                 };
                 let attr = if fresh {
@@ -769,6 +787,14 @@ impl LockboxFs {
         match attr {
             Ok(a) => Ok((ino, a)),
             Err(e) => {
+                // Not answered: not counted.
+                {
+                    let mut inner = lock(&self.inner);
+                    if let Some(n) = inner.nodes.get_mut(&ino) {
+                        n.lookups = n.lookups.saturating_sub(1);
+                    }
+                    Self::maybe_drop(&mut inner, ino);
+                }
                 if e == Errno::ENOENT || known.is_none() {
                     self.gone(name, ino);
                 }
@@ -1585,12 +1611,8 @@ impl Filesystem for Mounted {
         };
         let fs = &self.0;
         match fs.lookup_attr(&name) {
-            Ok((ino, attr)) => {
-                if let Some(n) = lock(&fs.inner).nodes.get_mut(&ino) {
-                    n.lookups += 1;
-                }
-                reply.entry(&TTL, &attr, Generation(0))
-            }
+            // Counted by `lookup_attr`.
+            Ok((_, attr)) => reply.entry(&TTL, &attr, Generation(0)),
             Err(e) => reply.error(e),
         }
     }
