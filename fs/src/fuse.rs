@@ -1017,6 +1017,15 @@ impl LockboxFs {
         }
     }
 
+    /// A round of the store's grouped syncs, for an fsync (`what`): every
+    /// seal, rename, create and delete so far is durable when it returns.
+    fn sync_store(&self, what: &str) -> Result<(), Errno> {
+        self.store.sync_now().map_err(|e| {
+            tracing::warn!("{what}: {e}");
+            Errno::EIO
+        })
+    }
+
     /// For fsync(2) through handle `fh`: seal its file's staged content if
     /// it changed, whichever descriptor changed it (another writer's, or
     /// this one read-only: `sync FILE` opens it so). Unlike `flush`, which
@@ -2156,15 +2165,13 @@ impl Filesystem for Mounted {
         // last window may not be synced yet. The journal entry is queued
         // (the Pending dropped) before the round, which takes the change lock.
         let fs = &self.0;
-        if let Err(e) = fs.seal_for_fsync(fh.0).map(drop) {
-            return reply.error(e);
-        }
-        match fs.store.sync_now() {
+        let done = fs
+            .seal_for_fsync(fh.0)
+            .map(drop)
+            .and_then(|()| fs.sync_store("fsync"));
+        match done {
             Ok(()) => reply.ok(),
-            Err(e) => {
-                tracing::warn!("fsync: {e}");
-                reply.error(Errno::EIO)
-            }
+            Err(e) => reply.error(e),
         }
     }
 
@@ -2182,12 +2189,9 @@ impl Filesystem for Mounted {
         // success without asking again: a save by rename followed by an
         // fsync of the folder would be told "durable" while the rename
         // still waited for the next grouped sync.
-        match self.0.store.sync_now() {
+        match self.0.sync_store("fsync of the folder") {
             Ok(()) => reply.ok(),
-            Err(e) => {
-                tracing::warn!("fsync of the folder: {e}");
-                reply.error(Errno::EIO)
-            }
+            Err(e) => reply.error(e),
         }
     }
 
