@@ -16,49 +16,60 @@ won: one run's 15 pairs give a wide interval, several runs' a narrow one
 
 import math, os, random, re, sys, time
 
-def small(d, n, size=4096):
-    """n files of `size` bytes: create, stat, read, rename, delete (one process)."""
-    rng = random.Random(1)
-    data = bytes(rng.getrandbits(8) for _ in range(size))
-    names = [os.path.join(d, "small-%06d" % i) for i in range(n)]
-    moved = [os.path.join(d, "moved-%06d" % i) for i in range(n)]
-    res = {}
-    t = time.perf_counter()
-    for p in names:
+def small_steps(d, n, data, prefix="small"):
+    """The small-file cycle, one step per file and phase: n files of `data`
+    in d created, stat'ed, read, renamed and deleted (each checked), as
+    [(phase, [step, ...]), ...] in order. The one definition of the cycle
+    that `small`, per_op.py and latency.py run."""
+    names = [os.path.join(d, "%s-%06d" % (prefix, i)) for i in range(n)]
+    moved = [os.path.join(d, "%s-moved-%06d" % (prefix, i)) for i in range(n)]
+
+    def create(p):
         fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            if os.write(fd, data) != size:
+            if os.write(fd, data) != len(data):
                 raise OSError("short write on %s" % p)
         finally:
             os.close(fd)
-    res["create"] = time.perf_counter() - t
-    t = time.perf_counter()
-    for p in names:
+
+    def stat(p):
         st = os.stat(p)
-        if st.st_size != size:
-            raise OSError("stat %s: size %d, want %d" % (p, st.st_size, size))
-    res["stat"] = time.perf_counter() - t
-    t = time.perf_counter()
-    for p in names:
+        if st.st_size != len(data):
+            raise OSError("stat %s: size %d, want %d" % (p, st.st_size, len(data)))
+
+    def read(p):
         fd = os.open(p, os.O_RDONLY)
         try:
-            b = os.read(fd, size + 1)
+            b = os.read(fd, len(data) + 1)
         finally:
             os.close(fd)
         if b != data:
             raise OSError("read %s: wrong content (%d bytes)" % (p, len(b)))
-    res["read"] = time.perf_counter() - t
-    t = time.perf_counter()
-    for a, b in zip(names, moved):
-        os.rename(a, b)
-    res["rename"] = time.perf_counter() - t
-    t = time.perf_counter()
-    for p in moved:
-        os.unlink(p)
-    res["delete"] = time.perf_counter() - t
+
+    def step(f, *args):
+        return lambda: f(*args)
+
+    return [
+        ("create", [step(create, p) for p in names]),
+        ("stat", [step(stat, p) for p in names]),
+        ("read", [step(read, p) for p in names]),
+        ("rename", [step(os.rename, a, b) for a, b in zip(names, moved)]),
+        ("delete", [step(os.unlink, p) for p in moved]),
+    ]
+
+def small(d, n, size=4096):
+    """n files of `size` bytes: create, stat, read, rename, delete (one process)."""
+    rng = random.Random(1)
+    data = bytes(rng.getrandbits(8) for _ in range(size))
+    res = {}
+    for phase, steps in small_steps(d, n, data):
+        t = time.perf_counter()
+        for run in steps:
+            run()
+        res[phase] = time.perf_counter() - t
     for k, v in res.items():
         print("small_%s\t%.1f" % (k, n / v))
-    left = [f for f in os.listdir(d) if f.startswith(("small-", "moved-"))]
+    left = [f for f in os.listdir(d) if f.startswith("small-")]
     if left:
         raise OSError("%d files left after delete" % len(left))
 

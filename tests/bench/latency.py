@@ -27,47 +27,20 @@ import os
 import sys
 import time
 
+import bench  # the small-file cycle (tests/bench/bench.py)
+
 OPS = ("create", "stat", "read", "rename", "delete")
 
 
 def cycle(d, tag, n, data, lat):
     """One small-file cycle in `d`; appends each operation's ns to lat[op]."""
     now = time.perf_counter_ns
-    names = [os.path.join(d, "lat-%s-%06d" % (tag, i)) for i in range(n)]
-    moved = [os.path.join(d, "lat-%s-moved-%06d" % (tag, i)) for i in range(n)]
-    for p in names:
-        t = now()
-        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            if os.write(fd, data) != len(data):
-                raise OSError("short write on %s" % p)
-        finally:
-            os.close(fd)
-        lat["create"].append(now() - t)
-    for p in names:
-        t = now()
-        st = os.stat(p)
-        lat["stat"].append(now() - t)
-        if st.st_size != len(data):
-            raise OSError("stat %s: size %d, want %d" % (p, st.st_size, len(data)))
-    for p in names:
-        t = now()
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            b = os.read(fd, len(data) + 1)
-        finally:
-            os.close(fd)
-        lat["read"].append(now() - t)
-        if b != data:
-            raise OSError("read %s: wrong content (%d bytes)" % (p, len(b)))
-    for a, b in zip(names, moved):
-        t = now()
-        os.rename(a, b)
-        lat["rename"].append(now() - t)
-    for p in moved:
-        t = now()
-        os.unlink(p)
-        lat["delete"].append(now() - t)
+    for op, steps in bench.small_steps(d, n, data, "lat-%s" % tag):
+        times = lat[op]
+        for step in steps:
+            t = now()
+            step()
+            times.append(now() - t)
 
 
 def percentile(sorted_xs, q):

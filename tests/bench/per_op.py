@@ -28,6 +28,8 @@ import re
 import sys
 import time
 
+import bench  # the small-file cycle (tests/bench/bench.py)
+
 
 def daemon_cpu(pid):
     """CPU nanoseconds per thread name of process `pid`."""
@@ -46,43 +48,13 @@ def daemon_cpu(pid):
 
 def phases(d, n):
     """The small-file cycle's phases in order, as (name, function)."""
-    data = os.urandom(4096)
-    names = [os.path.join(d, "per-op-%06d" % i) for i in range(n)]
-    moved = [os.path.join(d, "per-op-moved-%06d" % i) for i in range(n)]
-
-    def create():
-        for p in names:
-            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                if os.write(fd, data) != len(data):
-                    raise OSError("short write on %s" % p)
-            finally:
-                os.close(fd)
-
-    def stat():
-        for p in names:
-            if os.stat(p).st_size != len(data):
-                raise OSError("stat %s: wrong size" % p)
-
-    def read():
-        for p in names:
-            fd = os.open(p, os.O_RDONLY)
-            try:
-                if os.read(fd, len(data) + 1) != data:
-                    raise OSError("read %s: wrong content" % p)
-            finally:
-                os.close(fd)
-
-    def rename():
-        for a, b in zip(names, moved):
-            os.rename(a, b)
-
-    def delete():
-        for p in moved:
-            os.unlink(p)
-
-    return [("create", create), ("stat", stat), ("read", read),
-            ("rename", rename), ("delete", delete)]
+    def phase(steps):
+        def run():
+            for step in steps:
+                step()
+        return run
+    return [(name, phase(steps))
+            for name, steps in bench.small_steps(d, n, os.urandom(4096), "per-op")]
 
 
 def main():
