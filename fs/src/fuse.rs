@@ -2361,39 +2361,12 @@ impl Filesystem for Mounted {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lockbox_crypto::identity;
-
-    /// A session that tests lock and unlock by hand.
-    struct TestKeys {
-        identity: Arc<AgeIdentity>,
-        tag_key: Arc<TagKey>,
-        unlocked: AtomicBool,
-    }
-
-    impl Keys for TestKeys {
-        fn identity(&self) -> Option<Arc<AgeIdentity>> {
-            self.is_unlocked().then(|| self.identity.clone())
-        }
-        fn is_unlocked(&self) -> bool {
-            self.unlocked.load(Ordering::SeqCst)
-        }
-        fn recipients(&self) -> Result<SealTo, String> {
-            Ok(SealTo::keys(vec![self.identity.to_public()]))
-        }
-        fn tag_key(&self) -> Option<Arc<TagKey>> {
-            self.is_unlocked().then(|| self.tag_key.clone())
-        }
-    }
+    use crate::test_keys::TestKeys;
 
     fn unlocked_fs() -> (tempfile::TempDir, Arc<TestKeys>, LockboxFs) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let id = identity::generate();
-        let keys = Arc::new(TestKeys {
-            tag_key: Arc::new(TagKey::of(&id)),
-            identity: Arc::new(id),
-            unlocked: AtomicBool::new(true),
-        });
+        let keys = TestKeys::unlocked();
         let config = FsConfig {
             max_file_size: 1 << 30,
             cache_bytes: 16 << 20,
@@ -2441,7 +2414,7 @@ mod tests {
             // And a small one, whose seal would prime the chunk cache.
             let (small_ino, small) = write_new(&fs, "small", 1000);
             if lock_first {
-                keys.unlocked.store(false, Ordering::SeqCst);
+                keys.set_unlocked(false);
                 fs.on_lock();
             }
             fs.seal_staged_pending(ino, &mut lock(&staged)).unwrap();

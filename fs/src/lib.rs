@@ -15,6 +15,8 @@ pub mod offload;
 pub mod pages;
 mod retag;
 pub mod store;
+#[cfg(test)]
+mod test_keys;
 
 pub use name::Name;
 pub use store::{Entry, FileState, SealTo, Sealed, Store, SweepReport};

@@ -146,45 +146,16 @@ fn keep<V>(store: &Store, job: &Job<V>, tags: &BlockTags) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::SealTo;
-    use lockbox_crypto::seal::tags::TagKey;
-    use lockbox_crypto::AgeIdentity;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use crate::test_keys::TestKeys;
     use std::sync::mpsc::{channel, Receiver};
     use std::time::Duration;
-
-    struct TestKeys {
-        id: Arc<AgeIdentity>,
-        key: Arc<TagKey>,
-        unlocked: AtomicBool,
-    }
-
-    impl Keys for TestKeys {
-        fn identity(&self) -> Option<Arc<AgeIdentity>> {
-            Some(self.id.clone())
-        }
-        fn is_unlocked(&self) -> bool {
-            self.unlocked.load(Ordering::SeqCst)
-        }
-        fn recipients(&self) -> Result<SealTo, String> {
-            Ok(SealTo::keys(vec![self.id.to_public()]))
-        }
-        fn tag_key(&self) -> Option<Arc<TagKey>> {
-            self.is_unlocked().then(|| self.key.clone())
-        }
-    }
 
     type Done = Receiver<(u32, Arc<BlockTags>)>;
 
     fn setup() -> (tempfile::TempDir, Store, Arc<TestKeys>, Retagger<u32>, Done) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let id = AgeIdentity::generate();
-        let keys = Arc::new(TestKeys {
-            key: Arc::new(TagKey::of(&id)),
-            id: Arc::new(id),
-            unlocked: AtomicBool::new(true),
-        });
+        let keys = TestKeys::unlocked();
         let (tx, rx) = channel();
         let done = Mutex::new(tx);
         let retag = Retagger::start(store.clone(), keys.clone(), move |v: &u32, t| {
@@ -250,11 +221,11 @@ mod tests {
         let (dir, store, keys, retag, done) = setup();
         seal(&store, &keys, "big", 300_000);
         let j = job(&store, &keys, 1, "big");
-        keys.unlocked.store(false, Ordering::SeqCst);
+        keys.set_unlocked(false);
         retag.request(j);
         assert!(done.recv_timeout(NONE).is_err(), "tagged while locked");
         assert!(!dir.path().join("tags").join("big").exists());
-        keys.unlocked.store(true, Ordering::SeqCst);
+        keys.set_unlocked(true);
         retag.forget_asked();
         retag.request(job(&store, &keys, 1, "big"));
         assert_eq!(done.recv_timeout(WAIT).expect("tags after unlock").0, 1);
