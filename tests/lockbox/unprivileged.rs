@@ -10,6 +10,22 @@ use std::time::Duration;
 use crate::require;
 use crate::util::{is_root, Envoy, NOBODY};
 
+/// Whether the tests can run the agent as `nobody` with a real mount:
+/// root (to switch uid), setpriv, and a /dev/fuse that ordinary users may
+/// open. Else what is missing.
+fn nobody_can_mount() -> Result<(), &'static str> {
+    if !is_root() {
+        return Err("switching to an unprivileged uid needs root");
+    }
+    if !have_setpriv() {
+        return Err("setpriv (util-linux) is not installed");
+    }
+    if !std::fs::metadata("/dev/fuse").is_ok_and(|m| m.mode() & 0o006 == 0o006) {
+        return Err("/dev/fuse is not mode 0666, so ordinary users cannot mount (.ci/run sets it)");
+    }
+    Ok(())
+}
+
 fn have_setpriv() -> bool {
     std::process::Command::new("setpriv")
         .arg("--version")
@@ -19,12 +35,8 @@ fn have_setpriv() -> bool {
 
 #[test]
 fn full_flow_as_an_unprivileged_user_with_a_hardened_agent() {
-    require!(is_root(), "switching to an unprivileged uid needs root");
-    require!(have_setpriv(), "setpriv (util-linux) is not installed");
-    require!(
-        std::fs::metadata("/dev/fuse").is_ok_and(|m| m.mode() & 0o006 == 0o006),
-        "/dev/fuse is not mode 0666, so ordinary users cannot mount (.ci/run sets it)"
-    );
+    let ready = nobody_can_mount();
+    require!(ready.is_ok(), ready.unwrap_err());
     let e = Envoy::as_user(NOBODY);
     e.init("nobody-envoy");
     let src = e.plain_file("secret.txt", b"unprivileged secret");
@@ -185,12 +197,8 @@ fn a_foreign_owned_socket_is_refused_before_anything_is_sent() {
 /// access through its old working folder fails.
 #[test]
 fn stop_returns_while_a_shell_sits_in_the_mount() {
-    require!(is_root(), "switching to an unprivileged uid needs root");
-    require!(have_setpriv(), "setpriv (util-linux) is not installed");
-    require!(
-        std::fs::metadata("/dev/fuse").is_ok_and(|m| m.mode() & 0o006 == 0o006),
-        "/dev/fuse is not mode 0666, so ordinary users cannot mount (.ci/run sets it)"
-    );
+    let ready = nobody_can_mount();
+    require!(ready.is_ok(), ready.unwrap_err());
     let e = Envoy::as_user(NOBODY);
     e.init("nobody-envoy");
     e.unlock();
