@@ -553,18 +553,13 @@ impl Store {
     /// "fsyncgate" lesson). A seal that a newer one replaced meanwhile is
     /// that one's round's business.
     fn drop_unsynced(&self, w: &Waiting, batch: Vec<(Name, PathBuf, u64)>, e: &Error) {
+        // Under the change lock the waiting seals do not change.
         let _changes = self.lock_changes();
-        let mut files = lock(&w.files);
-        for (name, temp, seq) in batch {
-            if files.get(&name).map(|f| f.seq) != Some(seq) {
-                continue;
+        for (name, _, seq) in batch {
+            if lock(&w.files).get(&name).map(|f| f.seq) == Some(seq) {
+                self.drop_waiting_locked(&name);
+                log_lost_to_the_disk(&name, e);
             }
-            files.remove(&name);
-            remove_leftover(&temp);
-            tracing::error!(
-                "{name}: the disk failed while storing its newest version ({e}); that version \
-                 is dropped and {name} keeps the one before it; check the disk"
-            );
         }
     }
 
@@ -615,10 +610,7 @@ impl Store {
             // As in a round (see `drop_unsynced`): a failed sync is not
             // tried again on the same pages.
             self.drop_waiting_locked(name);
-            tracing::error!(
-                "{name}: the disk failed while storing its newest version ({e}); that version \
-                 is dropped and {name} keeps the one before it; check the disk"
-            );
+            log_lost_to_the_disk(name, &e);
             return Err(e);
         }
         let dest = self.path_of(name);
@@ -1552,6 +1544,15 @@ impl Store {
         self.rename(name, &failed)?;
         Ok((name.clone(), failed, why.to_string()))
     }
+}
+
+/// Say that `name`'s waiting seal was dropped because the disk failed to
+/// store it (`e`).
+fn log_lost_to_the_disk(name: &Name, e: &Error) {
+    tracing::error!(
+        "{name}: the disk failed while storing its newest version ({e}); that version is \
+         dropped and {name} keeps the one before it; check the disk"
+    );
 }
 
 /// Seal everything `plaintext` yields to `recipients` into `file` (the
