@@ -1,6 +1,6 @@
-//! The command line (SPEC §4): clap definitions and dispatch. Exit codes: 0
-//! success, 1 a user-facing error with one line on stderr, 2 a usage error
-//! (clap's own).
+//! The command line (see `docs/operations.md`, "The command line"): clap
+//! definitions and dispatch. Exit codes: 0 success, 1 a user-facing error
+//! with one line on stderr, 2 a usage error (clap's own).
 
 use std::ffi::OsString;
 use std::path::PathBuf;

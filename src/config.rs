@@ -1,4 +1,5 @@
-//! `~/.lockbox/config.yaml` (SPEC §8): parsing, defaults and validation.
+//! `~/.lockbox/config.yaml` (see `docs/operations.md`, "Configuration"):
+//! parsing, defaults and validation.
 //!
 //! Unknown keys are an error that names the key, durations accept
 //! `250ms`/`30s`/`90d`, sizes accept `1GiB`. Parsing is pure (`Config::parse`)
@@ -11,7 +12,8 @@ use std::time::Duration;
 use lockbox_crypto::kdf::KdfParams;
 use serde::{Deserialize, Deserializer};
 
-/// The largest file lockbox seals or transfers (SPEC §5.1, §6.3).
+/// The largest file lockbox seals or transfers (see `docs/design.md`, "Write
+/// path", and `docs/protocol.md`, "6. Transport").
 pub const MAX_FILE_SIZE: u64 = 1 << 30;
 
 /// Where announcements go, or `off`.
@@ -70,7 +72,8 @@ pub struct Config {
     /// Peers contacted directly (`host` or `host:port`).
     pub cross_subnet_peers: Vec<String>,
     /// Idle time after which the unlock session ends. A number means
-    /// minutes (SPEC §8); a duration string such as `2s` is accepted too.
+    /// minutes; a duration string such as `2s` is accepted too (see
+    /// `docs/operations.md`, "Configuration").
     #[serde(deserialize_with = "de_minutes")]
     pub idle_timeout_minutes: Duration,
     /// Largest file accepted (at most 1 GiB).

@@ -138,7 +138,8 @@ impl Envoy {
     }
 
     /// Seal plaintext found in the store and, when `~/lockbox` is not a
-    /// mount, in the bare folder (SPEC §5.4).
+    /// mount, in the bare folder (see `docs/design.md`, "The sweep and file
+    /// states").
     pub fn sweep(&self) -> anyhow::Result<SweepReport> {
         let recipients = self.recipients()?;
         let max = self.config.max_file_size;

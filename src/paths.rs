@@ -1,5 +1,6 @@
-//! Where everything of one envoy lives (SPEC §3). `HOME` decides all paths,
-//! so tests and the demo run several envoys side by side.
+//! Where everything of one envoy lives (see `docs/format.md`, "Files on an
+//! envoy"). `HOME` decides all paths, so tests and the demo run several
+//! envoys side by side.
 
 use std::path::{Path, PathBuf};
 

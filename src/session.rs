@@ -74,7 +74,7 @@ impl Session {
         self.identity.clone()
     }
 
-    /// The key a seal tags its blocks with (SPEC §5.3, docs/format.md),
+    /// The key a seal tags its blocks with (see `docs/format.md`, "Block tags"),
     /// while unlocked; without touching the idle timer (a seal works
     /// locked too, it only goes without tags).
     pub fn tag_key(&self) -> Option<Arc<TagKey>> {
@@ -90,7 +90,8 @@ impl Session {
         Some(id)
     }
 
-    /// Reset the idle timer (status does this, per the seeds).
+    /// Reset the idle timer: `status` counts as use (see `docs/design.md`,
+    /// "The session").
     pub fn touch(&mut self, now: Instant) {
         if !self.expire(now) {
             self.last_used = now;

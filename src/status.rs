@@ -54,7 +54,8 @@ fn state_word(s: FileState) -> &'static str {
     }
 }
 
-/// File counts with the seeds' sub-counts.
+/// File counts by state, with the failed names (see `docs/operations.md`,
+/// "Status").
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FileCounts {
     /// All files.

@@ -1,5 +1,6 @@
 //! The few system calls lockbox needs that std does not wrap: process
-//! hardening (SPEC §7), the current user's name, and socket peer credentials.
+//! hardening (see `docs/threat-model.md`, "Security rules"), the current
+//! user's name, and socket peer credentials.
 //!
 //! This is the only module in the binary allowed `unsafe`; every block is a
 //! single libc call on values owned by the caller.

@@ -1,4 +1,6 @@
-//! The circle key: membership bound to the passphrase (SPEC §6.1).
+//! The circle key: membership bound to the passphrase (see
+//! `docs/formats-crypto.md`, "7. The circle key and endorsements", and
+//! `docs/design.md`, "Membership").
 //!
 //! Every envoy of a user derives the same Ed25519 *circle key* from the
 //! user's passphrase and user name:

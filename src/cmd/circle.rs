@@ -1,5 +1,6 @@
 //! `leave`, `evict` and `purge`: how an envoy leaves the user's circle
-//! (SPEC §6.6). `leave` and `evict` are signed records the agent delivers to
+//! (see `docs/design.md`, "Deletion, re-adds and departures"). `leave` and
+//! `evict` are signed records the agent delivers to
 //! the live members; `purge` is a local wipe that tells no one. The rules
 //! (who may sign what, what a departure changes) live in
 //! `lockbox_net::replica`.

@@ -1,5 +1,6 @@
 //! `lockbox fleet init|issue` and `lockbox renew-cert`: the fleet CA and each
-//! envoy's mTLS certificate (SPEC §6.3). The certificate rules live in
+//! envoy's mTLS certificate (see `docs/protocol.md`, "6. Transport", and
+//! `docs/design.md`, "Certificates"). The certificate rules live in
 //! `lockbox_net::tls`; this is the command-line shell around them.
 
 use std::path::Path;

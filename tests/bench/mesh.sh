@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Mesh benchmark (SPEC §9): propagation latency between envoys and fan-out,
-# on loopback, with several envoys on this machine (one HOME each), set up
-# through the CLI exactly as `lockbox demo` does. Optionally Syncthing on the
-# same small-file workload, as an anchor.
+# Mesh benchmark (see docs/benchmarks.md, "The mesh benchmark"):
+# propagation latency between envoys and fan-out, on loopback, with several
+# envoys on this machine (one HOME each), set up through the CLI exactly as
+# `lockbox demo` does. Optionally Syncthing on the same small-file workload,
+# as an anchor.
 #
 #   bash tests/bench/mesh.sh                  # full run (~4 min)
 #   bash tests/bench/mesh.sh --quick          # fewer runs (~1.5 min)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Mount benchmark (SPEC §9): the lockbox mount against gocryptfs (the anchor)
-# and a plain directory (the limit), in one run, on the same disk.
+# Mount benchmark (see docs/benchmarks.md, "The mount benchmark"): the
+# lockbox mount against gocryptfs (the anchor) and a plain directory (the
+# limit), in one run, on the same disk.
 #
 #   sudo bash tests/bench/mount.sh                 # full run (1 GiB, 2000 files)
 #   sudo bash tests/bench/mount.sh --quick         # fast check (256 MiB, 500 files)
