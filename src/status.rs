@@ -413,7 +413,7 @@ mod tests {
     }
 
     #[test]
-    fn counts_render_like_the_seeds() {
+    fn counts_render_with_their_sub_counts() {
         let text = report().render();
         let expected = "files: 5\n  ciphertext: 3\n  plaintext: 1 (run 'lockbox unlock' to encrypt and sync)\n  failed: 1\n    vigo-lic-backup.tar.gz.20260429.failed\n";
         assert!(text.contains(expected), "{text}");
