@@ -26,14 +26,16 @@ use fuser::{
     ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
     ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use lockbox_crypto::seal::tags::{Binding, BlockTags, TagKey, BLOCKS_PER_CHUNK, BLOCK_SIZE};
+use lockbox_crypto::seal::tags::{Binding, BlockTags, BLOCKS_PER_CHUNK, BLOCK_SIZE};
 use lockbox_crypto::seal::{self, Opened, Payload, CHUNK_SIZE};
 use lockbox_crypto::wipe::SecretBuf;
 use lockbox_crypto::AgeIdentity;
 
+pub use crate::keys::Keys;
+use crate::meta::LocalStat;
 use crate::pages::Pages;
 use crate::retag::{Job, Retagger};
-use crate::store::{Pending, Seal, SealStream, SealTo, Sealed, Store};
+use crate::store::{Pending, Seal, SealStream, SealTo, Store};
 use crate::{lock, Error, Name};
 
 /// How long the kernel may cache a name and its attributes. The agent is
@@ -47,28 +49,6 @@ use crate::{lock, Error, Name};
 /// at once.
 const TTL: Duration = Duration::from_secs(3600);
 const ROOT: u64 = 1;
-
-/// What the file system needs from the agent.
-pub trait Keys: Send + Sync + 'static {
-    /// The identity for a decryption (resetting the idle timer), or `None`
-    /// when locked.
-    fn identity(&self) -> Option<Arc<AgeIdentity>>;
-    /// Whether the session is unlocked (without resetting the idle timer).
-    fn is_unlocked(&self) -> bool;
-    /// The recipients to seal to (public keys; available while locked).
-    fn recipients(&self) -> Result<SealTo, String>;
-    /// The key seals tag their blocks with and reads check them against
-    /// (see `lockbox_crypto::seal::tags`), while unlocked; without
-    /// resetting the idle timer. `None`: seals go without tags and reads
-    /// by whole chunk.
-    fn tag_key(&self) -> Option<Arc<TagKey>> {
-        None
-    }
-    /// A version was sealed through the mount (the mesh queues it).
-    fn sealed(&self, _name: &Name, _sealed: &Sealed) {}
-    /// A name was deleted through the mount.
-    fn deleted(&self, _name: &Name) {}
-}
 
 /// Lock two staged buffers (either may be absent) in one order for all
 /// callers, their addresses', so two renames of the same pair in opposite
@@ -102,22 +82,21 @@ pub struct FsConfig {
     pub cache_bytes: usize,
 }
 
-/// Which version of a store file (changes whenever the file is replaced).
+/// Which version of a store file: its device and its [`LocalStat`]
+/// (inode, size, modification time), which change whenever the file is
+/// replaced. What the mount keeps plaintext sizes and damage reports by;
+/// the caches of plaintext go by binding instead (see [`ChunkCache`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct Version {
+struct StoreVersion {
     dev: u64,
-    ino: u64,
-    len: u64,
-    mtime_ns: i64,
+    stat: LocalStat,
 }
 
-impl Version {
+impl StoreVersion {
     fn of(m: &std::fs::Metadata) -> Self {
-        Version {
+        StoreVersion {
             dev: m.dev(),
-            ino: m.ino(),
-            len: m.len(),
-            mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+            stat: LocalStat::from_metadata(m),
         }
     }
 }
@@ -220,8 +199,8 @@ struct Node {
     open: u32,
     staged: Option<Arc<Mutex<Staged>>>,
     /// Its store version as last stat'ed or sealed: whose plaintext size
-    /// (in [`Inner::sizes`]) to forget when it is unlinked.
-    version: Option<Version>,
+    /// (in [`FsState::sizes`]) to forget when it is unlinked.
+    version: Option<StoreVersion>,
     /// Its store file as the caches know it, as last sealed or opened for
     /// reading: what to drop from them when it is unlinked or replaced.
     cached: Option<Cached>,
@@ -240,7 +219,7 @@ enum Handle {
     /// the first cache miss, so reads served from the cache cost no key work.
     Reader {
         ino: u64,
-        version: Version,
+        version: StoreVersion,
         /// The file's binding (from its header and nonce, no key needed):
         /// what the chunk and tag caches know it by. Its `version` can
         /// recur once the file is gone (a new file that gets its inode,
@@ -280,20 +259,20 @@ struct ReaderState {
 
 /// An LRU cache bounded in bytes (as `weigh` counts them) and, if given a
 /// cap, in entries; least recently used out first.
-struct Budgeted<K: std::hash::Hash + Eq, V: Clone> {
+struct BoundedCache<K: std::hash::Hash + Eq, V: Clone> {
     lru: lru::LruCache<K, V>,
     used: usize,
     budget: usize,
     weigh: fn(&V) -> usize,
 }
 
-impl<K: std::hash::Hash + Eq, V: Clone> Budgeted<K, V> {
+impl<K: std::hash::Hash + Eq, V: Clone> BoundedCache<K, V> {
     fn new(budget: usize, entries: Option<usize>, weigh: fn(&V) -> usize) -> Self {
         let lru = match entries.and_then(std::num::NonZeroUsize::new) {
             Some(cap) => lru::LruCache::new(cap),
             None => lru::LruCache::unbounded(),
         };
-        Budgeted {
+        BoundedCache {
             lru,
             used: 0,
             budget,
@@ -357,11 +336,11 @@ impl<K: std::hash::Hash + Eq, V: Clone> Budgeted<K, V> {
 }
 
 /// Decrypted chunks by (file binding, chunk index), bounded in bytes. Not
-/// by [`Version`]: a file deleted or replaced frees its inode, and a new
+/// by [`StoreVersion`]: a file deleted or replaced frees its inode, and a new
 /// file that gets it with the same size and times (kept by `cp -p` or
 /// `rsync -a`, or set by `touch -d`) would be served the old file's
 /// plaintext.
-type ChunkCache = Budgeted<(Binding, u64), Arc<SecretBuf>>;
+type ChunkCache = BoundedCache<(Binding, u64), Arc<SecretBuf>>;
 
 /// Bytes of block tags kept in memory (a 1 GiB file has 4 MiB of them).
 const TAGS_BUDGET: usize = 16 << 20;
@@ -371,7 +350,7 @@ const TAGS_ENTRIES: usize = 4096;
 /// Block tags of files read lately, or that a file has none, by binding;
 /// bounded in bytes and entries. Holds per-file MAC keys, so it is emptied
 /// at lock.
-type TagCache = Budgeted<Binding, Option<Arc<BlockTags>>>;
+type TagCache = BoundedCache<Binding, Option<Arc<BlockTags>>>;
 
 fn chunk_bytes(chunk: &Arc<SecretBuf>) -> usize {
     chunk.len()
@@ -381,24 +360,27 @@ fn tags_bytes(tags: &Option<Arc<BlockTags>>) -> usize {
     tags.as_ref().map_or(0, |t| t.memory())
 }
 
+/// The mount's tables, under one lock: the nodes (inode numbers, names,
+/// lookup counts), the open handles and folder listings, and what is known
+/// of store versions (plaintext sizes, damage already reported).
 #[derive(Default)]
-struct Inner {
+struct FsState {
     by_name: HashMap<Name, u64>,
     nodes: HashMap<u64, Node>,
     next_ino: u64,
     handles: HashMap<u64, Arc<Handle>>,
     next_fh: u64,
     dirs: HashMap<u64, Vec<(u64, Name)>>,
-    warned_damaged: HashSet<Version>,
+    warned_damaged: HashSet<StoreVersion>,
     /// Plaintext sizes of the store versions the mount has stat'ed or
     /// sealed, so that a name whose node the kernel forgot (memory
     /// pressure, `drop_caches`) or that was renamed (same version) is
     /// stat'ed again without reading its header. Cleared when it reaches
     /// [`MAX_SIZES`]; a miss only costs that read.
-    sizes: HashMap<Version, u64>,
+    sizes: HashMap<StoreVersion, u64>,
 }
 
-/// Versions whose plaintext size [`Inner::sizes`] keeps (about 40 bytes
+/// Versions whose plaintext size [`FsState::sizes`] keeps (about 40 bytes
 /// each).
 const MAX_SIZES: usize = 1 << 16;
 
@@ -407,7 +389,7 @@ pub struct LockboxFs {
     store: Store,
     keys: Arc<dyn Keys>,
     config: FsConfig,
-    inner: Mutex<Inner>,
+    inner: Mutex<FsState>,
     cache: Mutex<ChunkCache>,
     tags: Arc<Mutex<TagCache>>,
     /// Makes the block tags of versions read without them.
@@ -466,10 +448,10 @@ impl LockboxFs {
             config,
             tags,
             retag,
-            inner: Mutex::new(Inner {
+            inner: Mutex::new(FsState {
                 next_ino: ROOT + 1,
                 next_fh: 1,
-                ..Inner::default()
+                ..FsState::default()
             }),
             cache: Mutex::new(ChunkCache::new(config.cache_bytes, None, chunk_bytes)),
             warned_locked: AtomicBool::new(false),
@@ -678,14 +660,14 @@ impl LockboxFs {
 
     /// Attributes of node `ino`, named `name`, whose store file has
     /// metadata `meta`: the plaintext size comes from the mount's
-    /// [`Inner::sizes`], or else the file's header.
+    /// [`FsState::sizes`], or else the file's header.
     fn store_attr(
         &self,
         ino: u64,
         name: &Name,
         meta: &std::fs::Metadata,
     ) -> Result<FileAttr, Errno> {
-        let version = Version::of(meta);
+        let version = StoreVersion::of(meta);
         let known = {
             let mut inner = lock(&self.inner);
             let known = inner.sizes.get(&version).copied();
@@ -706,7 +688,7 @@ impl LockboxFs {
     }
 
     /// Node `ino`'s store version `version` holds `size` bytes of plaintext.
-    fn remember_size(&self, ino: u64, version: Version, size: u64) {
+    fn remember_size(&self, ino: u64, version: StoreVersion, size: u64) {
         let mut inner = lock(&self.inner);
         Self::now_version(&mut inner, ino, version);
         if inner.sizes.len() >= MAX_SIZES {
@@ -719,7 +701,7 @@ impl LockboxFs {
     /// behind the mount's back): forget its version's size, and hand back
     /// what the chunk and tag caches know it by, for
     /// [`LockboxFs::forget_cached`] once the lock is released.
-    fn file_gone(inner: &mut Inner, ino: u64) -> Option<Cached> {
+    fn file_gone(inner: &mut FsState, ino: u64) -> Option<Cached> {
         let n = inner.nodes.get_mut(&ino)?;
         let (version, cached) = (n.version.take(), n.cached.take());
         if let Some(v) = version {
@@ -731,7 +713,7 @@ impl LockboxFs {
     /// Node `ino`'s store file is now `version`. The size of the version it
     /// had is forgotten: that file is gone or changed, and a later file
     /// may repeat its inode, size and time with another header length.
-    fn now_version(inner: &mut Inner, ino: u64, version: Version) {
+    fn now_version(inner: &mut FsState, ino: u64, version: StoreVersion) {
         let old = inner
             .nodes
             .get_mut(&ino)
@@ -750,7 +732,7 @@ impl LockboxFs {
         // inode of this name, answered meanwhile on another thread, must
         // not drop the node this reply names (the kernel would then hold
         // an inode the mount no longer knows: ENOENT for an existing file).
-        let counted = |inner: &mut Inner, ino: u64| {
+        let counted = |inner: &mut FsState, ino: u64| {
             if let Some(n) = inner.nodes.get_mut(&ino) {
                 n.lookups += 1;
             }
@@ -841,7 +823,7 @@ impl LockboxFs {
         }
     }
 
-    fn forget_gone(inner: &mut Inner, name: &Name, ino: u64) {
+    fn forget_gone(inner: &mut FsState, name: &Name, ino: u64) {
         inner.by_name.remove(name);
         if let Some(n) = inner.nodes.get_mut(&ino) {
             n.name = None;
@@ -849,7 +831,7 @@ impl LockboxFs {
         Self::maybe_drop(inner, ino);
     }
 
-    fn add_node(inner: &mut Inner, name: Name, staged: Option<Arc<Mutex<Staged>>>) -> u64 {
+    fn add_node(inner: &mut FsState, name: Name, staged: Option<Arc<Mutex<Staged>>>) -> u64 {
         let ino = inner.next_ino;
         inner.next_ino += 1;
         inner.by_name.insert(name.clone(), ino);
@@ -868,7 +850,7 @@ impl LockboxFs {
     }
 
     /// Forget a node nobody refers to any more.
-    fn maybe_drop(inner: &mut Inner, ino: u64) {
+    fn maybe_drop(inner: &mut FsState, ino: u64) {
         let Some(n) = inner.nodes.get(&ino) else {
             return;
         };
@@ -965,7 +947,7 @@ impl LockboxFs {
                 // the release need not read its header.
                 let metadata = metadata.map_or_else(|| self.store.metadata(&name), Ok);
                 if let Ok(meta) = metadata {
-                    self.remember_size(ino, Version::of(&meta), sealed.plaintext_len);
+                    self.remember_size(ino, StoreVersion::of(&meta), sealed.plaintext_len);
                 }
                 self.now_cached(
                     ino,
@@ -1221,7 +1203,7 @@ impl LockboxFs {
         };
         let version = file
             .metadata()
-            .map(|m| Version::of(&m))
+            .map(|m| StoreVersion::of(&m))
             .map_err(|_| Errno::EIO)?;
         let mut opened = Opened::open(identity, file)
             .map_err(|e| self.damaged(name, version, &e.to_string()))?;
@@ -1235,7 +1217,7 @@ impl LockboxFs {
     }
 
     /// Log one WARN per damaged store version; the caller returns EIO.
-    fn damaged(&self, name: &Name, version: Version, why: &str) -> Errno {
+    fn damaged(&self, name: &Name, version: StoreVersion, why: &str) -> Errno {
         if lock(&self.inner).warned_damaged.insert(version) {
             tracing::warn!(
                 "{name}: the ciphertext failed authentication or cannot be opened ({why}); \
@@ -1481,14 +1463,17 @@ impl LockboxFs {
             let file = self.store.open_file(&name).map_err(|e| errno_of(&e))?;
             let version = file
                 .metadata()
-                .map(|m| Version::of(&m))
+                .map(|m| StoreVersion::of(&m))
                 .map_err(|_| Errno::EIO)?;
             // The plaintext length and the binding follow from the header
             // and nonce; the key is needed only when a chunk is not in the
             // cache.
             let (len, binding) = seal::read_binding(&file)
                 .and_then(|(h, binding)| {
-                    Ok((seal::plaintext_len(h.header_len, version.len)?, binding))
+                    Ok((
+                        seal::plaintext_len(h.header_len, version.stat.size)?,
+                        binding,
+                    ))
                 })
                 .map_err(|e| self.damaged(&name, version, &e.to_string()))?;
             // The size from the header is the truth, also for a version whose
@@ -1594,10 +1579,12 @@ impl LockboxFs {
     }
 }
 
-/// The [`Filesystem`] fuser drives; shares the file system with the agent.
-pub struct Mounted(pub Arc<LockboxFs>);
+/// The FUSE operations: what implements [`Filesystem`] for the fuser
+/// session (see [`crate::mount`]), each over the [`LockboxFs`] it shares
+/// with the agent.
+pub struct FuseOps(pub Arc<LockboxFs>);
 
-impl Filesystem for Mounted {
+impl Filesystem for FuseOps {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         // Bigger requests mean fewer round trips; the kernel may refuse.
         let _ = config.set_max_write(1 << 20);

@@ -5,21 +5,25 @@
 //! plaintext being written, in memory only.
 #![forbid(unsafe_code)]
 
+pub mod durable;
 pub mod fuse;
 pub mod grouped;
 pub mod journal;
+pub mod keys;
 pub mod meta;
 pub mod mount;
 pub mod name;
 pub mod offload;
 pub mod pages;
 mod retag;
+pub mod sealed;
 pub mod store;
 #[cfg(test)]
 mod test_keys;
 
 pub use name::Name;
-pub use store::{Entry, FileState, SealTo, Sealed, Store, SweepReport};
+pub use sealed::Sealed;
+pub use store::{Entry, FileState, SealTo, Store, SweepReport};
 
 use std::path::{Path, PathBuf};
 

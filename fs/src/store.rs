@@ -29,24 +29,26 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use lockbox_crypto::digest::{HashingWriter, Sha256};
+use lockbox_crypto::digest::HashingWriter;
 use lockbox_crypto::seal::tags::{self, Binding, BlockTags, TagKey, Tagger};
 use lockbox_crypto::seal::{self, Sealer};
 use lockbox_crypto::share::SharePool;
 use lockbox_crypto::AgeRecipient;
 
-use crate::grouped::Grouped;
+use crate::durable::{ensure_private_dir, sync_dir};
+use crate::grouped::GroupedSync;
 pub use crate::journal::Journal;
 use crate::journal::{Event, Queue};
 use crate::meta::LocalStat;
 use crate::name::{Name, NameKind};
-use crate::offload::Offload;
+use crate::offload::OffloadedSink;
+use crate::sealed::Sealed;
 use crate::{lock, Error};
 
 /// What the store says a file is (the seeds' auto-encrypt states).
@@ -109,19 +111,6 @@ impl SealTo {
     }
 }
 
-/// What a completed seal produced.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Sealed {
-    /// Plaintext bytes sealed.
-    pub plaintext_len: u64,
-    /// Ciphertext bytes written.
-    pub ciphertext_len: u64,
-    /// SHA-256 of the ciphertext.
-    pub hash: Sha256,
-    /// The envoys it is sealed to ([`SealTo::envoys`]).
-    pub envoys: Vec<String>,
-}
-
 /// What a sweep did (SPEC §5.4).
 #[derive(Debug, Default, Clone)]
 pub struct SweepReport {
@@ -158,7 +147,7 @@ pub struct Store {
     /// renames into the store folder are made durable by background rounds
     /// within a bounded window, instead of syncs per operation (see
     /// [`Store::with_grouped_syncs`]).
-    grouped: Option<Arc<Grouped>>,
+    grouped: Option<Arc<GroupedSync>>,
     /// The seals waiting for the next round (grouped mode only).
     waiting: Option<Arc<Waiting>>,
     /// Its window, when grouped.
@@ -481,7 +470,7 @@ impl Store {
                 }
             }
         };
-        match Grouped::start("store-sync", window, sync) {
+        match GroupedSync::start("store-sync", window, sync) {
             Ok(g) => {
                 self.grouped = Some(g);
                 self.window = Some(window);
@@ -1124,7 +1113,7 @@ impl Store {
     /// the newest version of `name`.
     fn wait_staged(
         &self,
-        g: &Grouped,
+        g: &GroupedSync,
         w: &Waiting,
         name: &Name,
         mut staged: StagedFile,
@@ -1151,7 +1140,7 @@ impl Store {
     /// close. [`Store::finish_stream`] puts it in place.
     pub fn begin_stream(&self, recipients: &SealTo) -> Result<SealStream, Error> {
         let (staged, file) = self.new_temp()?;
-        let sink = Offload::new(sealing_sink(file, recipients.tags.as_deref()), 1 << 20);
+        let sink = OffloadedSink::new(sealing_sink(file, recipients.tags.as_deref()), 1 << 20);
         let sealer = Sealer::with_shares(&recipients.keys, self.shares(), sink)?;
         Ok(SealStream {
             staged,
@@ -1569,20 +1558,21 @@ pub fn seal_into(
     seal_tagged(file, name, plaintext, recipients, shares, max_size).map(|(sealed, _)| sealed)
 }
 
-/// What a seal's [`Tagger`] found out about the file it wrote.
-struct Tagged {
+/// A seal's binding and block tags: what its [`Tagger`] found out about
+/// the file it wrote.
+struct SealTags {
     /// Its binding, when it was sealed with the tag key.
     binding: Option<Binding>,
     /// Its block tags, when it was, and has more than one chunk.
     tags: Option<BlockTags>,
 }
 
-impl Tagged {
+impl SealTags {
     /// What `tagger` found, and the writer under it.
-    fn of<W: Write>(tagger: Tagger<W>) -> (W, Tagged) {
+    fn of<W: Write>(tagger: Tagger<W>) -> (W, SealTags) {
         let binding = tagger.binding();
         let (inner, tags) = tagger.finish();
-        (inner, Tagged { binding, tags })
+        (inner, SealTags { binding, tags })
     }
 }
 
@@ -1595,7 +1585,7 @@ fn seal_tagged(
     recipients: &SealTo,
     shares: Option<&SharePool>,
     max_size: u64,
-) -> Result<(Sealed, Tagged), Error> {
+) -> Result<(Sealed, SealTags), Error> {
     let mut limited = plaintext.take(max_size.saturating_add(1));
     // Past 1 MiB the ciphertext is hashed, tagged and written on a second
     // thread while this one encrypts.
@@ -1603,7 +1593,7 @@ fn seal_tagged(
     let mut sealer = Sealer::with_shares(
         &recipients.keys,
         shares,
-        Offload::new(sealing_sink(dup, recipients.tags.as_deref()), 1 << 20),
+        OffloadedSink::new(sealing_sink(dup, recipients.tags.as_deref()), 1 << 20),
     )?;
     let n = pump(&mut limited, &mut sealer)?;
     if n > max_size {
@@ -1620,7 +1610,7 @@ fn seal_tagged(
         hash,
         envoys: recipients.envoys.clone(),
     };
-    Ok((sealed, Tagged::of(tagger).1))
+    Ok((sealed, SealTags::of(tagger).1))
 }
 
 /// How a write into a store temp file fails.
@@ -1642,7 +1632,7 @@ fn sealing_sink(file: File, key: Option<&TagKey>) -> Sink {
 /// unfinished, its temp file is removed.
 pub struct SealStream {
     staged: StagedFile,
-    sealer: Sealer<Offload<Sink>>,
+    sealer: Sealer<OffloadedSink<Sink>>,
     len: u64,
     envoys: Vec<String>,
 }
@@ -1665,7 +1655,7 @@ impl SealStream {
 
     /// Seal the last chunk; the complete temp file, open, what it is, and
     /// what its tagger found (block tags if it was begun with the tag key).
-    fn finish(self) -> Result<(StagedFile, File, Sealed, Tagged), Error> {
+    fn finish(self) -> Result<(StagedFile, File, Sealed, SealTags), Error> {
         let SealStream {
             staged,
             sealer,
@@ -1674,7 +1664,7 @@ impl SealStream {
         } = self;
         let hasher = sealer.finish()?.finish().map_err(sink_error)?;
         let (tagger, hash, ciphertext_len) = hasher.finish();
-        let (writeback, tagged) = Tagged::of(tagger);
+        let (writeback, tagged) = SealTags::of(tagger);
         let sealed = Sealed {
             plaintext_len: len,
             ciphertext_len,
@@ -1849,77 +1839,10 @@ fn probe(path: &Path, size: u64) -> Result<(bool, Option<u64>), Error> {
     Ok((true, len))
 }
 
-/// Create a directory (and parents) with mode 0700, fixing its mode if
-/// it exists with another.
-pub fn ensure_private_dir(d: &Path) -> Result<(), Error> {
-    fs::create_dir_all(d).map_err(|e| Error::io("create", d, e))?;
-    let meta = d.metadata().map_err(|e| Error::io("stat", d, e))?;
-    if meta.permissions().mode() & 0o777 != 0o700 {
-        fs::set_permissions(d, fs::Permissions::from_mode(0o700))
-            .map_err(|e| Error::io("chmod", d, e))?;
-    }
-    Ok(())
-}
-
-/// Whether [`write_private_file`] may replace a file that exists.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Existing {
-    /// Replace it atomically.
-    Replace,
-    /// Refuse with `AlreadyExists`, even if it appears meanwhile.
-    Keep,
-}
-
-/// Write a small 0600 file atomically: a temp file in the same folder
-/// (`.NAME.tmp-XXXXXXXX`), fsync, then rename over `path` — or, with
-/// [`Existing::Keep`], a hard link that fails if `path` exists. A failure
-/// removes the temp file. The caller syncs the folder ([`sync_dir`]), once
-/// for several files.
-pub fn write_private_file(path: &Path, bytes: &[u8], existing: Existing) -> io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let base = path
-        .file_name()
-        .map(|f| f.to_string_lossy())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{base}.tmp-{:08x}", rand::random::<u32>()));
-    let result = (|| -> io::Result<()> {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        match existing {
-            Existing::Replace => fs::rename(&tmp, path),
-            Existing::Keep => match fs::hard_link(&tmp, path) {
-                Ok(()) => fs::remove_file(&tmp),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(e),
-                // A file system without hard links: check, then rename.
-                Err(_) if path.symlink_metadata().is_ok() => {
-                    Err(io::ErrorKind::AlreadyExists.into())
-                }
-                Err(_) => fs::rename(&tmp, path),
-            },
-        }
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
-
-/// fsync a directory so a rename or unlink in it is durable.
-pub fn sync_dir(d: &Path) -> Result<(), Error> {
-    File::open(d)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| Error::io("sync", d, e))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
     use lockbox_crypto::{identity, seal::open_to_vec};
     use std::io::Cursor;
 
