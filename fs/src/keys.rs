@@ -3,7 +3,7 @@
 //! and the hooks the mount calls after a seal or a delete.
 //!
 //! It owns only the [`Keys`] trait, so that the FUSE adapter
-//! ([`crate::fuse`]) and the background retagger ([`crate::retag`]) both
+//! ([`crate::fuse`]) and the background retagger (`crate::retag`) both
 //! use it without depending on each other. It must not hold keys itself:
 //! the agent implements it (`AgentKeys` in `src/agent.rs`), the unit
 //! tests with `test_keys`.

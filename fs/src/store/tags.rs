@@ -62,7 +62,7 @@ impl Store {
     }
 
     /// Keep `tags`, made after the fact from `version` (an open store file
-    /// of `name`, [`Payload::tag_blocks`](seal::Payload::tag_blocks)), as
+    /// of `name`, [`Payload::tag_blocks`](lockbox_crypto::seal::Payload::tag_blocks)), as
     /// `name`'s tags if `version` is still its current version; `false`
     /// (nothing written) if the name moved on meanwhile. No rename or
     /// remove of the name runs between the check and the write. A seal
@@ -120,7 +120,7 @@ impl Store {
     }
 
     /// The block tags of `name` made with `key`, if there are some for the
-    /// version whose [`Payload`](seal::Payload) reads `binding` and
+    /// version whose [`Payload`](lockbox_crypto::seal::Payload) reads `binding` and
     /// `plaintext_len`. Missing, stale or damaged tags are `None` (a read
     /// then decrypts whole chunks); the file is read only if its size is
     /// the one such tags have.
