@@ -1,18 +1,21 @@
 //! The attributes the kernel is shown: the folder's, a file's from its
 //! staged content or its store version's plaintext size (no key needed),
-//! and an unlinked file's from a handle still open on it. It must not
-//! change the node table beyond noting a store version's size.
+//! and an unlinked file's from a handle still open on it; and `setattr`
+//! (truncation and the modification time; modes and owners are fixed).
+//! Reading attributes must not change the node table beyond noting a
+//! store version's size.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use fuser::{Errno, FileAttr, FileType, INodeNo};
+use fuser::{Errno, FileAttr, FileHandle, FileType, INodeNo, ReplyAttr, TimeOrNow};
 use lockbox_crypto::seal::CHUNK_SIZE;
 
 use crate::{lock, Name};
 
 use super::inodes::{Handle, StoreVersion};
-use super::{errno_of, LockboxFs, ROOT};
+use super::{errno_of, LockboxFs, ROOT, TTL};
 
 impl LockboxFs {
     pub(super) fn root_attr(&self) -> FileAttr {
@@ -144,5 +147,105 @@ impl LockboxFs {
             }
         };
         Ok(self.file_attr(ino, size, meta.modified().unwrap_or(UNIX_EPOCH)))
+    }
+
+    /// `setattr`: truncate (`truncate(2)`, `ftruncate(2)`) and set the
+    /// modification time; answers with the attributes after.
+    pub(super) fn set_attr(
+        &self,
+        ino: INodeNo,
+        size: Option<u64>,
+        mtime: Option<TimeOrNow>,
+        fh: Option<FileHandle>,
+        reply: ReplyAttr,
+    ) {
+        if ino.0 == ROOT {
+            return reply.attr(&TTL, &self.root_attr());
+        }
+        // chmod/chown are accepted and ignored: files are always 0600, ours.
+        let staged = lock(&self.inner)
+            .nodes
+            .get(&ino.0)
+            .and_then(|n| n.staged.clone());
+        let mtime = mtime.map(|t| match t {
+            TimeOrNow::SpecificTime(t) => t,
+            TimeOrNow::Now => SystemTime::now(),
+        });
+        if let Some(size) = size {
+            if size > self.config.max_file_size {
+                return reply.error(Errno::EFBIG);
+            }
+            // A buffer its last writer released is sealed and being taken
+            // off the node: the store file is what to truncate (a truncate
+            // of that buffer would never be sealed). Checked under its lock,
+            // which the release sets `released` under.
+            let mut st = staged.as_ref().map(|s| lock(s)).filter(|st| !st.released);
+            let r = match st.as_deref_mut() {
+                Some(st) => {
+                    let ready = if size == 0 {
+                        st.clear();
+                        Ok(())
+                    } else if st.stream.as_ref().is_some_and(|s| s.len() == size) {
+                        Ok(())
+                    } else {
+                        self.ensure_loaded(ino.0, st, "truncating to a non-zero size")
+                            .and_then(|()| self.unstream(st, "truncating a file being written"))
+                            .map(|()| st.streamable = false)
+                    };
+                    ready.map(|()| {
+                        if st.len() != size || !st.dirty {
+                            if st.stream.is_none() {
+                                st.pages.truncate(size);
+                            }
+                            st.dirty = true;
+                            st.mtime = SystemTime::now();
+                        }
+                    })
+                }
+                None => self.truncate_closed(ino.0, size),
+            };
+            if let Err(e) = r {
+                return reply.error(e);
+            }
+            // ftruncate(2) writes through its descriptor: its fsync and
+            // close seal the new length, as they would a write. (Without a
+            // descriptor, truncate(2) of a file open for writing is sealed
+            // by its writers' close.)
+            if let Some(Ok(h)) = fh.map(|fh| self.handle(fh)) {
+                if let Handle::Staged {
+                    write: true, wrote, ..
+                } = &*h
+                {
+                    wrote.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+        if let Some(t) = mtime {
+            // Staged and not yet sealed: the seal sets it. Otherwise (also a
+            // staged file already sealed at close(2), whose release has not
+            // come yet: cp -p and rsync set the time right after close) it
+            // goes on the store file now.
+            let pending = staged.as_ref().is_some_and(|s| {
+                let mut st = lock(s);
+                st.mtime = t;
+                st.dirty
+            });
+            if !pending {
+                let name = lock(&self.inner)
+                    .nodes
+                    .get(&ino.0)
+                    .and_then(|n| n.name.clone());
+                let Some(name) = name else {
+                    return reply.error(Errno::ENOENT);
+                };
+                if let Err(e) = self.store.set_mtime(&name, t) {
+                    return reply.error(errno_of(&e));
+                }
+            }
+        }
+        match self.attr_of(ino.0) {
+            Ok(a) => reply.attr(&TTL, &a),
+            Err(e) => reply.error(e),
+        }
     }
 }

@@ -1,9 +1,9 @@
 //! The FUSE adapter: `~/lockbox` as one flat folder of regular files (SPEC §5).
 //!
-//! A thin layer over [`Store`]: writes are staged in memory ([`Pages`]) and
+//! A thin layer over [`Store`]: writes are staged in memory ([`Pages`](crate::pages::Pages)) and
 //! sealed into the store when a writer closes (`flush`, so `close(2)` reports
 //! a sealing failure) or calls `fsync`; a file written from start to end is
-//! sealed as it grows instead ([`SealStream`]), and its close seals only the
+//! sealed as it grows instead ([`SealStream`](crate::store::SealStream)), and its close seals only the
 //! last chunk and puts it in place. Reads decrypt on demand: a read that
 //! covers a whole 64 KiB age chunk decrypts it into the reply, a small read
 //! of a large file decrypts only the 4 KiB blocks it needs, checked by the
@@ -20,13 +20,17 @@
 //!
 //! - `inodes`: the node table (inode numbers, names, lookup counts), the
 //!   open handles, and the store version each node last had.
-//! - `attr`: the attributes the kernel is shown.
-//! - `staged`: the write buffer of a file open for writing ([`Pages`] or a
-//!   [`SealStream`]) and its seal at flush, fsync and release.
-//! - `read`: the read path (readers of a store version, chunk and block
-//!   decryption).
+//! - `attr`: the attributes the kernel is shown, and `setattr`.
+//! - `names`: `create`, `unlink` and `rename`.
+//! - `dir`: the folder listing (`opendir`, `readdir`, `releasedir`).
+//! - `staged`: the write buffer of a file open for writing ([`Pages`](crate::pages::Pages) or
+//!   a [`SealStream`](crate::store::SealStream)): opening for writing,
+//!   `write`, and the seal at flush, fsync and release.
+//! - `read`: the read path (`read`; readers of a store version, chunk and
+//!   block decryption).
 //! - `cache`: the bounded caches of decrypted chunks and block tags.
-//! - `ops`: [`FuseOps`], the `fuser::Filesystem` operations over the above.
+//! - `ops`: [`FuseOps`], the `fuser::Filesystem` operations: each checks
+//!   or decodes its arguments and calls into the files above.
 //! - `tests`: the unit tests.
 //!
 //! Mounting is [`crate::mount`]'s; nothing here writes plaintext to disk.
@@ -48,7 +52,9 @@ use crate::{lock, Error, Name};
 
 mod attr;
 mod cache;
+mod dir;
 mod inodes;
+mod names;
 mod ops;
 mod read;
 mod staged;

@@ -1,16 +1,17 @@
-//! The read path: readers of one store version ([`ReaderState`]),
-//! decryption by whole 64 KiB chunk (into the reply or the chunk cache) or
-//! by the 4 KiB blocks a small read needs, checked against the version's
-//! block tags, asking the retagger for tags a version lacks, and loading
-//! a whole plaintext for a writer. Damaged versions are reported once.
-//! It must not keep plaintext outside the caches of `cache`.
+//! The read path (the `read` operation): readers of one store version
+//! ([`ReaderState`]), decryption by whole 64 KiB chunk (into the reply or
+//! the chunk cache) or by the 4 KiB blocks a small read needs, checked
+//! against the version's block tags, asking the retagger for tags a
+//! version lacks, and loading a whole plaintext for a writer. Damaged
+//! versions are reported once. It must not keep plaintext outside the
+//! caches of `cache`.
 
 use std::fs::File;
 use std::io;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
-use fuser::Errno;
+use fuser::{Errno, FileHandle, ReplyData};
 use lockbox_crypto::seal::tags::{BlockTags, BLOCKS_PER_CHUNK, BLOCK_SIZE};
 use lockbox_crypto::seal::{self, Opened, Payload, CHUNK_SIZE};
 use lockbox_crypto::wipe::SecretBuf;
@@ -350,5 +351,38 @@ impl LockboxFs {
                 epoch: 0,
             }),
         }))
+    }
+
+    /// `read` through handle `fh`: from the staged content of a writer's
+    /// handle, or decrypted from a reader's store version.
+    pub(super) fn read_handle(&self, fh: FileHandle, offset: u64, size: u32, reply: ReplyData) {
+        let h = match self.handle(fh) {
+            Ok(h) => h,
+            Err(e) => return reply.error(e),
+        };
+        match &*h {
+            Handle::Staged { ino, staged, .. } => {
+                // The buffer may hold plaintext loaded before a lock (or
+                // written since): it is read only while unlocked, as the
+                // store is (SPEC §5.2: reading back needs the key).
+                if let Err(e) = self.identity_or_eacces("reading back") {
+                    return reply.error(e);
+                }
+                let mut st = lock(staged);
+                if let Err(e) = self
+                    .ensure_loaded(*ino, &mut st, "reading back")
+                    .and_then(|()| self.unstream(&mut st, "reading a file being written"))
+                {
+                    return reply.error(e);
+                }
+                let mut buf = SecretBuf::new(vec![0u8; size as usize]);
+                let n = st.pages.read_at(offset, &mut buf);
+                reply.data(&buf[..n])
+            }
+            Handle::Reader { .. } => match self.read_decrypted(&h, offset, size) {
+                Ok(data) => reply.data(&data),
+                Err(e) => reply.error(e),
+            },
+        }
     }
 }

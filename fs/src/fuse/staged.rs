@@ -3,13 +3,13 @@
 //! a seal that grows with each write ([`SealStream`]); opening for writing,
 //! loading the old content when a write needs it, and sealing into the
 //! store at flush, fsync and release (and for `truncate(2)` of a closed
-//! file). Plaintext stays in memory: it reaches the disk only sealed.
+//! file); the `write` and `release` operations. Plaintext stays in memory: it reaches the disk only sealed.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use fuser::{Errno, FileHandle, OpenAccMode};
+use fuser::{Errno, FileHandle, OpenAccMode, ReplyEmpty, ReplyWrite};
 
 use crate::pages::Pages;
 use crate::store::{Pending, Seal, SealStream};
@@ -469,5 +469,86 @@ impl LockboxFs {
         pages.truncate(size);
         let mut st = Staged::new(pages, true, true, 0);
         self.seal_staged(ino, &mut st)
+    }
+
+    /// `write` through handle `fh`: stage `data` at `offset`.
+    pub(super) fn write_handle(&self, fh: FileHandle, offset: u64, data: &[u8], reply: ReplyWrite) {
+        let h = match self.handle(fh) {
+            Ok(h) => h,
+            Err(e) => return reply.error(e),
+        };
+        let Handle::Staged {
+            ino,
+            staged,
+            write: true,
+            wrote,
+        } = &*h
+        else {
+            return reply.error(Errno::EBADF);
+        };
+        wrote.store(true, Ordering::Relaxed);
+        let mut st = lock(staged);
+        if offset + data.len() as u64 > self.config.max_file_size {
+            // What was staged is now a cut-off version: never seal it.
+            st.poison(Errno::EFBIG);
+            return reply.error(Errno::EFBIG);
+        }
+        if let Err(e) =
+            self.ensure_loaded(*ino, &mut st, "appending to or partly overwriting a file")
+        {
+            return reply.error(e);
+        }
+        if let Err(e) = self.stage_write(&mut st, offset, data) {
+            return reply.error(e);
+        }
+        st.dirty = true;
+        // Also after utimensat: a write makes the file modified now.
+        st.mtime = SystemTime::now();
+        reply.written(data.len() as u32)
+    }
+
+    /// `release` of handle `fh`: the last writer's release seals what is
+    /// staged and takes the buffer off its node.
+    pub(super) fn release_handle(&self, fh: FileHandle, reply: ReplyEmpty) {
+        let Some(h) = lock(&self.inner).handles.remove(&fh.0) else {
+            return reply.ok();
+        };
+        let ino = match &*h {
+            Handle::Reader { ino, .. } | Handle::Staged { ino, .. } => *ino,
+        };
+        if let Handle::Staged {
+            staged,
+            write: true,
+            ..
+        } = &*h
+        {
+            let mut st = lock(staged);
+            st.writers = st.writers.saturating_sub(1);
+            if st.writers == 0 {
+                // Normally flush sealed it already; this catches writers that
+                // never flushed (e.g. the kernel skipped flush).
+                if let Err(e) = self.seal_staged(ino, &mut st) {
+                    tracing::warn!("sealing at release failed ({e:?}); the previous version stays");
+                }
+                // Under its lock: an open that found it on the node now
+                // stages anew rather than joining a buffer taken off it.
+                st.released = true;
+                drop(st);
+                let mut inner = lock(&self.inner);
+                if let Some(n) = inner.nodes.get_mut(&ino) {
+                    if n.staged.as_ref().is_some_and(|s| Arc::ptr_eq(s, staged)) {
+                        // The size cache stays: it is keyed by the store
+                        // version it describes.
+                        n.staged = None;
+                    }
+                }
+            }
+        }
+        let mut inner = lock(&self.inner);
+        if let Some(n) = inner.nodes.get_mut(&ino) {
+            n.open = n.open.saturating_sub(1);
+        }
+        LockboxFs::maybe_drop(&mut inner, ino);
+        reply.ok()
     }
 }
