@@ -223,12 +223,15 @@ pub fn read_recipients(path: &Path) -> anyhow::Result<SealTo> {
 #[derive(Debug)]
 pub struct RecipientsFile {
     path: std::path::PathBuf,
-    last: std::sync::Mutex<Option<(FileStamp, SealTo)>>,
+    last: std::sync::Mutex<Option<(RecipientsStamp, SealTo)>>,
 }
 
-/// What tells one version of a small file from another without reading it.
+/// What tells one version of `recipients.txt` from another without reading
+/// it: device, inode, length, and modification and change times. Unlike a
+/// store file's `lockbox_fs::meta::LocalStat` it takes the change time too,
+/// as this file may be edited in place (by hand) rather than replaced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileStamp {
+struct RecipientsStamp {
     dev: u64,
     ino: u64,
     len: u64,
@@ -236,12 +239,12 @@ struct FileStamp {
     ctime_ns: i128,
 }
 
-impl FileStamp {
-    fn of(path: &Path) -> std::io::Result<FileStamp> {
+impl RecipientsStamp {
+    fn of(path: &Path) -> std::io::Result<RecipientsStamp> {
         use std::os::unix::fs::MetadataExt;
         let m = fs::metadata(path)?;
         let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
-        Ok(FileStamp {
+        Ok(RecipientsStamp {
             dev: m.dev(),
             ino: m.ino(),
             len: m.len(),
@@ -262,7 +265,7 @@ impl RecipientsFile {
 
     /// The current recipients: parsed again only when the file changed.
     pub fn get(&self) -> anyhow::Result<SealTo> {
-        let stamp = FileStamp::of(&self.path)
+        let stamp = RecipientsStamp::of(&self.path)
             .with_context(|| format!("cannot read {}", self.path.display()))?;
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((seen, to)) = last.as_ref() {
@@ -273,7 +276,7 @@ impl RecipientsFile {
         let to = read_recipients(&self.path)?;
         // A change during the read shows in the next stamp, so that version
         // is parsed again rather than remembered under an older stamp.
-        if FileStamp::of(&self.path).ok() == Some(stamp) {
+        if RecipientsStamp::of(&self.path).ok() == Some(stamp) {
             *last = Some((stamp, to.clone()));
         }
         Ok(to)
@@ -313,14 +316,14 @@ pub fn read_capped(path: &Path, cap: u64) -> anyhow::Result<String> {
 /// of the directory.
 pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let dir = path.parent().context("path has no parent")?;
-    lockbox_fs::store::write_private_file(path, bytes, lockbox_fs::store::Existing::Replace)
+    lockbox_fs::durable::write_private_file(path, bytes, lockbox_fs::durable::Existing::Replace)
         .with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(lockbox_fs::store::sync_dir(dir)?)
+    Ok(lockbox_fs::durable::sync_dir(dir)?)
 }
 
 /// Create a directory (and parents) with mode 0700.
 pub fn private_dir(path: &Path) -> anyhow::Result<()> {
-    Ok(lockbox_fs::store::ensure_private_dir(path)?)
+    Ok(lockbox_fs::durable::ensure_private_dir(path)?)
 }
 
 #[cfg(test)]

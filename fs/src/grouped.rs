@@ -10,14 +10,15 @@ use std::time::Duration;
 
 use crate::lock;
 
-/// A pending sync shared by the changes of one window.
+/// One grouped sync: the mark that changes of a window set, and the
+/// background thread that syncs them all at the end of the window.
 #[derive(Debug)]
-pub struct Grouped {
+pub struct GroupedSync {
     dirty: Mutex<bool>,
     wake: Condvar,
 }
 
-impl Grouped {
+impl GroupedSync {
     /// Start the background thread `name` that runs `sync` at most `window`
     /// after a mark. Fails only when the thread cannot be spawned (callers
     /// then sync per change).
@@ -25,8 +26,8 @@ impl Grouped {
         name: &str,
         window: Duration,
         sync: impl Fn() + Send + 'static,
-    ) -> std::io::Result<Arc<Grouped>> {
-        let group = Arc::new(Grouped {
+    ) -> std::io::Result<Arc<GroupedSync>> {
+        let group = Arc::new(GroupedSync {
             dirty: Mutex::new(false),
             wake: Condvar::new(),
         });

@@ -34,7 +34,7 @@ use std::time::Duration;
 use crate::lock;
 use crate::meta::LocalStat;
 use crate::name::Name;
-use crate::store::Sealed;
+use crate::sealed::Sealed;
 
 /// Told of every change the store makes on behalf of the mount or the CLI,
 /// in the order the changes were made, after they were made (a seal through

@@ -3,23 +3,53 @@
 //! is the only way a file name gets in. [`fuse::LockboxFs`] is the FUSE
 //! adapter over the store, [`mount`] mounts it, and [`pages::Pages`] stages
 //! plaintext being written, in memory only.
+//!
+//! The modules, one job each:
+//!
+//! - [`store`]: the ciphertext store (`~/.lockbox/store/`): sealing, staging
+//!   and installing files atomically, grouped syncs and their recovery,
+//!   block tags, the plaintext sweep.
+//! - [`sealed`]: [`Sealed`], what a completed seal produced.
+//! - [`journal`]: the queue that tells the mesh of every change of the
+//!   store, in order, off the caller's path.
+//! - [`meta`]: the metadata database (`~/.lockbox/meta.redb`): signed records
+//!   per name and the [`meta::LocalStat`] of the store file they describe.
+//! - [`grouped`]: [`grouped::GroupedSync`], many changes and one sync per
+//!   window (the store folder's and the database's).
+//! - [`durable`]: writing small private files atomically and durably, and
+//!   private folders (used by the store, `lockbox-net` and the CLI).
+//! - [`offload`]: [`offload::OffloadedSink`], a writer whose sink moves to a
+//!   second thread for large seals.
+//! - [`name`]: [`Name`], a valid lockbox file name.
+//! - [`pages`]: [`pages::Pages`], plaintext staged in memory.
+//! - [`keys`]: [`keys::Keys`], what the mount needs from the agent's unlock
+//!   session.
+//! - [`fuse`]: the FUSE adapter ([`fuse::LockboxFs`], [`fuse::FuseOps`]).
+//! - `retag`: block tags made in the background for versions read without
+//!   them.
+//! - [`mount`]: mounting and unmounting `~/lockbox`.
+//! - `test_keys` (tests only): an unlock session for the unit tests.
 #![forbid(unsafe_code)]
 
+pub mod durable;
 pub mod fuse;
 pub mod grouped;
 pub mod journal;
+pub mod keys;
 pub mod meta;
 pub mod mount;
 pub mod name;
 pub mod offload;
 pub mod pages;
 mod retag;
+pub mod sealed;
 pub mod store;
 #[cfg(test)]
 mod test_keys;
 
 pub use name::Name;
-pub use store::{Entry, FileState, SealTo, Sealed, Store, SweepReport};
+pub use sealed::Sealed;
+pub use store::{Entry, FileState, SealTo, Store, SweepReport};
 
 use std::path::{Path, PathBuf};
 

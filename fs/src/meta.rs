@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use crate::grouped::Grouped;
+use crate::grouped::GroupedSync;
 
 use crate::name::Name;
 use crate::{lock, Error};
@@ -54,8 +54,10 @@ pub enum List {
 const MISC: TableDefinition<&str, &[u8]> = TableDefinition::new("misc");
 
 /// What identifies one store file's bytes without reading them: inode,
-/// size and modification time in nanoseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// size and modification time in nanoseconds. Kept with a version's record
+/// (so without the device, which the store's folder fixes), and the base of
+/// the mount's key for a store version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct LocalStat {
     /// Inode number.
     pub ino: u64,
@@ -295,8 +297,10 @@ impl Layers {
     }
 }
 
+/// The database and the in-memory layers over it, with the locks that
+/// order their changes: what a [`Meta`] and its write-back thread share.
 #[derive(Debug)]
-struct Inner {
+struct MetaDb {
     db: Database,
     /// Whether every change goes through the layers (grouped mode).
     grouped: std::sync::atomic::AtomicBool,
@@ -323,9 +327,9 @@ impl std::fmt::Debug for BeforeCommit {
 /// The metadata database of one envoy.
 #[derive(Debug)]
 pub struct Meta {
-    inner: Arc<Inner>,
+    inner: Arc<MetaDb>,
     /// Set when commits are grouped (write-back): marked after each change.
-    grouped: Option<Arc<Grouped>>,
+    grouped: Option<Arc<GroupedSync>>,
 }
 
 fn db_err(what: &str, e: impl std::fmt::Display) -> Error {
@@ -362,14 +366,14 @@ fn commit(db: &Database, entries: impl Iterator<Item = Entry>) -> Result<(), Err
     w.commit().map_err(|e| db_err("commit", e))
 }
 
-impl Inner {
+impl MetaDb {
     /// Commit the pending layer durably (grouped mode). On failure the
     /// changes stay in memory, under any newer ones, for the next try.
     fn write_back(&self) -> Result<(), Error> {
         self.write_back_with(self.before_commit.get())
     }
 
-    /// [`Inner::write_back`], running `before` (if any) between taking the
+    /// [`MetaDb::write_back`], running `before` (if any) between taking the
     /// batch and committing it.
     fn write_back_with(&self, before: Option<&BeforeCommit>) -> Result<(), Error> {
         // One write-back at a time. It is never taken under the store's
@@ -458,7 +462,7 @@ impl Inner {
     }
 }
 
-impl Drop for Inner {
+impl Drop for MetaDb {
     /// Closing writes back what is still in memory (the agent also flushes
     /// at shutdown; this covers any other owner).
     fn drop(&mut self) {
@@ -511,7 +515,7 @@ impl Meta {
         })?;
         commit(&db, std::iter::empty())?; // creates the tables
         Ok(Meta {
-            inner: Arc::new(Inner {
+            inner: Arc::new(MetaDb {
                 db,
                 grouped: std::sync::atomic::AtomicBool::new(false),
                 layers: Mutex::new(Layers::default()),
@@ -557,7 +561,7 @@ impl Meta {
                 }
             }
         };
-        match Grouped::start("meta-sync", window, flush) {
+        match GroupedSync::start("meta-sync", window, flush) {
             Ok(g) => {
                 self.grouped = Some(g);
                 self.inner

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use fuser::{BackgroundSession, MountOption};
 
-use crate::fuse::{LockboxFs, Mounted};
+use crate::fuse::{FuseOps, LockboxFs};
 
 /// How long an unmount waits for the FUSE session to end (see
 /// [`Mount::unmount`]).
@@ -145,7 +145,7 @@ impl Mount {
         ];
         config.n_threads = Some(threads.max(1));
         config.clone_fd = threads > 1;
-        let session = fuser::Session::new(Mounted(fs.clone()), path, &config)?;
+        let session = fuser::Session::new(FuseOps(fs.clone()), path, &config)?;
         let session = session.spawn()?;
         fs.set_notifier(session.notifier());
         // Readiness: this stat is answered by the session we just started.

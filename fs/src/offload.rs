@@ -17,10 +17,10 @@ const IN_FLIGHT: usize = 4;
 /// A writer into a sink that moves to a thread of its own after
 /// `threshold` bytes. It owns the sink, so it can live across calls (a
 /// seal that grows with each write of the mount, [`crate::store::SealStream`]).
-/// [`Offload::finish`] returns the sink with everything written; an error
+/// [`OffloadedSink::finish`] returns the sink with everything written; an error
 /// of the sink is returned from the write that follows it, or from
 /// `finish`. Dropped unfinished, it waits for the sink thread to end.
-pub struct Offload<W: Write + Send + 'static> {
+pub struct OffloadedSink<W: Write + Send + 'static> {
     state: State<W>,
     buf: Vec<u8>,
     sent: u64,
@@ -37,10 +37,10 @@ enum State<W> {
     Gone,
 }
 
-impl<W: Write + Send + 'static> Offload<W> {
+impl<W: Write + Send + 'static> OffloadedSink<W> {
     /// A writer into `sink`, offloading after `threshold` bytes.
     pub fn new(sink: W, threshold: u64) -> Self {
-        Offload {
+        OffloadedSink {
             state: State::Inline(sink),
             buf: Vec::with_capacity(BLOCK),
             sent: 0,
@@ -121,7 +121,7 @@ impl<W: Write + Send + 'static> Offload<W> {
     }
 }
 
-impl<W: Write + Send + 'static> Drop for Offload<W> {
+impl<W: Write + Send + 'static> Drop for OffloadedSink<W> {
     fn drop(&mut self) {
         // Abandoned: let the thread end before the sink's owner goes on
         // (it removes the file the sink writes to).
@@ -132,7 +132,7 @@ impl<W: Write + Send + 'static> Drop for Offload<W> {
     }
 }
 
-impl<W: Write + Send + 'static> Write for Offload<W> {
+impl<W: Write + Send + 'static> Write for OffloadedSink<W> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         let n = data.len().min(BLOCK - self.buf.len());
         self.buf.extend_from_slice(&data[..n]);
@@ -142,7 +142,7 @@ impl<W: Write + Send + 'static> Write for Offload<W> {
         Ok(n)
     }
 
-    /// Buffered bytes reach the sink at [`Offload::finish`]; a flush in
+    /// Buffered bytes reach the sink at [`OffloadedSink::finish`]; a flush in
     /// between does not force them out (the sink may be on another thread).
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
@@ -167,7 +167,7 @@ mod tests {
             (BLOCK * 9 + 17, BLOCK as u64 * 2),
         ] {
             let data = pattern(len);
-            let mut w = Offload::new(Vec::new(), threshold);
+            let mut w = OffloadedSink::new(Vec::new(), threshold);
             for piece in data.chunks(65_552) {
                 w.write_all(piece).unwrap();
             }
@@ -198,7 +198,7 @@ mod tests {
     #[test]
     fn dropped_unfinished_it_waits_for_the_sink_thread() {
         let gone = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let mut w = Offload::new(Noting(gone.clone(), Vec::new()), 0);
+        let mut w = OffloadedSink::new(Noting(gone.clone(), Vec::new()), 0);
         w.write_all(&pattern(BLOCK * 5)).unwrap();
         drop(w);
         assert!(gone.load(std::sync::atomic::Ordering::SeqCst));
@@ -226,7 +226,7 @@ mod tests {
     fn a_sink_error_is_returned_inline_and_offloaded() {
         for threshold in [0, u64::MAX] {
             let data = pattern(BLOCK * 20);
-            let mut w = Offload::new(Failing { ok: BLOCK * 2 }, threshold);
+            let mut w = OffloadedSink::new(Failing { ok: BLOCK * 2 }, threshold);
             let r = w.write_all(&data).and_then(|()| w.finish().map(drop));
             let e = r.expect_err("the sink's error");
             assert_eq!(e.to_string(), "disk full", "threshold {threshold}");

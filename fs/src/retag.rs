@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use lockbox_crypto::seal::tags::BlockTags;
 use lockbox_crypto::seal::Payload;
 
-use crate::fuse::Keys;
+use crate::keys::Keys;
 use crate::{lock, Name, Store};
 
 /// The thread's niceness: it only speeds up later reads, so it yields the

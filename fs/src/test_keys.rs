@@ -7,7 +7,7 @@ use std::sync::Arc;
 use lockbox_crypto::seal::tags::TagKey;
 use lockbox_crypto::AgeIdentity;
 
-use crate::fuse::Keys;
+use crate::keys::Keys;
 use crate::store::SealTo;
 
 pub(crate) struct TestKeys {

@@ -1513,7 +1513,7 @@ fn load_members(dir: &Path, circle: &PublicKey, user: &WireName) -> Members {
 
 /// Write a small private file atomically and make the rename durable.
 fn write_file_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    lockbox_fs::store::write_private_file(path, bytes, lockbox_fs::store::Existing::Replace)?;
+    lockbox_fs::durable::write_private_file(path, bytes, lockbox_fs::durable::Existing::Replace)?;
     match path.parent() {
         Some(dir) => fs::File::open(dir)?.sync_all(),
         None => Ok(()),

@@ -65,7 +65,7 @@ use std::io::{self, Read};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use lockbox_fs::store::Existing;
+use lockbox_fs::durable::Existing;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -412,7 +412,7 @@ impl FleetCa {
         if key_file.symlink_metadata().is_ok() {
             return Err(TlsError::CaExists { file: key_file });
         }
-        lockbox_fs::store::ensure_private_dir(dir)?;
+        lockbox_fs::durable::ensure_private_dir(dir)?;
         // The key first: it is the claim on the folder.
         write_private(&key_file, self.key_pem.as_bytes(), Existing::Keep)?;
         write_private(
@@ -420,7 +420,7 @@ impl FleetCa {
             self.cert_pem.as_bytes(),
             Existing::Replace,
         )?;
-        lockbox_fs::store::sync_dir(dir)?;
+        lockbox_fs::durable::sync_dir(dir)?;
         Ok(())
     }
 
@@ -527,7 +527,7 @@ impl Issued {
     /// `DIR` is created, or made, mode 0700), replacing what is there — this
     /// is how a certificate is renewed.
     pub fn write(&self, dir: &Path) -> Result<(), TlsError> {
-        lockbox_fs::store::ensure_private_dir(dir)?;
+        lockbox_fs::durable::ensure_private_dir(dir)?;
         for (file, text) in [
             (CA_CERT_FILE, self.ca_pem.as_str()),
             (KEY_FILE, self.key_pem.as_str()),
@@ -535,7 +535,7 @@ impl Issued {
         ] {
             write_private(&dir.join(file), text.as_bytes(), Existing::Replace)?;
         }
-        lockbox_fs::store::sync_dir(dir)?;
+        lockbox_fs::durable::sync_dir(dir)?;
         Ok(())
     }
 }
@@ -976,12 +976,11 @@ fn read_pem(
     }
 }
 
-/// Whether [`write_private`] may replace an existing file.
-/// Write a 0600 file atomically (see [`lockbox_fs::store::write_private_file`]);
+/// Write a 0600 file atomically (see [`lockbox_fs::durable::write_private_file`]);
 /// the caller syncs the folder. With [`Existing::Keep`] an existing file is
 /// [`TlsError::CaExists`].
 fn write_private(path: &Path, bytes: &[u8], existing: Existing) -> Result<(), TlsError> {
-    lockbox_fs::store::write_private_file(path, bytes, existing).map_err(|source| {
+    lockbox_fs::durable::write_private_file(path, bytes, existing).map_err(|source| {
         if existing == Existing::Keep && source.kind() == io::ErrorKind::AlreadyExists {
             TlsError::CaExists {
                 file: path.to_owned(),

@@ -1,0 +1,77 @@
+//! Unit tests of the FUSE adapter that need its internals (the rest is
+//! covered by the mount tests of the `lockbox` crate).
+
+use super::*;
+use crate::pages::Pages;
+use crate::test_keys::TestKeys;
+use fuser::FileHandle;
+use staged::STREAM_FROM;
+
+fn unlocked_fs() -> (tempfile::TempDir, Arc<TestKeys>, LockboxFs) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let keys = TestKeys::unlocked();
+    let config = FsConfig {
+        max_file_size: 1 << 30,
+        cache_bytes: 16 << 20,
+    };
+    let fs = LockboxFs::new(store, keys.clone(), config).unwrap();
+    (dir, keys, fs)
+}
+
+/// Write `len` bytes from start to end through a new file's handle.
+fn write_new(fs: &LockboxFs, name: &str, len: usize) -> (u64, Arc<Mutex<Staged>>) {
+    let ino = {
+        let staged = Arc::new(Mutex::new(Staged::new(Pages::new(), true, true, 0)));
+        LockboxFs::add_node(&mut lock(&fs.inner), Name::new(name).unwrap(), Some(staged))
+    };
+    let fh = fs.open_node(ino, libc::O_WRONLY).unwrap();
+    let Ok(h) = fs.handle(FileHandle(fh)) else {
+        panic!("no handle")
+    };
+    let Handle::Staged { staged, .. } = &*h else {
+        panic!("not a writer's handle")
+    };
+    let block = vec![7u8; 1 << 20];
+    let mut st = lock(staged);
+    for i in 0..len.div_ceil(block.len()) {
+        let at = i * block.len();
+        let n = block.len().min(len - at);
+        fs.stage_write(&mut st, at as u64, &block[..n]).unwrap();
+    }
+    drop(st);
+    (ino, staged.clone())
+}
+
+/// A seal that began before a lock and ends after it (a file sealed as
+/// it is written, closed once locked) leaves neither its block tags,
+/// which hold the file's block keys, nor its plaintext in the caches:
+/// they would outlive the lock's clearing of them. Unlocked, the same
+/// seal fills them (so the check can fail).
+#[test]
+fn a_seal_that_ends_after_a_lock_leaves_nothing_in_the_caches() {
+    for lock_first in [false, true] {
+        let (_dir, keys, fs) = unlocked_fs();
+        // Past STREAM_FROM: sealed as written, with block tags.
+        let (ino, staged) = write_new(&fs, "big", (STREAM_FROM + (1 << 20)) as usize);
+        assert!(lock(&staged).stream.is_some(), "not sealed as written");
+        // And a small one, whose seal would prime the chunk cache.
+        let (small_ino, small) = write_new(&fs, "small", 1000);
+        if lock_first {
+            keys.set_unlocked(false);
+            fs.on_lock();
+        }
+        fs.seal_staged_pending(ino, &mut lock(&staged)).unwrap();
+        fs.seal_staged_pending(small_ino, &mut lock(&small))
+            .unwrap();
+        let (tags, chunks) = (lock(&fs.tags).len(), lock(&fs.cache).len());
+        if lock_first {
+            assert_eq!((tags, chunks), (0, 0), "cached after the lock");
+        } else {
+            assert!(
+                tags > 0 && chunks > 0,
+                "unlocked: {tags} tags, {chunks} chunks"
+            );
+        }
+    }
+}

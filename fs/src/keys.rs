@@ -1,0 +1,40 @@
+//! What the file system needs from the agent's unlock session: the
+//! identity that decrypts, the recipients to seal to, the block-tag key,
+//! and the hooks the mount calls after a seal or a delete.
+//!
+//! It owns only the [`Keys`] trait, so that the FUSE adapter
+//! ([`crate::fuse`]) and the background retagger (`crate::retag`) both
+//! use it without depending on each other. It must not hold keys itself:
+//! the agent implements it (`AgentKeys` in `src/agent.rs`), the unit
+//! tests with `test_keys`.
+
+use std::sync::Arc;
+
+use lockbox_crypto::seal::tags::TagKey;
+use lockbox_crypto::AgeIdentity;
+
+use crate::name::Name;
+use crate::sealed::Sealed;
+use crate::store::SealTo;
+
+/// What the file system needs from the agent.
+pub trait Keys: Send + Sync + 'static {
+    /// The identity for a decryption (resetting the idle timer), or `None`
+    /// when locked.
+    fn identity(&self) -> Option<Arc<AgeIdentity>>;
+    /// Whether the session is unlocked (without resetting the idle timer).
+    fn is_unlocked(&self) -> bool;
+    /// The recipients to seal to (public keys; available while locked).
+    fn recipients(&self) -> Result<SealTo, String>;
+    /// The key seals tag their blocks with and reads check them against
+    /// (see `lockbox_crypto::seal::tags`), while unlocked; without
+    /// resetting the idle timer. `None`: seals go without tags and reads
+    /// by whole chunk.
+    fn tag_key(&self) -> Option<Arc<TagKey>> {
+        None
+    }
+    /// A version was sealed through the mount (the mesh queues it).
+    fn sealed(&self, _name: &Name, _sealed: &Sealed) {}
+    /// A name was deleted through the mount.
+    fn deleted(&self, _name: &Name) {}
+}

@@ -1,0 +1,698 @@
+//! The store: `~/.lockbox/store/`, one age file per lockbox file, mode 0600.
+//!
+//! Every write is atomic: the ciphertext goes to a temp file in
+//! `~/.lockbox/tmp/` (same file system), is made durable with `fsync`, is
+//! renamed over the old version, and the store directory is synced. After a
+//! crash at any instant a name holds its old or its new complete ciphertext,
+//! never a torn one. Plaintext is never written here by lockbox: it streams
+//! from the caller's reader straight into the age sealer.
+//!
+//! This file holds the [`Store`] type, opening it, the change lock and the
+//! journal hand-off ([`Pending`]), staging and installing temp files, and
+//! the reads, renames and removes of names. One job per file beside it:
+//!
+//! - `seal`: the sealing pipeline ([`Seal`], [`SealStream`], [`seal_into`],
+//!   the hashing and tagging sink, [`pump`]).
+//! - `waiting`: grouped syncs, the seals that wait in their temp files for
+//!   a round, and the recovery of completed seals a stopped agent left
+//!   ([`Leftovers`]).
+//! - `tags`: the block tags kept for store files in `~/.lockbox/tags/`.
+//! - `sweep`: sealing plaintext found in the store or in the bare mount
+//!   folder, and the `.failed` renames.
+//! - `tests`: the unit tests.
+//!
+//! Nothing here knows FUSE (that is [`crate::fuse`]) or what the mesh
+//! records (that is the [`Journal`]'s side).
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use lockbox_crypto::seal::tags::TagKey;
+use lockbox_crypto::share::SharePool;
+use lockbox_crypto::AgeRecipient;
+
+use crate::durable::ensure_private_dir;
+use crate::grouped::GroupedSync;
+use crate::journal::{Event, Queue};
+use crate::meta::LocalStat;
+use crate::name::{Name, NameKind};
+use crate::sealed::Sealed;
+use crate::{lock, Error};
+
+mod seal;
+mod sweep;
+mod tags;
+mod waiting;
+
+pub use crate::journal::Journal;
+pub use seal::{pump, seal_into, Seal, SealStream};
+pub use waiting::Leftovers;
+use waiting::Waiting;
+
+/// What the store says a file is (the seeds' auto-encrypt states).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileState {
+    /// An age file sealed to the circle.
+    Ciphertext,
+    /// Not (yet) an age file: found in the store or the bare mount folder.
+    Plaintext,
+    /// `NAME.<ts>.failed`: sealing failed; kept out of the mesh.
+    Failed,
+    /// `NAME.conflict-…`: the losing side of a concurrent edit.
+    Conflict,
+}
+
+/// One file of the store as `list` and `status` show it.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// The file's name.
+    pub name: Name,
+    /// Its state.
+    pub state: FileState,
+    /// Plaintext size for an age file whose header parses, else bytes on disk.
+    pub size: u64,
+    /// Bytes on disk.
+    pub stored_size: u64,
+    /// Modification time, seconds since the epoch.
+    pub mtime: i64,
+    /// Whether the bytes on disk start with the age magic.
+    pub is_age: bool,
+}
+
+/// Who a file is sealed to: the age recipients and the envoys they belong
+/// to, read together from one snapshot. The envoys go into the version's
+/// record, so a member change during a seal shows as drift and the file is
+/// re-encrypted; naming the members at record time instead would hide a
+/// departed member's key in a file sealed just before it left.
+#[derive(Debug, Clone, Default)]
+pub struct SealTo {
+    /// The age recipients.
+    pub keys: Vec<AgeRecipient>,
+    /// Their envoys' names (empty when not known: the record then names the
+    /// members at the time it is written).
+    pub envoys: Vec<String>,
+    /// This envoy's block-tag key, when unlocked: a seal then also writes
+    /// the tags of its blocks (`tags/<name>`), so small reads of a large
+    /// file decrypt 4 KiB blocks instead of 64 KiB chunks.
+    pub tags: Option<Arc<TagKey>>,
+}
+
+impl SealTo {
+    /// Recipients whose envoys are not known (tests, tools).
+    pub fn keys(keys: Vec<AgeRecipient>) -> SealTo {
+        SealTo {
+            keys,
+            envoys: Vec::new(),
+            tags: None,
+        }
+    }
+}
+
+/// What a sweep did (SPEC §5.4).
+#[derive(Debug, Default, Clone)]
+pub struct SweepReport {
+    /// Plaintext files now sealed.
+    pub sealed: Vec<Name>,
+    /// Plaintext files left alone because they exceed the size limit.
+    pub too_large: Vec<Name>,
+    /// Files that failed to seal, with the name they were moved to and why.
+    pub failed: Vec<(Name, Name, String)>,
+}
+
+/// The ciphertext store of one envoy.
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+    tmp: PathBuf,
+    /// Block tags of the store files (see the module doc).
+    tags: PathBuf,
+    /// The names that have a file in `tags`, read from the folder at open
+    /// and kept in step by this store's changes, so that a rename or a
+    /// remove of a name without tags (every file of one chunk, most files)
+    /// costs no failing `rename` or `unlink`. A tags file this set misses
+    /// (written by another process) is at worst left behind, and is then
+    /// told apart by its binding like any stale index.
+    tagged: Arc<Mutex<HashSet<Name>>>,
+    /// Where every change is queued for the journal, under `changes` (see
+    /// [`crate::journal`]).
+    journal: Option<Arc<Queue>>,
+    /// Serialises the last step of every change of a name (rename or remove
+    /// into the store, and the journal entry for it), so the record of a
+    /// version and the file it describes move together.
+    changes: Arc<Mutex<()>>,
+    /// When set, seals through the mount wait in their temp files and
+    /// renames into the store folder are made durable by background rounds
+    /// within a bounded window, instead of syncs per operation (see
+    /// [`Store::with_grouped_syncs`]).
+    grouped: Option<Arc<GroupedSync>>,
+    /// The seals waiting for the next round (grouped mode only).
+    waiting: Option<Arc<Waiting>>,
+    /// Its window, when grouped.
+    window: Option<std::time::Duration>,
+    /// X25519 shares computed ahead for the seals (the agent's; see
+    /// [`Store::with_share_pool`]).
+    shares: Option<Arc<SharePool>>,
+}
+
+/// A complete, durable file in the store's temp folder, not yet in the
+/// store; removed when dropped unless [`Store::commit_staged`] took it.
+#[derive(Debug)]
+pub struct StagedFile {
+    path: PathBuf,
+}
+
+/// The extended attribute in which a file received from a peer carries
+/// its version record into the store (see [`StagedFile::attach_record`]).
+const RECORD_XATTR: &str = "user.lockbox.record";
+
+/// The largest record [`Store::attached_record`] reads back.
+const MAX_ATTACHED_RECORD: usize = 64 * 1024;
+
+impl StagedFile {
+    /// Where it is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Attach `record` (a signed version record) to the file before it is
+    /// put in place, so the record reaches the store with the bytes it
+    /// describes: a crash after the rename and before the record is made
+    /// durable leaves a file whose record [`Store::attached_record`] gives
+    /// back. Best effort: without extended attributes it does nothing.
+    pub fn attach_record(&self, record: &[u8]) {
+        let _ = rustix::fs::setxattr(
+            &self.path,
+            RECORD_XATTR,
+            record,
+            rustix::fs::XattrFlags::empty(),
+        );
+    }
+}
+
+impl Drop for StagedFile {
+    fn drop(&mut self) {
+        if !self.path.as_os_str().is_empty() {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// A change that is on disk and whose journal entry is still to be
+/// queued: it is queued when this is dropped, and until then the store's
+/// change lock stays held, so no other change comes between a change and
+/// its place in the queue. The mount drops it after it has answered the
+/// kernel; the journal's thread signs and records it after that (see
+/// [`crate::journal`]).
+#[must_use = "dropping it queues the journal entry at once"]
+pub struct Pending<'a> {
+    journal: Option<&'a Arc<Queue>>,
+    event: Option<Event>,
+    _guard: std::sync::MutexGuard<'a, ()>,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        // Runs before the guard (a field) is released.
+        if let (Some(q), Some(event)) = (self.journal, self.event.take()) {
+            q.push(event);
+        }
+    }
+}
+
+impl std::fmt::Debug for Pending<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending").finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Open (creating if needed) the store under `state_dir` (`~/.lockbox`).
+    pub fn open(state_dir: &Path) -> Result<Store, Error> {
+        let store = Store {
+            dir: state_dir.join("store"),
+            tmp: state_dir.join("tmp"),
+            tags: state_dir.join("tags"),
+            tagged: Arc::default(),
+            journal: None,
+            changes: Arc::new(Mutex::new(())),
+            grouped: None,
+            waiting: None,
+            window: None,
+            shares: None,
+        };
+        for d in [&store.dir, &store.tmp, &store.tags] {
+            ensure_private_dir(d)?;
+        }
+        let listed = fs::read_dir(&store.tags).map_err(|e| Error::io("read", &store.tags, e))?;
+        *lock(&store.tagged) = listed
+            .flatten()
+            .filter_map(|d| Name::from_os(&d.file_name()).ok())
+            .collect();
+        Ok(store)
+    }
+
+    /// Seal with X25519 shares computed ahead on a thread of their own
+    /// (`lockbox_crypto::share`): the key agreement per recipient leaves
+    /// the close path. For the long-lived agent; the CLI seals inline.
+    pub fn with_share_pool(mut self) -> Store {
+        match SharePool::start() {
+            Ok(p) => self.shares = Some(p),
+            Err(e) => tracing::warn!("cannot start the share thread ({e}): sealing inline"),
+        }
+        self
+    }
+
+    /// The pool of X25519 shares, if this store has one.
+    pub fn shares(&self) -> Option<&SharePool> {
+        self.shares.as_deref()
+    }
+
+    /// Tell `journal` of every change from now on, in order, from a
+    /// thread of its own (see [`crate::journal`]).
+    pub fn with_journal(mut self, journal: Arc<dyn Journal>) -> Store {
+        self.journal = Some(Queue::start(journal));
+        self
+    }
+
+    /// Take the change lock: while held, no name of the store changes
+    /// except through the holder (who uses the `*_locked` methods). Every
+    /// change queued for the journal before is delivered first, so the
+    /// holder reads records that are up to date.
+    pub fn change_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        let guard = self.lock_changes();
+        self.deliver_journal();
+        guard
+    }
+
+    /// The change lock, without waiting for the journal (the store's own
+    /// changes, which only queue their events).
+    fn lock_changes(&self) -> std::sync::MutexGuard<'_, ()> {
+        lock(&self.changes)
+    }
+
+    /// Deliver every change queued for the journal, on this thread; when
+    /// it returns, the journal has been told of every change made before
+    /// the call. The agent calls it before its final write-back.
+    pub fn deliver_journal(&self) {
+        if let Some(q) = &self.journal {
+            q.deliver();
+        }
+    }
+
+    /// Write a complete file into the temp folder with `fill`, made durable;
+    /// it enters the store only through [`Store::commit_staged`].
+    pub fn stage<T>(
+        &self,
+        fill: impl FnOnce(&mut File) -> Result<T, Error>,
+    ) -> Result<(StagedFile, T), Error> {
+        self.stage_with(fill, true)
+    }
+
+    /// [`Store::stage`], made durable only if `durable` (else a round of the
+    /// grouped syncs does it before the file enters the store).
+    fn stage_with<T>(
+        &self,
+        fill: impl FnOnce(&mut File) -> Result<T, Error>,
+        durable: bool,
+    ) -> Result<(StagedFile, T), Error> {
+        let (staged, mut file) = self.new_temp()?;
+        let t = fill(&mut file)?;
+        if durable {
+            file.sync_all()
+                .map_err(|e| Error::io("sync", &staged.path, e))?;
+        }
+        Ok((staged, t))
+    }
+
+    /// A fresh, empty 0600 temp file (removed when the [`StagedFile`] is
+    /// dropped).
+    fn new_temp(&self) -> Result<(StagedFile, File), Error> {
+        let staged = StagedFile {
+            path: self
+                .tmp
+                .join(format!("{:016x}.partial", rand::random::<u64>())),
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&staged.path)
+            .map_err(|e| Error::io("create", &staged.path, e))?;
+        Ok((staged, file))
+    }
+
+    /// Rename a staged file into place as `name` (replacing a seal of it
+    /// still waiting). The caller holds [`Store::change_lock`] and records
+    /// the change itself (no journal).
+    pub fn commit_staged(&self, mut staged: StagedFile, name: &Name) -> Result<(), Error> {
+        // The waiting seal goes first: if the agent died between the two, the
+        // next start must not put it back over this file.
+        self.drop_waiting_locked(name);
+        let dest = self.path_of(name);
+        fs::rename(&staged.path, &dest).map_err(|e| Error::io("rename into", &dest, e))?;
+        staged.path = PathBuf::new();
+        self.dir_changed()
+    }
+
+    /// Remove `name` (and a seal of it still waiting); the caller holds
+    /// [`Store::change_lock`] (no journal). A missing file is not an error.
+    pub fn remove_locked(&self, name: &Name) -> Result<(), Error> {
+        self.remove_either(name).map(drop)
+    }
+
+    /// Remove `name`'s store file and its waiting seal; whether either was
+    /// there.
+    fn remove_either(&self, name: &Name) -> Result<bool, Error> {
+        let waited = self.drop_waiting_locked(name);
+        let p = self.path_of(name);
+        let removed = match fs::remove_file(&p) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+            Err(e) => return Err(Error::io("remove", &p, e)),
+        };
+        if removed {
+            self.dir_changed()?;
+        }
+        if waited || removed {
+            self.drop_tags(name);
+        }
+        Ok(waited || removed)
+    }
+
+    /// Rename `from` to `to`; the caller holds [`Store::change_lock`] (no
+    /// journal). A seal of `from` still waiting becomes `to`'s if `from`
+    /// has no older file in the store ([`Store::pass_waiting_locked`]);
+    /// otherwise it is put in place first. One of `to` is dropped, as the
+    /// rename replaces it.
+    pub fn rename_locked(&self, from: &Name, to: &Name) -> Result<(), Error> {
+        if from != to && self.pass_waiting_locked(from, to)? {
+            return Ok(());
+        }
+        self.install_locked(from)?;
+        let (a, b) = (self.path_of(from), self.path_of(to));
+        // As in `commit_staged`: a replaced seal goes before the rename
+        // (once it is sure there is something to rename).
+        if from != to && self.waiting_temp(to).is_some() {
+            if a.symlink_metadata().is_err() {
+                return Err(Error::NotFound(from.to_string()));
+            }
+            self.drop_waiting_locked(to);
+        }
+        fs::rename(&a, &b).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => Error::NotFound(from.to_string()),
+            _ => Error::io("rename", &a, e),
+        })?;
+        if from != to {
+            self.move_tags(from, to);
+        }
+        self.dir_changed()
+    }
+
+    /// Free space of the store's file system, in percent of its size
+    /// (what peers compare with `disk_pressure_percent`).
+    pub fn free_percent(&self) -> Result<u8, Error> {
+        let s = rustix::fs::statvfs(&self.dir)
+            .map_err(|e| Error::io("statvfs", &self.dir, e.into()))?;
+        if s.f_blocks == 0 {
+            return Ok(100);
+        }
+        Ok((s.f_bavail.saturating_mul(100) / s.f_blocks).min(100) as u8)
+    }
+
+    /// The store directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Path of a name in the store.
+    pub fn path_of(&self, name: &Name) -> PathBuf {
+        self.dir.join(name.as_os_str())
+    }
+
+    /// Where `name`'s newest bytes are: its waiting seal's temp file, else
+    /// its store file. Only stable while the caller holds the change lock
+    /// (a round moves a temp into place under it).
+    pub fn current_path(&self, name: &Name) -> PathBuf {
+        self.waiting_temp(name)
+            .unwrap_or_else(|| self.path_of(name))
+    }
+
+    /// Run `f` on the path of `name`'s newest bytes while no round can move
+    /// them (for a single open, stat or touch).
+    fn at_current<T>(&self, name: &Name, f: impl FnOnce(&Path) -> T) -> T {
+        if let Some(w) = &self.waiting {
+            let files = lock(&w.files);
+            if let Some(wf) = files.get(name) {
+                return f(&wf.temp);
+            }
+        }
+        f(&self.path_of(name))
+    }
+
+    /// The record attached to `name`'s store file when it was received
+    /// ([`StagedFile::attach_record`]), unverified; `None` if there is none.
+    pub fn attached_record(&self, name: &Name) -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; MAX_ATTACHED_RECORD];
+        let n = rustix::fs::getxattr(self.path_of(name), RECORD_XATTR, &mut buf[..]).ok()?;
+        buf.truncate(n);
+        Some(buf)
+    }
+
+    /// The [`LocalStat`] of `name`'s newest bytes (a seal still waiting,
+    /// or its store file); `None` if it has none or they cannot be read.
+    pub fn local_stat(&self, name: &Name) -> Option<LocalStat> {
+        self.at_current(name, |p| LocalStat::of(p).ok())
+    }
+
+    /// Whether the store holds `name`.
+    pub fn contains(&self, name: &Name) -> bool {
+        self.at_current(name, |p| p.symlink_metadata().is_ok())
+    }
+
+    /// The file system's metadata of `name`'s newest bytes (its inode,
+    /// ciphertext size and mtime, which a round's rename keeps).
+    pub fn metadata(&self, name: &Name) -> Result<fs::Metadata, Error> {
+        self.at_current(name, |p| {
+            p.symlink_metadata().map_err(|e| match e.kind() {
+                io::ErrorKind::NotFound => Error::NotFound(name.to_string()),
+                _ => Error::io("stat", p, e),
+            })
+        })
+    }
+
+    /// Set the modification time of `name`'s newest bytes.
+    pub fn set_mtime(&self, name: &Name, t: SystemTime) -> Result<(), Error> {
+        self.at_current(name, |p| {
+            File::open(p)
+                .and_then(|f| f.set_modified(t))
+                .map_err(|e| match e.kind() {
+                    io::ErrorKind::NotFound => Error::NotFound(name.to_string()),
+                    _ => Error::io("set the time of", p, e),
+                })
+        })
+    }
+
+    /// Write `name` atomically: `fill` writes the complete content into a
+    /// fresh 0600 temp file, which is then synced and renamed into place.
+    /// The journal is told under the change lock, after the rename, when
+    /// the returned [`Pending`] is dropped; `seen` turns `fill`'s result
+    /// into what the journal is told.
+    fn write_atomic<T>(
+        &self,
+        name: &Name,
+        fill: impl FnOnce(&mut File) -> Result<T, Error>,
+        seen: impl FnOnce(&T) -> Option<Sealed>,
+    ) -> Result<(T, Pending<'_>), Error> {
+        let (staged, t) = self.stage(fill)?;
+        let pending = self.install_staged(name, staged, seen(&t))?;
+        Ok((t, pending))
+    }
+
+    /// Rename a durable temp file into place as `name`; the journal hears
+    /// of it (as `sealed`) when the returned [`Pending`] is dropped.
+    fn install_staged(
+        &self,
+        name: &Name,
+        staged: StagedFile,
+        sealed: Option<Sealed>,
+    ) -> Result<Pending<'_>, Error> {
+        let guard = self.lock_changes();
+        self.commit_staged(staged, name)?;
+        let stat = LocalStat::of(&self.path_of(name)).ok();
+        let event = Event::Changed(name.clone(), sealed, stat);
+        Ok(self.pending(guard, event))
+    }
+
+    fn pending<'a>(&'a self, guard: std::sync::MutexGuard<'a, ()>, event: Event) -> Pending<'a> {
+        Pending {
+            journal: self.journal.as_ref(),
+            event: Some(event),
+            _guard: guard,
+        }
+    }
+
+    /// Open a store file for reading (ciphertext or, for a plaintext entry,
+    /// the raw bytes).
+    pub fn open_file(&self, name: &Name) -> Result<File, Error> {
+        self.at_current(name, |p| {
+            File::open(p).map_err(|e| match e.kind() {
+                io::ErrorKind::NotFound => Error::NotFound(name.to_string()),
+                _ => Error::io("open", p, e),
+            })
+        })
+    }
+
+    /// Remove `name` from the store (durably); the journal has been told
+    /// when it returns.
+    pub fn remove(&self, name: &Name) -> Result<(), Error> {
+        self.remove_pending(name).map(drop)?;
+        self.deliver_journal();
+        Ok(())
+    }
+
+    /// [`Store::remove`], with the journal entry left to the returned
+    /// [`Pending`].
+    pub fn remove_pending(&self, name: &Name) -> Result<Pending<'_>, Error> {
+        let guard = self.lock_changes();
+        if !self.remove_either(name)? {
+            return Err(Error::NotFound(name.to_string()));
+        }
+        Ok(self.pending(guard, Event::Removed(name.clone())))
+    }
+
+    /// Rename `from` to `to` inside the store (durably), replacing `to`;
+    /// the journal has been told when it returns.
+    pub fn rename(&self, from: &Name, to: &Name) -> Result<(), Error> {
+        self.rename_pending(from, to).map(drop)?;
+        self.deliver_journal();
+        Ok(())
+    }
+
+    /// [`Store::rename`], with the journal entry left to the returned
+    /// [`Pending`].
+    pub fn rename_pending(&self, from: &Name, to: &Name) -> Result<Pending<'_>, Error> {
+        let guard = self.lock_changes();
+        self.rename_locked(from, to)?;
+        let stat = self.local_stat(to);
+        Ok(self.pending(guard, Event::Renamed(from.clone(), to.clone(), stat)))
+    }
+
+    /// Describe one file of the store.
+    pub fn entry(&self, name: &Name) -> Result<Entry, Error> {
+        self.at_current(name, |p| {
+            let meta = p.symlink_metadata().map_err(|e| match e.kind() {
+                io::ErrorKind::NotFound => Error::NotFound(name.to_string()),
+                _ => Error::io("stat", p, e),
+            })?;
+            self.describe(name.clone(), p, &meta)
+        })
+    }
+
+    fn describe(&self, name: Name, path: &Path, meta: &fs::Metadata) -> Result<Entry, Error> {
+        let stored_size = meta.len();
+        let (is_age, plaintext_len) = probe(path, stored_size)?;
+        let state = match name.kind() {
+            NameKind::Failed => FileState::Failed,
+            NameKind::Conflict if is_age => FileState::Conflict,
+            _ if is_age => FileState::Ciphertext,
+            _ => FileState::Plaintext,
+        };
+        Ok(Entry {
+            name,
+            state,
+            size: plaintext_len.unwrap_or(stored_size),
+            stored_size,
+            mtime: meta.mtime(),
+            is_age,
+        })
+    }
+
+    /// The names of every regular file in the store, with the seals still
+    /// waiting, sorted. Anything else found there (a folder, a symlink) is
+    /// skipped with a warning.
+    pub fn names(&self) -> Result<Vec<Name>, Error> {
+        let mut out = Vec::new();
+        let rd = fs::read_dir(&self.dir).map_err(|e| Error::io("read", &self.dir, e))?;
+        for dirent in rd {
+            let dirent = dirent.map_err(|e| Error::io("read", &self.dir, e))?;
+            let Ok(name) = Name::from_os(&dirent.file_name()) else {
+                continue;
+            };
+            match dirent.file_type() {
+                Ok(t) if t.is_file() => out.push(name),
+                Ok(_) => tracing::warn!(
+                    "ignoring {}: lockbox holds only regular files",
+                    dirent.path().display()
+                ),
+                // Removed between readdir and stat: not an error.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io("stat", &dirent.path(), e)),
+            }
+        }
+        if let Some(w) = &self.waiting {
+            out.extend(lock(&w.files).keys().cloned());
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// Every regular file in the store (see [`Store::names`]), described.
+    pub fn list(&self) -> Result<Vec<Entry>, Error> {
+        let mut out = Vec::new();
+        for name in self.names()? {
+            match self.entry(&name) {
+                Ok(e) => out.push(e),
+                // Removed meanwhile: not an error.
+                Err(Error::NotFound(_)) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Whether an open file starts with the age magic; rewinds it.
+fn is_age_file(f: &mut File) -> Result<bool, Error> {
+    let mut head = [0u8; 32];
+    let mut got = 0;
+    while got < lockbox_crypto::seal::AGE_MAGIC.len() {
+        match f.read(&mut head[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::Read(e)),
+        }
+    }
+    f.rewind().map_err(Error::Read)?;
+    Ok(lockbox_crypto::seal::is_age(&head[..got]))
+}
+
+/// Whether a store file is an age file, and if so its plaintext length
+/// (computed from the header length and file size, no key needed).
+fn probe(path: &Path, size: u64) -> Result<(bool, Option<u64>), Error> {
+    let mut f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(Error::NotFound(path.display().to_string()))
+        }
+        Err(e) => return Err(Error::io("open", path, e)),
+    };
+    if !is_age_file(&mut f)? {
+        return Ok((false, None));
+    }
+    let len = lockbox_crypto::seal::read_header(&mut f)
+        .ok()
+        .and_then(|h| lockbox_crypto::seal::plaintext_len(h.header_len, size).ok());
+    Ok((true, len))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,174 @@
+//! Plaintext the store finds: [`Store::sweep`] seals plaintext files left
+//! in the store folder, [`Store::import_dir`] seals the files of
+//! the bare `~/lockbox` folder before mounting, and a file that fails to
+//! seal is renamed `NAME.<ts>.failed`. It must not remove a plaintext
+//! original before its sealed copy is durable.
+
+use std::fs::{self, File};
+use std::io;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::name::Name;
+use crate::Error;
+
+use super::{is_age_file, FileState, SweepReport};
+use super::{SealTo, Store};
+
+impl Store {
+    /// Seal every plaintext file of the store in place (SPEC §5.4): files up
+    /// to `max_size` are sealed and their plaintext replaced atomically;
+    /// larger ones stay and are reported; a file that fails to seal is
+    /// renamed `NAME.<unix_ts>.failed`.
+    pub fn sweep(&self, recipients: &SealTo, max_size: u64) -> Result<SweepReport, Error> {
+        let mut report = SweepReport::default();
+        for name in self.names()? {
+            // One file that cannot be read must not keep the rest in plaintext.
+            let entry = match self.entry(&name) {
+                Ok(e) => e,
+                Err(Error::NotFound(_)) => continue,
+                Err(e) => {
+                    tracing::warn!("sweep: skipping {name}: {e}");
+                    continue;
+                }
+            };
+            if entry.state != FileState::Plaintext {
+                continue;
+            }
+            if entry.stored_size > max_size {
+                tracing::warn!(
+                    "{} is plaintext and larger than {max_size} bytes: left as is, not synced",
+                    entry.name
+                );
+                report.too_large.push(entry.name);
+                continue;
+            }
+            let src = self.path_of(&entry.name);
+            let sealed = File::open(&src)
+                .map_err(|e| Error::io("open", &src, e))
+                .and_then(|f| self.seal(&entry.name, f, recipients, max_size));
+            match sealed {
+                Ok(_) => {
+                    tracing::info!("sealed plaintext {} found in the store", entry.name);
+                    report.sealed.push(entry.name);
+                }
+                Err(e) => match self.mark_failed(&entry.name, &e) {
+                    Ok(failed) => report.failed.push(failed),
+                    Err(e2) => {
+                        tracing::warn!(
+                            "could not seal {} ({e}) nor rename it aside ({e2}): it stays \
+                             plaintext in the store; move it out and add it again",
+                            entry.name
+                        );
+                        report
+                            .failed
+                            .push((entry.name.clone(), entry.name, e.to_string()));
+                    }
+                },
+            }
+        }
+        Ok(report)
+    }
+
+    /// Seal every regular file found in `dir` (the bare `~/lockbox/` before
+    /// mounting) into the store under the same name, then, once the sealed
+    /// copies are durable, remove the plaintext originals. Files over
+    /// `max_size` stay where they are.
+    pub fn import_dir(
+        &self,
+        dir: &Path,
+        recipients: &SealTo,
+        max_size: u64,
+    ) -> Result<SweepReport, Error> {
+        let mut report = SweepReport::default();
+        // Sealed, their plaintext not yet removed.
+        let mut imported = Vec::new();
+        let rd = match fs::read_dir(dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(report),
+            Err(e) => return Err(Error::io("read", dir, e)),
+        };
+        for dirent in rd.flatten() {
+            let path = dirent.path();
+            let Ok(name) = Name::from_os(&dirent.file_name()) else {
+                continue;
+            };
+            let Ok(meta) = path.symlink_metadata() else {
+                continue;
+            };
+            if !meta.file_type().is_file() {
+                tracing::warn!(
+                    "ignoring {}: lockbox holds only regular files",
+                    path.display()
+                );
+                continue;
+            }
+            if meta.len() > max_size {
+                tracing::warn!("{} is over the size limit: left in place", path.display());
+                report.too_large.push(name);
+                continue;
+            }
+            let result = File::open(&path)
+                .map_err(|e| Error::io("open", &path, e))
+                .and_then(|mut f| {
+                    if is_age_file(&mut f)? {
+                        // Already ciphertext (e.g. copied from a store): keep as is.
+                        self.write_atomic(
+                            &name,
+                            |out| {
+                                io::copy(&mut f, out).map_err(|e| Error::io("copy", &path, e))?;
+                                Ok(())
+                            },
+                            |_| None,
+                        )
+                        .map(|((), _recorded)| ())
+                    } else {
+                        self.seal(&name, f, recipients, max_size).map(|_| ())
+                    }
+                });
+            match result {
+                Ok(()) => imported.push((name, path)),
+                Err(e) => {
+                    tracing::warn!("could not seal {}: {e}", path.display());
+                    report.failed.push((name.clone(), name, e.to_string()));
+                }
+            }
+        }
+        if imported.is_empty() {
+            return Ok(report);
+        }
+        // A plaintext original goes only once its sealed copy is durable,
+        // the rename into the store included (which grouped syncs would
+        // otherwise leave to the next round): a crash in between must not
+        // lose both.
+        self.sync_now()?;
+        for (name, path) in imported {
+            match fs::remove_file(&path) {
+                Ok(()) => tracing::info!("sealed {name} from the unmounted folder"),
+                Err(e) => tracing::warn!(
+                    "sealed {name}, but could not remove its plaintext {} ({e}): remove it by hand",
+                    path.display()
+                ),
+            }
+            report.sealed.push(name);
+        }
+        Ok(report)
+    }
+
+    pub(super) fn mark_failed(
+        &self,
+        name: &Name,
+        why: &Error,
+    ) -> Result<(Name, Name, String), Error> {
+        let ts = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let failed = name.failed(ts)?;
+        tracing::warn!(
+            "could not seal {name} ({why}): renamed to {failed}; rename it back to retry"
+        );
+        self.rename(name, &failed)?;
+        Ok((name.clone(), failed, why.to_string()))
+    }
+}
