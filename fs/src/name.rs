@@ -1,5 +1,5 @@
-//! File names in a lockbox (SPEC §5.1): one path component, 1–255 bytes, no
-//! `/` or NUL, not `.` or `..`. Names are bytes, as on Linux; they need not
+//! File names in a lockbox (see `docs/design.md`, "Shape of the mount"):
+//! one path component, 1–255 bytes, no `/` or NUL, not `.` or `..`. Names are bytes, as on Linux; they need not
 //! be UTF-8. Every name that reaches the store, the mount or the wire goes
 //! through [`Name::new`], so traversal is impossible by construction.
 
@@ -16,7 +16,8 @@ pub const MAX_NAME_BYTES: usize = 255;
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Name(Vec<u8>);
 
-/// What a name says about the file (the seeds' states).
+/// What a name says about the file (see `docs/design.md`, "The sweep and
+/// file states").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NameKind {
     /// An ordinary file.

@@ -1,4 +1,5 @@
-//! The in-memory staging buffer of a file open for writing (SPEC §5.2).
+//! The in-memory staging buffer of a file open for writing (see
+//! `docs/design.md`, "Write path").
 //!
 //! Plaintext being written through the mount lives here, never on disk,
 //! until it is sealed. Storage is a sparse list of 64 KiB pages, so random

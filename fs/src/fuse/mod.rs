@@ -1,4 +1,5 @@
-//! The FUSE adapter: `~/lockbox` as one flat folder of regular files (SPEC §5).
+//! The FUSE adapter: `~/lockbox` as one flat folder of regular files
+//! (see `docs/design.md`, "The mount").
 //!
 //! A thin layer over [`Store`]: writes are staged in memory ([`Pages`](crate::pages::Pages)) and
 //! sealed into the store when a writer closes (`flush`, so `close(2)` reports

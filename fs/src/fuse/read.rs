@@ -364,7 +364,8 @@ impl LockboxFs {
             Handle::Staged { ino, staged, .. } => {
                 // The buffer may hold plaintext loaded before a lock (or
                 // written since): it is read only while unlocked, as the
-                // store is (SPEC §5.2: reading back needs the key).
+                // store is (reading back needs the key: see
+                // `docs/design.md`, "Write path").
                 if let Err(e) = self.identity_or_eacces("reading back") {
                     return reply.error(e);
                 }

@@ -54,7 +54,8 @@ pub use seal::{pump, seal_into, Seal, SealStream};
 pub use waiting::Leftovers;
 use waiting::Waiting;
 
-/// What the store says a file is (the seeds' auto-encrypt states).
+/// What the store says a file is (see `docs/design.md`, "The sweep and file
+/// states").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FileState {
@@ -114,7 +115,7 @@ impl SealTo {
     }
 }
 
-/// What a sweep did (SPEC §5.4).
+/// What a sweep did (see `docs/design.md`, "The sweep and file states").
 #[derive(Debug, Default, Clone)]
 pub struct SweepReport {
     /// Plaintext files now sealed.

@@ -16,7 +16,8 @@ use super::{is_age_file, FileState, SweepReport};
 use super::{SealTo, Store};
 
 impl Store {
-    /// Seal every plaintext file of the store in place (SPEC §5.4): files up
+    /// Seal every plaintext file of the store in place (`docs/design.md`, "The sweep and
+    /// file states"): files up
     /// to `max_size` are sealed and their plaintext replaced atomically;
     /// larger ones stay and are reported; a file that fails to seal is
     /// renamed `NAME.<unix_ts>.failed`.
