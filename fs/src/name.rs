@@ -1,7 +1,8 @@
 //! File names in a lockbox (see `docs/design.md`, "Shape of the mount"):
-//! one path component, 1–255 bytes, no `/` or NUL, not `.` or `..`. Names are bytes, as on Linux; they need not
-//! be UTF-8. Every name that reaches the store, the mount or the wire goes
-//! through [`Name::new`], so traversal is impossible by construction.
+//! one path component, 1–255 bytes, no `/` or NUL, not `.` or `..`. Names
+//! are bytes, as on Linux; they need not be UTF-8. Every name that reaches
+//! the store, the mount or the wire goes through [`Name::new`], so traversal
+//! is impossible by construction.
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
