@@ -1,0 +1,143 @@
+//! Anti-entropy: after a hello, pull the tables whose digests differ from
+//! ours and the peer's manifest, merge them, and fetch every version we
+//! lack; also how an envoy that was away catches up (ending a long
+//! absence). It must not push anything (that is [`super::fanout`]).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use lockbox_fs::Name;
+
+use super::body::{read_capped, receive_body};
+use super::server::apply_table;
+use super::{record_header, unix_now, Mesh, MAX_TABLE_BODY};
+use crate::announce::Digests;
+use crate::replica::{self, Admission, Refusal, Table};
+
+impl Mesh {
+    /// Pull the tables whose digests differ from ours, and merge them in
+    /// the order of [`Table::ALL`] (leaves, resurrects, tombstones), then
+    /// the manifest.
+    pub(super) async fn catch_up(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        theirs: Digests,
+    ) -> Result<(), String> {
+        for table in Table::ALL {
+            let their = match table {
+                Table::Tombstones => theirs.tombstones,
+                Table::Resurrects => theirs.resurrects,
+                Table::Leaves => theirs.leaves,
+            };
+            if their != self.replica.table_digest(table) {
+                self.pull_table(addr, table).await?;
+            }
+        }
+        let now = unix_now();
+        if let Ok(mut a) = self.absence.lock() {
+            if a.holding_back() {
+                a.back_at = Some(now);
+                tracing::info!("caught up after a long absence: pushing again");
+            }
+        }
+        // An envoy that left the circle keeps its tables (so it knows) but
+        // takes no more files.
+        if theirs.files != self.replica.files_digest() && self.replica.departed().is_none() {
+            self.pull_files(addr).await?;
+        }
+        if let Ok(mut l) = self.last_catchup.lock() {
+            // Persisted at most once a minute (it only matters in days).
+            let stored = self.replica.last_contact().unwrap_or(0);
+            if now.saturating_sub(stored) >= 60 {
+                self.replica.set_last_contact(now);
+            }
+            *l = Some(SystemTime::now());
+        }
+        Ok(())
+    }
+
+    pub(super) async fn pull_table(&self, addr: SocketAddr, table: Table) -> Result<(), String> {
+        let resp = self.get(addr, &self.user_path(table.path())).await?;
+        if !resp.status().is_success() {
+            return Err(format!("{}: {}", table.path(), resp.status()));
+        }
+        let body = read_capped(resp.into_body(), MAX_TABLE_BODY).await?;
+        let replica = self.replica.clone();
+        let applied = tokio::task::spawn_blocking(move || apply_table(&replica, table, &body))
+            .await
+            .map_err(|e| e.to_string())?;
+        // What was valid is applied; one refused entry must not stop the
+        // catch-up of the rest.
+        if let Err(e) = applied {
+            tracing::debug!("{} from {addr}: {e}", table.path());
+        }
+        Ok(())
+    }
+
+    pub(super) async fn pull_files(self: &Arc<Self>, addr: SocketAddr) -> Result<(), String> {
+        let free = self.replica.store().free_percent().unwrap_or(100);
+        if free <= self.cfg.disk_pressure_percent {
+            return Err(format!(
+                "not fetching files: only {free}% of this envoy's disk is free \
+                 (disk_pressure_percent: {})",
+                self.cfg.disk_pressure_percent
+            ));
+        }
+        let resp = self.get(addr, &self.user_path("files")).await?;
+        if !resp.status().is_success() {
+            return Err(format!("manifest: {}", resp.status()));
+        }
+        let body = read_capped(resp.into_body(), MAX_TABLE_BODY).await?;
+        let manifest = replica::decode_manifest(&body)?;
+        let mut wanted = Vec::new();
+        for (name, rec) in manifest {
+            if let Err(e) = self.size_allowed(&name, rec.body()) {
+                tracing::debug!("peer {addr}: not taking {name}: {e}");
+                continue;
+            }
+            match self.replica.admit(&name, &rec) {
+                Ok(Admission::Store(_)) => wanted.push(name),
+                Ok(Admission::Same) => {}
+                Err(Refusal::Newer(_) | Refusal::Tombstoned) => {}
+                Err(e) => tracing::debug!("peer {addr}: not taking {name}: {e}"),
+            }
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for name in wanted {
+            let me = self.clone();
+            tasks.spawn(async move {
+                let _permit = me.transfers.acquire().await;
+                if let Err(e) = me.fetch(addr, &name).await {
+                    tracing::warn!("could not fetch {name} from {addr}: {e}");
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        Ok(())
+    }
+
+    /// Fetch one version from `addr` and install it.
+    pub(super) async fn fetch(&self, addr: SocketAddr, name: &Name) -> Result<(), String> {
+        let resp = self.get(addr, &self.name_path("files", name)).await?;
+        if !resp.status().is_success() {
+            return Err(format!("{}", resp.status()));
+        }
+        let rec = record_header(resp.headers())?;
+        let name = name.clone();
+        self.size_allowed(&name, rec.body())
+            .map_err(|e| e.to_string())?;
+        match self.replica.admit(&name, &rec) {
+            Ok(Admission::Same) | Err(Refusal::Newer(_) | Refusal::Tombstoned) => return Ok(()),
+            Ok(Admission::Store(_)) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        let replica = self.replica.clone();
+        match receive_body(replica, name, rec, resp.into_body()).await {
+            // Overtaken while it streamed (a newer version or a delete came
+            // in meanwhile): nothing to fetch any more.
+            Ok(_) | Err(Refusal::Newer(_) | Refusal::Tombstoned) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! The client side of the peer port: one reused HTTP/2 connection over
+//! mutual TLS per peer, requests on it, and the endpoint paths. It must
+//! not decide what to ask for (hello, catch-up and fan-out do).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use lockbox_fs::Name;
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use tokio::net::TcpStream;
+
+use super::body::{full, Body};
+use super::Mesh;
+
+const PATH_SET: &AsciiSet = &NON_ALPHANUMERIC.remove(b'.').remove(b'_').remove(b'-');
+
+impl Mesh {
+    pub(super) async fn connection(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<hyper::client::conn::http2::SendRequest<Body>, String> {
+        let mut conns = self.conns.lock().await;
+        if let Some(c) = conns.get(&addr) {
+            if !c.is_closed() {
+                return Ok(c.clone());
+            }
+        }
+        let connect = async {
+            let tcp = TcpStream::connect(addr)
+                .await
+                .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+            let _ = tcp.set_nodelay(true);
+            let connector = tokio_rustls::TlsConnector::from(self.client_tls.clone());
+            let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+            let tls = connector
+                .connect(name, tcp)
+                .await
+                .map_err(|e| format!("TLS handshake with {addr} failed: {e}"))?;
+            let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .initial_stream_window_size(4 << 20)
+                .initial_connection_window_size(16 << 20)
+                .max_frame_size(1 << 20)
+                .handshake(TokioIo::new(tls))
+                .await
+                .map_err(|e| format!("HTTP/2 with {addr} failed: {e}"))?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!("connection to {addr} ended: {e}");
+                }
+            });
+            Ok::<_, String>(send)
+        };
+        let send = tokio::time::timeout(Duration::from_secs(5), connect)
+            .await
+            .map_err(|_| format!("connecting to {addr} timed out"))??;
+        conns.insert(addr, send.clone());
+        Ok(send)
+    }
+
+    pub(super) async fn request(
+        &self,
+        addr: SocketAddr,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, String> {
+        let mut send = self.connection(addr).await?;
+        send.ready()
+            .await
+            .map_err(|e| format!("connection to {addr} failed: {e}"))?;
+        match send.send_request(req).await {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                self.conns.lock().await.remove(&addr);
+                Err(format!("request to {addr} failed: {e}"))
+            }
+        }
+    }
+
+    pub(super) fn uri(&self, addr: SocketAddr, path: &str) -> String {
+        format!("https://{addr}{path}")
+    }
+
+    pub(super) fn user_path(&self, kind: &str) -> String {
+        format!(
+            "/lockbox/{kind}/{}",
+            utf8_percent_encode(self.replica.user().as_str(), PATH_SET)
+        )
+    }
+
+    pub(super) fn name_path(&self, kind: &str, name: &Name) -> String {
+        format!(
+            "{}/{}",
+            self.user_path(kind),
+            percent_encoding::percent_encode(name.as_bytes(), PATH_SET)
+        )
+    }
+
+    pub(super) async fn get(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+    ) -> Result<Response<Incoming>, String> {
+        let req = Request::builder()
+            .method(Method::GET)
+            .uri(self.uri(addr, path))
+            .body(full(Bytes::new()))
+            .map_err(|e| e.to_string())?;
+        self.request(addr, req).await
+    }
+}
