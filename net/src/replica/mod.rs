@@ -15,12 +15,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use lockbox_crypto::circle::Endorsement;
 use lockbox_crypto::sign::{PublicKey, Signed, SigningKey};
 use lockbox_fs::meta::Meta;
 use lockbox_fs::name::NameKind;
 use lockbox_fs::{Name, Store};
 
-use crate::records::{FileVersion, Leave, Resurrect, Tombstone};
+use crate::records::{Leave, Resurrect, Tombstone};
 use crate::WireName;
 
 mod admission;
@@ -303,6 +304,8 @@ impl Replica {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lockbox_fs::meta::{LocalStat, Op};
+    use std::path::Path;
     use lockbox_crypto::circle::CircleKey;
     use lockbox_crypto::kdf::KdfParams;
     use secrecy::SecretString;
