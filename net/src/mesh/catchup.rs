@@ -10,6 +10,7 @@ use std::time::SystemTime;
 use lockbox_fs::Name;
 
 use super::body::{read_capped, receive_body};
+use super::route::Route;
 use super::server::apply_table;
 use super::{record_header, unix_now, Mesh, MAX_TABLE_BODY};
 use crate::announce::Digests;
@@ -58,7 +59,7 @@ impl Mesh {
     }
 
     pub(super) async fn pull_table(&self, addr: SocketAddr, table: Table) -> Result<(), String> {
-        let resp = self.get(addr, &self.user_path(table.path())).await?;
+        let resp = self.get(addr, &self.path(&Route::GetTable(table))).await?;
         if !resp.status().is_success() {
             return Err(format!("{}: {}", table.path(), resp.status()));
         }
@@ -84,7 +85,7 @@ impl Mesh {
                 self.cfg.disk_pressure_percent
             ));
         }
-        let resp = self.get(addr, &self.user_path("files")).await?;
+        let resp = self.get(addr, &self.path(&Route::Manifest)).await?;
         if !resp.status().is_success() {
             return Err(format!("manifest: {}", resp.status()));
         }
@@ -119,7 +120,9 @@ impl Mesh {
 
     /// Fetch one version from `addr` and install it.
     pub(super) async fn fetch(&self, addr: SocketAddr, name: &Name) -> Result<(), String> {
-        let resp = self.get(addr, &self.name_path("files", name)).await?;
+        let resp = self
+            .get(addr, &self.path(&Route::File(name.clone())))
+            .await?;
         if !resp.status().is_success() {
             return Err(format!("{}", resp.status()));
         }

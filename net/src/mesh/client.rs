@@ -9,14 +9,11 @@ use bytes::Bytes;
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use lockbox_fs::Name;
-use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use tokio::net::TcpStream;
 
 use super::body::{full, Body};
+use super::route::Route;
 use super::Mesh;
-
-const PATH_SET: &AsciiSet = &NON_ALPHANUMERIC.remove(b'.').remove(b'_').remove(b'-');
 
 impl Mesh {
     pub(super) async fn connection(
@@ -84,19 +81,9 @@ impl Mesh {
         format!("https://{addr}{path}")
     }
 
-    pub(super) fn user_path(&self, kind: &str) -> String {
-        format!(
-            "/lockbox/{kind}/{}",
-            utf8_percent_encode(self.replica.user().as_str(), PATH_SET)
-        )
-    }
-
-    pub(super) fn name_path(&self, kind: &str, name: &Name) -> String {
-        format!(
-            "{}/{}",
-            self.user_path(kind),
-            percent_encoding::percent_encode(name.as_bytes(), PATH_SET)
-        )
+    /// The path of `route` to this envoy's user.
+    pub(super) fn path(&self, route: &Route) -> String {
+        route.path(self.replica.user().as_str())
     }
 
     pub(super) async fn get(

@@ -11,6 +11,7 @@ use http::{Method, Request};
 use lockbox_fs::Name;
 
 use super::body::{file_body, full, read_capped};
+use super::route::Route;
 use super::{now_instant, Mesh, H_RECORD};
 use crate::records;
 use crate::replica::{Outgoing, Table};
@@ -112,7 +113,7 @@ impl Mesh {
         let body = file_body(file);
         let req = Request::builder()
             .method(Method::POST)
-            .uri(self.uri(addr, &self.name_path("push", name)))
+            .uri(self.uri(addr, &self.path(&Route::Push(name.clone()))))
             .header(H_RECORD, hex::encode(rec.to_bytes()))
             .header(http::header::CONTENT_LENGTH, rec.body().ciphertext_len)
             .body(body)
@@ -143,7 +144,7 @@ impl Mesh {
         for _ in 0..3 {
             let req = match Request::builder()
                 .method(Method::POST)
-                .uri(self.uri(addr, &self.user_path(table.path())))
+                .uri(self.uri(addr, &self.path(&Route::PostTable(table))))
                 .body(full(body.clone()))
             {
                 Ok(r) => r,

@@ -16,6 +16,7 @@ use lockbox_crypto::sign::Signed;
 use serde::{Deserialize, Serialize};
 
 use super::body::{full, read_capped, respond, Body};
+use super::route::Route;
 use super::{Mesh, H_ENDORSEMENT, H_INSTANCE, H_PORT, MAX_HELLO_BODY, PROTOCOL_VERSION};
 use crate::announce::Digests;
 
@@ -140,7 +141,7 @@ impl Mesh {
         let mine = digest_list(&self.digests());
         let mut req = Request::builder()
             .method(Method::GET)
-            .uri(self.uri(addr, &self.user_path("hello")))
+            .uri(self.uri(addr, &self.path(&Route::Hello)))
             .header(
                 H_ENDORSEMENT,
                 hex::encode(self.replica.own_endorsement().unwrap_or_default()),

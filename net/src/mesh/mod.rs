@@ -22,6 +22,8 @@
 //! This module owns the [`Mesh`] type, its settings and start-up, and the
 //! table of peers (what `status` shows). The work is in its parts:
 //!
+//! - [`route`] — the endpoints as a type: parsing a request's method and
+//!   path, and building a client's path (pure);
 //! - `server` — the accept loop and `handle`, answering each request by
 //!   its route;
 //! - `client` — one HTTP/2 connection per peer and requests on it;
@@ -59,6 +61,7 @@ mod client;
 mod discover;
 mod fanout;
 mod hello;
+pub mod route;
 mod server;
 
 pub use hello::Hello;

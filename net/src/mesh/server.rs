@@ -7,15 +7,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Method, Request, Response};
+use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use lockbox_crypto::sign::Signed;
 use lockbox_fs::Name;
-use percent_encoding::percent_decode_str;
 use tokio::net::TcpListener;
 
 use super::body::{after_small_body, file_body, read_capped, receive_body, refuse, respond, Body};
+use super::route::Route;
 use super::{record_header, Mesh, H_RECORD, MAX_TABLE_BODY};
 use crate::records::{self, Leave, Resurrect, Tombstone};
 use crate::replica::{self, Admission, Refusal, Replica, Table};
@@ -67,69 +67,48 @@ impl Mesh {
         remote: SocketAddr,
         req: Request<Incoming>,
     ) -> Response<Body> {
-        let path = req.uri().path().to_string();
-        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-        let (kind, user, rest) = match parts.as_slice() {
-            ["lockbox", kind, user] => (*kind, *user, None),
-            ["lockbox", kind, user, name] => (*kind, *user, Some(*name)),
-            _ => return respond(404, "no such endpoint"),
-        };
-        let user_ok = percent_decode_str(user)
-            .decode_utf8()
-            .is_ok_and(|u| u == self.replica.user().as_str());
-        if !user_ok {
-            return after_small_body(req, refuse(&Refusal::Dormant)).await;
-        }
-        let name = match rest.map(|r| Name::new(percent_decode_str(r).collect::<Vec<u8>>())) {
-            None => None,
-            Some(Ok(n)) => Some(n),
-            Some(Err(e)) => {
-                return after_small_body(req, refuse(&Refusal::Bad(e.to_string()))).await
+        let route = match Route::parse(req.method(), req.uri().path(), self.replica.user().as_str())
+        {
+            Ok(r) => r,
+            Err(e) => {
+                return match e.refusal() {
+                    Some(r) => after_small_body(req, refuse(&r)).await,
+                    None => respond(404, "no such endpoint"),
+                }
             }
         };
-        match (req.method().clone(), kind, name) {
-            (Method::GET, "hello", None) => self.serve_hello(remote, &req),
-            (Method::GET, "files", _) if self.holding_back() => respond(
+        match route {
+            Route::Hello => self.serve_hello(remote, &req),
+            Route::Manifest | Route::File(_) if self.holding_back() => respond(
                 503,
                 "catching up after a long absence: ask again after its next catch-up",
             ),
-            (Method::GET, "files", None) => {
+            Route::Manifest => {
                 let replica = self.replica.clone();
                 match tokio::task::spawn_blocking(move || replica.manifest_bytes()).await {
                     Ok(b) => respond(200, b),
                     Err(e) => respond(500, e.to_string()),
                 }
             }
-            (Method::GET, "files", Some(name)) => self.serve_file(&name),
-            (Method::POST, "push", Some(name)) => self.serve_push(name, req).await,
-            (method, path, None) if table_of(path).is_some() && method == Method::GET => {
-                let Some(table) = table_of(path) else {
-                    return respond(404, "no such endpoint");
-                };
+            Route::File(name) => self.serve_file(&name),
+            Route::Push(name) => self.serve_push(name, req).await,
+            Route::GetTable(table) => {
                 let all = self.replica.table_records(table);
                 respond(200, records::encode_list(all.iter().map(|v| v.as_slice())))
             }
-            (Method::POST, path, None) if table_of(path).is_some() => {
-                let Some(table) = table_of(path) else {
-                    return respond(404, "no such endpoint");
-                };
-                match read_capped(req.into_body(), MAX_TABLE_BODY).await {
-                    Ok(body) => {
-                        let replica = self.replica.clone();
-                        match tokio::task::spawn_blocking(move || {
-                            apply_table(&replica, table, &body)
-                        })
+            Route::PostTable(table) => match read_capped(req.into_body(), MAX_TABLE_BODY).await {
+                Ok(body) => {
+                    let replica = self.replica.clone();
+                    match tokio::task::spawn_blocking(move || apply_table(&replica, table, &body))
                         .await
-                        {
-                            Ok(Ok(())) => respond(200, "ok"),
-                            Ok(Err(e)) => refuse(&e),
-                            Err(e) => respond(500, e.to_string()),
-                        }
+                    {
+                        Ok(Ok(())) => respond(200, "ok"),
+                        Ok(Err(e)) => refuse(&e),
+                        Err(e) => respond(500, e.to_string()),
                     }
-                    Err(e) => respond(413, e),
                 }
-            }
-            _ => respond(404, "no such endpoint"),
+                Err(e) => respond(413, e),
+            },
         }
     }
 
@@ -178,11 +157,6 @@ impl Mesh {
             Err(r) => refuse(&r),
         }
     }
-}
-
-/// The table an endpoint path segment names.
-pub(super) fn table_of(path: &str) -> Option<Table> {
-    Table::ALL.into_iter().find(|t| t.path() == path)
 }
 
 /// Apply a list of signed records of `table` (a pull or a POST). Every valid
