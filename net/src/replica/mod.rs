@@ -304,11 +304,11 @@ impl Replica {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lockbox_fs::meta::{LocalStat, Op};
-    use std::path::Path;
     use lockbox_crypto::circle::CircleKey;
     use lockbox_crypto::kdf::KdfParams;
+    use lockbox_fs::meta::{LocalStat, Op};
     use secrecy::SecretString;
+    use std::path::Path;
 
     /// An envoy of user alice: its state dir, the seed of its signing key
     /// and its endorsement.
