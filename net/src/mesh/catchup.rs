@@ -11,7 +11,6 @@ use lockbox_fs::Name;
 
 use super::body::{read_capped, receive_body};
 use super::route::Route;
-use super::server::apply_table;
 use super::{record_header, unix_now, Mesh, MAX_TABLE_BODY};
 use crate::announce::Digests;
 use crate::replica::{self, Admission, Refusal, Table};
@@ -65,7 +64,7 @@ impl Mesh {
         }
         let body = read_capped(resp.into_body(), MAX_TABLE_BODY).await?;
         let replica = self.replica.clone();
-        let applied = tokio::task::spawn_blocking(move || apply_table(&replica, table, &body))
+        let applied = tokio::task::spawn_blocking(move || replica.apply_table(table, &body))
             .await
             .map_err(|e| e.to_string())?;
         // What was valid is applied; one refused entry must not stop the

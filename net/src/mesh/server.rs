@@ -10,15 +10,14 @@ use std::time::Duration;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use lockbox_crypto::sign::Signed;
 use lockbox_fs::Name;
 use tokio::net::TcpListener;
 
 use super::body::{after_small_body, file_body, read_capped, receive_body, refuse, respond, Body};
 use super::route::Route;
 use super::{record_header, Mesh, H_RECORD, MAX_TABLE_BODY};
-use crate::records::{self, Leave, Resurrect, Tombstone};
-use crate::replica::{self, Admission, Refusal, Replica, Table};
+use crate::records;
+use crate::replica::{Admission, Refusal};
 
 pub(super) async fn serve(mesh: Arc<Mesh>, listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
@@ -99,7 +98,7 @@ impl Mesh {
             Route::PostTable(table) => match read_capped(req.into_body(), MAX_TABLE_BODY).await {
                 Ok(body) => {
                     let replica = self.replica.clone();
-                    match tokio::task::spawn_blocking(move || apply_table(&replica, table, &body))
+                    match tokio::task::spawn_blocking(move || replica.apply_table(table, &body))
                         .await
                     {
                         Ok(Ok(())) => respond(200, "ok"),
@@ -156,36 +155,5 @@ impl Mesh {
             Ok(Admission::Store(n)) => respond(201, format!("stored as {n}")),
             Err(r) => refuse(&r),
         }
-    }
-}
-
-/// Apply a list of signed records of `table` (a pull or a POST). Every valid
-/// one is applied; the first refusal is returned, so a POST answers with its
-/// status (403 for a non-member's record, 400 for garbage).
-pub(super) fn apply_table(replica: &Replica, table: Table, body: &[u8]) -> Result<(), Refusal> {
-    let items = records::decode_list(body, replica::MAX_TABLE_ENTRIES)
-        .map_err(|e| Refusal::Bad(format!("bad {} list: {e}", table.path())))?;
-    let bad =
-        |e: lockbox_crypto::Error| Refusal::Bad(format!("bad record in {}: {e}", table.path()));
-    let mut first_err = None;
-    for item in items {
-        let r = match table {
-            Table::Tombstones => Signed::<Tombstone>::from_bytes(item)
-                .map_err(bad)
-                .and_then(|t| replica.apply_tombstone(&t)),
-            Table::Resurrects => Signed::<Resurrect>::from_bytes(item)
-                .map_err(bad)
-                .and_then(|r| replica.apply_resurrect(&r)),
-            Table::Leaves => Signed::<Leave>::from_bytes(item)
-                .map_err(bad)
-                .and_then(|l| replica.apply_leave(&l)),
-        };
-        if let Err(e) = r {
-            first_err.get_or_insert(e);
-        }
-    }
-    match first_err {
-        None => Ok(()),
-        Some(e) => Err(e),
     }
 }

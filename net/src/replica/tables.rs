@@ -10,7 +10,7 @@ use lockbox_fs::meta::{List, Op};
 use lockbox_fs::Name;
 
 use super::{in_mesh, internal, Refusal, Replica};
-use crate::records::{self, FileVersion, Resurrect, Tombstone, Versioned};
+use crate::records::{self, FileVersion, Leave, Resurrect, Tombstone, Versioned};
 use crate::WireName;
 
 /// Most entries a manifest or tombstone table may hold.
@@ -160,6 +160,37 @@ impl Replica {
             return Err(Refusal::Bad(format!("the {what} is for user {user}")));
         }
         Ok(())
+    }
+
+    /// Apply a list of signed records of `table` (a pull or a POST). Every valid
+    /// one is applied; the first refusal is returned, so a POST answers with its
+    /// status (403 for a non-member's record, 400 for garbage).
+    pub fn apply_table(&self, table: Table, body: &[u8]) -> Result<(), Refusal> {
+        let items = records::decode_list(body, MAX_TABLE_ENTRIES)
+            .map_err(|e| Refusal::Bad(format!("bad {} list: {e}", table.path())))?;
+        let bad =
+            |e: lockbox_crypto::Error| Refusal::Bad(format!("bad record in {}: {e}", table.path()));
+        let mut first_err = None;
+        for item in items {
+            let r = match table {
+                Table::Tombstones => Signed::<Tombstone>::from_bytes(item)
+                    .map_err(bad)
+                    .and_then(|t| self.apply_tombstone(&t)),
+                Table::Resurrects => Signed::<Resurrect>::from_bytes(item)
+                    .map_err(bad)
+                    .and_then(|r| self.apply_resurrect(&r)),
+                Table::Leaves => Signed::<Leave>::from_bytes(item)
+                    .map_err(bad)
+                    .and_then(|l| self.apply_leave(&l)),
+            };
+            if let Err(e) = r {
+                first_err.get_or_insert(e);
+            }
+        }
+        match first_err {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
     }
 
     /// Apply a tombstone from a peer: record it and remove the version it
