@@ -56,14 +56,39 @@ pub(super) async fn after_small_body(
     resp
 }
 
+/// Why a body from a peer was not read (whole).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BodyError {
+    /// The body is longer than the most accepted; the rest was not read.
+    #[error("body larger than {cap} bytes")]
+    TooLarge {
+        /// The most accepted, in bytes.
+        cap: usize,
+    },
+    /// The stream failed while the body was read.
+    #[error("reading the body failed: {0}")]
+    Read(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The stream of a file failed while it was received.
+    #[error("the transfer broke off: {0}")]
+    BrokeOff(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A file's body is longer than the largest ciphertext accepted.
+    #[error("body over the size limit")]
+    OverLimit,
+}
+
 /// Read a whole body, refusing more than `cap` bytes.
-pub(super) async fn read_capped(mut body: Incoming, cap: usize) -> Result<Vec<u8>, String> {
+pub(super) async fn read_capped<B>(mut body: B, cap: usize) -> Result<Vec<u8>, BodyError>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let mut out = Vec::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| format!("reading the body failed: {e}"))?;
+        let frame = frame.map_err(|e| BodyError::Read(e.into()))?;
         if let Ok(data) = frame.into_data() {
             if out.len() + data.len() > cap {
-                return Err(format!("body larger than {cap} bytes"));
+                return Err(BodyError::TooLarge { cap });
             }
             out.extend_from_slice(&data);
         }
@@ -104,7 +129,7 @@ pub(super) fn file_body(mut file: std::fs::File) -> Body {
 
 /// A blocking reader over body chunks sent from the async side.
 struct ChannelReader {
-    rx: std::sync::mpsc::Receiver<Result<Bytes, String>>,
+    rx: std::sync::mpsc::Receiver<Result<Bytes, BodyError>>,
     cur: Bytes,
 }
 
@@ -131,7 +156,7 @@ pub(super) async fn receive_body(
     rec: Signed<FileVersion>,
     mut body: Incoming,
 ) -> Result<Admission, Refusal> {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Bytes, String>>(16);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Bytes, BodyError>>(16);
     let worker = tokio::task::spawn_blocking(move || {
         let mut reader = ChannelReader {
             rx,
@@ -148,13 +173,13 @@ pub(super) async fn receive_body(
                 Ok(d) => Ok(d),
                 Err(_) => continue,
             },
-            Err(e) => Err(format!("the transfer broke off: {e}")),
+            Err(e) => Err(BodyError::BrokeOff(e.into())),
         };
         let failed = chunk.is_err();
         if let Ok(d) = &chunk {
             total += d.len() as u64;
             if total > limit {
-                let _ = tx.send(Err("body over the size limit".into()));
+                let _ = tx.send(Err(BodyError::OverLimit));
                 break;
             }
         }

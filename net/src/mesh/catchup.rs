@@ -11,7 +11,7 @@ use lockbox_fs::Name;
 
 use super::body::{read_capped, receive_body};
 use super::route::Route;
-use super::{record_header, unix_now, Mesh, MAX_TABLE_BODY};
+use super::{record_header, unix_now, Mesh, PeerError, MAX_TABLE_BODY};
 use crate::announce::Digests;
 use crate::replica::{self, Admission, Refusal, Table};
 
@@ -23,7 +23,7 @@ impl Mesh {
         self: &Arc<Self>,
         addr: SocketAddr,
         theirs: Digests,
-    ) -> Result<(), String> {
+    ) -> Result<(), PeerError> {
         for table in Table::ALL {
             let their = match table {
                 Table::Tombstones => theirs.tombstones,
@@ -57,16 +57,18 @@ impl Mesh {
         Ok(())
     }
 
-    pub(super) async fn pull_table(&self, addr: SocketAddr, table: Table) -> Result<(), String> {
+    pub(super) async fn pull_table(&self, addr: SocketAddr, table: Table) -> Result<(), PeerError> {
         let resp = self.get(addr, &self.path(&Route::GetTable(table))).await?;
         if !resp.status().is_success() {
-            return Err(format!("{}: {}", table.path(), resp.status()));
+            return Err(PeerError::NotServed {
+                what: table.path(),
+                status: resp.status(),
+            });
         }
         let body = read_capped(resp.into_body(), MAX_TABLE_BODY).await?;
         let replica = self.replica.clone();
-        let applied = tokio::task::spawn_blocking(move || replica.apply_table(table, &body))
-            .await
-            .map_err(|e| e.to_string())?;
+        let applied =
+            tokio::task::spawn_blocking(move || replica.apply_table(table, &body)).await?;
         // What was valid is applied; one refused entry must not stop the
         // catch-up of the rest.
         if let Err(e) = applied {
@@ -75,18 +77,20 @@ impl Mesh {
         Ok(())
     }
 
-    pub(super) async fn pull_files(self: &Arc<Self>, addr: SocketAddr) -> Result<(), String> {
+    pub(super) async fn pull_files(self: &Arc<Self>, addr: SocketAddr) -> Result<(), PeerError> {
         let free = self.replica.store().free_percent().unwrap_or(100);
         if free <= self.cfg.disk_pressure_percent {
-            return Err(format!(
-                "not fetching files: only {free}% of this envoy's disk is free \
-                 (disk_pressure_percent: {})",
-                self.cfg.disk_pressure_percent
-            ));
+            return Err(PeerError::DiskPressure {
+                free,
+                limit: self.cfg.disk_pressure_percent,
+            });
         }
         let resp = self.get(addr, &self.path(&Route::Manifest)).await?;
         if !resp.status().is_success() {
-            return Err(format!("manifest: {}", resp.status()));
+            return Err(PeerError::NotServed {
+                what: "manifest",
+                status: resp.status(),
+            });
         }
         let body = read_capped(resp.into_body(), MAX_TABLE_BODY).await?;
         let manifest = replica::decode_manifest(&body)?;
@@ -118,28 +122,27 @@ impl Mesh {
     }
 
     /// Fetch one version from `addr` and install it.
-    pub(super) async fn fetch(&self, addr: SocketAddr, name: &Name) -> Result<(), String> {
+    pub(super) async fn fetch(&self, addr: SocketAddr, name: &Name) -> Result<(), PeerError> {
         let resp = self
             .get(addr, &self.path(&Route::File(name.clone())))
             .await?;
         if !resp.status().is_success() {
-            return Err(format!("{}", resp.status()));
+            return Err(PeerError::FileNotServed(resp.status()));
         }
         let rec = record_header(resp.headers())?;
         let name = name.clone();
-        self.size_allowed(&name, rec.body())
-            .map_err(|e| e.to_string())?;
+        self.size_allowed(&name, rec.body())?;
         match self.replica.admit(&name, &rec) {
             Ok(Admission::Same) | Err(Refusal::Newer(_) | Refusal::Tombstoned) => return Ok(()),
             Ok(Admission::Store(_)) => {}
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(e.into()),
         }
         let replica = self.replica.clone();
         match receive_body(replica, name, rec, resp.into_body()).await {
             // Overtaken while it streamed (a newer version or a delete came
             // in meanwhile): nothing to fetch any more.
             Ok(_) | Err(Refusal::Newer(_) | Refusal::Tombstoned) => Ok(()),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(e.into()),
         }
     }
 }

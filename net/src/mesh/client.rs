@@ -13,13 +13,13 @@ use tokio::net::TcpStream;
 
 use super::body::{full, Body};
 use super::route::Route;
-use super::Mesh;
+use super::{Mesh, PeerError};
 
 impl Mesh {
     pub(super) async fn connection(
         &self,
         addr: SocketAddr,
-    ) -> Result<hyper::client::conn::http2::SendRequest<Body>, String> {
+    ) -> Result<hyper::client::conn::http2::SendRequest<Body>, PeerError> {
         let mut conns = self.conns.lock().await;
         if let Some(c) = conns.get(&addr) {
             if !c.is_closed() {
@@ -29,14 +29,14 @@ impl Mesh {
         let connect = async {
             let tcp = TcpStream::connect(addr)
                 .await
-                .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+                .map_err(|source| PeerError::Connect { addr, source })?;
             let _ = tcp.set_nodelay(true);
             let connector = tokio_rustls::TlsConnector::from(self.client_tls.clone());
             let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
             let tls = connector
                 .connect(name, tcp)
                 .await
-                .map_err(|e| format!("TLS handshake with {addr} failed: {e}"))?;
+                .map_err(|source| PeerError::Tls { addr, source })?;
             let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .initial_stream_window_size(4 << 20)
@@ -44,17 +44,17 @@ impl Mesh {
                 .max_frame_size(1 << 20)
                 .handshake(TokioIo::new(tls))
                 .await
-                .map_err(|e| format!("HTTP/2 with {addr} failed: {e}"))?;
+                .map_err(|source| PeerError::Http2 { addr, source })?;
             tokio::spawn(async move {
                 if let Err(e) = conn.await {
                     tracing::debug!("connection to {addr} ended: {e}");
                 }
             });
-            Ok::<_, String>(send)
+            Ok::<_, PeerError>(send)
         };
         let send = tokio::time::timeout(Duration::from_secs(5), connect)
             .await
-            .map_err(|_| format!("connecting to {addr} timed out"))??;
+            .map_err(|_| PeerError::ConnectTimeout { addr })??;
         conns.insert(addr, send.clone());
         Ok(send)
     }
@@ -63,16 +63,16 @@ impl Mesh {
         &self,
         addr: SocketAddr,
         req: Request<Body>,
-    ) -> Result<Response<Incoming>, String> {
+    ) -> Result<Response<Incoming>, PeerError> {
         let mut send = self.connection(addr).await?;
         send.ready()
             .await
-            .map_err(|e| format!("connection to {addr} failed: {e}"))?;
+            .map_err(|source| PeerError::Connection { addr, source })?;
         match send.send_request(req).await {
             Ok(r) => Ok(r),
             Err(e) => {
                 self.conns.lock().await.remove(&addr);
-                Err(format!("request to {addr} failed: {e}"))
+                Err(PeerError::Request { addr, source: e })
             }
         }
     }
@@ -90,12 +90,11 @@ impl Mesh {
         &self,
         addr: SocketAddr,
         path: &str,
-    ) -> Result<Response<Incoming>, String> {
+    ) -> Result<Response<Incoming>, PeerError> {
         let req = Request::builder()
             .method(Method::GET)
             .uri(self.uri(addr, path))
-            .body(full(Bytes::new()))
-            .map_err(|e| e.to_string())?;
+            .body(full(Bytes::new()))?;
         self.request(addr, req).await
     }
 }

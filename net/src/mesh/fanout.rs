@@ -47,6 +47,7 @@ pub(super) async fn fan_out(
     }
 }
 
+/// How a push failed: worth another attempt, or not.
 enum PushError {
     Retry(String),
     Final(String),
@@ -118,7 +119,10 @@ impl Mesh {
             .header(http::header::CONTENT_LENGTH, rec.body().ciphertext_len)
             .body(body)
             .map_err(|e| PushError::Final(e.to_string()))?;
-        let resp = self.request(addr, req).await.map_err(PushError::Retry)?;
+        let resp = self
+            .request(addr, req)
+            .await
+            .map_err(|e| PushError::Retry(e.to_string()))?;
         let status = resp.status();
         let text = read_capped(resp.into_body(), 4096)
             .await

@@ -17,11 +17,28 @@ use serde::{Deserialize, Serialize};
 
 use super::body::{full, read_capped, respond, Body};
 use super::route::Route;
-use super::{Mesh, H_ENDORSEMENT, H_INSTANCE, H_PORT, MAX_HELLO_BODY, PROTOCOL_VERSION};
+use super::{Mesh, PeerError, H_ENDORSEMENT, H_INSTANCE, H_PORT, MAX_HELLO_BODY, PROTOCOL_VERSION};
 use crate::announce::Digests;
 
+/// Why a hello answer was not taken.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HelloError {
+    /// It is longer than any hello.
+    #[error("the hello is {len} bytes, more than the {max}-byte limit")]
+    TooLarge {
+        /// Its length.
+        len: usize,
+        /// The most accepted.
+        max: usize,
+    },
+    /// It is not the JSON of a hello.
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+}
+
 /// What a hello answers.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
     /// Protocol version.
     pub protocol: u32,
@@ -54,6 +71,37 @@ pub struct Hello {
 }
 
 impl Hello {
+    /// The longest hello accepted, in bytes.
+    pub const MAX_LEN: usize = MAX_HELLO_BODY;
+
+    /// Parse a hello answer (JSON; unknown fields are ignored, missing
+    /// digests of newer tables count as empty). What parses encodes back,
+    /// with [`Hello::encode`], to JSON that parses to the same hello.
+    ///
+    /// # Errors
+    ///
+    /// [`HelloError::TooLarge`] over [`Hello::MAX_LEN`] bytes (not read),
+    /// [`HelloError::Json`] when it is not a hello.
+    pub fn parse(bytes: &[u8]) -> Result<Hello, HelloError> {
+        if bytes.len() > Self::MAX_LEN {
+            return Err(HelloError::TooLarge {
+                len: bytes.len(),
+                max: Self::MAX_LEN,
+            });
+        }
+        Ok(serde_json::from_slice(bytes)?)
+    }
+
+    /// The hello as JSON, as it is answered.
+    ///
+    /// # Errors
+    ///
+    /// [`HelloError::Json`] if it cannot be written (not for any hello
+    /// this type can hold).
+    pub fn encode(&self) -> Result<Vec<u8>, HelloError> {
+        Ok(serde_json::to_vec(self)?)
+    }
+
     /// Its table digests (an unreadable one counts as all zeros, so it
     /// differs and is pulled).
     fn digests(&self) -> Digests {
@@ -129,6 +177,7 @@ impl Mesh {
             let Ok(mut peers) = self.peers.lock() else {
                 return;
             };
+            let e = e.to_string();
             let p = peers.entry(addr).or_default();
             if p.error.as_deref() != Some(e.as_str()) {
                 tracing::info!("peer {addr}: {e}");
@@ -137,7 +186,7 @@ impl Mesh {
         }
     }
 
-    pub(super) async fn contact_inner(self: &Arc<Self>, addr: SocketAddr) -> Result<(), String> {
+    pub(super) async fn contact_inner(self: &Arc<Self>, addr: SocketAddr) -> Result<(), PeerError> {
         let mine = digest_list(&self.digests());
         let mut req = Request::builder()
             .method(Method::GET)
@@ -151,25 +200,24 @@ impl Mesh {
         for (h, d) in H_DIGESTS.iter().zip(mine) {
             req = req.header(*h, hex::encode(d));
         }
-        let req = req.body(full(Bytes::new())).map_err(|e| e.to_string())?;
+        let req = req.body(full(Bytes::new()))?;
         let resp = tokio::time::timeout(Duration::from_secs(10), self.request(addr, req))
             .await
-            .map_err(|_| "hello timed out".to_string())??;
+            .map_err(|_| PeerError::HelloTimeout)??;
         let status = resp.status();
         let body = read_capped(resp.into_body(), MAX_HELLO_BODY).await?;
         if !status.is_success() {
-            return Err(format!(
-                "hello refused ({status}): {}",
-                String::from_utf8_lossy(&body)
-            ));
+            return Err(PeerError::HelloRefused {
+                status,
+                text: String::from_utf8_lossy(&body).into_owned(),
+            });
         }
-        let hello: Hello = serde_json::from_slice(&body).map_err(|e| format!("bad hello: {e}"))?;
+        let hello = Hello::parse(&body)?;
         if hello.protocol != PROTOCOL_VERSION {
-            return Err(format!(
-                "envoy {:?} speaks lockbox protocol {}, this agent speaks {PROTOCOL_VERSION}: \
-                 run the same lockbox version on both",
-                hello.envoy, hello.protocol
-            ));
+            return Err(PeerError::Protocol {
+                envoy: hello.envoy,
+                protocol: hello.protocol,
+            });
         }
         if hello.instance == self.instance {
             // Ourselves, listed as a static peer.
@@ -272,7 +320,7 @@ impl Mesh {
                 }
             }
         }
-        match serde_json::to_vec(&self.hello()) {
+        match self.hello().encode() {
             Ok(b) => respond(200, b),
             Err(e) => respond(500, e.to_string()),
         }

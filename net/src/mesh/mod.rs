@@ -53,7 +53,7 @@ use self::body::Body;
 use crate::announce::Digests;
 use crate::discovery::Discovery;
 use crate::records::FileVersion;
-use crate::replica::{Refusal, Replica, Table};
+use crate::replica::{ManifestError, Refusal, Replica, Table};
 
 mod body;
 mod catchup;
@@ -64,7 +64,8 @@ mod hello;
 pub mod route;
 mod server;
 
-pub use hello::Hello;
+pub use body::BodyError;
+pub use hello::{Hello, HelloError};
 
 /// The protocol version spoken on the peer port.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -86,6 +87,147 @@ const H_RECORD: &str = "lockbox-record";
 const H_ENDORSEMENT: &str = "lockbox-endorsement";
 const H_PORT: &str = "lockbox-port";
 const H_INSTANCE: &str = "lockbox-instance";
+
+/// Why talking to a peer failed: connecting, a request, or what it
+/// answered. The text is what `status` shows for the peer until it next
+/// answers.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PeerError {
+    /// No TCP connection.
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        /// The peer.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TLS handshake failed (a certificate of another fleet, …).
+    #[error("TLS handshake with {addr} failed: {source}")]
+    Tls {
+        /// The peer.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The HTTP/2 handshake failed.
+    #[error("HTTP/2 with {addr} failed: {source}")]
+    Http2 {
+        /// The peer.
+        addr: SocketAddr,
+        /// Why.
+        source: hyper::Error,
+    },
+    /// Connecting took longer than 5 seconds.
+    #[error("connecting to {addr} timed out")]
+    ConnectTimeout {
+        /// The peer.
+        addr: SocketAddr,
+    },
+    /// The connection broke before a request could be sent.
+    #[error("connection to {addr} failed: {source}")]
+    Connection {
+        /// The peer.
+        addr: SocketAddr,
+        /// Why.
+        source: hyper::Error,
+    },
+    /// A request failed.
+    #[error("request to {addr} failed: {source}")]
+    Request {
+        /// The peer.
+        addr: SocketAddr,
+        /// Why.
+        source: hyper::Error,
+    },
+    /// A request could not be built (a bug).
+    #[error(transparent)]
+    BuildRequest(#[from] http::Error),
+    /// The hello got no answer within 10 seconds.
+    #[error("hello timed out")]
+    HelloTimeout,
+    /// The peer refused the hello.
+    #[error("hello refused ({status}): {text}")]
+    HelloRefused {
+        /// Its status.
+        status: http::StatusCode,
+        /// Its explanation.
+        text: String,
+    },
+    /// The hello answer is not a hello.
+    #[error("bad hello: {0}")]
+    BadHello(#[from] HelloError),
+    /// The peer speaks another protocol version.
+    #[error(
+        "envoy {envoy:?} speaks lockbox protocol {protocol}, this agent speaks \
+         {PROTOCOL_VERSION}: run the same lockbox version on both"
+    )]
+    Protocol {
+        /// The peer's envoy.
+        envoy: String,
+        /// Its protocol version.
+        protocol: u32,
+    },
+    /// A body could not be read.
+    #[error(transparent)]
+    Body(#[from] BodyError),
+    /// A table or the manifest was not served.
+    #[error("{what}: {status}")]
+    NotServed {
+        /// What was asked for (`manifest`, `tombstones`, …).
+        what: &'static str,
+        /// The status answered.
+        status: http::StatusCode,
+    },
+    /// A file was not served.
+    #[error("{0}")]
+    FileNotServed(http::StatusCode),
+    /// This envoy's disk is too full to take files.
+    #[error(
+        "not fetching files: only {free}% of this envoy's disk is free \
+         (disk_pressure_percent: {limit})"
+    )]
+    DiskPressure {
+        /// Free disk, percent.
+        free: u8,
+        /// The configured limit.
+        limit: u8,
+    },
+    /// The peer's manifest does not decode.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// The version record header does not decode.
+    #[error(transparent)]
+    RecordHeader(#[from] RecordHeaderError),
+    /// A version from the peer was refused here.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// A blocking task failed (a bug).
+    #[error(transparent)]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// Why the `lockbox-record` header of a push or a file does not hold a
+/// version record.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecordHeaderError {
+    /// There is none.
+    #[error("the version record header is missing")]
+    Missing,
+    /// It is not visible ASCII.
+    #[error("the version record header is not text")]
+    NotText,
+    /// It is longer than any record.
+    #[error("the version record is too large")]
+    TooLarge,
+    /// It is not hex.
+    #[error("the version record is not hex: {0}")]
+    NotHex(#[from] hex::FromHexError),
+    /// It is not a valid signed version record.
+    #[error("bad version record: {0}")]
+    Bad(#[from] lockbox_crypto::Error),
+}
 
 /// Settings of the mesh (from `config.yaml`, SPEC §8).
 #[derive(Debug, Clone)]
@@ -374,15 +516,16 @@ impl Mesh {
     }
 }
 
-fn record_header(h: &http::HeaderMap) -> Result<Signed<FileVersion>, String> {
+/// The version record in the `lockbox-record` header.
+fn record_header(h: &http::HeaderMap) -> Result<Signed<FileVersion>, RecordHeaderError> {
     let v = h
         .get(H_RECORD)
-        .ok_or("the version record header is missing")?
+        .ok_or(RecordHeaderError::Missing)?
         .to_str()
-        .map_err(|_| "the version record header is not text")?;
+        .map_err(|_| RecordHeaderError::NotText)?;
     if v.len() > 2 * lockbox_crypto::sign::MAX_RECORD_BYTES {
-        return Err("the version record is too large".into());
+        return Err(RecordHeaderError::TooLarge);
     }
-    let bytes = hex::decode(v).map_err(|e| format!("the version record is not hex: {e}"))?;
-    Signed::<FileVersion>::from_bytes(&bytes).map_err(|e| format!("bad version record: {e}"))
+    let bytes = hex::decode(v)?;
+    Ok(Signed::<FileVersion>::from_bytes(&bytes)?)
 }

@@ -106,7 +106,7 @@ impl Mesh {
                         Err(e) => respond(500, e.to_string()),
                     }
                 }
-                Err(e) => respond(413, e),
+                Err(e) => respond(413, e.to_string()),
             },
         }
     }
@@ -115,7 +115,7 @@ impl Mesh {
         let rec = match self.replica.record(name) {
             Ok(Some(r)) => r,
             Ok(None) => return respond(404, "no such file"),
-            Err(e) => return respond(500, e),
+            Err(e) => return respond(500, e.to_string()),
         };
         match self.replica.store().open_file(name) {
             Ok(f) => {
@@ -133,7 +133,7 @@ impl Mesh {
         // Everything is decided from the record before the body is read.
         let rec = match record_header(req.headers()) {
             Ok(r) => r,
-            Err(e) => return after_small_body(req, refuse(&Refusal::Bad(e))).await,
+            Err(e) => return after_small_body(req, refuse(&Refusal::Bad(e.to_string()))).await,
         };
         let free = self.replica.store().free_percent().unwrap_or(100);
         let early = if let Err(r) = self.size_allowed(&name, rec.body()) {

@@ -16,7 +16,7 @@ use lockbox_fs::store::Journal;
 use lockbox_fs::{Name, Sealed};
 
 use super::tables::encode_records;
-use super::{in_mesh, now_unix, Outgoing, Replica};
+use super::{in_mesh, now_unix, Outgoing, Replica, ReplicaError};
 use crate::records::{self, FileVersion, Resurrect, Tombstone};
 use crate::WireName;
 
@@ -102,7 +102,7 @@ impl Replica {
         moved: Option<&Signed<FileVersion>>,
         reseal_of: Option<&FileVersion>,
         stat: Option<LocalStat>,
-    ) -> Result<Signed<FileVersion>, String> {
+    ) -> Result<Signed<FileVersion>, ReplicaError> {
         let (plaintext_len, ciphertext_len, hash) = match (sealed, moved) {
             (Some(s), _) => (s.plaintext_len, s.ciphertext_len, s.hash),
             (None, Some(m)) => (
@@ -136,7 +136,7 @@ impl Replica {
             }
             let mut vv = prev.map(|p| p.body().vv.clone()).unwrap_or_default();
             vv = vv.merge(&records::floor(&tombs));
-            vv.bump(&self.envoy).map_err(|e| e.to_string())?;
+            vv.bump(&self.envoy)?;
             self.sign_version(FileVersion {
                 user: self.user.clone(),
                 name: name.clone(),
@@ -150,13 +150,11 @@ impl Replica {
                 reseal: false,
             })
         };
-        self.meta
-            .apply(&[Op::PutVersion {
-                name: name.clone(),
-                record: signed.to_bytes(),
-                stat,
-            }])
-            .map_err(|e| e.to_string())?;
+        self.meta.apply(&[Op::PutVersion {
+            name: name.clone(),
+            record: signed.to_bytes(),
+            stat,
+        }])?;
         self.emit(Outgoing::Version(name.clone()));
         Ok(signed)
     }
@@ -192,10 +190,10 @@ impl Replica {
     /// recorded one, is hashed and, if its bytes changed, recorded as a new
     /// local version; a record whose file is gone is dropped (a peer will
     /// send the file back). Returns how many records changed.
-    pub fn reconcile(&self) -> Result<usize, String> {
+    pub fn reconcile(&self) -> Result<usize, ReplicaError> {
         let _guard = self.store.change_lock();
         let mut changed = 0;
-        let entries = self.store.list().map_err(|e| e.to_string())?;
+        let entries = self.store.list()?;
         let mut seen = std::collections::HashSet::new();
         for entry in entries {
             seen.insert(entry.name.clone());
@@ -204,7 +202,7 @@ impl Replica {
             }
             let path = self.store.path_of(&entry.name);
             let stat = LocalStat::of(&path).ok();
-            let known = self.meta.version(&entry.name).map_err(|e| e.to_string())?;
+            let known = self.meta.version(&entry.name)?;
             let record = known
                 .as_ref()
                 .and_then(|(b, _)| Signed::<FileVersion>::from_trusted_bytes(b).ok());
@@ -228,13 +226,11 @@ impl Replica {
             });
             match record {
                 Some(r) if r.body().hash == hash => {
-                    self.meta
-                        .apply(&[Op::PutVersion {
-                            name: entry.name.clone(),
-                            record: r.to_bytes(),
-                            stat,
-                        }])
-                        .map_err(|e| e.to_string())?;
+                    self.meta.apply(&[Op::PutVersion {
+                        name: entry.name.clone(),
+                        record: r.to_bytes(),
+                        stat,
+                    }])?;
                 }
                 _ => {
                     tracing::info!("recording {} as a new local version", entry.name);
@@ -243,13 +239,11 @@ impl Replica {
                 }
             }
         }
-        for (name, _, _) in self.meta.versions().map_err(|e| e.to_string())? {
+        for (name, _, _) in self.meta.versions()? {
             if let Ok(n) = Name::new(name) {
                 if !seen.contains(&n) {
                     tracing::info!("{n} is gone from the store: a peer will send it again");
-                    self.meta
-                        .apply(&[Op::DelVersion(n)])
-                        .map_err(|e| e.to_string())?;
+                    self.meta.apply(&[Op::DelVersion(n)])?;
                     changed += 1;
                 }
             }
@@ -263,7 +257,7 @@ impl Replica {
         &self,
         name: &Name,
         tombs: &[Signed<Tombstone>],
-    ) -> Result<Signed<Resurrect>, String> {
+    ) -> Result<Signed<Resurrect>, ReplicaError> {
         let r = Signed::sign(
             Resurrect {
                 user: self.user.clone(),
@@ -277,13 +271,11 @@ impl Replica {
         let mut all = self.resurrects(name);
         all.push(r.clone());
         let all = records::merge_antichain(all);
-        self.meta
-            .apply(&[Op::PutList(
-                List::Resurrects,
-                name.clone(),
-                encode_records(&all),
-            )])
-            .map_err(|e| e.to_string())?;
+        self.meta.apply(&[Op::PutList(
+            List::Resurrects,
+            name.clone(),
+            encode_records(&all),
+        )])?;
         tracing::debug!("{name} re-added: its delete is lifted on every envoy");
         self.emit(Outgoing::Resurrect(r.clone()));
         Ok(r)
@@ -292,13 +284,11 @@ impl Replica {
     /// `lockbox resurrect NAME`: lift the delete of `name` on every envoy,
     /// so a copy some envoy still holds may come back. Errors when `name` is
     /// not deleted.
-    pub fn resurrect(&self, name: &Name) -> Result<Signed<Resurrect>, String> {
+    pub fn resurrect(&self, name: &Name) -> Result<Signed<Resurrect>, ReplicaError> {
         let _guard = self.store.change_lock();
         let tombs = self.tombstones(name);
         if !records::has_live_tombstone(&tombs, &self.resurrects(name)) {
-            return Err(format!(
-                "{name} is not deleted (no delete of it is in force): nothing to resurrect"
-            ));
+            return Err(ReplicaError::NotDeleted(name.clone()));
         }
         self.record_resurrect(name, &tombs)
     }
@@ -321,16 +311,22 @@ pub(super) fn sealed_to(envoys: &[String]) -> Option<Vec<WireName>> {
     Some(names)
 }
 
-pub(super) fn describe_file(path: &Path) -> Result<(u64, u64, Sha256), String> {
-    let mut f = fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let header = lockbox_crypto::seal::read_header(&mut f)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    let len = f.metadata().map_err(|e| e.to_string())?.len();
-    let plain = lockbox_crypto::seal::plaintext_len(header.header_len, len)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut f = fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+pub(super) fn describe_file(path: &Path) -> Result<(u64, u64, Sha256), ReplicaError> {
+    let io = |source| ReplicaError::Unreadable {
+        path: path.to_path_buf(),
+        source,
+    };
+    let not_sealed = |source| ReplicaError::NotSealed {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = fs::File::open(path).map_err(io)?;
+    let header = lockbox_crypto::seal::read_header(&mut f).map_err(not_sealed)?;
+    let len = f.metadata().map_err(io)?.len();
+    let plain = lockbox_crypto::seal::plaintext_len(header.header_len, len).map_err(not_sealed)?;
+    let mut f = fs::File::open(path).map_err(io)?;
     let mut w = HashingWriter::new(std::io::sink());
-    std::io::copy(&mut f, &mut w).map_err(|e| format!("{}: {e}", path.display()))?;
+    std::io::copy(&mut f, &mut w).map_err(io)?;
     let (_, hash, n) = w.finish();
     Ok((plain, n, hash))
 }

@@ -12,7 +12,7 @@ use lockbox_crypto::recipients::RecipientEntry;
 use lockbox_crypto::sign::{PublicKey, Signed};
 use lockbox_fs::meta::Op;
 
-use super::{internal, now_unix, Refusal, Replica};
+use super::{internal, now_unix, Refusal, Replica, ReplicaError};
 use crate::records::{self, Leave, LeaveKind};
 use crate::WireName;
 
@@ -146,11 +146,11 @@ impl Replica {
     /// once it holds the file's lock, so the last one written is never an
     /// older set than another's (a lost member would be left out of every
     /// seal until the next change).
-    pub(super) fn write_recipients(&self) -> Result<(), String> {
+    pub(super) fn write_recipients(&self) -> Result<(), ReplicaError> {
         let _file = self
             .recipients_file
             .lock()
-            .map_err(|_| "the recipient set's lock is poisoned".to_string())?;
+            .map_err(|_| ReplicaError::RecipientsPoisoned)?;
         let entries: Vec<RecipientEntry> = self
             .members()
             .by_envoy
@@ -163,8 +163,8 @@ impl Replica {
         write_file_atomic(
             &self.paths.recipients,
             lockbox_crypto::recipients::encode(&entries).as_bytes(),
-        )
-        .map_err(|e| e.to_string())
+        )?;
+        Ok(())
     }
 
     pub(super) fn member_names(&self) -> Vec<WireName> {
@@ -285,7 +285,7 @@ impl Replica {
 
     /// `lockbox leave`: sign this envoy's leave and apply it. The caller
     /// delivers it ([`crate::mesh::Mesh::deliver`]) before scrubbing.
-    pub fn leave(&self) -> Result<Signed<Leave>, String> {
+    pub fn leave(&self) -> Result<Signed<Leave>, ReplicaError> {
         let l = Signed::sign(
             Leave {
                 user: self.user.clone(),
@@ -296,20 +296,20 @@ impl Replica {
             },
             &self.signing,
         );
-        self.apply_leave(&l).map_err(|e| e.to_string())?;
+        self.apply_leave(&l)?;
         Ok(l)
     }
 
     /// `lockbox evict ENVOY`: apply an eviction the CLI signed with the
     /// circle key (the caller delivers it; anti-entropy spreads it too).
-    pub fn evict(&self, l: &Signed<Leave>) -> Result<(), String> {
+    pub fn evict(&self, l: &Signed<Leave>) -> Result<(), ReplicaError> {
         if l.body().kind != LeaveKind::Evict {
-            return Err("not an eviction".into());
+            return Err(ReplicaError::NotAnEviction);
         }
         if l.body().signing_key == self.signing.public() {
-            return Err("this envoy cannot evict itself: use lockbox leave --yes".into());
+            return Err(ReplicaError::EvictSelf);
         }
-        self.apply_leave(l).map_err(|e| e.to_string())?;
+        self.apply_leave(l)?;
         Ok(())
     }
 }

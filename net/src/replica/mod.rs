@@ -33,7 +33,7 @@ mod tables;
 
 pub use members::Members;
 pub use retention::Reseal;
-pub use tables::{decode_manifest, Table, MAX_TABLE_ENTRIES};
+pub use tables::{decode_manifest, ManifestError, Table, MAX_TABLE_ENTRIES};
 
 use local::JournalLink;
 use members::load_members;
@@ -85,6 +85,81 @@ impl Refusal {
 
 fn internal(e: impl std::fmt::Display) -> Refusal {
     Refusal::Internal(e.to_string())
+}
+
+/// Why an operation of the replica itself failed (opening it, recording a
+/// local change, a `lockbox resurrect`/`leave`/`evict`/re-encryption).
+/// What a peer sent and was refused is a [`Refusal`] instead.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplicaError {
+    /// `circle.pub` cannot be read.
+    #[error(
+        "cannot read {}: {source} (the envoy is not fully initialised: run lockbox init)",
+        path.display()
+    )]
+    CircleUnreadable {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// `circle.pub` does not hold a public key.
+    #[error("{} is damaged: {source}", path.display())]
+    CircleDamaged {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: lockbox_crypto::Error,
+    },
+    /// The store or `meta.redb` failed.
+    #[error(transparent)]
+    Store(#[from] lockbox_fs::Error),
+    /// A record in `meta.redb` does not decode.
+    #[error("the record of {name} is damaged: {source}")]
+    DamagedRecord {
+        /// The name it is stored under.
+        name: Name,
+        /// Why.
+        source: lockbox_crypto::Error,
+    },
+    /// A store file cannot be read or is not an age file.
+    #[error("{}: {source}", path.display())]
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A store file is not a well-formed age file.
+    #[error("{}: {source}", path.display())]
+    NotSealed {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: lockbox_crypto::Error,
+    },
+    /// A version vector cannot be bumped.
+    #[error(transparent)]
+    Version(#[from] crate::Error),
+    /// `lockbox resurrect` of a name that is not deleted.
+    #[error("{0} is not deleted (no delete of it is in force): nothing to resurrect")]
+    NotDeleted(Name),
+    /// `lockbox evict` given a record that is not an eviction.
+    #[error("not an eviction")]
+    NotAnEviction,
+    /// `lockbox evict` of this envoy itself.
+    #[error("this envoy cannot evict itself: use lockbox leave --yes")]
+    EvictSelf,
+    /// A leave or eviction was refused.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// Writing `recipients.txt` failed.
+    #[error(transparent)]
+    Recipients(#[from] std::io::Error),
+    /// Another thread panicked while it rewrote `recipients.txt`.
+    #[error("the recipient set's lock is poisoned")]
+    RecipientsPoisoned,
 }
 
 /// What admitting or installing a version came to.
@@ -180,16 +255,20 @@ impl Replica {
         store: Store,
         signing: SigningKey,
         paths: ReplicaPaths,
-    ) -> Result<Arc<Replica>, String> {
-        let circle_text = fs::read_to_string(&paths.circle_public).map_err(|e| {
-            format!(
-                "cannot read {}: {e} (the envoy is not fully initialised: run lockbox init)",
-                paths.circle_public.display()
-            )
+    ) -> Result<Arc<Replica>, ReplicaError> {
+        let circle_text = fs::read_to_string(&paths.circle_public).map_err(|source| {
+            ReplicaError::CircleUnreadable {
+                path: paths.circle_public.clone(),
+                source,
+            }
         })?;
-        let circle = PublicKey::from_base64(circle_text.trim())
-            .map_err(|e| format!("{} is damaged: {e}", paths.circle_public.display()))?;
-        let mut meta = Meta::open(&paths.meta).map_err(|e| e.to_string())?;
+        let circle = PublicKey::from_base64(circle_text.trim()).map_err(|source| {
+            ReplicaError::CircleDamaged {
+                path: paths.circle_public.clone(),
+                source,
+            }
+        })?;
+        let mut meta = Meta::open(&paths.meta)?;
         // Records become durable with the same bound as the store's seals
         // and renames, and never before them: each write-back first runs a
         // round of the store's grouped syncs, so a durable record never
@@ -232,9 +311,9 @@ impl Replica {
     }
 
     /// Make every record so far durable (shutdown).
-    pub fn flush(&self) -> Result<(), String> {
+    pub fn flush(&self) -> Result<(), ReplicaError> {
         self.store.deliver_journal();
-        self.meta.flush().map_err(|e| e.to_string())
+        Ok(self.meta.flush()?)
     }
 
     /// The store, with this replica as its journal: every change made

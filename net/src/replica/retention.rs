@@ -10,7 +10,7 @@ use lockbox_fs::meta::{List, Op};
 use lockbox_fs::{Name, Sealed};
 
 use super::tables::encode_records;
-use super::Replica;
+use super::{Replica, ReplicaError};
 use crate::records::{self, FileVersion};
 
 /// The `misc` key of the last completed catch-up.
@@ -112,12 +112,12 @@ impl Replica {
     /// set. `reseal` does the crypto: it reads the old ciphertext and writes
     /// the new into the given file, returning what it sealed. Returns whether
     /// it re-encrypted.
-    pub fn reseal(
+    pub fn reseal<E: std::fmt::Display>(
         &self,
         name: &Name,
         which: Reseal,
-        reseal: impl FnOnce(&mut fs::File, &mut fs::File) -> Result<Sealed, String>,
-    ) -> Result<bool, String> {
+        reseal: impl FnOnce(&mut fs::File, &mut fs::File) -> Result<Sealed, E>,
+    ) -> Result<bool, ReplicaError> {
         let Some(rec) = self.record(name)? else {
             return Ok(false);
         };
@@ -125,20 +125,17 @@ impl Replica {
         if which == Reseal::Drifted && rec.body().recipients == members {
             return Ok(false);
         }
-        let mut src = self.store.open_file(name).map_err(|e| e.to_string())?;
-        let (staged, sealed) = self
-            .store
-            .stage(|out| reseal(&mut src, out).map_err(lockbox_fs::Error::Journal))
-            .map_err(|e| e.to_string())?;
+        let mut src = self.store.open_file(name)?;
+        let (staged, sealed) = self.store.stage(|out| {
+            reseal(&mut src, out).map_err(|e| lockbox_fs::Error::Journal(e.to_string()))
+        })?;
         let _guard = self.store.change_lock();
         // Only if the version is still the one we re-encrypted.
         match self.record(name)? {
             Some(now) if now.body().hash == rec.body().hash => {}
             _ => return Ok(false),
         }
-        self.store
-            .commit_staged(staged, name)
-            .map_err(|e| e.to_string())?;
+        self.store.commit_staged(staged, name)?;
         let stat = self.store.local_stat(name);
         self.record_local(name, Some(&sealed), None, Some(rec.body()), stat)?;
         drop(_guard);

@@ -9,7 +9,7 @@ use lockbox_crypto::sign::{Decoder, Encoder, PublicKey, Signed};
 use lockbox_fs::meta::{List, Op};
 use lockbox_fs::Name;
 
-use super::{in_mesh, internal, Refusal, Replica};
+use super::{in_mesh, internal, Refusal, Replica, ReplicaError};
 use crate::records::{self, FileVersion, Leave, Resurrect, Tombstone, Versioned};
 use crate::WireName;
 
@@ -45,12 +45,15 @@ impl Table {
 
 impl Replica {
     /// The signed record of the version stored as `name`.
-    pub fn record(&self, name: &Name) -> Result<Option<Signed<FileVersion>>, String> {
-        match self.meta.version(name).map_err(|e| e.to_string())? {
+    pub fn record(&self, name: &Name) -> Result<Option<Signed<FileVersion>>, ReplicaError> {
+        match self.meta.version(name)? {
             None => Ok(None),
             Some((bytes, _)) => Signed::<FileVersion>::from_trusted_bytes(&bytes)
                 .map(Some)
-                .map_err(|e| format!("the record of {name} is damaged: {e}")),
+                .map_err(|source| ReplicaError::DamagedRecord {
+                    name: name.clone(),
+                    source,
+                }),
         }
     }
 
@@ -278,21 +281,32 @@ pub(super) fn encode_records<T: Versioned>(t: &[Signed<T>]) -> Vec<u8> {
     records::encode_list(bytes.iter().map(|b| b.as_slice()))
 }
 
+/// Why a manifest from a peer does not decode.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ManifestError {
+    /// The list of entries is malformed.
+    #[error(transparent)]
+    List(#[from] crate::Error),
+    /// An entry, or the record in it, is malformed.
+    #[error(transparent)]
+    Entry(#[from] lockbox_crypto::Error),
+    /// An entry names a file with an invalid name.
+    #[error(transparent)]
+    Name(#[from] lockbox_fs::Error),
+}
+
 /// Decode a manifest in wire form into `(stored name, record)` pairs.
-pub fn decode_manifest(bytes: &[u8]) -> Result<Vec<(Name, Signed<FileVersion>)>, String> {
-    let items = records::decode_list(bytes, MAX_TABLE_ENTRIES).map_err(|e| e.to_string())?;
+pub fn decode_manifest(bytes: &[u8]) -> Result<Vec<(Name, Signed<FileVersion>)>, ManifestError> {
+    let items = records::decode_list(bytes, MAX_TABLE_ENTRIES)?;
     let mut out = Vec::with_capacity(items.len());
     for item in items {
         let mut d = Decoder::new(item);
-        let name = d
-            .bytes(lockbox_fs::name::MAX_NAME_BYTES)
-            .map_err(|e| e.to_string())?;
-        let name = Name::new(name.to_vec()).map_err(|e| e.to_string())?;
-        let rec = d
-            .bytes(lockbox_crypto::sign::MAX_RECORD_BYTES)
-            .map_err(|e| e.to_string())?;
-        d.finish().map_err(|e| e.to_string())?;
-        let rec = Signed::<FileVersion>::from_bytes(rec).map_err(|e| e.to_string())?;
+        let name = d.bytes(lockbox_fs::name::MAX_NAME_BYTES)?;
+        let name = Name::new(name.to_vec())?;
+        let rec = d.bytes(lockbox_crypto::sign::MAX_RECORD_BYTES)?;
+        d.finish()?;
+        let rec = Signed::<FileVersion>::from_bytes(rec)?;
         out.push((name, rec));
     }
     Ok(out)
