@@ -326,3 +326,92 @@ impl Mesh {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello() -> Hello {
+        Hello {
+            protocol: PROTOCOL_VERSION,
+            user: "alice".into(),
+            envoy: "laptop".into(),
+            instance: u64::MAX,
+            endorsement: "ab".repeat(40),
+            members: vec!["01".into(), "02".into()],
+            free_percent: 42,
+            disk_short: true,
+            files: hex::encode([1u8; 16]),
+            tombstones: hex::encode([2u8; 16]),
+            resurrects: hex::encode([3u8; 16]),
+            leaves: hex::encode([4u8; 16]),
+        }
+    }
+
+    #[test]
+    fn a_hello_round_trips() {
+        let h = hello();
+        let bytes = h.encode().unwrap();
+        assert_eq!(Hello::parse(&bytes).unwrap(), h);
+        assert_eq!(Hello::parse(&bytes).unwrap().encode().unwrap(), bytes);
+    }
+
+    #[test]
+    fn its_digests_are_read_and_an_unreadable_one_differs() {
+        let mut h = hello();
+        let d = h.digests();
+        assert_eq!(
+            (d.files, d.tombstones, d.resurrects, d.leaves),
+            ([1; 16], [2; 16], [3; 16], [4; 16])
+        );
+        h.files = "not hex".into();
+        h.leaves = hex::encode([5u8; 15]);
+        let d = h.digests();
+        assert_eq!((d.files, d.leaves), ([0; 16], [0; 16]));
+    }
+
+    #[test]
+    fn an_older_hello_without_the_newer_fields_parses() {
+        let json = br#"{"protocol":1,"user":"alice","envoy":"laptop","instance":7,
+            "endorsement":"","members":[],"free_percent":90,"files":"","tombstones":"",
+            "unknown":"ignored"}"#;
+        let h = Hello::parse(json).unwrap();
+        assert!(!h.disk_short);
+        assert_eq!((h.resurrects.as_str(), h.leaves.as_str()), ("", ""));
+        assert_eq!(Hello::parse(&h.encode().unwrap()).unwrap(), h);
+    }
+
+    #[test]
+    fn garbage_and_oversized_hellos_are_refused() {
+        for bad in [
+            &b""[..],
+            b"{}",
+            b"[]",
+            b"null",
+            b"{\"protocol\":\"1\"}",
+            b"\xff",
+        ] {
+            let e = Hello::parse(bad).unwrap_err();
+            assert!(matches!(e, HelloError::Json(_)), "{bad:?}: {e}");
+        }
+        let mut big = hello().encode().unwrap();
+        big.truncate(big.len() - 1);
+        big.extend(std::iter::repeat_n(b' ', Hello::MAX_LEN));
+        big.push(b'}');
+        let e = Hello::parse(&big).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                HelloError::TooLarge {
+                    max: Hello::MAX_LEN,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        // The same hello with its padding within the limit parses.
+        big.drain(big.len() - 1 - (big.len() - Hello::MAX_LEN)..big.len() - 1);
+        assert_eq!(big.len(), Hello::MAX_LEN);
+        assert_eq!(Hello::parse(&big).unwrap(), hello());
+    }
+}
