@@ -20,7 +20,7 @@ impl Mesh {
         &self,
         addr: SocketAddr,
     ) -> Result<hyper::client::conn::http2::SendRequest<Body>, PeerError> {
-        let mut conns = self.conns.lock().await;
+        let mut conns = self.connections.lock().await;
         if let Some(c) = conns.get(&addr) {
             if !c.is_closed() {
                 return Ok(c.clone());
@@ -71,7 +71,7 @@ impl Mesh {
         match send.send_request(req).await {
             Ok(r) => Ok(r),
             Err(e) => {
-                self.conns.lock().await.remove(&addr);
+                self.connections.lock().await.remove(&addr);
                 Err(PeerError::Request { addr, source: e })
             }
         }

@@ -9,7 +9,7 @@ use std::num::NonZeroU16;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::announce::{AgeRecipient, Announcement};
+use crate::announce::{AnnouncedRecipient, Announcement};
 use crate::discovery::Discovery;
 
 use super::{unix_now, Mesh, PRUNE_EVERY};
@@ -83,7 +83,7 @@ impl Mesh {
         Some(Announcement {
             user: self.replica.user().clone(),
             envoy: self.replica.envoy().clone(),
-            recipient: AgeRecipient::new(self.cfg.recipient.clone()).ok()?,
+            recipient: AnnouncedRecipient::new(self.cfg.recipient.clone()).ok()?,
             signing_key: self.replica.signing_public().0,
             peer_port: NonZeroU16::new(self.port)?,
             instance_id: self.instance,

@@ -161,7 +161,7 @@ impl Mesh {
     /// its digests differ from ours.
     pub(super) async fn contact(self: &Arc<Self>, addr: SocketAddr) {
         {
-            let Ok(mut s) = self.syncing.lock() else {
+            let Ok(mut s) = self.contacting.lock() else {
                 return;
             };
             if !s.insert(addr) {
@@ -169,7 +169,7 @@ impl Mesh {
             }
         }
         let result = self.contact_inner(addr).await;
-        if let Ok(mut s) = self.syncing.lock() {
+        if let Ok(mut s) = self.contacting.lock() {
             s.remove(&addr);
         }
         if let Err(e) = result {

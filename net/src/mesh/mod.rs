@@ -304,9 +304,15 @@ pub struct Mesh {
     client_tls: Arc<rustls::ClientConfig>,
     instance: u64,
     port: u16,
+    /// Every peer known, by the address of its peer server.
     peers: Mutex<HashMap<SocketAddr, Peer>>,
-    conns: tokio::sync::Mutex<HashMap<SocketAddr, hyper::client::conn::http2::SendRequest<Body>>>,
-    syncing: Mutex<HashSet<SocketAddr>>,
+    /// The open HTTP/2 connection to each peer, reused for every request.
+    connections:
+        tokio::sync::Mutex<HashMap<SocketAddr, hyper::client::conn::http2::SendRequest<Body>>>,
+    /// Peers being contacted now (hello and catch-up), so that one peer is
+    /// contacted once at a time.
+    contacting: Mutex<HashSet<SocketAddr>>,
+    /// Permits for transfers (`push_concurrency` of them).
     transfers: Semaphore,
     last_catchup: Mutex<Option<SystemTime>>,
     /// Set at start when the last catch-up is older than the retention:
@@ -401,8 +407,8 @@ impl Mesh {
             instance: rand::random(),
             port,
             peers: Mutex::new(HashMap::new()),
-            conns: tokio::sync::Mutex::new(HashMap::new()),
-            syncing: Mutex::new(HashSet::new()),
+            connections: tokio::sync::Mutex::new(HashMap::new()),
+            contacting: Mutex::new(HashSet::new()),
             last_catchup: Mutex::new(None),
             absence: Mutex::new(Absence {
                 away_since,

@@ -60,12 +60,14 @@ impl Replica {
 
     /// This envoy's own endorsement, in wire form (also after it left).
     pub fn own_endorsement(&self) -> Option<Vec<u8>> {
-        self.own.as_ref().map(|s| s.to_bytes())
+        self.own_endorsement.as_ref().map(|s| s.to_bytes())
     }
 
     /// This envoy's own age recipient, from its endorsement.
     pub fn own_recipient(&self) -> Option<String> {
-        self.own.as_ref().map(|s| s.body().recipient.clone())
+        self.own_endorsement
+            .as_ref()
+            .map(|s| s.body().recipient.clone())
     }
 
     /// Verify and add endorsements a peer showed us. Returns the envoys that

@@ -209,7 +209,7 @@ pub struct Replica {
     /// This envoy's own endorsement, kept apart from `members`: after it
     /// learns it left, it still shows it in every hello, so the others can
     /// say why they refuse it (it left) instead of "no endorsement".
-    own: Option<Signed<Endorsement>>,
+    own_endorsement: Option<Signed<Endorsement>>,
     /// Where new local versions and tombstones go (set by the mesh).
     outgoing: Mutex<Option<tokio::sync::mpsc::UnboundedSender<Outgoing>>>,
     /// Called with every name a peer changed (the agent drops the kernel's
@@ -278,7 +278,7 @@ impl Replica {
             meta = meta.with_grouped_commits_after(window, move || s.sync_round(false));
         }
         let mut members = load_members(&paths.members, &circle, &user);
-        let own = members
+        let own_endorsement = members
             .by_envoy
             .get(envoy.as_str())
             .filter(|e| e.body().signing_key == signing.public())
@@ -302,7 +302,7 @@ impl Replica {
             circle,
             paths,
             members: RwLock::new(members),
-            own,
+            own_endorsement,
             outgoing: Mutex::new(None),
             on_remote_change: Mutex::new(None),
             recipients_file: Mutex::new(()),
