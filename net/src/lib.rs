@@ -32,6 +32,8 @@
 pub mod announce;
 mod codec;
 pub mod discovery;
+#[cfg(test)]
+mod fuzz_corpus;
 pub mod mesh;
 pub mod name;
 pub mod records;
