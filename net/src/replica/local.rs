@@ -294,8 +294,6 @@ impl Replica {
     }
 }
 
-/// Length of the plaintext and ciphertext, and the ciphertext hash, of a
-/// store file (read through once).
 /// The envoys a seal named, sorted as the members are; `None` if it named
 /// none or one that cannot be a name (the members are recorded then).
 pub(super) fn sealed_to(envoys: &[String]) -> Option<Vec<WireName>> {
@@ -311,6 +309,8 @@ pub(super) fn sealed_to(envoys: &[String]) -> Option<Vec<WireName>> {
     Some(names)
 }
 
+/// Length of the plaintext and ciphertext, and the ciphertext hash, of a
+/// store file (read through once).
 pub(super) fn describe_file(path: &Path) -> Result<(u64, u64, Sha256), ReplicaError> {
     let io = |source| ReplicaError::Unreadable {
         path: path.to_path_buf(),

@@ -2,13 +2,32 @@
 //! the ciphertext store, the signed record of every version, the tombstones
 //! and the members of the circle — and the rules that change it.
 //!
-//! Local changes reach it through the store's [`Journal`] (the mount and the
-//! CLI never call it directly): each sealed version gets a signed
-//! [`FileVersion`], each delete a signed [`Tombstone`], and both are queued
-//! for fan-out. Changes from peers arrive through [`Replica::admit`] (is this
-//! version wanted?) and [`Replica::install`] (put it in place), which apply
-//! the same rules under the store's change lock, so a local seal and a
-//! received version of the same name never overtake each other.
+//! Local changes reach it through the store's
+//! [`Journal`](lockbox_fs::store::Journal) (the mount and the CLI never call
+//! it directly): each sealed version gets a signed
+//! [`FileVersion`](crate::records::FileVersion), each delete a signed
+//! [`Tombstone`], and both are queued for fan-out. Changes from peers arrive
+//! through [`Replica::admit`] (is this version wanted?) and
+//! [`Replica::install`] (put it in place), which apply the same rules under
+//! the store's change lock, so a local seal and a received version of the
+//! same name never overtake each other.
+//!
+//! This module owns the [`Replica`] type, its paths and opening, and the
+//! answers to a peer ([`Refusal`], [`Admission`]). The work is in its parts:
+//!
+//! - `members` — the circle's members: loading, endorsements learnt from
+//!   peers, `recipients.txt`, leaves and evictions;
+//! - `local` — local versions: recording and **signing** what the mount
+//!   sealed or deleted, re-adds, and reconciling with the store at start;
+//! - `admission` — the admission rule, pure: is an offered version wanted,
+//!   and under which name;
+//! - `receive` — staging a peer's body and installing it;
+//! - `tables` — the file, tombstone, resurrect and leave tables: reading,
+//!   digests, wire lists, applying a peer's records;
+//! - `retention` — last contact, forgetting expired deletes, re-sealing
+//!   after the members changed.
+//!
+//! It must not talk to the network: the mesh calls it.
 
 use std::fs;
 use std::path::PathBuf;
