@@ -549,9 +549,9 @@ fn handle(agent: &Agent, mut stream: UnixStream) {
             let resp = match Name::new(name) {
                 Ok(n) => match agent.replica.resurrect(&n) {
                     Ok(_) => Response::Ok,
-                    Err(message) => Response::Error {
+                    Err(e) => Response::Error {
                         failure: Failure::Invalid,
-                        message,
+                        message: e.to_string(),
                     },
                 },
                 Err(e) => Response::Error {
@@ -565,9 +565,9 @@ fn handle(agent: &Agent, mut stream: UnixStream) {
             let members = agent.replica.members().len().saturating_sub(1);
             let resp = match agent.replica.leave() {
                 Ok(l) => deliver_leave(agent, l.to_bytes(), members),
-                Err(message) => Response::Error {
+                Err(e) => Response::Error {
                     failure: Failure::Internal,
-                    message,
+                    message: e.to_string(),
                 },
             };
             control::write_message(&mut stream, &resp)
@@ -576,8 +576,13 @@ fn handle(agent: &Agent, mut stream: UnixStream) {
             let members = agent.replica.members().len().saturating_sub(1);
             let resp = match Signed::<lockbox_net::records::Leave>::from_bytes(&record)
                 .map_err(|e| format!("bad eviction record: {e}"))
-                .and_then(|l| agent.replica.evict(&l).map(|()| l))
-            {
+                .and_then(|l| {
+                    agent
+                        .replica
+                        .evict(&l)
+                        .map(|()| l)
+                        .map_err(|e| e.to_string())
+                }) {
                 Ok(l) => deliver_leave(agent, l.to_bytes(), members),
                 Err(message) => Response::Error {
                     failure: Failure::Invalid,

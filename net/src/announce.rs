@@ -41,15 +41,17 @@ pub const SIGNING_KEY_LEN: usize = 32;
 /// What parse errors call the input.
 const WHAT: &str = "announcement";
 
-/// An age recipient string (`age1…`) as announced on the wire.
+/// An age recipient as announced on the wire: text of the right shape
+/// (`age1…`), not a parsed key — that is [`lockbox_crypto::AgeRecipient`],
+/// whose name this type used to share.
 ///
 /// Only its shape is checked here: at most 128 bytes, `age1` followed by
 /// lowercase letters and digits. Whether it is a valid X25519 key, and
 /// whether it belongs to a member, is decided after the mTLS exchange.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct AgeRecipient(String);
+pub struct AnnouncedRecipient(String);
 
-impl AgeRecipient {
+impl AnnouncedRecipient {
     /// The longest recipient, in bytes.
     pub const MAX_LEN: usize = 128;
 
@@ -64,7 +66,7 @@ impl AgeRecipient {
             field: "age recipient",
             fault,
         })?;
-        Ok(AgeRecipient(recipient))
+        Ok(AnnouncedRecipient(recipient))
     }
 
     fn check(recipient: &str) -> Result<(), TextFault> {
@@ -93,7 +95,7 @@ impl AgeRecipient {
     }
 }
 
-impl std::fmt::Display for AgeRecipient {
+impl std::fmt::Display for AnnouncedRecipient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
     }
@@ -127,7 +129,7 @@ pub struct Announcement {
     /// The sending envoy's name.
     pub envoy: WireName,
     /// The sending envoy's age recipient.
-    pub recipient: AgeRecipient,
+    pub recipient: AnnouncedRecipient,
     /// The sending envoy's Ed25519 public signing key.
     pub signing_key: [u8; SIGNING_KEY_LEN],
     /// The TCP port of the sender's mTLS peer server.
@@ -254,26 +256,26 @@ fn read_name(
 }
 
 /// A length byte and that many bytes of age recipient.
-fn read_recipient(r: &mut Reader<'_>) -> Result<AgeRecipient, Error> {
+fn read_recipient(r: &mut Reader<'_>) -> Result<AnnouncedRecipient, Error> {
     const FIELD: &str = "the age recipient";
     const LABEL: &str = "announced age recipient";
     let len = usize::from(r.u8(FIELD)?);
-    if len > AgeRecipient::MAX_LEN {
+    if len > AnnouncedRecipient::MAX_LEN {
         return Err(Error::BadText {
             field: LABEL,
             fault: TextFault::TooLong {
                 len,
-                max: AgeRecipient::MAX_LEN,
+                max: AnnouncedRecipient::MAX_LEN,
             },
         });
     }
     let text = text_from_wire(
         r.take(len, FIELD)?,
-        AgeRecipient::MAX_LEN,
+        AnnouncedRecipient::MAX_LEN,
         LABEL,
-        AgeRecipient::check,
+        AnnouncedRecipient::check,
     )?;
-    Ok(AgeRecipient(text.to_owned()))
+    Ok(AnnouncedRecipient(text.to_owned()))
 }
 
 #[cfg(test)]
@@ -287,7 +289,7 @@ mod tests {
         Announcement {
             user: WireName::new("alice").unwrap(),
             envoy: WireName::new("laptop").unwrap(),
-            recipient: AgeRecipient::new(RECIPIENT).unwrap(),
+            recipient: AnnouncedRecipient::new(RECIPIENT).unwrap(),
             signing_key: [7; 32],
             peer_port: NonZeroU16::new(1531).unwrap(),
             instance_id: 0x0102_0304_0506_0708,
@@ -363,7 +365,7 @@ mod tests {
         let a = Announcement {
             user: WireName::new("u".repeat(64)).unwrap(),
             envoy: WireName::new("e".repeat(64)).unwrap(),
-            recipient: AgeRecipient::new(format!("age1{}", "q".repeat(124))).unwrap(),
+            recipient: AnnouncedRecipient::new(format!("age1{}", "q".repeat(124))).unwrap(),
             ..sample()
         };
         let bytes = a.encode();
@@ -557,8 +559,8 @@ mod tests {
         })
     }
 
-    fn recipient() -> impl Strategy<Value = AgeRecipient> {
-        "age1[a-z0-9]{1,124}".prop_map(|s| AgeRecipient::new(s).unwrap())
+    fn recipient() -> impl Strategy<Value = AnnouncedRecipient> {
+        "age1[a-z0-9]{1,124}".prop_map(|s| AnnouncedRecipient::new(s).unwrap())
     }
 
     fn announcement() -> impl Strategy<Value = Announcement> {

@@ -1,29 +1,46 @@
 //! `lockbox-net`: the mesh that carries a user's ciphertext between envoys
 //! (SPEC §6).
 //!
-//! The mesh has five parts:
+//! Envoys find each other by a multicast announcement, talk HTTP/2 over
+//! mutual TLS on the peer port, push each newly sealed version to every
+//! live peer (fan-out), and pull and merge whole tables when a peer's
+//! digests differ from their own (anti-entropy, which is also how an envoy
+//! that was away catches up). The byte layouts are written down in
+//! `docs/protocol.md`.
 //!
-//! - **wire formats** — the exact bytes envoys exchange;
-//! - **discovery** — a small multicast datagram every agent sends so that
-//!   peers find each other ([`announce`]);
-//! - **the peer transport** — HTTPS over mutual TLS between envoys of the
-//!   same fleet;
-//! - **fan-out** — pushing each newly sealed version to every live peer;
-//! - **anti-entropy** — pulling and merging whole tables when a peer's
-//!   digests differ from ours, which is also how an envoy that was away
-//!   catches up.
+//! The crate is built in order of purity. The codecs and rules take bytes
+//! and values and return bytes and values, with no sockets, clocks or
+//! randomness, and are tested on their own; the sockets, TLS and HTTP are a
+//! thin shell around them. Everything that arrives from the network is
+//! untrusted: each parser caps its input before reading it, rejects
+//! trailing bytes, and returns an error rather than panicking.
 //!
-//! The crate is built in that order of purity. What is here now are the pure
-//! codecs and rules: the announcement datagram ([`announce`]), the names it
-//! carries ([`name`]), and version vectors with the deterministic
-//! concurrent-edit rule ([`version`]). They take bytes and values and return
-//! bytes and values, with no sockets, clocks or randomness, so they are tested
-//! on their own. The socket, TLS and HTTP glue will be a thin shell around
-//! them. The byte layouts are written down in `docs/protocol.md`.
+//! The modules:
 //!
-//! Everything that arrives from the network is untrusted: each parser caps
-//! its input before reading it, rejects trailing bytes, and returns an
-//! [`Error`] rather than panicking.
+//! - [`announce`] — the multicast announcement datagram: encode and parse
+//!   (pure);
+//! - `codec` — the byte reader and writer the wire formats share (pure);
+//! - [`name`] — user and envoy names as they travel, and their text rules
+//!   (pure);
+//! - [`version`] — version vectors and the concurrent-edit rule (pure);
+//! - [`records`] — the signed records (file versions, tombstones,
+//!   resurrects, leaves), record lists, table digests and the deletion
+//!   rule (pure);
+//! - [`discovery`] — the multicast socket that sends and receives
+//!   announcements;
+//! - [`tls`] — the fleet certificate authority, certificates, and the
+//!   mutual-TLS configurations of the peer port;
+//! - [`replica`] — one envoy's copy of the lockbox as the mesh sees it: the
+//!   store, the signed records, the tables and the members, and the rules
+//!   that change them (the admission rule is pure, in its `admission`
+//!   part);
+//! - [`mesh`] — the running mesh around one replica: the peer server (whose
+//!   routes, [`mesh::route`], are pure) and client, the hello exchange,
+//!   catch-up, fan-out and the discovery rounds.
+//!
+//! [`Error`] is what the wire parsers return; the replica and the mesh
+//! have their own error types ([`replica::ReplicaError`],
+//! [`replica::Refusal`] for what a peer sent, [`mesh::PeerError`]).
 
 #![forbid(unsafe_code)]
 // Tests may unwrap; library code is still linted by the non-test build.
@@ -32,6 +49,8 @@
 pub mod announce;
 mod codec;
 pub mod discovery;
+#[cfg(test)]
+mod fuzz_corpus;
 pub mod mesh;
 pub mod name;
 pub mod records;

@@ -1,0 +1,355 @@
+//! The fuzz targets' seed corpus (`net/fuzz/corpus/<target>/`), made from
+//! the real encoders so that it stays valid: a few valid inputs per target
+//! and a few that are nearly valid (truncated, one byte off, a rule
+//! broken), so that fuzzing starts next to the formats instead of from
+//! nothing. Test-only; it must not be used by the crate itself.
+//!
+//! The test checks that the committed corpus is what this module makes.
+//! After a format changes, write it anew with
+//! `LOCKBOX_WRITE_FUZZ_CORPUS=1 cargo test -p lockbox-net --lib fuzz_corpus`.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroU16;
+use std::path::PathBuf;
+
+use http::Method;
+use lockbox_crypto::digest::Sha256;
+use lockbox_crypto::sign::{Encoder, Signed, SigningKey};
+use lockbox_fs::Name;
+
+use crate::announce::{AnnouncedRecipient, Announcement, Digests};
+use crate::mesh::route::Route;
+use crate::mesh::Hello;
+use crate::records::{self, FileVersion, Leave, LeaveKind, Resurrect, Tombstone};
+use crate::replica::Table;
+use crate::{VersionVector, WireName};
+
+/// Seeds by target, then by file name.
+type Corpus = BTreeMap<&'static str, BTreeMap<String, Vec<u8>>>;
+
+fn wn(s: &str) -> WireName {
+    WireName::new(s).unwrap()
+}
+
+fn vv(entries: &[(&str, u64)]) -> VersionVector {
+    let mut v = VersionVector::new();
+    for (envoy, n) in entries {
+        for _ in 0..*n {
+            v.bump(&wn(envoy)).unwrap();
+        }
+    }
+    v
+}
+
+/// Variants of `valid` that are nearly valid: cut short, one byte more,
+/// and one byte flipped at `flip`.
+fn near(out: &mut BTreeMap<String, Vec<u8>>, stem: &str, valid: &[u8], flip: usize) {
+    out.insert(
+        format!("{stem}-truncated"),
+        valid[..valid.len() - 1].to_vec(),
+    );
+    let mut longer = valid.to_vec();
+    longer.push(0);
+    out.insert(format!("{stem}-trailing"), longer);
+    let mut flipped = valid.to_vec();
+    flipped[flip % valid.len()] ^= 0x01;
+    out.insert(format!("{stem}-flipped"), flipped);
+}
+
+fn announcements() -> BTreeMap<String, Vec<u8>> {
+    let a = Announcement {
+        user: wn("alice"),
+        envoy: wn("laptop"),
+        recipient: AnnouncedRecipient::new(
+            "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p",
+        )
+        .unwrap(),
+        signing_key: [7; 32],
+        peer_port: NonZeroU16::new(1531).unwrap(),
+        instance_id: 0x0102_0304_0506_0708,
+        digests: Digests {
+            files: [0xf1; 16],
+            tombstones: [0x70; 16],
+            leaves: [0x1e; 16],
+            resurrects: [0x2e; 16],
+        },
+    };
+    let mut out = BTreeMap::new();
+    let bytes = a.encode();
+    near(&mut out, "laptop", &bytes, 4);
+    out.insert("laptop".into(), bytes);
+    let b = Announcement {
+        user: wn("bob smith"),
+        envoy: wn("zoë's desk"),
+        peer_port: NonZeroU16::new(u16::MAX).unwrap(),
+        instance_id: 0,
+        digests: Digests::default(),
+        ..a
+    };
+    out.insert("unicode".into(), b.encode());
+    out
+}
+
+fn version_vectors() -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    out.insert("empty".into(), VersionVector::new().encode().unwrap());
+    let two = vv(&[("alpha", 3), ("bravo", 1)]).encode().unwrap();
+    near(&mut out, "two", &two, two.len() - 1);
+    out.insert("two".into(), two);
+    out.insert(
+        "five".into(),
+        vv(&[("a", 1), ("b", 2), ("c", 300), ("d", 1), ("e", 70_000)])
+            .encode()
+            .unwrap(),
+    );
+    out
+}
+
+fn records() -> BTreeMap<String, Vec<u8>> {
+    let alpha = SigningKey::from_seed(&[1; 32]);
+    let doc = Name::new("notes.txt").unwrap();
+    let version = Signed::sign(
+        FileVersion {
+            user: wn("alice"),
+            name: doc.clone(),
+            vv: vv(&[("alpha", 2), ("bravo", 1)]),
+            author: wn("alpha"),
+            sealed_unix: 1_767_225_600,
+            plaintext_len: 1234,
+            ciphertext_len: 1234 + 16 + 200,
+            hash: Sha256([0xab; 32]),
+            recipients: vec![wn("alpha"), wn("bravo")],
+            reseal: false,
+        },
+        &alpha,
+    )
+    .to_bytes();
+    let tombstone = Signed::sign(
+        Tombstone {
+            user: wn("alice"),
+            name: doc.clone(),
+            vv: vv(&[("alpha", 2), ("bravo", 1)]),
+            author: wn("alpha"),
+            deleted_unix: 1_767_225_700,
+        },
+        &alpha,
+    )
+    .to_bytes();
+    let resurrect = Signed::sign(
+        Resurrect {
+            user: wn("alice"),
+            name: doc.clone(),
+            vv: vv(&[("alpha", 2), ("bravo", 1)]),
+            author: wn("alpha"),
+            resurrected_unix: 1_767_225_800,
+        },
+        &alpha,
+    )
+    .to_bytes();
+    let leave = Signed::sign(
+        Leave {
+            user: wn("alice"),
+            envoy: wn("alpha"),
+            signing_key: alpha.public(),
+            kind: LeaveKind::Leave,
+            left_unix: 1_767_225_900,
+        },
+        &alpha,
+    )
+    .to_bytes();
+    let mut out = BTreeMap::new();
+    near(&mut out, "version", &version, version.len() - 1);
+    near(&mut out, "tombstone", &tombstone, 10);
+    for (stem, bytes) in [
+        ("version", &version),
+        ("tombstone", &tombstone),
+        ("resurrect", &resurrect),
+        ("leave", &leave),
+    ] {
+        out.insert(stem.into(), bytes.clone());
+    }
+    out.insert(
+        "list".into(),
+        records::encode_list([&tombstone[..], &resurrect[..]]),
+    );
+    out.insert("list-empty".into(), records::encode_list([]));
+    // A manifest, as `Replica::manifest_bytes` writes it.
+    let mut entry = Encoder::new();
+    entry.bytes(doc.as_bytes());
+    entry.bytes(&version);
+    let entry = entry.finish();
+    let manifest = records::encode_list([&entry[..]]);
+    near(&mut out, "manifest", &manifest, 6);
+    out.insert("manifest".into(), manifest);
+    out
+}
+
+fn hellos() -> BTreeMap<String, Vec<u8>> {
+    let h = Hello {
+        protocol: 1,
+        user: "alice".into(),
+        envoy: "laptop".into(),
+        instance: 0x0102_0304_0506_0708,
+        endorsement: "ab".repeat(60),
+        members: vec!["ab".repeat(60), "cd".repeat(60)],
+        free_percent: 42,
+        disk_short: false,
+        files: hex::encode([1u8; 16]),
+        tombstones: hex::encode([2u8; 16]),
+        resurrects: hex::encode([3u8; 16]),
+        leaves: hex::encode([4u8; 16]),
+    };
+    let mut out = BTreeMap::new();
+    let bytes = h.encode().unwrap();
+    out.insert("hello-truncated".into(), bytes[..bytes.len() - 1].to_vec());
+    out.insert("hello".into(), bytes);
+    let older = br#"{"protocol":1,"user":"alice","envoy":"desk","instance":7,"endorsement":"","members":[],"free_percent":90,"files":"","tombstones":""}"#;
+    out.insert("older".into(), older.to_vec());
+    let text = String::from_utf8(h.encode().unwrap()).unwrap();
+    out.insert(
+        "protocol-as-text".into(),
+        text.replace("\"protocol\":1", "\"protocol\":\"1\"")
+            .into_bytes(),
+    );
+    out
+}
+
+/// The method byte of the route target's input (its `METHODS`).
+fn method_byte(m: &Method) -> u8 {
+    [
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::HEAD,
+    ]
+    .iter()
+    .position(|x| x == m)
+    .unwrap() as u8
+}
+
+fn routes() -> BTreeMap<String, Vec<u8>> {
+    let input = |m: &Method, path: &str| {
+        let mut v = vec![method_byte(m)];
+        v.extend_from_slice(path.as_bytes());
+        v
+    };
+    let mut out = BTreeMap::new();
+    let odd = Name::new(b"caf\xc3\xa9 \xff.txt".to_vec()).unwrap();
+    let named = [
+        ("hello", Route::Hello),
+        ("manifest", Route::Manifest),
+        ("file", Route::File(Name::new("notes.txt").unwrap())),
+        ("file-encoded", Route::File(odd.clone())),
+        ("push", Route::Push(odd)),
+        ("get-tombstones", Route::GetTable(Table::Tombstones)),
+        ("post-leaves", Route::PostTable(Table::Leaves)),
+    ];
+    for (stem, r) in named {
+        out.insert(stem.into(), input(&r.method(), &r.path("alice")));
+    }
+    for (stem, m, path) in [
+        ("traversal", Method::GET, "/lockbox/files/alice/%2e%2e"),
+        ("slash-in-name", Method::POST, "/lockbox/push/alice/a%2Fb"),
+        ("other-user", Method::GET, "/lockbox/hello/bob"),
+        (
+            "wrong-method",
+            Method::PUT,
+            "/lockbox/files/alice/notes.txt",
+        ),
+        ("unknown-kind", Method::GET, "/lockbox/manifest/alice"),
+        ("too-deep", Method::GET, "/lockbox/files/alice/a/b"),
+    ] {
+        out.insert(stem.into(), input(&m, path));
+    }
+    out
+}
+
+fn corpus() -> Corpus {
+    let mut c = Corpus::new();
+    c.insert("announcement", announcements());
+    c.insert("version_vector", version_vectors());
+    c.insert("records", records());
+    c.insert("hello", hellos());
+    c.insert("route", routes());
+    c
+}
+
+fn corpus_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus")
+}
+
+/// Every valid seed parses and every near-valid one is refused, as meant.
+#[test]
+fn the_seeds_are_what_they_say() {
+    let c = corpus();
+    for (name, bytes) in &c["announcement"] {
+        let valid = !name.contains('-');
+        assert_eq!(Announcement::parse(bytes).is_ok(), valid, "{name}");
+    }
+    for (name, bytes) in &c["version_vector"] {
+        let valid = !name.contains('-');
+        assert_eq!(VersionVector::decode(bytes).is_ok(), valid, "{name}");
+    }
+    for (name, bytes) in &c["hello"] {
+        let valid = !name.contains('-');
+        assert_eq!(Hello::parse(bytes).is_ok(), valid, "{name}");
+    }
+    let manifest = &c["records"]["manifest"];
+    assert_eq!(crate::replica::decode_manifest(manifest).unwrap().len(), 1);
+    for (name, bytes) in &c["route"] {
+        let m = [
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::HEAD,
+        ][usize::from(bytes[0])]
+        .clone();
+        let path = std::str::from_utf8(&bytes[1..]).unwrap();
+        let parsed = Route::parse(&m, path, "alice");
+        let valid = !matches!(
+            name.as_str(),
+            "traversal"
+                | "slash-in-name"
+                | "other-user"
+                | "wrong-method"
+                | "unknown-kind"
+                | "too-deep"
+        );
+        assert_eq!(parsed.is_ok(), valid, "{name}: {parsed:?}");
+    }
+}
+
+/// The committed corpus is the one made here (or is written anew, with
+/// `LOCKBOX_WRITE_FUZZ_CORPUS=1`).
+#[test]
+fn the_committed_corpus_is_current() {
+    let dir = corpus_dir();
+    let write = std::env::var_os("LOCKBOX_WRITE_FUZZ_CORPUS").is_some();
+    for (target, seeds) in corpus() {
+        let tdir = dir.join(target);
+        if write {
+            std::fs::create_dir_all(&tdir).unwrap();
+        }
+        for (name, bytes) in seeds {
+            let file = tdir.join(&name);
+            if write {
+                std::fs::write(&file, &bytes).unwrap();
+            } else {
+                let committed = std::fs::read(&file).unwrap_or_else(|e| {
+                    panic!(
+                        "{}: {e}; write the corpus with LOCKBOX_WRITE_FUZZ_CORPUS=1",
+                        file.display()
+                    )
+                });
+                assert_eq!(
+                    committed,
+                    bytes,
+                    "{} is stale; write the corpus with LOCKBOX_WRITE_FUZZ_CORPUS=1",
+                    file.display()
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! Anti-entropy: after a hello, pull the tables whose digests differ from
+//! ours and the peer's manifest, merge them, and fetch every version we
+//! lack; also how an envoy that was away catches up (ending a long
+//! absence). It must not push anything (that is [`super::fanout`]).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use lockbox_fs::Name;
+
+use super::body::{read_capped, receive_body};
+use super::route::Route;
+use super::{record_header, unix_now, Mesh, PeerError, MAX_TABLE_BODY};
+use crate::announce::Digests;
+use crate::replica::{self, Admission, Refusal, Table};
+
+impl Mesh {
+    /// Pull the tables whose digests differ from ours, and merge them in
+    /// the order of [`Table::ALL`] (leaves, resurrects, tombstones), then
+    /// the manifest.
+    pub(super) async fn catch_up(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        theirs: Digests,
+    ) -> Result<(), PeerError> {
+        for table in Table::ALL {
+            let their = match table {
+                Table::Tombstones => theirs.tombstones,
+                Table::Resurrects => theirs.resurrects,
+                Table::Leaves => theirs.leaves,
+            };
+            if their != self.replica.table_digest(table) {
+                self.pull_table(addr, table).await?;
+            }
+        }
+        let now = unix_now();
+        if let Ok(mut a) = self.absence.lock() {
+            if a.holding_back() {
+                a.back_at = Some(now);
+                tracing::info!("caught up after a long absence: pushing again");
+            }
+        }
+        // An envoy that left the circle keeps its tables (so it knows) but
+        // takes no more files.
+        if theirs.files != self.replica.files_digest() && self.replica.departed().is_none() {
+            self.pull_files(addr).await?;
+        }
+        if let Ok(mut l) = self.last_catchup.lock() {
+            // Persisted at most once a minute (it only matters in days).
+            let stored = self.replica.last_contact().unwrap_or(0);
+            if now.saturating_sub(stored) >= 60 {
+                self.replica.set_last_contact(now);
+            }
+            *l = Some(SystemTime::now());
+        }
+        Ok(())
+    }
+
+    pub(super) async fn pull_table(&self, addr: SocketAddr, table: Table) -> Result<(), PeerError> {
+        let resp = self.get(addr, &self.path(&Route::GetTable(table))).await?;
+        if !resp.status().is_success() {
+            return Err(PeerError::NotServed {
+                what: table.path(),
+                status: resp.status(),
+            });
+        }
+        let body = read_capped(resp.into_body(), MAX_TABLE_BODY).await?;
+        let replica = self.replica.clone();
+        let applied =
+            tokio::task::spawn_blocking(move || replica.apply_table(table, &body)).await?;
+        // What was valid is applied; one refused entry must not stop the
+        // catch-up of the rest.
+        if let Err(e) = applied {
+            tracing::debug!("{} from {addr}: {e}", table.path());
+        }
+        Ok(())
+    }
+
+    pub(super) async fn pull_files(self: &Arc<Self>, addr: SocketAddr) -> Result<(), PeerError> {
+        let free = self.replica.store().free_percent().unwrap_or(100);
+        if free <= self.cfg.disk_pressure_percent {
+            return Err(PeerError::DiskPressure {
+                free,
+                limit: self.cfg.disk_pressure_percent,
+            });
+        }
+        let resp = self.get(addr, &self.path(&Route::Manifest)).await?;
+        if !resp.status().is_success() {
+            return Err(PeerError::NotServed {
+                what: "manifest",
+                status: resp.status(),
+            });
+        }
+        let body = read_capped(resp.into_body(), MAX_TABLE_BODY).await?;
+        let manifest = replica::decode_manifest(&body)?;
+        let mut wanted = Vec::new();
+        for (name, rec) in manifest {
+            if let Err(e) = self.size_allowed(&name, rec.body()) {
+                tracing::debug!("peer {addr}: not taking {name}: {e}");
+                continue;
+            }
+            match self.replica.admit(&name, &rec) {
+                Ok(Admission::Store(_)) => wanted.push(name),
+                Ok(Admission::Same) => {}
+                Err(Refusal::Newer(_) | Refusal::Tombstoned) => {}
+                Err(e) => tracing::debug!("peer {addr}: not taking {name}: {e}"),
+            }
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for name in wanted {
+            let me = self.clone();
+            tasks.spawn(async move {
+                let _permit = me.transfers.acquire().await;
+                if let Err(e) = me.fetch(addr, &name).await {
+                    tracing::warn!("could not fetch {name} from {addr}: {e}");
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        Ok(())
+    }
+
+    /// Fetch one version from `addr` and install it.
+    pub(super) async fn fetch(&self, addr: SocketAddr, name: &Name) -> Result<(), PeerError> {
+        let resp = self
+            .get(addr, &self.path(&Route::File(name.clone())))
+            .await?;
+        if !resp.status().is_success() {
+            return Err(PeerError::FileNotServed(resp.status()));
+        }
+        let rec = record_header(resp.headers())?;
+        let name = name.clone();
+        self.size_allowed(&name, rec.body())?;
+        match self.replica.admit(&name, &rec) {
+            Ok(Admission::Same) | Err(Refusal::Newer(_) | Refusal::Tombstoned) => return Ok(()),
+            Ok(Admission::Store(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let replica = self.replica.clone();
+        match receive_body(replica, name, rec, resp.into_body()).await {
+            // Overtaken while it streamed (a newer version or a delete came
+            // in meanwhile): nothing to fetch any more.
+            Ok(_) | Err(Refusal::Newer(_) | Refusal::Tombstoned) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}

@@ -1,0 +1,432 @@
+//! The admission rule: whether a version a peer offers is wanted, and
+//! under which name (its own, or its conflict copy), or why it is refused.
+//!
+//! The rule is pure: [`check_offer`] and [`place`] take the offered record
+//! and what is held (the current record, the name's tombstones and
+//! resurrects, the members, this envoy's user) as values, so each outcome
+//! is unit-tested here. [`Replica::admit`] does the database reads and
+//! calls them. This must not read or write bodies or the store.
+
+use lockbox_crypto::sign::Signed;
+use lockbox_fs::Name;
+
+use super::{in_mesh, internal, Admission, Members, Refusal, Replica};
+use crate::records::{self, FileVersion, Resurrect, Tombstone};
+use crate::version::{resolve, Resolution};
+use crate::WireName;
+
+/// What is held under one name, as far as the rule looks at it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Held<'a> {
+    /// The record of the version stored under the name, if any.
+    pub current: Option<&'a FileVersion>,
+    /// The name's tombstones.
+    pub tombstones: &'a [Signed<Tombstone>],
+    /// The name's resurrects.
+    pub resurrects: &'a [Signed<Resurrect>],
+}
+
+/// Where [`place`] puts an offered version, looking at one name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Placement {
+    /// Decided: wanted (and where), already held, or refused.
+    Decided(Result<Admission, Refusal>),
+    /// It loses a conflict with the version held under the name: place it
+    /// again under its conflict-copy name, with what is held there.
+    ConflictCopy(Name),
+}
+
+/// Whether `rec` may be offered for `name` at all, whatever is held: it is
+/// signed by one of `members` (else 403), for `user` (else 400), and may
+/// be stored under `name` — its own name or its conflict copy, and not a
+/// name kept out of the mesh (else 400).
+pub(super) fn check_offer(
+    user: &WireName,
+    members: &Members,
+    name: &Name,
+    rec: &Signed<FileVersion>,
+) -> Result<(), Refusal> {
+    let v = rec.body();
+    if members.by_key(&rec.signer()).is_none() {
+        return Err(Refusal::NotMember(format!(
+            "the version of {name} is signed by {}, which is not a member of this circle",
+            rec.signer()
+        )));
+    }
+    if v.user != *user {
+        return Err(Refusal::Bad(format!("the record is for user {}", v.user)));
+    }
+    if !v.fits_name(name) || !in_mesh(name) {
+        return Err(Refusal::Bad(format!(
+            "a record of {} cannot be stored as {name}",
+            v.name
+        )));
+    }
+    Ok(())
+}
+
+/// The rule for version `v` offered under `name`, given what is `held`
+/// there: refused as deleted (410) when a tombstone that no resurrect
+/// lifts covers it; stored when nothing is held or it supersedes or wins
+/// over what is; already held when it is the same; refused (409) when what
+/// is held is newer; and when it loses a conflict, placed again under its
+/// conflict-copy name (refused with 409 if that is where it already is).
+pub(super) fn place(name: &Name, v: &FileVersion, held: &Held<'_>) -> Placement {
+    use Placement::Decided;
+    if records::deleted_by(held.tombstones, held.resurrects, &v.vv) {
+        return Decided(Err(Refusal::Tombstoned));
+    }
+    let Some(cur) = held.current else {
+        return Decided(Ok(Admission::Store(name.clone())));
+    };
+    let (a, b) = (cur.candidate(), v.candidate());
+    match resolve(&a, &b) {
+        Resolution::Same => Decided(Ok(Admission::Same)),
+        Resolution::Supersedes { newer, .. } if newer == &b => {
+            Decided(Ok(Admission::Store(name.clone())))
+        }
+        Resolution::Supersedes { .. } => Decided(Err(Refusal::Newer(name.to_string()))),
+        Resolution::Conflict { winner, .. } if winner == &b => {
+            Decided(Ok(Admission::Store(name.clone())))
+        }
+        // The newcomer loses: it is kept as its conflict copy.
+        Resolution::Conflict { .. } => match v.conflict_name() {
+            None => Decided(Err(Refusal::Bad("no conflict-copy name".into()))),
+            Some(copy) if &copy == name => Decided(Err(Refusal::Newer(name.to_string()))),
+            Some(copy) => Placement::ConflictCopy(copy),
+        },
+    }
+}
+
+impl Replica {
+    /// Check a version offered by a peer for `name`, before its body is read.
+    pub fn admit(&self, name: &Name, rec: &Signed<FileVersion>) -> Result<Admission, Refusal> {
+        check_offer(&self.user, &self.members(), name, rec)?;
+        self.decide(name, rec.body())
+    }
+
+    /// Where an admitted version goes, given what is held now.
+    pub(super) fn decide(&self, name: &Name, v: &FileVersion) -> Result<Admission, Refusal> {
+        match self.place_at(name, v)? {
+            Placement::Decided(r) => r,
+            Placement::ConflictCopy(copy) => match self.place_at(&copy, v)? {
+                Placement::Decided(r) => r,
+                // Not reached: under its own conflict-copy name a losing
+                // version is refused (`place`).
+                Placement::ConflictCopy(_) => Err(Refusal::Newer(copy.to_string())),
+            },
+        }
+    }
+
+    /// [`place`] with what is held under `name` now.
+    fn place_at(&self, name: &Name, v: &FileVersion) -> Result<Placement, Refusal> {
+        let tombstones = self.tombstones(name);
+        let resurrects = self.resurrects(name);
+        let current = match self.record(name) {
+            Ok(c) => c,
+            // A deleted version is refused before the record is looked at
+            // (so a damaged record does not turn a 410 into a 500).
+            Err(_) if records::deleted_by(&tombstones, &resurrects, &v.vv) => None,
+            Err(e) => return Err(internal(e)),
+        };
+        Ok(place(
+            name,
+            v,
+            &Held {
+                current: current.as_ref().map(|c| c.body()),
+                tombstones: &tombstones,
+                resurrects: &resurrects,
+            },
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::Resurrect;
+    use crate::VersionVector;
+    use lockbox_crypto::circle::Endorsement;
+    use lockbox_crypto::digest::Sha256;
+    use lockbox_crypto::sign::SigningKey;
+
+    fn wn(s: &str) -> WireName {
+        WireName::new(s).unwrap()
+    }
+
+    fn name(s: &str) -> Name {
+        Name::new(s).unwrap()
+    }
+
+    fn key(envoy: &str) -> SigningKey {
+        SigningKey::from_seed(&[envoy.len() as u8 + envoy.as_bytes()[0]; 32])
+    }
+
+    /// Members alpha and bravo of alice's circle.
+    fn members() -> Members {
+        let mut m = Members::default();
+        for envoy in ["alpha", "bravo"] {
+            let e = Endorsement {
+                user: "alice".into(),
+                envoy: envoy.into(),
+                recipient: "age1qqqq".into(),
+                signing_key: key(envoy).public(),
+                created_unix: 1,
+            };
+            m.by_envoy
+                .insert(envoy.into(), Signed::sign(e, &key("circle")));
+        }
+        m
+    }
+
+    /// A vector with these counters.
+    fn vv(entries: &[(&str, u64)]) -> VersionVector {
+        let mut v = VersionVector::new();
+        for (envoy, n) in entries {
+            for _ in 0..*n {
+                v.bump(&wn(envoy)).unwrap();
+            }
+        }
+        v
+    }
+
+    /// Version `vv` of `file` by `author`, with content byte `content`.
+    fn version(file: &str, author: &str, vv: VersionVector, content: u8) -> FileVersion {
+        FileVersion {
+            user: wn("alice"),
+            name: name(file),
+            vv,
+            author: wn(author),
+            sealed_unix: 1_000 + i64::from(content),
+            plaintext_len: 10,
+            ciphertext_len: 200,
+            hash: Sha256([content; 32]),
+            recipients: vec![wn("alpha"), wn("bravo")],
+            reseal: false,
+        }
+    }
+
+    fn signed(v: FileVersion) -> Signed<FileVersion> {
+        let author = v.author.to_string();
+        Signed::sign(v, &key(&author))
+    }
+
+    fn tombstone(file: &str, vv: VersionVector) -> Signed<Tombstone> {
+        let t = Tombstone {
+            user: wn("alice"),
+            name: name(file),
+            vv,
+            author: wn("bravo"),
+            deleted_unix: 2_000,
+        };
+        Signed::sign(t, &key("bravo"))
+    }
+
+    fn resurrect(file: &str, vv: VersionVector) -> Signed<Resurrect> {
+        let r = Resurrect {
+            user: wn("alice"),
+            name: name(file),
+            vv,
+            author: wn("alpha"),
+            resurrected_unix: 3_000,
+        };
+        Signed::sign(r, &key("alpha"))
+    }
+
+    const NOTHING: Held<'static> = Held {
+        current: None,
+        tombstones: &[],
+        resurrects: &[],
+    };
+
+    fn holding(v: &FileVersion) -> Held<'_> {
+        Held {
+            current: Some(v),
+            ..NOTHING
+        }
+    }
+
+    fn status(p: &Placement) -> Option<u16> {
+        match p {
+            Placement::Decided(Err(r)) => Some(r.status()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_name_not_held_is_stored() {
+        let doc = name("doc");
+        let v = version("doc", "alpha", vv(&[("alpha", 1)]), 1);
+        assert_eq!(
+            place(&doc, &v, &NOTHING),
+            Placement::Decided(Ok(Admission::Store(doc.clone())))
+        );
+    }
+
+    #[test]
+    fn a_newer_version_replaces_the_held_one() {
+        let doc = name("doc");
+        let old = version("doc", "alpha", vv(&[("alpha", 1)]), 1);
+        let new = version("doc", "bravo", vv(&[("alpha", 1), ("bravo", 1)]), 2);
+        assert_eq!(
+            place(&doc, &new, &holding(&old)),
+            Placement::Decided(Ok(Admission::Store(doc.clone())))
+        );
+    }
+
+    #[test]
+    fn an_older_version_or_a_replay_of_one_is_refused_with_409() {
+        let doc = name("doc");
+        let v1 = version("doc", "alpha", vv(&[("alpha", 1)]), 1);
+        let v2 = version("doc", "alpha", vv(&[("alpha", 2)]), 2);
+        let v3 = version("doc", "bravo", vv(&[("alpha", 2), ("bravo", 1)]), 3);
+        for old in [&v1, &v2] {
+            let p = place(&doc, old, &holding(&v3));
+            assert_eq!(
+                p,
+                Placement::Decided(Err(Refusal::Newer("doc".into()))),
+                "{old:?}"
+            );
+            assert_eq!(status(&p), Some(409));
+        }
+    }
+
+    #[test]
+    fn the_same_version_again_is_already_held() {
+        let doc = name("doc");
+        let v = version("doc", "alpha", vv(&[("alpha", 1)]), 1);
+        assert_eq!(
+            place(&doc, &v.clone(), &holding(&v)),
+            Placement::Decided(Ok(Admission::Same))
+        );
+    }
+
+    #[test]
+    fn concurrent_versions_keep_the_winner_and_send_the_loser_to_its_copy() {
+        let doc = name("doc");
+        let a = version("doc", "alpha", vv(&[("alpha", 1)]), 1);
+        let b = version("doc", "bravo", vv(&[("bravo", 1)]), 2);
+        let (ca, cb) = (a.candidate(), b.candidate());
+        let (winner, loser) = match resolve(&ca, &cb) {
+            Resolution::Conflict { winner, .. } if winner == &ca => (&a, &b),
+            Resolution::Conflict { .. } => (&b, &a),
+            other => panic!("not a conflict: {other:?}"),
+        };
+        // The winner offered where the loser is held takes the name.
+        assert_eq!(
+            place(&doc, winner, &holding(loser)),
+            Placement::Decided(Ok(Admission::Store(doc.clone())))
+        );
+        // The loser offered where the winner is held goes to its copy ...
+        let copy = loser.conflict_name().unwrap();
+        assert_ne!(copy, doc);
+        assert_eq!(
+            place(&doc, loser, &holding(winner)),
+            Placement::ConflictCopy(copy.clone())
+        );
+        // ... where it is stored when the copy is free, already held when it
+        // is there, and refused (409) when it loses there too.
+        assert_eq!(
+            place(&copy, loser, &NOTHING),
+            Placement::Decided(Ok(Admission::Store(copy.clone())))
+        );
+        assert_eq!(
+            place(&copy, loser, &holding(loser)),
+            Placement::Decided(Ok(Admission::Same))
+        );
+        let p = place(&copy, loser, &holding(winner));
+        assert_eq!(status(&p), Some(409), "{p:?}");
+    }
+
+    #[test]
+    fn a_tombstoned_version_is_refused_with_410_unless_resurrected() {
+        let doc = name("doc");
+        let v = version("doc", "alpha", vv(&[("alpha", 1)]), 1);
+        let tombs = [tombstone("doc", vv(&[("alpha", 1)]))];
+        let held = Held {
+            tombstones: &tombs,
+            ..NOTHING
+        };
+        let p = place(&doc, &v, &held);
+        assert_eq!(p, Placement::Decided(Err(Refusal::Tombstoned)));
+        assert_eq!(status(&p), Some(410));
+        // Also when a version is held (the delete wins before anything).
+        let other = version("doc", "bravo", vv(&[("bravo", 1)]), 2);
+        let held_too = Held {
+            current: Some(&other),
+            ..held
+        };
+        assert_eq!(
+            place(&doc, &v, &held_too),
+            Placement::Decided(Err(Refusal::Tombstoned))
+        );
+        // A version made after the delete is not covered by it.
+        let after = version("doc", "alpha", vv(&[("alpha", 2)]), 3);
+        assert_eq!(
+            place(&doc, &after, &held),
+            Placement::Decided(Ok(Admission::Store(doc.clone())))
+        );
+        // A resurrect that lifts the delete lets the old version back in.
+        let res = [resurrect("doc", vv(&[("alpha", 1)]))];
+        let lifted = Held {
+            resurrects: &res,
+            ..held
+        };
+        assert_eq!(
+            place(&doc, &v, &lifted),
+            Placement::Decided(Ok(Admission::Store(doc.clone())))
+        );
+        // One that lifts an earlier delete only does not.
+        let res = [resurrect("doc", vv(&[("bravo", 1)]))];
+        let not_lifted = Held {
+            resurrects: &res,
+            ..held
+        };
+        assert_eq!(
+            place(&doc, &v, &not_lifted),
+            Placement::Decided(Err(Refusal::Tombstoned))
+        );
+    }
+
+    #[test]
+    fn an_offer_by_an_unknown_signer_is_refused_with_403() {
+        let doc = name("doc");
+        let v = version("doc", "alpha", vv(&[("alpha", 1)]), 1);
+        let by_stranger = Signed::sign(v.clone(), &key("mallory"));
+        let e = check_offer(&wn("alice"), &members(), &doc, &by_stranger).unwrap_err();
+        assert!(matches!(e, Refusal::NotMember(_)), "{e}");
+        assert_eq!(e.status(), 403);
+        assert_eq!(
+            check_offer(&wn("alice"), &members(), &doc, &signed(v)),
+            Ok(())
+        );
+        // Nobody is a member of an empty circle.
+        let v = version("doc", "alpha", vv(&[("alpha", 1)]), 1);
+        let e = check_offer(&wn("alice"), &Members::default(), &doc, &signed(v));
+        assert_eq!(e.map_err(|e| e.status()), Err(403));
+    }
+
+    #[test]
+    fn an_offer_for_another_user_or_name_is_refused_with_400() {
+        let doc = name("doc");
+        let v = version("doc", "alpha", vv(&[("alpha", 1)]), 1);
+        let rec = signed(v.clone());
+        let e = check_offer(&wn("bob"), &members(), &doc, &rec).unwrap_err();
+        assert_eq!(e, Refusal::Bad("the record is for user alice".into()));
+        let e = check_offer(&wn("alice"), &members(), &name("other"), &rec).unwrap_err();
+        assert_eq!(e.status(), 400);
+        // Its conflict-copy name is a name it may be stored under.
+        let copy = v.conflict_name().unwrap();
+        assert_eq!(check_offer(&wn("alice"), &members(), &copy, &rec), Ok(()));
+        // A failed file stays out of the mesh, even under its own name.
+        let failed = version("doc.1700000000.failed", "alpha", vv(&[("alpha", 1)]), 1);
+        let e = check_offer(
+            &wn("alice"),
+            &members(),
+            &name("doc.1700000000.failed"),
+            &signed(failed),
+        )
+        .unwrap_err();
+        assert_eq!(e.status(), 400);
+    }
+}

@@ -1,0 +1,332 @@
+//! Local versions: what the mount and the CLI change, told by the store's
+//! journal ([`JournalLink`]), recorded as signed records — a
+//! [`FileVersion`] per seal (**signed here**, `sign_version`), a
+//! [`Tombstone`] per delete, a [`Resurrect`] per deliberate re-add — and
+//! queued for fan-out; and `reconcile`, which brings the records in line
+//! with the store after a restart. It must not take anything from peers.
+
+use std::fs;
+use std::path::Path;
+use std::sync::Weak;
+
+use lockbox_crypto::digest::{HashingWriter, Sha256};
+use lockbox_crypto::sign::Signed;
+use lockbox_fs::meta::{List, LocalStat, Op};
+use lockbox_fs::store::Journal;
+use lockbox_fs::{Name, Sealed};
+
+use super::tables::encode_records;
+use super::{in_mesh, now_unix, Outgoing, Replica, ReplicaError};
+use crate::records::{self, FileVersion, Resurrect, Tombstone};
+use crate::WireName;
+
+/// The store's journal: forwards to the replica (a weak link, since the
+/// replica owns the store).
+#[derive(Debug)]
+pub(super) struct JournalLink(pub(super) Weak<Replica>);
+
+impl Journal for JournalLink {
+    fn changed(&self, name: &Name, sealed: Option<&Sealed>, stat: Option<LocalStat>) {
+        if let Some(r) = self.0.upgrade() {
+            r.local_changed(name, sealed, None, stat);
+        }
+    }
+
+    fn removed(&self, name: &Name) {
+        if let Some(r) = self.0.upgrade() {
+            match r.record(name) {
+                Ok(Some(prev)) => r.local_removed(name, &prev),
+                Ok(None) => {}
+                Err(e) => tracing::warn!("{e}"),
+            }
+        }
+    }
+
+    fn renamed(&self, from: &Name, to: &Name, stat: Option<LocalStat>) {
+        if let Some(r) = self.0.upgrade() {
+            let moved = r.record(from).ok().flatten();
+            if let Some(prev) = &moved {
+                r.local_removed(from, prev);
+            }
+            r.local_changed(to, None, moved.as_ref(), stat);
+        }
+    }
+}
+
+impl Replica {
+    pub(super) fn sign_version(&self, v: FileVersion) -> Signed<FileVersion> {
+        Signed::sign(v, &self.signing)
+    }
+
+    /// Record a local change of `name`, told by the store's journal (in
+    /// the order of the changes, possibly after the file moved on; see
+    /// `lockbox_fs::journal`). `moved` is the record of the version renamed
+    /// here, if any; `stat` the file's stat right after the change.
+    pub(super) fn local_changed(
+        &self,
+        name: &Name,
+        sealed: Option<&Sealed>,
+        moved: Option<&Signed<FileVersion>>,
+        stat: Option<LocalStat>,
+    ) {
+        if !in_mesh(name) {
+            return;
+        }
+        let mut stat = stat;
+        if sealed.is_none() && moved.is_none() {
+            // Only the file itself says what it holds, and it may have
+            // changed since (a later change queued behind this one, or a
+            // new mtime): describe it as it is now, with its stat of now.
+            // Gone: a later change (queued) moved or removed it.
+            match LocalStat::of(&self.store.current_path(name)) {
+                Ok(now) => stat = Some(now),
+                Err(_) => {
+                    tracing::debug!("{name} was gone before its change was recorded");
+                    return;
+                }
+            }
+        }
+        if let Err(e) = self.record_local(name, sealed, moved, None, stat) {
+            tracing::warn!("cannot record the new version of {name}: {e}");
+        }
+    }
+
+    /// Sign and store the record of the local version in the store as
+    /// `name`, whose stat is `stat`. `reseal_of`: the record this version
+    /// re-encrypts. With neither `sealed` nor `moved`, the file is read to
+    /// describe it.
+    pub(super) fn record_local(
+        &self,
+        name: &Name,
+        sealed: Option<&Sealed>,
+        moved: Option<&Signed<FileVersion>>,
+        reseal_of: Option<&FileVersion>,
+        stat: Option<LocalStat>,
+    ) -> Result<Signed<FileVersion>, ReplicaError> {
+        let (plaintext_len, ciphertext_len, hash) = match (sealed, moved) {
+            (Some(s), _) => (s.plaintext_len, s.ciphertext_len, s.hash),
+            (None, Some(m)) => (
+                m.body().plaintext_len,
+                m.body().ciphertext_len,
+                m.body().hash,
+            ),
+            (None, None) => describe_file(&self.store.current_path(name))?,
+        };
+        let recipients = match (moved, sealed) {
+            (Some(m), None) => m.body().recipients.clone(),
+            (_, Some(s)) => sealed_to(&s.envoys).unwrap_or_else(|| self.member_names()),
+            _ => self.member_names(),
+        };
+        let signed = if let Some(orig) = reseal_of {
+            self.sign_version(FileVersion {
+                plaintext_len,
+                ciphertext_len,
+                hash,
+                recipients,
+                reseal: true,
+                ..orig.clone()
+            })
+        } else {
+            let prev = self.record(name).ok().flatten();
+            let tombs = self.tombstones(name);
+            if prev.is_none() && records::has_live_tombstone(&tombs, &self.resurrects(name)) {
+                // A deliberate re-add of a deleted name: lift the delete
+                // everywhere, then seal a version that comes after it.
+                self.record_resurrect(name, &tombs)?;
+            }
+            let mut vv = prev.map(|p| p.body().vv.clone()).unwrap_or_default();
+            vv = vv.merge(&records::floor(&tombs));
+            vv.bump(&self.envoy)?;
+            self.sign_version(FileVersion {
+                user: self.user.clone(),
+                name: name.clone(),
+                vv,
+                author: self.envoy.clone(),
+                sealed_unix: now_unix(),
+                plaintext_len,
+                ciphertext_len,
+                hash,
+                recipients,
+                reseal: false,
+            })
+        };
+        self.meta.apply(&[Op::PutVersion {
+            name: name.clone(),
+            record: signed.to_bytes(),
+            stat,
+        }])?;
+        self.emit(Outgoing::Version(name.clone()));
+        Ok(signed)
+    }
+
+    /// Record the local delete of `name`, whose version was `prev` (told by
+    /// the store's journal, in order with every other local change).
+    pub(super) fn local_removed(&self, name: &Name, prev: &Signed<FileVersion>) {
+        let t = Signed::sign(
+            Tombstone {
+                user: self.user.clone(),
+                name: name.clone(),
+                vv: prev.body().vv.clone(),
+                author: self.envoy.clone(),
+                deleted_unix: now_unix(),
+            },
+            &self.signing,
+        );
+        let mut tombs = self.tombstones(name);
+        tombs.push(t.clone());
+        let tombs = records::merge_antichain(tombs);
+        let result = self.meta.apply(&[
+            Op::DelVersion(name.clone()),
+            Op::PutList(List::Tombstones, name.clone(), encode_records(&tombs)),
+        ]);
+        match result {
+            Ok(()) => self.emit(Outgoing::Tombstone(t)),
+            Err(e) => tracing::warn!("cannot record the delete of {name}: {e}"),
+        }
+    }
+
+    /// Bring the records in line with the store after the agent was down or
+    /// crashed: a store file with no record, or whose stat differs from the
+    /// recorded one, is hashed and, if its bytes changed, recorded as a new
+    /// local version; a record whose file is gone is dropped (a peer will
+    /// send the file back). Returns how many records changed.
+    pub fn reconcile(&self) -> Result<usize, ReplicaError> {
+        let _guard = self.store.change_lock();
+        let mut changed = 0;
+        let entries = self.store.list()?;
+        let mut seen = std::collections::HashSet::new();
+        for entry in entries {
+            seen.insert(entry.name.clone());
+            if !entry.is_age || !in_mesh(&entry.name) {
+                continue;
+            }
+            let path = self.store.path_of(&entry.name);
+            let stat = LocalStat::of(&path).ok();
+            let known = self.meta.version(&entry.name)?;
+            let record = known
+                .as_ref()
+                .and_then(|(b, _)| Signed::<FileVersion>::from_trusted_bytes(b).ok());
+            if let (Some((_, Some(s))), Some(_)) = (&known, &record) {
+                if Some(*s) == stat {
+                    continue;
+                }
+            }
+            let (_, _, hash) = describe_file(&path)?;
+            // A file received just before a crash carries its record, which
+            // may not have been made durable with the others.
+            let record = record.filter(|r| r.body().hash == hash).or_else(|| {
+                self.store
+                    .attached_record(&entry.name)
+                    .and_then(|b| Signed::<FileVersion>::from_bytes(&b).ok())
+                    .filter(|r| {
+                        r.body().hash == hash
+                            && r.body().fits_name(&entry.name)
+                            && self.members().by_key(&r.signer()).is_some()
+                    })
+            });
+            match record {
+                Some(r) if r.body().hash == hash => {
+                    self.meta.apply(&[Op::PutVersion {
+                        name: entry.name.clone(),
+                        record: r.to_bytes(),
+                        stat,
+                    }])?;
+                }
+                _ => {
+                    tracing::info!("recording {} as a new local version", entry.name);
+                    self.record_local(&entry.name, None, None, None, stat)?;
+                    changed += 1;
+                }
+            }
+        }
+        for (name, _, _) in self.meta.versions()? {
+            if let Ok(n) = Name::new(name) {
+                if !seen.contains(&n) {
+                    tracing::info!("{n} is gone from the store: a peer will send it again");
+                    self.meta.apply(&[Op::DelVersion(n)])?;
+                    changed += 1;
+                }
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Sign, store and queue a resurrect covering `tombs` (under the change
+    /// lock).
+    pub(super) fn record_resurrect(
+        &self,
+        name: &Name,
+        tombs: &[Signed<Tombstone>],
+    ) -> Result<Signed<Resurrect>, ReplicaError> {
+        let r = Signed::sign(
+            Resurrect {
+                user: self.user.clone(),
+                name: name.clone(),
+                vv: records::floor(tombs),
+                author: self.envoy.clone(),
+                resurrected_unix: now_unix(),
+            },
+            &self.signing,
+        );
+        let mut all = self.resurrects(name);
+        all.push(r.clone());
+        let all = records::merge_antichain(all);
+        self.meta.apply(&[Op::PutList(
+            List::Resurrects,
+            name.clone(),
+            encode_records(&all),
+        )])?;
+        tracing::debug!("{name} re-added: its delete is lifted on every envoy");
+        self.emit(Outgoing::Resurrect(r.clone()));
+        Ok(r)
+    }
+
+    /// `lockbox resurrect NAME`: lift the delete of `name` on every envoy,
+    /// so a copy some envoy still holds may come back. Errors when `name` is
+    /// not deleted.
+    pub fn resurrect(&self, name: &Name) -> Result<Signed<Resurrect>, ReplicaError> {
+        let _guard = self.store.change_lock();
+        let tombs = self.tombstones(name);
+        if !records::has_live_tombstone(&tombs, &self.resurrects(name)) {
+            return Err(ReplicaError::NotDeleted(name.clone()));
+        }
+        self.record_resurrect(name, &tombs)
+    }
+}
+
+/// The envoys a seal named, sorted as the members are; `None` if it named
+/// none or one that cannot be a name (the members are recorded then).
+pub(super) fn sealed_to(envoys: &[String]) -> Option<Vec<WireName>> {
+    if envoys.is_empty() {
+        return None;
+    }
+    let mut names: Vec<WireName> = envoys
+        .iter()
+        .map(|e| WireName::new(e.clone()).ok())
+        .collect::<Option<_>>()?;
+    names.sort();
+    names.dedup();
+    Some(names)
+}
+
+/// Length of the plaintext and ciphertext, and the ciphertext hash, of a
+/// store file (read through once).
+pub(super) fn describe_file(path: &Path) -> Result<(u64, u64, Sha256), ReplicaError> {
+    let io = |source| ReplicaError::Unreadable {
+        path: path.to_path_buf(),
+        source,
+    };
+    let not_sealed = |source| ReplicaError::NotSealed {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = fs::File::open(path).map_err(io)?;
+    let header = lockbox_crypto::seal::read_header(&mut f).map_err(not_sealed)?;
+    let len = f.metadata().map_err(io)?.len();
+    let plain = lockbox_crypto::seal::plaintext_len(header.header_len, len).map_err(not_sealed)?;
+    let mut f = fs::File::open(path).map_err(io)?;
+    let mut w = HashingWriter::new(std::io::sink());
+    std::io::copy(&mut f, &mut w).map_err(io)?;
+    let (_, hash, n) = w.finish();
+    Ok((plain, n, hash))
+}

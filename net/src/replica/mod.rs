@@ -1,0 +1,686 @@
+//! The replica: one envoy's copy of the user's lockbox as the mesh sees it —
+//! the ciphertext store, the signed record of every version, the tombstones
+//! and the members of the circle — and the rules that change it.
+//!
+//! Local changes reach it through the store's
+//! [`Journal`](lockbox_fs::store::Journal) (the mount and the CLI never call
+//! it directly): each sealed version gets a signed
+//! [`FileVersion`](crate::records::FileVersion), each delete a signed
+//! [`Tombstone`], and both are queued for fan-out. Changes from peers arrive
+//! through [`Replica::admit`] (is this version wanted?) and
+//! [`Replica::install`] (put it in place), which apply the same rules under
+//! the store's change lock, so a local seal and a received version of the
+//! same name never overtake each other.
+//!
+//! This module owns the [`Replica`] type, its paths and opening, and the
+//! answers to a peer ([`Refusal`], [`Admission`]). The work is in its parts:
+//!
+//! - `members` — the circle's members: loading, endorsements learnt from
+//!   peers, `recipients.txt`, leaves and evictions;
+//! - `local` — local versions: recording and **signing** what the mount
+//!   sealed or deleted, re-adds, and reconciling with the store at start;
+//! - `admission` — the admission rule, pure: is an offered version wanted,
+//!   and under which name;
+//! - `receive` — staging a peer's body and installing it;
+//! - `tables` — the file, tombstone, resurrect and leave tables: reading,
+//!   digests, wire lists, applying a peer's records;
+//! - `retention` — last contact, forgetting expired deletes, re-sealing
+//!   after the members changed.
+//!
+//! It must not talk to the network: the mesh calls it.
+
+use std::fs;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use lockbox_crypto::circle::Endorsement;
+use lockbox_crypto::sign::{PublicKey, Signed, SigningKey};
+use lockbox_fs::meta::Meta;
+use lockbox_fs::name::NameKind;
+use lockbox_fs::{Name, Store};
+
+use crate::records::{Leave, Resurrect, Tombstone};
+use crate::WireName;
+
+mod admission;
+mod local;
+mod members;
+mod receive;
+mod retention;
+mod tables;
+
+pub use members::Members;
+pub use retention::Reseal;
+pub use tables::{decode_manifest, ManifestError, Table, MAX_TABLE_ENTRIES};
+
+use local::JournalLink;
+use members::load_members;
+
+/// Why a version, tombstone or request from a peer was refused; each maps
+/// to an HTTP status of the protocol (SPEC §6.3).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// 400: malformed name, record or body.
+    #[error("bad request: {0}")]
+    Bad(String),
+    /// 403: signed by a key that is not a member of the circle.
+    #[error("forbidden: {0}")]
+    NotMember(String),
+    /// 409: this envoy holds a newer version.
+    #[error("conflict: this envoy holds a newer version of {0}")]
+    Newer(String),
+    /// 410 `tombstoned`: the name was deleted after this version.
+    #[error("tombstoned")]
+    Tombstoned,
+    /// 410 `dormant`: no lockbox for this user here.
+    #[error("dormant")]
+    Dormant,
+    /// 413: over the size limit.
+    #[error("too large: {0}")]
+    TooLarge(String),
+    /// 507: the receiver's disk is (nearly) full.
+    #[error("insufficient storage: {0}% free")]
+    DiskFull(u8),
+    /// 500: the receiver failed.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Refusal {
+    /// The HTTP status code for this refusal.
+    pub fn status(&self) -> u16 {
+        match self {
+            Refusal::Bad(_) => 400,
+            Refusal::NotMember(_) => 403,
+            Refusal::Newer(_) => 409,
+            Refusal::Tombstoned | Refusal::Dormant => 410,
+            Refusal::TooLarge(_) => 413,
+            Refusal::DiskFull(_) => 507,
+            Refusal::Internal(_) => 500,
+        }
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> Refusal {
+    Refusal::Internal(e.to_string())
+}
+
+/// Why an operation of the replica itself failed (opening it, recording a
+/// local change, a `lockbox resurrect`/`leave`/`evict`/re-encryption).
+/// What a peer sent and was refused is a [`Refusal`] instead.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplicaError {
+    /// `circle.pub` cannot be read.
+    #[error(
+        "cannot read {}: {source} (the envoy is not fully initialised: run lockbox init)",
+        path.display()
+    )]
+    CircleUnreadable {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// `circle.pub` does not hold a public key.
+    #[error("{} is damaged: {source}", path.display())]
+    CircleDamaged {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: lockbox_crypto::Error,
+    },
+    /// The store or `meta.redb` failed.
+    #[error(transparent)]
+    Store(#[from] lockbox_fs::Error),
+    /// A record in `meta.redb` does not decode.
+    #[error("the record of {name} is damaged: {source}")]
+    DamagedRecord {
+        /// The name it is stored under.
+        name: Name,
+        /// Why.
+        source: lockbox_crypto::Error,
+    },
+    /// A store file cannot be read or is not an age file.
+    #[error("{}: {source}", path.display())]
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A store file is not a well-formed age file.
+    #[error("{}: {source}", path.display())]
+    NotSealed {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: lockbox_crypto::Error,
+    },
+    /// A version vector cannot be bumped.
+    #[error(transparent)]
+    Version(#[from] crate::Error),
+    /// `lockbox resurrect` of a name that is not deleted.
+    #[error("{0} is not deleted (no delete of it is in force): nothing to resurrect")]
+    NotDeleted(Name),
+    /// `lockbox evict` given a record that is not an eviction.
+    #[error("not an eviction")]
+    NotAnEviction,
+    /// `lockbox evict` of this envoy itself.
+    #[error("this envoy cannot evict itself: use lockbox leave --yes")]
+    EvictSelf,
+    /// A leave or eviction was refused.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// Writing `recipients.txt` failed.
+    #[error(transparent)]
+    Recipients(#[from] std::io::Error),
+    /// Another thread panicked while it rewrote `recipients.txt`.
+    #[error("the recipient set's lock is poisoned")]
+    RecipientsPoisoned,
+}
+
+/// What admitting or installing a version came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Already held: nothing to do.
+    Same,
+    /// Wanted: store it under this name (the record's name, or its
+    /// conflict-copy name when it loses a conflict).
+    Store(Name),
+}
+
+/// Something for the fan-out to send.
+#[derive(Debug, Clone)]
+pub enum Outgoing {
+    /// A new local version of this name.
+    Version(Name),
+    /// A new tombstone.
+    Tombstone(Signed<Tombstone>),
+    /// A new resurrect.
+    Resurrect(Signed<Resurrect>),
+}
+
+/// Where the replica keeps what is not in the store.
+#[derive(Debug, Clone)]
+pub struct ReplicaPaths {
+    /// `members/`: one endorsement file per member.
+    pub members: PathBuf,
+    /// `circle.pub`.
+    pub circle_public: PathBuf,
+    /// `recipients.txt`, regenerated from the members.
+    pub recipients: PathBuf,
+    /// `meta.redb`.
+    pub meta: PathBuf,
+}
+
+/// One envoy's replica of the lockbox.
+pub struct Replica {
+    user: WireName,
+    envoy: WireName,
+    store: Store,
+    meta: Meta,
+    signing: SigningKey,
+    circle: PublicKey,
+    paths: ReplicaPaths,
+    members: RwLock<Members>,
+    /// This envoy's own endorsement, kept apart from `members`: after it
+    /// learns it left, it still shows it in every hello, so the others can
+    /// say why they refuse it (it left) instead of "no endorsement".
+    own_endorsement: Option<Signed<Endorsement>>,
+    /// Where new local versions and tombstones go (set by the mesh).
+    outgoing: Mutex<Option<tokio::sync::mpsc::UnboundedSender<Outgoing>>>,
+    /// Called with every name a peer changed (the agent drops the kernel's
+    /// cached pages and attributes of it).
+    on_remote_change: Mutex<Option<NameHook>>,
+    /// Called when the member set changes.
+    on_members_change: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
+    /// Held while `recipients.txt` is rewritten from the members (see
+    /// [`Replica::write_recipients`]).
+    recipients_file: Mutex<()>,
+}
+
+/// A callback that is told a file name.
+type NameHook = Box<dyn Fn(&Name) + Send + Sync>;
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica")
+            .field("user", &self.user)
+            .field("envoy", &self.envoy)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Whether a name takes part in the mesh (failed files stay local).
+pub fn in_mesh(name: &Name) -> bool {
+    name.kind() != NameKind::Failed
+}
+
+impl Replica {
+    /// Open the replica of an initialised envoy. `store` is the plain store;
+    /// the replica installs itself as its journal ([`Replica::store`]).
+    pub fn open(
+        user: WireName,
+        envoy: WireName,
+        store: Store,
+        signing: SigningKey,
+        paths: ReplicaPaths,
+    ) -> Result<Arc<Replica>, ReplicaError> {
+        let circle_text = fs::read_to_string(&paths.circle_public).map_err(|source| {
+            ReplicaError::CircleUnreadable {
+                path: paths.circle_public.clone(),
+                source,
+            }
+        })?;
+        let circle = PublicKey::from_base64(circle_text.trim()).map_err(|source| {
+            ReplicaError::CircleDamaged {
+                path: paths.circle_public.clone(),
+                source,
+            }
+        })?;
+        let mut meta = Meta::open(&paths.meta)?;
+        // Records become durable with the same bound as the store's seals
+        // and renames, and never before them: each write-back first runs a
+        // round of the store's grouped syncs, so a durable record never
+        // names a seal that a crash could still undo.
+        if let Some(window) = store.sync_window() {
+            let s = store.clone();
+            meta = meta.with_grouped_commits_after(window, move || s.sync_round(false));
+        }
+        let mut members = load_members(&paths.members, &circle, &user);
+        let own_endorsement = members
+            .by_envoy
+            .get(envoy.as_str())
+            .filter(|e| e.body().signing_key == signing.public())
+            .cloned();
+        let departed: Vec<PublicKey> = meta
+            .leaves()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(_, r)| Signed::<Leave>::from_trusted_bytes(&r).ok())
+            .map(|l| l.body().signing_key)
+            .collect();
+        members
+            .by_envoy
+            .retain(|_, e| !departed.contains(&e.body().signing_key));
+        Ok(Arc::new_cyclic(|weak| Replica {
+            user,
+            envoy,
+            store: store.with_journal(Arc::new(JournalLink(weak.clone()))),
+            meta,
+            signing,
+            circle,
+            paths,
+            members: RwLock::new(members),
+            own_endorsement,
+            outgoing: Mutex::new(None),
+            on_remote_change: Mutex::new(None),
+            recipients_file: Mutex::new(()),
+            on_members_change: Mutex::new(None),
+        }))
+    }
+
+    /// Make every record so far durable (shutdown).
+    pub fn flush(&self) -> Result<(), ReplicaError> {
+        self.store.deliver_journal();
+        Ok(self.meta.flush()?)
+    }
+
+    /// The store, with this replica as its journal: every change made
+    /// through it is recorded and fanned out.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The user.
+    pub fn user(&self) -> &WireName {
+        &self.user
+    }
+
+    /// This envoy.
+    pub fn envoy(&self) -> &WireName {
+        &self.envoy
+    }
+
+    /// This envoy's signing key (public half).
+    pub fn signing_public(&self) -> PublicKey {
+        self.signing.public()
+    }
+
+    /// The circle public key.
+    pub fn circle(&self) -> PublicKey {
+        self.circle
+    }
+
+    /// Send new local versions and tombstones to `tx` from now on.
+    pub fn set_outgoing(&self, tx: tokio::sync::mpsc::UnboundedSender<Outgoing>) {
+        if let Ok(mut o) = self.outgoing.lock() {
+            *o = Some(tx);
+        }
+    }
+
+    /// Call `f` with every name a peer changed.
+    pub fn on_remote_change(&self, f: impl Fn(&Name) + Send + Sync + 'static) {
+        if let Ok(mut o) = self.on_remote_change.lock() {
+            *o = Some(Box::new(f));
+        }
+    }
+
+    /// Call `f` whenever the member set changes.
+    pub fn on_members_change(&self, f: impl Fn() + Send + Sync + 'static) {
+        if let Ok(mut o) = self.on_members_change.lock() {
+            *o = Some(Box::new(f));
+        }
+    }
+
+    fn emit(&self, out: Outgoing) {
+        if let Ok(o) = self.outgoing.lock() {
+            if let Some(tx) = o.as_ref() {
+                let _ = tx.send(out);
+            }
+        }
+    }
+
+    fn remote_changed(&self, name: &Name) {
+        if let Ok(o) = self.on_remote_change.lock() {
+            if let Some(f) = o.as_ref() {
+                f(name);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lockbox_crypto::circle::CircleKey;
+    use lockbox_crypto::kdf::KdfParams;
+    use lockbox_fs::meta::{LocalStat, Op};
+    use secrecy::SecretString;
+    use std::path::Path;
+
+    /// An envoy of user alice: its state dir, the seed of its signing key
+    /// and its endorsement.
+    struct Envoy {
+        state: PathBuf,
+        name: &'static str,
+        seed: [u8; 32],
+        endorsement: Signed<Endorsement>,
+    }
+
+    impl Envoy {
+        fn new(dir: &Path, circle: &CircleKey, name: &'static str, seed: u8) -> Envoy {
+            let state = dir.join(name);
+            fs::create_dir_all(state.join("members")).unwrap();
+            fs::write(state.join("circle.pub"), circle.public().to_base64()).unwrap();
+            let seed = [seed; 32];
+            let endorsement = circle.endorse(Endorsement {
+                user: "alice".into(),
+                envoy: name.into(),
+                recipient: lockbox_crypto::identity::generate().to_public().to_string(),
+                signing_key: SigningKey::from_seed(&seed).public(),
+                created_unix: 1,
+            });
+            Envoy {
+                state,
+                name,
+                seed,
+                endorsement,
+            }
+        }
+
+        /// Record `e` as a member in this envoy's `members/`.
+        fn knows(&self, e: &Envoy) {
+            let file = self
+                .state
+                .join("members")
+                .join(format!("{}.endorsement", e.name));
+            fs::write(file, e.endorsement.to_bytes()).unwrap();
+        }
+
+        fn open(&self) -> Arc<Replica> {
+            let paths = ReplicaPaths {
+                members: self.state.join("members"),
+                circle_public: self.state.join("circle.pub"),
+                recipients: self.state.join("recipients.txt"),
+                meta: self.state.join("meta.redb"),
+            };
+            Replica::open(
+                WireName::new("alice").unwrap(),
+                WireName::new(self.name).unwrap(),
+                Store::open(&self.state).unwrap(),
+                SigningKey::from_seed(&self.seed),
+                paths,
+            )
+            .unwrap()
+        }
+    }
+
+    /// Envoys of one circle of alice's under `dir`, each knowing all.
+    fn circle<const N: usize>(dir: &Path, names: [&'static str; N]) -> [Envoy; N] {
+        let pass = SecretString::from("pw pw pw".to_string());
+        let circle = CircleKey::derive(&pass, "alice", KdfParams::TEST).unwrap();
+        let mut seed = 0u8;
+        let envoys = names.map(|name| {
+            seed += 1;
+            Envoy::new(dir, &circle, name, seed)
+        });
+        for x in &envoys {
+            for y in &envoys {
+                x.knows(y);
+            }
+        }
+        envoys
+    }
+
+    /// Envoys learned by several hellos at once all end up in
+    /// `recipients.txt` (two at once used to lose one, now and then: a
+    /// rewrite from an older member set could land last).
+    #[test]
+    fn members_learned_at_the_same_moment_are_all_recipients() {
+        let names = ["alpha", "b1", "b2", "b3", "b4", "b5", "b6", "b7"];
+        for round in 0..8 {
+            let dir = tempfile::tempdir().unwrap();
+            let [a, others @ ..] = circle(dir.path(), names);
+            // alpha knows only itself; the others arrive together.
+            for o in &others {
+                fs::remove_file(
+                    a.state
+                        .join("members")
+                        .join(format!("{}.endorsement", o.name)),
+                )
+                .unwrap();
+            }
+            let alpha = a.open();
+            assert_eq!(alpha.members().names(), ["alpha"]);
+            let start = std::sync::Barrier::new(others.len());
+            std::thread::scope(|s| {
+                for o in &others {
+                    let (alpha, start) = (&alpha, &start);
+                    s.spawn(move || {
+                        start.wait();
+                        // What learn_members does, without its write of
+                        // the endorsement file, which (synced, under the
+                        // members' lock) spaces the rewrites out.
+                        let e = o.endorsement.clone();
+                        let mut members = alpha.members.write().unwrap();
+                        members.by_envoy.insert(o.name.to_string(), e);
+                        drop(members);
+                        alpha.write_recipients().unwrap();
+                    });
+                }
+            });
+            let text = fs::read_to_string(a.state.join("recipients.txt")).unwrap();
+            let mut listed: Vec<String> = lockbox_crypto::recipients::parse(&text)
+                .unwrap()
+                .into_iter()
+                .map(|r| r.envoy)
+                .collect();
+            listed.sort();
+            assert_eq!(listed, names, "round {round}");
+        }
+    }
+
+    #[test]
+    fn a_departed_envoy_still_shows_who_it_is_and_is_told_it_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let [a, c] = circle(dir.path(), ["alpha", "charlie"]);
+        let alpha = a.open();
+        let charlie = c.open();
+        let own = Some(c.endorsement.to_bytes());
+        assert_eq!(charlie.own_endorsement(), own);
+
+        let leave = charlie.leave().unwrap();
+        assert!(alpha.apply_leave(&leave).unwrap());
+        assert_eq!(alpha.members().names(), ["alpha"]);
+        assert_eq!(charlie.members().names(), ["alpha"]);
+        // Charlie knows it left, yet still presents its endorsement, also
+        // after a restart ...
+        assert!(charlie.departed().is_some());
+        assert_eq!(charlie.own_endorsement(), own);
+        drop(charlie);
+        let charlie = c.open();
+        assert!(charlie.departed().is_some());
+        assert_eq!(charlie.members().names(), ["alpha"]);
+        assert_eq!(charlie.own_endorsement(), own);
+        // ... so alpha can say why it refuses it ...
+        let (added, refused) = alpha.learn_members(&[c.endorsement.to_bytes()]);
+        assert!(added.is_empty());
+        assert_eq!(refused.len(), 1);
+        assert!(
+            refused[0].contains("\"charlie\" left this circle"),
+            "{}",
+            refused[0]
+        );
+        assert_eq!(alpha.members().names(), ["alpha"]);
+        // ... and a hello without one is named as such.
+        let (_, refused) = alpha.learn_members(&[Vec::new()]);
+        assert_eq!(refused, ["the peer sent no endorsement"]);
+    }
+
+    #[test]
+    fn queued_local_changes_are_recorded_in_order_as_if_made_inline() {
+        use lockbox_fs::SealTo;
+        use std::io::Cursor;
+        let dir = tempfile::tempdir().unwrap();
+        let [a] = circle(dir.path(), ["alpha"]);
+        let alpha = a.open();
+        let store = alpha.store().clone();
+        let to = SealTo::keys(vec![lockbox_crypto::AgeIdentity::generate().to_public()]);
+        let n = |s: &str| Name::new(s).unwrap();
+        let seal = |name: &str, text: &str| {
+            drop(
+                store
+                    .seal_pending(
+                        &n(name),
+                        Cursor::new(text.as_bytes().to_vec()),
+                        &to,
+                        1 << 20,
+                    )
+                    .unwrap()
+                    .1,
+            )
+        };
+
+        // A chain of queued changes, each reading what the one before it
+        // recorded: x is sealed twice, moved to y, then to z, then removed.
+        seal("x", "one");
+        seal("x", "two");
+        drop(store.rename_pending(&n("x"), &n("y")).unwrap());
+        drop(store.rename_pending(&n("y"), &n("z")).unwrap());
+        drop(store.remove_pending(&n("z")).unwrap());
+        seal("w", "kept");
+        // The mesh's lock sees all of them recorded.
+        let guard = store.change_lock();
+        for gone in ["x", "y", "z"] {
+            assert!(alpha.record(&n(gone)).unwrap().is_none(), "{gone}");
+            assert_eq!(alpha.tombstones(&n(gone)).len(), 1, "{gone}");
+        }
+        let w = alpha.record(&n("w")).unwrap().expect("w recorded");
+        let recorded = alpha.meta.version(&n("w")).unwrap().unwrap().1;
+        assert_eq!(recorded, LocalStat::of(&store.current_path(&n("w"))).ok());
+        // x's tombstone covers the version x had after its second seal.
+        let x = alpha.tombstones(&n("x"));
+        assert_eq!(x[0].body().vv.get("alpha"), 2);
+        assert_eq!(w.body().plaintext_len, 4);
+
+        // A name with no record (put in place without the journal) renamed:
+        // its new name is described from the file itself.
+        let put = |name: &str| {
+            let (staged, _) = store
+                .stage(|f| {
+                    lockbox_fs::store::seal_into(
+                        f,
+                        &n(name),
+                        Cursor::new(b"raw".to_vec()),
+                        &to,
+                        None,
+                        1 << 20,
+                    )
+                })
+                .unwrap();
+            store.commit_staged(staged, &n(name)).unwrap();
+        };
+        put("raw");
+        put("raw2");
+        drop(guard);
+        drop(store.rename_pending(&n("raw"), &n("cooked")).unwrap());
+        // Renamed and removed before its record is made: nothing recorded.
+        drop(store.rename_pending(&n("raw2"), &n("cooked2")).unwrap());
+        drop(store.remove_pending(&n("cooked2")).unwrap());
+        let _guard = store.change_lock();
+        let cooked = alpha
+            .record(&n("cooked"))
+            .unwrap()
+            .expect("cooked recorded");
+        assert_eq!(cooked.body().plaintext_len, 3);
+        assert!(alpha.record(&n("cooked2")).unwrap().is_none());
+        assert!(alpha.record(&n("raw2")).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_received_file_whose_record_was_lost_gets_it_back_from_the_file() {
+        use lockbox_fs::SealTo;
+        use std::io::Cursor;
+        let dir = tempfile::tempdir().unwrap();
+        let [a, b] = circle(dir.path(), ["alpha", "bravo"]);
+        let (alpha, bravo) = (a.open(), b.open());
+        let doc = Name::new("doc").unwrap();
+        let to = SealTo::keys(vec![lockbox_crypto::AgeIdentity::generate().to_public()]);
+        alpha
+            .store()
+            .seal(&doc, Cursor::new(b"from alpha".to_vec()), &to, 1 << 20)
+            .unwrap();
+        let rec = {
+            let _guard = alpha.store().change_lock();
+            alpha.record(&doc).unwrap().expect("alpha recorded doc")
+        };
+        let body = fs::read(alpha.store().current_path(&doc)).unwrap();
+        let (staged, ()) = bravo
+            .store()
+            .stage(|f| std::io::Write::write_all(f, &body).map_err(lockbox_fs::Error::Read))
+            .unwrap();
+        assert!(matches!(
+            bravo.install(&doc, &rec, staged),
+            Ok(Admission::Store(_))
+        ));
+        // Killed before the records were durable: the file is in place,
+        // its record is not. The next start takes the record from the file
+        // instead of calling the file a new version of bravo's.
+        bravo.meta.apply(&[Op::DelVersion(doc.clone())]).unwrap();
+        assert_eq!(bravo.reconcile().unwrap(), 0);
+        let _guard = bravo.store().change_lock();
+        let got = bravo.record(&doc).unwrap().expect("bravo has doc's record");
+        assert_eq!(got.to_bytes(), rec.to_bytes());
+        assert_eq!(got.body().vv.get("bravo"), 0, "no version of bravo's own");
+    }
+}

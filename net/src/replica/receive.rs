@@ -1,0 +1,118 @@
+//! Receiving a version from a peer: streaming its body into a staged file
+//! checked against the record (`stage_body`), then installing it under the
+//! store's change lock after deciding again (`install`), moving a losing
+//! current version to its conflict copy. It must not decide the rule
+//! itself (that is [`super::admission`]).
+
+use std::fs;
+use std::io::{Read, Write};
+
+use lockbox_crypto::digest::HashingWriter;
+use lockbox_crypto::sign::Signed;
+use lockbox_fs::meta::Op;
+use lockbox_fs::store::StagedFile;
+use lockbox_fs::Name;
+
+use super::{internal, Admission, Refusal, Replica};
+use crate::records::FileVersion;
+use crate::version::{resolve, Resolution};
+
+impl Replica {
+    /// Stream a peer's ciphertext into a staged file, checking its length
+    /// and hash against the record. Nothing enters the store here.
+    pub fn stage_body(
+        &self,
+        rec: &FileVersion,
+        body: &mut dyn Read,
+    ) -> Result<StagedFile, Refusal> {
+        let limit = rec.ciphertext_len;
+        let (staged, (hash, len)) = self
+            .store
+            .stage(|f| {
+                let mut w = HashingWriter::new(f);
+                let mut limited = body.take(limit + 1);
+                let n = std::io::copy(&mut limited, &mut w).map_err(lockbox_fs::Error::Read)?;
+                w.flush().map_err(lockbox_fs::Error::Read)?;
+                let (_, hash, _) = w.finish();
+                Ok((hash, n))
+            })
+            .map_err(|e| Refusal::Bad(format!("receiving the body failed: {e}")))?;
+        if len != rec.ciphertext_len || hash != rec.hash {
+            return Err(Refusal::Bad(format!(
+                "the body of {} does not match its record ({len} bytes received, {} expected, \
+                 hash {})",
+                rec.name,
+                rec.ciphertext_len,
+                if hash == rec.hash {
+                    "matches"
+                } else {
+                    "differs"
+                }
+            )));
+        }
+        let mut head = [0u8; 32];
+        let n = fs::File::open(staged.path())
+            .and_then(|mut f| f.read(&mut head))
+            .map_err(internal)?;
+        if !lockbox_crypto::seal::is_age(&head[..n]) {
+            return Err(Refusal::Bad("the body is not an age file".into()));
+        }
+        Ok(staged)
+    }
+
+    /// Put a received, staged version in place under the change lock,
+    /// re-deciding against what is held now. Returns where it went.
+    pub fn install(
+        &self,
+        name: &Name,
+        rec: &Signed<FileVersion>,
+        staged: StagedFile,
+    ) -> Result<Admission, Refusal> {
+        let _guard = self.store.change_lock();
+        let target = match self.admit(name, rec)? {
+            Admission::Same => return Ok(Admission::Same),
+            Admission::Store(t) => t,
+        };
+        let mut ops = Vec::new();
+        let mut touched = vec![target.clone()];
+        // The version it replaces under the name, if it loses a conflict, is
+        // moved to its own conflict copy first.
+        if let Some(cur) = self.record(&target).map_err(internal)? {
+            let (a, b) = (cur.body().candidate(), rec.body().candidate());
+            if let Resolution::Conflict { loser, .. } = resolve(&a, &b) {
+                if loser == &a {
+                    if let Some(copy) = cur.body().conflict_name() {
+                        if copy != target && self.store.contains(&target) {
+                            self.store.rename_locked(&target, &copy).map_err(internal)?;
+                            ops.push(Op::PutVersion {
+                                name: copy.clone(),
+                                record: cur.to_bytes(),
+                                stat: self.store.local_stat(&copy),
+                            });
+                            touched.push(copy);
+                        }
+                    }
+                }
+            }
+        }
+        // The record goes with the file: killed before the records are
+        // durable, the next start finds it there (`reconcile`).
+        staged.attach_record(&rec.to_bytes());
+        self.store
+            .commit_staged(staged, &target)
+            .map_err(internal)?;
+        ops.push(Op::PutVersion {
+            name: target.clone(),
+            record: rec.to_bytes(),
+            stat: self.store.local_stat(&target),
+        });
+        self.meta.apply(&ops).map_err(internal)?;
+        // The kernel is told after the lock is released: an invalidation can
+        // wait on a FUSE request that itself waits for the lock.
+        drop(_guard);
+        for n in &touched {
+            self.remote_changed(n);
+        }
+        Ok(Admission::Store(target))
+    }
+}

@@ -1,0 +1,313 @@
+//! The replicated tables as the replica holds them: the record of each
+//! stored version (the file table and its manifest), the tombstones and
+//! resurrects of each name, their digests and wire lists, and applying a
+//! peer's tombstones and resurrects (merged as antichains). The leave table
+//! is here as a table; what a leave does to the members is
+//! [`super::members`]. It must not sign anything of this envoy's own.
+
+use lockbox_crypto::sign::{Decoder, Encoder, PublicKey, Signed};
+use lockbox_fs::meta::{List, Op};
+use lockbox_fs::Name;
+
+use super::{in_mesh, internal, Refusal, Replica, ReplicaError};
+use crate::records::{self, FileVersion, Leave, Resurrect, Tombstone, Versioned};
+use crate::WireName;
+
+/// Most entries a manifest or tombstone table may hold.
+pub const MAX_TABLE_ENTRIES: usize = 1 << 20;
+
+/// The tables the mesh compares by digest and exchanges whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    /// Signed deletes (`/lockbox/tombstones`).
+    Tombstones,
+    /// Signed re-adds (`/lockbox/resurrects`).
+    Resurrects,
+    /// Signed leaves and evictions (`/lockbox/leaves`).
+    Leaves,
+}
+
+impl Table {
+    /// All of them, in the order a catch-up pulls them: membership first,
+    /// then what lifts deletes, then deletes — so a copy that a resurrect
+    /// lets back in is not removed by the delete it lifts on the way.
+    pub const ALL: [Table; 3] = [Table::Leaves, Table::Resurrects, Table::Tombstones];
+
+    /// The endpoint's path segment.
+    pub fn path(self) -> &'static str {
+        match self {
+            Table::Tombstones => "tombstones",
+            Table::Resurrects => "resurrects",
+            Table::Leaves => "leaves",
+        }
+    }
+}
+
+impl Replica {
+    /// The signed record of the version stored as `name`.
+    pub fn record(&self, name: &Name) -> Result<Option<Signed<FileVersion>>, ReplicaError> {
+        match self.meta.version(name)? {
+            None => Ok(None),
+            Some((bytes, _)) => Signed::<FileVersion>::from_trusted_bytes(&bytes)
+                .map(Some)
+                .map_err(|source| ReplicaError::DamagedRecord {
+                    name: name.clone(),
+                    source,
+                }),
+        }
+    }
+
+    /// The tombstones of `name`.
+    pub fn tombstones(&self, name: &Name) -> Vec<Signed<Tombstone>> {
+        decode_records(&self.meta.list(List::Tombstones, name).unwrap_or_default())
+    }
+
+    /// The resurrects of `name`.
+    pub fn resurrects(&self, name: &Name) -> Vec<Signed<Resurrect>> {
+        decode_records(&self.meta.list(List::Resurrects, name).unwrap_or_default())
+    }
+
+    /// Whether a version of `name` with vector `vv` is deleted here: a
+    /// tombstone covers it and no resurrect lifts that tombstone.
+    pub fn is_deleted(&self, name: &Name, vv: &crate::VersionVector) -> bool {
+        records::deleted_by(&self.tombstones(name), &self.resurrects(name), vv)
+    }
+
+    /// Every record of `table`, each in wire form (a table response).
+    pub fn table_records(&self, table: Table) -> Vec<Vec<u8>> {
+        let lists = |which| {
+            self.meta
+                .all_lists(which)
+                .unwrap_or_default()
+                .into_iter()
+                .flat_map(|(_, list)| records_of(&list))
+                .collect()
+        };
+        match table {
+            Table::Tombstones => lists(List::Tombstones),
+            Table::Resurrects => lists(List::Resurrects),
+            Table::Leaves => self
+                .meta
+                .leaves()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(_, r)| r)
+                .collect(),
+        }
+    }
+
+    /// The digest of `table` (as announced).
+    pub fn table_digest(&self, table: Table) -> [u8; 16] {
+        let rows = match table {
+            Table::Tombstones => self.meta.all_lists(List::Tombstones),
+            Table::Resurrects => self.meta.all_lists(List::Resurrects),
+            Table::Leaves => self.meta.leaves(),
+        }
+        .unwrap_or_default();
+        records::table_digest(rows.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
+    }
+
+    /// How many records each table holds (for `status`).
+    pub fn table_sizes(&self) -> [(Table, usize); 3] {
+        Table::ALL.map(|t| (t, self.table_records(t).len()))
+    }
+
+    /// Every `(stored name, record)` of the mesh's files.
+    pub fn manifest(&self) -> Vec<(Name, Vec<u8>)> {
+        let mut out = Vec::new();
+        for (name, rec, _) in self.meta.versions().unwrap_or_default() {
+            if let Ok(n) = Name::new(name) {
+                if in_mesh(&n) {
+                    out.push((n, rec));
+                }
+            }
+        }
+        out
+    }
+
+    /// The manifest in wire form: a list of items, each the stored name and
+    /// the record (both length-prefixed).
+    pub fn manifest_bytes(&self) -> Vec<u8> {
+        let items: Vec<Vec<u8>> = self
+            .manifest()
+            .into_iter()
+            .map(|(n, rec)| {
+                let mut e = Encoder::new();
+                e.bytes(n.as_bytes());
+                e.bytes(&rec);
+                e.finish()
+            })
+            .collect();
+        records::encode_list(items.iter().map(|v| v.as_slice()))
+    }
+
+    /// The digest of the file table (as announced).
+    pub fn files_digest(&self) -> [u8; 16] {
+        let m = self.manifest();
+        records::table_digest(m.iter().map(|(n, r)| (n.as_bytes(), r.as_slice())))
+    }
+
+    /// Check that a peer's record is signed by a member, for our user.
+    pub(super) fn check_member_record(
+        &self,
+        what: &str,
+        signer: &PublicKey,
+        user: &WireName,
+    ) -> Result<(), Refusal> {
+        if self.members().by_key(signer).is_none() {
+            return Err(Refusal::NotMember(format!(
+                "the {what} is signed by {signer}, which is not a member of this circle"
+            )));
+        }
+        if *user != self.user {
+            return Err(Refusal::Bad(format!("the {what} is for user {user}")));
+        }
+        Ok(())
+    }
+
+    /// Apply a list of signed records of `table` (a pull or a POST). Every valid
+    /// one is applied; the first refusal is returned, so a POST answers with its
+    /// status (403 for a non-member's record, 400 for garbage).
+    pub fn apply_table(&self, table: Table, body: &[u8]) -> Result<(), Refusal> {
+        let items = records::decode_list(body, MAX_TABLE_ENTRIES)
+            .map_err(|e| Refusal::Bad(format!("bad {} list: {e}", table.path())))?;
+        let bad =
+            |e: lockbox_crypto::Error| Refusal::Bad(format!("bad record in {}: {e}", table.path()));
+        let mut first_err = None;
+        for item in items {
+            let r = match table {
+                Table::Tombstones => Signed::<Tombstone>::from_bytes(item)
+                    .map_err(bad)
+                    .and_then(|t| self.apply_tombstone(&t)),
+                Table::Resurrects => Signed::<Resurrect>::from_bytes(item)
+                    .map_err(bad)
+                    .and_then(|r| self.apply_resurrect(&r)),
+                Table::Leaves => Signed::<Leave>::from_bytes(item)
+                    .map_err(bad)
+                    .and_then(|l| self.apply_leave(&l)),
+            };
+            if let Err(e) = r {
+                first_err.get_or_insert(e);
+            }
+        }
+        match first_err {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
+    }
+
+    /// Apply a tombstone from a peer: record it and remove the version it
+    /// deletes, if held. Returns whether anything changed.
+    pub fn apply_tombstone(&self, t: &Signed<Tombstone>) -> Result<bool, Refusal> {
+        let name = t.body().name.clone();
+        self.check_member_record(&format!("delete of {name}"), &t.signer(), &t.body().user)?;
+        let _guard = self.store.change_lock();
+        let old = self.tombstones(&name);
+        let mut merged = old.clone();
+        merged.push(t.clone());
+        let merged = records::merge_antichain(merged);
+        if merged == old {
+            return Ok(false);
+        }
+        let mut ops = vec![Op::PutList(
+            List::Tombstones,
+            name.clone(),
+            encode_records(&merged),
+        )];
+        let cur = self.record(&name).map_err(internal)?;
+        let resurrects = self.resurrects(&name);
+        let delete = cur
+            .as_ref()
+            .is_some_and(|c| records::deleted_by(&merged, &resurrects, &c.body().vv));
+        if delete {
+            self.store.remove_locked(&name).map_err(internal)?;
+            ops.push(Op::DelVersion(name.clone()));
+        }
+        self.meta.apply(&ops).map_err(internal)?;
+        drop(_guard);
+        if delete {
+            tracing::info!("{name} was deleted on envoy {}", t.body().author);
+            self.remote_changed(&name);
+        }
+        Ok(true)
+    }
+
+    /// Apply a resurrect from a peer: record it, so the tombstones it covers
+    /// no longer gate the name. Returns whether anything changed.
+    pub fn apply_resurrect(&self, r: &Signed<Resurrect>) -> Result<bool, Refusal> {
+        let name = r.body().name.clone();
+        self.check_member_record(&format!("re-add of {name}"), &r.signer(), &r.body().user)?;
+        let _guard = self.store.change_lock();
+        let old = self.resurrects(&name);
+        let mut merged = old.clone();
+        merged.push(r.clone());
+        let merged = records::merge_antichain(merged);
+        if merged == old {
+            return Ok(false);
+        }
+        self.meta
+            .apply(&[Op::PutList(
+                List::Resurrects,
+                name.clone(),
+                encode_records(&merged),
+            )])
+            .map_err(internal)?;
+        tracing::info!("{name} was re-added on envoy {}", r.body().author);
+        Ok(true)
+    }
+}
+
+/// The items of a stored list, in wire form.
+pub(super) fn records_of(bytes: &[u8]) -> Vec<Vec<u8>> {
+    if bytes.is_empty() {
+        return Vec::new();
+    }
+    records::decode_list(bytes, MAX_TABLE_ENTRIES)
+        .map(|items| items.into_iter().map(<[u8]>::to_vec).collect())
+        .unwrap_or_default()
+}
+
+/// The records in a list from meta.redb (unreadable entries are skipped; the
+/// signatures were checked when the records came in).
+pub(super) fn decode_records<T: Versioned>(bytes: &[u8]) -> Vec<Signed<T>> {
+    records_of(bytes)
+        .iter()
+        .filter_map(|b| Signed::<T>::from_trusted_bytes(b).ok())
+        .collect()
+}
+
+pub(super) fn encode_records<T: Versioned>(t: &[Signed<T>]) -> Vec<u8> {
+    let bytes: Vec<Vec<u8>> = t.iter().map(|t| t.to_bytes()).collect();
+    records::encode_list(bytes.iter().map(|b| b.as_slice()))
+}
+
+/// Why a manifest from a peer does not decode.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ManifestError {
+    /// The list of entries is malformed.
+    #[error(transparent)]
+    List(#[from] crate::Error),
+    /// An entry, or the record in it, is malformed.
+    #[error(transparent)]
+    Entry(#[from] lockbox_crypto::Error),
+    /// An entry names a file with an invalid name.
+    #[error(transparent)]
+    Name(#[from] lockbox_fs::Error),
+}
+
+/// Decode a manifest in wire form into `(stored name, record)` pairs.
+pub fn decode_manifest(bytes: &[u8]) -> Result<Vec<(Name, Signed<FileVersion>)>, ManifestError> {
+    let items = records::decode_list(bytes, MAX_TABLE_ENTRIES)?;
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let mut d = Decoder::new(item);
+        let name = d.bytes(lockbox_fs::name::MAX_NAME_BYTES)?;
+        let name = Name::new(name.to_vec())?;
+        let rec = d.bytes(lockbox_crypto::sign::MAX_RECORD_BYTES)?;
+        d.finish()?;
+        let rec = Signed::<FileVersion>::from_bytes(rec)?;
+        out.push((name, rec));
+    }
+    Ok(out)
+}
