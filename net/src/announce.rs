@@ -1,4 +1,5 @@
-//! The multicast discovery datagram (SPEC §6.2), wire version 1.
+//! The multicast discovery datagram, wire version 1 (see
+//! `docs/protocol.md`, "2. Announcement datagram").
 //!
 //! Every agent periodically multicasts an [`Announcement`]: who it is (user,
 //! envoy, age recipient, signing key), where its peer server listens, a

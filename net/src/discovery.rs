@@ -1,4 +1,5 @@
-//! Multicast discovery sockets (SPEC §6.2): the thin I/O shell around the
+//! Multicast discovery sockets (see `docs/protocol.md`, "2. Announcement
+//! datagram"): the thin I/O shell around the
 //! pure [`Announcement`] codec.
 //!
 //! One UDP socket per agent, bound to the group's port with `SO_REUSEADDR`

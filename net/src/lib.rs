@@ -1,5 +1,5 @@
 //! `lockbox-net`: the mesh that carries a user's ciphertext between envoys
-//! (SPEC §6).
+//! (see `docs/design.md`, "The mesh").
 //!
 //! Envoys find each other by a multicast announcement, talk HTTP/2 over
 //! mutual TLS on the peer port, push each newly sealed version to every

@@ -1,4 +1,5 @@
-//! The signed records the mesh carries (SPEC §6.1, §6.3, §6.6): a
+//! The signed records the mesh carries (see `docs/protocol.md`, "5. Records on
+//! the wire"): a
 //! [`FileVersion`] for every sealed version, a [`Tombstone`] for every
 //! delete, and the rules that compare them.
 //!
@@ -222,8 +223,8 @@ pub fn deletes(t: &VersionVector, v: &VersionVector) -> bool {
     matches!(v.compare(t), Causality::Before | Causality::Equal)
 }
 
-/// A signed, deliberate re-add of a deleted name (SPEC §6.6): it cancels
-/// every tombstone of the name whose vector it covers, so those no longer
+/// A signed, deliberate re-add of a deleted name (see `docs/design.md`,
+/// "Deletion, re-adds and departures"): it cancels every tombstone of the name whose vector it covers, so those no longer
 /// gate versions of it. A re-add through the mount or `encrypt` records one
 /// (then seals a version that comes after it); `lockbox resurrect NAME`
 /// records one on its own, letting a copy some envoy still holds back in.
@@ -289,7 +290,8 @@ impl LeaveKind {
     }
 }
 
-/// A signed departure from the circle (SPEC §6.6). It names the envoy's
+/// A signed departure from the circle (see `docs/design.md`,
+/// "Deletion, re-adds and departures"). It names the envoy's
 /// signing key, not only its name: an envoy set up again under the same
 /// name has a new key and a new endorsement, and may join again.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,5 +1,5 @@
 //! The fleet certificate authority and the mutual-TLS configuration of the
-//! peer transport (SPEC §6.3).
+//! peer transport (see `docs/protocol.md`, "6. Transport").
 //!
 //! # Trust model
 //!
@@ -20,7 +20,8 @@
 //! `cross_subnet_peers` reports, which is rarely a name in the certificate,
 //! and the fleet certificate only says "this machine belongs to the fleet".
 //! Which *envoy* and which *circle member* a peer is gets proven afterwards by
-//! the circle endorsement exchanged over the connection (SPEC §6.1), which a
+//! the circle endorsement exchanged over the connection (see `docs/design.md`,
+//! "Membership"), which a
 //! fleet certificate alone cannot forge. So the client verifier runs exactly
 //! the chain checks of rustls's `WebPkiServerVerifier` — same function, same
 //! trust anchor, same expiry and signature checks, same `serverAuth` key

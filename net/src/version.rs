@@ -1,4 +1,5 @@
-//! Version vectors and the concurrent-edit rule (SPEC §6.5).
+//! Version vectors and the concurrent-edit rule (see `docs/protocol.md`,
+//! "3. Version vectors" and "4. Concurrent edits").
 //!
 //! Every sealed version of a file carries a [`VersionVector`]: for each envoy
 //! that has sealed the file, how many times it has. Comparing two vectors

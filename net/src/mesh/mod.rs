@@ -1,5 +1,6 @@
-//! The mesh (SPEC §6): the peer server and client over HTTP/2 on mutual
-//! TLS, discovery, fan-out and anti-entropy, around one [`Replica`].
+//! The mesh (see `docs/design.md`, "The mesh"): the peer server and client
+//! over HTTP/2 on mutual TLS, discovery, fan-out and anti-entropy, around one
+//! [`Replica`].
 //!
 //! - **Peers** are addresses (`ip:port` of a peer server), learnt from
 //!   multicast announcements, from `cross_subnet_peers`, and from peers that
@@ -229,7 +230,8 @@ pub enum RecordHeaderError {
     Bad(#[from] lockbox_crypto::Error),
 }
 
-/// Settings of the mesh (from `config.yaml`, SPEC §8).
+/// Settings of the mesh (from `config.yaml`; see `docs/operations.md`,
+/// "Configuration").
 #[derive(Debug, Clone)]
 pub struct MeshConfig {
     /// Address the peer server binds (port 0 = ephemeral).
@@ -320,7 +322,8 @@ pub struct Mesh {
     absence: Mutex<Absence>,
 }
 
-/// The long-absence state (SPEC §6.6).
+/// The long-absence state (see `docs/design.md`, "Deletion, re-adds and
+/// departures").
 #[derive(Debug, Clone, Copy, Default)]
 struct Absence {
     /// The last catch-up before this start, when it is older than the

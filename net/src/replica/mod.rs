@@ -58,7 +58,8 @@ use local::JournalLink;
 use members::load_members;
 
 /// Why a version, tombstone or request from a peer was refused; each maps
-/// to an HTTP status of the protocol (SPEC §6.3).
+/// to an HTTP status of the protocol (see `docs/protocol.md`,
+/// "6. Transport").
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
     /// 400: malformed name, record or body.
