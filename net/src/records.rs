@@ -224,8 +224,8 @@ pub fn deletes(t: &VersionVector, v: &VersionVector) -> bool {
 }
 
 /// A signed, deliberate re-add of a deleted name (see `docs/design.md`,
-/// "Deletion, re-adds and departures"): it cancels every tombstone of the name whose vector it covers, so those no longer
-/// gate versions of it. A re-add through the mount or `encrypt` records one
+/// "Deletion, re-adds and departures"): it cancels every tombstone of the
+/// name whose vector it covers, so those no longer gate versions of it. A re-add through the mount or `encrypt` records one
 /// (then seals a version that comes after it); `lockbox resurrect NAME`
 /// records one on its own, letting a copy some envoy still holds back in.
 #[derive(Debug, Clone, PartialEq, Eq)]
