@@ -5,46 +5,9 @@
 use std::fs;
 use std::process::Command;
 
-use crate::mesh::{content, have_curl, text, Circle, Node, ALL, CONVERGE, INTERVAL};
-use crate::mount::AGE_MAGIC;
+use crate::harness::age::*;
+use crate::harness::*;
 use crate::{require, require_fuse};
-
-/// `status --json`'s table line for `table`: (records, differs_on).
-fn table(n: &Node, table: &str) -> (u64, Vec<String>) {
-    let s = n.m.e.status_json();
-    let t = s["tables"]
-        .as_array()
-        .and_then(|a| a.iter().find(|t| t["table"] == table).cloned())
-        .unwrap_or_else(|| panic!("no {table} line in {s}"));
-    let differs = t["differs_on"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
-    (t["records"].as_u64().unwrap_or(0), differs)
-}
-
-/// Whether the reference `age` CLI decrypts `file` with `key` (an
-/// `AGE-SECRET-KEY-…` line).
-fn age_opens(key: &str, file: &std::path::Path) -> bool {
-    crate::interop::age_decrypt(key, file).status.success()
-}
-
-/// Stop `away`'s agent and wait until every other envoy sees it stale, so
-/// nothing is pushed to it any more: it is a lagging envoy from then on,
-/// and learns what it missed only by its own catch-up when it is back.
-fn take_away(c: &Circle, away: &str) {
-    c.node(away).m.e.ok(&["stop"]);
-    c.wait(&format!("{away} stale everywhere"), CONVERGE, || {
-        c.nodes
-            .iter()
-            .filter(|n| n.name != away)
-            .all(|n| n.peers().iter().any(|(e, s, _)| e == away && s == "stale"))
-    });
-}
 
 #[test]
 fn a_re_added_name_returns_everywhere_and_a_stale_copy_never_does() {
@@ -192,7 +155,7 @@ fn a_replayed_old_delete_never_removes_the_re_added_file() {
 fn leave_tells_the_others_scrubs_and_locks_the_old_key_out() {
     require_fuse!();
     require!(
-        crate::interop::have_age(),
+        crate::harness::age::have_age(),
         "age not found (apt-get install age)"
     );
     let c = Circle::loopback(&ALL);
@@ -225,7 +188,7 @@ fn leave_tells_the_others_scrubs_and_locks_the_old_key_out() {
     assert!(out.contains("left the circle: 2 of 2"), "{out}");
     assert!(!charlie.m.e.state().exists(), "~/.lockbox is still there");
     assert!(
-        crate::util::mount_type(&charlie.m.mnt).is_none(),
+        crate::harness::mount_type(&charlie.m.mnt).is_none(),
         "still mounted"
     );
     assert!(!charlie.m.mnt.exists());
@@ -288,7 +251,7 @@ fn leave_tells_the_others_scrubs_and_locks_the_old_key_out() {
 fn evict_removes_a_gone_envoy_with_the_passphrase() {
     require_fuse!();
     require!(
-        crate::interop::have_age(),
+        crate::harness::age::have_age(),
         "age not found (apt-get install age)"
     );
     let c = Circle::loopback(&ALL);
@@ -453,26 +416,26 @@ fn after_a_long_absence_nothing_is_pushed_until_the_tables_are_pulled() {
 fn a_partition_heals_to_one_agreed_state() {
     require_fuse!();
     require!(
-        crate::netlab::available().is_ok(),
-        crate::netlab::available().unwrap_err()
+        crate::harness::netlab::available().is_ok(),
+        crate::harness::netlab::available().unwrap_err()
     );
-    let lab = crate::netlab::NetLab::new(3).expect("network lab");
+    let lab = crate::harness::netlab::NetLab::new(3).expect("network lab");
     let interval = std::time::Duration::from_secs(1);
     let config = format!(
         "listen: 0.0.0.0\nannounce_interval: {}ms\nstale_after: 3s\n{}",
         interval.as_millis(),
-        crate::mesh::KDF
+        crate::harness::KDF
     );
-    let fleet = crate::mesh::Fleet::new();
+    let fleet = crate::harness::Fleet::new();
     let nodes: Vec<Node> = ALL
         .iter()
         .enumerate()
         .map(|(i, name)| {
-            let mut e = crate::util::Envoy::with_config(&config);
+            let mut e = crate::harness::Envoy::with_config(&config);
             e.netns = Some(lab.ns_path(i));
             fleet.issue(&e, name, &[&lab.addr(i).to_string()]);
             Node {
-                m: crate::mount::Mounted::named(e, name),
+                m: crate::harness::MountedEnvoy::named(e, name),
                 name: name.to_string(),
                 port: 1531,
             }

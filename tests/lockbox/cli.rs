@@ -4,7 +4,7 @@
 
 use std::fs;
 
-use crate::util::{mode, Envoy};
+use crate::harness::*;
 
 #[test]
 fn init_creates_private_state_and_refuses_a_second_time() {

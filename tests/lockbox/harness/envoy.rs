@@ -1,7 +1,13 @@
-//! Test harness: an envoy in a temporary HOME, driven through the CLI.
+//! One envoy in a temporary HOME, driven through the CLI: the `Envoy`
+//! fixture, the test configs, and the process and mount helpers every other
+//! fixture builds on (`alive`, `wait_until`, `mount_type`, `detach_mount`,
+//! `wait_exit`). It starts and stops agents; it must not assert anything
+//! about lockbox's behaviour beyond a command's exit status.
 
 use std::fs;
+use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -11,11 +17,6 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_lockbox"))
 }
 
-/// Whether we run in CI, where missing prerequisites are failures.
-pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
 /// Whether the tests run as root.
 pub fn is_root() -> bool {
     fs::metadata("/proc/self")
@@ -23,22 +24,23 @@ pub fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// Skip (loudly) outside CI, fail in CI.
-#[macro_export]
-macro_rules! require {
-    ($cond:expr, $why:expr) => {
-        if !$cond {
-            if $crate::util::in_ci() {
-                panic!("prerequisite missing in CI: {}", $why);
-            }
-            eprintln!("SKIPPED {}: {}", module_path!(), $why);
-            return;
-        }
+/// The `kdf:` line of every test config, as a literal for `concat!`.
+macro_rules! test_kdf {
+    () => {
+        "kdf: {memory_kib: 64, iterations: 1, parallelism: 1}\n"
     };
 }
 
-/// A fast Argon2id for tests (the real default costs ~0.5 s per unlock).
-pub const TEST_CONFIG: &str = "multicast: off\npeer_port: 0\nlisten: 127.0.0.1\nkdf: {memory_kib: 64, iterations: 1, parallelism: 1}\n";
+/// A fast Argon2id for the identity (the real default costs ~0.5 s per
+/// unlock; the circle key keeps its fixed cost). The one place the tests'
+/// KDF config is written.
+pub const KDF: &str = test_kdf!();
+
+/// The config of a lone test envoy: no multicast, no peer port, fast KDF.
+pub const TEST_CONFIG: &str = concat!(
+    "multicast: off\npeer_port: 0\nlisten: 127.0.0.1\n",
+    test_kdf!()
+);
 
 /// The uid/gid the unprivileged tests run as.
 pub const NOBODY: u32 = 65534;
@@ -379,4 +381,14 @@ impl Envoy {
             None => Command::new(program),
         }
     }
+}
+
+pub(crate) fn raw_request(sock: &Path, json: &str) -> Vec<u8> {
+    let mut s = UnixStream::connect(sock).unwrap();
+    let frame = control_frame(b'J', json.as_bytes());
+    s.write_all(&frame).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    out
 }
