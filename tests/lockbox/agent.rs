@@ -1,7 +1,7 @@
 //! The agent's lifecycle and its control socket: single instance, stale
 //! sockets, SIGTERM, idle timeout, and requests a CLI would never send.
 
-use std::fs;
+use crate::harness::fs;
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! re-adds and `resurrect`, replayed deletes, `leave`, `evict` and `purge`,
 //! and what a departed envoy's key can still read.
 
-use std::fs;
+use crate::harness::fs;
 use std::process::Command;
 
 use crate::harness::age::*;
@@ -98,7 +98,7 @@ fn a_lagging_copy_stays_deleted_without_a_resurrect() {
     });
     std::thread::sleep(INTERVAL * 4);
     for n in &c.nodes {
-        assert!(!n.at("gone").exists(), "gone came back on {}", n.name);
+        assert!(!fs::present(n.at("gone")), "gone came back on {}", n.name);
         assert!(!n.stored("gone").exists());
     }
 }
@@ -191,7 +191,7 @@ fn leave_tells_the_others_scrubs_and_locks_the_old_key_out() {
         crate::harness::mount_type(&charlie.m.mnt).is_none(),
         "still mounted"
     );
-    assert!(!charlie.m.mnt.exists());
+    assert!(!fs::present(&charlie.m.mnt));
 
     // The others drop charlie and re-seal what they hold without it.
     let two = ["alpha", "bravo"];
@@ -239,9 +239,9 @@ fn leave_tells_the_others_scrubs_and_locks_the_old_key_out() {
     });
     fs::write(charlie.at("sneaky"), b"from the departed").expect("write on charlie");
     std::thread::sleep(INTERVAL * 4);
-    assert!(!c.node("alpha").at("sneaky").exists());
+    assert!(!fs::present(c.node("alpha").at("sneaky")));
     assert!(
-        !charlie.at("later").exists(),
+        !fs::present(charlie.at("later")),
         "the departed envoy got a new file"
     );
     assert_eq!(c.node("alpha").recipients(), two);
@@ -312,7 +312,7 @@ fn evict_removes_a_gone_envoy_with_the_passphrase() {
             .contains("this envoy was evicted from the circle")
     });
     std::thread::sleep(INTERVAL * 4);
-    assert!(!charlie.at("after").exists());
+    assert!(!fs::present(charlie.at("after")));
     for n in two {
         assert_eq!(c.node(n).recipients(), two);
     }
@@ -330,7 +330,7 @@ fn purge_wipes_this_envoy_and_tells_no_one() {
     assert!(bravo.m.e.state().exists());
     bravo.m.e.ok(&["purge", "--yes"]);
     assert!(!bravo.m.e.state().exists());
-    assert!(!bravo.m.mnt.exists());
+    assert!(!fs::present(&bravo.m.mnt));
     // alpha was not told: bravo stays a member and a recipient, gone stale.
     c.wait("bravo stale on alpha", CONVERGE, || {
         c.node("alpha")
@@ -344,7 +344,7 @@ fn purge_wipes_this_envoy_and_tells_no_one() {
     fs::write(c.node("alpha").at("g"), b"for nobody").expect("write");
     std::thread::sleep(INTERVAL * 4);
     assert!(!bravo.m.e.state().exists(), "a push re-created ~/.lockbox");
-    assert!(!bravo.m.mnt.exists());
+    assert!(!fs::present(&bravo.m.mnt));
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! exit codes and one-line errors, and every piece of bad input the issue
 //! names.
 
-use std::fs;
+use crate::harness::fs;
 
 use crate::harness::*;
 

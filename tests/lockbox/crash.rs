@@ -6,7 +6,7 @@
 //! age files, no plaintext reached the disk, nothing is left in the temp
 //! folder, and the mount works again.
 
-use std::fs;
+use crate::harness::fs;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,8 +2,8 @@
 //! what they refuse, and that what they write loads as mTLS material. The
 //! handshakes themselves are tested in `lockbox_net::tls`.
 
+use crate::harness::fs;
 use lockbox_net::tls::TlsMaterial;
-use std::fs;
 use std::time::SystemTime;
 
 use crate::harness::fleet::*;

@@ -2,7 +2,7 @@
 //! files decrypt with `age -d` and the exported key; files made with
 //! `age -r <recipient>` decrypt with `lockbox decrypt`.
 
-use std::fs;
+use crate::harness::fs;
 use std::process::Command;
 
 use crate::harness::age::*;

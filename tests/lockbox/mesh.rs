@@ -5,7 +5,7 @@
 //!
 //! The fixtures (`Circle`, `Node`, `Fleet`) live in `harness::mesh`.
 
-use std::fs;
+use crate::harness::fs;
 use std::os::unix::fs::MetadataExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -129,7 +129,11 @@ fn a_delete_reaches_every_envoy_and_a_lagging_copy_does_not_return() {
     c.wait_content(&ALL, "marker", b"m");
     std::thread::sleep(INTERVAL * 4);
     for n in &c.nodes {
-        assert!(!n.at("doomed").exists(), "doomed came back on {}", n.name);
+        assert!(
+            !fs::present(n.at("doomed")),
+            "doomed came back on {}",
+            n.name
+        );
         assert!(!n.stored("doomed").exists(), "doomed in {}'s store", n.name);
     }
 }
@@ -215,7 +219,7 @@ fn an_envoy_that_was_down_catches_up_and_reads_everything() {
         back.elapsed().as_millis(),
         INTERVAL.as_millis()
     );
-    assert!(!charlie.at("gone").exists() && !charlie.at("renamed").exists());
+    assert!(!fs::present(charlie.at("gone")) && !fs::present(charlie.at("renamed")));
     charlie.assert_store_sealed();
 }
 
@@ -340,12 +344,12 @@ fn a_host_with_another_passphrase_is_never_a_member() {
 
     std::thread::sleep(INTERVAL * 4);
     assert!(
-        !alpha.at("planted").exists(),
+        !fs::present(alpha.at("planted")),
         "mallory's file reached alpha"
     );
-    assert!(!c.node("bravo").at("planted").exists());
+    assert!(!fs::present(c.node("bravo").at("planted")));
     assert!(
-        !mallory.at("secret").exists(),
+        !fs::present(mallory.at("secret")),
         "alpha's file reached mallory"
     );
     assert_eq!(fs::read(alpha.at("shared")).expect("shared"), b"alpha's");
@@ -698,7 +702,7 @@ fn pushes_are_answered_with_the_spec_status_codes() {
     c.wait_gone(&ALL, "doc");
     let (status, answer) = push_version(alpha, bravo, &user, "doc", &rec2, &body2);
     assert_eq!((status.as_str(), answer.as_str()), ("410", "tombstoned"));
-    assert!(!bravo.at("doc").exists());
+    assert!(!fs::present(bravo.at("doc")));
 
     // Over charlie's size limit: 413; alpha and bravo have it, charlie not.
     let big = content("big", 2 * MIB);
@@ -713,7 +717,7 @@ fn pushes_are_answered_with_the_spec_status_codes() {
     fs::write(&head, &fs::read(&body).expect("body")[..4096]).expect("write head");
     let (status, answer) = push_version(alpha, charlie, &user, "big", &rec, &head);
     assert_eq!(status, "413", "{answer}");
-    assert!(!charlie.at("big").exists() && !charlie.stored("big").exists());
+    assert!(!fs::present(charlie.at("big")) && !charlie.stored("big").exists());
     for n in &c.nodes {
         n.assert_store_sealed();
     }

@@ -6,9 +6,9 @@
 //!
 //! The fixture, `MountedEnvoy`, lives in `harness::mount`.
 
-use std::fs;
+use crate::harness::fs;
 use std::io::{Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -406,7 +406,7 @@ fn mtime_set_right_after_close_is_kept() {
     for i in 0..64 {
         let p = m.at(&format!("t{i:02}"));
         fs::write(&p, pseudo_random(i, 500)).unwrap();
-        fs::File::open(&p)
+        fs::open(&p)
             .unwrap()
             .set_times(fs::FileTimes::new().set_modified(then))
             .unwrap();
@@ -478,7 +478,7 @@ fn changes_outside_the_mount_show_through_it_at_once() {
     let m = MountedEnvoy::unlocked();
     fs::write(m.at("a"), b"one").unwrap();
     assert_eq!(fs::read(m.at("a")).unwrap(), b"one");
-    let open = fs::File::open(m.at("a")).unwrap();
+    let open = fs::open(m.at("a")).unwrap();
     // Cached by the kernel now: the name and its attributes (a read marks
     // the access time stale, so the stat comes last).
     assert_eq!(fs::metadata(m.at("a")).unwrap().len(), 3);
@@ -734,7 +734,7 @@ fn locked_mount_lists_moves_and_replaces_but_does_not_read() {
         .open(m.at("h"))
         .unwrap();
     w.write_all(b"being written\n").unwrap();
-    let r = fs::File::open(m.at("h")).unwrap();
+    let r = fs::open(m.at("h")).unwrap();
     assert_eq!(pread(&r, 0, 100).unwrap(), b"being written\n");
     m.ok(&["lock"]);
     for (what, f) in [("O_RDWR", &rw), ("a reader of a file being written", &r)] {
@@ -1276,7 +1276,7 @@ fn concurrent_readers_and_writers_see_whole_versions() {
     // decrypts on its own thread (the handle keeps several decryptors).
     let scattered = pseudo_random(12, 5 * MIB + 333);
     fs::write(m.at("scattered"), &scattered).unwrap();
-    let f = fs::File::open(m.at("scattered")).unwrap();
+    let f = fs::open(m.at("scattered")).unwrap();
     thread::scope(|sc| {
         for t in 0..4u64 {
             let (f, scattered) = (&f, &scattered);
@@ -1382,7 +1382,7 @@ fn ftruncate_then_fsync_seals_the_new_length_before_the_close() {
     writer
         .write_all(b"written by one, synced by another")
         .unwrap();
-    let other = fs::File::open(m.at("synced")).unwrap();
+    let other = fs::open(m.at("synced")).unwrap();
     other.sync_all().unwrap();
 
     kill9(m.agent_pid().expect("agent pid"));
@@ -1496,8 +1496,8 @@ fn fstat_of_an_open_file_whose_name_went_describes_it() {
     let m = MountedEnvoy::unlocked();
     fs::write(m.at("gone"), pseudo_random(41, 70_000)).unwrap();
     fs::write(m.at("replaced"), pseudo_random(42, 5_000)).unwrap();
-    let gone = fs::File::open(m.at("gone")).unwrap();
-    let replaced = fs::File::open(m.at("replaced")).unwrap();
+    let gone = fs::open(m.at("gone")).unwrap();
+    let replaced = fs::open(m.at("replaced")).unwrap();
     let mut writing = fs::File::create(m.at("written")).unwrap();
     writing.write_all(b"staged, not yet sealed").unwrap();
 
@@ -1560,7 +1560,7 @@ fn a_rename_over_a_file_being_sealed_keeps_the_renamed_content() {
         closing.join().unwrap();
     });
     assert_same("b after the rename", &fs::read(m.at("b")).unwrap(), &moved);
-    assert!(!m.at("a").exists());
+    assert!(!fs::present(m.at("a")));
     m.settle();
     assert_sealed(&m, "b", &moved);
     assert_eq!(names(&m.store()), ["b"]);
@@ -1747,7 +1747,7 @@ fn fsync_waits_for_the_store_folder_sync() {
     // A save by rename, then an fsync of the folder (what editors and
     // atomic-write libraries do): the rename must be durable when it returns.
     fs::rename(m.at("two"), m.at("three")).unwrap();
-    let folder = fs::File::open(&m.mnt).unwrap();
+    let folder = fs::open(&m.mnt).unwrap();
     let t4 = unix_now();
     folder.sync_all().unwrap();
     let t5 = unix_now();

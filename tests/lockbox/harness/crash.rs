@@ -2,7 +2,7 @@
 //! `dd`, and the checks of what is on disk after an agent is killed. It
 //! must not hold tests.
 
-use std::fs;
+use super::fs;
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -120,7 +120,7 @@ pub(crate) fn assert_old_or_new(m: &MountedEnvoy, name: &str, old: &[u8], new_al
         return;
     }
     assert_eq!(len, BIG, "{name} is neither the old nor the new version");
-    let mut file = fs::File::open(m.at(name)).unwrap();
+    let mut file = fs::open(m.at(name)).unwrap();
     let mut block = vec![0u8; MIB];
     let mut total = 0u64;
     loop {

@@ -5,7 +5,7 @@
 //! poll for the state they need with a deadline; a timeout prints each
 //! envoy's status and the tail of its agent log. It must not hold tests.
 
-use std::fs;
+use super::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -161,7 +161,7 @@ impl Node {
         for entry in fs::read_dir(self.m.e.state().join("store")).expect("store") {
             let p = entry.expect("entry").path();
             let mut head = vec![0u8; AGE_MAGIC.len()];
-            let n = fs::File::open(&p)
+            let n = fs::open(&p)
                 .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
                 .expect("read a store file");
             assert_eq!(&head[..n], AGE_MAGIC, "{} is not an age file", p.display());
@@ -323,7 +323,7 @@ impl Circle {
     #[track_caller]
     pub(crate) fn wait_gone(&self, on: &[&str], name: &str) {
         self.wait(&format!("{name} gone on {on:?}"), CONVERGE, || {
-            on.iter().all(|n| !self.node(n).at(name).exists())
+            on.iter().all(|n| !fs::present(self.node(n).at(name)))
         });
     }
 

@@ -12,6 +12,8 @@
 //!   and the helpers that look at a mount and its store.
 //! - [`mesh`]: `Fleet`, `Node` and `Circle`, envoys that share a fleet CA on
 //!   loopback; `curl` against a peer port; version fetch and push.
+//! - [`fs`]: `std::fs` with a deadline on every call that can block on a
+//!   mount; tests import it as `fs`.
 //! - [`ports`]: loopback ports for a mesh's agents.
 //! - [`netlab`]: `NetLab`, hosts in network namespaces joined by a bridge,
 //!   and the probes the lab's own tests use.
@@ -24,6 +26,7 @@ pub mod age;
 pub mod crash;
 pub mod envoy;
 pub mod fleet;
+pub mod fs;
 pub mod mesh;
 pub mod mount;
 pub mod netlab;

@@ -5,7 +5,7 @@
 //! agent and detaches any mount left behind, pass or fail. It must not hold
 //! tests.
 
-use std::fs;
+use super::fs;
 use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -266,7 +266,7 @@ pub(crate) fn assert_store_is_ciphertext(e: &Envoy) {
         assert!(meta.is_file(), "store/{name} is not a regular file");
         assert_eq!(meta.mode() & 0o777, 0o600, "store/{name} mode");
         let mut head = vec![0u8; AGE_MAGIC.len()];
-        let n = fs::File::open(&p).unwrap().read(&mut head).unwrap();
+        let n = fs::open(&p).unwrap().read(&mut head).unwrap();
         assert_eq!(&head[..n], AGE_MAGIC, "store/{name} is not an age file");
     }
 }
@@ -291,7 +291,7 @@ pub(crate) fn pread(f: &fs::File, at: u64, count: usize) -> std::io::Result<Vec<
 /// A file of the mount opened for random reads: no read-ahead, so each
 /// pread reaches the agent as one request of its own size.
 pub(crate) fn open_random(p: &Path) -> fs::File {
-    let f = fs::File::open(p).unwrap();
+    let f = fs::open(p).unwrap();
     rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::Random).expect("posix_fadvise");
     f
 }
