@@ -1,8 +1,9 @@
 //! Prerequisites: `require!` and `require_fuse!`, which skip a test whose
 //! machine lacks something it needs (FUSE, curl, root, …), and the checks
-//! of those prerequisites: outside CI a skip prints `SKIPPED`, under
-//! `CI=true` it is a failure. It must not decide anything about lockbox
-//! itself.
+//! of those prerequisites. A skip is never silent: under `CI=true` it is a
+//! failure, by default the test fails with `SKIPPED: why`, and with
+//! `LOCKBOX_ALLOW_SKIP=1` it passes but is listed in a file under
+//! `target/tmp/`. It must not decide anything about lockbox itself.
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -14,21 +15,67 @@ pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
-/// Skip (loudly) outside CI, fail in CI.
+/// Whether skipped tests may pass (`LOCKBOX_ALLOW_SKIP=1`, never in CI).
+pub fn skips_allowed() -> bool {
+    !in_ci() && std::env::var("LOCKBOX_ALLOW_SKIP").is_ok_and(|v| v == "1")
+}
+
+/// The file this test process lists its skips in (one `test: reason` a
+/// line): `target/tmp/lockbox-skips-<pid>.txt`.
+pub fn skip_log() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("lockbox-skips-{}.txt", std::process::id()))
+}
+
+/// A test cannot run here because `why`. Under `CI=true` that is a failure;
+/// otherwise, unless `LOCKBOX_ALLOW_SKIP=1`, the test fails with
+/// `SKIPPED: why`, so that libtest counts and shows it (a skip that passes
+/// would read as `ok`). With `LOCKBOX_ALLOW_SKIP=1` the skip is listed in
+/// [`skip_log`] and the test returns (the caller's `require!` does).
+#[track_caller]
+pub fn skip(why: &str) {
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("<unnamed test>")
+        .to_string();
+    if in_ci() {
+        panic!("prerequisite missing in CI: {why}");
+    }
+    if !skips_allowed() {
+        panic!(
+            "SKIPPED: {why} (set LOCKBOX_ALLOW_SKIP=1 to let skipped tests pass; \
+             they are then listed in target/tmp/lockbox-skips-<pid>.txt)"
+        );
+    }
+    let line = format!("{test}: {why}\n");
+    let logged = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(skip_log())
+        .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()));
+    if let Err(e) = logged {
+        panic!(
+            "SKIPPED: {why} (and could not list it in {}: {e})",
+            skip_log().display()
+        );
+    }
+    eprintln!("SKIPPED {test}: {why}");
+}
+
+/// Skip (visibly, see [`skip`]) when `cond` does not hold: a failure under
+/// `CI=true`, a failure saying `SKIPPED` by default, a listed skip with
+/// `LOCKBOX_ALLOW_SKIP=1`.
 #[macro_export]
 macro_rules! require {
     ($cond:expr, $why:expr) => {
         if !$cond {
-            if $crate::harness::in_ci() {
-                panic!("prerequisite missing in CI: {}", $why);
-            }
-            eprintln!("SKIPPED {}: {}", module_path!(), $why);
+            $crate::harness::skip(&$why.to_string());
             return;
         }
     };
 }
 
-/// Skip (loudly) outside CI, fail in CI, when this machine cannot mount FUSE.
+/// [`require!`] that this machine can mount FUSE.
 #[macro_export]
 macro_rules! require_fuse {
     () => {
