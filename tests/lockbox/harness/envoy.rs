@@ -240,19 +240,26 @@ impl Envoy {
 }
 
 impl Drop for Envoy {
+    /// Stop the agent with a deadline (`stop` gets 10 s, the agent 5 s more
+    /// to exit, then SIGKILL), then detach whatever is still mounted at
+    /// `~/lockbox`, so that neither an agent nor a mount outlives its test.
     fn drop(&mut self) {
         let pid = self.agent_pid();
-        let _ = self
+        let stop = self
             .cmd(&["stop"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .status();
+            .spawn();
+        if let Ok(mut stop) = stop {
+            wait_exit(&mut stop, Duration::from_secs(10));
+        }
         if let Some(pid) = pid {
             // If stop did not work, do not leave the process behind.
             if wait_until(Duration::from_secs(5), || !alive(pid)).is_err() {
-                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                super::mount::kill9(pid);
             }
         }
+        detach_mount(&self.home.join("lockbox"));
     }
 }
 
