@@ -6,8 +6,10 @@
 //! The fixtures (`Circle`, `Node`, `Fleet`) live in `harness::mesh`.
 
 use crate::harness::fs;
+use std::io::{BufRead, BufReader};
 use std::os::unix::fs::MetadataExt;
 use std::process::{Command, Stdio};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::harness::*;
@@ -814,4 +816,81 @@ fn the_demo_runs_three_envoys_and_cleans_up() {
         !mounts.contains(&*tmp.path().to_string_lossy()),
         "a demo mount is left"
     );
+    let agents = processes_with_home_under(tmp.path());
+    assert!(agents.is_empty(), "demo agents left running: {agents:?}");
+}
+
+#[test]
+fn the_demo_cleans_up_when_terminated() {
+    require_fuse!();
+    let tmp = tempfile::Builder::new()
+        .prefix("lockbox-demo-test-")
+        .tempdir()
+        .expect("tempdir");
+    let mut demo = Command::new(bin())
+        .arg("demo")
+        .env("TMPDIR", tmp.path())
+        .env("HOME", tmp.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run lockbox demo");
+    // Read its output on a thread; SIGTERM it once its three agents run
+    // and have found each other (the state a user would interrupt).
+    let stdout = demo.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("the three envoys found each other") {
+                let _ = tx.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let found = rx.recv_timeout(Duration::from_secs(240));
+    let demo_pid = demo.id();
+    let running: Vec<u32> = processes_with_home_under(tmp.path())
+        .into_iter()
+        .filter(|&p| p != demo_pid)
+        .collect();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(demo.id() as i32).expect("pid"),
+        rustix::process::Signal::TERM,
+    )
+    .expect("SIGTERM the demo");
+    let status = wait_exit(&mut demo, Duration::from_secs(120));
+    let out = reader.join().expect("reader");
+    assert!(
+        found.is_ok(),
+        "the demo's envoys never found each other:\n{out}"
+    );
+    assert!(
+        running.len() >= 3,
+        "three agents ran before the SIGTERM: {running:?}"
+    );
+    assert!(status.is_some(), "the demo did not exit on SIGTERM:\n{out}");
+    assert!(
+        out.contains("cleaned up"),
+        "no cleanup after SIGTERM:\n{out}"
+    );
+    // No agent, no mount, no envoy folder survives.
+    let agents = processes_with_home_under(tmp.path());
+    assert!(agents.is_empty(), "demo agents left running: {agents:?}");
+    let mounts = mounts_under(tmp.path());
+    assert!(mounts.is_empty(), "demo mounts left: {mounts:?}");
+    let left: Vec<_> = fs::read_dir(tmp.path())
+        .expect("tmp")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("lockbox-demo-"))
+        })
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
 }

@@ -399,3 +399,37 @@ pub(crate) fn raw_request(sock: &Path, json: &str) -> Vec<u8> {
     let _ = s.read_to_end(&mut out);
     out
 }
+
+/// The pids of live processes whose `HOME` lies under `dir` (from
+/// `/proc/PID/environ`): the agents of envoys whose HOMEs are there.
+pub fn processes_with_home_under(dir: &Path) -> Vec<u32> {
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let dir = dir.as_os_str().as_encoded_bytes();
+    procs
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != std::process::id() && alive(pid))
+        .filter(|pid| {
+            fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+                env.split(|&b| b == 0).any(|var| {
+                    var.strip_prefix(b"HOME=")
+                        .is_some_and(|home| home.starts_with(dir))
+                })
+            })
+        })
+        .collect()
+}
+
+/// The mount points under `dir`, from `/proc/self/mountinfo`.
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    let dir = dir.to_string_lossy().into_owned();
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .filter(|point| point.starts_with(&dir))
+        .map(str::to_owned)
+        .collect()
+}
