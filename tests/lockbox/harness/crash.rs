@@ -63,19 +63,62 @@ pub(crate) fn feed_dd_held(
     (dd, feeder)
 }
 
-/// The files under `dir` that contain the marker. Unreadable entries (a dead
-/// mount) are skipped, not errors.
+/// The files under `dir` that contain the marker. Mounts under `dir` are
+/// skipped; any other unreadable entry fails the test.
 pub(crate) fn files_with_marker(dir: &Path) -> Vec<String> {
-    let out = Command::new("timeout")
-        .args(["-k", "10", "300", "grep", "-r", "-a", "-l", "-s", "-F"])
-        .arg(std::str::from_utf8(MARKER).unwrap())
-        .arg(dir)
-        .output()
-        .expect("grep");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect()
+    // A mount under `dir` (a dead one, after a kill) is not the disk and
+    // cannot be read: it is left out. Any other error fails the scan, so
+    // that "no marker found" means every file was read.
+    let skip: Vec<std::path::PathBuf> = mounts_under(dir)
+        .into_iter()
+        .map(std::path::PathBuf::from)
+        .collect();
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let entries = std::fs::read_dir(&d)
+            .unwrap_or_else(|e| panic!("the marker scan cannot list {}: {e}", d.display()));
+        for entry in entries {
+            let p = entry
+                .unwrap_or_else(|e| panic!("the marker scan cannot list {}: {e}", d.display()))
+                .path();
+            if skip.contains(&p) {
+                continue;
+            }
+            let meta = std::fs::symlink_metadata(&p)
+                .unwrap_or_else(|e| panic!("the marker scan cannot stat {}: {e}", p.display()));
+            if meta.is_dir() {
+                todo.push(p);
+            } else if meta.is_file() && file_has_marker(&p) {
+                found.push(p.to_string_lossy().into_owned());
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Whether the file at `p` contains [`MARKER`] (read in 1 MiB pieces that
+/// overlap by the marker's length, so no occurrence is cut in two).
+fn file_has_marker(p: &Path) -> bool {
+    let mut f = std::fs::File::open(p)
+        .unwrap_or_else(|e| panic!("the marker scan cannot open {}: {e}", p.display()));
+    let mut buf = vec![0u8; MIB + MARKER.len()];
+    let mut kept = 0;
+    loop {
+        let n = f
+            .read(&mut buf[kept..])
+            .unwrap_or_else(|e| panic!("the marker scan cannot read {}: {e}", p.display()));
+        if n == 0 {
+            return false;
+        }
+        let end = kept + n;
+        if contains(&buf[..end], MARKER) {
+            return true;
+        }
+        kept = (MARKER.len() - 1).min(end);
+        buf.copy_within(end - kept..end, 0);
+    }
 }
 
 /// Whether a `.partial` temp file exists in `dir`.
@@ -197,4 +240,40 @@ pub(crate) fn restart_and_check(m: &MountedEnvoy, v1: &[u8], new_allowed: bool) 
     );
     let found = files_with_marker(&m.home);
     assert!(found.is_empty(), "plaintext on disk: {found:?}");
+}
+
+/// The scenario of `files_closed_just_before_a_sigkill_are_kept` up to the
+/// kill: files written and closed (new ones, an edit, saves by rename) just
+/// before the agent is SIGKILLed. Returns how many seals waited in
+/// `~/.lockbox/tmp` at the kill, the saved names and the new files.
+#[allow(clippy::type_complexity)]
+pub(crate) fn closed_files_then_kill(
+    m: &MountedEnvoy,
+) -> (usize, Vec<String>, Vec<(String, Vec<u8>)>) {
+    fs::write(m.at("edited"), b"first version").unwrap();
+    let saved: Vec<String> = (0..10).map(|i| format!("saved-{i}")).collect();
+    for name in &saved {
+        fs::write(m.at(name), format!("{name}, old")).unwrap();
+    }
+    m.settle();
+    let files: Vec<(String, Vec<u8>)> = (0..40)
+        .map(|i| {
+            (
+                format!("closed-{i:02}"),
+                format!("content {i}").into_bytes(),
+            )
+        })
+        .collect();
+    for (name, content) in &files {
+        fs::write(m.at(name), content).unwrap();
+    }
+    fs::write(m.at("edited"), b"second version").unwrap();
+    for name in &saved {
+        let temp = format!(".{name}.tmp");
+        fs::write(m.at(&temp), format!("{name}, new")).unwrap();
+        fs::rename(m.at(&temp), m.at(name)).unwrap();
+    }
+    let waiting = names(&m.tmp()).len();
+    kill9(m.agent_pid().expect("agent pid"));
+    (waiting, saved, files)
 }
