@@ -263,6 +263,28 @@ fn evict_removes_a_gone_envoy_with_the_passphrase() {
         .ok(&["export-identity", "--passphrase-file", &pass])
         .trim()
         .to_string();
+    // A remaining member's key, for the positive controls below.
+    let alpha_key = c
+        .node("alpha")
+        .m
+        .e
+        .ok(&["export-identity", "--passphrase-file", &pass])
+        .trim()
+        .to_string();
+    // Positive control: a file sealed while charlie is a member opens with
+    // charlie's exported key, on every envoy (so a failure to open later
+    // is the eviction, not a broken key or a missing file).
+    let before = content("before", 2000);
+    fs::write(c.node("alpha").at("before"), &before).expect("write");
+    c.wait_content(&ALL, "before", &before);
+    for n in ALL {
+        let stored = c.node(n).stored("before");
+        assert!(
+            age_opens(&key, &stored),
+            "charlie's key does not open before on {n}"
+        );
+        assert!(age_opens(&alpha_key, &stored), "alpha's key on {n}");
+    }
     charlie.m.e.ok(&["stop"]);
 
     let alpha = c.node("alpha");
@@ -297,10 +319,30 @@ fn evict_removes_a_gone_envoy_with_the_passphrase() {
         two.iter()
             .all(|n| c.node(n).recipients() == two && table(c.node(n), "leaves").0 == 1)
     });
-    let after = content("after", 2000);
-    fs::write(c.node("bravo").at("after"), &after).expect("write");
-    c.wait_content(&two, "after", &after);
-    assert!(!age_opens(&key, &alpha.stored("after")));
+    // New files, written on either remaining envoy, are sealed without
+    // charlie: its key opens none of them anywhere, while a member's key
+    // opens every one.
+    let after = [
+        ("after", "bravo", content("after", 2000)),
+        ("after-2", "alpha", content("after-2", 70_000)),
+    ];
+    for (name, on, v) in &after {
+        fs::write(c.node(on).at(name), v).expect("write");
+        c.wait_content(&two, name, v);
+    }
+    for (name, _, _) in &after {
+        for n in two {
+            let stored = c.node(n).stored(name);
+            assert!(
+                age_opens(&alpha_key, &stored),
+                "a member's key does not open {name} on {n}"
+            );
+            assert!(
+                !age_opens(&key, &stored),
+                "the evicted envoy's key opens {name} on {n}"
+            );
+        }
+    }
 
     // charlie comes back: refused by both, and told it was evicted.
     charlie.m.e.unlock();

@@ -8,10 +8,15 @@
 use crate::harness::fs;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::MetadataExt;
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use lockbox_crypto::sign::{Signed, SigningKey};
+use lockbox_net::records::{encode_list, FileVersion, Tombstone};
+use lockbox_net::WireName;
+
+use crate::harness::age::*;
 use crate::harness::*;
 use crate::{require, require_fuse};
 
@@ -123,13 +128,23 @@ fn a_delete_reaches_every_envoy_and_a_lagging_copy_does_not_return() {
     fs::write(c.node("alpha").at("doomed"), &v).expect("write");
     c.wait_content(&ALL, "doomed", &v);
 
+    // charlie lags: it is away, holding the old version, while bravo
+    // deletes the file.
+    let charlie = c.node("charlie");
+    take_away(&c, "charlie");
     fs::remove_file(c.node("bravo").at("doomed")).expect("rm on bravo");
+    c.wait_gone(&["alpha", "bravo"], "doomed");
+    assert!(
+        charlie.stored("doomed").exists(),
+        "charlie holds the old version while away"
+    );
+    // charlie returns with its old copy: the delete wins everywhere.
+    charlie.m.e.unlock();
     c.wait_gone(&ALL, "doomed");
-    // Several rounds of anti-entropy later it is still gone everywhere.
-    let keep = fs::write(c.node("alpha").at("marker"), b"m");
-    keep.expect("write marker");
-    c.wait_content(&ALL, "marker", b"m");
-    std::thread::sleep(INTERVAL * 4);
+    // Several rounds of anti-entropy later it is still gone everywhere: a
+    // file written on charlie after its return has reached every envoy,
+    // and every table agrees.
+    c.wait_settled(&ALL, "charlie", "marker");
     for n in &c.nodes {
         assert!(
             !fs::present(n.at("doomed")),
@@ -228,12 +243,25 @@ fn an_envoy_that_was_down_catches_up_and_reads_everything() {
 #[test]
 fn killing_a_receiving_agent_mid_transfer_leaves_no_torn_file() {
     require_fuse!();
+    require!(have_age(), "age not found (apt-get install age)");
     let c = Circle::loopback(&["alpha", "bravo"]);
     let old = content("old", 10_000);
     fs::write(c.node("alpha").at("big"), &old).expect("write");
     c.wait_content(&["alpha", "bravo"], "big", &old);
 
     let bravo = c.node("bravo");
+    // bravo's key, to decrypt its store file with the reference age CLI
+    // while its agent is dead.
+    let key = bravo
+        .m
+        .e
+        .ok(&[
+            "export-identity",
+            "--passphrase-file",
+            &text(&bravo.m.e.pass),
+        ])
+        .trim()
+        .to_string();
     let pid = bravo.m.e.agent_pid().expect("bravo's agent");
     let big = content("new", 200 * MIB);
     fs::write(c.node("alpha").at("big"), &big).expect("write 200 MiB on alpha");
@@ -249,10 +277,13 @@ fn killing_a_receiving_agent_mid_transfer_leaves_no_torn_file() {
     kill9(pid);
     crate::harness::detach_mount(&bravo.m.mnt);
 
-    // What bravo's store holds is the old version, whole and sealed.
+    // What bravo's store holds is the old version, whole and sealed: it
+    // decrypts, and to the old bytes (a torn file starts with the magic too).
     let stored = fs::read(bravo.stored("big")).expect("bravo still has big");
     assert!(stored.starts_with(AGE_MAGIC));
     assert_eq!(mode(&bravo.stored("big")), 0o600);
+    let plain = age_plaintext(&key, &bravo.stored("big"), "bravo's big after the kill");
+    assert_same("bravo's big after the kill", &plain, &old);
 
     // Restarted, bravo throws the partial transfer away and gets the new
     // version, byte-identical.
@@ -332,7 +363,14 @@ fn a_host_with_another_passphrase_is_never_a_member() {
     let (status, answer) = push_version(mallory, alpha, &user, "planted", &record, &body);
     assert_eq!(status, "403", "push by a non-member: {answer}");
 
-    // A delete signed by mallory does not delete alpha's file of that name.
+    // A delete signed by mallory does not delete alpha's file of that name:
+    // neither mallory's own tombstone (over its own version) nor one over
+    // the very version alpha and bravo hold.
+    let two = ["alpha", "bravo"];
+    for n in two {
+        let listing = c.node(n).listing();
+        assert!(listing.contains(&"shared".to_string()), "{n}: {listing:?}");
+    }
     fs::write(mallory.at("shared"), b"mallory's").expect("write");
     fs::remove_file(mallory.at("shared")).expect("rm on mallory");
     let tombs = dir.path().join("tombs");
@@ -341,10 +379,60 @@ fn a_host_with_another_passphrase_is_never_a_member() {
     assert_eq!(String::from_utf8_lossy(&got.stdout), "200", "{got:?}");
     let data = format!("@{}", text(&tombs));
     let post = mallory.curl_as(alpha.port, &path, &["-X", "POST", "--data-binary", &data]);
-    let out = String::from_utf8_lossy(&post.stdout);
-    assert!(out.ends_with("403"), "tombstone by a non-member: {post:?}");
 
-    std::thread::sleep(INTERVAL * 4);
+    // The tombstone a non-member would need: over alpha's version vector,
+    // signed with mallory's own signing key. mallory delivers it, and a
+    // member (alpha's certificate, as a relaying peer) hands it to both.
+    let (record, _) = fetch_version(alpha, &user, "shared", dir.path());
+    let record = hex::decode(record).expect("hex");
+    let record = Signed::<FileVersion>::from_bytes(&record).expect("a version record");
+    let key = fs::read_to_string(mallory.m.e.state().join("signing.key")).expect("signing.key");
+    let key = SigningKey::parse_file(&key).expect("mallory's signing key");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    let forged = Signed::sign(
+        Tombstone {
+            user: record.body().user.clone(),
+            name: record.body().name.clone(),
+            vv: record.body().vv.clone(),
+            author: WireName::new("mallory").expect("a wire name"),
+            deleted_unix: now,
+        },
+        &key,
+    );
+    let forged_file = dir.path().join("forged");
+    fs::write(&forged_file, encode_list([forged.to_bytes().as_slice()])).expect("write");
+    let forged_data = format!("@{}", text(&forged_file));
+    let post_args = ["-X", "POST", "--data-binary", forged_data.as_str()];
+    let by_mallory = mallory.curl_as(alpha.port, &path, &post_args);
+    let relayed: Vec<Output> = [alpha, c.node("bravo")]
+        .iter()
+        .map(|n| alpha.curl_as(n.port, &path, &post_args))
+        .collect();
+
+    // The envoys had the chance to act: a file alpha writes after all of
+    // that has reached bravo, and both still refuse mallory.
+    fs::write(alpha.at("marker"), b"after the deletes").expect("write marker");
+    c.wait_content(&two, "marker", b"after the deletes");
+    c.wait("mallory refused on alpha and bravo", CONVERGE, || {
+        two.iter().all(|n| {
+            c.node(n)
+                .peers()
+                .iter()
+                .any(|(e, s, _)| e == "mallory" && s == "refused")
+        })
+    });
+    for n in two {
+        let listing = c.node(n).listing();
+        assert_eq!(listing, ["marker", "secret", "shared"], "{n}");
+        assert_eq!(
+            fs::read(c.node(n).at("shared")).expect("shared"),
+            b"alpha's",
+            "a non-member's tombstone deleted {n}'s file"
+        );
+    }
     assert!(
         !fs::present(alpha.at("planted")),
         "mallory's file reached alpha"
@@ -354,11 +442,20 @@ fn a_host_with_another_passphrase_is_never_a_member() {
         !fs::present(mallory.at("secret")),
         "alpha's file reached mallory"
     );
-    assert_eq!(fs::read(alpha.at("shared")).expect("shared"), b"alpha's");
-    assert_eq!(
-        fs::read(c.node("bravo").at("shared")).expect("shared"),
-        b"alpha's"
+    let out = String::from_utf8_lossy(&post.stdout);
+    assert!(out.ends_with("403"), "tombstone by a non-member: {post:?}");
+    let out = String::from_utf8_lossy(&by_mallory.stdout);
+    assert!(
+        out.ends_with("403"),
+        "forged tombstone from mallory: {by_mallory:?}"
     );
+    for r in &relayed {
+        let out = String::from_utf8_lossy(&r.stdout);
+        assert!(
+            out.ends_with("403"),
+            "forged tombstone relayed by a member: {r:?}"
+        );
+    }
 }
 
 #[test]
@@ -666,8 +763,7 @@ fn pushes_are_answered_with_the_spec_status_codes() {
     // under the record's conflict-copy name, which bravo does not hold, so
     // the body is read and checked.)
     let rec = hex::decode(&old_record).expect("hex");
-    let rec = lockbox_crypto::sign::Signed::<lockbox_net::records::FileVersion>::from_bytes(&rec)
-        .expect("a record");
+    let rec = Signed::<FileVersion>::from_bytes(&rec).expect("a record");
     let copy = rec
         .body()
         .conflict_name()

@@ -327,6 +327,29 @@ impl Circle {
         });
     }
 
+    /// Wait for a positive sign that every envoy in `on` has had the chance
+    /// to act on everything that happened so far: a file `marker` written
+    /// now on `from` reads back on every one of them, and every table
+    /// (files, tombstones, resurrects, leaves) agrees on all of them. Checks
+    /// that something did *not* happen come after this, never after a
+    /// fixed sleep.
+    #[track_caller]
+    pub(crate) fn wait_settled(&self, on: &[&str], from: &str, marker: &str) {
+        let stamp = format!(
+            "{marker}, written on {from} at {:?}",
+            std::time::SystemTime::now()
+        );
+        fs::write(self.node(from).at(marker), &stamp).expect("write the marker");
+        self.wait_content(on, marker, stamp.as_bytes());
+        self.wait("every table to agree", CONVERGE, || {
+            on.iter().all(|n| {
+                ["files", "tombstones", "resurrects", "leaves"]
+                    .iter()
+                    .all(|t| table(self.node(n), t).1.is_empty())
+            })
+        });
+    }
+
     /// Wait until every envoy in `on` lists the same names through its mount
     /// (and return them).
     #[track_caller]
