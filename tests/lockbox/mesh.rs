@@ -609,7 +609,14 @@ fn envoys_in_network_namespaces_find_each_other_by_multicast() {
         n.m.assert_mounted();
     }
     c.wait_formed(&ALL);
-    // Each envoy reached the others at their own addresses.
+    // Each envoy reached the others at their own addresses (once every
+    // peer line says live: wait_formed counts live members, not lines).
+    c.wait("every peer of every envoy live", CONVERGE, || {
+        c.nodes.iter().all(|n| {
+            let peers = n.peers();
+            peers.len() == ALL.len() - 1 && peers.iter().all(|(_, state, _)| state == "live")
+        })
+    });
     for (i, n) in c.nodes.iter().enumerate() {
         for (e, state, detail) in n.peers() {
             let j = ALL.iter().position(|a| *a == e).expect("a member");
@@ -815,6 +822,9 @@ fn pushes_are_answered_with_the_spec_status_codes() {
     fs::write(&head, &fs::read(&body).expect("body")[..4096]).expect("write head");
     let (status, answer) = push_version(alpha, charlie, &user, "big", &rec, &head);
     assert_eq!(status, "413", "{answer}");
+    // charlie had the chance to take big (from the push, or by fetching
+    // it): a file alpha writes after reaches charlie.
+    c.wait_marker(&ALL, "alpha", "marker");
     assert!(!fs::present(charlie.at("big")) && !charlie.stored("big").exists());
     for n in &c.nodes {
         n.assert_store_sealed();
@@ -846,8 +856,19 @@ fn a_peer_short_of_disk_refuses_pushes_and_is_skipped() {
     let (status, answer) = push_version(alpha, bravo, &user, "doc", &rec, &body);
     assert_eq!(status, "507", "{answer}");
     // Neither a push nor bravo's own catch-up brings it: bravo skips
-    // fetching while its disk is short.
-    std::thread::sleep(INTERVAL * 6);
+    // fetching while its disk is short. First a positive sign that both
+    // had the chance to act: alpha's status says why bravo gets nothing,
+    // and bravo has heard alpha's file table with doc in it (its own files
+    // table differs on alpha: a catch-up it does not make).
+    c.wait("alpha to see bravo short of disk", CONVERGE, || {
+        alpha
+            .peers()
+            .iter()
+            .any(|(e, _, d)| e == "bravo" && d.contains("disk"))
+    });
+    c.wait("bravo to hear of alpha's doc", CONVERGE, || {
+        table(bravo, "files").1.iter().any(|p| p == "alpha")
+    });
     assert!(
         !bravo.stored("doc").exists(),
         "bravo took a file with a full disk"

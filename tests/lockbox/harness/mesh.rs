@@ -327,6 +327,18 @@ impl Circle {
         });
     }
 
+    /// Write a file `marker` on `from` now, and wait until it reads back
+    /// on every envoy in `on`: each has exchanged with `from` since.
+    #[track_caller]
+    pub(crate) fn wait_marker(&self, on: &[&str], from: &str, marker: &str) {
+        let stamp = format!(
+            "{marker}, written on {from} at {:?}",
+            std::time::SystemTime::now()
+        );
+        fs::write(self.node(from).at(marker), &stamp).expect("write the marker");
+        self.wait_content(on, marker, stamp.as_bytes());
+    }
+
     /// Wait for a positive sign that every envoy in `on` has had the chance
     /// to act on everything that happened so far: a file `marker` written
     /// now on `from` reads back on every one of them, and every table
@@ -335,12 +347,7 @@ impl Circle {
     /// fixed sleep.
     #[track_caller]
     pub(crate) fn wait_settled(&self, on: &[&str], from: &str, marker: &str) {
-        let stamp = format!(
-            "{marker}, written on {from} at {:?}",
-            std::time::SystemTime::now()
-        );
-        fs::write(self.node(from).at(marker), &stamp).expect("write the marker");
-        self.wait_content(on, marker, stamp.as_bytes());
+        self.wait_marker(on, from, marker);
         self.wait("every table to agree", CONVERGE, || {
             on.iter().all(|n| {
                 ["files", "tombstones", "resurrects", "leaves"]
