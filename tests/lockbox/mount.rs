@@ -1356,37 +1356,21 @@ fn concurrent_readers_and_writers_see_whole_versions() {
 #[test]
 fn ftruncate_then_fsync_seals_the_new_length_before_the_close() {
     require_fuse!();
+    require!(on_path("python3"), "python3 is not installed");
     let m = MountedEnvoy::unlocked();
     let content = pseudo_random(31, MIB);
     fs::write(m.at("journal"), &content).unwrap();
     fs::write(m.at("emptied"), b"about to be emptied").unwrap();
-    let shortened = fs::OpenOptions::new()
-        .write(true)
-        .open(m.at("journal"))
-        .unwrap();
-    shortened.set_len(4096).unwrap();
-    shortened.sync_all().unwrap();
-    let emptied = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(m.at("emptied"))
-        .unwrap();
-    emptied.set_len(0).unwrap();
-    emptied.sync_all().unwrap();
     fs::write(m.at("synced"), b"old").unwrap();
-    let mut writer = fs::OpenOptions::new()
-        .write(true)
-        .truncate(true)
-        .open(m.at("synced"))
-        .unwrap();
-    writer
-        .write_all(b"written by one, synced by another")
-        .unwrap();
-    let other = fs::open(m.at("synced")).unwrap();
-    other.sync_all().unwrap();
+    // The descriptors live in a child process of their own, so that no
+    // parallel test's fork+exec (which copies and then closes this
+    // process's descriptors, a flush that seals) can seal them: here the
+    // seals must come from the fsyncs.
+    let mut holder = hold_after_fsync(&m.at("journal"), &m.at("emptied"), &m.at("synced"));
 
     kill9(m.agent_pid().expect("agent pid"));
-    drop((shortened, emptied, writer, other));
+    let _ = holder.kill();
+    let _ = holder.wait();
     m.unlock();
     m.assert_mounted();
     assert_eq!(

@@ -463,3 +463,50 @@ pub(crate) fn unix_now() -> f64 {
         .unwrap()
         .as_secs_f64()
 }
+
+/// For `ftruncate_then_fsync_seals_the_new_length_before_the_close`: a
+/// python3 child that, in the mount, truncates `journal` to 4096 bytes and
+/// `emptied` to nothing, writes `synced` through one descriptor and fsyncs
+/// it through another (read-only) one, fsyncing each, and then holds every
+/// descriptor open until killed. Returns once all of that is done (within
+/// the mount deadline).
+pub(crate) fn hold_after_fsync(
+    journal: &Path,
+    emptied: &Path,
+    synced: &Path,
+) -> std::process::Child {
+    const SCRIPT: &str = r#"
+import os, sys
+journal, emptied, synced = sys.argv[1:4]
+shortened = os.open(journal, os.O_WRONLY)
+os.ftruncate(shortened, 4096)
+os.fsync(shortened)
+e = os.open(emptied, os.O_RDWR)
+os.ftruncate(e, 0)
+os.fsync(e)
+writer = os.open(synced, os.O_WRONLY | os.O_TRUNC)
+data = b"written by one, synced by another"
+while data:
+    data = data[os.write(writer, data):]
+other = os.open(synced, os.O_RDONLY)
+os.fsync(other)
+print("ready", flush=True)
+sys.stdin.read()
+"#;
+    let mut child = Command::new("python3")
+        .arg("-c")
+        .arg(SCRIPT)
+        .args([journal, emptied, synced])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start python3");
+    let stdout = child.stdout.take().expect("stdout");
+    let line = fs::within("fsync in a child", synced, move || {
+        let mut line = String::new();
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+        line
+    });
+    assert_eq!(line.trim(), "ready", "the fsync child failed");
+    child
+}
