@@ -282,8 +282,24 @@ fn killing_a_receiving_agent_mid_transfer_leaves_no_torn_file() {
     let stored = fs::read(bravo.stored("big")).expect("bravo still has big");
     assert!(stored.starts_with(AGE_MAGIC));
     assert_eq!(mode(&bravo.stored("big")), 0o600);
+    // age authenticates every chunk and the end of the stream, so a torn
+    // file does not decrypt. What does is the old version, or a version
+    // alpha published while the 200 MiB file grew (it seals a file written
+    // start to end as it grows): a prefix of the new content, whole. On a
+    // loaded machine bravo may have installed one of those before the kill.
     let plain = age_plaintext(&key, &bravo.stored("big"), "bravo's big after the kill");
-    assert_same("bravo's big after the kill", &plain, &old);
+    if plain != old {
+        assert!(
+            !plain.is_empty() && big.starts_with(&plain),
+            "bravo's big after the kill is neither the old version nor one alpha \
+             sealed ({} bytes)",
+            plain.len()
+        );
+        eprintln!(
+            "bravo had installed a {}-byte version of the new file before the kill",
+            plain.len()
+        );
+    }
 
     // Restarted, bravo throws the partial transfer away and gets the new
     // version, byte-identical.
