@@ -249,9 +249,61 @@ mod tests {
     }
 
     #[test]
-    fn read_hardening_reports_something() {
-        // The test process itself is dumpable unless something hardened it.
-        let h = read_hardening().expect("prctl");
-        assert!(h.dumpable || h.core_limit == 0);
+    fn harden_process_makes_the_process_non_dumpable_without_core_dumps() {
+        // Hardening cannot be undone, so it is done in a child: this test
+        // binary again, running only the ignored test below.
+        let exe = std::env::current_exe().expect("the test binary");
+        let out = std::process::Command::new(exe)
+            .args([
+                "--exact",
+                "sys::tests::harden_this_process",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run the test binary as a child");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "the hardening child failed ({}):\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains("hardened: dumpable=false core_limit=0"),
+            "{stdout}"
+        );
+    }
+
+    /// Run by the test above in a child process: hardens the process it
+    /// runs in, for good.
+    #[test]
+    #[ignore = "hardens its process for good; run in a child by harden_process_makes_the_process_non_dumpable_without_core_dumps"]
+    fn harden_this_process() {
+        // Before: the test process is dumpable unless something hardened it.
+        let before = read_hardening().expect("prctl");
+        assert!(before.dumpable || before.core_limit == 0);
+        let h = harden_process().expect("harden");
+        let want = Hardening {
+            dumpable: false,
+            core_limit: 0,
+        };
+        assert_eq!(h, want, "what harden_process reports");
+        assert_eq!(read_hardening().expect("prctl"), want, "read back");
+        // SAFETY: getrlimit writes into a valid, owned rlimit struct.
+        let mut core = libc::rlimit {
+            rlim_cur: 1,
+            rlim_max: 1,
+        };
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_CORE, &mut core) }, 0);
+        assert_eq!((core.rlim_cur, core.rlim_max), (0, 0), "RLIMIT_CORE");
+        // SAFETY: prctl with PR_GET_DUMPABLE takes plain integer arguments.
+        assert_eq!(unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) }, 0);
+        println!(
+            "hardened: dumpable={} core_limit={}",
+            h.dumpable, h.core_limit
+        );
     }
 }

@@ -2,7 +2,7 @@
 //! its own HOME, agent and FUSE mount, driven through the real CLI as a user
 //! would. It writes a file through envoy alpha's mount, shows it decrypted
 //! through bravo's and charlie's, prints each status, and cleans everything
-//! up — also on Ctrl-C.
+//! up — also on Ctrl-C and on SIGTERM, which it handles alike.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -81,6 +81,11 @@ pub fn run() -> anyhow::Result<()> {
     let homes: Vec<PathBuf> = envoys.iter().map(|e| e.home.clone()).collect();
     let steps_root = root.clone();
     let outcome = runtime.block_on(async move {
+        // SIGTERM (a `timeout`, a service manager, `kill`) ends the demo
+        // exactly like Ctrl-C: the cleanup below runs either way.
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .context("cannot handle SIGTERM")?;
         let steps = tokio::task::spawn_blocking(move || {
             let envoys: Vec<DemoEnvoy> = NAMES
                 .iter()
@@ -92,6 +97,7 @@ pub fn run() -> anyhow::Result<()> {
         tokio::select! {
             r = steps => r.unwrap_or_else(|e| Err(anyhow::anyhow!("demo step panicked: {e}"))),
             _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+            _ = terminate.recv() => Err(anyhow::anyhow!("interrupted (SIGTERM)")),
         }
     });
     // Cleanup runs whatever happened above.

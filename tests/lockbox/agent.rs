@@ -1,13 +1,12 @@
 //! The agent's lifecycle and its control socket: single instance, stale
 //! sockets, SIGTERM, idle timeout, and requests a CLI would never send.
 
-use std::fs;
+use crate::harness::fs;
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::Path;
 use std::time::Duration;
 
-use crate::util::{alive, control_frame, mode, wait_until, Envoy, TEST_CONFIG};
+use crate::harness::*;
 
 #[test]
 fn daemon_is_single_instance_and_stop_removes_the_socket() {
@@ -88,16 +87,6 @@ fn status_resets_the_idle_timer() {
         assert_eq!(e.status_json()["unlocked"], true, "locked despite activity");
         std::thread::sleep(Duration::from_millis(500));
     }
-}
-
-fn raw_request(sock: &Path, json: &str) -> Vec<u8> {
-    let mut s = UnixStream::connect(sock).unwrap();
-    let frame = control_frame(b'J', json.as_bytes());
-    s.write_all(&frame).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    out
 }
 
 #[test]

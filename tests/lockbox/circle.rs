@@ -2,49 +2,12 @@
 //! re-adds and `resurrect`, replayed deletes, `leave`, `evict` and `purge`,
 //! and what a departed envoy's key can still read.
 
-use std::fs;
+use crate::harness::fs;
 use std::process::Command;
 
-use crate::mesh::{content, have_curl, text, Circle, Node, ALL, CONVERGE, INTERVAL};
-use crate::mount::AGE_MAGIC;
+use crate::harness::age::*;
+use crate::harness::*;
 use crate::{require, require_fuse};
-
-/// `status --json`'s table line for `table`: (records, differs_on).
-fn table(n: &Node, table: &str) -> (u64, Vec<String>) {
-    let s = n.m.e.status_json();
-    let t = s["tables"]
-        .as_array()
-        .and_then(|a| a.iter().find(|t| t["table"] == table).cloned())
-        .unwrap_or_else(|| panic!("no {table} line in {s}"));
-    let differs = t["differs_on"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
-    (t["records"].as_u64().unwrap_or(0), differs)
-}
-
-/// Whether the reference `age` CLI decrypts `file` with `key` (an
-/// `AGE-SECRET-KEY-…` line).
-fn age_opens(key: &str, file: &std::path::Path) -> bool {
-    crate::interop::age_decrypt(key, file).status.success()
-}
-
-/// Stop `away`'s agent and wait until every other envoy sees it stale, so
-/// nothing is pushed to it any more: it is a lagging envoy from then on,
-/// and learns what it missed only by its own catch-up when it is back.
-fn take_away(c: &Circle, away: &str) {
-    c.node(away).m.e.ok(&["stop"]);
-    c.wait(&format!("{away} stale everywhere"), CONVERGE, || {
-        c.nodes
-            .iter()
-            .filter(|n| n.name != away)
-            .all(|n| n.peers().iter().any(|(e, s, _)| e == away && s == "stale"))
-    });
-}
 
 #[test]
 fn a_re_added_name_returns_everywhere_and_a_stale_copy_never_does() {
@@ -76,7 +39,9 @@ fn a_re_added_name_returns_everywhere_and_a_stale_copy_never_does() {
     charlie.m.e.unlock();
     c.wait_content(&ALL, "key", &new);
     assert_eq!(c.wait_same_listing(&ALL, 1), ["key"]);
-    std::thread::sleep(INTERVAL * 4);
+    // charlie had the chance to send its stale copy: a file written on it
+    // since has reached everyone, and every table agrees.
+    c.wait_settled(&ALL, "charlie", "marker");
     for n in &c.nodes {
         assert_eq!(fs::read(n.at("key")).expect("read"), new, "{}", n.name);
         let (_, differs) = table(n, "files");
@@ -133,9 +98,9 @@ fn a_lagging_copy_stays_deleted_without_a_resurrect() {
     c.wait("one tombstone everywhere", CONVERGE, || {
         c.nodes.iter().all(|n| table(n, "tombstones").0 == 1)
     });
-    std::thread::sleep(INTERVAL * 4);
+    c.wait_settled(&ALL, "charlie", "marker");
     for n in &c.nodes {
-        assert!(!n.at("gone").exists(), "gone came back on {}", n.name);
+        assert!(!fs::present(n.at("gone")), "gone came back on {}", n.name);
         assert!(!n.stored("gone").exists());
     }
 }
@@ -167,7 +132,9 @@ fn a_replayed_old_delete_never_removes_the_re_added_file() {
         let out = String::from_utf8_lossy(&post.stdout);
         assert!(out.ends_with("200"), "{post:?}");
     }
-    std::thread::sleep(INTERVAL * 4);
+    // Both had the chance to act on the replay: a file alpha writes after
+    // it has reached bravo, and every table agrees.
+    c.wait_settled(&["alpha", "bravo"], "alpha", "marker");
     for n in [alpha, bravo] {
         assert_eq!(fs::read(n.at("doc")).expect("doc"), b"second", "{}", n.name);
     }
@@ -192,7 +159,7 @@ fn a_replayed_old_delete_never_removes_the_re_added_file() {
 fn leave_tells_the_others_scrubs_and_locks_the_old_key_out() {
     require_fuse!();
     require!(
-        crate::interop::have_age(),
+        crate::harness::age::have_age(),
         "age not found (apt-get install age)"
     );
     let c = Circle::loopback(&ALL);
@@ -225,10 +192,10 @@ fn leave_tells_the_others_scrubs_and_locks_the_old_key_out() {
     assert!(out.contains("left the circle: 2 of 2"), "{out}");
     assert!(!charlie.m.e.state().exists(), "~/.lockbox is still there");
     assert!(
-        crate::util::mount_type(&charlie.m.mnt).is_none(),
+        crate::harness::mount_type(&charlie.m.mnt).is_none(),
         "still mounted"
     );
-    assert!(!charlie.m.mnt.exists());
+    assert!(!fs::present(&charlie.m.mnt));
 
     // The others drop charlie and re-seal what they hold without it.
     let two = ["alpha", "bravo"];
@@ -275,10 +242,20 @@ fn leave_tells_the_others_scrubs_and_locks_the_old_key_out() {
             .contains("this envoy left the circle")
     });
     fs::write(charlie.at("sneaky"), b"from the departed").expect("write on charlie");
-    std::thread::sleep(INTERVAL * 4);
-    assert!(!c.node("alpha").at("sneaky").exists());
+    // alpha and bravo had the chance to take it: charlie, with the file,
+    // is refused by both, and a file bravo writes after reaches alpha.
+    c.wait("charlie refused by alpha and bravo", CONVERGE, || {
+        two.iter().all(|n| {
+            c.node(n)
+                .peers()
+                .iter()
+                .any(|(e, s, _)| e == "charlie" && s == "refused")
+        })
+    });
+    c.wait_marker(&two, "bravo", "marker");
+    assert!(!fs::present(c.node("alpha").at("sneaky")));
     assert!(
-        !charlie.at("later").exists(),
+        !fs::present(charlie.at("later")),
         "the departed envoy got a new file"
     );
     assert_eq!(c.node("alpha").recipients(), two);
@@ -288,7 +265,7 @@ fn leave_tells_the_others_scrubs_and_locks_the_old_key_out() {
 fn evict_removes_a_gone_envoy_with_the_passphrase() {
     require_fuse!();
     require!(
-        crate::interop::have_age(),
+        crate::harness::age::have_age(),
         "age not found (apt-get install age)"
     );
     let c = Circle::loopback(&ALL);
@@ -300,6 +277,28 @@ fn evict_removes_a_gone_envoy_with_the_passphrase() {
         .ok(&["export-identity", "--passphrase-file", &pass])
         .trim()
         .to_string();
+    // A remaining member's key, for the positive controls below.
+    let alpha_key = c
+        .node("alpha")
+        .m
+        .e
+        .ok(&["export-identity", "--passphrase-file", &pass])
+        .trim()
+        .to_string();
+    // Positive control: a file sealed while charlie is a member opens with
+    // charlie's exported key, on every envoy (so a failure to open later
+    // is the eviction, not a broken key or a missing file).
+    let before = content("before", 2000);
+    fs::write(c.node("alpha").at("before"), &before).expect("write");
+    c.wait_content(&ALL, "before", &before);
+    for n in ALL {
+        let stored = c.node(n).stored("before");
+        assert!(
+            age_opens(&key, &stored),
+            "charlie's key does not open before on {n}"
+        );
+        assert!(age_opens(&alpha_key, &stored), "alpha's key on {n}");
+    }
     charlie.m.e.ok(&["stop"]);
 
     let alpha = c.node("alpha");
@@ -334,10 +333,30 @@ fn evict_removes_a_gone_envoy_with_the_passphrase() {
         two.iter()
             .all(|n| c.node(n).recipients() == two && table(c.node(n), "leaves").0 == 1)
     });
-    let after = content("after", 2000);
-    fs::write(c.node("bravo").at("after"), &after).expect("write");
-    c.wait_content(&two, "after", &after);
-    assert!(!age_opens(&key, &alpha.stored("after")));
+    // New files, written on either remaining envoy, are sealed without
+    // charlie: its key opens none of them anywhere, while a member's key
+    // opens every one.
+    let after = [
+        ("after", "bravo", content("after", 2000)),
+        ("after-2", "alpha", content("after-2", 70_000)),
+    ];
+    for (name, on, v) in &after {
+        fs::write(c.node(on).at(name), v).expect("write");
+        c.wait_content(&two, name, v);
+    }
+    for (name, _, _) in &after {
+        for n in two {
+            let stored = c.node(n).stored(name);
+            assert!(
+                age_opens(&alpha_key, &stored),
+                "a member's key does not open {name} on {n}"
+            );
+            assert!(
+                !age_opens(&key, &stored),
+                "the evicted envoy's key opens {name} on {n}"
+            );
+        }
+    }
 
     // charlie comes back: refused by both, and told it was evicted.
     charlie.m.e.unlock();
@@ -348,8 +367,19 @@ fn evict_removes_a_gone_envoy_with_the_passphrase() {
             .ok(&["status"])
             .contains("this envoy was evicted from the circle")
     });
-    std::thread::sleep(INTERVAL * 4);
-    assert!(!charlie.at("after").exists());
+    // Both had the chance to send charlie what they hold: both refuse it,
+    // and a file bravo writes now reaches alpha (and not charlie).
+    c.wait("charlie refused by alpha and bravo", CONVERGE, || {
+        two.iter().all(|n| {
+            c.node(n)
+                .peers()
+                .iter()
+                .any(|(e, s, _)| e == "charlie" && s == "refused")
+        })
+    });
+    c.wait_marker(&two, "bravo", "marker");
+    assert!(!fs::present(charlie.at("marker")));
+    assert!(!fs::present(charlie.at("after")));
     for n in two {
         assert_eq!(c.node(n).recipients(), two);
     }
@@ -367,7 +397,7 @@ fn purge_wipes_this_envoy_and_tells_no_one() {
     assert!(bravo.m.e.state().exists());
     bravo.m.e.ok(&["purge", "--yes"]);
     assert!(!bravo.m.e.state().exists());
-    assert!(!bravo.m.mnt.exists());
+    assert!(!fs::present(&bravo.m.mnt));
     // alpha was not told: bravo stays a member and a recipient, gone stale.
     c.wait("bravo stale on alpha", CONVERGE, || {
         c.node("alpha")
@@ -379,9 +409,19 @@ fn purge_wipes_this_envoy_and_tells_no_one() {
     assert_eq!(table(c.node("alpha"), "leaves").0, 0);
     // Nothing re-creates the purged lockbox, whatever alpha sends.
     fs::write(c.node("alpha").at("g"), b"for nobody").expect("write");
+    // alpha holds g and still counts bravo as a stale member (so it would
+    // send it g the moment bravo answered). bravo runs nothing that could
+    // show an attempt, so a few announce rounds are still waited out.
+    c.wait("g sealed on alpha, bravo stale", CONVERGE, || {
+        c.node("alpha").stored("g").exists()
+            && c.node("alpha")
+                .peers()
+                .iter()
+                .any(|(e, s, _)| e == "bravo" && s == "stale")
+    });
     std::thread::sleep(INTERVAL * 4);
     assert!(!bravo.m.e.state().exists(), "a push re-created ~/.lockbox");
-    assert!(!bravo.m.mnt.exists());
+    assert!(!fs::present(&bravo.m.mnt));
 }
 
 #[test]
@@ -453,26 +493,26 @@ fn after_a_long_absence_nothing_is_pushed_until_the_tables_are_pulled() {
 fn a_partition_heals_to_one_agreed_state() {
     require_fuse!();
     require!(
-        crate::netlab::available().is_ok(),
-        crate::netlab::available().unwrap_err()
+        crate::harness::netlab::available().is_ok(),
+        crate::harness::netlab::available().unwrap_err()
     );
-    let lab = crate::netlab::NetLab::new(3).expect("network lab");
+    let lab = crate::harness::netlab::NetLab::new(3).expect("network lab");
     let interval = std::time::Duration::from_secs(1);
     let config = format!(
         "listen: 0.0.0.0\nannounce_interval: {}ms\nstale_after: 3s\n{}",
         interval.as_millis(),
-        crate::mesh::KDF
+        crate::harness::KDF
     );
-    let fleet = crate::mesh::Fleet::new();
+    let fleet = crate::harness::Fleet::new();
     let nodes: Vec<Node> = ALL
         .iter()
         .enumerate()
         .map(|(i, name)| {
-            let mut e = crate::util::Envoy::with_config(&config);
+            let mut e = crate::harness::Envoy::with_config(&config);
             e.netns = Some(lab.ns_path(i));
             fleet.issue(&e, name, &[&lab.addr(i).to_string()]);
             Node {
-                m: crate::mount::Mounted::named(e, name),
+                m: crate::harness::MountedEnvoy::named(e, name),
                 name: name.to_string(),
                 port: 1531,
             }
@@ -533,9 +573,11 @@ fn a_partition_heals_to_one_agreed_state() {
         interval.as_millis()
     );
     // Two intervals, plus time for ARP after the link comes back and for a
-    // loaded CI machine.
+    // loaded 2-core CI machine running other tests at once (a healthy run
+    // takes a few seconds; this bound only catches a heal that never
+    // converges on its own).
     assert!(
-        took <= interval * 2 + std::time::Duration::from_secs(3),
+        took <= interval * 2 + std::time::Duration::from_secs(40),
         "took {took:?} to converge after the heal"
     );
     drop(c);

@@ -2,9 +2,9 @@
 //! exit codes and one-line errors, and every piece of bad input the issue
 //! names.
 
-use std::fs;
+use crate::harness::fs;
 
-use crate::util::{mode, Envoy};
+use crate::harness::*;
 
 #[test]
 fn init_creates_private_state_and_refuses_a_second_time() {
@@ -416,4 +416,27 @@ fn doctor_reports_checks() {
             .all(|l| l.starts_with("ok") || l.starts_with("warn") || l.starts_with("FAIL")),
         "{text}"
     );
+    // The exit status says whether a check failed: 0 without a FAIL line,
+    // 1 (and a summary on stderr) with one.
+    let failed = text.lines().filter(|l| l.starts_with("FAIL")).count();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if failed == 0 {
+        assert!(
+            out.status.success(),
+            "doctor: {}\n{text}\n{stderr}",
+            out.status
+        );
+    } else {
+        assert_eq!(out.status.code(), Some(1), "{text}\n{stderr}");
+        assert!(
+            stderr.contains(&format!("{failed} check(s) failed")),
+            "{stderr}"
+        );
+    }
+    // Where this machine can mount FUSE (and a fresh envoy has no
+    // certificates to fail on), nothing fails.
+    let fuse = std::path::Path::new("/dev/fuse").exists() && (is_root() || on_path("fusermount3"));
+    if fuse {
+        assert_eq!(failed, 0, "{text}");
+    }
 }

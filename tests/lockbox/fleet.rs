@@ -2,37 +2,12 @@
 //! what they refuse, and that what they write loads as mTLS material. The
 //! handshakes themselves are tested in `lockbox_net::tls`.
 
-use std::fs;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
-
+use crate::harness::fs;
 use lockbox_net::tls::TlsMaterial;
+use std::time::SystemTime;
 
-use crate::util::{mode, Envoy};
-
-const DAY: Duration = Duration::from_secs(24 * 3600);
-
-fn path(p: &Path) -> String {
-    p.to_string_lossy().into_owned()
-}
-
-/// An envoy with a fleet CA in `HOME/fleet-ca`.
-fn with_ca() -> (Envoy, PathBuf) {
-    let e = Envoy::new();
-    let ca = e.home.join("fleet-ca");
-    let out = e.ok(&["fleet", "init", "--out", &path(&ca)]);
-    assert!(out.contains("lockbox fleet issue --ca"), "next step: {out}");
-    (e, ca)
-}
-
-/// `fleet issue` for `envoy` into this envoy's `~/.lockbox/tls`.
-fn issue(e: &Envoy, ca: &Path, envoy: &str, extra: &[&str]) -> String {
-    let tls = path(&e.state().join("tls"));
-    let mut args = vec!["fleet", "issue", "--ca", ca.to_str().unwrap()];
-    args.extend(["--envoy", envoy, "--out", &tls]);
-    args.extend(extra);
-    e.ok(&args)
-}
+use crate::harness::fleet::*;
+use crate::harness::*;
 
 #[test]
 fn init_and_issue_write_private_files_that_load() {

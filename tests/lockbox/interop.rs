@@ -2,46 +2,12 @@
 //! files decrypt with `age -d` and the exported key; files made with
 //! `age -r <recipient>` decrypt with `lockbox decrypt`.
 
-use std::fs;
-use std::path::Path;
-use std::process::{Command, Output};
+use crate::harness::fs;
+use std::process::Command;
 
+use crate::harness::age::*;
+use crate::harness::*;
 use crate::require;
-use crate::util::Envoy;
-
-/// Whether the reference age CLI runs here.
-pub(crate) fn have_age() -> bool {
-    Command::new("age")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-/// The reference `age -d` of `file` with `key` (the text of an identity
-/// file: an `AGE-SECRET-KEY-…` line).
-pub(crate) fn age_decrypt(key: &str, file: &Path) -> Output {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let id = dir.path().join("id");
-    fs::write(&id, format!("{key}\n")).expect("identity file");
-    Command::new("age")
-        .args(["-d", "-i"])
-        .arg(&id)
-        .arg(file)
-        .output()
-        .expect("run age")
-}
-
-/// [`age_decrypt`], required to succeed: the plaintext.
-#[track_caller]
-fn age_plaintext(key: &str, file: &Path, what: &str) -> Vec<u8> {
-    let out = age_decrypt(key, file);
-    assert!(
-        out.status.success(),
-        "age -d of {what}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
 
 #[test]
 fn reference_age_decrypts_our_store_files() {

@@ -1,7 +1,22 @@
 //! Integration tests: the real `lockbox` binary, real agents, real sockets.
 //! Each test gets its own HOME; every agent is stopped when its test ends,
-//! pass or fail (see `util::Envoy`'s `Drop`).
+//! pass or fail (see `harness::Envoy`'s `Drop`). The fixtures live in
+//! [`harness`]; every other module holds tests only, one theme each:
+//!
+//! - `agent`: the agent's lifecycle and its control socket.
+//! - `circle`: deletion and membership across the mesh (re-adds,
+//!   `resurrect`, replayed deletes, `leave`, `evict`, `purge`, partitions).
+//! - `cli`: the command line on one envoy, its exit codes and errors.
+//! - `crash`: SIGKILLed agents while a file is written or sealed.
+//! - `fleet`: `lockbox fleet init|issue` and `renew-cert`.
+//! - `interop`: the reference `age` CLI and lockbox's store files.
+//! - `mesh`: envoys syncing over mTLS, pushes, intruders, the demo.
+//! - `mount`: the FUSE mount driven by ordinary tools.
+//! - `netlab`: the network-namespace lab itself.
+//! - `unprivileged`: lockbox as an ordinary user.
 #![allow(clippy::unwrap_used)]
+
+mod harness;
 
 mod agent;
 mod circle;
@@ -13,4 +28,3 @@ mod mesh;
 mod mount;
 mod netlab;
 mod unprivileged;
-mod util;

@@ -3,366 +3,22 @@
 //! multicast between network namespaces). Everything is checked by content
 //! read back through the mounts, never by log lines alone.
 //!
-//! [`Circle`] is the fixture: dropping it stops every agent and detaches every
-//! mount, pass or fail. Waits poll for the state they need with a deadline;
-//! a timeout prints each envoy's status and the tail of its agent log.
+//! The fixtures (`Circle`, `Node`, `Fleet`) live in `harness::mesh`.
 
-use std::fs;
+use crate::harness::fs;
+use std::io::{BufRead, BufReader};
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::mount::{kill9, open_random, pread, Mounted, AGE_MAGIC, MIB};
-use crate::util::{bin, mode, wait_until, Envoy};
+use lockbox_crypto::sign::{Signed, SigningKey};
+use lockbox_net::records::{encode_list, FileVersion, Tombstone};
+use lockbox_net::WireName;
+
+use crate::harness::age::*;
+use crate::harness::*;
 use crate::{require, require_fuse};
-
-/// A fast Argon2id for the identity (the circle key keeps its fixed cost).
-pub(crate) const KDF: &str = "kdf: {memory_kib: 64, iterations: 1, parallelism: 1}\n";
-
-/// The announcement interval of the test meshes.
-pub(crate) const INTERVAL: Duration = Duration::from_millis(300);
-
-/// How long a test waits for the mesh to converge on one change: generous,
-/// since CI machines are slow and tests run in parallel; the figures
-/// themselves are measured by the mesh benchmark.
-pub(crate) const CONVERGE: Duration = Duration::from_secs(30);
-
-/// Loopback ports that are free now (bound and released at once; the
-/// agents bind them moments later).
-pub(crate) fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("local addr").port())
-        .collect()
-}
-
-/// The config of an envoy on loopback that contacts `peers` directly.
-pub(crate) fn loopback_config(port: u16, peers: &[u16]) -> String {
-    let peers: Vec<String> = peers.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
-    format!(
-        "multicast: off\nlisten: 127.0.0.1\npeer_port: {port}\ncross_subnet_peers: [{}]\n\
-         announce_interval: {}ms\nstale_after: 3s\n{KDF}",
-        peers.join(", "),
-        INTERVAL.as_millis()
-    )
-}
-
-pub(crate) fn text(p: &Path) -> String {
-    p.to_string_lossy().into_owned()
-}
-
-/// A fleet CA in a folder of its own.
-pub(crate) struct Fleet {
-    dir: tempfile::TempDir,
-}
-
-impl Fleet {
-    pub(crate) fn new() -> Fleet {
-        let dir = tempfile::Builder::new()
-            .prefix("lockbox-fleet-")
-            .tempdir()
-            .expect("tempdir");
-        let out = Command::new(bin())
-            .args(["fleet", "init", "--out"])
-            .arg(dir.path().join("ca"))
-            .env("HOME", dir.path())
-            .stdin(Stdio::null())
-            .output()
-            .expect("run lockbox fleet init");
-        assert!(out.status.success(), "fleet init: {out:?}");
-        Fleet { dir }
-    }
-
-    fn ca(&self) -> PathBuf {
-        self.dir.path().join("ca")
-    }
-
-    /// Issue `name`'s certificate into `e`'s `~/.lockbox/tls`.
-    pub(crate) fn issue(&self, e: &Envoy, name: &str, hosts: &[&str]) {
-        let (ca, tls) = (text(&self.ca()), text(&e.state().join("tls")));
-        let mut args = vec![
-            "fleet", "issue", "--ca", &ca, "--envoy", name, "--out", &tls,
-        ];
-        for h in hosts {
-            args.extend(["--host", h]);
-        }
-        e.ok(&args);
-    }
-}
-
-/// One envoy of a circle: its mount fixture, name and peer port.
-pub(crate) struct Node {
-    pub m: Mounted,
-    pub name: String,
-    pub port: u16,
-}
-
-impl Node {
-    /// `~/lockbox/NAME`.
-    pub fn at(&self, name: &str) -> PathBuf {
-        self.m.at(name)
-    }
-
-    /// `~/.lockbox/store/NAME`.
-    /// NAME's file in this envoy's store folder, once no seal waits.
-    pub(crate) fn stored(&self, name: &str) -> PathBuf {
-        self.m.e.settle();
-        self.m.e.state().join("store").join(name)
-    }
-
-    pub(crate) fn tls(&self, file: &str) -> String {
-        text(&self.m.e.state().join("tls").join(file))
-    }
-
-    /// The user, as this envoy's status reports it.
-    pub(crate) fn user(&self) -> String {
-        self.m.e.status_json()["user"]
-            .as_str()
-            .expect("user")
-            .to_string()
-    }
-
-    /// `curl` to the peer port `port` (another envoy's, or its own) with
-    /// this envoy's fleet certificate.
-    pub(crate) fn curl_as(&self, port: u16, path: &str, extra: &[&str]) -> Output {
-        let (ca, cert, key) = (
-            self.tls("ca.pem"),
-            self.tls("cert.pem"),
-            self.tls("key.pem"),
-        );
-        curl(port, path, Some((&ca, &cert, &key)), extra)
-    }
-
-    /// The envoy names in `status --json`'s `recipients`.
-    pub(crate) fn recipients(&self) -> Vec<String> {
-        names_of(&self.m.e.status_json()["recipients"])
-    }
-
-    /// `status --json`'s peers as `(envoy, state, detail)`.
-    pub(crate) fn peers(&self) -> Vec<(String, String, String)> {
-        let s = self.m.e.status_json();
-        s["peers"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|p| {
-                        let f = |k: &str| p[k].as_str().unwrap_or_default().to_string();
-                        (f("envoy"), f("state"), f("detail"))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    /// The names listed through the mount, sorted.
-    pub(crate) fn listing(&self) -> Vec<String> {
-        let mut v: Vec<String> = fs::read_dir(&self.m.mnt)
-            .map(|rd| {
-                rd.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort();
-        v
-    }
-
-    /// Every store file is an age file with mode 0600, and nothing is left
-    /// in the store's temp folder.
-    #[track_caller]
-    pub(crate) fn assert_store_sealed(&self) {
-        for entry in fs::read_dir(self.m.e.state().join("store")).expect("store") {
-            let p = entry.expect("entry").path();
-            let mut head = vec![0u8; AGE_MAGIC.len()];
-            let n = fs::File::open(&p)
-                .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
-                .expect("read a store file");
-            assert_eq!(&head[..n], AGE_MAGIC, "{} is not an age file", p.display());
-            assert_eq!(mode(&p), 0o600, "{}", p.display());
-        }
-        // A transfer still in flight (a peer's late push of a version this
-        // envoy already has) may hold a temp file for a moment; one that
-        // stays is a leak.
-        let temps = || -> Vec<_> {
-            fs::read_dir(self.m.tmp())
-                .map(|rd| rd.flatten().map(|e| e.path()).collect())
-                .unwrap_or_default()
-        };
-        if wait_until(Duration::from_secs(10), || temps().is_empty()).is_err() {
-            panic!("left in {}: {:?}", self.name, temps());
-        }
-    }
-
-    /// The last lines of the agent's log.
-    fn log_tail(&self) -> String {
-        let log = fs::read_to_string(self.m.e.state().join("agent.log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(25)..].join("\n")
-    }
-}
-
-fn names_of(v: &serde_json::Value) -> Vec<String> {
-    let mut names: Vec<String> = v
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|r| r.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
-}
-
-/// Envoys that share a fleet CA (and, unless a test says otherwise, a
-/// passphrase), each unlocked with its mount answering.
-pub(crate) struct Circle {
-    /// Dropped first: every agent stops and every mount is detached.
-    pub nodes: Vec<Node>,
-    /// The CA the nodes' certificates come from (its folder lives as long).
-    pub _fleet: Fleet,
-}
-
-impl Circle {
-    /// `names` on loopback, each with the others as `cross_subnet_peers`,
-    /// unlocked, and agreed on one circle of all of them.
-    pub fn loopback(names: &[&str]) -> Circle {
-        let circle = Circle::loopback_locked(names);
-        for n in &circle.nodes {
-            n.m.e.unlock();
-            n.m.assert_mounted();
-        }
-        circle.wait_formed(names);
-        circle
-    }
-
-    /// As [`Circle::loopback`], but initialised only: no agent runs.
-    pub fn loopback_locked(names: &[&str]) -> Circle {
-        Circle::loopback_locked_with(names, |_| String::new())
-    }
-
-    /// As [`Circle::loopback_locked`], with `extra(name)` appended to each
-    /// envoy's config.yaml.
-    pub fn loopback_locked_with(names: &[&str], extra: impl Fn(&str) -> String) -> Circle {
-        let fleet = Fleet::new();
-        let ports = free_ports(names.len());
-        let nodes = names
-            .iter()
-            .zip(&ports)
-            .map(|(name, &port)| {
-                let others: Vec<u16> = ports.iter().copied().filter(|&p| p != port).collect();
-                let config = loopback_config(port, &others) + &extra(name);
-                let e = Envoy::with_config(&config);
-                fleet.issue(&e, name, &["127.0.0.1"]);
-                Node {
-                    m: Mounted::named(e, name),
-                    name: name.to_string(),
-                    port,
-                }
-            })
-            .collect();
-        Circle {
-            nodes,
-            _fleet: fleet,
-        }
-    }
-
-    pub fn node(&self, name: &str) -> &Node {
-        self.nodes
-            .iter()
-            .find(|n| n.name == name)
-            .unwrap_or_else(|| panic!("no envoy {name}"))
-    }
-
-    /// Every running envoy's status and log tail, for a failure message.
-    fn dump(&self) -> String {
-        let mut o = String::new();
-        for n in &self.nodes {
-            let status = n.m.e.run(&["status"]);
-            o.push_str(&format!(
-                "==== {} status:\n{}\n==== {} agent.log (tail):\n{}\n",
-                n.name,
-                String::from_utf8_lossy(&status.stdout),
-                n.name,
-                n.log_tail()
-            ));
-        }
-        o
-    }
-
-    /// Wait for `what` to hold, or fail with every envoy's state.
-    #[track_caller]
-    pub(crate) fn wait(&self, what: &str, limit: Duration, cond: impl FnMut() -> bool) -> Duration {
-        let start = Instant::now();
-        if wait_until(limit, cond).is_err() {
-            panic!(
-                "timed out after {limit:?} waiting for {what}\n{}",
-                self.dump()
-            );
-        }
-        start.elapsed()
-    }
-
-    /// Wait until each of `members` lists exactly `members` as recipients
-    /// and sees the others live.
-    #[track_caller]
-    pub(crate) fn wait_formed(&self, members: &[&str]) {
-        let mut want: Vec<String> = members.iter().map(|s| s.to_string()).collect();
-        want.sort();
-        self.wait("the envoys to form one circle", CONVERGE, || {
-            members.iter().all(|m| {
-                let n = self.node(m);
-                n.recipients() == want
-                    && n.peers()
-                        .iter()
-                        .filter(|(e, state, _)| state == "live" && want.contains(e))
-                        .count()
-                        == members.len() - 1
-            })
-        });
-    }
-
-    /// Wait until `name` reads back as `content` through the mount of every
-    /// envoy in `on`.
-    #[track_caller]
-    pub(crate) fn wait_content(&self, on: &[&str], name: &str, content: &[u8]) -> Duration {
-        self.wait(&format!("{name} on {on:?}"), CONVERGE, || {
-            on.iter()
-                .all(|n| fs::read(self.node(n).at(name)).is_ok_and(|c| c == content))
-        })
-    }
-
-    /// Wait until `name` is gone from the mount of every envoy in `on`.
-    #[track_caller]
-    pub(crate) fn wait_gone(&self, on: &[&str], name: &str) {
-        self.wait(&format!("{name} gone on {on:?}"), CONVERGE, || {
-            on.iter().all(|n| !self.node(n).at(name).exists())
-        });
-    }
-
-    /// Wait until every envoy in `on` lists the same names through its mount
-    /// (and return them).
-    #[track_caller]
-    pub(crate) fn wait_same_listing(&self, on: &[&str], count: usize) -> Vec<String> {
-        self.wait(&format!("{count} files alike on {on:?}"), CONVERGE, || {
-            let first = self.node(on[0]).listing();
-            first.len() == count && on.iter().all(|n| self.node(n).listing() == first)
-        });
-        self.node(on[0]).listing()
-    }
-}
-
-/// `len` bytes that differ per `seed`.
-pub(crate) fn content(seed: &str, len: usize) -> Vec<u8> {
-    let line = format!("{seed}: the quick brown fox jumps over the lazy dog\n");
-    line.bytes().cycle().take(len).collect()
-}
-
-pub(crate) const ALL: [&str; 3] = ["alpha", "bravo", "charlie"];
 
 #[test]
 fn writes_replaces_and_renames_converge_on_every_envoy() {
@@ -472,15 +128,29 @@ fn a_delete_reaches_every_envoy_and_a_lagging_copy_does_not_return() {
     fs::write(c.node("alpha").at("doomed"), &v).expect("write");
     c.wait_content(&ALL, "doomed", &v);
 
+    // charlie lags: it is away, holding the old version, while bravo
+    // deletes the file.
+    let charlie = c.node("charlie");
+    take_away(&c, "charlie");
     fs::remove_file(c.node("bravo").at("doomed")).expect("rm on bravo");
+    c.wait_gone(&["alpha", "bravo"], "doomed");
+    assert!(
+        charlie.stored("doomed").exists(),
+        "charlie holds the old version while away"
+    );
+    // charlie returns with its old copy: the delete wins everywhere.
+    charlie.m.e.unlock();
     c.wait_gone(&ALL, "doomed");
-    // Several rounds of anti-entropy later it is still gone everywhere.
-    let keep = fs::write(c.node("alpha").at("marker"), b"m");
-    keep.expect("write marker");
-    c.wait_content(&ALL, "marker", b"m");
-    std::thread::sleep(INTERVAL * 4);
+    // Several rounds of anti-entropy later it is still gone everywhere: a
+    // file written on charlie after its return has reached every envoy,
+    // and every table agrees.
+    c.wait_settled(&ALL, "charlie", "marker");
     for n in &c.nodes {
-        assert!(!n.at("doomed").exists(), "doomed came back on {}", n.name);
+        assert!(
+            !fs::present(n.at("doomed")),
+            "doomed came back on {}",
+            n.name
+        );
         assert!(!n.stored("doomed").exists(), "doomed in {}'s store", n.name);
     }
 }
@@ -566,19 +236,32 @@ fn an_envoy_that_was_down_catches_up_and_reads_everything() {
         back.elapsed().as_millis(),
         INTERVAL.as_millis()
     );
-    assert!(!charlie.at("gone").exists() && !charlie.at("renamed").exists());
+    assert!(!fs::present(charlie.at("gone")) && !fs::present(charlie.at("renamed")));
     charlie.assert_store_sealed();
 }
 
 #[test]
 fn killing_a_receiving_agent_mid_transfer_leaves_no_torn_file() {
     require_fuse!();
+    require!(have_age(), "age not found (apt-get install age)");
     let c = Circle::loopback(&["alpha", "bravo"]);
     let old = content("old", 10_000);
     fs::write(c.node("alpha").at("big"), &old).expect("write");
     c.wait_content(&["alpha", "bravo"], "big", &old);
 
     let bravo = c.node("bravo");
+    // bravo's key, to decrypt its store file with the reference age CLI
+    // while its agent is dead.
+    let key = bravo
+        .m
+        .e
+        .ok(&[
+            "export-identity",
+            "--passphrase-file",
+            &text(&bravo.m.e.pass),
+        ])
+        .trim()
+        .to_string();
     let pid = bravo.m.e.agent_pid().expect("bravo's agent");
     let big = content("new", 200 * MIB);
     fs::write(c.node("alpha").at("big"), &big).expect("write 200 MiB on alpha");
@@ -592,12 +275,31 @@ fn killing_a_receiving_agent_mid_transfer_leaves_no_torn_file() {
         })
     });
     kill9(pid);
-    crate::util::detach_mount(&bravo.m.mnt);
+    crate::harness::detach_mount(&bravo.m.mnt);
 
-    // What bravo's store holds is the old version, whole and sealed.
+    // What bravo's store holds is the old version, whole and sealed: it
+    // decrypts, and to the old bytes (a torn file starts with the magic too).
     let stored = fs::read(bravo.stored("big")).expect("bravo still has big");
     assert!(stored.starts_with(AGE_MAGIC));
     assert_eq!(mode(&bravo.stored("big")), 0o600);
+    // age authenticates every chunk and the end of the stream, so a torn
+    // file does not decrypt. What does is the old version, or a version
+    // alpha published while the 200 MiB file grew (it seals a file written
+    // start to end as it grows): a prefix of the new content, whole. On a
+    // loaded machine bravo may have installed one of those before the kill.
+    let plain = age_plaintext(&key, &bravo.stored("big"), "bravo's big after the kill");
+    if plain != old {
+        assert!(
+            !plain.is_empty() && big.starts_with(&plain),
+            "bravo's big after the kill is neither the old version nor one alpha \
+             sealed ({} bytes)",
+            plain.len()
+        );
+        eprintln!(
+            "bravo had installed a {}-byte version of the new file before the kill",
+            plain.len()
+        );
+    }
 
     // Restarted, bravo throws the partial transfer away and gets the new
     // version, byte-identical.
@@ -606,35 +308,6 @@ fn killing_a_receiving_agent_mid_transfer_leaves_no_torn_file() {
     bravo.assert_store_sealed();
     let store = fs::metadata(bravo.stored("big")).expect("stat");
     assert!(store.size() > big.len() as u64, "ciphertext is larger");
-}
-
-/// `curl` against a peer port with `tls` (ca, cert, key), or no client
-/// certificate. Returns curl's output (`-w '%{http_code}'` on stdout).
-pub(crate) fn curl(
-    port: u16,
-    path: &str,
-    tls: Option<(&str, &str, &str)>,
-    extra: &[&str],
-) -> Output {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "--http2", "--max-time", "20", "-w", "%{http_code}"]);
-    match tls {
-        Some((ca, cert, key)) => {
-            cmd.args(["--cacert", ca, "--cert", cert, "--key", key]);
-        }
-        None => {
-            cmd.arg("-k");
-        }
-    }
-    cmd.args(extra)
-        .arg(format!("https://127.0.0.1:{port}{path}"))
-        .stdin(Stdio::null())
-        .output()
-        .expect("run curl")
-}
-
-pub(crate) fn have_curl() -> bool {
-    crate::mount::on_path("curl")
 }
 
 #[test]
@@ -657,7 +330,7 @@ fn a_host_with_another_passphrase_is_never_a_member() {
             }
             fleet.issue(&e, name, &["127.0.0.1"]);
             Node {
-                m: Mounted::named(e, name),
+                m: MountedEnvoy::named(e, name),
                 name: name.to_string(),
                 port,
             }
@@ -706,7 +379,14 @@ fn a_host_with_another_passphrase_is_never_a_member() {
     let (status, answer) = push_version(mallory, alpha, &user, "planted", &record, &body);
     assert_eq!(status, "403", "push by a non-member: {answer}");
 
-    // A delete signed by mallory does not delete alpha's file of that name.
+    // A delete signed by mallory does not delete alpha's file of that name:
+    // neither mallory's own tombstone (over its own version) nor one over
+    // the very version alpha and bravo hold.
+    let two = ["alpha", "bravo"];
+    for n in two {
+        let listing = c.node(n).listing();
+        assert!(listing.contains(&"shared".to_string()), "{n}: {listing:?}");
+    }
     fs::write(mallory.at("shared"), b"mallory's").expect("write");
     fs::remove_file(mallory.at("shared")).expect("rm on mallory");
     let tombs = dir.path().join("tombs");
@@ -715,24 +395,83 @@ fn a_host_with_another_passphrase_is_never_a_member() {
     assert_eq!(String::from_utf8_lossy(&got.stdout), "200", "{got:?}");
     let data = format!("@{}", text(&tombs));
     let post = mallory.curl_as(alpha.port, &path, &["-X", "POST", "--data-binary", &data]);
-    let out = String::from_utf8_lossy(&post.stdout);
-    assert!(out.ends_with("403"), "tombstone by a non-member: {post:?}");
 
-    std::thread::sleep(INTERVAL * 4);
+    // The tombstone a non-member would need: over alpha's version vector,
+    // signed with mallory's own signing key. mallory delivers it, and a
+    // member (alpha's certificate, as a relaying peer) hands it to both.
+    let (record, _) = fetch_version(alpha, &user, "shared", dir.path());
+    let record = hex::decode(record).expect("hex");
+    let record = Signed::<FileVersion>::from_bytes(&record).expect("a version record");
+    let key = fs::read_to_string(mallory.m.e.state().join("signing.key")).expect("signing.key");
+    let key = SigningKey::parse_file(&key).expect("mallory's signing key");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    let forged = Signed::sign(
+        Tombstone {
+            user: record.body().user.clone(),
+            name: record.body().name.clone(),
+            vv: record.body().vv.clone(),
+            author: WireName::new("mallory").expect("a wire name"),
+            deleted_unix: now,
+        },
+        &key,
+    );
+    let forged_file = dir.path().join("forged");
+    fs::write(&forged_file, encode_list([forged.to_bytes().as_slice()])).expect("write");
+    let forged_data = format!("@{}", text(&forged_file));
+    let post_args = ["-X", "POST", "--data-binary", forged_data.as_str()];
+    let by_mallory = mallory.curl_as(alpha.port, &path, &post_args);
+    let relayed: Vec<Output> = [alpha, c.node("bravo")]
+        .iter()
+        .map(|n| alpha.curl_as(n.port, &path, &post_args))
+        .collect();
+
+    // The envoys had the chance to act: a file alpha writes after all of
+    // that has reached bravo, and both still refuse mallory.
+    fs::write(alpha.at("marker"), b"after the deletes").expect("write marker");
+    c.wait_content(&two, "marker", b"after the deletes");
+    c.wait("mallory refused on alpha and bravo", CONVERGE, || {
+        two.iter().all(|n| {
+            c.node(n)
+                .peers()
+                .iter()
+                .any(|(e, s, _)| e == "mallory" && s == "refused")
+        })
+    });
+    for n in two {
+        let listing = c.node(n).listing();
+        assert_eq!(listing, ["marker", "secret", "shared"], "{n}");
+        assert_eq!(
+            fs::read(c.node(n).at("shared")).expect("shared"),
+            b"alpha's",
+            "a non-member's tombstone deleted {n}'s file"
+        );
+    }
     assert!(
-        !alpha.at("planted").exists(),
+        !fs::present(alpha.at("planted")),
         "mallory's file reached alpha"
     );
-    assert!(!c.node("bravo").at("planted").exists());
+    assert!(!fs::present(c.node("bravo").at("planted")));
     assert!(
-        !mallory.at("secret").exists(),
+        !fs::present(mallory.at("secret")),
         "alpha's file reached mallory"
     );
-    assert_eq!(fs::read(alpha.at("shared")).expect("shared"), b"alpha's");
-    assert_eq!(
-        fs::read(c.node("bravo").at("shared")).expect("shared"),
-        b"alpha's"
+    let out = String::from_utf8_lossy(&post.stdout);
+    assert!(out.ends_with("403"), "tombstone by a non-member: {post:?}");
+    let out = String::from_utf8_lossy(&by_mallory.stdout);
+    assert!(
+        out.ends_with("403"),
+        "forged tombstone from mallory: {by_mallory:?}"
     );
+    for r in &relayed {
+        let out = String::from_utf8_lossy(&r.stdout);
+        assert!(
+            out.ends_with("403"),
+            "forged tombstone relayed by a member: {r:?}"
+        );
+    }
 }
 
 #[test]
@@ -786,14 +525,14 @@ fn peers_without_a_fleet_certificate_are_refused_in_the_handshake() {
     let fleet = Fleet::new();
     fleet.issue(&alpha, "alpha", &["127.0.0.1"]);
     let alpha = Node {
-        m: Mounted::named(alpha, "alpha"),
+        m: MountedEnvoy::named(alpha, "alpha"),
         name: "alpha".into(),
         port: ports[0],
     };
     let stranger = Envoy::with_config(&loopback_config(ports[1], &ports[..1]));
     other.issue(&stranger, "stranger", &["127.0.0.1"]);
     let stranger = Node {
-        m: Mounted::named(stranger, "stranger"),
+        m: MountedEnvoy::named(stranger, "stranger"),
         name: "stranger".into(),
         port: ports[1],
     };
@@ -850,12 +589,12 @@ fn a_new_member_can_read_files_written_before_it_joined() {
 fn envoys_in_network_namespaces_find_each_other_by_multicast() {
     require_fuse!();
     require!(
-        crate::netlab::available().is_ok(),
-        crate::netlab::available().unwrap_err()
+        crate::harness::netlab::available().is_ok(),
+        crate::harness::netlab::available().unwrap_err()
     );
     // The lab first: the circle drops before it, stopping the agents through
     // the namespaces that still exist.
-    let lab = crate::netlab::NetLab::new(3).expect("network lab");
+    let lab = crate::harness::netlab::NetLab::new(3).expect("network lab");
     let fleet = Fleet::new();
     // The defaults: multicast on 224.0.0.44:1533, peer port 1531, no static
     // peers; each host has its own address and port space.
@@ -871,7 +610,7 @@ fn envoys_in_network_namespaces_find_each_other_by_multicast() {
             e.netns = Some(lab.ns_path(i));
             fleet.issue(&e, name, &[&lab.addr(i).to_string()]);
             Node {
-                m: Mounted::named(e, name),
+                m: MountedEnvoy::named(e, name),
                 name: name.to_string(),
                 port: 1531,
             }
@@ -886,7 +625,14 @@ fn envoys_in_network_namespaces_find_each_other_by_multicast() {
         n.m.assert_mounted();
     }
     c.wait_formed(&ALL);
-    // Each envoy reached the others at their own addresses.
+    // Each envoy reached the others at their own addresses (once every
+    // peer line says live: wait_formed counts live members, not lines).
+    c.wait("every peer of every envoy live", CONVERGE, || {
+        c.nodes.iter().all(|n| {
+            let peers = n.peers();
+            peers.len() == ALL.len() - 1 && peers.iter().all(|(_, state, _)| state == "live")
+        })
+    });
     for (i, n) in c.nodes.iter().enumerate() {
         for (e, state, detail) in n.peers() {
             let j = ALL.iter().position(|a| *a == e).expect("a member");
@@ -995,51 +741,6 @@ fn a_locked_circle_shows_drift_until_unlock_and_reencrypt_reseals_on_demand() {
     assert_eq!(c.wait_same_listing(&ALL, 3), ["f0", "f1", "f2"]);
 }
 
-/// `(headers, body)` of a version `node` serves for `name`, fetched with
-/// `node`'s own certificate; the record header is what a push carries.
-pub(crate) fn fetch_version(node: &Node, user: &str, name: &str, dir: &Path) -> (String, PathBuf) {
-    let (headers, body) = (dir.join(format!("{name}.h")), dir.join(format!("{name}.b")));
-    let got = node.curl_as(
-        node.port,
-        &format!("/lockbox/files/{user}/{name}"),
-        &["-D", &text(&headers), "-o", &text(&body)],
-    );
-    assert_eq!(String::from_utf8_lossy(&got.stdout), "200", "{got:?}");
-    let record = fs::read_to_string(&headers)
-        .expect("headers")
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("lockbox-record: ")
-                .map(|r| r.trim().to_string())
-        })
-        .expect("a version record");
-    (record, body)
-}
-
-/// POST a version (`record`, `body`) to `to`'s push endpoint for `path_name`
-/// with `from`'s certificate; returns the HTTP status and the answer.
-pub(crate) fn push_version(
-    from: &Node,
-    to: &Node,
-    user: &str,
-    path_name: &str,
-    record: &str,
-    body: &Path,
-) -> (String, String) {
-    let header = format!("lockbox-record: {record}");
-    let data = format!("@{}", text(body));
-    let out = from.curl_as(
-        to.port,
-        &format!("/lockbox/push/{user}/{path_name}"),
-        &["-X", "POST", "-H", &header, "--data-binary", &data],
-    );
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    let out = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (answer, status) = out.split_at(out.len().saturating_sub(3));
-    // curl's own complaint, if any, follows the answer.
-    (status.to_string(), format!("{answer}{err}"))
-}
-
 #[test]
 fn pushes_are_answered_with_the_spec_status_codes() {
     require_fuse!();
@@ -1085,8 +786,7 @@ fn pushes_are_answered_with_the_spec_status_codes() {
     // under the record's conflict-copy name, which bravo does not hold, so
     // the body is read and checked.)
     let rec = hex::decode(&old_record).expect("hex");
-    let rec = lockbox_crypto::sign::Signed::<lockbox_net::records::FileVersion>::from_bytes(&rec)
-        .expect("a record");
+    let rec = Signed::<FileVersion>::from_bytes(&rec).expect("a record");
     let copy = rec
         .body()
         .conflict_name()
@@ -1123,7 +823,7 @@ fn pushes_are_answered_with_the_spec_status_codes() {
     c.wait_gone(&ALL, "doc");
     let (status, answer) = push_version(alpha, bravo, &user, "doc", &rec2, &body2);
     assert_eq!((status.as_str(), answer.as_str()), ("410", "tombstoned"));
-    assert!(!bravo.at("doc").exists());
+    assert!(!fs::present(bravo.at("doc")));
 
     // Over charlie's size limit: 413; alpha and bravo have it, charlie not.
     let big = content("big", 2 * MIB);
@@ -1138,7 +838,10 @@ fn pushes_are_answered_with_the_spec_status_codes() {
     fs::write(&head, &fs::read(&body).expect("body")[..4096]).expect("write head");
     let (status, answer) = push_version(alpha, charlie, &user, "big", &rec, &head);
     assert_eq!(status, "413", "{answer}");
-    assert!(!charlie.at("big").exists() && !charlie.stored("big").exists());
+    // charlie had the chance to take big (from the push, or by fetching
+    // it): a file alpha writes after reaches charlie.
+    c.wait_marker(&ALL, "alpha", "marker");
+    assert!(!fs::present(charlie.at("big")) && !charlie.stored("big").exists());
     for n in &c.nodes {
         n.assert_store_sealed();
     }
@@ -1169,8 +872,19 @@ fn a_peer_short_of_disk_refuses_pushes_and_is_skipped() {
     let (status, answer) = push_version(alpha, bravo, &user, "doc", &rec, &body);
     assert_eq!(status, "507", "{answer}");
     // Neither a push nor bravo's own catch-up brings it: bravo skips
-    // fetching while its disk is short.
-    std::thread::sleep(INTERVAL * 6);
+    // fetching while its disk is short. First a positive sign that both
+    // had the chance to act: alpha's status says why bravo gets nothing,
+    // and bravo has heard alpha's file table with doc in it (its own files
+    // table differs on alpha: a catch-up it does not make).
+    c.wait("alpha to see bravo short of disk", CONVERGE, || {
+        alpha
+            .peers()
+            .iter()
+            .any(|(e, _, d)| e == "bravo" && d.contains("disk"))
+    });
+    c.wait("bravo to hear of alpha's doc", CONVERGE, || {
+        table(bravo, "files").1.iter().any(|p| p == "alpha")
+    });
     assert!(
         !bravo.stored("doc").exists(),
         "bravo took a file with a full disk"
@@ -1235,4 +949,81 @@ fn the_demo_runs_three_envoys_and_cleans_up() {
         !mounts.contains(&*tmp.path().to_string_lossy()),
         "a demo mount is left"
     );
+    let agents = processes_with_home_under(tmp.path());
+    assert!(agents.is_empty(), "demo agents left running: {agents:?}");
+}
+
+#[test]
+fn the_demo_cleans_up_when_terminated() {
+    require_fuse!();
+    let tmp = tempfile::Builder::new()
+        .prefix("lockbox-demo-test-")
+        .tempdir()
+        .expect("tempdir");
+    let mut demo = Command::new(bin())
+        .arg("demo")
+        .env("TMPDIR", tmp.path())
+        .env("HOME", tmp.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run lockbox demo");
+    // Read its output on a thread; SIGTERM it once its three agents run
+    // and have found each other (the state a user would interrupt).
+    let stdout = demo.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("the three envoys found each other") {
+                let _ = tx.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let found = rx.recv_timeout(Duration::from_secs(240));
+    let demo_pid = demo.id();
+    let running: Vec<u32> = processes_with_home_under(tmp.path())
+        .into_iter()
+        .filter(|&p| p != demo_pid)
+        .collect();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(demo.id() as i32).expect("pid"),
+        rustix::process::Signal::TERM,
+    )
+    .expect("SIGTERM the demo");
+    let status = wait_exit(&mut demo, Duration::from_secs(120));
+    let out = reader.join().expect("reader");
+    assert!(
+        found.is_ok(),
+        "the demo's envoys never found each other:\n{out}"
+    );
+    assert!(
+        running.len() >= 3,
+        "three agents ran before the SIGTERM: {running:?}"
+    );
+    assert!(status.is_some(), "the demo did not exit on SIGTERM:\n{out}");
+    assert!(
+        out.contains("cleaned up"),
+        "no cleanup after SIGTERM:\n{out}"
+    );
+    // No agent, no mount, no envoy folder survives.
+    let agents = processes_with_home_under(tmp.path());
+    assert!(agents.is_empty(), "demo agents left running: {agents:?}");
+    let mounts = mounts_under(tmp.path());
+    assert!(mounts.is_empty(), "demo mounts left: {mounts:?}");
+    let left: Vec<_> = fs::read_dir(tmp.path())
+        .expect("tmp")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("lockbox-demo-"))
+        })
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
 }

@@ -4,354 +4,24 @@
 //! locked mode, tampered ciphertext, the size limit, concurrent readers and
 //! writers, and the sweep of a folder filled while the agent was down.
 //!
-//! [`Mounted`] is the fixture the crash tests share: dropping it stops the
-//! agent and detaches any mount left behind, pass or fail.
+//! The fixture, `MountedEnvoy`, lives in `harness::mount`.
 
-use std::fs;
+use crate::harness::fs;
 use std::io::{Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::thread;
+use std::thread::{self};
 use std::time::Duration;
 
-use crate::require;
-use crate::util::{
-    alive, detach_mount, mode, mount_type, wait_exit, wait_until, Envoy, TEST_CONFIG,
-};
-
-/// One mebibyte.
-pub(crate) const MIB: usize = 1 << 20;
-
-/// The magic line every store file starts with.
-pub(crate) const AGE_MAGIC: &[u8] = b"age-encryption.org/v1\n";
-
-/// The plaintext size of one age STREAM chunk.
-const CHUNK: usize = 64 << 10;
-
-/// Skip (loudly) outside CI, fail in CI, when this machine cannot mount FUSE.
-#[macro_export]
-macro_rules! require_fuse {
-    () => {
-        $crate::require!(
-            std::path::Path::new("/dev/fuse").exists(),
-            "no /dev/fuse: this machine cannot mount FUSE"
-        );
-        $crate::require!(
-            $crate::util::is_root() || $crate::mount::on_path("fusermount3"),
-            "not root and fusermount3 is not on PATH (apt-get install fuse3)"
-        );
-    };
-}
-
-/// Whether `program` is an executable on PATH.
-pub(crate) fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|dir| {
-            fs::metadata(dir.join(program)).is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0)
-        })
-    })
-}
-
-/// An initialised envoy whose agent serves `~/lockbox`. Dropping it stops
-/// the agent (killing it if `stop` hangs) and then detaches whatever is still
-/// mounted there: a leaked FUSE mount can hang anything that walks /tmp.
-pub(crate) struct Mounted {
-    /// The envoy (its `Drop` runs after ours, on an unmounted HOME).
-    pub e: Envoy,
-    /// `~/lockbox`, the mount point.
-    pub mnt: PathBuf,
-}
-
-impl Mounted {
-    /// An initialised envoy with `config`; no agent runs yet.
-    pub fn new(config: &str) -> Mounted {
-        Mounted::named(Envoy::with_config(config), "alpha")
-    }
-
-    /// `e`, initialised as envoy `name`; no agent runs yet.
-    pub fn named(e: Envoy, name: &str) -> Mounted {
-        e.init(name);
-        let mnt = e.home.join("lockbox");
-        Mounted { e, mnt }
-    }
-
-    /// An envoy with `config`, unlocked, its mount answering.
-    pub fn unlocked_with(config: &str) -> Mounted {
-        let m = Mounted::new(config);
-        m.e.unlock();
-        m.assert_mounted();
-        m
-    }
-
-    /// An envoy with the test config, unlocked, its mount answering.
-    pub fn unlocked() -> Mounted {
-        Mounted::unlocked_with(TEST_CONFIG)
-    }
-
-    /// `~/lockbox/NAME`.
-    pub fn at(&self, name: &str) -> PathBuf {
-        self.mnt.join(name)
-    }
-
-    /// The temp folder of the store (`~/.lockbox/tmp/`).
-    pub fn tmp(&self) -> PathBuf {
-        self.e.state().join("tmp")
-    }
-
-    /// The mount is a live FUSE mount. (That its type is exactly
-    /// `fuse.lockbox` is checked once, in `stop_unmounts_and_a_restart_mounts_again`.)
-    #[track_caller]
-    pub fn assert_mounted(&self) {
-        let kind = mount_type(&self.mnt);
-        assert!(
-            kind.as_deref().is_some_and(|k| k.starts_with("fuse")),
-            "{} is not a FUSE mount ({kind:?})",
-            self.mnt.display()
-        );
-        fs::read_dir(&self.mnt).expect("the mount answers readdir");
-    }
-
-    /// Run `argv` (a program and its arguments) in this envoy's HOME with a
-    /// time limit, so that a hung mount fails the test instead of the run.
-    pub fn tool(&self, argv: &[&str]) -> Output {
-        Command::new("timeout")
-            .args(["-k", "10", "300"])
-            .args(argv)
-            .env("HOME", &self.e.home)
-            .env("LC_ALL", "C")
-            .stdin(Stdio::null())
-            .output()
-            .expect("run a tool")
-    }
-
-    /// Run `argv`, require success; returns stdout.
-    #[track_caller]
-    pub fn tool_ok(&self, argv: &[&str]) -> Vec<u8> {
-        let out = self.tool(argv);
-        assert!(
-            out.status.success(),
-            "{argv:?} failed ({}):\nstderr: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out.stdout
-    }
-
-    /// Run `argv`, require failure with `needle` in stderr; returns the output.
-    #[track_caller]
-    pub fn tool_fails(&self, argv: &[&str], needle: &str) -> Output {
-        let out = self.tool(argv);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            !out.status.success() && stderr.contains(needle),
-            "{argv:?}: expected a failure saying {needle:?}, got {}:\nstderr: {stderr}",
-            out.status
-        );
-        out
-    }
-
-    /// NAME's plaintext as the agent decrypts it from the store
-    /// (`lockbox decrypt`), independent of the mount.
-    #[track_caller]
-    pub fn decrypt(&self, name: &str) -> Vec<u8> {
-        let out = self.e.run(&["decrypt", name, "-o", "-"]);
-        assert!(
-            out.status.success(),
-            "lockbox decrypt {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out.stdout
-    }
-
-    /// The agent's log so far.
-    pub fn log(&self) -> String {
-        fs::read_to_string(self.e.state().join("agent.log")).unwrap_or_default()
-    }
-
-    /// Whether the agent logged a WARN that names `name`.
-    pub fn warned_about(&self, name: &str) -> bool {
-        self.log()
-            .lines()
-            .any(|l| l.contains("WARN") && l.contains(name))
-    }
-}
-
-impl std::ops::Deref for Mounted {
-    type Target = Envoy;
-    fn deref(&self) -> &Envoy {
-        &self.e
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        if let Some(pid) = self.e.agent_pid() {
-            let stop = self
-                .e
-                .cmd(&["stop"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn();
-            if let Ok(mut stop) = stop {
-                wait_exit(&mut stop, Duration::from_secs(60));
-            }
-            if wait_until(Duration::from_secs(5), || !alive(pid)).is_err() {
-                kill9(pid);
-            }
-        }
-        detach_mount(&self.mnt);
-    }
-}
-
-/// SIGKILL `pid` and wait (bounded) until every one of its threads has
-/// exited — only then are its files (the FUSE device, the agent lock)
-/// closed; a zombie leader alone does not mean that. Whether it got there
-/// is for the caller to check with [`exited`].
-///
-/// Sent with kill(2) from this process, not by running `kill`: a fork
-/// copies this process's descriptors, and the exec that follows closes the
-/// copies, which FUSE sees as a flush of every file the test holds open
-/// (sealing, before the kill, what a test means to leave unsealed).
-pub(crate) fn kill9(pid: u32) {
-    if let Some(p) = i32::try_from(pid)
-        .ok()
-        .and_then(rustix::process::Pid::from_raw)
-    {
-        let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
-    }
-    let _ = wait_until(Duration::from_secs(10), || exited(pid));
-}
-
-/// Whether `pid` and all its threads have exited (it may remain a zombie).
-pub(crate) fn exited(pid: u32) -> bool {
-    let threads = fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count());
-    !alive(pid) && threads <= 1
-}
-
-/// A path as a tool argument (test paths are UTF-8).
-pub(crate) fn s(p: &Path) -> &str {
-    p.to_str().expect("UTF-8 path")
-}
-
-/// `len` pseudo-random bytes from `seed` (splitmix64): reproducible, and as
-/// incompressible as real key material.
-pub(crate) fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
-/// Whether `needle` occurs in `haystack`.
-pub(crate) fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
-}
-
-/// Equal bytes, or a message with the sizes and the first difference
-/// (instead of megabytes of debug output).
-#[track_caller]
-pub(crate) fn assert_same(what: &str, got: &[u8], want: &[u8]) {
-    if got != want {
-        let at = got
-            .iter()
-            .zip(want)
-            .position(|(a, b)| a != b)
-            .unwrap_or(got.len().min(want.len()));
-        panic!(
-            "{what}: got {} bytes, expected {}; first difference at byte {at}",
-            got.len(),
-            want.len()
-        );
-    }
-}
-
-/// The names in a folder, sorted.
-pub(crate) fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display()))
-        .map(|d| d.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
-/// Every file in the store is an age file with mode 0600.
-#[track_caller]
-pub(crate) fn assert_store_is_ciphertext(e: &Envoy) {
-    e.settle();
-    for name in names(&e.store()) {
-        let p = e.store().join(&name);
-        let meta = fs::symlink_metadata(&p).unwrap();
-        assert!(meta.is_file(), "store/{name} is not a regular file");
-        assert_eq!(meta.mode() & 0o777, 0o600, "store/{name} mode");
-        let mut head = vec![0u8; AGE_MAGIC.len()];
-        let n = fs::File::open(&p).unwrap().read(&mut head).unwrap();
-        assert_eq!(&head[..n], AGE_MAGIC, "store/{name} is not an age file");
-    }
-}
-
-/// NAME's store file is an age file, mode 0600, that does not hold
-/// `plaintext` (nor, for a long one, any of three 32-byte samples of it).
-#[track_caller]
-fn assert_sealed(e: &Envoy, name: &str, plaintext: &[u8]) {
-    e.settle();
-    let p = e.store().join(name);
-    let raw = fs::read(&p).unwrap_or_else(|err| panic!("store/{name}: {err}"));
-    assert!(
-        raw.starts_with(AGE_MAGIC),
-        "store/{name} is not an age file"
-    );
-    assert_eq!(mode(&p), 0o600, "store/{name} mode");
-    if plaintext.len() <= 32 {
-        assert!(
-            !contains(&raw, plaintext),
-            "store/{name} holds the plaintext"
-        );
-    } else {
-        let n = plaintext.len();
-        for at in [0, (n - 32) / 2, n - 32] {
-            assert!(
-                !contains(&raw, &plaintext[at..at + 32]),
-                "store/{name} holds plaintext from byte {at}"
-            );
-        }
-    }
-}
-
-/// The store's temp folder holds nothing (no staged data on disk).
-#[track_caller]
-pub(crate) fn assert_no_temp_files(m: &Mounted) {
-    m.settle();
-    let left = names(&m.tmp());
-    assert!(left.is_empty(), "left in ~/.lockbox/tmp: {left:?}");
-}
-
-/// `stat -c FORMAT PATH`, trimmed.
-fn stat(m: &Mounted, format: &str, p: &Path) -> String {
-    String::from_utf8(m.tool_ok(&["stat", "-c", format, s(p)]))
-        .unwrap()
-        .trim()
-        .to_owned()
-}
-
-/// Our uid, as tools print it.
-fn my_uid() -> u32 {
-    fs::metadata("/proc/self").unwrap().uid()
-}
+use crate::harness::*;
+use crate::{require, require_fuse};
 
 #[test]
 fn cp_in_and_cat_out_are_byte_identical() {
     require_fuse!();
-    let m = Mounted::unlocked();
+    let m = MountedEnvoy::unlocked();
     let small = b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx0 alice@laptop\n".to_vec();
     // Not a multiple of the 64 KiB chunk, so the last chunk is partial.
     let big = pseudo_random(1, 3 * MIB + 12_345);
@@ -382,7 +52,7 @@ fn cp_in_and_cat_out_are_byte_identical() {
 #[test]
 fn mv_rm_and_dd_behave_like_a_plain_folder() {
     require_fuse!();
-    let m = Mounted::unlocked();
+    let m = MountedEnvoy::unlocked();
     let alpha = m.plain_file("alpha", b"alpha content\n");
     let bravo = m.plain_file("bravo", b"bravo content, longer than alpha\n");
     m.tool_ok(&["cp", s(&alpha), s(&m.at("a"))]);
@@ -446,7 +116,7 @@ fn mv_rm_and_dd_behave_like_a_plain_folder() {
 fn vim_edits_in_place_and_by_rename_without_leftovers() {
     require_fuse!();
     require!(on_path("vim"), "vim is not installed (apt-get install vim)");
-    let m = Mounted::unlocked();
+    let m = MountedEnvoy::unlocked();
     let f = m.at("notes.txt");
     fs::write(&f, "foo line\nsecond foo\nbaz\n").unwrap();
     // backupcopy=yes overwrites the file in place; =no renames it to
@@ -490,7 +160,7 @@ fn rsync_copies_a_tree_and_updates_it() {
         on_path("rsync"),
         "rsync is not installed (apt-get install rsync)"
     );
-    let m = Mounted::unlocked();
+    let m = MountedEnvoy::unlocked();
     let src = m.home.parent().unwrap().join("rsync-src");
     fs::create_dir(&src).unwrap();
     let mut files: Vec<(String, Vec<u8>)> = vec![
@@ -553,7 +223,7 @@ fn sqlite_database_survives_transactions_and_a_fresh_reader() {
         on_path("sqlite3"),
         "sqlite3 is not installed (apt-get install sqlite3)"
     );
-    let m = Mounted::unlocked();
+    let m = MountedEnvoy::unlocked();
     let db = m.at("db.sqlite");
     let sql = |script: &str| {
         m.tool_ok(&[
@@ -614,7 +284,7 @@ fn sqlite_database_survives_transactions_and_a_fresh_reader() {
 fn reference_age_decrypts_a_file_written_through_the_mount() {
     require_fuse!();
     require!(on_path("age"), "age is not installed (apt-get install age)");
-    let m = Mounted::unlocked();
+    let m = MountedEnvoy::unlocked();
     let content = pseudo_random(6, 300_000);
     fs::write(m.at("for-age"), &content).unwrap();
     let out = m.run(&["export-identity", "--passphrase-file", s(&m.pass)]);
@@ -636,7 +306,7 @@ fn reference_age_decrypts_a_file_written_through_the_mount() {
 #[test]
 fn only_regular_files_and_attributes_are_fixed() {
     require_fuse!();
-    let m = Mounted::unlocked();
+    let m = MountedEnvoy::unlocked();
     let f = m.at("f");
     fs::write(&f, b"0123456789").unwrap();
 
@@ -731,12 +401,12 @@ fn only_regular_files_and_attributes_are_fixed() {
 #[test]
 fn mtime_set_right_after_close_is_kept() {
     require_fuse!();
-    let m = Mounted::unlocked();
+    let m = MountedEnvoy::unlocked();
     let then = std::time::UNIX_EPOCH + Duration::from_secs(1_577_836_800);
     for i in 0..64 {
         let p = m.at(&format!("t{i:02}"));
         fs::write(&p, pseudo_random(i, 500)).unwrap();
-        fs::File::open(&p)
+        fs::open(&p)
             .unwrap()
             .set_times(fs::FileTimes::new().set_modified(then))
             .unwrap();
@@ -757,7 +427,7 @@ fn mtime_set_right_after_close_is_kept() {
 #[test]
 fn a_file_keeps_the_time_of_its_last_write_through_its_seal() {
     require_fuse!();
-    let m = Mounted::unlocked();
+    let m = MountedEnvoy::unlocked();
     // Sealed whole at close, and sealed as it is written (past 8 MiB).
     let mut times = Vec::new();
     for (name, len) in [("small", 200_000), ("streamed", 9 << 20)] {
@@ -805,10 +475,10 @@ fn a_file_keeps_the_time_of_its_last_write_through_its_seal() {
 #[test]
 fn changes_outside_the_mount_show_through_it_at_once() {
     require_fuse!();
-    let m = Mounted::unlocked();
+    let m = MountedEnvoy::unlocked();
     fs::write(m.at("a"), b"one").unwrap();
     assert_eq!(fs::read(m.at("a")).unwrap(), b"one");
-    let open = fs::File::open(m.at("a")).unwrap();
+    let open = fs::open(m.at("a")).unwrap();
     // Cached by the kernel now: the name and its attributes (a read marks
     // the access time stale, so the stat comes last).
     assert_eq!(fs::metadata(m.at("a")).unwrap().len(), 3);
@@ -842,7 +512,7 @@ fn changes_outside_the_mount_show_through_it_at_once() {
 fn a_new_file_with_an_old_files_inode_size_and_time_is_read_afresh() {
     require_fuse!();
     require!(on_path("age"), "age is not installed (apt-get install age)");
-    let m = Mounted::unlocked();
+    let m = MountedEnvoy::unlocked();
     let recipients = fs::read_to_string(m.e.state().join("recipients.txt")).unwrap();
     let recipient = recipients
         .split_whitespace()
@@ -899,7 +569,7 @@ fn a_new_file_with_an_old_files_inode_size_and_time_is_read_afresh() {
 #[test]
 fn a_deleted_or_replaced_files_plaintext_leaves_the_cache_at_once() {
     require_fuse!();
-    let m = Mounted::unlocked();
+    let m = MountedEnvoy::unlocked();
     // `first` and `then`: two reads (offset, length) of the same chunk,
     // on different pages; `change` deletes or replaces the file between.
     let read_twice = |name: &str,
@@ -950,7 +620,7 @@ fn a_deleted_or_replaced_files_plaintext_leaves_the_cache_at_once() {
 #[test]
 fn a_seal_records_the_envoys_it_was_sealed_to() {
     require_fuse!();
-    let m = Mounted::unlocked();
+    let m = MountedEnvoy::unlocked();
     fs::write(m.at("before"), b"one").unwrap();
     assert_eq!(m.e.status_json()["recipient_drift"], 0);
     let list = m.e.state().join("recipients.txt");
@@ -966,7 +636,7 @@ fn a_seal_records_the_envoys_it_was_sealed_to() {
 #[test]
 fn locked_mount_lists_moves_and_replaces_but_does_not_read() {
     require_fuse!();
-    let m = Mounted::new(TEST_CONFIG);
+    let m = MountedEnvoy::new(TEST_CONFIG);
     m.start();
     m.assert_mounted();
     let denied = "Permission denied";
@@ -1064,7 +734,7 @@ fn locked_mount_lists_moves_and_replaces_but_does_not_read() {
         .open(m.at("h"))
         .unwrap();
     w.write_all(b"being written\n").unwrap();
-    let r = fs::File::open(m.at("h")).unwrap();
+    let r = fs::open(m.at("h")).unwrap();
     assert_eq!(pread(&r, 0, 100).unwrap(), b"being written\n");
     m.ok(&["lock"]);
     for (what, f) in [("O_RDWR", &rw), ("a reader of a file being written", &r)] {
@@ -1077,26 +747,10 @@ fn locked_mount_lists_moves_and_replaces_but_does_not_read() {
     assert_eq!(fs::read(m.at("g")).unwrap(), b"new\n");
 }
 
-/// Flip one bit in the middle of an age file; returns the plaintext
-/// offset of the byte it damaged.
-fn tamper_middle(p: &Path) -> usize {
-    let mut raw = fs::read(p).unwrap();
-    let at = raw.len() / 2;
-    raw[at] ^= 0x01;
-    fs::write(p, &raw).unwrap();
-    // The payload starts after the header's MAC line and a 16-byte nonce;
-    // each chunk is followed by its 16-byte tag.
-    let mac = raw.windows(5).position(|w| w == b"\n--- ").unwrap() + 1;
-    let payload = mac + raw[mac..].iter().position(|&b| b == b'\n').unwrap() + 1 + 16;
-    let (chunk, within) = ((at - payload) / (CHUNK + 16), (at - payload) % (CHUNK + 16));
-    assert!(within < CHUNK, "the flipped byte is in a chunk's tag");
-    chunk * CHUNK + within
-}
-
 #[test]
 fn tampered_ciphertext_reads_as_eio_and_never_as_garbage() {
     require_fuse!();
-    let m = Mounted::unlocked();
+    let m = MountedEnvoy::unlocked();
     let text = |tag: &str, lines: usize| -> Vec<u8> {
         (0..lines)
             .flat_map(|i| format!("{tag}-{i:06}\n").into_bytes())
@@ -1145,38 +799,10 @@ fn tampered_ciphertext_reads_as_eio_and_never_as_garbage() {
     assert_eq!(fs::read(m.at("fine")).unwrap(), b"still fine");
 }
 
-/// Bytes the agent process has read so far (`rchar` of /proc/PID/io:
-/// every read syscall, from the store and from /dev/fuse alike).
-fn agent_read_bytes(m: &Mounted) -> u64 {
-    let pid = m.e.agent_pid().expect("the agent runs");
-    let io = fs::read_to_string(format!("/proc/{pid}/io")).expect("/proc/PID/io (as root)");
-    io.lines()
-        .find_map(|l| l.strip_prefix("rchar: "))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("an rchar line")
-}
-
-/// `count` bytes at `at` of an open file, read by one pread.
-pub(crate) fn pread(f: &fs::File, at: u64, count: usize) -> std::io::Result<Vec<u8>> {
-    use std::os::unix::fs::FileExt;
-    let mut buf = vec![0u8; count];
-    let n = f.read_at(&mut buf, at)?;
-    buf.truncate(n);
-    Ok(buf)
-}
-
-/// A file of the mount opened for random reads: no read-ahead, so each
-/// pread reaches the agent as one request of its own size.
-pub(crate) fn open_random(p: &Path) -> fs::File {
-    let f = fs::File::open(p).unwrap();
-    rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::Random).expect("posix_fadvise");
-    f
-}
-
 #[test]
 fn small_reads_of_a_large_file_decrypt_blocks_and_fall_back_to_chunks() {
     require_fuse!();
-    let m = Mounted::unlocked();
+    let m = MountedEnvoy::unlocked();
     // 1 MiB of distinct lines (16 chunks, 256 blocks) and a one-chunk file.
     let big: Vec<u8> = (0..(MIB / 32))
         .flat_map(|i| format!("BLOCKSECRET-{i:019}\n").into_bytes())
@@ -1317,7 +943,7 @@ fn small_reads_of_a_large_file_decrypt_blocks_and_fall_back_to_chunks() {
 #[test]
 fn a_version_sealed_without_tags_is_tagged_at_its_first_small_read() {
     require_fuse!();
-    let m = Mounted::unlocked();
+    let m = MountedEnvoy::unlocked();
     // 2 MiB of distinct lines (32 chunks, 512 blocks), sealed while locked:
     // as a version from a peer, it has no block tags.
     let big: Vec<u8> = (0..(2 * MIB / 32))
@@ -1379,20 +1005,12 @@ fn a_version_sealed_without_tags_is_tagged_at_its_first_small_read() {
     assert!(!m.warned_about("big"), "tagging after the fact warned");
 }
 
-/// Make the kernel drop its unused dentries and inodes, the mount's
-/// included: it sends the agent a `FORGET` for each, and asks again
-/// (`LOOKUP`) at the next use of the name.
-fn drop_kernel_dentries() -> Result<(), String> {
-    fs::write("/proc/sys/vm/drop_caches", "2")
-        .map_err(|e| format!("cannot write /proc/sys/vm/drop_caches: {e} (needs root)"))
-}
-
 #[test]
 fn a_name_the_kernel_forgot_is_stated_again_without_reading_its_file() {
     require_fuse!();
     let dropped = drop_kernel_dentries();
     require!(dropped.is_ok(), dropped.unwrap_err());
-    let m = Mounted::unlocked();
+    let m = MountedEnvoy::unlocked();
     let sizes: Vec<usize> = (0..40).map(|i| 1000 + 37 * i).collect();
     for (i, len) in sizes.iter().enumerate() {
         fs::write(m.at(&format!("f{i}")), vec![b'x'; *len]).unwrap();
@@ -1430,7 +1048,7 @@ fn a_name_the_kernel_forgot_is_stated_again_without_reading_its_file() {
 #[test]
 fn writes_past_max_file_size_fail_with_efbig_and_keep_the_old_version() {
     require_fuse!();
-    let m = Mounted::unlocked_with(&format!("{TEST_CONFIG}max_file_size: 1MiB\n"));
+    let m = MountedEnvoy::unlocked_with(&format!("{TEST_CONFIG}max_file_size: 1MiB\n"));
     let v1 = pseudo_random(10, 100_000);
     fs::write(m.at("big"), &v1).unwrap();
     m.settle();
@@ -1497,29 +1115,11 @@ fn writes_past_max_file_size_fail_with_efbig_and_keep_the_old_version() {
     assert_no_temp_files(&m);
 }
 
-/// The temp files of the store, with their sizes.
-fn temp_files(m: &Mounted) -> Vec<(PathBuf, u64)> {
-    fs::read_dir(m.tmp())
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| (e.path(), e.metadata().map_or(0, |md| md.len())))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Write `data` in 1 MiB pieces at the end of `f`.
-fn append_all(f: &mut fs::File, data: &[u8]) {
-    for piece in data.chunks(MIB) {
-        f.write_all(piece).expect("append");
-    }
-}
-
 #[test]
 fn a_file_written_start_to_end_is_sealed_as_it_grows() {
     use std::os::unix::fs::FileExt;
     require_fuse!();
-    let m = Mounted::unlocked();
+    let m = MountedEnvoy::unlocked();
     let big = pseudo_random(21, 12 * MIB);
 
     // While it is being written, the store's temp folder holds its
@@ -1657,7 +1257,7 @@ fn a_file_written_start_to_end_is_sealed_as_it_grows() {
 #[test]
 fn concurrent_readers_and_writers_see_whole_versions() {
     require_fuse!();
-    let m = Mounted::unlocked();
+    let m = MountedEnvoy::unlocked();
 
     // Two readers of one file read the same bytes.
     let shared = pseudo_random(11, 2 * MIB + 1);
@@ -1676,7 +1276,7 @@ fn concurrent_readers_and_writers_see_whole_versions() {
     // decrypts on its own thread (the handle keeps several decryptors).
     let scattered = pseudo_random(12, 5 * MIB + 333);
     fs::write(m.at("scattered"), &scattered).unwrap();
-    let f = fs::File::open(m.at("scattered")).unwrap();
+    let f = fs::open(m.at("scattered")).unwrap();
     thread::scope(|sc| {
         for t in 0..4u64 {
             let (f, scattered) = (&f, &scattered);
@@ -1756,37 +1356,21 @@ fn concurrent_readers_and_writers_see_whole_versions() {
 #[test]
 fn ftruncate_then_fsync_seals_the_new_length_before_the_close() {
     require_fuse!();
-    let m = Mounted::unlocked();
+    require!(on_path("python3"), "python3 is not installed");
+    let m = MountedEnvoy::unlocked();
     let content = pseudo_random(31, MIB);
     fs::write(m.at("journal"), &content).unwrap();
     fs::write(m.at("emptied"), b"about to be emptied").unwrap();
-    let shortened = fs::OpenOptions::new()
-        .write(true)
-        .open(m.at("journal"))
-        .unwrap();
-    shortened.set_len(4096).unwrap();
-    shortened.sync_all().unwrap();
-    let emptied = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(m.at("emptied"))
-        .unwrap();
-    emptied.set_len(0).unwrap();
-    emptied.sync_all().unwrap();
     fs::write(m.at("synced"), b"old").unwrap();
-    let mut writer = fs::OpenOptions::new()
-        .write(true)
-        .truncate(true)
-        .open(m.at("synced"))
-        .unwrap();
-    writer
-        .write_all(b"written by one, synced by another")
-        .unwrap();
-    let other = fs::File::open(m.at("synced")).unwrap();
-    other.sync_all().unwrap();
+    // The descriptors live in a child process of their own, so that no
+    // parallel test's fork+exec (which copies and then closes this
+    // process's descriptors, a flush that seals) can seal them: here the
+    // seals must come from the fsyncs.
+    let mut holder = hold_after_fsync(&m.at("journal"), &m.at("emptied"), &m.at("synced"));
 
     kill9(m.agent_pid().expect("agent pid"));
-    drop((shortened, emptied, writer, other));
+    let _ = holder.kill();
+    let _ = holder.wait();
     m.unlock();
     m.assert_mounted();
     assert_eq!(
@@ -1813,7 +1397,7 @@ fn files_stay_found_while_the_kernel_forgets_their_inodes() {
     require_fuse!();
     let dropped = drop_kernel_dentries();
     require!(dropped.is_ok(), dropped.unwrap_err());
-    let m = Mounted::unlocked();
+    let m = MountedEnvoy::unlocked();
     let names: Vec<PathBuf> = (0..8).map(|i| m.at(&format!("f{i}"))).collect();
     for p in &names {
         fs::write(p, b"x").unwrap();
@@ -1869,7 +1453,7 @@ fn a_home_reached_through_a_symbolic_link_mounts() {
     std::os::unix::fs::symlink(&e.home, &link).unwrap();
     let real_mnt = e.home.join("lockbox");
     e.home = link;
-    let m = Mounted::named(e, "alpha");
+    let m = MountedEnvoy::named(e, "alpha");
     m.e.unlock();
     assert!(
         mount_type(&real_mnt).is_some_and(|k| k.starts_with("fuse")),
@@ -1893,11 +1477,11 @@ fn a_home_reached_through_a_symbolic_link_mounts() {
 #[test]
 fn fstat_of_an_open_file_whose_name_went_describes_it() {
     require_fuse!();
-    let m = Mounted::unlocked();
+    let m = MountedEnvoy::unlocked();
     fs::write(m.at("gone"), pseudo_random(41, 70_000)).unwrap();
     fs::write(m.at("replaced"), pseudo_random(42, 5_000)).unwrap();
-    let gone = fs::File::open(m.at("gone")).unwrap();
-    let replaced = fs::File::open(m.at("replaced")).unwrap();
+    let gone = fs::open(m.at("gone")).unwrap();
+    let replaced = fs::open(m.at("replaced")).unwrap();
     let mut writing = fs::File::create(m.at("written")).unwrap();
     writing.write_all(b"staged, not yet sealed").unwrap();
 
@@ -1930,7 +1514,7 @@ fn fstat_of_an_open_file_whose_name_went_describes_it() {
 #[test]
 fn a_rename_over_a_file_being_sealed_keeps_the_renamed_content() {
     require_fuse!();
-    let m = Mounted::unlocked();
+    let m = MountedEnvoy::unlocked();
     let moved = pseudo_random(51, 10_000);
     fs::write(m.at("a"), &moved).unwrap();
     // Written out of order, so it is sealed at its close, not as it grows:
@@ -1960,7 +1544,7 @@ fn a_rename_over_a_file_being_sealed_keeps_the_renamed_content() {
         closing.join().unwrap();
     });
     assert_same("b after the rename", &fs::read(m.at("b")).unwrap(), &moved);
-    assert!(!m.at("a").exists());
+    assert!(!fs::present(m.at("a")));
     m.settle();
     assert_sealed(&m, "b", &moved);
     assert_eq!(names(&m.store()), ["b"]);
@@ -1973,7 +1557,7 @@ fn a_rename_over_a_file_being_sealed_keeps_the_renamed_content() {
 #[test]
 fn a_truncate_right_after_a_close_is_kept() {
     require_fuse!();
-    let m = Mounted::unlocked();
+    let m = MountedEnvoy::unlocked();
     let path = m.at("log");
     // truncate(2) by path (std has only ftruncate), in one process.
     let script = "import os, sys\n\
@@ -2004,7 +1588,7 @@ fn a_truncate_right_after_a_close_is_kept() {
 #[test]
 fn writers_replacing_one_file_at_once_never_hang_the_mount() {
     require_fuse!();
-    let m = Mounted::unlocked();
+    let m = MountedEnvoy::unlocked();
     let path = m.at("replaced");
     let content = pseudo_random(21, 256 * 1024);
     fs::write(&path, &content).unwrap();
@@ -2029,7 +1613,7 @@ fn writers_replacing_one_file_at_once_never_hang_the_mount() {
             });
         }
         // The watchdog: a hung mount makes no progress. (On a hang the
-        // panic unwinds to `Mounted`'s drop, which kills the agent; that
+        // panic unwinds to `MountedEnvoy`'s drop, which kills the agent; that
         // fails the writers' system calls and lets their threads end.)
         let (mut seen, mut since) = (0, std::time::Instant::now());
         while finished.load(Ordering::SeqCst) < 2 {
@@ -2055,7 +1639,7 @@ fn writers_replacing_one_file_at_once_never_hang_the_mount() {
 #[test]
 fn plaintext_left_in_the_bare_folder_is_sealed_at_mount() {
     require_fuse!();
-    let m = Mounted::new(TEST_CONFIG);
+    let m = MountedEnvoy::new(TEST_CONFIG);
     let secret = b"dropped in while the agent was down\n";
     fs::write(m.at("dropped.txt"), secret).unwrap();
     m.start();
@@ -2077,7 +1661,7 @@ fn plaintext_left_in_the_bare_folder_is_sealed_at_mount() {
 #[test]
 fn stop_unmounts_and_a_restart_mounts_again() {
     require_fuse!();
-    let m = Mounted::unlocked();
+    let m = MountedEnvoy::unlocked();
     fs::write(m.at("kept"), b"across restarts").unwrap();
     let pid = m.agent_pid().unwrap();
     m.ok(&["stop"]);
@@ -2107,80 +1691,6 @@ fn stop_unmounts_and_a_restart_mounts_again() {
     );
 }
 
-/// `strace` attached to every thread of a process, logging its `fsync`s
-/// with wall-clock times; detached when dropped, pass or fail.
-struct FsyncTrace {
-    child: std::process::Child,
-    log: PathBuf,
-}
-
-impl FsyncTrace {
-    /// Attach to `pid` and return once every thread of it is traced.
-    fn attach(pid: u32, log: PathBuf) -> FsyncTrace {
-        let mut child = Command::new("strace")
-            .args(["-f", "-ttt", "-y", "-e", "trace=fsync,fdatasync", "-o"])
-            .arg(&log)
-            .args(["-p", &pid.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run strace");
-        let stderr = child.stderr.take().expect("stderr");
-        let trace = FsyncTrace { child, log };
-        // strace says "Process N attached with K threads" once it traces
-        // every thread.
-        let (tx, rx) = std::sync::mpsc::channel();
-        thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                let _ = tx.send(line);
-            }
-        });
-        loop {
-            match rx.recv_timeout(Duration::from_secs(30)) {
-                Ok(line) if line.contains("attached") => break,
-                Ok(_) => {}
-                Err(_) => panic!("strace did not attach to the agent within 30 s"),
-            }
-        }
-        trace
-    }
-
-    /// Detach; the times of the syncs of `dir` that succeeded.
-    fn syncs_of(mut self, dir: &Path) -> Vec<f64> {
-        let _ = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-        let needle = format!("<{}>)", dir.display());
-        fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains(&needle) && l.trim_end().ends_with("= 0"))
-            // "TID SECONDS.MICROS fsync(FD<PATH>) = 0"
-            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-            .collect()
-    }
-}
-
-impl Drop for FsyncTrace {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
-}
-
 /// fsync(2) returns only once the new version's rename is durable: the
 /// agent groups the syncs of the store folder across closes, so the fsync
 /// handler syncs the folder itself — after sealing, and also for a file
@@ -2193,7 +1703,7 @@ fn fsync_waits_for_the_store_folder_sync() {
         on_path("strace"),
         "strace not found (apt-get install strace)"
     );
-    let m = Mounted::unlocked();
+    let m = MountedEnvoy::unlocked();
     fs::write(m.at("warm"), b"warm").unwrap();
     let pid = m.agent_pid().expect("agent pid");
     let store = fs::canonicalize(m.e.state().join("store")).unwrap();
@@ -2221,7 +1731,7 @@ fn fsync_waits_for_the_store_folder_sync() {
     // A save by rename, then an fsync of the folder (what editors and
     // atomic-write libraries do): the rename must be durable when it returns.
     fs::rename(m.at("two"), m.at("three")).unwrap();
-    let folder = fs::File::open(&m.mnt).unwrap();
+    let folder = fs::open(&m.mnt).unwrap();
     let t4 = unix_now();
     folder.sync_all().unwrap();
     let t5 = unix_now();

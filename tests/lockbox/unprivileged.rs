@@ -7,31 +7,8 @@ use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
+use crate::harness::*;
 use crate::require;
-use crate::util::{is_root, Envoy, NOBODY};
-
-/// Whether the tests can run the agent as `nobody` with a real mount:
-/// root (to switch uid), setpriv, and a /dev/fuse that ordinary users may
-/// open. Else what is missing.
-fn nobody_can_mount() -> Result<(), &'static str> {
-    if !is_root() {
-        return Err("switching to an unprivileged uid needs root");
-    }
-    if !have_setpriv() {
-        return Err("setpriv (util-linux) is not installed");
-    }
-    if !std::fs::metadata("/dev/fuse").is_ok_and(|m| m.mode() & 0o006 == 0o006) {
-        return Err("/dev/fuse is not mode 0666, so ordinary users cannot mount (.ci/run sets it)");
-    }
-    Ok(())
-}
-
-fn have_setpriv() -> bool {
-    std::process::Command::new("setpriv")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
 
 #[test]
 fn full_flow_as_an_unprivileged_user_with_a_hardened_agent() {
@@ -140,7 +117,7 @@ fn full_flow_as_an_unprivileged_user_with_a_hardened_agent() {
     // The socket refuses another uid even when it can reach it (root can).
     let mut s = UnixStream::connect(e.state().join("agent.sock")).unwrap();
     let req = br#"{"Status":null}"#;
-    let frame = crate::util::control_frame(b'J', req);
+    let frame = crate::harness::control_frame(b'J', req);
     let _ = s.write_all(&frame);
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut reply = Vec::new();
@@ -153,7 +130,7 @@ fn full_flow_as_an_unprivileged_user_with_a_hardened_agent() {
     );
 
     // The root CLI refuses to talk to a socket it does not own.
-    let out = std::process::Command::new(crate::util::bin())
+    let out = std::process::Command::new(crate::harness::bin())
         .arg("status")
         .env("HOME", &e.home)
         .output()
@@ -236,8 +213,9 @@ fn stop_returns_while_a_shell_sits_in_the_mount() {
     assert_eq!(&line, b"in\n");
 
     let mut stop = e.cmd(&["stop"]).spawn().unwrap();
-    let status = crate::util::wait_exit(&mut stop, Duration::from_secs(60));
-    let exited = crate::util::wait_until(Duration::from_secs(10), || !crate::util::alive(pid));
+    let status = crate::harness::wait_exit(&mut stop, Duration::from_secs(60));
+    let exited =
+        crate::harness::wait_until(Duration::from_secs(10), || !crate::harness::alive(pid));
     if exited.is_err() {
         let _ = std::process::Command::new("kill")
             .args(["-9", &pid.to_string()])

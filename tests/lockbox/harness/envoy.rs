@@ -1,7 +1,13 @@
-//! Test harness: an envoy in a temporary HOME, driven through the CLI.
+//! One envoy in a temporary HOME, driven through the CLI: the `Envoy`
+//! fixture, the test configs, and the process and mount helpers every other
+//! fixture builds on (`alive`, `wait_until`, `mount_type`, `detach_mount`,
+//! `wait_exit`). It starts and stops agents; it must not assert anything
+//! about lockbox's behaviour beyond a command's exit status.
 
 use std::fs;
+use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -11,11 +17,6 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_lockbox"))
 }
 
-/// Whether we run in CI, where missing prerequisites are failures.
-pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
 /// Whether the tests run as root.
 pub fn is_root() -> bool {
     fs::metadata("/proc/self")
@@ -23,22 +24,23 @@ pub fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// Skip (loudly) outside CI, fail in CI.
-#[macro_export]
-macro_rules! require {
-    ($cond:expr, $why:expr) => {
-        if !$cond {
-            if $crate::util::in_ci() {
-                panic!("prerequisite missing in CI: {}", $why);
-            }
-            eprintln!("SKIPPED {}: {}", module_path!(), $why);
-            return;
-        }
+/// The `kdf:` line of every test config, as a literal for `concat!`.
+macro_rules! test_kdf {
+    () => {
+        "kdf: {memory_kib: 64, iterations: 1, parallelism: 1}\n"
     };
 }
 
-/// A fast Argon2id for tests (the real default costs ~0.5 s per unlock).
-pub const TEST_CONFIG: &str = "multicast: off\npeer_port: 0\nlisten: 127.0.0.1\nkdf: {memory_kib: 64, iterations: 1, parallelism: 1}\n";
+/// A fast Argon2id for the identity (the real default costs ~0.5 s per
+/// unlock; the circle key keeps its fixed cost). The one place the tests'
+/// KDF config is written.
+pub const KDF: &str = test_kdf!();
+
+/// The config of a lone test envoy: no multicast, no peer port, fast KDF.
+pub const TEST_CONFIG: &str = concat!(
+    "multicast: off\npeer_port: 0\nlisten: 127.0.0.1\n",
+    test_kdf!()
+);
 
 /// The uid/gid the unprivileged tests run as.
 pub const NOBODY: u32 = 65534;
@@ -238,19 +240,26 @@ impl Envoy {
 }
 
 impl Drop for Envoy {
+    /// Stop the agent with a deadline (`stop` gets 10 s, the agent 5 s more
+    /// to exit, then SIGKILL), then detach whatever is still mounted at
+    /// `~/lockbox`, so that neither an agent nor a mount outlives its test.
     fn drop(&mut self) {
         let pid = self.agent_pid();
-        let _ = self
+        let stop = self
             .cmd(&["stop"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .status();
+            .spawn();
+        if let Ok(mut stop) = stop {
+            wait_exit(&mut stop, Duration::from_secs(10));
+        }
         if let Some(pid) = pid {
             // If stop did not work, do not leave the process behind.
             if wait_until(Duration::from_secs(5), || !alive(pid)).is_err() {
-                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                super::mount::kill9(pid);
             }
         }
+        detach_mount(&self.home.join("lockbox"));
     }
 }
 
@@ -379,4 +388,48 @@ impl Envoy {
             None => Command::new(program),
         }
     }
+}
+
+pub(crate) fn raw_request(sock: &Path, json: &str) -> Vec<u8> {
+    let mut s = UnixStream::connect(sock).unwrap();
+    let frame = control_frame(b'J', json.as_bytes());
+    s.write_all(&frame).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    out
+}
+
+/// The pids of live processes whose `HOME` lies under `dir` (from
+/// `/proc/PID/environ`): the agents of envoys whose HOMEs are there.
+pub fn processes_with_home_under(dir: &Path) -> Vec<u32> {
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let dir = dir.as_os_str().as_encoded_bytes();
+    procs
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != std::process::id() && alive(pid))
+        .filter(|pid| {
+            fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+                env.split(|&b| b == 0).any(|var| {
+                    var.strip_prefix(b"HOME=")
+                        .is_some_and(|home| home.starts_with(dir))
+                })
+            })
+        })
+        .collect()
+}
+
+/// The mount points under `dir`, from `/proc/self/mountinfo`.
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    let dir = dir.to_string_lossy().into_owned();
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .filter(|point| point.starts_with(&dir))
+        .map(str::to_owned)
+        .collect()
 }

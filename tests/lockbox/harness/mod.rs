@@ -1,0 +1,40 @@
+//! The test harness: every fixture the integration tests share, and no
+//! tests. It owns bringing envoys, mounts, circles and network labs up and
+//! tearing them down (pass or fail); it must not assert anything about
+//! lockbox's behaviour beyond "the fixture came up".
+//!
+//! - [`envoy`]: `Envoy`, one envoy in a temporary HOME driven through the
+//!   CLI; the test configs (`TEST_CONFIG`, `KDF`); process and mount helpers
+//!   (`alive`, `wait_until`, `mount_type`, `detach_mount`, `wait_exit`).
+//! - [`skip`]: `require!` / `require_fuse!`, how a test whose machine lacks
+//!   a prerequisite is skipped (outside CI) or failed (under `CI=true`).
+//! - [`mount`]: `MountedEnvoy`, an envoy whose agent serves `~/lockbox`,
+//!   and the helpers that look at a mount and its store.
+//! - [`mesh`]: `Fleet`, `Node` and `Circle`, envoys that share a fleet CA on
+//!   loopback; `curl` against a peer port; version fetch and push.
+//! - [`fs`]: `std::fs` with a deadline on every call that can block on a
+//!   mount; tests import it as `fs`.
+//! - [`ports`]: loopback ports for a mesh's agents.
+//! - [`netlab`]: `NetLab`, hosts in network namespaces joined by a bridge,
+//!   and the probes the lab's own tests use.
+//! - [`age`]: the reference `age` CLI (whether it runs, what it decrypts).
+//! - [`crash`]: feeding a big file through a mount with `dd`, and the
+//!   on-disk checks after an agent is killed.
+//! - [`fleet`]: an envoy with a fleet CA, for the fleet-command tests.
+
+pub mod age;
+pub mod crash;
+pub mod envoy;
+pub mod fleet;
+pub mod fs;
+pub mod mesh;
+pub mod mount;
+pub mod netlab;
+pub mod ports;
+pub mod skip;
+
+pub use envoy::*;
+pub(crate) use mesh::*;
+pub(crate) use mount::*;
+pub(crate) use ports::*;
+pub use skip::*;
