@@ -2,8 +2,8 @@
 //! machine lacks something it needs (FUSE, curl, root, …), and the checks
 //! of those prerequisites. A skip is never silent: under `CI=true` it is a
 //! failure, by default the test fails with `SKIPPED: why`, and with
-//! `LOCKBOX_ALLOW_SKIP=1` it passes but is listed in a file under
-//! `target/tmp/`. It must not decide anything about lockbox itself.
+//! `LOCKBOX_ALLOW_SKIP=1` it passes, prints `SKIPPED test: why` where the
+//! run's output shows it, and is listed in a file under `target/tmp/`. It must not decide anything about lockbox itself.
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -59,7 +59,12 @@ pub fn skip(why: &str) {
             skip_log().display()
         );
     }
-    eprintln!("SKIPPED {test}: {why}");
+    // Straight to the process's stderr, not through `eprintln!`, which
+    // libtest captures and hides for a test that passes.
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        format!("SKIPPED {test}: {why}\n").as_bytes(),
+    );
 }
 
 /// Skip (visibly, see [`skip`]) when `cond` does not hold: a failure under
