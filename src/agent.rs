@@ -175,8 +175,10 @@ impl Keys for AgentKeys {
         self.session.lock().is_ok_and(|s| s.is_unlocked())
     }
 
-    fn recipients(&self) -> Result<lockbox_fs::SealTo, String> {
-        self.recipients.get().map_err(|e| format!("{e:#}"))
+    fn recipients(&self) -> Result<lockbox_fs::SealTo, lockbox_fs::Error> {
+        self.recipients
+            .get()
+            .map_err(|e| lockbox_fs::Error::Recipients(format!("{e:#}").into()))
     }
 
     fn tag_key(&self) -> Option<Arc<lockbox_crypto::seal::tags::TagKey>> {
@@ -367,13 +369,38 @@ async fn reencrypt_when_needed(agent: Arc<Agent>) {
     }
 }
 
+/// Why a re-encryption could not start.
+#[derive(Debug)]
+enum ReencryptError {
+    /// No unlock session: re-sealing needs the old plaintext.
+    Locked,
+    /// The current members could not be read.
+    Recipients(anyhow::Error),
+}
+
+impl ReencryptError {
+    /// The control protocol's answer for it.
+    fn response(&self) -> Response {
+        match self {
+            ReencryptError::Locked => Response::Error {
+                failure: Failure::Locked,
+                message: "locked: run lockbox unlock".into(),
+            },
+            ReencryptError::Recipients(e) => Response::Error {
+                failure: Failure::Damaged,
+                message: format!("{e:#}"),
+            },
+        }
+    }
+}
+
 /// Re-encrypt `which` files now, if unlocked; `progress(done, total)` after
 /// each. Returns how many were re-encrypted and how many were considered.
 fn reencrypt(
     agent: &Agent,
     which: Reseal,
     mut progress: impl FnMut(usize, usize),
-) -> Result<(usize, usize), String> {
+) -> Result<(usize, usize), ReencryptError> {
     let drift = match which {
         Reseal::Drifted => agent.replica.drift(),
         Reseal::All => agent
@@ -391,7 +418,7 @@ fn reencrypt(
         .lock()
         .ok()
         .and_then(|s| s.peek_identity())
-        .ok_or_else(|| "locked: run lockbox unlock".to_string())?;
+        .ok_or(ReencryptError::Locked)?;
     let max = agent.envoy.config.max_file_size;
     let total = drift.len();
     let mut done = 0;
@@ -399,7 +426,7 @@ fn reencrypt(
         // Read for each file: the members may change during a long run, and
         // each record names the envoys its file was sealed to.
         let recipients = envoy::read_recipients(&agent.envoy.paths.recipients())
-            .map_err(|e| format!("{e:#}"))?;
+            .map_err(ReencryptError::Recipients)?;
         let r = agent.replica.reseal(name, which, |src, out| {
             let opened = Opened::open(&identity, src).map_err(|e| e.to_string())?;
             let shares = agent.envoy.store.shares();
@@ -458,13 +485,7 @@ fn reencrypt_all(agent: &Agent, stream: &mut UnixStream) -> std::io::Result<()> 
         Ok((resealed, total)) => {
             control::write_message(stream, &Response::Reencrypted { resealed, total })
         }
-        Err(message) => control::write_message(
-            stream,
-            &Response::Error {
-                failure: Failure::Locked,
-                message,
-            },
-        ),
+        Err(e) => control::write_message(stream, &e.response()),
     }
 }
 

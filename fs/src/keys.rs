@@ -25,7 +25,7 @@ pub trait Keys: Send + Sync + 'static {
     /// Whether the session is unlocked (without resetting the idle timer).
     fn is_unlocked(&self) -> bool;
     /// The recipients to seal to (public keys; available while locked).
-    fn recipients(&self) -> Result<SealTo, String>;
+    fn recipients(&self) -> Result<SealTo, crate::Error>;
     /// The key seals tag their blocks with and reads check them against
     /// (see `lockbox_crypto::seal::tags`), while unlocked; without
     /// resetting the idle timer. `None`: seals go without tags and reads

@@ -88,6 +88,10 @@ pub enum Error {
     /// The journal refused or failed to record a change.
     #[error("{0}")]
     Journal(String),
+    /// The agent could not say whom to seal to (its recipients file is
+    /// missing or damaged).
+    #[error("no recipients to seal to: {0}")]
+    Recipients(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// A file-system operation in the store failed.
     #[error("could not {op} {}: {source}", path.display())]
     Io {

@@ -39,7 +39,7 @@ impl Keys for TestKeys {
     fn is_unlocked(&self) -> bool {
         self.unlocked.load(Ordering::SeqCst)
     }
-    fn recipients(&self) -> Result<SealTo, String> {
+    fn recipients(&self) -> Result<SealTo, crate::Error> {
         Ok(SealTo::keys(vec![self.id.to_public()]))
     }
     fn tag_key(&self) -> Option<Arc<TagKey>> {

@@ -246,7 +246,7 @@ impl LockboxFs {
 
     /// Who a seal through the mount is sealed to, with the tag key while
     /// unlocked.
-    fn seal_to(&self) -> Result<SealTo, String> {
+    fn seal_to(&self) -> Result<SealTo, Error> {
         let mut to = self.keys.recipients()?;
         to.tags = self.keys.tag_key();
         Ok(to)

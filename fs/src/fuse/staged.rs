@@ -356,9 +356,8 @@ impl LockboxFs {
             // Seal what was staged and go on streaming. A failure only
             // means the file is sealed at its close as usual.
             let started = self.seal_to().and_then(|to| {
-                let mut stream = self.store.begin_stream(&to).map_err(|e| e.to_string())?;
-                crate::store::pump(&mut st.pages.reader(), &mut stream)
-                    .map_err(|e| e.to_string())?;
+                let mut stream = self.store.begin_stream(&to)?;
+                crate::store::pump(&mut st.pages.reader(), &mut stream)?;
                 Ok(stream)
             });
             match started {
