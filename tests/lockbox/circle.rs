@@ -1,6 +1,7 @@
-//! Deletion and membership across the mesh (SPEC §6.6) on real agents:
-//! re-adds and `resurrect`, replayed deletes, `leave`, `evict` and `purge`,
-//! and what a departed envoy's key can still read.
+//! Deletion and membership across the mesh (`docs/design.md`, "Deletion,
+//! re-adds and departures") on real agents: re-adds and `resurrect`, replayed
+//! deletes, `leave`, `evict` and `purge`, and what a departed envoy's key can
+//! still read.
 
 use crate::harness::fs;
 use std::process::Command;

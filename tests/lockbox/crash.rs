@@ -1,10 +1,11 @@
-//! Crash safety of the mount (SPEC §5.2): the agent is SIGKILLed while a
-//! 200 MiB file is being written through the mount, and while that file is
-//! being sealed (a file sealed as it grows, killed before its close, and,
-//! written while locked, a whole file sealed at `fsync`). After a restart each name holds its old or its new complete
-//! version (never a torn or an accidental empty one), the store holds only
-//! age files, no plaintext reached the disk, nothing is left in the temp
-//! folder, and the mount works again.
+//! Crash safety of the mount (`docs/design.md`, "Durability and its bound"):
+//! the agent is SIGKILLed while a 200 MiB file is being written through the
+//! mount, and while that file is being sealed (a file sealed as it grows,
+//! killed before its close, and, written while locked, a whole file sealed at
+//! `fsync`). After a restart each name holds its old or its new complete
+//! version (never a torn or an accidental empty one), the store holds only age
+//! files, no plaintext reached the disk, nothing is left in the temp folder,
+//! and the mount works again.
 
 use crate::harness::fs;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,7 +1,7 @@
-//! The mesh (SPEC §6) on real agents: envoys with their own HOME, agent and
-//! FUSE mount, one fleet CA, real mTLS on loopback ports (and, as root, real
-//! multicast between network namespaces). Everything is checked by content
-//! read back through the mounts, never by log lines alone.
+//! The mesh (`docs/design.md`, "The mesh") on real agents: envoys with their
+//! own HOME, agent and FUSE mount, one fleet CA, real mTLS on loopback ports
+//! (and, as root, real multicast between network namespaces). Everything is
+//! checked by content read back through the mounts, never by log lines alone.
 //!
 //! The fixtures (`Circle`, `Node`, `Fleet`) live in `harness::mesh`.
 
@@ -742,7 +742,7 @@ fn a_locked_circle_shows_drift_until_unlock_and_reencrypt_reseals_on_demand() {
 }
 
 #[test]
-fn pushes_are_answered_with_the_spec_status_codes() {
+fn pushes_are_answered_with_the_protocol_status_codes() {
     require_fuse!();
     require!(have_curl(), "curl not found (apt-get install curl)");
     // charlie takes files up to 1 MiB only.

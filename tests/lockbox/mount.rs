@@ -1,8 +1,9 @@
-//! The FUSE mount (SPEC §5) driven by the ordinary tools a user would point
-//! at it — cp, cat, mv, rm, dd, vim, rsync, sqlite3, age, ls, stat, df — with
-//! every result checked by content, never by exit status alone. Also the
-//! locked mode, tampered ciphertext, the size limit, concurrent readers and
-//! writers, and the sweep of a folder filled while the agent was down.
+//! The FUSE mount (`docs/design.md`, "The mount") driven by the ordinary tools
+//! a user would point at it — cp, cat, mv, rm, dd, vim, rsync, sqlite3, age,
+//! ls, stat, df — with every result checked by content, never by exit status
+//! alone. Also the locked mode, tampered ciphertext, the size limit, concurrent
+//! readers and writers, and the sweep of a folder filled while the agent was
+//! down.
 //!
 //! The fixture, `MountedEnvoy`, lives in `harness::mount`.
 

@@ -1,6 +1,7 @@
-//! lockbox as an ordinary user (SPEC §7): the whole one-envoy flow runs as
-//! uid 65534, the agent makes itself non-dumpable (its /proc entries become
-//! root's), and the control socket refuses every other uid — root included.
+//! lockbox as an ordinary user (`docs/threat-model.md`, "Security rules"): the
+//! whole one-envoy flow runs as uid 65534, the agent makes itself non-dumpable
+//! (its /proc entries become root's), and the control socket refuses every
+//! other uid — root included.
 
 use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;

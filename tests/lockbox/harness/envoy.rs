@@ -125,9 +125,9 @@ impl Envoy {
     }
 
     /// Wait until the agent has put every seal that waits for its grouped
-    /// sync into the store folder (`~/.lockbox/tmp` is empty): SPEC §5.2
-    /// lets durability trail `close(2)` by the sync window, and a test that
-    /// looks at the store folder itself must wait for it. Returns at once
+    /// sync into the store folder (`~/.lockbox/tmp` is empty): durability may
+    /// trail `close(2)` by the sync window, and a test that looks at the
+    /// store folder itself must wait for it. Returns at once
     /// when no agent runs (a killed one leaves its temp files to the next
     /// start). At most 30 s.
     #[track_caller]

@@ -1,9 +1,9 @@
-//! A network-namespace lab for multi-envoy tests (SPEC §9): hosts in their
-//! own network namespaces, joined by a bridge, with real multicast between
-//! them and partitions by link down. This is the fixture (`NetLab`, the
-//! probe `available`, the sweep of orphaned namespaces); the lab's own tests
-//! live in `netlab.rs` next to the other test files. It must not touch the
-//! root network namespace.
+//! A network-namespace lab for multi-envoy tests (`docs/operations.md`,
+//! "Testing"): hosts in their own network namespaces, joined by a bridge, with
+//! real multicast between them and partitions by link down. This is the fixture
+//! (`NetLab`, the probe `available`, the sweep of orphaned namespaces); the
+//! lab's own tests live in `netlab.rs` next to the other test files. It must
+//! not touch the root network namespace.
 //!
 //! Layout of a lab named `lbx-<pid>-<k>` (`k` counts labs in this process):
 //!
@@ -443,7 +443,8 @@ while time.monotonic() < deadline:
     time.sleep(0.05)
 "#;
 
-/// The discovery group of SPEC §6.2; each lab is isolated, so the real
+/// The discovery group (`docs/protocol.md`, "2. Announcement datagram");
+/// each lab is isolated, so the real
 /// port is free in every host.
 pub(crate) const GROUP: &str = "224.0.0.44";
 
