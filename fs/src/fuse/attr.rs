@@ -63,7 +63,10 @@ impl LockboxFs {
     }
 
     /// Attributes of a node: staged size while being written, else the
-    /// plaintext size of its store version (no key needed).
+    /// plaintext size of its store version (no key needed). A buffer its
+    /// last writer released is no longer what the file is: between the
+    /// release marking it and taking it off the node, a `truncate(2)` goes
+    /// to the store file (see `set_attr`), and the answer must say so.
     pub(super) fn attr_of(&self, ino: u64) -> Result<FileAttr, Errno> {
         if ino == ROOT {
             return Ok(self.root_attr());
@@ -75,7 +78,7 @@ impl LockboxFs {
         };
         if let Some(s) = staged {
             let s = lock(&s);
-            if s.loaded && s.poisoned.is_none() {
+            if s.loaded && s.poisoned.is_none() && !s.released {
                 let mut attr = self.file_attr(ino, s.len(), s.mtime);
                 if name.is_none() {
                     attr.nlink = 0;
