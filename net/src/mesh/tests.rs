@@ -694,6 +694,23 @@ async fn a_file_body_that_differs_from_its_record_is_not_installed() {
         );
         assert_eq!(w.held(), before, "{what}");
     }
+    // Longer than declared and never ending: refused once past the
+    // record's length, without waiting for an end.
+    let mut endless = body.clone();
+    endless.extend_from_slice(&[0; 70_000]);
+    let answer_rec = rec.clone();
+    w.answer(move |_| {
+        let mut r = stalling(200, endless.clone(), None);
+        r.headers_mut().insert(
+            super::H_RECORD,
+            hex::encode(answer_rec.to_bytes()).parse().unwrap(),
+        );
+        r
+    });
+    let e = w.fetch("doc").await.unwrap_err();
+    assert!(matches!(e, PeerError::Refused(Refusal::Bad(_))), "{e}");
+    assert_eq!(w.held(), before);
+
     // The control: the body that matches is stored.
     w.answer(move |_| file_answer(&rec, body.clone()));
     w.fetch("doc").await.unwrap();
