@@ -35,7 +35,7 @@
 //! - `discover` — the periodic rounds: announcements heard and sent,
 //!   static peers contacted, expired deletes forgotten;
 //! - `tests` (tests only) — hostile peers: a real mesh against a fake peer
-//!   of the fleet that answers oversized or malformed bodies.
+//!   of the fleet that answers oversized, malformed or stalled bodies.
 //!
 //! It must not hold the replication rules themselves: what is admitted,
 //! stored or deleted is decided by [`Replica`].
@@ -148,7 +148,8 @@ pub enum PeerError {
     /// A request could not be built (a bug).
     #[error(transparent)]
     BuildRequest(#[from] http::Error),
-    /// The hello got no answer within 10 seconds.
+    /// The hello's answer, its body included, did not come within 10
+    /// seconds.
     #[error("hello timed out")]
     HelloTimeout,
     /// The peer refused the hello.

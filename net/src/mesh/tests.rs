@@ -1,8 +1,8 @@
 //! Hostile peers, seen from the client: a real [`Mesh`] (its own replica,
 //! store and mTLS client) contacts a fake peer on `127.0.0.1:0` that holds a
 //! valid fleet certificate and a valid endorsement, speaks HTTP/2 over
-//! mutual TLS, and answers what each test scripts: an oversized or
-//! malformed hello, a table or manifest over its cap or malformed, a file
+//! mutual TLS, and answers what each test scripts: an oversized, malformed
+//! or stalled hello, a table or manifest over its cap or malformed, a file
 //! body that does not match its signed record or belongs to another name.
 //! Each test checks that nothing was taken: no membership, no table entry,
 //! no stored file, no temp file left behind.
@@ -461,6 +461,25 @@ async fn a_malformed_hello_makes_no_member() {
         w.asked()
     );
     assert_eq!(w.held(), before);
+}
+
+/// A hello whose answer starts and then stalls: the client gives up
+/// within the hello's timeout, and the peer can be contacted again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hello_that_stalls_times_out() {
+    let w = world().await;
+    w.answer(|_| stalling(200, b"{\"protocol\":".to_vec(), None));
+    let e = w.contact().await.unwrap_err();
+    assert!(matches!(e, PeerError::HelloTimeout), "{e}");
+    assert_eq!(w.member(), None);
+    // `contact` lets go of the peer when it gives up: the next hello is
+    // sent, and a good one makes it a member.
+    let hello = w.hello(|_| {});
+    w.answer(move |_| respond(200, hello.clone()));
+    tokio::time::timeout(PROMPTLY, w.mesh.contact(w.peer))
+        .await
+        .unwrap();
+    assert_eq!(w.member(), Some(true));
 }
 
 /// A hello whose tombstone digest differs, so that catch-up pulls the
