@@ -1027,3 +1027,118 @@ fn the_demo_cleans_up_when_terminated() {
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+/// A fleet member (a valid certificate) sends a real agent bodies over
+/// its caps: a table declared larger than the table cap, a table streamed
+/// without a length past the cap, and a push whose signed record declares
+/// more than the largest ciphertext. Each is answered 413 while the body
+/// is still open: the declared ones unread, the streamed one once past the
+/// cap, without the agent keeping more than the cap of it in memory. The
+/// agent then still serves, and holds what it held.
+#[test]
+fn oversized_bodies_from_a_member_are_refused_and_change_nothing() {
+    require_fuse!();
+    let c = Circle::loopback(&["alpha", "bravo"]);
+    let (alpha, bravo) = (c.node("alpha"), c.node("bravo"));
+    let user = alpha.user();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let doc = content("doc", 5000);
+    fs::write(alpha.at("doc"), &doc).expect("write");
+    c.wait_content(&["alpha", "bravo"], "doc", &doc);
+    let (record, _) = fetch_version(alpha, &user, "doc", dir.path());
+    let before = holdings(bravo);
+    let tombstones = format!("/lockbox/tombstones/{user}");
+    // A bound on a hang, not a wait: each refusal comes at once.
+    let limit = Duration::from_secs(120);
+
+    // A table declared far over the cap: 413 from the declared length,
+    // with at most a flow-control window of the body sent, not the cap's
+    // worth that reading it would take.
+    let declared = ("content-length", (TABLE_CAP * 4).to_string());
+    let got = upload(
+        alpha,
+        bravo.port,
+        &tombstones,
+        &[declared],
+        TABLE_CAP * 4,
+        limit,
+    );
+    assert_eq!(got.answer, Ok(413), "{got:?}");
+    assert!(got.sent <= CONNECTION_WINDOW + (2 << 20), "{got:?}");
+    assert_eq!(holdings(bravo), before);
+
+    // A table streamed without a length, up to 1 GiB of zeros: 413 once
+    // past the cap, the rest not read, and the agent's memory grows by the
+    // cap at most (it is buffered up to it), not by what was offered.
+    let pid = bravo.m.e.agent_pid().expect("bravo's agent runs");
+    let rss_before = rss_kib(pid);
+    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let sampling = sampling.clone();
+        thread::spawn(move || {
+            let mut peak = 0;
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss_kib(pid));
+                thread::sleep(Duration::from_millis(20));
+            }
+            peak
+        })
+    };
+    let offered: u64 = 1 << 30;
+    let got = upload(alpha, bravo.port, &tombstones, &[], offered, limit);
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.join().expect("sampler");
+    assert_eq!(got.answer, Ok(413), "{got:?}");
+    assert!(
+        got.sent > TABLE_CAP && got.sent < TABLE_CAP + CONNECTION_WINDOW + (8 << 20),
+        "refused once past the cap, the rest not read: {got:?}"
+    );
+    let growth = peak.saturating_sub(rss_before) << 10;
+    eprintln!(
+        "streamed table: {} bytes sent, agent RSS {rss_before} KiB before, peak {peak} KiB",
+        got.sent
+    );
+    assert!(
+        growth < TABLE_CAP + (64 << 20),
+        "the agent's memory grew by {growth} bytes for {} bytes sent",
+        got.sent
+    );
+    assert_eq!(holdings(bravo), before);
+
+    // A push whose signed record declares a ciphertext over the largest
+    // accepted: 413 from the record, its body (declared as long) unread.
+    let key = fs::read_to_string(alpha.m.e.state().join("signing.key")).expect("signing.key");
+    let key = SigningKey::parse_file(&key).expect("alpha's signing key");
+    let rec =
+        Signed::<FileVersion>::from_bytes(&hex::decode(&record).expect("hex")).expect("a record");
+    let mut huge = rec.body().clone();
+    huge.vv
+        .bump(&WireName::new("alpha").expect("name"))
+        .expect("bump");
+    huge.ciphertext_len = lockbox_net::mesh::MAX_CIPHERTEXT + 1;
+    let len = huge.ciphertext_len;
+    let headers = [
+        (
+            "lockbox-record",
+            hex::encode(Signed::sign(huge, &key).to_bytes()),
+        ),
+        ("content-length", len.to_string()),
+    ];
+    let push = format!("/lockbox/push/{user}/doc");
+    let got = upload(alpha, bravo.port, &push, &headers, len, limit);
+    assert_eq!(got.answer, Ok(413), "{got:?}");
+    assert!(got.sent <= CONNECTION_WINDOW + (2 << 20), "{got:?}");
+    assert_eq!(holdings(bravo), before);
+    assert_eq!(fs::read(bravo.at("doc")).expect("doc on bravo"), doc);
+
+    // bravo still serves: a new file from alpha reaches it, and it answers
+    // a hello.
+    c.wait_marker(&["alpha", "bravo"], "alpha", "marker");
+    if have_curl() {
+        let out = alpha.curl_as(bravo.port, &format!("/lockbox/hello/{user}"), &[]);
+        assert!(
+            String::from_utf8_lossy(&out.stdout).ends_with("200"),
+            "{out:?}"
+        );
+    }
+}

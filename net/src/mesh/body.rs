@@ -161,6 +161,9 @@ pub(super) async fn receive_body(
     rec: Signed<FileVersion>,
     mut body: Incoming,
 ) -> Result<Admission, Refusal> {
+    // The worker reads at most one byte past the record's length; past it,
+    // nothing more is waited for (a peer may send more and then stall).
+    let declared = rec.body().ciphertext_len;
     let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Bytes, BodyError>>(16);
     let worker = tokio::task::spawn_blocking(move || {
         let mut reader = ChannelReader {
@@ -193,7 +196,7 @@ pub(super) async fn receive_body(
         let sent = tokio::task::spawn_blocking(move || tx2.send(chunk).is_ok())
             .await
             .unwrap_or(false);
-        if !sent || failed {
+        if !sent || failed || total > declared {
             break;
         }
     }

@@ -201,11 +201,17 @@ impl Mesh {
             req = req.header(*h, hex::encode(d));
         }
         let req = req.body(full(Bytes::new()))?;
-        let resp = tokio::time::timeout(Duration::from_secs(10), self.request(addr, req))
+        // The whole answer, its body too, within the hello's time: a peer
+        // that starts an answer and then stalls is given up on.
+        let answer = async {
+            let resp = self.request(addr, req).await?;
+            let status = resp.status();
+            let body = read_capped(resp.into_body(), MAX_HELLO_BODY).await?;
+            Ok::<_, PeerError>((status, body))
+        };
+        let (status, body) = tokio::time::timeout(Duration::from_secs(10), answer)
             .await
             .map_err(|_| PeerError::HelloTimeout)??;
-        let status = resp.status();
-        let body = read_capped(resp.into_body(), MAX_HELLO_BODY).await?;
         if !status.is_success() {
             return Err(PeerError::HelloRefused {
                 status,

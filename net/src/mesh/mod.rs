@@ -33,7 +33,9 @@
 //! - `catchup` — anti-entropy: pulling and merging tables and files;
 //! - `fanout` — pushing new versions and records to live peers;
 //! - `discover` — the periodic rounds: announcements heard and sent,
-//!   static peers contacted, expired deletes forgotten.
+//!   static peers contacted, expired deletes forgotten;
+//! - `tests` (tests only) — hostile peers: a real mesh against a fake peer
+//!   of the fleet that answers oversized, malformed or stalled bodies.
 //!
 //! It must not hold the replication rules themselves: what is admitted,
 //! stored or deleted is decided by [`Replica`].
@@ -64,6 +66,8 @@ mod fanout;
 mod hello;
 pub mod route;
 mod server;
+#[cfg(test)]
+mod tests;
 
 pub use body::BodyError;
 pub use hello::{Hello, HelloError};
@@ -144,7 +148,8 @@ pub enum PeerError {
     /// A request could not be built (a bug).
     #[error(transparent)]
     BuildRequest(#[from] http::Error),
-    /// The hello got no answer within 10 seconds.
+    /// The hello's answer, its body included, did not come within 10
+    /// seconds.
     #[error("hello timed out")]
     HelloTimeout,
     /// The peer refused the hello.

@@ -1,9 +1,11 @@
 //! The mesh fixtures: `Fleet` (a fleet CA), `Node` (one envoy of a circle,
 //! with its mount and peer port) and `Circle` (envoys that share a CA and a
-//! passphrase), loopback configs, and `curl` against a peer port. Dropping a
-//! `Circle` stops every agent and detaches every mount, pass or fail. Waits
-//! poll for the state they need with a deadline; a timeout prints each
-//! envoy's status and the tail of its agent log. It must not hold tests.
+//! passphrase), loopback configs, and `curl` against a peer port (or, for
+//! an upload answered before it ends, a raw HTTP/2 client: `upload`).
+//! Dropping a `Circle` stops every agent and detaches every mount, pass or
+//! fail. Waits poll for the state they need with a deadline; a timeout
+//! prints each envoy's status and the tail of its agent log. It must not
+//! hold tests.
 
 use super::fs;
 use std::path::{Path, PathBuf};
@@ -402,6 +404,90 @@ pub(crate) fn curl(
         .expect("run curl")
 }
 
+/// How an [`upload`] ended: the answer's status (or why there was none
+/// within the limit) and how many body bytes had been handed to the
+/// connection by then.
+#[derive(Debug)]
+pub(crate) struct Uploaded {
+    pub answer: Result<u16, String>,
+    pub sent: u64,
+}
+
+/// POST to peer port `port` at `path`, as `from` (its fleet certificate),
+/// over HTTP/2 with `headers`, a body of up to `len` zeros sent as fast as
+/// the peer's flow control lets it, and not ended until the answer came.
+/// Waits at most `limit` for the answer. (curl cannot do this: it reports
+/// an answer that comes before its upload ends as a stream error.)
+pub(crate) fn upload(
+    from: &Node,
+    port: u16,
+    path: &str,
+    headers: &[(&str, String)],
+    len: u64,
+    limit: Duration,
+) -> Uploaded {
+    use http_body_util::BodyExt;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    let tls = lockbox_net::tls::TlsMaterial::load(&from.m.e.state().join("tls"))
+        .expect("the envoy's fleet certificate")
+        .client_config()
+        .expect("a client config");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let sent = Arc::new(AtomicU64::new(0));
+    let counted = sent.clone();
+    let answer = rt.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| e.to_string())?;
+        let name =
+            rustls::pki_types::ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into());
+        let tls = tokio_rustls::TlsConnector::from(tls)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (mut send, conn) =
+            hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let (mut tx, body) =
+            http_body_util::channel::Channel::<bytes::Bytes, std::convert::Infallible>::new(2);
+        let mut req = http::Request::post(format!("https://127.0.0.1:{port}{path}"));
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        let req = req.body(body.boxed()).map_err(|e| e.to_string())?;
+        let feeder = tokio::spawn(async move {
+            let chunk = bytes::Bytes::from(vec![0u8; 1 << 20]);
+            while counted.load(Ordering::Relaxed) < len {
+                if tx.send_data(chunk.clone()).await.is_err() {
+                    return;
+                }
+                counted.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            }
+            // Never ended: the answer must not wait for the end.
+            std::future::pending::<()>().await;
+        });
+        let resp = tokio::time::timeout(limit, send.send_request(req)).await;
+        feeder.abort();
+        match resp {
+            Ok(Ok(r)) => Ok(r.status().as_u16()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {limit:?}")),
+        }
+    });
+    Uploaded {
+        answer,
+        sent: sent.load(Ordering::Relaxed),
+    }
+}
+
 pub(crate) fn have_curl() -> bool {
     on_path("curl")
 }
@@ -480,4 +566,37 @@ pub(crate) fn take_away(c: &Circle, away: &str) {
             .filter(|n| n.name != away)
             .all(|n| n.peers().iter().any(|(e, s, _)| e == away && s == "stale"))
     });
+}
+
+/// The largest table body a peer accepts (`MAX_TABLE_BODY` in
+/// `net/src/mesh/mod.rs`).
+pub(crate) const TABLE_CAP: u64 = 256 << 20;
+
+/// The peer server's HTTP/2 connection window (`net/src/mesh/server.rs`):
+/// the most a client can send that the server has not read.
+pub(crate) const CONNECTION_WINDOW: u64 = 16 << 20;
+
+/// What an envoy holds, as far as a peer could change it: the names in
+/// its mount, its store folder and its tables.
+pub(crate) fn holdings(n: &Node) -> (Vec<String>, Vec<String>, Vec<u64>) {
+    let mut stored: Vec<String> = fs::read_dir(n.m.e.state().join("store"))
+        .expect("store folder")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    stored.sort();
+    let tables = ["tombstones", "resurrects", "leaves", "files"]
+        .map(|t| table(n, t).0)
+        .to_vec();
+    (n.listing(), stored, tables)
+}
+
+/// An agent's resident memory, in KiB (`VmRSS` of `/proc/PID/status`).
+pub(crate) fn rss_kib(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }

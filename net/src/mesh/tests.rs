@@ -1,0 +1,774 @@
+//! Hostile peers, seen from the client: a real [`Mesh`] (its own replica,
+//! store and mTLS client) contacts a fake peer on `127.0.0.1:0` that holds a
+//! valid fleet certificate and a valid endorsement, speaks HTTP/2 over
+//! mutual TLS, and answers what each test scripts: an oversized, malformed
+//! or stalled hello, a table or manifest over its cap or malformed, a file
+//! body that does not match its signed record or belongs to another name.
+//! Each test checks that nothing was taken: no membership, no table entry,
+//! no stored file, no temp file left behind.
+//!
+//! Every check runs through the mesh's own paths (`contact`,
+//! `contact_inner`, `catch_up`, `pull_table`, `fetch`); the fake peer only
+//! answers and must not stand in for the code under test. Each hostile
+//! answer has a well-formed twin that the same path takes, so a test cannot
+//! pass because the fixture never reaches the check.
+
+use std::convert::Infallible;
+use std::fs;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use lockbox_crypto::circle::{CircleKey, Endorsement};
+use lockbox_crypto::digest::Sha256;
+use lockbox_crypto::kdf::KdfParams;
+use lockbox_crypto::sign::{Encoder, Signed, SigningKey};
+use lockbox_fs::{Name, Store};
+use secrecy::SecretString;
+use tokio::net::TcpListener;
+
+use super::body::{respond, Body, BodyError};
+use super::{Hello, HelloError, Mesh, MeshConfig, PeerError, MAX_HELLO_BODY, MAX_TABLE_BODY};
+use crate::records::{self, FileVersion, Tombstone};
+use crate::replica::{Refusal, Replica, ReplicaPaths, Table};
+use crate::tls::{FleetCa, TlsMaterial};
+use crate::{VersionVector, WireName};
+
+const USER: &str = "alice";
+
+/// Long enough for any answer that does not wait for more input, on a
+/// loaded 2-core machine; a check that hangs fails after it.
+const PROMPTLY: Duration = Duration::from_secs(30);
+
+const HELLO: &str = "/lockbox/hello/alice";
+const TOMBSTONES: &str = "/lockbox/tombstones/alice";
+const MANIFEST: &str = "/lockbox/files/alice";
+const DOC: &str = "/lockbox/files/alice/doc";
+
+/// What the fake peer answers to a request for a path.
+type Script = Box<dyn Fn(&str) -> Response<Body> + Send + Sync>;
+
+fn wn(s: &str) -> WireName {
+    WireName::new(s).unwrap()
+}
+
+fn name(s: &str) -> Name {
+    Name::new(s).unwrap()
+}
+
+/// Envoy alpha's mesh, and bravo, a fake peer of the same fleet and
+/// circle that answers what the test scripts.
+struct World {
+    _dir: tempfile::TempDir,
+    /// alpha's state folder (`store/`, `tmp/`, …).
+    state: PathBuf,
+    mesh: Arc<Mesh>,
+    replica: Arc<Replica>,
+    bravo_key: SigningKey,
+    bravo_endorsement: Signed<Endorsement>,
+    /// The fake peer's address.
+    peer: SocketAddr,
+    /// Its answers.
+    script: Arc<Mutex<Script>>,
+    /// The paths it was asked for, in order.
+    asked: Arc<Mutex<Vec<String>>>,
+}
+
+async fn world() -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let pass = SecretString::from("pw pw pw".to_string());
+    let circle = CircleKey::derive(&pass, USER, KdfParams::TEST).unwrap();
+    let endorse = |envoy: &str, key: &SigningKey| {
+        circle.endorse(Endorsement {
+            user: USER.into(),
+            envoy: envoy.into(),
+            recipient: lockbox_crypto::identity::generate().to_public().to_string(),
+            signing_key: key.public(),
+            created_unix: 1,
+        })
+    };
+    let (alpha_key, bravo_key) = (
+        SigningKey::from_seed(&[1; 32]),
+        SigningKey::from_seed(&[2; 32]),
+    );
+    let bravo_endorsement = endorse("bravo", &bravo_key);
+    let state = dir.path().join("alpha");
+    let members = state.join("members");
+    fs::create_dir_all(&members).unwrap();
+    fs::write(state.join("circle.pub"), circle.public().to_base64()).unwrap();
+    let alpha_endorsement = endorse("alpha", &alpha_key);
+    for (envoy, e) in [("alpha", &alpha_endorsement), ("bravo", &bravo_endorsement)] {
+        fs::write(members.join(format!("{envoy}.endorsement")), e.to_bytes()).unwrap();
+    }
+    let replica = Replica::open(
+        wn(USER),
+        wn("alpha"),
+        Store::open(&state).unwrap(),
+        alpha_key,
+        ReplicaPaths {
+            members,
+            circle_public: state.join("circle.pub"),
+            recipients: state.join("recipients.txt"),
+            meta: state.join("meta.redb"),
+        },
+    )
+    .unwrap();
+
+    let ca = FleetCa::generate("test fleet").unwrap();
+    let material = |envoy: &str| {
+        let issued = ca.issue(envoy, &[], Duration::from_secs(3600)).unwrap();
+        TlsMaterial::from_issued(&issued).unwrap()
+    };
+    let (alpha_tls, bravo_tls) = (material("alpha"), material("bravo"));
+    let cfg = MeshConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        multicast: None,
+        announce_interval: Duration::from_secs(3600),
+        stale_after: Duration::from_secs(3600),
+        static_peers: Vec::new(),
+        push_concurrency: 2,
+        disk_pressure_percent: 0,
+        max_file_size: 1 << 30,
+        recipient: String::new(),
+        default_port: 0,
+        tombstone_retention: Duration::from_secs(30 * 86_400),
+    };
+    let mesh = Mesh::start(
+        replica.clone(),
+        cfg,
+        alpha_tls.server_config().unwrap(),
+        alpha_tls.client_config().unwrap(),
+    )
+    .await
+    .unwrap();
+
+    let script: Arc<Mutex<Script>> =
+        Arc::new(Mutex::new(Box::new(|_: &str| respond(404, "no script"))));
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let peer = fake_peer(
+        bravo_tls.server_config().unwrap(),
+        script.clone(),
+        asked.clone(),
+    )
+    .await;
+    World {
+        _dir: dir,
+        state,
+        mesh,
+        replica,
+        bravo_key,
+        bravo_endorsement,
+        peer,
+        script,
+        asked,
+    }
+}
+
+/// An HTTP/2 server over mutual TLS on `127.0.0.1:0` that answers each
+/// request with `script` and notes its path in `asked`.
+async fn fake_peer(
+    tls: Arc<rustls::ServerConfig>,
+    script: Arc<Mutex<Script>>,
+    asked: Arc<Mutex<Vec<String>>>,
+) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                continue;
+            };
+            let (script, asked) = (script.clone(), asked.clone());
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let path = req.uri().path().to_string();
+                asked.lock().unwrap().push(path.clone());
+                let resp = (script.lock().unwrap())(&path);
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), service),
+            );
+        }
+    });
+    addr
+}
+
+/// An answer that sends `first`, then nothing more and never ends; with
+/// `content_length` declared if given.
+fn stalling(status: u16, first: Vec<u8>, content_length: Option<u64>) -> Response<Body> {
+    let (mut tx, body) = http_body_util::channel::Channel::<Bytes, std::io::Error>::new(4);
+    tokio::spawn(async move {
+        if !first.is_empty() {
+            let _ = tx.send_data(Bytes::from(first)).await;
+        }
+        // Held open until the test's runtime ends.
+        std::future::pending::<()>().await;
+        drop(tx);
+    });
+    let mut r = Response::new(body.boxed());
+    *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+    if let Some(len) = content_length {
+        r.headers_mut().insert(
+            http::header::CONTENT_LENGTH,
+            len.to_string().parse().unwrap(),
+        );
+    }
+    r
+}
+
+/// A file answer: the version record in its header, and `body`.
+fn file_answer(rec: &Signed<FileVersion>, body: Vec<u8>) -> Response<Body> {
+    let mut r = respond(200, body);
+    r.headers_mut().insert(
+        super::H_RECORD,
+        hex::encode(rec.to_bytes()).parse().unwrap(),
+    );
+    r
+}
+
+/// A manifest in wire form listing each `(name, record)`.
+fn manifest(items: &[(&str, &Signed<FileVersion>)]) -> Vec<u8> {
+    let items: Vec<Vec<u8>> = items
+        .iter()
+        .map(|(n, rec)| {
+            let mut e = Encoder::new();
+            e.bytes(n.as_bytes());
+            e.bytes(&rec.to_bytes());
+            e.finish()
+        })
+        .collect();
+    records::encode_list(items.iter().map(|v| v.as_slice()))
+}
+
+/// A ciphertext of `len` bytes: age's magic line, then filler.
+fn ciphertext(len: usize) -> Vec<u8> {
+    let mut b = lockbox_crypto::seal::AGE_MAGIC.to_vec();
+    b.extend((0..len.saturating_sub(b.len())).map(|i| (i % 251) as u8));
+    b
+}
+
+/// What alpha holds, to compare before and after.
+#[derive(Debug, PartialEq, Eq)]
+struct Held {
+    names: Vec<Name>,
+    tmp: Vec<String>,
+    tables: Vec<Vec<Vec<u8>>>,
+    files: [u8; 16],
+    members: Vec<String>,
+}
+
+impl World {
+    /// Answer with `script` from now on.
+    fn answer(&self, script: impl Fn(&str) -> Response<Body> + Send + Sync + 'static) {
+        *self.script.lock().unwrap() = Box::new(script);
+    }
+
+    /// A hello of bravo's with alpha's own digests (so nothing is pulled),
+    /// changed by `tweak`.
+    fn hello(&self, tweak: impl FnOnce(&mut Hello)) -> Vec<u8> {
+        let d = self.mesh.digests();
+        let mut h = Hello {
+            protocol: super::PROTOCOL_VERSION,
+            user: USER.into(),
+            envoy: "bravo".into(),
+            instance: 7,
+            endorsement: hex::encode(self.bravo_endorsement.to_bytes()),
+            members: Vec::new(),
+            free_percent: 90,
+            disk_short: false,
+            files: hex::encode(d.files),
+            tombstones: hex::encode(d.tombstones),
+            resurrects: hex::encode(d.resurrects),
+            leaves: hex::encode(d.leaves),
+        };
+        tweak(&mut h);
+        h.encode().unwrap()
+    }
+
+    /// Version 1 of `file` by bravo, with ciphertext `body`.
+    fn version(&self, file: &str, body: &[u8]) -> Signed<FileVersion> {
+        let mut vv = VersionVector::new();
+        vv.bump(&wn("bravo")).unwrap();
+        let v = FileVersion {
+            user: wn(USER),
+            name: name(file),
+            vv,
+            author: wn("bravo"),
+            sealed_unix: 1_700_000_000,
+            plaintext_len: body.len() as u64,
+            ciphertext_len: body.len() as u64,
+            hash: Sha256::of(body),
+            recipients: vec![wn("alpha"), wn("bravo")],
+            reseal: false,
+        };
+        Signed::sign(v, &self.bravo_key)
+    }
+
+    /// Whether the fake peer is taken as a member (None: not in the table).
+    fn member(&self) -> Option<bool> {
+        self.mesh
+            .peers
+            .lock()
+            .unwrap()
+            .get(&self.peer)
+            .map(|p| p.member)
+    }
+
+    fn held(&self) -> Held {
+        let mut tmp: Vec<String> = fs::read_dir(self.state.join("tmp"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        tmp.sort();
+        Held {
+            names: self.replica.store().names().unwrap(),
+            tmp,
+            tables: Table::ALL
+                .iter()
+                .map(|t| self.replica.table_records(*t))
+                .collect(),
+            files: self.replica.files_digest(),
+            members: self.replica.members().names(),
+        }
+    }
+
+    fn asked(&self) -> Vec<String> {
+        self.asked.lock().unwrap().clone()
+    }
+
+    /// `contact_inner` with the fake peer, failing the test if it hangs.
+    async fn contact(&self) -> Result<(), PeerError> {
+        tokio::time::timeout(PROMPTLY, self.mesh.contact_inner(self.peer))
+            .await
+            .expect("the contact neither finished nor failed")
+    }
+
+    /// `fetch` of `file` from the fake peer, failing the test if it hangs.
+    async fn fetch(&self, file: &str) -> Result<(), PeerError> {
+        tokio::time::timeout(PROMPTLY, self.mesh.fetch(self.peer, &name(file)))
+            .await
+            .expect("the fetch neither finished nor failed")
+    }
+}
+
+/// The fixture's control: a well-formed hello of a member makes it one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_well_formed_hello_makes_the_peer_a_member() {
+    let w = world().await;
+    let hello = w.hello(|_| {});
+    w.answer(move |_| respond(200, hello.clone()));
+    let before = w.held();
+    w.contact().await.unwrap();
+    assert_eq!(w.member(), Some(true));
+    assert_eq!(w.asked(), [HELLO], "equal digests: nothing pulled");
+    assert_eq!(w.held(), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_hello_makes_no_member() {
+    let w = world().await;
+    let before = w.held();
+    // A hello padded past the cap, its length declared: refused unread.
+    let mut big = w.hello(|_| {});
+    big.splice(1..1, std::iter::repeat_n(b' ', MAX_HELLO_BODY));
+    let declared = big.len() as u64;
+    w.answer(move |_| stalling(200, b"{".to_vec(), Some(declared)));
+    let e = w.contact().await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            PeerError::Body(BodyError::TooLarge {
+                cap: MAX_HELLO_BODY
+            })
+        ),
+        "{e}"
+    );
+    // The same, streamed without a length and never ended: refused once it
+    // passes the cap.
+    w.answer(move |_| stalling(200, big.clone(), None));
+    let e = w.contact().await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            PeerError::Body(BodyError::TooLarge {
+                cap: MAX_HELLO_BODY
+            })
+        ),
+        "{e}"
+    );
+    assert_eq!(w.member(), None, "not taken as a peer at all");
+    assert_eq!(w.asked(), [HELLO, HELLO]);
+    assert_eq!(w.held(), before);
+
+    // Through `contact`, the error is what `status` shows for the peer (and
+    // what is logged).
+    w.mesh.contact(w.peer).await;
+    let peers = w.mesh.peers();
+    let p = peers.iter().find(|p| p.addr == w.peer.to_string()).unwrap();
+    assert_eq!(p.envoy, None);
+    assert_eq!(
+        p.error.as_deref(),
+        Some(format!("body larger than {MAX_HELLO_BODY} bytes").as_str())
+    );
+    assert_eq!(w.member(), Some(false));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_hello_makes_no_member() {
+    let w = world().await;
+    let before = w.held();
+    let good = w.hello(|_| {});
+    let truncated = good[..good.len() / 2].to_vec();
+    let wrong_type = String::from_utf8(good.clone())
+        .unwrap()
+        .replacen("\"protocol\":1", "\"protocol\":\"1\"", 1)
+        .into_bytes();
+    for bad in [
+        b"not json".to_vec(),
+        b"{}".to_vec(),
+        b"\xff\xfe".to_vec(),
+        truncated,
+        wrong_type,
+    ] {
+        let shown = String::from_utf8_lossy(&bad).into_owned();
+        w.answer(move |_| respond(200, bad.clone()));
+        let e = w.contact().await.unwrap_err();
+        assert!(
+            matches!(e, PeerError::BadHello(HelloError::Json(_))),
+            "{shown}: {e}"
+        );
+        assert_eq!(w.member(), None, "{shown}");
+    }
+    // A hello whose endorsement is not one: the peer is refused.
+    let forged = w.hello(|h| h.endorsement = "00".repeat(40));
+    w.answer(move |_| respond(200, forged.clone()));
+    w.contact().await.unwrap();
+    assert_eq!(w.member(), Some(false));
+    let peers = w.mesh.peers();
+    let p = peers.iter().find(|p| p.addr == w.peer.to_string()).unwrap();
+    assert!(p.refused.is_some(), "{p:?}");
+    assert!(
+        w.asked().iter().all(|p| p == HELLO),
+        "nothing pulled from a peer that is not a member: {:?}",
+        w.asked()
+    );
+    assert_eq!(w.held(), before);
+}
+
+/// A hello whose answer starts and then stalls: the client gives up
+/// within the hello's timeout, and the peer can be contacted again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hello_that_stalls_times_out() {
+    let w = world().await;
+    w.answer(|_| stalling(200, b"{\"protocol\":".to_vec(), None));
+    let e = w.contact().await.unwrap_err();
+    assert!(matches!(e, PeerError::HelloTimeout), "{e}");
+    assert_eq!(w.member(), None);
+    // `contact` lets go of the peer when it gives up: the next hello is
+    // sent, and a good one makes it a member.
+    let hello = w.hello(|_| {});
+    w.answer(move |_| respond(200, hello.clone()));
+    tokio::time::timeout(PROMPTLY, w.mesh.contact(w.peer))
+        .await
+        .unwrap();
+    assert_eq!(w.member(), Some(true));
+}
+
+/// A hello whose tombstone digest differs, so that catch-up pulls the
+/// tombstone table and answers it with `table`.
+fn pulls_tombstones(w: &World, table: impl Fn() -> Response<Body> + Send + Sync + 'static) {
+    let hello = w.hello(|h| h.tombstones = hex::encode([9u8; 16]));
+    w.answer(move |path| match path {
+        HELLO => respond(200, hello.clone()),
+        TOMBSTONES => table(),
+        _ => respond(404, "not scripted"),
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_table_fails_the_catch_up_and_changes_nothing() {
+    let w = world().await;
+    let before = w.held();
+    // Declared over the cap, and never sent: refused unread.
+    pulls_tombstones(&w, || {
+        stalling(200, vec![0; 16], Some(MAX_TABLE_BODY as u64 + 1))
+    });
+    let e = w.contact().await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            PeerError::Body(BodyError::TooLarge {
+                cap: MAX_TABLE_BODY
+            })
+        ),
+        "{e}"
+    );
+    assert_eq!(w.asked(), [HELLO, TOMBSTONES]);
+    assert_eq!(w.held(), before);
+    assert_eq!(w.mesh.last_catchup(), None, "the catch-up did not complete");
+}
+
+/// A malformed table, or one whose records are not a member's, changes
+/// no table; the rest of the catch-up goes on (one bad table must not
+/// stop it). Its control: a member's tombstone in the same place is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_table_changes_no_table() {
+    let w = world().await;
+    let before = w.held();
+    let tombstone = |key: &SigningKey| {
+        let mut vv = VersionVector::new();
+        vv.bump(&wn("bravo")).unwrap();
+        Signed::sign(
+            Tombstone {
+                user: wn(USER),
+                name: name("doc"),
+                vv,
+                author: wn("bravo"),
+                deleted_unix: 1_700_000_000,
+            },
+            key,
+        )
+        .to_bytes()
+    };
+    let stranger = tombstone(&SigningKey::from_seed(&[66; 32]));
+    let mut truncated = records::encode_list([stranger.as_slice()]);
+    truncated.truncate(truncated.len() - 3);
+    let mut trailing = records::encode_list([tombstone(&w.bravo_key).as_slice()]);
+    trailing.push(0);
+    for (what, bad) in [
+        ("garbage", b"\xff\xff\xff\xff garbage".to_vec()),
+        ("a truncated list", truncated),
+        ("trailing bytes", trailing),
+        ("a count past the end", (1u32 << 31).to_be_bytes().to_vec()),
+        (
+            "a non-member's tombstone",
+            records::encode_list([stranger.as_slice()]),
+        ),
+        (
+            "not a record",
+            records::encode_list([&b"not a tombstone"[..]]),
+        ),
+    ] {
+        pulls_tombstones(&w, move || respond(200, bad.clone()));
+        w.contact().await.unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(w.held(), before, "{what}");
+        assert_eq!(
+            w.asked().last().map(String::as_str),
+            Some(TOMBSTONES),
+            "{what}"
+        );
+    }
+    // The control: bravo's own tombstone is taken.
+    let good = records::encode_list([tombstone(&w.bravo_key).as_slice()]);
+    pulls_tombstones(&w, move || respond(200, good.clone()));
+    w.contact().await.unwrap();
+    assert_eq!(w.replica.table_records(Table::Tombstones).len(), 1);
+}
+
+/// A hello whose file digest differs, so that catch-up pulls the manifest
+/// and answers it (and any file) with `script`.
+fn pulls_files(w: &World, script: impl Fn(&str) -> Response<Body> + Send + Sync + 'static) {
+    let hello = w.hello(|h| h.files = hex::encode([9u8; 16]));
+    w.answer(move |path| match path {
+        HELLO => respond(200, hello.clone()),
+        path => script(path),
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_or_malformed_manifest_fetches_nothing() {
+    let w = world().await;
+    let before = w.held();
+    pulls_files(&w, |_| {
+        stalling(200, vec![0; 16], Some(MAX_TABLE_BODY as u64 + 1))
+    });
+    let e = w.contact().await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            PeerError::Body(BodyError::TooLarge {
+                cap: MAX_TABLE_BODY
+            })
+        ),
+        "{e}"
+    );
+    let body = ciphertext(1000);
+    let rec = w.version("doc", &body);
+    let mut truncated = manifest(&[("doc", &rec)]);
+    truncated.truncate(truncated.len() - 1);
+    let mut bad_name = manifest(&[("doc", &rec)]);
+    let at = bad_name.windows(3).position(|s| s == b"doc").unwrap();
+    bad_name[at] = b'/';
+    for (what, bad) in [
+        ("garbage", b"garbage".to_vec()),
+        ("a truncated manifest", truncated),
+        ("a name with a slash", bad_name),
+    ] {
+        pulls_files(&w, move |_| respond(200, bad.clone()));
+        let e = w.contact().await.unwrap_err();
+        assert!(matches!(e, PeerError::Manifest(_)), "{what}: {e}");
+    }
+    assert!(
+        !w.asked().iter().any(|p| p == DOC),
+        "no file asked for: {:?}",
+        w.asked()
+    );
+    assert_eq!(w.held(), before);
+    assert_eq!(w.mesh.last_catchup(), None);
+}
+
+/// A file whose body does not match its signed record, through the whole
+/// catch-up: asked for, refused, nothing stored and no temp file left;
+/// its well-formed twin is then stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catch_up_stores_no_file_whose_body_differs_from_its_record() {
+    let w = world().await;
+    let before = w.held();
+    let body = ciphertext(100_000);
+    let rec = w.version("doc", &body);
+    let listed = manifest(&[("doc", &rec)]);
+    let mut flipped = body.clone();
+    flipped[50_000] ^= 1;
+    let script = |listed: Vec<u8>, rec: Signed<FileVersion>, body: Vec<u8>| {
+        move |path: &str| match path {
+            MANIFEST => respond(200, listed.clone()),
+            DOC => file_answer(&rec, body.clone()),
+            _ => respond(404, "not scripted"),
+        }
+    };
+    pulls_files(&w, script(listed.clone(), rec.clone(), flipped));
+    // The fetch's failure is logged; the catch-up of the rest goes on.
+    w.contact().await.unwrap();
+    assert!(w.asked().iter().any(|p| p == DOC), "{:?}", w.asked());
+    assert_eq!(w.held(), before);
+
+    pulls_files(&w, script(listed, rec, body.clone()));
+    w.contact().await.unwrap();
+    assert_eq!(w.replica.store().names().unwrap(), [name("doc")]);
+    let stored = fs::read(w.replica.store().current_path(&name("doc"))).unwrap();
+    assert_eq!(stored, body);
+}
+
+/// Every way a file answer can differ from what was asked for and signed
+/// is refused by `fetch`, with nothing stored and no temp file left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_body_that_differs_from_its_record_is_not_installed() {
+    let w = world().await;
+    let before = w.held();
+    let body = ciphertext(300_000);
+    let rec = w.version("doc", &body);
+    let other = w.version("other", &body);
+    let mut flipped = body.clone();
+    flipped[123_456] ^= 0x80;
+    let mut longer = body.clone();
+    longer.extend_from_slice(&[0; 4096]);
+    let shorter = body[..body.len() - 1].to_vec();
+    let not_age = {
+        let mut b = vec![b'x'; body.len()];
+        b[0] = b'y';
+        b
+    };
+    let not_age_rec = w.version("doc", &not_age);
+    let cases: Vec<(&str, Signed<FileVersion>, Vec<u8>, &str)> = vec![
+        (
+            "a flipped bit",
+            rec.clone(),
+            flipped,
+            "does not match its record",
+        ),
+        (
+            "longer than declared",
+            rec.clone(),
+            longer,
+            "does not match its record",
+        ),
+        (
+            "shorter than declared",
+            rec.clone(),
+            shorter,
+            "does not match its record",
+        ),
+        (
+            "the record of another name",
+            other,
+            body.clone(),
+            "cannot be stored as doc",
+        ),
+        ("not an age file", not_age_rec, not_age, "not an age file"),
+    ];
+    for (what, rec, answer, why) in cases {
+        w.answer(move |_| file_answer(&rec, answer.clone()));
+        let e = w.fetch("doc").await.unwrap_err();
+        assert!(
+            matches!(&e, PeerError::Refused(Refusal::Bad(m)) if m.contains(why)),
+            "{what}: {e}"
+        );
+        assert_eq!(w.held(), before, "{what}");
+    }
+    // Longer than declared and never ending: refused once past the
+    // record's length, without waiting for an end.
+    let mut endless = body.clone();
+    endless.extend_from_slice(&[0; 70_000]);
+    let answer_rec = rec.clone();
+    w.answer(move |_| {
+        let mut r = stalling(200, endless.clone(), None);
+        r.headers_mut().insert(
+            super::H_RECORD,
+            hex::encode(answer_rec.to_bytes()).parse().unwrap(),
+        );
+        r
+    });
+    let e = w.fetch("doc").await.unwrap_err();
+    assert!(matches!(e, PeerError::Refused(Refusal::Bad(_))), "{e}");
+    assert_eq!(w.held(), before);
+
+    // The control: the body that matches is stored.
+    w.answer(move |_| file_answer(&rec, body.clone()));
+    w.fetch("doc").await.unwrap();
+    assert_eq!(w.replica.store().names().unwrap(), [name("doc")]);
+    assert!(w.held().tmp.is_empty());
+}
+
+/// A record over the size limit is refused from the record alone: its body
+/// (here never sent) is not read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_over_the_size_limit_is_refused_unread() {
+    let w = world().await;
+    let before = w.held();
+    let mut vv = VersionVector::new();
+    vv.bump(&wn("bravo")).unwrap();
+    let huge = Signed::sign(
+        FileVersion {
+            user: wn(USER),
+            name: name("doc"),
+            vv,
+            author: wn("bravo"),
+            sealed_unix: 1_700_000_000,
+            plaintext_len: 1 << 30,
+            ciphertext_len: super::MAX_CIPHERTEXT + 1,
+            hash: Sha256::of(b""),
+            recipients: vec![wn("alpha"), wn("bravo")],
+            reseal: false,
+        },
+        &w.bravo_key,
+    );
+    w.answer(move |_| {
+        let mut r = stalling(200, ciphertext(100), None);
+        r.headers_mut().insert(
+            super::H_RECORD,
+            hex::encode(huge.to_bytes()).parse().unwrap(),
+        );
+        r
+    });
+    let e = w.fetch("doc").await.unwrap_err();
+    assert!(matches!(e, PeerError::Refused(Refusal::TooLarge(_))), "{e}");
+    assert_eq!(w.held(), before);
+}
