@@ -898,6 +898,19 @@ fn a_peer_short_of_disk_refuses_pushes_and_is_skipped() {
     );
 }
 
+/// The envoy folders a demo made in `dir` (`lockbox-demo-*`).
+fn demo_folders_in(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    fs::read_dir(dir)
+        .expect("the demo's TMPDIR")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("lockbox-demo-"))
+        })
+        .collect()
+}
+
 #[test]
 fn the_demo_runs_three_envoys_and_cleans_up() {
     require_fuse!();
@@ -934,21 +947,10 @@ fn the_demo_runs_three_envoys_and_cleans_up() {
         assert!(stdout.contains(want), "no {want:?} in:\n{stdout}");
     }
     // Nothing is left: no envoy folder, no mount.
-    let left: Vec<_> = fs::read_dir(tmp.path())
-        .expect("tmp")
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("lockbox-demo-"))
-        })
-        .collect();
+    let left = demo_folders_in(tmp.path());
     assert!(left.is_empty(), "left behind: {left:?}");
-    let mounts = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    assert!(
-        !mounts.contains(&*tmp.path().to_string_lossy()),
-        "a demo mount is left"
-    );
+    let mounts = mounts_under(tmp.path());
+    assert!(mounts.is_empty(), "demo mounts left: {mounts:?}");
     let agents = processes_with_home_under(tmp.path());
     assert!(agents.is_empty(), "demo agents left running: {agents:?}");
 }
@@ -1016,15 +1018,7 @@ fn the_demo_cleans_up_when_terminated() {
     assert!(agents.is_empty(), "demo agents left running: {agents:?}");
     let mounts = mounts_under(tmp.path());
     assert!(mounts.is_empty(), "demo mounts left: {mounts:?}");
-    let left: Vec<_> = fs::read_dir(tmp.path())
-        .expect("tmp")
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("lockbox-demo-"))
-        })
-        .collect();
+    let left = demo_folders_in(tmp.path());
     assert!(left.is_empty(), "left behind: {left:?}");
 }
 

@@ -403,9 +403,8 @@ pub(crate) fn raw_request(sock: &Path, json: &str) -> Vec<u8> {
 /// The pids of live processes whose `HOME` lies under `dir` (from
 /// `/proc/PID/environ`): the agents of envoys whose HOMEs are there.
 pub fn processes_with_home_under(dir: &Path) -> Vec<u32> {
-    let Ok(procs) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
+    // A failed listing must not read as "nothing runs".
+    let procs = fs::read_dir("/proc").expect("list /proc");
     let dir = dir.as_os_str().as_encoded_bytes();
     procs
         .flatten()
@@ -425,8 +424,9 @@ pub fn processes_with_home_under(dir: &Path) -> Vec<u32> {
 /// The mount points under `dir`, from `/proc/self/mountinfo`.
 pub fn mounts_under(dir: &Path) -> Vec<String> {
     let dir = dir.to_string_lossy().into_owned();
+    // A failed read must not read as "nothing is mounted".
     fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
+        .expect("read /proc/self/mountinfo")
         .lines()
         .filter_map(|line| line.split(' ').nth(4))
         .filter(|point| point.starts_with(&dir))
