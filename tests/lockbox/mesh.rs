@@ -821,6 +821,12 @@ fn pushes_are_answered_with_the_protocol_status_codes() {
     let (rec2, body2) = fetch_version(alpha, &user, "doc", dir.path());
     fs::remove_file(alpha.at("doc")).expect("rm");
     c.wait_gone(&ALL, "doc");
+    // bravo removes its copy first and records the tombstone right after
+    // (a crash between them must not leave a recorded version without its
+    // file); a push in between is still answered "already held".
+    c.wait("bravo recorded the delete", CONVERGE, || {
+        table(bravo, "tombstones").0 >= 1
+    });
     let (status, answer) = push_version(alpha, bravo, &user, "doc", &rec2, &body2);
     assert_eq!((status.as_str(), answer.as_str()), ("410", "tombstoned"));
     assert!(!fs::present(bravo.at("doc")));
