@@ -280,13 +280,14 @@ fn read_recipient(r: &mut Reader<'_>) -> Result<AnnouncedRecipient, Error> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
     const RECIPIENT: &str = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p";
 
-    fn sample() -> Announcement {
+    /// A valid announcement (the fuzz corpus seeds from it too).
+    pub(crate) fn sample() -> Announcement {
         Announcement {
             user: WireName::new("alice").unwrap(),
             envoy: WireName::new("laptop").unwrap(),

@@ -17,7 +17,7 @@ use lockbox_crypto::digest::Sha256;
 use lockbox_crypto::sign::{Encoder, Signed, SigningKey};
 use lockbox_fs::Name;
 
-use crate::announce::{AnnouncedRecipient, Announcement, Digests};
+use crate::announce::{Announcement, Digests};
 use crate::mesh::route::Route;
 use crate::mesh::Hello;
 use crate::records::{self, FileVersion, Leave, LeaveKind, Resurrect, Tombstone};
@@ -57,23 +57,7 @@ fn near(out: &mut BTreeMap<String, Vec<u8>>, stem: &str, valid: &[u8], flip: usi
 }
 
 fn announcements() -> BTreeMap<String, Vec<u8>> {
-    let a = Announcement {
-        user: wn("alice"),
-        envoy: wn("laptop"),
-        recipient: AnnouncedRecipient::new(
-            "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p",
-        )
-        .unwrap(),
-        signing_key: [7; 32],
-        peer_port: NonZeroU16::new(1531).unwrap(),
-        instance_id: 0x0102_0304_0506_0708,
-        digests: Digests {
-            files: [0xf1; 16],
-            tombstones: [0x70; 16],
-            leaves: [0x1e; 16],
-            resurrects: [0x2e; 16],
-        },
-    };
+    let a = crate::announce::tests::sample();
     let mut out = BTreeMap::new();
     let bytes = a.encode();
     near(&mut out, "laptop", &bytes, 4);
