@@ -12,7 +12,7 @@
 //! | [`identity`] | the passphrase-wrapped `identity.age` format |
 //! | [`recipients`] | the `recipients.txt` format |
 //! | [`sign`] | Ed25519 keys, the canonical encoding and [`sign::Signed`] records |
-//! | [`circle`] | the passphrase-bound circle key and member endorsements |
+//! | [`circle`] | the circle key (random, sealed on disk), endorsements, succession, the merge winner |
 //! | [`digest`] | SHA-256 content digests, hashing readers and writers |
 //! | [`wipe`] | plaintext buffers wiped on drop, at memory speed |
 //!
