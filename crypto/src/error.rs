@@ -102,6 +102,15 @@ pub enum Error {
     )]
     WrongCircle,
 
+    /// A join's key confirmation did not check: the two envoys did not
+    /// start from the same passphrase (or someone between them altered the
+    /// exchange, which looks the same). Nothing was learned or changed.
+    #[error(
+        "join refused: the passphrases differ (or the exchange was altered on the way); \
+         check the passphrase on both envoys and try again"
+    )]
+    JoinRefused,
+
     /// A signed record or its canonical encoding is malformed.
     #[error("malformed record: {0}")]
     Malformed(String),
