@@ -108,7 +108,7 @@ const SECRET_VERSION: u8 = 1;
 /// Bytes of [`CircleSecret::to_bytes`]: version, seed, created, public key.
 pub const SECRET_LEN: usize = 1 + 32 + 8 + 32;
 /// Largest sealed circle secret [`open_secret`] reads. A one-recipient age
-/// file of [`SECRET_LEN`] bytes is about 300 bytes (age adds a random
+/// file of [`SECRET_LEN`] bytes is a few hundred bytes (age adds a random
 /// grease stanza of varying length); anything near this cap is not one.
 pub const MAX_SEALED_SECRET_BYTES: usize = 4096;
 
