@@ -186,7 +186,7 @@ pub fn start(pw: &JoinPassword, user: &str, exporter: &[u8; 32], side: Side) -> 
     binding.extend_from_slice(&len_prefix(user.as_bytes()));
     binding.extend_from_slice(user.as_bytes());
     binding.extend_from_slice(exporter);
-    let password = Password::new(pw.0);
+    let password = Password::new(pw.0.as_slice());
     let id_a = identity(Side::Asker, &binding);
     let id_b = identity(Side::Answerer, &binding);
     let (spake, msg) = match side {
@@ -363,7 +363,9 @@ impl JoinKeys {
     }
 
     /// The key confirmation `side` (the caller's own) sends:
-    /// `HMAC-SHA256(confirm key of side, transcript)`.
+    /// `HMAC-SHA256(confirm key of side, transcript)`. Given the other side
+    /// by mistake it makes a MAC the peer refuses (the peer checks for
+    /// ours), so a mix-up fails closed.
     pub fn confirm(&self, side: Side) -> [u8; MAC_LEN] {
         self.mac(side).finalize().into_bytes().into()
     }
@@ -383,8 +385,10 @@ impl JoinKeys {
     /// Seals `plaintext` from `side` (the caller's own) to the other side:
     /// `nonce (24, random) || XChaCha20-Poly1305(seal key of side, nonce,
     /// plaintext, associated data = transcript)`. Plaintext over
-    /// [`MAX_PLAINTEXT`] is refused.
+    /// [`MAX_PLAINTEXT`] is refused, and so is a `side` other than these
+    /// keys' own.
     pub fn seal(&self, side: Side, plaintext: &[u8]) -> Result<Vec<u8>> {
+        self.own_side(side)?;
         if plaintext.len() > MAX_PLAINTEXT {
             return Err(Error::Malformed(format!(
                 "join plaintext of {} bytes exceeds the {MAX_PLAINTEXT}-byte cap",

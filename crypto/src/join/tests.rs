@@ -158,6 +158,15 @@ fn reflected_confirmation_and_sealed_message_fail() {
         Err(Error::Malformed(_))
     ));
     assert!(a.open(Side::Answerer, &sealed).is_err());
+    assert!(matches!(
+        a.seal(Side::Answerer, b"hello"),
+        Err(Error::Malformed(_))
+    ));
+    // A confirmation made for the wrong side is refused by the peer.
+    assert!(matches!(
+        b.check(Side::Answerer, &a.confirm(Side::Answerer)),
+        Err(Error::JoinRefused)
+    ));
 }
 
 #[test]
