@@ -316,9 +316,14 @@ impl Circle {
     /// envoy in `on`.
     #[track_caller]
     pub(crate) fn wait_content(&self, on: &[&str], name: &str, content: &[u8]) -> Duration {
+        // The size first, from a stat: a large file is read whole only once
+        // it is the right length, not at every poll while it arrives.
         self.wait(&format!("{name} on {on:?}"), CONVERGE, || {
-            on.iter()
-                .all(|n| fs::read(self.node(n).at(name)).is_ok_and(|c| c == content))
+            on.iter().all(|n| {
+                let at = self.node(n).at(name);
+                fs::metadata(&at).is_ok_and(|m| m.len() == content.len() as u64)
+                    && fs::read(&at).is_ok_and(|c| c == content)
+            })
         })
     }
 
