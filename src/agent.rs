@@ -120,6 +120,11 @@ pub fn run(paths: Paths) -> anyhow::Result<()> {
     });
     let notify = agent.members_changed.clone();
     agent.replica.on_members_change(move || notify.notify_one());
+    if let Some(mesh) = &agent.mesh {
+        // Joins run while unlocked, with what the session holds.
+        let session = agent.session.clone();
+        mesh.set_join_credentials(Box::new(move || session.lock().ok()?.join()));
+    }
     let result = runtime.block_on(serve(agent.clone()));
     // Seal what is open and unmount, then lock the session (zeroizing the
     // identity).
@@ -722,6 +727,25 @@ fn status(agent: &Agent) -> StatusReport {
             &agent.envoy.config,
             &peers,
         );
+        // Addresses whose joins failed: each was an online passphrase guess,
+        // or an envoy set up with another passphrase.
+        report.peers.extend(
+            mesh.refused_joins()
+                .into_iter()
+                .map(|r| crate::status::PeerLine {
+                    envoy: "?".into(),
+                    state: "join refused".into(),
+                    detail: format!(
+                    "{}: {} failed join(s) in the last hour (at most {} are answered), the last \
+                     {}s ago: {}",
+                    r.addr,
+                    r.failed_last_hour,
+                    lockbox_net::mesh::FAILED_JOINS_PER_HOUR,
+                    r.last_secs,
+                    r.why
+                ),
+                }),
+        );
         report.tables = table_lines(&agent.replica, &mesh.digests(), &peers);
         report.long_absence = mesh.long_absence();
     }
@@ -885,8 +909,12 @@ fn unlock(agent: &Agent, passphrase: &str) -> Response {
             }
         }
     };
+    let join = join_credentials(agent, &secret, &identity);
     if let Ok(mut s) = agent.session.lock() {
         s.unlock(identity, Instant::now());
+        if let Some(j) = join {
+            s.set_join(j);
+        }
     }
     agent.session_changed.notify_one();
     // Unlocking lets files sealed to an older member set be re-encrypted.
@@ -908,6 +936,76 @@ fn unlock(agent: &Agent, passphrase: &str) -> Response {
         }
     };
     Response::Unlocked { swept }
+}
+
+/// What this envoy joins other circles with while unlocked: the join
+/// password, and its circle's secret from `circle.secret`. A store made by
+/// protocol 1 has no such file: its circle key was derived from the
+/// passphrase, so it is derived once more here and kept sealed from now on
+/// (`circle.pub` is unchanged, and so is the circle). `None`, with a
+/// warning, when neither works: the envoy then syncs with its circle but
+/// cannot join another.
+fn join_credentials(
+    agent: &Agent,
+    passphrase: &lockbox_crypto::SecretString,
+    identity: &lockbox_crypto::AgeIdentity,
+) -> Option<Arc<lockbox_net::mesh::JoinCredentials>> {
+    use lockbox_crypto::circle::{open_secret, seal_secret, CircleSecret, CIRCLE_PARAMS};
+    let paths = &agent.envoy.paths;
+    let user = agent.replica.user().to_string();
+    let circle = match fs::read(paths.circle_secret()) {
+        Ok(sealed) => match open_secret(&sealed, identity) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(
+                    "{} cannot be opened ({e}): this envoy cannot join other circles",
+                    paths.circle_secret().display()
+                );
+                return None;
+            }
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::info!("a store made by protocol 1: deriving its circle key once");
+            let c = match CircleSecret::protocol_1(passphrase, &user, CIRCLE_PARAMS) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!("cannot derive the circle key: {e}");
+                    return None;
+                }
+            };
+            if c.public() != agent.replica.circle() {
+                tracing::warn!(
+                    "{} names another circle than the passphrase derives: this envoy                      cannot join other circles",
+                    paths.circle_public().display()
+                );
+                return None;
+            }
+            match seal_secret(&c, &identity.to_public()) {
+                Ok(sealed) => {
+                    if let Err(e) = envoy::write_private(&paths.circle_secret(), &sealed) {
+                        tracing::warn!("cannot keep the circle secret: {e:#}");
+                    }
+                }
+                Err(e) => tracing::warn!("cannot seal the circle secret: {e}"),
+            }
+            c
+        }
+        Err(e) => {
+            tracing::warn!("cannot read {}: {e}", paths.circle_secret().display());
+            return None;
+        }
+    };
+    if circle.public() != agent.replica.circle() {
+        tracing::warn!(
+            "{} does not hold this envoy's circle: this envoy cannot join other circles",
+            paths.circle_secret().display()
+        );
+        return None;
+    }
+    Some(Arc::new(lockbox_net::mesh::JoinCredentials::new(
+        lockbox_crypto::join::JoinPassword::derive(passphrase, &user),
+        circle,
+    )))
 }
 
 fn encrypt(agent: &Agent, stream: &mut UnixStream, name: Vec<u8>) -> std::io::Result<()> {

@@ -107,6 +107,7 @@ impl Envoy {
         let paths = ReplicaPaths {
             members: self.paths.members(),
             circle_public: self.paths.circle_public(),
+            circle_secret: self.paths.circle_secret(),
             recipients: self.paths.recipients(),
             meta: self.paths.meta(),
         };
@@ -301,15 +302,21 @@ pub fn load_config(paths: &Paths) -> anyhow::Result<Config> {
 
 /// Read a small text file, refusing anything over `cap` bytes.
 pub fn read_capped(path: &Path, cap: u64) -> anyhow::Result<String> {
+    String::from_utf8(read_capped_bytes(path, cap)?)
+        .with_context(|| format!("cannot read {} as text", path.display()))
+}
+
+/// Read a small file, refusing one larger than `cap` bytes.
+pub fn read_capped_bytes(path: &Path, cap: u64) -> anyhow::Result<Vec<u8>> {
     let f = fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut text = String::new();
+    let mut bytes = Vec::new();
     f.take(cap + 1)
-        .read_to_string(&mut text)
-        .with_context(|| format!("cannot read {} as text", path.display()))?;
-    if text.len() as u64 > cap {
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    if bytes.len() as u64 > cap {
         bail!("{} is larger than {cap} bytes", path.display());
     }
-    Ok(text)
+    Ok(bytes)
 }
 
 /// Write a private (0600) file atomically: temp file, fsync, rename, fsync

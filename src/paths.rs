@@ -51,6 +51,12 @@ impl Paths {
     pub fn circle_public(&self) -> PathBuf {
         self.state.join("circle.pub")
     }
+    /// `circle.secret`: the circle secret sealed to this envoy's own age
+    /// recipient (protocol 2; a store made by protocol 1 gets it at its
+    /// first unlock).
+    pub fn circle_secret(&self) -> PathBuf {
+        self.state.join("circle.secret")
+    }
     /// `members/`: one signed endorsement per member envoy.
     pub fn members(&self) -> PathBuf {
         self.state.join("members")

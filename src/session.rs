@@ -15,6 +15,9 @@ pub struct Session {
     identity: Option<Arc<AgeIdentity>>,
     /// The identity's block-tag key, derived at unlock, dropped with it.
     tag_key: Option<Arc<TagKey>>,
+    /// What the mesh joins other circles with (the join password and the
+    /// circle secret), set after unlock, dropped with the identity.
+    join: Option<Arc<lockbox_net::mesh::JoinCredentials>>,
     last_used: Instant,
     timeout: Duration,
     /// It locked (by `lock`, or by the idle timeout in whichever call
@@ -30,6 +33,7 @@ impl Session {
         Session {
             identity: None,
             tag_key: None,
+            join: None,
             last_used: now,
             timeout,
             cleanup_due: false,
@@ -43,11 +47,26 @@ impl Session {
         self.last_used = now;
     }
 
+    /// Hold the join credentials while unlocked (dropped at lock).
+    pub fn set_join(&mut self, join: Arc<lockbox_net::mesh::JoinCredentials>) {
+        if self.identity.is_some() {
+            self.join = Some(join);
+        }
+    }
+
+    /// The join credentials while unlocked, without touching the idle
+    /// timer (joins are the mesh's work, not the user's).
+    pub fn join(&self) -> Option<Arc<lockbox_net::mesh::JoinCredentials>> {
+        self.identity.as_ref()?;
+        self.join.clone()
+    }
+
     /// Drop the identity.
     pub fn lock(&mut self) {
         self.cleanup_due |= self.identity.is_some();
         self.identity = None;
         self.tag_key = None;
+        self.join = None;
     }
 
     /// Whether it locked since the last call: the caller then has the file

@@ -131,6 +131,15 @@ impl CircleSecret {
         Self::from_seed(seed, now_unix)
     }
 
+    /// The circle of a store made by protocol 1, whose key was derived
+    /// from the passphrase and the user name ([`CircleKey::derive`]), as a
+    /// circle secret made at time 0 (so it wins a merge against any circle
+    /// made since, [`winner`]). Production code passes [`CIRCLE_PARAMS`].
+    pub fn protocol_1(passphrase: &SecretString, user: &str, params: KdfParams) -> Result<Self> {
+        let seed = params.derive(passphrase, &circle_salt(user))?;
+        Ok(Self::from_seed(seed, 0))
+    }
+
     fn from_seed(seed: Zeroizing<[u8; 32]>, created_unix: u64) -> Self {
         let public = SigningKey::from_seed(&seed).public();
         Self {

@@ -29,6 +29,8 @@
 //! - [`proof`] — session proofs: a member's signature over the TLS
 //!   session's exporter value, which proves membership on each connection
 //!   (pure);
+//! - [`join`] — what two circles exchange once a join showed they share
+//!   the passphrase, and the merge rule (pure);
 //! - [`discovery`] — the multicast socket that sends and receives
 //!   announcements;
 //! - [`tls`] — the fleet certificate authority, certificates, and the
@@ -54,6 +56,7 @@ mod codec;
 pub mod discovery;
 #[cfg(test)]
 mod fuzz_corpus;
+pub mod join;
 pub mod mesh;
 pub mod name;
 pub mod proof;

@@ -96,14 +96,10 @@ pub fn evict(paths: &Paths, envoy: &str, pass_file: Option<&Path>) -> anyhow::Re
     let circle_public = PublicKey::from_base64(circle_text.trim())
         .with_context(|| format!("{} is damaged", paths.circle_public().display()))?;
     let pass = passphrase::read(pass_file, "Lockbox passphrase: ", false)?;
-    eprintln!("deriving the circle key from the passphrase…");
-    let circle = CircleKey::derive(
-        &SecretString::from(pass.to_string()),
-        &config.user,
-        CIRCLE_PARAMS,
-    )?;
+    let pass = SecretString::from(pass.to_string());
+    let circle = circle_key(paths, &pass, &config.user)?;
     if circle.public() != circle_public {
-        bail!("wrong passphrase: it does not derive this circle's key");
+        bail!("wrong passphrase: it does not open this circle's key");
     }
     let user = WireName::new(config.user.as_str())
         .map_err(|e| anyhow::anyhow!("bad user name {:?}: {e}", config.user))?;
@@ -135,6 +131,32 @@ pub fn evict(paths: &Paths, envoy: &str, pass_file: Option<&Path>) -> anyhow::Re
         }
         other => Err(client::into_error(other)),
     }
+}
+
+/// The circle key, with the passphrase: from `circle.secret` (sealed to
+/// this envoy's identity, which the passphrase unwraps), or — in a store
+/// made by protocol 1, which has none — derived from the passphrase.
+fn circle_key(paths: &Paths, pass: &SecretString, user: &str) -> anyhow::Result<CircleKey> {
+    let sealed = match fs::read(paths.circle_secret()) {
+        Ok(b) => b,
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            eprintln!("deriving the circle key from the passphrase…");
+            return Ok(CircleKey::derive(pass, user, CIRCLE_PARAMS)?);
+        }
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("cannot read {}", paths.circle_secret().display()))
+        }
+    };
+    let file = envoy::read_capped_bytes(&paths.identity(), 64 * 1024)?;
+    let identity = match lockbox_crypto::identity::unwrap(&file, pass) {
+        Ok(id) => id,
+        Err(lockbox_crypto::Error::WrongPassphrase) => bail!("wrong passphrase"),
+        Err(e) => return Err(e).context("cannot open this envoy's identity"),
+    };
+    let secret = lockbox_crypto::circle::open_secret(&sealed, &identity)
+        .with_context(|| format!("{} is damaged", paths.circle_secret().display()))?;
+    Ok(secret.key())
 }
 
 fn member_names(paths: &Paths) -> Vec<String> {

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Context};
-use lockbox_crypto::circle::{CircleKey, Endorsement};
+use lockbox_crypto::circle::{CircleSecret, Endorsement};
 use lockbox_crypto::recipients::RecipientEntry;
 use lockbox_crypto::sign::SigningKey;
 use lockbox_crypto::{identity, ExposeSecret, SecretString};
@@ -50,13 +50,17 @@ pub fn run(
     let id = identity::generate();
     let recipient = id.to_public().to_string();
     let signing = SigningKey::generate();
-    // The circle key's cost is frozen (not the config's `kdf`): every envoy of
-    // the user must derive the same key from the same passphrase.
-    let circle = CircleKey::derive(&secret, &config.user, lockbox_crypto::circle::CIRCLE_PARAMS)?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
+    // A circle of its own, with a random key: nothing any other machine can
+    // see is a function of the passphrase. Envoys set up apart with the same
+    // passphrase merge their circles when they meet, through an online join
+    // (see docs/design.md, "Membership").
+    let circle_secret = CircleSecret::generate(now);
+    let circle = circle_secret.key();
+    let sealed_circle = lockbox_crypto::circle::seal_secret(&circle_secret, &id.to_public())?;
     let endorsement = circle.endorse(Endorsement {
         user: config.user.clone(),
         envoy: config.envoy.clone(),
@@ -68,6 +72,7 @@ pub fn run(
 
     write_private(&paths.config(), config.render().as_bytes())?;
     write_private(&paths.signing_key(), signing.encode_file().as_bytes())?;
+    write_private(&paths.circle_secret(), &sealed_circle)?;
     write_private(
         &paths.circle_public(),
         format!("{}\n", circle.public()).as_bytes(),

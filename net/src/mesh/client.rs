@@ -29,7 +29,7 @@ impl Mesh {
     /// Opens a new connection to `addr`: TCP, mutual TLS, HTTP/2. Nothing is
     /// asked on it yet; the server refuses everything but a hello until a
     /// hello on this connection proves membership.
-    async fn open(&self, addr: SocketAddr) -> Result<PeerConn, PeerError> {
+    pub(super) async fn open(&self, addr: SocketAddr) -> Result<PeerConn, PeerError> {
         let connect = async {
             let tcp = TcpStream::connect(addr)
                 .await

@@ -198,15 +198,18 @@ impl HelloAsk {
 struct PeerRefused {
     /// Said to the peer and shown in `status`.
     why: String,
+    /// Its endorsement is of another circle (a join may merge the two).
+    another_circle: bool,
     /// The peer proved it holds the key of an envoy that left: its signed
     /// leave, sent with the refusal so it learns it left.
-    leave: Option<Signed<crate::records::Leave>>,
+    leave: Option<Box<Signed<crate::records::Leave>>>,
 }
 
 impl PeerRefused {
     fn new(why: impl ToString) -> Self {
         PeerRefused {
             why: why.to_string(),
+            another_circle: false,
             leave: None,
         }
     }
@@ -217,6 +220,9 @@ const H_LEAVE: &str = "lockbox-leave";
 /// The header of a hello's refusal that names the refusing envoy (as its
 /// announcements do).
 const H_ENVOY: &str = "lockbox-envoy";
+/// The header of a hello's refusal that says the asker is of another
+/// circle (value `another-circle`), so it may try a join.
+const H_REFUSAL: &str = "lockbox-refusal";
 
 /// Table digests from their hex (an unreadable one counts as all zeros, so
 /// it differs and is pulled).
@@ -309,11 +315,25 @@ impl Mesh {
         let e = signed.body();
         let proof = hex::decode(proof).map_err(|_| PeerRefused::new("no session proof"))?;
         crate::proof::check(&proof, e, side, exporter).map_err(PeerRefused::new)?;
+        let circle = self.replica.circle();
+        if lockbox_crypto::circle::verify_endorsement(&signed, &circle).is_err()
+            || e.user != self.replica.user().as_str()
+        {
+            return Err(PeerRefused {
+                why: format!(
+                    "envoy {:?} is of another circle (set up apart, or with another passphrase)",
+                    e.envoy
+                ),
+                another_circle: true,
+                leave: None,
+            });
+        }
         let (_, refused) = self.replica.learn_members(std::slice::from_ref(&bytes));
         if let Some(why) = refused.into_iter().next() {
             return Err(PeerRefused {
                 why,
-                leave: self.replica.left(&e.signing_key),
+                another_circle: false,
+                leave: self.replica.left(&e.signing_key).map(Box::new),
             });
         }
         match self.replica.member(&e.envoy) {
@@ -353,6 +373,15 @@ impl Mesh {
             .map_err(|_| PeerError::HelloTimeout)??;
         if status == http::StatusCode::FORBIDDEN {
             self.note_refusal(addr, &headers);
+            if headers
+                .get(H_REFUSAL)
+                .is_some_and(|v| v == "another-circle")
+            {
+                return Err(PeerError::AnotherCircle(format!(
+                    "it refuses this envoy: {}",
+                    String::from_utf8_lossy(&body)
+                )));
+            }
         }
         if !status.is_success() {
             let text = if status == http::StatusCode::NOT_FOUND {
@@ -385,7 +414,10 @@ impl Mesh {
                 Side::Answerer,
                 &conn.exporter,
             )
-            .map_err(|r| PeerError::NotAMember(r.why))?;
+            .map_err(|r| match r.another_circle {
+                true => PeerError::AnotherCircle(r.why),
+                false => PeerError::NotAMember(r.why),
+            })?;
         if e.envoy != hello.envoy {
             return Err(PeerError::NotAMember(format!(
                 "its hello names {:?} but its endorsement {:?}",
@@ -423,9 +455,18 @@ impl Mesh {
                 return;
             }
         }
-        let result = self.contact_inner(addr).await;
+        let mut result = self.contact_inner(addr).await;
+        // Another circle: if both envoys are unlocked, a join finds out
+        // whether they share the passphrase, and merges them if so.
+        let mut joined = None;
+        if matches!(result, Err(PeerError::AnotherCircle(_))) {
+            joined = self.maybe_join(addr).await;
+        }
         if let Ok(mut s) = self.contacting.lock() {
             s.remove(&addr);
+        }
+        if let (Some(j), Err(PeerError::AnotherCircle(why))) = (&joined, &mut result) {
+            *why = format!("{why}; {j}");
         }
         let e = match result {
             Ok(()) | Err(PeerError::Ourselves) => return,
@@ -435,6 +476,7 @@ impl Mesh {
         self.connections.lock().await.remove(&addr);
         let refused = match &e {
             PeerError::NotAMember(why) => Some(why.clone()),
+            PeerError::AnotherCircle(_) => Some(e.to_string()),
             PeerError::HelloRefused { status, text } if status.as_u16() == 403 => {
                 Some(format!("it refuses this envoy: {text}"))
             }
@@ -463,6 +505,15 @@ impl Mesh {
                 p.error = Some(e);
             }
         }
+    }
+
+    /// [`Mesh::contact`] as a boxed future of a named type: a join calls
+    /// it again from inside a contact, and the cycle needs a break.
+    pub(super) fn contact_boxed(
+        self: Arc<Self>,
+        addr: SocketAddr,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(async move { self.contact(addr).await })
     }
 
     pub(super) async fn contact_inner(self: &Arc<Self>, addr: SocketAddr) -> Result<(), PeerError> {
@@ -519,6 +570,9 @@ impl Mesh {
                 let h = r.headers_mut();
                 if let Ok(v) = http::HeaderValue::from_str(self.replica.envoy().as_str()) {
                     h.insert(H_ENVOY, v);
+                }
+                if refused.another_circle {
+                    h.insert(H_REFUSAL, http::HeaderValue::from_static("another-circle"));
                 }
                 if let Some(l) = refused.leave {
                     if let Ok(v) = http::HeaderValue::from_str(&hex::encode(l.to_bytes())) {

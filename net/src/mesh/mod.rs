@@ -62,6 +62,7 @@ mod client;
 mod discover;
 mod fanout;
 mod hello;
+mod join;
 pub mod route;
 mod server;
 #[cfg(test)]
@@ -69,6 +70,7 @@ mod tests;
 
 pub use body::BodyError;
 pub use hello::{Hello, HelloAsk, HelloError};
+pub use join::{CredentialSource, JoinCredentials, RefusedJoin, FAILED_JOINS_PER_HOUR};
 
 /// The protocol version spoken on the peer port.
 /// Protocol 2 proves membership on every connection (a hello carrying a
@@ -162,6 +164,19 @@ pub enum PeerError {
     /// left. It gets nothing and is sent nothing.
     #[error("not a member of this circle: {0}")]
     NotAMember(String),
+    /// The peer is of another circle (set up apart, or with another
+    /// passphrase); a join finds out which.
+    #[error("another circle: {0}")]
+    AnotherCircle(String),
+    /// A join showed that the two envoys' passphrases differ.
+    #[error("a join showed that the passphrases differ")]
+    JoinRefused,
+    /// A join needs both envoys unlocked; one is locked.
+    #[error("a join needs both envoys unlocked")]
+    JoinLocked,
+    /// A join failed otherwise.
+    #[error("the join failed: {0}")]
+    JoinFailed(String),
     /// The address is this agent's own peer port (a static peer that
     /// names ourselves).
     #[error("that is this envoy itself")]
@@ -329,6 +344,14 @@ pub struct Mesh {
     transfers: Semaphore,
     /// When a refused hello from each address was last logged.
     refused_log: Mutex<HashMap<std::net::IpAddr, Instant>>,
+    /// Where the credentials for joins come from (the unlock session).
+    join_source: Mutex<Option<join::CredentialSource>>,
+    /// Held while a join settles (one merge at a time).
+    join_lock: tokio::sync::Mutex<()>,
+    /// Failed joins per address (answering side).
+    join_attempts: Mutex<join::JoinAttempts>,
+    /// When each peer was last asked to join, and how long to wait then.
+    join_tried: Mutex<HashMap<SocketAddr, (Instant, Duration)>>,
     last_catchup: Mutex<Option<SystemTime>>,
     /// Set at start when the last catch-up is older than the retention:
     /// until one completes, nothing is pushed or served.
@@ -425,6 +448,10 @@ impl Mesh {
             peers: Mutex::new(HashMap::new()),
             connections: tokio::sync::Mutex::new(HashMap::new()),
             refused_log: Mutex::new(HashMap::new()),
+            join_source: Mutex::new(None),
+            join_lock: tokio::sync::Mutex::new(()),
+            join_attempts: Mutex::new(HashMap::new()),
+            join_tried: Mutex::new(HashMap::new()),
             contacting: Mutex::new(HashSet::new()),
             last_catchup: Mutex::new(None),
             absence: Mutex::new(Absence {

@@ -11,6 +11,8 @@
 //! |--------|--------------------------------|--------------------------|
 //! | POST   | `hello/<user>`                 | [`Route::Hello`]         |
 //! | GET    | `hello/<user>`                 | [`Route::OldHello`]      |
+//! | POST   | `join/<user>`                  | [`Route::Join`]          |
+//! | POST   | `join-confirm/<user>`          | [`Route::JoinConfirm`]   |
 //! | GET    | `files/<user>`                 | [`Route::Manifest`]      |
 //! | GET    | `files/<user>/<name>`          | [`Route::File`]          |
 //! | POST   | `push/<user>/<name>`           | [`Route::Push`]          |
@@ -36,6 +38,11 @@ pub enum Route {
     /// `GET /lockbox/hello/<user>`: the hello of protocol 1, answered with
     /// `426 Upgrade Required` so an older envoy says what to do.
     OldHello,
+    /// `POST /lockbox/join/<user>`: the first message of a join.
+    Join,
+    /// `POST /lockbox/join-confirm/<user>`: the asker's confirmation of a
+    /// join begun on the same connection.
+    JoinConfirm,
     /// `GET /lockbox/files/<user>`: the manifest (every name and record).
     Manifest,
     /// `GET /lockbox/files/<user>/<name>`: the ciphertext of one version.
@@ -116,6 +123,8 @@ impl Route {
         match (method, kind, name) {
             (&Method::POST, "hello", None) => Ok(Route::Hello),
             (&Method::GET, "hello", None) => Ok(Route::OldHello),
+            (&Method::POST, "join", None) => Ok(Route::Join),
+            (&Method::POST, "join-confirm", None) => Ok(Route::JoinConfirm),
             (&Method::GET, "files", None) => Ok(Route::Manifest),
             (&Method::GET, "files", Some(name)) => Ok(Route::File(name)),
             (&Method::POST, "push", Some(name)) => Ok(Route::Push(name)),
@@ -133,7 +142,11 @@ impl Route {
     pub fn method(&self) -> Method {
         match self {
             Route::OldHello | Route::Manifest | Route::File(_) | Route::GetTable(_) => Method::GET,
-            Route::Hello | Route::Push(_) | Route::PostTable(_) => Method::POST,
+            Route::Hello
+            | Route::Join
+            | Route::JoinConfirm
+            | Route::Push(_)
+            | Route::PostTable(_) => Method::POST,
         }
     }
 
@@ -143,6 +156,8 @@ impl Route {
     pub fn path(&self, user: &str) -> String {
         let kind = match self {
             Route::Hello | Route::OldHello => "hello",
+            Route::Join => "join",
+            Route::JoinConfirm => "join-confirm",
             Route::Manifest | Route::File(_) => "files",
             Route::Push(_) => "push",
             Route::GetTable(t) | Route::PostTable(t) => t.path(),
@@ -180,6 +195,9 @@ mod tests {
     fn every_endpoint_parses() {
         assert_eq!(post("/lockbox/hello/alice"), Ok(Route::Hello));
         assert_eq!(get("/lockbox/hello/alice"), Ok(Route::OldHello));
+        assert_eq!(post("/lockbox/join/alice"), Ok(Route::Join));
+        assert_eq!(post("/lockbox/join-confirm/alice"), Ok(Route::JoinConfirm));
+        assert_eq!(get("/lockbox/join/alice"), Err(RouteError::NotFound));
         assert_eq!(get("/lockbox/files/alice"), Ok(Route::Manifest));
         assert_eq!(
             get("/lockbox/files/alice/notes.txt"),
@@ -206,6 +224,8 @@ mod tests {
         let mut routes = vec![
             Route::Hello,
             Route::OldHello,
+            Route::Join,
+            Route::JoinConfirm,
             Route::Manifest,
             Route::File(name("a")),
             Route::Push(name("report 2026.pdf")),

@@ -31,14 +31,29 @@ use crate::replica::{Admission, Refusal};
 pub(super) struct PeerSession {
     pub(super) exporter: [u8; 32],
     proven: Mutex<Option<(String, PublicKey)>>,
+    /// A join begun on this connection, waiting for its confirmation.
+    join: Mutex<Option<super::join::Begun>>,
 }
 
 impl PeerSession {
-    fn new(exporter: [u8; 32]) -> Self {
+    pub(super) fn new(exporter: [u8; 32]) -> Self {
         PeerSession {
             exporter,
             proven: Mutex::new(None),
+            join: Mutex::new(None),
         }
+    }
+
+    /// Keeps the join begun on this connection until its confirmation.
+    pub(super) fn begin_join(&self, b: super::join::Begun) {
+        if let Ok(mut j) = self.join.lock() {
+            *j = Some(b);
+        }
+    }
+
+    /// The join begun on this connection, once.
+    pub(super) fn take_join(&self) -> Option<super::join::Begun> {
+        self.join.lock().ok()?.take()
     }
 
     /// Marks the connection proven by the member of `e`. A connection
@@ -133,6 +148,8 @@ impl Mesh {
         // The hello is the one request an unproven connection may make.
         match &route {
             Ok(Route::Hello) => return self.serve_hello(remote, session, req).await,
+            Ok(Route::Join) => return self.serve_join(remote, session, req).await,
+            Ok(Route::JoinConfirm) => return self.serve_join_confirm(remote, session, req).await,
             Ok(Route::OldHello) => {
                 return respond(
                     426,
@@ -160,7 +177,9 @@ impl Mesh {
             }
         };
         match route {
-            Route::Hello | Route::OldHello => respond(500, "the hello is answered above"),
+            Route::Hello | Route::OldHello | Route::Join | Route::JoinConfirm => {
+                respond(500, "answered above")
+            }
             Route::Manifest | Route::File(_) if self.holding_back() => respond(
                 503,
                 "catching up after a long absence: ask again after its next catch-up",

@@ -120,6 +120,7 @@ async fn world() -> World {
         ReplicaPaths {
             members,
             circle_public: state.join("circle.pub"),
+            circle_secret: state.join("circle.secret"),
             recipients: state.join("recipients.txt"),
             meta: state.join("meta.redb"),
         },

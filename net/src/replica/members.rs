@@ -60,14 +60,84 @@ impl Replica {
 
     /// This envoy's own endorsement, in wire form (also after it left).
     pub fn own_endorsement(&self) -> Option<Vec<u8>> {
-        self.own_endorsement.as_ref().map(|s| s.to_bytes())
+        self.own()
+            .as_ref()
+            .map(|s: &Signed<Endorsement>| s.to_bytes())
+    }
+
+    fn own(&self) -> Option<Signed<Endorsement>> {
+        self.own_endorsement
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// This envoy's own age recipient, from its endorsement.
     pub fn own_recipient(&self) -> Option<String> {
-        self.own_endorsement
-            .as_ref()
-            .map(|s| s.body().recipient.clone())
+        self.own().map(|s| s.body().recipient.clone())
+    }
+
+    /// Makes `secret`'s circle this envoy's: seals the secret to this
+    /// envoy's own recipient into `circle.secret`, writes `circle.pub`,
+    /// endorses this envoy with the new circle key, and starts the members
+    /// afresh from that endorsement (the old circle's endorsements do not
+    /// verify under the new key; the others' come with their next hello).
+    /// Called when this envoy's circle lost a merge with one that proved,
+    /// in a join, that it knows the same passphrase.
+    ///
+    /// Only a circle of one envoy is merged this way (the join refuses to
+    /// merge two circles of several envoys each), so no other member is
+    /// left behind under the old key.
+    pub fn adopt_circle(
+        &self,
+        secret: &lockbox_crypto::circle::CircleSecret,
+        now_unix: u64,
+    ) -> Result<(), ReplicaError> {
+        let own = self.own().ok_or(ReplicaError::NoEndorsement)?;
+        let recipient: lockbox_crypto::AgeRecipient = own
+            .body()
+            .recipient
+            .parse()
+            .map_err(|_| ReplicaError::NoEndorsement)?;
+        let sealed = lockbox_crypto::circle::seal_secret(secret, &recipient)
+            .map_err(ReplicaError::Crypto)?;
+        let mut body = own.body().clone();
+        body.created_unix = now_unix;
+        let endorsement = secret.key().endorse(body);
+        // The secret first, then the public key: a crash in between leaves
+        // a secret whose public key does not match `circle.pub`, which the
+        // agent notices at its next unlock and repairs from the secret.
+        let write = |path: &Path, bytes: &[u8]| {
+            write_file_atomic(path, bytes).map_err(ReplicaError::CircleWrite)
+        };
+        write(&self.paths.circle_secret, &sealed)?;
+        write(
+            &self
+                .paths
+                .members
+                .join(format!("{}.endorsement", self.envoy)),
+            &endorsement.to_bytes(),
+        )?;
+        write(
+            &self.paths.circle_public,
+            format!("{}\n", secret.public()).as_bytes(),
+        )?;
+        *self.circle.write().unwrap_or_else(|p| p.into_inner()) = secret.public();
+        *self
+            .own_endorsement
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(endorsement.clone());
+        {
+            let mut m = self.members.write().unwrap_or_else(|p| p.into_inner());
+            m.by_envoy.clear();
+            m.by_envoy.insert(self.envoy.to_string(), endorsement);
+        }
+        tracing::info!(
+            "this envoy joined circle {} (its own circle lost the merge)",
+            secret.public()
+        );
+        self.members_changed();
+        Ok(())
     }
 
     /// Verify and add endorsements a peer showed us. Returns the envoys that
@@ -89,7 +159,8 @@ impl Replica {
                 }
             };
             let e = signed.body().clone();
-            if verify_endorsement(&signed, &self.circle).is_err() || e.user != self.user.as_str() {
+            if verify_endorsement(&signed, &self.circle()).is_err() || e.user != self.user.as_str()
+            {
                 refused.push(format!(
                     "envoy {:?} is not endorsed by this circle (set up with a different \
                      passphrase or for another user)",
@@ -130,17 +201,23 @@ impl Replica {
             added.push(e.envoy);
         }
         if !added.is_empty() {
-            if let Err(e) = self.write_recipients() {
-                tracing::warn!("cannot rewrite the recipient set: {e}");
-            }
             tracing::info!("new member(s) of the circle: {}", added.join(", "));
-            if let Ok(o) = self.on_members_change.lock() {
-                if let Some(f) = o.as_ref() {
-                    f();
-                }
-            }
+            self.members_changed();
         }
         (added, refused)
+    }
+
+    /// After the members changed: rewrite `recipients.txt` and tell the
+    /// agent (which re-seals when unlocked).
+    fn members_changed(&self) {
+        if let Err(e) = self.write_recipients() {
+            tracing::warn!("cannot rewrite the recipient set: {e}");
+        }
+        if let Ok(o) = self.on_members_change.lock() {
+            if let Some(f) = o.as_ref() {
+                f();
+            }
+        }
     }
 
     /// Regenerate `recipients.txt` from the members. Two peers' hellos can
@@ -218,7 +295,7 @@ impl Replica {
         if body.user != self.user {
             return Err(Refusal::Bad(format!("the leave is for user {}", body.user)));
         }
-        if !records::leave_is_authorised(l, &self.circle) {
+        if !records::leave_is_authorised(l, &self.circle()) {
             return Err(Refusal::NotMember(match body.kind {
                 LeaveKind::Leave => format!(
                     "the leave of {} is not signed by that envoy's key",

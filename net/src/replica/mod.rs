@@ -135,6 +135,15 @@ pub enum ReplicaError {
     /// The store or `meta.redb` failed.
     #[error(transparent)]
     Store(#[from] lockbox_fs::Error),
+    /// This envoy has no endorsement of its own (it is not initialised).
+    #[error("this envoy has no endorsement of its own: run lockbox init")]
+    NoEndorsement,
+    /// Sealing or signing failed.
+    #[error(transparent)]
+    Crypto(lockbox_crypto::Error),
+    /// Writing one of the circle's files failed.
+    #[error("cannot write the circle's files: {0}")]
+    CircleWrite(std::io::Error),
     /// A record in `meta.redb` does not decode.
     #[error("the record of {name} is damaged: {source}")]
     DamagedRecord {
@@ -210,6 +219,9 @@ pub struct ReplicaPaths {
     pub members: PathBuf,
     /// `circle.pub`.
     pub circle_public: PathBuf,
+    /// `circle.secret`: the circle secret sealed to this envoy's own
+    /// recipient (written when this envoy adopts another circle).
+    pub circle_secret: PathBuf,
     /// `recipients.txt`, regenerated from the members.
     pub recipients: PathBuf,
     /// `meta.redb`.
@@ -223,13 +235,15 @@ pub struct Replica {
     store: Store,
     meta: Meta,
     signing: SigningKey,
-    circle: PublicKey,
+    /// The circle public key; replaced when this envoy's circle loses a
+    /// merge and it adopts the other one ([`Replica::adopt_circle`]).
+    circle: RwLock<PublicKey>,
     paths: ReplicaPaths,
     members: RwLock<Members>,
     /// This envoy's own endorsement, kept apart from `members`: after it
     /// learns it left, it still shows it in every hello, so the others can
     /// say why they refuse it (it left) instead of "no endorsement".
-    own_endorsement: Option<Signed<Endorsement>>,
+    own_endorsement: RwLock<Option<Signed<Endorsement>>>,
     /// Where new local versions and tombstones go (set by the mesh).
     outgoing: Mutex<Option<tokio::sync::mpsc::UnboundedSender<Outgoing>>>,
     /// Called with every name a peer changed (the agent drops the kernel's
@@ -319,10 +333,10 @@ impl Replica {
             store: store.with_journal(Arc::new(JournalLink(weak.clone()))),
             meta,
             signing,
-            circle,
+            circle: RwLock::new(circle),
             paths,
             members: RwLock::new(members),
-            own_endorsement,
+            own_endorsement: RwLock::new(own_endorsement),
             outgoing: Mutex::new(None),
             on_remote_change: Mutex::new(None),
             recipients_file: Mutex::new(()),
@@ -375,7 +389,7 @@ impl Replica {
 
     /// The circle public key.
     pub fn circle(&self) -> PublicKey {
-        self.circle
+        *self.circle.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Send new local versions and tombstones to `tx` from now on.
@@ -468,6 +482,7 @@ mod tests {
             let paths = ReplicaPaths {
                 members: self.state.join("members"),
                 circle_public: self.state.join("circle.pub"),
+                circle_secret: self.state.join("circle.secret"),
                 recipients: self.state.join("recipients.txt"),
                 meta: self.state.join("meta.redb"),
             };

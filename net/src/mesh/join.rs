@@ -1,0 +1,505 @@
+//! Joining (`POST /lockbox/join/<user>`, then `POST
+//! /lockbox/join-confirm/<user>` on the same connection): how two envoys of
+//! different circles find out, online, whether they know the same
+//! passphrase, and merge their circles if they do (see `docs/protocol.md`,
+//! "Joining"). The password-authenticated exchange itself (SPAKE2, bound to
+//! the TLS session) is `lockbox_crypto::join`; what the two sides offer and
+//! the merge rule are [`crate::join`]. This module owns both HTTP sides,
+//! the limit on failed attempts per address, and adopting the winning
+//! circle; it must not prove membership (that is the hello).
+//!
+//! A join needs the passphrase on both sides, so only an unlocked envoy
+//! asks or answers. Every run costs an active attacker one online guess;
+//! an answering envoy takes at most [`FAILED_JOINS_PER_HOUR`] failed runs
+//! per address an hour, logs each, and `status` lists the addresses.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use http::{Method, Request, Response};
+use hyper::body::Incoming;
+use lockbox_crypto::circle::CircleSecret;
+use lockbox_crypto::join::{self, JoinConfirm, JoinHello, JoinKeys, JoinPassword, Side};
+use lockbox_crypto::sign::PublicKey;
+
+use super::body::{full, read_capped, respond, Body};
+use super::route::Route;
+use super::server::PeerSession;
+use super::{Mesh, PeerError};
+use crate::join::{merge, Merge, Offer};
+
+/// Failed joins an answering envoy takes from one address in an hour.
+pub const FAILED_JOINS_PER_HOUR: usize = 5;
+
+/// How long an asking envoy waits before it tries to join a peer again
+/// after the passphrases were found to differ.
+const RETRY_AFTER_REFUSAL: Duration = Duration::from_secs(3600);
+/// … and after a join that failed otherwise (the peer was locked,
+/// unreachable, busy).
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(20);
+
+/// What an unlocked envoy joins with: a password derived from the
+/// passphrase and the user, and its circle's secret (replaced in place when
+/// it adopts another circle). Held by the agent's unlock session and
+/// dropped (wiped) at lock.
+pub struct JoinCredentials {
+    password: JoinPassword,
+    circle: RwLock<Arc<CircleSecret>>,
+}
+
+impl JoinCredentials {
+    /// Credentials from the join password and the circle secret.
+    pub fn new(password: JoinPassword, circle: CircleSecret) -> Self {
+        JoinCredentials {
+            password,
+            circle: RwLock::new(Arc::new(circle)),
+        }
+    }
+
+    fn circle(&self) -> Arc<CircleSecret> {
+        self.circle
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn set_circle(&self, c: CircleSecret) {
+        *self.circle.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(c);
+    }
+}
+
+/// Where the mesh asks for the credentials (the agent's session); `None`
+/// while locked.
+pub type CredentialSource = Box<dyn Fn() -> Option<Arc<JoinCredentials>> + Send + Sync>;
+
+/// Failed joins from one address, for the limit and for `status`.
+#[derive(Debug, Default)]
+pub(super) struct Attempts {
+    failed: VecDeque<Instant>,
+    last_why: String,
+}
+
+/// An address whose joins failed (for `status`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RefusedJoin {
+    /// The address.
+    pub addr: String,
+    /// Failed joins from it in the last hour.
+    pub failed_last_hour: usize,
+    /// Seconds since the last one.
+    pub last_secs: u64,
+    /// Why the last one failed.
+    pub why: String,
+}
+
+/// A join begun on a connection, waiting for the asker's confirmation.
+pub(super) struct Begun {
+    keys: JoinKeys,
+    /// The circle this envoy offered.
+    offered: PublicKey,
+}
+
+const H_OUTCOME: &str = "lockbox-join";
+
+impl Mesh {
+    /// Sets where the credentials for joins come from (the agent's unlock
+    /// session).
+    pub fn set_join_credentials(&self, source: CredentialSource) {
+        if let Ok(mut s) = self.join_source.lock() {
+            *s = Some(source);
+        }
+    }
+
+    fn credentials(&self) -> Option<Arc<JoinCredentials>> {
+        self.join_source.lock().ok()?.as_ref()?()
+    }
+
+    /// Addresses whose joins failed in the last hour.
+    pub fn refused_joins(&self) -> Vec<RefusedJoin> {
+        let now = super::now_instant();
+        let Ok(mut a) = self.join_attempts.lock() else {
+            return Vec::new();
+        };
+        a.retain(|_, v| {
+            v.failed
+                .retain(|t| now.duration_since(*t) < Duration::from_secs(3600));
+            !v.failed.is_empty()
+        });
+        let mut out: Vec<RefusedJoin> = a
+            .iter()
+            .map(|(ip, v)| RefusedJoin {
+                addr: ip.to_string(),
+                failed_last_hour: v.failed.len(),
+                last_secs: v
+                    .failed
+                    .back()
+                    .map(|t| now.duration_since(*t).as_secs())
+                    .unwrap_or(0),
+                why: v.last_why.clone(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.addr.cmp(&b.addr));
+        out
+    }
+
+    fn limited(&self, ip: IpAddr) -> bool {
+        let now = super::now_instant();
+        self.join_attempts.lock().is_ok_and(|mut a| {
+            a.get_mut(&ip).is_some_and(|v| {
+                v.failed
+                    .retain(|t| now.duration_since(*t) < Duration::from_secs(3600));
+                v.failed.len() >= FAILED_JOINS_PER_HOUR
+            })
+        })
+    }
+
+    /// Counts a failed join from `ip` and logs it.
+    fn join_failed(&self, ip: IpAddr, why: &str) {
+        tracing::warn!("a join from {ip} failed: {why}");
+        if let Ok(mut a) = self.join_attempts.lock() {
+            if a.len() > 4096 {
+                a.clear();
+            }
+            let v = a.entry(ip).or_default();
+            v.failed.push_back(super::now_instant());
+            while v.failed.len() > FAILED_JOINS_PER_HOUR * 4 {
+                v.failed.pop_front();
+            }
+            v.last_why = why.to_owned();
+        }
+    }
+
+    /// The first message of a join, on a connection that need not have
+    /// proved anything.
+    pub(super) async fn serve_join(
+        self: &Arc<Self>,
+        remote: SocketAddr,
+        session: &PeerSession,
+        req: Request<Incoming>,
+    ) -> Response<Body> {
+        if self.limited(remote.ip()) {
+            return respond(
+                429,
+                "too many failed joins from this address in the last hour: try again later",
+            );
+        }
+        let body = match read_capped(req.into_body(), JoinHello::LEN).await {
+            Ok(b) => b,
+            Err(e) => return respond(413, e.to_string()),
+        };
+        let Some(cred) = self.credentials() else {
+            return respond(
+                423,
+                format!(
+                    "envoy {:?} is locked: unlock it to let another envoy join",
+                    self.replica.envoy().as_str()
+                ),
+            );
+        };
+        let hello = match JoinHello::parse(&body) {
+            Ok(h) => h,
+            Err(e) => return respond(400, format!("bad join: {e}")),
+        };
+        let user = self.replica.user().to_string();
+        let (pending, mine) = join::start(&cred.password, &user, &session.exporter, Side::Answerer);
+        let keys = match pending.finish(&hello.msg) {
+            Ok(k) => k,
+            Err(e) => {
+                self.join_failed(remote.ip(), &e.to_string());
+                return respond(400, format!("bad join: {e}"));
+            }
+        };
+        let circle = cred.circle();
+        let offer = Offer {
+            members: self.replica.members().len() as u32,
+            circle: match CircleSecret::from_bytes(&circle.to_bytes()) {
+                Ok(c) => c,
+                Err(e) => return respond(500, e.to_string()),
+            },
+        };
+        let sealed = match keys.seal(Side::Answerer, &offer.encode()) {
+            Ok(s) => s,
+            Err(e) => return respond(500, e.to_string()),
+        };
+        let confirm = JoinConfirm {
+            mac: keys.confirm(Side::Answerer),
+            sealed,
+        };
+        // Counted as failed until the asker confirms: a run that never
+        // confirms is a guess too.
+        self.join_failed(remote.ip(), "not confirmed");
+        session.begin_join(Begun {
+            keys,
+            offered: circle.public(),
+        });
+        let mut out = JoinHello { msg: mine }.encode();
+        out.extend_from_slice(&confirm.encode());
+        respond(200, out)
+    }
+
+    /// The asker's confirmation of the join begun on this connection: if
+    /// it checks, the passphrases are the same; both sides then apply the
+    /// merge rule to the two offers.
+    pub(super) async fn serve_join_confirm(
+        self: &Arc<Self>,
+        remote: SocketAddr,
+        session: &PeerSession,
+        req: Request<Incoming>,
+    ) -> Response<Body> {
+        let Some(begun) = session.take_join() else {
+            return respond(409, "no join was begun on this connection");
+        };
+        let body = match read_capped(req.into_body(), JoinConfirm::MAX_LEN).await {
+            Ok(b) => b,
+            Err(e) => return respond(413, e.to_string()),
+        };
+        let confirm = match JoinConfirm::parse(&body) {
+            Ok(c) => c,
+            Err(e) => return respond(400, format!("bad join confirmation: {e}")),
+        };
+        if begun.keys.check(Side::Answerer, &confirm.mac).is_err() {
+            self.join_failed(remote.ip(), "the passphrases differ");
+            return respond(403, "the passphrases differ");
+        }
+        self.join_confirmed(remote.ip());
+        let theirs = match begun
+            .keys
+            .open(Side::Answerer, &confirm.sealed)
+            .map_err(|e| e.to_string())
+            .and_then(|b| Offer::parse(&b).map_err(|e| e.to_string()))
+        {
+            Ok(o) => o,
+            Err(e) => return respond(400, format!("bad join offer: {e}")),
+        };
+        match self.settle(begun.offered, theirs).await {
+            Ok(m) => {
+                let mut r = respond(200, format!("{m:?}"));
+                if let Ok(v) = http::HeaderValue::from_str(&format!("{m:?}")) {
+                    r.headers_mut().insert(H_OUTCOME, v);
+                }
+                r
+            }
+            Err(e) => respond(409, e),
+        }
+    }
+
+    /// The last attempt from `ip` was confirmed: it does not count.
+    fn join_confirmed(&self, ip: IpAddr) {
+        if let Ok(mut a) = self.join_attempts.lock() {
+            if let Some(v) = a.get_mut(&ip) {
+                v.failed.pop_back();
+                if v.failed.is_empty() {
+                    a.remove(&ip);
+                }
+            }
+        }
+    }
+
+    /// Applies the merge rule to the circle this envoy offered and
+    /// `theirs`, adopting theirs if it wins. Serialised, and refused if this
+    /// envoy's circle changed since it made its offer (the other side then
+    /// joins again).
+    async fn settle(self: &Arc<Self>, offered: PublicKey, theirs: Offer) -> Result<Merge, String> {
+        let _one = self.join_lock.lock().await;
+        let cred = self
+            .credentials()
+            .ok_or_else(|| "locked meanwhile".to_owned())?;
+        let own = cred.circle();
+        if own.public() != offered {
+            return Err("this envoy's circle changed during the join: join again".into());
+        }
+        let members = self.replica.members().len() as u32;
+        let m = merge(
+            (&own.public(), own.created_unix(), members),
+            (
+                &theirs.circle.public(),
+                theirs.circle.created_unix(),
+                theirs.members,
+            ),
+        );
+        match m {
+            Merge::Adopt => {
+                let replica = self.replica.clone();
+                let bytes = theirs.circle.to_bytes();
+                let adopted = tokio::task::spawn_blocking(move || {
+                    let c = CircleSecret::from_bytes(&bytes).map_err(|e| e.to_string())?;
+                    replica
+                        .adopt_circle(&c, unix_now())
+                        .map_err(|e| e.to_string())?;
+                    Ok::<_, String>(c)
+                })
+                .await
+                .map_err(|e| e.to_string())??;
+                cred.set_circle(adopted);
+                // Every peer is met again under the new circle.
+                self.connections.lock().await.clear();
+                if let Ok(mut p) = self.peers.lock() {
+                    for peer in p.values_mut() {
+                        peer.member = false;
+                    }
+                }
+                let me = self.clone();
+                tokio::spawn(async move { me.contact_all().await });
+            }
+            Merge::Apart => tracing::warn!(
+                "a join found another circle of several envoys with the same passphrase: \
+                 circles of several envoys each are not merged; they stay apart"
+            ),
+            Merge::Keep | Merge::Same => {}
+        }
+        Ok(m)
+    }
+
+    /// Whether to try to join `addr` now (not more often than the retry
+    /// times above), and notes the attempt.
+    fn join_due(&self, addr: SocketAddr) -> bool {
+        let now = super::now_instant();
+        let Ok(mut t) = self.join_tried.lock() else {
+            return false;
+        };
+        match t.get(&addr) {
+            Some((at, wait)) if now.duration_since(*at) < *wait => false,
+            _ => {
+                t.insert(addr, (now, RETRY_AFTER_FAILURE));
+                true
+            }
+        }
+    }
+
+    fn join_backoff(&self, addr: SocketAddr, wait: Duration) {
+        if let Ok(mut t) = self.join_tried.lock() {
+            t.insert(addr, (super::now_instant(), wait));
+        }
+    }
+
+    /// After `addr` turned out to be of another circle: join it if this
+    /// envoy is unlocked and it is due. Returns what the join found, for
+    /// `status`, or `None` when no join was tried.
+    pub(super) async fn maybe_join(self: &Arc<Self>, addr: SocketAddr) -> Option<String> {
+        self.credentials()?;
+        if !self.join_due(addr) {
+            return None;
+        }
+        match self.join(addr).await {
+            Ok(m) => {
+                tracing::info!("joined {addr}: {m:?}");
+                Some(format!("joined: {m:?}"))
+            }
+            Err(PeerError::JoinRefused) => {
+                self.join_backoff(addr, RETRY_AFTER_REFUSAL);
+                Some(PeerError::JoinRefused.to_string())
+            }
+            Err(e) => Some(format!("a join failed: {e}")),
+        }
+    }
+
+    /// Joins `addr` on a new connection: the two SPAKE2 messages, the
+    /// answerer's confirmation and offer, then ours; then the merge rule.
+    pub(super) async fn join(self: &Arc<Self>, addr: SocketAddr) -> Result<Merge, PeerError> {
+        let cred = self.credentials().ok_or(PeerError::JoinLocked)?;
+        let conn = self.open(addr).await?;
+        let user = self.replica.user().to_string();
+        let (pending, mine) = join::start(&cred.password, &user, &conn.exporter, Side::Asker);
+        let send = |route: Route, body: Vec<u8>| {
+            let req = Request::builder()
+                .method(Method::POST)
+                .uri(self.uri(addr, &self.path(&route)))
+                .body(full(body));
+            let conn = conn.clone();
+            async move {
+                let req = req?;
+                let resp = self.request_on(addr, &conn, req).await?;
+                let status = resp.status();
+                let body = read_capped(
+                    resp.into_body(),
+                    JoinHello::LEN + JoinConfirm::MAX_LEN + 1024,
+                )
+                .await?;
+                Ok::<_, PeerError>((status, body))
+            }
+        };
+        let within = Duration::from_secs(10);
+        let (status, body) =
+            tokio::time::timeout(within, send(Route::Join, JoinHello { msg: mine }.encode()))
+                .await
+                .map_err(|_| PeerError::JoinFailed("no answer".into()))??;
+        if status.as_u16() == 423 {
+            return Err(PeerError::JoinLocked);
+        }
+        if !status.is_success() {
+            return Err(PeerError::JoinFailed(format!(
+                "{status}: {}",
+                String::from_utf8_lossy(&body)
+            )));
+        }
+        let bad = |e: lockbox_crypto::Error| PeerError::JoinFailed(e.to_string());
+        if body.len() < JoinHello::LEN {
+            return Err(PeerError::JoinFailed("a short answer".into()));
+        }
+        let (hello, rest) = body.split_at(JoinHello::LEN);
+        let theirs_hello = JoinHello::parse(hello).map_err(bad)?;
+        let confirm = JoinConfirm::parse(rest).map_err(bad)?;
+        let keys = pending.finish(&theirs_hello.msg).map_err(bad)?;
+        if keys.check(Side::Asker, &confirm.mac).is_err() {
+            return Err(PeerError::JoinRefused);
+        }
+        let theirs = keys
+            .open(Side::Asker, &confirm.sealed)
+            .map_err(bad)
+            .and_then(|b| Offer::parse(&b).map_err(|e| PeerError::JoinFailed(e.to_string())))?;
+        let _one = self.join_lock.lock().await;
+        let own = cred.circle();
+        let members = self.replica.members().len() as u32;
+        let offer = Offer {
+            members,
+            circle: CircleSecret::from_bytes(&own.to_bytes()).map_err(bad)?,
+        };
+        let ours = JoinConfirm {
+            mac: keys.confirm(Side::Asker),
+            sealed: keys.seal(Side::Asker, &offer.encode()).map_err(bad)?,
+        };
+        let (status, body) = tokio::time::timeout(within, send(Route::JoinConfirm, ours.encode()))
+            .await
+            .map_err(|_| PeerError::JoinFailed("no answer".into()))??;
+        if !status.is_success() {
+            return Err(PeerError::JoinFailed(format!(
+                "{status}: {}",
+                String::from_utf8_lossy(&body)
+            )));
+        }
+        drop(_one);
+        let m = self
+            .settle(own.public(), theirs)
+            .await
+            .map_err(PeerError::JoinFailed)?;
+        if m == Merge::Keep {
+            // The other side adopts ours: meet it again soon.
+            self.join_backoff(addr, RETRY_AFTER_FAILURE);
+        }
+        Ok(m)
+    }
+
+    /// Says hello to every known peer again (after adopting a circle).
+    async fn contact_all(self: &Arc<Self>) {
+        let addrs: Vec<SocketAddr> = self
+            .peers
+            .lock()
+            .map(|p| p.keys().copied().collect())
+            .unwrap_or_default();
+        for a in addrs {
+            tokio::spawn(self.clone().contact_boxed(a));
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The per-address failure table's type (for the mesh's field).
+pub(super) type JoinAttempts = HashMap<IpAddr, Attempts>;
