@@ -24,6 +24,7 @@ mod cli;
 mod crash;
 mod fleet;
 mod interop;
+mod join;
 mod mesh;
 mod mount;
 mod netlab;

@@ -155,9 +155,9 @@ impl Mesh {
         })
     }
 
-    /// Counts a failed join from `ip` and logs it.
+    /// Counts a failed join from `ip` (a begun one counts until it is
+    /// confirmed; [`Mesh::join_failure_is`] logs why it failed).
     fn join_failed(&self, ip: IpAddr, why: &str) {
-        tracing::warn!("a join from {ip} failed: {why}");
         if let Ok(mut a) = self.join_attempts.lock() {
             if a.len() > 4096 {
                 a.clear();
@@ -208,6 +208,7 @@ impl Mesh {
             Ok(k) => k,
             Err(e) => {
                 self.join_failed(remote.ip(), &e.to_string());
+                self.join_failure_is(remote.ip(), &e.to_string());
                 return respond(400, format!("bad join: {e}"));
             }
         };
@@ -229,7 +230,7 @@ impl Mesh {
         };
         // Counted as failed until the asker confirms: a run that never
         // confirms is a guess too.
-        self.join_failed(remote.ip(), "not confirmed");
+        self.join_failed(remote.ip(), "not confirmed (no second message)");
         session.begin_join(Begun {
             keys,
             offered: circle.public(),
@@ -260,7 +261,8 @@ impl Mesh {
             Err(e) => return respond(400, format!("bad join confirmation: {e}")),
         };
         if begun.keys.check(Side::Answerer, &confirm.mac).is_err() {
-            self.join_failed(remote.ip(), "the passphrases differ");
+            // Already counted when it began; now we know why.
+            self.join_failure_is(remote.ip(), "the passphrases differ");
             return respond(403, "the passphrases differ");
         }
         self.join_confirmed(remote.ip());
@@ -282,6 +284,16 @@ impl Mesh {
                 r
             }
             Err(e) => respond(409, e),
+        }
+    }
+
+    /// Why the last (counted) join from `ip` failed.
+    fn join_failure_is(&self, ip: IpAddr, why: &str) {
+        tracing::warn!("a join from {ip} failed: {why}");
+        if let Ok(mut a) = self.join_attempts.lock() {
+            if let Some(v) = a.get_mut(&ip) {
+                v.last_why = why.to_owned();
+            }
         }
     }
 
