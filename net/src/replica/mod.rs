@@ -36,8 +36,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use lockbox_crypto::circle::Endorsement;
 use lockbox_crypto::sign::{PublicKey, Signed, SigningKey};
-use lockbox_fs::meta::Meta;
-use lockbox_fs::name::NameKind;
+use lockbox_fs::meta::{LocalStat, Meta, Op, State};
 use lockbox_fs::{Name, Store};
 
 use crate::records::{Leave, Resurrect, Tombstone};
@@ -261,9 +260,24 @@ fn now_unix() -> i64 {
         .unwrap_or(0)
 }
 
-/// Whether a name takes part in the mesh (failed files stay local).
-pub fn in_mesh(name: &Name) -> bool {
-    name.kind() != NameKind::Failed
+/// The metadata of a version recorded under `name`: its record, the
+/// store file's stat, and the file's state, in one batch (so one
+/// transaction). A record stored under a name other than its own is a
+/// conflict copy; any other record makes the name's file an ordinary one.
+pub(super) fn version_ops(
+    name: &Name,
+    rec: &Signed<crate::records::FileVersion>,
+    stat: Option<LocalStat>,
+) -> [Op; 2] {
+    let state = (rec.body().name != *name).then_some(State::Conflict);
+    [
+        Op::PutVersion {
+            name: name.clone(),
+            record: rec.to_bytes(),
+            stat,
+        },
+        Op::SetState(name.clone(), state),
+    ]
 }
 
 impl Replica {
@@ -316,7 +330,9 @@ impl Replica {
         Ok(Arc::new_cyclic(|weak| Replica {
             user,
             envoy,
-            store: store.with_journal(Arc::new(JournalLink(weak.clone()))),
+            store: store
+                .with_states(&meta)
+                .with_journal(Arc::new(JournalLink(weak.clone()))),
             meta,
             signing,
             circle,
