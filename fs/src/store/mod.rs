@@ -559,22 +559,6 @@ impl Store {
         })
     }
 
-    /// Write `name` atomically: `fill` writes the complete content into a
-    /// fresh 0600 temp file, which is then synced and renamed into place.
-    /// The journal is told under the change lock, after the rename, when
-    /// the returned [`Pending`] is dropped; `seen` turns `fill`'s result
-    /// into what the journal is told.
-    fn write_atomic<T>(
-        &self,
-        name: &Name,
-        fill: impl FnOnce(&mut File) -> Result<T, Error>,
-        seen: impl FnOnce(&T) -> Option<Sealed>,
-    ) -> Result<(T, Pending<'_>), Error> {
-        let (staged, t) = self.stage(fill)?;
-        let pending = self.install_staged(name, staged, seen(&t))?;
-        Ok((t, pending))
-    }
-
     /// Rename a durable temp file into place as `name`; the journal hears
     /// of it (as `sealed`) when the returned [`Pending`] is dropped.
     fn install_staged(

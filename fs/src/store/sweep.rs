@@ -14,8 +14,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::name::Name;
 use crate::Error;
 
-use super::{is_age_file, FileState, SweepReport};
 use super::{Event, SealTo, State, Store};
+use super::{FileState, SweepReport};
 
 impl Store {
     /// Seal every plaintext file of the store in place (`docs/design.md`, "The sweep and
@@ -115,22 +115,7 @@ impl Store {
             }
             let result = File::open(&path)
                 .map_err(|e| Error::io("open", &path, e))
-                .and_then(|mut f| {
-                    if is_age_file(&mut f)? {
-                        // Already ciphertext (e.g. copied from a store): keep as is.
-                        self.write_atomic(
-                            &name,
-                            |out| {
-                                io::copy(&mut f, out).map_err(|e| Error::io("copy", &path, e))?;
-                                Ok(())
-                            },
-                            |_| None,
-                        )
-                        .map(|((), _recorded)| ())
-                    } else {
-                        self.seal(&name, f, recipients, max_size).map(|_| ())
-                    }
-                });
+                .and_then(|f| self.seal(&name, f, recipients, max_size).map(|_| ()));
             match result {
                 Ok(()) => imported.push((name, path)),
                 Err(e) => {

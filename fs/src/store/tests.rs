@@ -252,21 +252,39 @@ fn one_file_the_sweep_cannot_handle_does_not_stop_it() {
     assert!(!store.contains(&n("b")) && store.contains(&rep.failed[1].1));
 }
 
+/// Everything in the bare folder is the user's plaintext: an age file
+/// there is sealed again (reading back as the same bytes), not taken
+/// into the store as it is.
 #[test]
 fn import_dir_moves_plaintext_into_store() {
     let (dir, store, id) = setup();
     let bare = dir.path().join("bare");
     fs::create_dir(&bare).unwrap();
     fs::write(bare.join("notes"), b"hello").unwrap();
-    fs::write(bare.join("huge"), vec![0u8; 50]).unwrap();
+    fs::write(bare.join("huge"), vec![0u8; 500]).unwrap();
+    // An age file of the user's, to a key that is not the envoy's.
+    let other = identity::generate();
+    let (_, age_file) =
+        seal::seal_stream(&[other.to_public()], Cursor::new(b"theirs"), Vec::new()).unwrap();
+    fs::write(bare.join("backup.age"), &age_file).unwrap();
     let rep = store
-        .import_dir(&bare, &SealTo::keys(vec![id.to_public()]), 10)
+        .import_dir(&bare, &SealTo::keys(vec![id.to_public()]), 400)
         .unwrap();
-    assert_eq!(rep.sealed, vec![n("notes")]);
+    let mut sealed = rep.sealed.clone();
+    sealed.sort();
+    assert_eq!(sealed, vec![n("backup.age"), n("notes")]);
     assert_eq!(rep.too_large, vec![n("huge")]);
     assert!(!bare.join("notes").exists() && bare.join("huge").exists());
+    assert!(!bare.join("backup.age").exists());
     let f = store.open_file(&n("notes")).unwrap();
     assert_eq!(&open_to_vec(&id, f).unwrap()[..], b"hello");
+    let f = store.open_file(&n("backup.age")).unwrap();
+    assert_eq!(open_to_vec(&id, f).unwrap()[..], age_file[..]);
+    let e = store.entry(&n("backup.age")).unwrap();
+    assert_eq!(
+        (e.state, e.size),
+        (FileState::Ciphertext, age_file.len() as u64)
+    );
 }
 
 /// A failed sync of the waiting seals drops them: a second sync could
