@@ -1143,3 +1143,142 @@ fn oversized_bodies_from_a_member_are_refused_and_change_nothing() {
     );
     assert_eq!(hello.status, 200, "{}", hello.text());
 }
+
+/// `lockbox list --json` of `e`: each name's state.
+fn listed_states(e: &Envoy) -> std::collections::BTreeMap<String, String> {
+    let list: serde_json::Value = serde_json::from_str(&e.ok(&["list", "--json"])).expect("json");
+    list.as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| {
+            let f = |k: &str| r[k].as_str().expect(k).to_string();
+            (f("name"), f("state"))
+        })
+        .collect()
+}
+
+/// Names are the user's: files whose names look like a failed seal or a
+/// conflict copy are ordinary files, listed as such and replicated.
+#[test]
+fn names_shaped_like_a_state_are_ordinary_files_that_sync() {
+    require_fuse!();
+    let both = ["alpha", "bravo"];
+    let c = Circle::loopback(&both);
+    let names = ["x.1714380000.failed", "notes.conflict-b-20260101-000000"];
+    for (i, name) in names.iter().enumerate() {
+        let v = content(name, 1000 + i);
+        fs::write(c.node("alpha").at(name), &v).expect("write on alpha");
+        c.wait_content(&both, name, &v);
+    }
+    for n in &c.nodes {
+        let states = listed_states(&n.m.e);
+        for name in names {
+            assert_eq!(
+                states.get(name).map(String::as_str),
+                Some("ciphertext"),
+                "{name} on {}: {states:?}",
+                n.name
+            );
+        }
+        let st = n.m.e.status_json();
+        assert_eq!(st["files"]["failed"], 0, "{}", n.name);
+        assert_eq!(st["files"]["conflict"], 0, "{}", n.name);
+    }
+}
+
+/// A tmpfs too small for any seal over an envoy's temp folder, unmounted
+/// (lazily) when dropped.
+struct TinyTmp(std::path::PathBuf);
+
+impl TinyTmp {
+    fn mount(tmp: &std::path::Path) -> TinyTmp {
+        std::fs::create_dir_all(tmp).expect("tmp");
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=16k,mode=0700", "tinytmp"])
+            .arg(tmp)
+            .status()
+            .expect("mount");
+        assert!(st.success(), "mount a tmpfs on {}", tmp.display());
+        TinyTmp(tmp.to_path_buf())
+    }
+}
+
+impl Drop for TinyTmp {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A real conflict copy and a real failed seal are shown as such: the
+/// conflict copy syncs, the failed seal (a plaintext) stays on its envoy.
+#[test]
+fn a_real_conflict_copy_and_a_real_failed_seal_keep_their_states() {
+    require_fuse!();
+    require!(is_root(), "mounting a tmpfs needs root");
+    let both = ["alpha", "bravo"];
+    let c = Circle::loopback_locked(&both);
+    let alpha = c.node("alpha");
+    // alpha's sweep at start cannot seal this plaintext: no room to write
+    // its ciphertext.
+    let tiny = TinyTmp::mount(&alpha.m.tmp());
+    let plain = content("left in the store by hand", 100_000);
+    std::fs::write(alpha.m.e.store().join("big"), &plain).expect("plaintext");
+    for n in &c.nodes {
+        n.m.e.unlock();
+        n.m.assert_mounted();
+    }
+    let failed = listed_states(&alpha.m.e)
+        .into_iter()
+        .find(|(_, s)| s == "failed")
+        .map(|(n, _)| n)
+        .expect("a failed seal on alpha");
+    assert!(failed.starts_with("big."), "{failed}");
+    drop(tiny);
+    c.wait_formed(&both);
+
+    // A conflict copy: bravo edits offline while alpha edits too.
+    let base = content("base", 1000);
+    fs::write(alpha.at("shared"), &base).expect("write");
+    c.wait_content(&both, "shared", &base);
+    let bravo = c.node("bravo");
+    bravo.m.e.ok(&["stop"]);
+    let src = bravo.m.e.plain_file("shared", &content("offline", 1500));
+    bravo.m.e.ok(&["encrypt", &text(&src), "--name", "shared"]);
+    fs::write(alpha.at("shared"), content("online", 1700)).expect("edit on alpha");
+    bravo.m.e.unlock();
+    bravo.m.assert_mounted();
+    c.wait_settled(&both, "alpha", "marker");
+    let listing = bravo.listing();
+    let copy = listing
+        .iter()
+        .find(|n| n.starts_with("shared.conflict-"))
+        .unwrap_or_else(|| panic!("no conflict copy on bravo: {listing:?}"));
+    c.wait_content(&both, copy, &fs::read(bravo.at(copy)).expect("copy"));
+    for n in &c.nodes {
+        let states = listed_states(&n.m.e);
+        assert_eq!(
+            states.get(copy.as_str()).map(String::as_str),
+            Some("conflict"),
+            "{}: {states:?}",
+            n.name
+        );
+        assert_eq!(
+            states.get("shared").map(String::as_str),
+            Some("ciphertext"),
+            "{}",
+            n.name
+        );
+        assert_eq!(n.m.e.status_json()["files"]["conflict"], 1, "{}", n.name);
+    }
+    // The failed seal is still one, kept on alpha only.
+    assert_eq!(
+        listed_states(&alpha.m.e).get(&failed).map(String::as_str),
+        Some("failed")
+    );
+    assert_eq!(
+        std::fs::read(alpha.m.e.store().join(&failed)).expect("kept"),
+        plain
+    );
+    assert!(!listed_states(&bravo.m.e).contains_key(&failed));
+    assert!(!bravo.listing().contains(&failed), "{failed} reached bravo");
+}
