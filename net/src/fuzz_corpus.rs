@@ -252,6 +252,42 @@ fn session_proofs() -> BTreeMap<String, Vec<u8>> {
     out
 }
 
+/// The join target's input: a selector byte (0 hello, 1 confirmation,
+/// 2 offer), then the message.
+fn joins() -> BTreeMap<String, Vec<u8>> {
+    use lockbox_crypto::join::{JoinConfirm, JoinHello};
+    let mut out = BTreeMap::new();
+    let hello = JoinHello {
+        msg: vec![0x58; 33],
+    }
+    .encode();
+    out.insert("hello".into(), [&[0u8][..], &hello].concat());
+    out.insert(
+        "hello-truncated".into(),
+        [&[0u8][..], &hello[..hello.len() - 1]].concat(),
+    );
+    let confirm = JoinConfirm {
+        mac: [7; 32],
+        sealed: vec![9; 100],
+    }
+    .encode();
+    out.insert("confirm".into(), [&[1u8][..], &confirm].concat());
+    out.insert(
+        "confirm-trailing".into(),
+        [&[1u8][..], &confirm, &[0][..]].concat(),
+    );
+    // A fixed circle secret: version, seed, created, and the seed's key.
+    let seed = [3u8; 32];
+    let public = SigningKey::from_seed(&seed).public();
+    let secret = [&[1u8][..], &seed, &5u64.to_be_bytes(), &public.0].concat();
+    let offer = [&[1u8][..], &2u32.to_be_bytes(), &secret].concat();
+    out.insert("offer".into(), [&[2u8][..], &offer].concat());
+    let mut bad = offer.clone();
+    bad[10] ^= 1;
+    out.insert("offer-flipped".into(), [&[2u8][..], &bad].concat());
+    out
+}
+
 /// The endorsement the session proof target checks proofs against: envoy
 /// `desk` of `alice` with the seed corpus's key.
 pub(crate) fn proof_endorsement() -> lockbox_crypto::circle::Endorsement {
@@ -323,6 +359,7 @@ fn corpus() -> Corpus {
     c.insert("hello", hellos());
     c.insert("hello_ask", hello_asks());
     c.insert("session_proof", session_proofs());
+    c.insert("join", joins());
     c.insert("route", routes());
     c
 }
@@ -368,6 +405,15 @@ fn the_seeds_are_what_they_say() {
         // its signer's key changed.
         let valid = !name.contains('-');
         assert_eq!(checked.is_ok(), valid, "{name}: {checked:?}");
+    }
+    for (name, bytes) in &c["join"] {
+        let (which, rest) = bytes.split_first().unwrap();
+        let ok = match which {
+            0 => lockbox_crypto::join::JoinHello::parse(rest).is_ok(),
+            1 => lockbox_crypto::join::JoinConfirm::parse(rest).is_ok(),
+            _ => crate::join::Offer::parse(rest).is_ok(),
+        };
+        assert_eq!(ok, !name.contains('-'), "{name}");
     }
     let manifest = &c["records"]["manifest"];
     assert_eq!(crate::replica::decode_manifest(manifest).unwrap().len(), 1);
