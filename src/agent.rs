@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use lockbox_crypto::seal::Opened;
+use lockbox_fs::escape::Escape;
 use lockbox_fs::Name;
 use tokio::sync::Notify;
 
@@ -436,7 +437,7 @@ fn reencrypt(
         match r {
             Ok(true) => done += 1,
             Ok(false) => {}
-            Err(e) => tracing::warn!("could not re-encrypt {name}: {e}"),
+            Err(e) => tracing::warn!("could not re-encrypt {}: {e}", name.escaped()),
         }
         progress(i + 1, total);
     }
@@ -915,6 +916,7 @@ fn encrypt(agent: &Agent, stream: &mut UnixStream, name: Vec<u8>) -> std::io::Re
         Ok(n) => n,
         Err(e) => return reply_err(stream, Failure::Invalid, e.to_string()),
     };
+    let shown = name.escaped();
     // Tell the client to start sending, then seal straight from the frames.
     control::write_message(stream, &Response::Ok)?;
     let mut reader = stream.try_clone()?;
@@ -927,7 +929,7 @@ fn encrypt(agent: &Agent, stream: &mut UnixStream, name: Vec<u8>) -> std::io::Re
         }
         Err(e) => {
             tracing::warn!(
-                "encrypt of {name} failed: {e:#}; the old version (if any) is unchanged"
+                "encrypt of {shown} failed: {e:#}; the old version (if any) is unchanged"
             );
             error_response(&e)
         }
@@ -940,6 +942,7 @@ fn decrypt(agent: &Agent, stream: &mut UnixStream, name: Vec<u8>) -> std::io::Re
         Ok(n) => n,
         Err(e) => return reply_err(stream, Failure::Invalid, e.to_string()),
     };
+    let shown = name.escaped();
     let identity = agent
         .session
         .lock()
@@ -959,12 +962,12 @@ fn decrypt(agent: &Agent, stream: &mut UnixStream, name: Vec<u8>) -> std::io::Re
             return reply_err(
                 stream,
                 Failure::Damaged,
-                format!("{name} is not sealed yet (plaintext): run lockbox unlock to seal it"),
+                format!("{shown} is not sealed yet (plaintext): run lockbox unlock to seal it"),
             )
         }
         Err(e) => {
-            tracing::warn!("cannot decrypt {name}: {e}");
-            return reply_err(stream, Failure::Damaged, format!("{name}: {e}"));
+            tracing::warn!("cannot decrypt {shown}: {e}");
+            return reply_err(stream, Failure::Damaged, format!("{shown}: {e}"));
         }
     };
     control::write_message(
@@ -981,12 +984,12 @@ fn decrypt(agent: &Agent, stream: &mut UnixStream, name: Vec<u8>) -> std::io::Re
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 tracing::warn!(
-                    "{name}: ciphertext failed authentication ({e}); refusing to return it"
+                    "{shown}: ciphertext failed authentication ({e}); refusing to return it"
                 );
                 return reply_err(
                     stream,
                     Failure::Damaged,
-                    format!("{name}: the ciphertext is damaged or was tampered with ({e}); nothing was written"),
+                    format!("{shown}: the ciphertext is damaged or was tampered with ({e}); nothing was written"),
                 );
             }
         }

@@ -5,6 +5,7 @@
 use crate::harness::fs;
 
 use crate::harness::*;
+use crate::require_fuse;
 
 #[test]
 fn init_creates_private_state_and_refuses_a_second_time() {
@@ -439,4 +440,65 @@ fn doctor_reports_checks() {
     if fuse {
         assert_eq!(failed, 0, "{text}");
     }
+}
+
+/// A name any member can create, written to look like a coloured word and a
+/// line of output of its own.
+const EVIL: &str = "a\x1b[31mred\nfake line";
+/// The same, escaped as lockbox prints it.
+const EVIL_SHOWN: &str = "a\\x1b[31mred\\nfake line";
+
+#[test]
+fn names_with_control_characters_are_printed_escaped() {
+    require_fuse!();
+    let m = MountedEnvoy::unlocked();
+    fs::write(m.at(EVIL), b"not a terminal escape").unwrap();
+    m.settle();
+    // A failed file (which status names) with such a name, and one more
+    // left in the bare folder while no agent runs (sealed and logged at
+    // the next start).
+    fs::write(m.store().join(format!("{EVIL}.1714380000.failed")), b"x").unwrap();
+    m.e.ok(&["stop"]);
+    let bare = "b\x1b]0;title\x07\nforged line";
+    fs::write(m.mnt.join(bare), b"typed while stopped").unwrap();
+    m.e.unlock();
+    m.assert_mounted();
+
+    let list = m.e.ok(&["list"]);
+    let status = m.e.ok(&["status"]);
+    for (what, text) in [("list", &list), ("status", &status)] {
+        assert!(
+            !text.contains('\x1b') && !text.contains('\x07'),
+            "{what} printed a raw control character: {text:?}"
+        );
+        assert!(text.contains(EVIL_SHOWN), "{what}: {text}");
+        assert!(
+            !text.lines().any(|l| l.starts_with("fake line")),
+            "{what}: {text}"
+        );
+    }
+    assert!(list.contains("b\\x1b]0;title\\x07\\nforged line"), "{list}");
+    assert!(
+        status.contains(&format!("    {EVIL_SHOWN}.1714380000.failed\n")),
+        "{status}"
+    );
+    // JSON carries the name itself (JSON escapes it).
+    let rows: serde_json::Value = serde_json::from_str(&m.e.ok(&["list", "--json"])).unwrap();
+    assert!(
+        rows.as_array().unwrap().iter().any(|r| r["name"] == EVIL),
+        "{rows}"
+    );
+    // The agent logged the bare folder's file by name, escaped, and no
+    // raw escape byte anywhere.
+    let log = fs::read(m.e.state().join("agent.log")).unwrap();
+    let text = String::from_utf8_lossy(&log);
+    assert!(
+        !text.lines().any(|l| l.starts_with("forged line")),
+        "a name forged a log line: {text}"
+    );
+    assert!(
+        text.contains("sealed b\\x1b]0;title\\x07\\nforged line from the unmounted folder"),
+        "{text}"
+    );
+    assert!(!log.contains(&0x1b), "raw ESC in the agent log: {text:?}");
 }

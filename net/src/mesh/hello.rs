@@ -5,6 +5,7 @@
 //! and headers; it must not apply tables or fetch files itself (that is
 //! [`super::catchup`]).
 
+use lockbox_fs::escape::Escape;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -266,7 +267,7 @@ impl Mesh {
         if let Some(why) = refused {
             // Logged when it changes, not at every hello.
             if changed {
-                tracing::warn!("peer {addr} ({}) refused: {why}", hello.envoy);
+                tracing::warn!("peer {addr} ({}) refused: {why}", hello.envoy.escaped());
             }
             return Ok(());
         }
