@@ -172,6 +172,12 @@ impl Keys for AgentKeys {
         self.session.lock().ok()?.use_identity(Instant::now())
     }
 
+    fn used(&self) {
+        if let Ok(mut s) = self.session.lock() {
+            s.touch(Instant::now());
+        }
+    }
+
     fn is_unlocked(&self) -> bool {
         self.session.lock().is_ok_and(|s| s.is_unlocked())
     }
@@ -468,12 +474,12 @@ fn deliver_leave(agent: &Agent, record: Vec<u8>, members: usize) -> Response {
 /// `Reencrypt`: every file, with a `Progress` frame after each, then
 /// `Reencrypted`.
 fn reencrypt_all(agent: &Agent, stream: &mut UnixStream) -> std::io::Result<()> {
-    // A request of the user's: it counts as use of the session.
-    let _ = agent
-        .session
-        .lock()
-        .ok()
-        .and_then(|mut s| s.use_identity(Instant::now()));
+    // Re-sealing shows the user nothing: it does not count as use of the
+    // session (only reads, writes, decrypt and encrypt do), but a timeout
+    // already passed locks before it starts.
+    if let Ok(mut s) = agent.session.lock() {
+        s.expire(Instant::now());
+    }
     agent.session_changed.notify_one();
     let mut sent = Ok(());
     let result = reencrypt(agent, Reseal::All, |done, total| {
@@ -677,9 +683,11 @@ fn error_response(e: &anyhow::Error) -> Response {
 
 fn status(agent: &Agent) -> StatusReport {
     let now = Instant::now();
+    // Looking is not using: a status widget polling this must not keep the
+    // session unlocked. It may notice the timeout (and lock) first.
     let (unlocked, idle_left) = match agent.session.lock() {
         Ok(mut s) => {
-            s.touch(now);
+            s.expire(now);
             (s.is_unlocked(), s.idle_left(now))
         }
         Err(_) => (false, None),
@@ -917,6 +925,11 @@ fn encrypt(agent: &Agent, stream: &mut UnixStream, name: Vec<u8>) -> std::io::Re
         Err(e) => return reply_err(stream, Failure::Invalid, e.to_string()),
     };
     let shown = name.escaped();
+    // The user's use: it keeps the session from its idle lock (a seal
+    // needs no key, so this works locked too).
+    if let Ok(mut s) = agent.session.lock() {
+        s.touch(Instant::now());
+    }
     // Tell the client to start sending, then seal straight from the frames.
     control::write_message(stream, &Response::Ok)?;
     let mut reader = stream.try_clone()?;

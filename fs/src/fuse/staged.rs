@@ -490,6 +490,8 @@ impl LockboxFs {
             return reply.error(Errno::EBADF);
         };
         wrote.store(true, Ordering::Relaxed);
+        // The user's use: it keeps the session from its idle lock.
+        self.keys.used();
         let mut st = lock(staged);
         if offset + data.len() as u64 > self.config.max_file_size {
             // What was staged is now a cut-off version: never seal it.
