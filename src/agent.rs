@@ -210,6 +210,13 @@ fn mount_lockbox(envoy: &Envoy, session: Arc<Mutex<Session>>) -> anyhow::Result<
             )
         })?;
     }
+    // A bare ~/lockbox takes plaintext while no agent runs: it is 0700
+    // whatever the umask it was made with (re-made if it was removed,
+    // tightened and logged if it was widened).
+    if mount::state(path) == MountState::NotMounted {
+        mount::ensure_private(path)
+            .with_context(|| format!("cannot make {} a private folder", path.display()))?;
+    }
     match envoy.sweep() {
         Ok(r) if !r.sealed.is_empty() => {
             tracing::info!(

@@ -89,7 +89,9 @@ pub fn run(
     )?;
     envoy::private_dir(&paths.store())?;
     envoy::private_dir(&paths.tls())?;
-    envoy::private_dir(&paths.mount)?;
+    // 0700 whatever the umask (create, then chmod).
+    lockbox_fs::mount::ensure_private(&paths.mount)
+        .with_context(|| format!("cannot create {}", paths.mount.display()))?;
     write_private(&paths.identity(), &wrapped)?;
 
     println!(

@@ -502,3 +502,25 @@ fn names_with_control_characters_are_printed_escaped() {
     );
     assert!(!log.contains(&0x1b), "raw ESC in the agent log: {text:?}");
 }
+
+#[test]
+fn the_mount_point_is_private_whatever_the_umask() {
+    require_fuse!();
+    let e = Envoy::new().with_umask(0o022);
+    e.init("alpha");
+    let mnt = e.home.join("lockbox");
+    assert_eq!(mode(&mnt), 0o700, "init under umask 022");
+    // Removed while no agent runs (as `rmdir ~/lockbox` would): the agent
+    // makes it again, 0700, before it mounts; it stays so once unmounted.
+    fs::remove_dir(&mnt).unwrap();
+    e.unlock();
+    e.ok(&["stop"]);
+    assert_eq!(mode(&mnt), 0o700, "re-made by the agent under umask 022");
+    // Widened by hand: tightened at the next start, and logged.
+    fs::set_permissions(&mnt, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    e.start();
+    e.ok(&["stop"]);
+    assert_eq!(mode(&mnt), 0o700, "tightened by the agent");
+    let log = fs::read_to_string(e.state().join("agent.log")).unwrap();
+    assert!(log.contains("had mode 0755: tightened to 0700"), "{log}");
+}

@@ -59,6 +59,9 @@ pub struct Envoy {
     /// Run commands inside this network namespace (`nsenter --net=PATH`,
     /// e.g. `NetLab::ns_path`); the agent they start inherits it.
     pub netns: Option<PathBuf>,
+    /// Run commands with this umask (set by `sh` before it execs them);
+    /// the agent they start inherits it. `None`: the test's own.
+    umask: Option<u32>,
 }
 
 impl Envoy {
@@ -111,7 +114,15 @@ impl Envoy {
             as_uid,
             exe,
             netns: None,
+            umask: None,
         }
+    }
+
+    /// This envoy, its commands (and the agent they start) run with
+    /// `umask`.
+    pub fn with_umask(mut self, umask: u32) -> Envoy {
+        self.umask = Some(umask);
+        self
     }
 
     /// The state folder.
@@ -142,20 +153,33 @@ impl Envoy {
 
     /// A command for `lockbox ARGS` in this envoy.
     pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = match self.as_uid {
-            Some(uid) => {
-                let mut c = self.program("setpriv");
-                c.args([
-                    &format!("--reuid={uid}"),
-                    &format!("--regid={uid}"),
-                    "--clear-groups",
-                    "--",
-                ]);
-                c.arg(&self.exe);
-                c
-            }
-            None => self.program(&self.exe),
-        };
+        // [setpriv … --] [sh -c 'umask …; exec "$0" "$@"'] lockbox ARGS
+        let mut argv: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(uid) = self.as_uid {
+            argv.extend(
+                [
+                    "setpriv".into(),
+                    format!("--reuid={uid}"),
+                    format!("--regid={uid}"),
+                    "--clear-groups".into(),
+                    "--".into(),
+                ]
+                .map(Into::into),
+            );
+        }
+        if let Some(mask) = self.umask {
+            argv.extend(
+                [
+                    "sh".into(),
+                    "-c".into(),
+                    format!("umask {mask:03o} && exec \"$0\" \"$@\""),
+                ]
+                .map(Into::into),
+            );
+        }
+        argv.push(self.exe.clone().into());
+        let mut c = self.program(&argv[0]);
+        c.args(&argv[1..]);
         c.args(args)
             .env("HOME", &self.home)
             .env_remove("RUST_LOG")
