@@ -524,3 +524,59 @@ fn the_mount_point_is_private_whatever_the_umask() {
     let log = fs::read_to_string(e.state().join("agent.log")).unwrap();
     assert!(log.contains("had mode 0755: tightened to 0700"), "{log}");
 }
+
+#[test]
+fn init_refuses_a_kdf_below_the_floor_unless_tests_allow_it() {
+    // The test config's KDF (64 KiB, one pass) is far below the floor.
+    let e = Envoy::new();
+    let pass = e.pass.to_string_lossy().into_owned();
+    let config = fs::read(e.state().join("config.yaml")).unwrap();
+    let init = |switch: Option<&str>| {
+        let mut c = e.cmd(&["init", "--passphrase-file", &pass, "--envoy", "alpha"]);
+        c.env_remove(ALLOW_WEAK_KDF.0);
+        if let Some(v) = switch {
+            c.env(ALLOW_WEAK_KDF.0, v);
+        }
+        c.output().unwrap()
+    };
+    for switch in [None, Some("0"), Some("yes"), Some("")] {
+        let out = init(switch);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{switch:?}: {err}");
+        assert!(
+            err.contains("below the floor")
+                && err.contains("memory_kib at least 65536")
+                && err.contains("iterations at least 2"),
+            "{switch:?}: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        // Nothing was written.
+        assert!(!e.state().join("identity.age").exists());
+        assert_eq!(fs::read(e.state().join("config.yaml")).unwrap(), config);
+        assert!(!e.home.join("lockbox").exists());
+    }
+    // The switch lets it through, and says so.
+    let out = init(Some("1"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("LOCKBOX_TEST_ALLOW_WEAK_KDF=1") && err.contains("for tests only"),
+        "{err}"
+    );
+    e.unlock();
+
+    // At the floor, no switch is needed (and no warning given).
+    let e = Envoy::with_config(
+        "multicast: off\npeer_port: 0\nlisten: 127.0.0.1\n\
+         kdf: {memory_kib: 65536, iterations: 2, parallelism: 1}\n",
+    );
+    let pass = e.pass.to_string_lossy().into_owned();
+    let out = e
+        .cmd(&["init", "--passphrase-file", &pass, "--envoy", "alpha"])
+        .env_remove(ALLOW_WEAK_KDF.0)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("warning"), "{err}");
+}

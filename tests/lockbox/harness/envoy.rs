@@ -33,8 +33,13 @@ macro_rules! test_kdf {
 
 /// A fast Argon2id for the identity (the real default costs ~0.5 s per
 /// unlock; the circle key keeps its fixed cost). The one place the tests'
-/// KDF config is written.
+/// KDF config is written. It is below the floor `init` accepts, so every
+/// command of an [`Envoy`] runs with [`ALLOW_WEAK_KDF`] set.
 pub const KDF: &str = test_kdf!();
+
+/// The test-only switch that lets `init` wrap with a KDF below the floor,
+/// as `NAME=VALUE`.
+pub const ALLOW_WEAK_KDF: (&str, &str) = ("LOCKBOX_TEST_ALLOW_WEAK_KDF", "1");
 
 /// The config of a lone test envoy: no multicast, no peer port, fast KDF.
 pub const TEST_CONFIG: &str = concat!(
@@ -182,6 +187,7 @@ impl Envoy {
         c.args(&argv[1..]);
         c.args(args)
             .env("HOME", &self.home)
+            .env(ALLOW_WEAK_KDF.0, ALLOW_WEAK_KDF.1)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null());
         c
