@@ -161,6 +161,49 @@ fn reads_and_writes_through_the_mount_keep_the_session_unlocked() {
 }
 
 #[test]
+fn an_idle_mount_locks_while_a_peer_pushes_to_it() {
+    require_fuse!();
+    let c = Circle::loopback_locked_with(&["alpha", "bravo"], |name| {
+        if name == "bravo" {
+            "idle_timeout_minutes: 3s\n".into()
+        } else {
+            String::new()
+        }
+    });
+    for n in &c.nodes {
+        n.m.e.unlock();
+        n.m.assert_mounted();
+    }
+    c.wait_formed(&["alpha", "bravo"]);
+    let (alpha, bravo) = (c.node("alpha"), c.node("bravo"));
+    // Its timer starts now; nobody uses bravo's mount from here on.
+    bravo.m.e.unlock();
+    let mut i = 0;
+    let mut push = || {
+        fs::write(alpha.at(&format!("pushed-{i}")), format!("version {i}")).unwrap();
+        i += 1;
+    };
+    push();
+    let received = bravo.m.e.store().join("pushed-0");
+    c.wait("bravo to receive pushed-0", CONVERGE, || received.exists());
+    // A new file from alpha every 300 ms (bravo receives and records each);
+    // bravo's status is only looked at.
+    let start = std::time::Instant::now();
+    let mut locked = false;
+    while start.elapsed() < Duration::from_secs(30) {
+        push();
+        if bravo.m.e.status_json()["unlocked"] == false {
+            locked = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(locked, "pushes from a peer kept bravo unlocked for 30 s");
+    let log = fs::read_to_string(bravo.m.e.state().join("agent.log")).unwrap();
+    assert!(log.contains("idle timeout: session locked"), "{log}");
+}
+
+#[test]
 fn control_socket_rejects_bad_requests_and_changes_nothing() {
     let e = Envoy::new();
     e.init("alpha");
