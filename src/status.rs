@@ -8,6 +8,7 @@
 use std::fmt::Write as _;
 
 use lockbox_fs::escape::Escape;
+use lockbox_fs::meta::Meta;
 use lockbox_fs::{Entry, FileState, Store};
 use serde::{Deserialize, Serialize};
 
@@ -27,7 +28,8 @@ pub struct ListEntry {
     pub size: u64,
     /// Modification time, seconds since the epoch.
     pub mtime: i64,
-    /// `ciphertext`, `plaintext`, `failed` or `conflict`.
+    /// `ciphertext`, `plaintext`, `failed` or `conflict` (failed and
+    /// conflict as recorded in `meta.redb`, never read from the name).
     pub state: String,
     /// On how many envoys the file is known to be (this one included).
     pub envoys: u32,
@@ -50,6 +52,25 @@ impl ListEntry {
             mtime: e.mtime,
             state: state_word(e.state).to_string(),
             envoys: 1,
+        }
+    }
+}
+
+/// `store`, for a command that runs with no agent, reading the files'
+/// states from `meta.redb` (the returned [`Meta`] keeps it open while the
+/// store is used). When the database cannot be opened (another lockbox
+/// command holds it), the states are unknown: a warning says so and every
+/// file shows as ciphertext or plaintext.
+pub fn store_with_states(paths: &Paths, store: &Store) -> (Store, Option<Meta>) {
+    let path = paths.meta();
+    if !path.exists() {
+        return (store.clone(), None);
+    }
+    match Meta::open(&path) {
+        Ok(meta) => (store.clone().with_states(&meta), Some(meta)),
+        Err(e) => {
+            tracing::warn!("failed and conflict files cannot be told apart now: {e}");
+            (store.clone(), None)
         }
     }
 }

@@ -5,9 +5,12 @@
 //! and the local `stat` of the store file when that record was written
 //! (`versions`, `local`); per name the signed tombstones (`tombstones`) and
 //! resurrects (`resurrects`); per signing key the signed leaves and evictions
-//! (`leaves`); and a few small values (`misc`). Records are opaque bytes here: the mesh
-//! (`lockbox-net`) gives them meaning. Every change is one transaction, so a
-//! crash leaves the tables as they were before or after it.
+//! (`leaves`); per name the [`State`] lockbox gave a file when it made it
+//! (`states`: a failed seal, a conflict copy); and a few small values
+//! (`misc`). Records are opaque bytes here: the mesh (`lockbox-net`) gives
+//! them meaning. Every change is one transaction, so a crash leaves the
+//! tables as they were before or after it. A file's state is read from
+//! `states` only, never from its name: names are the user's.
 //!
 //! In the agent, changes are written back in groups
 //! ([`Meta::with_grouped_commits`]): a change is applied to an in-memory
@@ -41,6 +44,39 @@ const LOCAL: TableDefinition<&[u8], &[u8]> = TableDefinition::new("local");
 const TOMBSTONES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tombstones");
 const RESURRECTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("resurrects");
 const LEAVES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("leaves");
+const STATES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("states");
+
+/// What lockbox recorded about a file when it made it (the `states`
+/// table; see `docs/format.md`, "The metadata database"). A file with no
+/// recorded state is an ordinary one, ciphertext or plaintext by its
+/// bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum State {
+    /// The sweep could not seal it: a plaintext kept out of the mesh.
+    Failed,
+    /// The losing side of a concurrent edit, kept under a name of its own.
+    Conflict,
+}
+
+impl State {
+    /// The value stored in `states`.
+    fn to_bytes(self) -> &'static [u8] {
+        match self {
+            State::Failed => b"failed",
+            State::Conflict => b"conflict",
+        }
+    }
+
+    /// A stored value; `None` for one this lockbox does not know (the file
+    /// is then treated as an ordinary one).
+    fn from_bytes(b: &[u8]) -> Option<State> {
+        match b {
+            b"failed" => Some(State::Failed),
+            b"conflict" => Some(State::Conflict),
+            _ => None,
+        }
+    }
+}
 
 /// The per-name record lists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,8 +152,11 @@ pub enum Op {
         /// The store file's stat, if it exists.
         stat: Option<LocalStat>,
     },
-    /// Forget the version of `name`.
+    /// Forget the version of `name`, and its recorded state (the file is
+    /// gone).
     DelVersion(Name),
+    /// Record the state of `name`'s file (`None` makes it an ordinary file).
+    SetState(Name, Option<State>),
     /// Replace the list of `name` (an encoded list; empty removes).
     PutList(List, Name, Vec<u8>),
     /// Record a leave or eviction under the signing key it names.
@@ -140,10 +179,11 @@ enum Tbl {
     Tombstones = 2,
     Resurrects = 3,
     Leaves = 4,
-    Misc = 5,
+    States = 5,
+    Misc = 6,
 }
 
-const TABLES: usize = 6;
+const TABLES: usize = 7;
 
 /// Every table, in index order.
 const ALL_TABLES: [Tbl; TABLES] = [
@@ -152,6 +192,7 @@ const ALL_TABLES: [Tbl; TABLES] = [
     Tbl::Tombstones,
     Tbl::Resurrects,
     Tbl::Leaves,
+    Tbl::States,
     Tbl::Misc,
 ];
 
@@ -188,6 +229,11 @@ fn entries(ops: &[Op]) -> Vec<Entry> {
             Op::DelVersion(name) => {
                 out.push((Tbl::Versions, name.as_bytes().to_vec(), None));
                 out.push((Tbl::Local, name.as_bytes().to_vec(), None));
+                out.push((Tbl::States, name.as_bytes().to_vec(), None));
+            }
+            Op::SetState(name, state) => {
+                let v = state.map(|s| s.to_bytes().to_vec());
+                out.push((Tbl::States, name.as_bytes().to_vec(), v));
             }
             Op::PutList(which, name, list) => {
                 let v = (!list.is_empty()).then(|| list.clone());
@@ -485,6 +531,7 @@ fn byte_table(t: Tbl) -> TableDefinition<'static, &'static [u8], &'static [u8]> 
         Tbl::Local => LOCAL,
         Tbl::Tombstones => TOMBSTONES,
         Tbl::Resurrects => RESURRECTS,
+        Tbl::States => STATES,
         Tbl::Leaves | Tbl::Misc => LEAVES,
     }
 }
@@ -647,6 +694,54 @@ impl Meta {
     pub fn misc(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
         self.inner.get(Tbl::Misc, key.as_bytes())
     }
+
+    /// The recorded state of `name`'s file (`None`: an ordinary file).
+    pub fn state(&self, name: &Name) -> Result<Option<State>, Error> {
+        Ok(self
+            .inner
+            .get(Tbl::States, name.as_bytes())?
+            .and_then(|v| State::from_bytes(&v)))
+    }
+
+    /// Every name with a recorded state (raw name bytes), in name order.
+    pub fn states(&self) -> Result<Vec<(Vec<u8>, State)>, Error> {
+        Ok(self
+            .inner
+            .scan(Tbl::States)?
+            .into_iter()
+            .filter_map(|(k, v)| State::from_bytes(&v).map(|s| (k, s)))
+            .collect())
+    }
+
+    /// A handle that reaches this database while it is open, without
+    /// keeping it open (the store's; see [`WeakMeta`]).
+    pub fn downgrade(&self) -> WeakMeta {
+        WeakMeta {
+            inner: Arc::downgrade(&self.inner),
+            grouped: self.grouped.clone(),
+        }
+    }
+}
+
+/// A [`Meta`] held without keeping the database open: the store reads and
+/// records file states through it, while the owner of the [`Meta`] (the
+/// replica, or a CLI command) keeps it open. A strong handle would close a
+/// loop (the database's write-back holds the store) and the database would
+/// never be written back at close.
+#[derive(Debug, Clone, Default)]
+pub struct WeakMeta {
+    inner: std::sync::Weak<MetaDb>,
+    grouped: Option<Arc<GroupedSync>>,
+}
+
+impl WeakMeta {
+    /// The database, if it is still open.
+    pub fn upgrade(&self) -> Option<Meta> {
+        Some(Meta {
+            inner: self.inner.upgrade()?,
+            grouped: self.grouped.clone(),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -778,6 +873,8 @@ mod tests {
         Vec<NamedBytes>,
         Vec<(Vec<u8>, Vec<u8>, Option<LocalStat>)>,
         Option<Vec<u8>>,
+        Vec<Option<State>>,
+        Vec<(Vec<u8>, State)>,
     ) {
         let names = ["a", "b", "c"].map(n);
         (
@@ -786,6 +883,8 @@ mod tests {
             m.all_lists(List::Resurrects).unwrap(),
             m.versions().unwrap(),
             m.misc("k").unwrap(),
+            names.iter().map(|x| m.state(x).unwrap()).collect(),
+            m.states().unwrap(),
         )
     }
 
@@ -806,13 +905,17 @@ mod tests {
                 })
             }),
             name.clone().prop_map(|x| Some(Op::DelVersion(x))),
-            (any::<bool>(), name, bytes.clone()).prop_map(|(t, x, b)| {
+            (any::<bool>(), name.clone(), bytes.clone()).prop_map(|(t, x, b)| {
                 let which = if t {
                     List::Tombstones
                 } else {
                     List::Resurrects
                 };
                 Some(Op::PutList(which, x, b))
+            }),
+            (name.clone(), any::<Option<bool>>()).prop_map(|(x, s)| {
+                let state = s.map(|f| if f { State::Failed } else { State::Conflict });
+                Some(Op::SetState(x, state))
             }),
             bytes.prop_map(|b| Some(Op::PutMisc("k", b))),
             Just(None), // a flush
@@ -903,5 +1006,91 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn states_are_set_cleared_and_go_with_the_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.redb");
+        {
+            let m = Meta::open(&path).unwrap();
+            m.apply(&[
+                Op::SetState(n("a"), Some(State::Failed)),
+                Op::PutVersion {
+                    name: n("b"),
+                    record: b"rb".to_vec(),
+                    stat: None,
+                },
+                Op::SetState(n("b"), Some(State::Conflict)),
+                Op::SetState(n("c"), Some(State::Conflict)),
+            ])
+            .unwrap();
+            assert_eq!(m.state(&n("a")).unwrap(), Some(State::Failed));
+            assert_eq!(m.state(&n("b")).unwrap(), Some(State::Conflict));
+            // The file goes: its state goes with its version.
+            m.apply(&[Op::DelVersion(n("b"))]).unwrap();
+            m.apply(&[Op::SetState(n("c"), None)]).unwrap();
+        }
+        let m = Meta::open(&path).unwrap();
+        assert_eq!(m.states().unwrap(), vec![(b"a".to_vec(), State::Failed)]);
+        assert_eq!(m.state(&n("b")).unwrap(), None);
+        assert_eq!(m.state(&n("c")).unwrap(), None);
+    }
+
+    /// A `meta.redb` of format 1 (no `states` table) opens, keeps its
+    /// records, reads as having no states and takes new ones.
+    #[test]
+    fn a_database_made_before_the_states_table_opens_and_works() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.redb");
+        {
+            // The layout of format 1, written with redb directly.
+            let db = Database::create(&path).unwrap();
+            let w = db.begin_write().unwrap();
+            for t in [VERSIONS, LOCAL, TOMBSTONES, RESURRECTS, LEAVES] {
+                w.open_table(t).unwrap();
+            }
+            w.open_table(MISC).unwrap();
+            w.open_table(VERSIONS)
+                .unwrap()
+                .insert(&b"a"[..], &b"ra"[..])
+                .unwrap();
+            w.open_table(MISC).unwrap().insert("k", &b"v"[..]).unwrap();
+            w.commit().unwrap();
+            let r = db.begin_read().unwrap();
+            assert!(r.open_table(STATES).is_err(), "format 1 has no states");
+        }
+        for grouped in [false, true] {
+            let mut m = Meta::open(&path).unwrap();
+            if grouped {
+                m = m.with_grouped_commits(std::time::Duration::from_secs(3600));
+            }
+            assert_eq!(m.version(&n("a")).unwrap(), Some((b"ra".to_vec(), None)));
+            assert_eq!(m.misc("k").unwrap(), Some(b"v".to_vec()));
+            assert_eq!(m.state(&n("a")).unwrap(), None);
+            assert!(m.states().unwrap().is_empty());
+        }
+        let m = Meta::open(&path).unwrap();
+        m.apply(&[Op::SetState(n("a"), Some(State::Conflict))])
+            .unwrap();
+        drop(m);
+        let m = Meta::open(&path).unwrap();
+        assert_eq!(m.state(&n("a")).unwrap(), Some(State::Conflict));
+        assert_eq!(m.version(&n("a")).unwrap(), Some((b"ra".to_vec(), None)));
+    }
+
+    #[test]
+    fn a_weak_handle_reaches_the_database_only_while_it_is_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Meta::open(&dir.path().join("meta.redb")).unwrap();
+        let weak = m.downgrade();
+        weak.upgrade()
+            .unwrap()
+            .apply(&[Op::SetState(n("a"), Some(State::Failed))])
+            .unwrap();
+        assert_eq!(m.state(&n("a")).unwrap(), Some(State::Failed));
+        drop(m);
+        assert!(weak.upgrade().is_none());
+        assert!(WeakMeta::default().upgrade().is_none());
     }
 }

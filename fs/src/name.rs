@@ -2,7 +2,8 @@
 //! one path component, 1–255 bytes, no `/` or NUL, not `.` or `..`. Names
 //! are bytes, as on Linux; they need not be UTF-8. Every name that reaches
 //! the store, the mount or the wire goes through [`Name::new`], so traversal
-//! is impossible by construction.
+//! is impossible by construction. A name carries no meaning: nothing may
+//! decide a file's state from it (states are recorded in `meta.redb`).
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
@@ -16,18 +17,6 @@ pub const MAX_NAME_BYTES: usize = 255;
 /// A validated lockbox file name.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Name(Vec<u8>);
-
-/// What a name says about the file (see `docs/design.md`, "The sweep and
-/// file states").
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NameKind {
-    /// An ordinary file.
-    Regular,
-    /// `NAME.<unix_ts>.failed`: a file that failed to seal, kept out of the mesh.
-    Failed,
-    /// `NAME.conflict-<envoy>-<stamp>`: the losing side of a concurrent edit.
-    Conflict,
-}
 
 impl Name {
     /// Validate raw bytes as a name.
@@ -75,38 +64,16 @@ impl Name {
         OsString::from_vec(self.0)
     }
 
-    /// What kind of file the name marks.
-    pub fn kind(&self) -> NameKind {
-        if failed_base(&self.0).is_some() {
-            NameKind::Failed
-        } else if contains(&self.0, b".conflict-") {
-            NameKind::Conflict
-        } else {
-            NameKind::Regular
-        }
-    }
-
-    /// `NAME.<ts>.failed` for this name, if that still fits in 255 bytes.
+    /// `NAME.<ts>.failed` for this name, if that still fits in 255 bytes: a
+    /// name the sweep may choose for a file it sets aside. The name means
+    /// nothing afterwards (a file's state is recorded in `meta.redb`, see
+    /// `docs/design.md`, "The sweep and file states"); any name may be a
+    /// user's.
     pub fn failed(&self, unix_ts: u64) -> Result<Name, Error> {
         let mut v = self.0.clone();
         v.extend_from_slice(format!(".{unix_ts}.failed").as_bytes());
         Name::new(v)
     }
-}
-
-/// For `NAME.<digits>.failed`, the `NAME` part.
-fn failed_base(b: &[u8]) -> Option<&[u8]> {
-    let rest = b.strip_suffix(b".failed")?;
-    let dot = rest.iter().rposition(|&c| c == b'.')?;
-    let digits = &rest[dot + 1..];
-    if dot == 0 || digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(&rest[..dot])
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
 }
 
 impl fmt::Display for Name {
@@ -150,16 +117,9 @@ mod tests {
     }
 
     #[test]
-    fn kinds() {
-        let k = |s: &str| Name::new(s).unwrap().kind();
-        assert_eq!(k("notes.txt"), NameKind::Regular);
-        assert_eq!(k("lic.tar.gz.1714380000.failed"), NameKind::Failed);
-        assert_eq!(k("x.failed"), NameKind::Regular);
-        assert_eq!(k(".12.failed"), NameKind::Regular);
-        assert_eq!(k("a.12b.failed"), NameKind::Regular);
-        assert_eq!(k("db.conflict-laptop-20260101-120000"), NameKind::Conflict);
+    fn failed_names_are_chosen_not_read() {
         let n = Name::new("keys").unwrap();
-        assert_eq!(n.failed(42).unwrap().kind(), NameKind::Failed);
+        assert_eq!(n.failed(42).unwrap().as_bytes(), b"keys.42.failed");
         assert!(Name::new(vec![b'a'; 250])
             .unwrap()
             .failed(1_700_000_000)

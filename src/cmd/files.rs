@@ -186,12 +186,11 @@ pub fn list(paths: &Paths, json: bool) -> anyhow::Result<()> {
             Response::List(rows) => rows,
             other => return Err(client::into_error(other)),
         },
-        None => Envoy::load(paths.clone())?
-            .store
-            .list()?
-            .iter()
-            .map(ListEntry::from_entry)
-            .collect(),
+        None => {
+            let envoy = Envoy::load(paths.clone())?;
+            let (store, _meta) = crate::status::store_with_states(paths, &envoy.store);
+            store.list()?.iter().map(ListEntry::from_entry).collect()
+        }
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);

@@ -23,7 +23,8 @@ pub fn status(paths: &Paths, json: bool) -> anyhow::Result<()> {
         },
         Err(ConnectError::NotRunning) => {
             let e = Envoy::load(paths.clone())?;
-            StatusReport::gather(&e.paths, &e.config, &e.store)?
+            let (store, _meta) = crate::status::store_with_states(paths, &e.store);
+            StatusReport::gather(&e.paths, &e.config, &store)?
         }
         Err(ConnectError::Refused(e)) => return Err(e),
     };

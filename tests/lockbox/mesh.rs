@@ -8,7 +8,7 @@
 use crate::harness::fs;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::MetadataExt;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -376,8 +376,18 @@ fn a_host_with_another_passphrase_is_never_a_member() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (record, body) = fetch_version(mallory, &user, "planted", dir.path());
     let alpha = c.node("alpha");
-    let (status, answer) = push_version(mallory, alpha, &user, "planted", &record, &body);
-    assert_eq!(status, "403", "push by a non-member: {answer}");
+    let mut to_alpha = PeerClient::attempt(mallory, alpha.port);
+    let pushed = to_alpha.post(
+        &format!("/lockbox/push/{user}/planted"),
+        &[("lockbox-record", record.clone())],
+        fs::read(&body).expect("the body"),
+    );
+    assert_eq!(
+        pushed.status,
+        403,
+        "push by a non-member: {}",
+        pushed.text()
+    );
 
     // A delete signed by mallory does not delete alpha's file of that name:
     // neither mallory's own tombstone (over its own version) nor one over
@@ -391,10 +401,10 @@ fn a_host_with_another_passphrase_is_never_a_member() {
     fs::remove_file(mallory.at("shared")).expect("rm on mallory");
     let tombs = dir.path().join("tombs");
     let path = format!("/lockbox/tombstones/{user}");
-    let got = mallory.curl_as(mallory.port, &path, &["-o", &text(&tombs)]);
-    assert_eq!(String::from_utf8_lossy(&got.stdout), "200", "{got:?}");
-    let data = format!("@{}", text(&tombs));
-    let post = mallory.curl_as(alpha.port, &path, &["-X", "POST", "--data-binary", &data]);
+    let got = PeerClient::proven(mallory, mallory.port).get(&path);
+    assert_eq!(got.status, 200, "{}", got.text());
+    fs::write(&tombs, &got.body).expect("write");
+    let post = to_alpha.post(&path, &[], got.body.clone());
 
     // The tombstone a non-member would need: over alpha's version vector,
     // signed with mallory's own signing key. mallory delivers it, and a
@@ -418,14 +428,11 @@ fn a_host_with_another_passphrase_is_never_a_member() {
         },
         &key,
     );
-    let forged_file = dir.path().join("forged");
-    fs::write(&forged_file, encode_list([forged.to_bytes().as_slice()])).expect("write");
-    let forged_data = format!("@{}", text(&forged_file));
-    let post_args = ["-X", "POST", "--data-binary", forged_data.as_str()];
-    let by_mallory = mallory.curl_as(alpha.port, &path, &post_args);
-    let relayed: Vec<Output> = [alpha, c.node("bravo")]
+    let forged = encode_list([forged.to_bytes().as_slice()]);
+    let by_mallory = to_alpha.post(&path, &[], forged.clone());
+    let relayed: Vec<Answer> = [alpha, c.node("bravo")]
         .iter()
-        .map(|n| alpha.curl_as(n.port, &path, &post_args))
+        .map(|n| PeerClient::proven(alpha, n.port).post(&path, &[], forged.clone()))
         .collect();
 
     // The envoys had the chance to act: a file alpha writes after all of
@@ -458,19 +465,13 @@ fn a_host_with_another_passphrase_is_never_a_member() {
         !fs::present(mallory.at("secret")),
         "alpha's file reached mallory"
     );
-    let out = String::from_utf8_lossy(&post.stdout);
-    assert!(out.ends_with("403"), "tombstone by a non-member: {post:?}");
-    let out = String::from_utf8_lossy(&by_mallory.stdout);
-    assert!(
-        out.ends_with("403"),
+    assert_eq!(post.status, 403, "tombstone by a non-member: {post:?}");
+    assert_eq!(
+        by_mallory.status, 403,
         "forged tombstone from mallory: {by_mallory:?}"
     );
     for r in &relayed {
-        let out = String::from_utf8_lossy(&r.stdout);
-        assert!(
-            out.ends_with("403"),
-            "forged tombstone relayed by a member: {r:?}"
-        );
+        assert_eq!(r.status, 403, "forged tombstone relayed by a member: {r:?}");
     }
 }
 
@@ -487,10 +488,11 @@ fn peers_without_a_fleet_certificate_are_refused_in_the_handshake() {
         alpha.tls("key.pem"),
     );
 
-    // With the fleet's certificate the hello is answered: the probe works.
+    // With the fleet's certificate the request gets an HTTP answer (426:
+    // protocol 1's hello, which curl can send): the probe works.
     let ok = alpha.curl_as(alpha.port, &hello, &[]);
     assert!(
-        String::from_utf8_lossy(&ok.stdout).ends_with("200"),
+        String::from_utf8_lossy(&ok.stdout).ends_with("426"),
         "{ok:?}"
     );
 
@@ -1134,11 +1136,149 @@ fn oversized_bodies_from_a_member_are_refused_and_change_nothing() {
     // bravo still serves: a new file from alpha reaches it, and it answers
     // a hello.
     c.wait_marker(&["alpha", "bravo"], "alpha", "marker");
-    if have_curl() {
-        let out = alpha.curl_as(bravo.port, &format!("/lockbox/hello/{user}"), &[]);
-        assert!(
-            String::from_utf8_lossy(&out.stdout).ends_with("200"),
-            "{out:?}"
-        );
+    let hello = PeerClient::unproven(alpha, bravo.port).hello_as(
+        &alpha.m.e.state(),
+        "alpha",
+        lockbox_net::proof::Side::Asker,
+    );
+    assert_eq!(hello.status, 200, "{}", hello.text());
+}
+
+/// `lockbox list --json` of `e`: each name's state.
+fn listed_states(e: &Envoy) -> std::collections::BTreeMap<String, String> {
+    let list: serde_json::Value = serde_json::from_str(&e.ok(&["list", "--json"])).expect("json");
+    list.as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| {
+            let f = |k: &str| r[k].as_str().expect(k).to_string();
+            (f("name"), f("state"))
+        })
+        .collect()
+}
+
+/// Names are the user's: files whose names look like a failed seal or a
+/// conflict copy are ordinary files, listed as such and replicated.
+#[test]
+fn names_shaped_like_a_state_are_ordinary_files_that_sync() {
+    require_fuse!();
+    let both = ["alpha", "bravo"];
+    let c = Circle::loopback(&both);
+    let names = ["x.1714380000.failed", "notes.conflict-b-20260101-000000"];
+    for (i, name) in names.iter().enumerate() {
+        let v = content(name, 1000 + i);
+        fs::write(c.node("alpha").at(name), &v).expect("write on alpha");
+        c.wait_content(&both, name, &v);
     }
+    for n in &c.nodes {
+        let states = listed_states(&n.m.e);
+        for name in names {
+            assert_eq!(
+                states.get(name).map(String::as_str),
+                Some("ciphertext"),
+                "{name} on {}: {states:?}",
+                n.name
+            );
+        }
+        let st = n.m.e.status_json();
+        assert_eq!(st["files"]["failed"], 0, "{}", n.name);
+        assert_eq!(st["files"]["conflict"], 0, "{}", n.name);
+    }
+}
+
+/// A tmpfs too small for any seal over an envoy's temp folder, unmounted
+/// (lazily) when dropped.
+struct TinyTmp(std::path::PathBuf);
+
+impl TinyTmp {
+    fn mount(tmp: &std::path::Path) -> TinyTmp {
+        std::fs::create_dir_all(tmp).expect("tmp");
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=16k,mode=0700", "tinytmp"])
+            .arg(tmp)
+            .status()
+            .expect("mount");
+        assert!(st.success(), "mount a tmpfs on {}", tmp.display());
+        TinyTmp(tmp.to_path_buf())
+    }
+}
+
+impl Drop for TinyTmp {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A real conflict copy and a real failed seal are shown as such: the
+/// conflict copy syncs, the failed seal (a plaintext) stays on its envoy.
+#[test]
+fn a_real_conflict_copy_and_a_real_failed_seal_keep_their_states() {
+    require_fuse!();
+    require!(is_root(), "mounting a tmpfs needs root");
+    let both = ["alpha", "bravo"];
+    let c = Circle::loopback_locked(&both);
+    let alpha = c.node("alpha");
+    // alpha's sweep at start cannot seal this plaintext: no room to write
+    // its ciphertext.
+    let tiny = TinyTmp::mount(&alpha.m.tmp());
+    let plain = content("left in the store by hand", 100_000);
+    std::fs::write(alpha.m.e.store().join("big"), &plain).expect("plaintext");
+    for n in &c.nodes {
+        n.m.e.unlock();
+        n.m.assert_mounted();
+    }
+    let failed = listed_states(&alpha.m.e)
+        .into_iter()
+        .find(|(_, s)| s == "failed")
+        .map(|(n, _)| n)
+        .expect("a failed seal on alpha");
+    assert!(failed.starts_with("big."), "{failed}");
+    drop(tiny);
+    c.wait_formed(&both);
+
+    // A conflict copy: bravo edits offline while alpha edits too.
+    let base = content("base", 1000);
+    fs::write(alpha.at("shared"), &base).expect("write");
+    c.wait_content(&both, "shared", &base);
+    let bravo = c.node("bravo");
+    bravo.m.e.ok(&["stop"]);
+    let src = bravo.m.e.plain_file("shared", &content("offline", 1500));
+    bravo.m.e.ok(&["encrypt", &text(&src), "--name", "shared"]);
+    fs::write(alpha.at("shared"), content("online", 1700)).expect("edit on alpha");
+    bravo.m.e.unlock();
+    bravo.m.assert_mounted();
+    c.wait_settled(&both, "alpha", "marker");
+    let listing = bravo.listing();
+    let copy = listing
+        .iter()
+        .find(|n| n.starts_with("shared.conflict-"))
+        .unwrap_or_else(|| panic!("no conflict copy on bravo: {listing:?}"));
+    c.wait_content(&both, copy, &fs::read(bravo.at(copy)).expect("copy"));
+    for n in &c.nodes {
+        let states = listed_states(&n.m.e);
+        assert_eq!(
+            states.get(copy.as_str()).map(String::as_str),
+            Some("conflict"),
+            "{}: {states:?}",
+            n.name
+        );
+        assert_eq!(
+            states.get("shared").map(String::as_str),
+            Some("ciphertext"),
+            "{}",
+            n.name
+        );
+        assert_eq!(n.m.e.status_json()["files"]["conflict"], 1, "{}", n.name);
+    }
+    // The failed seal is still one, kept on alpha only.
+    assert_eq!(
+        listed_states(&alpha.m.e).get(&failed).map(String::as_str),
+        Some("failed")
+    );
+    assert_eq!(
+        std::fs::read(alpha.m.e.store().join(&failed)).expect("kept"),
+        plain
+    );
+    assert!(!listed_states(&bravo.m.e).contains_key(&failed));
+    assert!(!bravo.listing().contains(&failed), "{failed} reached bravo");
 }

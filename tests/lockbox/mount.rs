@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::{self};
 use std::time::Duration;
 
+use crate::harness::age::{age_plaintext, have_age};
 use crate::harness::*;
 use crate::{require, require_fuse};
 
@@ -1657,6 +1658,53 @@ fn plaintext_left_in_the_bare_folder_is_sealed_at_mount() {
         "the bare folder still holds plaintext"
     );
     assert_eq!(mode(&m.mnt), 0o700);
+}
+
+/// Everything in the bare folder is the user's plaintext, an age file of
+/// theirs too: it is sealed again (not taken in as ciphertext), listed as
+/// an ordinary file, and reads back byte-identical through the mount.
+#[test]
+fn an_age_file_in_the_bare_folder_is_sealed_again() {
+    require_fuse!();
+    require!(
+        have_age(),
+        "the age CLI is not on PATH (apt-get install age)"
+    );
+    let m = MountedEnvoy::new(TEST_CONFIG);
+    // Sealed to a key of the user's own, not the envoy's.
+    let theirs = lockbox_crypto::identity::generate();
+    let (_, age_file) = lockbox_crypto::seal::seal_stream(
+        &[theirs.to_public()],
+        std::io::Cursor::new(pseudo_random(7, 70_000)),
+        Vec::new(),
+    )
+    .expect("seal");
+    assert!(age_file.starts_with(AGE_MAGIC));
+    fs::write(m.at("backup.age"), &age_file).unwrap();
+    m.start();
+    m.assert_mounted();
+    m.unlock();
+    assert_same(
+        "backup.age through the mount",
+        &fs::read(m.at("backup.age")).unwrap(),
+        &age_file,
+    );
+    let list: serde_json::Value = serde_json::from_str(&m.ok(&["list", "--json"])).unwrap();
+    let row = &list[0];
+    assert_eq!(row["name"], "backup.age", "{list}");
+    assert_eq!(row["state"], "ciphertext", "{list}");
+    assert_eq!(row["size"], age_file.len() as u64, "{list}");
+    // Its store file is sealed to the envoy: its identity opens it.
+    let pass = m.pass.to_string_lossy().into_owned();
+    let key = m.ok(&["export-identity", "--passphrase-file", &pass]);
+    let stored = m.store().join("backup.age");
+    assert_same(
+        "the store file opened with the envoy's key",
+        &age_plaintext(key.trim(), &stored, "backup.age"),
+        &age_file,
+    );
+    m.ok(&["stop"]);
+    assert!(names(&m.mnt).is_empty(), "the bare folder keeps a copy");
 }
 
 #[test]

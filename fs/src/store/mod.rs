@@ -18,12 +18,19 @@
 //!   ([`Leftovers`]).
 //! - `tags`: the block tags kept for store files in `~/.lockbox/tags/`.
 //! - `sweep`: sealing plaintext found in the store or in the bare mount
-//!   folder, and the `.failed` renames.
+//!   folder, and setting aside (as failed) what does not seal.
+//!
+//! A file's state (failed, conflict copy) is what `meta.redb`'s `states`
+//! table records for its name ([`Store::with_states`]), never what the name
+//! looks like: names are the user's. The store records the failed state
+//! itself and forgets any state of a name whose file it replaces, renames
+//! or removes; the replica records conflict copies with their records.
 //! - `tests`: the unit tests.
 //!
 //! Nothing here knows FUSE (that is [`crate::fuse`]) or what the mesh
 //! records (that is the [`Journal`]'s side).
 
+use crate::escape::Escape;
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek};
@@ -39,8 +46,8 @@ use lockbox_crypto::AgeRecipient;
 use crate::durable::ensure_private_dir;
 use crate::grouped::GroupedSync;
 use crate::journal::{Event, Queue};
-use crate::meta::LocalStat;
-use crate::name::{Name, NameKind};
+use crate::meta::{LocalStat, Meta, Op, State, WeakMeta};
+use crate::name::Name;
 use crate::sealed::Sealed;
 use crate::{lock, Error};
 
@@ -63,9 +70,11 @@ pub enum FileState {
     Ciphertext,
     /// Not (yet) an age file: found in the store or the bare mount folder.
     Plaintext,
-    /// `NAME.<ts>.failed`: sealing failed; kept out of the mesh.
+    /// Recorded as a failed seal: a plaintext the sweep could not seal,
+    /// kept out of the mesh.
     Failed,
-    /// `NAME.conflict-…`: the losing side of a concurrent edit.
+    /// Recorded as a conflict copy, and sealed: the losing side of a
+    /// concurrent edit.
     Conflict,
 }
 
@@ -159,6 +168,9 @@ pub struct Store {
     /// X25519 shares computed ahead for the seals (the agent's; see
     /// [`Store::with_share_pool`]).
     shares: Option<Arc<SharePool>>,
+    /// Where the files' states are recorded (`meta.redb`), while its owner
+    /// keeps it open ([`Store::with_states`]).
+    meta: WeakMeta,
 }
 
 /// A complete, durable file in the store's temp folder, not yet in the
@@ -246,6 +258,7 @@ impl Store {
             waiting: None,
             window: None,
             shares: None,
+            meta: WeakMeta::default(),
         };
         for d in [&store.dir, &store.tmp, &store.tags] {
             ensure_private_dir(d)?;
@@ -267,6 +280,52 @@ impl Store {
             Err(e) => tracing::warn!("cannot start the share thread ({e}): sealing inline"),
         }
         self
+    }
+
+    /// Read and record the files' states in `meta` (see the module doc)
+    /// for as long as its owner keeps it open. Without it every file is an
+    /// ordinary one and the sweep cannot set a file aside as failed.
+    pub fn with_states(mut self, meta: &Meta) -> Store {
+        self.meta = meta.downgrade();
+        self
+    }
+
+    /// The recorded state of `name`'s file, if any.
+    pub fn state(&self, name: &Name) -> Result<Option<State>, Error> {
+        match self.meta.upgrade() {
+            Some(m) => m.state(name),
+            None => Ok(None),
+        }
+    }
+
+    /// Record `name`'s state; the caller holds the change lock. Errors
+    /// when no metadata is open.
+    pub(super) fn set_state_locked(&self, name: &Name, state: State) -> Result<(), Error> {
+        let meta = self.meta.upgrade().ok_or_else(|| {
+            Error::Meta("the metadata database is not open: cannot record a file's state".into())
+        })?;
+        meta.apply(&[Op::SetState(name.clone(), Some(state))])
+    }
+
+    /// Forget the recorded state of each of `names`, whose files are being
+    /// replaced, renamed or removed; the caller holds the change lock.
+    fn forget_states_locked(&self, names: &[&Name]) {
+        let Some(meta) = self.meta.upgrade() else {
+            return;
+        };
+        for name in names {
+            let forgot = match meta.state(name) {
+                Ok(None) => Ok(()),
+                Ok(Some(_)) => meta.apply(&[Op::SetState((*name).clone(), None)]),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = forgot {
+                tracing::warn!(
+                    "cannot forget the recorded state of {}: {e}",
+                    name.escaped()
+                );
+            }
+        }
     }
 
     /// The pool of X25519 shares, if this store has one.
@@ -359,6 +418,7 @@ impl Store {
         let dest = self.path_of(name);
         fs::rename(&staged.path, &dest).map_err(|e| Error::io("rename into", &dest, e))?;
         staged.path = PathBuf::new();
+        self.forget_states_locked(&[name]);
         self.dir_changed()
     }
 
@@ -383,6 +443,7 @@ impl Store {
         }
         if waited || removed {
             self.drop_tags(name);
+            self.forget_states_locked(&[name]);
         }
         Ok(waited || removed)
     }
@@ -394,6 +455,7 @@ impl Store {
     /// rename replaces it.
     pub fn rename_locked(&self, from: &Name, to: &Name) -> Result<(), Error> {
         if from != to && self.pass_waiting_locked(from, to)? {
+            self.forget_states_locked(&[from, to]);
             return Ok(());
         }
         self.install_locked(from)?;
@@ -412,6 +474,7 @@ impl Store {
         })?;
         if from != to {
             self.move_tags(from, to);
+            self.forget_states_locked(&[from, to]);
         }
         self.dir_changed()
     }
@@ -500,22 +563,6 @@ impl Store {
         })
     }
 
-    /// Write `name` atomically: `fill` writes the complete content into a
-    /// fresh 0600 temp file, which is then synced and renamed into place.
-    /// The journal is told under the change lock, after the rename, when
-    /// the returned [`Pending`] is dropped; `seen` turns `fill`'s result
-    /// into what the journal is told.
-    fn write_atomic<T>(
-        &self,
-        name: &Name,
-        fill: impl FnOnce(&mut File) -> Result<T, Error>,
-        seen: impl FnOnce(&T) -> Option<Sealed>,
-    ) -> Result<(T, Pending<'_>), Error> {
-        let (staged, t) = self.stage(fill)?;
-        let pending = self.install_staged(name, staged, seen(&t))?;
-        Ok((t, pending))
-    }
-
     /// Rename a durable temp file into place as `name`; the journal hears
     /// of it (as `sealed`) when the returned [`Pending`] is dropped.
     fn install_staged(
@@ -587,21 +634,34 @@ impl Store {
 
     /// Describe one file of the store.
     pub fn entry(&self, name: &Name) -> Result<Entry, Error> {
+        self.entry_with(name, self.state(name)?)
+    }
+
+    /// [`Store::entry`], its recorded state looked up already.
+    fn entry_with(&self, name: &Name, recorded: Option<State>) -> Result<Entry, Error> {
         self.at_current(name, |p| {
             let meta = p.symlink_metadata().map_err(|e| match e.kind() {
                 io::ErrorKind::NotFound => Error::NotFound(name.to_string()),
                 _ => Error::io("stat", p, e),
             })?;
-            self.describe(name.clone(), p, &meta)
+            self.describe(name.clone(), p, &meta, recorded)
         })
     }
 
-    fn describe(&self, name: Name, path: &Path, meta: &fs::Metadata) -> Result<Entry, Error> {
+    /// An entry from the file's metadata, its first bytes and its recorded
+    /// state (the name says nothing).
+    fn describe(
+        &self,
+        name: Name,
+        path: &Path,
+        meta: &fs::Metadata,
+        recorded: Option<State>,
+    ) -> Result<Entry, Error> {
         let stored_size = meta.len();
         let (is_age, plaintext_len) = probe(path, stored_size)?;
-        let state = match name.kind() {
-            NameKind::Failed => FileState::Failed,
-            NameKind::Conflict if is_age => FileState::Conflict,
+        let state = match recorded {
+            Some(State::Failed) => FileState::Failed,
+            Some(State::Conflict) if is_age => FileState::Conflict,
             _ if is_age => FileState::Ciphertext,
             _ => FileState::Plaintext,
         };
@@ -647,9 +707,14 @@ impl Store {
 
     /// Every regular file in the store (see [`Store::names`]), described.
     pub fn list(&self) -> Result<Vec<Entry>, Error> {
+        let states: std::collections::HashMap<Vec<u8>, State> = match self.meta.upgrade() {
+            Some(m) => m.states()?.into_iter().collect(),
+            None => Default::default(),
+        };
         let mut out = Vec::new();
         for name in self.names()? {
-            match self.entry(&name) {
+            let recorded = states.get(name.as_bytes()).copied();
+            match self.entry_with(&name, recorded) {
                 Ok(e) => out.push(e),
                 // Removed meanwhile: not an error.
                 Err(Error::NotFound(_)) => continue,

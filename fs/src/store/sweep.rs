@@ -1,8 +1,10 @@
 //! Plaintext the store finds: [`Store::sweep`] seals plaintext files left
-//! in the store folder, [`Store::import_dir`] seals the files of
-//! the bare `~/lockbox` folder before mounting, and a file that fails to
-//! seal is renamed `NAME.<ts>.failed`. It must not remove a plaintext
-//! original before its sealed copy is durable.
+//! in the store folder, [`Store::import_dir`] seals every file of the bare
+//! `~/lockbox` folder before mounting (whatever its first bytes: all of it
+//! is the user's plaintext), and a file that fails to seal is set aside
+//! under a new name and recorded as failed. It must not remove a plaintext
+//! original before its sealed copy is durable, nor tell a file's state
+//! from its name.
 
 use crate::escape::Escape;
 use std::fs::{self, File};
@@ -13,15 +15,16 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::name::Name;
 use crate::Error;
 
-use super::{is_age_file, FileState, SweepReport};
-use super::{SealTo, Store};
+use super::{Event, SealTo, State, Store};
+use super::{FileState, SweepReport};
 
 impl Store {
     /// Seal every plaintext file of the store in place (`docs/design.md`, "The sweep and
     /// file states"): files up
     /// to `max_size` are sealed and their plaintext replaced atomically;
     /// larger ones stay and are reported; a file that fails to seal is
-    /// renamed `NAME.<unix_ts>.failed`.
+    /// renamed to a free `NAME.<unix_ts>.failed` and recorded as failed
+    /// (the state, not the name, keeps it out of the mesh and the sweep).
     pub fn sweep(&self, recipients: &SealTo, max_size: u64) -> Result<SweepReport, Error> {
         let mut report = SweepReport::default();
         for name in self.names()? {
@@ -77,8 +80,9 @@ impl Store {
 
     /// Seal every regular file found in `dir` (the bare `~/lockbox/` before
     /// mounting) into the store under the same name, then, once the sealed
-    /// copies are durable, remove the plaintext originals. Files over
-    /// `max_size` stay where they are.
+    /// copies are durable, remove the plaintext originals. Every file is
+    /// plaintext there, an age file too (sealed again, it reads back as the
+    /// same bytes). Files over `max_size` stay where they are.
     pub fn import_dir(
         &self,
         dir: &Path,
@@ -118,22 +122,7 @@ impl Store {
             }
             let result = File::open(&path)
                 .map_err(|e| Error::io("open", &path, e))
-                .and_then(|mut f| {
-                    if is_age_file(&mut f)? {
-                        // Already ciphertext (e.g. copied from a store): keep as is.
-                        self.write_atomic(
-                            &name,
-                            |out| {
-                                io::copy(&mut f, out).map_err(|e| Error::io("copy", &path, e))?;
-                                Ok(())
-                            },
-                            |_| None,
-                        )
-                        .map(|((), _recorded)| ())
-                    } else {
-                        self.seal(&name, f, recipients, max_size).map(|_| ())
-                    }
-                });
+                .and_then(|f| self.seal(&name, f, recipients, max_size).map(|_| ()));
             match result {
                 Ok(()) => imported.push((name, path)),
                 Err(e) => {
@@ -164,22 +153,52 @@ impl Store {
         Ok(report)
     }
 
+    /// Set `name` aside as failed: rename it to a free
+    /// `NAME.<unix_ts>.failed` (a later second if that name is taken) and
+    /// record the new name's state as failed, under the change lock, before
+    /// the journal hears of the rename. Returns `(name, new name, why)`.
     pub(super) fn mark_failed(
         &self,
         name: &Name,
         why: &Error,
     ) -> Result<(Name, Name, String), Error> {
+        if self.meta.upgrade().is_none() {
+            return Err(Error::Meta(
+                "the metadata database is not open: cannot record the failed seal".into(),
+            ));
+        }
         let ts = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let failed = name.failed(ts)?;
+        let guard = self.lock_changes();
+        let failed = self.free_failed_name(name, ts)?;
+        self.rename_locked(name, &failed)?;
+        self.set_state_locked(&failed, State::Failed)?;
+        let stat = self.local_stat(&failed);
+        drop(self.pending(guard, Event::Renamed(name.clone(), failed.clone(), stat)));
+        self.deliver_journal();
         tracing::warn!(
-            "could not seal {name} ({why}): renamed to {failed}; rename it back to retry",
+            "could not seal {name} ({why}): renamed to {failed} and kept out of sync; rename \
+             it (back) to retry",
             name = name.escaped(),
             failed = failed.escaped()
         );
-        self.rename(name, &failed)?;
         Ok((name.clone(), failed, why.to_string()))
+    }
+
+    /// A name `NAME.<ts>.failed` that holds no file (trying later seconds
+    /// while one is taken: the user may hold such a name).
+    fn free_failed_name(&self, name: &Name, ts: u64) -> Result<Name, Error> {
+        const TRIES: u64 = 1000;
+        for t in ts..ts + TRIES {
+            let candidate = name.failed(t)?;
+            if !self.contains(&candidate) && self.state(&candidate)?.is_none() {
+                return Ok(candidate);
+            }
+        }
+        Err(Error::Journal(format!(
+            "no free name to set {name} aside as failed ({TRIES} taken)"
+        )))
     }
 }

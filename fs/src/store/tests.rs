@@ -94,56 +94,143 @@ fn failing_reader_leaves_old_version() {
     assert_eq!(&open_to_vec(&id, f).unwrap()[..], b"old");
 }
 
+/// A store whose files' states are recorded in a `meta.redb` beside it
+/// (the [`Meta`] keeps it open).
+fn setup_with_states() -> (tempfile::TempDir, Store, lockbox_crypto::AgeIdentity, Meta) {
+    let (dir, store, id) = setup();
+    let meta = Meta::open(&dir.path().join("meta.redb")).unwrap();
+    let store = store.with_states(&meta);
+    (dir, store, id, meta)
+}
+
+fn states_of(store: &Store) -> Vec<(String, FileState)> {
+    store
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.name.to_string(), e.state))
+        .collect()
+}
+
+/// States come from what is recorded, never from names: a user's files
+/// named like a failed seal or a conflict copy are ordinary files (and the
+/// plaintext one is swept like any other).
 #[test]
 fn list_states_and_sweep() {
-    let (dir, store, id) = setup();
+    let (dir, store, id, meta) = setup_with_states();
     let r = SealTo::keys(vec![id.to_public()]);
     store.seal(&n("a"), Cursor::new(b"aa"), &r, 100).unwrap();
     fs::write(store.path_of(&n("plain")), b"dropped in by hand").unwrap();
     fs::write(store.path_of(&n("big")), vec![1u8; 200]).unwrap();
     fs::write(store.path_of(&n("x.1714380000.failed")), b"x").unwrap();
+    let conflict_like = n("notes.conflict-b-20260101-000000");
     store
-        .seal(
-            &n("a.conflict-b-20260101-000000"),
-            Cursor::new(b"c"),
-            &r,
-            100,
-        )
+        .seal(&conflict_like, Cursor::new(b"c"), &r, 100)
         .unwrap();
+    // Recorded states, under names that say nothing.
+    fs::write(store.path_of(&n("kept")), b"could not seal").unwrap();
+    store
+        .seal(&n("copy"), Cursor::new(b"lost"), &r, 100)
+        .unwrap();
+    meta.apply(&[
+        crate::meta::Op::SetState(n("kept"), Some(State::Failed)),
+        crate::meta::Op::SetState(n("copy"), Some(State::Conflict)),
+    ])
+    .unwrap();
     fs::create_dir(dir.path().join("store/sub")).unwrap();
-    let states: Vec<(String, FileState)> = store
-        .list()
-        .unwrap()
-        .into_iter()
-        .map(|e| (e.name.to_string(), e.state))
-        .collect();
     assert_eq!(
-        states,
+        states_of(&store),
         vec![
             ("a".into(), FileState::Ciphertext),
-            ("a.conflict-b-20260101-000000".into(), FileState::Conflict),
             ("big".into(), FileState::Plaintext),
+            ("copy".into(), FileState::Conflict),
+            ("kept".into(), FileState::Failed),
+            (conflict_like.to_string(), FileState::Ciphertext),
             ("plain".into(), FileState::Plaintext),
-            ("x.1714380000.failed".into(), FileState::Failed),
+            ("x.1714380000.failed".into(), FileState::Plaintext),
         ]
     );
+    assert_eq!(store.entry(&n("kept")).unwrap().state, FileState::Failed);
+    assert_eq!(
+        store.entry(&n("x.1714380000.failed")).unwrap().state,
+        FileState::Plaintext
+    );
     let rep = store.sweep(&r, 100).unwrap();
-    assert_eq!(rep.sealed, vec![n("plain")]);
+    assert_eq!(rep.sealed, vec![n("plain"), n("x.1714380000.failed")]);
     assert_eq!(rep.too_large, vec![n("big")]);
     assert!(rep.failed.is_empty());
     let f = store.open_file(&n("plain")).unwrap();
     assert_eq!(&open_to_vec(&id, f).unwrap()[..], b"dropped in by hand");
+    // The failed file was left alone: it is not retried at every sweep.
+    assert_eq!(
+        fs::read(store.path_of(&n("kept"))).unwrap(),
+        b"could not seal"
+    );
 }
 
 #[test]
 fn sweep_with_no_recipients_marks_failed() {
-    let (_dir, store, _id) = setup();
+    let (_dir, store, id, _meta) = setup_with_states();
+    let r = SealTo::keys(vec![id.to_public()]);
+    // The user's own files hold the names the sweep would pick first.
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let taken: Vec<Name> = (now..now + 3).map(|t| n("p").failed(t).unwrap()).collect();
+    for t in &taken {
+        store.seal(t, Cursor::new(b"mine"), &r, 100).unwrap();
+    }
     fs::write(store.path_of(&n("p")), b"plain").unwrap();
     let rep = store.sweep(&SealTo::default(), 100).unwrap();
-    assert_eq!(rep.failed.len(), 1);
+    assert_eq!(rep.failed.len(), 1, "{:?}", rep.failed);
+    let failed = rep.failed[0].1.clone();
     assert!(!store.contains(&n("p")));
-    assert_eq!(rep.failed[0].1.kind(), NameKind::Failed);
-    assert!(store.contains(&rep.failed[0].1));
+    assert!(!taken.contains(&failed), "{failed} was the user's");
+    assert_eq!(store.state(&failed).unwrap(), Some(State::Failed));
+    assert_eq!(store.entry(&failed).unwrap().state, FileState::Failed);
+    assert_eq!(fs::read(store.path_of(&failed)).unwrap(), b"plain");
+    for t in &taken {
+        assert_eq!(store.entry(t).unwrap().state, FileState::Ciphertext);
+        let f = store.open_file(t).unwrap();
+        assert_eq!(&open_to_vec(&id, f).unwrap()[..], b"mine");
+    }
+    // Not retried by the next sweep.
+    let again = store.sweep(&r, 100).unwrap();
+    assert!(again.sealed.is_empty() && again.failed.is_empty());
+    // Renamed (back), it is an ordinary plaintext again: the next sweep
+    // seals it, and the state is gone with the old name.
+    store.rename(&failed, &n("p")).unwrap();
+    assert_eq!(store.state(&failed).unwrap(), None);
+    assert_eq!(store.entry(&n("p")).unwrap().state, FileState::Plaintext);
+    let retried = store.sweep(&r, 100).unwrap();
+    assert_eq!(retried.sealed, vec![n("p")]);
+    assert_eq!(store.entry(&n("p")).unwrap().state, FileState::Ciphertext);
+}
+
+/// Whatever replaces or removes a file forgets its recorded state.
+#[test]
+fn a_state_goes_with_its_file() {
+    let (_dir, store, id, meta) = setup_with_states();
+    let r = SealTo::keys(vec![id.to_public()]);
+    let set = |name: &str, state| {
+        meta.apply(&[crate::meta::Op::SetState(n(name), Some(state))])
+            .unwrap()
+    };
+    for name in ["sealed-over", "removed", "renamed", "renamed-over", "kept"] {
+        store.seal(&n(name), Cursor::new(b"x"), &r, 100).unwrap();
+        set(name, State::Conflict);
+    }
+    store
+        .seal(&n("sealed-over"), Cursor::new(b"y"), &r, 100)
+        .unwrap();
+    store.remove(&n("removed")).unwrap();
+    store.rename(&n("renamed"), &n("renamed-over")).unwrap();
+    assert_eq!(
+        meta.states().unwrap(),
+        vec![(b"kept".to_vec(), State::Conflict)]
+    );
+    assert_eq!(states_of(&store)[0], ("kept".into(), FileState::Conflict));
 }
 
 /// A file that can neither be sealed nor renamed aside (its name has
@@ -151,7 +238,7 @@ fn sweep_with_no_recipients_marks_failed() {
 /// goes on to the next one.
 #[test]
 fn one_file_the_sweep_cannot_handle_does_not_stop_it() {
-    let (_dir, store, _id) = setup();
+    let (_dir, store, _id, _meta) = setup_with_states();
     let long = n(&"a".repeat(250));
     fs::write(store.path_of(&long), b"plain").unwrap();
     fs::write(store.path_of(&n("b")), b"plain too").unwrap();
@@ -161,25 +248,43 @@ fn one_file_the_sweep_cannot_handle_does_not_stop_it() {
     assert_eq!(rep.failed[0].1, long, "nowhere to rename it to");
     assert!(store.contains(&long));
     assert_eq!(rep.failed[1].0, n("b"));
-    assert_eq!(rep.failed[1].1.kind(), NameKind::Failed);
+    assert_eq!(store.state(&rep.failed[1].1).unwrap(), Some(State::Failed));
     assert!(!store.contains(&n("b")) && store.contains(&rep.failed[1].1));
 }
 
+/// Everything in the bare folder is the user's plaintext: an age file
+/// there is sealed again (reading back as the same bytes), not taken
+/// into the store as it is.
 #[test]
 fn import_dir_moves_plaintext_into_store() {
     let (dir, store, id) = setup();
     let bare = dir.path().join("bare");
     fs::create_dir(&bare).unwrap();
     fs::write(bare.join("notes"), b"hello").unwrap();
-    fs::write(bare.join("huge"), vec![0u8; 50]).unwrap();
+    fs::write(bare.join("huge"), vec![0u8; 500]).unwrap();
+    // An age file of the user's, to a key that is not the envoy's.
+    let other = identity::generate();
+    let (_, age_file) =
+        seal::seal_stream(&[other.to_public()], Cursor::new(b"theirs"), Vec::new()).unwrap();
+    fs::write(bare.join("backup.age"), &age_file).unwrap();
     let rep = store
-        .import_dir(&bare, &SealTo::keys(vec![id.to_public()]), 10)
+        .import_dir(&bare, &SealTo::keys(vec![id.to_public()]), 400)
         .unwrap();
-    assert_eq!(rep.sealed, vec![n("notes")]);
+    let mut sealed = rep.sealed.clone();
+    sealed.sort();
+    assert_eq!(sealed, vec![n("backup.age"), n("notes")]);
     assert_eq!(rep.too_large, vec![n("huge")]);
     assert!(!bare.join("notes").exists() && bare.join("huge").exists());
+    assert!(!bare.join("backup.age").exists());
     let f = store.open_file(&n("notes")).unwrap();
     assert_eq!(&open_to_vec(&id, f).unwrap()[..], b"hello");
+    let f = store.open_file(&n("backup.age")).unwrap();
+    assert_eq!(open_to_vec(&id, f).unwrap()[..], age_file[..]);
+    let e = store.entry(&n("backup.age")).unwrap();
+    assert_eq!(
+        (e.state, e.size),
+        (FileState::Ciphertext, age_file.len() as u64)
+    );
 }
 
 /// A failed sync of the waiting seals drops them: a second sync could

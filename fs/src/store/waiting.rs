@@ -473,6 +473,7 @@ impl Store {
         if let Some(older) = older {
             remove_leftover(&older.temp);
         }
+        self.forget_states_locked(&[name]);
         g.mark();
         let event = Event::Changed(name.clone(), Some(sealed.clone()), stat);
         (sealed, metadata, self.pending(guard, event))

@@ -10,7 +10,7 @@
 use lockbox_crypto::sign::Signed;
 use lockbox_fs::Name;
 
-use super::{in_mesh, internal, Admission, Members, Refusal, Replica};
+use super::{internal, Admission, Members, Refusal, Replica};
 use crate::records::{self, FileVersion, Resurrect, Tombstone};
 use crate::version::{resolve, Resolution};
 use crate::WireName;
@@ -24,6 +24,10 @@ pub(super) struct Held<'a> {
     pub tombstones: &'a [Signed<Tombstone>],
     /// The name's resurrects.
     pub resurrects: &'a [Signed<Resurrect>],
+    /// Whether this envoy keeps its file under the name out of the mesh
+    /// (recorded as a failed seal: a plaintext, which a version from a
+    /// peer must not replace).
+    pub kept_out: bool,
 }
 
 /// Where [`place`] puts an offered version, looking at one name.
@@ -38,8 +42,8 @@ pub(super) enum Placement {
 
 /// Whether `rec` may be offered for `name` at all, whatever is held: it is
 /// signed by one of `members` (else 403), for `user` (else 400), and may
-/// be stored under `name` — its own name or its conflict copy, and not a
-/// name kept out of the mesh (else 400).
+/// be stored under `name` — its own name or its conflict copy (else 400).
+/// Any name the name rules allow may be offered: a name means nothing.
 pub(super) fn check_offer(
     user: &WireName,
     members: &Members,
@@ -56,7 +60,7 @@ pub(super) fn check_offer(
     if v.user != *user {
         return Err(Refusal::Bad(format!("the record is for user {}", v.user)));
     }
-    if !v.fits_name(name) || !in_mesh(name) {
+    if !v.fits_name(name) {
         return Err(Refusal::Bad(format!(
             "a record of {} cannot be stored as {name}",
             v.name
@@ -71,10 +75,15 @@ pub(super) fn check_offer(
 /// over what is; already held when it is the same; refused (409) when what
 /// is held is newer; and when it loses a conflict, placed again under its
 /// conflict-copy name (refused with 409 if that is where it already is).
+/// A name whose file this envoy keeps out of the mesh is refused (409):
+/// that file is its own.
 pub(super) fn place(name: &Name, v: &FileVersion, held: &Held<'_>) -> Placement {
     use Placement::Decided;
     if records::deleted_by(held.tombstones, held.resurrects, &v.vv) {
         return Decided(Err(Refusal::Tombstoned));
+    }
+    if held.kept_out {
+        return Decided(Err(Refusal::Newer(name.to_string())));
     }
     let Some(cur) = held.current else {
         return Decided(Ok(Admission::Store(name.clone())));
@@ -136,6 +145,7 @@ impl Replica {
                 current: current.as_ref().map(|c| c.body()),
                 tombstones: &tombstones,
                 resurrects: &resurrects,
+                kept_out: self.kept_out(name),
             },
         ))
     }
@@ -237,6 +247,7 @@ mod tests {
         current: None,
         tombstones: &[],
         resurrects: &[],
+        kept_out: false,
     };
 
     fn holding(v: &FileVersion) -> Held<'_> {
@@ -418,15 +429,33 @@ mod tests {
         // Its conflict-copy name is a name it may be stored under.
         let copy = v.conflict_name().unwrap();
         assert_eq!(check_offer(&wn("alice"), &members(), &copy, &rec), Ok(()));
-        // A failed file stays out of the mesh, even under its own name.
-        let failed = version("doc.1700000000.failed", "alpha", vv(&[("alpha", 1)]), 1);
-        let e = check_offer(
-            &wn("alice"),
-            &members(),
-            &name("doc.1700000000.failed"),
-            &signed(failed),
-        )
-        .unwrap_err();
-        assert_eq!(e.status(), 400);
+        // Names mean nothing: one shaped like a failed seal's or a conflict
+        // copy's is offered like any other.
+        for odd in ["doc.1700000000.failed", "doc.conflict-b-20260101-000000"] {
+            let v = version(odd, "alpha", vv(&[("alpha", 1)]), 1);
+            assert_eq!(
+                check_offer(&wn("alice"), &members(), &name(odd), &signed(v)),
+                Ok(())
+            );
+        }
+    }
+
+    /// A file this envoy keeps out of the mesh (a failed seal) is not
+    /// replaced by a peer's version of its name, whatever that name is.
+    #[test]
+    fn a_name_held_out_of_the_mesh_is_refused_with_409() {
+        let doc = name("doc");
+        let v = version("doc", "alpha", vv(&[("alpha", 1)]), 1);
+        let held = Held {
+            kept_out: true,
+            ..NOTHING
+        };
+        let p = place(&doc, &v, &held);
+        assert_eq!(p, Placement::Decided(Err(Refusal::Newer("doc".into()))));
+        assert_eq!(status(&p), Some(409));
+        assert_eq!(
+            place(&doc, &v, &NOTHING),
+            Placement::Decided(Ok(Admission::Store(doc.clone())))
+        );
     }
 }

@@ -14,10 +14,10 @@ use lockbox_crypto::digest::{HashingWriter, Sha256};
 use lockbox_crypto::sign::Signed;
 use lockbox_fs::meta::{List, LocalStat, Op};
 use lockbox_fs::store::Journal;
-use lockbox_fs::{Name, Sealed};
+use lockbox_fs::{FileState, Name, Sealed};
 
 use super::tables::encode_records;
-use super::{in_mesh, now_unix, Outgoing, Replica, ReplicaError};
+use super::{now_unix, version_ops, Outgoing, Replica, ReplicaError};
 use crate::records::{self, FileVersion, Resurrect, Tombstone};
 use crate::WireName;
 
@@ -70,7 +70,9 @@ impl Replica {
         moved: Option<&Signed<FileVersion>>,
         stat: Option<LocalStat>,
     ) {
-        if !in_mesh(name) {
+        // A failed seal (recorded so by the store, before the journal hears
+        // of it) stays out of the mesh, whatever its name.
+        if self.kept_out(name) {
             return;
         }
         let mut stat = stat;
@@ -151,11 +153,7 @@ impl Replica {
                 reseal: false,
             })
         };
-        self.meta.apply(&[Op::PutVersion {
-            name: name.clone(),
-            record: signed.to_bytes(),
-            stat,
-        }])?;
+        self.meta.apply(&version_ops(name, &signed, stat))?;
         self.emit(Outgoing::Version(name.clone()));
         Ok(signed)
     }
@@ -198,7 +196,7 @@ impl Replica {
         let mut seen = std::collections::HashSet::new();
         for entry in entries {
             seen.insert(entry.name.clone());
-            if !entry.is_age || !in_mesh(&entry.name) {
+            if !entry.is_age || entry.state == FileState::Failed {
                 continue;
             }
             let path = self.store.path_of(&entry.name);
@@ -227,11 +225,7 @@ impl Replica {
             });
             match record {
                 Some(r) if r.body().hash == hash => {
-                    self.meta.apply(&[Op::PutVersion {
-                        name: entry.name.clone(),
-                        record: r.to_bytes(),
-                        stat,
-                    }])?;
+                    self.meta.apply(&version_ops(&entry.name, &r, stat))?;
                 }
                 _ => {
                     tracing::info!("recording {} as a new local version", entry.name.escaped());
@@ -249,6 +243,15 @@ impl Replica {
                     );
                     self.meta.apply(&[Op::DelVersion(n)])?;
                     changed += 1;
+                }
+            }
+        }
+        // A state whose file is gone (removed by hand while the agent was
+        // down) goes too.
+        for (name, _) in self.meta.states()? {
+            if let Ok(n) = Name::new(name) {
+                if !seen.contains(&n) {
+                    self.meta.apply(&[Op::SetState(n, None)])?;
                 }
             }
         }

@@ -134,7 +134,8 @@ impl Replica {
             if let Err(e) = self.write_recipients() {
                 tracing::warn!("cannot rewrite the recipient set: {e}");
             }
-            tracing::info!("new member(s) of the circle: {}", added.join(", "));
+            let shown: Vec<String> = added.iter().map(|e| e.escaped().to_string()).collect();
+            tracing::info!("new member(s) of the circle: {}", shown.join(", "));
             if let Ok(o) = self.on_members_change.lock() {
                 if let Some(f) = o.as_ref() {
                     f();
@@ -195,7 +196,9 @@ impl Replica {
     }
 
     /// The leave of the member with signing key `key`, if it left.
-    pub(super) fn left(&self, key: &PublicKey) -> Option<Signed<Leave>> {
+    /// The leave or eviction of the member whose signing key is `key`, if
+    /// it left.
+    pub fn left(&self, key: &PublicKey) -> Option<Signed<Leave>> {
         let bytes = self.meta.leaves().ok()?;
         bytes
             .into_iter()

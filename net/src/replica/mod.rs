@@ -36,8 +36,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use lockbox_crypto::circle::Endorsement;
 use lockbox_crypto::sign::{PublicKey, Signed, SigningKey};
-use lockbox_fs::meta::Meta;
-use lockbox_fs::name::NameKind;
+use lockbox_fs::meta::{LocalStat, Meta, Op, State};
 use lockbox_fs::{Name, Store};
 
 use crate::records::{Leave, Resurrect, Tombstone};
@@ -261,9 +260,24 @@ fn now_unix() -> i64 {
         .unwrap_or(0)
 }
 
-/// Whether a name takes part in the mesh (failed files stay local).
-pub fn in_mesh(name: &Name) -> bool {
-    name.kind() != NameKind::Failed
+/// The metadata of a version recorded under `name`: its record, the
+/// store file's stat, and the file's state, in one batch (so one
+/// transaction). A record stored under a name other than its own is a
+/// conflict copy; any other record makes the name's file an ordinary one.
+pub(super) fn version_ops(
+    name: &Name,
+    rec: &Signed<crate::records::FileVersion>,
+    stat: Option<LocalStat>,
+) -> [Op; 2] {
+    let state = (rec.body().name != *name).then_some(State::Conflict);
+    [
+        Op::PutVersion {
+            name: name.clone(),
+            record: rec.to_bytes(),
+            stat,
+        },
+        Op::SetState(name.clone(), state),
+    ]
 }
 
 impl Replica {
@@ -316,7 +330,9 @@ impl Replica {
         Ok(Arc::new_cyclic(|weak| Replica {
             user,
             envoy,
-            store: store.with_journal(Arc::new(JournalLink(weak.clone()))),
+            store: store
+                .with_states(&meta)
+                .with_journal(Arc::new(JournalLink(weak.clone()))),
             meta,
             signing,
             circle,
@@ -355,6 +371,22 @@ impl Replica {
     /// This envoy's signing key (public half).
     pub fn signing_public(&self) -> PublicKey {
         self.signing.public()
+    }
+
+    /// This envoy's session proof (wire bytes) for the TLS session whose
+    /// exporter value is `exporter`, speaking as `side` (see
+    /// [`crate::proof`]).
+    pub fn session_proof(&self, side: crate::proof::Side, exporter: [u8; 32]) -> Vec<u8> {
+        lockbox_crypto::sign::Signed::sign(
+            crate::proof::SessionProof {
+                user: self.user.to_string(),
+                envoy: self.envoy.to_string(),
+                side,
+                exporter,
+            },
+            &self.signing,
+        )
+        .to_bytes()
     }
 
     /// The circle public key.
@@ -683,5 +715,82 @@ mod tests {
         let got = bravo.record(&doc).unwrap().expect("bravo has doc's record");
         assert_eq!(got.to_bytes(), rec.to_bytes());
         assert_eq!(got.body().vv.get("bravo"), 0, "no version of bravo's own");
+    }
+
+    /// States come from `meta.redb`: a failed seal stays out of the mesh
+    /// (not recorded, not in the manifest, a peer's version of its name
+    /// refused) while a peer's file of the same shape of name is an
+    /// ordinary one; a conflict copy made at install is recorded so, in
+    /// the same batch as its record.
+    #[test]
+    fn a_failed_seal_stays_out_and_a_conflict_copy_is_recorded() {
+        use lockbox_fs::{FileState, SealTo};
+        use std::io::Cursor;
+        let dir = tempfile::tempdir().unwrap();
+        let [a, b] = circle(dir.path(), ["alpha", "bravo"]);
+        let (alpha, bravo) = (a.open(), b.open());
+        let to = SealTo::keys(vec![lockbox_crypto::AgeIdentity::generate().to_public()]);
+        let n = |s: &str| Name::new(s).unwrap();
+        let body_of = |r: &Replica, name: &Name| fs::read(r.store().current_path(name)).unwrap();
+        let record_of = |r: &Replica, name: &Name| {
+            let _guard = r.store().change_lock();
+            r.record(name).unwrap().expect("recorded")
+        };
+
+        // bravo cannot seal a plaintext (no recipients): it is set aside.
+        fs::write(bravo.store().path_of(&n("x")), b"plain").unwrap();
+        let report = bravo.store().sweep(&SealTo::default(), 1 << 20).unwrap();
+        let failed = report.failed[0].1.clone();
+        assert_eq!(bravo.meta.state(&failed).unwrap(), Some(State::Failed));
+        assert!(bravo.kept_out(&failed));
+        {
+            let _guard = bravo.store().change_lock();
+            assert!(bravo.record(&failed).unwrap().is_none());
+        }
+        assert!(bravo.manifest().is_empty());
+        // alpha's own file of that very name is an ordinary file of the mesh,
+        // but it does not replace bravo's plaintext.
+        alpha
+            .store()
+            .seal(&failed, Cursor::new(b"alpha's".to_vec()), &to, 1 << 20)
+            .unwrap();
+        let rec = record_of(&alpha, &failed);
+        assert_eq!(alpha.manifest().len(), 1);
+        assert_eq!(
+            bravo.admit(&failed, &rec),
+            Err(Refusal::Newer(failed.to_string()))
+        );
+        assert_eq!(fs::read(bravo.store().path_of(&failed)).unwrap(), b"plain");
+
+        // Concurrent versions of doc: the loser becomes a conflict copy.
+        let doc = n("doc");
+        for (r, text) in [(&alpha, "from alpha"), (&bravo, "from bravo")] {
+            r.store()
+                .seal(&doc, Cursor::new(text.as_bytes().to_vec()), &to, 1 << 20)
+                .unwrap();
+        }
+        let rec = record_of(&alpha, &doc);
+        let body = body_of(&alpha, &doc);
+        let (staged, ()) = bravo
+            .store()
+            .stage(|f| std::io::Write::write_all(f, &body).map_err(lockbox_fs::Error::Read))
+            .unwrap();
+        bravo.install(&doc, &rec, staged).unwrap();
+        let listed = bravo.store().list().unwrap();
+        let states: Vec<(String, FileState)> = listed
+            .iter()
+            .map(|e| (e.name.to_string(), e.state))
+            .collect();
+        let copy = listed
+            .iter()
+            .find(|e| e.name.as_bytes().starts_with(b"doc.conflict-"))
+            .unwrap_or_else(|| panic!("no conflict copy: {states:?}"));
+        assert_eq!(copy.state, FileState::Conflict, "{states:?}");
+        assert_eq!(bravo.meta.state(&copy.name).unwrap(), Some(State::Conflict));
+        assert_eq!(bravo.meta.state(&doc).unwrap(), None);
+        assert_eq!(
+            bravo.store().entry(&doc).unwrap().state,
+            FileState::Ciphertext
+        );
     }
 }

@@ -9,11 +9,10 @@ use std::io::{Read, Write};
 
 use lockbox_crypto::digest::HashingWriter;
 use lockbox_crypto::sign::Signed;
-use lockbox_fs::meta::Op;
 use lockbox_fs::store::StagedFile;
 use lockbox_fs::Name;
 
-use super::{internal, Admission, Refusal, Replica};
+use super::{internal, version_ops, Admission, Refusal, Replica};
 use crate::records::FileVersion;
 use crate::version::{resolve, Resolution};
 
@@ -84,11 +83,7 @@ impl Replica {
                     if let Some(copy) = cur.body().conflict_name() {
                         if copy != target && self.store.contains(&target) {
                             self.store.rename_locked(&target, &copy).map_err(internal)?;
-                            ops.push(Op::PutVersion {
-                                name: copy.clone(),
-                                record: cur.to_bytes(),
-                                stat: self.store.local_stat(&copy),
-                            });
+                            ops.extend(version_ops(&copy, &cur, self.store.local_stat(&copy)));
                             touched.push(copy);
                         }
                     }
@@ -101,11 +96,8 @@ impl Replica {
         self.store
             .commit_staged(staged, &target)
             .map_err(internal)?;
-        ops.push(Op::PutVersion {
-            name: target.clone(),
-            record: rec.to_bytes(),
-            stat: self.store.local_stat(&target),
-        });
+        // Stored under its conflict-copy name, it is recorded as one.
+        ops.extend(version_ops(&target, rec, self.store.local_stat(&target)));
         self.meta.apply(&ops).map_err(internal)?;
         // The kernel is told after the lock is released: an invalidation can
         // wait on a FUSE request that itself waits for the lock.

@@ -7,10 +7,10 @@
 
 use lockbox_crypto::sign::{Decoder, Encoder, PublicKey, Signed};
 use lockbox_fs::escape::Escape;
-use lockbox_fs::meta::{List, Op};
+use lockbox_fs::meta::{List, Op, State};
 use lockbox_fs::Name;
 
-use super::{in_mesh, internal, Refusal, Replica, ReplicaError};
+use super::{internal, Refusal, Replica, ReplicaError};
 use crate::records::{self, FileVersion, Leave, Resurrect, Tombstone, Versioned};
 use crate::WireName;
 
@@ -45,6 +45,22 @@ impl Table {
 }
 
 impl Replica {
+    /// Whether `name`'s file stays out of the mesh: the store recorded it
+    /// as a failed seal (a plaintext it could not seal). Its name says
+    /// nothing; a state that cannot be read keeps it out too.
+    pub fn kept_out(&self, name: &Name) -> bool {
+        match self.meta.state(name) {
+            Ok(state) => state == Some(State::Failed),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot read the state of {} ({e}): keeping it out of sync",
+                    name.escaped()
+                );
+                true
+            }
+        }
+    }
+
     /// The signed record of the version stored as `name`.
     pub fn record(&self, name: &Name) -> Result<Option<Signed<FileVersion>>, ReplicaError> {
         match self.meta.version(name)? {
@@ -116,11 +132,21 @@ impl Replica {
     /// Every `(stored name, record)` of the mesh's files.
     pub fn manifest(&self) -> Vec<(Name, Vec<u8>)> {
         let mut out = Vec::new();
+        // A failed seal has no record; should one ever have, it stays out.
+        let kept_out: std::collections::HashSet<Vec<u8>> = self
+            .meta
+            .states()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(_, s)| *s == State::Failed)
+            .map(|(n, _)| n)
+            .collect();
         for (name, rec, _) in self.meta.versions().unwrap_or_default() {
+            if kept_out.contains(&name) {
+                continue;
+            }
             if let Ok(n) = Name::new(name) {
-                if in_mesh(&n) {
-                    out.push((n, rec));
-                }
+                out.push((n, rec));
             }
         }
         out
