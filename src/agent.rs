@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use lockbox_crypto::seal::Opened;
+use lockbox_fs::escape::Escape;
 use lockbox_fs::Name;
 use tokio::sync::Notify;
 
@@ -176,6 +177,12 @@ impl Keys for AgentKeys {
         self.session.lock().ok()?.use_identity(Instant::now())
     }
 
+    fn used(&self) {
+        if let Ok(mut s) = self.session.lock() {
+            s.touch(Instant::now());
+        }
+    }
+
     fn is_unlocked(&self) -> bool {
         self.session.lock().is_ok_and(|s| s.is_unlocked())
     }
@@ -207,6 +214,13 @@ fn mount_lockbox(envoy: &Envoy, session: Arc<Mutex<Session>>) -> anyhow::Result<
                 path.display()
             )
         })?;
+    }
+    // A bare ~/lockbox takes plaintext while no agent runs: it is 0700
+    // whatever the umask it was made with (re-made if it was removed,
+    // tightened and logged if it was widened).
+    if mount::state(path) == MountState::NotMounted {
+        mount::ensure_private(path)
+            .with_context(|| format!("cannot make {} a private folder", path.display()))?;
     }
     match envoy.sweep() {
         Ok(r) if !r.sealed.is_empty() => {
@@ -441,7 +455,7 @@ fn reencrypt(
         match r {
             Ok(true) => done += 1,
             Ok(false) => {}
-            Err(e) => tracing::warn!("could not re-encrypt {name}: {e}"),
+            Err(e) => tracing::warn!("could not re-encrypt {}: {e}", name.escaped()),
         }
         progress(i + 1, total);
     }
@@ -472,12 +486,12 @@ fn deliver_leave(agent: &Agent, record: Vec<u8>, members: usize) -> Response {
 /// `Reencrypt`: every file, with a `Progress` frame after each, then
 /// `Reencrypted`.
 fn reencrypt_all(agent: &Agent, stream: &mut UnixStream) -> std::io::Result<()> {
-    // A request of the user's: it counts as use of the session.
-    let _ = agent
-        .session
-        .lock()
-        .ok()
-        .and_then(|mut s| s.use_identity(Instant::now()));
+    // Re-sealing shows the user nothing: it does not count as use of the
+    // session (only reads, writes, decrypt and encrypt do), but a timeout
+    // already passed locks before it starts.
+    if let Ok(mut s) = agent.session.lock() {
+        s.expire(Instant::now());
+    }
     agent.session_changed.notify_one();
     let mut sent = Ok(());
     let result = reencrypt(agent, Reseal::All, |done, total| {
@@ -681,9 +695,11 @@ fn error_response(e: &anyhow::Error) -> Response {
 
 fn status(agent: &Agent) -> StatusReport {
     let now = Instant::now();
+    // Looking is not using: a status widget polling this must not keep the
+    // session unlocked. It may notice the timeout (and lock) first.
     let (unlocked, idle_left) = match agent.session.lock() {
         Ok(mut s) => {
-            s.touch(now);
+            s.expire(now);
             (s.is_unlocked(), s.idle_left(now))
         }
         Err(_) => (false, None),
@@ -1013,6 +1029,12 @@ fn encrypt(agent: &Agent, stream: &mut UnixStream, name: Vec<u8>) -> std::io::Re
         Ok(n) => n,
         Err(e) => return reply_err(stream, Failure::Invalid, e.to_string()),
     };
+    let shown = name.escaped();
+    // The user's use: it keeps the session from its idle lock (a seal
+    // needs no key, so this works locked too).
+    if let Ok(mut s) = agent.session.lock() {
+        s.touch(Instant::now());
+    }
     // Tell the client to start sending, then seal straight from the frames.
     control::write_message(stream, &Response::Ok)?;
     let mut reader = stream.try_clone()?;
@@ -1025,7 +1047,7 @@ fn encrypt(agent: &Agent, stream: &mut UnixStream, name: Vec<u8>) -> std::io::Re
         }
         Err(e) => {
             tracing::warn!(
-                "encrypt of {name} failed: {e:#}; the old version (if any) is unchanged"
+                "encrypt of {shown} failed: {e:#}; the old version (if any) is unchanged"
             );
             error_response(&e)
         }
@@ -1038,6 +1060,7 @@ fn decrypt(agent: &Agent, stream: &mut UnixStream, name: Vec<u8>) -> std::io::Re
         Ok(n) => n,
         Err(e) => return reply_err(stream, Failure::Invalid, e.to_string()),
     };
+    let shown = name.escaped();
     let identity = agent
         .session
         .lock()
@@ -1057,12 +1080,12 @@ fn decrypt(agent: &Agent, stream: &mut UnixStream, name: Vec<u8>) -> std::io::Re
             return reply_err(
                 stream,
                 Failure::Damaged,
-                format!("{name} is not sealed yet (plaintext): run lockbox unlock to seal it"),
+                format!("{shown} is not sealed yet (plaintext): run lockbox unlock to seal it"),
             )
         }
         Err(e) => {
-            tracing::warn!("cannot decrypt {name}: {e}");
-            return reply_err(stream, Failure::Damaged, format!("{name}: {e}"));
+            tracing::warn!("cannot decrypt {shown}: {e}");
+            return reply_err(stream, Failure::Damaged, format!("{shown}: {e}"));
         }
     };
     control::write_message(
@@ -1079,12 +1102,12 @@ fn decrypt(agent: &Agent, stream: &mut UnixStream, name: Vec<u8>) -> std::io::Re
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 tracing::warn!(
-                    "{name}: ciphertext failed authentication ({e}); refusing to return it"
+                    "{shown}: ciphertext failed authentication ({e}); refusing to return it"
                 );
                 return reply_err(
                     stream,
                     Failure::Damaged,
-                    format!("{name}: the ciphertext is damaged or was tampered with ({e}); nothing was written"),
+                    format!("{shown}: the ciphertext is damaged or was tampered with ({e}); nothing was written"),
                 );
             }
         }

@@ -225,17 +225,18 @@ fn fleet(command: &FleetCommand) -> anyhow::Result<()> {
     }
 }
 
-/// Logs go to stderr; `RUST_LOG` filters. The agent logs at info by
-/// default, the CLI only warnings.
+/// Logs go to stderr, control characters escaped (see `crate::log`);
+/// `RUST_LOG` filters. The agent logs at info by default, the CLI only
+/// warnings.
 fn init_logging(daemon: bool) {
     let default = if daemon { "info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colours only on a terminal: agent.log stays plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(|| crate::log::EscapedStderr)
+        // No colours: their escape sequences would be escaped too.
+        .with_ansi(false)
         .with_target(false)
         .try_init();
 }

@@ -16,6 +16,15 @@ use serde::{Deserialize, Deserializer};
 /// path", and `docs/protocol.md`, "6. Transport").
 pub const MAX_FILE_SIZE: u64 = 1 << 30;
 
+/// The weakest Argon2id memory cost `init` wraps an identity with: 64 MiB
+/// (the reasons are in `docs/formats-crypto.md`, "The floor").
+pub const KDF_FLOOR_MEMORY_KIB: u32 = 64 * 1024;
+/// The fewest Argon2id passes `init` wraps an identity with.
+pub const KDF_FLOOR_ITERATIONS: u32 = 2;
+/// The environment variable that lets `init` go below the floor when it is
+/// exactly `1`: for tests only (it says so on stderr each time).
+pub const ALLOW_WEAK_KDF_ENV: &str = "LOCKBOX_TEST_ALLOW_WEAK_KDF";
+
 /// Where announcements go, or `off`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Multicast {
@@ -175,12 +184,28 @@ impl Config {
         Ok(p)
     }
 
-    /// The Argon2id parameters `init` uses.
-    pub fn kdf_params(&self) -> KdfParams {
-        match self.kdf {
-            Some(k) => self.kdf_params_of(k).unwrap_or(KdfParams::DEFAULT),
+    /// The Argon2id parameters `init` wraps the identity with, refused when
+    /// below the floor ([`KDF_FLOOR_MEMORY_KIB`], [`KDF_FLOOR_ITERATIONS`])
+    /// unless `allow_weak` (tests). `Ok((params, weak))`: `weak` says they
+    /// are below it (allowed).
+    pub fn kdf_params_for_init(&self, allow_weak: bool) -> anyhow::Result<(KdfParams, bool)> {
+        let p = match self.kdf {
+            Some(k) => self.kdf_params_of(k)?,
             None => KdfParams::DEFAULT,
+        };
+        let weak = p.memory_kib < KDF_FLOOR_MEMORY_KIB || p.iterations < KDF_FLOOR_ITERATIONS;
+        if weak && !allow_weak {
+            anyhow::bail!(
+                "kdf: memory_kib {} and iterations {} are below the floor init accepts \
+                 (memory_kib at least {KDF_FLOOR_MEMORY_KIB}, i.e. 64 MiB, and iterations at \
+                 least {KDF_FLOOR_ITERATIONS}): a passphrase wrapped so cheaply is cheap to \
+                 guess from a stolen disk; raise them in config.yaml, or remove the kdf line \
+                 for the tuned default",
+                p.memory_kib,
+                p.iterations
+            );
         }
+        Ok((p, weak))
     }
 
     /// The text `init` writes: every key with its value and a comment.
@@ -380,6 +405,34 @@ mod tests {
         ] {
             let e = Config::parse(text).unwrap_err().to_string();
             assert!(e.contains(needle), "{text:?} gave {e}");
+        }
+    }
+
+    #[test]
+    fn init_refuses_a_kdf_below_the_floor_unless_allowed() {
+        let kdf = |m: u32, t: u32| {
+            Config::parse(&format!(
+                "kdf: {{memory_kib: {m}, iterations: {t}, parallelism: 1}}\n"
+            ))
+            .unwrap()
+        };
+        let floor = kdf(KDF_FLOOR_MEMORY_KIB, KDF_FLOOR_ITERATIONS);
+        assert!(
+            !floor.kdf_params_for_init(false).unwrap().1,
+            "the floor itself"
+        );
+        let (p, weak) = Config::default().kdf_params_for_init(false).unwrap();
+        assert_eq!((p, weak), (KdfParams::DEFAULT, false));
+        for weak in [
+            kdf(KDF_FLOOR_MEMORY_KIB - 1, 3),
+            kdf(1 << 20, KDF_FLOOR_ITERATIONS - 1),
+            kdf(64, 1),
+        ] {
+            let e = weak.kdf_params_for_init(false).unwrap_err().to_string();
+            assert!(e.contains("below the floor") && e.contains("65536"), "{e}");
+            let (p, flagged) = weak.kdf_params_for_init(true).unwrap();
+            assert!(flagged);
+            assert_eq!(p.memory_kib, weak.kdf.unwrap().memory_kib);
         }
     }
 

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use lockbox_crypto::sign::SigningKey;
+use lockbox_fs::escape::Escape;
 use lockbox_fs::{Name, SealTo, Sealed, Store, SweepReport};
 use lockbox_net::replica::{Replica, ReplicaPaths};
 use lockbox_net::WireName;
@@ -77,7 +78,11 @@ impl Envoy {
             tracing::info!("removed {n} partial file(s) of interrupted writes");
         }
         if !leftovers.recovered.is_empty() {
-            let names: Vec<String> = leftovers.recovered.iter().map(|n| n.to_string()).collect();
+            let names: Vec<String> = leftovers
+                .recovered
+                .iter()
+                .map(|n| n.escaped().to_string())
+                .collect();
             tracing::info!(
                 "put in place {} file(s) sealed just before the agent stopped: {}",
                 names.len(),
@@ -126,7 +131,7 @@ impl Envoy {
         let sealed = self
             .store
             .seal(name, plaintext, &recipients, self.config.max_file_size)?;
-        tracing::info!("sealed {name} ({} bytes)", sealed.plaintext_len);
+        tracing::info!("sealed {} ({} bytes)", name.escaped(), sealed.plaintext_len);
         Ok(sealed)
     }
 
@@ -134,7 +139,7 @@ impl Envoy {
     /// fans it out.
     pub fn delete(&self, name: &Name) -> anyhow::Result<()> {
         self.store.remove(name)?;
-        tracing::info!("deleted {name}");
+        tracing::info!("deleted {}", name.escaped());
         Ok(())
     }
 

@@ -11,6 +11,7 @@ mod config;
 mod control;
 mod envoy;
 mod host;
+mod log;
 mod passphrase;
 mod paths;
 mod session;
@@ -24,9 +25,10 @@ fn main() -> ExitCode {
     match cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One line that says what to do.
+            // One line that says what to do, with no control character
+            // (a name in it may hold any): `lockbox_fs::escape`.
             let msg = format!("{e:#}").replace('\n', " ");
-            eprintln!("lockbox: {msg}");
+            eprintln!("lockbox: {}", lockbox_fs::escape::controls(&msg));
             ExitCode::from(1)
         }
     }

@@ -1,6 +1,10 @@
 //! The unlock session: the envoy's age identity held in RAM until the idle
 //! timeout or `lock`. Time is passed in, so the rules are tested without
-//! waiting. Dropping the identity zeroizes it (age's X25519 secret is
+//! waiting. The idle timer counts the user's use only ([`Session::use_identity`],
+//! [`Session::touch`]: reads and writes through the mount, `decrypt`,
+//! `encrypt`); everything else looks without touching it
+//! ([`Session::peek_identity`], [`Session::expire`], [`Session::idle_left`]),
+//! so a status widget polling the agent cannot keep it unlocked. Dropping the identity zeroizes it (age's X25519 secret is
 //! zeroize-on-drop); in-flight decryptions hold an `Arc` and release it when
 //! they finish.
 
@@ -87,8 +91,8 @@ impl Session {
         false
     }
 
-    /// The identity for a use that should not count as activity (background
-    /// re-encryption), without touching the idle timer.
+    /// The identity for a use that is not the user's (re-encryption),
+    /// without touching the idle timer.
     pub fn peek_identity(&self) -> Option<Arc<AgeIdentity>> {
         self.identity.clone()
     }
@@ -100,8 +104,9 @@ impl Session {
         self.tag_key.clone()
     }
 
-    /// The identity for a decryption, resetting the idle timer; `None` when
-    /// locked (or idle past the timeout, which locks).
+    /// The identity for a decryption the user asked for (a read through the
+    /// mount, `decrypt`), resetting the idle timer; `None` when locked (or
+    /// idle past the timeout, which locks).
     pub fn use_identity(&mut self, now: Instant) -> Option<Arc<AgeIdentity>> {
         self.expire(now);
         let id = self.identity.clone()?;
@@ -109,8 +114,11 @@ impl Session {
         Some(id)
     }
 
-    /// Reset the idle timer: `status` counts as use (see `docs/design.md`,
-    /// "The session").
+    /// Reset the idle timer: the user used the session without needing the
+    /// identity (a write through the mount, `encrypt`). Only the user's use
+    /// counts: never `status`, `list`, the mesh, the sweep or the timer
+    /// itself, which call [`Session::expire`] at most (see `docs/design.md`,
+    /// "The session"). A timeout already passed locks instead.
     pub fn touch(&mut self, now: Instant) {
         if !self.expire(now) {
             self.last_used = now;
@@ -185,6 +193,30 @@ mod tests {
         s.lock();
         assert!(s.take_cleanup(), "lock");
         assert!(!s.take_cleanup(), "a second lock of a locked session");
+    }
+
+    /// What `status`, `list`, the mesh and the timer do (look, expire, peek)
+    /// never moves the deadline; only the user's use does.
+    #[test]
+    fn only_use_moves_the_deadline() {
+        let t0 = Instant::now();
+        let sec = Duration::from_secs(1);
+        let mut s = Session::new(10 * sec, t0);
+        s.unlock(lockbox_crypto::identity::generate(), t0);
+        for i in 1..10 {
+            let now = t0 + i * sec;
+            assert!(!s.expire(now));
+            assert!(s.peek_identity().is_some());
+            assert!(s.tag_key().is_some());
+            assert_eq!(s.idle_left(now), Some((10 - i) * sec));
+            assert_eq!(s.deadline(), Some(t0 + 10 * sec));
+        }
+        assert!(s.expire(t0 + 10 * sec), "looking kept it unlocked");
+        s.unlock(lockbox_crypto::identity::generate(), t0);
+        s.touch(t0 + 5 * sec);
+        assert_eq!(s.deadline(), Some(t0 + 15 * sec));
+        assert!(s.use_identity(t0 + 14 * sec).is_some());
+        assert_eq!(s.deadline(), Some(t0 + 24 * sec));
     }
 
     #[test]

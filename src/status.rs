@@ -1,9 +1,13 @@
 //! What `lockbox status` and `lockbox list` report, how it is gathered from
 //! the local state, and how it is printed. The agent fills in the live parts
 //! (session, hardening); the CLI fills in what it can when no agent runs.
+//! Every name and text it prints is escaped (`lockbox_fs::escape`): file
+//! names may hold control characters, and peers' words reach it too. The
+//! JSON forms carry them as they are (JSON escapes them itself).
 
 use std::fmt::Write as _;
 
+use lockbox_fs::escape::Escape;
 use lockbox_fs::meta::Meta;
 use lockbox_fs::{Entry, FileState, Store};
 use serde::{Deserialize, Serialize};
@@ -32,6 +36,11 @@ pub struct ListEntry {
 }
 
 impl ListEntry {
+    /// The name's bytes: the raw ones when it is not UTF-8.
+    pub fn raw_name(&self) -> &[u8] {
+        self.name_bytes.as_deref().unwrap_or(self.name.as_bytes())
+    }
+
     /// The row for a store entry.
     pub fn from_entry(e: &Entry) -> Self {
         let name = e.name.to_string();
@@ -248,8 +257,8 @@ impl StatusReport {
     /// The text `lockbox status` prints.
     pub fn render(&self) -> String {
         let mut o = String::new();
-        let _ = writeln!(o, "envoy: {}", self.envoy);
-        let _ = writeln!(o, "user: {}", self.user);
+        let _ = writeln!(o, "envoy: {}", self.envoy.escaped());
+        let _ = writeln!(o, "user: {}", self.user.escaped());
         match (self.agent_running, self.agent_pid) {
             (true, Some(pid)) => {
                 let _ = writeln!(o, "agent: running (pid {pid})");
@@ -271,14 +280,14 @@ impl StatusReport {
         } else {
             let _ = writeln!(o, "session: locked (run 'lockbox unlock' to decrypt)");
         }
-        let _ = writeln!(o, "mount: {}", self.mount);
+        let _ = writeln!(o, "mount: {}", self.mount.escaped());
         let _ = writeln!(
             o,
             "recipients: {}",
             if self.recipients.is_empty() {
                 "none (run 'lockbox init')".to_string()
             } else {
-                self.recipients.join(", ")
+                join_escaped(&self.recipients)
             }
         );
         if self.recipient_drift > 0 {
@@ -290,18 +299,24 @@ impl StatusReport {
             );
         }
         if let Some(d) = &self.departed {
-            let _ = writeln!(o, "circle: {d}");
+            let _ = writeln!(o, "circle: {}", d.escaped());
         }
-        let _ = writeln!(o, "mesh: {}", self.mesh);
+        let _ = writeln!(o, "mesh: {}", self.mesh.escaped());
         if self.peers.is_empty() {
             let _ = writeln!(o, "peers: none seen");
         } else {
             let _ = writeln!(o, "peers:");
             for p in &self.peers {
                 if p.detail.is_empty() {
-                    let _ = writeln!(o, "  {}: {}", p.envoy, p.state);
+                    let _ = writeln!(o, "  {}: {}", p.envoy.escaped(), p.state.escaped());
                 } else {
-                    let _ = writeln!(o, "  {}: {} ({})", p.envoy, p.state, p.detail);
+                    let _ = writeln!(
+                        o,
+                        "  {}: {} ({})",
+                        p.envoy.escaped(),
+                        p.state.escaped(),
+                        p.detail.escaped()
+                    );
                 }
             }
         }
@@ -322,7 +337,7 @@ impl StatusReport {
         }
         let _ = writeln!(o, "  failed: {}", f.failed);
         for n in &f.failed_names {
-            let _ = writeln!(o, "    {n}");
+            let _ = writeln!(o, "    {}", n.escaped());
         }
         if !self.tables.is_empty() {
             let _ = writeln!(o, "tables:");
@@ -330,9 +345,9 @@ impl StatusReport {
                 let agree = if t.differs_on.is_empty() {
                     "same on every live peer".to_string()
                 } else {
-                    format!("differs on {}: catching up", t.differs_on.join(", "))
+                    format!("differs on {}: catching up", join_escaped(&t.differs_on))
                 };
-                let _ = writeln!(o, "  {}: {} ({agree})", t.table, t.records);
+                let _ = writeln!(o, "  {}: {} ({agree})", t.table.escaped(), t.records);
             }
         }
         match self.last_catch_up {
@@ -344,7 +359,7 @@ impl StatusReport {
             }
         }
         if let Some(l) = &self.long_absence {
-            let _ = writeln!(o, "long absence: {l}");
+            let _ = writeln!(o, "long absence: {}", l.escaped());
         }
         if let Some(h) = self.hardening {
             let _ = writeln!(
@@ -355,10 +370,16 @@ impl StatusReport {
             );
         }
         for w in &self.warnings {
-            let _ = writeln!(o, "warning: {w}");
+            let _ = writeln!(o, "warning: {}", w.escaped());
         }
         o
     }
+}
+
+/// Names joined with ", ", each escaped.
+fn join_escaped(names: &[String]) -> String {
+    let escaped: Vec<String> = names.iter().map(|n| n.escaped().to_string()).collect();
+    escaped.join(", ")
 }
 
 /// Seconds since the epoch as `YYYY-MM-DD HH:MM:SS UTC`.
@@ -371,9 +392,13 @@ pub fn fmt_time(t: i64) -> String {
 /// The text `lockbox list` prints.
 pub fn render_list(rows: &[ListEntry]) -> String {
     let mut o = String::new();
-    let w = rows
+    let names: Vec<String> = rows
         .iter()
-        .map(|r| r.name.chars().count())
+        .map(|r| r.raw_name().escaped().to_string())
+        .collect();
+    let w = names
+        .iter()
+        .map(|n| n.chars().count())
         .max()
         .unwrap_or(4)
         .max(4);
@@ -382,11 +407,11 @@ pub fn render_list(rows: &[ListEntry]) -> String {
         "{:<w$}  {:>12}  {:<23}  {:<10}  ENVOYS",
         "NAME", "SIZE", "MODIFIED", "STATE"
     );
-    for r in rows {
+    for (r, name) in rows.iter().zip(&names) {
         let _ = writeln!(
             o,
             "{:<w$}  {:>12}  {:<23}  {:<10}  {}",
-            r.name,
+            name,
             r.size,
             fmt_time(r.mtime),
             r.state,
@@ -447,6 +472,39 @@ mod tests {
         let r = report();
         let j = serde_json::to_string(&r).unwrap();
         assert_eq!(serde_json::from_str::<StatusReport>(&j).unwrap(), r);
+    }
+
+    #[test]
+    fn names_print_escaped() {
+        let mut r = report();
+        r.files.failed_names = vec!["a\x1b[31mred\nfake line.failed".into()];
+        r.recipients = vec!["laptop".into(), "back\\slash".into()];
+        r.warnings = vec!["w\x1b".into()];
+        let text = r.render();
+        assert!(!text.contains('\x1b'), "{text:?}");
+        assert!(
+            text.contains("    a\\x1b[31mred\\nfake line.failed\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("recipients: laptop, back\\\\slash\n"),
+            "{text}"
+        );
+        let row = |name: &str, bytes: Option<Vec<u8>>| ListEntry {
+            name: name.into(),
+            name_bytes: bytes,
+            size: 1,
+            mtime: 0,
+            state: "ciphertext".into(),
+            envoys: 1,
+        };
+        let list = render_list(&[
+            row("a\x1b[31mred\nfake line", None),
+            row("caf\u{fffd}", Some(b"caf\xe9".to_vec())),
+        ]);
+        assert_eq!(list.lines().count(), 3, "{list}");
+        assert!(list.contains("\na\\x1b[31mred\\nfake line  "), "{list}");
+        assert!(list.contains("\ncaf\\xe9  "), "{list}");
     }
 
     #[test]

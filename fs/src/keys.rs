@@ -19,9 +19,15 @@ use crate::store::SealTo;
 
 /// What the file system needs from the agent.
 pub trait Keys: Send + Sync + 'static {
-    /// The identity for a decryption (resetting the idle timer), or `None`
-    /// when locked.
+    /// The identity for a decryption, or `None` when locked. Asked only for
+    /// the user's own reads through the mount (and writes that read the old
+    /// content), so it resets the idle timer: the idle lock counts the
+    /// user's use only (`docs/design.md`, "The session").
     fn identity(&self) -> Option<Arc<AgeIdentity>>;
+    /// The user wrote through the mount: resets the idle timer like a
+    /// read, though a write needs no key. Never called for the mount's own
+    /// work (sealing, invalidating, background tagging).
+    fn used(&self) {}
     /// Whether the session is unlocked (without resetting the idle timer).
     fn is_unlocked(&self) -> bool;
     /// The recipients to seal to (public keys; available while locked).

@@ -21,6 +21,8 @@
 //! - [`offload`]: [`offload::OffloadedSink`], a writer whose sink moves to a
 //!   second thread for large seals.
 //! - [`name`]: [`Name`], a valid lockbox file name.
+//! - [`escape`]: names (and log lines) as they are shown to people, with
+//!   control characters escaped.
 //! - [`pages`]: [`pages::Pages`], plaintext staged in memory.
 //! - [`keys`]: [`keys::Keys`], what the mount needs from the agent's unlock
 //!   session.
@@ -32,6 +34,7 @@
 #![forbid(unsafe_code)]
 
 pub mod durable;
+pub mod escape;
 pub mod fuse;
 pub mod grouped;
 pub mod journal;

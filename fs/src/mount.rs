@@ -1,9 +1,11 @@
 //! Mounting `~/lockbox`: cleaning up a stale mount a killed agent left
-//! ("Transport endpoint is not connected"), starting the multi-threaded
+//! ("Transport endpoint is not connected"), keeping the mount point a
+//! private (0700) folder whatever the umask, starting the multi-threaded
 //! fuser session, waiting until the mount answers, and unmounting after
 //! sealing whatever is still open.
 
 use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -97,6 +99,65 @@ pub fn detach(path: &Path) -> io::Result<()> {
     }
 }
 
+/// What [`ensure_private`] found at the mount point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MountPoint {
+    /// It was missing: created 0700.
+    Created,
+    /// It had other modes (given here): now 0700.
+    Tightened {
+        /// Its mode bits before.
+        was: u32,
+    },
+    /// A 0700 folder already.
+    Private,
+}
+
+/// Make the (unmounted) mount point a folder of mode 0700, whatever the
+/// umask: created with that mode and set to it again (a umask can only
+/// take bits away), or tightened if it exists with any other mode (logged:
+/// a file written in a wider folder while no agent ran may have been seen).
+/// While it is a bare folder it is where a program writes plaintext, so
+/// nobody else may look into it. Not for a live mount: a chmod there would
+/// reach the mount, not the folder under it.
+pub fn ensure_private(path: &Path) -> io::Result<MountPoint> {
+    const MODE: u32 = 0o700;
+    let found = match std::fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => {
+            let was = meta.permissions().mode() & 0o7777;
+            if was == MODE {
+                return Ok(MountPoint::Private);
+            }
+            MountPoint::Tightened { was }
+        }
+        Ok(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} is not a folder: move it away so that lockbox can mount there",
+                    path.display()
+                ),
+            ))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(MODE)
+                .create(path)?;
+            MountPoint::Created
+        }
+        Err(e) => return Err(e),
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(MODE))?;
+    if let MountPoint::Tightened { was } = found {
+        tracing::warn!(
+            "{} had mode {was:04o}: tightened to 0700 (only you may look into it)",
+            path.display()
+        );
+    }
+    Ok(found)
+}
+
 /// A live mount of the lockbox file system.
 pub struct Mount {
     path: PathBuf,
@@ -127,7 +188,7 @@ impl Mount {
             }
             MountState::NotMounted => {}
         }
-        std::fs::create_dir_all(path)?;
+        ensure_private(path)?;
         let mut config = fuser::Config::default();
         // No `default_permissions`: with it the kernel asks for the folder's
         // attributes again before each create, rename or unlink that follows
@@ -263,6 +324,26 @@ mod tests {
             as_the_kernel_names(&real.join("home/missing")),
             real.join("home/missing")
         );
+    }
+
+    #[test]
+    fn the_mount_point_is_made_private() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("lockbox");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(ensure_private(&p).unwrap(), MountPoint::Created);
+        assert_eq!(mode(&p), 0o700);
+        assert_eq!(ensure_private(&p).unwrap(), MountPoint::Private);
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o2755)).unwrap();
+        assert_eq!(
+            ensure_private(&p).unwrap(),
+            MountPoint::Tightened { was: 0o2755 }
+        );
+        assert_eq!(mode(&p), 0o700);
+        let file = d.path().join("file");
+        std::fs::write(&file, b"").unwrap();
+        let err = ensure_private(&file).unwrap_err();
+        assert!(err.to_string().contains("is not a folder"), "{err}");
     }
 
     #[test]

@@ -20,6 +20,7 @@
 //! unlock (a damaged one fails its check once, at debug level: the reads
 //! of it report the damage).
 
+use crate::escape::Escape;
 use std::collections::HashSet;
 use std::fs::File;
 use std::hash::Hash;
@@ -128,7 +129,7 @@ fn tag<V>(keys: &dyn Keys, job: &Job<V>) -> Option<Arc<BlockTags>> {
     match made {
         Ok(tags) => tags.map(Arc::new),
         Err(e) => {
-            tracing::debug!("{}: no block tags made: {e}", job.name);
+            tracing::debug!("{}: no block tags made: {e}", job.name.escaped());
             None
         }
     }
@@ -137,9 +138,12 @@ fn tag<V>(keys: &dyn Keys, job: &Job<V>) -> Option<Arc<BlockTags>> {
 /// Keep a version's tags in `tags/<name>` if it is still the name's.
 fn keep<V>(store: &Store, job: &Job<V>, tags: &BlockTags) {
     match store.attach_tags(&job.name, &job.file, tags) {
-        Ok(true) => tracing::debug!("{}: block tags made", job.name),
-        Ok(false) => tracing::debug!("{}: block tags made for a version since replaced", job.name),
-        Err(e) => tracing::debug!("{}: block tags not kept: {e}", job.name),
+        Ok(true) => tracing::debug!("{}: block tags made", job.name.escaped()),
+        Ok(false) => tracing::debug!(
+            "{}: block tags made for a version since replaced",
+            job.name.escaped()
+        ),
+        Err(e) => tracing::debug!("{}: block tags not kept: {e}", job.name.escaped()),
     }
 }
 

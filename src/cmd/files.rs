@@ -1,6 +1,7 @@
 //! `encrypt`, `decrypt`, `delete`, `list`: through the agent when it runs,
 //! otherwise directly on the store (except `decrypt`, which needs the
-//! agent's unlock session).
+//! agent's unlock session). Names are printed escaped
+//! (`lockbox_fs::escape`).
 
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
@@ -9,6 +10,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use anyhow::{bail, Context};
+use lockbox_fs::escape::Escape;
 use lockbox_fs::Name;
 
 use crate::client::{self, Client, ConnectError};
@@ -59,7 +61,7 @@ pub fn encrypt(paths: &Paths, path: &Path, name: Option<std::ffi::OsString>) -> 
             envoy.encrypt(&name, src)?.plaintext_len
         }
     };
-    println!("sealed {name} ({len} bytes)");
+    println!("sealed {} ({len} bytes)", name.escaped());
     Ok(())
 }
 
@@ -148,7 +150,7 @@ pub fn delete(paths: &Paths, name: &OsStr) -> anyhow::Result<()> {
         name: name.as_bytes().to_vec(),
     };
     through_agent_or_locally(paths, req, |envoy| envoy.delete(&name))?;
-    println!("deleted {name}");
+    println!("deleted {}", name.escaped());
     Ok(())
 }
 
@@ -170,8 +172,9 @@ pub fn resurrect(paths: &Paths, name: &OsStr) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!(e))
     })?;
     println!(
-        "resurrected {name}: its delete is lifted on every envoy; write the file again \
-         (or an envoy that still holds a copy shares it)"
+        "resurrected {}: its delete is lifted on every envoy; write the file again \
+         (or an envoy that still holds a copy shares it)",
+        name.escaped()
     );
     Ok(())
 }

@@ -4,6 +4,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 use lockbox_crypto::circle::{CircleSecret, Endorsement};
+use lockbox_crypto::kdf::KdfParams;
 use lockbox_crypto::recipients::RecipientEntry;
 use lockbox_crypto::sign::SigningKey;
 use lockbox_crypto::{identity, ExposeSecret, SecretString};
@@ -42,10 +43,11 @@ pub fn run(
         config.user.clone()
     };
     let config = crate::config::Config { user, ..config };
+    // Checked before anything is asked or written.
+    let kdf = kdf_params(&config)?;
 
     let pass = passphrase::read(pass_file, "New lockbox passphrase: ", true)?;
     let secret = SecretString::from(pass.to_string());
-    let kdf = config.kdf_params();
 
     let id = identity::generate();
     let recipient = id.to_public().to_string();
@@ -94,7 +96,9 @@ pub fn run(
     )?;
     envoy::private_dir(&paths.store())?;
     envoy::private_dir(&paths.tls())?;
-    envoy::private_dir(&paths.mount)?;
+    // 0700 whatever the umask (create, then chmod).
+    lockbox_fs::mount::ensure_private(&paths.mount)
+        .with_context(|| format!("cannot create {}", paths.mount.display()))?;
     write_private(&paths.identity(), &wrapped)?;
 
     println!(
@@ -105,6 +109,25 @@ pub fn run(
     );
     println!("next: lockbox unlock   (starts the agent and holds your key in memory)");
     Ok(())
+}
+
+/// The config's `kdf`, refused below the floor unless the test switch
+/// (`LOCKBOX_TEST_ALLOW_WEAK_KDF=1`, exactly) is set; when it lets weak
+/// settings through it says so on stderr every time, so it cannot go
+/// unnoticed outside a test.
+fn kdf_params(config: &crate::config::Config) -> anyhow::Result<KdfParams> {
+    use crate::config::ALLOW_WEAK_KDF_ENV;
+    let allow_weak = std::env::var_os(ALLOW_WEAK_KDF_ENV).is_some_and(|v| v == "1");
+    let (params, weak) = config.kdf_params_for_init(allow_weak)?;
+    if weak {
+        eprintln!(
+            "warning: {ALLOW_WEAK_KDF_ENV}=1: the identity is wrapped with kdf settings below \
+             the floor (memory_kib {}, iterations {}); for tests only: its passphrase is cheap \
+             to guess from a copy of this disk",
+            params.memory_kib, params.iterations
+        );
+    }
+    Ok(params)
 }
 
 /// The host name, for the default envoy name.

@@ -186,7 +186,9 @@ pub fn doctor(paths: &Paths) -> anyhow::Result<()> {
                 "FAIL"
             }
         };
-        println!("{tag}  {msg}");
+        // A check may quote a path or a name: no control character reaches
+        // the terminal (`lockbox_fs::escape`).
+        println!("{tag}  {}", lockbox_fs::escape::controls(msg));
     }
     if failed > 0 {
         bail!("{failed} check(s) failed: see the FAIL lines above");

@@ -7,6 +7,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::Duration;
 
 use crate::harness::*;
+use crate::require_fuse;
 
 #[test]
 fn daemon_is_single_instance_and_stop_removes_the_socket() {
@@ -76,17 +77,130 @@ fn idle_timeout_locks_the_session() {
     assert_eq!(e.status_json()["unlocked"], false);
 }
 
+/// Poll `status` (as a status-bar widget would) every `every` until the
+/// session reads locked or `limit` passes, doing `between` before each
+/// poll; returns how long it stayed unlocked.
+fn poll_until_locked(
+    e: &Envoy,
+    every: Duration,
+    limit: Duration,
+    mut between: impl FnMut(),
+) -> Option<Duration> {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        between();
+        if e.status_json()["unlocked"] == false {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(every);
+    }
+    None
+}
+
 #[test]
-fn status_resets_the_idle_timer() {
-    let e = Envoy::with_config(&format!("{TEST_CONFIG}idle_timeout_minutes: 3s\n"));
+fn status_polling_does_not_keep_the_session_unlocked() {
+    let e = Envoy::with_config(&format!("{TEST_CONFIG}idle_timeout_minutes: 2s\n"));
     e.init("alpha");
     e.unlock();
-    // Keep the session alive with status calls for longer than the timeout.
+    // `status` every half second, four times per timeout: it only looks.
+    let took = poll_until_locked(
+        &e,
+        Duration::from_millis(500),
+        Duration::from_secs(20),
+        || {},
+    )
+    .expect("status polled every 500 ms kept the session unlocked for 20 s");
+    assert!(took >= Duration::from_secs(1), "locked after {took:?}");
+    let log = fs::read_to_string(e.state().join("agent.log")).unwrap();
+    assert!(log.contains("idle timeout: session locked"), "{log}");
+    // `list` does not count either.
+    e.unlock();
+    let took = poll_until_locked(
+        &e,
+        Duration::from_millis(500),
+        Duration::from_secs(20),
+        || {
+            e.ok(&["list"]);
+        },
+    );
+    assert!(took.is_some(), "list kept the session unlocked");
+}
+
+#[test]
+fn reads_and_writes_through_the_mount_keep_the_session_unlocked() {
+    require_fuse!();
+    let e = Envoy::with_config(&format!("{TEST_CONFIG}idle_timeout_minutes: 2s\n"));
+    e.init("alpha");
+    e.unlock();
+    let file = e.home.join("lockbox/kept");
+    fs::write(&file, b"read me").unwrap();
+    // Reads through the mount, one every 400 ms for 5 s (2.5 timeouts).
     let start = std::time::Instant::now();
     while start.elapsed() < Duration::from_secs(5) {
-        assert_eq!(e.status_json()["unlocked"], true, "locked despite activity");
-        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(fs::read(&file).unwrap(), b"read me", "locked despite reads");
+        std::thread::sleep(Duration::from_millis(400));
     }
+    assert_eq!(e.status_json()["unlocked"], true);
+    // Writes (which need no key) count too.
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        fs::write(e.home.join("lockbox/written"), b"new").unwrap();
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    assert_eq!(e.status_json()["unlocked"], true, "locked despite writes");
+    // Once the mount is idle, it locks (while status keeps looking).
+    poll_until_locked(
+        &e,
+        Duration::from_millis(250),
+        Duration::from_secs(20),
+        || {},
+    )
+    .expect("the idle mount never locked");
+    let err = fs::read(&file).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied, "{err}");
+}
+
+#[test]
+fn an_idle_mount_locks_while_a_peer_pushes_to_it() {
+    require_fuse!();
+    let c = Circle::loopback_locked_with(&["alpha", "bravo"], |name| {
+        if name == "bravo" {
+            "idle_timeout_minutes: 3s\n".into()
+        } else {
+            String::new()
+        }
+    });
+    for n in &c.nodes {
+        n.m.e.unlock();
+        n.m.assert_mounted();
+    }
+    c.wait_formed(&["alpha", "bravo"]);
+    let (alpha, bravo) = (c.node("alpha"), c.node("bravo"));
+    // Its timer starts now; nobody uses bravo's mount from here on.
+    bravo.m.e.unlock();
+    let mut i = 0;
+    let mut push = || {
+        fs::write(alpha.at(&format!("pushed-{i}")), format!("version {i}")).unwrap();
+        i += 1;
+    };
+    push();
+    let received = bravo.m.e.store().join("pushed-0");
+    c.wait("bravo to receive pushed-0", CONVERGE, || received.exists());
+    // A new file from alpha every 300 ms (bravo receives and records each);
+    // bravo's status is only looked at.
+    let start = std::time::Instant::now();
+    let mut locked = false;
+    while start.elapsed() < Duration::from_secs(30) {
+        push();
+        if bravo.m.e.status_json()["unlocked"] == false {
+            locked = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(locked, "pushes from a peer kept bravo unlocked for 30 s");
+    let log = fs::read_to_string(bravo.m.e.state().join("agent.log")).unwrap();
+    assert!(log.contains("idle timeout: session locked"), "{log}");
 }
 
 #[test]

@@ -5,6 +5,7 @@
 use crate::harness::fs;
 
 use crate::harness::*;
+use crate::require_fuse;
 
 #[test]
 fn init_creates_private_state_and_refuses_a_second_time() {
@@ -437,4 +438,139 @@ fn doctor_reports_checks() {
     if fuse {
         assert_eq!(failed, 0, "{text}");
     }
+}
+
+/// A name any member can create, written to look like a coloured word and a
+/// line of output of its own.
+const EVIL: &str = "a\x1b[31mred\nfake line";
+/// The same, escaped as lockbox prints it.
+const EVIL_SHOWN: &str = "a\\x1b[31mred\\nfake line";
+
+#[test]
+fn names_with_control_characters_are_printed_escaped() {
+    require_fuse!();
+    let m = MountedEnvoy::unlocked();
+    fs::write(m.at(EVIL), b"not a terminal escape").unwrap();
+    m.settle();
+    // One more left in the bare folder while no agent runs (sealed, and
+    // logged by name, at the next start).
+    m.e.ok(&["stop"]);
+    let bare = "b\x1b]0;title\x07\nforged line";
+    fs::write(m.mnt.join(bare), b"typed while stopped").unwrap();
+    m.e.unlock();
+    m.assert_mounted();
+
+    let list = m.e.ok(&["list"]);
+    let status = m.e.ok(&["status"]);
+    // (status names files only when they failed to seal: its rendering of
+    // them is checked in `status::tests::names_print_escaped`.)
+    for (what, text) in [("list", &list), ("status", &status)] {
+        assert!(
+            !text.contains('\x1b') && !text.contains('\x07'),
+            "{what} printed a raw control character: {text:?}"
+        );
+        assert!(
+            !text.lines().any(|l| l.starts_with("fake line")),
+            "{what}: {text}"
+        );
+    }
+    assert!(list.contains(EVIL_SHOWN), "{list}");
+    assert!(list.contains("b\\x1b]0;title\\x07\\nforged line"), "{list}");
+    // JSON carries the name itself (JSON escapes it).
+    let rows: serde_json::Value = serde_json::from_str(&m.e.ok(&["list", "--json"])).unwrap();
+    assert!(
+        rows.as_array().unwrap().iter().any(|r| r["name"] == EVIL),
+        "{rows}"
+    );
+    // The agent logged the bare folder's file by name, escaped, and no
+    // raw escape byte anywhere.
+    let log = fs::read(m.e.state().join("agent.log")).unwrap();
+    let text = String::from_utf8_lossy(&log);
+    assert!(
+        !text.lines().any(|l| l.starts_with("forged line")),
+        "a name forged a log line: {text}"
+    );
+    assert!(
+        text.contains("sealed b\\x1b]0;title\\x07\\nforged line from the unmounted folder"),
+        "{text}"
+    );
+    assert!(!log.contains(&0x1b), "raw ESC in the agent log: {text:?}");
+}
+
+#[test]
+fn the_mount_point_is_private_whatever_the_umask() {
+    require_fuse!();
+    let e = Envoy::new().with_umask(0o022);
+    e.init("alpha");
+    let mnt = e.home.join("lockbox");
+    assert_eq!(mode(&mnt), 0o700, "init under umask 022");
+    // Removed while no agent runs (as `rmdir ~/lockbox` would): the agent
+    // makes it again, 0700, before it mounts; it stays so once unmounted.
+    fs::remove_dir(&mnt).unwrap();
+    e.unlock();
+    e.ok(&["stop"]);
+    assert_eq!(mode(&mnt), 0o700, "re-made by the agent under umask 022");
+    // Widened by hand: tightened at the next start, and logged.
+    fs::set_permissions(&mnt, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    e.start();
+    e.ok(&["stop"]);
+    assert_eq!(mode(&mnt), 0o700, "tightened by the agent");
+    let log = fs::read_to_string(e.state().join("agent.log")).unwrap();
+    assert!(log.contains("had mode 0755: tightened to 0700"), "{log}");
+}
+
+#[test]
+fn init_refuses_a_kdf_below_the_floor_unless_tests_allow_it() {
+    // The test config's KDF (64 KiB, one pass) is far below the floor.
+    let e = Envoy::new();
+    let pass = e.pass.to_string_lossy().into_owned();
+    let config = fs::read(e.state().join("config.yaml")).unwrap();
+    let init = |switch: Option<&str>| {
+        let mut c = e.cmd(&["init", "--passphrase-file", &pass, "--envoy", "alpha"]);
+        c.env_remove(ALLOW_WEAK_KDF.0);
+        if let Some(v) = switch {
+            c.env(ALLOW_WEAK_KDF.0, v);
+        }
+        c.output().unwrap()
+    };
+    for switch in [None, Some("0"), Some("yes"), Some("")] {
+        let out = init(switch);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{switch:?}: {err}");
+        assert!(
+            err.contains("below the floor")
+                && err.contains("memory_kib at least 65536")
+                && err.contains("iterations at least 2"),
+            "{switch:?}: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        // Nothing was written.
+        assert!(!e.state().join("identity.age").exists());
+        assert_eq!(fs::read(e.state().join("config.yaml")).unwrap(), config);
+        assert!(!e.home.join("lockbox").exists());
+    }
+    // The switch lets it through, and says so.
+    let out = init(Some("1"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("LOCKBOX_TEST_ALLOW_WEAK_KDF=1") && err.contains("for tests only"),
+        "{err}"
+    );
+    e.unlock();
+
+    // At the floor, no switch is needed (and no warning given).
+    let e = Envoy::with_config(
+        "multicast: off\npeer_port: 0\nlisten: 127.0.0.1\n\
+         kdf: {memory_kib: 65536, iterations: 2, parallelism: 1}\n",
+    );
+    let pass = e.pass.to_string_lossy().into_owned();
+    let out = e
+        .cmd(&["init", "--passphrase-file", &pass, "--envoy", "alpha"])
+        .env_remove(ALLOW_WEAK_KDF.0)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("warning"), "{err}");
 }

@@ -5,6 +5,7 @@
 //! that is going. The journal entry of a change is made after the answer
 //! to the kernel.
 
+use crate::escape::Escape;
 use std::ffi::OsStr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -68,7 +69,7 @@ impl LockboxFs {
         if let Some(c) = cached {
             self.forget_cached(c);
         }
-        tracing::debug!("deleted {name}");
+        tracing::debug!("deleted {}", name.escaped());
         self.keys.deleted(&name);
         reply.ok();
         // The tombstone is signed and recorded after the answer.

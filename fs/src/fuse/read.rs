@@ -6,6 +6,7 @@
 //! versions are reported once. It must not keep plaintext outside the
 //! caches of `cache`.
 
+use crate::escape::Escape;
 use std::fs::File;
 use std::io;
 use std::sync::atomic::AtomicBool;
@@ -73,7 +74,8 @@ impl LockboxFs {
         if lock(&self.inner).warned_damaged.insert(version) {
             tracing::warn!(
                 "{name}: the ciphertext failed authentication or cannot be opened ({why}); \
-                 reads return EIO. Restore it from another envoy or a backup."
+                 reads return EIO. Restore it from another envoy or a backup.",
+                name = name.escaped()
             );
         }
         Errno::EIO
@@ -227,8 +229,10 @@ impl LockboxFs {
             other => {
                 if let Handle::Reader { name, binding, .. } = h {
                     match other {
-                        Ok(_) => tracing::debug!("{name}: a block does not match its tag"),
-                        Err(e) => tracing::debug!("{name}: reading by blocks: {e}"),
+                        Ok(_) => {
+                            tracing::debug!("{}: a block does not match its tag", name.escaped())
+                        }
+                        Err(e) => tracing::debug!("{}: reading by blocks: {e}", name.escaped()),
                     }
                     self.put_tags(*binding, None);
                     // A stale or damaged index: make it again (a damaged

@@ -5,6 +5,7 @@
 //! store at flush, fsync and release (and for `truncate(2)` of a closed
 //! file); the `write` and `release` operations. Plaintext stays in memory: it reaches the disk only sealed.
 
+use crate::escape::Escape;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -174,7 +175,7 @@ impl LockboxFs {
             self.store.finish_stream(stream, &name, st.mtime)
         } else {
             let recipients = self.seal_to().map_err(|e| {
-                tracing::warn!("cannot seal {name}: {e}");
+                tracing::warn!("cannot seal {}: {e}", name.escaped());
                 Errno::EIO
             })?;
             self.store.seal_deferred(
@@ -194,7 +195,7 @@ impl LockboxFs {
                 recorded,
             }) => {
                 st.dirty = false;
-                tracing::debug!("sealed {name} ({} bytes)", sealed.plaintext_len);
+                tracing::debug!("sealed {} ({} bytes)", name.escaped(), sealed.plaintext_len);
                 // The new version's plaintext size is known: `stat` after
                 // the release need not read its header.
                 let metadata = metadata.map_or_else(|| self.store.metadata(&name), Ok);
@@ -219,7 +220,10 @@ impl LockboxFs {
                 Ok(Some(recorded))
             }
             Err(e) => {
-                tracing::warn!("sealing {name} failed: {e}; the previous version is unchanged");
+                tracing::warn!(
+                    "sealing {} failed: {e}; the previous version is unchanged",
+                    name.escaped()
+                );
                 if !st.loaded {
                     // A stream that failed to finish is gone with its content.
                     st.poison(Errno::EIO);
@@ -486,6 +490,8 @@ impl LockboxFs {
             return reply.error(Errno::EBADF);
         };
         wrote.store(true, Ordering::Relaxed);
+        // The user's use: it keeps the session from its idle lock.
+        self.keys.used();
         let mut st = lock(staged);
         if offset + data.len() as u64 > self.config.max_file_size {
             // What was staged is now a cut-off version: never seal it.

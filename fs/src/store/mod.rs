@@ -30,6 +30,7 @@
 //! Nothing here knows FUSE (that is [`crate::fuse`]) or what the mesh
 //! records (that is the [`Journal`]'s side).
 
+use crate::escape::Escape;
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek};
@@ -319,7 +320,10 @@ impl Store {
                 Err(e) => Err(e),
             };
             if let Err(e) = forgot {
-                tracing::warn!("cannot forget the recorded state of {name}: {e}");
+                tracing::warn!(
+                    "cannot forget the recorded state of {}: {e}",
+                    name.escaped()
+                );
             }
         }
     }

@@ -6,6 +6,7 @@
 //! original before its sealed copy is durable, nor tell a file's state
 //! from its name.
 
+use crate::escape::Escape;
 use std::fs::{self, File};
 use std::io;
 use std::path::Path;
@@ -32,7 +33,7 @@ impl Store {
                 Ok(e) => e,
                 Err(Error::NotFound(_)) => continue,
                 Err(e) => {
-                    tracing::warn!("sweep: skipping {name}: {e}");
+                    tracing::warn!("sweep: skipping {}: {e}", name.escaped());
                     continue;
                 }
             };
@@ -42,7 +43,7 @@ impl Store {
             if entry.stored_size > max_size {
                 tracing::warn!(
                     "{} is plaintext and larger than {max_size} bytes: left as is, not synced",
-                    entry.name
+                    entry.name.escaped()
                 );
                 report.too_large.push(entry.name);
                 continue;
@@ -53,7 +54,10 @@ impl Store {
                 .and_then(|f| self.seal(&entry.name, f, recipients, max_size));
             match sealed {
                 Ok(_) => {
-                    tracing::info!("sealed plaintext {} found in the store", entry.name);
+                    tracing::info!(
+                        "sealed plaintext {} found in the store",
+                        entry.name.escaped()
+                    );
                     report.sealed.push(entry.name);
                 }
                 Err(e) => match self.mark_failed(&entry.name, &e) {
@@ -62,7 +66,7 @@ impl Store {
                         tracing::warn!(
                             "could not seal {} ({e}) nor rename it aside ({e2}): it stays \
                              plaintext in the store; move it out and add it again",
-                            entry.name
+                            entry.name.escaped()
                         );
                         report
                             .failed
@@ -104,12 +108,15 @@ impl Store {
             if !meta.file_type().is_file() {
                 tracing::warn!(
                     "ignoring {}: lockbox holds only regular files",
-                    path.display()
+                    path.as_os_str().escaped()
                 );
                 continue;
             }
             if meta.len() > max_size {
-                tracing::warn!("{} is over the size limit: left in place", path.display());
+                tracing::warn!(
+                    "{} is over the size limit: left in place",
+                    path.as_os_str().escaped()
+                );
                 report.too_large.push(name);
                 continue;
             }
@@ -119,7 +126,7 @@ impl Store {
             match result {
                 Ok(()) => imported.push((name, path)),
                 Err(e) => {
-                    tracing::warn!("could not seal {}: {e}", path.display());
+                    tracing::warn!("could not seal {}: {e}", path.as_os_str().escaped());
                     report.failed.push((name.clone(), name, e.to_string()));
                 }
             }
@@ -134,10 +141,11 @@ impl Store {
         self.sync_now()?;
         for (name, path) in imported {
             match fs::remove_file(&path) {
-                Ok(()) => tracing::info!("sealed {name} from the unmounted folder"),
+                Ok(()) => tracing::info!("sealed {} from the unmounted folder", name.escaped()),
                 Err(e) => tracing::warn!(
-                    "sealed {name}, but could not remove its plaintext {} ({e}): remove it by hand",
-                    path.display()
+                    "sealed {}, but could not remove its plaintext {} ({e}): remove it by hand",
+                    name.escaped(),
+                    path.as_os_str().escaped()
                 ),
             }
             report.sealed.push(name);
@@ -172,7 +180,9 @@ impl Store {
         self.deliver_journal();
         tracing::warn!(
             "could not seal {name} ({why}): renamed to {failed} and kept out of sync; rename \
-             it (back) to retry"
+             it (back) to retry",
+            name = name.escaped(),
+            failed = failed.escaped()
         );
         Ok((name.clone(), failed, why.to_string()))
     }

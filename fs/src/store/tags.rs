@@ -12,6 +12,7 @@
 //! version is still the name's. Tags are a cache: nothing here may lose
 //! data when it fails.
 
+use crate::escape::Escape;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::MetadataExt;
@@ -42,7 +43,7 @@ impl Store {
             return None;
         };
         if let Err(e) = self.write_tags(name, &tags) {
-            tracing::debug!("no block tags kept for {name}: {e}");
+            tracing::debug!("no block tags kept for {}: {e}", name.escaped());
             self.drop_tags(name);
         }
         Some(Arc::new(tags))
@@ -112,7 +113,7 @@ impl Store {
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => self.drop_tags(to),
             Err(e) => {
-                tracing::debug!("cannot move the block tags of {from}: {e}");
+                tracing::debug!("cannot move the block tags of {}: {e}", from.escaped());
                 self.drop_tags(from);
                 self.drop_tags(to);
             }

@@ -12,6 +12,7 @@
 //! ([`Store::recover_leftovers`]). It must not seal (that is `seal`) and
 //! only the store's single writer may recover.
 
+use crate::escape::Escape;
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io;
@@ -139,7 +140,8 @@ pub(super) struct WaitingFile {
 pub(super) fn log_lost_to_the_disk(name: &Name, e: &Error) {
     tracing::error!(
         "{name}: the disk failed while storing its newest version ({e}); that version is \
-         dropped and {name} keeps the one before it; check the disk"
+         dropped and {name} keeps the one before it; check the disk",
+        name = name.escaped()
     );
 }
 
@@ -183,7 +185,10 @@ impl Store {
                     done.recovered.push(name);
                 }
                 Err(e) => {
-                    tracing::warn!("cannot put the sealed {name} in place ({e}): it is lost");
+                    tracing::warn!(
+                        "cannot put the sealed {} in place ({e}): it is lost",
+                        name.escaped()
+                    );
                     done.removed += remove_leftover(&temp);
                 }
             }

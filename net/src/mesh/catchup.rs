@@ -3,6 +3,7 @@
 //! lack; also how an envoy that was away catches up (ending a long
 //! absence). It must not push anything (that is [`super::fanout`]).
 
+use lockbox_fs::escape::Escape;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -97,14 +98,14 @@ impl Mesh {
         let mut wanted = Vec::new();
         for (name, rec) in manifest {
             if let Err(e) = self.size_allowed(&name, rec.body()) {
-                tracing::debug!("peer {addr}: not taking {name}: {e}");
+                tracing::debug!("peer {addr}: not taking {}: {e}", name.escaped());
                 continue;
             }
             match self.replica.admit(&name, &rec) {
                 Ok(Admission::Store(_)) => wanted.push(name),
                 Ok(Admission::Same) => {}
                 Err(Refusal::Newer(_) | Refusal::Tombstoned) => {}
-                Err(e) => tracing::debug!("peer {addr}: not taking {name}: {e}"),
+                Err(e) => tracing::debug!("peer {addr}: not taking {}: {e}", name.escaped()),
             }
         }
         let mut tasks = tokio::task::JoinSet::new();
@@ -113,7 +114,7 @@ impl Mesh {
             tasks.spawn(async move {
                 let _permit = me.transfers.acquire().await;
                 if let Err(e) = me.fetch(addr, &name).await {
-                    tracing::warn!("could not fetch {name} from {addr}: {e}");
+                    tracing::warn!("could not fetch {} from {addr}: {e}", name.escaped());
                 }
             });
         }

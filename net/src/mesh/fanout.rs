@@ -3,6 +3,7 @@
 //! retries, and `deliver` for a leave that must reach someone. It must not
 //! pull anything (that is [`super::catchup`]).
 
+use lockbox_fs::escape::Escape;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -84,11 +85,14 @@ impl Mesh {
             match self.push_once(addr, name).await {
                 Ok(()) => return,
                 Err(PushError::Final(e)) => {
-                    tracing::debug!("push of {name} to {addr}: {e}");
+                    tracing::debug!("push of {} to {addr}: {e}", name.escaped());
                     return;
                 }
                 Err(PushError::Retry(e)) => {
-                    tracing::debug!("push of {name} to {addr} failed (attempt {attempt}): {e}");
+                    tracing::debug!(
+                        "push of {} to {addr} failed (attempt {attempt}): {e}",
+                        name.escaped()
+                    );
                 }
             }
             if attempt < ATTEMPTS {
@@ -96,7 +100,10 @@ impl Mesh {
                 delay *= 3;
             }
         }
-        tracing::info!("could not push {name} to {addr}; anti-entropy will deliver it");
+        tracing::info!(
+            "could not push {} to {addr}; anti-entropy will deliver it",
+            name.escaped()
+        );
     }
 
     async fn push_once(&self, addr: SocketAddr, name: &Name) -> Result<(), PushError> {

@@ -5,6 +5,7 @@
 //! queued for fan-out; and `reconcile`, which brings the records in line
 //! with the store after a restart. It must not take anything from peers.
 
+use lockbox_fs::escape::Escape;
 use std::fs;
 use std::path::Path;
 use std::sync::Weak;
@@ -83,13 +84,13 @@ impl Replica {
             match LocalStat::of(&self.store.current_path(name)) {
                 Ok(now) => stat = Some(now),
                 Err(_) => {
-                    tracing::debug!("{name} was gone before its change was recorded");
+                    tracing::debug!("{} was gone before its change was recorded", name.escaped());
                     return;
                 }
             }
         }
         if let Err(e) = self.record_local(name, sealed, moved, None, stat) {
-            tracing::warn!("cannot record the new version of {name}: {e}");
+            tracing::warn!("cannot record the new version of {}: {e}", name.escaped());
         }
     }
 
@@ -179,7 +180,7 @@ impl Replica {
         ]);
         match result {
             Ok(()) => self.emit(Outgoing::Tombstone(t)),
-            Err(e) => tracing::warn!("cannot record the delete of {name}: {e}"),
+            Err(e) => tracing::warn!("cannot record the delete of {}: {e}", name.escaped()),
         }
     }
 
@@ -227,7 +228,7 @@ impl Replica {
                     self.meta.apply(&version_ops(&entry.name, &r, stat))?;
                 }
                 _ => {
-                    tracing::info!("recording {} as a new local version", entry.name);
+                    tracing::info!("recording {} as a new local version", entry.name.escaped());
                     self.record_local(&entry.name, None, None, None, stat)?;
                     changed += 1;
                 }
@@ -236,7 +237,10 @@ impl Replica {
         for (name, _, _) in self.meta.versions()? {
             if let Ok(n) = Name::new(name) {
                 if !seen.contains(&n) {
-                    tracing::info!("{n} is gone from the store: a peer will send it again");
+                    tracing::info!(
+                        "{} is gone from the store: a peer will send it again",
+                        n.escaped()
+                    );
                     self.meta.apply(&[Op::DelVersion(n)])?;
                     changed += 1;
                 }
@@ -279,7 +283,10 @@ impl Replica {
             name.clone(),
             encode_records(&all),
         )])?;
-        tracing::debug!("{name} re-added: its delete is lifted on every envoy");
+        tracing::debug!(
+            "{} re-added: its delete is lifted on every envoy",
+            name.escaped()
+        );
         self.emit(Outgoing::Resurrect(r.clone()));
         Ok(r)
     }

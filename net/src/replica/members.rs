@@ -3,6 +3,7 @@
 //! members leaving or evicted (`apply_leave`, `leave`, `evict`). It owns
 //! who is a member; it must not decide about files or deletes.
 
+use lockbox_fs::escape::Escape;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
@@ -194,14 +195,15 @@ impl Replica {
             }
             let file = self.paths.members.join(format!("{}.endorsement", e.envoy));
             if let Err(err) = write_file_atomic(&file, &signed.to_bytes()) {
-                tracing::warn!("cannot record member {}: {err}", e.envoy);
+                tracing::warn!("cannot record member {}: {err}", e.envoy.escaped());
                 continue;
             }
             members.by_envoy.insert(e.envoy.clone(), signed);
             added.push(e.envoy);
         }
         if !added.is_empty() {
-            tracing::info!("new member(s) of the circle: {}", added.join(", "));
+            let shown: Vec<String> = added.iter().map(|e| e.escaped().to_string()).collect();
+            tracing::info!("new member(s) of the circle: {}", shown.join(", "));
             self.members_changed();
         }
         (added, refused)
@@ -350,7 +352,11 @@ impl Replica {
             }
             gone
         };
-        tracing::info!("envoy {} {} the circle", body.envoy, body.kind.verb());
+        tracing::info!(
+            "envoy {} {} the circle",
+            body.envoy.as_str().escaped(),
+            body.kind.verb()
+        );
         if !dropped.is_empty() {
             if let Err(e) = self.write_recipients() {
                 tracing::warn!("cannot rewrite the recipient set: {e}");

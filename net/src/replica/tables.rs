@@ -6,6 +6,7 @@
 //! [`super::members`]. It must not sign anything of this envoy's own.
 
 use lockbox_crypto::sign::{Decoder, Encoder, PublicKey, Signed};
+use lockbox_fs::escape::Escape;
 use lockbox_fs::meta::{List, Op, State};
 use lockbox_fs::Name;
 
@@ -51,7 +52,10 @@ impl Replica {
         match self.meta.state(name) {
             Ok(state) => state == Some(State::Failed),
             Err(e) => {
-                tracing::warn!("cannot read the state of {name} ({e}): keeping it out of sync");
+                tracing::warn!(
+                    "cannot read the state of {} ({e}): keeping it out of sync",
+                    name.escaped()
+                );
                 true
             }
         }
@@ -249,7 +253,11 @@ impl Replica {
         self.meta.apply(&ops).map_err(internal)?;
         drop(_guard);
         if delete {
-            tracing::info!("{name} was deleted on envoy {}", t.body().author);
+            tracing::info!(
+                "{} was deleted on envoy {}",
+                name.escaped(),
+                t.body().author.as_str().escaped()
+            );
             self.remote_changed(&name);
         }
         Ok(true)
@@ -275,7 +283,11 @@ impl Replica {
                 encode_records(&merged),
             )])
             .map_err(internal)?;
-        tracing::info!("{name} was re-added on envoy {}", r.body().author);
+        tracing::info!(
+            "{} was re-added on envoy {}",
+            name.escaped(),
+            r.body().author.as_str().escaped()
+        );
         Ok(true)
     }
 }

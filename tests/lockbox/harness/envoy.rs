@@ -33,8 +33,13 @@ macro_rules! test_kdf {
 
 /// A fast Argon2id for the identity (the real default costs ~0.5 s per
 /// unlock; the circle key keeps its fixed cost). The one place the tests'
-/// KDF config is written.
+/// KDF config is written. It is below the floor `init` accepts, so every
+/// command of an [`Envoy`] runs with [`ALLOW_WEAK_KDF`] set.
 pub const KDF: &str = test_kdf!();
+
+/// The test-only switch that lets `init` wrap with a KDF below the floor,
+/// as `NAME=VALUE`.
+pub const ALLOW_WEAK_KDF: (&str, &str) = ("LOCKBOX_TEST_ALLOW_WEAK_KDF", "1");
 
 /// The config of a lone test envoy: no multicast, no peer port, fast KDF.
 pub const TEST_CONFIG: &str = concat!(
@@ -59,6 +64,9 @@ pub struct Envoy {
     /// Run commands inside this network namespace (`nsenter --net=PATH`,
     /// e.g. `NetLab::ns_path`); the agent they start inherits it.
     pub netns: Option<PathBuf>,
+    /// Run commands with this umask (set by `sh` before it execs them);
+    /// the agent they start inherits it. `None`: the test's own.
+    umask: Option<u32>,
 }
 
 impl Envoy {
@@ -111,7 +119,15 @@ impl Envoy {
             as_uid,
             exe,
             netns: None,
+            umask: None,
         }
+    }
+
+    /// This envoy, its commands (and the agent they start) run with
+    /// `umask`.
+    pub fn with_umask(mut self, umask: u32) -> Envoy {
+        self.umask = Some(umask);
+        self
     }
 
     /// The state folder.
@@ -142,22 +158,36 @@ impl Envoy {
 
     /// A command for `lockbox ARGS` in this envoy.
     pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = match self.as_uid {
-            Some(uid) => {
-                let mut c = self.program("setpriv");
-                c.args([
-                    &format!("--reuid={uid}"),
-                    &format!("--regid={uid}"),
-                    "--clear-groups",
-                    "--",
-                ]);
-                c.arg(&self.exe);
-                c
-            }
-            None => self.program(&self.exe),
-        };
+        // [setpriv … --] [sh -c 'umask …; exec "$0" "$@"'] lockbox ARGS
+        let mut argv: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(uid) = self.as_uid {
+            argv.extend(
+                [
+                    "setpriv".into(),
+                    format!("--reuid={uid}"),
+                    format!("--regid={uid}"),
+                    "--clear-groups".into(),
+                    "--".into(),
+                ]
+                .map(Into::into),
+            );
+        }
+        if let Some(mask) = self.umask {
+            argv.extend(
+                [
+                    "sh".into(),
+                    "-c".into(),
+                    format!("umask {mask:03o} && exec \"$0\" \"$@\""),
+                ]
+                .map(Into::into),
+            );
+        }
+        argv.push(self.exe.clone().into());
+        let mut c = self.program(&argv[0]);
+        c.args(&argv[1..]);
         c.args(args)
             .env("HOME", &self.home)
+            .env(ALLOW_WEAK_KDF.0, ALLOW_WEAK_KDF.1)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null());
         c
