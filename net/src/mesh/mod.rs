@@ -56,7 +56,7 @@ use self::body::Body;
 use crate::announce::Digests;
 use crate::discovery::Discovery;
 use crate::records::FileVersion;
-use crate::replica::{ManifestError, Refusal, Replica, Table};
+use crate::replica::{ManifestError, Refusal, Replica, Table, MAX_TABLE_ENTRIES};
 
 mod body;
 mod catchup;
@@ -79,14 +79,35 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// 64 KiB chunk, and the header (capped at 64 KiB).
 pub const MAX_CIPHERTEXT: u64 = (1 << 30) + ((1 << 30) / 65536 + 1) * 16 + 65536;
 
-/// Largest table body (manifest, tombstones) accepted from a peer.
-const MAX_TABLE_BODY: usize = 256 << 20;
+/// Largest table body (manifest, tombstones, …) accepted from a peer: the
+/// most records a table takes, each as long as a record can be. It is
+/// never held whole: a table is read as a stream, one record at a time
+/// (`body::ListBody`); this only refuses a declared length no table can
+/// have, unread.
+pub const MAX_TABLE_BODY: usize =
+    4 + MAX_TABLE_ENTRIES * (4 + lockbox_crypto::sign::MAX_RECORD_BYTES);
+
+/// Most table bodies (POSTed to us, or pulled by us) applied at once,
+/// across all peers; a request that cannot get a permit waits with its
+/// body unread, so flow control stops its sender.
+const TABLE_PERMITS: usize = 4;
+
+/// Most records of a table body applied in one blocking task.
+const TABLE_BATCH_RECORDS: usize = 256;
+
+/// Most bytes of records of a table body applied in one blocking task.
+const TABLE_BATCH_BYTES: usize = 1 << 20;
+
+/// A table body that sends nothing for this long is given up.
+const TABLE_BODY_IDLE: Duration = Duration::from_secs(30);
 
 /// How often expired deletes are forgotten (also at every start).
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
-/// Largest hello body.
-const MAX_HELLO_BODY: usize = 1 << 20;
+/// Largest hello body. A hello carries every member's endorsement in hex
+/// (at most 339 bytes each, so about 680 characters): a circle of 256
+/// envoys with the longest names sends about 175 KiB, a usual one a few.
+const MAX_HELLO_BODY: usize = 256 << 10;
 
 const H_RECORD: &str = "lockbox-record";
 const H_ENDORSEMENT: &str = "lockbox-endorsement";
@@ -321,6 +342,8 @@ pub struct Mesh {
     contacting: Mutex<HashSet<SocketAddr>>,
     /// Permits for transfers (`push_concurrency` of them).
     transfers: Semaphore,
+    /// Permits for table bodies being applied ([`TABLE_PERMITS`]).
+    table_permits: Semaphore,
     last_catchup: Mutex<Option<SystemTime>>,
     /// Set at start when the last catch-up is older than the retention:
     /// until one completes, nothing is pushed or served.
@@ -409,6 +432,7 @@ impl Mesh {
         replica.prune(retention, unix_now());
         let mesh = Arc::new(Mesh {
             transfers: Semaphore::new(cfg.push_concurrency.max(1)),
+            table_permits: Semaphore::new(TABLE_PERMITS),
             replica,
             cfg,
             client_tls,

@@ -1,7 +1,8 @@
 //! The peer server: the accept loop on the peer port (TLS handshake, one
 //! HTTP/2 connection per peer) and `handle`, which answers each request
-//! by its route. It owns the server side of every endpoint but the hello
-//! (in [`super::hello`]); it must not open connections to peers.
+//! by its route. It owns the server side of every
+//! endpoint but the hello (in [`super::hello`]); it must not open
+//! connections to peers.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,7 +14,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use lockbox_fs::Name;
 use tokio::net::TcpListener;
 
-use super::body::{after_small_body, file_body, read_capped, receive_body, refuse, respond, Body};
+use super::body::{
+    after_small_body, apply_table_body, declared_over, file_body, receive_body, refuse, respond,
+    Body, BodyError,
+};
 use super::route::Route;
 use super::{record_header, Mesh, H_RECORD, MAX_TABLE_BODY};
 use crate::records;
@@ -95,19 +99,24 @@ impl Mesh {
                 let all = self.replica.table_records(table);
                 respond(200, records::encode_list(all.iter().map(|v| v.as_slice())))
             }
-            Route::PostTable(table) => match read_capped(req.into_body(), MAX_TABLE_BODY).await {
-                Ok(body) => {
-                    let replica = self.replica.clone();
-                    match tokio::task::spawn_blocking(move || replica.apply_table(table, &body))
-                        .await
-                    {
-                        Ok(Ok(())) => respond(200, "ok"),
-                        Ok(Err(e)) => refuse(&e),
-                        Err(e) => respond(500, e.to_string()),
-                    }
+            Route::PostTable(table) => {
+                // Refused unread when no table can be that long; else it
+                // waits for a permit with its body unread (flow control
+                // holds the sender), then is read one record at a time.
+                if declared_over(req.body(), MAX_TABLE_BODY) {
+                    let e = BodyError::TooLarge {
+                        cap: MAX_TABLE_BODY,
+                    };
+                    return respond(413, e.to_string());
                 }
-                Err(e) => respond(413, e.to_string()),
-            },
+                let Ok(_permit) = self.table_permits.acquire().await else {
+                    return respond(503, "shutting down");
+                };
+                match apply_table_body(self.replica.clone(), table, req.into_body(), true).await {
+                    Ok(()) => respond(200, "ok"),
+                    Err(e) => respond(e.status(), e.to_string()),
+                }
+            }
         }
     }
 
