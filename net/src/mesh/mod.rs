@@ -101,6 +101,17 @@ const TABLE_BATCH_BYTES: usize = 1 << 20;
 /// A table body that sends nothing for this long is given up.
 const TABLE_BODY_IDLE: Duration = Duration::from_secs(30);
 
+/// Most requests in flight on one connection to the peer port (HTTP/2
+/// `SETTINGS_MAX_CONCURRENT_STREAMS`).
+const MAX_STREAMS_PER_CONNECTION: u32 = 16;
+
+/// Most connections to the peer port from one IP address; more are closed
+/// after accept.
+const MAX_CONNECTIONS_PER_ADDRESS: usize = 4;
+
+/// Most connections to the peer port in all.
+const MAX_CONNECTIONS: usize = 256;
+
 /// How often expired deletes are forgotten (also at every start).
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
