@@ -94,13 +94,24 @@ pub enum Error {
     #[error("signature does not verify: the record was altered or was not signed by this key")]
     BadSignature,
 
-    /// An endorsement was signed by another circle key, that is, on an envoy
-    /// that was set up with a different passphrase.
+    /// A circle record (an endorsement, a succession) was signed by another
+    /// circle's key: its envoy is not a member of our circle. Protocol 1
+    /// reached this with a different passphrase; in protocol 2 it is also a
+    /// circle set up apart that has not yet merged through a join.
     #[error(
-        "endorsement was made with a different passphrase (another circle): \
+        "signed by another circle's key (set up apart, or with a different passphrase): \
          this envoy is not a member of our circle"
     )]
     WrongCircle,
+
+    /// A join's key confirmation did not check: the two envoys did not
+    /// start from the same passphrase (or someone between them altered the
+    /// exchange, which looks the same). Nothing was learned or changed.
+    #[error(
+        "join refused: the passphrases differ (or the exchange was altered on the way); \
+         check the passphrase on both envoys and try again"
+    )]
+    JoinRefused,
 
     /// A signed record or its canonical encoding is malformed.
     #[error("malformed record: {0}")]

@@ -12,7 +12,8 @@
 //! | [`identity`] | the passphrase-wrapped `identity.age` format |
 //! | [`recipients`] | the `recipients.txt` format |
 //! | [`sign`] | Ed25519 keys, the canonical encoding and [`sign::Signed`] records |
-//! | [`circle`] | the passphrase-bound circle key and member endorsements |
+//! | [`circle`] | the circle key (random, sealed on disk), endorsements, succession, the merge winner |
+//! | [`join`] | the join: SPAKE2 bound to the TLS session, key confirmation, sealed messages |
 //! | [`digest`] | SHA-256 content digests, hashing readers and writers |
 //! | [`wipe`] | plaintext buffers wiped on drop, at memory speed |
 //!
@@ -29,6 +30,7 @@ pub mod circle;
 pub mod digest;
 pub mod error;
 pub mod identity;
+pub mod join;
 pub mod kdf;
 pub mod recipients;
 pub mod seal;

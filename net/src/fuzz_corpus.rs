@@ -19,7 +19,8 @@ use lockbox_fs::Name;
 
 use crate::announce::{Announcement, Digests};
 use crate::mesh::route::Route;
-use crate::mesh::Hello;
+use crate::mesh::{Hello, HelloAsk};
+use crate::proof::{SessionProof, Side};
 use crate::records::{self, FileVersion, Leave, LeaveKind, Resurrect, Tombstone};
 use crate::replica::Table;
 use crate::{VersionVector, WireName};
@@ -206,11 +207,12 @@ fn list_streams() -> BTreeMap<String, Vec<u8>> {
 
 fn hellos() -> BTreeMap<String, Vec<u8>> {
     let h = Hello {
-        protocol: 1,
+        protocol: 2,
         user: "alice".into(),
         envoy: "laptop".into(),
         instance: 0x0102_0304_0506_0708,
         endorsement: "ab".repeat(60),
+        proof: "ef".repeat(80),
         members: vec!["ab".repeat(60), "cd".repeat(60)],
         free_percent: 42,
         disk_short: false,
@@ -228,10 +230,74 @@ fn hellos() -> BTreeMap<String, Vec<u8>> {
     let text = String::from_utf8(h.encode().unwrap()).unwrap();
     out.insert(
         "protocol-as-text".into(),
-        text.replace("\"protocol\":1", "\"protocol\":\"1\"")
+        text.replace("\"protocol\":2", "\"protocol\":\"2\"")
             .into_bytes(),
     );
     out
+}
+
+fn hello_asks() -> BTreeMap<String, Vec<u8>> {
+    let a = HelloAsk {
+        protocol: 2,
+        user: "alice".into(),
+        envoy: "desk".into(),
+        instance: 9,
+        port: 1531,
+        endorsement: "ab".repeat(60),
+        proof: "ef".repeat(80),
+        files: hex::encode([1u8; 16]),
+        tombstones: hex::encode([2u8; 16]),
+        resurrects: hex::encode([3u8; 16]),
+        leaves: hex::encode([4u8; 16]),
+    };
+    let mut out = BTreeMap::new();
+    let bytes = a.encode().unwrap();
+    out.insert("ask-truncated".into(), bytes[..bytes.len() - 1].to_vec());
+    out.insert("ask".into(), bytes);
+    let text = String::from_utf8(a.encode().unwrap()).unwrap();
+    out.insert(
+        "port-too-large".into(),
+        text.replace("\"port\":1531", "\"port\":70000").into_bytes(),
+    );
+    out
+}
+
+/// The session proof target's input: 32 bytes of exporter, then the
+/// proof; checked against [`proof_endorsement`].
+fn session_proofs() -> BTreeMap<String, Vec<u8>> {
+    let key = SigningKey::from_seed(&[5; 32]);
+    let exporter = [6u8; 32];
+    let proof = |side| {
+        Signed::sign(
+            SessionProof {
+                user: "alice".into(),
+                envoy: "desk".into(),
+                side,
+                exporter,
+            },
+            &key,
+        )
+        .to_bytes()
+    };
+    let input = |p: &[u8]| [&exporter[..], p].concat();
+    let mut out = BTreeMap::new();
+    let good = proof(Side::Asker);
+    near(&mut out, "proof", &input(&good), 40);
+    out.insert("proof".into(), input(&good));
+    out.insert("answerer".into(), input(&proof(Side::Answerer)));
+    out
+}
+
+/// The endorsement the session proof target checks proofs against: envoy
+/// `desk` of `alice` with the seed corpus's key.
+pub(crate) fn proof_endorsement() -> lockbox_crypto::circle::Endorsement {
+    lockbox_crypto::circle::Endorsement {
+        user: "alice".into(),
+        envoy: "desk".into(),
+        recipient: String::new(),
+        signing_key: SigningKey::from_seed(&[5; 32]).public(),
+        created_unix: 0,
+    }
 }
 
 /// The method byte of the route target's input (its `METHODS`).
@@ -292,6 +358,8 @@ fn corpus() -> Corpus {
     c.insert("records", records());
     c.insert("list_stream", list_streams());
     c.insert("hello", hellos());
+    c.insert("hello_ask", hello_asks());
+    c.insert("session_proof", session_proofs());
     c.insert("route", routes());
     c
 }
@@ -320,6 +388,28 @@ fn the_seeds_are_what_they_say() {
         let valid = !name.contains('-') || name == "pieces-of-7";
         let list = records::decode_list(&bytes[1..], 1 << 10);
         assert_eq!(list.is_ok(), valid, "{name}");
+    }
+    for (name, bytes) in &c["hello_ask"] {
+        let valid = !name.contains('-');
+        assert_eq!(HelloAsk::parse(bytes).is_ok(), valid, "{name}");
+    }
+    for (name, bytes) in &c["session_proof"] {
+        let (exporter, proof) = bytes.split_at(32);
+        let side = if name == "answerer" {
+            Side::Answerer
+        } else {
+            Side::Asker
+        };
+        let checked = crate::proof::check(
+            proof,
+            &proof_endorsement(),
+            side,
+            exporter.try_into().unwrap(),
+        );
+        // Near-valid seeds: a proof cut short, with a byte more, or with
+        // its signer's key changed.
+        let valid = !name.contains('-');
+        assert_eq!(checked.is_ok(), valid, "{name}: {checked:?}");
     }
     let manifest = &c["records"]["manifest"];
     assert_eq!(crate::replica::decode_manifest(manifest).unwrap().len(), 1);

@@ -26,6 +26,9 @@
 //! - [`records`] — the signed records (file versions, tombstones,
 //!   resurrects, leaves), record lists, table digests and the deletion
 //!   rule (pure);
+//! - [`proof`] — session proofs: a member's signature over the TLS
+//!   session's exporter value, which proves membership on each connection
+//!   (pure);
 //! - [`discovery`] — the multicast socket that sends and receives
 //!   announcements;
 //! - [`tls`] — the fleet certificate authority, certificates, and the
@@ -53,6 +56,7 @@ pub mod discovery;
 mod fuzz_corpus;
 pub mod mesh;
 pub mod name;
+pub mod proof;
 pub mod records;
 pub mod replica;
 pub mod tls;

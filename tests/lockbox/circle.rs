@@ -109,7 +109,6 @@ fn a_lagging_copy_stays_deleted_without_a_resurrect() {
 #[test]
 fn a_replayed_old_delete_never_removes_the_re_added_file() {
     require_fuse!();
-    require!(have_curl(), "curl not found (apt-get install curl)");
     let c = Circle::loopback(&["alpha", "bravo"]);
     let (alpha, bravo) = (c.node("alpha"), c.node("bravo"));
     let user = alpha.user();
@@ -119,19 +118,15 @@ fn a_replayed_old_delete_never_removes_the_re_added_file() {
     c.wait_gone(&["alpha", "bravo"], "doc");
 
     // Keep the signed delete as a replaying attacker would.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let tombs = dir.path().join("tombs");
     let path = format!("/lockbox/tombstones/{user}");
-    let got = alpha.curl_as(alpha.port, &path, &["-o", &text(&tombs)]);
-    assert_eq!(String::from_utf8_lossy(&got.stdout), "200");
+    let tombs = PeerClient::proven(alpha, alpha.port).get(&path);
+    assert_eq!(tombs.status, 200, "{}", tombs.text());
 
     fs::write(alpha.at("doc"), b"second").expect("re-add");
     c.wait_content(&["alpha", "bravo"], "doc", b"second");
-    let replay = format!("@{}", text(&tombs));
     for n in [alpha, bravo] {
-        let post = alpha.curl_as(n.port, &path, &["-X", "POST", "--data-binary", &replay]);
-        let out = String::from_utf8_lossy(&post.stdout);
-        assert!(out.ends_with("200"), "{post:?}");
+        let post = PeerClient::proven(alpha, n.port).post(&path, &[], tombs.body.clone());
+        assert_eq!(post.status, 200, "{post:?}");
     }
     // Both had the chance to act on the replay: a file alpha writes after
     // it has reached bravo, and every table agrees.
@@ -141,17 +136,11 @@ fn a_replayed_old_delete_never_removes_the_re_added_file() {
     }
 
     // Garbage in a table POST is refused and changes nothing.
-    let junk = dir.path().join("junk");
-    fs::write(&junk, b"\x00\x00\x00\x01\x00\x00\x00\x03abc").expect("junk");
-    let junk = format!("@{}", text(&junk));
+    let junk = b"\x00\x00\x00\x01\x00\x00\x00\x03abc".to_vec();
+    let mut to_alpha = PeerClient::proven(alpha, alpha.port);
     for t in ["tombstones", "resurrects", "leaves"] {
-        let post = alpha.curl_as(
-            alpha.port,
-            &format!("/lockbox/{t}/{user}"),
-            &["-X", "POST", "--data-binary", &junk],
-        );
-        let out = String::from_utf8_lossy(&post.stdout);
-        assert!(out.ends_with("400"), "{t}: {post:?}");
+        let post = to_alpha.post(&format!("/lockbox/{t}/{user}"), &[], junk.clone());
+        assert_eq!(post.status, 400, "{t}: {post:?}");
     }
     assert_eq!(fs::read(alpha.at("doc")).expect("doc"), b"second");
 }

@@ -4,12 +4,13 @@
 //! keeps syncing meanwhile, and what it holds is unchanged afterwards. And
 //! the connections one address may hold are capped, and freed as they end.
 //!
-//! The flood client (`Flood`) takes any client TLS config, so the same
-//! flood can be sent with a member's certificate (here) or a
-//! non-member's.
+//! The flood client (`Flood`) takes any client TLS config and proves an
+//! envoy's membership on each connection only when asked to, so the same
+//! flood can be sent as a member (here) or as a host that is not one.
 
 use crate::harness::fs;
 use std::convert::Infallible;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use lockbox_crypto::sign::{Signed, SigningKey};
+use lockbox_net::proof::{Side, EXPORTER_LABEL};
 use lockbox_net::records::{FileVersion, Tombstone};
 use lockbox_net::replica::MAX_TABLE_ENTRIES;
 use lockbox_net::{VersionVector, WireName};
@@ -94,32 +96,40 @@ pub(crate) struct Flooding {
 }
 
 /// A raw HTTP/2 client of a peer port over mutual TLS, with whatever
-/// client certificate its TLS config holds: it sends many requests at
-/// once over a few connections, each body made as it is sent (never held
-/// whole), sent as fast as the agent's flow control lets it, and counts
-/// the bytes handed to the connections.
+/// client certificate its TLS config holds and, when it speaks as an
+/// envoy, a hello proving that envoy's membership on each connection
+/// first (without one, every request but a hello is refused unread): it
+/// sends many requests at once over a few connections, each body made as
+/// it is sent (never held whole), sent as fast as the agent's flow control
+/// lets it, and counts the bytes handed to the connections.
 pub(crate) struct Flood {
     tls: Arc<rustls::ClientConfig>,
     port: u16,
+    /// The state folder and name of the envoy it proves to be, if any.
+    envoy: Option<(PathBuf, String)>,
     /// Body bytes handed to the connections so far.
     pub sent: Arc<AtomicU64>,
 }
 
 impl Flood {
-    /// A flood to `port` with `from`'s fleet certificate.
+    /// A flood to `port` as `from`: its fleet certificate, and a hello
+    /// proving its membership on each connection.
     pub(crate) fn as_envoy(from: &Node, port: u16) -> Flood {
         let tls = lockbox_net::tls::TlsMaterial::load(&from.m.e.state().join("tls"))
             .expect("the envoy's fleet certificate")
             .client_config()
             .expect("a client config");
-        Flood::with_tls(tls, port)
+        let mut f = Flood::with_tls(tls, port);
+        f.envoy = Some((from.m.e.state(), from.name.clone()));
+        f
     }
 
-    /// A flood to `port` with the client config `tls`.
+    /// A flood to `port` with the client config `tls` and no hello.
     pub(crate) fn with_tls(tls: Arc<rustls::ClientConfig>, port: u16) -> Flood {
         Flood {
             tls,
             port,
+            envoy: None,
             sent: Arc::new(AtomicU64::new(0)),
         }
     }
@@ -138,10 +148,11 @@ impl Flood {
             .build()
             .expect("a runtime");
         let (tls, port, sent) = (self.tls.clone(), self.port, self.sent.clone());
+        let envoy = self.envoy.clone();
         rt.block_on(async move {
             let mut sends = Vec::new();
             for _ in 0..connections {
-                match connect(tls.clone(), port).await {
+                match connect(tls.clone(), port, envoy.as_ref()).await {
                     Ok(s) => sends.push(s),
                     Err(e) => return requests.iter().map(|_| Err(e.clone())).collect(),
                 }
@@ -169,7 +180,13 @@ type Send = hyper::client::conn::http2::SendRequest<
     http_body_util::combinators::BoxBody<Bytes, Infallible>,
 >;
 
-async fn connect(tls: Arc<rustls::ClientConfig>, port: u16) -> Result<Send, String> {
+/// A connection to `port`; when `envoy` (state folder, name) is given,
+/// proven by a hello as that envoy (an error unless it is answered 200).
+async fn connect(
+    tls: Arc<rustls::ClientConfig>,
+    port: u16,
+    envoy: Option<&(PathBuf, String)>,
+) -> Result<Send, String> {
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .map_err(|e| e.to_string())?;
@@ -179,12 +196,28 @@ async fn connect(tls: Arc<rustls::ClientConfig>, port: u16) -> Result<Send, Stri
         .connect(name, tcp)
         .await
         .map_err(|e| e.to_string())?;
-    let (send, conn) =
+    let exporter = tls
+        .get_ref()
+        .1
+        .export_keying_material([0u8; 32], EXPORTER_LABEL, None)
+        .map_err(|e| e.to_string())?;
+    let (mut send, conn) =
         hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
             .handshake(hyper_util::rt::TokioIo::new(tls))
             .await
             .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
+    if let Some((state, envoy)) = envoy {
+        let (user, ask) = hello_ask(state, envoy, Side::Asker, exporter);
+        let req = http::Request::post(format!("https://127.0.0.1:{port}/lockbox/hello/{user}"))
+            .body(http_body_util::Full::new(Bytes::from(ask)).boxed())
+            .map_err(|e| e.to_string())?;
+        send.ready().await.map_err(|e| e.to_string())?;
+        let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+        if resp.status() != 200 {
+            return Err(format!("hello as {envoy}: {}", resp.status()));
+        }
+    }
     Ok(send)
 }
 
@@ -425,7 +458,7 @@ fn connections_from_one_address_are_capped_and_freed() {
     let held: Vec<Result<Send, String>> = rt.block_on(async {
         let mut held = Vec::new();
         for _ in 0..6 {
-            held.push(connect(tls.clone(), port).await);
+            held.push(connect(tls.clone(), port, None).await);
         }
         held
     });
@@ -448,7 +481,7 @@ fn connections_from_one_address_are_capped_and_freed() {
         rt.block_on(async {
             let mut all = Vec::new();
             for _ in 0..3 {
-                all.push(connect(tls.clone(), port).await);
+                all.push(connect(tls.clone(), port, None).await);
             }
             all.iter().all(|c| c.is_ok())
         })

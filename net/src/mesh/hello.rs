@@ -1,24 +1,32 @@
-//! The hello exchange (`GET /lockbox/hello/<user>`): what an envoy says
-//! about itself ([`Hello`]), how this envoy answers one (`serve_hello`)
-//! and how it asks a peer (`contact`), learning the peer's members and
-//! digests and then catching up if they differ. It owns the hello's JSON
-//! and headers; it must not apply tables or fetch files itself (that is
-//! [`super::catchup`]).
+//! The hello exchange (`POST /lockbox/hello/<user>`, protocol 2): the
+//! asking envoy sends a [`HelloAsk`] with its endorsement and a session
+//! proof for this connection; the answering envoy checks both and only
+//! then answers a [`Hello`] with its own endorsement and proof, every member
+//! it knows and its table digests. Each side checks the other's proof
+//! against the TLS session's exporter (see [`crate::proof`]), so a replayed
+//! endorsement proves nothing. This module owns both JSON bodies, serving a
+//! hello (`serve_hello`, which marks the connection proven) and asking one
+//! (`exchange_hello`, `contact`), learning the peer's members and digests
+//! and then catching up if they differ. It must not apply tables or fetch
+//! files itself (that is [`super::catchup`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
+use lockbox_crypto::circle::Endorsement;
 use lockbox_crypto::sign::Signed;
 use serde::{Deserialize, Serialize};
 
 use super::body::{full, read_capped, respond, Body};
+use super::client::PeerConn;
 use super::route::Route;
-use super::{Mesh, PeerError, H_ENDORSEMENT, H_INSTANCE, H_PORT, MAX_HELLO_BODY, PROTOCOL_VERSION};
+use super::server::PeerSession;
+use super::{Mesh, PeerError, MAX_HELLO_ASK_BODY, MAX_HELLO_BODY, PROTOCOL_VERSION};
 use crate::announce::Digests;
+use crate::proof::Side;
 
 /// Why a hello answer was not taken.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +58,10 @@ pub struct Hello {
     pub instance: u64,
     /// Its endorsement (hex of the signed record).
     pub endorsement: String,
+    /// Its session proof for this connection (hex of a signed
+    /// [`crate::proof::SessionProof`], side "answerer").
+    #[serde(default)]
+    pub proof: String,
     /// Every member it knows (hex of each endorsement).
     pub members: Vec<String>,
     /// Free disk of its store, percent.
@@ -105,26 +117,118 @@ impl Hello {
     /// Its table digests (an unreadable one counts as all zeros, so it
     /// differs and is pulled).
     fn digests(&self) -> Digests {
-        let d = |s: &str| parse_digest(s).unwrap_or_default();
-        Digests {
-            files: d(&self.files),
-            tombstones: d(&self.tombstones),
-            leaves: d(&self.leaves),
-            resurrects: d(&self.resurrects),
+        digests_of(
+            &self.files,
+            &self.tombstones,
+            &self.leaves,
+            &self.resurrects,
+        )
+    }
+}
+
+/// What the asking envoy sends in a hello: who it is, its proof for this
+/// connection, where its own peer server is, and its table digests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloAsk {
+    /// Protocol version.
+    pub protocol: u32,
+    /// The user.
+    pub user: String,
+    /// The asking envoy.
+    pub envoy: String,
+    /// Its instance id (new at every start).
+    pub instance: u64,
+    /// The port of its own peer server (0: none to contact back).
+    pub port: u16,
+    /// Its endorsement (hex of the signed record).
+    pub endorsement: String,
+    /// Its session proof for this connection (hex, side "asker").
+    pub proof: String,
+    /// Digest of its file table (hex).
+    pub files: String,
+    /// Digest of its tombstone table (hex).
+    pub tombstones: String,
+    /// Digest of its resurrect table (hex).
+    pub resurrects: String,
+    /// Digest of its leave table (hex).
+    pub leaves: String,
+}
+
+impl HelloAsk {
+    /// The longest hello ask accepted, in bytes.
+    pub const MAX_LEN: usize = MAX_HELLO_ASK_BODY;
+
+    /// Parse a hello ask (JSON; unknown fields are ignored).
+    ///
+    /// # Errors
+    ///
+    /// [`HelloError::TooLarge`] over [`HelloAsk::MAX_LEN`] bytes (not
+    /// read), [`HelloError::Json`] when it is not a hello ask.
+    pub fn parse(bytes: &[u8]) -> Result<HelloAsk, HelloError> {
+        if bytes.len() > Self::MAX_LEN {
+            return Err(HelloError::TooLarge {
+                len: bytes.len(),
+                max: Self::MAX_LEN,
+            });
+        }
+        Ok(serde_json::from_slice(bytes)?)
+    }
+
+    /// The ask as JSON, as it is sent.
+    ///
+    /// # Errors
+    ///
+    /// [`HelloError::Json`] if it cannot be written (not for any ask this
+    /// type can hold).
+    pub fn encode(&self) -> Result<Vec<u8>, HelloError> {
+        Ok(serde_json::to_vec(self)?)
+    }
+
+    fn digests(&self) -> Digests {
+        digests_of(
+            &self.files,
+            &self.tombstones,
+            &self.leaves,
+            &self.resurrects,
+        )
+    }
+}
+
+/// Why a peer's hello was not taken as a member's.
+struct PeerRefused {
+    /// Said to the peer and shown in `status`.
+    why: String,
+    /// The peer proved it holds the key of an envoy that left: its signed
+    /// leave, sent with the refusal so it learns it left.
+    /// (Boxed: the refusal travels in a `Result`, and stays small.)
+    leave: Option<Box<Signed<crate::records::Leave>>>,
+}
+
+impl PeerRefused {
+    fn new(why: impl ToString) -> Self {
+        PeerRefused {
+            why: why.to_string(),
+            leave: None,
         }
     }
 }
 
-/// The hello headers that carry the client's digests.
-const H_DIGESTS: [&str; 4] = [
-    "lockbox-files",
-    "lockbox-tombstones",
-    "lockbox-leaves",
-    "lockbox-resurrects",
-];
+/// The header of a hello's refusal that carries the asker's own leave.
+const H_LEAVE: &str = "lockbox-leave";
+/// The header of a hello's refusal that names the refusing envoy (as its
+/// announcements do).
+const H_ENVOY: &str = "lockbox-envoy";
 
-fn digest_list(d: &Digests) -> [[u8; 16]; 4] {
-    [d.files, d.tombstones, d.leaves, d.resurrects]
+/// Table digests from their hex (an unreadable one counts as all zeros, so
+/// it differs and is pulled).
+fn digests_of(files: &str, tombstones: &str, leaves: &str, resurrects: &str) -> Digests {
+    let d = |s: &str| parse_digest(s).unwrap_or_default();
+    Digests {
+        files: d(files),
+        tombstones: d(tombstones),
+        leaves: d(leaves),
+        resurrects: d(resurrects),
+    }
 }
 
 pub(super) fn parse_digest(s: &str) -> Option<[u8; 16]> {
@@ -132,7 +236,17 @@ pub(super) fn parse_digest(s: &str) -> Option<[u8; 16]> {
 }
 
 impl Mesh {
-    pub(super) fn hello(&self) -> Hello {
+    /// This envoy's session proof for the connection with `exporter`, hex.
+    fn proof_hex(&self, side: Side, exporter: &[u8; 32]) -> String {
+        hex::encode(self.replica.session_proof(side, *exporter))
+    }
+
+    fn own_endorsement_hex(&self) -> String {
+        hex::encode(self.replica.own_endorsement().unwrap_or_default())
+    }
+
+    /// The answer to a proven hello on the connection with `exporter`.
+    pub(super) fn hello(&self, exporter: &[u8; 32]) -> Hello {
         let d = self.digests();
         let free = self.replica.store().free_percent().unwrap_or(100);
         Hello {
@@ -140,7 +254,8 @@ impl Mesh {
             user: self.replica.user().to_string(),
             envoy: self.replica.envoy().to_string(),
             instance: self.instance,
-            endorsement: hex::encode(self.replica.own_endorsement().unwrap_or_default()),
+            endorsement: self.own_endorsement_hex(),
+            proof: self.proof_hex(Side::Answerer, exporter),
             members: self
                 .replica
                 .members()
@@ -157,66 +272,98 @@ impl Mesh {
         }
     }
 
-    /// Say hello to `addr`; learn its members; mark it; then catch up if
-    /// its digests differ from ours.
-    pub(super) async fn contact(self: &Arc<Self>, addr: SocketAddr) {
-        {
-            let Ok(mut s) = self.contacting.lock() else {
-                return;
-            };
-            if !s.insert(addr) {
-                return;
-            }
-        }
-        let result = self.contact_inner(addr).await;
-        if let Ok(mut s) = self.contacting.lock() {
-            s.remove(&addr);
-        }
-        if let Err(e) = result {
-            // Logged when it changes, not at every attempt.
-            let Ok(mut peers) = self.peers.lock() else {
-                return;
-            };
-            let e = e.to_string();
-            let p = peers.entry(addr).or_default();
-            if p.error.as_deref() != Some(e.as_str()) {
-                tracing::info!("peer {addr}: {e}");
-            }
-            p.error = Some(e);
+    /// The hello this envoy asks with on the connection with `exporter`.
+    fn ask(&self, exporter: &[u8; 32]) -> HelloAsk {
+        let d = self.digests();
+        HelloAsk {
+            protocol: PROTOCOL_VERSION,
+            user: self.replica.user().to_string(),
+            envoy: self.replica.envoy().to_string(),
+            instance: self.instance,
+            port: self.port,
+            endorsement: self.own_endorsement_hex(),
+            proof: self.proof_hex(Side::Asker, exporter),
+            files: hex::encode(d.files),
+            tombstones: hex::encode(d.tombstones),
+            resurrects: hex::encode(d.resurrects),
+            leaves: hex::encode(d.leaves),
         }
     }
 
-    pub(super) async fn contact_inner(self: &Arc<Self>, addr: SocketAddr) -> Result<(), PeerError> {
-        let mine = digest_list(&self.digests());
-        let mut req = Request::builder()
-            .method(Method::GET)
-            .uri(self.uri(addr, &self.path(&Route::Hello)))
-            .header(
-                H_ENDORSEMENT,
-                hex::encode(self.replica.own_endorsement().unwrap_or_default()),
-            )
-            .header(H_PORT, self.port.to_string())
-            .header(H_INSTANCE, self.instance.to_string());
-        for (h, d) in H_DIGESTS.iter().zip(mine) {
-            req = req.header(*h, hex::encode(d));
+    /// Whether the peer that showed `endorsement` (hex) and `proof` (hex)
+    /// as `side` on the session with `exporter` is a member now: the proof
+    /// is its endorsed key's, for this session and side; the endorsement is
+    /// this circle's (it is learnt if new); and the envoy has not left.
+    /// Returns its endorsement, or why not (said to the peer and shown in
+    /// `status`) with, for an envoy that proved it holds the key of one
+    /// that left, the signed leave — so a departed envoy learns why.
+    fn verify_peer(
+        &self,
+        endorsement: &str,
+        proof: &str,
+        side: Side,
+        exporter: &[u8; 32],
+    ) -> Result<Endorsement, PeerRefused> {
+        let bytes = hex::decode(endorsement).map_err(|_| PeerRefused::new("no endorsement"))?;
+        let signed = Signed::<Endorsement>::from_bytes(&bytes)
+            .map_err(|e| PeerRefused::new(format!("its endorsement does not verify: {e}")))?;
+        let e = signed.body();
+        let proof = hex::decode(proof).map_err(|_| PeerRefused::new("no session proof"))?;
+        crate::proof::check(&proof, e, side, exporter).map_err(PeerRefused::new)?;
+        let (_, refused) = self.replica.learn_members(std::slice::from_ref(&bytes));
+        if let Some(why) = refused.into_iter().next() {
+            return Err(PeerRefused {
+                why,
+                leave: self.replica.left(&e.signing_key).map(Box::new),
+            });
         }
-        let req = req.body(full(Bytes::new()))?;
+        match self.replica.member(&e.envoy) {
+            Some(m) if m.signing_key == e.signing_key => Ok(e.clone()),
+            _ => Err(PeerRefused::new(format!(
+                "envoy {:?} is not a member of this circle",
+                e.envoy
+            ))),
+        }
+    }
+
+    /// Asks `addr` for a hello on `conn`, proving this envoy's membership
+    /// and checking the peer's proof in its answer. On success the peer is
+    /// marked a member and its members are learnt; the hello is returned.
+    pub(super) async fn exchange_hello(
+        &self,
+        addr: SocketAddr,
+        conn: &PeerConn,
+    ) -> Result<Hello, PeerError> {
+        let ask = self.ask(&conn.exporter).encode()?;
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(self.uri(addr, &self.path(&Route::Hello)))
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(full(ask))?;
         // The whole answer, its body too, within the hello's time: a peer
         // that starts an answer and then stalls is given up on.
         let answer = async {
-            let resp = self.request(addr, req).await?;
+            let resp = self.request_on(addr, conn, req).await?;
             let status = resp.status();
+            let headers = resp.headers().clone();
             let body = read_capped(resp.into_body(), MAX_HELLO_BODY).await?;
-            Ok::<_, PeerError>((status, body))
+            Ok::<_, PeerError>((status, headers, body))
         };
-        let (status, body) = tokio::time::timeout(Duration::from_secs(10), answer)
+        let (status, headers, body) = tokio::time::timeout(Duration::from_secs(10), answer)
             .await
             .map_err(|_| PeerError::HelloTimeout)??;
+        if status == http::StatusCode::FORBIDDEN {
+            self.note_refusal(addr, &headers);
+        }
         if !status.is_success() {
-            return Err(PeerError::HelloRefused {
-                status,
-                text: String::from_utf8_lossy(&body).into_owned(),
-            });
+            let text = if status == http::StatusCode::NOT_FOUND {
+                "it has no protocol-2 hello (an envoy running an older lockbox?): run the \
+                 same lockbox version on both"
+                    .to_owned()
+            } else {
+                String::from_utf8_lossy(&body).into_owned()
+            };
+            return Err(PeerError::HelloRefused { status, text });
         }
         let hello = Hello::parse(&body)?;
         if hello.protocol != PROTOCOL_VERSION {
@@ -230,105 +377,228 @@ impl Mesh {
             if let Ok(mut peers) = self.peers.lock() {
                 peers.remove(&addr);
             }
-            return Ok(());
+            return Err(PeerError::Ourselves);
         }
-        let own = hex::decode(&hello.endorsement).unwrap_or_default();
+        let e = self
+            .verify_peer(
+                &hello.endorsement,
+                &hello.proof,
+                Side::Answerer,
+                &conn.exporter,
+            )
+            .map_err(|r| PeerError::NotAMember(r.why))?;
+        if e.envoy != hello.envoy {
+            return Err(PeerError::NotAMember(format!(
+                "its hello names {:?} but its endorsement {:?}",
+                hello.envoy, e.envoy
+            )));
+        }
+        // Only a proven member's list of members is read.
         let members: Vec<Vec<u8>> = hello
             .members
             .iter()
             .take(crate::version::MAX_ENTRIES)
             .filter_map(|m| hex::decode(m).ok())
             .collect();
-        let (_, refused_own) = self.replica.learn_members(std::slice::from_ref(&own));
-        let is_member =
-            refused_own.is_empty() && self.replica.members().names().contains(&hello.envoy);
-        let refused = if is_member {
-            self.replica.learn_members(&members);
-            None
-        } else {
-            let why = refused_own.into_iter().next().unwrap_or_else(|| {
-                format!("envoy {:?} is not a member of this circle", hello.envoy)
-            });
-            Some(why)
-        };
-        let peer_digests = hello.digests();
-        let mut changed = false;
+        self.replica.learn_members(&members);
         self.seen(addr, |p| {
-            changed = p.refused != refused;
             p.envoy = Some(hello.envoy.clone());
             p.instance = Some(hello.instance);
-            p.member = is_member;
-            p.refused = refused.clone();
+            p.member = true;
+            p.refused = None;
             p.free_percent = Some(hello.free_percent);
             p.disk_short = hello.disk_short;
-            p.digests = Some(peer_digests);
+            p.digests = Some(hello.digests());
         });
-        if let Some(why) = refused {
-            // Logged when it changes, not at every hello.
-            if changed {
-                tracing::warn!("peer {addr} ({}) refused: {why}", hello.envoy);
-            }
-            return Ok(());
-        }
-        self.catch_up(addr, peer_digests).await
+        Ok(hello)
     }
 
-    pub(super) fn serve_hello(
+    /// Say hello to `addr` (on the open connection, or a new one proven
+    /// by it); then catch up if its digests differ from ours.
+    pub(super) async fn contact(self: &Arc<Self>, addr: SocketAddr) {
+        {
+            let Ok(mut s) = self.contacting.lock() else {
+                return;
+            };
+            if !s.insert(addr) {
+                return;
+            }
+        }
+        let result = self.contact_inner(addr).await;
+        if let Ok(mut s) = self.contacting.lock() {
+            s.remove(&addr);
+        }
+        let e = match result {
+            Ok(()) | Err(PeerError::Ourselves) => return,
+            Err(e) => e,
+        };
+        // Whatever failed, the connection is not trusted further.
+        self.connections.lock().await.remove(&addr);
+        let refused = match &e {
+            PeerError::NotAMember(why) => Some(why.clone()),
+            PeerError::HelloRefused { status, text } if status.as_u16() == 403 => {
+                Some(format!("it refuses this envoy: {text}"))
+            }
+            _ => None,
+        };
+        let Ok(mut peers) = self.peers.lock() else {
+            return;
+        };
+        let p = peers.entry(addr).or_default();
+        match refused {
+            // Logged when it changes, not at every attempt.
+            Some(why) => {
+                if p.refused.as_deref() != Some(why.as_str()) {
+                    tracing::warn!("peer {addr} refused: {why}");
+                }
+                p.last_seen = Some(super::now_instant());
+                p.member = false;
+                p.refused = Some(why);
+                p.error = None;
+            }
+            None => {
+                let e = e.to_string();
+                if p.error.as_deref() != Some(e.as_str()) {
+                    tracing::info!("peer {addr}: {e}");
+                }
+                p.error = Some(e);
+            }
+        }
+    }
+
+    pub(super) async fn contact_inner(self: &Arc<Self>, addr: SocketAddr) -> Result<(), PeerError> {
+        let (conn, fresh) = self.connection_hello(addr).await?;
+        let hello = match fresh {
+            Some(h) => h,
+            None => self.exchange_hello(addr, &conn).await?,
+        };
+        self.catch_up(addr, hello.digests()).await
+    }
+
+    /// Answers a hello on the connection of `session`: checks the asker's
+    /// endorsement and session proof, and only then marks the connection
+    /// proven and answers with this envoy's own. A peer that does not prove
+    /// membership gets `403` and nothing else — no endorsement, no member,
+    /// no digest.
+    pub(super) async fn serve_hello(
         self: &Arc<Self>,
         remote: SocketAddr,
-        req: &Request<Incoming>,
+        session: &PeerSession,
+        req: Request<Incoming>,
     ) -> Response<Body> {
-        let h = |k: &str| req.headers().get(k).and_then(|v| v.to_str().ok());
-        // The client's endorsement: learn it; if it is a member and says
-        // where its server is, it becomes a peer we push to and sync with.
-        if let Some(e) = h(H_ENDORSEMENT).and_then(|e| hex::decode(e).ok()) {
-            let (_, refused) = self.replica.learn_members(std::slice::from_ref(&e));
-            let envoy = Signed::<lockbox_crypto::circle::Endorsement>::from_bytes(&e)
-                .ok()
-                .map(|s| s.body().envoy.clone());
-            let port = h(H_PORT)
-                .and_then(|p| p.parse::<u16>().ok())
-                .filter(|p| *p != 0);
-            let instance = h(H_INSTANCE).and_then(|p| p.parse::<u64>().ok());
-            if let (Some(port), true) = (port, instance != Some(self.instance)) {
-                let addr = SocketAddr::new(remote.ip(), port);
-                let member = refused.is_empty();
-                let differs = H_DIGESTS
-                    .iter()
-                    .zip(digest_list(&self.digests()))
-                    .any(|(k, d)| h(k) != Some(hex::encode(d).as_str()));
-                let fresh = self
-                    .peers
-                    .lock()
-                    .map(|p| p.get(&addr).is_none_or(|p| !p.member))
-                    .unwrap_or(false);
-                let theirs = H_DIGESTS.map(|k| h(k).and_then(parse_digest).unwrap_or_default());
-                self.seen(addr, |p| {
-                    p.envoy = envoy;
-                    p.instance = instance;
-                    p.digests = Some(Digests {
-                        files: theirs[0],
-                        tombstones: theirs[1],
-                        leaves: theirs[2],
-                        resurrects: theirs[3],
-                    });
-                    if member {
-                        p.member = true;
-                        p.refused = None;
-                    } else {
-                        p.member = false;
-                        p.refused = refused.into_iter().next();
+        let body = match read_capped(req.into_body(), HelloAsk::MAX_LEN).await {
+            Ok(b) => b,
+            Err(e) => return respond(413, e.to_string()),
+        };
+        let ask = match HelloAsk::parse(&body) {
+            Ok(a) => a,
+            Err(e) => return respond(400, format!("bad hello: {e}")),
+        };
+        if ask.protocol != PROTOCOL_VERSION {
+            return respond(
+                426,
+                format!(
+                    "envoy {:?} speaks lockbox protocol {PROTOCOL_VERSION}, not {}: run the \
+                     same lockbox version on both",
+                    self.replica.envoy().as_str(),
+                    ask.protocol
+                ),
+            );
+        }
+        let exporter = session.exporter;
+        let me = self.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            me.verify_peer(&ask.endorsement, &ask.proof, Side::Asker, &exporter)
+                .map(|e| (e, ask))
+        })
+        .await;
+        let (e, ask) = match checked {
+            Ok(Ok(v)) => v,
+            Ok(Err(refused)) => {
+                self.log_refused(remote, &refused.why);
+                let mut r = respond(403, format!("not a member of this circle: {}", refused.why));
+                let h = r.headers_mut();
+                if let Ok(v) = http::HeaderValue::from_str(self.replica.envoy().as_str()) {
+                    h.insert(H_ENVOY, v);
+                }
+                if let Some(l) = refused.leave {
+                    if let Ok(v) = http::HeaderValue::from_str(&hex::encode(l.to_bytes())) {
+                        h.insert(H_LEAVE, v);
                     }
-                });
-                if member && (differs || fresh) {
-                    let me = self.clone();
-                    tokio::spawn(async move { me.contact(addr).await });
+                }
+                return r;
+            }
+            Err(e) => return respond(500, e.to_string()),
+        };
+        if let Err(why) = session.prove(&e) {
+            return respond(403, why);
+        }
+        // A proven member that says where its server is becomes a peer we
+        // push to and sync with.
+        if ask.port != 0 && ask.instance != self.instance {
+            let addr = SocketAddr::new(remote.ip(), ask.port);
+            let theirs = ask.digests();
+            let differs = theirs != self.digests();
+            let fresh = self
+                .peers
+                .lock()
+                .map(|p| p.get(&addr).is_none_or(|p| !p.member))
+                .unwrap_or(false);
+            self.seen(addr, |p| {
+                p.envoy = Some(e.envoy.clone());
+                p.instance = Some(ask.instance);
+                p.digests = Some(theirs);
+                p.member = true;
+                p.refused = None;
+            });
+            if differs || fresh {
+                let me = self.clone();
+                tokio::spawn(async move { me.contact(addr).await });
+            }
+        }
+        match self.hello(&exporter).encode() {
+            Ok(b) => respond(200, b),
+            Err(e) => respond(500, e.to_string()),
+        }
+    }
+
+    /// What a refusal of our hello says beyond its text: the refusing
+    /// envoy's name (for `status`), and our own leave if we left — a
+    /// record that verifies on its own (signed by us or by the circle),
+    /// applied like any other, so this envoy learns it left.
+    fn note_refusal(&self, addr: SocketAddr, headers: &http::HeaderMap) {
+        let text = |k: &str| headers.get(k).and_then(|v| v.to_str().ok());
+        if let Some(envoy) = text(H_ENVOY).and_then(|e| crate::WireName::new(e).ok()) {
+            self.seen(addr, |p| p.envoy = Some(envoy.to_string()));
+        }
+        let leave = text(H_LEAVE)
+            .and_then(|h| hex::decode(h).ok())
+            .and_then(|b| Signed::<crate::records::Leave>::from_bytes(&b).ok());
+        if let Some(l) = leave {
+            if l.body().signing_key == self.replica.signing_public() {
+                if let Err(e) = self.replica.apply_leave(&l) {
+                    tracing::info!("peer {addr} sent a leave that is not taken: {e}");
                 }
             }
         }
-        match self.hello().encode() {
-            Ok(b) => respond(200, b),
-            Err(e) => respond(500, e.to_string()),
+    }
+
+    /// Logs a refused hello, at most once a minute per address: a host
+    /// that keeps trying must not fill the log.
+    fn log_refused(&self, remote: SocketAddr, why: &str) {
+        let now = super::now_instant();
+        let Ok(mut last) = self.refused_log.lock() else {
+            return;
+        };
+        if last.len() > 1024 {
+            last.retain(|_, t| now.duration_since(*t) < Duration::from_secs(60));
+        }
+        let due = last
+            .get(&remote.ip())
+            .is_none_or(|t| now.duration_since(*t) >= Duration::from_secs(60));
+        if due {
+            last.insert(remote.ip(), now);
+            tracing::info!("refused a hello from {remote}: {why}");
         }
     }
 }
@@ -344,6 +614,7 @@ mod tests {
             envoy: "laptop".into(),
             instance: u64::MAX,
             endorsement: "ab".repeat(40),
+            proof: "cd".repeat(50),
             members: vec!["01".into(), "02".into()],
             free_percent: 42,
             disk_short: true,

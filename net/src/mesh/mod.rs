@@ -51,8 +51,6 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use self::body::Body;
-
 use crate::announce::Digests;
 use crate::discovery::Discovery;
 use crate::records::FileVersion;
@@ -70,10 +68,12 @@ mod server;
 mod tests;
 
 pub use body::BodyError;
-pub use hello::{Hello, HelloError};
+pub use hello::{Hello, HelloAsk, HelloError};
 
 /// The protocol version spoken on the peer port.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Protocol 2 proves membership on every connection (a hello carrying a
+/// session proof, both ways) and answers protocol 1's hello with `426`.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest ciphertext of a 1 GiB file: the plaintext, 16 bytes of tag per
 /// 64 KiB chunk, and the header (capped at 64 KiB).
@@ -120,10 +120,12 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// envoys with the longest names sends about 175 KiB, a usual one a few.
 const MAX_HELLO_BODY: usize = 256 << 10;
 
+/// Largest hello ask (the asker's side: one endorsement, its session proof
+/// and four digests, well under 2 KiB): what the server reads of a hello
+/// before anyone on the connection proved membership.
+const MAX_HELLO_ASK_BODY: usize = 64 << 10;
+
 const H_RECORD: &str = "lockbox-record";
-const H_ENDORSEMENT: &str = "lockbox-endorsement";
-const H_PORT: &str = "lockbox-port";
-const H_INSTANCE: &str = "lockbox-instance";
 
 /// Why talking to a peer failed: connecting, a request, or what it
 /// answered. The text is what `status` shows for the peer until it next
@@ -192,6 +194,15 @@ pub enum PeerError {
         /// Its explanation.
         text: String,
     },
+    /// The peer did not prove that it is a member of this circle: its
+    /// endorsement is of another circle, its session proof fails, or it
+    /// left. It gets nothing and is sent nothing.
+    #[error("not a member of this circle: {0}")]
+    NotAMember(String),
+    /// The address is this agent's own peer port (a static peer that
+    /// names ourselves).
+    #[error("that is this envoy itself")]
+    Ourselves,
     /// The hello answer is not a hello.
     #[error("bad hello: {0}")]
     BadHello(#[from] HelloError),
@@ -346,8 +357,8 @@ pub struct Mesh {
     /// Every peer known, by the address of its peer server.
     peers: Mutex<HashMap<SocketAddr, Peer>>,
     /// The open HTTP/2 connection to each peer, reused for every request.
-    connections:
-        tokio::sync::Mutex<HashMap<SocketAddr, hyper::client::conn::http2::SendRequest<Body>>>,
+    /// Only connections whose peer proved membership in a hello are kept.
+    connections: tokio::sync::Mutex<HashMap<SocketAddr, client::PeerConn>>,
     /// Peers being contacted now (hello and catch-up), so that one peer is
     /// contacted once at a time.
     contacting: Mutex<HashSet<SocketAddr>>,
@@ -355,6 +366,8 @@ pub struct Mesh {
     transfers: Semaphore,
     /// Permits for table bodies being applied ([`TABLE_PERMITS`]).
     table_permits: Semaphore,
+    /// When a refused hello from each address was last logged.
+    refused_log: Mutex<HashMap<std::net::IpAddr, Instant>>,
     last_catchup: Mutex<Option<SystemTime>>,
     /// Set at start when the last catch-up is older than the retention:
     /// until one completes, nothing is pushed or served.
@@ -451,6 +464,7 @@ impl Mesh {
             port,
             peers: Mutex::new(HashMap::new()),
             connections: tokio::sync::Mutex::new(HashMap::new()),
+            refused_log: Mutex::new(HashMap::new()),
             contacting: Mutex::new(HashSet::new()),
             last_catchup: Mutex::new(None),
             absence: Mutex::new(Absence {

@@ -9,7 +9,8 @@
 //!
 //! | method | path                           | route                    |
 //! |--------|--------------------------------|--------------------------|
-//! | GET    | `hello/<user>`                 | [`Route::Hello`]         |
+//! | POST   | `hello/<user>`                 | [`Route::Hello`]         |
+//! | GET    | `hello/<user>`                 | [`Route::OldHello`]      |
 //! | GET    | `files/<user>`                 | [`Route::Manifest`]      |
 //! | GET    | `files/<user>/<name>`          | [`Route::File`]          |
 //! | POST   | `push/<user>/<name>`           | [`Route::Push`]          |
@@ -29,8 +30,12 @@ const PATH_SET: &AsciiSet = &NON_ALPHANUMERIC.remove(b'.').remove(b'_').remove(b
 /// One endpoint of the peer port, as a request names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
-    /// `GET /lockbox/hello/<user>`: the membership exchange.
+    /// `POST /lockbox/hello/<user>`: the membership exchange of protocol
+    /// 2, which carries a session proof.
     Hello,
+    /// `GET /lockbox/hello/<user>`: the hello of protocol 1, answered with
+    /// `426 Upgrade Required` so an older envoy says what to do.
+    OldHello,
     /// `GET /lockbox/files/<user>`: the manifest (every name and record).
     Manifest,
     /// `GET /lockbox/files/<user>/<name>`: the ciphertext of one version.
@@ -109,7 +114,8 @@ impl Route {
             Some(Err(e)) => return Err(RouteError::BadName(e.to_string())),
         };
         match (method, kind, name) {
-            (&Method::GET, "hello", None) => Ok(Route::Hello),
+            (&Method::POST, "hello", None) => Ok(Route::Hello),
+            (&Method::GET, "hello", None) => Ok(Route::OldHello),
             (&Method::GET, "files", None) => Ok(Route::Manifest),
             (&Method::GET, "files", Some(name)) => Ok(Route::File(name)),
             (&Method::POST, "push", Some(name)) => Ok(Route::Push(name)),
@@ -126,8 +132,8 @@ impl Route {
     /// The method a client sends this route with.
     pub fn method(&self) -> Method {
         match self {
-            Route::Hello | Route::Manifest | Route::File(_) | Route::GetTable(_) => Method::GET,
-            Route::Push(_) | Route::PostTable(_) => Method::POST,
+            Route::OldHello | Route::Manifest | Route::File(_) | Route::GetTable(_) => Method::GET,
+            Route::Hello | Route::Push(_) | Route::PostTable(_) => Method::POST,
         }
     }
 
@@ -136,7 +142,7 @@ impl Route {
     /// `.`, `_` and `-`), so that [`Route::parse`] gives this route back.
     pub fn path(&self, user: &str) -> String {
         let kind = match self {
-            Route::Hello => "hello",
+            Route::Hello | Route::OldHello => "hello",
             Route::Manifest | Route::File(_) => "files",
             Route::Push(_) => "push",
             Route::GetTable(t) | Route::PostTable(t) => t.path(),
@@ -172,7 +178,8 @@ mod tests {
 
     #[test]
     fn every_endpoint_parses() {
-        assert_eq!(get("/lockbox/hello/alice"), Ok(Route::Hello));
+        assert_eq!(post("/lockbox/hello/alice"), Ok(Route::Hello));
+        assert_eq!(get("/lockbox/hello/alice"), Ok(Route::OldHello));
         assert_eq!(get("/lockbox/files/alice"), Ok(Route::Manifest));
         assert_eq!(
             get("/lockbox/files/alice/notes.txt"),
@@ -198,6 +205,7 @@ mod tests {
         let odd = Name::new(b"caf\xc3\xa9 %2F \xff.conflict-x".to_vec()).unwrap();
         let mut routes = vec![
             Route::Hello,
+            Route::OldHello,
             Route::Manifest,
             Route::File(name("a")),
             Route::Push(name("report 2026.pdf")),
@@ -226,7 +234,6 @@ mod tests {
 
     #[test]
     fn a_wrong_method_is_not_found() {
-        assert_eq!(post("/lockbox/hello/alice"), Err(RouteError::NotFound));
         assert_eq!(post("/lockbox/files/alice"), Err(RouteError::NotFound));
         assert_eq!(post("/lockbox/files/alice/a"), Err(RouteError::NotFound));
         assert_eq!(get("/lockbox/push/alice/a"), Err(RouteError::NotFound));
@@ -279,8 +286,8 @@ mod tests {
             assert_eq!(post(path), Err(RouteError::NotFound), "{path:?}");
         }
         // Leading slashes are all stripped, as before.
-        assert_eq!(get("//lockbox/hello/alice"), Ok(Route::Hello));
-        assert_eq!(get("lockbox/hello/alice"), Ok(Route::Hello));
+        assert_eq!(post("//lockbox/hello/alice"), Ok(Route::Hello));
+        assert_eq!(post("lockbox/hello/alice"), Ok(Route::Hello));
     }
 
     #[test]
@@ -304,9 +311,9 @@ mod tests {
             Some(410)
         );
         // The user is compared decoded.
-        assert_eq!(get("/lockbox/hello/%61lice"), Ok(Route::Hello));
+        assert_eq!(post("/lockbox/hello/%61lice"), Ok(Route::Hello));
         assert_eq!(
-            Route::parse(&Method::GET, "/lockbox/hello/bob%20smith", "bob smith"),
+            Route::parse(&Method::POST, "/lockbox/hello/bob%20smith", "bob smith"),
             Ok(Route::Hello)
         );
         // The user is checked before the name.

@@ -1,7 +1,10 @@
 //! The peer server: the accept loop on the peer port (connections counted
 //! and capped per address and in all, TLS handshake, one HTTP/2 connection
-//! per peer with its requests in flight capped) and `handle`, which
-//! answers each request by its route. It owns the server side of every
+//! per peer with its requests in flight capped, and the [`PeerSession`] of
+//! each: its TLS exporter and who proved membership on it) and `handle`,
+//! which answers each request by its route. Until a hello on the
+//! connection proved membership, every request but the hello is refused
+//! with `403` before its body is read. It owns the server side of every
 //! endpoint but the hello (in [`super::hello`]); it must not open
 //! connections to peers.
 
@@ -13,6 +16,8 @@ use std::time::{Duration, Instant};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use lockbox_crypto::circle::Endorsement;
+use lockbox_crypto::sign::PublicKey;
 use lockbox_fs::Name;
 use tokio::net::TcpListener;
 
@@ -25,8 +30,49 @@ use super::{
     record_header, Mesh, H_RECORD, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_ADDRESS,
     MAX_STREAMS_PER_CONNECTION, MAX_TABLE_BODY,
 };
+use crate::proof::EXPORTER_LABEL;
 use crate::records;
 use crate::replica::{Admission, Refusal};
+
+/// One accepted connection as the server sees it: the TLS session's
+/// exporter value, which the asker's session proof must sign, and the
+/// member that proved itself on it, once one has.
+pub(super) struct PeerSession {
+    pub(super) exporter: [u8; 32],
+    proven: Mutex<Option<(String, PublicKey)>>,
+}
+
+impl PeerSession {
+    fn new(exporter: [u8; 32]) -> Self {
+        PeerSession {
+            exporter,
+            proven: Mutex::new(None),
+        }
+    }
+
+    /// Marks the connection proven by the member of `e`. A connection
+    /// speaks for one envoy: a second hello as another one is refused.
+    pub(super) fn prove(&self, e: &Endorsement) -> Result<(), String> {
+        let mut p = self
+            .proven
+            .lock()
+            .map_err(|_| "connection state poisoned".to_owned())?;
+        match &*p {
+            Some((envoy, key)) if *envoy != e.envoy || *key != e.signing_key => Err(format!(
+                "this connection already proved to be envoy {envoy:?}"
+            )),
+            _ => {
+                *p = Some((e.envoy.clone(), e.signing_key));
+                Ok(())
+            }
+        }
+    }
+
+    /// The envoy proven on this connection, if any.
+    fn proven(&self) -> Option<(String, PublicKey)> {
+        self.proven.lock().ok().and_then(|p| p.clone())
+    }
+}
 
 /// The connections being served, counted by remote address, and when a
 /// refusal was last logged (at most once a minute per address, and once a
@@ -170,9 +216,25 @@ pub(super) async fn serve(mesh: Arc<Mesh>, listener: TcpListener, tls: Arc<rustl
                     }
                     Err(_) => return,
                 };
+            let exporter =
+                match tls
+                    .get_ref()
+                    .1
+                    .export_keying_material([0u8; 32], EXPORTER_LABEL, None)
+                {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::info!("no TLS exporter for the connection from {remote}: {e}");
+                        return;
+                    }
+                };
+            let session = Arc::new(PeerSession::new(exporter));
             let service = hyper::service::service_fn(move |req| {
                 let mesh = mesh.clone();
-                async move { Ok::<_, std::convert::Infallible>(mesh.handle(remote, req).await) }
+                let session = session.clone();
+                async move {
+                    Ok::<_, std::convert::Infallible>(mesh.handle(remote, &session, req).await)
+                }
             });
             let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
@@ -194,10 +256,31 @@ impl Mesh {
     pub(super) async fn handle(
         self: Arc<Self>,
         remote: SocketAddr,
+        session: &PeerSession,
         req: Request<Incoming>,
     ) -> Response<Body> {
-        let route = match Route::parse(req.method(), req.uri().path(), self.replica.user().as_str())
-        {
+        let route = Route::parse(req.method(), req.uri().path(), self.replica.user().as_str());
+        // The hello is the one request an unproven connection may make.
+        match &route {
+            Ok(Route::Hello) => return self.serve_hello(remote, session, req).await,
+            Ok(Route::OldHello) => {
+                return respond(
+                    426,
+                    format!(
+                        "envoy {:?} speaks lockbox protocol {}: run the same lockbox version \
+                         on both",
+                        self.replica.envoy().as_str(),
+                        super::PROTOCOL_VERSION
+                    ),
+                )
+            }
+            _ => {}
+        }
+        if !self.still_member(session) {
+            // Not read: the body of an unproven peer costs nothing.
+            return respond(403, "prove membership first: say hello on this connection");
+        }
+        let route = match route {
             Ok(r) => r,
             Err(e) => {
                 return match e.refusal() {
@@ -207,7 +290,7 @@ impl Mesh {
             }
         };
         match route {
-            Route::Hello => self.serve_hello(remote, &req),
+            Route::Hello | Route::OldHello => respond(500, "the hello is answered above"),
             Route::Manifest | Route::File(_) if self.holding_back() => respond(
                 503,
                 "catching up after a long absence: ask again after its next catch-up",
@@ -244,6 +327,16 @@ impl Mesh {
                 }
             }
         }
+    }
+
+    /// Whether the connection of `session` was proven by an envoy that is
+    /// still a member (one that left or was evicted since is refused).
+    fn still_member(&self, session: &PeerSession) -> bool {
+        session.proven().is_some_and(|(envoy, key)| {
+            self.replica
+                .member(&envoy)
+                .is_some_and(|m| m.signing_key == key)
+        })
     }
 
     pub(super) fn serve_file(&self, name: &Name) -> Response<Body> {

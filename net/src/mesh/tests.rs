@@ -51,8 +51,9 @@ const TOMBSTONES: &str = "/lockbox/tombstones/alice";
 const MANIFEST: &str = "/lockbox/files/alice";
 const DOC: &str = "/lockbox/files/alice/doc";
 
-/// What the fake peer answers to a request for a path.
-type Script = Box<dyn Fn(&str) -> Response<Body> + Send + Sync>;
+/// What the fake peer answers to a request for a path, on the connection
+/// whose TLS exporter value is given (a hello's proof signs it).
+type Script = Box<dyn Fn(&str, &[u8; 32]) -> Response<Body> + Send + Sync>;
 
 fn wn(s: &str) -> WireName {
     WireName::new(s).unwrap()
@@ -71,7 +72,12 @@ struct World {
     mesh: Arc<Mesh>,
     replica: Arc<Replica>,
     bravo_key: SigningKey,
+    bravo_seed: [u8; 32],
     bravo_endorsement: Signed<Endorsement>,
+    /// Bravo's TLS client configuration (a fleet certificate).
+    bravo_client: Arc<rustls::ClientConfig>,
+    /// Alpha's endorsement.
+    alpha_endorsement: Signed<Endorsement>,
     /// The fake peer's address.
     peer: SocketAddr,
     /// Its answers.
@@ -148,8 +154,9 @@ async fn world() -> World {
     .await
     .unwrap();
 
-    let script: Arc<Mutex<Script>> =
-        Arc::new(Mutex::new(Box::new(|_: &str| respond(404, "no script"))));
+    let script: Arc<Mutex<Script>> = Arc::new(Mutex::new(Box::new(|_: &str, _: &[u8; 32]| {
+        respond(404, "no script")
+    })));
     let asked = Arc::new(Mutex::new(Vec::new()));
     let peer = fake_peer(
         bravo_tls.server_config().unwrap(),
@@ -163,7 +170,10 @@ async fn world() -> World {
         mesh,
         replica,
         bravo_key,
+        bravo_seed: [2; 32],
         bravo_endorsement,
+        bravo_client: bravo_tls.client_config().unwrap(),
+        alpha_endorsement,
         peer,
         script,
         asked,
@@ -185,11 +195,16 @@ async fn fake_peer(
             let Ok(tls) = acceptor.accept(tcp).await else {
                 continue;
             };
+            let exporter = tls
+                .get_ref()
+                .1
+                .export_keying_material([0u8; 32], crate::proof::EXPORTER_LABEL, None)
+                .unwrap();
             let (script, asked) = (script.clone(), asked.clone());
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let path = req.uri().path().to_string();
                 asked.lock().unwrap().push(path.clone());
-                let resp = (script.lock().unwrap())(&path);
+                let resp = (script.lock().unwrap())(&path, &exporter);
                 async move { Ok::<_, Infallible>(resp) }
             });
             tokio::spawn(
@@ -199,6 +214,21 @@ async fn fake_peer(
         }
     });
     addr
+}
+
+/// Bravo's session proof, as the answering side, for the session with
+/// `exporter`.
+fn bravo_proof(key: &SigningKey, exporter: &[u8; 32]) -> Vec<u8> {
+    Signed::sign(
+        crate::proof::SessionProof {
+            user: USER.into(),
+            envoy: "bravo".into(),
+            side: crate::proof::Side::Answerer,
+            exporter: *exporter,
+        },
+        key,
+    )
+    .to_bytes()
 }
 
 /// An answer that sends `first`, then nothing more and never ends; with
@@ -267,13 +297,28 @@ struct Held {
 
 impl World {
     /// Answer with `script` from now on.
-    fn answer(&self, script: impl Fn(&str) -> Response<Body> + Send + Sync + 'static) {
+    fn answer(&self, script: impl Fn(&str, &[u8; 32]) -> Response<Body> + Send + Sync + 'static) {
         *self.script.lock().unwrap() = Box::new(script);
     }
 
+    /// Answer a hello with bravo's good one, and everything else with
+    /// `script`, from now on.
+    fn serve(&self, script: impl Fn(&str) -> Response<Body> + Send + Sync + 'static) {
+        let hello = self.hello(|_| {});
+        self.answer(move |path, x| match path {
+            HELLO => respond(200, hello(x)),
+            _ => script(path),
+        });
+    }
+
     /// A hello of bravo's with alpha's own digests (so nothing is pulled),
-    /// changed by `tweak`.
-    fn hello(&self, tweak: impl FnOnce(&mut Hello)) -> Vec<u8> {
+    /// changed by `tweak`, for the connection with the exporter it is
+    /// called with: its proof is bravo's, for that session, unless `tweak`
+    /// set one.
+    fn hello(
+        &self,
+        tweak: impl FnOnce(&mut Hello),
+    ) -> impl Fn(&[u8; 32]) -> Vec<u8> + Send + Sync + Clone + 'static {
         let d = self.mesh.digests();
         let mut h = Hello {
             protocol: super::PROTOCOL_VERSION,
@@ -281,6 +326,7 @@ impl World {
             envoy: "bravo".into(),
             instance: 7,
             endorsement: hex::encode(self.bravo_endorsement.to_bytes()),
+            proof: String::new(),
             members: Vec::new(),
             free_percent: 90,
             disk_short: false,
@@ -290,7 +336,14 @@ impl World {
             leaves: hex::encode(d.leaves),
         };
         tweak(&mut h);
-        h.encode().unwrap()
+        let seed = self.bravo_seed;
+        move |exporter: &[u8; 32]| {
+            let mut h = h.clone();
+            if h.proof.is_empty() {
+                h.proof = hex::encode(bravo_proof(&SigningKey::from_seed(&seed), exporter));
+            }
+            h.encode().unwrap()
+        }
     }
 
     /// Version 1 of `file` by bravo, with ciphertext `body`.
@@ -364,7 +417,7 @@ impl World {
 async fn a_well_formed_hello_makes_the_peer_a_member() {
     let w = world().await;
     let hello = w.hello(|_| {});
-    w.answer(move |_| respond(200, hello.clone()));
+    w.answer(move |_, x| respond(200, hello(x)));
     let before = w.held();
     w.contact().await.unwrap();
     assert_eq!(w.member(), Some(true));
@@ -377,10 +430,10 @@ async fn an_oversized_hello_makes_no_member() {
     let w = world().await;
     let before = w.held();
     // A hello padded past the cap, its length declared: refused unread.
-    let mut big = w.hello(|_| {});
+    let mut big = w.hello(|_| {})(&[0; 32]);
     big.splice(1..1, std::iter::repeat_n(b' ', MAX_HELLO_BODY));
     let declared = big.len() as u64;
-    w.answer(move |_| stalling(200, b"{".to_vec(), Some(declared)));
+    w.answer(move |_, _| stalling(200, b"{".to_vec(), Some(declared)));
     let e = w.contact().await.unwrap_err();
     assert!(
         matches!(
@@ -393,7 +446,7 @@ async fn an_oversized_hello_makes_no_member() {
     );
     // The same, streamed without a length and never ended: refused once it
     // passes the cap.
-    w.answer(move |_| stalling(200, big.clone(), None));
+    w.answer(move |_, _| stalling(200, big.clone(), None));
     let e = w.contact().await.unwrap_err();
     assert!(
         matches!(
@@ -425,12 +478,14 @@ async fn an_oversized_hello_makes_no_member() {
 async fn a_malformed_hello_makes_no_member() {
     let w = world().await;
     let before = w.held();
-    let good = w.hello(|_| {});
+    let good = w.hello(|_| {})(&[0; 32]);
     let truncated = good[..good.len() / 2].to_vec();
+    let protocol = format!("\"protocol\":{}", super::PROTOCOL_VERSION);
     let wrong_type = String::from_utf8(good.clone())
         .unwrap()
-        .replacen("\"protocol\":1", "\"protocol\":\"1\"", 1)
+        .replacen(&protocol, "\"protocol\":\"2\"", 1)
         .into_bytes();
+    assert_ne!(wrong_type, good);
     for bad in [
         b"not json".to_vec(),
         b"{}".to_vec(),
@@ -439,7 +494,7 @@ async fn a_malformed_hello_makes_no_member() {
         wrong_type,
     ] {
         let shown = String::from_utf8_lossy(&bad).into_owned();
-        w.answer(move |_| respond(200, bad.clone()));
+        w.answer(move |_, _| respond(200, bad.clone()));
         let e = w.contact().await.unwrap_err();
         assert!(
             matches!(e, PeerError::BadHello(HelloError::Json(_))),
@@ -449,8 +504,11 @@ async fn a_malformed_hello_makes_no_member() {
     }
     // A hello whose endorsement is not one: the peer is refused.
     let forged = w.hello(|h| h.endorsement = "00".repeat(40));
-    w.answer(move |_| respond(200, forged.clone()));
-    w.contact().await.unwrap();
+    w.answer(move |_, x| respond(200, forged(x)));
+    let e = w.contact().await.unwrap_err();
+    assert!(matches!(e, PeerError::NotAMember(_)), "{e}");
+    assert_eq!(w.member(), None);
+    w.mesh.contact(w.peer).await;
     assert_eq!(w.member(), Some(false));
     let peers = w.mesh.peers();
     let p = peers.iter().find(|p| p.addr == w.peer.to_string()).unwrap();
@@ -468,14 +526,14 @@ async fn a_malformed_hello_makes_no_member() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hello_that_stalls_times_out() {
     let w = world().await;
-    w.answer(|_| stalling(200, b"{\"protocol\":".to_vec(), None));
+    w.answer(|_, _| stalling(200, b"{\"protocol\":".to_vec(), None));
     let e = w.contact().await.unwrap_err();
     assert!(matches!(e, PeerError::HelloTimeout), "{e}");
     assert_eq!(w.member(), None);
     // `contact` lets go of the peer when it gives up: the next hello is
     // sent, and a good one makes it a member.
     let hello = w.hello(|_| {});
-    w.answer(move |_| respond(200, hello.clone()));
+    w.answer(move |_, x| respond(200, hello(x)));
     tokio::time::timeout(PROMPTLY, w.mesh.contact(w.peer))
         .await
         .unwrap();
@@ -486,8 +544,8 @@ async fn a_hello_that_stalls_times_out() {
 /// tombstone table and answers it with `table`.
 fn pulls_tombstones(w: &World, table: impl Fn() -> Response<Body> + Send + Sync + 'static) {
     let hello = w.hello(|h| h.tombstones = hex::encode([9u8; 16]));
-    w.answer(move |path| match path {
-        HELLO => respond(200, hello.clone()),
+    w.answer(move |path, x| match path {
+        HELLO => respond(200, hello(x)),
         TOMBSTONES => table(),
         _ => respond(404, "not scripted"),
     });
@@ -580,8 +638,8 @@ async fn a_malformed_table_changes_no_table() {
 /// and answers it (and any file) with `script`.
 fn pulls_files(w: &World, script: impl Fn(&str) -> Response<Body> + Send + Sync + 'static) {
     let hello = w.hello(|h| h.files = hex::encode([9u8; 16]));
-    w.answer(move |path| match path {
-        HELLO => respond(200, hello.clone()),
+    w.answer(move |path, x| match path {
+        HELLO => respond(200, hello(x)),
         path => script(path),
     });
 }
@@ -708,7 +766,7 @@ async fn a_file_body_that_differs_from_its_record_is_not_installed() {
         ("not an age file", not_age_rec, not_age, "not an age file"),
     ];
     for (what, rec, answer, why) in cases {
-        w.answer(move |_| file_answer(&rec, answer.clone()));
+        w.serve(move |_| file_answer(&rec, answer.clone()));
         let e = w.fetch("doc").await.unwrap_err();
         assert!(
             matches!(&e, PeerError::Refused(Refusal::Bad(m)) if m.contains(why)),
@@ -721,7 +779,7 @@ async fn a_file_body_that_differs_from_its_record_is_not_installed() {
     let mut endless = body.clone();
     endless.extend_from_slice(&[0; 70_000]);
     let answer_rec = rec.clone();
-    w.answer(move |_| {
+    w.serve(move |_| {
         let mut r = stalling(200, endless.clone(), None);
         r.headers_mut().insert(
             super::H_RECORD,
@@ -734,7 +792,7 @@ async fn a_file_body_that_differs_from_its_record_is_not_installed() {
     assert_eq!(w.held(), before);
 
     // The control: the body that matches is stored.
-    w.answer(move |_| file_answer(&rec, body.clone()));
+    w.serve(move |_| file_answer(&rec, body.clone()));
     w.fetch("doc").await.unwrap();
     assert_eq!(w.replica.store().names().unwrap(), [name("doc")]);
     assert!(w.held().tmp.is_empty());
@@ -763,7 +821,7 @@ async fn a_file_over_the_size_limit_is_refused_unread() {
         },
         &w.bravo_key,
     );
-    w.answer(move |_| {
+    w.serve(move |_| {
         let mut r = stalling(200, ciphertext(100), None);
         r.headers_mut().insert(
             super::H_RECORD,
@@ -773,5 +831,208 @@ async fn a_file_over_the_size_limit_is_refused_unread() {
     });
     let e = w.fetch("doc").await.unwrap_err();
     assert!(matches!(e, PeerError::Refused(Refusal::TooLarge(_))), "{e}");
+    assert_eq!(w.held(), before);
+}
+
+/// A raw HTTP/2 connection to alpha's peer server with bravo's fleet
+/// certificate, and its TLS exporter value.
+async fn raw_to_alpha(w: &World) -> (hyper::client::conn::http2::SendRequest<Body>, [u8; 32]) {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", w.mesh.port))
+        .await
+        .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(w.bravo_client.clone());
+    let name = rustls::pki_types::ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+    let tls = connector.connect(name, tcp).await.unwrap();
+    let exporter = tls
+        .get_ref()
+        .1
+        .export_keying_material([0u8; 32], crate::proof::EXPORTER_LABEL, None)
+        .unwrap();
+    let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    (send, exporter)
+}
+
+/// Sends `req` and reads the answer's status and body, failing the test
+/// if that takes longer than [`PROMPTLY`].
+async fn ask(
+    send: &mut hyper::client::conn::http2::SendRequest<Body>,
+    req: Request<Body>,
+) -> (u16, Vec<u8>) {
+    tokio::time::timeout(PROMPTLY, async {
+        send.ready().await.unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, body.to_vec())
+    })
+    .await
+    .expect("no answer")
+}
+
+/// A request whose body declares 1 GiB and never sends a byte: it can
+/// only be answered before its body is read.
+fn stalled_upload(path: &str, record: Option<&Signed<FileVersion>>) -> Request<Body> {
+    let (tx, body) = http_body_util::channel::Channel::<Bytes, std::io::Error>::new(1);
+    tokio::spawn(async move {
+        std::future::pending::<()>().await;
+        drop(tx);
+    });
+    let mut req = Request::post(format!("https://127.0.0.1{path}"))
+        .header(http::header::CONTENT_LENGTH, (1u64 << 30).to_string());
+    if let Some(r) = record {
+        req = req.header(super::H_RECORD, hex::encode(r.to_bytes()));
+    }
+    req.body(body.boxed()).unwrap()
+}
+
+/// Bravo's hello ask on the connection with `exporter`, its proof made by
+/// `tweak` from the one it should send.
+fn bravo_ask(w: &World, proof: crate::proof::SessionProof) -> Request<Body> {
+    let d = w.mesh.digests();
+    let ask = super::HelloAsk {
+        protocol: super::PROTOCOL_VERSION,
+        user: USER.into(),
+        envoy: "bravo".into(),
+        instance: 7,
+        port: 0,
+        endorsement: hex::encode(w.bravo_endorsement.to_bytes()),
+        proof: hex::encode(Signed::sign(proof, &w.bravo_key).to_bytes()),
+        files: hex::encode(d.files),
+        tombstones: hex::encode(d.tombstones),
+        resurrects: hex::encode(d.resurrects),
+        leaves: hex::encode(d.leaves),
+    };
+    Request::post(format!("https://127.0.0.1{HELLO}"))
+        .body(super::body::full(ask.encode().unwrap()))
+        .unwrap()
+}
+
+fn bravo_proof_for(exporter: [u8; 32], side: crate::proof::Side) -> crate::proof::SessionProof {
+    crate::proof::SessionProof {
+        user: USER.into(),
+        envoy: "bravo".into(),
+        side,
+        exporter,
+    }
+}
+
+/// What a peer that has not proven membership on its connection gets:
+/// `403` for every endpoint but the hello, answered before its body is
+/// read (the uploads here declare 1 GiB and never send a byte); a hello
+/// whose proof was made for another connection or for the other side is
+/// refused with nothing of alpha's in it; only a proven hello opens the
+/// connection, and only that connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unproven_connection_gets_nothing_but_its_hello() {
+    use crate::proof::Side;
+    let w = world().await;
+    let before = w.held();
+    let rec = w.version("doc", &ciphertext(1000));
+    let alpha_secret_looking = [
+        hex::encode(w.alpha_endorsement.to_bytes()),
+        hex::encode(w.replica.circle().0),
+        w.replica.circle().to_base64(),
+    ];
+    let nothing_of_alphas = |what: &str, body: &[u8]| {
+        let text = String::from_utf8_lossy(body);
+        for s in &alpha_secret_looking {
+            assert!(!text.contains(s.as_str()), "{what}: {text}");
+        }
+    };
+    let get = |path: &str| {
+        Request::get(format!("https://127.0.0.1{path}"))
+            .body(super::body::full(Bytes::new()))
+            .unwrap()
+    };
+
+    let (mut send, exporter) = raw_to_alpha(&w).await;
+    for (what, req) in [
+        ("manifest", get(MANIFEST)),
+        ("a file", get(DOC)),
+        ("a table", get(TOMBSTONES)),
+        ("a table upload", stalled_upload(TOMBSTONES, None)),
+        (
+            "a push",
+            stalled_upload("/lockbox/push/alice/doc", Some(&rec)),
+        ),
+    ] {
+        let (status, body) = ask(&mut send, req).await;
+        assert_eq!(status, 403, "{what}: {}", String::from_utf8_lossy(&body));
+        nothing_of_alphas(what, &body);
+    }
+    // Protocol 1's hello is told to upgrade.
+    let (status, body) = ask(&mut send, get(HELLO)).await;
+    assert_eq!(status, 426, "{}", String::from_utf8_lossy(&body));
+    nothing_of_alphas("an old hello", &body);
+    // Bravo's real endorsement with a proof replayed from another session,
+    // or made for the answering side: refused, nothing of alpha's.
+    let mut other = exporter;
+    other[0] ^= 1;
+    for (what, proof) in [
+        ("another session", bravo_proof_for(other, Side::Asker)),
+        ("the other side", bravo_proof_for(exporter, Side::Answerer)),
+    ] {
+        let (status, body) = ask(&mut send, bravo_ask(&w, proof)).await;
+        assert_eq!(status, 403, "{what}: {}", String::from_utf8_lossy(&body));
+        nothing_of_alphas(what, &body);
+        let (status, _) = ask(&mut send, get(MANIFEST)).await;
+        assert_eq!(status, 403, "{what}: still unproven");
+    }
+    assert_eq!(w.held(), before);
+
+    // The control: a proof for this session opens this connection, and
+    // alpha's answer proves alpha on it.
+    let (status, body) = ask(
+        &mut send,
+        bravo_ask(&w, bravo_proof_for(exporter, Side::Asker)),
+    )
+    .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let hello = Hello::parse(&body).unwrap();
+    crate::proof::check(
+        &hex::decode(&hello.proof).unwrap(),
+        w.alpha_endorsement.body(),
+        Side::Answerer,
+        &exporter,
+    )
+    .unwrap();
+    let (status, _) = ask(&mut send, get(MANIFEST)).await;
+    assert_eq!(status, 200);
+    // Another connection has proven nothing.
+    let (mut fresh, _) = raw_to_alpha(&w).await;
+    let (status, _) = ask(&mut fresh, get(MANIFEST)).await;
+    assert_eq!(status, 403);
+}
+
+/// The impersonation this protocol closes: a fleet machine that is not a
+/// member shows bravo's real endorsement (as served to anyone by protocol
+/// 1) with bravo's proof from another connection. Alpha does not take it
+/// for bravo: no member, nothing pulled, nothing pushed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_endorsement_makes_no_member() {
+    let w = world().await;
+    let before = w.held();
+    let replayed = hex::encode(bravo_proof(&w.bravo_key, &[42; 32]));
+    let hello = w.hello(|h| {
+        h.proof = replayed;
+        h.tombstones = hex::encode([9u8; 16]);
+    });
+    w.answer(move |path, x| match path {
+        HELLO => respond(200, hello(x)),
+        _ => respond(200, records::encode_list([])),
+    });
+    let e = w.contact().await.unwrap_err();
+    assert!(
+        matches!(&e, PeerError::NotAMember(why) if why.contains("another connection")),
+        "{e}"
+    );
+    w.mesh.contact(w.peer).await;
+    assert_eq!(w.member(), Some(false));
+    assert_eq!(w.asked(), [HELLO, HELLO], "nothing pulled");
+    assert!(w.mesh.push_targets().is_empty(), "nobody to push to");
     assert_eq!(w.held(), before);
 }

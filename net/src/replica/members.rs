@@ -194,7 +194,9 @@ impl Replica {
     }
 
     /// The leave of the member with signing key `key`, if it left.
-    pub(super) fn left(&self, key: &PublicKey) -> Option<Signed<Leave>> {
+    /// The leave or eviction of the member whose signing key is `key`, if
+    /// it left.
+    pub fn left(&self, key: &PublicKey) -> Option<Signed<Leave>> {
         let bytes = self.meta.leaves().ok()?;
         bytes
             .into_iter()

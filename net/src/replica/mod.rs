@@ -357,6 +357,22 @@ impl Replica {
         self.signing.public()
     }
 
+    /// This envoy's session proof (wire bytes) for the TLS session whose
+    /// exporter value is `exporter`, speaking as `side` (see
+    /// [`crate::proof`]).
+    pub fn session_proof(&self, side: crate::proof::Side, exporter: [u8; 32]) -> Vec<u8> {
+        lockbox_crypto::sign::Signed::sign(
+            crate::proof::SessionProof {
+                user: self.user.to_string(),
+                envoy: self.envoy.to_string(),
+                side,
+                exporter,
+            },
+            &self.signing,
+        )
+        .to_bytes()
+    }
+
     /// The circle public key.
     pub fn circle(&self) -> PublicKey {
         self.circle

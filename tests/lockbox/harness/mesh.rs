@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use super::envoy::{bin, mode, wait_until, Envoy, KDF};
 use super::mount::{MountedEnvoy, AGE_MAGIC};
+use super::peer::{PeerClient, Uploaded};
 use super::ports::free_ports;
 use super::skip::on_path;
 
@@ -315,9 +316,14 @@ impl Circle {
     /// envoy in `on`.
     #[track_caller]
     pub(crate) fn wait_content(&self, on: &[&str], name: &str, content: &[u8]) -> Duration {
+        // The size first, from a stat: a large file is read whole only once
+        // it is the right length, not at every poll while it arrives.
         self.wait(&format!("{name} on {on:?}"), CONVERGE, || {
-            on.iter()
-                .all(|n| fs::read(self.node(n).at(name)).is_ok_and(|c| c == content))
+            on.iter().all(|n| {
+                let at = self.node(n).at(name);
+                fs::metadata(&at).is_ok_and(|m| m.len() == content.len() as u64)
+                    && fs::read(&at).is_ok_and(|c| c == content)
+            })
         })
     }
 
@@ -404,20 +410,8 @@ pub(crate) fn curl(
         .expect("run curl")
 }
 
-/// How an [`upload`] ended: the answer's status (or why there was none
-/// within the limit) and how many body bytes had been handed to the
-/// connection by then.
-#[derive(Debug)]
-pub(crate) struct Uploaded {
-    pub answer: Result<u16, String>,
-    pub sent: u64,
-}
-
-/// POST to peer port `port` at `path`, as `from` (its fleet certificate),
-/// over HTTP/2 with `headers`, a body of up to `len` zeros sent as fast as
-/// the peer's flow control lets it, and not ended until the answer came.
-/// Waits at most `limit` for the answer. (curl cannot do this: it reports
-/// an answer that comes before its upload ends as a stream error.)
+/// POST to peer port `port` at `path`, as `from` on a connection it
+/// proved (see [`PeerClient::upload`]).
 pub(crate) fn upload(
     from: &Node,
     port: u16,
@@ -426,95 +420,40 @@ pub(crate) fn upload(
     len: u64,
     limit: Duration,
 ) -> Uploaded {
-    use http_body_util::BodyExt;
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::Arc;
-
-    let tls = lockbox_net::tls::TlsMaterial::load(&from.m.e.state().join("tls"))
-        .expect("the envoy's fleet certificate")
-        .client_config()
-        .expect("a client config");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime");
-    let sent = Arc::new(AtomicU64::new(0));
-    let counted = sent.clone();
-    let answer = rt.block_on(async move {
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .map_err(|e| e.to_string())?;
-        let name =
-            rustls::pki_types::ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into());
-        let tls = tokio_rustls::TlsConnector::from(tls)
-            .connect(name, tcp)
-            .await
-            .map_err(|e| e.to_string())?;
-        let (mut send, conn) =
-            hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                .handshake(hyper_util::rt::TokioIo::new(tls))
-                .await
-                .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        let (mut tx, body) =
-            http_body_util::channel::Channel::<bytes::Bytes, std::convert::Infallible>::new(2);
-        let mut req = http::Request::post(format!("https://127.0.0.1:{port}{path}"));
-        for (k, v) in headers {
-            req = req.header(*k, v);
-        }
-        let req = req.body(body.boxed()).map_err(|e| e.to_string())?;
-        let feeder = tokio::spawn(async move {
-            let chunk = bytes::Bytes::from(vec![0u8; 1 << 20]);
-            while counted.load(Ordering::Relaxed) < len {
-                if tx.send_data(chunk.clone()).await.is_err() {
-                    return;
-                }
-                counted.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-            }
-            // Never ended: the answer must not wait for the end.
-            std::future::pending::<()>().await;
-        });
-        let resp = tokio::time::timeout(limit, send.send_request(req)).await;
-        feeder.abort();
-        match resp {
-            Ok(Ok(r)) => Ok(r.status().as_u16()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("no answer within {limit:?}")),
-        }
-    });
-    Uploaded {
-        answer,
-        sent: sent.load(Ordering::Relaxed),
-    }
+    PeerClient::proven(from, port).upload(path, headers, len, limit)
 }
 
 pub(crate) fn have_curl() -> bool {
     on_path("curl")
 }
 
-/// `(headers, body)` of a version `node` serves for `name`, fetched with
-/// `node`'s own certificate; the record header is what a push carries.
+/// `(record, body file)` of a version `node` serves for `name`, fetched
+/// on a connection `node` proved; the record header is what a push
+/// carries. The answer's headers are written beside the body, as
+/// `NAME.h` (one `name: value` line each).
 pub(crate) fn fetch_version(node: &Node, user: &str, name: &str, dir: &Path) -> (String, PathBuf) {
-    let (headers, body) = (dir.join(format!("{name}.h")), dir.join(format!("{name}.b")));
-    let got = node.curl_as(
-        node.port,
-        &format!("/lockbox/files/{user}/{name}"),
-        &["-D", &text(&headers), "-o", &text(&body)],
-    );
-    assert_eq!(String::from_utf8_lossy(&got.stdout), "200", "{got:?}");
-    let record = fs::read_to_string(&headers)
-        .expect("headers")
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("lockbox-record: ")
-                .map(|r| r.trim().to_string())
-        })
-        .expect("a version record");
+    let body = dir.join(format!("{name}.b"));
+    let got = PeerClient::proven(node, node.port).get(&format!("/lockbox/files/{user}/{name}"));
+    assert_eq!(got.status, 200, "{}", got.text());
+    fs::write(&body, &got.body).expect("write the body");
+    let headers: String = got
+        .headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {}\n", String::from_utf8_lossy(v.as_bytes())))
+        .collect();
+    fs::write(dir.join(format!("{name}.h")), headers).expect("write the headers");
+    let record = got
+        .headers
+        .get("lockbox-record")
+        .and_then(|v| v.to_str().ok())
+        .expect("a version record")
+        .to_string();
     (record, body)
 }
 
 /// POST a version (`record`, `body`) to `to`'s push endpoint for `path_name`
-/// with `from`'s certificate; returns the HTTP status and the answer.
+/// as `from`, on a connection it proved; returns the HTTP status and the
+/// answer.
 pub(crate) fn push_version(
     from: &Node,
     to: &Node,
@@ -523,18 +462,12 @@ pub(crate) fn push_version(
     record: &str,
     body: &Path,
 ) -> (String, String) {
-    let header = format!("lockbox-record: {record}");
-    let data = format!("@{}", text(body));
-    let out = from.curl_as(
-        to.port,
+    let got = PeerClient::proven(from, to.port).post(
         &format!("/lockbox/push/{user}/{path_name}"),
-        &["-X", "POST", "-H", &header, "--data-binary", &data],
+        &[("lockbox-record", record.to_string())],
+        fs::read(body).expect("the body"),
     );
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    let out = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (answer, status) = out.split_at(out.len().saturating_sub(3));
-    // curl's own complaint, if any, follows the answer.
-    (status.to_string(), format!("{answer}{err}"))
+    (got.status.to_string(), got.text())
 }
 
 /// `status --json`'s table line for `table`: (records, differs_on).

@@ -12,6 +12,8 @@
 //!   and the helpers that look at a mount and its store.
 //! - [`mesh`]: `Fleet`, `Node` and `Circle`, envoys that share a fleet CA on
 //!   loopback; `curl` against a peer port; version fetch and push.
+//! - [`peer`]: `PeerClient`, a raw HTTP/2 client of a peer port with an
+//!   envoy's certificate, proven by a hello with its key or not at all.
 //! - [`fs`]: `std::fs` with a deadline on every call that can block on a
 //!   mount; tests import it as `fs`.
 //! - [`ports`]: loopback ports for a mesh's agents.
@@ -30,11 +32,13 @@ pub mod fs;
 pub mod mesh;
 pub mod mount;
 pub mod netlab;
+pub mod peer;
 pub mod ports;
 pub mod skip;
 
 pub use envoy::*;
 pub(crate) use mesh::*;
 pub(crate) use mount::*;
+pub(crate) use peer::*;
 pub(crate) use ports::*;
 pub use skip::*;
