@@ -41,6 +41,10 @@ const CONNECTIONS: usize = 2;
 /// The most the agent may have resident at any time (`VmHWM`), in KiB.
 const PEAK_LIMIT_KIB: u64 = 150 << 10;
 
+/// The peer server's HTTP/2 stream window (`net/src/mesh/server.rs`): the
+/// most of one body a client can send that the server has not read.
+const STREAM_WINDOW: u64 = 4 << 20;
+
 /// A bound on a hang, not a wait: the flood ends when its last answer is in.
 const FLOOD_LIMIT: Duration = Duration::from_secs(120);
 
@@ -105,8 +109,8 @@ pub(crate) struct Flooding {
 pub(crate) struct Flood {
     tls: Arc<rustls::ClientConfig>,
     port: u16,
-    /// The state folder and name of the envoy it proves to be, if any.
-    envoy: Option<(PathBuf, String)>,
+    /// The envoy it says hello as on each connection, if any.
+    envoy: Option<AsEnvoy>,
     /// Body bytes handed to the connections so far.
     pub sent: Arc<AtomicU64>,
 }
@@ -120,7 +124,21 @@ impl Flood {
             .client_config()
             .expect("a client config");
         let mut f = Flood::with_tls(tls, port);
-        f.envoy = Some((from.m.e.state(), from.name.clone()));
+        f.envoy = Some(AsEnvoy {
+            state: from.m.e.state(),
+            name: from.name.clone(),
+            must_pass: true,
+        });
+        f
+    }
+
+    /// A flood to `port` as `from`, which is not a member there: its fleet
+    /// certificate, and a hello on each connection that is refused.
+    pub(crate) fn as_outsider(from: &Node, port: u16) -> Flood {
+        let mut f = Flood::as_envoy(from, port);
+        if let Some(e) = &mut f.envoy {
+            e.must_pass = false;
+        }
         f
     }
 
@@ -176,16 +194,25 @@ impl Flood {
     }
 }
 
+/// Who a flood says hello as: an envoy's state folder (its endorsement
+/// and signing key) and name, and whether the hello must be answered 200.
+#[derive(Clone)]
+pub(crate) struct AsEnvoy {
+    state: PathBuf,
+    name: String,
+    must_pass: bool,
+}
+
 type Send = hyper::client::conn::http2::SendRequest<
     http_body_util::combinators::BoxBody<Bytes, Infallible>,
 >;
 
-/// A connection to `port`; when `envoy` (state folder, name) is given,
-/// proven by a hello as that envoy (an error unless it is answered 200).
+/// A connection to `port`; when `envoy` is given, after a hello as that
+/// envoy (an error unless it is answered 200, if it must pass).
 async fn connect(
     tls: Arc<rustls::ClientConfig>,
     port: u16,
-    envoy: Option<&(PathBuf, String)>,
+    envoy: Option<&AsEnvoy>,
 ) -> Result<Send, String> {
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
@@ -207,15 +234,15 @@ async fn connect(
             .await
             .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
-    if let Some((state, envoy)) = envoy {
-        let (user, ask) = hello_ask(state, envoy, Side::Asker, exporter);
+    if let Some(e) = envoy {
+        let (user, ask) = hello_ask(&e.state, &e.name, Side::Asker, exporter);
         let req = http::Request::post(format!("https://127.0.0.1:{port}/lockbox/hello/{user}"))
             .body(http_body_util::Full::new(Bytes::from(ask)).boxed())
             .map_err(|e| e.to_string())?;
         send.ready().await.map_err(|e| e.to_string())?;
         let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
-        if resp.status() != 200 {
-            return Err(format!("hello as {envoy}: {}", resp.status()));
+        if e.must_pass && resp.status() != 200 {
+            return Err(format!("hello as {}: {}", e.name, resp.status()));
         }
     }
     Ok(send)
@@ -266,34 +293,12 @@ fn memory_kib(pid: u32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-/// Six parallel 250 MiB bodies to every POST endpoint at once, as a
-/// member: pushes of signed records whose bodies do not match them, and
-/// tables that announce 2^32 - 1 records, that are random bytes, or that
-/// are a million well-formed records no member signed. The agent's
-/// resident memory never reaches 150 MiB (before the bodies were read as
-/// streams and requests in flight bounded, it reached 1.3 GiB), its mount
-/// reads and writes meanwhile, a file written on the other envoy still
-/// arrives, and afterwards it holds what it held (and the two new files).
-#[test]
-fn parallel_huge_bodies_from_a_member_leave_memory_bounded() {
-    require_fuse!();
-    let c = Circle::loopback(&["alpha", "bravo"]);
-    let (alpha, bravo) = (c.node("alpha"), c.node("bravo"));
-    let user = alpha.user();
-    let doc = content("doc", 5000);
-    fs::write(alpha.at("doc"), &doc).expect("write");
-    c.wait_content(&["alpha", "bravo"], "doc", &doc);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (record, _) = fetch_version(alpha, &user, "doc", dir.path());
-    let rec =
-        Signed::<FileVersion>::from_bytes(&hex::decode(&record).expect("hex")).expect("a record");
-    let before = holdings(bravo);
-    let pid = bravo.m.e.agent_pid().expect("bravo's agent runs");
-
-    // The requests: pushes signed by alpha (a member), so each is
-    // admitted and its body read to the end; and the tables.
-    let key = fs::read_to_string(alpha.m.e.state().join("signing.key")).expect("signing.key");
-    let key = SigningKey::parse_file(&key).expect("alpha's signing key");
+/// The flood: `PARALLEL` pushes of `rec`'s file under new names, signed by
+/// `key`, each with a 250 MiB random body that matches no record; and
+/// `PARALLEL` bodies to each table endpoint, a third each announcing
+/// 2^32 - 1 records, of random bytes, and of the most records a table
+/// takes, each well-formed but signed by no member.
+fn flood_requests(user: &str, rec: &Signed<FileVersion>, key: &SigningKey) -> Vec<Flooding> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("clock")
@@ -318,7 +323,7 @@ fn parallel_huge_bodies_from_a_member_leave_memory_bounded() {
             headers: vec![
                 (
                     "lockbox-record",
-                    hex::encode(Signed::sign(flood, &key).to_bytes()),
+                    hex::encode(Signed::sign(flood, key).to_bytes()),
                 ),
                 ("content-length", BODY.to_string()),
             ],
@@ -352,21 +357,71 @@ fn parallel_huge_bodies_from_a_member_leave_memory_bounded() {
             });
         }
     }
-    let what: Vec<String> = requests.iter().map(|r| r.path.clone()).collect();
+    requests
+}
 
-    // Memory, sampled until the flood is over.
-    let flooding = Arc::new(AtomicBool::new(true));
-    let sampler = {
-        let flooding = flooding.clone();
-        thread::spawn(move || {
-            let mut peak_rss = 0;
-            while flooding.load(Ordering::Relaxed) {
-                peak_rss = peak_rss.max(memory_kib(pid).0);
+/// Samples an agent's `VmRSS` every 10 ms until stopped.
+struct Sampler {
+    pid: u32,
+    on: Arc<AtomicBool>,
+    thread: thread::JoinHandle<u64>,
+}
+
+impl Sampler {
+    fn start(pid: u32) -> Sampler {
+        let on = Arc::new(AtomicBool::new(true));
+        let running = on.clone();
+        let thread = thread::spawn(move || {
+            let mut peak = 0;
+            while running.load(Ordering::Relaxed) {
+                peak = peak.max(memory_kib(pid).0);
                 thread::sleep(Duration::from_millis(10));
             }
-            (peak_rss, memory_kib(pid).1)
-        })
-    };
+            peak
+        });
+        Sampler { pid, on, thread }
+    }
+
+    /// The highest `VmRSS` sampled and the process's `VmHWM`, in KiB.
+    fn stop(self) -> (u64, u64) {
+        self.on.store(false, Ordering::Relaxed);
+        let peak = self.thread.join().expect("sampler");
+        (peak, memory_kib(self.pid).1)
+    }
+}
+
+/// Six parallel 250 MiB bodies to every POST endpoint at once, as a
+/// member: pushes of signed records whose bodies do not match them, and
+/// tables that announce 2^32 - 1 records, that are random bytes, or that
+/// are a million well-formed records no member signed. The agent's
+/// resident memory never reaches 150 MiB (before the bodies were read as
+/// streams and requests in flight bounded, it reached 1.3 GiB), its mount
+/// reads and writes meanwhile, a file written on the other envoy still
+/// arrives, and afterwards it holds what it held (and the two new files).
+#[test]
+fn parallel_huge_bodies_from_a_member_leave_memory_bounded() {
+    require_fuse!();
+    let c = Circle::loopback(&["alpha", "bravo"]);
+    let (alpha, bravo) = (c.node("alpha"), c.node("bravo"));
+    let user = alpha.user();
+    let doc = content("doc", 5000);
+    fs::write(alpha.at("doc"), &doc).expect("write");
+    c.wait_content(&["alpha", "bravo"], "doc", &doc);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (record, _) = fetch_version(alpha, &user, "doc", dir.path());
+    let rec =
+        Signed::<FileVersion>::from_bytes(&hex::decode(&record).expect("hex")).expect("a record");
+    let before = holdings(bravo);
+    let pid = bravo.m.e.agent_pid().expect("bravo's agent runs");
+
+    // The requests: pushes signed by alpha (a member), so each is
+    // admitted and its body read to the end; and the tables.
+    let key = fs::read_to_string(alpha.m.e.state().join("signing.key")).expect("signing.key");
+    let key = SigningKey::parse_file(&key).expect("alpha's signing key");
+    let requests = flood_requests(&user, &rec, &key);
+    let what: Vec<String> = requests.iter().map(|r| r.path.clone()).collect();
+
+    let sampler = Sampler::start(pid);
     let start = Instant::now();
     let flood = Flood::as_envoy(alpha, bravo.port);
     let sent = flood.sent.clone();
@@ -396,8 +451,7 @@ fn parallel_huge_bodies_from_a_member_leave_memory_bounded() {
 
     let answers = flood.join().expect("the flood");
     let took = start.elapsed();
-    flooding.store(false, Ordering::Relaxed);
-    let (peak_rss, hwm) = sampler.join().expect("sampler");
+    let (peak_rss, hwm) = sampler.stop();
     eprintln!(
         "flood: {} MiB sent in {took:?}; bravo's agent: peak VmRSS {peak_rss} KiB sampled, \
          VmHWM {hwm} KiB; mount used during the flood: {mount_during}, marker arrived \
@@ -487,4 +541,105 @@ fn connections_from_one_address_are_capped_and_freed() {
         })
     });
     assert!(again.is_ok(), "no place freed: {again:?}");
+}
+
+/// alpha and bravo, members of one circle, and mallory, with a
+/// certificate of the same fleet but another passphrase: a host of the
+/// fleet that is not a member.
+fn circle_with_an_outsider() -> Circle {
+    let fleet = Fleet::new();
+    let ports = free_ports(3);
+    let nodes: Vec<Node> = ["alpha", "bravo", "mallory"]
+        .iter()
+        .zip(&ports)
+        .map(|(name, &port)| {
+            let others: Vec<u16> = ports.iter().copied().filter(|&p| p != port).collect();
+            let e = Envoy::with_config(&loopback_config(port, &others));
+            if *name == "mallory" {
+                fs::write(&e.pass, "not the user's passphrase\n").expect("pass");
+            }
+            fleet.issue(&e, name, &["127.0.0.1"]);
+            Node {
+                m: MountedEnvoy::named(e, name),
+                name: name.to_string(),
+                port,
+            }
+        })
+        .collect();
+    let c = Circle {
+        nodes,
+        _fleet: fleet,
+    };
+    for n in &c.nodes {
+        n.m.e.unlock();
+    }
+    c.wait_formed(&["alpha", "bravo"]);
+    c
+}
+
+/// The same flood from a host of the fleet that is not a member (its hello
+/// on the connection is refused): every request is refused (`403`) with
+/// its body unread, so what it sends is bounded by flow control, not by
+/// the bodies; the agent's memory stays bounded and the members sync on.
+#[test]
+fn parallel_huge_bodies_from_a_non_member_are_refused_unread() {
+    require_fuse!();
+    let c = circle_with_an_outsider();
+    let (alpha, bravo, mallory) = (c.node("alpha"), c.node("bravo"), c.node("mallory"));
+    let user = alpha.user();
+    let doc = content("doc", 5000);
+    fs::write(alpha.at("doc"), &doc).expect("write");
+    c.wait_content(&["alpha", "bravo"], "doc", &doc);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (record, _) = fetch_version(alpha, &user, "doc", dir.path());
+    let rec =
+        Signed::<FileVersion>::from_bytes(&hex::decode(&record).expect("hex")).expect("a record");
+    let key = fs::read_to_string(mallory.m.e.state().join("signing.key")).expect("signing.key");
+    let key = SigningKey::parse_file(&key).expect("mallory's signing key");
+    let requests = flood_requests(&user, &rec, &key);
+    let count = requests.len() as u64;
+    let before = holdings(bravo);
+    let pid = bravo.m.e.agent_pid().expect("bravo's agent runs");
+
+    let sampler = Sampler::start(pid);
+    // One connection: mallory's agent and alpha connect from this address
+    // too, and four is the most one address may hold.
+    let flood = Flood::as_outsider(mallory, bravo.port);
+    let answers = flood.run(requests, 1, FLOOD_LIMIT);
+    let (peak_rss, hwm) = sampler.stop();
+    let sent = flood.sent.load(Ordering::Relaxed);
+    eprintln!(
+        "outsider flood: {} MiB handed to the connection; bravo's agent: peak VmRSS \
+         {peak_rss} KiB sampled, VmHWM {hwm} KiB",
+        sent >> 20
+    );
+    for a in &answers {
+        assert_eq!(a, &Ok(403), "{answers:?}");
+    }
+    // Unread: of each body at most its stream's flow-control window
+    // reached the agent (and two chunks were queued this side), not its
+    // 250 MiB.
+    assert!(
+        sent < count * (STREAM_WINDOW + (3 << 20)),
+        "{sent} bytes sent for {count} refused requests"
+    );
+    assert!(
+        hwm < PEAK_LIMIT_KIB,
+        "bravo's agent peaked at {hwm} KiB resident (limit {PEAK_LIMIT_KIB} KiB)"
+    );
+    c.wait_marker(&["alpha", "bravo"], "alpha", "marker");
+    let after = holdings(bravo);
+    let plus = |v: &[String]| {
+        let mut v = v.to_vec();
+        v.push("marker".to_string());
+        v.sort();
+        v
+    };
+    assert_eq!(after.0, plus(&before.0), "listing");
+    assert_eq!(after.1, plus(&before.1), "store folder");
+    assert_eq!(
+        after.2[..3],
+        before.2[..3],
+        "tombstones, resurrects, leaves"
+    );
 }
