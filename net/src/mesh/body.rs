@@ -270,6 +270,12 @@ where
             refused.get_or_insert(r);
         }
     }
+    // For a POST, a refused record came before whatever ended the reading.
+    if stop_at_refusal {
+        if let Some(r) = refused.take() {
+            return Err(r.into());
+        }
+    }
     match read {
         Err(ListBodyError::Body(e)) => Err(e.into()),
         Err(ListBodyError::List(source)) => Err(TableBodyError::List {
