@@ -169,6 +169,42 @@ fn records() -> BTreeMap<String, Vec<u8>> {
     out
 }
 
+/// Seeds of the streaming list decoder: a piece-size byte, then a list.
+fn list_streams() -> BTreeMap<String, Vec<u8>> {
+    let alpha = SigningKey::from_seed(&[1; 32]);
+    let tombstone = Signed::sign(
+        Tombstone {
+            user: wn("alice"),
+            name: Name::new("notes.txt").unwrap(),
+            vv: vv(&[("alpha", 1)]),
+            author: wn("alpha"),
+            deleted_unix: 1_767_225_700,
+        },
+        &alpha,
+    )
+    .to_bytes();
+    let list = records::encode_list([&tombstone[..], &b""[..], &tombstone[..]]);
+    let seed = |piece: u8, bytes: &[u8]| {
+        let mut v = vec![piece];
+        v.extend_from_slice(bytes);
+        v
+    };
+    let mut out = BTreeMap::new();
+    out.insert("bytewise".into(), seed(0, &list));
+    out.insert("pieces-of-7".into(), seed(6, &list));
+    out.insert("whole".into(), seed(255, &list));
+    out.insert("empty".into(), seed(3, &records::encode_list([])));
+    out.insert("list-truncated".into(), seed(6, &list[..list.len() - 1]));
+    let mut trailing = list.clone();
+    trailing.push(0);
+    out.insert("list-trailing".into(), seed(6, &trailing));
+    out.insert(
+        "huge-count".into(),
+        seed(1, &[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 1]),
+    );
+    out
+}
+
 fn hellos() -> BTreeMap<String, Vec<u8>> {
     let h = Hello {
         protocol: 2,
@@ -356,6 +392,7 @@ fn corpus() -> Corpus {
     c.insert("announcement", announcements());
     c.insert("version_vector", version_vectors());
     c.insert("records", records());
+    c.insert("list_stream", list_streams());
     c.insert("hello", hellos());
     c.insert("hello_ask", hello_asks());
     c.insert("session_proof", session_proofs());
@@ -383,6 +420,11 @@ fn the_seeds_are_what_they_say() {
     for (name, bytes) in &c["hello"] {
         let valid = !name.contains('-');
         assert_eq!(Hello::parse(bytes).is_ok(), valid, "{name}");
+    }
+    for (name, bytes) in &c["list_stream"] {
+        let valid = !name.contains('-') || name == "pieces-of-7";
+        let list = records::decode_list(&bytes[1..], 1 << 10);
+        assert_eq!(list.is_ok(), valid, "{name}");
     }
     for (name, bytes) in &c["hello_ask"] {
         let valid = !name.contains('-');

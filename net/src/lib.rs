@@ -167,6 +167,20 @@ pub enum Error {
         max: usize,
     },
 
+    /// A record list announces more records than its table takes.
+    #[error(
+        "{what} announces {count} records, more than the limit of {max}: dropped unread \
+         (the sender is damaged or hostile)"
+    )]
+    TooManyRecords {
+        /// What was being read, e.g. `"record list"`.
+        what: &'static str,
+        /// The count announced.
+        count: usize,
+        /// The largest count accepted.
+        max: usize,
+    },
+
     /// A version vector's entries are not sorted by envoy name.
     #[error(
         "version vector entry {envoy:?} is out of order (entries must be sorted by \

@@ -456,7 +456,8 @@ pub fn decode_list(bytes: &[u8], max_items: usize) -> Result<Vec<&[u8]>, crate::
     let mut rest = bytes;
     let count = u32::from_be_bytes(take(&mut rest, 4)?.try_into().map_err(|_| trunc())?) as usize;
     if count > max_items {
-        return Err(crate::Error::TooManyEntries {
+        return Err(crate::Error::TooManyRecords {
+            what: "record list",
             count,
             max: max_items,
         });
@@ -487,6 +488,188 @@ pub fn decode_list(bytes: &[u8], max_items: usize) -> Result<Vec<&[u8]>, crate::
         });
     }
     Ok(out)
+}
+
+/// Most bytes a [`ListDecoder`] holds at any time: one record of
+/// [`lockbox_crypto::sign::MAX_RECORD_BYTES`] and the length in front of it.
+pub const LIST_DECODER_MAX_HELD: usize = lockbox_crypto::sign::MAX_RECORD_BYTES + 4;
+
+/// A push-style decoder of [`encode_list`]'s format, for a list that
+/// arrives in pieces (an HTTP body, frame by frame): it is fed `&[u8]`
+/// chunks as they come and yields one record at a time, so that a table is
+/// never held whole. It holds at most one record and the length in front of
+/// it ([`LIST_DECODER_MAX_HELD`]), whatever the chunks or the count.
+///
+/// The rules are [`decode_list`]'s, checked as early as the bytes allow:
+/// the count against `max_items` as soon as its four bytes are in, before
+/// any record; each record's length against `MAX_RECORD_BYTES` before its
+/// bytes; trailing bytes as soon as they arrive; a short list at
+/// [`ListDecoder::finish`]. Records yielded before an error stay yielded —
+/// the caller may already have acted on them, which is safe for lists of
+/// signed records, each checked on its own. After an error every call
+/// returns that error again.
+#[derive(Debug)]
+pub struct ListDecoder {
+    max_items: usize,
+    /// The `u32` being read (the count, or a record's length) and how many
+    /// of its bytes have arrived.
+    word: [u8; 4],
+    word_have: usize,
+    /// The count, once its bytes are in.
+    count: Option<usize>,
+    /// Records yielded so far.
+    yielded: usize,
+    /// The record being read, and its length.
+    item: Option<(Vec<u8>, usize)>,
+    failed: Option<crate::Error>,
+}
+
+impl ListDecoder {
+    /// A decoder of a list of at most `max_items` records.
+    pub fn new(max_items: usize) -> Self {
+        ListDecoder {
+            max_items,
+            word: [0; 4],
+            word_have: 0,
+            count: None,
+            yielded: 0,
+            item: None,
+            failed: None,
+        }
+    }
+
+    /// The number of records the list announces, once read.
+    pub fn count(&self) -> Option<usize> {
+        self.count
+    }
+
+    /// How many records have been yielded.
+    pub fn yielded(&self) -> usize {
+        self.yielded
+    }
+
+    /// Whether every record the list announces has been yielded.
+    pub fn is_complete(&self) -> bool {
+        self.failed.is_none() && self.count == Some(self.yielded)
+    }
+
+    /// The bytes held now: a record's part that arrived, its length's.
+    /// Never more than [`LIST_DECODER_MAX_HELD`].
+    pub fn held(&self) -> usize {
+        self.word_have + self.item.as_ref().map_or(0, |(b, _)| b.capacity())
+    }
+
+    fn fail(&mut self, e: crate::Error) -> crate::Error {
+        self.failed = Some(e.clone());
+        e
+    }
+
+    /// Read a `u32` from `input` into `word`; whether it is complete.
+    fn read_word(&mut self, input: &mut &[u8]) -> Option<u32> {
+        let take = (4 - self.word_have).min(input.len());
+        self.word[self.word_have..self.word_have + take].copy_from_slice(&input[..take]);
+        self.word_have += take;
+        *input = &input[take..];
+        if self.word_have < 4 {
+            return None;
+        }
+        self.word_have = 0;
+        Some(u32::from_be_bytes(self.word))
+    }
+
+    /// Take bytes from the front of `input` up to the end of the next
+    /// record and return it; `Ok(None)` once `input` is used up without
+    /// completing one (feed the next chunk then). Call it again with the
+    /// rest of `input` until it returns `Ok(None)`.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::TooManyRecords`] for a count over `max_items`,
+    /// [`crate::Error::TooLarge`] for a record longer than
+    /// `MAX_RECORD_BYTES`, [`crate::Error::TrailingBytes`] for bytes after
+    /// the last record.
+    pub fn next(&mut self, input: &mut &[u8]) -> Result<Option<Vec<u8>>, crate::Error> {
+        loop {
+            if let Some(e) = &self.failed {
+                return Err(e.clone());
+            }
+            let Some(count) = self.count else {
+                let Some(count) = self.read_word(input) else {
+                    return Ok(None);
+                };
+                let count = count as usize;
+                if count > self.max_items {
+                    return Err(self.fail(crate::Error::TooManyRecords {
+                        what: "record list",
+                        count,
+                        max: self.max_items,
+                    }));
+                }
+                self.count = Some(count);
+                continue;
+            };
+            if self.yielded == count {
+                if !input.is_empty() {
+                    return Err(self.fail(crate::Error::TrailingBytes {
+                        what: "record list",
+                        count: input.len(),
+                    }));
+                }
+                return Ok(None);
+            }
+            match &mut self.item {
+                None => {
+                    let Some(len) = self.read_word(input) else {
+                        return Ok(None);
+                    };
+                    let len = len as usize;
+                    if len > lockbox_crypto::sign::MAX_RECORD_BYTES {
+                        return Err(self.fail(crate::Error::TooLarge {
+                            what: "record in a list",
+                            len,
+                            max: lockbox_crypto::sign::MAX_RECORD_BYTES,
+                        }));
+                    }
+                    self.item = Some((Vec::with_capacity(len), len));
+                }
+                Some((buf, len)) => {
+                    let take = (*len - buf.len()).min(input.len());
+                    buf.extend_from_slice(&input[..take]);
+                    *input = &input[take..];
+                    if buf.len() < *len {
+                        return Ok(None);
+                    }
+                    let (item, _) = self.item.take().unwrap_or_default();
+                    self.yielded += 1;
+                    return Ok(Some(item));
+                }
+            }
+        }
+    }
+
+    /// The end of the input: an error unless every record announced was
+    /// read.
+    ///
+    /// # Errors
+    ///
+    /// The error met before, or [`crate::Error::Truncated`] for a list cut
+    /// short.
+    pub fn finish(&self) -> Result<(), crate::Error> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        if self.is_complete() {
+            return Ok(());
+        }
+        Err(crate::Error::Truncated {
+            what: "record list",
+            field: if self.count.is_none() {
+                "the count"
+            } else {
+                "a record"
+            },
+        })
+    }
 }
 
 /// The 16-byte digest of a table announced in discovery: SHA-256 over the
@@ -622,6 +805,90 @@ mod tests {
         long.push(0);
         assert!(decode_list(&long, 10).is_err());
         assert!(decode_list(&[0xff, 0xff, 0xff, 0xff], usize::MAX).is_err());
+    }
+
+    /// Feed `bytes` to a [`ListDecoder`] in pieces cut at `cuts` (sorted
+    /// or not, any values): the records, and whether it ended cleanly;
+    /// checks the memory bound after every step.
+    fn stream(bytes: &[u8], cuts: &[usize], max_items: usize) -> (Vec<Vec<u8>>, bool) {
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+        cuts.push(0);
+        cuts.push(bytes.len());
+        cuts.sort_unstable();
+        let mut dec = ListDecoder::new(max_items);
+        let mut out = Vec::new();
+        for w in cuts.windows(2) {
+            let mut input = &bytes[w[0]..w[1]];
+            loop {
+                let got = dec.next(&mut input);
+                assert!(dec.held() <= LIST_DECODER_MAX_HELD, "{}", dec.held());
+                match got {
+                    Ok(Some(item)) => out.push(item),
+                    Ok(None) => break,
+                    Err(_) => return (out, false),
+                }
+            }
+            assert!(input.is_empty(), "a chunk was not used up");
+        }
+        let ok = dec.finish().is_ok();
+        (out, ok)
+    }
+
+    #[test]
+    fn the_list_decoder_takes_a_list_byte_by_byte() {
+        let a = vec![1u8, 2, 3];
+        let b = Vec::new();
+        let c = vec![9u8; 1000];
+        let enc = encode_list([&a[..], &b[..], &c[..]]);
+        let every: Vec<usize> = (0..enc.len()).collect();
+        assert_eq!(stream(&enc, &every, 3), (vec![a, b, c], true));
+        assert_eq!(stream(&encode_list([]), &[], 0), (vec![], true));
+    }
+
+    #[test]
+    fn the_list_decoder_refuses_as_soon_as_the_bytes_allow() {
+        // The count is checked before anything else: over the maximum, the
+        // rest is never looked at.
+        let mut dec = ListDecoder::new(10);
+        let mut input = &[0u8, 0, 0, 11, 0xff, 0xff][..];
+        let e = dec.next(&mut input).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                crate::Error::TooManyRecords {
+                    count: 11,
+                    max: 10,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert_eq!(input.len(), 2);
+        assert!(dec.next(&mut &b"more"[..]).is_err(), "it stays failed");
+        assert!(dec.finish().is_err());
+
+        // A record longer than a record can be: refused at its length.
+        let big = (lockbox_crypto::sign::MAX_RECORD_BYTES as u32 + 1).to_be_bytes();
+        let mut dec = ListDecoder::new(10);
+        let mut input = &[0u8, 0, 0, 1, big[0], big[1], big[2], big[3]][..];
+        let e = dec.next(&mut input).unwrap_err();
+        assert!(matches!(e, crate::Error::TooLarge { .. }), "{e}");
+        assert_eq!(dec.held(), 0);
+
+        // Trailing bytes: the records before them were yielded.
+        let mut long = encode_list([&b"abc"[..]]);
+        long.push(0);
+        assert_eq!(stream(&long, &[], 10), (vec![b"abc".to_vec()], false));
+
+        // Cut short: an error at the end, after the whole records.
+        let two = encode_list([&b"abc"[..], &b"defg"[..]]);
+        let short = &two[..two.len() - 1];
+        assert_eq!(stream(short, &[], 10), (vec![b"abc".to_vec()], false));
+        let mut dec = ListDecoder::new(10);
+        assert_eq!(dec.next(&mut &two[..2]).unwrap(), None);
+        assert_eq!(dec.count(), None);
+        let e = dec.finish().unwrap_err();
+        assert!(e.to_string().contains("the count"), "{e}");
     }
 
     fn arb_vv() -> impl Strategy<Value = VersionVector> {
@@ -761,6 +1028,43 @@ mod tests {
             let _ = Signed::<Resurrect>::from_bytes(&bytes);
             let _ = Signed::<Leave>::from_bytes(&bytes);
             let _ = decode_list(&bytes, 1 << 20);
+        }
+
+        /// Any chunking of a valid list yields the same records.
+        #[test]
+        fn any_chunking_of_a_list_yields_its_records(
+            items in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 0..12),
+            cuts in proptest::collection::vec(any::<usize>(), 0..20),
+        ) {
+            let enc = encode_list(items.iter().map(|i| i.as_slice()));
+            prop_assert_eq!(stream(&enc, &cuts, items.len()), (items.clone(), true));
+            if !items.is_empty() {
+                let (got, ok) = stream(&enc, &cuts, items.len() - 1);
+                prop_assert!(got.is_empty() && !ok, "over the maximum: nothing");
+            }
+        }
+
+        /// Any bytes, in any pieces: no panic, never more held than one
+        /// record and its length, and the verdict of `decode_list`.
+        #[test]
+        fn the_list_decoder_agrees_with_decode_list(
+            bytes in proptest::collection::vec(any::<u8>(), 0..400),
+            small in proptest::collection::vec(0u8..4, 0..40),
+            cuts in proptest::collection::vec(any::<usize>(), 0..20),
+        ) {
+            // Random bytes are rarely a list; small ones often are.
+            for input in [&bytes, &small] {
+                let whole = decode_list(input, 64);
+                let (got, ok) = stream(input, &cuts, 64);
+                match whole {
+                    Ok(items) => {
+                        prop_assert!(ok);
+                        let items: Vec<Vec<u8>> = items.iter().map(|i| i.to_vec()).collect();
+                        prop_assert_eq!(got, items);
+                    }
+                    Err(_) => prop_assert!(!ok),
+                }
+            }
         }
 
         #[test]

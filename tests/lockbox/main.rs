@@ -13,6 +13,7 @@
 //! - `mesh`: envoys syncing over mTLS, pushes, intruders, the demo.
 //! - `mount`: the FUSE mount driven by ordinary tools.
 //! - `netlab`: the network-namespace lab itself.
+//! - `resources`: the peer port's bounds under many huge bodies at once.
 //! - `unprivileged`: lockbox as an ordinary user.
 #![allow(clippy::unwrap_used)]
 
@@ -28,4 +29,5 @@ mod join;
 mod mesh;
 mod mount;
 mod netlab;
+mod resources;
 mod unprivileged;

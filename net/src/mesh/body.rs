@@ -1,7 +1,11 @@
 //! HTTP bodies on the peer port, both ways: small answers, reading a body
 //! whole under a cap (`read_capped`), draining a small unwanted one
-//! (`after_small_body`), streaming a store file out (`file_body`) and a
-//! received version into the store (`receive_body`). It must not decide
+//! (`after_small_body`), reading a record list as a stream (`ListBody`)
+//! and applying a table that way (`apply_table_body`), streaming a store
+//! file out (`file_body`) and a received version into the store
+//! (`receive_body`). Every body from a peer is capped before it is
+//! buffered, and none but the small ones is ever held whole: a table holds
+//! one record and one frame, a file a frame or two. It must not decide
 //! what a request means or whether a version is wanted.
 
 use std::io::Read;
@@ -14,9 +18,11 @@ use hyper::body::Incoming;
 use lockbox_crypto::sign::Signed;
 use lockbox_fs::Name;
 
-use super::MAX_CIPHERTEXT;
-use crate::records::FileVersion;
-use crate::replica::{Admission, Refusal, Replica};
+use super::{
+    MAX_CIPHERTEXT, MAX_TABLE_BODY, TABLE_BATCH_BYTES, TABLE_BATCH_RECORDS, TABLE_BODY_IDLE,
+};
+use crate::records::{FileVersion, ListDecoder};
+use crate::replica::{Admission, Refusal, Replica, Table, MAX_TABLE_ENTRIES};
 
 /// The body type of every request and answer this envoy sends.
 pub(super) type Body = BoxBody<Bytes, std::io::Error>;
@@ -75,6 +81,209 @@ pub enum BodyError {
     /// A file's body is longer than the largest ciphertext accepted.
     #[error("body over the size limit")]
     OverLimit,
+    /// Nothing of the body arrived for too long.
+    #[error("the body stalled: nothing arrived for {secs} seconds")]
+    Stalled {
+        /// How long nothing arrived.
+        secs: u64,
+    },
+}
+
+/// Whether a body declares (by its `content-length`) more than `cap` bytes.
+pub(super) fn declared_over<B: hyper::body::Body>(body: &B, cap: usize) -> bool {
+    body.size_hint().lower() > cap as u64
+}
+
+/// Why a record list from a peer was not read to its end.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ListBodyError {
+    /// The body: too long, broken off or stalled.
+    #[error(transparent)]
+    Body(#[from] BodyError),
+    /// The list in it is malformed.
+    #[error(transparent)]
+    List(#[from] crate::Error),
+}
+
+/// A record list read from a body as it arrives (see
+/// [`ListDecoder`]): one record at a time, holding at most one record and
+/// the frame it came in. The declared length is checked against
+/// [`MAX_TABLE_BODY`] before anything is read; the count against the
+/// table's maximum as soon as its four bytes are in; a body that sends
+/// nothing for [`TABLE_BODY_IDLE`] is given up.
+pub(super) struct ListBody<B> {
+    body: B,
+    dec: ListDecoder,
+    /// The rest of the frame being decoded.
+    frame: Bytes,
+    ended: bool,
+}
+
+impl<B> ListBody<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    /// A list of at most `max_items` records in `body`; refused unread when
+    /// the body declares more than a table can be.
+    pub(super) fn new(body: B, max_items: usize) -> Result<Self, BodyError> {
+        if declared_over(&body, MAX_TABLE_BODY) {
+            return Err(BodyError::TooLarge {
+                cap: MAX_TABLE_BODY,
+            });
+        }
+        Ok(ListBody {
+            body,
+            dec: ListDecoder::new(max_items),
+            frame: Bytes::new(),
+            ended: false,
+        })
+    }
+
+    /// The next record, or `None` at the end of a well-formed list.
+    pub(super) async fn next(&mut self) -> Result<Option<Vec<u8>>, ListBodyError> {
+        loop {
+            let mut input = &self.frame[..];
+            let got = self.dec.next(&mut input);
+            let used = self.frame.len() - input.len();
+            self.frame = self.frame.slice(used..);
+            if let Some(item) = got? {
+                return Ok(Some(item));
+            }
+            if self.ended {
+                return Ok(None);
+            }
+            let frame = match tokio::time::timeout(TABLE_BODY_IDLE, self.body.frame()).await {
+                Err(_) => {
+                    return Err(BodyError::Stalled {
+                        secs: TABLE_BODY_IDLE.as_secs(),
+                    }
+                    .into())
+                }
+                Ok(None) => {
+                    self.ended = true;
+                    self.dec.finish()?;
+                    return Ok(None);
+                }
+                Ok(Some(Err(e))) => return Err(BodyError::Read(e.into()).into()),
+                Ok(Some(Ok(f))) => f,
+            };
+            if let Ok(data) = frame.into_data() {
+                self.frame = data;
+            }
+        }
+    }
+}
+
+/// Why a table body from a peer was not applied whole.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum TableBodyError {
+    /// The body: too long, broken off or stalled.
+    #[error(transparent)]
+    Body(#[from] BodyError),
+    /// The list is malformed (the records before the fault were applied).
+    #[error("bad {table} list: {source}")]
+    List {
+        /// The table's path segment.
+        table: &'static str,
+        /// What is wrong with it.
+        source: crate::Error,
+    },
+    /// A record was refused (the first one).
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// A blocking task failed (a bug).
+    #[error(transparent)]
+    Task(#[from] tokio::task::JoinError),
+}
+
+impl TableBodyError {
+    /// The status a POST of the table is answered with.
+    pub(super) fn status(&self) -> u16 {
+        match self {
+            TableBodyError::Body(BodyError::TooLarge { .. } | BodyError::OverLimit) => 413,
+            TableBodyError::Body(BodyError::Stalled { .. }) => 408,
+            TableBodyError::Body(_) => 400,
+            TableBodyError::List { source, .. } => match source {
+                crate::Error::TooManyRecords { .. } | crate::Error::TooLarge { .. } => 413,
+                _ => 400,
+            },
+            TableBodyError::Refused(r) => r.status(),
+            TableBodyError::Task(_) => 500,
+        }
+    }
+}
+
+/// Read a table body as a stream and apply its records as they arrive,
+/// a batch at a time (at most [`TABLE_BATCH_RECORDS`] records or
+/// [`TABLE_BATCH_BYTES`] per blocking task), so that neither the body nor
+/// the table is ever held whole. Each record is signed and checked on its
+/// own, so applying the valid ones before the end of the body has been
+/// seen is safe: a body that turns out cut short, or to go on past its
+/// last record, is an error *after* the records that arrived whole were
+/// applied. With `stop_at_refusal` (a POST) the first refused record ends
+/// the reading and is the answer; otherwise (a pull) the rest is applied
+/// and the first refusal returned at the end.
+pub(super) async fn apply_table_body<B>(
+    replica: Arc<Replica>,
+    table: Table,
+    body: B,
+    stop_at_refusal: bool,
+) -> Result<(), TableBodyError>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut list = ListBody::new(body, MAX_TABLE_ENTRIES)?;
+    let mut batch: Vec<Vec<u8>> = Vec::new();
+    let mut batch_bytes = 0;
+    let mut refused = None;
+    let apply = |items: Vec<Vec<u8>>| {
+        let replica = replica.clone();
+        tokio::task::spawn_blocking(move || {
+            replica.apply_table_records(table, items, stop_at_refusal)
+        })
+    };
+    let read = loop {
+        match list.next().await {
+            Ok(Some(item)) => {
+                batch_bytes += item.len();
+                batch.push(item);
+                if batch.len() >= TABLE_BATCH_RECORDS || batch_bytes >= TABLE_BATCH_BYTES {
+                    batch_bytes = 0;
+                    if let Err(r) = apply(std::mem::take(&mut batch)).await? {
+                        refused.get_or_insert(r);
+                        if stop_at_refusal {
+                            break Ok(());
+                        }
+                    }
+                }
+            }
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
+    // What arrived whole before the end (or a fault) is applied too.
+    let stopped = stop_at_refusal && refused.is_some();
+    if !stopped && !batch.is_empty() {
+        if let Err(r) = apply(batch).await? {
+            refused.get_or_insert(r);
+        }
+    }
+    // For a POST, a refused record came before whatever ended the reading.
+    if stop_at_refusal {
+        if let Some(r) = refused.take() {
+            return Err(r.into());
+        }
+    }
+    match read {
+        Err(ListBodyError::Body(e)) => Err(e.into()),
+        Err(ListBodyError::List(source)) => Err(TableBodyError::List {
+            table: table.path(),
+            source,
+        }),
+        Ok(()) => refused.map_or(Ok(()), |r| Err(r.into())),
+    }
 }
 
 /// Read a whole body, refusing more than `cap` bytes: unread when its
@@ -164,7 +373,10 @@ pub(super) async fn receive_body(
     // The worker reads at most one byte past the record's length; past it,
     // nothing more is waited for (a peer may send more and then stall).
     let declared = rec.body().ciphertext_len;
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Bytes, BodyError>>(16);
+    // One frame waits in the channel while the worker writes the one
+    // before: what a push holds is a frame or two, whatever its length
+    // (flow control holds the rest back at the sender).
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Bytes, BodyError>>(1);
     let worker = tokio::task::spawn_blocking(move || {
         let mut reader = ChannelReader {
             rx,
@@ -261,6 +473,73 @@ mod tests {
             read_capped(body, cap).await,
             Err(BodyError::TooLarge { .. })
         ));
+    }
+
+    /// A list sent a piece at a time over a body that stays open: each
+    /// record is yielded as soon as it is whole, not at the end.
+    #[tokio::test]
+    async fn a_list_body_yields_each_record_as_it_arrives() {
+        let (mut tx, body) = Channel::<Bytes, Infallible>::new(8);
+        let mut list = ListBody::new(body, 10).unwrap();
+        let enc = crate::records::encode_list([&b"first"[..], &b"second"[..]]);
+        let (a, b) = enc.split_at(4 + 4 + 5 + 2);
+        tx.send_data(Bytes::copy_from_slice(a)).await.unwrap();
+        let got = tokio::time::timeout(PROMPTLY, list.next()).await.unwrap();
+        assert_eq!(got.unwrap(), Some(b"first".to_vec()));
+        tx.send_data(Bytes::copy_from_slice(b)).await.unwrap();
+        let got = tokio::time::timeout(PROMPTLY, list.next()).await.unwrap();
+        assert_eq!(got.unwrap(), Some(b"second".to_vec()));
+        drop(tx);
+        assert_eq!(list.next().await.unwrap(), None);
+    }
+
+    /// A count over the maximum is refused from its four bytes; the rest
+    /// of the body (never sent here) is not waited for.
+    #[tokio::test]
+    async fn a_list_body_with_too_many_records_is_refused_at_its_count() {
+        let (mut tx, body) = Channel::<Bytes, Infallible>::new(8);
+        let mut list = ListBody::new(body, 10).unwrap();
+        tx.send_data(Bytes::from_static(&[0, 0, 0, 11, 0]))
+            .await
+            .unwrap();
+        let got = tokio::time::timeout(PROMPTLY, list.next()).await.unwrap();
+        assert!(
+            matches!(
+                got,
+                Err(ListBodyError::List(crate::Error::TooManyRecords {
+                    count: 11,
+                    ..
+                }))
+            ),
+            "{got:?}"
+        );
+        drop(tx);
+    }
+
+    /// Cut short, or going on past its last record: an error after the
+    /// records that were whole.
+    #[tokio::test]
+    async fn a_list_body_cut_short_or_too_long_fails_after_its_whole_records() {
+        let enc = crate::records::encode_list([&b"one"[..], &b"two"[..]]);
+        let mut long = enc.clone();
+        long.push(0);
+        for (what, bytes, whole, fault) in [
+            ("short", &enc[..enc.len() - 1], 1, "truncated"),
+            ("long", &long[..], 2, "unexpected byte"),
+        ] {
+            let body = Full::new(Bytes::copy_from_slice(bytes));
+            let mut list = ListBody::new(body, 10).unwrap();
+            let mut got = Vec::new();
+            let e = loop {
+                match list.next().await {
+                    Ok(Some(item)) => got.push(item),
+                    Ok(None) => panic!("{what}: no error"),
+                    Err(e) => break e.to_string(),
+                }
+            };
+            assert_eq!(got.len(), whole, "{what}");
+            assert!(e.contains(fault), "{what}: {e}");
+        }
     }
 
     /// An HTTP/2 server on `127.0.0.1:0` that reads each request body with

@@ -1,6 +1,6 @@
 //! Anti-entropy: after a hello, pull the tables whose digests differ from
-//! ours and the peer's manifest, merge them, and fetch every version we
-//! lack; also how an envoy that was away catches up (ending a long
+//! ours and the peer's manifest, merge them as they arrive (read as
+//! streams, never held whole), and fetch every version we lack; also how an envoy that was away catches up (ending a long
 //! absence). It must not push anything (that is [`super::fanout`]).
 
 use lockbox_fs::escape::Escape;
@@ -10,11 +10,14 @@ use std::time::SystemTime;
 
 use lockbox_fs::Name;
 
-use super::body::{read_capped, receive_body};
+use super::body::{
+    apply_table_body, declared_over, receive_body, BodyError, ListBody, ListBodyError,
+    TableBodyError,
+};
 use super::route::Route;
 use super::{record_header, unix_now, Mesh, PeerError, MAX_TABLE_BODY};
 use crate::announce::Digests;
-use crate::replica::{self, Admission, Refusal, Table};
+use crate::replica::{self, Admission, ManifestError, Refusal, Table, MAX_TABLE_ENTRIES};
 
 impl Mesh {
     /// Pull the tables whose digests differ from ours, and merge them in
@@ -58,6 +61,9 @@ impl Mesh {
         Ok(())
     }
 
+    /// Pull `table` from `addr` and apply it as it arrives (one record at
+    /// a time, a batch per blocking task; see `body::apply_table_body`),
+    /// holding one of the table permits meanwhile.
     pub(super) async fn pull_table(&self, addr: SocketAddr, table: Table) -> Result<(), PeerError> {
         let resp = self.get(addr, &self.path(&Route::GetTable(table))).await?;
         if !resp.status().is_success() {
@@ -66,18 +72,36 @@ impl Mesh {
                 status: resp.status(),
             });
         }
-        let body = read_capped(resp.into_body(), MAX_TABLE_BODY).await?;
-        let replica = self.replica.clone();
-        let applied =
-            tokio::task::spawn_blocking(move || replica.apply_table(table, &body)).await?;
-        // What was valid is applied; one refused entry must not stop the
-        // catch-up of the rest.
-        if let Err(e) = applied {
-            tracing::debug!("{} from {addr}: {e}", table.path());
+        if declared_over(resp.body(), MAX_TABLE_BODY) {
+            return Err(BodyError::TooLarge {
+                cap: MAX_TABLE_BODY,
+            }
+            .into());
         }
-        Ok(())
+        let Ok(_permit) = self.table_permits.acquire().await else {
+            return Ok(());
+        };
+        match apply_table_body(self.replica.clone(), table, resp.into_body(), false).await {
+            Ok(()) => Ok(()),
+            Err(TableBodyError::Body(e)) => Err(e.into()),
+            Err(TableBodyError::Task(e)) => Err(e.into()),
+            // What was valid is applied; one refused entry, or a malformed
+            // list after the entries that were whole, must not stop the
+            // catch-up of the rest.
+            Err(e) => {
+                tracing::debug!("{} from {addr}: {e}", table.path());
+                Ok(())
+            }
+        }
     }
 
+    /// Pull the peer's manifest and fetch every version it lists that we
+    /// lack. The manifest is read as a stream, one entry at a time; each
+    /// wanted version is fetched as its entry arrives, with at most
+    /// `push_concurrency` fetches started and not yet done (the manifest
+    /// waits meanwhile), so neither the manifest nor the list of what is
+    /// wanted is ever held whole. A malformed entry or list ends the pull
+    /// with an error after the fetches already started are done.
     pub(super) async fn pull_files(self: &Arc<Self>, addr: SocketAddr) -> Result<(), PeerError> {
         let free = self.replica.store().free_percent().unwrap_or(100);
         if free <= self.cfg.disk_pressure_percent {
@@ -93,33 +117,44 @@ impl Mesh {
                 status: resp.status(),
             });
         }
-        let body = read_capped(resp.into_body(), MAX_TABLE_BODY).await?;
-        let manifest = replica::decode_manifest(&body)?;
-        let mut wanted = Vec::new();
-        for (name, rec) in manifest {
-            if let Err(e) = self.size_allowed(&name, rec.body()) {
-                tracing::debug!("peer {addr}: not taking {}: {e}", name.escaped());
-                continue;
-            }
-            match self.replica.admit(&name, &rec) {
-                Ok(Admission::Store(_)) => wanted.push(name),
-                Ok(Admission::Same) => {}
-                Err(Refusal::Newer(_) | Refusal::Tombstoned) => {}
-                Err(e) => tracing::debug!("peer {addr}: not taking {}: {e}", name.escaped()),
-            }
-        }
+        let mut list = ListBody::new(resp.into_body(), MAX_TABLE_ENTRIES)?;
+        let most = self.cfg.push_concurrency.max(1);
         let mut tasks = tokio::task::JoinSet::new();
-        for name in wanted {
-            let me = self.clone();
-            tasks.spawn(async move {
-                let _permit = me.transfers.acquire().await;
-                if let Err(e) = me.fetch(addr, &name).await {
-                    tracing::warn!("could not fetch {} from {addr}: {e}", name.escaped());
+        let read = async {
+            while let Some(item) = list.next().await.map_err(|e| match e {
+                ListBodyError::Body(e) => PeerError::Body(e),
+                ListBodyError::List(e) => PeerError::Manifest(ManifestError::List(e)),
+            })? {
+                let (name, rec) = replica::decode_manifest_entry(&item)?;
+                if let Err(e) = self.size_allowed(&name, rec.body()) {
+                    tracing::debug!("peer {addr}: not taking {}: {e}", name.escaped());
+                    continue;
                 }
-            });
+                match self.replica.admit(&name, &rec) {
+                    Ok(Admission::Store(_)) => {}
+                    Ok(Admission::Same) => continue,
+                    Err(Refusal::Newer(_) | Refusal::Tombstoned) => continue,
+                    Err(e) => {
+                        tracing::debug!("peer {addr}: not taking {}: {e}", name.escaped());
+                        continue;
+                    }
+                }
+                while tasks.len() >= most {
+                    tasks.join_next().await;
+                }
+                let me = self.clone();
+                tasks.spawn(async move {
+                    let _permit = me.transfers.acquire().await;
+                    if let Err(e) = me.fetch(addr, &name).await {
+                        tracing::warn!("could not fetch {} from {addr}: {e}", name.escaped());
+                    }
+                });
+            }
+            Ok::<_, PeerError>(())
         }
+        .await;
         while tasks.join_next().await.is_some() {}
-        Ok(())
+        read
     }
 
     /// Fetch one version from `addr` and install it.

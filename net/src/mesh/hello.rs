@@ -24,7 +24,7 @@ use super::body::{full, read_capped, respond, Body};
 use super::client::PeerConn;
 use super::route::Route;
 use super::server::PeerSession;
-use super::{Mesh, PeerError, MAX_HELLO_BODY, PROTOCOL_VERSION};
+use super::{Mesh, PeerError, MAX_HELLO_ASK_BODY, MAX_HELLO_BODY, PROTOCOL_VERSION};
 use crate::announce::Digests;
 use crate::proof::Side;
 
@@ -156,7 +156,7 @@ pub struct HelloAsk {
 
 impl HelloAsk {
     /// The longest hello ask accepted, in bytes.
-    pub const MAX_LEN: usize = MAX_HELLO_BODY;
+    pub const MAX_LEN: usize = MAX_HELLO_ASK_BODY;
 
     /// Parse a hello ask (JSON; unknown fields are ignored).
     ///
@@ -202,6 +202,7 @@ struct PeerRefused {
     another_circle: bool,
     /// The peer proved it holds the key of an envoy that left: its signed
     /// leave, sent with the refusal so it learns it left.
+    /// (Boxed: the refusal travels in a `Result`, and stays small.)
     leave: Option<Box<Signed<crate::records::Leave>>>,
 }
 

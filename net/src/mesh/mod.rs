@@ -54,7 +54,7 @@ use tokio::sync::Semaphore;
 use crate::announce::Digests;
 use crate::discovery::Discovery;
 use crate::records::FileVersion;
-use crate::replica::{ManifestError, Refusal, Replica, Table};
+use crate::replica::{ManifestError, Refusal, Replica, Table, MAX_TABLE_ENTRIES};
 
 mod body;
 mod catchup;
@@ -81,14 +81,51 @@ pub const PROTOCOL_VERSION: u32 = 2;
 /// 64 KiB chunk, and the header (capped at 64 KiB).
 pub const MAX_CIPHERTEXT: u64 = (1 << 30) + ((1 << 30) / 65536 + 1) * 16 + 65536;
 
-/// Largest table body (manifest, tombstones) accepted from a peer.
-const MAX_TABLE_BODY: usize = 256 << 20;
+/// Largest table body (manifest, tombstones, …) accepted from a peer: the
+/// most records a table takes, each as long as a record can be. It is
+/// never held whole: a table is read as a stream, one record at a time
+/// (`body::ListBody`); this only refuses a declared length no table can
+/// have, unread.
+pub const MAX_TABLE_BODY: usize =
+    4 + MAX_TABLE_ENTRIES * (4 + lockbox_crypto::sign::MAX_RECORD_BYTES);
+
+/// Most table bodies (POSTed to us, or pulled by us) applied at once,
+/// across all peers; a request that cannot get a permit waits with its
+/// body unread, so flow control stops its sender.
+const TABLE_PERMITS: usize = 4;
+
+/// Most records of a table body applied in one blocking task.
+const TABLE_BATCH_RECORDS: usize = 256;
+
+/// Most bytes of records of a table body applied in one blocking task.
+const TABLE_BATCH_BYTES: usize = 1 << 20;
+
+/// A table body that sends nothing for this long is given up.
+const TABLE_BODY_IDLE: Duration = Duration::from_secs(30);
+
+/// Most requests in flight on one connection to the peer port (HTTP/2
+/// `SETTINGS_MAX_CONCURRENT_STREAMS`).
+const MAX_STREAMS_PER_CONNECTION: u32 = 16;
+
+/// Most connections to the peer port from one IP address; more are closed
+/// after accept.
+const MAX_CONNECTIONS_PER_ADDRESS: usize = 4;
+
+/// Most connections to the peer port in all.
+const MAX_CONNECTIONS: usize = 256;
 
 /// How often expired deletes are forgotten (also at every start).
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
-/// Largest hello body.
-const MAX_HELLO_BODY: usize = 1 << 20;
+/// Largest hello body. A hello carries every member's endorsement in hex
+/// (at most 339 bytes each, so about 680 characters): a circle of 256
+/// envoys with the longest names sends about 175 KiB, a usual one a few.
+const MAX_HELLO_BODY: usize = 256 << 10;
+
+/// Largest hello ask (the asker's side: one endorsement, its session proof
+/// and four digests, well under 2 KiB): what the server reads of a hello
+/// before anyone on the connection proved membership.
+const MAX_HELLO_ASK_BODY: usize = 64 << 10;
 
 const H_RECORD: &str = "lockbox-record";
 
@@ -342,6 +379,8 @@ pub struct Mesh {
     contacting: Mutex<HashSet<SocketAddr>>,
     /// Permits for transfers (`push_concurrency` of them).
     transfers: Semaphore,
+    /// Permits for table bodies being applied ([`TABLE_PERMITS`]).
+    table_permits: Semaphore,
     /// When a refused hello from each address was last logged.
     refused_log: Mutex<HashMap<std::net::IpAddr, Instant>>,
     /// Where the credentials for joins come from (the unlock session).
@@ -440,6 +479,7 @@ impl Mesh {
         replica.prune(retention, unix_now());
         let mesh = Arc::new(Mesh {
             transfers: Semaphore::new(cfg.push_concurrency.max(1)),
+            table_permits: Semaphore::new(TABLE_PERMITS),
             replica,
             cfg,
             client_tls,

@@ -1,14 +1,17 @@
-//! The peer server: the accept loop on the peer port (TLS handshake, one
-//! HTTP/2 connection per peer, and the [`PeerSession`] of each: its TLS
-//! exporter and who proved membership on it) and `handle`, which answers
-//! each request by its route. Until a hello on the connection proved
-//! membership, every request but the hello is refused with `403` before its
-//! body is read. It owns the server side of every endpoint but the hello
-//! (in [`super::hello`]); it must not open connections to peers.
+//! The peer server: the accept loop on the peer port (connections counted
+//! and capped per address and in all, TLS handshake, one HTTP/2 connection
+//! per peer with its requests in flight capped, and the [`PeerSession`] of
+//! each: its TLS exporter and who proved membership on it) and `handle`,
+//! which answers each request by its route. Until a hello on the
+//! connection proved membership, every request but the hello is refused
+//! with `403` before its body is read. It owns the server side of every
+//! endpoint but the hello (in [`super::hello`]); it must not open
+//! connections to peers.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -18,9 +21,15 @@ use lockbox_crypto::sign::PublicKey;
 use lockbox_fs::Name;
 use tokio::net::TcpListener;
 
-use super::body::{after_small_body, file_body, read_capped, receive_body, refuse, respond, Body};
+use super::body::{
+    after_small_body, apply_table_body, declared_over, file_body, receive_body, refuse, respond,
+    Body, BodyError,
+};
 use super::route::Route;
-use super::{record_header, Mesh, H_RECORD, MAX_TABLE_BODY};
+use super::{
+    record_header, Mesh, H_RECORD, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_ADDRESS,
+    MAX_STREAMS_PER_CONNECTION, MAX_TABLE_BODY,
+};
 use crate::proof::EXPORTER_LABEL;
 use crate::records;
 use crate::replica::{Admission, Refusal};
@@ -80,8 +89,97 @@ impl PeerSession {
     }
 }
 
+/// The connections being served, counted by remote address, and when a
+/// refusal was last logged (at most once a minute per address, and once a
+/// minute for the overall limit). Pure: the clock is passed in.
+#[derive(Debug, Default)]
+struct Connections {
+    per_address: HashMap<IpAddr, usize>,
+    total: usize,
+    logged: HashMap<IpAddr, Instant>,
+    logged_full: Option<Instant>,
+}
+
+/// Why a connection was closed after accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refused {
+    /// Its address has [`MAX_CONNECTIONS_PER_ADDRESS`] open already.
+    Address,
+    /// [`MAX_CONNECTIONS`] are open already.
+    Full,
+}
+
+/// How often a refusal is logged, at most (per address, or overall).
+const LOG_REFUSALS_EVERY: Duration = Duration::from_secs(60);
+
+impl Connections {
+    /// Count a new connection from `ip`, or refuse it: `Err` with whether
+    /// to log the refusal now.
+    fn open(&mut self, ip: IpAddr, now: Instant) -> Result<(), (Refused, bool)> {
+        let due = |last: Option<&Instant>| {
+            last.is_none_or(|t| now.saturating_duration_since(*t) >= LOG_REFUSALS_EVERY)
+        };
+        if self.total >= MAX_CONNECTIONS {
+            let log = due(self.logged_full.as_ref());
+            if log {
+                self.logged_full = Some(now);
+            }
+            return Err((Refused::Full, log));
+        }
+        let n = self.per_address.entry(ip).or_default();
+        if *n >= MAX_CONNECTIONS_PER_ADDRESS {
+            let log = due(self.logged.get(&ip));
+            if log {
+                // Forget addresses not refused for a while, so the map
+                // stays as small as the set of recent offenders.
+                self.logged
+                    .retain(|_, t| now.saturating_duration_since(*t) < LOG_REFUSALS_EVERY);
+                self.logged.insert(ip, now);
+            }
+            return Err((Refused::Address, log));
+        }
+        *n += 1;
+        self.total += 1;
+        Ok(())
+    }
+
+    /// A connection from `ip` ended.
+    fn close(&mut self, ip: IpAddr) {
+        if let Some(n) = self.per_address.get_mut(&ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_address.remove(&ip);
+            }
+            self.total = self.total.saturating_sub(1);
+        }
+    }
+}
+
+/// One counted connection; uncounted when dropped, however it ends.
+struct Counted {
+    conns: Arc<Mutex<Connections>>,
+    ip: IpAddr,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if let Ok(mut c) = self.conns.lock() {
+            c.close(self.ip);
+        }
+    }
+}
+
+/// The accept loop of the peer port. Each connection is counted by its
+/// remote address before anything else: past
+/// [`MAX_CONNECTIONS_PER_ADDRESS`] from one address, or
+/// [`MAX_CONNECTIONS`] in all, it is closed at once (logged at most once a
+/// minute). Each accepted one gets a TLS handshake (10 seconds at most),
+/// then HTTP/2 with at most [`MAX_STREAMS_PER_CONNECTION`] requests in
+/// flight and keep-alive pings, so that a peer that vanished frees its
+/// place.
 pub(super) async fn serve(mesh: Arc<Mesh>, listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let conns = Arc::new(Mutex::new(Connections::default()));
     loop {
         let (tcp, remote) = match listener.accept().await {
             Ok(c) => c,
@@ -91,10 +189,39 @@ pub(super) async fn serve(mesh: Arc<Mesh>, listener: TcpListener, tls: Arc<rustl
                 continue;
             }
         };
+        let opened = match conns.lock() {
+            Ok(mut c) => c.open(remote.ip(), Instant::now()),
+            Err(_) => Ok(()),
+        };
+        let counted = match opened {
+            Ok(()) => Counted {
+                conns: conns.clone(),
+                ip: remote.ip(),
+            },
+            Err((why, log)) => {
+                if log {
+                    match why {
+                        Refused::Address => tracing::warn!(
+                            "closed a connection from {}: it has {MAX_CONNECTIONS_PER_ADDRESS} \
+                             open to the peer port already (the most from one address)",
+                            remote.ip()
+                        ),
+                        Refused::Full => tracing::warn!(
+                            "closed a connection from {}: {MAX_CONNECTIONS} are open to the \
+                             peer port already (the most in all)",
+                            remote.ip()
+                        ),
+                    }
+                }
+                drop(tcp);
+                continue;
+            }
+        };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let mesh = mesh.clone();
         tokio::spawn(async move {
+            let _counted = counted;
             let tls =
                 match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
                     Ok(Ok(t)) => t,
@@ -129,6 +256,9 @@ pub(super) async fn serve(mesh: Arc<Mesh>, listener: TcpListener, tls: Arc<rustl
                 .initial_stream_window_size(4 << 20)
                 .initial_connection_window_size(16 << 20)
                 .max_frame_size(1 << 20)
+                .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+                .keep_alive_interval(Some(Duration::from_secs(30)))
+                .keep_alive_timeout(Duration::from_secs(20))
                 .serve_connection(TokioIo::new(tls), service);
             if let Err(e) = conn.await {
                 tracing::debug!("peer connection from {remote} ended: {e}");
@@ -197,19 +327,24 @@ impl Mesh {
                 let all = self.replica.table_records(table);
                 respond(200, records::encode_list(all.iter().map(|v| v.as_slice())))
             }
-            Route::PostTable(table) => match read_capped(req.into_body(), MAX_TABLE_BODY).await {
-                Ok(body) => {
-                    let replica = self.replica.clone();
-                    match tokio::task::spawn_blocking(move || replica.apply_table(table, &body))
-                        .await
-                    {
-                        Ok(Ok(())) => respond(200, "ok"),
-                        Ok(Err(e)) => refuse(&e),
-                        Err(e) => respond(500, e.to_string()),
-                    }
+            Route::PostTable(table) => {
+                // Refused unread when no table can be that long; else it
+                // waits for a permit with its body unread (flow control
+                // holds the sender), then is read one record at a time.
+                if declared_over(req.body(), MAX_TABLE_BODY) {
+                    let e = BodyError::TooLarge {
+                        cap: MAX_TABLE_BODY,
+                    };
+                    return respond(413, e.to_string());
                 }
-                Err(e) => respond(413, e.to_string()),
-            },
+                let Ok(_permit) = self.table_permits.acquire().await else {
+                    return respond(503, "shutting down");
+                };
+                match apply_table_body(self.replica.clone(), table, req.into_body(), true).await {
+                    Ok(()) => respond(200, "ok"),
+                    Err(e) => respond(e.status(), e.to_string()),
+                }
+            }
         }
     }
 
@@ -267,5 +402,58 @@ impl Mesh {
             Ok(Admission::Store(n)) => respond(201, format!("stored as {n}")),
             Err(r) => refuse(&r),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([10, 0, 0, last])
+    }
+
+    #[test]
+    fn connections_are_capped_per_address_and_freed_when_they_end() {
+        let mut c = Connections::default();
+        let t0 = Instant::now();
+        for _ in 0..MAX_CONNECTIONS_PER_ADDRESS {
+            assert_eq!(c.open(ip(1), t0), Ok(()));
+        }
+        // One more from that address is refused, and logged once.
+        assert_eq!(c.open(ip(1), t0), Err((Refused::Address, true)));
+        assert_eq!(c.open(ip(1), t0), Err((Refused::Address, false)));
+        // Another address is not affected.
+        assert_eq!(c.open(ip(2), t0), Ok(()));
+        // A minute later a refusal is logged again.
+        let later = t0 + LOG_REFUSALS_EVERY;
+        assert_eq!(c.open(ip(1), later), Err((Refused::Address, true)));
+        // One ends: one more is taken.
+        c.close(ip(1));
+        assert_eq!(c.open(ip(1), later), Ok(()));
+        assert_eq!(c.total, MAX_CONNECTIONS_PER_ADDRESS + 1);
+    }
+
+    #[test]
+    fn connections_are_capped_in_all() {
+        let mut c = Connections::default();
+        let t0 = Instant::now();
+        let mut n = 0;
+        'fill: for a in 0..=255u8 {
+            for b in 0..=255u8 {
+                if n == MAX_CONNECTIONS {
+                    break 'fill;
+                }
+                assert_eq!(c.open(IpAddr::from([10, 1, a, b]), t0), Ok(()));
+                n += 1;
+            }
+        }
+        assert_eq!(c.open(ip(9), t0), Err((Refused::Full, true)));
+        assert_eq!(c.open(ip(8), t0), Err((Refused::Full, false)));
+        c.close(IpAddr::from([10, 1, 0, 0]));
+        assert_eq!(c.open(ip(9), t0), Ok(()));
+        // Closing an address that has none open changes nothing.
+        c.close(ip(200));
+        assert_eq!(c.total, MAX_CONNECTIONS);
     }
 }

@@ -600,7 +600,7 @@ async fn a_malformed_table_changes_no_table() {
     let stranger = tombstone(&SigningKey::from_seed(&[66; 32]));
     let mut truncated = records::encode_list([stranger.as_slice()]);
     truncated.truncate(truncated.len() - 3);
-    let mut trailing = records::encode_list([tombstone(&w.bravo_key).as_slice()]);
+    let mut trailing = records::encode_list([stranger.as_slice()]);
     trailing.push(0);
     for (what, bad) in [
         ("garbage", b"\xff\xff\xff\xff garbage".to_vec()),
@@ -625,11 +625,67 @@ async fn a_malformed_table_changes_no_table() {
             "{what}"
         );
     }
-    // The control: bravo's own tombstone is taken.
-    let good = records::encode_list([tombstone(&w.bravo_key).as_slice()]);
+    // The control: bravo's own tombstone is taken — also when bytes follow
+    // it: a table is applied as it arrives, each record checked on its own,
+    // so a fault after a valid record comes too late to refuse that one.
+    let mut good = records::encode_list([tombstone(&w.bravo_key).as_slice()]);
+    good.push(0);
     pulls_tombstones(&w, move || respond(200, good.clone()));
     w.contact().await.unwrap();
     assert_eq!(w.replica.table_records(Table::Tombstones).len(), 1);
+}
+
+/// A table body applied as a stream: a POST (`stop_at_refusal`) stops at
+/// the first refused record and answers with it, leaving the records after
+/// it alone; a pull applies the rest and reports the refusal; a fault in
+/// the list after a valid record comes after that record was applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_table_stops_at_a_refusal_only_when_posted() {
+    use super::body::{apply_table_body, TableBodyError};
+    let w = world().await;
+    let tombstone = |key: &SigningKey, doc: &str| {
+        let mut vv = VersionVector::new();
+        vv.bump(&wn("bravo")).unwrap();
+        Signed::sign(
+            Tombstone {
+                user: wn(USER),
+                name: name(doc),
+                vv,
+                author: wn("bravo"),
+                deleted_unix: 1_700_000_000,
+            },
+            key,
+        )
+        .to_bytes()
+    };
+    let stranger = tombstone(&SigningKey::from_seed(&[66; 32]), "a");
+    let good = tombstone(&w.bravo_key, "b");
+    let list = records::encode_list([stranger.as_slice(), good.as_slice()]);
+    let body = || http_body_util::Full::new(Bytes::from(list.clone()));
+    let held = || w.replica.table_records(Table::Tombstones).len();
+
+    let posted = apply_table_body(w.replica.clone(), Table::Tombstones, body(), true).await;
+    assert!(
+        matches!(posted, Err(TableBodyError::Refused(Refusal::NotMember(_)))),
+        "{posted:?}"
+    );
+    assert_eq!(posted.unwrap_err().status(), 403);
+    assert_eq!(held(), 0, "a POST stops at the refusal");
+
+    let pulled = apply_table_body(w.replica.clone(), Table::Tombstones, body(), false).await;
+    assert!(
+        matches!(pulled, Err(TableBodyError::Refused(Refusal::NotMember(_)))),
+        "{pulled:?}"
+    );
+    assert_eq!(held(), 1, "a pull takes the rest");
+
+    let mut trailing = records::encode_list([tombstone(&w.bravo_key, "c").as_slice()]);
+    trailing.push(0);
+    let body = http_body_util::Full::new(Bytes::from(trailing));
+    let got = apply_table_body(w.replica.clone(), Table::Tombstones, body, true).await;
+    assert!(matches!(got, Err(TableBodyError::List { .. })), "{got:?}");
+    assert_eq!(got.unwrap_err().status(), 400);
+    assert_eq!(held(), 2, "the record before the fault was applied");
 }
 
 /// A hello whose file digest differs, so that catch-up pulls the manifest

@@ -51,7 +51,7 @@ mod tables;
 
 pub use members::Members;
 pub use retention::Reseal;
-pub use tables::{decode_manifest, ManifestError, Table, MAX_TABLE_ENTRIES};
+pub use tables::{decode_manifest, decode_manifest_entry, ManifestError, Table, MAX_TABLE_ENTRIES};
 
 use local::JournalLink;
 use members::load_members;

@@ -192,35 +192,62 @@ impl Replica {
         Ok(())
     }
 
-    /// Apply a list of signed records of `table` (a pull or a POST). Every valid
-    /// one is applied; the first refusal is returned, so a POST answers with its
-    /// status (403 for a non-member's record, 400 for garbage).
+    /// Apply a list of signed records of `table` held whole (a small list;
+    /// a peer's body is streamed through [`Replica::apply_table_records`]
+    /// instead). Every valid one is applied; the first refusal is
+    /// returned, so a POST answers with its status (403 for a non-member's
+    /// record, 400 for garbage).
     pub fn apply_table(&self, table: Table, body: &[u8]) -> Result<(), Refusal> {
         let items = records::decode_list(body, MAX_TABLE_ENTRIES)
             .map_err(|e| Refusal::Bad(format!("bad {} list: {e}", table.path())))?;
-        let bad =
-            |e: lockbox_crypto::Error| Refusal::Bad(format!("bad record in {}: {e}", table.path()));
+        self.apply_table_records(table, items, false)
+    }
+
+    /// Apply some records of `table` from a peer (each in wire form), in
+    /// order: a piece of a table body that is read as it arrives. Each
+    /// record is signed and checked on its own, so applying the valid ones
+    /// of a body before the rest of it has arrived (or turned out
+    /// malformed) is as safe as applying them at its end. Returns the first
+    /// refusal; with `stop_at_refusal`, the records after it are not
+    /// looked at (a POST, whose sender gets the answer), otherwise they
+    /// are (a pull, where one bad entry must not stop the rest).
+    pub fn apply_table_records<I: AsRef<[u8]>>(
+        &self,
+        table: Table,
+        items: impl IntoIterator<Item = I>,
+        stop_at_refusal: bool,
+    ) -> Result<(), Refusal> {
         let mut first_err = None;
         for item in items {
-            let r = match table {
-                Table::Tombstones => Signed::<Tombstone>::from_bytes(item)
-                    .map_err(bad)
-                    .and_then(|t| self.apply_tombstone(&t)),
-                Table::Resurrects => Signed::<Resurrect>::from_bytes(item)
-                    .map_err(bad)
-                    .and_then(|r| self.apply_resurrect(&r)),
-                Table::Leaves => Signed::<Leave>::from_bytes(item)
-                    .map_err(bad)
-                    .and_then(|l| self.apply_leave(&l)),
-            };
-            if let Err(e) = r {
+            if let Err(e) = self.apply_table_record(table, item.as_ref()) {
                 first_err.get_or_insert(e);
+                if stop_at_refusal {
+                    break;
+                }
             }
         }
         match first_err {
             None => Ok(()),
             Some(e) => Err(e),
         }
+    }
+
+    /// Apply one signed record of `table` from a peer.
+    fn apply_table_record(&self, table: Table, item: &[u8]) -> Result<(), Refusal> {
+        let bad =
+            |e: lockbox_crypto::Error| Refusal::Bad(format!("bad record in {}: {e}", table.path()));
+        match table {
+            Table::Tombstones => Signed::<Tombstone>::from_bytes(item)
+                .map_err(bad)
+                .and_then(|t| self.apply_tombstone(&t)),
+            Table::Resurrects => Signed::<Resurrect>::from_bytes(item)
+                .map_err(bad)
+                .and_then(|r| self.apply_resurrect(&r)),
+            Table::Leaves => Signed::<Leave>::from_bytes(item)
+                .map_err(bad)
+                .and_then(|l| self.apply_leave(&l)),
+        }
+        .map(|_| ())
     }
 
     /// Apply a tombstone from a peer: record it and remove the version it
@@ -334,15 +361,17 @@ pub enum ManifestError {
 /// Decode a manifest in wire form into `(stored name, record)` pairs.
 pub fn decode_manifest(bytes: &[u8]) -> Result<Vec<(Name, Signed<FileVersion>)>, ManifestError> {
     let items = records::decode_list(bytes, MAX_TABLE_ENTRIES)?;
-    let mut out = Vec::with_capacity(items.len());
-    for item in items {
-        let mut d = Decoder::new(item);
-        let name = d.bytes(lockbox_fs::name::MAX_NAME_BYTES)?;
-        let name = Name::new(name.to_vec())?;
-        let rec = d.bytes(lockbox_crypto::sign::MAX_RECORD_BYTES)?;
-        d.finish()?;
-        let rec = Signed::<FileVersion>::from_bytes(rec)?;
-        out.push((name, rec));
-    }
-    Ok(out)
+    items.into_iter().map(decode_manifest_entry).collect()
+}
+
+/// Decode one item of a manifest's list (a manifest read as a stream
+/// yields them one at a time): the stored name and its signed record.
+pub fn decode_manifest_entry(item: &[u8]) -> Result<(Name, Signed<FileVersion>), ManifestError> {
+    let mut d = Decoder::new(item);
+    let name = d.bytes(lockbox_fs::name::MAX_NAME_BYTES)?;
+    let name = Name::new(name.to_vec())?;
+    let rec = d.bytes(lockbox_crypto::sign::MAX_RECORD_BYTES)?;
+    d.finish()?;
+    let rec = Signed::<FileVersion>::from_bytes(rec)?;
+    Ok((name, rec))
 }

@@ -501,9 +501,9 @@ pub(crate) fn take_away(c: &Circle, away: &str) {
     });
 }
 
-/// The largest table body a peer accepts (`MAX_TABLE_BODY` in
-/// `net/src/mesh/mod.rs`).
-pub(crate) const TABLE_CAP: u64 = 256 << 20;
+/// The longest table body a peer accepts (by its declared length; it is
+/// read as a stream, never held whole).
+pub(crate) const TABLE_CAP: u64 = lockbox_net::mesh::MAX_TABLE_BODY as u64;
 
 /// The peer server's HTTP/2 connection window (`net/src/mesh/server.rs`):
 /// the most a client can send that the server has not read.

@@ -134,45 +134,8 @@ impl PeerClient {
     /// endorsement and signing key), with a session proof made for
     /// `side` on this connection.
     pub fn hello_as(&mut self, state: &Path, envoy: &str, side: Side) -> Answer {
-        let key = SigningKey::parse_file(
-            &fs::read_to_string(state.join("signing.key")).expect("signing.key"),
-        )
-        .expect("a signing key");
-        let endorsement = fs::read(state.join("members").join(format!("{envoy}.endorsement")))
-            .expect("its endorsement");
-        let user = Signed::<lockbox_crypto::circle::Endorsement>::from_bytes(&endorsement)
-            .expect("an endorsement")
-            .body()
-            .user
-            .clone();
-        let proof = Signed::sign(
-            SessionProof {
-                user: user.clone(),
-                envoy: envoy.into(),
-                side,
-                exporter: self.exporter,
-            },
-            &key,
-        );
-        let zero = hex::encode([0u8; 16]);
-        let ask = HelloAsk {
-            protocol: lockbox_net::mesh::PROTOCOL_VERSION,
-            user: user.clone(),
-            envoy: envoy.into(),
-            instance: 1,
-            port: 0,
-            endorsement: hex::encode(&endorsement),
-            proof: hex::encode(proof.to_bytes()),
-            files: zero.clone(),
-            tombstones: zero.clone(),
-            resurrects: zero.clone(),
-            leaves: zero,
-        };
-        self.post(
-            &format!("/lockbox/hello/{user}"),
-            &[],
-            ask.encode().expect("an ask"),
-        )
+        let (user, ask) = hello_ask(state, envoy, side, self.exporter);
+        self.post(&format!("/lockbox/hello/{user}"), &[], ask)
     }
 
     fn send(&mut self, req: http::Request<Body>) -> Answer {
@@ -267,4 +230,50 @@ impl PeerClient {
             sent: sent.load(Ordering::Relaxed),
         }
     }
+}
+
+/// `(user, body)` of a hello ask as envoy `envoy` whose state folder is
+/// `state` (its endorsement and signing key), with a session proof made
+/// for `side` on the connection whose TLS exporter value is `exporter`.
+pub(crate) fn hello_ask(
+    state: &Path,
+    envoy: &str,
+    side: Side,
+    exporter: [u8; 32],
+) -> (String, Vec<u8>) {
+    let key = SigningKey::parse_file(
+        &fs::read_to_string(state.join("signing.key")).expect("signing.key"),
+    )
+    .expect("a signing key");
+    let endorsement = fs::read(state.join("members").join(format!("{envoy}.endorsement")))
+        .expect("its endorsement");
+    let user = Signed::<lockbox_crypto::circle::Endorsement>::from_bytes(&endorsement)
+        .expect("an endorsement")
+        .body()
+        .user
+        .clone();
+    let proof = Signed::sign(
+        SessionProof {
+            user: user.clone(),
+            envoy: envoy.into(),
+            side,
+            exporter,
+        },
+        &key,
+    );
+    let zero = hex::encode([0u8; 16]);
+    let ask = HelloAsk {
+        protocol: lockbox_net::mesh::PROTOCOL_VERSION,
+        user: user.clone(),
+        envoy: envoy.into(),
+        instance: 1,
+        port: 0,
+        endorsement: hex::encode(&endorsement),
+        proof: hex::encode(proof.to_bytes()),
+        files: zero.clone(),
+        tombstones: zero.clone(),
+        resurrects: zero.clone(),
+        leaves: zero,
+    };
+    (user, ask.encode().expect("an ask"))
 }
