@@ -38,7 +38,7 @@ pub const FAILED_JOINS_PER_HOUR: usize = 5;
 const RETRY_AFTER_REFUSAL: Duration = Duration::from_secs(3600);
 /// … and after a join that failed otherwise (the peer was locked,
 /// unreachable, busy).
-const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(20);
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
 
 /// What an unlocked envoy joins with: a password derived from the
 /// passphrase and the user, and its circle's secret (replaced in place when
@@ -214,7 +214,7 @@ impl Mesh {
         };
         let circle = cred.circle();
         let offer = Offer {
-            members: self.replica.members().len() as u32,
+            members: self.circle_size(),
             circle: match CircleSecret::from_bytes(&circle.to_bytes()) {
                 Ok(c) => c,
                 Err(e) => return respond(500, e.to_string()),
@@ -322,7 +322,7 @@ impl Mesh {
         if own.public() != offered {
             return Err("this envoy's circle changed during the join: join again".into());
         }
-        let members = self.replica.members().len() as u32;
+        let members = self.circle_size();
         let m = merge(
             (&own.public(), own.created_unix(), members),
             (
@@ -361,7 +361,25 @@ impl Mesh {
             ),
             Merge::Keep | Merge::Same => {}
         }
+        if matches!(m, Merge::Keep | Merge::Adopt) {
+            self.merged
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         Ok(m)
+    }
+
+    /// How many members this envoy's circle has, for an offer: the members
+    /// it knows, and at least two once it merged with another envoy (whose
+    /// endorsement may not have reached it yet) — so that a circle that has
+    /// just grown never counts as a circle of one and is not pulled apart
+    /// by a second join racing the first.
+    fn circle_size(&self) -> u32 {
+        let known = self.replica.members().len() as u32;
+        if self.merged.load(std::sync::atomic::Ordering::Relaxed) {
+            known.max(2)
+        } else {
+            known
+        }
     }
 
     /// Whether to try to join `addr` now (not more often than the retry
@@ -463,9 +481,8 @@ impl Mesh {
             .and_then(|b| Offer::parse(&b).map_err(|e| PeerError::JoinFailed(e.to_string())))?;
         let _one = self.join_lock.lock().await;
         let own = cred.circle();
-        let members = self.replica.members().len() as u32;
         let offer = Offer {
-            members,
+            members: self.circle_size(),
             circle: CircleSecret::from_bytes(&own.to_bytes()).map_err(bad)?,
         };
         let ours = JoinConfirm {

@@ -391,6 +391,8 @@ pub struct Mesh {
     join_attempts: Mutex<join::JoinAttempts>,
     /// When each peer was last asked to join, and how long to wait then.
     join_tried: Mutex<HashMap<SocketAddr, (Instant, Duration)>>,
+    /// This envoy's circle merged with another envoy's since start.
+    merged: std::sync::atomic::AtomicBool,
     last_catchup: Mutex<Option<SystemTime>>,
     /// Set at start when the last catch-up is older than the retention:
     /// until one completes, nothing is pushed or served.
@@ -492,6 +494,7 @@ impl Mesh {
             join_lock: tokio::sync::Mutex::new(()),
             join_attempts: Mutex::new(HashMap::new()),
             join_tried: Mutex::new(HashMap::new()),
+            merged: std::sync::atomic::AtomicBool::new(false),
             contacting: Mutex::new(HashSet::new()),
             last_catchup: Mutex::new(None),
             absence: Mutex::new(Absence {
