@@ -316,7 +316,25 @@ fn joins() -> BTreeMap<String, Vec<u8>> {
     let seed = [3u8; 32];
     let public = SigningKey::from_seed(&seed).public();
     let secret = [&[1u8][..], &seed, &5u64.to_be_bytes(), &public.0].concat();
-    let offer = [&[1u8][..], &2u32.to_be_bytes(), &secret].concat();
+    let endorsement = Signed::sign(
+        lockbox_crypto::circle::Endorsement {
+            user: "alice".into(),
+            envoy: "desk".into(),
+            recipient: String::new(),
+            signing_key: SigningKey::from_seed(&[5; 32]).public(),
+            created_unix: 0,
+        },
+        &SigningKey::from_seed(&seed),
+    )
+    .to_bytes();
+    let offer = [
+        &[1u8][..],
+        &2u32.to_be_bytes(),
+        &secret,
+        &(endorsement.len() as u32).to_be_bytes(),
+        &endorsement,
+    ]
+    .concat();
     out.insert("offer".into(), [&[2u8][..], &offer].concat());
     let mut bad = offer.clone();
     bad[10] ^= 1;

@@ -8,13 +8,16 @@
 //! Pure: the offers travel sealed under the join's keys
 //! (`lockbox_crypto::join`); this module only encodes, parses and decides.
 
-use lockbox_crypto::circle::{winner, CircleSecret, SECRET_LEN};
-use lockbox_crypto::sign::PublicKey;
+use lockbox_crypto::circle::{winner, CircleSecret, Endorsement, SECRET_LEN};
+use lockbox_crypto::sign::{PublicKey, Signed, MAX_RECORD_BYTES};
 
 /// Version byte of an encoded offer.
 const OFFER_VERSION: u8 = 1;
-/// Bytes of an encoded offer: version, member count, circle secret.
-pub const OFFER_LEN: usize = 1 + 4 + SECRET_LEN;
+/// Bytes of an encoded offer before the endorsement: version, member
+/// count, circle secret, the endorsement's length.
+pub const OFFER_LEN: usize = 1 + 4 + SECRET_LEN + 4;
+/// Largest encoded offer.
+pub const MAX_OFFER_LEN: usize = OFFER_LEN + MAX_RECORD_BYTES;
 
 /// One side's circle, as offered in a join.
 #[derive(Debug)]
@@ -23,18 +26,25 @@ pub struct Offer {
     pub circle: CircleSecret,
     /// How many members the circle has, as the offering envoy knows them.
     pub members: u32,
+    /// The offering envoy's own endorsement (in its own circle): what the
+    /// winner endorses in its circle at once, so that it counts the envoy
+    /// that adopts its circle before that envoy's first hello.
+    pub endorsement: Signed<Endorsement>,
 }
 
 /// Why an offer does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum OfferError {
-    /// Not [`OFFER_LEN`] bytes of version 1.
-    #[error("a join offer is {OFFER_LEN} bytes of version {OFFER_VERSION}; got {len} bytes")]
+    /// Not an offer of version 1 (its length, or its version byte).
+    #[error("not a join offer of version {OFFER_VERSION} ({len} bytes)")]
     Shape {
         /// Its length.
         len: usize,
     },
+    /// Its endorsement is not one.
+    #[error("the offered endorsement is damaged: {0}")]
+    Endorsement(String),
     /// Its circle secret is not one.
     #[error("the offered circle secret is damaged: {0}")]
     Circle(String),
@@ -42,12 +52,15 @@ pub enum OfferError {
 
 impl Offer {
     /// The wire form (secret: it travels only sealed under a join's keys):
-    /// `0x01 || members (u32) || circle secret`.
+    /// `0x01 || members (u32) || circle secret || u32 len || endorsement`.
     pub fn encode(&self) -> zeroize::Zeroizing<Vec<u8>> {
-        let mut out = zeroize::Zeroizing::new(Vec::with_capacity(OFFER_LEN));
+        let e = self.endorsement.to_bytes();
+        let mut out = zeroize::Zeroizing::new(Vec::with_capacity(OFFER_LEN + e.len()));
         out.push(OFFER_VERSION);
         out.extend_from_slice(&self.members.to_be_bytes());
         out.extend_from_slice(&self.circle.to_bytes());
+        out.extend_from_slice(&(e.len() as u32).to_be_bytes());
+        out.extend_from_slice(&e);
         out
     }
 
@@ -57,16 +70,25 @@ impl Offer {
     ///
     /// [`OfferError`] for anything else.
     pub fn parse(b: &[u8]) -> Result<Offer, OfferError> {
-        if b.len() != OFFER_LEN || b[0] != OFFER_VERSION {
+        if b.len() < OFFER_LEN || b.len() > MAX_OFFER_LEN || b[0] != OFFER_VERSION {
             return Err(OfferError::Shape { len: b.len() });
         }
         let mut members = [0u8; 4];
         members.copy_from_slice(&b[1..5]);
-        let circle =
-            CircleSecret::from_bytes(&b[5..]).map_err(|e| OfferError::Circle(e.to_string()))?;
+        let secret_end = 5 + SECRET_LEN;
+        let circle = CircleSecret::from_bytes(&b[5..secret_end])
+            .map_err(|e| OfferError::Circle(e.to_string()))?;
+        let mut len = [0u8; 4];
+        len.copy_from_slice(&b[secret_end..OFFER_LEN]);
+        if u32::from_be_bytes(len) as usize != b.len() - OFFER_LEN {
+            return Err(OfferError::Shape { len: b.len() });
+        }
+        let endorsement = Signed::<Endorsement>::from_bytes(&b[OFFER_LEN..])
+            .map_err(|e| OfferError::Endorsement(e.to_string()))?;
         Ok(Offer {
             circle,
             members: u32::from_be_bytes(members),
+            endorsement,
         })
     }
 }
@@ -136,17 +158,37 @@ mod tests {
         assert_eq!(merge((&a, 5, 4), (&a, 5, 1)), Merge::Same);
     }
 
+    fn endorsement() -> Signed<Endorsement> {
+        let circle = CircleSecret::generate(1);
+        circle.key().endorse(Endorsement {
+            user: "alice".into(),
+            envoy: "laptop".into(),
+            recipient: "age1x".into(),
+            signing_key: key(9),
+            created_unix: 2,
+        })
+    }
+
     #[test]
     fn an_offer_round_trips_and_nothing_else_parses() {
         let o = Offer {
             circle: CircleSecret::generate(42),
             members: 3,
+            endorsement: endorsement(),
         };
         let bytes = o.encode();
         let back = Offer::parse(&bytes).unwrap();
         assert_eq!(back.members, 3);
         assert_eq!(back.circle.public(), o.circle.public());
         assert_eq!(back.circle.created_unix(), 42);
+        assert_eq!(back.endorsement, o.endorsement);
+        let mut forged = bytes.to_vec();
+        let last = forged.len() - 1;
+        forged[last] ^= 1;
+        assert!(matches!(
+            Offer::parse(&forged),
+            Err(OfferError::Endorsement(_))
+        ));
         for len in 0..bytes.len() {
             assert!(Offer::parse(&bytes[..len]).is_err(), "{len}");
         }

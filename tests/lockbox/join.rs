@@ -107,6 +107,7 @@ fn a_join_gives_the_circle_only_for_the_passphrase_and_failures_are_limited() {
     let same = Offer {
         circle: CircleSecret::from_bytes(&offer.circle.to_bytes()).expect("a secret"),
         members: offer.members,
+        endorsement: offer.endorsement.clone(),
     };
     let run = run_join(alpha, alpha.port, &right, Some(&same));
     let second = run.second.expect("a confirmation was sent");

@@ -21,8 +21,9 @@ use std::time::{Duration, Instant};
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use lockbox_crypto::circle::CircleSecret;
+use lockbox_crypto::circle::Endorsement;
 use lockbox_crypto::join::{self, JoinConfirm, JoinHello, JoinKeys, JoinPassword, Side};
-use lockbox_crypto::sign::PublicKey;
+use lockbox_crypto::sign::{PublicKey, Signed};
 
 use super::body::{full, read_capped, respond, Body};
 use super::route::Route;
@@ -37,8 +38,8 @@ pub const FAILED_JOINS_PER_HOUR: usize = 5;
 /// after the passphrases were found to differ.
 const RETRY_AFTER_REFUSAL: Duration = Duration::from_secs(3600);
 /// … and after a join that failed otherwise (the peer was locked,
-/// unreachable, busy).
-const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
+/// unreachable, busy), plus up to 5 s more ([`Mesh::retry_after_failure`]).
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(2);
 
 /// What an unlocked envoy joins with: a password derived from the
 /// passphrase and the user, and its circle's secret (replaced in place when
@@ -97,8 +98,8 @@ pub struct RefusedJoin {
 /// A join begun on a connection, waiting for the asker's confirmation.
 pub(super) struct Begun {
     keys: JoinKeys,
-    /// The circle this envoy offered.
-    offered: PublicKey,
+    /// The circle this envoy offered, and the size it offered.
+    offered: (PublicKey, u32),
 }
 
 const H_OUTCOME: &str = "lockbox-join";
@@ -213,12 +214,9 @@ impl Mesh {
             }
         };
         let circle = cred.circle();
-        let offer = Offer {
-            members: self.circle_size(),
-            circle: match CircleSecret::from_bytes(&circle.to_bytes()) {
-                Ok(c) => c,
-                Err(e) => return respond(500, e.to_string()),
-            },
+        let offer = match self.offer(&circle) {
+            Ok(o) => o,
+            Err(e) => return respond(500, e),
         };
         let sealed = match keys.seal(Side::Answerer, &offer.encode()) {
             Ok(s) => s,
@@ -233,7 +231,7 @@ impl Mesh {
         self.join_failed(remote.ip(), "not confirmed (no second message)");
         session.begin_join(Begun {
             keys,
-            offered: circle.public(),
+            offered: (circle.public(), offer.members),
         });
         let mut out = JoinHello { msg: mine }.encode();
         out.extend_from_slice(&confirm.encode());
@@ -275,7 +273,13 @@ impl Mesh {
             Ok(o) => o,
             Err(e) => return respond(400, format!("bad join offer: {e}")),
         };
-        match self.settle(begun.offered, theirs).await {
+        // Not waited for: this envoy may be asking a join of its own, which
+        // holds the lock until its peer answers — perhaps this very peer,
+        // asking us at the same moment. The asker joins again a little later.
+        let Ok(held) = self.join_lock.try_lock() else {
+            return respond(409, "busy with another join: join again");
+        };
+        match self.settle(&held, begun.offered, theirs).await {
             Ok(m) => {
                 let mut r = respond(200, format!("{m:?}"));
                 if let Ok(v) = http::HeaderValue::from_str(&format!("{m:?}")) {
@@ -310,19 +314,26 @@ impl Mesh {
     }
 
     /// Applies the merge rule to the circle this envoy offered and
-    /// `theirs`, adopting theirs if it wins. Serialised, and refused if this
-    /// envoy's circle changed since it made its offer (the other side then
-    /// joins again).
-    async fn settle(self: &Arc<Self>, offered: PublicKey, theirs: Offer) -> Result<Merge, String> {
-        let _one = self.join_lock.lock().await;
+    /// `theirs`, adopting theirs if it wins. The caller holds the join lock
+    /// (one merge at a time); refused if this envoy's circle changed since
+    /// it made its offer (the other side then joins again).
+    async fn settle(
+        self: &Arc<Self>,
+        _held: &tokio::sync::MutexGuard<'_, ()>,
+        offered: (PublicKey, u32),
+        theirs: Offer,
+    ) -> Result<Merge, String> {
         let cred = self
             .credentials()
             .ok_or_else(|| "locked meanwhile".to_owned())?;
         let own = cred.circle();
-        if own.public() != offered {
+        // Both sides decide from the two offers as made; if this envoy's
+        // circle or its size changed since, the other side's decision
+        // would not be the complement of ours.
+        let members = self.circle_size();
+        if (own.public(), members) != offered {
             return Err("this envoy's circle changed during the join: join again".into());
         }
-        let members = self.circle_size();
         let m = merge(
             (&own.public(), own.created_unix(), members),
             (
@@ -359,17 +370,56 @@ impl Mesh {
                 "a join found another circle of several envoys with the same passphrase: \
                  circles of several envoys each are not merged; they stay apart"
             ),
-            Merge::Keep | Merge::Same => {}
+            Merge::Keep => self.endorse_joiner(&own, &theirs.endorsement),
+            Merge::Same => {}
         }
-        if matches!(m, Merge::Keep | Merge::Adopt) {
+        // Only the side that adopted knows its circle now has two members
+        // (the winner learns the adopter from its next hello, within
+        // moments); a winner whose partner then failed to adopt must not
+        // count a member it does not have.
+        if m == Merge::Adopt {
             self.merged
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(m)
     }
 
+    /// This envoy's offer in a join: its circle, its size, and its own
+    /// endorsement.
+    fn offer(&self, circle: &CircleSecret) -> Result<Offer, String> {
+        let own = self
+            .replica
+            .own_endorsement()
+            .ok_or_else(|| "this envoy has no endorsement".to_owned())?;
+        Ok(Offer {
+            members: self.circle_size(),
+            circle: CircleSecret::from_bytes(&circle.to_bytes()).map_err(|e| e.to_string())?,
+            endorsement: Signed::<Endorsement>::from_bytes(&own).map_err(|e| e.to_string())?,
+        })
+    }
+
+    /// After a join this envoy's circle won: endorse the other envoy (which
+    /// proved it knows the passphrase, and adopts this circle) with this
+    /// circle's key at once, so it counts as a member before its first
+    /// hello under the new circle arrives — a second join racing this one
+    /// then sees a circle of two.
+    fn endorse_joiner(&self, circle: &CircleSecret, theirs: &Signed<Endorsement>) {
+        let mut body = theirs.body().clone();
+        if body.user != self.replica.user().as_str()
+            || body.signing_key == self.replica.signing_public()
+        {
+            return;
+        }
+        body.created_unix = unix_now();
+        let e = circle.key().endorse(body);
+        let (_, refused) = self.replica.learn_members(&[e.to_bytes()]);
+        if let Some(why) = refused.first() {
+            tracing::info!("the joining envoy is not taken as a member: {why}");
+        }
+    }
+
     /// How many members this envoy's circle has, for an offer: the members
-    /// it knows, and at least two once it merged with another envoy (whose
+    /// it knows, and at least two once it adopted another envoy's circle (whose
     /// endorsement may not have reached it yet) — so that a circle that has
     /// just grown never counts as a circle of one and is not pulled apart
     /// by a second join racing the first.
@@ -392,10 +442,21 @@ impl Mesh {
         match t.get(&addr) {
             Some((at, wait)) if now.duration_since(*at) < *wait => false,
             _ => {
-                t.insert(addr, (now, RETRY_AFTER_FAILURE));
+                t.insert(addr, (now, self.retry_after_failure()));
                 true
             }
         }
+    }
+
+    /// [`RETRY_AFTER_FAILURE`] plus up to 5 s that differ between envoys
+    /// and between tries, so that two envoys whose joins met head-on (each
+    /// found the other busy) do not meet again.
+    fn retry_after_failure(&self) -> Duration {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() as u64)
+            .unwrap_or(0);
+        RETRY_AFTER_FAILURE + Duration::from_millis((self.instance ^ nanos) % 5000)
     }
 
     fn join_backoff(&self, addr: SocketAddr, wait: Duration) {
@@ -479,12 +540,11 @@ impl Mesh {
             .open(Side::Asker, &confirm.sealed)
             .map_err(bad)
             .and_then(|b| Offer::parse(&b).map_err(|e| PeerError::JoinFailed(e.to_string())))?;
-        let _one = self.join_lock.lock().await;
+        // Held from our offer to our own settling, so our circle cannot
+        // change in between (an answer we give meanwhile finds it busy).
+        let held = self.join_lock.lock().await;
         let own = cred.circle();
-        let offer = Offer {
-            members: self.circle_size(),
-            circle: CircleSecret::from_bytes(&own.to_bytes()).map_err(bad)?,
-        };
+        let offer = self.offer(&own).map_err(PeerError::JoinFailed)?;
         let ours = JoinConfirm {
             mac: keys.confirm(Side::Asker),
             sealed: keys.seal(Side::Asker, &offer.encode()).map_err(bad)?,
@@ -498,14 +558,14 @@ impl Mesh {
                 String::from_utf8_lossy(&body)
             )));
         }
-        drop(_one);
         let m = self
-            .settle(own.public(), theirs)
+            .settle(&held, (own.public(), offer.members), theirs)
             .await
             .map_err(PeerError::JoinFailed)?;
+        drop(held);
         if m == Merge::Keep {
             // The other side adopts ours: meet it again soon.
-            self.join_backoff(addr, RETRY_AFTER_FAILURE);
+            self.join_backoff(addr, self.retry_after_failure());
         }
         Ok(m)
     }
