@@ -316,34 +316,7 @@ fn a_host_with_another_passphrase_is_never_a_member() {
     require!(have_curl(), "curl not found (apt-get install curl)");
     // alpha and bravo share the passphrase; mallory has a certificate from
     // the same fleet CA but another passphrase.
-    let fleet = Fleet::new();
-    let ports = free_ports(3);
-    let names = ["alpha", "bravo", "mallory"];
-    let nodes: Vec<Node> = names
-        .iter()
-        .zip(&ports)
-        .map(|(name, &port)| {
-            let others: Vec<u16> = ports.iter().copied().filter(|&p| p != port).collect();
-            let e = Envoy::with_config(&loopback_config(port, &others));
-            if *name == "mallory" {
-                fs::write(&e.pass, "not the user's passphrase\n").expect("pass");
-            }
-            fleet.issue(&e, name, &["127.0.0.1"]);
-            Node {
-                m: MountedEnvoy::named(e, name),
-                name: name.to_string(),
-                port,
-            }
-        })
-        .collect();
-    let c = Circle {
-        nodes,
-        _fleet: fleet,
-    };
-    for n in &c.nodes {
-        n.m.e.unlock();
-    }
-    c.wait_formed(&["alpha", "bravo"]);
+    let c = Circle::loopback_with_outsider(&["alpha", "bravo"], "mallory");
     // Each side sees the other circle refused, and says why.
     c.wait("mallory to be refused on both sides", CONVERGE, || {
         let refused = |n: &Node, who: &str| {

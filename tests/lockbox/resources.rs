@@ -547,34 +547,7 @@ fn connections_from_one_address_are_capped_and_freed() {
 /// certificate of the same fleet but another passphrase: a host of the
 /// fleet that is not a member.
 fn circle_with_an_outsider() -> Circle {
-    let fleet = Fleet::new();
-    let ports = free_ports(3);
-    let nodes: Vec<Node> = ["alpha", "bravo", "mallory"]
-        .iter()
-        .zip(&ports)
-        .map(|(name, &port)| {
-            let others: Vec<u16> = ports.iter().copied().filter(|&p| p != port).collect();
-            let e = Envoy::with_config(&loopback_config(port, &others));
-            if *name == "mallory" {
-                fs::write(&e.pass, "not the user's passphrase\n").expect("pass");
-            }
-            fleet.issue(&e, name, &["127.0.0.1"]);
-            Node {
-                m: MountedEnvoy::named(e, name),
-                name: name.to_string(),
-                port,
-            }
-        })
-        .collect();
-    let c = Circle {
-        nodes,
-        _fleet: fleet,
-    };
-    for n in &c.nodes {
-        n.m.e.unlock();
-    }
-    c.wait_formed(&["alpha", "bravo"]);
-    c
+    Circle::loopback_with_outsider(&["alpha", "bravo"], "mallory")
 }
 
 /// The same flood from a host of the fleet that is not a member (its hello

@@ -95,13 +95,7 @@ impl Hello {
     /// [`HelloError::TooLarge`] over [`Hello::MAX_LEN`] bytes (not read),
     /// [`HelloError::Json`] when it is not a hello.
     pub fn parse(bytes: &[u8]) -> Result<Hello, HelloError> {
-        if bytes.len() > Self::MAX_LEN {
-            return Err(HelloError::TooLarge {
-                len: bytes.len(),
-                max: Self::MAX_LEN,
-            });
-        }
-        Ok(serde_json::from_slice(bytes)?)
+        parse_capped(bytes, Self::MAX_LEN)
     }
 
     /// The hello as JSON, as it is answered.
@@ -165,13 +159,7 @@ impl HelloAsk {
     /// [`HelloError::TooLarge`] over [`HelloAsk::MAX_LEN`] bytes (not
     /// read), [`HelloError::Json`] when it is not a hello ask.
     pub fn parse(bytes: &[u8]) -> Result<HelloAsk, HelloError> {
-        if bytes.len() > Self::MAX_LEN {
-            return Err(HelloError::TooLarge {
-                len: bytes.len(),
-                max: Self::MAX_LEN,
-            });
-        }
-        Ok(serde_json::from_slice(bytes)?)
+        parse_capped(bytes, Self::MAX_LEN)
     }
 
     /// The ask as JSON, as it is sent.
@@ -192,6 +180,18 @@ impl HelloAsk {
             &self.resurrects,
         )
     }
+}
+
+/// A hello or an ask from its JSON, refusing more than `max` bytes before
+/// anything is parsed.
+fn parse_capped<T: serde::de::DeserializeOwned>(bytes: &[u8], max: usize) -> Result<T, HelloError> {
+    if bytes.len() > max {
+        return Err(HelloError::TooLarge {
+            len: bytes.len(),
+            max,
+        });
+    }
+    Ok(serde_json::from_slice(bytes)?)
 }
 
 /// Why a peer's hello was not taken as a member's.

@@ -226,6 +226,42 @@ impl Circle {
         circle
     }
 
+    /// `members` on loopback, unlocked and formed into one circle, and
+    /// `outsider`, with a certificate of the same fleet but another
+    /// passphrase (a host of the fleet that is not a member), unlocked too;
+    /// each has all the others as `cross_subnet_peers`.
+    pub fn loopback_with_outsider(members: &[&str], outsider: &str) -> Circle {
+        let fleet = Fleet::new();
+        let names: Vec<&str> = members.iter().copied().chain([outsider]).collect();
+        let ports = free_ports(names.len());
+        let nodes: Vec<Node> = names
+            .iter()
+            .zip(&ports)
+            .map(|(name, &port)| {
+                let others: Vec<u16> = ports.iter().copied().filter(|&p| p != port).collect();
+                let e = Envoy::with_config(&loopback_config(port, &others));
+                if *name == outsider {
+                    fs::write(&e.pass, "not the user's passphrase\n").expect("pass");
+                }
+                fleet.issue(&e, name, &["127.0.0.1"]);
+                Node {
+                    m: MountedEnvoy::named(e, name),
+                    name: name.to_string(),
+                    port,
+                }
+            })
+            .collect();
+        let c = Circle {
+            nodes,
+            _fleet: fleet,
+        };
+        for n in &c.nodes {
+            n.m.e.unlock();
+        }
+        c.wait_formed(members);
+        c
+    }
+
     /// As [`Circle::loopback`], but initialised only: no agent runs.
     pub fn loopback_locked(names: &[&str]) -> Circle {
         Circle::loopback_locked_with(names, |_| String::new())
