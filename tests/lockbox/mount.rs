@@ -1518,33 +1518,47 @@ fn a_rename_over_a_file_being_sealed_keeps_the_renamed_content() {
     require_fuse!();
     let m = MountedEnvoy::unlocked();
     let moved = pseudo_random(51, 10_000);
-    fs::write(m.at("a"), &moved).unwrap();
-    // Written out of order, so it is sealed at its close, not as it grows:
-    // the close takes a while.
     let big = pseudo_random(52, 48 * MIB);
-    let w = fs::File::create(m.at("b")).unwrap();
-    {
-        use std::os::unix::fs::FileExt;
-        w.write_all_at(&big[MIB..], MIB as u64).unwrap();
-        w.write_all_at(&big[..MIB], 0).unwrap();
-    }
-    m.settle();
-    let before: Vec<PathBuf> = temp_files(&m).into_iter().map(|(p, _)| p).collect();
-    thread::scope(|sc| {
-        let closing = sc.spawn(move || drop(w));
-        // The seal has begun once its temp file shows (watched closely: a
-        // seal of 48 MiB takes a fraction of a second).
-        let started = std::time::Instant::now();
-        while !temp_files(&m).iter().any(|(p, _)| !before.contains(p)) {
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "the seal of b never began"
-            );
-            thread::sleep(Duration::from_micros(200));
+    // The rename must land while the seal is under way; a seal that starts
+    // and ends between two looks at the temp folder gives no such window,
+    // and the scenario is tried again (the test fails if it never does).
+    let mut landed = false;
+    for _ in 0..5 {
+        fs::write(m.at("a"), &moved).unwrap();
+        // Written out of order, so it is sealed at its close, not as it
+        // grows: the close takes a while.
+        let w = fs::File::create(m.at("b")).unwrap();
+        {
+            use std::os::unix::fs::FileExt;
+            w.write_all_at(&big[MIB..], MIB as u64).unwrap();
+            w.write_all_at(&big[..MIB], 0).unwrap();
         }
-        fs::rename(m.at("a"), m.at("b")).unwrap();
-        closing.join().unwrap();
-    });
+        m.settle();
+        let before: Vec<PathBuf> = temp_files(&m).into_iter().map(|(p, _)| p).collect();
+        landed = thread::scope(|sc| {
+            let closing = sc.spawn(move || drop(w));
+            // The seal has begun once its temp file shows (watched closely:
+            // a seal of 48 MiB takes a fraction of a second).
+            let seen = loop {
+                if temp_files(&m).iter().any(|(p, _)| !before.contains(p)) {
+                    break true;
+                }
+                if closing.is_finished() {
+                    break false;
+                }
+                thread::sleep(Duration::from_micros(200));
+            };
+            if seen {
+                fs::rename(m.at("a"), m.at("b")).unwrap();
+            }
+            closing.join().unwrap();
+            seen
+        });
+        if landed {
+            break;
+        }
+    }
+    assert!(landed, "the seal of b was never seen under way in 5 tries");
     assert_same("b after the rename", &fs::read(m.at("b")).unwrap(), &moved);
     assert!(!fs::present(m.at("a")));
     m.settle();
