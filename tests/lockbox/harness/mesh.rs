@@ -469,7 +469,16 @@ pub(crate) fn have_curl() -> bool {
 /// `NAME.h` (one `name: value` line each).
 pub(crate) fn fetch_version(node: &Node, user: &str, name: &str, dir: &Path) -> (String, PathBuf) {
     let body = dir.join(format!("{name}.b"));
-    let got = PeerClient::proven(node, node.port).get(&format!("/lockbox/files/{user}/{name}"));
+    // A file just closed through the mount is recorded (and so served) a
+    // moment after close(2) returns: wait for it to be served.
+    let path = format!("/lockbox/files/{user}/{name}");
+    let mut client = PeerClient::proven(node, node.port);
+    let mut got = client.get(&path);
+    let start = Instant::now();
+    while got.status == 404 && start.elapsed() < CONVERGE {
+        std::thread::sleep(Duration::from_millis(50));
+        got = client.get(&path);
+    }
     assert_eq!(got.status, 200, "{}", got.text());
     fs::write(&body, &got.body).expect("write the body");
     let headers: String = got
