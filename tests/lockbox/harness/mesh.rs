@@ -231,30 +231,16 @@ impl Circle {
     /// passphrase (a host of the fleet that is not a member), unlocked too;
     /// each has all the others as `cross_subnet_peers`.
     pub fn loopback_with_outsider(members: &[&str], outsider: &str) -> Circle {
-        let fleet = Fleet::new();
         let names: Vec<&str> = members.iter().copied().chain([outsider]).collect();
-        let ports = free_ports(names.len());
-        let nodes: Vec<Node> = names
-            .iter()
-            .zip(&ports)
-            .map(|(name, &port)| {
-                let others: Vec<u16> = ports.iter().copied().filter(|&p| p != port).collect();
-                let e = Envoy::with_config(&loopback_config(port, &others));
-                if *name == outsider {
+        let c = Circle::loopback_prepared(
+            &names,
+            |_| String::new(),
+            |name, e| {
+                if name == outsider {
                     fs::write(&e.pass, "not the user's passphrase\n").expect("pass");
                 }
-                fleet.issue(&e, name, &["127.0.0.1"]);
-                Node {
-                    m: MountedEnvoy::named(e, name),
-                    name: name.to_string(),
-                    port,
-                }
-            })
-            .collect();
-        let c = Circle {
-            nodes,
-            _fleet: fleet,
-        };
+            },
+        );
         for n in &c.nodes {
             n.m.e.unlock();
         }
@@ -270,6 +256,17 @@ impl Circle {
     /// As [`Circle::loopback_locked`], with `extra(name)` appended to each
     /// envoy's config.yaml.
     pub fn loopback_locked_with(names: &[&str], extra: impl Fn(&str) -> String) -> Circle {
+        Circle::loopback_prepared(names, extra, |_, _| {})
+    }
+
+    /// As [`Circle::loopback_locked_with`], with `prepare(name, envoy)` run
+    /// on each envoy before it is initialised (to give it another
+    /// passphrase, say).
+    fn loopback_prepared(
+        names: &[&str],
+        extra: impl Fn(&str) -> String,
+        prepare: impl Fn(&str, &Envoy),
+    ) -> Circle {
         let fleet = Fleet::new();
         let ports = free_ports(names.len());
         let nodes = names
@@ -279,6 +276,7 @@ impl Circle {
                 let others: Vec<u16> = ports.iter().copied().filter(|&p| p != port).collect();
                 let config = loopback_config(port, &others) + &extra(name);
                 let e = Envoy::with_config(&config);
+                prepare(name, &e);
                 fleet.issue(&e, name, &["127.0.0.1"]);
                 Node {
                     m: MountedEnvoy::named(e, name),

@@ -58,6 +58,15 @@ pub(crate) struct PeerClient {
     pub exporter: [u8; 32],
 }
 
+/// The TLS client configuration of the fleet certificate in `tls_dir` (an
+/// envoy's `~/.lockbox/tls`).
+pub(crate) fn client_tls(tls_dir: &Path) -> Arc<rustls::ClientConfig> {
+    lockbox_net::tls::TlsMaterial::load(tls_dir)
+        .expect("the envoy's fleet certificate")
+        .client_config()
+        .expect("a client config")
+}
+
 fn full(b: impl Into<Bytes>) -> Body {
     http_body_util::Full::new(b.into()).boxed()
 }
@@ -71,10 +80,7 @@ impl PeerClient {
 
     /// A connection to `port` with the fleet certificate in `tls_dir`.
     pub fn connect(tls_dir: &Path, port: u16) -> Self {
-        let tls = lockbox_net::tls::TlsMaterial::load(tls_dir)
-            .expect("the envoy's fleet certificate")
-            .client_config()
-            .expect("a client config");
+        let tls = client_tls(tls_dir);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
