@@ -991,7 +991,8 @@ fn join_credentials(
             };
             if c.public() != agent.replica.circle() {
                 tracing::warn!(
-                    "{} names another circle than the passphrase derives: this envoy                      cannot join other circles",
+                    "{} names another circle than the passphrase derives: this envoy \
+                     cannot join other circles",
                     paths.circle_public().display()
                 );
                 return None;
@@ -1017,6 +1018,10 @@ fn join_credentials(
             paths.circle_secret().display()
         );
         return None;
+    }
+    // Its hellos are sealed from now on, locked or not.
+    if let Err(e) = agent.replica.keep_hello_key(&circle) {
+        tracing::warn!("cannot keep the circle's hello key: {e}");
     }
     Some(Arc::new(lockbox_net::mesh::JoinCredentials::new(
         lockbox_crypto::join::JoinPassword::derive(passphrase, &user),

@@ -113,6 +113,7 @@ impl Envoy {
             members: self.paths.members(),
             circle_public: self.paths.circle_public(),
             circle_secret: self.paths.circle_secret(),
+            circle_hello: self.paths.circle_hello(),
             recipients: self.paths.recipients(),
             meta: self.paths.meta(),
         };

@@ -57,6 +57,12 @@ impl Paths {
     pub fn circle_secret(&self) -> PathBuf {
         self.state.join("circle.secret")
     }
+
+    /// `circle.hello`: the circle's hello key (0600, readable while
+    /// locked), with which hello asks are sealed.
+    pub fn circle_hello(&self) -> PathBuf {
+        self.state.join("circle.hello")
+    }
     /// `members/`: one signed endorsement per member envoy.
     pub fn members(&self) -> PathBuf {
         self.state.join("members")

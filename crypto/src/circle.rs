@@ -164,6 +164,18 @@ impl CircleSecret {
         self.created_unix
     }
 
+    /// Whether this is a circle made by protocol 1, whose seed was derived
+    /// from the passphrase ([`CircleSecret::protocol_1`], made at time 0):
+    /// nothing that would let a guess be tested may be derived from it.
+    pub fn is_protocol_1(&self) -> bool {
+        self.created_unix == 0
+    }
+
+    /// The seed, for keys derived from it within this crate.
+    pub(crate) fn seed(&self) -> &[u8; 32] {
+        &self.seed
+    }
+
     /// Signs the [`Succession`] "this circle continues as `new`" with this
     /// circle's key (the losing side of a merge does this).
     pub fn sign_succession(

@@ -13,6 +13,7 @@
 //! | [`recipients`] | the `recipients.txt` format |
 //! | [`sign`] | Ed25519 keys, the canonical encoding and [`sign::Signed`] records |
 //! | [`circle`] | the circle key (random, sealed on disk), endorsements, succession, the merge winner |
+//! | [`hello`] | the hello key every member holds, and the hello ask sealed under it |
 //! | [`join`] | the join: SPAKE2 bound to the TLS session, key confirmation, sealed messages |
 //! | [`digest`] | SHA-256 content digests, hashing readers and writers |
 //! | [`wipe`] | plaintext buffers wiped on drop, at memory speed |
@@ -29,6 +30,7 @@
 pub mod circle;
 pub mod digest;
 pub mod error;
+pub mod hello;
 pub mod identity;
 pub mod join;
 pub mod kdf;

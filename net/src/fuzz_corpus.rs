@@ -245,6 +245,7 @@ fn hello_asks() -> BTreeMap<String, Vec<u8>> {
         port: 1531,
         endorsement: "ab".repeat(60),
         proof: "ef".repeat(80),
+        sealed: String::new(),
         files: hex::encode([1u8; 16]),
         tombstones: hex::encode([2u8; 16]),
         resurrects: hex::encode([3u8; 16]),

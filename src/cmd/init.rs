@@ -75,6 +75,9 @@ pub fn run(
     write_private(&paths.config(), config.render().as_bytes())?;
     write_private(&paths.signing_key(), signing.encode_file().as_bytes())?;
     write_private(&paths.circle_secret(), &sealed_circle)?;
+    if let Some(hello) = lockbox_crypto::hello::HelloKey::of(&circle_secret) {
+        write_private(&paths.circle_hello(), &hello.to_bytes())?;
+    }
     write_private(
         &paths.circle_public(),
         format!("{}\n", circle.public()).as_bytes(),

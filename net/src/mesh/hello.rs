@@ -17,6 +17,7 @@ use std::time::Duration;
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use lockbox_crypto::circle::Endorsement;
+use lockbox_crypto::hello::HelloKey;
 use lockbox_crypto::sign::Signed;
 use serde::{Deserialize, Serialize};
 
@@ -134,10 +135,19 @@ pub struct HelloAsk {
     pub instance: u64,
     /// The port of its own peer server (0: none to contact back).
     pub port: u16,
-    /// Its endorsement (hex of the signed record).
+    /// Its endorsement (hex of the signed record), when the ask is not
+    /// sealed (a circle made by protocol 1 has no hello key); else empty.
+    #[serde(default)]
     pub endorsement: String,
-    /// Its session proof for this connection (hex, side "asker").
+    /// Its session proof for this connection (hex, side "asker"), when the
+    /// ask is not sealed; else empty.
+    #[serde(default)]
     pub proof: String,
+    /// The endorsement and the proof sealed under the circle's hello key
+    /// for this connection (hex; see [`seal_membership`]), so that only a
+    /// member can read them; empty when the ask is not sealed.
+    #[serde(default)]
+    pub sealed: String,
     /// Digest of its file table (hex).
     pub files: String,
     /// Digest of its tombstone table (hex).
@@ -180,6 +190,49 @@ impl HelloAsk {
             &self.resurrects,
         )
     }
+}
+
+/// Seals what proves membership — the signed `endorsement` and the session
+/// `proof` — under the circle's hello `key` for the connection with
+/// `exporter`, as hex. The plaintext is the endorsement's length (u16,
+/// big-endian), the endorsement, then the proof.
+pub fn seal_membership(
+    key: &HelloKey,
+    exporter: &[u8; 32],
+    endorsement: &[u8],
+    proof: &[u8],
+) -> Result<String, String> {
+    let len = u16::try_from(endorsement.len()).map_err(|_| "an endorsement too long".to_owned())?;
+    let mut plain =
+        zeroize::Zeroizing::new(Vec::with_capacity(2 + endorsement.len() + proof.len()));
+    plain.extend_from_slice(&len.to_be_bytes());
+    plain.extend_from_slice(endorsement);
+    plain.extend_from_slice(proof);
+    key.seal(exporter, &plain)
+        .map(hex::encode)
+        .map_err(|e| e.to_string())
+}
+
+/// Opens what [`seal_membership`] made: the endorsement and the proof.
+/// `None` when it does not open with `key` on this connection or is not
+/// what a sealed ask holds.
+pub fn open_membership(
+    key: &HelloKey,
+    exporter: &[u8; 32],
+    sealed: &str,
+) -> Option<(Vec<u8>, Vec<u8>)> {
+    if sealed.len() > 2 * lockbox_crypto::hello::MAX_SEALED {
+        return None;
+    }
+    let bytes = hex::decode(sealed).ok()?;
+    let plain = key.open(exporter, &bytes).ok()?;
+    let (len, rest) = plain.split_first_chunk::<2>()?;
+    let len = usize::from(u16::from_be_bytes(*len));
+    if rest.len() < len {
+        return None;
+    }
+    let (endorsement, proof) = rest.split_at(len);
+    Some((endorsement.to_vec(), proof.to_vec()))
 }
 
 /// A hello or an ask from its JSON, refusing more than `max` bytes before
@@ -278,25 +331,75 @@ impl Mesh {
         }
     }
 
-    /// The hello this envoy asks with on the connection with `exporter`.
-    fn ask(&self, exporter: &[u8; 32]) -> HelloAsk {
+    /// The hello this envoy asks with on the connection with `exporter`:
+    /// its endorsement and proof sealed under the circle's hello key, so
+    /// that a server that is not a member learns neither; unsealed only
+    /// for a circle that has no hello key (made by protocol 1).
+    fn ask(&self, exporter: &[u8; 32]) -> Result<HelloAsk, PeerError> {
         let d = self.digests();
-        HelloAsk {
+        let (endorsement, proof, sealed) = match self.replica.hello_key() {
+            Some(key) => {
+                let e = self.replica.own_endorsement().unwrap_or_default();
+                let p = self.replica.session_proof(Side::Asker, *exporter);
+                let sealed = seal_membership(&key, exporter, &e, &p).map_err(|why| {
+                    PeerError::NotAMember(format!("cannot seal the hello: {why}"))
+                })?;
+                (String::new(), String::new(), sealed)
+            }
+            None => (
+                self.own_endorsement_hex(),
+                self.proof_hex(Side::Asker, exporter),
+                String::new(),
+            ),
+        };
+        Ok(HelloAsk {
             protocol: PROTOCOL_VERSION,
             user: self.replica.user().to_string(),
             envoy: self.replica.envoy().to_string(),
             instance: self.instance,
             port: self.port,
-            endorsement: self.own_endorsement_hex(),
-            proof: self.proof_hex(Side::Asker, exporter),
+            endorsement,
+            proof,
+            sealed,
             files: hex::encode(d.files),
             tombstones: hex::encode(d.tombstones),
             resurrects: hex::encode(d.resurrects),
             leaves: hex::encode(d.leaves),
-        }
+        })
     }
 
-    /// Whether the peer that showed `endorsement` (hex) and `proof` (hex)
+    /// What proves the asker's membership in `ask` on the connection with
+    /// `exporter`: its endorsement and proof, opened with the circle's
+    /// hello key if the ask is sealed. An ask this envoy cannot open was
+    /// sealed for another circle (or is junk, which it cannot tell apart):
+    /// refused as another circle's, so that a join may follow.
+    fn membership_of(
+        &self,
+        ask: &HelloAsk,
+        exporter: &[u8; 32],
+    ) -> Result<(Vec<u8>, Vec<u8>), PeerRefused> {
+        if ask.sealed.is_empty() {
+            let endorsement =
+                hex::decode(&ask.endorsement).map_err(|_| PeerRefused::new("no endorsement"))?;
+            let proof =
+                hex::decode(&ask.proof).map_err(|_| PeerRefused::new("no session proof"))?;
+            return Ok((endorsement, proof));
+        }
+        self.replica
+            .hello_key()
+            .and_then(|key| open_membership(&key, exporter, &ask.sealed))
+            .ok_or_else(|| PeerRefused {
+                why: format!(
+                    "envoy {:?} sealed its hello for another circle (set up apart, or with \
+                     another passphrase)",
+                    ask.envoy
+                ),
+                another_circle: true,
+                leave: None,
+            })
+    }
+
+    /// Whether the peer that showed `endorsement` and `proof`
     /// as `side` on the session with `exporter` is a member now: the proof
     /// is its endorsed key's, for this session and side; the endorsement is
     /// this circle's (it is learnt if new); and the envoy has not left.
@@ -305,17 +408,18 @@ impl Mesh {
     /// that left, the signed leave — so a departed envoy learns why.
     fn verify_peer(
         &self,
-        endorsement: &str,
-        proof: &str,
+        bytes: &[u8],
+        proof: &[u8],
         side: Side,
         exporter: &[u8; 32],
     ) -> Result<Endorsement, PeerRefused> {
-        let bytes = hex::decode(endorsement).map_err(|_| PeerRefused::new("no endorsement"))?;
-        let signed = Signed::<Endorsement>::from_bytes(&bytes)
+        if bytes.is_empty() {
+            return Err(PeerRefused::new("no endorsement"));
+        }
+        let signed = Signed::<Endorsement>::from_bytes(bytes)
             .map_err(|e| PeerRefused::new(format!("its endorsement does not verify: {e}")))?;
         let e = signed.body();
-        let proof = hex::decode(proof).map_err(|_| PeerRefused::new("no session proof"))?;
-        crate::proof::check(&proof, e, side, exporter).map_err(PeerRefused::new)?;
+        crate::proof::check(proof, e, side, exporter).map_err(PeerRefused::new)?;
         let circle = self.replica.circle();
         if lockbox_crypto::circle::verify_endorsement(&signed, &circle).is_err()
             || e.user != self.replica.user().as_str()
@@ -329,7 +433,7 @@ impl Mesh {
                 leave: None,
             });
         }
-        let (_, refused) = self.replica.learn_members(std::slice::from_ref(&bytes));
+        let (_, refused) = self.replica.learn_members(&[bytes.to_vec()]);
         if let Some(why) = refused.into_iter().next() {
             return Err(PeerRefused {
                 why,
@@ -354,7 +458,7 @@ impl Mesh {
         addr: SocketAddr,
         conn: &PeerConn,
     ) -> Result<Hello, PeerError> {
-        let ask = self.ask(&conn.exporter).encode()?;
+        let ask = self.ask(&conn.exporter)?.encode()?;
         let req = Request::builder()
             .method(Method::POST)
             .uri(self.uri(addr, &self.path(&Route::Hello)))
@@ -408,10 +512,11 @@ impl Mesh {
             }
             return Err(PeerError::Ourselves);
         }
+        let unhex = |s: &str| hex::decode(s).unwrap_or_default();
         let e = self
             .verify_peer(
-                &hello.endorsement,
-                &hello.proof,
+                &unhex(&hello.endorsement),
+                &unhex(&hello.proof),
                 Side::Answerer,
                 &conn.exporter,
             )
@@ -559,7 +664,8 @@ impl Mesh {
         let exporter = session.exporter;
         let me = self.clone();
         let checked = tokio::task::spawn_blocking(move || {
-            me.verify_peer(&ask.endorsement, &ask.proof, Side::Asker, &exporter)
+            let (endorsement, proof) = me.membership_of(&ask, &exporter)?;
+            me.verify_peer(&endorsement, &proof, Side::Asker, &exporter)
                 .map(|e| (e, ask))
         })
         .await;

@@ -69,7 +69,7 @@ mod server;
 mod tests;
 
 pub use body::BodyError;
-pub use hello::{Hello, HelloAsk, HelloError};
+pub use hello::{open_membership, seal_membership, Hello, HelloAsk, HelloError};
 pub use join::{CredentialSource, JoinCredentials, RefusedJoin, FAILED_JOINS_PER_HOUR};
 
 /// The protocol version spoken on the peer port.

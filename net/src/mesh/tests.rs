@@ -25,12 +25,11 @@ use http::{Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use lockbox_crypto::circle::{CircleKey, Endorsement};
+use lockbox_crypto::circle::{CircleSecret, Endorsement};
 use lockbox_crypto::digest::Sha256;
-use lockbox_crypto::kdf::KdfParams;
+use lockbox_crypto::hello::HelloKey;
 use lockbox_crypto::sign::{Encoder, Signed, SigningKey};
 use lockbox_fs::{Name, Store};
-use secrecy::SecretString;
 use tokio::net::TcpListener;
 
 use super::body::{respond, Body, BodyError};
@@ -82,14 +81,19 @@ struct World {
     peer: SocketAddr,
     /// Its answers.
     script: Arc<Mutex<Script>>,
+    /// The hellos it was asked: each connection's exporter and the body.
+    hello_bodies: Arc<Mutex<Vec<([u8; 32], Vec<u8>)>>>,
+    /// The circle's hello key.
+    hello_key: HelloKey,
     /// The paths it was asked for, in order.
     asked: Arc<Mutex<Vec<String>>>,
 }
 
 async fn world() -> World {
     let dir = tempfile::tempdir().unwrap();
-    let pass = SecretString::from("pw pw pw".to_string());
-    let circle = CircleKey::derive(&pass, USER, KdfParams::TEST).unwrap();
+    let secret = CircleSecret::generate(1_700_000_000);
+    let circle = secret.key();
+    let hello_key = HelloKey::of(&secret).unwrap();
     let endorse = |envoy: &str, key: &SigningKey| {
         circle.endorse(Endorsement {
             user: USER.into(),
@@ -108,6 +112,7 @@ async fn world() -> World {
     let members = state.join("members");
     fs::create_dir_all(&members).unwrap();
     fs::write(state.join("circle.pub"), circle.public().to_base64()).unwrap();
+    fs::write(state.join("circle.hello"), hello_key.to_bytes()).unwrap();
     let alpha_endorsement = endorse("alpha", &alpha_key);
     for (envoy, e) in [("alpha", &alpha_endorsement), ("bravo", &bravo_endorsement)] {
         fs::write(members.join(format!("{envoy}.endorsement")), e.to_bytes()).unwrap();
@@ -121,6 +126,7 @@ async fn world() -> World {
             members,
             circle_public: state.join("circle.pub"),
             circle_secret: state.join("circle.secret"),
+            circle_hello: state.join("circle.hello"),
             recipients: state.join("recipients.txt"),
             meta: state.join("meta.redb"),
         },
@@ -159,10 +165,12 @@ async fn world() -> World {
         respond(404, "no script")
     })));
     let asked = Arc::new(Mutex::new(Vec::new()));
+    let hello_bodies = Arc::new(Mutex::new(Vec::new()));
     let peer = fake_peer(
         bravo_tls.server_config().unwrap(),
         script.clone(),
         asked.clone(),
+        hello_bodies.clone(),
     )
     .await;
     World {
@@ -178,15 +186,19 @@ async fn world() -> World {
         peer,
         script,
         asked,
+        hello_bodies,
+        hello_key,
     }
 }
 
 /// An HTTP/2 server over mutual TLS on `127.0.0.1:0` that answers each
-/// request with `script` and notes its path in `asked`.
+/// request with `script` and notes its path in `asked`, and the body of
+/// each hello in `hello_bodies`.
 async fn fake_peer(
     tls: Arc<rustls::ServerConfig>,
     script: Arc<Mutex<Script>>,
     asked: Arc<Mutex<Vec<String>>>,
+    hello_bodies: Arc<Mutex<Vec<([u8; 32], Vec<u8>)>>>,
 ) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -201,12 +213,25 @@ async fn fake_peer(
                 .1
                 .export_keying_material([0u8; 32], crate::proof::EXPORTER_LABEL, None)
                 .unwrap();
-            let (script, asked) = (script.clone(), asked.clone());
+            let (script, asked, bodies) = (script.clone(), asked.clone(), hello_bodies.clone());
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let path = req.uri().path().to_string();
                 asked.lock().unwrap().push(path.clone());
                 let resp = (script.lock().unwrap())(&path, &exporter);
-                async move { Ok::<_, Infallible>(resp) }
+                let bodies = bodies.clone();
+                async move {
+                    // Only a hello's body is read (others may be stalled
+                    // uploads the script answers before they end).
+                    if path == HELLO {
+                        if let Ok(b) = req.into_body().collect().await {
+                            bodies
+                                .lock()
+                                .unwrap()
+                                .push((exporter, b.to_bytes().to_vec()));
+                        }
+                    }
+                    Ok::<_, Infallible>(resp)
+                }
             });
             tokio::spawn(
                 hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -916,12 +941,22 @@ async fn ask(
     send: &mut hyper::client::conn::http2::SendRequest<Body>,
     req: Request<Body>,
 ) -> (u16, Vec<u8>) {
+    let (status, _, body) = ask_with_headers(send, req).await;
+    (status, body)
+}
+
+/// [`ask`], with the answer's headers.
+async fn ask_with_headers(
+    send: &mut hyper::client::conn::http2::SendRequest<Body>,
+    req: Request<Body>,
+) -> (u16, http::HeaderMap, Vec<u8>) {
     tokio::time::timeout(PROMPTLY, async {
         send.ready().await.unwrap();
         let resp = send.send_request(req).await.unwrap();
         let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
         let body = resp.into_body().collect().await.unwrap().to_bytes();
-        (status, body.to_vec())
+        (status, headers, body.to_vec())
     })
     .await
     .expect("no answer")
@@ -955,6 +990,7 @@ fn bravo_ask(w: &World, proof: crate::proof::SessionProof) -> Request<Body> {
         port: 0,
         endorsement: hex::encode(w.bravo_endorsement.to_bytes()),
         proof: hex::encode(Signed::sign(proof, &w.bravo_key).to_bytes()),
+        sealed: String::new(),
         files: hex::encode(d.files),
         tombstones: hex::encode(d.tombstones),
         resurrects: hex::encode(d.resurrects),
@@ -1089,4 +1125,118 @@ async fn a_replayed_endorsement_makes_no_member() {
     assert_eq!(w.asked(), [HELLO, HELLO], "nothing pulled");
     assert!(w.mesh.push_targets().is_empty(), "nobody to push to");
     assert_eq!(w.held(), before);
+}
+
+/// What alpha asks a hello with: its endorsement and proof sealed under the
+/// circle's hello key, so that a server that is not a member learns
+/// neither alpha's endorsement nor the circle key. The control: a member's
+/// key opens it, on that connection only, to alpha's endorsement and a
+/// proof for that session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alphas_hello_is_sealed_for_members_only() {
+    use crate::proof::Side;
+    let w = world().await;
+    w.serve(|_| respond(200, records::encode_list([])));
+    w.contact().await.unwrap();
+    let asks = w.hello_bodies.lock().unwrap().clone();
+    assert_eq!(asks.len(), 1, "one hello");
+    let (exporter, body) = &asks[0];
+    let text = String::from_utf8_lossy(body);
+    for (what, s) in [
+        (
+            "its endorsement",
+            hex::encode(w.alpha_endorsement.to_bytes()),
+        ),
+        ("the circle key", hex::encode(w.replica.circle().0)),
+        ("the circle key", w.replica.circle().to_base64()),
+    ] {
+        assert!(!text.contains(s.as_str()), "{what} in the ask: {text}");
+    }
+    let ask = super::HelloAsk::parse(body).unwrap();
+    assert!(
+        ask.endorsement.is_empty() && ask.proof.is_empty(),
+        "{ask:?}"
+    );
+    let (e, p) = super::open_membership(&w.hello_key, exporter, &ask.sealed)
+        .expect("a member opens the sealed ask");
+    assert_eq!(e, w.alpha_endorsement.to_bytes());
+    crate::proof::check(&p, w.alpha_endorsement.body(), Side::Asker, exporter).unwrap();
+    let mut other = *exporter;
+    other[0] ^= 1;
+    assert!(super::open_membership(&w.hello_key, &other, &ask.sealed).is_none());
+    let stranger = HelloKey::of(&CircleSecret::generate(1_700_000_001)).unwrap();
+    assert!(super::open_membership(&stranger, exporter, &ask.sealed).is_none());
+}
+
+/// Bravo's hello ask on the connection with `exporter`, its endorsement and
+/// proof sealed under `key` for the session `sealed_for`.
+fn bravo_sealed_ask(w: &World, key: &HelloKey, sealed_for: [u8; 32]) -> Request<Body> {
+    let d = w.mesh.digests();
+    let proof = Signed::sign(
+        bravo_proof_for(sealed_for, crate::proof::Side::Asker),
+        &w.bravo_key,
+    );
+    let ask = super::HelloAsk {
+        protocol: super::PROTOCOL_VERSION,
+        user: USER.into(),
+        envoy: "bravo".into(),
+        instance: 7,
+        port: 0,
+        endorsement: String::new(),
+        proof: String::new(),
+        sealed: super::seal_membership(
+            key,
+            &sealed_for,
+            &w.bravo_endorsement.to_bytes(),
+            &proof.to_bytes(),
+        )
+        .unwrap(),
+        files: hex::encode(d.files),
+        tombstones: hex::encode(d.tombstones),
+        resurrects: hex::encode(d.resurrects),
+        leaves: hex::encode(d.leaves),
+    };
+    Request::post(format!("https://127.0.0.1{HELLO}"))
+        .body(super::body::full(ask.encode().unwrap()))
+        .unwrap()
+}
+
+/// A sealed hello opens a connection only when it is sealed with the
+/// circle's hello key for this very session: sealed with another circle's
+/// key, or for another session, it is refused as another circle's (which
+/// may lead to a join) and the connection stays closed. The control: the
+/// right key, this session — 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sealed_hello_opens_only_with_the_circles_key_on_its_session() {
+    let w = world().await;
+    let get_manifest = || {
+        Request::get(format!("https://127.0.0.1{MANIFEST}"))
+            .body(super::body::full(Bytes::new()))
+            .unwrap()
+    };
+    let (mut send, exporter) = raw_to_alpha(&w).await;
+    let stranger = HelloKey::of(&CircleSecret::generate(1_700_000_001)).unwrap();
+    let mut other = exporter;
+    other[0] ^= 1;
+    for (what, key, session) in [
+        ("another circle's key", &stranger, exporter),
+        ("another session", &w.hello_key, other),
+    ] {
+        let (status, headers, body) =
+            ask_with_headers(&mut send, bravo_sealed_ask(&w, key, session)).await;
+        let text = String::from_utf8_lossy(&body);
+        assert_eq!(status, 403, "{what}: {text}");
+        assert_eq!(
+            headers.get("lockbox-refusal").map(|v| v.as_bytes()),
+            Some(&b"another-circle"[..]),
+            "{what}"
+        );
+        assert!(!text.contains(&hex::encode(w.alpha_endorsement.to_bytes())));
+        let (status, _) = ask(&mut send, get_manifest()).await;
+        assert_eq!(status, 403, "{what}: still unproven");
+    }
+    let (status, body) = ask(&mut send, bravo_sealed_ask(&w, &w.hello_key, exporter)).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let (status, _) = ask(&mut send, get_manifest()).await;
+    assert_eq!(status, 200);
 }

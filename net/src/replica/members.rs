@@ -7,8 +7,10 @@ use lockbox_fs::escape::Escape;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
+use std::sync::Arc;
 
-use lockbox_crypto::circle::{verify_endorsement, Endorsement};
+use lockbox_crypto::circle::{verify_endorsement, CircleSecret, Endorsement};
+use lockbox_crypto::hello::HelloKey;
 use lockbox_crypto::recipients::RecipientEntry;
 use lockbox_crypto::sign::{PublicKey, Signed};
 use lockbox_fs::meta::Op;
@@ -78,6 +80,45 @@ impl Replica {
         self.own().map(|s| s.body().recipient.clone())
     }
 
+    /// The circle's hello key, if this envoy holds one for the circle it is
+    /// in now. `None` for a circle made by protocol 1, and for a store
+    /// whose key is not written yet: its hello asks then go unsealed.
+    pub fn hello_key(&self) -> Option<Arc<HelloKey>> {
+        let circle = self.circle();
+        self.hello_key
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .filter(|k| k.circle() == circle)
+    }
+
+    /// Keeps the hello key of `secret`'s circle in `circle.hello` (0600)
+    /// and here, if that circle is this envoy's and has one (the agent
+    /// calls this at every unlock; [`Replica::adopt_circle`] too).
+    ///
+    /// # Errors
+    ///
+    /// [`ReplicaError::CircleWrite`] if the file cannot be written.
+    pub fn keep_hello_key(&self, secret: &CircleSecret) -> Result<(), ReplicaError> {
+        if secret.public() != self.circle() {
+            return Ok(());
+        }
+        let Some(key) = HelloKey::of(secret) else {
+            return Ok(());
+        };
+        if self
+            .hello_key()
+            .is_some_and(|k| k.to_bytes() == key.to_bytes())
+            && self.paths.circle_hello.exists()
+        {
+            return Ok(());
+        }
+        write_file_atomic(&self.paths.circle_hello, &key.to_bytes())
+            .map_err(ReplicaError::CircleWrite)?;
+        *self.hello_key.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(key));
+        Ok(())
+    }
+
     /// Makes `secret`'s circle this envoy's: seals the secret to this
     /// envoy's own recipient into `circle.secret`, writes `circle.pub`,
     /// endorses this envoy with the new circle key, and starts the members
@@ -124,6 +165,10 @@ impl Replica {
             format!("{}\n", secret.public()).as_bytes(),
         )?;
         *self.circle.write().unwrap_or_else(|p| p.into_inner()) = secret.public();
+        if let Err(e) = self.keep_hello_key(secret) {
+            // Its hellos go unsealed until the next unlock writes it.
+            tracing::warn!("cannot keep the new circle's hello key: {e}");
+        }
         *self
             .own_endorsement
             .write()
@@ -435,6 +480,33 @@ pub(super) fn load_members(dir: &Path, circle: &PublicKey, user: &WireName) -> M
         }
     }
     members
+}
+
+/// The hello key in `path` if it is `circle`'s; `None` (with a warning
+/// for a damaged file or another circle's key) otherwise.
+pub(super) fn load_hello_key(path: &Path, circle: &PublicKey) -> Option<HelloKey> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            tracing::warn!("cannot read {}: {e}", path.display());
+            return None;
+        }
+    };
+    match HelloKey::from_bytes(&bytes) {
+        Ok(k) if k.circle() == *circle => Some(k),
+        Ok(_) => {
+            tracing::info!(
+                "{} is another circle's hello key: it is written again at the next unlock",
+                path.display()
+            );
+            None
+        }
+        Err(e) => {
+            tracing::warn!("ignoring {}: {e}", path.display());
+            None
+        }
+    }
 }
 
 /// Write a small private file atomically and make the rename durable.

@@ -221,6 +221,9 @@ pub struct ReplicaPaths {
     /// `circle.secret`: the circle secret sealed to this envoy's own
     /// recipient (written when this envoy adopts another circle).
     pub circle_secret: PathBuf,
+    /// `circle.hello`: the circle's hello key, readable while locked (see
+    /// `lockbox_crypto::hello`).
+    pub circle_hello: PathBuf,
     /// `recipients.txt`, regenerated from the members.
     pub recipients: PathBuf,
     /// `meta.redb`.
@@ -237,6 +240,9 @@ pub struct Replica {
     /// The circle public key; replaced when this envoy's circle loses a
     /// merge and it adopts the other one ([`Replica::adopt_circle`]).
     circle: RwLock<PublicKey>,
+    /// The circle's hello key, if this envoy holds one for its circle
+    /// (`circle.hello`; none for a circle made by protocol 1).
+    hello_key: RwLock<Option<Arc<lockbox_crypto::hello::HelloKey>>>,
     paths: ReplicaPaths,
     members: RwLock<Members>,
     /// This envoy's own endorsement, kept apart from `members`: after it
@@ -326,6 +332,7 @@ impl Replica {
             meta = meta.with_grouped_commits_after(window, move || s.sync_round(false));
         }
         let mut members = load_members(&paths.members, &circle, &user);
+        let hello_key = members::load_hello_key(&paths.circle_hello, &circle);
         let own_endorsement = members
             .by_envoy
             .get(envoy.as_str())
@@ -350,6 +357,7 @@ impl Replica {
             meta,
             signing,
             circle: RwLock::new(circle),
+            hello_key: RwLock::new(hello_key.map(Arc::new)),
             paths,
             members: RwLock::new(members),
             own_endorsement: RwLock::new(own_endorsement),
@@ -499,6 +507,7 @@ mod tests {
                 members: self.state.join("members"),
                 circle_public: self.state.join("circle.pub"),
                 circle_secret: self.state.join("circle.secret"),
+                circle_hello: self.state.join("circle.hello"),
                 recipients: self.state.join("recipients.txt"),
                 meta: self.state.join("meta.redb"),
             };

@@ -276,6 +276,7 @@ pub(crate) fn hello_ask(
         port: 0,
         endorsement: hex::encode(&endorsement),
         proof: hex::encode(proof.to_bytes()),
+        sealed: String::new(),
         files: zero.clone(),
         tombstones: zero.clone(),
         resurrects: zero.clone(),
