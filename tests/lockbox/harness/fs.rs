@@ -14,8 +14,9 @@ use std::time::Duration;
 pub use std::fs::*;
 
 /// How long one file-system call on a mount may take before the test fails:
-/// far beyond what a loaded 2-core box needs for the largest file a test
-/// writes (200 MiB), far below a hung run.
+/// far beyond what a loaded 2-core box needs for the largest piece a test
+/// moves in one call (a write of 200 MiB; reads go in 8 MiB pieces), far
+/// below a hung run.
 pub const MOUNT_DEADLINE: Duration = Duration::from_secs(120);
 
 /// Run `f` (the operation `op` on `path`) on a thread of its own; panic if
@@ -46,20 +47,41 @@ pub fn within<T: Send + 'static>(
     }
 }
 
-/// `std::fs::read` under the deadline.
+/// How much of a file [`read`] asks for in one call under the deadline.
+const READ_PIECE: usize = 8 << 20;
+
+/// `std::fs::read`, with the deadline on each 8 MiB piece: a large file
+/// read slowly by a loaded machine passes, a read that stops making
+/// progress fails.
 #[track_caller]
 pub fn read(p: impl AsRef<Path>) -> io::Result<Vec<u8>> {
+    use std::io::Read;
     let p = p.as_ref().to_path_buf();
-    within("read", &p.clone(), move || std::fs::read(p))
+    let mut file = {
+        let p = p.clone();
+        within("open", &p.clone(), move || std::fs::File::open(p))?
+    };
+    let mut out = Vec::new();
+    loop {
+        let (f, buf, n) = within("read", &p, move || {
+            let mut buf = Vec::with_capacity(READ_PIECE);
+            let n = (&mut file).take(READ_PIECE as u64).read_to_end(&mut buf);
+            (file, buf, n)
+        });
+        file = f;
+        let n = n?;
+        out.extend_from_slice(&buf);
+        if n < READ_PIECE {
+            return Ok(out);
+        }
+    }
 }
 
 /// `std::fs::read_to_string` under the deadline.
 #[track_caller]
 pub fn read_to_string(p: impl AsRef<Path>) -> io::Result<String> {
     let p = p.as_ref().to_path_buf();
-    within("read_to_string", &p.clone(), move || {
-        std::fs::read_to_string(p)
-    })
+    String::from_utf8(read(p)?).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 /// `std::fs::write` under the deadline.
