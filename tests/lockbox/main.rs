@@ -24,6 +24,7 @@ mod circle;
 mod cli;
 mod crash;
 mod fleet;
+mod impostor;
 mod interop;
 mod join;
 mod mesh;
