@@ -1023,10 +1023,16 @@ fn join_credentials(
     if let Err(e) = agent.replica.keep_hello_key(&circle) {
         tracing::warn!("cannot keep the circle's hello key: {e}");
     }
-    Some(Arc::new(lockbox_net::mesh::JoinCredentials::new(
-        lockbox_crypto::join::JoinPassword::derive(passphrase, &user),
-        circle,
-    )))
+    // A handover followed while unlocked is opened with the identity,
+    // held by the credentials, which are dropped at lock.
+    let id = identity.clone();
+    Some(Arc::new(
+        lockbox_net::mesh::JoinCredentials::new(
+            lockbox_crypto::join::JoinPassword::derive(passphrase, &user),
+            circle,
+        )
+        .with_opener(Box::new(move |sealed| open_secret(sealed, &id).ok())),
+    ))
 }
 
 fn encrypt(agent: &Agent, stream: &mut UnixStream, name: Vec<u8>) -> std::io::Result<()> {

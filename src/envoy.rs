@@ -114,6 +114,7 @@ impl Envoy {
             circle_public: self.paths.circle_public(),
             circle_secret: self.paths.circle_secret(),
             circle_hello: self.paths.circle_hello(),
+            handover: self.paths.handover(),
             recipients: self.paths.recipients(),
             meta: self.paths.meta(),
         };

@@ -63,6 +63,13 @@ impl Paths {
     pub fn circle_hello(&self) -> PathBuf {
         self.state.join("circle.hello")
     }
+
+    /// `handover/`: handovers made for the members of a circle this envoy
+    /// left in a merge, and that circle's hello key.
+    pub fn handover(&self) -> PathBuf {
+        self.state.join("handover")
+    }
+
     /// `members/`: one signed endorsement per member envoy.
     pub fn members(&self) -> PathBuf {
         self.state.join("members")

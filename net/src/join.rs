@@ -100,32 +100,31 @@ pub enum Merge {
     Same,
     /// Its own circle wins: keep it (the other side adopts it).
     Keep,
-    /// The other circle wins: adopt it.
+    /// The other circle wins: adopt it (and, if its own circle had other
+    /// members, leave each a [`crate::handover::Handover`]).
     Adopt,
-    /// Both circles have several members: they stay apart (merging two
-    /// circles of several envoys each is not done; `status` says so).
-    Apart,
 }
 
 /// The merge rule, the same on both sides: with `own` and `theirs` as
 /// `(public key, created, members)`, a circle of several members wins over
-/// a circle of one; between two circles of one, the one made earlier wins,
-/// then the smaller public key ([`winner`]); two circles of several members
-/// each stay apart. `merge(a, b)` and `merge(b, a)` are always
-/// complementary: `Keep` against `Adopt`, `Same` and `Apart` against
-/// themselves.
+/// a circle of one (fewer envoys move); otherwise the one made earlier
+/// wins, then the smaller public key ([`winner`]). `merge(a, b)` and
+/// `merge(b, a)` are always complementary (`Keep` against `Adopt`, `Same`
+/// against itself), and between two circles of several members each the
+/// answer depends only on the circles, not on who counts how many: every
+/// member of the losing circle that meets the winner moves the same way.
 pub fn merge(own: (&PublicKey, u64, u32), theirs: (&PublicKey, u64, u32)) -> Merge {
     if own.0 == theirs.0 {
         return Merge::Same;
     }
+    let by_age = || match winner((own.0, own.1), (theirs.0, theirs.1)) {
+        std::cmp::Ordering::Greater => Merge::Adopt,
+        _ => Merge::Keep,
+    };
     match (own.2 > 1, theirs.2 > 1) {
-        (true, true) => Merge::Apart,
         (true, false) => Merge::Keep,
         (false, true) => Merge::Adopt,
-        (false, false) => match winner((own.0, own.1), (theirs.0, theirs.1)) {
-            std::cmp::Ordering::Greater => Merge::Adopt,
-            _ => Merge::Keep,
-        },
+        _ => by_age(),
     }
 }
 
@@ -142,16 +141,18 @@ mod tests {
         match m {
             Merge::Keep => Merge::Adopt,
             Merge::Adopt => Merge::Keep,
-            other => other,
+            Merge::Same => Merge::Same,
         }
     }
 
     #[test]
-    fn a_circle_of_several_wins_and_two_stay_apart() {
+    fn a_circle_of_several_wins_then_the_older() {
         let (a, b) = (key(1), key(2));
         assert_eq!(merge((&a, 5, 3), (&b, 1, 1)), Merge::Keep);
         assert_eq!(merge((&b, 1, 1), (&a, 5, 3)), Merge::Adopt);
-        assert_eq!(merge((&a, 5, 2), (&b, 1, 2)), Merge::Apart);
+        // Two circles of several: the older wins, whatever their sizes.
+        assert_eq!(merge((&a, 5, 2), (&b, 1, 2)), Merge::Adopt);
+        assert_eq!(merge((&b, 1, 2), (&a, 5, 9)), Merge::Keep);
         // Between circles of one, the older wins, then the smaller key.
         assert_eq!(merge((&b, 1, 1), (&a, 5, 1)), Merge::Keep);
         assert_eq!(merge((&b, 5, 1), (&a, 5, 1)), Merge::Adopt);

@@ -31,6 +31,9 @@
 //!   (pure);
 //! - [`join`] — what two circles exchange once a join showed they share
 //!   the passphrase, and the merge rule (pure);
+//! - [`handover`] — what the envoy whose circle lost a merge leaves for
+//!   the other members of that circle, so they follow even while locked
+//!   (pure);
 //! - [`discovery`] — the multicast socket that sends and receives
 //!   announcements;
 //! - [`tls`] — the fleet certificate authority, certificates, and the
@@ -56,6 +59,7 @@ mod codec;
 pub mod discovery;
 #[cfg(test)]
 mod fuzz_corpus;
+pub mod handover;
 pub mod join;
 pub mod mesh;
 pub mod name;

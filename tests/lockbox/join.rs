@@ -5,6 +5,7 @@
 //! passphrase) keeping its circle and files.
 
 use crate::harness::fs;
+use std::time::Duration;
 
 use lockbox_crypto::circle::{CircleKey, CircleSecret, Endorsement, CIRCLE_PARAMS};
 use lockbox_crypto::join::{self, JoinConfirm, JoinHello, JoinPassword, Side};
@@ -268,4 +269,78 @@ fn a_store_made_by_protocol_1_keeps_its_circle_and_files() {
         });
         assert_eq!(mode(&n.m.e.state().join("circle.secret")), 0o600);
     }
+}
+
+/// Two circles of two, set up apart, meet: they become one circle of four.
+/// The unlocked members join (the older circle wins); the member of the
+/// losing circle that is **locked** all along follows through the handover
+/// its partner left it — no unlock, no join — and a file written after the
+/// merge is sealed to all four, readable by each once it unlocks.
+#[test]
+fn two_circles_of_two_become_one_and_a_locked_member_follows() {
+    require_fuse!();
+    let c = Circle::loopback_locked(&["alpha", "bravo", "charlie", "delta"]);
+    let node = |n: &str| c.node(n);
+    // Circle x: alpha and bravo, while charlie and delta do not run.
+    for n in ["alpha", "bravo"] {
+        node(n).m.e.unlock();
+    }
+    c.wait_formed(&["alpha", "bravo"]);
+    for n in ["alpha", "bravo"] {
+        node(n).m.e.ok(&["stop"]);
+    }
+    // Circle y: charlie and delta, while alpha and bravo do not run.
+    for n in ["charlie", "delta"] {
+        node(n).m.e.unlock();
+    }
+    c.wait_formed(&["charlie", "delta"]);
+    let (x, y) = (circle_public(node("alpha")), circle_public(node("charlie")));
+    assert_ne!(x, y, "two circles");
+    // One member of each is locked from now on: delta, and bravo, which
+    // starts locked. alpha and charlie are unlocked and meet.
+    node("delta").m.e.ok(&["lock"]);
+    node("bravo").m.e.start();
+    node("alpha").m.e.unlock();
+    let all = ["alpha", "bravo", "charlie", "delta"];
+    c.wait("one circle of four", Duration::from_secs(60), || {
+        let first = circle_public(node("alpha"));
+        all.iter().all(|n| {
+            circle_public(node(n)) == first && node(n).recipients() == all.map(String::from)
+        })
+    });
+    let winner = circle_public(node("alpha"));
+    assert!(winner == x || winner == y, "one of the two circles won");
+    let (adopter, follower) = if winner == x {
+        ("charlie", "delta")
+    } else {
+        ("alpha", "bravo")
+    };
+    // The follower stayed locked, and got there by the handover.
+    let f = node(follower);
+    assert_eq!(
+        f.m.e.status_json()["unlocked"],
+        false,
+        "{follower} stayed locked"
+    );
+    let log = fs::read_to_string(f.m.e.state().join("agent.log")).expect("log");
+    assert!(
+        log.contains("followed its circle into circle"),
+        "{follower}: {log}"
+    );
+    assert!(
+        fs::read_dir(node(adopter).m.e.state().join("handover"))
+            .is_ok_and(|mut rd| rd.next().is_some()),
+        "{adopter} kept a handover"
+    );
+    // A file written now is sealed to all four: each reads it once
+    // unlocked.
+    let after = content("after the merge", 3000);
+    fs::write(node("charlie").at("after"), &after).expect("write on charlie");
+    for n in ["bravo", "delta"] {
+        node(n).m.e.unlock();
+    }
+    c.wait_content(&all, "after", &after);
+    // Its circle secret opened at that unlock: it can join others again.
+    let log = fs::read_to_string(f.m.e.state().join("agent.log")).expect("log");
+    assert!(!log.contains("cannot be opened"), "{follower}: {log}");
 }

@@ -257,6 +257,10 @@ struct PeerRefused {
     /// leave, sent with the refusal so it learns it left.
     /// (Boxed: the refusal travels in a `Result`, and stays small.)
     leave: Option<Box<Signed<crate::records::Leave>>>,
+    /// The peer proved it is a member of a circle that ours succeeded in a
+    /// merge: the handover this envoy made for it (wire form), sent with
+    /// the refusal so it follows.
+    handover: Option<Vec<u8>>,
 }
 
 impl PeerRefused {
@@ -265,12 +269,16 @@ impl PeerRefused {
             why: why.to_string(),
             another_circle: false,
             leave: None,
+            handover: None,
         }
     }
 }
 
 /// The header of a hello's refusal that carries the asker's own leave.
 const H_LEAVE: &str = "lockbox-leave";
+/// The header of a hello's refusal that carries the asker's handover into
+/// the circle that succeeded its own (hex).
+const H_HANDOVER: &str = "lockbox-handover";
 /// The header of a hello's refusal that names the refusing envoy (as its
 /// announcements do).
 const H_ENVOY: &str = "lockbox-envoy";
@@ -385,9 +393,17 @@ impl Mesh {
                 hex::decode(&ask.proof).map_err(|_| PeerRefused::new("no session proof"))?;
             return Ok((endorsement, proof));
         }
+        // This circle's key, then those of circles it succeeded (whose
+        // members may not have followed yet).
         self.replica
             .hello_key()
             .and_then(|key| open_membership(&key, exporter, &ask.sealed))
+            .or_else(|| {
+                self.replica
+                    .predecessor_hello_keys()
+                    .iter()
+                    .find_map(|key| open_membership(key, exporter, &ask.sealed))
+            })
             .ok_or_else(|| PeerRefused {
                 why: format!(
                     "envoy {:?} sealed its hello for another circle (set up apart, or with \
@@ -396,6 +412,7 @@ impl Mesh {
                 ),
                 another_circle: true,
                 leave: None,
+                handover: None,
             })
     }
 
@@ -424,6 +441,11 @@ impl Mesh {
         if lockbox_crypto::circle::verify_endorsement(&signed, &circle).is_err()
             || e.user != self.replica.user().as_str()
         {
+            // A member of a circle this one succeeded, which proved it is
+            // that member: the handover made for it, so it follows.
+            let handover = (e.user == self.replica.user().as_str())
+                .then(|| self.replica.handover_for(&signed.signer(), e))
+                .flatten();
             return Err(PeerRefused {
                 why: format!(
                     "envoy {:?} is of another circle (set up apart, or with another passphrase)",
@@ -431,6 +453,7 @@ impl Mesh {
                 ),
                 another_circle: true,
                 leave: None,
+                handover,
             });
         }
         let (_, refused) = self.replica.learn_members(&[bytes.to_vec()]);
@@ -439,6 +462,7 @@ impl Mesh {
                 why,
                 another_circle: false,
                 leave: self.replica.left(&e.signing_key).map(Box::new),
+                handover: None,
             });
         }
         match self.replica.member(&e.envoy) {
@@ -458,6 +482,20 @@ impl Mesh {
         addr: SocketAddr,
         conn: &PeerConn,
     ) -> Result<Hello, PeerError> {
+        match self.ask_hello(addr, conn).await {
+            Err(PeerError::Followed) => {
+                // The other peers are met again under the new circle at
+                // their next contact; this one at once.
+                self.forget_connections().await;
+                self.ask_hello(addr, conn).await
+            }
+            r => r,
+        }
+    }
+
+    /// One hello on `conn` ([`Mesh::exchange_hello`]); [`PeerError::Followed`]
+    /// when the refusal carried a handover this envoy followed.
+    async fn ask_hello(&self, addr: SocketAddr, conn: &PeerConn) -> Result<Hello, PeerError> {
         let ask = self.ask(&conn.exporter)?.encode()?;
         let req = Request::builder()
             .method(Method::POST)
@@ -477,7 +515,9 @@ impl Mesh {
             .await
             .map_err(|_| PeerError::HelloTimeout)??;
         if status == http::StatusCode::FORBIDDEN {
-            self.note_refusal(addr, &headers);
+            if self.note_refusal(addr, &headers) {
+                return Err(PeerError::Followed);
+            }
             if headers
                 .get(H_REFUSAL)
                 .is_some_and(|v| v == "another-circle")
@@ -686,6 +726,11 @@ impl Mesh {
                         h.insert(H_LEAVE, v);
                     }
                 }
+                if let Some(b) = refused.handover {
+                    if let Ok(v) = http::HeaderValue::from_str(&hex::encode(b)) {
+                        h.insert(H_HANDOVER, v);
+                    }
+                }
                 return r;
             }
             Err(e) => return respond(500, e.to_string()),
@@ -723,10 +768,12 @@ impl Mesh {
     }
 
     /// What a refusal of our hello says beyond its text: the refusing
-    /// envoy's name (for `status`), and our own leave if we left — a
-    /// record that verifies on its own (signed by us or by the circle),
-    /// applied like any other, so this envoy learns it left.
-    fn note_refusal(&self, addr: SocketAddr, headers: &http::HeaderMap) {
+    /// envoy's name (for `status`), our own leave if we left — a record
+    /// that verifies on its own (signed by us or by the circle), applied
+    /// like any other, so this envoy learns it left — and a handover into
+    /// the circle that succeeded ours, which this envoy follows (returns
+    /// true then).
+    fn note_refusal(&self, addr: SocketAddr, headers: &http::HeaderMap) -> bool {
         let text = |k: &str| headers.get(k).and_then(|v| v.to_str().ok());
         if let Some(envoy) = text(H_ENVOY).and_then(|e| crate::WireName::new(e).ok()) {
             self.seen(addr, |p| p.envoy = Some(envoy.to_string()));
@@ -739,6 +786,33 @@ impl Mesh {
                 if let Err(e) = self.replica.apply_leave(&l) {
                     tracing::info!("peer {addr} sent a leave that is not taken: {e}");
                 }
+            }
+        }
+        let handover = text(H_HANDOVER)
+            .filter(|h| h.len() <= 2 * crate::handover::MAX_HANDOVER_LEN)
+            .and_then(|h| hex::decode(h).ok());
+        let Some(bytes) = handover else {
+            return false;
+        };
+        let h = match crate::handover::Handover::parse(&bytes) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::info!("peer {addr} sent a handover that is not taken: {e}");
+                return false;
+            }
+        };
+        let sealed = h.sealed_secret.clone();
+        match self.replica.follow(h) {
+            Ok(()) => {
+                // Unlocked: the join credentials take the new secret now.
+                if let Some(c) = self.credentials() {
+                    c.reopen(&sealed);
+                }
+                true
+            }
+            Err(e) => {
+                tracing::info!("peer {addr} sent a handover that is not taken: {e}");
+                false
             }
         }
     }

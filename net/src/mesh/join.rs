@@ -48,7 +48,13 @@ const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(2);
 pub struct JoinCredentials {
     password: JoinPassword,
     circle: RwLock<Arc<CircleSecret>>,
+    /// Opens a circle secret sealed to this envoy (with the unlocked
+    /// identity), for a handover followed while unlocked.
+    opener: Option<SecretOpener>,
 }
+
+/// Opens a circle secret sealed to this envoy's recipient.
+pub type SecretOpener = Box<dyn Fn(&[u8]) -> Option<CircleSecret> + Send + Sync>;
 
 impl JoinCredentials {
     /// Credentials from the join password and the circle secret.
@@ -56,6 +62,27 @@ impl JoinCredentials {
         JoinCredentials {
             password,
             circle: RwLock::new(Arc::new(circle)),
+            opener: None,
+        }
+    }
+
+    /// With `opener`, which opens a circle secret sealed to this envoy
+    /// (held as long as the credentials: dropped at lock).
+    pub fn with_opener(mut self, opener: SecretOpener) -> Self {
+        self.opener = Some(opener);
+        self
+    }
+
+    /// Takes the circle secret `sealed` to this envoy (from a handover it
+    /// followed) as the circle it joins with; unchanged if it cannot be
+    /// opened (the next unlock opens `circle.secret`).
+    pub fn reopen(&self, sealed: &[u8]) {
+        match self.opener.as_ref().and_then(|o| o(sealed)) {
+            Some(c) => self.set_circle(c),
+            None => tracing::warn!(
+                "cannot open the new circle's secret: this envoy joins other circles again \
+                 after its next unlock"
+            ),
         }
     }
 
@@ -113,7 +140,7 @@ impl Mesh {
         }
     }
 
-    fn credentials(&self) -> Option<Arc<JoinCredentials>> {
+    pub(super) fn credentials(&self) -> Option<Arc<JoinCredentials>> {
         self.join_source.lock().ok()?.as_ref()?()
     }
 
@@ -346,30 +373,30 @@ impl Mesh {
             Merge::Adopt => {
                 let replica = self.replica.clone();
                 let bytes = theirs.circle.to_bytes();
+                let old = own.clone();
                 let adopted = tokio::task::spawn_blocking(move || {
                     let c = CircleSecret::from_bytes(&bytes).map_err(|e| e.to_string())?;
-                    replica
-                        .adopt_circle(&c, unix_now())
+                    let now = unix_now();
+                    // The other members of our circle are handed over
+                    // first, then counted as members of the new one.
+                    let handed = replica
+                        .make_handovers(&old, &c, now)
                         .map_err(|e| e.to_string())?;
+                    replica.adopt_circle(&c, now).map_err(|e| e.to_string())?;
+                    if !handed.is_empty() {
+                        replica.learn_members(&handed);
+                        tracing::info!(
+                            "{} other member(s) of this envoy's old circle were handed over",
+                            handed.len()
+                        );
+                    }
                     Ok::<_, String>(c)
                 })
                 .await
                 .map_err(|e| e.to_string())??;
                 cred.set_circle(adopted);
-                // Every peer is met again under the new circle.
-                self.connections.lock().await.clear();
-                if let Ok(mut p) = self.peers.lock() {
-                    for peer in p.values_mut() {
-                        peer.member = false;
-                    }
-                }
-                let me = self.clone();
-                tokio::spawn(async move { me.contact_all().await });
+                self.circle_changed().await;
             }
-            Merge::Apart => tracing::warn!(
-                "a join found another circle of several envoys with the same passphrase: \
-                 circles of several envoys each are not merged; they stay apart"
-            ),
             Merge::Keep => self.endorse_joiner(&own, &theirs.endorsement),
             Merge::Same => {}
         }
@@ -568,6 +595,26 @@ impl Mesh {
             self.join_backoff(addr, self.retry_after_failure());
         }
         Ok(m)
+    }
+
+    /// After this envoy's circle changed (it adopted or followed another):
+    /// every connection is dropped and every peer met again under the new
+    /// circle.
+    pub(super) async fn circle_changed(self: &Arc<Self>) {
+        self.forget_connections().await;
+        let me = self.clone();
+        tokio::spawn(async move { me.contact_all().await });
+    }
+
+    /// Drops every connection and takes no peer for a member until it is
+    /// met again.
+    pub(super) async fn forget_connections(&self) {
+        self.connections.lock().await.clear();
+        if let Ok(mut p) = self.peers.lock() {
+            for peer in p.values_mut() {
+                peer.member = false;
+            }
+        }
     }
 
     /// Says hello to every known peer again (after adopting a circle).

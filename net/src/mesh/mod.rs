@@ -70,7 +70,9 @@ mod tests;
 
 pub use body::BodyError;
 pub use hello::{open_membership, seal_membership, Hello, HelloAsk, HelloError};
-pub use join::{CredentialSource, JoinCredentials, RefusedJoin, FAILED_JOINS_PER_HOUR};
+pub use join::{
+    CredentialSource, JoinCredentials, RefusedJoin, SecretOpener, FAILED_JOINS_PER_HOUR,
+};
 
 /// The protocol version spoken on the peer port.
 /// Protocol 2 proves membership on every connection (a hello carrying a
@@ -218,6 +220,10 @@ pub enum PeerError {
     /// names ourselves).
     #[error("that is this envoy itself")]
     Ourselves,
+    /// The peer's circle succeeded ours in a merge and handed this envoy
+    /// over: it now follows that circle, and says hello again.
+    #[error("followed the peer into the circle that succeeded ours")]
+    Followed,
     /// The hello answer is not a hello.
     #[error("bad hello: {0}")]
     BadHello(#[from] HelloError),

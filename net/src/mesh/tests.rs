@@ -127,6 +127,7 @@ async fn world() -> World {
             circle_public: state.join("circle.pub"),
             circle_secret: state.join("circle.secret"),
             circle_hello: state.join("circle.hello"),
+            handover: state.join("handover"),
             recipients: state.join("recipients.txt"),
             meta: state.join("meta.redb"),
         },

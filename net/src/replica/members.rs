@@ -68,7 +68,7 @@ impl Replica {
             .map(|s: &Signed<Endorsement>| s.to_bytes())
     }
 
-    fn own(&self) -> Option<Signed<Endorsement>> {
+    pub(super) fn own(&self) -> Option<Signed<Endorsement>> {
         self.own_endorsement
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -127,9 +127,8 @@ impl Replica {
     /// Called when this envoy's circle lost a merge with one that proved,
     /// in a join, that it knows the same passphrase.
     ///
-    /// Only a circle of one envoy is merged this way (the join refuses to
-    /// merge two circles of several envoys each), so no other member is
-    /// left behind under the old key.
+    /// The other members of the old circle are not left behind: the join
+    /// leaves each a handover first ([`Replica::make_handovers`]).
     pub fn adopt_circle(
         &self,
         secret: &lockbox_crypto::circle::CircleSecret,
@@ -146,13 +145,33 @@ impl Replica {
         let mut body = own.body().clone();
         body.created_unix = now_unix;
         let endorsement = secret.key().endorse(body);
+        self.take_circle(&sealed, endorsement, HelloKey::of(secret), secret.public())?;
+        tracing::info!(
+            "this envoy joined circle {} (its own circle lost the merge)",
+            secret.public()
+        );
+        Ok(())
+    }
+
+    /// Makes `circle` this envoy's: `sealed` (its secret sealed to this
+    /// envoy's recipient) becomes `circle.secret`, `endorsement` this
+    /// envoy's own, `hello` its hello key, and the members start afresh
+    /// from this envoy alone (the old circle's endorsements do not verify
+    /// under the new key; the others' come with their next hello).
+    pub(super) fn take_circle(
+        &self,
+        sealed: &[u8],
+        endorsement: Signed<Endorsement>,
+        hello: Option<HelloKey>,
+        circle: PublicKey,
+    ) -> Result<(), ReplicaError> {
         // The secret first, then the public key: a crash in between leaves
         // a secret whose public key does not match `circle.pub`, which the
         // agent notices at its next unlock and repairs from the secret.
         let write = |path: &Path, bytes: &[u8]| {
             write_file_atomic(path, bytes).map_err(ReplicaError::CircleWrite)
         };
-        write(&self.paths.circle_secret, &sealed)?;
+        write(&self.paths.circle_secret, sealed)?;
         write(
             &self
                 .paths
@@ -160,15 +179,15 @@ impl Replica {
                 .join(format!("{}.endorsement", self.envoy)),
             &endorsement.to_bytes(),
         )?;
-        write(
-            &self.paths.circle_public,
-            format!("{}\n", secret.public()).as_bytes(),
-        )?;
-        *self.circle.write().unwrap_or_else(|p| p.into_inner()) = secret.public();
-        if let Err(e) = self.keep_hello_key(secret) {
-            // Its hellos go unsealed until the next unlock writes it.
-            tracing::warn!("cannot keep the new circle's hello key: {e}");
+        if let Some(h) = &hello {
+            if let Err(e) = write(&self.paths.circle_hello, &h.to_bytes()) {
+                // Its hellos go unsealed until the next unlock writes it.
+                tracing::warn!("cannot keep the new circle's hello key: {e}");
+            }
         }
+        write(&self.paths.circle_public, format!("{circle}\n").as_bytes())?;
+        *self.circle.write().unwrap_or_else(|p| p.into_inner()) = circle;
+        *self.hello_key.write().unwrap_or_else(|p| p.into_inner()) = hello.map(Arc::new);
         *self
             .own_endorsement
             .write()
@@ -178,10 +197,6 @@ impl Replica {
             m.by_envoy.clear();
             m.by_envoy.insert(self.envoy.to_string(), endorsement);
         }
-        tracing::info!(
-            "this envoy joined circle {} (its own circle lost the merge)",
-            secret.public()
-        );
         self.members_changed();
         Ok(())
     }

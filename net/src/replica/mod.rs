@@ -43,6 +43,7 @@ use crate::records::{Leave, Resurrect, Tombstone};
 use crate::WireName;
 
 mod admission;
+mod handover;
 mod local;
 mod members;
 mod receive;
@@ -143,6 +144,9 @@ pub enum ReplicaError {
     /// Writing one of the circle's files failed.
     #[error("cannot write the circle's files: {0}")]
     CircleWrite(std::io::Error),
+    /// A handover is not for this envoy in its circle.
+    #[error(transparent)]
+    Handover(#[from] crate::handover::HandoverError),
     /// A record in `meta.redb` does not decode.
     #[error("the record of {name} is damaged: {source}")]
     DamagedRecord {
@@ -224,6 +228,9 @@ pub struct ReplicaPaths {
     /// `circle.hello`: the circle's hello key, readable while locked (see
     /// `lockbox_crypto::hello`).
     pub circle_hello: PathBuf,
+    /// `handover/`: handovers this envoy made for the members of a circle
+    /// it left in a merge, and that circle's hello key.
+    pub handover: PathBuf,
     /// `recipients.txt`, regenerated from the members.
     pub recipients: PathBuf,
     /// `meta.redb`.
@@ -508,6 +515,7 @@ mod tests {
                 circle_public: self.state.join("circle.pub"),
                 circle_secret: self.state.join("circle.secret"),
                 circle_hello: self.state.join("circle.hello"),
+                handover: self.state.join("handover"),
                 recipients: self.state.join("recipients.txt"),
                 meta: self.state.join("meta.redb"),
             };
