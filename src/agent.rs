@@ -957,10 +957,10 @@ fn unlock(agent: &Agent, passphrase: &str) -> Response {
 /// What this envoy joins other circles with while unlocked: the join
 /// password, and its circle's secret from `circle.secret`. A store made by
 /// protocol 1 has no such file: its circle key was derived from the
-/// passphrase, so it is derived once more here and kept sealed from now on
-/// (`circle.pub` is unchanged, and so is the circle). `None`, with a
-/// warning, when neither works: the envoy then syncs with its circle but
-/// cannot join another.
+/// passphrase, which let anyone holding one of its endorsements test
+/// passphrase guesses offline. At its first unlock the circle is re-keyed
+/// ([`rekey_protocol_1`]). `None`, with a warning, when nothing works: the
+/// envoy then syncs with its circle but cannot join another.
 fn join_credentials(
     agent: &Agent,
     passphrase: &lockbox_crypto::SecretString,
@@ -997,15 +997,21 @@ fn join_credentials(
                 );
                 return None;
             }
-            match seal_secret(&c, &identity.to_public()) {
-                Ok(sealed) => {
-                    if let Err(e) = envoy::write_private(&paths.circle_secret(), &sealed) {
-                        tracing::warn!("cannot keep the circle secret: {e:#}");
+            match rekey_protocol_1(agent, &c) {
+                Some(new) => new,
+                None => {
+                    // Kept sealed, as it is: re-keyed at a later unlock.
+                    match seal_secret(&c, &identity.to_public()) {
+                        Ok(sealed) => {
+                            if let Err(e) = envoy::write_private(&paths.circle_secret(), &sealed) {
+                                tracing::warn!("cannot keep the circle secret: {e:#}");
+                            }
+                        }
+                        Err(e) => tracing::warn!("cannot seal the circle secret: {e}"),
                     }
+                    c
                 }
-                Err(e) => tracing::warn!("cannot seal the circle secret: {e}"),
             }
-            c
         }
         Err(e) => {
             tracing::warn!("cannot read {}: {e}", paths.circle_secret().display());
@@ -1033,6 +1039,44 @@ fn join_credentials(
         )
         .with_opener(Box::new(move |sealed| open_secret(sealed, &id).ok())),
     ))
+}
+
+/// Re-keys a circle made by protocol 1 (`old`, derived from the
+/// passphrase): a random circle succeeds it, every other member gets a
+/// handover (so it follows at its next hello, locked or not), and this
+/// envoy adopts the new circle. The new circle counts as made at time 1,
+/// keeping the old circle's seniority in merges (protocol 1's counted as
+/// made at 0). Returns the new secret, or `None` (with a warning) if the
+/// re-key failed and the old circle stays.
+fn rekey_protocol_1(
+    agent: &Agent,
+    old: &lockbox_crypto::circle::CircleSecret,
+) -> Option<lockbox_crypto::circle::CircleSecret> {
+    let new = lockbox_crypto::circle::CircleSecret::generate(1);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let replica = &agent.replica;
+    let done = replica.make_handovers(old, &new, now).and_then(|handed| {
+        replica.adopt_circle(&new, now)?;
+        replica.learn_members(&handed);
+        Ok(handed.len())
+    });
+    match done {
+        Ok(n) => {
+            tracing::info!(
+                "re-keyed the circle made by protocol 1 to a random one ({} other member(s) \
+                 handed over)",
+                n
+            );
+            Some(new)
+        }
+        Err(e) => {
+            tracing::warn!("cannot re-key the circle made by protocol 1: {e}");
+            None
+        }
+    }
 }
 
 fn encrypt(agent: &Agent, stream: &mut UnixStream, name: Vec<u8>) -> std::io::Result<()> {

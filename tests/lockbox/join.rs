@@ -198,6 +198,7 @@ fn as_protocol_1(n: &Node, members: &[&Node]) -> PublicKey {
         .collect();
     let state = n.m.e.state();
     fs::remove_file(state.join("circle.secret")).expect("remove circle.secret");
+    fs::remove_file(state.join("circle.hello")).expect("remove circle.hello");
     fs::write(state.join("circle.pub"), format!("{}\n", key.public())).expect("circle.pub");
     let dir = state.join("members");
     for entry in std::fs::read_dir(&dir).expect("members/") {
@@ -213,12 +214,15 @@ fn as_protocol_1(n: &Node, members: &[&Node]) -> PublicKey {
     key.public()
 }
 
-/// A circle whose stores were made by protocol 1 keeps its circle and its
-/// files under protocol 2: the envoys find each other without a join,
-/// every file still reads, new files sync, and each keeps its derived
-/// circle key sealed in `circle.secret` from its first unlock on.
+/// A circle whose stores were made by protocol 1 (its key derived from the
+/// passphrase, so any of its endorsements let a guess be tested offline)
+/// keeps its files under protocol 2 and is re-keyed: at alpha's first
+/// unlock a random circle succeeds it, and bravo — locked all along, its
+/// hellos unsealed — follows by the handover alpha left it. No endorsement
+/// carries the derived key any more; every file still reads; new files
+/// sync.
 #[test]
-fn a_store_made_by_protocol_1_keeps_its_circle_and_files() {
+fn a_store_made_by_protocol_1_keeps_its_files_and_is_rekeyed() {
     require_fuse!();
     require!(is_root(), "rewrites another envoy's state folder");
     let c = Circle::loopback(&["alpha", "bravo"]);
@@ -249,26 +253,50 @@ fn a_store_made_by_protocol_1_keeps_its_circle_and_files() {
             .join(format!("{name}.endorsement"));
         fs::write(to, fs::read(from).expect("read")).expect("write");
     }
-    fs::remove_file(bravo.m.e.state().join("circle.secret")).expect("remove");
+    for f in ["circle.secret", "circle.hello"] {
+        fs::remove_file(bravo.m.e.state().join(f)).expect("remove");
+    }
     fs::write(bravo.m.e.state().join("circle.pub"), format!("{derived}\n")).expect("circle.pub");
     for n in [alpha, bravo] {
         assert!(!fs::present(n.m.e.state().join("circle.secret")));
-        n.m.e.unlock();
     }
+    bravo.m.e.start();
+    alpha.m.e.unlock();
+    c.wait("one re-keyed circle", CONVERGE, || {
+        let (a, b) = (circle_public(alpha), circle_public(bravo));
+        a == b && a != derived
+    });
+    assert_eq!(
+        bravo.m.e.status_json()["unlocked"],
+        false,
+        "bravo stayed locked"
+    );
+    bravo.m.e.unlock();
     c.wait_formed(&["alpha", "bravo"]);
+    let circle = circle_public(alpha);
     for n in [alpha, bravo] {
-        assert_eq!(circle_public(n), derived, "{} kept its circle", n.name);
         assert_eq!(fs::read(n.at("doc")).expect("doc"), doc, "{}", n.name);
+        let own = fs::read(
+            n.m.e
+                .state()
+                .join("members")
+                .join(format!("{}.endorsement", n.name)),
+        )
+        .expect("its endorsement");
+        let own = Signed::<Endorsement>::from_bytes(&own).expect("an endorsement");
+        assert_eq!(
+            own.signer(),
+            circle,
+            "{} is endorsed by the new circle",
+            n.name
+        );
+        // The new circle's secret is kept sealed, and its hello key lets
+        // the envoy seal its hellos.
+        for f in ["circle.secret", "circle.hello"] {
+            assert_eq!(mode(&n.m.e.state().join(f)), 0o600, "{} {f}", n.name);
+        }
     }
     c.wait_marker(&["alpha", "bravo"], "bravo", "after the upgrade");
-    // The derived key is kept sealed from the first unlock on, and opens to
-    // the same circle.
-    for n in [alpha, bravo] {
-        c.wait(&format!("{} keeps circle.secret", n.name), CONVERGE, || {
-            fs::present(n.m.e.state().join("circle.secret"))
-        });
-        assert_eq!(mode(&n.m.e.state().join("circle.secret")), 0o600);
-    }
 }
 
 /// Two circles of two, set up apart, meet: they become one circle of four.
