@@ -255,6 +255,13 @@ fn hello_asks() -> BTreeMap<String, Vec<u8>> {
     let bytes = a.encode().unwrap();
     out.insert("ask-truncated".into(), bytes[..bytes.len() - 1].to_vec());
     out.insert("ask".into(), bytes);
+    let sealed = HelloAsk {
+        endorsement: String::new(),
+        proof: String::new(),
+        sealed: hex::encode([[1u8].as_slice(), &[8; 24], &[9; 300]].concat()),
+        ..a.clone()
+    };
+    out.insert("sealed".into(), sealed.encode().unwrap());
     let text = String::from_utf8(a.encode().unwrap()).unwrap();
     out.insert(
         "port-too-large".into(),
@@ -345,6 +352,51 @@ fn joins() -> BTreeMap<String, Vec<u8>> {
 
 /// The endorsement the session proof target checks proofs against: envoy
 /// `desk` of `alice` with the seed corpus's key.
+/// The handover target's input: an encoded handover (its parts are fixed
+/// bytes: the sealed secret is not opened by the parser).
+fn handovers() -> BTreeMap<String, Vec<u8>> {
+    let (old, new) = (
+        SigningKey::from_seed(&[3; 32]),
+        SigningKey::from_seed(&[4; 32]),
+    );
+    let succession = Signed::sign(
+        lockbox_crypto::circle::Succession {
+            user: "alice".into(),
+            old: old.public(),
+            new: new.public(),
+            new_created_unix: 1,
+        },
+        &old,
+    )
+    .to_bytes();
+    let endorsement = Signed::sign(
+        lockbox_crypto::circle::Endorsement {
+            user: "alice".into(),
+            envoy: "desk".into(),
+            recipient: "age1x".into(),
+            signing_key: SigningKey::from_seed(&[5; 32]).public(),
+            created_unix: 2,
+        },
+        &new,
+    )
+    .to_bytes();
+    let sealed = vec![0x61; 200];
+    let hello_key = [[1u8].as_slice(), &[7; 32], &new.public().0].concat();
+    let part = |b: &[u8]| [&(b.len() as u32).to_be_bytes()[..], b].concat();
+    let handover = [
+        vec![1u8],
+        part(&succession),
+        part(&endorsement),
+        part(&sealed),
+        hello_key,
+    ]
+    .concat();
+    let mut out = BTreeMap::new();
+    near(&mut out, "handover", &handover, 10);
+    out.insert("handover".into(), handover);
+    out
+}
+
 pub(crate) fn proof_endorsement() -> lockbox_crypto::circle::Endorsement {
     lockbox_crypto::circle::Endorsement {
         user: "alice".into(),
@@ -416,6 +468,7 @@ fn corpus() -> Corpus {
     c.insert("hello_ask", hello_asks());
     c.insert("session_proof", session_proofs());
     c.insert("join", joins());
+    c.insert("handover", handovers());
     c.insert("route", routes());
     c
 }
@@ -475,6 +528,10 @@ fn the_seeds_are_what_they_say() {
             _ => crate::join::Offer::parse(rest).is_ok(),
         };
         assert_eq!(ok, !name.contains('-'), "{name}");
+    }
+    for (name, bytes) in &c["handover"] {
+        let parsed = crate::handover::Handover::parse(bytes);
+        assert_eq!(parsed.is_ok(), !name.contains('-'), "{name}: {parsed:?}");
     }
     let manifest = &c["records"]["manifest"];
     assert_eq!(crate::replica::decode_manifest(manifest).unwrap().len(), 1);

@@ -50,6 +50,10 @@ const TOMBSTONES: &str = "/lockbox/tombstones/alice";
 const MANIFEST: &str = "/lockbox/files/alice";
 const DOC: &str = "/lockbox/files/alice/doc";
 
+/// The hellos the fake peer was asked: each connection's TLS exporter
+/// value and the body.
+type HelloBodies = Arc<Mutex<Vec<([u8; 32], Vec<u8>)>>>;
+
 /// What the fake peer answers to a request for a path, on the connection
 /// whose TLS exporter value is given (a hello's proof signs it).
 type Script = Box<dyn Fn(&str, &[u8; 32]) -> Response<Body> + Send + Sync>;
@@ -82,7 +86,7 @@ struct World {
     /// Its answers.
     script: Arc<Mutex<Script>>,
     /// The hellos it was asked: each connection's exporter and the body.
-    hello_bodies: Arc<Mutex<Vec<([u8; 32], Vec<u8>)>>>,
+    hello_bodies: HelloBodies,
     /// The circle's hello key.
     hello_key: HelloKey,
     /// The paths it was asked for, in order.
@@ -199,7 +203,7 @@ async fn fake_peer(
     tls: Arc<rustls::ServerConfig>,
     script: Arc<Mutex<Script>>,
     asked: Arc<Mutex<Vec<String>>>,
-    hello_bodies: Arc<Mutex<Vec<([u8; 32], Vec<u8>)>>>,
+    hello_bodies: HelloBodies,
 ) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
