@@ -174,16 +174,48 @@ impl Mesh {
         false
     }
 
-    /// Push a signed table record to every live member now and wait (at most
-    /// `within`) for the answers: `(took it, asked)`. For a leave, which
-    /// must reach someone before the envoy scrubs itself.
+    /// Where a record that must reach every member it can goes: one
+    /// address of each member envoy — the one it proved itself on last,
+    /// live or not, proven at this moment or not (the push proves
+    /// membership on its connection first), full disk or not (a record is
+    /// small) — so the answers count envoys.
+    fn deliver_targets(&self) -> Vec<SocketAddr> {
+        let members = self.replica.members().names();
+        let Ok(peers) = self.peers.lock() else {
+            return Vec::new();
+        };
+        // Per envoy, the address proven last (a peer that only claimed a
+        // member's name in a refusal never displaces a proven one).
+        type Best = (SocketAddr, (bool, Option<std::time::Instant>));
+        let mut best: std::collections::HashMap<&str, Best> = std::collections::HashMap::new();
+        for (addr, p) in peers.iter() {
+            let Some(envoy) = p
+                .envoy
+                .as_deref()
+                .filter(|e| members.iter().any(|m| m == e))
+            else {
+                continue;
+            };
+            let rank = (p.member, p.last_seen);
+            if best.get(envoy).is_none_or(|(_, r)| rank > *r) {
+                best.insert(envoy, (*addr, rank));
+            }
+        }
+        best.into_values().map(|(a, _)| a).collect()
+    }
+
+    /// Push a signed table record to every member envoy now (see
+    /// [`Mesh::deliver_targets`]) and wait (at most `within`) for the
+    /// answers: `(took it, asked)`. For a leave, which must reach someone
+    /// before the envoy scrubs itself: a member that went quiet for a few
+    /// seconds on a loaded machine is still asked.
     pub async fn deliver(
         self: &Arc<Self>,
         table: Table,
         record: Vec<u8>,
         within: Duration,
     ) -> (usize, usize) {
-        let targets = self.push_targets();
+        let targets = self.deliver_targets();
         let asked = targets.len();
         let mut tasks = tokio::task::JoinSet::new();
         for addr in targets {
