@@ -521,12 +521,27 @@ impl Store {
     }
 
     /// The record attached to `name`'s store file when it was received
-    /// ([`StagedFile::attach_record`]), unverified; `None` if there is none.
+    /// ([`StagedFile::attach_record`]) or recorded here
+    /// ([`Store::attach_record_current`]), unverified; `None` if there is none.
     pub fn attached_record(&self, name: &Name) -> Option<Vec<u8>> {
         let mut buf = vec![0u8; MAX_ATTACHED_RECORD];
         let n = rustix::fs::getxattr(self.path_of(name), RECORD_XATTR, &mut buf[..]).ok()?;
         buf.truncate(n);
         Some(buf)
+    }
+
+    /// Attach `record` (the signed record just made of `name`'s newest
+    /// bytes) to them, as [`StagedFile::attach_record`] does for a received
+    /// file: a seal put in place at the next start ([`Store::recover_leftovers`])
+    /// or whose record was not yet durable when the agent was killed keeps
+    /// the record that was made (and maybe sent to peers) instead of being
+    /// signed again. Best effort, like that one; the reader checks the
+    /// record's hash against the bytes, so a record left on bytes that
+    /// moved on is never taken for theirs.
+    pub fn attach_record_current(&self, name: &Name, record: &[u8]) {
+        self.at_current(name, |p| {
+            let _ = rustix::fs::setxattr(p, RECORD_XATTR, record, rustix::fs::XattrFlags::empty());
+        });
     }
 
     /// The [`LocalStat`] of `name`'s newest bytes (a seal still waiting,

@@ -153,6 +153,10 @@ impl Replica {
                 reseal: false,
             })
         };
+        // With the bytes before anywhere else: killed before the record is
+        // durable (and after it was pushed), the next start finds this very
+        // record on the file instead of signing the version again.
+        self.store.attach_record_current(name, &signed.to_bytes());
         self.meta.apply(&version_ops(name, &signed, stat))?;
         self.emit(Outgoing::Version(name.clone()));
         Ok(signed)
@@ -211,8 +215,9 @@ impl Replica {
                 }
             }
             let (_, _, hash) = describe_file(&path)?;
-            // A file received just before a crash carries its record, which
-            // may not have been made durable with the others.
+            // A file received or recorded just before a crash carries its
+            // record, which may not have been made durable with the others
+            // (and may have been pushed already): it keeps that record.
             let record = record.filter(|r| r.body().hash == hash).or_else(|| {
                 self.store
                     .attached_record(&entry.name)
