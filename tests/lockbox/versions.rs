@@ -6,10 +6,127 @@
 //! of the envoys agree again.
 
 use crate::harness::fs;
+use std::io::Write;
 use std::time::{Duration, Instant};
+
+use lockbox_crypto::sign::Signed;
+use lockbox_net::records::FileVersion;
 
 use crate::harness::*;
 use crate::require_fuse;
+
+/// The author of the version `node` holds as `name` (from its record).
+fn author_on(node: &Node, user: &str, name: &str) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (record, _) = fetch_version(node, user, name, dir.path());
+    let record = hex::decode(record).expect("hex");
+    let record = Signed::<FileVersion>::from_bytes(&record).expect("a version record");
+    record.body().author.to_string()
+}
+
+/// With `name` open for writing on alpha (`open`), bravo writes `theirs`
+/// to it and alpha holds bravo's version before alpha's `ours` is closed.
+/// Then every envoy must list `name` and one conflict copy of it, the same
+/// names and bytes everywhere, and between them both versions.
+fn write_during_a_write(
+    c: &Circle,
+    name: &str,
+    open: impl FnOnce(&std::path::Path) -> std::fs::File,
+    ours: &[u8],
+    theirs: &[u8],
+) {
+    let (alpha, bravo) = (c.node("alpha"), c.node("bravo"));
+    let user = alpha.user();
+    let mut f = open(&alpha.at(name));
+    f.write_all(ours).expect("write on alpha");
+    fs::write(bravo.at(name), theirs).expect("write on bravo");
+    c.wait(
+        &format!("bravo's version of {name} on alpha, while alpha writes it"),
+        CONVERGE,
+        || author_on(alpha, &user, name) == "bravo",
+    );
+    drop(f); // close(2): acknowledged
+    let listing = c.wait_same_listing(&ALL, 2);
+    assert_eq!(listing[0], name, "{listing:?}");
+    let copy = &listing[1];
+    assert!(
+        copy.starts_with(&format!("{name}.conflict-")),
+        "no conflict copy of {name}: {listing:?}"
+    );
+    let kept = fs::read(alpha.at(name)).expect("read");
+    let aside = fs::read(alpha.at(copy)).expect("read the copy");
+    let mut both = [kept.clone(), aside.clone()];
+    both.sort();
+    let mut want = [ours.to_vec(), theirs.to_vec()];
+    want.sort();
+    assert_eq!(both, want, "both writes are kept on alpha");
+    c.wait_content(&ALL, name, &kept);
+    c.wait_content(&ALL, copy, &aside);
+}
+
+/// A file opened with `O_TRUNC` on alpha, written, and closed after
+/// bravo's version of it arrived: alpha's version never saw bravo's, so
+/// both are kept (it used to claim bravo's in its vector and replace it).
+#[test]
+fn a_version_that_arrives_during_a_truncating_write_is_kept() {
+    require_fuse!();
+    let c = Circle::loopback(&ALL);
+    let base = content("base", 1000);
+    fs::write(c.node("alpha").at("doc"), &base).expect("write the base");
+    c.wait_content(&ALL, "doc", &base);
+    let open = |p: &std::path::Path| {
+        fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(p)
+            .expect("open with O_TRUNC")
+    };
+    write_during_a_write(
+        &c,
+        "doc",
+        open,
+        &content("alpha", 1200),
+        &content("bravo", 1300),
+    );
+}
+
+/// The same with a create over a name that existed (`O_CREAT|O_TRUNC`, as
+/// a shell's `>` does), and over a name that did not exist when the
+/// writer created it and was created on bravo meanwhile.
+#[test]
+fn a_version_that_arrives_during_a_create_is_kept() {
+    require_fuse!();
+    let c = Circle::loopback(&ALL);
+    let base = content("base", 1000);
+    fs::write(c.node("alpha").at("over"), &base).expect("write the base");
+    c.wait_content(&ALL, "over", &base);
+    let create = |p: &std::path::Path| {
+        fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(p)
+            .expect("create")
+    };
+    write_during_a_write(
+        &c,
+        "over",
+        create,
+        &content("alpha", 1200),
+        &content("bravo", 1300),
+    );
+    fs::remove_file(c.node("alpha").at("over")).expect("rm");
+    let listing = c.wait_same_listing(&ALL, 1);
+    fs::remove_file(c.node("alpha").at(&listing[0])).expect("rm the copy");
+    c.wait_same_listing(&ALL, 0);
+    write_during_a_write(
+        &c,
+        "fresh",
+        create,
+        &content("alpha", 900),
+        &content("bravo", 800),
+    );
+}
 
 /// Attempts at catching the kill between the push and the grouped sync.
 const ATTEMPTS: usize = 20;

@@ -48,7 +48,7 @@ use crate::grouped::GroupedSync;
 use crate::journal::{Event, Queue};
 use crate::meta::{LocalStat, Meta, Op, State, WeakMeta};
 use crate::name::Name;
-use crate::sealed::Sealed;
+use crate::sealed::{Base, Placed, Sealed};
 use crate::{lock, Error};
 
 mod seal;
@@ -365,6 +365,35 @@ impl Store {
         }
     }
 
+    /// What a writer that opens `name` for writing now starts from (see
+    /// [`Base`]): the journal's description of the version current for
+    /// `name`, once every change of it queued before was recorded.
+    /// [`Base::Current`] without a journal.
+    pub fn base_of(&self, name: &Name) -> Base {
+        let Some(q) = &self.journal else {
+            return Base::Current;
+        };
+        let _guard = self.lock_changes();
+        if q.touches(name) {
+            q.deliver();
+        }
+        q.journal().base(name)
+    }
+
+    /// Under the change lock: where a local seal of `name` that started
+    /// from `base` goes ([`Journal::place`]); `None`: under `name`, as a
+    /// change the journal records against the version current then.
+    pub(super) fn place_locked(&self, name: &Name, base: &Base, sealed: &Sealed) -> Option<Placed> {
+        let q = self.journal.as_ref()?;
+        if *base == Base::Current {
+            return None;
+        }
+        if q.touches(name) {
+            q.deliver();
+        }
+        q.journal().place(name, base, sealed)
+    }
+
     /// Write a complete file into the temp folder with `fill`, made durable;
     /// it enters the store only through [`Store::commit_staged`].
     pub fn stage<T>(
@@ -580,17 +609,27 @@ impl Store {
 
     /// Rename a durable temp file into place as `name`; the journal hears
     /// of it (as `sealed`) when the returned [`Pending`] is dropped.
+    /// A seal from `base` goes where the journal places it
+    /// ([`Journal::place`]), returned with the [`Pending`].
     fn install_staged(
         &self,
         name: &Name,
         staged: StagedFile,
         sealed: Option<Sealed>,
-    ) -> Result<Pending<'_>, Error> {
+        base: &Base,
+    ) -> Result<(Pending<'_>, Option<Placed>), Error> {
         let guard = self.lock_changes();
-        self.commit_staged(staged, name)?;
-        let stat = LocalStat::of(&self.path_of(name)).ok();
-        let event = Event::Changed(name.clone(), sealed, stat);
-        Ok(self.pending(guard, event))
+        let placed = sealed
+            .as_ref()
+            .and_then(|s| self.place_locked(name, base, s));
+        let at = placed.as_ref().map_or(name, |p| &p.under);
+        self.commit_staged(staged, at)?;
+        let stat = LocalStat::of(&self.path_of(at)).ok();
+        let event = match (&placed, sealed) {
+            (Some(p), Some(s)) => Event::Placed(at.clone(), s, p.version.clone(), stat),
+            (_, sealed) => Event::Changed(name.clone(), sealed, stat),
+        };
+        Ok((self.pending(guard, event), placed))
     }
 
     fn pending<'a>(&'a self, guard: std::sync::MutexGuard<'a, ()>, event: Event) -> Pending<'a> {

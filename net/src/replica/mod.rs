@@ -253,6 +253,8 @@ pub struct Replica {
     /// Held while `recipients.txt` is rewritten from the members (see
     /// [`Replica::write_recipients`]).
     recipients_file: Mutex<()>,
+    /// This replica itself, for work handed to a thread of its own.
+    this: std::sync::Weak<Replica>,
 }
 
 /// A callback that is told a file name.
@@ -357,6 +359,7 @@ impl Replica {
             on_remote_change: Mutex::new(None),
             recipients_file: Mutex::new(()),
             on_members_change: Mutex::new(None),
+            this: weak.clone(),
         }))
     }
 
