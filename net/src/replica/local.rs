@@ -567,3 +567,64 @@ pub(super) fn describe_file(path: &Path) -> Result<(u64, u64, Sha256), ReplicaEr
     let (_, hash, n) = w.finish();
     Ok((plain, n, hash))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::version::Causality;
+
+    fn wn(s: &str) -> WireName {
+        WireName::new(s).unwrap()
+    }
+
+    fn vv(entries: &[(&str, u64)]) -> VersionVector {
+        entries
+            .iter()
+            .fold(VersionVector::new(), |v, (e, n)| v.raised(&wn(e), *n))
+    }
+
+    #[test]
+    fn a_local_vector_comes_from_the_base_not_from_what_arrived_since() {
+        let a = wn("alpha");
+        let none = VersionVector::new();
+        // A new name: the first version of alpha's.
+        assert_eq!(
+            local_vector(&a, &none, None, &none).unwrap(),
+            vv(&[("alpha", 1)])
+        );
+        // Nothing arrived during the write: it supersedes what it replaced.
+        let base = vv(&[("alpha", 1), ("bravo", 1)]);
+        let got = local_vector(&a, &base, Some(&base), &none).unwrap();
+        assert_eq!(got, vv(&[("alpha", 2), ("bravo", 1)]));
+        assert_eq!(got.compare(&base), Causality::After);
+        // bravo's version arrived during the write: concurrent with it, so
+        // the conflict rule keeps both (it used to be {alpha:2, bravo:2}).
+        let arrived = vv(&[("alpha", 1), ("bravo", 2)]);
+        let got = local_vector(&a, &base, Some(&arrived), &none).unwrap();
+        assert_eq!(got, vv(&[("alpha", 2), ("bravo", 1)]));
+        assert_eq!(got.compare(&arrived), Causality::Concurrent);
+        // A new name bravo created meanwhile: concurrent too.
+        let fresh = vv(&[("bravo", 1)]);
+        let got = local_vector(&a, &none, Some(&fresh), &none).unwrap();
+        assert_eq!(got.compare(&fresh), Causality::Concurrent);
+    }
+
+    #[test]
+    fn a_local_vector_never_repeats_an_own_counter_and_follows_deletes() {
+        let a = wn("alpha");
+        let none = VersionVector::new();
+        // The held version carries a later counter of alpha's than the
+        // base (alpha's own version, seen by bravo, came back): the new one
+        // counts past it.
+        let base = vv(&[("alpha", 1)]);
+        let held = vv(&[("alpha", 3), ("bravo", 1)]);
+        let got = local_vector(&a, &base, Some(&held), &none).unwrap();
+        assert_eq!(got.get("alpha"), 4);
+        assert_eq!(got.get("bravo"), 0, "bravo's version was not seen");
+        // A re-add after a delete comes after the delete.
+        let floor = vv(&[("alpha", 5), ("charlie", 2)]);
+        let got = local_vector(&a, &none, None, &floor).unwrap();
+        assert_eq!(got, vv(&[("alpha", 6), ("charlie", 2)]));
+        assert_eq!(got.compare(&floor), Causality::After);
+    }
+}
