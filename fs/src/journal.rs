@@ -85,6 +85,23 @@ pub trait Journal: Send + Sync + std::fmt::Debug {
         let _ = version;
         self.changed(at, Some(sealed), stat);
     }
+
+    /// Where a rename of `from` over `to` puts `from`'s version, decided
+    /// under the change lock before the rename (every change of either
+    /// name queued before was delivered), as [`Journal::place`] does for a
+    /// seal: under `to`, or under its conflict copy when a version of `to`
+    /// that its writer could not have seen keeps `to`. `None`: under `to`,
+    /// recorded by [`Journal::renamed`].
+    fn place_rename(&self, from: &Name, to: &Name) -> Option<Placed> {
+        let _ = (from, to);
+        None
+    }
+
+    /// A rename placed by [`Journal::place_rename`] moved `from` to `at`.
+    fn renamed_placed(&self, from: &Name, at: &Name, version: &[u8], stat: Option<LocalStat>) {
+        let _ = version;
+        self.renamed(from, at, stat);
+    }
 }
 
 /// One change, as the journal is told it.
@@ -95,6 +112,9 @@ pub(crate) enum Event {
     Renamed(Name, Name, Option<LocalStat>),
     /// A seal placed by [`Journal::place`]: where, what, its description.
     Placed(Name, Sealed, Vec<u8>, Option<LocalStat>),
+    /// A rename placed by [`Journal::place_rename`]: from, where, its
+    /// description.
+    RenamedPlaced(Name, Name, Vec<u8>, Option<LocalStat>),
 }
 
 impl Event {
@@ -102,7 +122,7 @@ impl Event {
     fn names(&self) -> [Option<&Name>; 2] {
         match self {
             Event::Changed(n, ..) | Event::Removed(n) | Event::Placed(n, ..) => [Some(n), None],
-            Event::Renamed(a, b, _) => [Some(a), Some(b)],
+            Event::Renamed(a, b, _) | Event::RenamedPlaced(a, b, ..) => [Some(a), Some(b)],
         }
     }
 }
@@ -211,6 +231,9 @@ impl Queue {
             Event::Removed(name) => j.removed(&name),
             Event::Renamed(from, to, stat) => j.renamed(&from, &to, stat),
             Event::Placed(at, sealed, version, stat) => j.placed(&at, &sealed, &version, stat),
+            Event::RenamedPlaced(from, at, version, stat) => {
+                j.renamed_placed(&from, &at, &version, stat)
+            }
         }
         let mut counts = lock(&self.undelivered);
         for n in names {

@@ -35,8 +35,8 @@ pub enum Base {
     #[default]
     Current,
     /// Captured: the journal's description of the version the writer saw
-    /// (`None`: the name had none).
-    Seen(Option<Vec<u8>>),
+    /// (also when the name had none).
+    Seen(Vec<u8>),
 }
 
 /// Where the journal placed a local seal of a name

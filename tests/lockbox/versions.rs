@@ -128,6 +128,61 @@ fn a_version_that_arrives_during_a_create_is_kept() {
     );
 }
 
+/// An editor's save (write a temp file, close it, rename it over the
+/// target) whose target changed on bravo while the temp file was being
+/// written: the save could not have seen bravo's version, so the rename
+/// does not supersede it; both are kept, as for a write in place. A save
+/// whose target did not change meanwhile replaces it as before.
+#[test]
+fn a_rename_over_a_name_that_changed_during_the_write_keeps_both() {
+    require_fuse!();
+    let c = Circle::loopback(&ALL);
+    let (alpha, bravo) = (c.node("alpha"), c.node("bravo"));
+    let user = alpha.user();
+    let base = content("base", 1000);
+    fs::write(alpha.at("doc"), &base).expect("write the base");
+    c.wait_content(&ALL, "doc", &base);
+
+    // No change meanwhile: the save replaces doc everywhere.
+    let saved = content("saved", 1100);
+    fs::write(alpha.at(".doc.swp"), &saved).expect("write the temp file");
+    fs::rename(alpha.at(".doc.swp"), alpha.at("doc")).expect("rename over doc");
+    c.wait_content(&ALL, "doc", &saved);
+    assert_eq!(c.wait_same_listing(&ALL, 1), ["doc"]);
+
+    // bravo's version arrives while the temp file is open for writing.
+    let ours = content("alpha-save", 1200);
+    let theirs = content("bravo", 1300);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(alpha.at(".doc.swp"))
+        .expect("create the temp file");
+    f.write_all(&ours).expect("write the temp file");
+    fs::write(bravo.at("doc"), &theirs).expect("write on bravo");
+    c.wait(
+        "bravo's version of doc on alpha, while alpha writes its temp file",
+        CONVERGE,
+        || author_on(alpha, &user, "doc") == "bravo",
+    );
+    drop(f);
+    fs::rename(alpha.at(".doc.swp"), alpha.at("doc")).expect("rename over doc");
+    let listing = c.wait_same_listing(&ALL, 2);
+    assert_eq!(listing[0], "doc", "{listing:?}");
+    let copy = &listing[1];
+    assert!(copy.starts_with("doc.conflict-"), "{listing:?}");
+    let kept = fs::read(alpha.at("doc")).expect("read");
+    let aside = fs::read(alpha.at(copy)).expect("read the copy");
+    let mut both = [kept.clone(), aside.clone()];
+    both.sort();
+    let mut want = [ours.clone(), theirs.clone()];
+    want.sort();
+    assert_eq!(both, want, "the save and bravo's write are both kept");
+    c.wait_content(&ALL, "doc", &kept);
+    c.wait_content(&ALL, copy, &aside);
+}
+
 /// Attempts at catching the kill between the push and the grouped sync.
 const ATTEMPTS: usize = 20;
 

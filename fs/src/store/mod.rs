@@ -680,10 +680,32 @@ impl Store {
     /// [`Store::rename`], with the journal entry left to the returned
     /// [`Pending`].
     pub fn rename_pending(&self, from: &Name, to: &Name) -> Result<Pending<'_>, Error> {
+        self.rename_placed(from, to).map(|(p, _)| p)
+    }
+
+    /// [`Store::rename_pending`], placed by the journal
+    /// ([`Journal::place_rename`]): `from` goes to `to`, or to another name
+    /// (returned) when a version of `to` its writer could not have seen
+    /// keeps `to`.
+    pub fn rename_placed(&self, from: &Name, to: &Name) -> Result<(Pending<'_>, Name), Error> {
         let guard = self.lock_changes();
-        self.rename_locked(from, to)?;
-        let stat = self.local_stat(to);
-        Ok(self.pending(guard, Event::Renamed(from.clone(), to.clone(), stat)))
+        let placed = match &self.journal {
+            Some(q) if from != to => {
+                if q.touches(from) || q.touches(to) {
+                    q.deliver();
+                }
+                q.journal().place_rename(from, to)
+            }
+            _ => None,
+        };
+        let at = placed.as_ref().map_or(to, |p| &p.under).clone();
+        self.rename_locked(from, &at)?;
+        let stat = self.local_stat(&at);
+        let event = match placed {
+            Some(p) => Event::RenamedPlaced(from.clone(), at.clone(), p.version, stat),
+            None => Event::Renamed(from.clone(), to.clone(), stat),
+        };
+        Ok((self.pending(guard, event), at))
     }
 
     /// Describe one file of the store.

@@ -6,9 +6,15 @@
 //! with the store after a restart. It must not take anything from peers.
 
 use lockbox_fs::escape::Escape;
+use std::collections::{HashMap, VecDeque};
 use std::fs;
 use std::path::Path;
-use std::sync::Weak;
+use std::sync::{Mutex, Weak};
+
+/// A poisoned lock is still usable: what it guards is a cache.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 use lockbox_crypto::digest::{HashingWriter, Sha256};
 use lockbox_crypto::sign::Signed;
@@ -37,6 +43,7 @@ impl Journal for JournalLink {
 
     fn removed(&self, name: &Name) {
         if let Some(r) = self.0.upgrade() {
+            r.sightings.removed(name);
             match r.record(name) {
                 Ok(Some(prev)) => r.local_removed(name, &prev),
                 Ok(None) => {}
@@ -67,8 +74,23 @@ impl Journal for JournalLink {
         }
     }
 
+    fn place_rename(&self, from: &Name, to: &Name) -> Option<Placed> {
+        self.0.upgrade()?.place_rename(from, to)
+    }
+
+    fn renamed_placed(&self, from: &Name, at: &Name, version: &[u8], stat: Option<LocalStat>) {
+        let Some(r) = self.0.upgrade() else {
+            return;
+        };
+        match decode_version(version) {
+            Some(v) => r.local_renamed_placed(from, at, v, stat),
+            None => self.renamed(from, at, stat),
+        }
+    }
+
     fn renamed(&self, from: &Name, to: &Name, stat: Option<LocalStat>) {
         if let Some(r) = self.0.upgrade() {
+            r.sightings.moved(from, to);
             let moved = r.record(from).ok().flatten();
             if let Some(prev) = &moved {
                 r.local_removed(from, prev);
@@ -103,6 +125,111 @@ pub(super) fn local_vector(
     Ok(vv)
 }
 
+/// What the mesh keeps in memory to tell what a local writer could have
+/// seen: each version that arrived from a peer is numbered, with the
+/// vector its name held before it; each local version written through the
+/// mount keeps the number current when its writer opened the name. Lost
+/// at a restart (a rename then supersedes what its target holds, as
+/// before). Bounded: past [`MAX_SIGHTED`] names it starts afresh.
+#[derive(Debug, Default)]
+pub(super) struct Sightings {
+    /// How many versions arrived from peers since the start.
+    count: std::sync::atomic::AtomicU64,
+    /// Per name, its last arrivals: number, and the vector held before.
+    arrived: Mutex<HashMap<Name, VecDeque<Arrival>>>,
+    /// Per stored name of a local version: the number when its writer
+    /// opened it.
+    opened: Mutex<HashMap<Name, u64>>,
+}
+
+/// A version that arrived from a peer: its number, and the vector its
+/// name held before it (none if it held nothing).
+type Arrival = (u64, Option<VersionVector>);
+
+/// Names [`Sightings`] keeps before it starts afresh.
+const MAX_SIGHTED: usize = 1 << 14;
+
+/// Arrivals kept per name.
+const ARRIVALS_KEPT: usize = 16;
+
+impl Sightings {
+    fn now(&self) -> u64 {
+        self.count.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// A peer's version was put under `name`, which held `before`.
+    pub(super) fn arrived(&self, name: &Name, before: Option<VersionVector>) {
+        let n = self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        let mut arrived = lock(&self.arrived);
+        if arrived.len() >= MAX_SIGHTED && !arrived.contains_key(name) {
+            arrived.clear();
+        }
+        let list = arrived.entry(name.clone()).or_default();
+        if list.len() >= ARRIVALS_KEPT {
+            list.pop_front();
+        }
+        list.push_back((n, before));
+    }
+
+    /// What `name` held before the first version that arrived after
+    /// `since`: `None` if none arrived since (or it is no longer known).
+    fn held_at(&self, name: &Name, since: u64) -> Option<Option<VersionVector>> {
+        let arrived = lock(&self.arrived);
+        let list = arrived.get(name)?;
+        let first = list.iter().find(|(n, _)| *n > since)?;
+        // If older arrivals were dropped, the first after `since` may be
+        // gone too: only trust a list that reaches back to `since`.
+        if list.len() == ARRIVALS_KEPT && list.front().is_some_and(|(n, _)| *n > since) {
+            return None;
+        }
+        Some(first.1.clone())
+    }
+
+    fn opened(&self, at: &Name, since: u64) {
+        let mut opened = lock(&self.opened);
+        if opened.len() >= MAX_SIGHTED && !opened.contains_key(at) {
+            opened.clear();
+        }
+        opened.insert(at.clone(), since);
+    }
+
+    fn opened_at(&self, name: &Name) -> Option<u64> {
+        lock(&self.opened).get(name).copied()
+    }
+
+    fn moved(&self, from: &Name, to: &Name) {
+        let mut opened = lock(&self.opened);
+        match opened.remove(from) {
+            Some(n) => opened.insert(to.clone(), n),
+            None => opened.remove(to),
+        };
+    }
+
+    fn removed(&self, name: &Name) {
+        lock(&self.opened).remove(name);
+    }
+}
+
+/// A base as [`Replica::local_base`] describes it: the arrival number now,
+/// then the held version's vector (nothing if none).
+fn encode_base(since: u64, vv: Option<&VersionVector>) -> Option<Vec<u8>> {
+    let mut b = since.to_be_bytes().to_vec();
+    if let Some(v) = vv {
+        b.extend(v.encode().ok()?);
+    }
+    Some(b)
+}
+
+fn decode_base(b: &[u8]) -> Option<(u64, VersionVector)> {
+    let (since, vv) = b.split_first_chunk::<8>()?;
+    let vv = if vv.is_empty() {
+        VersionVector::new()
+    } else {
+        VersionVector::decode(vv).ok()?
+    };
+    Some((u64::from_be_bytes(*since), vv))
+}
+
 /// The unsigned body of a local version, as [`Journal::place`] hands it
 /// to the store and the store hands it back.
 fn encode_version(v: &FileVersion) -> Vec<u8> {
@@ -122,17 +249,15 @@ impl Replica {
     /// What a writer opening `name` now starts from: the vector of the
     /// version held (the journal delivered every change of it before).
     pub(super) fn local_base(&self, name: &Name) -> Base {
-        match self.record(name) {
-            Ok(None) => Base::Seen(None),
-            Ok(Some(r)) => match r.body().vv.encode() {
-                Ok(b) => Base::Seen(Some(b)),
-                Err(_) => Base::Current,
-            },
+        let since = self.sightings.now();
+        let encoded = match self.record(name) {
+            Ok(held) => encode_base(since, held.as_ref().map(|r| &r.body().vv)),
             Err(e) => {
                 tracing::warn!("{e}");
-                Base::Current
+                None
             }
-        }
+        };
+        encoded.map_or(Base::Current, Base::Seen)
     }
 
     /// Under the change lock, before a local seal of `name` that started
@@ -148,10 +273,9 @@ impl Replica {
         if self.kept_out(name) {
             return None;
         }
-        let base_vv = match base {
+        let (since, base_vv) = match base {
             Base::Current => return None,
-            Base::Seen(None) => VersionVector::new(),
-            Base::Seen(Some(b)) => VersionVector::decode(b).ok()?,
+            Base::Seen(b) => decode_base(b)?,
         };
         let current = match self.record(name) {
             Ok(c) => c,
@@ -180,35 +304,109 @@ impl Replica {
             recipients: sealed_to(&sealed.envoys).unwrap_or_else(|| self.member_names()),
             reseal: false,
         };
-        let mut under = name.clone();
-        if let Some(cur) = &current {
-            let (held, new) = (cur.body().candidate(), v.candidate());
-            let loses = match resolve(&held, &new) {
-                Resolution::Conflict { winner, .. } => winner == &held,
-                Resolution::Supersedes { newer, .. } => newer == &held,
-                Resolution::Same => false,
-            };
-            let concurrent = matches!(resolve(&held, &new), Resolution::Conflict { .. });
-            if loses {
-                under = v.conflict_name().unwrap_or_else(|| name.clone());
-            } else if concurrent {
+        let under = self.place_against(name, &v, current.as_ref());
+        self.sightings.opened(&under, since);
+        // A next seal by the same writer comes after this one, and sees
+        // nothing that arrives from now on.
+        let next = encode_base(self.sightings.now(), Some(&vv)).map_or(Base::Current, Base::Seen);
+        Some(Placed {
+            under,
+            version: encode_version(&v),
+            next,
+        })
+    }
+
+    /// Under the change lock: where local version `v` of `name` goes, given
+    /// the version `current` held there, by the mesh's conflict rule: under
+    /// its conflict copy if it loses; under `name` if it wins, the held
+    /// version moved to its own copy first when the two are concurrent.
+    fn place_against(
+        &self,
+        name: &Name,
+        v: &FileVersion,
+        current: Option<&Signed<FileVersion>>,
+    ) -> Name {
+        let Some(cur) = current else {
+            return name.clone();
+        };
+        let (held, new) = (cur.body().candidate(), v.candidate());
+        match resolve(&held, &new) {
+            Resolution::Conflict { winner, .. } | Resolution::Supersedes { newer: winner, .. }
+                if winner == &held =>
+            {
+                v.conflict_name().unwrap_or_else(|| name.clone())
+            }
+            Resolution::Conflict { .. } => {
                 if let Err(e) = self.move_aside_locked(name, cur) {
                     tracing::warn!(
                         "cannot keep the version of {} that arrived during a write: {e}",
                         name.escaped()
                     );
                 }
+                name.clone()
             }
+            _ => name.clone(),
         }
-        let next = vv
-            .encode()
-            .ok()
-            .map_or(Base::Current, |b| Base::Seen(Some(b)));
+    }
+
+    /// Under the change lock, before `from` is renamed over `to`: the
+    /// moved version's record as `to`'s, and where it goes. It supersedes
+    /// what `to` held when `from`'s writer opened it; a version of `to` that
+    /// arrived since is one it could not have seen, and the conflict rule
+    /// places the two. `None` (the rename is recorded against what `to`
+    /// holds, as before) when nothing arrived since, or `from` was not
+    /// written through the mount since the start.
+    pub(super) fn place_rename(&self, from: &Name, to: &Name) -> Option<Placed> {
+        if self.kept_out(from) || self.kept_out(to) || !self.store.contains(from) {
+            return None;
+        }
+        let since = self.sightings.opened_at(from)?;
+        let seen = self.sightings.held_at(to, since)?;
+        let moved = self.record(from).ok()??;
+        let current = self.record(to).ok()?;
+        let floor = records::floor(&self.tombstones(to));
+        let vv = local_vector(
+            &self.envoy,
+            &seen.unwrap_or_default(),
+            current.as_ref().map(|c| &c.body().vv),
+            &floor,
+        )
+        .ok()?;
+        let m = moved.body();
+        let v = FileVersion {
+            user: self.user.clone(),
+            name: to.clone(),
+            vv,
+            author: self.envoy.clone(),
+            sealed_unix: now_unix(),
+            plaintext_len: m.plaintext_len,
+            ciphertext_len: m.ciphertext_len,
+            hash: m.hash,
+            recipients: m.recipients.clone(),
+            reseal: false,
+        };
+        let under = self.place_against(to, &v, current.as_ref());
         Some(Placed {
             under,
             version: encode_version(&v),
-            next,
+            next: Base::Current,
         })
+    }
+
+    /// Record a rename placed by `place_rename`: `from`'s delete, and the
+    /// moved version under `at`.
+    pub(super) fn local_renamed_placed(
+        &self,
+        from: &Name,
+        at: &Name,
+        v: FileVersion,
+        stat: Option<LocalStat>,
+    ) {
+        if let Ok(Some(prev)) = self.record(from) {
+            self.local_removed(from, &prev);
+        }
+        self.sightings.moved(from, at);
+        self.local_placed(at, v, stat);
     }
 
     /// Under the change lock: move `cur`, the version held under `name`,

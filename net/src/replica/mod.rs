@@ -255,6 +255,8 @@ pub struct Replica {
     recipients_file: Mutex<()>,
     /// This replica itself, for work handed to a thread of its own.
     this: std::sync::Weak<Replica>,
+    /// What a local writer could have seen (see `local::Sightings`).
+    sightings: local::Sightings,
 }
 
 /// A callback that is told a file name.
@@ -360,6 +362,7 @@ impl Replica {
             recipients_file: Mutex::new(()),
             on_members_change: Mutex::new(None),
             this: weak.clone(),
+            sightings: local::Sightings::default(),
         }))
     }
 

@@ -78,6 +78,11 @@ impl Replica {
         };
         let mut ops = Vec::new();
         let mut touched = vec![target.clone()];
+        let before = self
+            .record(&target)
+            .ok()
+            .flatten()
+            .map(|r| r.body().vv.clone());
         // The version it replaces under the name, if it loses a conflict, is
         // moved to its own conflict copy first.
         if let Some(cur) = self.record(&target).map_err(internal)? {
@@ -103,6 +108,7 @@ impl Replica {
         // Stored under its conflict-copy name, it is recorded as one.
         ops.extend(version_ops(&target, rec, self.store.local_stat(&target)));
         self.meta.apply(&ops).map_err(internal)?;
+        self.sightings.arrived(&target, before);
         // The kernel is told after the lock is released: an invalidation can
         // wait on a FUSE request that itself waits for the lock.
         drop(_guard);
