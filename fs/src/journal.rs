@@ -87,11 +87,13 @@ pub trait Journal: Send + Sync + std::fmt::Debug {
     }
 
     /// Where a rename of `from` over `to` puts `from`'s version, decided
-    /// under the change lock before the rename (every change of either
-    /// name queued before was delivered), as [`Journal::place`] does for a
-    /// seal: under `to`, or under its conflict copy when a version of `to`
-    /// that its writer could not have seen keeps `to`. `None`: under `to`,
-    /// recorded by [`Journal::renamed`].
+    /// under the change lock before the rename, as [`Journal::place`] does
+    /// for a seal: under `to`, or under its conflict copy when a version of
+    /// `to` that its writer could not have seen keeps `to`. `None`: under
+    /// `to`, recorded by [`Journal::renamed`]. Changes may still be queued:
+    /// a journal that needs them recorded delivers the queue
+    /// ([`Store::deliver_journal`](crate::Store::deliver_journal)) itself,
+    /// only when it must.
     fn place_rename(&self, from: &Name, to: &Name) -> Option<Placed> {
         let _ = (from, to);
         None

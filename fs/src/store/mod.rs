@@ -689,13 +689,11 @@ impl Store {
     /// keeps `to`.
     pub fn rename_placed(&self, from: &Name, to: &Name) -> Result<(Pending<'_>, Name), Error> {
         let guard = self.lock_changes();
+        // The journal delivers the queue itself only when the rename may
+        // meet a version its writer could not have seen: an editor's save
+        // (write, close, rename at once) does not wait for its signatures.
         let placed = match &self.journal {
-            Some(q) if from != to => {
-                if q.touches(from) || q.touches(to) {
-                    q.deliver();
-                }
-                q.journal().place_rename(from, to)
-            }
+            Some(q) if from != to => q.journal().place_rename(from, to),
             _ => None,
         };
         let at = placed.as_ref().map_or(to, |p| &p.under).clone();

@@ -90,7 +90,6 @@ impl Journal for JournalLink {
 
     fn renamed(&self, from: &Name, to: &Name, stat: Option<LocalStat>) {
         if let Some(r) = self.0.upgrade() {
-            r.sightings.moved(from, to);
             let moved = r.record(from).ok().flatten();
             if let Some(prev) = &moved {
                 r.local_removed(from, prev);
@@ -357,11 +356,22 @@ impl Replica {
     /// holds, as before) when nothing arrived since, or `from` was not
     /// written through the mount since the start.
     pub(super) fn place_rename(&self, from: &Name, to: &Name) -> Option<Placed> {
+        let placed = self.place_rename_of(from, to);
+        // Under the change lock: the next rename of the new name finds it.
+        let at = placed.as_ref().map_or(to, |p| &p.under);
+        self.sightings.moved(from, at);
+        placed
+    }
+
+    fn place_rename_of(&self, from: &Name, to: &Name) -> Option<Placed> {
+        let since = self.sightings.opened_at(from)?;
+        let seen = self.sightings.held_at(to, since)?;
         if self.kept_out(from) || self.kept_out(to) || !self.store.contains(from) {
             return None;
         }
-        let since = self.sightings.opened_at(from)?;
-        let seen = self.sightings.held_at(to, since)?;
+        // Only now (a version arrived at `to` since `from` was opened) are
+        // the records of both names needed up to date.
+        self.store.deliver_journal();
         let moved = self.record(from).ok()??;
         let current = self.record(to).ok()?;
         let floor = records::floor(&self.tombstones(to));
@@ -405,7 +415,6 @@ impl Replica {
         if let Ok(Some(prev)) = self.record(from) {
             self.local_removed(from, &prev);
         }
-        self.sightings.moved(from, at);
         self.local_placed(at, v, stat);
     }
 
