@@ -3,7 +3,12 @@
 //! [`FileVersion`] per seal (**signed here**, `sign_version`), a
 //! [`Tombstone`] per delete, a [`Resurrect`] per deliberate re-add — and
 //! queued for fan-out; and `reconcile`, which brings the records in line
-//! with the store after a restart. It must not take anything from peers.
+//! with the store after a restart. A local version's vector comes from
+//! what its writer started from (`local_base`, `local_vector`), and where
+//! it goes when a version arrived during the write is decided under the
+//! change lock by the mesh's own conflict rule (`place_local`,
+//! `place_rename`; what a writer could have seen: [`Sightings`]). It must
+//! not take anything from peers.
 
 use lockbox_fs::escape::Escape;
 use std::collections::{HashMap, VecDeque};
