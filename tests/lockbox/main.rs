@@ -15,6 +15,8 @@
 //! - `netlab`: the network-namespace lab itself.
 //! - `resources`: the peer port's bounds under many huge bodies at once.
 //! - `unprivileged`: lockbox as an ordinary user.
+//! - `versions`: what a version says it saw: concurrent edits during a
+//!   write, records kept across a SIGKILL.
 #![allow(clippy::unwrap_used)]
 
 mod harness;
@@ -32,3 +34,4 @@ mod mount;
 mod netlab;
 mod resources;
 mod unprivileged;
+mod versions;

@@ -137,7 +137,7 @@ impl LockboxFs {
                 return reply.error(e);
             }
         }
-        let recorded = match self.store.rename_pending(&from, &to) {
+        let (recorded, at) = match self.store.rename_placed(&from, &to) {
             Ok(r) => r,
             Err(e) => {
                 drop(st);
@@ -149,6 +149,27 @@ impl LockboxFs {
         };
         let mut inner = lock(&self.inner);
         let mut replaced = None;
+        if at != to {
+            // A version of the target that the renamed file's writer could
+            // not have seen keeps the target: the file went to its conflict
+            // copy instead (the kernel is told by the journal, after the
+            // answer).
+            tracing::info!(
+                "{} changed on another envoy while {} was written: the rename put it at {}",
+                to.escaped(),
+                from.escaped(),
+                at.escaped()
+            );
+            inner.by_name.remove(&from);
+            inner.by_name.insert(at.clone(), src);
+            if let Some(n) = inner.nodes.get_mut(&src) {
+                n.name = Some(at);
+            }
+            drop(inner);
+            reply.ok();
+            drop(recorded);
+            return;
+        }
         if let Some(d) = dst {
             if let Some(n) = inner.nodes.get_mut(&d) {
                 n.name = None;
@@ -198,7 +219,9 @@ impl LockboxFs {
             }
             Err(_) => {
                 // A new file exists once closed, even if nothing is written.
-                let staged = Arc::new(Mutex::new(Staged::new(Pages::new(), true, true, 0)));
+                let mut st = Staged::new(Pages::new(), true, true, 0);
+                st.base = self.store.base_of(&name);
+                let staged = Arc::new(Mutex::new(st));
                 new_file = true;
                 LockboxFs::add_node(&mut lock(&self.inner), name, Some(staged))
             }

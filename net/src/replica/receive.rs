@@ -68,12 +68,21 @@ impl Replica {
         staged: StagedFile,
     ) -> Result<Admission, Refusal> {
         let _guard = self.store.change_lock();
-        let target = match self.admit(name, rec)? {
-            Admission::Same => return Ok(Admission::Same),
+        super::admission::check_offer(&self.user, &self.members(), name, rec)?;
+        let target = match self.decide(name, rec.body())? {
+            Admission::Same => {
+                self.keep_one_record_locked(name, rec)?;
+                return Ok(Admission::Same);
+            }
             Admission::Store(t) => t,
         };
         let mut ops = Vec::new();
         let mut touched = vec![target.clone()];
+        let before = self
+            .record(&target)
+            .ok()
+            .flatten()
+            .map(|r| r.body().vv.clone());
         // The version it replaces under the name, if it loses a conflict, is
         // moved to its own conflict copy first.
         if let Some(cur) = self.record(&target).map_err(internal)? {
@@ -99,6 +108,7 @@ impl Replica {
         // Stored under its conflict-copy name, it is recorded as one.
         ops.extend(version_ops(&target, rec, self.store.local_stat(&target)));
         self.meta.apply(&ops).map_err(internal)?;
+        self.sightings.arrived(&target, before);
         // The kernel is told after the lock is released: an invalidation can
         // wait on a FUSE request that itself waits for the lock.
         drop(_guard);
