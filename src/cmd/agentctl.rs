@@ -115,9 +115,18 @@ pub fn unlock(paths: &Paths, pass_file: Option<&Path>) -> anyhow::Result<()> {
     }
 }
 
-/// `lockbox lock`.
+/// `lockbox lock`. With no agent running nothing holds the identity: the
+/// state asked for already holds, so it says so and succeeds.
 pub fn lock(paths: &Paths) -> anyhow::Result<()> {
-    match Client::require(paths)?.call(&Request::Lock)? {
+    let mut client = match Client::connect(paths) {
+        Ok(c) => c,
+        Err(ConnectError::NotRunning) => {
+            println!("already locked: no agent is running");
+            return Ok(());
+        }
+        Err(ConnectError::Refused(e)) => return Err(e),
+    };
+    match client.call(&Request::Lock)? {
         Response::Ok => {
             println!("locked");
             Ok(())
@@ -126,9 +135,17 @@ pub fn lock(paths: &Paths) -> anyhow::Result<()> {
     }
 }
 
-/// `lockbox stop`: returns once the agent has exited.
+/// `lockbox stop`: returns once the agent has exited. With none running it
+/// says so and succeeds.
 pub fn stop(paths: &Paths) -> anyhow::Result<()> {
-    let mut client = Client::require(paths)?;
+    let mut client = match Client::connect(paths) {
+        Ok(c) => c,
+        Err(ConnectError::NotRunning) => {
+            println!("already stopped: no agent is running");
+            return Ok(());
+        }
+        Err(ConnectError::Refused(e)) => return Err(e),
+    };
     match client.call(&Request::Stop)? {
         Response::Stopping => {
             client.wait_closed();

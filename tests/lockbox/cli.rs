@@ -364,7 +364,7 @@ fn commands_before_init_say_to_init() {
         let err = e.fails(1, args);
         assert!(err.contains("run lockbox init"), "{args:?}: {err}");
     }
-    let err = e.fails(1, &["lock"]);
+    let err = e.fails(1, &["decrypt", "x", "-o", "-"]);
     assert_eq!(err.trim(), "lockbox: agent not running: run lockbox unlock");
 }
 

@@ -7,6 +7,10 @@
 //! - `circle`: deletion and membership across the mesh (re-adds,
 //!   `resurrect`, replayed deletes, `leave`, `evict`, `purge`, partitions).
 //! - `cli`: the command line on one envoy, its exit codes and errors.
+//! - `cli_truthful`: commands that say what holds (idempotent `lock` and
+//!   `stop`, `decrypt` to stdout, errors naming the user's paths, sizes).
+//! - `cli_passphrase`: where a passphrase comes from (stdin, a program,
+//!   config, the terminal's tries); a wrong one leaves no agent.
 //! - `crash`: SIGKILLed agents while a file is written or sealed.
 //! - `fleet`: `lockbox fleet init|issue` and `renew-cert`.
 //! - `interop`: the reference `age` CLI and lockbox's store files.
@@ -22,6 +26,7 @@ mod harness;
 mod agent;
 mod circle;
 mod cli;
+mod cli_truthful;
 mod crash;
 mod fleet;
 mod impostor;
