@@ -5,9 +5,10 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 use crate::cmd;
+use crate::passphrase::Source;
 use crate::paths::Paths;
 
 /// Keep secrets in ~/lockbox on every machine you use, sealed with age.
@@ -22,9 +23,8 @@ pub struct Cli {
 enum Command {
     /// First-time setup on this envoy: identity, signing key, store, config.
     Init {
-        /// Read the passphrase from the first line of this file.
-        #[arg(long, value_name = "FILE")]
-        passphrase_file: Option<PathBuf>,
+        #[command(flatten)]
+        pass: PassArgs,
         /// This envoy's name (default: the host name).
         #[arg(long, value_name = "NAME")]
         envoy: Option<String>,
@@ -37,9 +37,8 @@ enum Command {
     },
     /// Unlock: hold this envoy's identity in the agent (starting it if needed).
     Unlock {
-        /// Read the passphrase from the first line of this file.
-        #[arg(long, value_name = "FILE")]
-        passphrase_file: Option<PathBuf>,
+        #[command(flatten)]
+        pass: PassArgs,
     },
     /// Drop the identity from the agent's memory.
     Lock,
@@ -85,9 +84,8 @@ enum Command {
     },
     /// Print this envoy's AGE-SECRET-KEY for offline recovery (after the passphrase).
     ExportIdentity {
-        /// Read the passphrase from the first line of this file.
-        #[arg(long, value_name = "FILE")]
-        passphrase_file: Option<PathBuf>,
+        #[command(flatten)]
+        pass: PassArgs,
     },
     /// Re-encrypt every file to the current members of the circle (needs unlock).
     Reencrypt,
@@ -101,9 +99,8 @@ enum Command {
     Evict {
         /// The envoy's name.
         envoy: String,
-        /// Read the passphrase from the first line of this file.
-        #[arg(long, value_name = "FILE")]
-        passphrase_file: Option<PathBuf>,
+        #[command(flatten)]
+        pass: PassArgs,
     },
     /// Wipe this envoy's lockbox without telling the other envoys.
     Purge {
@@ -130,6 +127,37 @@ enum Command {
     Doctor,
     /// A throwaway walk-through in a temporary directory; cleans up after itself.
     Demo,
+}
+
+/// Where a command that needs the passphrase reads it (see
+/// `crate::passphrase`); without either, `passphrase_command:` of
+/// config.yaml, else the terminal.
+#[derive(Args, Debug)]
+struct PassArgs {
+    /// Read the passphrase from the first line of FILE (`-`: standard input).
+    #[arg(long, value_name = "FILE", conflicts_with = "passphrase_command")]
+    passphrase_file: Option<PathBuf>,
+    /// Run CMD (split into words, no shell) and read the passphrase from the
+    /// first line it prints.
+    #[arg(long, value_name = "CMD")]
+    passphrase_command: Option<String>,
+}
+
+impl PassArgs {
+    /// The source, with config.yaml's `passphrase_command:` when neither
+    /// option is given.
+    fn source(self, paths: &Paths) -> anyhow::Result<Source> {
+        let configured = if self.passphrase_file.is_none() && self.passphrase_command.is_none() {
+            crate::envoy::load_config(paths)?.passphrase_command
+        } else {
+            None
+        };
+        Ok(Source::new(
+            self.passphrase_file,
+            self.passphrase_command,
+            configured,
+        ))
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -179,14 +207,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         _ => Paths::from_env()?,
     };
     match cli.command {
-        Command::Init {
-            passphrase_file,
-            envoy,
-        } => cmd::init::run(&paths, passphrase_file.as_deref(), envoy),
+        Command::Init { pass, envoy } => cmd::init::run(&paths, pass.source(&paths)?, envoy),
         Command::Daemon { foreground } => cmd::agentctl::daemon(&paths, foreground),
-        Command::Unlock { passphrase_file } => {
-            cmd::agentctl::unlock(&paths, passphrase_file.as_deref())
-        }
+        Command::Unlock { pass } => cmd::agentctl::unlock(&paths, &pass.source(&paths)?),
         Command::Lock => cmd::agentctl::lock(&paths),
         Command::Stop => cmd::agentctl::stop(&paths),
         Command::Encrypt { path, name } => cmd::files::encrypt(&paths, &path, name),
@@ -194,16 +217,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Delete { name } => cmd::files::delete(&paths, &name),
         Command::List { json } => cmd::files::list(&paths, json),
         Command::Status { json } => cmd::report::status(&paths, json),
-        Command::ExportIdentity { passphrase_file } => {
-            cmd::init::export_identity(&paths, passphrase_file.as_deref())
+        Command::ExportIdentity { pass } => {
+            cmd::init::export_identity(&paths, &pass.source(&paths)?)
         }
         Command::Reencrypt => cmd::files::reencrypt(&paths),
         Command::Resurrect { name } => cmd::files::resurrect(&paths, &name),
         Command::Leave { yes } => cmd::circle::leave(&paths, yes),
-        Command::Evict {
-            envoy,
-            passphrase_file,
-        } => cmd::circle::evict(&paths, &envoy, passphrase_file.as_deref()),
+        Command::Evict { envoy, pass } => cmd::circle::evict(&paths, &envoy, &pass.source(&paths)?),
         Command::Purge { yes } => cmd::circle::purge(&paths, yes),
         Command::Fleet { ref command } => fleet(command),
         Command::RenewCert { ca, days } => cmd::fleet::renew(&paths, &ca, days),

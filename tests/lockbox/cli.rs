@@ -200,7 +200,8 @@ fn wrong_passphrase_and_damaged_identity() {
         ],
     );
     assert!(err.contains("wrong passphrase"), "{err}");
-    e.ok(&["stop"]);
+    // The agent that unlock started was stopped again.
+    assert_eq!(e.agent_pid(), None);
 
     let id_path = e.state().join("identity.age");
     let good = fs::read(&id_path).unwrap();

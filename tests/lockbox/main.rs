@@ -26,6 +26,7 @@ mod harness;
 mod agent;
 mod circle;
 mod cli;
+mod cli_passphrase;
 mod cli_truthful;
 mod crash;
 mod fleet;
