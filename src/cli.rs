@@ -52,13 +52,16 @@ enum Command {
         #[arg(long, value_name = "NAME")]
         name: Option<OsString>,
     },
-    /// Write a file's plaintext to OUT (`-` for stdout); needs unlock.
+    /// Write a file's plaintext to OUT, or to stdout; needs unlock.
     Decrypt {
         /// The file's name in the lockbox.
         name: OsString,
-        /// Output path, created 0600; `-` writes to stdout.
+        /// Output path, created 0600 (default, or `-`: stdout).
         #[arg(short = 'o', long = "output", value_name = "OUT")]
-        out: PathBuf,
+        out: Option<PathBuf>,
+        /// Write binary plaintext to a terminal all the same.
+        #[arg(long)]
+        force: bool,
     },
     /// Delete a file on every envoy (a signed tombstone; works while locked).
     Delete {
@@ -213,7 +216,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Lock => cmd::agentctl::lock(&paths),
         Command::Stop => cmd::agentctl::stop(&paths),
         Command::Encrypt { path, name } => cmd::files::encrypt(&paths, &path, name),
-        Command::Decrypt { name, out } => cmd::files::decrypt(&paths, &name, &out),
+        Command::Decrypt { name, out, force } => {
+            cmd::files::decrypt(&paths, &name, out.as_deref(), force)
+        }
         Command::Delete { name } => cmd::files::delete(&paths, &name),
         Command::List { json } => cmd::files::list(&paths, json),
         Command::Status { json } => cmd::report::status(&paths, json),
