@@ -31,7 +31,10 @@ fn init_creates_private_state_and_refuses_a_second_time() {
         .filter(|l| l.starts_with("age1"))
         .collect();
     assert_eq!(lines.len(), 1, "{recipients}");
-    assert!(lines[0].ends_with("# alpha"), "{recipients}");
+    assert!(
+        recipients.contains(&format!("# envoy: alpha\n{}\n", lines[0])),
+        "{recipients}"
+    );
     // The config kept the test's settings and gained envoy and user.
     let config = fs::read_to_string(s.join("config.yaml")).unwrap();
     assert!(

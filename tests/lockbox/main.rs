@@ -9,6 +9,7 @@
 //! - `cli`: the command line on one envoy, its exit codes and errors.
 //! - `cli_truthful`: commands that say what holds (idempotent `lock` and
 //!   `stop`, `decrypt` to stdout, errors naming the user's paths, sizes).
+//! - `cli_recipients`: `recipients.txt` as an age recipients file.
 //! - `cli_passphrase`: where a passphrase comes from (stdin, a program,
 //!   config, the terminal's tries); a wrong one leaves no agent.
 //! - `crash`: SIGKILLed agents while a file is written or sealed.
@@ -27,6 +28,7 @@ mod agent;
 mod circle;
 mod cli;
 mod cli_passphrase;
+mod cli_recipients;
 mod cli_truthful;
 mod crash;
 mod fleet;
