@@ -5,7 +5,8 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use anyhow::Context;
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::cmd;
 use crate::passphrase::Source;
@@ -56,7 +57,7 @@ enum Command {
     Decrypt {
         /// The file's name in the lockbox.
         name: OsString,
-        /// Output path, created 0600 (default, or `-`: stdout).
+        /// Output path, created 0600 (without it, or with `-`: stdout).
         #[arg(short = 'o', long = "output", value_name = "OUT")]
         out: Option<PathBuf>,
         /// Write binary plaintext to a terminal all the same.
@@ -130,6 +131,24 @@ enum Command {
     Doctor,
     /// A throwaway walk-through in a temporary directory; cleans up after itself.
     Demo,
+    /// Print a shell completion script to stdout.
+    ///
+    /// bash: `source <(lockbox completions bash)` (or save it in
+    /// ~/.local/share/bash-completion/completions/lockbox); zsh: save it as
+    /// `_lockbox` in a folder of your $fpath; fish: save it in
+    /// ~/.config/fish/completions/lockbox.fish.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages into DIR: lockbox.1 and lockbox-COMMAND.1 for
+    /// each command (`man -l DIR/lockbox.1` reads one).
+    Manpages {
+        /// The folder to write to (created if missing; pages are replaced).
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 /// Where a command that needs the passphrase reads it (see
@@ -205,6 +224,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     init_logging(daemon);
     let paths = match cli.command {
         Command::Demo => return cmd::demo::run(),
+        Command::Completions { shell } => return completions(shell),
+        Command::Manpages { ref dir } => return manpages(dir),
         // The fleet commands work on the folders they are given, not on HOME.
         Command::Fleet { ref command } => return fleet(command),
         _ => Paths::from_env()?,
@@ -234,7 +255,31 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::RenewCert { ca, days } => cmd::fleet::renew(&paths, &ca, days),
         Command::Doctor => cmd::report::doctor(&paths),
         Command::Demo => cmd::demo::run(),
+        Command::Completions { shell } => completions(shell),
+        Command::Manpages { ref dir } => manpages(dir),
     }
+}
+
+/// `lockbox completions SHELL`: the script, from the clap definitions above.
+fn completions(shell: clap_complete::Shell) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "lockbox", &mut out);
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(&out)
+        .and_then(|()| stdout.flush())
+        .context("cannot write to standard output")
+}
+
+/// `lockbox manpages DIR`: one page for lockbox and one per command (and
+/// per `fleet` command), from the clap definitions above.
+fn manpages(dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    clap_mangen::generate_to(Cli::command(), dir)
+        .with_context(|| format!("cannot write the manual pages into {}", dir.display()))?;
+    println!("wrote the manual pages into {}", dir.display());
+    Ok(())
 }
 
 fn fleet(command: &FleetCommand) -> anyhow::Result<()> {

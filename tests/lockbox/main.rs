@@ -10,6 +10,7 @@
 //! - `cli_truthful`: commands that say what holds (idempotent `lock` and
 //!   `stop`, `decrypt` to stdout, errors naming the user's paths, sizes).
 //! - `cli_recipients`: `recipients.txt` as an age recipients file.
+//! - `cli_shell`: shell completions and manual pages.
 //! - `cli_passphrase`: where a passphrase comes from (stdin, a program,
 //!   config, the terminal's tries); a wrong one leaves no agent.
 //! - `crash`: SIGKILLed agents while a file is written or sealed.
@@ -29,6 +30,7 @@ mod circle;
 mod cli;
 mod cli_passphrase;
 mod cli_recipients;
+mod cli_shell;
 mod cli_truthful;
 mod crash;
 mod fleet;
