@@ -107,28 +107,40 @@ pub fn decrypt(paths: &Paths, name: &OsStr, out: Option<&Path>, force: bool) -> 
 }
 
 /// The plaintext to stdout. On a terminal (unless `force`) the first piece
-/// is looked at before anything is written, and binary is refused.
+/// is looked at before anything is written, and binary is refused. A
+/// reader that stops early (`| head`) ends it quietly, as it ends `cat`.
 fn to_stdout(c: &mut Client, force: bool) -> anyhow::Result<()> {
     let stdout = io::stdout();
     let terminal = stdout.is_terminal();
     let mut w = BufWriter::new(stdout.lock());
     let mut sniffed = force || !terminal;
-    let result = c.receive_data_with(|piece| {
-        if !sniffed {
-            if looks_binary(piece) {
-                bail!(
-                    "refusing to write binary output to the terminal: use -o FILE, pipe it \
-                     to a program, or add --force"
-                );
-            }
-            sniffed = true;
+    let mut reader_gone = false;
+    let mut wrote = |r: io::Result<()>| match r {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+            reader_gone = true;
+            Err(anyhow::anyhow!(e))
         }
-        w.write_all(piece)
-            .context("cannot write to standard output")
-    });
-    result?;
-    w.flush().context("cannot write to standard output")?;
-    Ok(())
+        Err(e) => Err(anyhow::anyhow!(e).context("cannot write to standard output")),
+    };
+    let result = c
+        .receive_data_with(|piece| {
+            if !sniffed {
+                if looks_binary(piece) {
+                    bail!(
+                        "refusing to write binary output to the terminal: use -o FILE, pipe \
+                         it to a program, or add --force"
+                    );
+                }
+                sniffed = true;
+            }
+            wrote(w.write_all(piece))
+        })
+        .and_then(|_| wrote(w.flush()));
+    match result {
+        Err(_) if reader_gone => Ok(()),
+        r => r,
+    }
 }
 
 /// Whether the start of a plaintext is unfit for a terminal: not UTF-8

@@ -79,6 +79,23 @@ fn decrypt_without_o_writes_to_stdout_byte_for_byte() {
         assert!(out.stdout == content, "{args:?}: stdout differs");
         assert!(out.stderr.is_empty(), "{args:?}: {out:?}");
     }
+    // A reader that stops early (`| head -c 10`) ends it quietly.
+    let mut child = e
+        .cmd(&["decrypt", "key.bin"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut head = [0u8; 10];
+    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut head).unwrap();
+    assert_eq!(head, content[..10]);
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{out:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
