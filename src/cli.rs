@@ -5,9 +5,11 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use anyhow::Context;
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::cmd;
+use crate::passphrase::Source;
 use crate::paths::Paths;
 
 /// Keep secrets in ~/lockbox on every machine you use, sealed with age.
@@ -22,9 +24,8 @@ pub struct Cli {
 enum Command {
     /// First-time setup on this envoy: identity, signing key, store, config.
     Init {
-        /// Read the passphrase from the first line of this file.
-        #[arg(long, value_name = "FILE")]
-        passphrase_file: Option<PathBuf>,
+        #[command(flatten)]
+        pass: PassArgs,
         /// This envoy's name (default: the host name).
         #[arg(long, value_name = "NAME")]
         envoy: Option<String>,
@@ -37,9 +38,8 @@ enum Command {
     },
     /// Unlock: hold this envoy's identity in the agent (starting it if needed).
     Unlock {
-        /// Read the passphrase from the first line of this file.
-        #[arg(long, value_name = "FILE")]
-        passphrase_file: Option<PathBuf>,
+        #[command(flatten)]
+        pass: PassArgs,
     },
     /// Drop the identity from the agent's memory.
     Lock,
@@ -53,13 +53,16 @@ enum Command {
         #[arg(long, value_name = "NAME")]
         name: Option<OsString>,
     },
-    /// Write a file's plaintext to OUT (`-` for stdout); needs unlock.
+    /// Write a file's plaintext to OUT, or to stdout; needs unlock.
     Decrypt {
         /// The file's name in the lockbox.
         name: OsString,
-        /// Output path, created 0600; `-` writes to stdout.
+        /// Output path, created 0600 (without it, or with `-`: stdout).
         #[arg(short = 'o', long = "output", value_name = "OUT")]
-        out: PathBuf,
+        out: Option<PathBuf>,
+        /// Write binary plaintext to a terminal all the same.
+        #[arg(long)]
+        force: bool,
     },
     /// Delete a file on every envoy (a signed tombstone; works while locked).
     Delete {
@@ -85,9 +88,8 @@ enum Command {
     },
     /// Print this envoy's AGE-SECRET-KEY for offline recovery (after the passphrase).
     ExportIdentity {
-        /// Read the passphrase from the first line of this file.
-        #[arg(long, value_name = "FILE")]
-        passphrase_file: Option<PathBuf>,
+        #[command(flatten)]
+        pass: PassArgs,
     },
     /// Re-encrypt every file to the current members of the circle (needs unlock).
     Reencrypt,
@@ -101,9 +103,8 @@ enum Command {
     Evict {
         /// The envoy's name.
         envoy: String,
-        /// Read the passphrase from the first line of this file.
-        #[arg(long, value_name = "FILE")]
-        passphrase_file: Option<PathBuf>,
+        #[command(flatten)]
+        pass: PassArgs,
     },
     /// Wipe this envoy's lockbox without telling the other envoys.
     Purge {
@@ -130,6 +131,55 @@ enum Command {
     Doctor,
     /// A throwaway walk-through in a temporary directory; cleans up after itself.
     Demo,
+    /// Print a shell completion script to stdout.
+    ///
+    /// bash: `source <(lockbox completions bash)` (or save it in
+    /// ~/.local/share/bash-completion/completions/lockbox); zsh: save it as
+    /// `_lockbox` in a folder of your $fpath; fish: save it in
+    /// ~/.config/fish/completions/lockbox.fish.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages into DIR: lockbox.1 and lockbox-COMMAND.1 for
+    /// each command (`man -l DIR/lockbox.1` reads one).
+    Manpages {
+        /// The folder to write to (created if missing; pages are replaced).
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+}
+
+/// Where a command that needs the passphrase reads it (see
+/// `crate::passphrase`); without either, `passphrase_command:` of
+/// config.yaml, else the terminal.
+#[derive(Args, Debug)]
+struct PassArgs {
+    /// Read the passphrase from the first line of FILE (`-`: standard input).
+    #[arg(long, value_name = "FILE", conflicts_with = "passphrase_command")]
+    passphrase_file: Option<PathBuf>,
+    /// Run CMD (split into words, no shell) and read the passphrase from the
+    /// first line it prints.
+    #[arg(long, value_name = "CMD")]
+    passphrase_command: Option<String>,
+}
+
+impl PassArgs {
+    /// The source, with config.yaml's `passphrase_command:` when neither
+    /// option is given.
+    fn source(self, paths: &Paths) -> anyhow::Result<Source> {
+        let configured = if self.passphrase_file.is_none() && self.passphrase_command.is_none() {
+            crate::envoy::load_config(paths)?.passphrase_command
+        } else {
+            None
+        };
+        Ok(Source::new(
+            self.passphrase_file,
+            self.passphrase_command,
+            configured,
+        ))
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -174,42 +224,62 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     init_logging(daemon);
     let paths = match cli.command {
         Command::Demo => return cmd::demo::run(),
+        Command::Completions { shell } => return completions(shell),
+        Command::Manpages { ref dir } => return manpages(dir),
         // The fleet commands work on the folders they are given, not on HOME.
         Command::Fleet { ref command } => return fleet(command),
         _ => Paths::from_env()?,
     };
     match cli.command {
-        Command::Init {
-            passphrase_file,
-            envoy,
-        } => cmd::init::run(&paths, passphrase_file.as_deref(), envoy),
+        Command::Init { pass, envoy } => cmd::init::run(&paths, pass.source(&paths)?, envoy),
         Command::Daemon { foreground } => cmd::agentctl::daemon(&paths, foreground),
-        Command::Unlock { passphrase_file } => {
-            cmd::agentctl::unlock(&paths, passphrase_file.as_deref())
-        }
+        Command::Unlock { pass } => cmd::agentctl::unlock(&paths, &pass.source(&paths)?),
         Command::Lock => cmd::agentctl::lock(&paths),
         Command::Stop => cmd::agentctl::stop(&paths),
         Command::Encrypt { path, name } => cmd::files::encrypt(&paths, &path, name),
-        Command::Decrypt { name, out } => cmd::files::decrypt(&paths, &name, &out),
+        Command::Decrypt { name, out, force } => {
+            cmd::files::decrypt(&paths, &name, out.as_deref(), force)
+        }
         Command::Delete { name } => cmd::files::delete(&paths, &name),
         Command::List { json } => cmd::files::list(&paths, json),
         Command::Status { json } => cmd::report::status(&paths, json),
-        Command::ExportIdentity { passphrase_file } => {
-            cmd::init::export_identity(&paths, passphrase_file.as_deref())
+        Command::ExportIdentity { pass } => {
+            cmd::init::export_identity(&paths, &pass.source(&paths)?)
         }
         Command::Reencrypt => cmd::files::reencrypt(&paths),
         Command::Resurrect { name } => cmd::files::resurrect(&paths, &name),
         Command::Leave { yes } => cmd::circle::leave(&paths, yes),
-        Command::Evict {
-            envoy,
-            passphrase_file,
-        } => cmd::circle::evict(&paths, &envoy, passphrase_file.as_deref()),
+        Command::Evict { envoy, pass } => cmd::circle::evict(&paths, &envoy, &pass.source(&paths)?),
         Command::Purge { yes } => cmd::circle::purge(&paths, yes),
         Command::Fleet { ref command } => fleet(command),
         Command::RenewCert { ca, days } => cmd::fleet::renew(&paths, &ca, days),
         Command::Doctor => cmd::report::doctor(&paths),
         Command::Demo => cmd::demo::run(),
+        Command::Completions { shell } => completions(shell),
+        Command::Manpages { ref dir } => manpages(dir),
     }
+}
+
+/// `lockbox completions SHELL`: the script, from the clap definitions above.
+fn completions(shell: clap_complete::Shell) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "lockbox", &mut out);
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(&out)
+        .and_then(|()| stdout.flush())
+        .context("cannot write to standard output")
+}
+
+/// `lockbox manpages DIR`: one page for lockbox and one per command (and
+/// per `fleet` command), from the clap definitions above.
+fn manpages(dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    clap_mangen::generate_to(Cli::command(), dir)
+        .with_context(|| format!("cannot write the manual pages into {}", dir.display()))?;
+    println!("wrote the manual pages into {}", dir.display());
+    Ok(())
 }
 
 fn fleet(command: &FleetCommand) -> anyhow::Result<()> {

@@ -2,7 +2,7 @@
 //! passphrase above all) it checks that the socket belongs to this user, and
 //! that the process answering runs as this user.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::UnixStream;
 
@@ -117,19 +117,38 @@ impl Client {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(anyhow!(e).context("cannot read the input file")),
             };
-            control::write_data(&mut self.stream, &buf[..n]).context("the agent went away")?;
+            if let Err(e) = control::write_data(&mut self.stream, &buf[..n]) {
+                return Err(self.why_gone(e));
+            }
         }
-        control::write_message(&mut self.stream, &Request::EndOfData).context("the agent went away")
+        control::write_message(&mut self.stream, &Request::EndOfData).map_err(|e| self.why_gone(e))
     }
 
-    /// Copy the data frames of a `Decrypting` reply into `out` until `End`;
-    /// returns the bytes written.
-    pub fn receive_data(&mut self, out: &mut impl Write) -> anyhow::Result<u64> {
+    /// The agent stopped reading what was sent (`e`): its reply says why
+    /// when it sent one before it closed (a file over the size limit), else
+    /// "went away".
+    fn why_gone(&mut self, e: io::Error) -> anyhow::Error {
+        let _ = self
+            .stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)));
+        match self.response() {
+            Ok(r @ Response::Error { .. }) => into_error(r),
+            _ => anyhow!(e).context("the agent went away"),
+        }
+    }
+
+    /// Hand each data frame of a `Decrypting` reply to `piece` until `End`;
+    /// returns the bytes handed over. An error of `piece` ends the transfer
+    /// and is returned as it is.
+    pub fn receive_data_with(
+        &mut self,
+        mut piece: impl FnMut(&[u8]) -> anyhow::Result<()>,
+    ) -> anyhow::Result<u64> {
         let mut total = 0u64;
         loop {
             match control::read_frame::<Response>(&mut self.stream) {
                 Ok(Some(Frame::Data(d))) => {
-                    out.write_all(&d).context("cannot write the output")?;
+                    piece(&d)?;
                     total += d.len() as u64;
                 }
                 Ok(Some(Frame::Message(Response::End))) => return Ok(total),

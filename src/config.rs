@@ -97,6 +97,10 @@ pub struct Config {
     pub disk_pressure_percent: u8,
     /// Argon2id cost for wrapping the identity at `init`.
     pub kdf: Option<KdfConfig>,
+    /// A program whose first line of output is the passphrase, used when
+    /// no `--passphrase-file` or `--passphrase-command` is given (split
+    /// into words without a shell; see `crate::passphrase`).
+    pub passphrase_command: Option<String>,
 }
 
 impl Default for Config {
@@ -116,6 +120,7 @@ impl Default for Config {
             push_concurrency: 8,
             disk_pressure_percent: 10,
             kdf: None,
+            passphrase_command: None,
         }
     }
 }
@@ -170,6 +175,13 @@ impl Config {
         }
         if let Some(k) = self.kdf {
             self.kdf_params_of(k)?;
+        }
+        if let Some(c) = &self.passphrase_command {
+            match crate::passphrase::split_words(c) {
+                Ok(w) if w.is_empty() => bail!("passphrase_command: give a program to run"),
+                Ok(_) => {}
+                Err(e) => bail!("passphrase_command: {e}"),
+            }
         }
         Ok(())
     }
@@ -252,6 +264,13 @@ impl Config {
             out.push_str(&format!(
                 "kdf: {{memory_kib: {}, iterations: {}, parallelism: {}}}\n",
                 k.memory_kib, k.iterations, k.parallelism
+            ));
+        }
+        if let Some(c) = &self.passphrase_command {
+            // A JSON string is a YAML double-quoted scalar, whatever it holds.
+            let quoted = serde_json::to_string(c).unwrap_or_default();
+            out.push_str(&format!(
+                "passphrase_command: {quoted}   # prints the passphrase (no shell)\n"
             ));
         }
         out
@@ -402,6 +421,8 @@ mod tests {
                 "kdf",
             ),
             ("- a list\n", "invalid type"),
+            ("passphrase_command: \"  \"\n", "passphrase_command"),
+            ("passphrase_command: \"pass 'x\"\n", "passphrase_command"),
         ] {
             let e = Config::parse(text).unwrap_err().to_string();
             assert!(e.contains(needle), "{text:?} gave {e}");
@@ -452,6 +473,7 @@ mod tests {
             iterations: 1,
             parallelism: 1,
         });
+        c.passphrase_command = Some("pass show \"lockbox main\" 'x\\y' \u{1b}".into());
         assert_eq!(Config::parse(&c.render()).unwrap(), c);
         let d = Config::default();
         assert_eq!(Config::parse(&d.render()).unwrap(), d);

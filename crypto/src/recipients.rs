@@ -1,18 +1,26 @@
 //! The `recipients.txt` format: who store files are sealed to.
 //!
-//! One age X25519 recipient per line, followed by the envoy's name as a
-//! comment:
+//! The file is a valid age recipients file (`age -R recipients.txt`
+//! accepts it): one age X25519 recipient per line, each preceded by a
+//! whole-line comment naming its envoy:
 //!
 //! ```text
-//! # lockbox recipients: one envoy per line
-//! age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p  # laptop
-//! age1zvkyg2lqzraa2lnjvqej32nkuu0ues2s82hzrye869xeexvn73equnujwj  # desk
+//! # lockbox recipients: one envoy per recipient, named on the line above it
+//! # envoy: laptop
+//! age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p
+//! # envoy: desk
+//! age1zvkyg2lqzraa2lnjvqej32nkuu0ues2s82hzrye869xeexvn73equnujwj
 //! ```
 //!
-//! Blank lines and lines starting with `#` are ignored; the `# name` after a
-//! recipient is optional (an empty name). Anything else is an error naming
-//! the line. At most [`MAX_RECIPIENTS`] entries, no duplicates, lines of at
-//! most [`MAX_LINE_BYTES`] bytes.
+//! Blank lines and other lines starting with `#` are ignored; a recipient
+//! with no `# envoy:` line before it has an empty name. The earlier form,
+//! the name as a comment after the recipient on its own line
+//! (`age1…  # laptop`), which age refuses, is still read, so files written
+//! before stay valid; [`encode`] writes only the new one. Anything else is
+//! an error naming the line. At most [`MAX_RECIPIENTS`] entries, no
+//! duplicates, lines of at most [`MAX_LINE_BYTES`] bytes.
+//!
+//! It must not read or write the file itself (the callers do).
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -24,7 +32,11 @@ use crate::{AgeRecipient, Error, Result};
 pub const MAX_LINE_BYTES: usize = 1024;
 
 /// The comment [`encode`] writes at the top of the file.
-const FILE_COMMENT: &str = "# lockbox recipients: one envoy per line";
+const FILE_COMMENT: &str =
+    "# lockbox recipients: one envoy per recipient, named on the line above it";
+
+/// How a comment line names the envoy of the recipient below it.
+const ENVOY_PREFIX: &str = "# envoy:";
 
 /// One line of `recipients.txt`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,6 +52,8 @@ pub struct RecipientEntry {
 pub fn parse(text: &str) -> Result<Vec<RecipientEntry>> {
     let mut entries = Vec::new();
     let mut seen: HashMap<String, usize> = HashMap::new();
+    // The name of a `# envoy:` line, for the next recipient.
+    let mut named: Option<&str> = None;
     for (i, raw) in text.lines().enumerate() {
         let line_no = i + 1;
         let bad = |reason: String| Error::BadRecipients {
@@ -50,6 +64,10 @@ pub fn parse(text: &str) -> Result<Vec<RecipientEntry>> {
             return Err(bad(format!("line is longer than {MAX_LINE_BYTES} bytes")));
         }
         let line = raw.trim();
+        if let Some(name) = line.strip_prefix(ENVOY_PREFIX) {
+            named = Some(name.trim());
+            continue;
+        }
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
@@ -57,8 +75,9 @@ pub fn parse(text: &str) -> Result<Vec<RecipientEntry>> {
             Some(at) => (&line[..at], line[at..].trim_start()),
             None => (line, ""),
         };
+        let above = named.take().unwrap_or_default();
         let envoy = if rest.is_empty() {
-            ""
+            above
         } else {
             rest.strip_prefix('#')
                 .ok_or_else(|| {
@@ -84,25 +103,29 @@ pub fn parse(text: &str) -> Result<Vec<RecipientEntry>> {
     Ok(entries)
 }
 
-/// Writes `recipients.txt`: a comment line, then `age1…  # envoy` per entry.
+/// Writes `recipients.txt`: a comment line, then per entry a `# envoy:
+/// NAME` line (when it has a name) and the recipient on a line of its own,
+/// as age reads recipients files.
 ///
 /// Control characters in an envoy name (which would break the line format)
 /// are written as U+FFFD; names without them read back unchanged, apart
 /// from leading and trailing whitespace.
 pub fn encode(entries: &[RecipientEntry]) -> String {
-    let mut out = String::with_capacity(64 + entries.len() * 90);
+    let mut out = String::with_capacity(80 + entries.len() * 100);
     out.push_str(FILE_COMMENT);
     out.push('\n');
     for e in entries {
-        out.push_str(&e.recipient);
         if !e.envoy.is_empty() {
-            out.push_str("  # ");
+            out.push_str(ENVOY_PREFIX);
+            out.push(' ');
             out.extend(
                 e.envoy
                     .chars()
                     .map(|c| if c.is_control() { '\u{fffd}' } else { c }),
             );
+            out.push('\n');
         }
+        out.push_str(&e.recipient);
         out.push('\n');
     }
     out
@@ -179,6 +202,34 @@ mod tests {
         let text = encode(&entries);
         assert!(text.starts_with("# lockbox recipients"));
         assert_eq!(parse(&text).unwrap(), entries);
+        // As age reads a recipients file: every line is empty, a whole-line
+        // comment, or exactly a recipient.
+        for line in text.lines() {
+            assert!(
+                line.starts_with('#') || entries.iter().any(|e| e.recipient == line),
+                "{line:?} is not a line age accepts"
+            );
+        }
+    }
+
+    #[test]
+    fn reads_the_earlier_form_with_names_after_the_recipient() {
+        let (a, b, c) = (recipient(), recipient(), recipient());
+        // Written by the releases before: the header, then `age1…  # name`.
+        let old = format!(
+            "# lockbox recipients: one envoy per line\n{a}  # laptop\n{b}  # desk pc\n{c}\n"
+        );
+        let names: Vec<_> = parse(&old).unwrap().into_iter().map(|e| e.envoy).collect();
+        assert_eq!(names, ["laptop", "desk pc", ""]);
+        // Mixed: a name after the recipient wins over one above it; a
+        // `# envoy:` line names only the next recipient.
+        let mixed = format!("# envoy: above\n{a} # after\n# envoy: b\n\n# note\n{b}\n{c}\n");
+        let names: Vec<_> = parse(&mixed)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.envoy)
+            .collect();
+        assert_eq!(names, ["after", "b", ""]);
     }
 
     #[test]

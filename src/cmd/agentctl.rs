@@ -7,13 +7,13 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
 
 use crate::agent;
 use crate::client::{Client, ConnectError};
 use crate::control::{Failure, Passphrase, Request, Response};
 use crate::envoy::Envoy;
-use crate::passphrase;
+use crate::passphrase::{self, Attempt, Source};
 use crate::paths::Paths;
 
 /// `lockbox daemon [--foreground]`.
@@ -96,28 +96,68 @@ pub fn connect_or_start(paths: &Paths) -> anyhow::Result<Client> {
     }
 }
 
-/// `lockbox unlock`.
-pub fn unlock(paths: &Paths, pass_file: Option<&Path>) -> anyhow::Result<()> {
-    let mut client = connect_or_start(paths)?;
-    let pass = passphrase::read(pass_file, "Lockbox passphrase: ", false)?;
-    match client.call(&Request::Unlock {
-        passphrase: Passphrase(pass),
-    })? {
-        Response::Unlocked { swept } => {
-            println!("unlocked");
-            if swept > 0 {
-                println!("sealed {swept} plaintext file(s) found in the lockbox");
+/// `lockbox unlock`. The passphrase is read before any agent is started,
+/// and an agent this command started is stopped again when its unlock
+/// fails: a wrong passphrase never leaves an agent running. At a terminal
+/// a wrong passphrase may be typed again (up to three tries).
+pub fn unlock(paths: &Paths, pass: &Source) -> anyhow::Result<()> {
+    let swept = passphrase::with_tries(pass, "Lockbox passphrase: ", |pass| {
+        let mut started = false;
+        let outcome = (|| {
+            let mut client = match Client::connect(paths) {
+                Ok(c) => c,
+                Err(ConnectError::NotRunning) => {
+                    spawn_detached(paths)?;
+                    started = true;
+                    Client::require(paths)?
+                }
+                Err(ConnectError::Refused(e)) => return Err(e),
+            };
+            match client.call(&Request::Unlock {
+                passphrase: Passphrase(pass),
+            })? {
+                Response::Unlocked { swept } => Ok(Attempt::Done(swept)),
+                r if crate::client::is_failure(&r, Failure::WrongPassphrase) => {
+                    Ok(Attempt::Wrong(anyhow!("wrong passphrase")))
+                }
+                other => Err(crate::client::into_error(other)),
             }
-            Ok(())
+        })();
+        if started && !matches!(outcome, Ok(Attempt::Done(_))) {
+            stop_started(paths);
         }
-        r if crate::client::is_failure(&r, Failure::WrongPassphrase) => bail!("wrong passphrase"),
-        other => Err(crate::client::into_error(other)),
+        outcome
+    })?;
+    println!("unlocked");
+    if swept > 0 {
+        println!("sealed {swept} plaintext file(s) found in the lockbox");
+    }
+    Ok(())
+}
+
+/// Stop the agent this command started for an unlock that failed, and wait
+/// until it has exited (best effort: the unlock's own error is what the
+/// user is told).
+fn stop_started(paths: &Paths) {
+    if let Ok(mut c) = Client::connect(paths) {
+        if let Ok(Response::Stopping) = c.call(&Request::Stop) {
+            c.wait_closed();
+        }
     }
 }
 
-/// `lockbox lock`.
+/// `lockbox lock`. With no agent running nothing holds the identity: the
+/// state asked for already holds, so it says so and succeeds.
 pub fn lock(paths: &Paths) -> anyhow::Result<()> {
-    match Client::require(paths)?.call(&Request::Lock)? {
+    let mut client = match Client::connect(paths) {
+        Ok(c) => c,
+        Err(ConnectError::NotRunning) => {
+            println!("already locked: no agent is running");
+            return Ok(());
+        }
+        Err(ConnectError::Refused(e)) => return Err(e),
+    };
+    match client.call(&Request::Lock)? {
         Response::Ok => {
             println!("locked");
             Ok(())
@@ -126,9 +166,17 @@ pub fn lock(paths: &Paths) -> anyhow::Result<()> {
     }
 }
 
-/// `lockbox stop`: returns once the agent has exited.
+/// `lockbox stop`: returns once the agent has exited. With none running it
+/// says so and succeeds.
 pub fn stop(paths: &Paths) -> anyhow::Result<()> {
-    let mut client = Client::require(paths)?;
+    let mut client = match Client::connect(paths) {
+        Ok(c) => c,
+        Err(ConnectError::NotRunning) => {
+            println!("already stopped: no agent is running");
+            return Ok(());
+        }
+        Err(ConnectError::Refused(e)) => return Err(e),
+    };
     match client.call(&Request::Stop)? {
         Response::Stopping => {
             client.wait_closed();

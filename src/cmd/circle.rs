@@ -20,7 +20,7 @@ use crate::client::{self, Client, ConnectError};
 use crate::cmd::agentctl;
 use crate::control::{Request, Response};
 use crate::envoy;
-use crate::passphrase;
+use crate::passphrase::{self, Attempt, Source};
 use crate::paths::Paths;
 
 /// `lockbox leave --yes`: sign and deliver this envoy's LEAVE, then stop the
@@ -75,7 +75,7 @@ pub fn purge(paths: &Paths, yes: bool) -> anyhow::Result<()> {
 /// `lockbox evict ENVOY`: remove another envoy from the circle. The
 /// passphrase derives the circle key, which signs the eviction; the agent
 /// records it, re-seals what it holds without that envoy, and delivers it.
-pub fn evict(paths: &Paths, envoy: &str, pass_file: Option<&Path>) -> anyhow::Result<()> {
+pub fn evict(paths: &Paths, envoy: &str, pass: &Source) -> anyhow::Result<()> {
     let config = envoy::load_config(paths)?;
     if envoy == config.envoy {
         bail!("this is envoy {envoy}: to leave the circle, run lockbox leave --yes");
@@ -95,12 +95,15 @@ pub fn evict(paths: &Paths, envoy: &str, pass_file: Option<&Path>) -> anyhow::Re
     let circle_text = envoy::read_capped(&paths.circle_public(), 1024)?;
     let circle_public = PublicKey::from_base64(circle_text.trim())
         .with_context(|| format!("{} is damaged", paths.circle_public().display()))?;
-    let pass = passphrase::read(pass_file, "Lockbox passphrase: ", false)?;
-    let pass = SecretString::from(pass.to_string());
-    let circle = circle_key(paths, &pass, &config.user)?;
-    if circle.public() != circle_public {
-        bail!("wrong passphrase: it does not open this circle's key");
-    }
+    let circle = passphrase::with_tries(pass, "Lockbox passphrase: ", |pass| {
+        let pass = SecretString::from(pass.to_string());
+        match circle_key(paths, &pass, &config.user)? {
+            Some(circle) if circle.public() == circle_public => Ok(Attempt::Done(circle)),
+            _ => Ok(Attempt::Wrong(anyhow::anyhow!(
+                "wrong passphrase: it does not open this circle's key"
+            ))),
+        }
+    })?;
     let user = WireName::new(config.user.as_str())
         .map_err(|e| anyhow::anyhow!("bad user name {:?}: {e}", config.user))?;
     let record = circle.sign(Leave {
@@ -136,12 +139,13 @@ pub fn evict(paths: &Paths, envoy: &str, pass_file: Option<&Path>) -> anyhow::Re
 /// The circle key, with the passphrase: from `circle.secret` (sealed to
 /// this envoy's identity, which the passphrase unwraps), or — in a store
 /// made by protocol 1, which has none — derived from the passphrase.
-fn circle_key(paths: &Paths, pass: &SecretString, user: &str) -> anyhow::Result<CircleKey> {
+/// `None`: the passphrase does not open this envoy's identity.
+fn circle_key(paths: &Paths, pass: &SecretString, user: &str) -> anyhow::Result<Option<CircleKey>> {
     let sealed = match fs::read(paths.circle_secret()) {
         Ok(b) => b,
         Err(e) if e.kind() == ErrorKind::NotFound => {
             eprintln!("deriving the circle key from the passphrase…");
-            return Ok(CircleKey::derive(pass, user, CIRCLE_PARAMS)?);
+            return Ok(Some(CircleKey::derive(pass, user, CIRCLE_PARAMS)?));
         }
         Err(e) => {
             return Err(e)
@@ -151,12 +155,12 @@ fn circle_key(paths: &Paths, pass: &SecretString, user: &str) -> anyhow::Result<
     let file = envoy::read_capped_bytes(&paths.identity(), 64 * 1024)?;
     let identity = match lockbox_crypto::identity::unwrap(&file, pass) {
         Ok(id) => id,
-        Err(lockbox_crypto::Error::WrongPassphrase) => bail!("wrong passphrase"),
+        Err(lockbox_crypto::Error::WrongPassphrase) => return Ok(None),
         Err(e) => return Err(e).context("cannot open this envoy's identity"),
     };
     let secret = lockbox_crypto::circle::open_secret(&sealed, &identity)
         .with_context(|| format!("{} is damaged", paths.circle_secret().display()))?;
-    Ok(secret.key())
+    Ok(Some(secret.key()))
 }
 
 fn member_names(paths: &Paths) -> Vec<String> {

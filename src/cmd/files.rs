@@ -5,7 +5,7 @@
 
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, IsTerminal, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
@@ -41,6 +41,19 @@ pub fn encrypt(paths: &Paths, path: &Path, name: Option<std::ffi::OsString>) -> 
     if meta.is_dir() {
         bail!("{} is a folder: lockbox holds only files", path.display());
     }
+    // Refused before a byte is read (a pipe, whose size is unknown, is
+    // checked by the seal as it streams).
+    let limit = crate::envoy::load_config(paths)?.max_file_size;
+    if meta.is_file() && meta.len() > limit {
+        bail!(
+            "{} is {}, over the largest file lockbox seals ({}, max_file_size in {}): \
+             nothing was sealed",
+            path.display(),
+            bytesize::ByteSize(meta.len()),
+            bytesize::ByteSize(limit),
+            paths.config().display()
+        );
+    }
     let len = match agent(paths)? {
         Some(mut c) => {
             match c.call(&Request::Encrypt {
@@ -65,11 +78,20 @@ pub fn encrypt(paths: &Paths, path: &Path, name: Option<std::ffi::OsString>) -> 
     Ok(())
 }
 
-/// `lockbox decrypt NAME -o OUT`. A file output is written to a 0600 temp
-/// file beside OUT and renamed only when the whole plaintext authenticated,
-/// so a damaged ciphertext leaves no partial file behind.
-pub fn decrypt(paths: &Paths, name: &OsStr, out: &Path) -> anyhow::Result<()> {
+/// `lockbox decrypt NAME [-o OUT] [--force]`. Without `-o` (or with
+/// `-o -`) the plaintext goes to stdout; a terminal gets it only when it
+/// looks like text, or with `--force` (binary would garble it). A file
+/// output is written to a 0600 temp file beside OUT and renamed only when
+/// the whole plaintext authenticated, so a damaged ciphertext leaves no
+/// partial file behind; every error names OUT, never the temp file.
+pub fn decrypt(paths: &Paths, name: &OsStr, out: Option<&Path>, force: bool) -> anyhow::Result<()> {
     let name = Name::from_os(name)?;
+    let out = out.filter(|o| *o != Path::new("-"));
+    if let Some(out) = out {
+        if out.is_dir() {
+            bail!("{} is a folder: give a file path to -o", out.display());
+        }
+    }
     let mut c = Client::require(paths)?;
     let len = match c.call(&Request::Decrypt {
         name: name.as_bytes().to_vec(),
@@ -78,16 +100,68 @@ pub fn decrypt(paths: &Paths, name: &OsStr, out: &Path) -> anyhow::Result<()> {
         r if client::is_failure(&r, Failure::Locked) => bail!("locked: run lockbox unlock"),
         other => return Err(client::into_error(other)),
     };
-    if out == Path::new("-") {
-        let stdout = io::stdout();
-        let mut w = BufWriter::new(stdout.lock());
-        c.receive_data(&mut w)?;
-        w.flush()?;
-        return Ok(());
+    match out {
+        None => to_stdout(&mut c, force),
+        Some(out) => to_file(&mut c, len, out),
     }
-    if out.is_dir() {
-        bail!("{} is a folder: give a file path to -o", out.display());
+}
+
+/// The plaintext to stdout. On a terminal (unless `force`) the first piece
+/// is looked at before anything is written, and binary is refused. A
+/// reader that stops early (`| head`) ends it quietly, as it ends `cat`.
+fn to_stdout(c: &mut Client, force: bool) -> anyhow::Result<()> {
+    let stdout = io::stdout();
+    let terminal = stdout.is_terminal();
+    let mut w = BufWriter::new(stdout.lock());
+    let mut sniffed = force || !terminal;
+    let mut reader_gone = false;
+    let mut wrote = |r: io::Result<()>| match r {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+            reader_gone = true;
+            Err(anyhow::anyhow!(e))
+        }
+        Err(e) => Err(anyhow::anyhow!(e).context("cannot write to standard output")),
+    };
+    let result = c
+        .receive_data_with(|piece| {
+            if !sniffed {
+                if looks_binary(piece) {
+                    bail!(
+                        "refusing to write binary output to the terminal: use -o FILE, pipe \
+                         it to a program, or add --force"
+                    );
+                }
+                sniffed = true;
+            }
+            wrote(w.write_all(piece))
+        })
+        .and_then(|_| wrote(w.flush()));
+    match result {
+        Err(_) if reader_gone => Ok(()),
+        r => r,
     }
+}
+
+/// Whether the start of a plaintext is unfit for a terminal: not UTF-8
+/// (a character cut at the end of the piece is allowed), or control
+/// characters other than tab, newline and carriage return (an escape
+/// sequence could take the terminal over).
+fn looks_binary(piece: &[u8]) -> bool {
+    let text = match std::str::from_utf8(piece) {
+        Ok(t) => t,
+        Err(e) if e.error_len().is_none() => {
+            // Only a character cut off at the end: the rest is checked.
+            std::str::from_utf8(&piece[..e.valid_up_to()]).unwrap_or_default()
+        }
+        Err(_) => return true,
+    };
+    text.chars()
+        .any(|ch| ch.is_control() && !matches!(ch, '\t' | '\n' | '\r'))
+}
+
+/// The plaintext into `out`, through a temp file beside it.
+fn to_file(c: &mut Client, len: u64, out: &Path) -> anyhow::Result<()> {
     let dir = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -100,21 +174,25 @@ pub fn decrypt(paths: &Paths, name: &OsStr, out: &Path) -> anyhow::Result<()> {
         ".{base}.lockbox-partial-{:08x}",
         rand::random::<u32>()
     ));
+    // Local failures name OUT (the temp file is ours, not the user's);
+    // the agent's own errors (a damaged file) pass as they are.
+    let named =
+        |e: io::Error| anyhow::anyhow!(e).context(format!("cannot write {}", out.display()));
+    let f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(named)?;
     let result = (|| -> anyhow::Result<()> {
-        let f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
         let mut w = BufWriter::new(f);
-        let got = c.receive_data(&mut w)?;
+        let got = c.receive_data_with(|piece| w.write_all(piece).map_err(named))?;
         if got != len {
             bail!("the agent sent {got} bytes of {len}: nothing was written");
         }
-        let f = w.into_inner().map_err(|e| e.into_error())?;
-        f.sync_all()?;
-        fs::rename(&tmp, out).with_context(|| format!("cannot write {}", out.display()))?;
+        let f = w.into_inner().map_err(|e| named(e.into_error()))?;
+        f.sync_all().map_err(named)?;
+        fs::rename(&tmp, out).map_err(named)?;
         Ok(())
     })();
     if result.is_err() {
@@ -245,5 +323,23 @@ pub fn reencrypt(paths: &Paths) -> anyhow::Result<()> {
             other => return Err(client::into_error(other)),
         }
         resp = c.response()?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::looks_binary;
+
+    #[test]
+    fn text_passes_binary_and_escapes_do_not() {
+        assert!(!looks_binary(b"user: ada\npass: h\xc3\xb6hle\r\n\tend"));
+        assert!(!looks_binary(b""));
+        // A character cut at the end of the piece is still text.
+        assert!(!looks_binary(b"caf\xc3"));
+        assert!(looks_binary(b"caf\xc3 more"));
+        assert!(looks_binary(b"\x00\x01\x02"));
+        assert!(looks_binary(b"title \x1b]0;owned\x07"));
+        assert!(looks_binary(b"\x7f"));
+        assert!(looks_binary("c1 control \u{9b}".as_bytes()));
     }
 }

@@ -1,7 +1,5 @@
 //! `lockbox init` (first-time setup) and `lockbox export-identity`.
 
-use std::path::Path;
-
 use anyhow::{bail, Context};
 use lockbox_crypto::circle::{CircleSecret, Endorsement};
 use lockbox_crypto::kdf::KdfParams;
@@ -10,16 +8,12 @@ use lockbox_crypto::sign::SigningKey;
 use lockbox_crypto::{identity, ExposeSecret, SecretString};
 
 use crate::envoy::{self, write_private};
-use crate::passphrase;
+use crate::passphrase::{self, Attempt, Source};
 use crate::paths::Paths;
 
 /// Set up this envoy. Refuses if it is already initialised. The wrapped
 /// identity is written last, so an interrupted init can simply be re-run.
-pub fn run(
-    paths: &Paths,
-    pass_file: Option<&Path>,
-    envoy_name: Option<String>,
-) -> anyhow::Result<()> {
+pub fn run(paths: &Paths, pass: Source, envoy_name: Option<String>) -> anyhow::Result<()> {
     if paths.identity().exists() {
         bail!(
             "already initialised: {} exists (to start over on this envoy: lockbox purge --yes)",
@@ -46,7 +40,7 @@ pub fn run(
     // Checked before anything is asked or written.
     let kdf = kdf_params(&config)?;
 
-    let pass = passphrase::read(pass_file, "New lockbox passphrase: ", true)?;
+    let pass = passphrase::read_new(&pass, "New lockbox passphrase: ")?;
     let secret = SecretString::from(pass.to_string());
 
     let id = identity::generate();
@@ -142,15 +136,24 @@ fn host_name() -> String {
         .unwrap_or_else(|| "envoy".into())
 }
 
-/// Print the AGE-SECRET-KEY after checking the passphrase.
-pub fn export_identity(paths: &Paths, pass_file: Option<&Path>) -> anyhow::Result<()> {
+/// Print the AGE-SECRET-KEY after checking the passphrase (at a terminal,
+/// up to three tries).
+pub fn export_identity(paths: &Paths, pass: &Source) -> anyhow::Result<()> {
     let path = paths.identity();
     if !path.exists() {
         bail!("lockbox is not initialised for this user: run lockbox init");
     }
     let file = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    let pass = passphrase::read(pass_file, "Lockbox passphrase: ", false)?;
-    let id = identity::unwrap(&file, &SecretString::from(pass.to_string()))?;
+    let id = passphrase::with_tries(pass, "Lockbox passphrase: ", |pass| match identity::unwrap(
+        &file,
+        &SecretString::from(pass.to_string()),
+    ) {
+        Ok(id) => Ok(Attempt::Done(id)),
+        Err(lockbox_crypto::Error::WrongPassphrase) => {
+            Ok(Attempt::Wrong(anyhow::anyhow!("wrong passphrase")))
+        }
+        Err(e) => Err(e.into()),
+    })?;
     eprintln!(
         "warning: the key below decrypts every lockbox file sealed to this envoy. \
          Store it offline (paper, a safe); anyone who has it can read your secrets."

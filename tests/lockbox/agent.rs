@@ -33,7 +33,8 @@ fn daemon_is_single_instance_and_stop_removes_the_socket() {
     // stop returns only once the agent is gone.
     assert!(!alive(pid), "agent still running after stop");
     assert!(!e.state().join("agent.sock").exists());
-    e.fails(1, &["lock"]);
+    let out = e.ok(&["lock"]);
+    assert!(out.contains("already locked"), "{out}");
 }
 
 #[test]
@@ -54,7 +55,7 @@ fn sigterm_stops_cleanly_and_a_stale_socket_is_replaced() {
 
     // A dead agent's socket (nobody listening) reads as "not running"…
     drop(UnixListener::bind(e.state().join("agent.sock")).unwrap());
-    let err = e.fails(1, &["lock"]);
+    let err = e.fails(1, &["decrypt", "x", "-o", "-"]);
     assert!(err.contains("agent not running"), "{err}");
     // …and the next agent replaces it.
     e.start();

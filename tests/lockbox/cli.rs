@@ -31,7 +31,10 @@ fn init_creates_private_state_and_refuses_a_second_time() {
         .filter(|l| l.starts_with("age1"))
         .collect();
     assert_eq!(lines.len(), 1, "{recipients}");
-    assert!(lines[0].ends_with("# alpha"), "{recipients}");
+    assert!(
+        recipients.contains(&format!("# envoy: alpha\n{}\n", lines[0])),
+        "{recipients}"
+    );
     // The config kept the test's settings and gained envoy and user.
     let config = fs::read_to_string(s.join("config.yaml")).unwrap();
     assert!(
@@ -200,7 +203,8 @@ fn wrong_passphrase_and_damaged_identity() {
         ],
     );
     assert!(err.contains("wrong passphrase"), "{err}");
-    e.ok(&["stop"]);
+    // The agent that unlock started was stopped again.
+    assert_eq!(e.agent_pid(), None);
 
     let id_path = e.state().join("identity.age");
     let good = fs::read(&id_path).unwrap();
@@ -316,7 +320,7 @@ fn missing_names_unknown_config_and_usage_errors() {
     e.ok(&["stop"]);
 
     // Usage errors exit 2; --help exits 0 for every command.
-    e.fails(2, &["decrypt", "x"]);
+    e.fails(2, &["decrypt"]);
     e.fails(2, &["frobnicate"]);
     e.fails(2, &["status", "--bogus"]);
     for c in [
@@ -364,7 +368,7 @@ fn commands_before_init_say_to_init() {
         let err = e.fails(1, args);
         assert!(err.contains("run lockbox init"), "{args:?}: {err}");
     }
-    let err = e.fails(1, &["lock"]);
+    let err = e.fails(1, &["decrypt", "x", "-o", "-"]);
     assert_eq!(err.trim(), "lockbox: agent not running: run lockbox unlock");
 }
 

@@ -7,6 +7,12 @@
 //! - `circle`: deletion and membership across the mesh (re-adds,
 //!   `resurrect`, replayed deletes, `leave`, `evict`, `purge`, partitions).
 //! - `cli`: the command line on one envoy, its exit codes and errors.
+//! - `cli_truthful`: commands that say what holds (idempotent `lock` and
+//!   `stop`, `decrypt` to stdout, errors naming the user's paths, sizes).
+//! - `cli_recipients`: `recipients.txt` as an age recipients file.
+//! - `cli_shell`: shell completions and manual pages.
+//! - `cli_passphrase`: where a passphrase comes from (stdin, a program,
+//!   config, the terminal's tries); a wrong one leaves no agent.
 //! - `crash`: SIGKILLed agents while a file is written or sealed.
 //! - `fleet`: `lockbox fleet init|issue` and `renew-cert`.
 //! - `interop`: the reference `age` CLI and lockbox's store files.
@@ -24,6 +30,10 @@ mod harness;
 mod agent;
 mod circle;
 mod cli;
+mod cli_passphrase;
+mod cli_recipients;
+mod cli_shell;
+mod cli_truthful;
 mod crash;
 mod fleet;
 mod impostor;

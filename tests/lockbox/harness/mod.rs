@@ -23,6 +23,8 @@
 //! - [`crash`]: feeding a big file through a mount with `dd`, and the
 //!   on-disk checks after an agent is killed.
 //! - [`fleet`]: an envoy with a fleet CA, for the fleet-command tests.
+//! - [`tmux`]: `Tmux`, a program in a terminal pane (prompts, what a
+//!   terminal is shown).
 
 pub mod age;
 pub mod crash;
@@ -35,6 +37,7 @@ pub mod netlab;
 pub mod peer;
 pub mod ports;
 pub mod skip;
+pub mod tmux;
 
 pub use envoy::*;
 pub(crate) use mesh::*;
@@ -42,3 +45,4 @@ pub(crate) use mount::*;
 pub(crate) use peer::*;
 pub(crate) use ports::*;
 pub use skip::*;
+pub use tmux::Tmux;
