@@ -163,7 +163,7 @@ impl FileVersion {
     /// The name this version is stored under when it loses a conflict.
     pub fn conflict_name(&self) -> Option<Name> {
         let base = String::from_utf8_lossy(self.name.as_bytes());
-        let n = crate::version::conflict_name(&base, &self.author, self.sealed_unix);
+        let n = crate::version::conflict_name(&base, &self.author, self.sealed_unix, &self.hash.0);
         Name::new(n.into_bytes()).ok()
     }
 
@@ -780,7 +780,10 @@ mod tests {
         assert!(v.fits_name(&c));
         assert!(v.fits_name(&v.name));
         assert!(!v.fits_name(&Name::new(b"other".to_vec()).unwrap()));
-        assert_eq!(c.as_bytes(), b"id_ed25519.conflict-desk-20240429-084000");
+        assert_eq!(
+            c.as_bytes(),
+            b"id_ed25519.conflict-desk-20240429-084000-07070707"
+        );
     }
 
     #[test]

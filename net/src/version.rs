@@ -372,8 +372,10 @@ const STAMP_MIN_UNIX: i64 = days_from_civil(0, 1, 1) * SECONDS_PER_DAY;
 const STAMP_MAX_UNIX: i64 = days_from_civil(10000, 1, 1) * SECONDS_PER_DAY - 1;
 
 /// The name of the conflict copy of `name`:
-/// `NAME.conflict-<envoy>-<YYYYMMDD-HHMMSS>`, with the losing version's
-/// envoy and seal time in UTC.
+/// `NAME.conflict-<envoy>-<YYYYMMDD-HHMMSS>-<id>`, with the losing
+/// version's envoy, its seal time in UTC, and `<id>`, the first 8 hex
+/// digits of its ciphertext hash (unique to that seal), so two losers of
+/// one name from one envoy in one second never share a copy.
 ///
 /// The result is always one valid file name of at most
 /// [`MAX_FILE_NAME_LEN`] bytes:
@@ -385,11 +387,22 @@ const STAMP_MAX_UNIX: i64 = days_from_civil(10000, 1, 1) * SECONDS_PER_DAY - 1;
 /// - seal times before year 0 or after year 9999 (a broken clock) are shown
 ///   as the nearest of those bounds, so the stamp is always 15 characters.
 ///
-/// Two conflict copies from the same envoy sealed in the same second get the
-/// same name; the second then conflicts with the first like any other edit.
-pub fn conflict_name(name: &str, loser_envoy: &WireName, sealed_unix: i64) -> String {
-    let suffix = format!(".conflict-{loser_envoy}-{}", utc_stamp(sealed_unix));
-    // At most 10 + 64 + 1 + 15 = 90 bytes, so the budget is at least 165.
+/// Every envoy computes the same name from the same losing record. (Before
+/// the `<id>`, two losers from one envoy in one second shared a name, and
+/// the second replaced the first: an acknowledged write was lost.)
+pub fn conflict_name(
+    name: &str,
+    loser_envoy: &WireName,
+    sealed_unix: i64,
+    hash: &[u8; 32],
+) -> String {
+    let suffix = format!(
+        ".conflict-{loser_envoy}-{}-{}",
+        utc_stamp(sealed_unix),
+        hex_prefix(hash)
+    );
+    // At most 10 + 64 + 1 + 15 + 1 + 8 = 99 bytes, so the budget is at
+    // least 156.
     let budget = MAX_FILE_NAME_LEN.saturating_sub(suffix.len());
     let mut cut = name.len().min(budget);
     while !name.is_char_boundary(cut) {
@@ -401,6 +414,11 @@ pub fn conflict_name(name: &str, loser_envoy: &WireName, sealed_unix: i64) -> St
         .collect();
     out.push_str(&suffix);
     out
+}
+
+/// The first 8 hex digits (4 bytes) of `hash`, lowercase.
+fn hex_prefix(hash: &[u8; 32]) -> String {
+    hash[..4].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// `YYYYMMDD-HHMMSS` in UTC, with the time clamped to years 0–9999.
@@ -797,6 +815,16 @@ mod tests {
         assert_eq!(resolve(&a, &a.clone()), Resolution::Same);
     }
 
+    /// A ciphertext hash for conflict names: its id is `0a1b2c3d`.
+    const HASH: [u8; 32] = {
+        let mut h = [0u8; 32];
+        h[0] = 0x0a;
+        h[1] = 0x1b;
+        h[2] = 0x2c;
+        h[3] = 0x3d;
+        h
+    };
+
     #[test]
     fn conflict_name_known_stamps() {
         let laptop = name("laptop");
@@ -811,8 +839,8 @@ mod tests {
             (i64::MIN, "00000101-000000"),
         ] {
             assert_eq!(
-                conflict_name("notes.txt", &laptop, unix),
-                format!("notes.txt.conflict-laptop-{stamp}"),
+                conflict_name("notes.txt", &laptop, unix, &HASH),
+                format!("notes.txt.conflict-laptop-{stamp}-0a1b2c3d"),
                 "{unix}"
             );
         }
@@ -828,19 +856,32 @@ mod tests {
     fn conflict_name_truncates_on_a_char_boundary() {
         let envoy = name(&"e".repeat(64));
         let long = "é".repeat(200); // 400 bytes
-        let out = conflict_name(&long, &envoy, 0);
+        let out = conflict_name(&long, &envoy, 0, &HASH);
         assert!(out.len() <= 255, "{}", out.len());
-        // Suffix is 90 bytes, leaving 165 for the name: 82 'é' (164 bytes).
-        assert_eq!(out.len(), 164 + 90);
-        assert!(out.starts_with(&"é".repeat(82)));
-        assert!(out.ends_with(&format!(".conflict-{}-19700101-000000", "e".repeat(64))));
+        // Suffix is 99 bytes, leaving 156 for the name: 78 'é' (156 bytes).
+        assert_eq!(out.len(), 156 + 99);
+        assert!(out.starts_with(&"é".repeat(78)));
+        assert!(out.ends_with(&format!(
+            ".conflict-{}-19700101-000000-0a1b2c3d",
+            "e".repeat(64)
+        )));
     }
 
     #[test]
     fn conflict_name_never_splits_a_path() {
         assert_eq!(
-            conflict_name("a/b\0c", &name("x"), 0),
-            "a_b_c.conflict-x-19700101-000000"
+            conflict_name("a/b\0c", &name("x"), 0, &HASH),
+            "a_b_c.conflict-x-19700101-000000-0a1b2c3d"
+        );
+    }
+
+    #[test]
+    fn two_losers_from_one_envoy_in_one_second_get_two_names() {
+        let mut other = HASH;
+        other[3] ^= 1;
+        assert_ne!(
+            conflict_name("f", &name("a"), 5, &HASH),
+            conflict_name("f", &name("a"), 5, &other)
         );
     }
 
@@ -1008,11 +1049,11 @@ mod tests {
             unix in any::<i64>(),
         ) {
             prop_assume!(envoy != "." && envoy != "..");
-            let out = conflict_name(&n, &name(&envoy), unix);
+            let out = conflict_name(&n, &name(&envoy), unix, &HASH);
             prop_assert!(out.len() <= MAX_FILE_NAME_LEN);
             prop_assert!(!out.contains('/') && !out.contains('\0'));
-            // The suffix is always whole; the stamp is fixed width.
-            let suffix_at = out.len() - (".conflict-".len() + envoy.len() + 1 + 15);
+            // The suffix is always whole; the stamp and id are fixed width.
+            let suffix_at = out.len() - (".conflict-".len() + envoy.len() + 1 + 15 + 1 + 8);
             prop_assert!(out[suffix_at..].starts_with(".conflict-"));
             // The kept part of the name is a prefix of the original.
             prop_assert!(n.replace(['/', '\0'], "_").starts_with(&out[..suffix_at]));
