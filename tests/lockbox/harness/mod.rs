@@ -23,6 +23,9 @@
 //! - [`crash`]: feeding a big file through a mount with `dd`, and the
 //!   on-disk checks after an agent is killed.
 //! - [`fleet`]: an envoy with a fleet CA, for the fleet-command tests.
+//! - [`writer`]: `Writer`, a child process that holds files of a mount open
+//!   for a test (a descriptor of the test process would be flushed by any
+//!   child spawned meanwhile).
 
 pub mod age;
 pub mod crash;
@@ -35,6 +38,7 @@ pub mod netlab;
 pub mod peer;
 pub mod ports;
 pub mod skip;
+pub mod writer;
 
 pub use envoy::*;
 pub(crate) use mesh::*;
