@@ -121,10 +121,12 @@ impl<'c> Soak<'c> {
 
     /// Record a failed check; the run goes on, and fails at its end.
     fn fail(&mut self, check: &str, msg: String) {
-        let line = format!(
-            "check {check}: seed {}, round {}: {msg}",
-            self.seed, self.round
-        );
+        let when = if self.round > self.rounds {
+            "at the end".to_string()
+        } else {
+            format!("round {}", self.round)
+        };
+        let line = format!("check {check}: seed {}, {when}: {msg}", self.seed);
         eprintln!("FAIL {line}");
         self.failures.push(line);
     }
@@ -967,7 +969,7 @@ impl<'c> Soak<'c> {
                             "{} on {}: mode {:o}, age file: {head}",
                             p.display(),
                             ENVOYS[x],
-                            meta.mode()
+                            meta.mode() & 0o7777
                         ),
                     );
                 }
