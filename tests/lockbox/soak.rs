@@ -30,7 +30,7 @@ const POOL: usize = 12;
 /// The seed when `LOCKBOX_SOAK_SEED` is not set.
 const DEFAULT_SEED: u64 = 29;
 /// The rounds when `LOCKBOX_SOAK_ROUNDS` is not set: about a minute here.
-const DEFAULT_ROUNDS: usize = 60;
+const DEFAULT_ROUNDS: usize = 200;
 /// What every write's content starts with (then its seed, round, envoy,
 /// write number and a nonce): the needle of the plaintext scan.
 const MARK: &str = "SOAKMARK-";
@@ -217,20 +217,113 @@ impl<'c> Soak<'c> {
 
     /// Wait until envoy `x` shows `name` as the model has it: from then on
     /// `x` has seen the current version, and an operation there may replace
-    /// it. A timeout fails the run at once (the model cannot go on).
-    fn await_view(&self, x: usize, name: &str) {
-        let what = match self.at.get(name) {
-            Some(&id) => format!("{name} as {}", self.describe(id)),
-            None => format!("{name} absent"),
-        };
-        self.c.wait(
-            &format!(
-                "seed {}, round {}: {} to show {what}",
-                self.seed, self.round, ENVOYS[x]
+    /// it. If it never does, that is a failure (check 2 for a write that
+    /// does not arrive, 5 for a removed name that stays), and the model
+    /// takes what the envoys up agree on instead ([`Soak::resync`]).
+    fn await_view(&mut self, x: usize, name: &str) {
+        if wait_until(CONVERGE, || self.shows(x, name, self.expected(name))).is_ok() {
+            return;
+        }
+        let got = self.shown(x, name);
+        let msg = match self.at.get(name) {
+            Some(&id) => (
+                "2",
+                format!(
+                    "{} never reached {} ({CONVERGE:?}): {name} there is {got}",
+                    self.describe(id),
+                    ENVOYS[x]
+                ),
             ),
-            CONVERGE,
-            || self.shows(x, name, self.expected(name)),
-        );
+            None => (
+                "5",
+                format!(
+                    "{name}, removed, is still {got} on {} after {CONVERGE:?}",
+                    ENVOYS[x]
+                ),
+            ),
+        };
+        self.fail(msg.0, msg.1);
+        self.resync(name);
+    }
+
+    /// What envoy `x` shows at `name`, for a message.
+    fn shown(&self, x: usize, name: &str) -> String {
+        fs::read(self.node(x).at(name))
+            .ok()
+            .map_or("absent".into(), |b| self.which(&b))
+    }
+
+    /// After a failure: wait until every envoy up shows the same at `name`
+    /// and take that into the model (the write expected there is then
+    /// tracked at a conflict copy that holds it, or counted lost).
+    fn resync(&mut self, name: &str) {
+        let up = self.up_envoys();
+        let mut file = None;
+        if wait_until(CONVERGE, || {
+            let v: Vec<_> = up
+                .iter()
+                .map(|&x| fs::read(self.node(x).at(name)).ok())
+                .collect();
+            file = v[0].clone();
+            v.iter().all(|f| *f == file)
+        })
+        .is_err()
+        {
+            panic!(
+                "seed {}, round {}: the envoys up never agree on {name}; failures so far:\n{}\n{}",
+                self.seed,
+                self.round,
+                self.failures.join("\n"),
+                self.c.dump()
+            );
+        }
+        let now = match &file {
+            Some(b) => match self.writes.iter().position(|w| w.content == *b) {
+                Some(id) => Some(id),
+                None => {
+                    self.fail(
+                        "3",
+                        format!("{name} is torn: {} bytes of no write", b.len()),
+                    );
+                    panic!(
+                        "seed {}: the model cannot go on:\n{}",
+                        self.seed,
+                        self.failures.join("\n")
+                    );
+                }
+            },
+            None => None,
+        };
+        let was = match now {
+            Some(id) => self.at.insert(name.to_string(), id),
+            None => self.at.remove(name),
+        };
+        if let Some(id) = now {
+            self.writes[id].fate = Fate::Live(name.to_string());
+            self.deleted.remove(name);
+        }
+        let Some(was) = was else { return };
+        if Some(was) == now {
+            return;
+        }
+        let prefix = format!("{name}.conflict-");
+        let copy = self
+            .look(up[0], name, &prefix)
+            .1
+            .into_iter()
+            .find(|(_, b)| *b == self.writes[was].content);
+        match copy {
+            Some((copy, _)) => {
+                eprintln!(
+                    "round {}: {} is kept as {copy}",
+                    self.round,
+                    self.describe(was)
+                );
+                self.writes[was].fate = Fate::Live(copy.clone());
+                self.at.insert(copy, was);
+            }
+            None => self.writes[was].fate = Fate::Gone("LOST (reported)".into()),
+        }
     }
 
     /// `name` on `x` now holds write `id`, which replaced what was there.
@@ -427,7 +520,7 @@ impl<'c> Soak<'c> {
                     .iter()
                     .all(|(f, copies)| {
                         f.as_ref() == Some(&file)
-                            && copy.as_ref().map_or(true, |c| {
+                            && copy.as_ref().is_none_or(|c| {
                                 copies.iter().any(|(n, b)| n == c && *b == contents[loser])
                             })
                     })
@@ -752,7 +845,7 @@ impl<'c> Soak<'c> {
         let _ = wait_until(SETTLE, || {
             (0..3).all(|x| names.iter().all(|n| self.shows(x, n, self.expected(n))))
         });
-        for x in 0..3 {
+        for (x, envoy) in ENVOYS.iter().enumerate() {
             for name in &names {
                 if self.shows(x, name, self.expected(name)) {
                     continue;
@@ -766,14 +859,14 @@ impl<'c> Soak<'c> {
                         format!(
                             "{} is lost on {}: {name} is {got}",
                             self.describe(id),
-                            ENVOYS[x]
+                            envoy
                         ),
                     ),
                     None => self.fail(
                         "5",
                         format!(
                             "{name}, removed in round {}, is back on {} as {got}",
-                            self.deleted[name], ENVOYS[x]
+                            self.deleted[name], envoy
                         ),
                     ),
                 }
@@ -850,14 +943,14 @@ impl<'c> Soak<'c> {
             by_hash.entry(hash(&w.content)).or_default().push(id);
         }
         let mut views = Vec::new();
-        for x in 0..3 {
+        for (x, envoy) in ENVOYS.iter().enumerate() {
             let n = self.node(x);
             let files: BTreeMap<String, Vec<u8>> = n
                 .listing()
                 .into_iter()
                 .map(|f| {
                     let b = fs::read(n.at(&f)).unwrap_or_else(|e| {
-                        panic!("seed {}: read {f} on {}: {e}", self.seed, ENVOYS[x])
+                        panic!("seed {}: read {f} on {}: {e}", self.seed, envoy)
                     });
                     (f, b)
                 })
@@ -953,7 +1046,7 @@ impl<'c> Soak<'c> {
             [probe.to_string_lossy().into_owned()],
             "the plaintext scan does not find its probe"
         );
-        for x in 0..3 {
+        for (x, envoy) in ENVOYS.iter().enumerate() {
             let n = self.node(x);
             let store = n.m.e.store();
             for f in fs::read_dir(&store).expect("store").flatten() {
@@ -968,7 +1061,7 @@ impl<'c> Soak<'c> {
                         format!(
                             "{} on {}: mode {:o}, age file: {head}",
                             p.display(),
-                            ENVOYS[x],
+                            envoy,
                             meta.mode() & 0o7777
                         ),
                     );
@@ -983,14 +1076,14 @@ impl<'c> Soak<'c> {
             if wait_until(Duration::from_secs(10), || temps().is_empty()).is_err() {
                 self.fail(
                     "4",
-                    format!("left in {}'s temp folder: {:?}", ENVOYS[x], temps()),
+                    format!("left in {}'s temp folder: {:?}", envoy, temps()),
                 );
             }
             let found = files_containing(&n.m.e.home, MARK.as_bytes());
             if !found.is_empty() {
                 self.fail(
                     "4",
-                    format!("plaintext of a write on {}'s disk: {found:?}", ENVOYS[x]),
+                    format!("plaintext of a write on {}'s disk: {found:?}", envoy),
                 );
             }
         }
