@@ -1030,7 +1030,13 @@ impl<'c> Soak<'c> {
             }
         }
         if !extra.is_empty() {
+            // A copy of a write its replacer had seen: no loss, but a
+            // conflict that should not have been; counted in the figures.
             eprintln!("conflict copies the model did not ask for (kept, not lost): {extra:?}");
+            let on_first = extra
+                .iter()
+                .filter(|e| e.contains(&format!(" on {} (", ENVOYS[0])));
+            *self.stats.entry("unrequested conflict copies").or_default() += on_first.count();
         }
     }
 
