@@ -26,7 +26,7 @@
 //! delivers it on its own thread, which slows a burst down to the pace of
 //! the journal instead of letting memory grow.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::Duration;
@@ -34,7 +34,7 @@ use std::time::Duration;
 use crate::lock;
 use crate::meta::LocalStat;
 use crate::name::Name;
-use crate::sealed::Sealed;
+use crate::sealed::{Base, Placed, Sealed};
 
 /// Told of every change the store makes on behalf of the mount or the CLI,
 /// in the order the changes were made, after they were made (a seal through
@@ -58,6 +58,33 @@ pub trait Journal: Send + Sync + std::fmt::Debug {
     /// `from` was renamed to `to` (replacing `to`); `stat` as in
     /// [`Journal::changed`].
     fn renamed(&self, from: &Name, to: &Name, stat: Option<LocalStat>);
+
+    /// What a writer that opens `name` for writing now starts from. Called
+    /// under the change lock, once every change of `name` queued before
+    /// was delivered. Without an answer, [`Base::Current`].
+    fn base(&self, name: &Name) -> Base {
+        let _ = name;
+        Base::Current
+    }
+
+    /// Where a local seal of `name` that started from `base` goes, decided
+    /// under the change lock before it is put in place (every change of
+    /// `name` queued before was delivered): under `name`, or under another
+    /// name when a version that arrived during the write keeps `name`. The
+    /// journal may move `name`'s current version aside first (with the
+    /// store's `*_locked` changes). `None`: under `name`, recorded by
+    /// [`Journal::changed`] as before.
+    fn place(&self, name: &Name, base: &Base, sealed: &Sealed) -> Option<Placed> {
+        let _ = (name, base, sealed);
+        None
+    }
+
+    /// A seal placed by [`Journal::place`] is in place under `at`;
+    /// `version` is what `place` described it as.
+    fn placed(&self, at: &Name, sealed: &Sealed, version: &[u8], stat: Option<LocalStat>) {
+        let _ = version;
+        self.changed(at, Some(sealed), stat);
+    }
 }
 
 /// One change, as the journal is told it.
@@ -66,6 +93,18 @@ pub(crate) enum Event {
     Changed(Name, Option<Sealed>, Option<LocalStat>),
     Removed(Name),
     Renamed(Name, Name, Option<LocalStat>),
+    /// A seal placed by [`Journal::place`]: where, what, its description.
+    Placed(Name, Sealed, Vec<u8>, Option<LocalStat>),
+}
+
+impl Event {
+    /// The names it changes.
+    fn names(&self) -> [Option<&Name>; 2] {
+        match self {
+            Event::Changed(n, ..) | Event::Removed(n) | Event::Placed(n, ..) => [Some(n), None],
+            Event::Renamed(a, b, _) => [Some(a), Some(b)],
+        }
+    }
 }
 
 /// Events queued beyond this are delivered by the change that finds the
@@ -87,6 +126,9 @@ pub(crate) struct Queue {
     delivering: Mutex<()>,
     /// False when the delivering thread could not be started.
     threaded: AtomicBool,
+    /// Per name, its events queued or being delivered: a name not here
+    /// has its records up to date with every change of it.
+    undelivered: Mutex<HashMap<Name, usize>>,
 }
 
 impl Queue {
@@ -99,6 +141,7 @@ impl Queue {
             queued: Condvar::new(),
             delivering: Mutex::new(()),
             threaded: AtomicBool::new(true),
+            undelivered: Mutex::new(HashMap::new()),
         });
         let weak = Arc::downgrade(&queue);
         let started = std::thread::Builder::new()
@@ -114,6 +157,12 @@ impl Queue {
     /// Queue `event` (the caller holds the change lock, which fixes the
     /// order). Delivers the queue here if it is full.
     pub(crate) fn push(&self, event: Event) {
+        {
+            let mut counts = lock(&self.undelivered);
+            for n in event.names().into_iter().flatten() {
+                *counts.entry(n.clone()).or_insert(0) += 1;
+            }
+        }
         let full = {
             let mut events = lock(&self.events);
             events.push_back(event);
@@ -138,6 +187,16 @@ impl Queue {
         }
     }
 
+    /// The journal it delivers to.
+    pub(crate) fn journal(&self) -> &Arc<dyn Journal> {
+        &self.journal
+    }
+
+    /// Whether a change of `name` is queued or being delivered.
+    pub(crate) fn touches(&self, name: &Name) -> bool {
+        lock(&self.undelivered).contains_key(name)
+    }
+
     /// Events not yet delivered.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
@@ -145,11 +204,22 @@ impl Queue {
     }
 
     fn tell(&self, event: Event) {
+        let names: Vec<Name> = event.names().into_iter().flatten().cloned().collect();
         let j = &self.journal;
         match event {
             Event::Changed(name, sealed, stat) => j.changed(&name, sealed.as_ref(), stat),
             Event::Removed(name) => j.removed(&name),
             Event::Renamed(from, to, stat) => j.renamed(&from, &to, stat),
+            Event::Placed(at, sealed, version, stat) => j.placed(&at, &sealed, &version, stat),
+        }
+        let mut counts = lock(&self.undelivered);
+        for n in names {
+            if let Some(c) = counts.get_mut(&n) {
+                *c -= 1;
+                if *c == 0 {
+                    counts.remove(&n);
+                }
+            }
         }
     }
 }

@@ -51,7 +51,7 @@ pub mod store;
 mod test_keys;
 
 pub use name::Name;
-pub use sealed::Sealed;
+pub use sealed::{Base, Placed, Sealed};
 pub use store::{Entry, FileState, SealTo, Store, SweepReport};
 
 use std::path::{Path, PathBuf};

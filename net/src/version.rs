@@ -85,6 +85,15 @@ impl VersionVector {
         Ok(next)
     }
 
+    /// `self` with `envoy`'s counter raised to at least `at_least`.
+    pub fn raised(&self, envoy: &WireName, at_least: u64) -> VersionVector {
+        let mut v = self.clone();
+        if at_least > v.get(envoy.as_str()) {
+            v.counters.insert(envoy.clone(), at_least);
+        }
+        v
+    }
+
     /// The pointwise maximum of `self` and `other`: the smallest vector that
     /// happened after (or equals) both.
     pub fn merge(&self, other: &VersionVector) -> VersionVector {

@@ -17,6 +17,8 @@
 //! - `soak`: a seeded random run of writes, renames, deletes, kills and
 //!   restarts on a three-envoy mesh, checked against a model at the end.
 //! - `unprivileged`: lockbox as an ordinary user.
+//! - `versions`: what a version says it saw: concurrent edits during a
+//!   write, records kept across a SIGKILL.
 #![allow(clippy::unwrap_used)]
 
 mod harness;
@@ -34,3 +36,4 @@ mod netlab;
 mod resources;
 mod soak;
 mod unprivileged;
+mod versions;

@@ -198,7 +198,9 @@ impl LockboxFs {
             }
             Err(_) => {
                 // A new file exists once closed, even if nothing is written.
-                let staged = Arc::new(Mutex::new(Staged::new(Pages::new(), true, true, 0)));
+                let mut st = Staged::new(Pages::new(), true, true, 0);
+                st.base = self.store.base_of(&name);
+                let staged = Arc::new(Mutex::new(st));
                 new_file = true;
                 LockboxFs::add_node(&mut lock(&self.inner), name, Some(staged))
             }

@@ -14,7 +14,7 @@ use fuser::{Errno, FileHandle, OpenAccMode, ReplyEmpty, ReplyWrite};
 
 use crate::pages::Pages;
 use crate::store::{Pending, Seal, SealStream};
-use crate::{lock, Name};
+use crate::{lock, Base, Name};
 
 use super::cache::Cached;
 use super::inodes::{Handle, StoreVersion};
@@ -78,6 +78,11 @@ pub(super) struct Staged {
     /// The modification time the file shows, and its next seal gives the
     /// store file: the last write, or the time utimensat set after it.
     pub(super) mtime: SystemTime,
+    /// The version its writer started from: the one current for the name
+    /// when it was opened for writing, then each version it sealed (see
+    /// `docs/design.md`, "Version vectors of local versions"). Kept while
+    /// locked, until the seal at unlock.
+    pub(super) base: Base,
 }
 
 impl Staged {
@@ -92,6 +97,7 @@ impl Staged {
             released: false,
             poisoned: None,
             mtime: SystemTime::now(),
+            base: Base::Current,
         }
     }
 
@@ -172,7 +178,7 @@ impl LockboxFs {
             // write through a handle still open loads it again.
             st.loaded = false;
             st.streamable = false;
-            self.store.finish_stream(stream, &name, st.mtime)
+            self.store.finish_stream(stream, &name, st.mtime, &st.base)
         } else {
             let recipients = self.seal_to().map_err(|e| {
                 tracing::warn!("cannot seal {}: {e}", name.escaped());
@@ -184,6 +190,7 @@ impl LockboxFs {
                 &recipients,
                 self.config.max_file_size,
                 st.mtime,
+                &st.base,
             )
         };
         match done {
@@ -193,9 +200,28 @@ impl LockboxFs {
                 binding,
                 metadata,
                 recorded,
+                placed,
             }) => {
                 st.dirty = false;
                 tracing::debug!("sealed {} ({} bytes)", name.escaped(), sealed.plaintext_len);
+                if let Some(p) = placed {
+                    // A next seal by this writer comes after this one.
+                    st.base = p.next;
+                    if p.under != name {
+                        // It lost to a version that arrived during the
+                        // write and went to its conflict copy: the name
+                        // shows that version, not what was written here.
+                        tracing::info!(
+                            "{} changed on another envoy while it was written here: this \
+                             version is kept as {}",
+                            name.escaped(),
+                            p.under.escaped()
+                        );
+                        self.now_cached(ino, None);
+                        self.keys.sealed(&p.under, &sealed);
+                        return Ok(Some(recorded));
+                    }
+                }
                 // The new version's plaintext size is known: `stat` after
                 // the release need not read its header.
                 let metadata = metadata.map_or_else(|| self.store.metadata(&name), Ok);
@@ -445,6 +471,7 @@ impl LockboxFs {
             self.identity_or_eacces("opening for reading and writing")?;
         }
         let mut st = Staged::new(Pages::new(), empty, trunc && size > 0, 1);
+        st.base = self.store.base_of(name);
         if !trunc {
             // Unchanged until its first write: the store file's time.
             let meta = self.store.metadata(name).ok();
@@ -463,6 +490,8 @@ impl LockboxFs {
             .get(&ino)
             .and_then(|n| n.name.clone())
             .ok_or(Errno::ENOENT)?;
+        // What it started from, before the content is read.
+        let base = self.store.base_of(&name);
         let mut pages = if size == 0 {
             Pages::new()
         } else {
@@ -471,6 +500,7 @@ impl LockboxFs {
         };
         pages.truncate(size);
         let mut st = Staged::new(pages, true, true, 0);
+        st.base = base;
         self.seal_staged(ino, &mut st)
     }
 

@@ -48,7 +48,7 @@ use crate::grouped::GroupedSync;
 use crate::journal::{Event, Queue};
 use crate::meta::{LocalStat, Meta, Op, State, WeakMeta};
 use crate::name::Name;
-use crate::sealed::Sealed;
+use crate::sealed::{Base, Placed, Sealed};
 use crate::{lock, Error};
 
 mod seal;
@@ -365,6 +365,35 @@ impl Store {
         }
     }
 
+    /// What a writer that opens `name` for writing now starts from (see
+    /// [`Base`]): the journal's description of the version current for
+    /// `name`, once every change of it queued before was recorded.
+    /// [`Base::Current`] without a journal.
+    pub fn base_of(&self, name: &Name) -> Base {
+        let Some(q) = &self.journal else {
+            return Base::Current;
+        };
+        let _guard = self.lock_changes();
+        if q.touches(name) {
+            q.deliver();
+        }
+        q.journal().base(name)
+    }
+
+    /// Under the change lock: where a local seal of `name` that started
+    /// from `base` goes ([`Journal::place`]); `None`: under `name`, as a
+    /// change the journal records against the version current then.
+    pub(super) fn place_locked(&self, name: &Name, base: &Base, sealed: &Sealed) -> Option<Placed> {
+        let q = self.journal.as_ref()?;
+        if *base == Base::Current {
+            return None;
+        }
+        if q.touches(name) {
+            q.deliver();
+        }
+        q.journal().place(name, base, sealed)
+    }
+
     /// Write a complete file into the temp folder with `fill`, made durable;
     /// it enters the store only through [`Store::commit_staged`].
     pub fn stage<T>(
@@ -521,12 +550,27 @@ impl Store {
     }
 
     /// The record attached to `name`'s store file when it was received
-    /// ([`StagedFile::attach_record`]), unverified; `None` if there is none.
+    /// ([`StagedFile::attach_record`]) or recorded here
+    /// ([`Store::attach_record_current`]), unverified; `None` if there is none.
     pub fn attached_record(&self, name: &Name) -> Option<Vec<u8>> {
         let mut buf = vec![0u8; MAX_ATTACHED_RECORD];
         let n = rustix::fs::getxattr(self.path_of(name), RECORD_XATTR, &mut buf[..]).ok()?;
         buf.truncate(n);
         Some(buf)
+    }
+
+    /// Attach `record` (the signed record just made of `name`'s newest
+    /// bytes) to them, as [`StagedFile::attach_record`] does for a received
+    /// file: a seal put in place at the next start ([`Store::recover_leftovers`])
+    /// or whose record was not yet durable when the agent was killed keeps
+    /// the record that was made (and maybe sent to peers) instead of being
+    /// signed again. Best effort, like that one; the reader checks the
+    /// record's hash against the bytes, so a record left on bytes that
+    /// moved on is never taken for theirs.
+    pub fn attach_record_current(&self, name: &Name, record: &[u8]) {
+        self.at_current(name, |p| {
+            let _ = rustix::fs::setxattr(p, RECORD_XATTR, record, rustix::fs::XattrFlags::empty());
+        });
     }
 
     /// The [`LocalStat`] of `name`'s newest bytes (a seal still waiting,
@@ -565,17 +609,27 @@ impl Store {
 
     /// Rename a durable temp file into place as `name`; the journal hears
     /// of it (as `sealed`) when the returned [`Pending`] is dropped.
+    /// A seal from `base` goes where the journal places it
+    /// ([`Journal::place`]), returned with the [`Pending`].
     fn install_staged(
         &self,
         name: &Name,
         staged: StagedFile,
         sealed: Option<Sealed>,
-    ) -> Result<Pending<'_>, Error> {
+        base: &Base,
+    ) -> Result<(Pending<'_>, Option<Placed>), Error> {
         let guard = self.lock_changes();
-        self.commit_staged(staged, name)?;
-        let stat = LocalStat::of(&self.path_of(name)).ok();
-        let event = Event::Changed(name.clone(), sealed, stat);
-        Ok(self.pending(guard, event))
+        let placed = sealed
+            .as_ref()
+            .and_then(|s| self.place_locked(name, base, s));
+        let at = placed.as_ref().map_or(name, |p| &p.under);
+        self.commit_staged(staged, at)?;
+        let stat = LocalStat::of(&self.path_of(at)).ok();
+        let event = match (&placed, sealed) {
+            (Some(p), Some(s)) => Event::Placed(at.clone(), s, p.version.clone(), stat),
+            (_, sealed) => Event::Changed(name.clone(), sealed, stat),
+        };
+        Ok((self.pending(guard, event), placed))
     }
 
     fn pending<'a>(&'a self, guard: std::sync::MutexGuard<'a, ()>, event: Event) -> Pending<'a> {

@@ -22,7 +22,7 @@ use lockbox_crypto::share::SharePool;
 
 use crate::name::Name;
 use crate::offload::OffloadedSink;
-use crate::sealed::Sealed;
+use crate::sealed::{Base, Placed, Sealed};
 use crate::Error;
 
 use super::waiting::mark_complete;
@@ -46,6 +46,10 @@ pub struct Seal<'a> {
     pub metadata: Option<fs::Metadata>,
     /// Its journal entry, made when this is dropped.
     pub recorded: Pending<'a>,
+    /// Where the journal placed it, when it placed it
+    /// ([`Journal::place`](super::Journal::place)): under another name when
+    /// a version that arrived during the write keeps the name.
+    pub placed: Option<Placed>,
 }
 
 /// Give a sealed temp file the modification time its version shows; if
@@ -354,9 +358,17 @@ impl Store {
         recipients: &SealTo,
         max_size: u64,
         mtime: SystemTime,
+        base: &Base,
     ) -> Result<Seal<'_>, Error> {
         let (Some(g), Some(w)) = (&self.grouped, &self.waiting) else {
-            return self.seal_tagged_pending(name, plaintext, recipients, max_size, Some(mtime));
+            return self.seal_tagged_pending(
+                name,
+                plaintext,
+                recipients,
+                max_size,
+                Some(mtime),
+                base,
+            );
         };
         let seq = w.next.fetch_add(1, Ordering::Relaxed);
         let fill = |file: &mut File| {
@@ -367,13 +379,15 @@ impl Store {
         };
         let (staged, (sealed, tagged)) = self.stage_with(fill, false)?;
         let tags = self.keep_tags(name, tagged.tags);
-        let (sealed, metadata, recorded) = self.wait_staged(g, w, name, staged, seq, sealed);
+        let (sealed, metadata, recorded, placed) =
+            self.wait_staged(g, w, name, staged, seq, sealed, base);
         Ok(Seal {
             sealed,
             tags,
             binding: tagged.binding,
             metadata,
             recorded,
+            placed,
         })
     }
 
@@ -401,20 +415,22 @@ impl Store {
         stream: SealStream,
         name: &Name,
         mtime: SystemTime,
+        base: &Base,
     ) -> Result<Seal<'_>, Error> {
         let (staged, file, sealed, tagged) = stream.finish()?;
         set_mtime_of(&file, mtime);
         let tags = self.keep_tags(name, tagged.tags);
-        let (sealed, metadata, recorded) =
+        let (sealed, metadata, recorded, placed) =
             if let (Some(g), Some(w)) = (&self.grouped, &self.waiting) {
                 let seq = w.next.fetch_add(1, Ordering::Relaxed);
                 mark_complete(&file, seq, name);
-                self.wait_staged(g, w, name, staged, seq, sealed)
+                self.wait_staged(g, w, name, staged, seq, sealed, base)
             } else {
                 file.sync_all()
                     .map_err(|e| Error::io("sync", &staged.path, e))?;
-                let recorded = self.install_staged(name, staged, Some(sealed.clone()))?;
-                (sealed, None, recorded)
+                let (recorded, placed) =
+                    self.install_staged(name, staged, Some(sealed.clone()), base)?;
+                (sealed, None, recorded, placed)
             };
         Ok(Seal {
             sealed,
@@ -422,6 +438,7 @@ impl Store {
             binding: tagged.binding,
             metadata,
             recorded,
+            placed,
         })
     }
 
@@ -434,7 +451,7 @@ impl Store {
         recipients: &SealTo,
         max_size: u64,
     ) -> Result<(Sealed, Pending<'_>), Error> {
-        self.seal_tagged_pending(name, plaintext, recipients, max_size, None)
+        self.seal_tagged_pending(name, plaintext, recipients, max_size, None, &Base::Current)
             .map(|s| (s.sealed, s.recorded))
     }
 
@@ -447,6 +464,7 @@ impl Store {
         recipients: &SealTo,
         max_size: u64,
         mtime: Option<SystemTime>,
+        base: &Base,
     ) -> Result<Seal<'_>, Error> {
         let seal = |file: &mut File| {
             let done = seal_tagged(file, name, plaintext, recipients, self.shares(), max_size)?;
@@ -457,13 +475,14 @@ impl Store {
         };
         let (staged, (sealed, tagged)) = self.stage(seal)?;
         let tags = self.keep_tags(name, tagged.tags);
-        let recorded = self.install_staged(name, staged, Some(sealed.clone()))?;
+        let (recorded, placed) = self.install_staged(name, staged, Some(sealed.clone()), base)?;
         Ok(Seal {
             sealed,
             tags,
             binding: tagged.binding,
             metadata: None,
             recorded,
+            placed,
         })
     }
 }

@@ -297,7 +297,14 @@ fn a_failed_sync_drops_the_waiting_seals_instead_of_installing_them() {
     let to = SealTo::keys(vec![id.to_public()]);
     let seal = |name: &str, text: &[u8]| {
         let s = store
-            .seal_deferred(&n(name), Cursor::new(text.to_vec()), &to, 1 << 20, then())
+            .seal_deferred(
+                &n(name),
+                Cursor::new(text.to_vec()),
+                &to,
+                1 << 20,
+                then(),
+                &crate::Base::Current,
+            )
             .unwrap();
         drop(s);
     };
@@ -395,7 +402,14 @@ fn mtime_of(store: &Store, name: &str) -> SystemTime {
 fn seal_later(store: &Store, id: &lockbox_crypto::AgeIdentity, name: &str, text: &[u8]) {
     let to = SealTo::keys(vec![id.to_public()]);
     let seal = store
-        .seal_deferred(&n(name), Cursor::new(text.to_vec()), &to, 1 << 20, then())
+        .seal_deferred(
+            &n(name),
+            Cursor::new(text.to_vec()),
+            &to,
+            1 << 20,
+            then(),
+            &crate::Base::Current,
+        )
         .unwrap();
     assert_eq!(seal.sealed.plaintext_len, text.len() as u64);
     assert_eq!(
@@ -436,7 +450,9 @@ fn a_stream_sealed_in_pieces_is_one_age_file_in_either_mode() {
             sealed,
             recorded: pending,
             ..
-        } = store.finish_stream(stream, &n("s"), then()).unwrap();
+        } = store
+            .finish_stream(stream, &n("s"), then(), &crate::Base::Current)
+            .unwrap();
         drop(pending);
         assert_eq!(sealed.plaintext_len, text.len() as u64);
         assert_eq!(read(&store, &id, "s"), text, "grouped: {grouped_mode}");
@@ -468,7 +484,14 @@ fn block_tags_are_kept_for_their_version_and_follow_renames_and_removes() {
     };
     let seal = |name: &str, to: &SealTo, text: &[u8]| {
         store
-            .seal_deferred(&n(name), Cursor::new(text.to_vec()), to, 1 << 20, then())
+            .seal_deferred(
+                &n(name),
+                Cursor::new(text.to_vec()),
+                to,
+                1 << 20,
+                then(),
+                &crate::Base::Current,
+            )
             .unwrap()
             .tags
     };

@@ -25,7 +25,7 @@ use crate::grouped::GroupedSync;
 use crate::journal::Event;
 use crate::meta::LocalStat;
 use crate::name::Name;
-use crate::sealed::Sealed;
+use crate::sealed::{Base, Placed, Sealed};
 use crate::{lock, Error};
 
 use super::{Pending, StagedFile, Store};
@@ -456,6 +456,10 @@ impl Store {
 
     /// Put a complete seal (marked with `seq`) among the waiting ones as
     /// the newest version of `name`.
+    /// It goes where the journal places a seal from `base`
+    /// ([`Store::place_locked`]); a seal placed under another name is
+    /// marked with that name, for a restart.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn wait_staged(
         &self,
         g: &GroupedSync,
@@ -464,18 +468,34 @@ impl Store {
         mut staged: StagedFile,
         seq: u64,
         sealed: Sealed,
-    ) -> (Sealed, Option<fs::Metadata>, Pending<'_>) {
+        base: &Base,
+    ) -> (Sealed, Option<fs::Metadata>, Pending<'_>, Option<Placed>) {
         let guard = self.lock_changes();
+        let placed = self.place_locked(name, base, &sealed);
+        let at = placed.as_ref().map_or(name, |p| &p.under);
+        if at != name {
+            if let Some(mark) = seal_mark(seq, at) {
+                let _ = rustix::fs::setxattr(
+                    &staged.path,
+                    SEAL_XATTR,
+                    &mark,
+                    rustix::fs::XattrFlags::empty(),
+                );
+            }
+        }
         let metadata = fs::symlink_metadata(&staged.path).ok();
         let stat = metadata.as_ref().map(LocalStat::from_metadata);
         let temp = std::mem::take(&mut staged.path);
-        let older = lock(&w.files).insert(name.clone(), WaitingFile { temp, seq });
+        let older = lock(&w.files).insert(at.clone(), WaitingFile { temp, seq });
         if let Some(older) = older {
             remove_leftover(&older.temp);
         }
-        self.forget_states_locked(&[name]);
+        self.forget_states_locked(&[at]);
         g.mark();
-        let event = Event::Changed(name.clone(), Some(sealed.clone()), stat);
-        (sealed, metadata, self.pending(guard, event))
+        let event = match &placed {
+            Some(p) => Event::Placed(at.clone(), sealed.clone(), p.version.clone(), stat),
+            None => Event::Changed(name.clone(), Some(sealed.clone()), stat),
+        };
+        (sealed, metadata, self.pending(guard, event), placed)
     }
 }

@@ -8,6 +8,7 @@
 //! calls them. This must not read or write bodies or the store.
 
 use lockbox_crypto::sign::Signed;
+use lockbox_fs::escape::Escape;
 use lockbox_fs::Name;
 
 use super::{internal, Admission, Members, Refusal, Replica};
@@ -107,11 +108,81 @@ pub(super) fn place(name: &Name, v: &FileVersion, held: &Held<'_>) -> Placement 
     }
 }
 
+/// Of two signed records of one version (same name, vector and ciphertext
+/// hash) that differ in their bytes — a version signed twice, e.g. again
+/// after a crash — the one every envoy keeps: the smaller encoded record,
+/// bytewise. It depends on neither the order nor the envoy, so wherever
+/// the two meet (a push, a fetch, a catch-up) the tables converge.
+pub(super) fn kept_record<'a>(a: &'a [u8], b: &'a [u8]) -> &'a [u8] {
+    if b < a {
+        b
+    } else {
+        a
+    }
+}
+
+/// Whether `offered` is the same version as `held` signed differently, and
+/// the one to keep by [`kept_record`].
+pub(super) fn replaces_same(held: &Signed<FileVersion>, offered: &Signed<FileVersion>) -> bool {
+    let (h, o) = (held.body(), offered.body());
+    if h.name != o.name || h.vv != o.vv || h.hash != o.hash {
+        return false;
+    }
+    let (hb, ob) = (held.to_bytes(), offered.to_bytes());
+    hb != ob && kept_record(&hb, &ob) == ob.as_slice()
+}
+
 impl Replica {
     /// Check a version offered by a peer for `name`, before its body is read.
+    /// When it is a version already held under another signed record, the
+    /// record to keep is settled here ([`kept_record`]).
     pub fn admit(&self, name: &Name, rec: &Signed<FileVersion>) -> Result<Admission, Refusal> {
         check_offer(&self.user, &self.members(), name, rec)?;
-        self.decide(name, rec.body())
+        let a = self.decide(name, rec.body())?;
+        if a == Admission::Same && self.held_elsewise(name, rec).is_some() {
+            let _guard = self.store.change_lock();
+            self.keep_one_record_locked(name, rec)?;
+        }
+        Ok(a)
+    }
+
+    /// Where (`name` or its conflict copy) the version of `rec` is held
+    /// under a record that [`replaces_same`] says `rec` replaces.
+    fn held_elsewise(&self, name: &Name, rec: &Signed<FileVersion>) -> Option<Name> {
+        let copy = rec.body().conflict_name();
+        [Some(name.clone()), copy].into_iter().flatten().find(|at| {
+            self.record(at)
+                .ok()
+                .flatten()
+                .is_some_and(|held| replaces_same(&held, rec))
+        })
+    }
+
+    /// Under the change lock: if the version of `rec` is held under a
+    /// record it replaces ([`replaces_same`]), keep `rec` instead (the
+    /// bytes are the same; only the record changes).
+    pub(super) fn keep_one_record_locked(
+        &self,
+        name: &Name,
+        rec: &Signed<FileVersion>,
+    ) -> Result<(), Refusal> {
+        let Some(at) = self.held_elsewise(name, rec) else {
+            return Ok(());
+        };
+        let stat = self
+            .meta
+            .version(&at)
+            .map_err(internal)?
+            .and_then(|(_, s)| s);
+        self.store.attach_record_current(&at, &rec.to_bytes());
+        self.meta
+            .apply(&super::version_ops(&at, rec, stat))
+            .map_err(internal)?;
+        tracing::info!(
+            "{} was signed twice; keeping the record every envoy keeps",
+            at.escaped()
+        );
+        Ok(())
     }
 
     /// Where an admitted version goes, given what is held now.
@@ -437,6 +508,52 @@ mod tests {
                 check_offer(&wn("alice"), &members(), &name(odd), &signed(v)),
                 Ok(())
             );
+        }
+    }
+
+    proptest::proptest! {
+        /// Two signed records of one version (as a crash's second signing
+        /// makes: another seal time) settle on one record, whichever order
+        /// they meet in and however often: the pick is symmetric,
+        /// idempotent and associative, and exactly one of two different
+        /// records replaces the other.
+        #[test]
+        fn one_record_of_a_version_is_kept_in_any_order(
+            times in proptest::collection::vec(0i64..4_000_000_000, 3),
+            signers in proptest::collection::vec(0usize..2, 3),
+        ) {
+            let same = vv(&[("alpha", 2), ("bravo", 1)]);
+            let recs: Vec<Signed<FileVersion>> = times
+                .iter()
+                .zip(&signers)
+                .map(|(t, who)| {
+                    let mut v = version("doc", "alpha", same.clone(), 7);
+                    v.sealed_unix = *t;
+                    Signed::sign(v, &key(["alpha", "bravo"][*who]))
+                })
+                .collect();
+            let bytes: Vec<Vec<u8>> = recs.iter().map(|r| r.to_bytes()).collect();
+            let (a, b, c) = (&bytes[0][..], &bytes[1][..], &bytes[2][..]);
+            proptest::prop_assert_eq!(kept_record(a, b), kept_record(b, a));
+            proptest::prop_assert_eq!(kept_record(a, a), a);
+            proptest::prop_assert_eq!(
+                kept_record(kept_record(a, b), c),
+                kept_record(a, kept_record(b, c))
+            );
+            let (x, y) = (&recs[0], &recs[1]);
+            let (xy, yx) = (replaces_same(x, y), replaces_same(y, x));
+            if a == b {
+                proptest::prop_assert!(!xy && !yx);
+            } else {
+                proptest::prop_assert!(xy != yx, "exactly one replaces the other");
+                let kept = if xy { b } else { a };
+                proptest::prop_assert_eq!(kept, kept_record(a, b));
+            }
+            // Another version (other bytes) is never settled this way.
+            let mut other = recs[1].body().clone();
+            other.hash = Sha256([8; 32]);
+            let other = Signed::sign(other, &key("alpha"));
+            proptest::prop_assert!(!replaces_same(x, &other) && !replaces_same(&other, x));
         }
     }
 

@@ -12,14 +12,16 @@ use std::sync::Weak;
 
 use lockbox_crypto::digest::{HashingWriter, Sha256};
 use lockbox_crypto::sign::Signed;
+use lockbox_crypto::sign::{Decoder, Encoder, Record};
 use lockbox_fs::meta::{List, LocalStat, Op};
 use lockbox_fs::store::Journal;
-use lockbox_fs::{FileState, Name, Sealed};
+use lockbox_fs::{Base, FileState, Name, Placed, Sealed};
 
 use super::tables::encode_records;
 use super::{now_unix, version_ops, Outgoing, Replica, ReplicaError};
 use crate::records::{self, FileVersion, Resurrect, Tombstone};
-use crate::WireName;
+use crate::version::{resolve, Resolution};
+use crate::{VersionVector, WireName};
 
 /// The store's journal: forwards to the replica (a weak link, since the
 /// replica owns the store).
@@ -43,6 +45,28 @@ impl Journal for JournalLink {
         }
     }
 
+    fn base(&self, name: &Name) -> Base {
+        match self.0.upgrade() {
+            Some(r) => r.local_base(name),
+            None => Base::Current,
+        }
+    }
+
+    fn place(&self, name: &Name, base: &Base, sealed: &Sealed) -> Option<Placed> {
+        self.0.upgrade()?.place_local(name, base, sealed)
+    }
+
+    fn placed(&self, at: &Name, sealed: &Sealed, version: &[u8], stat: Option<LocalStat>) {
+        let Some(r) = self.0.upgrade() else {
+            return;
+        };
+        match decode_version(version) {
+            Some(v) => r.local_placed(at, v, stat),
+            // Not reached (`place` encoded it): record it the old way.
+            None => r.local_changed(at, Some(sealed), None, stat),
+        }
+    }
+
     fn renamed(&self, from: &Name, to: &Name, stat: Option<LocalStat>) {
         if let Some(r) = self.0.upgrade() {
             let moved = r.record(from).ok().flatten();
@@ -54,7 +78,205 @@ impl Journal for JournalLink {
     }
 }
 
+/// The vector of a local version of a name: what its writer started from
+/// (`base`: the vector of the version current when it opened the name for
+/// writing, empty if there was none) merged with the floor of the name's
+/// tombstones, then one more for `me` — above any counter of `me`'s the
+/// name's `current` version (the one held when it is recorded) or the
+/// floor carry, so two versions of one envoy never share a vector. A
+/// version that arrived during the write is not in `base`: the new vector
+/// is then concurrent with it, and the conflict rule keeps both.
+pub(super) fn local_vector(
+    me: &WireName,
+    base: &VersionVector,
+    current: Option<&VersionVector>,
+    floor: &VersionVector,
+) -> Result<VersionVector, crate::Error> {
+    let top = [Some(base), current, Some(floor)]
+        .into_iter()
+        .flatten()
+        .map(|v| v.get(me.as_str()))
+        .max()
+        .unwrap_or(0);
+    let mut vv = base.merge(floor).raised(me, top);
+    vv.bump(me)?;
+    Ok(vv)
+}
+
+/// The unsigned body of a local version, as [`Journal::place`] hands it
+/// to the store and the store hands it back.
+fn encode_version(v: &FileVersion) -> Vec<u8> {
+    let mut e = Encoder::new();
+    v.encode(&mut e);
+    e.finish()
+}
+
+fn decode_version(bytes: &[u8]) -> Option<FileVersion> {
+    let mut d = Decoder::new(bytes);
+    let v = FileVersion::decode(&mut d).ok()?;
+    d.finish().ok()?;
+    Some(v)
+}
+
 impl Replica {
+    /// What a writer opening `name` now starts from: the vector of the
+    /// version held (the journal delivered every change of it before).
+    pub(super) fn local_base(&self, name: &Name) -> Base {
+        match self.record(name) {
+            Ok(None) => Base::Seen(None),
+            Ok(Some(r)) => match r.body().vv.encode() {
+                Ok(b) => Base::Seen(Some(b)),
+                Err(_) => Base::Current,
+            },
+            Err(e) => {
+                tracing::warn!("{e}");
+                Base::Current
+            }
+        }
+    }
+
+    /// Under the change lock, before a local seal of `name` that started
+    /// from `base` is put in place: its version (vector from the base, see
+    /// [`local_vector`]), and where it goes. When a version that arrived
+    /// during the write is held under `name` and is concurrent with it,
+    /// the conflict rule every envoy applies (`resolve`) decides: the new
+    /// version goes to its conflict copy, or the held one is moved to its
+    /// own first (and recorded there) and the new one takes the name.
+    /// `None` (the change is recorded the old way) when nothing was
+    /// captured or the name's file stays out of the mesh.
+    pub(super) fn place_local(&self, name: &Name, base: &Base, sealed: &Sealed) -> Option<Placed> {
+        if self.kept_out(name) {
+            return None;
+        }
+        let base_vv = match base {
+            Base::Current => return None,
+            Base::Seen(None) => VersionVector::new(),
+            Base::Seen(Some(b)) => VersionVector::decode(b).ok()?,
+        };
+        let current = match self.record(name) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("{e}");
+                return None;
+            }
+        };
+        let floor = records::floor(&self.tombstones(name));
+        let vv = local_vector(
+            &self.envoy,
+            &base_vv,
+            current.as_ref().map(|c| &c.body().vv),
+            &floor,
+        )
+        .ok()?;
+        let v = FileVersion {
+            user: self.user.clone(),
+            name: name.clone(),
+            vv: vv.clone(),
+            author: self.envoy.clone(),
+            sealed_unix: now_unix(),
+            plaintext_len: sealed.plaintext_len,
+            ciphertext_len: sealed.ciphertext_len,
+            hash: sealed.hash,
+            recipients: sealed_to(&sealed.envoys).unwrap_or_else(|| self.member_names()),
+            reseal: false,
+        };
+        let mut under = name.clone();
+        if let Some(cur) = &current {
+            let (held, new) = (cur.body().candidate(), v.candidate());
+            let loses = match resolve(&held, &new) {
+                Resolution::Conflict { winner, .. } => winner == &held,
+                Resolution::Supersedes { newer, .. } => newer == &held,
+                Resolution::Same => false,
+            };
+            let concurrent = matches!(resolve(&held, &new), Resolution::Conflict { .. });
+            if loses {
+                under = v.conflict_name().unwrap_or_else(|| name.clone());
+            } else if concurrent {
+                if let Err(e) = self.move_aside_locked(name, cur) {
+                    tracing::warn!(
+                        "cannot keep the version of {} that arrived during a write: {e}",
+                        name.escaped()
+                    );
+                }
+            }
+        }
+        let next = vv
+            .encode()
+            .ok()
+            .map_or(Base::Current, |b| Base::Seen(Some(b)));
+        Some(Placed {
+            under,
+            version: encode_version(&v),
+            next,
+        })
+    }
+
+    /// Under the change lock: move `cur`, the version held under `name`,
+    /// to its conflict copy (it lost to a local version about to take the
+    /// name) and record it there, as `install` does with a received one.
+    fn move_aside_locked(
+        &self,
+        name: &Name,
+        cur: &Signed<FileVersion>,
+    ) -> Result<(), ReplicaError> {
+        let Some(copy) = cur.body().conflict_name() else {
+            return Ok(());
+        };
+        if copy == *name || !self.store.contains(name) {
+            return Ok(());
+        }
+        self.store.rename_locked(name, &copy)?;
+        self.meta
+            .apply(&version_ops(&copy, cur, self.store.local_stat(&copy)))?;
+        self.later_remote_changed(&copy);
+        Ok(())
+    }
+
+    /// Tell the mount of a change of `name` from a thread of its own: the
+    /// caller may be a FUSE request (an invalidation waits for those).
+    fn later_remote_changed(&self, name: &Name) {
+        let Some(me) = self.this.upgrade() else {
+            return;
+        };
+        let name = name.clone();
+        let spawned = std::thread::Builder::new()
+            .name("invalidate".into())
+            .spawn(move || me.remote_changed(&name));
+        if let Err(e) = spawned {
+            tracing::debug!("cannot tell the mount of a conflict copy: {e}");
+        }
+    }
+
+    /// Sign and record a local version `place_local` placed under `at`.
+    pub(super) fn local_placed(&self, at: &Name, v: FileVersion, stat: Option<LocalStat>) {
+        if self.kept_out(at) {
+            return;
+        }
+        let name = v.name.clone();
+        if &name != at {
+            // It lost to a version that arrived during the write: the mount
+            // still shows what it wrote under the name.
+            self.later_remote_changed(&name);
+            self.later_remote_changed(at);
+        }
+        let recorded = (|| {
+            let tombs = self.tombstones(&name);
+            if self.record(&name)?.is_none()
+                && records::has_live_tombstone(&tombs, &self.resurrects(&name))
+            {
+                self.record_resurrect(&name, &tombs)?;
+            }
+            let signed = self.sign_version(v);
+            self.store.attach_record_current(at, &signed.to_bytes());
+            self.meta.apply(&version_ops(at, &signed, stat))?;
+            self.emit(Outgoing::Version(at.clone()));
+            Ok::<_, ReplicaError>(())
+        })();
+        if let Err(e) = recorded {
+            tracing::warn!("cannot record the new version of {}: {e}", at.escaped());
+        }
+    }
+
     pub(super) fn sign_version(&self, v: FileVersion) -> Signed<FileVersion> {
         Signed::sign(v, &self.signing)
     }
@@ -153,6 +375,10 @@ impl Replica {
                 reseal: false,
             })
         };
+        // With the bytes before anywhere else: killed before the record is
+        // durable (and after it was pushed), the next start finds this very
+        // record on the file instead of signing the version again.
+        self.store.attach_record_current(name, &signed.to_bytes());
         self.meta.apply(&version_ops(name, &signed, stat))?;
         self.emit(Outgoing::Version(name.clone()));
         Ok(signed)
@@ -211,8 +437,9 @@ impl Replica {
                 }
             }
             let (_, _, hash) = describe_file(&path)?;
-            // A file received just before a crash carries its record, which
-            // may not have been made durable with the others.
+            // A file received or recorded just before a crash carries its
+            // record, which may not have been made durable with the others
+            // (and may have been pushed already): it keeps that record.
             let record = record.filter(|r| r.body().hash == hash).or_else(|| {
                 self.store
                     .attached_record(&entry.name)
@@ -339,4 +566,65 @@ pub(super) fn describe_file(path: &Path) -> Result<(u64, u64, Sha256), ReplicaEr
     std::io::copy(&mut f, &mut w).map_err(io)?;
     let (_, hash, n) = w.finish();
     Ok((plain, n, hash))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::version::Causality;
+
+    fn wn(s: &str) -> WireName {
+        WireName::new(s).unwrap()
+    }
+
+    fn vv(entries: &[(&str, u64)]) -> VersionVector {
+        entries
+            .iter()
+            .fold(VersionVector::new(), |v, (e, n)| v.raised(&wn(e), *n))
+    }
+
+    #[test]
+    fn a_local_vector_comes_from_the_base_not_from_what_arrived_since() {
+        let a = wn("alpha");
+        let none = VersionVector::new();
+        // A new name: the first version of alpha's.
+        assert_eq!(
+            local_vector(&a, &none, None, &none).unwrap(),
+            vv(&[("alpha", 1)])
+        );
+        // Nothing arrived during the write: it supersedes what it replaced.
+        let base = vv(&[("alpha", 1), ("bravo", 1)]);
+        let got = local_vector(&a, &base, Some(&base), &none).unwrap();
+        assert_eq!(got, vv(&[("alpha", 2), ("bravo", 1)]));
+        assert_eq!(got.compare(&base), Causality::After);
+        // bravo's version arrived during the write: concurrent with it, so
+        // the conflict rule keeps both (it used to be {alpha:2, bravo:2}).
+        let arrived = vv(&[("alpha", 1), ("bravo", 2)]);
+        let got = local_vector(&a, &base, Some(&arrived), &none).unwrap();
+        assert_eq!(got, vv(&[("alpha", 2), ("bravo", 1)]));
+        assert_eq!(got.compare(&arrived), Causality::Concurrent);
+        // A new name bravo created meanwhile: concurrent too.
+        let fresh = vv(&[("bravo", 1)]);
+        let got = local_vector(&a, &none, Some(&fresh), &none).unwrap();
+        assert_eq!(got.compare(&fresh), Causality::Concurrent);
+    }
+
+    #[test]
+    fn a_local_vector_never_repeats_an_own_counter_and_follows_deletes() {
+        let a = wn("alpha");
+        let none = VersionVector::new();
+        // The held version carries a later counter of alpha's than the
+        // base (alpha's own version, seen by bravo, came back): the new one
+        // counts past it.
+        let base = vv(&[("alpha", 1)]);
+        let held = vv(&[("alpha", 3), ("bravo", 1)]);
+        let got = local_vector(&a, &base, Some(&held), &none).unwrap();
+        assert_eq!(got.get("alpha"), 4);
+        assert_eq!(got.get("bravo"), 0, "bravo's version was not seen");
+        // A re-add after a delete comes after the delete.
+        let floor = vv(&[("alpha", 5), ("charlie", 2)]);
+        let got = local_vector(&a, &none, None, &floor).unwrap();
+        assert_eq!(got, vv(&[("alpha", 6), ("charlie", 2)]));
+        assert_eq!(got.compare(&floor), Causality::After);
+    }
 }

@@ -253,6 +253,8 @@ pub struct Replica {
     /// Held while `recipients.txt` is rewritten from the members (see
     /// [`Replica::write_recipients`]).
     recipients_file: Mutex<()>,
+    /// This replica itself, for work handed to a thread of its own.
+    this: std::sync::Weak<Replica>,
 }
 
 /// A callback that is told a file name.
@@ -357,6 +359,7 @@ impl Replica {
             on_remote_change: Mutex::new(None),
             recipients_file: Mutex::new(()),
             on_members_change: Mutex::new(None),
+            this: weak.clone(),
         }))
     }
 
@@ -730,6 +733,76 @@ mod tests {
         let got = bravo.record(&doc).unwrap().expect("bravo has doc's record");
         assert_eq!(got.to_bytes(), rec.to_bytes());
         assert_eq!(got.body().vv.get("bravo"), 0, "no version of bravo's own");
+    }
+
+    /// A local version whose record was made (and maybe pushed) but not
+    /// yet durable when the agent was killed keeps that very record at the
+    /// next start, instead of being signed again with a later seal time.
+    #[test]
+    fn a_local_version_whose_record_was_lost_is_not_signed_again() {
+        use lockbox_fs::SealTo;
+        use std::io::Cursor;
+        let dir = tempfile::tempdir().unwrap();
+        let [a] = circle(dir.path(), ["alpha"]);
+        let alpha = a.open();
+        let doc = Name::new("doc").unwrap();
+        let to = SealTo::keys(vec![lockbox_crypto::AgeIdentity::generate().to_public()]);
+        alpha
+            .store()
+            .seal(&doc, Cursor::new(b"v1".to_vec()), &to, 1 << 20)
+            .unwrap();
+        let rec = {
+            let _guard = alpha.store().change_lock();
+            alpha.record(&doc).unwrap().expect("alpha recorded doc")
+        };
+        alpha.meta.apply(&[Op::DelVersion(doc.clone())]).unwrap();
+        assert_eq!(alpha.reconcile().unwrap(), 0, "signed again");
+        let _guard = alpha.store().change_lock();
+        let got = alpha.record(&doc).unwrap().expect("doc's record is back");
+        assert_eq!(got.to_bytes(), rec.to_bytes());
+    }
+
+    /// Two records of one version (a second signing) settle on one record
+    /// on every envoy, whichever each held first.
+    #[test]
+    fn two_records_of_one_version_settle_on_one() {
+        use lockbox_fs::SealTo;
+        use std::io::Cursor;
+        let dir = tempfile::tempdir().unwrap();
+        let [a, b] = circle(dir.path(), ["alpha", "bravo"]);
+        let (alpha, bravo) = (a.open(), b.open());
+        let doc = Name::new("doc").unwrap();
+        let to = SealTo::keys(vec![lockbox_crypto::AgeIdentity::generate().to_public()]);
+        alpha
+            .store()
+            .seal(&doc, Cursor::new(b"v1".to_vec()), &to, 1 << 20)
+            .unwrap();
+        let first = {
+            let _guard = alpha.store().change_lock();
+            alpha.record(&doc).unwrap().expect("recorded")
+        };
+        let mut body = first.body().clone();
+        body.sealed_unix += 7;
+        let second = alpha.sign_version(body);
+        let body_bytes = fs::read(alpha.store().current_path(&doc)).unwrap();
+        let (staged, ()) = bravo
+            .store()
+            .stage(|f| std::io::Write::write_all(f, &body_bytes).map_err(lockbox_fs::Error::Read))
+            .unwrap();
+        bravo.install(&doc, &second, staged).unwrap();
+        let kept = admission::kept_record(&first.to_bytes(), &second.to_bytes()).to_vec();
+        // Each meets the other's record, in either order.
+        assert_eq!(alpha.admit(&doc, &second), Ok(Admission::Same));
+        assert_eq!(bravo.admit(&doc, &first), Ok(Admission::Same));
+        for r in [&alpha, &bravo] {
+            let _guard = r.store().change_lock();
+            assert_eq!(r.record(&doc).unwrap().unwrap().to_bytes(), kept);
+        }
+        assert_eq!(alpha.files_digest(), bravo.files_digest());
+        // Again: nothing changes.
+        assert_eq!(alpha.admit(&doc, &first), Ok(Admission::Same));
+        assert_eq!(alpha.admit(&doc, &second), Ok(Admission::Same));
+        assert_eq!(alpha.files_digest(), bravo.files_digest());
     }
 
     /// States come from `meta.redb`: a failed seal stays out of the mesh

@@ -68,8 +68,12 @@ impl Replica {
         staged: StagedFile,
     ) -> Result<Admission, Refusal> {
         let _guard = self.store.change_lock();
-        let target = match self.admit(name, rec)? {
-            Admission::Same => return Ok(Admission::Same),
+        super::admission::check_offer(&self.user, &self.members(), name, rec)?;
+        let target = match self.decide(name, rec.body())? {
+            Admission::Same => {
+                self.keep_one_record_locked(name, rec)?;
+                return Ok(Admission::Same);
+            }
             Admission::Store(t) => t,
         };
         let mut ops = Vec::new();
