@@ -30,7 +30,7 @@ const POOL: usize = 12;
 /// The seed when `LOCKBOX_SOAK_SEED` is not set.
 const DEFAULT_SEED: u64 = 29;
 /// The rounds when `LOCKBOX_SOAK_ROUNDS` is not set: about a minute here.
-const DEFAULT_ROUNDS: usize = 200;
+const DEFAULT_ROUNDS: usize = 130;
 /// What every write's content starts with (then its seed, round, envoy,
 /// write number and a nonce): the needle of the plaintext scan.
 const MARK: &str = "SOAKMARK-";
@@ -217,33 +217,41 @@ impl<'c> Soak<'c> {
 
     /// Wait until envoy `x` shows `name` as the model has it: from then on
     /// `x` has seen the current version, and an operation there may replace
-    /// it. If it never does, that is a failure (check 2 for a write that
-    /// does not arrive, 5 for a removed name that stays), and the model
-    /// takes what the envoys up agree on instead ([`Soak::resync`]).
+    /// it. If instead the write expected there turns up as a conflict copy
+    /// (the envoys took something else for concurrent with it), or nothing
+    /// changes in time, the model takes what the envoys up agree on
+    /// ([`Soak::resync`]); a write kept nowhere fails check 2, a removed
+    /// name that stays check 5.
     fn await_view(&mut self, x: usize, name: &str) {
-        if wait_until(CONVERGE, || self.shows(x, name, self.expected(name))).is_ok() {
+        let prefix = format!("{name}.conflict-");
+        let expected = self.expected(name);
+        let kept_aside = || {
+            expected
+                .is_some_and(|want| self.look(x, name, &prefix).1.iter().any(|(_, b)| b == want))
+        };
+        let mut aside = false;
+        if wait_until(CONVERGE, || {
+            aside = kept_aside();
+            aside || self.shows(x, name, expected)
+        })
+        .is_ok()
+            && !aside
+        {
+            return;
+        }
+        if self.at.contains_key(name) {
+            self.resync(name, x);
             return;
         }
         let got = self.shown(x, name);
-        let msg = match self.at.get(name) {
-            Some(&id) => (
-                "2",
-                format!(
-                    "{} never reached {} ({CONVERGE:?}): {name} there is {got}",
-                    self.describe(id),
-                    ENVOYS[x]
-                ),
+        self.fail(
+            "5",
+            format!(
+                "{name}, removed, is still {got} on {} after {CONVERGE:?}",
+                ENVOYS[x]
             ),
-            None => (
-                "5",
-                format!(
-                    "{name}, removed, is still {got} on {} after {CONVERGE:?}",
-                    ENVOYS[x]
-                ),
-            ),
-        };
-        self.fail(msg.0, msg.1);
-        self.resync(name);
+        );
+        self.resync(name, x);
     }
 
     /// What envoy `x` shows at `name`, for a message.
@@ -253,10 +261,11 @@ impl<'c> Soak<'c> {
             .map_or("absent".into(), |b| self.which(&b))
     }
 
-    /// After a failure: wait until every envoy up shows the same at `name`
-    /// and take that into the model (the write expected there is then
-    /// tracked at a conflict copy that holds it, or counted lost).
-    fn resync(&mut self, name: &str) {
+    /// After envoy `x` did not show `name` as the model has it: wait until
+    /// every envoy up shows the same at `name` and take that into the model
+    /// (the write expected there is then tracked at the conflict copy that
+    /// holds it, or failed as lost).
+    fn resync(&mut self, name: &str, x: usize) {
         let up = self.up_envoys();
         let mut file = None;
         if wait_until(CONVERGE, || {
@@ -314,16 +323,47 @@ impl<'c> Soak<'c> {
             .find(|(_, b)| *b == self.writes[was].content);
         match copy {
             Some((copy, _)) => {
+                // Kept, so not lost; but the name went to a version `x`
+                // had seen and replaced: counted, shown, not failed.
                 eprintln!(
-                    "round {}: {} is kept as {copy}",
+                    "round {}: {} is kept only as {copy}; {name} is {} on {}",
                     self.round,
-                    self.describe(was)
+                    self.describe(was),
+                    self.shown(x, name),
+                    ENVOYS[x]
                 );
-                self.writes[was].fate = Fate::Live(copy.clone());
-                self.at.insert(copy, was);
+                self.count("writes kept only as a conflict copy");
+                self.track_copy(copy, was);
             }
-            None => self.writes[was].fate = Fate::Gone("LOST (reported)".into()),
+            None => {
+                let msg = format!(
+                    "{} never reached {} ({CONVERGE:?}) and is kept nowhere: {name} is {}",
+                    self.describe(was),
+                    ENVOYS[x],
+                    self.shown(x, name)
+                );
+                self.fail("2", msg);
+                self.writes[was].fate = Fate::Gone("LOST (reported)".into());
+            }
         }
+    }
+
+    /// Write `id` is kept as the conflict copy `copy`. A copy that took the
+    /// name of one the model already holds replaced that one's write: a
+    /// loss (check 2).
+    fn track_copy(&mut self, copy: String, id: usize) {
+        if let Some(old) = self.at.insert(copy.clone(), id) {
+            if old != id {
+                let msg = format!(
+                    "{} is lost: its conflict copy {copy} now holds {}",
+                    self.describe(old),
+                    self.describe(id)
+                );
+                self.fail("2", msg);
+                self.writes[old].fate = Fate::Gone("LOST (reported)".into());
+            }
+        }
+        self.writes[id].fate = Fate::Live(copy);
     }
 
     /// `name` on `x` now holds write `id`, which replaced what was there.
@@ -534,8 +574,7 @@ impl<'c> Soak<'c> {
         if let Some((winner, copy)) = outcome {
             self.replaced(on[winner], name, ids[winner], "simultaneous write");
             if let Some(copy) = copy {
-                self.writes[ids[1 - winner]].fate = Fate::Live(copy.clone());
-                self.at.insert(copy, ids[1 - winner]);
+                self.track_copy(copy, ids[1 - winner]);
                 self.count("conflict copies");
             }
             return;
@@ -601,7 +640,7 @@ impl<'c> Soak<'c> {
     }
 
     /// (the content of `name`, the conflict copies named `prefix…` the model
-    /// does not hold yet, with their contents) on envoy `x`.
+    /// with their contents) on envoy `x`.
     #[allow(clippy::type_complexity)]
     fn look(
         &self,
@@ -613,7 +652,7 @@ impl<'c> Soak<'c> {
         let copies = n
             .listing()
             .into_iter()
-            .filter(|f| f.starts_with(prefix) && !self.at.contains_key(f))
+            .filter(|f| f.starts_with(prefix))
             .filter_map(|f| fs::read(n.at(&f)).ok().map(|c| (f, c)))
             .collect();
         (fs::read(n.at(name)).ok(), copies)
