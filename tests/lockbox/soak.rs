@@ -744,7 +744,7 @@ impl<'c> Soak<'c> {
         if closed.is_ok() {
             // The close won: an acknowledged write like any other.
             let id = self.add_write(x, marker, part, Fate::Live(name.clone()));
-            self.replaced(x, &name, id, "overwrite");
+            self.replaced(x, &name, id, "overwrite whose close won the kill");
         } else {
             self.add_write(x, marker, part, Fate::Unacked);
         }
@@ -768,7 +768,7 @@ impl<'c> Soak<'c> {
         match put {
             Ok(()) => {
                 let id = self.add_write(x, marker, part, Fate::Live(name.clone()));
-                self.replaced(x, &name, id, "overwrite");
+                self.replaced(x, &name, id, "overwrite killed right after its close");
             }
             Err(e) => self.fail("2", format!("write of {name} on {}: {e}", ENVOYS[x])),
         }
