@@ -303,6 +303,11 @@ impl<'c> Soak<'c> {
             },
             None => None,
         };
+        eprintln!(
+            "round {}: the envoys up agree on {name} as {}; the model takes that",
+            self.round,
+            now.map_or("absent".into(), |id| self.describe(id))
+        );
         let was = match now {
             Some(id) => self.at.insert(name.to_string(), id),
             None => self.at.remove(name),
