@@ -20,6 +20,8 @@
 //! - `mount`: the FUSE mount driven by ordinary tools.
 //! - `netlab`: the network-namespace lab itself.
 //! - `resources`: the peer port's bounds under many huge bodies at once.
+//! - `soak`: a seeded random run of writes, renames, deletes, kills and
+//!   restarts on a three-envoy mesh, checked against a model at the end.
 //! - `unprivileged`: lockbox as an ordinary user.
 //! - `versions`: what a version says it saw: concurrent edits during a
 //!   write, records kept across a SIGKILL.
@@ -43,5 +45,6 @@ mod mesh;
 mod mount;
 mod netlab;
 mod resources;
+mod soak;
 mod unprivileged;
 mod versions;

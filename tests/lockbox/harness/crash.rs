@@ -66,6 +66,11 @@ pub(crate) fn feed_dd_held(
 /// The files under `dir` that contain the marker. Mounts under `dir` are
 /// skipped; any other unreadable entry fails the test.
 pub(crate) fn files_with_marker(dir: &Path) -> Vec<String> {
+    files_containing(dir, MARKER)
+}
+
+/// The files under `dir` that contain `needle` (as [`files_with_marker`]).
+pub(crate) fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
     // A mount under `dir` (a dead one, after a kill) is not the disk and
     // cannot be read: it is left out. Any other error fails the scan, so
     // that "no marker found" means every file was read.
@@ -89,7 +94,7 @@ pub(crate) fn files_with_marker(dir: &Path) -> Vec<String> {
                 .unwrap_or_else(|e| panic!("the marker scan cannot stat {}: {e}", p.display()));
             if meta.is_dir() {
                 todo.push(p);
-            } else if meta.is_file() && file_has_marker(&p) {
+            } else if meta.is_file() && file_has(&p, needle) {
                 found.push(p.to_string_lossy().into_owned());
             }
         }
@@ -98,12 +103,12 @@ pub(crate) fn files_with_marker(dir: &Path) -> Vec<String> {
     found
 }
 
-/// Whether the file at `p` contains [`MARKER`] (read in 1 MiB pieces that
-/// overlap by the marker's length, so no occurrence is cut in two).
-fn file_has_marker(p: &Path) -> bool {
+/// Whether the file at `p` contains `needle` (read in 1 MiB pieces that
+/// overlap by the needle's length, so no occurrence is cut in two).
+fn file_has(p: &Path, needle: &[u8]) -> bool {
     let mut f = std::fs::File::open(p)
         .unwrap_or_else(|e| panic!("the marker scan cannot open {}: {e}", p.display()));
-    let mut buf = vec![0u8; MIB + MARKER.len()];
+    let mut buf = vec![0u8; MIB + needle.len()];
     let mut kept = 0;
     loop {
         let n = f
@@ -113,10 +118,10 @@ fn file_has_marker(p: &Path) -> bool {
             return false;
         }
         let end = kept + n;
-        if contains(&buf[..end], MARKER) {
+        if contains(&buf[..end], needle) {
             return true;
         }
-        kept = (MARKER.len() - 1).min(end);
+        kept = (needle.len() - 1).min(end);
         buf.copy_within(end - kept..end, 0);
     }
 }

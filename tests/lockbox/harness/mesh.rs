@@ -299,7 +299,7 @@ impl Circle {
     }
 
     /// Every running envoy's status and log tail, for a failure message.
-    fn dump(&self) -> String {
+    pub(crate) fn dump(&self) -> String {
         let mut o = String::new();
         for n in &self.nodes {
             let status = n.m.e.run(&["status"]);

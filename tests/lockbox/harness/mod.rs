@@ -25,6 +25,9 @@
 //! - [`fleet`]: an envoy with a fleet CA, for the fleet-command tests.
 //! - [`tmux`]: `Tmux`, a program in a terminal pane (prompts, what a
 //!   terminal is shown).
+//! - [`writer`]: `Writer`, a child process that holds files of a mount open
+//!   for a test (a descriptor of the test process would be flushed by any
+//!   child spawned meanwhile).
 
 pub mod age;
 pub mod crash;
@@ -38,6 +41,7 @@ pub mod peer;
 pub mod ports;
 pub mod skip;
 pub mod tmux;
+pub mod writer;
 
 pub use envoy::*;
 pub(crate) use mesh::*;
