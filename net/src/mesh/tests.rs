@@ -983,9 +983,20 @@ fn stalled_upload(path: &str, record: Option<&Signed<FileVersion>>) -> Request<B
     req.body(body.boxed()).unwrap()
 }
 
-/// Bravo's hello ask on the connection with `exporter`, its proof made by
-/// `tweak` from the one it should send.
+/// Bravo's hello ask with its `proof` in the clear (as a circle without a
+/// hello key sends it).
 fn bravo_ask(w: &World, proof: crate::proof::SessionProof) -> Request<Body> {
+    bravo_ask_of(
+        w,
+        hex::encode(w.bravo_endorsement.to_bytes()),
+        hex::encode(Signed::sign(proof, &w.bravo_key).to_bytes()),
+        String::new(),
+    )
+}
+
+/// Bravo's hello ask with these `endorsement`, `proof` and `sealed`
+/// fields, and alpha's own digests.
+fn bravo_ask_of(w: &World, endorsement: String, proof: String, sealed: String) -> Request<Body> {
     let d = w.mesh.digests();
     let ask = super::HelloAsk {
         protocol: super::PROTOCOL_VERSION,
@@ -993,9 +1004,9 @@ fn bravo_ask(w: &World, proof: crate::proof::SessionProof) -> Request<Body> {
         envoy: "bravo".into(),
         instance: 7,
         port: 0,
-        endorsement: hex::encode(w.bravo_endorsement.to_bytes()),
-        proof: hex::encode(Signed::sign(proof, &w.bravo_key).to_bytes()),
-        sealed: String::new(),
+        endorsement,
+        proof,
+        sealed,
         files: hex::encode(d.files),
         tombstones: hex::encode(d.tombstones),
         resurrects: hex::encode(d.resurrects),
@@ -1176,34 +1187,18 @@ async fn alphas_hello_is_sealed_for_members_only() {
 /// Bravo's hello ask on the connection with `exporter`, its endorsement and
 /// proof sealed under `key` for the session `sealed_for`.
 fn bravo_sealed_ask(w: &World, key: &HelloKey, sealed_for: [u8; 32]) -> Request<Body> {
-    let d = w.mesh.digests();
     let proof = Signed::sign(
         bravo_proof_for(sealed_for, crate::proof::Side::Asker),
         &w.bravo_key,
     );
-    let ask = super::HelloAsk {
-        protocol: super::PROTOCOL_VERSION,
-        user: USER.into(),
-        envoy: "bravo".into(),
-        instance: 7,
-        port: 0,
-        endorsement: String::new(),
-        proof: String::new(),
-        sealed: super::seal_membership(
-            key,
-            &sealed_for,
-            &w.bravo_endorsement.to_bytes(),
-            &proof.to_bytes(),
-        )
-        .unwrap(),
-        files: hex::encode(d.files),
-        tombstones: hex::encode(d.tombstones),
-        resurrects: hex::encode(d.resurrects),
-        leaves: hex::encode(d.leaves),
-    };
-    Request::post(format!("https://127.0.0.1{HELLO}"))
-        .body(super::body::full(ask.encode().unwrap()))
-        .unwrap()
+    let sealed = super::seal_membership(
+        key,
+        &sealed_for,
+        &w.bravo_endorsement.to_bytes(),
+        &proof.to_bytes(),
+    )
+    .unwrap();
+    bravo_ask_of(w, String::new(), String::new(), sealed)
 }
 
 /// A sealed hello opens a connection only when it is sealed with the

@@ -718,23 +718,26 @@ mod tests {
         assert!(alpha.record(&n("raw2")).unwrap().is_none());
     }
 
+    /// Seals `content` as `doc` through `r`'s store (to a throwaway key)
+    /// and returns the name and the record `r` made of it.
+    fn seal_doc(r: &Replica, content: &[u8]) -> (Name, Signed<crate::records::FileVersion>) {
+        let doc = Name::new("doc").unwrap();
+        let to =
+            lockbox_fs::SealTo::keys(vec![lockbox_crypto::AgeIdentity::generate().to_public()]);
+        r.store()
+            .seal(&doc, std::io::Cursor::new(content.to_vec()), &to, 1 << 20)
+            .unwrap();
+        let _guard = r.store().change_lock();
+        let rec = r.record(&doc).unwrap().expect("recorded");
+        (doc, rec)
+    }
+
     #[test]
     fn a_received_file_whose_record_was_lost_gets_it_back_from_the_file() {
-        use lockbox_fs::SealTo;
-        use std::io::Cursor;
         let dir = tempfile::tempdir().unwrap();
         let [a, b] = circle(dir.path(), ["alpha", "bravo"]);
         let (alpha, bravo) = (a.open(), b.open());
-        let doc = Name::new("doc").unwrap();
-        let to = SealTo::keys(vec![lockbox_crypto::AgeIdentity::generate().to_public()]);
-        alpha
-            .store()
-            .seal(&doc, Cursor::new(b"from alpha".to_vec()), &to, 1 << 20)
-            .unwrap();
-        let rec = {
-            let _guard = alpha.store().change_lock();
-            alpha.record(&doc).unwrap().expect("alpha recorded doc")
-        };
+        let (doc, rec) = seal_doc(&alpha, b"from alpha");
         let body = fs::read(alpha.store().current_path(&doc)).unwrap();
         let (staged, ()) = bravo
             .store()
@@ -760,21 +763,10 @@ mod tests {
     /// next start, instead of being signed again with a later seal time.
     #[test]
     fn a_local_version_whose_record_was_lost_is_not_signed_again() {
-        use lockbox_fs::SealTo;
-        use std::io::Cursor;
         let dir = tempfile::tempdir().unwrap();
         let [a] = circle(dir.path(), ["alpha"]);
         let alpha = a.open();
-        let doc = Name::new("doc").unwrap();
-        let to = SealTo::keys(vec![lockbox_crypto::AgeIdentity::generate().to_public()]);
-        alpha
-            .store()
-            .seal(&doc, Cursor::new(b"v1".to_vec()), &to, 1 << 20)
-            .unwrap();
-        let rec = {
-            let _guard = alpha.store().change_lock();
-            alpha.record(&doc).unwrap().expect("alpha recorded doc")
-        };
+        let (doc, rec) = seal_doc(&alpha, b"v1");
         alpha.meta.apply(&[Op::DelVersion(doc.clone())]).unwrap();
         assert_eq!(alpha.reconcile().unwrap(), 0, "signed again");
         let _guard = alpha.store().change_lock();
@@ -786,21 +778,10 @@ mod tests {
     /// on every envoy, whichever each held first.
     #[test]
     fn two_records_of_one_version_settle_on_one() {
-        use lockbox_fs::SealTo;
-        use std::io::Cursor;
         let dir = tempfile::tempdir().unwrap();
         let [a, b] = circle(dir.path(), ["alpha", "bravo"]);
         let (alpha, bravo) = (a.open(), b.open());
-        let doc = Name::new("doc").unwrap();
-        let to = SealTo::keys(vec![lockbox_crypto::AgeIdentity::generate().to_public()]);
-        alpha
-            .store()
-            .seal(&doc, Cursor::new(b"v1".to_vec()), &to, 1 << 20)
-            .unwrap();
-        let first = {
-            let _guard = alpha.store().change_lock();
-            alpha.record(&doc).unwrap().expect("recorded")
-        };
+        let (doc, first) = seal_doc(&alpha, b"v1");
         let mut body = first.body().clone();
         body.sealed_unix += 7;
         let second = alpha.sign_version(body);
