@@ -324,17 +324,7 @@ fn joins() -> BTreeMap<String, Vec<u8>> {
     let seed = [3u8; 32];
     let public = SigningKey::from_seed(&seed).public();
     let secret = [&[1u8][..], &seed, &5u64.to_be_bytes(), &public.0].concat();
-    let endorsement = Signed::sign(
-        lockbox_crypto::circle::Endorsement {
-            user: "alice".into(),
-            envoy: "desk".into(),
-            recipient: String::new(),
-            signing_key: SigningKey::from_seed(&[5; 32]).public(),
-            created_unix: 0,
-        },
-        &SigningKey::from_seed(&seed),
-    )
-    .to_bytes();
+    let endorsement = Signed::sign(proof_endorsement(), &SigningKey::from_seed(&seed)).to_bytes();
     let offer = [
         &[1u8][..],
         &2u32.to_be_bytes(),
@@ -369,17 +359,7 @@ fn handovers() -> BTreeMap<String, Vec<u8>> {
         &old,
     )
     .to_bytes();
-    let endorsement = Signed::sign(
-        lockbox_crypto::circle::Endorsement {
-            user: "alice".into(),
-            envoy: "desk".into(),
-            recipient: "age1x".into(),
-            signing_key: SigningKey::from_seed(&[5; 32]).public(),
-            created_unix: 2,
-        },
-        &new,
-    )
-    .to_bytes();
+    let endorsement = Signed::sign(proof_endorsement(), &new).to_bytes();
     let sealed = vec![0x61; 200];
     let hello_key = [[1u8].as_slice(), &[7; 32], &new.public().0].concat();
     let part = |b: &[u8]| [&(b.len() as u32).to_be_bytes()[..], b].concat();
