@@ -161,13 +161,8 @@ impl Sightings {
         self.count.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// A peer's version was put under `name`, which held `before`. A local
-    /// writer's opening of `name` says nothing from now on: what a rename
-    /// of `name` moves is the peer's version, which the renamer saw as it
-    /// is now (keeping the opening let such a rename skip a version of its
-    /// target that it had seen, and a later delete then missed it).
+    /// A peer's version was put under `name`, which held `before`.
     pub(super) fn arrived(&self, name: &Name, before: Option<VersionVector>) {
-        lock(&self.opened).remove(name);
         let n = self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
         let mut arrived = lock(&self.arrived);
         if arrived.len() >= MAX_SIGHTED && !arrived.contains_key(name) {
@@ -788,22 +783,6 @@ pub(super) fn describe_file(path: &Path) -> Result<(u64, u64, Sha256), ReplicaEr
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A name a local writer opened, then replaced by a peer's version: a
-    /// rename of it moves the peer's version, so the writer's opening no
-    /// longer tells what the renamer saw of the target (seed 1234 of the
-    /// soak: a delete after such a rename missed the target's version,
-    /// which came back).
-    #[test]
-    fn a_peers_version_forgets_a_writers_opening_of_that_name() {
-        let s = Sightings::default();
-        let (f, g) = (Name::new("f").unwrap(), Name::new("g").unwrap());
-        s.opened(&f, 0);
-        s.opened(&g, 0);
-        s.arrived(&f, None);
-        assert_eq!(s.opened_at(&f), None);
-        assert_eq!(s.opened_at(&g), Some(0), "another name keeps its opening");
-    }
     use crate::version::Causality;
 
     fn wn(s: &str) -> WireName {
