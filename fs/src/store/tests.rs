@@ -294,20 +294,7 @@ fn import_dir_moves_plaintext_into_store() {
 #[test]
 fn a_failed_sync_drops_the_waiting_seals_instead_of_installing_them() {
     let (dir, store, id) = grouped();
-    let to = SealTo::keys(vec![id.to_public()]);
-    let seal = |name: &str, text: &[u8]| {
-        let s = store
-            .seal_deferred(
-                &n(name),
-                Cursor::new(text.to_vec()),
-                &to,
-                1 << 20,
-                then(),
-                &crate::Base::Current,
-            )
-            .unwrap();
-        drop(s);
-    };
+    let seal = |name: &str, text: &[u8]| seal_later(&store, &id, name, text);
     seal("kept", b"version one");
     store.sync_now().unwrap();
     seal("kept", b"version two");
