@@ -722,18 +722,29 @@ impl<'c> Soak<'c> {
         self.deleted.insert(src, self.round);
     }
 
+    /// The start of a round that kills `x`'s agent around a write (counted
+    /// as `what`, logged as "kill -9 X `how` NAME"): a pool name `x` has
+    /// seen as the model has it, and fresh content for it; returns the
+    /// name, the write's marker and content, and its path on `x`'s mount.
+    fn kill_round(
+        &mut self,
+        x: usize,
+        what: &'static str,
+        how: &str,
+    ) -> (String, String, Vec<u8>, std::path::PathBuf) {
+        let name = self.pool_name();
+        self.await_view(x, &name);
+        self.count(what);
+        eprintln!("round {}: kill -9 {} {how} {name}", self.round, ENVOYS[x]);
+        let (marker, part) = self.fresh(x);
+        let path = self.node(x).at(&name);
+        (name, marker, part, path)
+    }
+
     /// `kill -9` of `x`'s agent with a file written but not closed; the
     /// write is not acknowledged.
     fn op_kill_mid_write(&mut self, x: usize) {
-        let name = self.pool_name();
-        self.await_view(x, &name);
-        self.count("kill mid-write");
-        eprintln!(
-            "round {}: kill -9 {} mid-write of {name}",
-            self.round, ENVOYS[x]
-        );
-        let (marker, part) = self.fresh(x);
-        let path = self.node(x).at(&name);
+        let (name, marker, part, path) = self.kill_round(x, "kill mid-write", "mid-write of");
         let opened = self
             .writer
             .open("k", Open::Trunc, &path)
@@ -759,15 +770,8 @@ impl<'c> Soak<'c> {
     /// `kill -9` of `x`'s agent right after a close returned: the write is
     /// acknowledged and must survive.
     fn op_kill_after_close(&mut self, x: usize) {
-        let name = self.pool_name();
-        self.await_view(x, &name);
-        self.count("kill after close");
-        eprintln!(
-            "round {}: kill -9 {} right after closing {name}",
-            self.round, ENVOYS[x]
-        );
-        let (marker, part) = self.fresh(x);
-        let path = self.node(x).at(&name);
+        let (name, marker, part, path) =
+            self.kill_round(x, "kill after close", "right after closing");
         let put = self.writer.put(Open::Trunc, &path, &part);
         self.kill(x);
         match put {
