@@ -416,6 +416,17 @@ pub fn conflict_name(
     out
 }
 
+/// The name a conflict copy's name was made from by [`conflict_name`]:
+/// what comes before its last `.conflict-`; `None` if it has none. A name
+/// cut to fit gives only a prefix of the original (and `/` or NUL became
+/// `_`), so a caller checks the version held under the result: its own
+/// conflict-copy name must be `copy`.
+pub fn conflict_origin(copy: &[u8]) -> Option<&[u8]> {
+    const MARK: &[u8] = b".conflict-";
+    let at = copy.windows(MARK.len()).rposition(|w| w == MARK)?;
+    (at > 0).then(|| &copy[..at])
+}
+
 /// The first 8 hex digits (4 bytes) of `hash`, lowercase.
 fn hex_prefix(hash: &[u8; 32]) -> String {
     hash[..4].iter().map(|b| format!("{b:02x}")).collect()
@@ -824,6 +835,32 @@ mod tests {
         h[3] = 0x3d;
         h
     };
+
+    #[test]
+    fn a_conflict_copys_name_gives_back_the_name_it_was_made_from() {
+        let laptop = name("laptop");
+        for original in [
+            "notes.txt",
+            "a.conflict-b-20260101-000000-00000000",
+            ".x",
+            "é",
+        ] {
+            let copy = conflict_name(original, &laptop, 1_714_380_000, &HASH);
+            assert_eq!(
+                conflict_origin(copy.as_bytes()),
+                Some(original.as_bytes()),
+                "{copy}"
+            );
+        }
+        for plain in ["notes.txt", "", ".conflict-laptop-20240429-084000-0a1b2c3d"] {
+            assert_eq!(conflict_origin(plain.as_bytes()), None, "{plain}");
+        }
+        // A long name is cut: the origin is a prefix of it, not the name.
+        let long = "n".repeat(250);
+        let copy = conflict_name(&long, &laptop, 0, &HASH);
+        let origin = conflict_origin(copy.as_bytes()).unwrap();
+        assert!(long.as_bytes().starts_with(origin) && origin.len() < long.len());
+    }
 
     #[test]
     fn conflict_name_known_stamps() {

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use lockbox_crypto::sign::Signed;
 use lockbox_net::records::FileVersion;
 
+use crate::harness::writer::{Open, Writer};
 use crate::harness::*;
 use crate::require_fuse;
 
@@ -257,5 +258,131 @@ fn a_version_pushed_before_a_sigkill_keeps_its_record() {
     for n in ALL {
         let held = fetch_version(c.node(n), &user, &name, dir.path()).0;
         assert_eq!(held, pushed, "{n}'s record of {name} is not the one pushed");
+    }
+}
+
+/// A rename on alpha over a name whose version arrived from bravo, after
+/// alpha had seen it: the rename replaces it, with no conflict copy — when
+/// the renamed file was renamed once since it was written (its writer's
+/// opening served that first rename only), and when alpha wrote the name
+/// itself after bravo's version arrived. (Both used to take bravo's
+/// version for one the rename could not have seen, and keep it as a
+/// conflict copy; a delete of the name then left that copy's version to
+/// come back.)
+#[test]
+fn a_rename_over_a_version_its_envoy_had_seen_replaces_it() {
+    require_fuse!();
+    let c = Circle::loopback(&ALL);
+    let (alpha, bravo) = (c.node("alpha"), c.node("bravo"));
+    let user = alpha.user();
+    let arrives = |name: &str, seed: &str| {
+        fs::write(bravo.at(name), content(seed, 1000)).expect("write on bravo");
+        c.wait(
+            &format!("bravo's version of {name} on alpha"),
+            CONVERGE,
+            || author_on(alpha, &user, name) == "bravo",
+        );
+    };
+
+    // Written, renamed once; then bravo's doc arrives; then renamed over it.
+    let moved = content("moved", 900);
+    fs::write(alpha.at("x"), &moved).expect("write x");
+    fs::rename(alpha.at("x"), alpha.at("y")).expect("mv x y");
+    arrives("doc", "bravo-1");
+    fs::rename(alpha.at("y"), alpha.at("doc")).expect("mv y doc");
+    c.wait_content(&ALL, "doc", &moved);
+
+    // Written; bravo's doc arrives; alpha writes doc itself; then the
+    // draft is renamed over doc.
+    let draft = content("draft", 800);
+    fs::write(alpha.at("draft"), &draft).expect("write the draft");
+    arrives("doc", "bravo-2");
+    fs::write(alpha.at("doc"), content("alpha-own", 700)).expect("write doc on alpha");
+    fs::rename(alpha.at("draft"), alpha.at("doc")).expect("mv draft doc");
+    c.wait_content(&ALL, "doc", &draft);
+
+    c.wait_settled(&ALL, "alpha", "settled");
+    for n in ALL {
+        assert_eq!(
+            c.node(n).listing(),
+            ["doc", "settled"],
+            "{n} lists a conflict copy no write asked for"
+        );
+    }
+}
+
+/// Two concurrent versions of a name meet on charlie, which keeps its own
+/// under the name and alpha's as its conflict copy, while alpha is
+/// stopped and so never sees charlie's. Charlie then deletes `one`, and
+/// `two` together with its copy. When alpha starts again (and catches up
+/// with what it missed: nothing is pushed to it meanwhile), neither name
+/// comes back with alpha's version: `one`'s copy holds it on every
+/// envoy, `two` and its copy stay deleted, and every table agrees. (Both
+/// names used to come back on every envoy: alpha's version was not
+/// covered by the delete of the name, and took it back.)
+#[test]
+fn a_version_kept_as_a_conflict_copy_does_not_bring_a_deleted_name_back() {
+    require_fuse!();
+    let c = Circle::loopback(&ALL);
+    c.wait_formed(&ALL);
+    let (alpha, charlie) = (c.node("alpha"), c.node("charlie"));
+    let user = alpha.user();
+    let names = ["one", "two"];
+    // charlie opens both names for writing before alpha's versions exist
+    // (held by a child process: see `harness::writer`).
+    let mut writer = Writer::start();
+    for n in names {
+        writer
+            .open(n, Open::Trunc, &charlie.at(n))
+            .and_then(|()| writer.write(n, format!("{n}, charlie's").as_bytes()))
+            .unwrap_or_else(|e| panic!("write {n} on charlie: {e}"));
+    }
+    for n in names {
+        fs::write(alpha.at(n), format!("{n}, alpha's")).expect("write on alpha");
+    }
+    c.wait("alpha's versions on charlie", CONVERGE, || {
+        names
+            .iter()
+            .all(|n| author_on(charlie, &user, n) == "alpha")
+    });
+    // alpha stops, and nobody pushes to it any more: it learns what it
+    // missed only by its catch-up when it is back.
+    take_away(&c, "alpha");
+    // charlie's versions are concurrent with alpha's and win (a later or
+    // equal seal time, a greater envoy name): alpha's become the copies.
+    for n in names {
+        writer
+            .close(n)
+            .unwrap_or_else(|e| panic!("close {n} on charlie: {e}"));
+    }
+    let listing = charlie.listing();
+    let copy_of = |n: &str| {
+        listing
+            .iter()
+            .find(|l| l.starts_with(&format!("{n}.conflict-alpha-")))
+            .unwrap_or_else(|| panic!("no conflict copy of {n} on charlie: {listing:?}"))
+            .clone()
+    };
+    let (one_copy, two_copy) = (copy_of("one"), copy_of("two"));
+    fs::remove_file(charlie.at("one")).expect("rm one");
+    fs::remove_file(charlie.at("two")).expect("rm two");
+    fs::remove_file(charlie.at(&two_copy)).expect("rm two's copy");
+    c.wait_gone(&["bravo", "charlie"], "one");
+    c.wait_gone(&["bravo", "charlie"], &two_copy);
+
+    alpha.m.e.unlock();
+    c.wait_formed(&ALL);
+    c.wait_settled(&ALL, "charlie", "settled");
+    for n in ALL {
+        assert_eq!(
+            c.node(n).listing(),
+            [one_copy.clone(), "settled".to_string()],
+            "{n}: a deleted name is back, or a copy is missing"
+        );
+        assert_eq!(
+            fs::read(c.node(n).at(&one_copy)).expect("read the copy"),
+            b"one, alpha's",
+            "{n}"
+        );
     }
 }

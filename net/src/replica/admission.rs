@@ -108,6 +108,36 @@ pub(super) fn place(name: &Name, v: &FileVersion, held: &Held<'_>) -> Placement 
     }
 }
 
+/// Whether version `v` already lost its own name: `at_copy` is what is
+/// held under its conflict-copy name `copy`. A version moved to its
+/// conflict copy (on any envoy) has lost the name to a concurrent version,
+/// and that is final: it is kept under the copy, or changed or deleted
+/// there, never again under the name — also after the winner under the
+/// name was deleted, and whatever order the envoys hear of it in.
+///
+/// `Some`: what an offer of `v` under its own name gets — already held
+/// (the copy holds it), refused (409) when the copy holds a later version
+/// of it, or as deleted (410) when the copy's delete covers it. `None`:
+/// nothing says it lost the name; the rule under the name decides.
+pub(super) fn kept_as_copy(
+    copy: &Name,
+    v: &FileVersion,
+    at_copy: &Held<'_>,
+) -> Option<Result<Admission, Refusal>> {
+    if records::deleted_by(at_copy.tombstones, at_copy.resurrects, &v.vv) {
+        return Some(Err(Refusal::Tombstoned));
+    }
+    let held = at_copy.current?;
+    let (h, o) = (held.candidate(), v.candidate());
+    match resolve(&h, &o) {
+        Resolution::Same => Some(Ok(Admission::Same)),
+        Resolution::Supersedes { newer, .. } if newer == &h => {
+            Some(Err(Refusal::Newer(copy.to_string())))
+        }
+        _ => None,
+    }
+}
+
 /// Of two signed records of one version (same name, vector and ciphertext
 /// hash) that differ in their bytes — a version signed twice, e.g. again
 /// after a crash — the one every envoy keeps: the smaller encoded record,
@@ -138,6 +168,18 @@ impl Replica {
     /// record to keep is settled here ([`kept_record`]).
     pub fn admit(&self, name: &Name, rec: &Signed<FileVersion>) -> Result<Admission, Refusal> {
         check_offer(&self.user, &self.members(), name, rec)?;
+        if *name != rec.body().name {
+            // Offered under its conflict copy: if it is what this envoy
+            // holds under the name, it lost the name elsewhere; it moves.
+            let guard = self.store.change_lock();
+            let moved = self.take_to_copy_locked(name, rec)?;
+            drop(guard);
+            if moved {
+                self.remote_changed(&rec.body().name);
+                self.remote_changed(name);
+                return Ok(Admission::Same);
+            }
+        }
         let a = self.decide(name, rec.body())?;
         if a == Admission::Same && self.held_elsewise(name, rec).is_some() {
             let _guard = self.store.change_lock();
@@ -185,8 +227,135 @@ impl Replica {
         Ok(())
     }
 
+    /// Under the change lock: `rec` is offered under its conflict copy
+    /// `copy`, so on some envoy it lost its name. If this envoy holds that
+    /// very version under the name, and nothing under `copy`, the file moves
+    /// there (the bytes are the same; the record kept is the one
+    /// [`kept_record`] keeps). Returns whether it moved: the offer is then
+    /// already held.
+    fn take_to_copy_locked(&self, copy: &Name, rec: &Signed<FileVersion>) -> Result<bool, Refusal> {
+        let name = &rec.body().name;
+        if copy == name || rec.body().conflict_name().as_ref() != Some(copy) {
+            return Ok(false);
+        }
+        let Some(held) = self.record(name).map_err(internal)? else {
+            return Ok(false);
+        };
+        let same = matches!(
+            resolve(&held.body().candidate(), &rec.body().candidate()),
+            Resolution::Same
+        );
+        if !same || self.kept_out(name) || !self.store.contains(name) {
+            return Ok(false);
+        }
+        if self.record(copy).map_err(internal)?.is_some() || self.store.contains(copy) {
+            // Something is there already: the offer is decided as usual,
+            // and the name gives the version up once the copy holds it.
+            return Ok(false);
+        }
+        self.store.rename_locked(name, copy).map_err(internal)?;
+        let keep = if replaces_same(&held, rec) {
+            rec
+        } else {
+            &held
+        };
+        self.store.attach_record_current(copy, &keep.to_bytes());
+        let mut ops = super::version_ops(copy, keep, self.store.local_stat(copy)).to_vec();
+        ops.push(lockbox_fs::meta::Op::DelVersion(name.clone()));
+        self.meta.apply(&ops).map_err(internal)?;
+        tracing::info!(
+            "{}: its version lost the name to a concurrent one on another envoy; kept as {}",
+            name.escaped(),
+            copy.escaped()
+        );
+        Ok(true)
+    }
+
+    /// Under the change lock: if the version held under `name` has lost
+    /// its name ([`kept_as_copy`]: its conflict copy holds it, a later
+    /// version of it, or deleted it), the name gives it up: its file and
+    /// record go (no delete is recorded: nobody deleted the name). Returns
+    /// whether it went; the caller tells the mount once the lock is
+    /// released.
+    pub(super) fn give_up_lost_name_locked(&self, name: &Name) -> Result<bool, Refusal> {
+        let Some(held) = self.record(name).map_err(internal)? else {
+            return Ok(false);
+        };
+        if held.body().name != *name || self.lost_its_name(held.body())?.is_none() {
+            return Ok(false);
+        }
+        self.store.remove_locked(name).map_err(internal)?;
+        self.meta
+            .apply(&[lockbox_fs::meta::Op::DelVersion(name.clone())])
+            .map_err(internal)?;
+        tracing::info!(
+            "{}: its version was kept as its conflict copy on another envoy; the name gives it up",
+            name.escaped()
+        );
+        Ok(true)
+    }
+
+    /// Under the change lock, after `copy` changed (a version stored or
+    /// deleted there): if `copy` is the conflict-copy name of the version
+    /// held under the name it was made from, that name gives the version
+    /// up when it lost it ([`Self::give_up_lost_name_locked`]). Returns the
+    /// name given up.
+    pub(super) fn give_up_origin_locked(&self, copy: &Name) -> Result<Option<Name>, Refusal> {
+        let Some(origin) = crate::version::conflict_origin(copy.as_bytes())
+            .and_then(|n| Name::new(n.to_vec()).ok())
+            .filter(|n| n != copy)
+        else {
+            return Ok(None);
+        };
+        let held_there = self.record(&origin).map_err(internal)?;
+        if held_there.and_then(|h| h.body().conflict_name()).as_ref() != Some(copy) {
+            return Ok(None);
+        }
+        Ok(self.give_up_lost_name_locked(&origin)?.then_some(origin))
+    }
+
+    /// Under the change lock: move `cur`, held under `name` and losing it
+    /// to a concurrent version about to take it, to its conflict copy.
+    /// Returns the copy's name and the ops that record it there. Nothing
+    /// moves (the newcomer replaces it) when the copy says it was kept
+    /// there before ([`kept_as_copy`]: held, changed or deleted there).
+    pub(super) fn set_aside_locked(
+        &self,
+        name: &Name,
+        cur: &Signed<FileVersion>,
+    ) -> Result<Option<(Name, Vec<lockbox_fs::meta::Op>)>, Refusal> {
+        let Some(copy) = cur.body().conflict_name() else {
+            return Ok(None);
+        };
+        if copy == *name || !self.store.contains(name) || self.lost_its_name(cur.body())?.is_some()
+        {
+            return Ok(None);
+        }
+        self.store.rename_locked(name, &copy).map_err(internal)?;
+        let ops = super::version_ops(&copy, cur, self.store.local_stat(&copy)).to_vec();
+        Ok(Some((copy, ops)))
+    }
+
+    /// [`kept_as_copy`] for `v` with what is held under its conflict copy
+    /// now: `Some` when `v` lost its own name (what an offer of it there
+    /// gets). The error is this envoy's failure to read its tables.
+    pub(super) fn lost_its_name(
+        &self,
+        v: &FileVersion,
+    ) -> Result<Option<Result<Admission, Refusal>>, Refusal> {
+        let Some(copy) = v.conflict_name().filter(|c| *c != v.name) else {
+            return Ok(None);
+        };
+        self.with_held(&copy, &v.vv, |held| kept_as_copy(&copy, v, held))
+    }
+
     /// Where an admitted version goes, given what is held now.
     pub(super) fn decide(&self, name: &Name, v: &FileVersion) -> Result<Admission, Refusal> {
+        if *name == v.name {
+            if let Some(decided) = self.lost_its_name(v)? {
+                return decided;
+            }
+        }
         match self.place_at(name, v)? {
             Placement::Decided(r) => r,
             Placement::ConflictCopy(copy) => match self.place_at(&copy, v)? {
@@ -200,25 +369,32 @@ impl Replica {
 
     /// [`place`] with what is held under `name` now.
     fn place_at(&self, name: &Name, v: &FileVersion) -> Result<Placement, Refusal> {
+        self.with_held(name, &v.vv, |held| place(name, v, held))
+    }
+
+    /// `f` of what is held under `name` now, for a version with vector
+    /// `vv`.
+    fn with_held<R>(
+        &self,
+        name: &Name,
+        vv: &crate::VersionVector,
+        f: impl FnOnce(&Held<'_>) -> R,
+    ) -> Result<R, Refusal> {
         let tombstones = self.tombstones(name);
         let resurrects = self.resurrects(name);
         let current = match self.record(name) {
             Ok(c) => c,
             // A deleted version is refused before the record is looked at
             // (so a damaged record does not turn a 410 into a 500).
-            Err(_) if records::deleted_by(&tombstones, &resurrects, &v.vv) => None,
+            Err(_) if records::deleted_by(&tombstones, &resurrects, vv) => None,
             Err(e) => return Err(internal(e)),
         };
-        Ok(place(
-            name,
-            v,
-            &Held {
-                current: current.as_ref().map(|c| c.body()),
-                tombstones: &tombstones,
-                resurrects: &resurrects,
-                kept_out: self.kept_out(name),
-            },
-        ))
+        Ok(f(&Held {
+            current: current.as_ref().map(|c| c.body()),
+            tombstones: &tombstones,
+            resurrects: &resurrects,
+            kept_out: self.kept_out(name),
+        }))
     }
 }
 
@@ -555,6 +731,49 @@ mod tests {
             let other = Signed::sign(other, &key("alpha"));
             proptest::prop_assert!(!replaces_same(x, &other) && !replaces_same(&other, x));
         }
+    }
+
+    /// A version kept under its conflict copy has lost its own name for
+    /// good: offered there again it is already held, refused (409) when
+    /// the copy holds a later version of it, and deleted (410) when the
+    /// copy's delete covers it — even where nothing is held under the name
+    /// (its winner deleted). Nothing at the copy says nothing.
+    #[test]
+    fn a_version_kept_as_its_conflict_copy_does_not_take_its_name_back() {
+        let doc = name("doc");
+        let loser = version("doc", "bravo", vv(&[("bravo", 1)]), 2);
+        let copy = loser.conflict_name().unwrap();
+        assert_eq!(kept_as_copy(&copy, &loser, &NOTHING), None);
+        assert_eq!(
+            kept_as_copy(&copy, &loser, &holding(&loser)),
+            Some(Ok(Admission::Same))
+        );
+        let mut edited = version("doc", "alpha", vv(&[("alpha", 1), ("bravo", 1)]), 3);
+        edited.name = copy.clone();
+        assert_eq!(
+            kept_as_copy(&copy, &loser, &holding(&edited)),
+            Some(Err(Refusal::Newer(copy.to_string())))
+        );
+        let tombs = [tombstone(&copy.to_string(), vv(&[("bravo", 1)]))];
+        let deleted = Held {
+            tombstones: &tombs,
+            ..NOTHING
+        };
+        assert_eq!(
+            kept_as_copy(&copy, &loser, &deleted),
+            Some(Err(Refusal::Tombstoned))
+        );
+        // A later version of the name, or another version under the copy
+        // (not one of this version's line), is not held back.
+        let later = version("doc", "bravo", vv(&[("bravo", 2)]), 4);
+        assert_eq!(kept_as_copy(&copy, &later, &holding(&loser)), None);
+        let other = version("doc", "alpha", vv(&[("alpha", 1)]), 5);
+        assert_eq!(kept_as_copy(&copy, &loser, &holding(&other)), None);
+        // The rule under the name alone would take it back.
+        assert_eq!(
+            place(&doc, &loser, &NOTHING),
+            Placement::Decided(Ok(Admission::Store(doc.clone())))
+        );
     }
 
     /// A file this envoy keeps out of the mesh (a failed seal) is not

@@ -29,7 +29,7 @@ use lockbox_fs::store::Journal;
 use lockbox_fs::{Base, FileState, Name, Placed, Sealed};
 
 use super::tables::encode_records;
-use super::{now_unix, version_ops, Outgoing, Replica, ReplicaError};
+use super::{now_unix, version_ops, Outgoing, Refusal, Replica, ReplicaError};
 use crate::records::{self, FileVersion, Resurrect, Tombstone};
 use crate::version::{resolve, Resolution};
 use crate::{VersionVector, WireName};
@@ -132,9 +132,10 @@ pub(super) fn local_vector(
 /// What the mesh keeps in memory to tell what a local writer could have
 /// seen: each version that arrived from a peer is numbered, with the
 /// vector its name held before it; each local version written through the
-/// mount keeps the number current when its writer opened the name. Lost
-/// at a restart (a rename then supersedes what its target holds, as
-/// before). Bounded: past [`MAX_SIGHTED`] names it starts afresh.
+/// mount keeps the number current when its writer opened the name, until
+/// the name is renamed, removed or replaced by a peer's version. Lost at a
+/// restart (a rename then supersedes what its target holds, as before).
+/// Bounded: past [`MAX_SIGHTED`] names it starts afresh.
 #[derive(Debug, Default)]
 pub(super) struct Sightings {
     /// How many versions arrived from peers since the start.
@@ -173,6 +174,9 @@ impl Sightings {
             list.pop_front();
         }
         list.push_back((n, before));
+        drop(arrived);
+        // The name no longer holds what a local writer wrote there.
+        lock(&self.opened).remove(name);
     }
 
     /// What `name` held before the first version that arrived after
@@ -201,12 +205,15 @@ impl Sightings {
         lock(&self.opened).get(name).copied()
     }
 
+    /// `from` was renamed over `to`: neither opening says anything any
+    /// more. The writer's opening served the one rename that ended its
+    /// save; carried along, it would take a later rename of the file (days
+    /// later, after its user read what arrived) for one that could not
+    /// have seen what arrived since.
     fn moved(&self, from: &Name, to: &Name) {
         let mut opened = lock(&self.opened);
-        match opened.remove(from) {
-            Some(n) => opened.insert(to.clone(), n),
-            None => opened.remove(to),
-        };
+        opened.remove(from);
+        opened.remove(to);
     }
 
     fn removed(&self, name: &Name) {
@@ -355,21 +362,27 @@ impl Replica {
 
     /// Under the change lock, before `from` is renamed over `to`: the
     /// moved version's record as `to`'s, and where it goes. It supersedes
-    /// what `to` held when `from`'s writer opened it; a version of `to` that
-    /// arrived since is one it could not have seen, and the conflict rule
-    /// places the two. `None` (the rename is recorded against what `to`
-    /// holds, as before) when nothing arrived since, or `from` was not
-    /// written through the mount since the start.
+    /// what `to` held when `from`'s writer opened it (or when `to`'s own
+    /// local version was opened, if later); a version of `to` that arrived
+    /// since is one it could not have seen, and the conflict rule places
+    /// the two. `None` (the rename is recorded against what `to`
+    /// holds, as before) when nothing arrived since, or `from` holds no
+    /// version written through the mount since the start (nor since it was
+    /// last renamed or replaced by a peer's version).
     pub(super) fn place_rename(&self, from: &Name, to: &Name) -> Option<Placed> {
         let placed = self.place_rename_of(from, to);
-        // Under the change lock: the next rename of the new name finds it.
+        // Under the change lock: the opening served this rename only.
         let at = placed.as_ref().map_or(to, |p| &p.under);
         self.sightings.moved(from, at);
         placed
     }
 
     fn place_rename_of(&self, from: &Name, to: &Name) -> Option<Placed> {
+        // What arrived at `to` since `from`'s writer opened it was not
+        // seen by that writer — unless `to` holds a version written here
+        // since, whose writer opened it later and started from it.
         let since = self.sightings.opened_at(from)?;
+        let since = since.max(self.sightings.opened_at(to).unwrap_or(0));
         let seen = self.sightings.held_at(to, since)?;
         if self.kept_out(from) || self.kept_out(to) || !self.store.contains(from) {
             return None;
@@ -426,21 +439,11 @@ impl Replica {
     /// Under the change lock: move `cur`, the version held under `name`,
     /// to its conflict copy (it lost to a local version about to take the
     /// name) and record it there, as `install` does with a received one.
-    fn move_aside_locked(
-        &self,
-        name: &Name,
-        cur: &Signed<FileVersion>,
-    ) -> Result<(), ReplicaError> {
-        let Some(copy) = cur.body().conflict_name() else {
-            return Ok(());
-        };
-        if copy == *name || !self.store.contains(name) {
-            return Ok(());
+    fn move_aside_locked(&self, name: &Name, cur: &Signed<FileVersion>) -> Result<(), Refusal> {
+        if let Some((copy, ops)) = self.set_aside_locked(name, cur)? {
+            self.meta.apply(&ops).map_err(super::internal)?;
+            self.later_remote_changed(&copy);
         }
-        self.store.rename_locked(name, &copy)?;
-        self.meta
-            .apply(&version_ops(&copy, cur, self.store.local_stat(&copy)))?;
-        self.later_remote_changed(&copy);
         Ok(())
     }
 

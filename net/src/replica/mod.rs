@@ -806,6 +806,177 @@ mod tests {
         assert_eq!(alpha.files_digest(), bravo.files_digest());
     }
 
+    /// Offer what `from` holds under `at` to `to` under `at`, as a push or
+    /// a catch-up does: admitted, then (if wanted) its body staged and
+    /// installed. Returns the admission.
+    fn offer(from: &Replica, to: &Replica, at: &Name) -> Result<Admission, Refusal> {
+        let rec = {
+            let _guard = from.store().change_lock();
+            from.record(at).unwrap().expect("a record to offer")
+        };
+        match to.admit(at, &rec)? {
+            Admission::Same => Ok(Admission::Same),
+            Admission::Store(_) => {
+                let body = fs::read(from.store().current_path(at)).unwrap();
+                let (staged, ()) = to
+                    .store()
+                    .stage(|f| std::io::Write::write_all(f, &body).map_err(lockbox_fs::Error::Read))
+                    .unwrap();
+                to.install(at, &rec, staged)
+            }
+        }
+    }
+
+    /// What `r` holds: each name and the hash of its version.
+    fn holdings(r: &Replica) -> Vec<(String, crate::records::FileVersion)> {
+        r.manifest()
+            .into_iter()
+            .map(|(n, bytes)| {
+                let rec = Signed::<crate::records::FileVersion>::from_bytes(&bytes).unwrap();
+                (n.to_string(), rec.body().clone())
+            })
+            .collect()
+    }
+
+    /// Two concurrent versions of doc met on one envoy (the winner, `w`),
+    /// which then deletes doc — or doc and its conflict copy, or changes
+    /// the copy — while the loser's envoy (`l`) never saw the winner. Meeting
+    /// again in any order, the loser does not take doc back anywhere: it
+    /// stays the conflict copy (changed or deleted as `w` left it), and
+    /// both envoys hold the same. (It used to come back under doc.)
+    #[test]
+    fn a_version_that_lost_its_name_does_not_take_it_back() {
+        use lockbox_fs::SealTo;
+        use std::io::Cursor;
+        let to = SealTo::keys(vec![lockbox_crypto::AgeIdentity::generate().to_public()]);
+        let seal = |r: &Replica, name: &Name, text: &str| {
+            r.store()
+                .seal(name, Cursor::new(text.as_bytes().to_vec()), &to, 1 << 20)
+                .unwrap();
+        };
+        // What `w` did after the conflict, and in which order `l` hears.
+        #[derive(Debug, Clone, Copy)]
+        enum After {
+            DeleteName,
+            DeleteBoth,
+            ChangeCopy,
+        }
+        for after in [After::DeleteName, After::DeleteBoth, After::ChangeCopy] {
+            for tombstones_first in [false, true] {
+                let case = format!("{after:?}, tombstones first: {tombstones_first}");
+                let dir = tempfile::tempdir().unwrap();
+                let [a, b] = circle(dir.path(), ["alpha", "bravo"]);
+                let (alpha, bravo) = (a.open(), b.open());
+                let doc = Name::new("doc").unwrap();
+                seal(&alpha, &doc, "from alpha");
+                seal(&bravo, &doc, "from bravo");
+                // The loser's version reaches the winner's envoy (never
+                // the other way): they conflict there.
+                let rec = |r: &Replica| {
+                    let _guard = r.store().change_lock();
+                    r.record(&doc).unwrap().unwrap().body().clone()
+                };
+                let (ca, cb) = (rec(&alpha).candidate(), rec(&bravo).candidate());
+                let alpha_wins = matches!(
+                    crate::version::resolve(&ca, &cb),
+                    crate::version::Resolution::Conflict { winner, .. } if winner == &ca
+                );
+                let (w, l) = if alpha_wins {
+                    (alpha.clone(), bravo.clone())
+                } else {
+                    (bravo.clone(), alpha.clone())
+                };
+                assert!(matches!(offer(&l, &w, &doc), Ok(Admission::Store(_))));
+                let copy = holdings(&w)
+                    .into_iter()
+                    .map(|(n, _)| n)
+                    .find(|n| n.starts_with("doc.conflict-"))
+                    .unwrap_or_else(|| panic!("{case}: no conflict copy on the winner"));
+                let copy = Name::new(copy).unwrap();
+                // `l` still holds its own version under doc, never saw the winner.
+                let lost = {
+                    let _guard = l.store().change_lock();
+                    l.record(&doc).unwrap().unwrap()
+                };
+                assert_eq!(lost.body().conflict_name().as_ref(), Some(&copy), "{case}");
+                w.store().remove(&doc).unwrap();
+                match after {
+                    After::DeleteName => {}
+                    After::DeleteBoth => w.store().remove(&copy).unwrap(),
+                    After::ChangeCopy => seal(&w, &copy, "the copy, changed"),
+                }
+                let tombstones = |r: &Replica| -> Vec<_> {
+                    [&doc, &copy]
+                        .into_iter()
+                        .flat_map(|n| r.tombstones(n))
+                        .collect()
+                };
+                let tell_tombstones = || {
+                    for t in tombstones(&w) {
+                        l.apply_tombstone(&t).unwrap();
+                    }
+                };
+                if tombstones_first {
+                    tell_tombstones();
+                }
+                // `l` offers doc to `w` (if it still holds it): not taken back.
+                if l.store().contains(&doc) {
+                    let back = offer(&l, &w, &doc);
+                    let want = match after {
+                        After::DeleteName => Ok(Admission::Same),
+                        After::DeleteBoth => Err(Refusal::Tombstoned),
+                        After::ChangeCopy => Err(Refusal::Newer(copy.to_string())),
+                    };
+                    assert_eq!(back, want, "{case}");
+                }
+                // `w` offers what it holds to `l`, then its deletes.
+                for (n, _) in holdings(&w) {
+                    let n = Name::new(n).unwrap();
+                    let moves = n == copy && l.store().contains(&doc);
+                    let got = offer(&w, &l, &n).unwrap();
+                    if moves && matches!(after, After::DeleteName) {
+                        // The very version l holds under doc: it moves
+                        // there, its body is not sent again.
+                        assert_eq!(got, Admission::Same, "{case}");
+                    }
+                }
+                tell_tombstones();
+                assert!(
+                    !l.store().contains(&doc),
+                    "{case}: doc is back on {}",
+                    l.envoy()
+                );
+                assert!(
+                    !w.store().contains(&doc),
+                    "{case}: doc is back on {}",
+                    w.envoy()
+                );
+                assert_eq!(holdings(&l), holdings(&w), "{case}");
+                assert_eq!(l.files_digest(), w.files_digest(), "{case}");
+                let at_copy = holdings(&l)
+                    .into_iter()
+                    .find(|(n, _)| *n == copy.to_string());
+                match after {
+                    After::DeleteName => {
+                        assert_eq!(
+                            at_copy.map(|(_, v)| v.hash),
+                            Some(lost.body().hash),
+                            "{case}"
+                        )
+                    }
+                    After::DeleteBoth => assert!(at_copy.is_none(), "{case}"),
+                    After::ChangeCopy => {
+                        assert_eq!(
+                            at_copy.map(|(_, v)| v.author.to_string()),
+                            Some(w.envoy().to_string()),
+                            "{case}"
+                        )
+                    }
+                }
+            }
+        }
+    }
+
     /// States come from `meta.redb`: a failed seal stays out of the mesh
     /// (not recorded, not in the manifest, a peer's version of its name
     /// refused) while a peer's file of the same shape of name is an

@@ -89,12 +89,9 @@ impl Replica {
             let (a, b) = (cur.body().candidate(), rec.body().candidate());
             if let Resolution::Conflict { loser, .. } = resolve(&a, &b) {
                 if loser == &a {
-                    if let Some(copy) = cur.body().conflict_name() {
-                        if copy != target && self.store.contains(&target) {
-                            self.store.rename_locked(&target, &copy).map_err(internal)?;
-                            ops.extend(version_ops(&copy, &cur, self.store.local_stat(&copy)));
-                            touched.push(copy);
-                        }
+                    if let Some((copy, aside)) = self.set_aside_locked(&target, &cur)? {
+                        ops.extend(aside);
+                        touched.push(copy);
                     }
                 }
             }
@@ -109,6 +106,12 @@ impl Replica {
         ops.extend(version_ops(&target, rec, self.store.local_stat(&target)));
         self.meta.apply(&ops).map_err(internal)?;
         self.sightings.arrived(&target, before);
+        // Stored under a conflict copy (this version, or a later one of
+        // the version kept there): the version that lost its name to make
+        // it, if this envoy still holds it under the name, gives it up.
+        if let Some(origin) = self.give_up_origin_locked(&target)? {
+            touched.push(origin);
+        }
         // The kernel is told after the lock is released: an invalidation can
         // wait on a FUSE request that itself waits for the lock.
         drop(_guard);

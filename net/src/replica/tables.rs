@@ -278,7 +278,14 @@ impl Replica {
             ops.push(Op::DelVersion(name.clone()));
         }
         self.meta.apply(&ops).map_err(internal)?;
+        // The delete of a conflict copy covers the version that lost its
+        // name to make it: where that version is still held under the name
+        // (its envoy never saw the winner), the name gives it up.
+        let given_up = self.give_up_origin_locked(&name)?;
         drop(_guard);
+        if let Some(n) = &given_up {
+            self.remote_changed(n);
+        }
         if delete {
             tracing::info!(
                 "{} was deleted on envoy {}",
