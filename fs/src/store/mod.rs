@@ -184,6 +184,11 @@ pub struct StagedFile {
 /// its version record into the store (see [`StagedFile::attach_record`]).
 const RECORD_XATTR: &str = "user.lockbox.record";
 
+/// The extended attribute in which a local seal carries the unsigned
+/// version the journal placed it as ([`Journal::place`]) into the store,
+/// before it is put in place (see [`StagedFile::attach_placed`]).
+const PLACED_XATTR: &str = "user.lockbox.placed";
+
 /// The largest record [`Store::attached_record`] reads back.
 const MAX_ATTACHED_RECORD: usize = 64 * 1024;
 
@@ -203,6 +208,22 @@ impl StagedFile {
             &self.path,
             RECORD_XATTR,
             record,
+            rustix::fs::XattrFlags::empty(),
+        );
+    }
+
+    /// Attach `version`, the unsigned version the journal placed this seal
+    /// as ([`crate::Placed::version`]), before it is put in place: killed before
+    /// that version was signed, or before its record was durable, the next
+    /// start signs exactly it ([`Store::attached_placed`]) — its vector
+    /// from what its writer started from — instead of a new version
+    /// derived from whatever record survived. Best effort, like
+    /// [`StagedFile::attach_record`].
+    fn attach_placed(&self, version: &[u8]) {
+        let _ = rustix::fs::setxattr(
+            &self.path,
+            PLACED_XATTR,
+            version,
             rustix::fs::XattrFlags::empty(),
         );
     }
@@ -553,8 +574,19 @@ impl Store {
     /// ([`StagedFile::attach_record`]) or recorded here
     /// ([`Store::attach_record_current`]), unverified; `None` if there is none.
     pub fn attached_record(&self, name: &Name) -> Option<Vec<u8>> {
+        self.attached(name, RECORD_XATTR)
+    }
+
+    /// The unsigned version a local seal of `name`'s store file was placed
+    /// as ([`StagedFile::attach_placed`]), unverified; `None` if there is
+    /// none (not a placed local seal).
+    pub fn attached_placed(&self, name: &Name) -> Option<Vec<u8>> {
+        self.attached(name, PLACED_XATTR)
+    }
+
+    fn attached(&self, name: &Name, attr: &str) -> Option<Vec<u8>> {
         let mut buf = vec![0u8; MAX_ATTACHED_RECORD];
-        let n = rustix::fs::getxattr(self.path_of(name), RECORD_XATTR, &mut buf[..]).ok()?;
+        let n = rustix::fs::getxattr(self.path_of(name), attr, &mut buf[..]).ok()?;
         buf.truncate(n);
         Some(buf)
     }
@@ -622,6 +654,9 @@ impl Store {
         let placed = sealed
             .as_ref()
             .and_then(|s| self.place_locked(name, base, s));
+        if let Some(p) = &placed {
+            staged.attach_placed(&p.version);
+        }
         let at = placed.as_ref().map_or(name, |p| &p.under);
         self.commit_staged(staged, at)?;
         let stat = LocalStat::of(&self.path_of(at)).ok();

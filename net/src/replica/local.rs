@@ -665,9 +665,33 @@ impl Replica {
                             && self.members().by_key(&r.signer()).is_some()
                     })
             });
+            // A local seal placed just before the agent was killed, before
+            // its version was signed (or its record durable): sign exactly
+            // the version it was placed as (its vector from what its writer
+            // started from; a signature of the same body is the same
+            // record), not one derived from whatever record survived.
+            let placed = || {
+                self.store
+                    .attached_placed(&entry.name)
+                    .and_then(|b| decode_version(&b))
+                    .filter(|v| {
+                        v.hash == hash
+                            && v.fits_name(&entry.name)
+                            && v.author == self.envoy
+                            && v.user == self.user
+                    })
+            };
             match record {
                 Some(r) if r.body().hash == hash => {
                     self.meta.apply(&version_ops(&entry.name, &r, stat))?;
+                }
+                _ if let Some(v) = placed() => {
+                    tracing::info!(
+                        "recording {} as the version it was placed as before the agent stopped",
+                        entry.name.escaped()
+                    );
+                    self.local_placed(&entry.name, v, stat);
+                    changed += 1;
                 }
                 _ => {
                     tracing::info!("recording {} as a new local version", entry.name.escaped());

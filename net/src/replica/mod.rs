@@ -774,6 +774,52 @@ mod tests {
         assert_eq!(got.to_bytes(), rec.to_bytes());
     }
 
+    /// A seal placed through the mount's path just before the agent was
+    /// killed — its version not yet signed onto its file, and neither its
+    /// record nor the one before it durable — is signed at the next start
+    /// as exactly the version it was placed as: the very record, whose
+    /// vector comes after the version it replaced. (It used to be derived
+    /// from the record that survived: the older version's vector again, so
+    /// the two were taken for concurrent and the older could keep the
+    /// name.)
+    #[test]
+    fn a_placed_seal_whose_record_was_lost_is_signed_as_placed() {
+        use crate::version::Causality;
+        let dir = tempfile::tempdir().unwrap();
+        let [a] = circle(dir.path(), ["alpha"]);
+        let alpha = a.open();
+        let (doc, v1) = seal_doc(&alpha, b"v1");
+        let to =
+            lockbox_fs::SealTo::keys(vec![lockbox_crypto::AgeIdentity::generate().to_public()]);
+        let base = alpha.store().base_of(&doc);
+        let seal = alpha
+            .store()
+            .seal_deferred(
+                &doc,
+                std::io::Cursor::new(b"v2".to_vec()),
+                &to,
+                1 << 20,
+                std::time::SystemTime::now(),
+                &base,
+            )
+            .unwrap();
+        drop(seal);
+        alpha.store().deliver_journal();
+        let v2 = {
+            let _guard = alpha.store().change_lock();
+            alpha.record(&doc).unwrap().expect("v2 recorded")
+        };
+        assert_eq!(v2.body().vv.compare(&v1.body().vv), Causality::After);
+        // Killed: no record durable, and v2's signed record never reached
+        // its file.
+        alpha.meta.apply(&[Op::DelVersion(doc.clone())]).unwrap();
+        alpha.store().attach_record_current(&doc, b"not a record");
+        assert_eq!(alpha.reconcile().unwrap(), 1);
+        let _guard = alpha.store().change_lock();
+        let got = alpha.record(&doc).unwrap().expect("doc's record is back");
+        assert_eq!(got.to_bytes(), v2.to_bytes(), "not the version placed");
+    }
+
     /// Two records of one version (a second signing) settle on one record
     /// on every envoy, whichever each held first.
     #[test]
