@@ -154,20 +154,20 @@ fn a_rename_over_a_name_that_changed_during_the_write_keeps_both() {
     // bravo's version arrives while the temp file is open for writing.
     let ours = content("alpha-save", 1200);
     let theirs = content("bravo", 1300);
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(alpha.at(".doc.swp"))
-        .expect("create the temp file");
-    f.write_all(&ours).expect("write the temp file");
+    // Held open by a child process: a descriptor of the test process
+    // would be flushed (so sealed) by every child it spawns.
+    let mut writer = Writer::start();
+    writer
+        .open("swp", Open::Trunc, &alpha.at(".doc.swp"))
+        .and_then(|()| writer.write("swp", &ours))
+        .expect("write the temp file");
     fs::write(bravo.at("doc"), &theirs).expect("write on bravo");
     c.wait(
         "bravo's version of doc on alpha, while alpha writes its temp file",
         CONVERGE,
         || author_on(alpha, &user, "doc") == "bravo",
     );
-    drop(f);
+    writer.close("swp").expect("close the temp file");
     fs::rename(alpha.at(".doc.swp"), alpha.at("doc")).expect("rename over doc");
     let listing = c.wait_same_listing(&ALL, 2);
     assert_eq!(listing[0], "doc", "{listing:?}");
@@ -261,20 +261,24 @@ fn a_version_pushed_before_a_sigkill_keeps_its_record() {
     }
 }
 
-/// A rename on alpha over a name whose version arrived from bravo, after
-/// alpha had seen it: the rename replaces it, with no conflict copy — when
-/// the renamed file was renamed once since it was written (its writer's
-/// opening served that first rename only), and when alpha wrote the name
-/// itself after bravo's version arrived. (Both used to take bravo's
-/// version for one the rename could not have seen, and keep it as a
-/// conflict copy; a delete of the name then left that copy's version to
-/// come back.)
+/// A rename on alpha over a name whose version arrived from bravo, where
+/// alpha's user had the chance to see that version: the rename replaces
+/// it, with no conflict copy — (a) the renamed file was closed before
+/// bravo's version arrived; (b) it was being written when bravo's version
+/// arrived, but alpha then wrote the name itself, starting from it; (c) it
+/// was being written when bravo's version arrived, then renamed once, and
+/// only that renamed file is renamed over the name (the writer's opening
+/// served its first rename). (Each used to take bravo's version for one
+/// the rename could not have seen and keep both, the rename's sometimes
+/// under the conflict copy; a delete of the name then left the copy's
+/// version to come back.)
 #[test]
 fn a_rename_over_a_version_its_envoy_had_seen_replaces_it() {
     require_fuse!();
     let c = Circle::loopback(&ALL);
     let (alpha, bravo) = (c.node("alpha"), c.node("bravo"));
     let user = alpha.user();
+    let mut writer = Writer::start();
     let arrives = |name: &str, seed: &str| {
         fs::write(bravo.at(name), content(seed, 1000)).expect("write on bravo");
         c.wait(
@@ -283,23 +287,41 @@ fn a_rename_over_a_version_its_envoy_had_seen_replaces_it() {
             || author_on(alpha, &user, name) == "bravo",
         );
     };
+    // Opened and written on alpha by the writer (a child process), closed
+    // only when told.
+    let open_on_alpha = |writer: &mut Writer, name: &str, data: &[u8]| {
+        writer
+            .open(name, Open::Trunc, &alpha.at(name))
+            .and_then(|()| writer.write(name, data))
+            .unwrap_or_else(|e| panic!("write {name} on alpha: {e}"));
+    };
 
-    // Written, renamed once; then bravo's doc arrives; then renamed over it.
-    let moved = content("moved", 900);
-    fs::write(alpha.at("x"), &moved).expect("write x");
-    fs::rename(alpha.at("x"), alpha.at("y")).expect("mv x y");
-    arrives("doc", "bravo-1");
-    fs::rename(alpha.at("y"), alpha.at("doc")).expect("mv y doc");
-    c.wait_content(&ALL, "doc", &moved);
+    // (a) Closed, then bravo's doc arrives, then renamed over it.
+    let a = content("closed-before", 900);
+    fs::write(alpha.at("a"), &a).expect("write a");
+    arrives("doc", "bravo-a");
+    fs::rename(alpha.at("a"), alpha.at("doc")).expect("mv a doc");
+    c.wait_content(&ALL, "doc", &a);
 
-    // Written; bravo's doc arrives; alpha writes doc itself; then the
-    // draft is renamed over doc.
-    let draft = content("draft", 800);
-    fs::write(alpha.at("draft"), &draft).expect("write the draft");
-    arrives("doc", "bravo-2");
+    // (b) Open while bravo's doc arrives; alpha writes doc itself; the
+    // draft is closed and renamed over doc.
+    let b = content("draft", 800);
+    open_on_alpha(&mut writer, "b", &b);
+    arrives("doc", "bravo-b");
     fs::write(alpha.at("doc"), content("alpha-own", 700)).expect("write doc on alpha");
-    fs::rename(alpha.at("draft"), alpha.at("doc")).expect("mv draft doc");
-    c.wait_content(&ALL, "doc", &draft);
+    writer.close("b").expect("close b");
+    fs::rename(alpha.at("b"), alpha.at("doc")).expect("mv b doc");
+    c.wait_content(&ALL, "doc", &b);
+
+    // (c) Open while bravo's doc arrives, closed, renamed to y, and y
+    // renamed over doc.
+    let x = content("moved-twice", 600);
+    open_on_alpha(&mut writer, "x", &x);
+    arrives("doc", "bravo-c");
+    writer.close("x").expect("close x");
+    fs::rename(alpha.at("x"), alpha.at("y")).expect("mv x y");
+    fs::rename(alpha.at("y"), alpha.at("doc")).expect("mv y doc");
+    c.wait_content(&ALL, "doc", &x);
 
     c.wait_settled(&ALL, "alpha", "settled");
     for n in ALL {

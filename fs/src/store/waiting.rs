@@ -472,6 +472,9 @@ impl Store {
     ) -> (Sealed, Option<fs::Metadata>, Pending<'_>, Option<Placed>) {
         let guard = self.lock_changes();
         let placed = self.place_locked(name, base, &sealed);
+        if let Some(p) = &placed {
+            staged.attach_placed(&p.version);
+        }
         let at = placed.as_ref().map_or(name, |p| &p.under);
         if at != name {
             if let Some(mark) = seal_mark(seq, at) {

@@ -132,8 +132,9 @@ pub(super) fn local_vector(
 /// What the mesh keeps in memory to tell what a local writer could have
 /// seen: each version that arrived from a peer is numbered, with the
 /// vector its name held before it; each local version written through the
-/// mount keeps the number current when its writer opened the name, until
-/// the name is renamed, removed or replaced by a peer's version. Lost at a
+/// mount keeps the numbers current when its writer opened the name and
+/// when it was sealed, until the name is renamed, removed or replaced by a
+/// peer's version. Lost at a
 /// restart (a rename then supersedes what its target holds, as before).
 /// Bounded: past [`MAX_SIGHTED`] names it starts afresh.
 #[derive(Debug, Default)]
@@ -143,8 +144,17 @@ pub(super) struct Sightings {
     /// Per name, its last arrivals: number, and the vector held before.
     arrived: Mutex<HashMap<Name, VecDeque<Arrival>>>,
     /// Per stored name of a local version: the number when its writer
-    /// opened it.
-    opened: Mutex<HashMap<Name, u64>>,
+    /// opened it, and the number when it was sealed (its writer closed
+    /// it).
+    opened: Mutex<HashMap<Name, Written>>,
+}
+
+/// A local version's write: the arrival numbers when its writer opened
+/// the name and when the version was sealed.
+#[derive(Debug, Clone, Copy)]
+struct Written {
+    opened: u64,
+    sealed: u64,
 }
 
 /// A version that arrived from a peer: its number, and the vector its
@@ -180,11 +190,15 @@ impl Sightings {
     }
 
     /// What `name` held before the first version that arrived after
-    /// `since`: `None` if none arrived since (or it is no longer known).
-    fn held_at(&self, name: &Name, since: u64) -> Option<Option<VersionVector>> {
+    /// `since`, if that one arrived by `until`: `None` if none arrived in
+    /// between (or it is no longer known).
+    fn held_at(&self, name: &Name, since: u64, until: u64) -> Option<Option<VersionVector>> {
         let arrived = lock(&self.arrived);
         let list = arrived.get(name)?;
-        let first = list.iter().find(|(n, _)| *n > since)?;
+        let first = list
+            .iter()
+            .find(|(n, _)| *n > since)
+            .filter(|(n, _)| *n <= until)?;
         // If older arrivals were dropped, the first after `since` may be
         // gone too: only trust a list that reaches back to `since`.
         if list.len() == ARRIVALS_KEPT && list.front().is_some_and(|(n, _)| *n > since) {
@@ -193,15 +207,24 @@ impl Sightings {
         Some(first.1.clone())
     }
 
+    /// A local version of `at` is sealed now; its writer opened the name
+    /// at `since`.
     fn opened(&self, at: &Name, since: u64) {
+        let sealed = self.now();
         let mut opened = lock(&self.opened);
         if opened.len() >= MAX_SIGHTED && !opened.contains_key(at) {
             opened.clear();
         }
-        opened.insert(at.clone(), since);
+        opened.insert(
+            at.clone(),
+            Written {
+                opened: since,
+                sealed,
+            },
+        );
     }
 
-    fn opened_at(&self, name: &Name) -> Option<u64> {
+    fn written(&self, name: &Name) -> Option<Written> {
         lock(&self.opened).get(name).copied()
     }
 
@@ -364,9 +387,10 @@ impl Replica {
     /// moved version's record as `to`'s, and where it goes. It supersedes
     /// what `to` held when `from`'s writer opened it (or when `to`'s own
     /// local version was opened, if later); a version of `to` that arrived
-    /// since is one it could not have seen, and the conflict rule places
-    /// the two. `None` (the rename is recorded against what `to`
-    /// holds, as before) when nothing arrived since, or `from` holds no
+    /// after that and before `from` was sealed is one it could not have
+    /// seen, and the conflict rule places the two. `None` (the rename is
+    /// recorded against what `to` holds, as before) when nothing arrived
+    /// in between, or `from` holds no
     /// version written through the mount since the start (nor since it was
     /// last renamed or replaced by a peer's version).
     pub(super) fn place_rename(&self, from: &Name, to: &Name) -> Option<Placed> {
@@ -378,12 +402,16 @@ impl Replica {
     }
 
     fn place_rename_of(&self, from: &Name, to: &Name) -> Option<Placed> {
-        // What arrived at `to` since `from`'s writer opened it was not
+        // What arrived at `to` while `from`'s writer had it open was not
         // seen by that writer — unless `to` holds a version written here
-        // since, whose writer opened it later and started from it.
-        let since = self.sightings.opened_at(from)?;
-        let since = since.max(self.sightings.opened_at(to).unwrap_or(0));
-        let seen = self.sightings.held_at(to, since)?;
+        // since, whose writer opened it later and started from it. What
+        // arrived after `from` was closed, whoever renames it could have
+        // seen.
+        let written = self.sightings.written(from)?;
+        let since = written
+            .opened
+            .max(self.sightings.written(to).map_or(0, |w| w.opened));
+        let seen = self.sightings.held_at(to, since, written.sealed)?;
         if self.kept_out(from) || self.kept_out(to) || !self.store.contains(from) {
             return None;
         }

@@ -516,6 +516,19 @@ mod tests {
         }
 
         fn open(&self) -> Arc<Replica> {
+            self.open_with(Store::open(&self.state).unwrap())
+        }
+
+        /// With its store's syncs grouped, as the agent's are: a close's
+        /// seal waits in its temp file for the next round.
+        fn open_grouped(&self) -> Arc<Replica> {
+            let store = Store::open(&self.state)
+                .unwrap()
+                .with_grouped_syncs(std::time::Duration::from_secs(60));
+            self.open_with(store)
+        }
+
+        fn open_with(&self, store: Store) -> Arc<Replica> {
             let paths = ReplicaPaths {
                 members: self.state.join("members"),
                 circle_public: self.state.join("circle.pub"),
@@ -528,7 +541,7 @@ mod tests {
             Replica::open(
                 WireName::new("alice").unwrap(),
                 WireName::new(self.name).unwrap(),
-                Store::open(&self.state).unwrap(),
+                store,
                 SigningKey::from_seed(&self.seed),
                 paths,
             )
@@ -784,10 +797,18 @@ mod tests {
     /// name.)
     #[test]
     fn a_placed_seal_whose_record_was_lost_is_signed_as_placed() {
+        for grouped in [false, true] {
+            a_placed_seal_is_signed_as_placed(grouped);
+        }
+    }
+
+    /// With the store's syncs `grouped` (the seal waits in its temp file,
+    /// then is put in place as a restart does) or not.
+    fn a_placed_seal_is_signed_as_placed(grouped: bool) {
         use crate::version::Causality;
         let dir = tempfile::tempdir().unwrap();
         let [a] = circle(dir.path(), ["alpha"]);
-        let alpha = a.open();
+        let alpha = if grouped { a.open_grouped() } else { a.open() };
         let (doc, v1) = seal_doc(&alpha, b"v1");
         let to =
             lockbox_fs::SealTo::keys(vec![lockbox_crypto::AgeIdentity::generate().to_public()]);
@@ -811,13 +832,28 @@ mod tests {
         };
         assert_eq!(v2.body().vv.compare(&v1.body().vv), Causality::After);
         // Killed: no record durable, and v2's signed record never reached
-        // its file.
+        // its file (still waiting in its temp file, if grouped).
         alpha.meta.apply(&[Op::DelVersion(doc.clone())]).unwrap();
         alpha.store().attach_record_current(&doc, b"not a record");
+        let alpha = if grouped {
+            // The restart: a new store puts the waiting seal in place.
+            let waiting = fs::read_dir(a.state.join("tmp")).unwrap().count();
+            assert_eq!(waiting, 1, "v2 is not waiting for its round");
+            drop(alpha);
+            let alpha = a.open();
+            alpha.store().recover_leftovers().unwrap();
+            alpha
+        } else {
+            alpha
+        };
         assert_eq!(alpha.reconcile().unwrap(), 1);
         let _guard = alpha.store().change_lock();
         let got = alpha.record(&doc).unwrap().expect("doc's record is back");
-        assert_eq!(got.to_bytes(), v2.to_bytes(), "not the version placed");
+        assert_eq!(
+            got.to_bytes(),
+            v2.to_bytes(),
+            "not the version placed (grouped: {grouped})"
+        );
     }
 
     /// Two records of one version (a second signing) settle on one record
