@@ -44,6 +44,7 @@ pub mod mount;
 pub mod name;
 pub mod offload;
 pub mod pages;
+pub mod path;
 mod retag;
 pub mod sealed;
 pub mod store;
