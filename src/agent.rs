@@ -720,7 +720,10 @@ fn status(agent: &Agent) -> StatusReport {
     report.agent_pid = Some(std::process::id());
     report.unlocked = unlocked;
     report.idle_left_secs = idle_left.map(|d| d.as_secs());
-    report.mount = match mount::state(&e.paths.mount) {
+    let state = mount::state(&e.paths.mount);
+    report.mount_state = crate::status::mount_state_word(state).into();
+    report.mount_point = e.paths.mount.display().to_string();
+    report.mount = match state {
         MountState::Mounted => format!("mounted at {}", e.paths.mount.display()),
         MountState::Stale => {
             "stale: the mount stopped answering; run lockbox stop, then lockbox unlock".into()
@@ -731,6 +734,8 @@ fn status(agent: &Agent) -> StatusReport {
         }
     };
     report.mesh = agent.mesh_state.clone();
+    report.mesh_on = agent.mesh.is_some();
+    report.mesh_port = agent.mesh.as_ref().map(|m| m.port());
     report.recipient_drift = agent.replica.drift().len();
     if let Some(mesh) = &agent.mesh {
         report.last_catch_up = mesh

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::Config;
 use crate::paths::Paths;
 use crate::sys::Hardening;
+use lockbox_fs::mount::MountState;
 
 /// One row of `lockbox list`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -144,6 +145,13 @@ pub struct StatusReport {
     pub idle_left_secs: Option<u64>,
     /// Mount state, in words.
     pub mount: String,
+    /// Mount state: `mounted`, `stale` (its server is gone: `ls` says
+    /// "Transport endpoint is not connected") or `not mounted`.
+    #[serde(default)]
+    pub mount_state: String,
+    /// Where the mount is (or goes).
+    #[serde(default)]
+    pub mount_point: String,
     /// Envoy names of the recipient set.
     pub recipients: Vec<String>,
     /// Peers (filled in by the mesh).
@@ -151,6 +159,12 @@ pub struct StatusReport {
     /// The mesh in words: its port and discovery, or why it is off.
     #[serde(default)]
     pub mesh: String,
+    /// Whether the mesh runs.
+    #[serde(default)]
+    pub mesh_on: bool,
+    /// Its peer port, when it runs.
+    #[serde(default)]
+    pub mesh_port: Option<u16>,
     /// Files sealed to a recipient set other than the current members
     /// (re-encrypted at unlock, or by `lockbox reencrypt`).
     #[serde(default)]
@@ -199,6 +213,19 @@ pub struct PeerLine {
 impl StatusReport {
     /// What can be known from disk alone (no agent).
     pub fn gather(paths: &Paths, config: &Config, store: &Store) -> anyhow::Result<Self> {
+        let state = lockbox_fs::mount::state(&paths.mount);
+        let at = paths.mount.display();
+        let mount = match state {
+            MountState::NotMounted => "not mounted (agent not running)".to_string(),
+            MountState::Stale => format!(
+                "stale: the agent is gone but its mount at {at} is left (ls says \"Transport \
+                 endpoint is not connected\"); run lockbox unlock, which clears it (or umount -l {at})"
+            ),
+            MountState::Mounted => format!(
+                "mounted at {at} by a process that does not answer as an agent: unmount it \
+                 (umount {at}) and run lockbox unlock"
+            ),
+        };
         let entries = store.list()?;
         let recipients = std::fs::read_to_string(paths.recipients())
             .ok()
@@ -214,10 +241,14 @@ impl StatusReport {
             agent_pid: None,
             unlocked: false,
             idle_left_secs: None,
-            mount: "not mounted (agent not running)".into(),
+            mount,
+            mount_state: mount_state_word(state).into(),
+            mount_point: paths.mount.display().to_string(),
             recipients,
             peers: Vec::new(),
             mesh: "off (agent not running)".into(),
+            mesh_on: false,
+            mesh_port: None,
             recipient_drift: 0,
             tables: vec![],
             departed: None,
@@ -240,9 +271,13 @@ impl StatusReport {
             unlocked: false,
             idle_left_secs: None,
             mount: String::new(),
+            mount_state: String::new(),
+            mount_point: String::new(),
             recipients: vec![],
             peers: vec![],
             mesh: String::new(),
+            mesh_on: false,
+            mesh_port: None,
             recipient_drift: 0,
             tables: vec![],
             departed: None,
@@ -376,17 +411,52 @@ impl StatusReport {
     }
 }
 
+/// The word `status --json` gives for a mount state.
+pub fn mount_state_word(state: MountState) -> &'static str {
+    match state {
+        MountState::Mounted => "mounted",
+        MountState::Stale => "stale",
+        MountState::NotMounted => "not mounted",
+    }
+}
+
 /// Names joined with ", ", each escaped.
 fn join_escaped(names: &[String]) -> String {
     let escaped: Vec<String> = names.iter().map(|n| n.escaped().to_string()).collect();
     escaped.join(", ")
 }
 
-/// Seconds since the epoch as `YYYY-MM-DD HH:MM:SS UTC`.
+/// Seconds since the epoch as `YYYY-MM-DD HH:MM:SS ZONE`, in the local
+/// time zone (`TZ`, else the system's).
 pub fn fmt_time(t: i64) -> String {
-    let st = std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.max(0) as u64);
-    let s = humantime::format_rfc3339_seconds(st).to_string();
-    s.replace('T', " ").replace('Z', " UTC")
+    fmt_time_in(t, &jiff::tz::TimeZone::system())
+}
+
+/// [`fmt_time`] in time zone `tz`; a time out of range shows as seconds.
+fn fmt_time_in(t: i64, tz: &jiff::tz::TimeZone) -> String {
+    match jiff::Timestamp::from_second(t) {
+        Ok(ts) => ts
+            .to_zoned(tz.clone())
+            .strftime("%Y-%m-%d %H:%M:%S %Z")
+            .to_string(),
+        Err(_) => format!("{t} s after 1970"),
+    }
+}
+
+/// A size as people read it: bytes up to 1 KiB, then KiB, MiB, GiB with
+/// one decimal.
+pub fn fmt_size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut v = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
 }
 
 /// The text `lockbox list` prints.
@@ -404,15 +474,15 @@ pub fn render_list(rows: &[ListEntry]) -> String {
         .max(4);
     let _ = writeln!(
         o,
-        "{:<w$}  {:>12}  {:<23}  {:<10}  ENVOYS",
+        "{:<w$}  {:>10}  {:<25}  {:<10}  ENVOYS",
         "NAME", "SIZE", "MODIFIED", "STATE"
     );
     for (r, name) in rows.iter().zip(&names) {
         let _ = writeln!(
             o,
-            "{:<w$}  {:>12}  {:<23}  {:<10}  {}",
+            "{:<w$}  {:>10}  {:<25}  {:<10}  {}",
             name,
-            r.size,
+            fmt_size(r.size),
             fmt_time(r.mtime),
             r.state,
             r.envoys
@@ -434,9 +504,13 @@ mod tests {
             unlocked: false,
             idle_left_secs: None,
             mount: "mounted at /home/ada/lockbox".into(),
+            mount_state: "mounted".into(),
+            mount_point: "/home/ada/lockbox".into(),
             recipients: vec!["laptop".into()],
             peers: vec![],
             mesh: "off (multicast off, no peers configured)".into(),
+            mesh_on: false,
+            mesh_port: None,
             recipient_drift: 0,
             tables: vec![],
             departed: None,
@@ -508,7 +582,33 @@ mod tests {
     }
 
     #[test]
-    fn time_format() {
-        assert_eq!(fmt_time(0), "1970-01-01 00:00:00 UTC");
+    fn times_show_in_the_local_zone() {
+        let utc = jiff::tz::TimeZone::UTC;
+        assert_eq!(fmt_time_in(0, &utc), "1970-01-01 00:00:00 UTC");
+        // Paris's rule as a POSIX TZ string (needs no tzdata on the host).
+        let paris = jiff::tz::TimeZone::posix("CET-1CEST,M3.5.0,M10.5.0/3").expect("TZ rule");
+        assert_eq!(
+            fmt_time_in(1_714_380_000, &paris),
+            "2024-04-29 10:40:00 CEST"
+        );
+        assert_eq!(
+            fmt_time_in(i64::MAX, &utc),
+            format!("{} s after 1970", i64::MAX)
+        );
+    }
+
+    #[test]
+    fn sizes_read_like_sizes() {
+        for (bytes, shown) in [
+            (0, "0 B"),
+            (1023, "1023 B"),
+            (1024, "1.0 KiB"),
+            (1536, "1.5 KiB"),
+            (5 << 20, "5.0 MiB"),
+            (3 << 30, "3.0 GiB"),
+            (u64::MAX, "16777216.0 TiB"),
+        ] {
+            assert_eq!(fmt_size(bytes), shown, "{bytes}");
+        }
     }
 }

@@ -113,11 +113,13 @@ fn validity(days: u32) -> Duration {
     Duration::from_secs(u64::from(days) * 24 * 3600)
 }
 
-/// A date for people: `2027-03-01 12:00:00 UTC`.
+/// A date for people, in the local time zone: `2027-03-01 13:00:00 CET`.
 pub fn date(t: SystemTime) -> String {
-    let text = humantime::format_rfc3339_seconds(t).to_string();
-    // `2027-03-01T12:00:00Z` reads better with a space and a zone name.
-    text.replacen('T', " ", 1).replacen('Z', " UTC", 1)
+    let secs = match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
+    };
+    crate::status::fmt_time(secs)
 }
 
 /// Whether two paths name the same existing folder.

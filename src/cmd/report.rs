@@ -18,7 +18,7 @@ use crate::status::StatusReport;
 pub fn status(paths: &Paths, json: bool) -> anyhow::Result<()> {
     let report = match Client::connect(paths) {
         Ok(mut c) => match c.call(&Request::Status)? {
-            Response::Status(r) => *r,
+            Response::Status(r) => with_new_certificate(paths, *r),
             other => return Err(client::into_error(other)),
         },
         Err(ConnectError::NotRunning) => {
@@ -34,6 +34,22 @@ pub fn status(paths: &Paths, json: bool) -> anyhow::Result<()> {
         print!("{}", report.render());
     }
     Ok(())
+}
+
+/// The running agent's mesh is off for want of a certificate, and one is
+/// there now (`fleet issue` after the agent started): the agent reads its
+/// certificate at start only, so say to restart it.
+fn with_new_certificate(paths: &Paths, mut report: StatusReport) -> StatusReport {
+    let wanted_one = !report.mesh_on && report.mesh.starts_with("off: no mTLS certificate");
+    if !wanted_one || TlsMaterial::load(&paths.tls()).is_err() {
+        return report;
+    }
+    report.warnings.push(format!(
+        "a certificate was issued in {} after the agent started, and the mesh is off: \
+         restart the agent to use it (lockbox stop, then lockbox unlock)",
+        paths.tls().display()
+    ));
+    report
 }
 
 #[derive(PartialEq)]

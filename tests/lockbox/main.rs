@@ -35,6 +35,7 @@ mod cli;
 mod cli_passphrase;
 mod cli_recipients;
 mod cli_shell;
+mod cli_status;
 mod cli_truthful;
 mod crash;
 mod fleet;
