@@ -129,6 +129,26 @@ impl<'c> Soak<'c> {
         let line = format!("check {check}: seed {}, {when}: {msg}", self.seed);
         eprintln!("FAIL {line}");
         self.failures.push(line);
+        self.keep_logs();
+    }
+
+    /// With `LOCKBOX_SOAK_LOGS=DIR`, each failure keeps every envoy's whole
+    /// agent log as it is then (`DIR/failure-N-ENVOY.log`), for a replay
+    /// to be read after the run's folders are gone.
+    fn keep_logs(&self) {
+        let Ok(dir) = std::env::var("LOCKBOX_SOAK_LOGS") else {
+            return;
+        };
+        let dir = PathBuf::from(dir);
+        std::fs::create_dir_all(&dir).expect("LOCKBOX_SOAK_LOGS folder");
+        for (x, envoy) in ENVOYS.iter().enumerate() {
+            let log = self.node(x).m.e.state().join("agent.log");
+            let to = dir.join(format!("failure-{}-{envoy}.log", self.failures.len()));
+            if let Err(e) = std::fs::copy(&log, &to) {
+                eprintln!("cannot keep {}: {e}", log.display());
+            }
+        }
+        eprintln!("agent logs kept in {}", dir.display());
     }
 
     fn describe(&self, id: usize) -> String {
