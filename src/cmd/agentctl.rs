@@ -21,8 +21,12 @@ pub fn daemon(paths: &Paths, foreground: bool) -> anyhow::Result<()> {
     if foreground {
         return agent::run(paths.clone());
     }
-    if let Ok(_c) = Client::connect(paths) {
-        bail!("an agent is already running for this user: use it, or run lockbox stop first");
+    match Client::connect(paths) {
+        Ok(_c) => {
+            bail!("an agent is already running for this user: use it, or run lockbox stop first")
+        }
+        Err(ConnectError::NotRunning) => {}
+        Err(ConnectError::Refused(e)) => return Err(e),
     }
     let pid = spawn_detached(paths)?;
     println!(

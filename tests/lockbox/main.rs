@@ -9,6 +9,8 @@
 //! - `cli`: the command line on one envoy, its exit codes and errors.
 //! - `cli_truthful`: commands that say what holds (idempotent `lock` and
 //!   `stop`, `decrypt` to stdout, errors naming the user's paths, sizes).
+//! - `cli_paths`: where the control socket is (`$XDG_RUNTIME_DIR`, a long
+//!   HOME), and a runtime folder others can enter refused.
 //! - `cli_recipients`: `recipients.txt` as an age recipients file.
 //! - `cli_shell`: shell completions and manual pages.
 //! - `cli_passphrase`: where a passphrase comes from (stdin, a program,
@@ -33,6 +35,7 @@ mod agent;
 mod circle;
 mod cli;
 mod cli_passphrase;
+mod cli_paths;
 mod cli_recipients;
 mod cli_shell;
 mod cli_truthful;
