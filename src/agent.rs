@@ -288,6 +288,8 @@ async fn serve(agent: Arc<Agent>) -> anyhow::Result<()> {
         agent.envoy.paths.mount.display()
     );
     let _ = out.flush();
+    // systemd (Type=notify): the mount is up and the socket answers.
+    crate::notify::notify(crate::notify::READY);
 
     let me = sys::uid();
     loop {
@@ -317,6 +319,7 @@ async fn serve(agent: Arc<Agent>) -> anyhow::Result<()> {
             _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
         }
     }
+    crate::notify::notify(crate::notify::STOPPING);
     Ok(())
 }
 

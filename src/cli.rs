@@ -127,6 +127,11 @@ enum Command {
               value_parser = clap::value_parser!(u32).range(1..=i64::from(cmd::fleet::MAX_DAYS)))]
         days: u32,
     },
+    /// The systemd user service that runs the agent at login.
+    Service {
+        #[command(subcommand)]
+        command: ServiceCommand,
+    },
     /// Check FUSE, ports, certificates, clock, swap and core dumps.
     Doctor,
     /// A throwaway walk-through in a temporary directory; cleans up after itself.
@@ -180,6 +185,19 @@ impl PassArgs {
             configured,
         ))
     }
+}
+
+#[derive(Subcommand, Debug)]
+enum ServiceCommand {
+    /// Write ~/.config/systemd/user/lockbox.service, running this binary's
+    /// agent (locked) at login, and print the systemctl line that enables it.
+    Install {
+        /// Replace an existing lockbox.service that differs.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Remove lockbox.service (disable it with systemctl first).
+    Uninstall,
 }
 
 #[derive(Subcommand, Debug)]
@@ -253,6 +271,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Purge { yes } => cmd::circle::purge(&paths, yes),
         Command::Fleet { ref command } => fleet(command),
         Command::RenewCert { ca, days } => cmd::fleet::renew(&paths, &ca, days),
+        Command::Service { command } => match command {
+            ServiceCommand::Install { force } => cmd::service::install(&paths, force),
+            ServiceCommand::Uninstall => cmd::service::uninstall(&paths),
+        },
         Command::Doctor => cmd::report::doctor(&paths),
         Command::Demo => cmd::demo::run(),
         Command::Completions { shell } => completions(shell),
@@ -297,16 +319,25 @@ fn fleet(command: &FleetCommand) -> anyhow::Result<()> {
 
 /// Logs go to stderr, control characters escaped (see `crate::log`);
 /// `RUST_LOG` filters. The agent logs at info by default, the CLI only
-/// warnings.
+/// warnings. When stderr is the journal (the agent under systemd), lines
+/// carry their priority instead of a time and a level: journald adds the
+/// time.
 fn init_logging(daemon: bool) {
     let default = if daemon { "info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(|| crate::log::EscapedStderr)
         // No colours: their escape sequences would be escaped too.
         .with_ansi(false)
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = if crate::log::stderr_is_journal() {
+        fmt.without_time()
+            .with_level(false)
+            .with_writer(crate::log::Journal)
+            .try_init()
+    } else {
+        fmt.with_writer(crate::log::EscapedStderr::default)
+            .try_init()
+    };
 }

@@ -31,6 +31,9 @@ pub struct Paths {
     /// `$XDG_RUNTIME_DIR` when set to an absolute path: the control socket
     /// lives in its `lockbox/` folder.
     pub runtime: Option<PathBuf>,
+    /// The user's configuration folder: `$XDG_CONFIG_HOME` when set to an
+    /// absolute path, else `~/.config`.
+    pub config_home: PathBuf,
 }
 
 impl Paths {
@@ -41,6 +44,7 @@ impl Paths {
             state: home.join(".lockbox"),
             mount: home.join("lockbox"),
             runtime: None,
+            config_home: home.join(".config"),
         }
     }
 
@@ -55,6 +59,12 @@ impl Paths {
         paths.runtime = std::env::var_os("XDG_RUNTIME_DIR")
             .map(PathBuf::from)
             .filter(|r| r.is_absolute());
+        if let Some(c) = std::env::var_os("XDG_CONFIG_HOME")
+            .map(PathBuf::from)
+            .filter(|c| c.is_absolute())
+        {
+            paths.config_home = c;
+        }
         Ok(paths)
     }
 
@@ -166,6 +176,11 @@ impl Paths {
     /// `tls/`: mTLS material.
     pub fn tls(&self) -> PathBuf {
         self.state.join("tls")
+    }
+    /// The systemd user unit `service install` writes:
+    /// `$XDG_CONFIG_HOME/systemd/user/lockbox.service`.
+    pub fn systemd_unit(&self) -> PathBuf {
+        self.config_home.join("systemd/user/lockbox.service")
     }
     /// `agent.lock`: held (flock) by the running agent.
     pub fn agent_lock(&self) -> PathBuf {

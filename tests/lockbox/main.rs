@@ -12,6 +12,8 @@
 //! - `cli_paths`: where the control socket is (`$XDG_RUNTIME_DIR`, a long
 //!   HOME), and a runtime folder others can enter refused.
 //! - `cli_recipients`: `recipients.txt` as an age recipients file.
+//! - `cli_service`: the systemd user service (`service install`, the
+//!   unit's check, readiness on `NOTIFY_SOCKET`, journal priorities).
 //! - `cli_shell`: shell completions and manual pages.
 //! - `cli_passphrase`: where a passphrase comes from (stdin, a program,
 //!   config, the terminal's tries); a wrong one leaves no agent.
@@ -37,6 +39,7 @@ mod cli;
 mod cli_passphrase;
 mod cli_paths;
 mod cli_recipients;
+mod cli_service;
 mod cli_shell;
 mod cli_truthful;
 mod crash;

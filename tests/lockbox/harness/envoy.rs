@@ -224,6 +224,7 @@ impl Envoy {
             // Where the socket is, and how the agent logs and reports
             // readiness, is each test's own choice (`with_env`).
             .env_remove("XDG_RUNTIME_DIR")
+            .env_remove("XDG_CONFIG_HOME")
             .env_remove("NOTIFY_SOCKET")
             .env_remove("JOURNAL_STREAM")
             .env_remove("LOCKBOX_LOG_CAP_BYTES")
