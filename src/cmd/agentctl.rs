@@ -49,7 +49,8 @@ pub fn spawn_detached(paths: &Paths) -> anyhow::Result<u32> {
         .with_context(|| format!("cannot open {}", paths.log().display()))?;
     let exe = std::env::current_exe().context("cannot find the lockbox executable")?;
     let mut child = Command::new(exe)
-        .args(["daemon", "--foreground"])
+        .args(["daemon", "--foreground", "--log-file"])
+        .arg(paths.log())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log)

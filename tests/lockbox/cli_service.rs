@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::harness::fs;
+use crate::harness::mount::{s, MountedEnvoy};
 use crate::harness::*;
 use crate::{require, require_fuse};
 
@@ -183,4 +184,148 @@ fn under_systemd_log_lines_carry_priorities_and_no_time() {
             .any(|l| l.starts_with("<4>") && l.contains("the mesh is off")),
         "{text}"
     );
+}
+
+/// Every line of an `agent.log` is one whole log line: a time, a level,
+/// a message.
+#[track_caller]
+fn assert_whole_lines(text: &str, what: &str) {
+    for line in text.lines() {
+        let level = line.split_whitespace().nth(1).unwrap_or("");
+        assert!(
+            line.starts_with("20")
+                && line.as_bytes().get(10) == Some(&b'T')
+                && ["ERROR", "WARN", "INFO", "DEBUG", "TRACE"].contains(&level),
+            "{what}: not a whole log line: {line:?}\n{text}"
+        );
+    }
+}
+
+#[test]
+fn agent_log_rotates_past_its_cap() {
+    require_fuse!();
+    const CAP: u64 = 4000;
+    let e = Envoy::new().with_env("LOCKBOX_LOG_CAP_BYTES", CAP.to_string());
+    e.init("alpha");
+    let log = e.state().join("agent.log");
+    let old = e.state().join("agent.log.1");
+    e.unlock();
+    let mut rounds = 0;
+    // Each lock and unlock logs a line or more: go until the log has
+    // rotated twice (agent.log.1 replaced once), at most 200 rounds.
+    let mut first_rotation = None;
+    while rounds < 200 {
+        e.ok(&["lock"]);
+        e.unlock();
+        rounds += 1;
+        if let Ok(text) = fs::read_to_string(&old) {
+            match &first_rotation {
+                None => first_rotation = Some(text),
+                Some(first) if *first != text => break,
+                Some(_) => {}
+            }
+        }
+    }
+    assert!(
+        rounds < 200,
+        "agent.log never rotated twice past {CAP} bytes"
+    );
+    for p in [&log, &old] {
+        let len = fs::metadata(p).unwrap().len();
+        assert!(len > 0 && len <= CAP, "{}: {len} bytes", p.display());
+        assert_eq!(mode(p), 0o600, "{}", p.display());
+        assert_whole_lines(&fs::read_to_string(p).unwrap(), &p.display().to_string());
+    }
+    assert!(
+        !e.state().join("agent.log.2").exists(),
+        "only one old log is kept"
+    );
+    // The agent writes on into the new agent.log (its standard error moved
+    // with it).
+    e.ok(&["lock"]);
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(
+        text.lines().last().is_some_and(|l| l.contains("locked")),
+        "{text}"
+    );
+}
+
+#[test]
+fn ordinary_tools_leave_one_line_per_event_and_no_fuser_warning() {
+    require_fuse!();
+    for tool in ["vim", "rsync", "tar", "python3"] {
+        require!(on_path(tool), format!("{tool} is not installed"));
+    }
+    let m = MountedEnvoy::unlocked();
+    let outside = m.e.home.parent().unwrap().join("tools");
+    fs::create_dir_all(outside.join("tree")).unwrap();
+    for i in 0..3 {
+        fs::write(
+            outside.join(format!("tree/f{i}.txt")),
+            format!("file {i}\n"),
+        )
+        .unwrap();
+    }
+    let (tree, mnt) = (outside.join("tree"), m.mnt.clone());
+    let into = format!("{}/", mnt.display());
+    // cp, keeping everything it can (xattrs, ACLs).
+    m.tool_ok(&["cp", "-a", s(&tree.join("f0.txt")), s(&m.at("cp.txt"))]);
+    // vim, with a swap file and a backup, in Ex mode.
+    m.tool_ok(&[
+        "vim",
+        "-es",
+        "-u",
+        "NONE",
+        "-i",
+        "NONE",
+        "-c",
+        "set nocompatible swapfile writebackup nobackup backupcopy=no",
+        "-c",
+        "%s/file/edited/g",
+        "-c",
+        "wq",
+        s(&m.at("cp.txt")),
+    ]);
+    // rsync -a (times, modes; ACLs and xattrs asked for too).
+    m.tool_ok(&["rsync", "-aAX", &format!("{}/", tree.display()), &into]);
+    // tar out of and back into the mount; with ACLs and xattrs too (the
+    // mount has neither: tar warns and exits 2 then, which is tar's own
+    // business).
+    let archive = outside.join("a.tar");
+    m.tool_ok(&["tar", "-cf", s(&archive), "-C", s(&mnt), "."]);
+    m.tool_ok(&["tar", "-xf", s(&archive), "-C", s(&mnt)]);
+    let acl = outside.join("acl.tar");
+    m.tool(&[
+        "tar",
+        "--acls",
+        "--xattrs",
+        "-cf",
+        s(&acl),
+        "-C",
+        s(&mnt),
+        ".",
+    ]);
+    m.tool(&["tar", "--acls", "--xattrs", "-xf", s(&acl), "-C", s(&mnt)]);
+    // A terminal check on a file of the mount (the TCGETS ioctl, 21505).
+    m.tool(&[
+        "python3",
+        "-c",
+        "import sys; print(open(sys.argv[1]).isatty())",
+        s(&m.at("f1.txt")),
+    ]);
+    assert_eq!(fs::read_to_string(m.at("cp.txt")).unwrap(), "edited 0\n");
+    let text = m.log();
+    assert_whole_lines(&text, "agent.log");
+    for fuser_said in [
+        "[Not Implemented]",
+        "ioctl",
+        "posix_acl",
+        "Mounting ",
+        "Unmounting ",
+    ] {
+        assert!(
+            !text.contains(fuser_said),
+            "agent.log has fuser's {fuser_said:?}:\n{text}"
+        );
+    }
 }
