@@ -3,6 +3,9 @@
 //! (unless `--force`); the agent it runs reports `READY=1` on
 //! `NOTIFY_SOCKET` only once it answers, `STOPPING=1` when stopped, is
 //! unlocked by `lockbox unlock`, and logs to the journal with priorities.
+//! Outside systemd, `agent.log` rotates past its cap, holds one whole line
+//! per event and none of fuser's chatter after ordinary tools ran on the
+//! mount, and a failed seal at close names its file and errno in words.
 
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixDatagram;
@@ -328,4 +331,38 @@ fn ordinary_tools_leave_one_line_per_event_and_no_fuser_warning() {
             "agent.log has fuser's {fuser_said:?}:\n{text}"
         );
     }
+}
+
+#[test]
+fn a_seal_that_fails_at_close_is_logged_with_its_name_and_errno_in_words() {
+    require_fuse!();
+    let m = MountedEnvoy::unlocked_with(&format!("{TEST_CONFIG}max_file_size: 1MiB\n"));
+    // The 17th 64 KiB block crosses 1 MiB: EFBIG, and the release that
+    // follows cannot seal what was staged.
+    m.tool_fails(
+        &[
+            "dd",
+            "if=/dev/zero",
+            &format!("of={}", s(&m.at("big.bin"))),
+            "bs=64k",
+            "count=20",
+            "status=none",
+        ],
+        "File too large",
+    );
+    // The kernel sends the release after close(2) returned: wait for it.
+    wait_until(Duration::from_secs(30), || {
+        m.log()
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains("sealing big.bin at its last close failed"))
+    })
+    .unwrap_or_else(|e| panic!("no warning naming big.bin: {e}\n{}", m.log()));
+    let text = m.log();
+    let line = text
+        .lines()
+        .find(|l| l.contains("sealing big.bin at its last close failed"))
+        .unwrap();
+    assert!(line.contains("File too large"), "{line}");
+    assert!(!text.contains("Errno("), "{text}");
+    assert_whole_lines(&text, "agent.log");
 }

@@ -13,7 +13,8 @@
 //!   HOME), and a runtime folder others can enter refused.
 //! - `cli_recipients`: `recipients.txt` as an age recipients file.
 //! - `cli_service`: the systemd user service (`service install`, the
-//!   unit's check, readiness on `NOTIFY_SOCKET`, journal priorities).
+//!   unit's check, readiness on `NOTIFY_SOCKET`, journal priorities) and
+//!   `agent.log` (rotation, one line per event, no fuser chatter).
 //! - `cli_shell`: shell completions and manual pages.
 //! - `cli_passphrase`: where a passphrase comes from (stdin, a program,
 //!   config, the terminal's tries); a wrong one leaves no agent.
