@@ -195,8 +195,13 @@ impl Paths {
 /// `dir` (named `what` in errors) is a folder of `uid`, not a symbolic
 /// link, with no permission for group or others.
 fn check_private_dir(dir: &Path, uid: u32, what: &str) -> anyhow::Result<()> {
-    let meta = fs::symlink_metadata(dir)
-        .map_err(|e| anyhow::anyhow!("{what} {} cannot be read: {e}", dir.display()))?;
+    let meta = fs::symlink_metadata(dir).map_err(|e| {
+        anyhow::anyhow!(
+            "{what} {} cannot be read ({e}): make it a folder of yours (mode 0700), \
+                 or unset XDG_RUNTIME_DIR",
+            dir.display()
+        )
+    })?;
     let shown = dir.display();
     if !meta.is_dir() {
         bail!("{what} {shown} is not a folder: remove it, or unset XDG_RUNTIME_DIR");
