@@ -51,6 +51,9 @@ pub fn spawn_detached(paths: &Paths) -> anyhow::Result<u32> {
     let mut child = Command::new(exe)
         .args(["daemon", "--foreground", "--log-file"])
         .arg(paths.log())
+        // Its readiness is the line it prints, not a message to a systemd
+        // unit this command may run under.
+        .env_remove("NOTIFY_SOCKET")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log)

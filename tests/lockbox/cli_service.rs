@@ -247,9 +247,10 @@ fn agent_log_rotates_past_its_cap() {
     // with it).
     e.ok(&["lock"]);
     let text = fs::read_to_string(&log).unwrap();
+    let last = text.lines().rev().find(|l| l.contains("session"));
     assert!(
-        text.lines().last().is_some_and(|l| l.contains("locked")),
-        "{text}"
+        last.is_some_and(|l| l.ends_with("session locked")),
+        "the last lock is not in the newest agent.log:\n{text}"
     );
 }
 
