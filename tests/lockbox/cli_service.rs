@@ -367,3 +367,26 @@ fn a_seal_that_fails_at_close_is_logged_with_its_name_and_errno_in_words() {
     assert!(!text.contains("Errno("), "{text}");
     assert_whole_lines(&text, "agent.log");
 }
+
+#[test]
+fn a_detached_agent_tells_no_systemd_unit_it_is_ready() {
+    require_fuse!();
+    let dir = tempfile::tempdir().unwrap();
+    let notify = dir.path().join("notify");
+    let rx = UnixDatagram::bind(&notify).unwrap();
+    // A command run from inside some unit has its NOTIFY_SOCKET.
+    let e = Envoy::new().with_env("NOTIFY_SOCKET", &notify);
+    e.init("alpha");
+    e.unlock();
+    // Both messages it could have sent are behind us once stop returns.
+    assert_eq!(e.ok(&["stop"]).trim(), "agent stopped");
+    rx.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 256];
+    match rx.recv(&mut buf) {
+        Ok(n) => panic!(
+            "the detached agent sent {:?}",
+            String::from_utf8_lossy(&buf[..n])
+        ),
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock),
+    }
+}
