@@ -80,6 +80,10 @@ pub fn run(paths: Paths) -> anyhow::Result<()> {
     // fsync(2) and stop wait for it.
     let (envoy, mut lock) = Envoy::load_exclusive(paths, Some(SYNC_WINDOW))?;
     lock.write_pid()?;
+    // The socket's folder is checked (made 0700 under $XDG_RUNTIME_DIR)
+    // before anything is mounted: a folder others can enter stops the
+    // start with nothing changed.
+    envoy.paths.check_socket_dir(sys::uid(), true)?;
     let replica = envoy
         .replica
         .clone()
@@ -257,7 +261,9 @@ async fn serve(agent: Arc<Agent>) -> anyhow::Result<()> {
     let sock_path = agent.envoy.paths.socket();
     // We hold the agent lock, so a socket file here is a dead agent's.
     let _ = fs::remove_file(&sock_path);
-    let listener = tokio::net::UnixListener::bind(&sock_path)
+    // A path too long for sun_path is bound through its folder.
+    let listener = crate::paths::SocketAddr::of(&sock_path)
+        .and_then(|addr| tokio::net::UnixListener::bind(addr.path()))
         .with_context(|| format!("cannot listen on {}", sock_path.display()))?;
     fs::set_permissions(&sock_path, fs::Permissions::from_mode(0o600))?;
 
@@ -282,6 +288,8 @@ async fn serve(agent: Arc<Agent>) -> anyhow::Result<()> {
         agent.envoy.paths.mount.display()
     );
     let _ = out.flush();
+    // systemd (Type=notify): the mount is up and the socket answers.
+    crate::notify::notify(crate::notify::READY);
 
     let me = sys::uid();
     loop {
@@ -311,6 +319,7 @@ async fn serve(agent: Arc<Agent>) -> anyhow::Result<()> {
             _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
         }
     }
+    crate::notify::notify(crate::notify::STOPPING);
     Ok(())
 }
 

@@ -35,6 +35,10 @@ enum Command {
         /// Stay in the foreground, logging to stderr.
         #[arg(long)]
         foreground: bool,
+        /// (Set by a detached start.) Standard error is this log file:
+        /// rotate it past its cap.
+        #[arg(long, value_name = "FILE", hide = true, requires = "foreground")]
+        log_file: Option<PathBuf>,
     },
     /// Unlock: hold this envoy's identity in the agent (starting it if needed).
     Unlock {
@@ -127,6 +131,11 @@ enum Command {
               value_parser = clap::value_parser!(u32).range(1..=i64::from(cmd::fleet::MAX_DAYS)))]
         days: u32,
     },
+    /// The systemd user service that runs the agent at login.
+    Service {
+        #[command(subcommand)]
+        command: ServiceCommand,
+    },
     /// Check FUSE, ports, certificates, clock, swap and core dumps.
     Doctor,
     /// A throwaway walk-through in a temporary directory; cleans up after itself.
@@ -183,6 +192,19 @@ impl PassArgs {
 }
 
 #[derive(Subcommand, Debug)]
+enum ServiceCommand {
+    /// Write ~/.config/systemd/user/lockbox.service, running this binary's
+    /// agent (locked) at login, and print the systemctl line that enables it.
+    Install {
+        /// Replace an existing lockbox.service that differs.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Remove lockbox.service (disable it with systemctl first).
+    Uninstall,
+}
+
+#[derive(Subcommand, Debug)]
 enum FleetCommand {
     /// Create a new fleet CA (ca.pem and ca.key) in DIR; refuses if DIR/ca.key exists.
     Init {
@@ -220,8 +242,11 @@ pub fn parse() -> Cli {
 
 /// Run a parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    let daemon = matches!(cli.command, Command::Daemon { .. });
-    init_logging(daemon);
+    let (daemon, log_file) = match &cli.command {
+        Command::Daemon { log_file, .. } => (true, log_file.clone()),
+        _ => (false, None),
+    };
+    init_logging(daemon, log_file);
     let paths = match cli.command {
         Command::Demo => return cmd::demo::run(),
         Command::Completions { shell } => return completions(shell),
@@ -232,7 +257,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     };
     match cli.command {
         Command::Init { pass, envoy } => cmd::init::run(&paths, pass.source(&paths)?, envoy),
-        Command::Daemon { foreground } => cmd::agentctl::daemon(&paths, foreground),
+        Command::Daemon { foreground, .. } => cmd::agentctl::daemon(&paths, foreground),
         Command::Unlock { pass } => cmd::agentctl::unlock(&paths, &pass.source(&paths)?),
         Command::Lock => cmd::agentctl::lock(&paths),
         Command::Stop => cmd::agentctl::stop(&paths),
@@ -253,6 +278,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Purge { yes } => cmd::circle::purge(&paths, yes),
         Command::Fleet { ref command } => fleet(command),
         Command::RenewCert { ca, days } => cmd::fleet::renew(&paths, &ca, days),
+        Command::Service { command } => match command {
+            ServiceCommand::Install { force } => cmd::service::install(&paths, force),
+            ServiceCommand::Uninstall => cmd::service::uninstall(&paths),
+        },
         Command::Doctor => cmd::report::doctor(&paths),
         Command::Demo => cmd::demo::run(),
         Command::Completions { shell } => completions(shell),
@@ -297,16 +326,41 @@ fn fleet(command: &FleetCommand) -> anyhow::Result<()> {
 
 /// Logs go to stderr, control characters escaped (see `crate::log`);
 /// `RUST_LOG` filters. The agent logs at info by default, the CLI only
-/// warnings.
-fn init_logging(daemon: bool) {
-    let default = if daemon { "info" } else { "warn" };
+/// warnings; fuser's own lines (ioctls and extended attributes it does not
+/// implement, its mount chatter) only when they are errors. When stderr is
+/// the journal (the agent under systemd), lines carry their priority
+/// instead of a time and a level: journald adds the time. When stderr is
+/// the detached agent's `log_file`, it is rotated past its cap.
+fn init_logging(daemon: bool, log_file: Option<PathBuf>) {
+    let default = if daemon {
+        "info,fuser=error"
+    } else {
+        "warn,fuser=error"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(|| crate::log::EscapedStderr)
         // No colours: their escape sequences would be escaped too.
         .with_ansi(false)
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    if crate::log::stderr_is_journal() {
+        let _ = fmt
+            .without_time()
+            .with_level(false)
+            .with_writer(crate::log::Journal)
+            .try_init();
+    } else if let Some(path) = log_file {
+        let cap = crate::log::log_cap();
+        let bytes = cap.clone().unwrap_or(crate::log::DEFAULT_LOG_CAP);
+        let log = crate::log::RotatingLog::new(path, bytes);
+        let _ = fmt.with_writer(crate::log::Rotating(log)).try_init();
+        if let Err(why) = cap {
+            tracing::warn!("{why}");
+        }
+    } else {
+        let _ = fmt
+            .with_writer(crate::log::EscapedStderr::default)
+            .try_init();
+    }
 }

@@ -33,6 +33,14 @@ impl Client {
     /// Connect to the agent of `paths`.
     pub fn connect(paths: &Paths) -> Result<Client, ConnectError> {
         let path = paths.socket();
+        let me = sys::uid();
+        // A socket folder others can enter (under $XDG_RUNTIME_DIR) is
+        // refused before anything is sent.
+        match paths.check_socket_dir(me, false) {
+            Ok(true) => {}
+            Ok(false) => return Err(ConnectError::NotRunning),
+            Err(e) => return Err(ConnectError::Refused(e)),
+        }
         let meta = match std::fs::symlink_metadata(&path) {
             Ok(m) => m,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ConnectError::NotRunning),
@@ -42,7 +50,6 @@ impl Client {
                 ))
             }
         };
-        let me = sys::uid();
         if !meta.file_type().is_socket() {
             return Err(ConnectError::Refused(anyhow!(
                 "{} is not a socket: remove it and run lockbox unlock",
@@ -56,7 +63,10 @@ impl Client {
                 meta.uid()
             )));
         }
-        let stream = match UnixStream::connect(&path) {
+        // A path too long for sun_path is reached through its folder.
+        let connected =
+            crate::paths::SocketAddr::of(&path).and_then(|addr| UnixStream::connect(addr.path()));
+        let stream = match connected {
             Ok(s) => s,
             Err(e)
                 if matches!(

@@ -1,5 +1,5 @@
 //! The control protocol between the `lockbox` CLI and its agent over
-//! `~/.lockbox/agent.sock`.
+//! `~/.lockbox/agent.sock` (or under `$XDG_RUNTIME_DIR`, see `crate::paths`).
 //!
 //! A connection carries frames: a 4-byte big-endian length, then the
 //! payload, whose first byte says what it is: `J` a JSON [`Request`] or

@@ -12,6 +12,7 @@ mod control;
 mod envoy;
 mod host;
 mod log;
+mod notify;
 mod passphrase;
 mod paths;
 mod session;

@@ -150,6 +150,18 @@ pub fn read_hardening() -> io::Result<Hardening> {
     })
 }
 
+/// Make `file` the process's standard error (`dup2` onto fd 2): what
+/// anything writes there from now on (log lines, a panic's message) goes to
+/// `file`.
+pub fn redirect_stderr(file: &impl std::os::fd::AsRawFd) -> io::Result<()> {
+    // SAFETY: dup2 takes two descriptor numbers; `file`'s is open for the
+    // duration of the call, and fd 2 is replaced atomically.
+    if unsafe { libc::dup2(file.as_raw_fd(), 2) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// The real uid of this process.
 pub fn uid() -> u32 {
     // SAFETY: getuid cannot fail and takes no arguments.

@@ -21,8 +21,12 @@ pub fn daemon(paths: &Paths, foreground: bool) -> anyhow::Result<()> {
     if foreground {
         return agent::run(paths.clone());
     }
-    if let Ok(_c) = Client::connect(paths) {
-        bail!("an agent is already running for this user: use it, or run lockbox stop first");
+    match Client::connect(paths) {
+        Ok(_c) => {
+            bail!("an agent is already running for this user: use it, or run lockbox stop first")
+        }
+        Err(ConnectError::NotRunning) => {}
+        Err(ConnectError::Refused(e)) => return Err(e),
     }
     let pid = spawn_detached(paths)?;
     println!(
@@ -45,7 +49,11 @@ pub fn spawn_detached(paths: &Paths) -> anyhow::Result<u32> {
         .with_context(|| format!("cannot open {}", paths.log().display()))?;
     let exe = std::env::current_exe().context("cannot find the lockbox executable")?;
     let mut child = Command::new(exe)
-        .args(["daemon", "--foreground"])
+        .args(["daemon", "--foreground", "--log-file"])
+        .arg(paths.log())
+        // Its readiness is the line it prints, not a message to a systemd
+        // unit this command may run under.
+        .env_remove("NOTIFY_SOCKET")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log)

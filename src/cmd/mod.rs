@@ -8,3 +8,4 @@ pub mod files;
 pub mod fleet;
 pub mod init;
 pub mod report;
+pub mod service;

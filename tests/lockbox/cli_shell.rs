@@ -156,6 +156,8 @@ fn man_pages_for_lockbox_and_every_command_render() {
     want.insert("lockbox.1".into());
     want.insert("lockbox-fleet-init.1".into());
     want.insert("lockbox-fleet-issue.1".into());
+    want.insert("lockbox-service-install.1".into());
+    want.insert("lockbox-service-uninstall.1".into());
     let have: BTreeSet<String> = fs::read_dir(&out)
         .unwrap()
         .flatten()

@@ -9,7 +9,12 @@
 //! - `cli`: the command line on one envoy, its exit codes and errors.
 //! - `cli_truthful`: commands that say what holds (idempotent `lock` and
 //!   `stop`, `decrypt` to stdout, errors naming the user's paths, sizes).
+//! - `cli_paths`: where the control socket is (`$XDG_RUNTIME_DIR`, a long
+//!   HOME), and a runtime folder others can enter refused.
 //! - `cli_recipients`: `recipients.txt` as an age recipients file.
+//! - `cli_service`: the systemd user service (`service install`, the
+//!   unit's check, readiness on `NOTIFY_SOCKET`, journal priorities) and
+//!   `agent.log` (rotation, one line per event, no fuser chatter).
 //! - `cli_shell`: shell completions and manual pages.
 //! - `cli_passphrase`: where a passphrase comes from (stdin, a program,
 //!   config, the terminal's tries); a wrong one leaves no agent.
@@ -33,7 +38,9 @@ mod agent;
 mod circle;
 mod cli;
 mod cli_passphrase;
+mod cli_paths;
 mod cli_recipients;
+mod cli_service;
 mod cli_shell;
 mod cli_status;
 mod cli_truthful;

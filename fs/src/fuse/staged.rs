@@ -563,7 +563,18 @@ impl LockboxFs {
                 // Normally flush sealed it already; this catches writers that
                 // never flushed (e.g. the kernel skipped flush).
                 if let Err(e) = self.seal_staged(ino, &mut st) {
-                    tracing::warn!("sealing at release failed ({e:?}); the previous version stays");
+                    // One line naming the file and the error in words
+                    // (e.g. "File too large" for a write past the limit).
+                    let name = lock(&self.inner)
+                        .nodes
+                        .get(&ino)
+                        .and_then(|n| n.name.clone());
+                    let shown =
+                        name.map_or_else(|| "a removed file".into(), |n| n.escaped().to_string());
+                    let why = std::io::Error::from_raw_os_error(i32::from(e));
+                    tracing::warn!(
+                        "sealing {shown} at its last close failed: {why}; the previous version stays"
+                    );
                 }
                 // Under its lock: an open that found it on the node now
                 // stages anew rather than joining a buffer taken off it.

@@ -67,6 +67,9 @@ pub struct Envoy {
     /// Run commands with this umask (set by `sh` before it execs them);
     /// the agent they start inherits it. `None`: the test's own.
     umask: Option<u32>,
+    /// Variables set for every command (and so the agents they start),
+    /// after the ones a test must not inherit are removed.
+    env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
 }
 
 impl Envoy {
@@ -85,12 +88,29 @@ impl Envoy {
         Envoy::build(TEST_CONFIG, Some(uid))
     }
 
+    /// A fresh envoy with the test config whose HOME is `len` bytes long.
+    pub fn with_home_len(len: usize) -> Envoy {
+        Envoy::build_at(TEST_CONFIG, None, Some(len))
+    }
+
     fn build(config: &str, as_uid: Option<u32>) -> Envoy {
+        Envoy::build_at(config, as_uid, None)
+    }
+
+    fn build_at(config: &str, as_uid: Option<u32>, home_len: Option<usize>) -> Envoy {
         let dir = tempfile::Builder::new()
             .prefix("lockbox-test-")
             .tempdir()
             .expect("tempdir");
-        let home = dir.path().join("home");
+        let base = dir.path().as_os_str().len() + 1;
+        let name = match home_len {
+            Some(len) => {
+                assert!(len > base + 4, "a HOME of {len} bytes is too short here");
+                format!("home{}", "h".repeat(len - base - 4))
+            }
+            None => "home".into(),
+        };
+        let home = dir.path().join(name);
         fs::create_dir_all(home.join(".lockbox")).expect("mkdir");
         fs::write(home.join(".lockbox/config.yaml"), config).expect("config");
         let pass = dir.path().join("pass");
@@ -120,7 +140,19 @@ impl Envoy {
             exe,
             netns: None,
             umask: None,
+            env: Vec::new(),
         }
+    }
+
+    /// This envoy, its commands (and the agent they start) run with
+    /// `name=value` in their environment.
+    pub fn with_env(
+        mut self,
+        name: impl Into<std::ffi::OsString>,
+        value: impl Into<std::ffi::OsString>,
+    ) -> Envoy {
+        self.env.push((name.into(), value.into()));
+        self
     }
 
     /// This envoy, its commands (and the agent they start) run with
@@ -189,6 +221,14 @@ impl Envoy {
             .env("HOME", &self.home)
             .env(ALLOW_WEAK_KDF.0, ALLOW_WEAK_KDF.1)
             .env_remove("RUST_LOG")
+            // Where the socket is, and how the agent logs and reports
+            // readiness, is each test's own choice (`with_env`).
+            .env_remove("XDG_RUNTIME_DIR")
+            .env_remove("XDG_CONFIG_HOME")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("LOCKBOX_LOG_CAP_BYTES")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());
         c
     }
