@@ -454,6 +454,40 @@ fn mtime_set_right_after_close_is_kept() {
     assert!(wrong.is_empty(), "mtime lost on {wrong:?}");
 }
 
+/// The folder's time moves when a name comes, goes or moves, as a
+/// directory's does, and not when a file's content changes or its seal is
+/// put in place a grouped round after its close: `tar` of the folder right
+/// after a write used to fail with "file changed as we read it" (its
+/// readdir made the kernel ask the time again, and the round had moved it).
+#[test]
+fn the_folder_time_moves_with_its_names_only() {
+    require_fuse!();
+    let m = MountedEnvoy::unlocked();
+    // Asked of the agent each time: a readdir makes the kernel ask again.
+    let folder_time = || {
+        assert!(fs::read_dir(&m.mnt).unwrap().count() < 10);
+        fs::metadata(&m.mnt).unwrap().modified().unwrap()
+    };
+    let t0 = folder_time();
+    fs::write(m.at("a"), b"one").unwrap();
+    let t1 = folder_time();
+    assert!(t1 > t0, "a new name left the folder's time");
+    m.e.settle();
+    assert_eq!(
+        folder_time(),
+        t1,
+        "the seal put in place moved the folder's time"
+    );
+    fs::write(m.at("a"), b"two, longer").unwrap();
+    m.e.settle();
+    assert_eq!(folder_time(), t1, "a new content moved the folder's time");
+    fs::rename(m.at("a"), m.at("b")).unwrap();
+    let t2 = folder_time();
+    assert!(t2 > t1, "a rename left the folder's time");
+    fs::remove_file(m.at("b")).unwrap();
+    assert!(folder_time() > t2, "a delete left the folder's time");
+}
+
 /// A file shows the time of its last write, before and after its seal:
 /// the seal at close gives the store file the time the open file showed,
 /// which the kernel may keep showing (it caches attributes until told).

@@ -19,10 +19,7 @@ use super::{errno_of, LockboxFs, ROOT, TTL};
 
 impl LockboxFs {
     pub(super) fn root_attr(&self) -> FileAttr {
-        let now = SystemTime::now();
-        let mtime = std::fs::metadata(self.store.dir())
-            .and_then(|m| m.modified())
-            .unwrap_or(now);
+        let mtime = *lock(&self.folder_mtime);
         FileAttr {
             ino: INodeNo(ROOT),
             size: 0,

@@ -41,7 +41,7 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use fuser::{Errno, INodeNo, OpenAccMode, OpenFlags};
 use lockbox_crypto::seal::tags::Binding;
@@ -101,6 +101,12 @@ pub struct LockboxFs {
     uid: u32,
     gid: u32,
     notifier: OnceLock<fuser::Notifier>,
+    /// The folder's modification time: when a name in it came, went or
+    /// moved (through the mount, or from the mesh), as a directory's on
+    /// disk. Not the store folder's: a grouped round that puts a closed
+    /// file's seal in place up to a window after its close changes that
+    /// one, and `tar` then saw the folder "change as we read it".
+    folder_mtime: Mutex<SystemTime>,
 }
 
 fn errno_of(e: &Error) -> Errno {
@@ -161,7 +167,13 @@ impl LockboxFs {
             uid: meta.uid(),
             gid: meta.gid(),
             notifier: OnceLock::new(),
+            folder_mtime: Mutex::new(meta.modified().unwrap_or_else(|_| SystemTime::now())),
         })
+    }
+
+    /// A name in the folder came, went or moved: its time is now.
+    pub(super) fn folder_changed(&self) {
+        *lock(&self.folder_mtime) = SystemTime::now();
     }
 
     /// The session was locked: drop every decrypted chunk, every open
@@ -204,6 +216,7 @@ impl LockboxFs {
     /// kernel's cached attributes, pages and name for it. Must not be called
     /// from a FUSE request thread.
     pub fn invalidate(&self, name: &Name) {
+        self.folder_changed();
         let (ino, cached) = {
             let mut inner = lock(&self.inner);
             let ino = inner.by_name.get(name).copied();
@@ -219,6 +232,8 @@ impl LockboxFs {
                 let _ = notifier.inval_inode(INodeNo(ino), 0, 0);
             }
             let _ = notifier.inval_entry(INodeNo(ROOT), name.as_os_str());
+            // The folder's time moved.
+            let _ = notifier.inval_inode(INodeNo(ROOT), 0, 0);
         }
     }
 

@@ -71,6 +71,7 @@ impl LockboxFs {
         }
         tracing::debug!("deleted {}", name.escaped());
         self.keys.deleted(&name);
+        self.folder_changed();
         reply.ok();
         // The tombstone is signed and recorded after the answer.
         drop(removed);
@@ -166,6 +167,7 @@ impl LockboxFs {
                 n.name = Some(at);
             }
             drop(inner);
+            self.folder_changed();
             reply.ok();
             drop(recorded);
             return;
@@ -190,6 +192,7 @@ impl LockboxFs {
         if let Some(c) = replaced {
             self.forget_cached(c);
         }
+        self.folder_changed();
         reply.ok();
         // The records of the move are signed and made after the answer.
         drop(recorded);
@@ -223,6 +226,7 @@ impl LockboxFs {
                 st.base = self.store.base_of(&name);
                 let staged = Arc::new(Mutex::new(st));
                 new_file = true;
+                self.folder_changed();
                 LockboxFs::add_node(&mut lock(&self.inner), name, Some(staged))
             }
         };
