@@ -290,7 +290,13 @@ struct Layers {
     /// write-back, which replaces it in the same step as it lets go of
     /// `flushing`, so no lookup sees neither.
     snapshot: Option<Arc<Snapshot>>,
+    /// What to do once `pending` is durable ([`Meta::apply_then`]), in
+    /// the order it was asked.
+    after: Vec<AfterCommit>,
 }
+
+/// An action that waits for changes to be durable ([`Meta::apply_then`]).
+type AfterCommit = Box<dyn FnOnce() + Send>;
 
 /// A read snapshot of the database with every table open.
 struct Snapshot {
@@ -427,13 +433,14 @@ impl MetaDb {
         let _writer = lock(&self.write_lock);
         let batch = {
             let mut layers = lock(&self.layers);
-            if layers.pending.is_empty() {
+            if layers.pending.is_empty() && layers.after.is_empty() {
                 return Ok(());
             }
             let batch = Arc::new(std::mem::take(&mut layers.pending));
             layers.flushing = Some(batch.clone());
-            batch
+            (batch, std::mem::take(&mut layers.after))
         };
+        let (batch, after) = batch;
         let result = match before {
             Some(before) => (before.0)(),
             None => Ok(()),
@@ -455,7 +462,12 @@ impl MetaDb {
             batch.entries().for_each(|e| back.put(e));
             newer.entries().for_each(|e| back.put(e));
             layers.pending = back;
+            let newer = std::mem::take(&mut layers.after);
+            layers.after = after.into_iter().chain(newer).collect();
+            return result;
         }
+        drop(layers);
+        after.into_iter().for_each(|a| a());
         result
     }
 
@@ -639,6 +651,34 @@ impl Meta {
             Some(g) => {
                 let mut layers = lock(&self.inner.layers);
                 entries(ops).into_iter().for_each(|e| layers.pending.put(e));
+                drop(layers);
+                g.mark();
+                Ok(())
+            }
+        }
+    }
+
+    /// [`Meta::apply`], then `after` once `ops` are durable: at once
+    /// without grouping (and only if the commit succeeded), else after the
+    /// write-back that commits them (a failed one keeps it for the next).
+    /// For what must not outlive its record on disk, such as the held
+    /// bytes of a delete whose tombstone this records: a crash before the
+    /// commit finds them still there.
+    pub fn apply_then(
+        &self,
+        ops: &[Op],
+        after: impl FnOnce() + Send + 'static,
+    ) -> Result<(), Error> {
+        match &self.grouped {
+            None => {
+                self.apply(ops)?;
+                after();
+                Ok(())
+            }
+            Some(g) => {
+                let mut layers = lock(&self.inner.layers);
+                entries(ops).into_iter().for_each(|e| layers.pending.put(e));
+                layers.after.push(Box::new(after));
                 drop(layers);
                 g.mark();
                 Ok(())
@@ -951,6 +991,39 @@ mod tests {
             let reopened = Meta::open(&path).unwrap();
             proptest::prop_assert_eq!(view(&reopened), view(&direct));
         }
+    }
+
+    /// What waits for a change to be durable runs after its commit, never
+    /// before: at once without grouping, at the write-back when grouped.
+    #[test]
+    fn apply_then_waits_for_the_commit() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let ops = |k: &str| vec![Op::PutList(List::Tombstones, n(k), b"t".to_vec())];
+        let direct = Meta::open(&dir.path().join("direct.redb")).unwrap();
+        let ran = Arc::new(AtomicBool::new(false));
+        let r = ran.clone();
+        direct
+            .apply_then(&ops("a"), move || r.store(true, Ordering::SeqCst))
+            .unwrap();
+        assert!(ran.load(Ordering::SeqCst), "not run after a direct commit");
+
+        let path = dir.path().join("grouped.redb");
+        let grouped = Meta::open(&path)
+            .unwrap()
+            .with_grouped_commits(std::time::Duration::from_secs(3600));
+        let ran = Arc::new(AtomicBool::new(false));
+        let r = ran.clone();
+        grouped
+            .apply_then(&ops("b"), move || r.store(true, Ordering::SeqCst))
+            .unwrap();
+        assert!(!ran.load(Ordering::SeqCst), "run before the write-back");
+        assert_eq!(grouped.list(List::Tombstones, &n("b")).unwrap(), b"t");
+        grouped.flush().unwrap();
+        assert!(ran.load(Ordering::SeqCst), "not run after the write-back");
+        drop(grouped);
+        let reopened = Meta::open(&path).unwrap();
+        assert_eq!(reopened.list(List::Tombstones, &n("b")).unwrap(), b"t");
     }
 
     #[test]

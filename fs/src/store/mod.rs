@@ -17,6 +17,8 @@
 //!   a round, and the recovery of completed seals a stopped agent left
 //!   ([`Leftovers`]).
 //! - `tags`: the block tags kept for store files in `~/.lockbox/tags/`.
+//! - `held`: deleted bytes held in `~/.lockbox/removed/` until the delete
+//!   is on record, and the name a renamed file came from.
 //! - `sweep`: sealing plaintext found in the store or in the bare mount
 //!   folder, and setting aside (as failed) what does not seal.
 //!
@@ -51,12 +53,14 @@ use crate::name::Name;
 use crate::sealed::{Base, Placed, Sealed};
 use crate::{lock, Error};
 
+mod held;
 mod seal;
 mod sweep;
 mod tags;
 mod waiting;
 
 pub use crate::journal::Journal;
+pub use held::release_held;
 pub use seal::{pump, seal_into, Seal, SealStream};
 pub use waiting::Leftovers;
 use waiting::Waiting;
@@ -140,6 +144,10 @@ pub struct SweepReport {
 pub struct Store {
     dir: PathBuf,
     tmp: PathBuf,
+    /// Deleted bytes held until their delete is on record (`held`).
+    held: PathBuf,
+    /// Whether a file moved into `held` since its last sync.
+    held_dirty: Arc<std::sync::atomic::AtomicBool>,
     /// Block tags of the store files (see the module doc).
     tags: PathBuf,
     /// The names that have a file in `tags`, read from the folder at open
@@ -220,13 +228,13 @@ impl StagedFile {
     /// derived from whatever record survived. Best effort, like
     /// [`StagedFile::attach_record`].
     fn attach_placed(&self, version: &[u8]) {
-        let _ = rustix::fs::setxattr(
-            &self.path,
-            PLACED_XATTR,
-            version,
-            rustix::fs::XattrFlags::empty(),
-        );
+        attach_placed_to(&self.path, version);
     }
+}
+
+/// Attach a placed version to the file at `path` (best effort).
+fn attach_placed_to(path: &Path, version: &[u8]) {
+    let _ = rustix::fs::setxattr(path, PLACED_XATTR, version, rustix::fs::XattrFlags::empty());
 }
 
 impl Drop for StagedFile {
@@ -253,8 +261,11 @@ pub struct Pending<'a> {
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
         // Runs before the guard (a field) is released.
-        if let (Some(q), Some(event)) = (self.journal, self.event.take()) {
-            q.push(event);
+        match (self.journal, self.event.take()) {
+            (Some(q), Some(event)) => q.push(event),
+            // No records to wait for.
+            (None, Some(Event::Removed(_, Some(held)))) => release_held(&held),
+            _ => {}
         }
     }
 }
@@ -271,6 +282,8 @@ impl Store {
         let store = Store {
             dir: state_dir.join("store"),
             tmp: state_dir.join("tmp"),
+            held: state_dir.join("removed"),
+            held_dirty: Arc::default(),
             tags: state_dir.join("tags"),
             tagged: Arc::default(),
             journal: None,
@@ -281,7 +294,7 @@ impl Store {
             shares: None,
             meta: WeakMeta::default(),
         };
-        for d in [&store.dir, &store.tmp, &store.tags] {
+        for d in [&store.dir, &store.tmp, &store.held, &store.tags] {
             ensure_private_dir(d)?;
         }
         let listed = fs::read_dir(&store.tags).map_err(|e| Error::io("read", &store.tags, e))?;
@@ -696,12 +709,21 @@ impl Store {
 
     /// [`Store::remove`], with the journal entry left to the returned
     /// [`Pending`].
+    /// The store file is not unlinked but held until the journal's record
+    /// of the delete is durable (see `held`).
     pub fn remove_pending(&self, name: &Name) -> Result<Pending<'_>, Error> {
         let guard = self.lock_changes();
-        if !self.remove_either(name)? {
+        let waited = self.drop_waiting_locked(name);
+        let held = self.hold_locked(name)?;
+        if !waited && held.is_none() {
             return Err(Error::NotFound(name.to_string()));
         }
-        Ok(self.pending(guard, Event::Removed(name.clone())))
+        if held.is_some() {
+            self.dir_changed()?;
+        }
+        self.drop_tags(name);
+        self.forget_states_locked(&[name]);
+        Ok(self.pending(guard, Event::Removed(name.clone(), held)))
     }
 
     /// Rename `from` to `to` inside the store (durably), replacing `to`;
@@ -733,6 +755,15 @@ impl Store {
         };
         let at = placed.as_ref().map_or(to, |p| &p.under).clone();
         self.rename_locked(from, &at)?;
+        if from != &at {
+            // For a restart that finds `from`'s record without its file.
+            self.mark_moved_from(&at, from);
+        }
+        if let Some(p) = &placed {
+            // As a placed seal carries it: killed before it was signed,
+            // the next start signs exactly it.
+            self.at_current(&at, |path| attach_placed_to(path, &p.version));
+        }
         let stat = self.local_stat(&at);
         let event = match placed {
             Some(p) => Event::RenamedPlaced(from.clone(), at.clone(), p.version, stat),

@@ -943,3 +943,71 @@ fn the_journal_thread_delivers_without_being_asked_and_immediate_forms_wait() {
     assert_eq!(log.entries().len(), 4);
     assert!(store.changes.try_lock().is_ok());
 }
+
+/// A journal that keeps the held bytes of every delete (as the mesh does
+/// until the delete's record is durable).
+#[derive(Debug, Default)]
+struct Holder(Mutex<Vec<(Name, PathBuf)>>);
+
+impl Journal for Holder {
+    fn changed(&self, _: &Name, _: Option<&Sealed>, _: Option<LocalStat>) {}
+    fn removed(&self, _: &Name) {}
+    fn removed_held(&self, name: &Name, held: &Path) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((name.clone(), held.to_path_buf()));
+    }
+    fn renamed(&self, _: &Name, _: &Name, _: Option<LocalStat>) {}
+}
+
+/// A delete takes the name away at once and holds its bytes until the
+/// journal lets go of them (without a journal: at once); a rename marks
+/// the moved bytes with the name they came from.
+#[test]
+fn deleted_bytes_are_held_until_the_journal_lets_go() {
+    let (dir, store, id) = setup();
+    let to = SealTo::keys(vec![id.to_public()]);
+    let held_dir = dir.path().join("removed");
+    assert_eq!(mode(&held_dir), 0o700);
+    let held = || fs::read_dir(&held_dir).unwrap().count();
+
+    store
+        .seal(&n("plain"), Cursor::new(b"x".to_vec()), &to, 1 << 20)
+        .unwrap();
+    store.remove(&n("plain")).unwrap();
+    assert_eq!(held(), 0, "no journal: nothing to wait for");
+
+    let holder = Arc::new(Holder::default());
+    let store = store.with_journal(holder.clone());
+    store
+        .seal(&n("h"), Cursor::new(b"bytes".to_vec()), &to, 1 << 20)
+        .unwrap();
+    let bytes = fs::read(store.path_of(&n("h"))).unwrap();
+    store.remove(&n("h")).unwrap();
+    assert!(!store.contains(&n("h")));
+    assert!(store.names().unwrap().is_empty(), "a held file is listed");
+    let kept = holder.0.lock().unwrap().clone();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].0, n("h"));
+    assert_eq!(store.held_files().unwrap(), vec![kept[0].1.clone()]);
+    assert_eq!(
+        fs::read(&kept[0].1).unwrap(),
+        bytes,
+        "not the deleted bytes"
+    );
+    release_held(&kept[0].1);
+    assert_eq!(held(), 0);
+    assert!(matches!(store.remove(&n("h")), Err(Error::NotFound(_))));
+
+    store
+        .seal(&n("m"), Cursor::new(b"m".to_vec()), &to, 1 << 20)
+        .unwrap();
+    assert_eq!(store.moved_from(&n("m")), None);
+    store.rename(&n("m"), &n("there")).unwrap();
+    assert_eq!(store.moved_from(&n("there")), Some(n("m")));
+}
+
+fn mode(p: &Path) -> u32 {
+    fs::metadata(p).unwrap().permissions().mode() & 0o777
+}

@@ -293,7 +293,7 @@ impl Store {
                 return Err(e);
             }
         }
-        Ok(())
+        self.sync_held()
     }
 
     /// A round's sync of the waiting temps failed: drop those seals, so

@@ -2,8 +2,8 @@
 //! journal ([`JournalLink`]), recorded as signed records — a
 //! [`FileVersion`] per seal (**signed here**, `sign_version`), a
 //! [`Tombstone`] per delete, a [`Resurrect`] per deliberate re-add — and
-//! queued for fan-out; and `reconcile`, which brings the records in line
-//! with the store after a restart. A local version's vector comes from
+//! queued for fan-out (`reconcile`, beside it, brings the records in
+//! line with the store after a restart). A local version's vector comes from
 //! what its writer started from (`local_base`, `local_vector`), and where
 //! it goes when a version arrived during the write is decided under the
 //! change lock by the mesh's own conflict rule (`place_local`,
@@ -13,7 +13,7 @@
 use lockbox_fs::escape::Escape;
 use std::collections::{HashMap, VecDeque};
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, Weak};
 
 /// A poisoned lock is still usable: what it guards is a cache.
@@ -25,8 +25,8 @@ use lockbox_crypto::digest::{HashingWriter, Sha256};
 use lockbox_crypto::sign::Signed;
 use lockbox_crypto::sign::{Decoder, Encoder, Record};
 use lockbox_fs::meta::{List, LocalStat, Op};
-use lockbox_fs::store::Journal;
-use lockbox_fs::{Base, FileState, Name, Placed, Sealed};
+use lockbox_fs::store::{release_held, Journal};
+use lockbox_fs::{Base, Name, Placed, Sealed};
 
 use super::tables::encode_records;
 use super::{now_unix, version_ops, Outgoing, Refusal, Replica, ReplicaError};
@@ -39,6 +39,28 @@ use crate::{VersionVector, WireName};
 #[derive(Debug)]
 pub(super) struct JournalLink(pub(super) Weak<Replica>);
 
+impl JournalLink {
+    /// Record the delete of `name`; its bytes held at `held` go once the
+    /// record is durable (at once when there is nothing to record; on an
+    /// error they stay for the next start's reconcile).
+    fn removed_then(&self, name: &Name, held: Option<&Path>) {
+        let release = || {
+            if let Some(h) = held {
+                release_held(h);
+            }
+        };
+        let Some(r) = self.0.upgrade() else {
+            return;
+        };
+        r.sightings.removed(name);
+        match r.record(name) {
+            Ok(Some(prev)) => r.local_removed_then(name, &prev, held.map(Path::to_path_buf)),
+            Ok(None) => release(),
+            Err(e) => tracing::warn!("{e}"),
+        }
+    }
+}
+
 impl Journal for JournalLink {
     fn changed(&self, name: &Name, sealed: Option<&Sealed>, stat: Option<LocalStat>) {
         if let Some(r) = self.0.upgrade() {
@@ -47,14 +69,11 @@ impl Journal for JournalLink {
     }
 
     fn removed(&self, name: &Name) {
-        if let Some(r) = self.0.upgrade() {
-            r.sightings.removed(name);
-            match r.record(name) {
-                Ok(Some(prev)) => r.local_removed(name, &prev),
-                Ok(None) => {}
-                Err(e) => tracing::warn!("{e}"),
-            }
-        }
+        self.removed_then(name, None);
+    }
+
+    fn removed_held(&self, name: &Name, held: &Path) {
+        self.removed_then(name, Some(held));
     }
 
     fn base(&self, name: &Name) -> Base {
@@ -272,7 +291,7 @@ fn encode_version(v: &FileVersion) -> Vec<u8> {
     e.finish()
 }
 
-fn decode_version(bytes: &[u8]) -> Option<FileVersion> {
+pub(super) fn decode_version(bytes: &[u8]) -> Option<FileVersion> {
     let mut d = Decoder::new(bytes);
     let v = FileVersion::decode(&mut d).ok()?;
     d.finish().ok()?;
@@ -630,6 +649,17 @@ impl Replica {
     /// Record the local delete of `name`, whose version was `prev` (told by
     /// the store's journal, in order with every other local change).
     pub(super) fn local_removed(&self, name: &Name, prev: &Signed<FileVersion>) {
+        self.local_removed_then(name, prev, None);
+    }
+
+    /// [`Replica::local_removed`]; the bytes held at `held` go once the
+    /// tombstone is durable.
+    pub(super) fn local_removed_then(
+        &self,
+        name: &Name,
+        prev: &Signed<FileVersion>,
+        held: Option<PathBuf>,
+    ) {
         let t = Signed::sign(
             Tombstone {
                 user: self.user.clone(),
@@ -643,113 +673,18 @@ impl Replica {
         let mut tombs = self.tombstones(name);
         tombs.push(t.clone());
         let tombs = records::merge_antichain(tombs);
-        let result = self.meta.apply(&[
+        let ops = [
             Op::DelVersion(name.clone()),
             Op::PutList(List::Tombstones, name.clone(), encode_records(&tombs)),
-        ]);
+        ];
+        let result = match held {
+            Some(h) => self.meta.apply_then(&ops, move || release_held(&h)),
+            None => self.meta.apply(&ops),
+        };
         match result {
             Ok(()) => self.emit(Outgoing::Tombstone(t)),
             Err(e) => tracing::warn!("cannot record the delete of {}: {e}", name.escaped()),
         }
-    }
-
-    /// Bring the records in line with the store after the agent was down or
-    /// crashed: a store file with no record, or whose stat differs from the
-    /// recorded one, is hashed and, if its bytes changed, recorded as a new
-    /// local version; a record whose file is gone is dropped (a peer will
-    /// send the file back). Returns how many records changed.
-    pub fn reconcile(&self) -> Result<usize, ReplicaError> {
-        let _guard = self.store.change_lock();
-        let mut changed = 0;
-        let entries = self.store.list()?;
-        let mut seen = std::collections::HashSet::new();
-        for entry in entries {
-            seen.insert(entry.name.clone());
-            if !entry.is_age || entry.state == FileState::Failed {
-                continue;
-            }
-            let path = self.store.path_of(&entry.name);
-            let stat = LocalStat::of(&path).ok();
-            let known = self.meta.version(&entry.name)?;
-            let record = known
-                .as_ref()
-                .and_then(|(b, _)| Signed::<FileVersion>::from_trusted_bytes(b).ok());
-            if let (Some((_, Some(s))), Some(_)) = (&known, &record) {
-                if Some(*s) == stat {
-                    continue;
-                }
-            }
-            let (_, _, hash) = describe_file(&path)?;
-            // A file received or recorded just before a crash carries its
-            // record, which may not have been made durable with the others
-            // (and may have been pushed already): it keeps that record.
-            let record = record.filter(|r| r.body().hash == hash).or_else(|| {
-                self.store
-                    .attached_record(&entry.name)
-                    .and_then(|b| Signed::<FileVersion>::from_bytes(&b).ok())
-                    .filter(|r| {
-                        r.body().hash == hash
-                            && r.body().fits_name(&entry.name)
-                            && self.members().by_key(&r.signer()).is_some()
-                    })
-            });
-            // A local seal placed just before the agent was killed, before
-            // its version was signed (or its record durable): sign exactly
-            // the version it was placed as (its vector from what its writer
-            // started from; a signature of the same body is the same
-            // record), not one derived from whatever record survived.
-            let placed = || {
-                self.store
-                    .attached_placed(&entry.name)
-                    .and_then(|b| decode_version(&b))
-                    .filter(|v| {
-                        v.hash == hash
-                            && v.fits_name(&entry.name)
-                            && v.author == self.envoy
-                            && v.user == self.user
-                    })
-            };
-            match record {
-                Some(r) if r.body().hash == hash => {
-                    self.meta.apply(&version_ops(&entry.name, &r, stat))?;
-                }
-                _ if let Some(v) = placed() => {
-                    tracing::info!(
-                        "recording {} as the version it was placed as before the agent stopped",
-                        entry.name.escaped()
-                    );
-                    self.local_placed(&entry.name, v, stat);
-                    changed += 1;
-                }
-                _ => {
-                    tracing::info!("recording {} as a new local version", entry.name.escaped());
-                    self.record_local(&entry.name, None, None, None, stat)?;
-                    changed += 1;
-                }
-            }
-        }
-        for (name, _, _) in self.meta.versions()? {
-            if let Ok(n) = Name::new(name) {
-                if !seen.contains(&n) {
-                    tracing::info!(
-                        "{} is gone from the store: a peer will send it again",
-                        n.escaped()
-                    );
-                    self.meta.apply(&[Op::DelVersion(n)])?;
-                    changed += 1;
-                }
-            }
-        }
-        // A state whose file is gone (removed by hand while the agent was
-        // down) goes too.
-        for (name, _) in self.meta.states()? {
-            if let Ok(n) = Name::new(name) {
-                if !seen.contains(&n) {
-                    self.meta.apply(&[Op::SetState(n, None)])?;
-                }
-            }
-        }
-        Ok(changed)
     }
 
     /// Sign, store and queue a resurrect covering `tombs` (under the change

@@ -47,6 +47,7 @@ mod handover;
 mod local;
 mod members;
 mod receive;
+mod reconcile;
 mod retention;
 mod tables;
 
@@ -472,7 +473,7 @@ mod tests {
     use super::*;
     use lockbox_crypto::circle::CircleKey;
     use lockbox_crypto::kdf::KdfParams;
-    use lockbox_fs::meta::{LocalStat, Op};
+    use lockbox_fs::meta::{List, LocalStat, Op};
     use secrecy::SecretString;
     use std::path::Path;
 
@@ -854,6 +855,67 @@ mod tests {
             v2.to_bytes(),
             "not the version placed (grouped: {grouped})"
         );
+    }
+
+    /// A delete and a rename whose records were lost (the agent killed
+    /// before they were durable) are signed at the next start from what
+    /// they left: the held bytes, the moved bytes' mark. A record whose
+    /// file left no trace is dropped, for a peer to send again.
+    #[test]
+    fn a_delete_or_rename_whose_records_were_lost_is_signed_at_the_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let [a] = circle(dir.path(), ["alpha"]);
+        let alpha = a.open();
+        let n = |s: &str| Name::new(s).unwrap();
+        let to =
+            lockbox_fs::SealTo::keys(vec![lockbox_crypto::AgeIdentity::generate().to_public()]);
+        let seal = |name: &str| {
+            let content = std::io::Cursor::new(name.as_bytes().to_vec());
+            alpha.store().seal(&n(name), content, &to, 1 << 20).unwrap();
+            let _guard = alpha.store().change_lock();
+            alpha.record(&n(name)).unwrap().expect("recorded")
+        };
+        let (gone, moved, _lost) = (seal("gone"), seal("moved"), seal("lost"));
+        let removed = a.state.join("removed");
+        let gone_bytes = fs::read(alpha.store().path_of(&n("gone"))).unwrap();
+        alpha.store().remove(&n("gone")).unwrap();
+        alpha.store().rename(&n("moved"), &n("there")).unwrap();
+        // Removed by hand while the agent was down: no trace.
+        fs::remove_file(alpha.store().path_of(&n("lost"))).unwrap();
+        let held = || fs::read_dir(&removed).unwrap().count();
+        assert_eq!(held(), 0, "held bytes outlived the delete's commit");
+        // Killed before the commit: the records as before the changes, the
+        // deleted bytes still held.
+        {
+            let _guard = alpha.store().change_lock();
+            let mut ops = version_ops(&n("gone"), &gone, None).to_vec();
+            ops.extend(version_ops(&n("moved"), &moved, None));
+            ops.extend([
+                Op::DelVersion(n("there")),
+                Op::PutList(List::Tombstones, n("gone"), Vec::new()),
+                Op::PutList(List::Tombstones, n("moved"), Vec::new()),
+            ]);
+            alpha.meta.apply(&ops).unwrap();
+        }
+        fs::write(removed.join("1.0"), &gone_bytes).unwrap();
+        // `there` gets back the record attached to its bytes (not a change).
+        assert_eq!(alpha.reconcile().unwrap(), 3, "gone, moved, lost");
+        let _guard = alpha.store().change_lock();
+        for (name, prev) in [("gone", &gone), ("moved", &moved)] {
+            assert!(alpha.record(&n(name)).unwrap().is_none(), "{name}");
+            let tombs = alpha.tombstones(&n(name));
+            assert!(
+                crate::records::deleted_by(&tombs, &[], &prev.body().vv),
+                "the delete of {name} was not signed"
+            );
+        }
+        assert!(
+            alpha.tombstones(&n("lost")).is_empty(),
+            "a file lost by hand was taken for a delete"
+        );
+        assert!(alpha.record(&n("lost")).unwrap().is_none());
+        assert!(alpha.record(&n("there")).unwrap().is_some());
+        assert_eq!(held(), 0, "held bytes stay after the start");
     }
 
     /// Two records of one version (a second signing) settle on one record
