@@ -258,11 +258,15 @@ fn delete_and_rename_then_kill(attempt: usize) -> bool {
         let node = c.node(n);
         assert!(
             !fs::present(node.at("gone")),
-            "the deleted file came back on {n}"
+            "the deleted file came back on {n}; a's log:\n{}\n{}",
+            a.m.log(),
+            c.dump()
         );
         assert!(
             !fs::present(node.at("moved")),
-            "the renamed file came back on {n}"
+            "the renamed file came back on {n}; a's log:\n{}\n{}",
+            a.m.log(),
+            c.dump()
         );
         assert_eq!(fs::read(node.at("there")).unwrap(), moved, "on {n}");
     }
