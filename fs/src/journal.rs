@@ -27,7 +27,7 @@
 //! the journal instead of letting memory grow.
 
 use std::collections::{HashMap, VecDeque};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::Duration;
@@ -56,13 +56,14 @@ pub trait Journal: Send + Sync + std::fmt::Debug {
     fn changed(&self, name: &Name, sealed: Option<&Sealed>, stat: Option<LocalStat>);
     /// `name` was removed.
     fn removed(&self, name: &Name);
-    /// `name` was removed, and its bytes are held at `held` until the
-    /// journal's record of the delete is durable (see `store::held`): the
-    /// journal lets go of them then with [`crate::store::release_held`].
-    /// By default: [`Journal::removed`], then let go at once.
-    fn removed_held(&self, name: &Name, held: &Path) {
+    /// `name` was removed, and its bytes are held at `held` (its store
+    /// file, and a seal of it that was still waiting) until the journal's
+    /// record of the delete is durable (see `store::held`): the journal
+    /// lets go of them then with [`crate::store::release_held`]. By
+    /// default: [`Journal::removed`], then let go at once.
+    fn removed_held(&self, name: &Name, held: &[PathBuf]) {
         self.removed(name);
-        crate::store::release_held(held);
+        held.iter().for_each(|h| crate::store::release_held(h));
     }
     /// `from` was renamed to `to` (replacing `to`); `stat` as in
     /// [`Journal::changed`].
@@ -119,8 +120,8 @@ pub trait Journal: Send + Sync + std::fmt::Debug {
 #[derive(Debug)]
 pub(crate) enum Event {
     Changed(Name, Option<Sealed>, Option<LocalStat>),
-    /// A name removed, and where its bytes are held (if it had a file).
-    Removed(Name, Option<PathBuf>),
+    /// A name removed, and where its bytes are held.
+    Removed(Name, Vec<PathBuf>),
     Renamed(Name, Name, Option<LocalStat>),
     /// A seal placed by [`Journal::place`]: where, what, its description.
     Placed(Name, Sealed, Vec<u8>, Option<LocalStat>),
@@ -240,8 +241,8 @@ impl Queue {
         let j = &self.journal;
         match event {
             Event::Changed(name, sealed, stat) => j.changed(&name, sealed.as_ref(), stat),
-            Event::Removed(name, None) => j.removed(&name),
-            Event::Removed(name, Some(held)) => j.removed_held(&name, &held),
+            Event::Removed(name, held) if held.is_empty() => j.removed(&name),
+            Event::Removed(name, held) => j.removed_held(&name, &held),
             Event::Renamed(from, to, stat) => j.renamed(&from, &to, stat),
             Event::Placed(at, sealed, version, stat) => j.placed(&at, &sealed, &version, stat),
             Event::RenamedPlaced(from, at, version, stat) => {
@@ -340,7 +341,7 @@ mod tests {
     fn the_delivering_thread_yields_the_cpu_to_the_callers() {
         let seen = Arc::new(Niceness::default());
         let q = Queue::start(seen.clone());
-        q.push(Event::Removed(name(0), None));
+        q.push(Event::Removed(name(0), Vec::new()));
         let got = lock(&seen.0);
         let (got, _) = seen
             .1
@@ -359,13 +360,13 @@ mod tests {
         let slow = Arc::new(Slow::default());
         *lock(&slow.closed) = true;
         let q = Queue::start(slow.clone());
-        q.push(Event::Removed(name(0), None));
+        q.push(Event::Removed(name(0), Vec::new()));
         // The thread took the first event and is held inside the journal.
         while slow.calls.load(Ordering::SeqCst) == 0 {
             std::thread::yield_now();
         }
         for i in 1..=MAX_QUEUED {
-            q.push(Event::Removed(name(i), None));
+            q.push(Event::Removed(name(i), Vec::new()));
         }
         assert_eq!(q.len(), MAX_QUEUED);
         // One more is over the bound: this push delivers the queue itself,
@@ -373,7 +374,7 @@ mod tests {
         let pusher = {
             let q = q.clone();
             std::thread::spawn(move || {
-                q.push(Event::Removed(name(MAX_QUEUED + 1), None));
+                q.push(Event::Removed(name(MAX_QUEUED + 1), Vec::new()));
                 q.len()
             })
         };
@@ -394,7 +395,7 @@ mod tests {
     fn the_thread_ends_when_the_queue_is_dropped() {
         let slow = Arc::new(Slow::default());
         let q = Queue::start(slow.clone());
-        q.push(Event::Removed(name(1), None));
+        q.push(Event::Removed(name(1), Vec::new()));
         q.deliver();
         assert_eq!(lock(&slow.seen).len(), 1);
         drop(q);

@@ -17,7 +17,8 @@
 //!
 //! A rename needs no such folder: the moved bytes carry the name they came
 //! from ([`MOVED_FROM_XATTR`]), which tells a reconcile that the record of
-//! a name whose file is gone was moved here on purpose.
+//! a name whose file is gone was moved here on purpose. Held bytes carry
+//! it too: the name they were deleted from.
 //!
 //! What is held is ciphertext, `0600`, in a `0700` folder, for at most a
 //! commit window in a running agent.
@@ -46,10 +47,24 @@ impl Store {
         &self.held
     }
 
-    /// Move `name`'s store file (if any) into the held folder; the caller
-    /// holds the change lock. Returns where it went.
-    pub(super) fn hold_locked(&self, name: &Name) -> Result<Option<PathBuf>, Error> {
-        let from = self.path_of(name);
+    /// Move `name`'s bytes into the held folder: its waiting seal (whose
+    /// record may have been pushed before it was durable) and its store
+    /// file; the caller holds the change lock. Returns where they went.
+    pub(super) fn hold_locked(&self, name: &Name) -> Result<Vec<PathBuf>, Error> {
+        let mut held = Vec::new();
+        if let Some(temp) = self.take_waiting_locked(name) {
+            // Out of the waiting list already: a failure leaves it to the
+            // next start, which removes what it does not put in place.
+            held.extend(self.hold_file(&temp, name)?);
+        }
+        held.extend(self.hold_file(&self.path_of(name), name)?);
+        Ok(held)
+    }
+
+    /// Move the file at `from`, `name`'s bytes, into the held folder, if
+    /// it is there.
+    fn hold_file(&self, from: &Path, name: &Name) -> Result<Option<PathBuf>, Error> {
+        let from = from.to_path_buf();
         let seq = HELD_SEQ.fetch_add(1, Ordering::Relaxed);
         let to = self.held.join(format!("{}.{seq}", std::process::id()));
         match fs::rename(&from, &to) {
@@ -57,6 +72,9 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io("remove", &from, e)),
         }
+        // Which name the bytes were taken from: a start needs it to tell
+        // what was deleted (a conflict copy's record names its origin).
+        set_moved_from(&to, name);
         // Durable with the store folder's next sync (grouped) or now: a
         // crash may undo the delete whole, but never lose the bytes while
         // their record still names them.
@@ -90,24 +108,33 @@ impl Store {
     /// Note on the file now under `to` that it was renamed from `from`
     /// through the mount (see the module docs).
     pub(super) fn mark_moved_from(&self, to: &Name, from: &Name) {
-        self.at_current(to, |p| {
-            let _ = rustix::fs::setxattr(
-                p,
-                MOVED_FROM_XATTR,
-                from.as_bytes(),
-                rustix::fs::XattrFlags::empty(),
-            );
-        });
+        self.at_current(to, |p| set_moved_from(p, from));
     }
 
     /// The name `name`'s store file was last renamed from through the
     /// mount, if it says so.
     pub fn moved_from(&self, name: &Name) -> Option<Name> {
-        let mut buf = vec![0u8; crate::name::MAX_NAME_BYTES + 1];
-        let n = rustix::fs::getxattr(self.path_of(name), MOVED_FROM_XATTR, &mut buf[..]).ok()?;
-        buf.truncate(n);
-        Name::new(buf).ok()
+        moved_from_at(&self.path_of(name))
     }
+}
+
+/// Mark the file at `path` as moved from `from` (best effort).
+pub fn set_moved_from(path: &Path, from: &Name) {
+    let _ = rustix::fs::setxattr(
+        path,
+        MOVED_FROM_XATTR,
+        from.as_bytes(),
+        rustix::fs::XattrFlags::empty(),
+    );
+}
+
+/// The name the file at `path` (a store file, or held bytes) was moved
+/// from, if it says so.
+pub fn moved_from_at(path: &Path) -> Option<Name> {
+    let mut buf = vec![0u8; crate::name::MAX_NAME_BYTES + 1];
+    let n = rustix::fs::getxattr(path, MOVED_FROM_XATTR, &mut buf[..]).ok()?;
+    buf.truncate(n);
+    Name::new(buf).ok()
 }
 
 /// Let go of held bytes: their delete is on record. A file already gone

@@ -60,7 +60,7 @@ mod tags;
 mod waiting;
 
 pub use crate::journal::Journal;
-pub use held::release_held;
+pub use held::{moved_from_at, release_held, set_moved_from};
 pub use seal::{pump, seal_into, Seal, SealStream};
 pub use waiting::Leftovers;
 use waiting::Waiting;
@@ -232,6 +232,19 @@ impl StagedFile {
     }
 }
 
+/// The record attached to the file at `path` (a store file, or held
+/// bytes; see [`Store::attached_record`]), unverified.
+pub fn attached_record_at(path: &Path) -> Option<Vec<u8>> {
+    attached_at(path, RECORD_XATTR)
+}
+
+fn attached_at(path: &Path, attr: &str) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; MAX_ATTACHED_RECORD];
+    let n = rustix::fs::getxattr(path, attr, &mut buf[..]).ok()?;
+    buf.truncate(n);
+    Some(buf)
+}
+
 /// Attach a placed version to the file at `path` (best effort).
 fn attach_placed_to(path: &Path, version: &[u8]) {
     let _ = rustix::fs::setxattr(path, PLACED_XATTR, version, rustix::fs::XattrFlags::empty());
@@ -264,7 +277,7 @@ impl Drop for Pending<'_> {
         match (self.journal, self.event.take()) {
             (Some(q), Some(event)) => q.push(event),
             // No records to wait for.
-            (None, Some(Event::Removed(_, Some(held)))) => release_held(&held),
+            (None, Some(Event::Removed(_, held))) => held.iter().for_each(|h| release_held(h)),
             _ => {}
         }
     }
@@ -598,10 +611,7 @@ impl Store {
     }
 
     fn attached(&self, name: &Name, attr: &str) -> Option<Vec<u8>> {
-        let mut buf = vec![0u8; MAX_ATTACHED_RECORD];
-        let n = rustix::fs::getxattr(self.path_of(name), attr, &mut buf[..]).ok()?;
-        buf.truncate(n);
-        Some(buf)
+        attached_at(&self.path_of(name), attr)
     }
 
     /// Attach `record` (the signed record just made of `name`'s newest
@@ -713,14 +723,11 @@ impl Store {
     /// of the delete is durable (see `held`).
     pub fn remove_pending(&self, name: &Name) -> Result<Pending<'_>, Error> {
         let guard = self.lock_changes();
-        let waited = self.drop_waiting_locked(name);
         let held = self.hold_locked(name)?;
-        if !waited && held.is_none() {
+        if held.is_empty() {
             return Err(Error::NotFound(name.to_string()));
         }
-        if held.is_some() {
-            self.dir_changed()?;
-        }
+        self.dir_changed()?;
         self.drop_tags(name);
         self.forget_states_locked(&[name]);
         Ok(self.pending(guard, Event::Removed(name.clone(), held)))

@@ -952,11 +952,10 @@ struct Holder(Mutex<Vec<(Name, PathBuf)>>);
 impl Journal for Holder {
     fn changed(&self, _: &Name, _: Option<&Sealed>, _: Option<LocalStat>) {}
     fn removed(&self, _: &Name) {}
-    fn removed_held(&self, name: &Name, held: &Path) {
-        self.0
-            .lock()
-            .unwrap()
-            .push((name.clone(), held.to_path_buf()));
+    fn removed_held(&self, name: &Name, held: &[PathBuf]) {
+        for h in held {
+            self.0.lock().unwrap().push((name.clone(), h.clone()));
+        }
     }
     fn renamed(&self, _: &Name, _: &Name, _: Option<LocalStat>) {}
 }

@@ -421,14 +421,21 @@ impl Store {
     /// Under the change lock: forget `name`'s waiting seal, as a newer
     /// change of the name replaced it. Returns whether there was one.
     pub(super) fn drop_waiting_locked(&self, name: &Name) -> bool {
-        let Some(w) = &self.waiting else {
-            return false;
-        };
-        let Some(f) = lock(&w.files).remove(name) else {
-            return false;
-        };
-        remove_leftover(&f.temp);
-        true
+        match self.take_waiting_locked(name) {
+            Some(temp) => {
+                remove_leftover(&temp);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Take `name`'s waiting seal out of the waiting list, leaving its
+    /// temp file to the caller (under the change lock).
+    pub(super) fn take_waiting_locked(&self, name: &Name) -> Option<PathBuf> {
+        let w = self.waiting.as_ref()?;
+        let f = lock(&w.files).remove(name)?;
+        Some(f.temp)
     }
 
     /// The window of grouped syncs, if this store groups them.

@@ -43,19 +43,14 @@ impl JournalLink {
     /// Record the delete of `name`; its bytes held at `held` go once the
     /// record is durable (at once when there is nothing to record; on an
     /// error they stay for the next start's reconcile).
-    fn removed_then(&self, name: &Name, held: Option<&Path>) {
-        let release = || {
-            if let Some(h) = held {
-                release_held(h);
-            }
-        };
+    fn removed_then(&self, name: &Name, held: &[PathBuf]) {
         let Some(r) = self.0.upgrade() else {
             return;
         };
         r.sightings.removed(name);
         match r.record(name) {
-            Ok(Some(prev)) => r.local_removed_then(name, &prev, held.map(Path::to_path_buf)),
-            Ok(None) => release(),
+            Ok(Some(prev)) => r.local_removed_then(name, &prev, held.to_vec()),
+            Ok(None) => held.iter().for_each(|h| release_held(h)),
             Err(e) => tracing::warn!("{e}"),
         }
     }
@@ -69,11 +64,11 @@ impl Journal for JournalLink {
     }
 
     fn removed(&self, name: &Name) {
-        self.removed_then(name, None);
+        self.removed_then(name, &[]);
     }
 
-    fn removed_held(&self, name: &Name, held: &Path) {
-        self.removed_then(name, Some(held));
+    fn removed_held(&self, name: &Name, held: &[PathBuf]) {
+        self.removed_then(name, held);
     }
 
     fn base(&self, name: &Name) -> Base {
@@ -649,16 +644,18 @@ impl Replica {
     /// Record the local delete of `name`, whose version was `prev` (told by
     /// the store's journal, in order with every other local change).
     pub(super) fn local_removed(&self, name: &Name, prev: &Signed<FileVersion>) {
-        self.local_removed_then(name, prev, None);
+        self.local_removed_then(name, prev, Vec::new());
     }
 
     /// [`Replica::local_removed`]; the bytes held at `held` go once the
-    /// tombstone is durable.
+    /// tombstone is durable. The name's record goes if it is `prev` or the
+    /// delete covers it (a restart signs a lost delete late, when the name
+    /// may hold a newer version: see `reconcile`).
     pub(super) fn local_removed_then(
         &self,
         name: &Name,
         prev: &Signed<FileVersion>,
-        held: Option<PathBuf>,
+        held: Vec<PathBuf>,
     ) {
         let t = Signed::sign(
             Tombstone {
@@ -673,13 +670,24 @@ impl Replica {
         let mut tombs = self.tombstones(name);
         tombs.push(t.clone());
         let tombs = records::merge_antichain(tombs);
-        let ops = [
-            Op::DelVersion(name.clone()),
-            Op::PutList(List::Tombstones, name.clone(), encode_records(&tombs)),
-        ];
-        let result = match held {
-            Some(h) => self.meta.apply_then(&ops, move || release_held(&h)),
-            None => self.meta.apply(&ops),
+        let mut ops = vec![Op::PutList(
+            List::Tombstones,
+            name.clone(),
+            encode_records(&tombs),
+        )];
+        let current = self.record(name).ok().flatten();
+        let resurrects = self.resurrects(name);
+        if current.is_some_and(|c| {
+            c.to_bytes() == prev.to_bytes()
+                || records::deleted_by(&tombs, &resurrects, &c.body().vv)
+        }) {
+            ops.push(Op::DelVersion(name.clone()));
+        }
+        let result = if held.is_empty() {
+            self.meta.apply(&ops)
+        } else {
+            self.meta
+                .apply_then(&ops, move || held.iter().for_each(|h| release_held(h)))
         };
         match result {
             Ok(()) => self.emit(Outgoing::Tombstone(t)),

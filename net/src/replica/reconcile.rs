@@ -24,29 +24,26 @@
 //! See docs/design.md, "Durability and its bound".
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use lockbox_crypto::digest::Sha256;
 use lockbox_crypto::sign::Signed;
 use lockbox_fs::escape::Escape;
 use lockbox_fs::meta::{LocalStat, Op};
-use lockbox_fs::store::release_held;
+use lockbox_fs::store::{attached_record_at, moved_from_at, release_held};
 use lockbox_fs::{FileState, Name};
 
 use super::local::{decode_version, describe_file};
 use super::{version_ops, Replica, ReplicaError};
-use crate::records::FileVersion;
+use crate::records::{self, FileVersion};
 
-/// Why a record's file is gone from its name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Gone {
-    /// Its bytes are in the held folder: deleted here.
-    Deleted,
-    /// Its bytes are under another name that says it came from this one:
-    /// renamed away here.
-    Renamed,
-    /// No trace: lost.
-    Lost,
+/// A change made here whose delete may not have reached the records: the
+/// name, the version it took away, and the held bytes (if any) that go
+/// once that delete is durable.
+struct Trace {
+    name: Name,
+    version: Signed<FileVersion>,
+    held: Option<PathBuf>,
+    how: &'static str,
 }
 
 impl Replica {
@@ -66,59 +63,43 @@ impl Replica {
                 changed += 1;
             }
         }
-        let held = self.held_hashes()?;
-        let mut gone_names = Vec::new();
+        let mut gone = HashMap::new();
         for (name, record, _) in self.meta.versions()? {
             if let Ok(n) = Name::new(name) {
                 if !seen.contains(&n) {
-                    gone_names.push((n, record));
+                    gone.insert(n, Signed::<FileVersion>::from_trusted_bytes(&record).ok());
                 }
             }
         }
-        let moved = self.moved_away(&seen, &gone_names);
-        let mut used = HashSet::new();
-        for (n, record) in gone_names {
-            let prev = Signed::<FileVersion>::from_trusted_bytes(&record).ok();
-            let hash = prev.as_ref().map(|p| p.body().hash);
-            let held_at = hash.and_then(|h| held.iter().find(|(_, hh)| *hh == h));
-            let how = match (held_at, hash) {
-                (Some(_), _) => Gone::Deleted,
-                (None, Some(h)) if moved.get(&n) == Some(&h) => Gone::Renamed,
-                _ => Gone::Lost,
-            };
-            match (how, prev) {
-                (Gone::Deleted | Gone::Renamed, Some(prev)) => {
-                    tracing::info!(
-                        "{} was {} here just before the agent stopped: recording its delete",
-                        n.escaped(),
-                        if how == Gone::Deleted {
-                            "deleted"
-                        } else {
-                            "renamed"
-                        }
-                    );
-                    let held_path = held_at.map(|(p, _)| p.clone());
-                    if let Some(p) = &held_path {
-                        used.insert(p.clone());
-                    }
-                    self.local_removed_then(&n, &prev, held_path);
+        let mut traces = self.held_traces(&gone)?;
+        traces.extend(self.moved_traces(&seen, &gone));
+        for t in traces {
+            let tombs = self.tombstones(&t.name);
+            if records::deleted_by(&tombs, &self.resurrects(&t.name), &t.version.body().vv) {
+                // Its delete was durable before the agent stopped.
+                if let Some(h) = &t.held {
+                    release_held(h);
                 }
-                _ => {
-                    tracing::info!(
-                        "{} is gone from the store: a peer will send it again",
-                        n.escaped()
-                    );
-                    self.meta.apply(&[Op::DelVersion(n)])?;
-                }
+                continue;
             }
+            tracing::info!(
+                "{} was {} here just before the agent stopped: recording its delete",
+                t.name.escaped(),
+                t.how
+            );
+            self.local_removed_then(&t.name, &t.version, t.held.into_iter().collect());
             changed += 1;
         }
-        // Held bytes no record names any more: their delete was durable
-        // before the agent stopped.
-        for (p, _) in &held {
-            if !used.contains(p) {
-                release_held(p);
+        for (n, _) in gone {
+            if self.meta.version(&n)?.is_none() {
+                continue; // its lost delete was just signed
             }
+            tracing::info!(
+                "{} is gone from the store: a peer will send it again",
+                n.escaped()
+            );
+            self.meta.apply(&[Op::DelVersion(n)])?;
+            changed += 1;
         }
         // A state whose file is gone (removed by hand while the agent was
         // down) goes too.
@@ -197,43 +178,112 @@ impl Replica {
         }
     }
 
-    /// The held folder's files with the hash of their bytes (a file that
-    /// cannot be read or is not sealed is let go: nothing can name it).
-    fn held_hashes(&self) -> Result<Vec<(PathBuf, Sha256)>, ReplicaError> {
-        let mut held = Vec::new();
+    /// The held folder's files, each with the version it held: the
+    /// record of a name in `gone` (records whose file is gone) whose hash
+    /// the bytes have, else the record attached to the bytes (a version
+    /// signed, maybe pushed, and deleted before its record was durable).
+    /// Bytes neither names are let go: nothing to record.
+    fn held_traces(
+        &self,
+        gone: &HashMap<Name, Option<Signed<FileVersion>>>,
+    ) -> Result<Vec<Trace>, ReplicaError> {
+        let mut traces = Vec::new();
         for p in self.store.held_files()? {
-            match describe_file(&p) {
-                Ok((_, _, hash)) => held.push((p, hash)),
-                Err(_) => release_held(&p),
+            let Ok((_, _, hash)) = describe_file(&p) else {
+                release_held(&p);
+                continue;
+            };
+            // The name it was deleted from (without extended attributes:
+            // the name whose lost record has its hash).
+            let name = moved_from_at(&p).or_else(|| {
+                gone.iter()
+                    .find(|(_, r)| r.as_ref().is_some_and(|r| r.body().hash == hash))
+                    .map(|(n, _)| n.clone())
+            });
+            let Some(name) = name else {
+                release_held(&p);
+                continue;
+            };
+            let recorded = gone
+                .get(&name)
+                .and_then(|r| r.clone())
+                .filter(|r| r.body().hash == hash);
+            let attached = || {
+                self.attached_version(&p, &name)
+                    .filter(|r| r.body().hash == hash)
+            };
+            match recorded.or_else(attached) {
+                Some(version) => traces.push(Trace {
+                    name,
+                    version,
+                    held: Some(p),
+                    how: "deleted",
+                }),
+                None => release_held(&p),
             }
         }
-        Ok(held)
+        Ok(traces)
     }
 
-    /// For the names in `gone` (records whose file is gone), the hash of
-    /// the bytes now under another name that says it was renamed from
-    /// there. Reads the stores' marks only when some record lost its file.
-    fn moved_away(
+    /// The files that say they were renamed here from a name (`present`:
+    /// the names with a file), each with the version of that name it
+    /// took away: the name's record in `gone` when the bytes are its, else
+    /// the record attached to the bytes when it is that name's (signed,
+    /// maybe pushed, before the rename, whose records were not durable).
+    fn moved_traces(
         &self,
         present: &HashSet<Name>,
-        gone: &[(Name, Vec<u8>)],
-    ) -> HashMap<Name, Sha256> {
-        let mut moved = HashMap::new();
-        if gone.is_empty() {
-            return moved;
-        }
-        let gone: HashSet<&Name> = gone.iter().map(|(n, _)| n).collect();
+        gone: &HashMap<Name, Option<Signed<FileVersion>>>,
+    ) -> Vec<Trace> {
+        let mut traces = Vec::new();
         for name in present {
             let Some(from) = self.store.moved_from(name) else {
                 continue;
             };
-            if !gone.contains(&from) {
+            if present.contains(&from) {
+                continue; // the name has a file again
+            }
+            // Only a candidate is hashed: most files renamed here had
+            // their records made long ago.
+            let path = self.store.path_of(name);
+            let recorded = gone.get(&from).and_then(|r| r.clone());
+            let attached = self.attached_version(&path, &from);
+            if recorded.is_none() && attached.is_none() {
                 continue;
             }
-            if let Ok((_, _, hash)) = describe_file(&self.store.path_of(name)) {
-                moved.insert(from, hash);
+            let Ok((_, _, hash)) = describe_file(&path) else {
+                continue;
+            };
+            let of_these = |r: &Signed<FileVersion>| r.body().hash == hash;
+            let recorded = recorded.filter(of_these);
+            let attached = || attached.filter(of_these);
+            if let Some(version) = recorded.or_else(attached) {
+                traces.push(Trace {
+                    name: from,
+                    version,
+                    held: None,
+                    how: "renamed",
+                });
             }
         }
-        moved
+        traces
+    }
+
+    /// The version record attached to the file at `path`, if it is one of
+    /// `name`, is this user's and is signed by a member (whether it
+    /// describes the file's bytes is the caller's to check).
+    fn attached_version(&self, path: &Path, name: &Name) -> Option<Signed<FileVersion>> {
+        let bytes = attached_record_at(path)?;
+        // The name first: most files renamed here carry their own record.
+        let unverified = Signed::<FileVersion>::from_trusted_bytes(&bytes).ok()?;
+        if !unverified.body().fits_name(name) {
+            return None;
+        }
+        let r = Signed::<FileVersion>::from_bytes(&bytes).ok()?;
+        let body = r.body();
+        let ok = body.fits_name(name)
+            && body.user == self.user
+            && self.members().by_key(&r.signer()).is_some();
+        ok.then_some(r)
     }
 }
