@@ -109,10 +109,64 @@ fn certificate_check(paths: &Paths) -> (Level, String) {
     }
 }
 
+/// Whether the peer port can serve this envoy: free, or held by this
+/// envoy's own agent (which says so); held by anything else — another
+/// user's agent, another program — it cannot.
+fn peer_port_check(paths: &Paths, listen: &str, port: u16) -> (Level, String) {
+    let e = match TcpListener::bind((listen, port)) {
+        Ok(_) => return (Level::Ok, format!("peer port {listen}:{port} is free")),
+        Err(e) => e,
+    };
+    let ours = Client::connect(paths)
+        .ok()
+        .and_then(|mut c| match c.call(&Request::Status) {
+            Ok(Response::Status(r)) => Some(*r),
+            _ => None,
+        });
+    match ours {
+        Some(r) if r.mesh_port == Some(port) => (
+            Level::Ok,
+            format!("peer port {listen}:{port} is held by this envoy's agent"),
+        ),
+        Some(r) => {
+            let agent = match r.mesh_port {
+                Some(p) => format!("this envoy's agent serves its peers on port {p}"),
+                None => "this envoy's agent serves no peers (its mesh is off)".to_string(),
+            };
+            (
+                Level::Fail,
+                format!(
+                    "peer port {listen}:{port} is held by another program ({e}), not by this \
+                     envoy's agent ({agent}): stop that program or set peer_port in {}",
+                    paths.config().display()
+                ),
+            )
+        }
+        None => (
+            Level::Warn,
+            format!(
+                "peer port {listen}:{port} is held by another program ({e}): the agent cannot \
+                 serve its peers there; stop that program or set peer_port in {}",
+                paths.config().display()
+            ),
+        ),
+    }
+}
+
 /// `lockbox doctor`: one line per check; exit 1 when any check fails.
 pub fn doctor(paths: &Paths) -> anyhow::Result<()> {
     let mut checks: Vec<(Level, String)> = Vec::new();
     let config = match envoy::load_config(paths) {
+        Ok(c) if !paths.config().exists() => {
+            checks.push((
+                Level::Warn,
+                format!(
+                    "config {} does not exist: the defaults are in use (lockbox init writes it)",
+                    paths.config().display()
+                ),
+            ));
+            Some(c)
+        }
         Ok(c) => {
             checks.push((
                 Level::Ok,
@@ -135,27 +189,7 @@ pub fn doctor(paths: &Paths) -> anyhow::Result<()> {
         Err(e) => checks.push((Level::Fail, e)),
     }
     if let Some(c) = &config {
-        let agent_running = Client::connect(paths).is_ok();
-        match TcpListener::bind((c.listen.as_str(), c.peer_port)) {
-            Ok(_) => checks.push((
-                Level::Ok,
-                format!("peer port {}:{} is free", c.listen, c.peer_port),
-            )),
-            Err(e) if agent_running => checks.push((
-                Level::Ok,
-                format!(
-                    "peer port {} is in use ({e}; the agent may hold it)",
-                    c.peer_port
-                ),
-            )),
-            Err(e) => checks.push((
-                Level::Warn,
-                format!(
-                    "peer port {}:{} cannot be bound: {e}; set peer_port in config.yaml",
-                    c.listen, c.peer_port
-                ),
-            )),
-        }
+        checks.push(peer_port_check(paths, &c.listen, c.peer_port));
     }
     checks.push(certificate_check(paths));
     let now = SystemTime::now()

@@ -2,7 +2,8 @@
 //! left behind (killed) is called stale, with the command that clears it;
 //! a certificate issued while the agent runs is noticed, with the restart
 //! it needs; the mount and the mesh are structured fields of `status
-//! --json`, not only prose.
+//! --json`, not only prose. `doctor` checks what it claims: who holds the
+//! peer port, whether the config file is there.
 
 use crate::harness::fleet::{issue, path};
 use crate::harness::*;
@@ -84,4 +85,57 @@ fn status_notices_a_certificate_issued_while_the_agent_runs() {
     assert_eq!(st["mesh_on"], true, "{st}");
     assert!(st["mesh_port"].as_u64().is_some_and(|p| p > 0), "{st}");
     assert!(!restart(&st), "{st}");
+}
+
+/// The line of `doctor`'s output that contains `needle`.
+fn doctor_line(e: &Envoy, needle: &str) -> String {
+    let out = String::from_utf8(e.run(&["doctor"]).stdout).unwrap();
+    out.lines()
+        .find(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no {needle:?} line in:\n{out}"))
+        .to_string()
+}
+
+/// `doctor` checks what it claims: a peer port another program holds is
+/// not "ok" (it used to be, whenever an agent ran), the one this envoy's
+/// agent serves its mesh on is; a config file that is not there is not
+/// "valid".
+#[test]
+fn doctor_tells_who_holds_the_peer_port_and_whether_the_config_exists() {
+    require_fuse!();
+    let c = Circle::loopback(&["a", "b"]);
+    let a = &c.node("a").m.e;
+    let ours = doctor_line(a, "peer port");
+    assert!(
+        ours.starts_with("ok") && ours.contains("held by this envoy's agent"),
+        "{ours}"
+    );
+
+    // Another program on the port an envoy is configured with.
+    let port = free_ports(1)[0];
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let e = Envoy::with_config(&loopback_config(port, &[]));
+    e.init("lone");
+    let line = doctor_line(&e, "peer port");
+    assert!(
+        line.starts_with("warn") && line.contains("held by another program"),
+        "{line}"
+    );
+    // Its agent runs (with no certificate it serves no peers): still not ok.
+    e.unlock();
+    let line = doctor_line(&e, "peer port");
+    assert!(
+        line.starts_with("FAIL") && line.contains("not by this envoy's agent"),
+        "{line}"
+    );
+    drop(squatter);
+    let line = doctor_line(&e, "peer port");
+    assert!(line.starts_with("ok") && line.contains("is free"), "{line}");
+
+    std::fs::remove_file(e.state().join("config.yaml")).unwrap();
+    let line = doctor_line(&e, "config");
+    assert!(
+        line.starts_with("warn") && line.contains("does not exist"),
+        "{line}"
+    );
 }
