@@ -143,6 +143,34 @@ pub(super) fn local_vector(
     Ok(vv)
 }
 
+/// The vector of the tombstone of a local delete of a version with vector
+/// `v`: `v` itself, unless a resurrect of the name covers `v` — a version
+/// that `lockbox resurrect` let back in, whose own vector is under the
+/// delete the resurrect lifted. A tombstone of `v` would then be lifted by
+/// that same resurrect on every envoy and delete nothing: the name came
+/// back from the first peer that still held it. So the tombstone covers
+/// those resurrects too and comes after them (one more for `me`). (On an
+/// overflow of `me`'s counter, `v`: the old behaviour.)
+pub(super) fn tombstone_vector(
+    me: &WireName,
+    v: &VersionVector,
+    resurrects: &[Signed<Resurrect>],
+) -> VersionVector {
+    let lifting: Vec<&VersionVector> = resurrects
+        .iter()
+        .map(|r| &r.body().vv)
+        .filter(|r| records::deletes(r, v))
+        .collect();
+    if lifting.is_empty() {
+        return v.clone();
+    }
+    let mut vv = lifting.into_iter().fold(v.clone(), |a, r| a.merge(r));
+    match vv.bump(me) {
+        Ok(_) => vv,
+        Err(_) => v.clone(),
+    }
+}
+
 /// What the mesh keeps in memory to tell what a local writer could have
 /// seen: each version that arrived from a peer is numbered, with the
 /// vector its name held before it; each local version written through the
@@ -657,11 +685,12 @@ impl Replica {
         prev: &Signed<FileVersion>,
         held: Vec<PathBuf>,
     ) {
+        let resurrects = self.resurrects(name);
         let t = Signed::sign(
             Tombstone {
                 user: self.user.clone(),
                 name: name.clone(),
-                vv: prev.body().vv.clone(),
+                vv: tombstone_vector(&self.envoy, &prev.body().vv, &resurrects),
                 author: self.envoy.clone(),
                 deleted_unix: now_unix(),
             },
@@ -676,7 +705,6 @@ impl Replica {
             encode_records(&tombs),
         )];
         let current = self.record(name).ok().flatten();
-        let resurrects = self.resurrects(name);
         if current.is_some_and(|c| {
             c.to_bytes() == prev.to_bytes()
                 || records::deleted_by(&tombs, &resurrects, &c.body().vv)

@@ -927,6 +927,64 @@ mod tests {
         assert_eq!(held(), 0, "held bytes stay after the start");
     }
 
+    /// A version `lockbox resurrect` let back in, deleted again, stays
+    /// deleted on every envoy. Its tombstone used to carry the version's
+    /// own vector, which the resurrect that let it in covers: the resurrect
+    /// lifted the new delete too, and the name came back from any envoy
+    /// that still held the version.
+    #[test]
+    fn a_resurrected_version_deleted_again_stays_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let [a, b] = circle(dir.path(), ["alpha", "bravo"]);
+        let (alpha, bravo) = (a.open(), b.open());
+        let (doc, v1) = seal_doc(&alpha, b"v1");
+        let bytes = fs::read(alpha.store().current_path(&doc)).unwrap();
+        let staged = |r: &Replica| {
+            let (staged, ()) = r
+                .store()
+                .stage(|f| std::io::Write::write_all(f, &bytes).map_err(lockbox_fs::Error::Read))
+                .unwrap();
+            staged
+        };
+        let record = |r: &Replica| {
+            let _guard = r.store().change_lock();
+            r.record(&doc).unwrap()
+        };
+        bravo.install(&doc, &v1, staged(&bravo)).unwrap();
+        // Deleted on alpha, then let back in: bravo still holds v1.
+        alpha.store().remove(&doc).unwrap();
+        let first = alpha.tombstones(&doc);
+        let r = alpha.resurrect(&doc).unwrap();
+        // bravo hears of both together (the resurrect first: a delete it
+        // lifts never takes anything).
+        bravo.apply_resurrect(&r).unwrap();
+        for t in &first {
+            bravo.apply_tombstone(t).unwrap();
+        }
+        assert!(
+            record(&bravo).is_some(),
+            "the resurrect did not keep v1 on bravo"
+        );
+        alpha.install(&doc, &v1, staged(&alpha)).unwrap();
+        assert!(record(&alpha).is_some(), "v1 did not come back to alpha");
+        // Deleted again.
+        alpha.store().remove(&doc).unwrap();
+        assert!(record(&alpha).is_none());
+        for t in &alpha.tombstones(&doc) {
+            bravo.apply_tombstone(t).unwrap();
+        }
+        assert!(
+            record(&bravo).is_none(),
+            "the second delete was lifted by the resurrect: v1 stays on bravo"
+        );
+        assert!(!bravo.store().contains(&doc));
+        // And alpha refuses v1 from an envoy that missed the delete.
+        assert!(
+            alpha.install(&doc, &v1, staged(&alpha)).is_err() || record(&alpha).is_none(),
+            "v1 came back to alpha"
+        );
+    }
+
     /// Two records of one version (a second signing) settle on one record
     /// on every envoy, whichever each held first.
     #[test]
