@@ -46,6 +46,14 @@ struct Trace {
     how: &'static str,
 }
 
+/// A file that says it was renamed here from `from`, which has no file.
+struct Moved {
+    at: Name,
+    from: Name,
+    /// The record attached to it, if it is one of `from`'s.
+    attached: Option<Signed<FileVersion>>,
+}
+
 impl Replica {
     /// Bring the records in line with the store after the agent was down or
     /// crashed (see the module docs). Returns how many records changed.
@@ -53,9 +61,11 @@ impl Replica {
         let _guard = self.store.change_lock();
         let mut changed = 0;
         let entries = self.store.list()?;
-        let mut seen = HashSet::new();
+        let seen: HashSet<Name> = entries.iter().map(|e| e.name.clone()).collect();
+        // Read before the records are brought in line: recording a file
+        // attaches its new record over the one a rename left on it.
+        let moved = self.moved_candidates(&seen);
         for entry in entries {
-            seen.insert(entry.name.clone());
             if !entry.is_age || entry.state == FileState::Failed {
                 continue;
             }
@@ -72,7 +82,7 @@ impl Replica {
             }
         }
         let mut traces = self.held_traces(&gone)?;
-        traces.extend(self.moved_traces(&seen, &gone));
+        traces.extend(self.moved_traces(moved, &gone));
         for t in traces {
             let tombs = self.tombstones(&t.name);
             if records::deleted_by(&tombs, &self.resurrects(&t.name), &t.version.body().vv) {
@@ -225,17 +235,13 @@ impl Replica {
         Ok(traces)
     }
 
-    /// The files that say they were renamed here from a name (`present`:
-    /// the names with a file), each with the version of that name it
-    /// took away: the name's record in `gone` when the bytes are its, else
-    /// the record attached to the bytes when it is that name's (signed,
+    /// The files that say they were renamed here from a name that has no
+    /// file now (`present`: the names with a file): each with that name
+    /// and the record attached to it if it is one of that name's (signed,
     /// maybe pushed, before the rename, whose records were not durable).
-    fn moved_traces(
-        &self,
-        present: &HashSet<Name>,
-        gone: &HashMap<Name, Option<Signed<FileVersion>>>,
-    ) -> Vec<Trace> {
-        let mut traces = Vec::new();
+    /// Only names and records are read: nothing is hashed yet.
+    fn moved_candidates(&self, present: &HashSet<Name>) -> Vec<Moved> {
+        let mut moved = Vec::new();
         for name in present {
             let Some(from) = self.store.moved_from(name) else {
                 continue;
@@ -243,23 +249,41 @@ impl Replica {
             if present.contains(&from) {
                 continue; // the name has a file again
             }
-            // Only a candidate is hashed: most files renamed here had
-            // their records made long ago.
-            let path = self.store.path_of(name);
-            let recorded = gone.get(&from).and_then(|r| r.clone());
-            let attached = self.attached_version(&path, &from);
-            if recorded.is_none() && attached.is_none() {
-                continue;
+            let attached = self.attached_version(&self.store.path_of(name), &from);
+            moved.push(Moved {
+                at: name.clone(),
+                from,
+                attached,
+            });
+        }
+        moved
+    }
+
+    /// The renames among `moved` whose records were lost, each with the
+    /// version of its origin it took away: the origin's record in `gone`
+    /// when the moved bytes are its, else the record attached to them when
+    /// it describes them.
+    fn moved_traces(
+        &self,
+        moved: Vec<Moved>,
+        gone: &HashMap<Name, Option<Signed<FileVersion>>>,
+    ) -> Vec<Trace> {
+        let mut traces = Vec::new();
+        for m in moved {
+            let recorded = gone.get(&m.from).and_then(|r| r.clone());
+            if recorded.is_none() && m.attached.is_none() {
+                continue; // most files renamed here: their records are made
             }
-            let Ok((_, _, hash)) = describe_file(&path) else {
+            let Ok((_, _, hash)) = describe_file(&self.store.path_of(&m.at)) else {
                 continue;
             };
             let of_these = |r: &Signed<FileVersion>| r.body().hash == hash;
-            let recorded = recorded.filter(of_these);
-            let attached = || attached.filter(of_these);
-            if let Some(version) = recorded.or_else(attached) {
+            if let Some(version) = recorded
+                .filter(of_these)
+                .or_else(|| m.attached.filter(of_these))
+            {
                 traces.push(Trace {
-                    name: from,
+                    name: m.from,
                     version,
                     held: None,
                     how: "renamed",
