@@ -746,6 +746,15 @@ mod tests {
         (doc, rec)
     }
 
+    /// `bytes` (a peer's store file) staged in `r`'s store, as a transfer
+    /// stages them.
+    fn staged_copy(r: &Replica, bytes: &[u8]) -> lockbox_fs::store::StagedFile {
+        let write = |f: &mut std::fs::File| {
+            std::io::Write::write_all(f, bytes).map_err(lockbox_fs::Error::Read)
+        };
+        r.store().stage(write).unwrap().0
+    }
+
     #[test]
     fn a_received_file_whose_record_was_lost_gets_it_back_from_the_file() {
         let dir = tempfile::tempdir().unwrap();
@@ -753,10 +762,7 @@ mod tests {
         let (alpha, bravo) = (a.open(), b.open());
         let (doc, rec) = seal_doc(&alpha, b"from alpha");
         let body = fs::read(alpha.store().current_path(&doc)).unwrap();
-        let (staged, ()) = bravo
-            .store()
-            .stage(|f| std::io::Write::write_all(f, &body).map_err(lockbox_fs::Error::Read))
-            .unwrap();
+        let staged = staged_copy(&bravo, &body);
         assert!(matches!(
             bravo.install(&doc, &rec, staged),
             Ok(Admission::Store(_))
@@ -876,10 +882,12 @@ mod tests {
             alpha.record(&n(name)).unwrap().expect("recorded")
         };
         let (gone, moved, _lost, w) = (seal("gone"), seal("moved"), seal("lost"), seal("w"));
+        let m2 = seal("m2");
         let removed = a.state.join("removed");
         let gone_bytes = fs::read(alpha.store().path_of(&n("gone"))).unwrap();
         alpha.store().remove(&n("gone")).unwrap();
         alpha.store().rename(&n("moved"), &n("there")).unwrap();
+        alpha.store().rename(&n("m2"), &n("t2")).unwrap();
         // Removed by hand while the agent was down: no trace.
         fs::remove_file(alpha.store().path_of(&n("lost"))).unwrap();
         let held = || fs::read_dir(&removed).unwrap().count();
@@ -907,10 +915,31 @@ mod tests {
         fs::rename(alpha.store().path_of(&n("w")), &held_w).unwrap();
         lockbox_fs::store::set_moved_from(&held_w, &n("w"));
         alpha.meta.apply(&[Op::DelVersion(n("w"))]).unwrap();
+        // A file renamed while its seal waited (its record never durable,
+        // nor the rename's): the moved bytes carry the origin's record,
+        // which recording them at the start replaces.
+        {
+            let _guard = alpha.store().change_lock();
+            alpha
+                .meta
+                .apply(&[
+                    Op::DelVersion(n("m2")),
+                    Op::DelVersion(n("t2")),
+                    Op::PutList(List::Tombstones, n("m2"), Vec::new()),
+                ])
+                .unwrap();
+        }
+        alpha
+            .store()
+            .attach_record_current(&n("t2"), &m2.to_bytes());
         // `there` gets back the record attached to its bytes (not a change).
-        assert_eq!(alpha.reconcile().unwrap(), 4, "gone, moved, lost, w");
+        assert_eq!(
+            alpha.reconcile().unwrap(),
+            6,
+            "gone, moved, lost, w, m2, t2"
+        );
         let _guard = alpha.store().change_lock();
-        for (name, prev) in [("gone", &gone), ("moved", &moved), ("w", &w)] {
+        for (name, prev) in [("gone", &gone), ("moved", &moved), ("w", &w), ("m2", &m2)] {
             assert!(alpha.record(&n(name)).unwrap().is_none(), "{name}");
             let tombs = alpha.tombstones(&n(name));
             assert!(
@@ -924,6 +953,7 @@ mod tests {
         );
         assert!(alpha.record(&n("lost")).unwrap().is_none());
         assert!(alpha.record(&n("there")).unwrap().is_some());
+        assert!(alpha.record(&n("t2")).unwrap().is_some());
         assert_eq!(held(), 0, "held bytes stay after the start");
     }
 
@@ -939,13 +969,7 @@ mod tests {
         let (alpha, bravo) = (a.open(), b.open());
         let (doc, v1) = seal_doc(&alpha, b"v1");
         let bytes = fs::read(alpha.store().current_path(&doc)).unwrap();
-        let staged = |r: &Replica| {
-            let (staged, ()) = r
-                .store()
-                .stage(|f| std::io::Write::write_all(f, &bytes).map_err(lockbox_fs::Error::Read))
-                .unwrap();
-            staged
-        };
+        let staged = |r: &Replica| staged_copy(r, &bytes);
         let record = |r: &Replica| {
             let _guard = r.store().change_lock();
             r.record(&doc).unwrap()
@@ -997,10 +1021,7 @@ mod tests {
         body.sealed_unix += 7;
         let second = alpha.sign_version(body);
         let body_bytes = fs::read(alpha.store().current_path(&doc)).unwrap();
-        let (staged, ()) = bravo
-            .store()
-            .stage(|f| std::io::Write::write_all(f, &body_bytes).map_err(lockbox_fs::Error::Read))
-            .unwrap();
+        let staged = staged_copy(&bravo, &body_bytes);
         bravo.install(&doc, &second, staged).unwrap();
         let kept = admission::kept_record(&first.to_bytes(), &second.to_bytes()).to_vec();
         // Each meets the other's record, in either order.
@@ -1029,10 +1050,7 @@ mod tests {
             Admission::Same => Ok(Admission::Same),
             Admission::Store(_) => {
                 let body = fs::read(from.store().current_path(at)).unwrap();
-                let (staged, ()) = to
-                    .store()
-                    .stage(|f| std::io::Write::write_all(f, &body).map_err(lockbox_fs::Error::Read))
-                    .unwrap();
+                let staged = staged_copy(&to, &body);
                 to.install(at, &rec, staged)
             }
         }
@@ -1242,10 +1260,7 @@ mod tests {
         }
         let rec = record_of(&alpha, &doc);
         let body = body_of(&alpha, &doc);
-        let (staged, ()) = bravo
-            .store()
-            .stage(|f| std::io::Write::write_all(f, &body).map_err(lockbox_fs::Error::Read))
-            .unwrap();
+        let staged = staged_copy(&bravo, &body);
         bravo.install(&doc, &rec, staged).unwrap();
         let listed = bravo.store().list().unwrap();
         let states: Vec<(String, FileState)> = listed
