@@ -30,12 +30,23 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::Store;
 use crate::durable::sync_dir;
+use crate::escape::Escape;
 use crate::name::Name;
 use crate::Error;
 
 /// The extended attribute that names where a file was renamed from
 /// through the mount (see the module docs). Best effort.
 pub(super) const MOVED_FROM_XATTR: &str = "user.lockbox.moved-from";
+
+/// What became of bytes a delete took.
+enum Taken {
+    /// There were none.
+    Nothing,
+    /// Moved into the held folder, here.
+    Held(PathBuf),
+    /// Removed: the held folder could not take them.
+    Unlinked,
+}
 
 /// Tells held files apart within one agent's life (the process id tells
 /// lives apart).
@@ -49,28 +60,49 @@ impl Store {
 
     /// Move `name`'s bytes into the held folder: its waiting seal (whose
     /// record may have been pushed before it was durable) and its store
-    /// file; the caller holds the change lock. Returns where they went.
-    pub(super) fn hold_locked(&self, name: &Name) -> Result<Vec<PathBuf>, Error> {
+    /// file; the caller holds the change lock. Returns whether it had any,
+    /// and where those that could be held went.
+    pub(super) fn hold_locked(&self, name: &Name) -> Result<(bool, Vec<PathBuf>), Error> {
+        let mut had = false;
         let mut held = Vec::new();
-        if let Some(temp) = self.take_waiting_locked(name) {
-            // Out of the waiting list already: a failure leaves it to the
-            // next start, which removes what it does not put in place.
-            held.extend(self.hold_file(&temp, name)?);
+        let temp = self.take_waiting_locked(name);
+        for from in temp.into_iter().chain([self.path_of(name)]) {
+            match self.hold_file(&from, name)? {
+                Taken::Nothing => {}
+                Taken::Unlinked => had = true,
+                Taken::Held(to) => {
+                    had = true;
+                    held.push(to);
+                }
+            }
         }
-        held.extend(self.hold_file(&self.path_of(name), name)?);
-        Ok(held)
+        Ok((had, held))
     }
 
     /// Move the file at `from`, `name`'s bytes, into the held folder, if
-    /// it is there.
-    fn hold_file(&self, from: &Path, name: &Name) -> Result<Option<PathBuf>, Error> {
-        let from = from.to_path_buf();
+    /// it is there; if the folder cannot take it, remove it as before.
+    fn hold_file(&self, from: &Path, name: &Name) -> Result<Taken, Error> {
         let seq = HELD_SEQ.fetch_add(1, Ordering::Relaxed);
         let to = self.held.join(format!("{}.{seq}", std::process::id()));
-        match fs::rename(&from, &to) {
+        match fs::rename(from, &to) {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::io("remove", &from, e)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Taken::Nothing),
+            Err(e) => {
+                // A full disk can refuse even a rename (a new block for the
+                // folder), and a delete is how one frees space: remove the
+                // bytes instead. A crash within the window may then undo
+                // this delete, as before the held folder.
+                tracing::debug!(
+                    "cannot hold {} in {}: {e}; removing it",
+                    name.escaped(),
+                    self.held.display()
+                );
+                return match fs::remove_file(from) {
+                    Ok(()) => Ok(Taken::Unlinked),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Taken::Nothing),
+                    Err(e) => Err(Error::io("remove", from, e)),
+                };
+            }
         }
         // Which name the bytes were taken from: a start needs it to tell
         // what was deleted (a conflict copy's record names its origin).
@@ -82,7 +114,7 @@ impl Store {
         if self.grouped.is_none() {
             sync_dir(&self.held)?;
         }
-        Ok(Some(to))
+        Ok(Taken::Held(to))
     }
 
     /// Sync the held folder if a file moved into it since the last time.

@@ -723,8 +723,8 @@ impl Store {
     /// of the delete is durable (see `held`).
     pub fn remove_pending(&self, name: &Name) -> Result<Pending<'_>, Error> {
         let guard = self.lock_changes();
-        let held = self.hold_locked(name)?;
-        if held.is_empty() {
+        let (had, held) = self.hold_locked(name)?;
+        if !had {
             return Err(Error::NotFound(name.to_string()));
         }
         self.dir_changed()?;

@@ -999,6 +999,19 @@ fn deleted_bytes_are_held_until_the_journal_lets_go() {
     assert_eq!(held(), 0);
     assert!(matches!(store.remove(&n("h")), Err(Error::NotFound(_))));
 
+    // A held folder that cannot take them (here: not a folder; on a full
+    // disk, a rename that needs a block): the delete still works.
+    fs::remove_dir(&held_dir).unwrap();
+    fs::write(&held_dir, b"in the way").unwrap();
+    store
+        .seal(&n("f"), Cursor::new(b"f".to_vec()), &to, 1 << 20)
+        .unwrap();
+    store.remove(&n("f")).unwrap();
+    assert!(!store.contains(&n("f")));
+    assert!(!store.path_of(&n("f")).exists());
+    fs::remove_file(&held_dir).unwrap();
+    fs::create_dir(&held_dir).unwrap();
+
     store
         .seal(&n("m"), Cursor::new(b"m".to_vec()), &to, 1 << 20)
         .unwrap();
