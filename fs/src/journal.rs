@@ -241,7 +241,6 @@ impl Queue {
         let j = &self.journal;
         match event {
             Event::Changed(name, sealed, stat) => j.changed(&name, sealed.as_ref(), stat),
-            Event::Removed(name, held) if held.is_empty() => j.removed(&name),
             Event::Removed(name, held) => j.removed_held(&name, &held),
             Event::Renamed(from, to, stat) => j.renamed(&from, &to, stat),
             Event::Placed(at, sealed, version, stat) => j.placed(&at, &sealed, &version, stat),

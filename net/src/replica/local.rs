@@ -39,11 +39,21 @@ use crate::{VersionVector, WireName};
 #[derive(Debug)]
 pub(super) struct JournalLink(pub(super) Weak<Replica>);
 
-impl JournalLink {
-    /// Record the delete of `name`; its bytes held at `held` go once the
-    /// record is durable (at once when there is nothing to record; on an
-    /// error they stay for the next start's reconcile).
-    fn removed_then(&self, name: &Name, held: &[PathBuf]) {
+impl Journal for JournalLink {
+    fn changed(&self, name: &Name, sealed: Option<&Sealed>, stat: Option<LocalStat>) {
+        if let Some(r) = self.0.upgrade() {
+            r.local_changed(name, sealed, None, stat);
+        }
+    }
+
+    fn removed(&self, name: &Name) {
+        self.removed_held(name, &[]);
+    }
+
+    /// The bytes held at `held` go once the tombstone is durable (at once
+    /// when there is nothing to record; on an error they stay for the next
+    /// start's reconcile).
+    fn removed_held(&self, name: &Name, held: &[PathBuf]) {
         let Some(r) = self.0.upgrade() else {
             return;
         };
@@ -53,22 +63,6 @@ impl JournalLink {
             Ok(None) => held.iter().for_each(|h| release_held(h)),
             Err(e) => tracing::warn!("{e}"),
         }
-    }
-}
-
-impl Journal for JournalLink {
-    fn changed(&self, name: &Name, sealed: Option<&Sealed>, stat: Option<LocalStat>) {
-        if let Some(r) = self.0.upgrade() {
-            r.local_changed(name, sealed, None, stat);
-        }
-    }
-
-    fn removed(&self, name: &Name) {
-        self.removed_then(name, &[]);
-    }
-
-    fn removed_held(&self, name: &Name, held: &[PathBuf]) {
-        self.removed_then(name, held);
     }
 
     fn base(&self, name: &Name) -> Base {
