@@ -8,6 +8,16 @@ use crate::harness::fs;
 use crate::harness::*;
 use crate::require_fuse;
 
+/// A runtime folder (what `XDG_RUNTIME_DIR` names) of mode `mode`.
+fn runtime_dir(mode: u32) -> tempfile::TempDir {
+    let rt = tempfile::Builder::new()
+        .prefix("lockbox-test-rt-")
+        .tempdir()
+        .unwrap();
+    fs::set_permissions(rt.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+    rt
+}
+
 /// The sockets in `dir`.
 fn sockets_in(dir: &std::path::Path) -> Vec<String> {
     use std::os::unix::fs::FileTypeExt;
@@ -45,11 +55,7 @@ fn unlock_status_and_stop_work_with_a_120_byte_home() {
 #[test]
 fn the_socket_is_found_under_xdg_runtime_dir() {
     require_fuse!();
-    let rt = tempfile::Builder::new()
-        .prefix("lockbox-test-rt-")
-        .tempdir()
-        .unwrap();
-    fs::set_permissions(rt.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let rt = runtime_dir(0o700);
     let e = Envoy::new().with_env("XDG_RUNTIME_DIR", rt.path());
     e.init("alpha");
     e.unlock();
@@ -84,11 +90,7 @@ fn the_socket_is_found_under_xdg_runtime_dir() {
 #[test]
 fn a_runtime_dir_open_to_others_is_refused_by_name() {
     require_fuse!();
-    let rt = tempfile::Builder::new()
-        .prefix("lockbox-test-rt-")
-        .tempdir()
-        .unwrap();
-    fs::set_permissions(rt.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let rt = runtime_dir(0o777);
     let e = Envoy::new().with_env("XDG_RUNTIME_DIR", rt.path());
     e.init("alpha");
     let pass = e.pass.to_string_lossy().into_owned();

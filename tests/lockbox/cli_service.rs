@@ -92,12 +92,19 @@ fn service_install_writes_a_unit_systemd_accepts_and_never_clobbers() {
     assert!(out.contains("not installed"), "{out}");
 }
 
-#[test]
-fn the_agent_is_ready_for_systemd_only_once_it_answers() {
-    require_fuse!();
+/// A datagram socket for the agent's `NOTIFY_SOCKET`, in a folder of its
+/// own (kept alive by the returned `TempDir`).
+fn notify_socket() -> (tempfile::TempDir, std::path::PathBuf, UnixDatagram) {
     let dir = tempfile::tempdir().unwrap();
     let notify = dir.path().join("notify");
     let rx = UnixDatagram::bind(&notify).unwrap();
+    (dir, notify, rx)
+}
+
+#[test]
+fn the_agent_is_ready_for_systemd_only_once_it_answers() {
+    require_fuse!();
+    let (dir, notify, rx) = notify_socket();
     rx.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let e = Envoy::new().with_env("NOTIFY_SOCKET", &notify);
     e.init("alpha");
@@ -371,9 +378,7 @@ fn a_seal_that_fails_at_close_is_logged_with_its_name_and_errno_in_words() {
 #[test]
 fn a_detached_agent_tells_no_systemd_unit_it_is_ready() {
     require_fuse!();
-    let dir = tempfile::tempdir().unwrap();
-    let notify = dir.path().join("notify");
-    let rx = UnixDatagram::bind(&notify).unwrap();
+    let (_dir, notify, rx) = notify_socket();
     // A command run from inside some unit has its NOTIFY_SOCKET.
     let e = Envoy::new().with_env("NOTIFY_SOCKET", &notify);
     e.init("alpha");
