@@ -1050,7 +1050,7 @@ mod tests {
             Admission::Same => Ok(Admission::Same),
             Admission::Store(_) => {
                 let body = fs::read(from.store().current_path(at)).unwrap();
-                let staged = staged_copy(&to, &body);
+                let staged = staged_copy(to, &body);
                 to.install(at, &rec, staged)
             }
         }
