@@ -595,7 +595,7 @@ fn handle(agent: &Agent, mut stream: UnixStream) {
         Request::Encrypt { name } => encrypt(agent, &mut stream, name),
         Request::Reencrypt => reencrypt_all(agent, &mut stream),
         Request::Resurrect { name } => {
-            let resp = match Name::new(name) {
+            let resp = match Name::new(name).and_then(Name::at_root_only) {
                 Ok(n) => match agent.replica.resurrect(&n) {
                     Ok(_) => Response::Ok,
                     Err(e) => Response::Error {
@@ -642,7 +642,7 @@ fn handle(agent: &Agent, mut stream: UnixStream) {
         }
         Request::Decrypt { name } => decrypt(agent, &mut stream, name),
         Request::Delete { name } => {
-            let resp = match Name::new(name) {
+            let resp = match Name::new(name).and_then(Name::at_root_only) {
                 Ok(n) => match agent.envoy.delete(&n) {
                     Ok(()) => {
                         invalidate(agent, &n);
@@ -1094,7 +1094,7 @@ fn rekey_protocol_1(
 }
 
 fn encrypt(agent: &Agent, stream: &mut UnixStream, name: Vec<u8>) -> std::io::Result<()> {
-    let name = match Name::new(name) {
+    let name = match Name::new(name).and_then(Name::at_root_only) {
         Ok(n) => n,
         Err(e) => return reply_err(stream, Failure::Invalid, e.to_string()),
     };
@@ -1125,7 +1125,7 @@ fn encrypt(agent: &Agent, stream: &mut UnixStream, name: Vec<u8>) -> std::io::Re
 }
 
 fn decrypt(agent: &Agent, stream: &mut UnixStream, name: Vec<u8>) -> std::io::Result<()> {
-    let name = match Name::new(name) {
+    let name = match Name::new(name).and_then(Name::at_root_only) {
         Ok(n) => n,
         Err(e) => return reply_err(stream, Failure::Invalid, e.to_string()),
     };

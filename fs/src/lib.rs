@@ -20,7 +20,8 @@
 //!   private folders (used by the store, `lockbox-net` and the CLI).
 //! - [`offload`]: [`offload::OffloadedSink`], a writer whose sink moves to a
 //!   second thread for large seals.
-//! - [`name`]: [`Name`], a valid lockbox file name.
+//! - [`name`]: [`Name`], a valid path in a lockbox, and its
+//!   [`name::Component`]s.
 //! - [`escape`]: names (and log lines) as they are shown to people, with
 //!   control characters escaped.
 //! - [`pages`]: [`pages::Pages`], plaintext staged in memory.
@@ -44,7 +45,6 @@ pub mod mount;
 pub mod name;
 pub mod offload;
 pub mod pages;
-pub mod path;
 mod retag;
 pub mod sealed;
 pub mod store;
@@ -68,6 +68,9 @@ pub enum Error {
         name: String,
         /// What is wrong with it.
         why: &'static str,
+        /// Whether a limit (component, path length, depth) was passed: the
+        /// mount answers `ENAMETOOLONG`, else `EINVAL`.
+        too_long: bool,
     },
     /// No such file in the store.
     #[error("no file named '{0}' in the lockbox: see lockbox list")]

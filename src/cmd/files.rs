@@ -35,7 +35,7 @@ pub fn encrypt(paths: &Paths, path: &Path, name: Option<std::ffi::OsString>) -> 
             format!("{} has no file name: give one with --name", path.display())
         })?,
     };
-    let name = Name::from_os(&name)?;
+    let name = Name::from_os(&name)?.at_root_only()?;
     let mut src = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let meta = src.metadata()?;
     if meta.is_dir() {
@@ -85,7 +85,7 @@ pub fn encrypt(paths: &Paths, path: &Path, name: Option<std::ffi::OsString>) -> 
 /// the whole plaintext authenticated, so a damaged ciphertext leaves no
 /// partial file behind; every error names OUT, never the temp file.
 pub fn decrypt(paths: &Paths, name: &OsStr, out: Option<&Path>, force: bool) -> anyhow::Result<()> {
-    let name = Name::from_os(name)?;
+    let name = Name::from_os(name)?.at_root_only()?;
     let out = out.filter(|o| *o != Path::new("-"));
     if let Some(out) = out {
         if out.is_dir() {
@@ -223,7 +223,7 @@ fn through_agent_or_locally(
 /// `lockbox delete NAME`. Without an agent the tombstone is signed and
 /// recorded here, and the peers pull it when the agent next runs.
 pub fn delete(paths: &Paths, name: &OsStr) -> anyhow::Result<()> {
-    let name = Name::from_os(name)?;
+    let name = Name::from_os(name)?.at_root_only()?;
     let req = Request::Delete {
         name: name.as_bytes().to_vec(),
     };
@@ -235,7 +235,7 @@ pub fn delete(paths: &Paths, name: &OsStr) -> anyhow::Result<()> {
 /// `lockbox resurrect NAME`: lift the delete of NAME on every envoy (through
 /// the agent, or recorded here for the peers to pull).
 pub fn resurrect(paths: &Paths, name: &OsStr) -> anyhow::Result<()> {
-    let name = Name::from_os(name)?;
+    let name = Name::from_os(name)?.at_root_only()?;
     let req = Request::Resurrect {
         name: name.as_bytes().to_vec(),
     };

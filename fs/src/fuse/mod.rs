@@ -112,6 +112,7 @@ pub struct LockboxFs {
 fn errno_of(e: &Error) -> Errno {
     match e {
         Error::NotFound(_) => Errno::ENOENT,
+        Error::BadName { too_long: true, .. } => Errno::ENAMETOOLONG,
         Error::BadName { .. } => Errno::EINVAL,
         Error::TooLarge { .. } => Errno::EFBIG,
         Error::Io { source, .. } | Error::Read(source) => match source.raw_os_error() {
@@ -123,12 +124,13 @@ fn errno_of(e: &Error) -> Errno {
     }
 }
 
-fn name_errno(name: &OsStr) -> Errno {
-    if name.len() > crate::name::MAX_NAME_BYTES {
-        Errno::ENAMETOOLONG
-    } else {
-        Errno::EINVAL
-    }
+/// The name of `component` in the mount's root folder (the only folder
+/// until folders land: `docs/folders.md`), or the errno for a component
+/// that cannot be one (`ENAMETOOLONG` over 255 bytes, else `EINVAL`).
+fn child(component: &OsStr) -> Result<Name, Errno> {
+    crate::name::Component::from_os(component)
+        .map(Name::from)
+        .map_err(|e| errno_of(&e))
 }
 
 impl LockboxFs {

@@ -16,11 +16,11 @@ use fuser::{
 };
 
 use crate::pages::Pages;
-use crate::{lock, Error, Name};
+use crate::{lock, Error};
 
 use super::inodes::Handle;
 use super::staged::{lock_both, Staged};
-use super::{errno_of, name_errno, LockboxFs, ROOT, TTL};
+use super::{child, errno_of, LockboxFs, ROOT, TTL};
 
 impl LockboxFs {
     /// `unlink`: remove `name` from the store and the node table; the
@@ -29,7 +29,7 @@ impl LockboxFs {
         if parent.0 != ROOT {
             return reply.error(Errno::ENOENT);
         }
-        let Ok(name) = Name::from_os(name) else {
+        let Ok(name) = child(name) else {
             return reply.error(Errno::ENOENT);
         };
         let ino = lock(&self.inner).by_name.get(&name).copied();
@@ -96,12 +96,9 @@ impl LockboxFs {
         {
             return reply.error(Errno::EINVAL);
         }
-        let (Ok(from), Ok(to)) = (Name::from_os(name), Name::from_os(newname)) else {
-            return reply.error(name_errno(if Name::from_os(name).is_err() {
-                name
-            } else {
-                newname
-            }));
+        let (from, to) = match (child(name), child(newname)) {
+            (Ok(from), Ok(to)) => (from, to),
+            (Err(e), _) | (_, Err(e)) => return reply.error(e),
         };
         let src = match self.resolve_known(&from) {
             Ok(i) => i,
@@ -209,8 +206,9 @@ impl LockboxFs {
         if parent.0 != ROOT {
             return reply.error(Errno::ENOENT);
         }
-        let Ok(name) = Name::from_os(name) else {
-            return reply.error(name_errno(name));
+        let name = match child(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
         };
         let mut new_file = false;
         let ino = match self.resolve(&name) {

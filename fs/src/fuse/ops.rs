@@ -16,9 +16,9 @@ use fuser::{
     Request, TimeOrNow, WriteFlags,
 };
 
-use crate::{lock, Name};
+use crate::lock;
 
-use super::{LockboxFs, ROOT, TTL};
+use super::{child, LockboxFs, ROOT, TTL};
 
 /// The FUSE operations: what implements [`Filesystem`] for the fuser
 /// session (see [`crate::mount`]), each over the [`LockboxFs`] it shares
@@ -39,12 +39,10 @@ impl Filesystem for FuseOps {
         if parent.0 != ROOT {
             return reply.error(Errno::ENOENT);
         }
-        let Ok(name) = Name::from_os(name) else {
-            return reply.error(if name.len() > 255 {
-                Errno::ENAMETOOLONG
-            } else {
-                Errno::ENOENT
-            });
+        let name = match child(name) {
+            Ok(n) => n,
+            Err(Errno::ENAMETOOLONG) => return reply.error(Errno::ENAMETOOLONG),
+            Err(_) => return reply.error(Errno::ENOENT),
         };
         let fs = &self.0;
         match fs.lookup_attr(&name) {
@@ -141,7 +139,7 @@ impl Filesystem for FuseOps {
     }
 
     fn rmdir(&self, _r: &Request, _p: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let exists = Name::from_os(name).is_ok_and(|n| self.0.resolve(&n).is_ok());
+        let exists = child(name).is_ok_and(|n| self.0.resolve(&n).is_ok());
         reply.error(if exists {
             Errno::ENOTDIR
         } else {

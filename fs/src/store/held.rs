@@ -163,7 +163,7 @@ pub fn set_moved_from(path: &Path, from: &Name) {
 /// The name the file at `path` (a store file, or held bytes) was moved
 /// from, if it says so.
 pub fn moved_from_at(path: &Path) -> Option<Name> {
-    let mut buf = vec![0u8; crate::name::MAX_NAME_BYTES + 1];
+    let mut buf = vec![0u8; crate::name::MAX_PATH_BYTES + 1];
     let n = rustix::fs::getxattr(path, MOVED_FROM_XATTR, &mut buf[..]).ok()?;
     buf.truncate(n);
     Name::new(buf).ok()

@@ -1,4 +1,5 @@
-//! The block tags kept for store files, in `~/.lockbox/tags/<name>`.
+//! The block tags kept for store files, in `~/.lockbox/tags/<name>` (a tree
+//! like the store's: a name in a folder has its tags in that folder there).
 //!
 //! A seal made while unlocked also leaves the block tags of its ciphertext
 //! (see `lockbox_crypto::seal::tags`): an index only this envoy can make or
@@ -56,7 +57,8 @@ impl Store {
         file.write_all(&tags.encode())
             .map_err(|e| Error::io("write", &staged.path, e))?;
         let dest = self.tags_path(name);
-        fs::rename(&staged.path, &dest).map_err(|e| Error::io("rename into", &dest, e))?;
+        super::tree::rename_making_folders(&self.tags, &staged.path, name)
+            .map_err(|e| Error::io("rename into", &dest, e))?;
         staged.path = PathBuf::new();
         lock(&self.tagged).insert(name.clone());
         Ok(())
@@ -107,8 +109,8 @@ impl Store {
             self.drop_tags(to);
             return;
         }
-        match fs::rename(self.tags_path(from), self.tags_path(to)) {
-            Ok(()) => {
+        match super::tree::rename_making_folders(&self.tags, &self.tags_path(from), to) {
+            Ok(_) => {
                 lock(&self.tagged).insert(to.clone());
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => self.drop_tags(to),

@@ -13,7 +13,7 @@
 //! only the store's single writer may recover.
 
 use crate::escape::Escape;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -28,7 +28,7 @@ use crate::name::Name;
 use crate::sealed::{Base, Placed, Sealed};
 use crate::{lock, Error};
 
-use super::{Pending, StagedFile, Store};
+use super::{tree, Pending, StagedFile, Store};
 
 /// What [`Store::recover_leftovers`] did.
 #[derive(Debug, Default)]
@@ -101,7 +101,8 @@ pub(super) fn seal_mark(seq: u64, name: &Name) -> Option<Vec<u8>> {
 pub(super) fn completed_seal_of(path: &Path) -> Option<(u64, Name)> {
     use std::os::unix::ffi::OsStrExt;
     let boot = boot_id()?;
-    let mut buf = [0u8; 512];
+    // The boot id, the sequence number, the name.
+    let mut buf = vec![0u8; 64 + crate::name::MAX_PATH_BYTES];
     let n = rustix::fs::getxattr(path, SEAL_XATTR, &mut buf[..]).ok()?;
     let mut parts = buf[..n].splitn(3, |&b| b == b'\n');
     if parts.next()? != boot.as_bytes() {
@@ -122,8 +123,8 @@ pub(super) struct Waiting {
     pub(super) next: AtomicU64,
     /// One round at a time (the store's syncer, the metadata's, `fsync`).
     pub(super) round: Mutex<()>,
-    /// The store folder changed since its last sync.
-    pub(super) dir_dirty: AtomicBool,
+    /// The store folders whose entries changed since their last sync.
+    pub(super) changed: super::tree::Changed,
     /// Tests: the next sync of the waiting temps fails as a disk's would.
     #[cfg(test)]
     pub(super) fail_next_sync: AtomicBool,
@@ -174,14 +175,16 @@ impl Store {
             }
             done.removed += remove_leftover(&p);
         }
+        let mut folders = BTreeSet::new();
         for (name, (_, temp)) in newest {
             let dest = self.path_of(&name);
             let put = File::open(&temp)
                 .and_then(|f| f.sync_data())
-                .and_then(|()| fs::rename(&temp, &dest));
+                .and_then(|()| tree::rename_making_folders(&self.dir, &temp, &name));
             match put {
-                Ok(()) => {
+                Ok(made) => {
                     let _ = rustix::fs::removexattr(&dest, SEAL_XATTR);
+                    folders.extend(made.iter().chain([&name]).map(|n| self.folder_of(n)));
                     done.recovered.push(name);
                 }
                 Err(e) => {
@@ -193,8 +196,8 @@ impl Store {
                 }
             }
         }
-        if !done.recovered.is_empty() {
-            sync_dir(&self.dir)?;
+        for folder in folders {
+            sync_dir(&folder)?;
         }
         done.recovered.sort();
         Ok(done)
@@ -274,10 +277,12 @@ impl Store {
                     continue; // replaced, removed or installed meanwhile
                 }
                 let dest = self.path_of(&name);
-                match fs::rename(&temp, &dest) {
-                    Ok(()) => {
+                match tree::rename_making_folders(&self.dir, &temp, &name) {
+                    Ok(made) => {
                         files.remove(&name);
-                        w.dir_dirty.store(true, Ordering::SeqCst);
+                        for n in made.iter().chain([&name]) {
+                            w.changed.insert(self.folder_of(n));
+                        }
                         let _ = rustix::fs::removexattr(&dest, SEAL_XATTR);
                     }
                     Err(e) => failed = Some(Error::io("rename into", &dest, e)),
@@ -287,12 +292,7 @@ impl Store {
                 return Err(e);
             }
         }
-        if w.dir_dirty.swap(false, Ordering::SeqCst) || force_dir {
-            if let Err(e) = sync_dir(&self.dir) {
-                w.dir_dirty.store(true, Ordering::SeqCst);
-                return Err(e);
-            }
-        }
+        w.changed.sync(force_dir.then_some(self.dir.as_path()))?;
         self.sync_held()
     }
 
@@ -366,11 +366,11 @@ impl Store {
         }
         let dest = self.path_of(name);
         let mut files = lock(&w.files);
-        fs::rename(&temp, &dest).map_err(|e| Error::io("rename into", &dest, e))?;
+        self.put_in_place(&temp, name)?;
         files.remove(name);
         drop(files);
         let _ = rustix::fs::removexattr(&dest, SEAL_XATTR);
-        self.dir_changed()
+        Ok(())
     }
 
     /// Under the change lock: rename `from`, which exists only as a seal
@@ -447,18 +447,6 @@ impl Store {
     /// caller must not hold the change lock.
     pub fn sync_now(&self) -> Result<(), Error> {
         self.sync_round(true)
-    }
-
-    /// After a change of the folder: sync it now, or let the syncer do it.
-    pub(super) fn dir_changed(&self) -> Result<(), Error> {
-        match (&self.grouped, &self.waiting) {
-            (Some(g), Some(w)) => {
-                w.dir_dirty.store(true, Ordering::SeqCst);
-                g.mark();
-                Ok(())
-            }
-            _ => sync_dir(&self.dir),
-        }
     }
 
     /// Put a complete seal (marked with `seq`) among the waiting ones as

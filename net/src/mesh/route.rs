@@ -115,7 +115,10 @@ impl Route {
         if !user_ok {
             return Err(RouteError::OtherUser);
         }
-        let name = match rest.map(|r| Name::new(percent_decode_str(r).collect::<Vec<u8>>())) {
+        // Names at the root only, as records carry (`docs/protocol.md`).
+        let name = match rest.map(|r| {
+            Name::new(percent_decode_str(r).collect::<Vec<u8>>()).and_then(Name::at_root_only)
+        }) {
             None => None,
             Some(Ok(n)) => Some(n),
             Some(Err(e)) => return Err(RouteError::BadName(e.to_string())),

@@ -1,0 +1,300 @@
+//! The store as a tree (`docs/format.md`, "The store"): a name `a/b/f`
+//! is the file `store/a/b/f`, and each folder of a name is a folder
+//! (0700) of the store. This file owns walking the tree, making the folders
+//! a name needs, putting a file in place at a name, and remembering which
+//! folders changed so a round (or the change itself) syncs each of them.
+//!
+//! A store made before folders is a tree of depth one: nothing here reads
+//! it differently.
+
+use std::collections::BTreeSet;
+use std::fs::{self, DirBuilder};
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use crate::durable::sync_dir;
+use crate::escape::Escape;
+use crate::name::{Component, Name};
+use crate::{lock, Error};
+
+use super::Store;
+
+/// What a walk of a tree found: the names of its regular files and of its
+/// folders, each sorted.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Walk {
+    /// Regular files.
+    pub files: Vec<Name>,
+    /// Folders (not the root).
+    pub folders: Vec<Name>,
+}
+
+/// Walk the tree under `root`, into folders at most `max_depth` deep
+/// ([`crate::name::MAX_DEPTH`] for all a lockbox may hold; 0: the top only): every
+/// regular file and folder whose path is a [`Name`]. Anything else (a
+/// symlink, a device, a name that cannot be a lockbox name, a folder deeper
+/// than `max_depth`) is skipped with a warning; an entry removed during the
+/// walk is skipped silently. A missing root is an empty tree.
+pub fn walk(root: &Path, max_depth: usize) -> Result<Walk, Error> {
+    let mut out = Walk::default();
+    walk_into(root, None, max_depth, &mut out)?;
+    out.files.sort();
+    out.folders.sort();
+    Ok(out)
+}
+
+fn walk_into(
+    root: &Path,
+    folder: Option<&Name>,
+    max_depth: usize,
+    out: &mut Walk,
+) -> Result<(), Error> {
+    let dir = match folder {
+        Some(f) => root.join(f.as_os_str()),
+        None => root.to_owned(),
+    };
+    let rd = match fs::read_dir(&dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io("read", &dir, e)),
+    };
+    for dirent in rd {
+        let dirent = dirent.map_err(|e| Error::io("read", &dir, e))?;
+        let name = Component::from_os(&dirent.file_name()).and_then(|c| match folder {
+            Some(f) => f.join(&c),
+            None => Ok(Name::from(c)),
+        });
+        let Ok(name) = name else {
+            tracing::warn!(
+                "ignoring {}: not a name a lockbox can hold",
+                dirent.path().as_os_str().escaped()
+            );
+            continue;
+        };
+        match dirent.file_type() {
+            Ok(t) if t.is_file() => out.files.push(name),
+            Ok(t) if t.is_dir() && name.depth() < max_depth => {
+                walk_into(root, Some(&name), max_depth, out)?;
+                out.folders.push(name);
+            }
+            Ok(_) => tracing::warn!(
+                "ignoring {}: not a file or a folder this lockbox holds",
+                dirent.path().as_os_str().escaped()
+            ),
+            // Removed between readdir and stat: not an error.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io("stat", &dirent.path(), e)),
+        }
+    }
+    Ok(())
+}
+
+/// Rename `from` to `to`, making the folders above `to` (below `root`)
+/// first if they are missing. The folders made are returned, top down.
+pub fn rename_making_folders(root: &Path, from: &Path, to: &Name) -> Result<Vec<Name>, io::Error> {
+    let dest = root.join(to.as_os_str());
+    match fs::rename(from, &dest) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound && from.symlink_metadata().is_ok() => {
+            let Some(parent) = to.parent() else {
+                return Err(e);
+            };
+            let made = make_folders(root, &parent)?;
+            fs::rename(from, &dest)?;
+            Ok(made)
+        }
+        r => r.map(|()| Vec::new()),
+    }
+}
+
+/// Make `folder` below `root`, and any folder above it that is missing
+/// (mode 0700). The folders made are returned, top down. A file where one
+/// of them should be is `ENOTDIR`, as Linux answers.
+pub fn make_folders(root: &Path, folder: &Name) -> Result<Vec<Name>, io::Error> {
+    let mut missing = Vec::new();
+    let mut at = Some(folder.clone());
+    while let Some(f) = at {
+        match fs::symlink_metadata(root.join(f.as_os_str())) {
+            Ok(m) if m.is_dir() => break,
+            Ok(_) => return Err(io::Error::from_raw_os_error(libc::ENOTDIR)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                at = f.parent();
+                missing.push(f);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    missing.reverse();
+    for f in &missing {
+        match DirBuilder::new()
+            .mode(0o700)
+            .create(root.join(f.as_os_str()))
+        {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(missing)
+}
+
+/// The folders of a store whose entries changed since their last sync.
+#[derive(Debug, Default)]
+pub(super) struct Changed(std::sync::Mutex<BTreeSet<PathBuf>>);
+
+impl Changed {
+    pub(super) fn insert(&self, folder: PathBuf) {
+        lock(&self.0).insert(folder);
+    }
+
+    /// Whether every change is synced.
+    #[cfg(test)]
+    pub(super) fn is_empty(&self) -> bool {
+        lock(&self.0).is_empty()
+    }
+
+    /// Sync each changed folder (and `also`), once. A folder removed
+    /// meanwhile needs no sync (its parent's change is in the set). On a
+    /// failure the folders not yet synced stay marked for the next round.
+    pub(super) fn sync(&self, also: Option<&Path>) -> Result<(), Error> {
+        let mut folders = std::mem::take(&mut *lock(&self.0));
+        if let Some(p) = also {
+            folders.insert(p.to_owned());
+        }
+        while let Some(f) = folders.pop_first() {
+            match sync_dir(&f) {
+                Ok(()) => {}
+                Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    folders.insert(f);
+                    lock(&self.0).append(&mut folders);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Store {
+    /// The store folder that holds `name`.
+    pub(super) fn folder_of(&self, name: &Name) -> PathBuf {
+        match name.parent() {
+            Some(p) => self.dir.join(p.as_os_str()),
+            None => self.dir.clone(),
+        }
+    }
+
+    /// Put the file at `from` in place as `name` (making its folders if
+    /// they are missing), and mark the folders that changed.
+    pub(super) fn put_in_place(&self, from: &Path, name: &Name) -> Result<(), Error> {
+        let made = rename_making_folders(&self.dir, from, name)
+            .map_err(|e| Error::io("rename into", &self.path_of(name), e))?;
+        for f in &made {
+            self.folder_changed(f)?;
+        }
+        self.folder_changed(name)
+    }
+
+    /// After an entry named `name` was made, replaced or removed: sync its
+    /// folder now, or let the syncer do it.
+    pub(super) fn folder_changed(&self, name: &Name) -> Result<(), Error> {
+        let folder = self.folder_of(name);
+        match (&self.grouped, &self.waiting) {
+            (Some(g), Some(w)) => {
+                w.changed.insert(folder);
+                g.mark();
+                Ok(())
+            }
+            _ => sync_dir(&folder),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::name::MAX_DEPTH;
+
+    fn n(s: &str) -> Name {
+        Name::new(s).unwrap()
+    }
+
+    #[test]
+    fn a_walk_finds_files_and_folders_and_skips_the_rest() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        fs::create_dir_all(r.join("a/b/c")).unwrap();
+        fs::create_dir(r.join("empty")).unwrap();
+        for f in ["top", "a/f", "a/b/c/deep"] {
+            fs::write(r.join(f), b"x").unwrap();
+        }
+        std::os::unix::fs::symlink("top", r.join("a/link")).unwrap();
+        let w = walk(r, MAX_DEPTH).unwrap();
+        assert_eq!(walk(r, 0).unwrap().files, vec![n("top")]);
+        assert!(walk(r, 0).unwrap().folders.is_empty());
+        assert_eq!(w.files, vec![n("a/b/c/deep"), n("a/f"), n("top")]);
+        assert_eq!(w.folders, vec![n("a"), n("a/b"), n("a/b/c"), n("empty")]);
+        assert_eq!(
+            walk(&r.join("missing"), MAX_DEPTH).unwrap(),
+            Walk::default()
+        );
+    }
+
+    #[test]
+    fn a_walk_stops_at_the_depth_limit() {
+        let d = tempfile::tempdir().unwrap();
+        let deepest = vec!["d"; MAX_DEPTH].join("/");
+        let deeper = format!("{deepest}/d");
+        fs::create_dir_all(d.path().join(&deeper)).unwrap();
+        fs::write(d.path().join(&deepest).join("f"), b"x").unwrap();
+        fs::write(d.path().join(&deeper).join("g"), b"x").unwrap();
+        let w = walk(d.path(), MAX_DEPTH).unwrap();
+        // The file 64 folders deep is found; the folder 65 deep is not.
+        assert_eq!(w.files, vec![n(&format!("{deepest}/f"))]);
+        assert_eq!(w.folders.len(), MAX_DEPTH);
+    }
+
+    #[test]
+    fn renames_make_the_folders_they_need_and_say_which() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path().join("store");
+        fs::create_dir(&r).unwrap();
+        let src = d.path().join("tmp");
+        fs::write(&src, b"sealed").unwrap();
+        let made = rename_making_folders(&r, &src, &n("a/b/f")).unwrap();
+        assert_eq!(made, vec![n("a"), n("a/b")]);
+        assert_eq!(fs::read(r.join("a/b/f")).unwrap(), b"sealed");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(r.join("a/b")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        // A missing source is still an error, and makes nothing.
+        let e = rename_making_folders(&r, &src, &n("x/f")).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        assert!(!r.join("x").exists());
+        // A file where a folder goes: ENOTDIR.
+        fs::write(&src, b"again").unwrap();
+        let e = rename_making_folders(&r, &src, &n("a/b/f/g")).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOTDIR));
+        assert_eq!(fs::read(&src).unwrap(), b"again");
+    }
+
+    #[test]
+    fn a_failed_sync_keeps_the_folders_marked() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Changed::default();
+        c.insert(d.path().to_owned());
+        c.insert(d.path().join("gone"));
+        // A folder gone is not an error; both leave the set.
+        c.sync(None).unwrap();
+        assert!(c.is_empty());
+        // A folder that cannot be opened (a file is not one) stays marked.
+        let f = d.path().join("file");
+        fs::write(&f, b"").unwrap();
+        let bad = f.join("x");
+        c.insert(bad.clone());
+        c.insert(d.path().to_owned());
+        assert!(c.sync(None).is_err());
+        assert!(lock(&c.0).contains(&bad));
+    }
+}
