@@ -75,6 +75,19 @@ pub enum Error {
     /// No such file in the store.
     #[error("no file named '{0}' in the lockbox: see lockbox list")]
     NotFound(String),
+    /// A folder operation refused, with the error Linux gives for it
+    /// (`EEXIST`, `ENOTEMPTY`, `ENOTDIR`, `EINVAL`, …), which the mount
+    /// passes on.
+    #[error("cannot {op} folder '{name}': {source}")]
+    Folder {
+        /// What was attempted.
+        op: &'static str,
+        /// The folder (lossy).
+        name: String,
+        /// The error, as the store's file system (or lockbox, with the
+        /// same errno) gave it.
+        source: std::io::Error,
+    },
     /// Over the size limit.
     #[error("'{name}' is larger than the {limit}-byte limit")]
     TooLarge {

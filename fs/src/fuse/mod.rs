@@ -114,6 +114,7 @@ fn errno_of(e: &Error) -> Errno {
         Error::NotFound(_) => Errno::ENOENT,
         Error::BadName { too_long: true, .. } => Errno::ENAMETOOLONG,
         Error::BadName { .. } => Errno::EINVAL,
+        Error::Folder { source, .. } => source.raw_os_error().map_or(Errno::EIO, Errno::from_i32),
         Error::TooLarge { .. } => Errno::EFBIG,
         Error::Io { source, .. } | Error::Read(source) => match source.raw_os_error() {
             Some(libc::ENOSPC) => Errno::ENOSPC,

@@ -378,6 +378,33 @@ impl Store {
         }
     }
 
+    /// Each recorded state of the files `moved` (old name, new name) goes
+    /// to its new name, in one batch; the caller holds the change lock.
+    pub(super) fn move_states_locked(&self, moved: &[(Name, Name)]) {
+        let Some(meta) = self.meta.upgrade() else {
+            return;
+        };
+        let mut ops = Vec::new();
+        for (old, new) in moved {
+            match (meta.state(old), meta.state(new)) {
+                (Ok(None), Ok(None)) => {}
+                (Ok(state), Ok(_)) => {
+                    ops.push(Op::SetState(old.clone(), None));
+                    ops.push(Op::SetState(new.clone(), state));
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::warn!("cannot move the recorded state of {}: {e}", old.escaped())
+                }
+            }
+        }
+        if ops.is_empty() {
+            return;
+        }
+        if let Err(e) = meta.apply(&ops) {
+            tracing::warn!("cannot move the recorded states of a folder's files: {e}");
+        }
+    }
+
     /// The pool of X25519 shares, if this store has one.
     pub fn shares(&self) -> Option<&SharePool> {
         self.shares.as_deref()

@@ -1151,3 +1151,152 @@ fn block_tags_of_names_in_folders_follow_them() {
     again.remove(&n("big")).unwrap();
     assert!(!tags_of("big").exists());
 }
+
+/// The errno of a folder operation, `None` for success.
+fn errno_of_folder<T>(r: Result<T, Error>) -> Option<i32> {
+    match r {
+        Ok(_) => None,
+        Err(Error::Folder { source, .. }) => Some(source.raw_os_error().expect("an errno")),
+        Err(e) => panic!("not a folder error: {e}"),
+    }
+}
+
+fn errno_of_io<T>(r: io::Result<T>) -> Option<i32> {
+    r.err().map(|e| e.raw_os_error().expect("an errno"))
+}
+
+/// `mkdir`, `rmdir` and `rename` of folders answer what Linux answers on
+/// the same file system: each case runs on a plain tree beside the store
+/// and on the store, and the errors must agree.
+#[test]
+fn folder_operations_answer_as_linux_does() {
+    for grouped_mode in [false, true] {
+        let (dir, store, id) = if grouped_mode { grouped() } else { setup() };
+        let store = store.with_folders();
+        let to = SealTo::keys(vec![id.to_public()]);
+        let plain = dir.path().join("plain");
+        fs::create_dir(&plain).unwrap();
+        let p = |s: &str| plain.join(s);
+        // The same starting tree in both: a/b/, full/x, empty/, f.
+        for f in ["a", "a/b", "full", "empty"] {
+            fs::create_dir(p(f)).unwrap();
+            store.make_folder(&n(f)).unwrap();
+        }
+        for f in ["full/x", "f"] {
+            fs::write(p(f), b"x").unwrap();
+            store.seal(&n(f), Cursor::new(b"x"), &to, 100).unwrap();
+        }
+        let mkdirs = ["a", "f", "nope/y", "f/y", "new"];
+        for m in mkdirs {
+            assert_eq!(
+                errno_of_folder(store.make_folder(&n(m))),
+                errno_of_io(fs::create_dir(p(m))),
+                "mkdir {m}"
+            );
+        }
+        for r in ["a", "f", "nope", "full", "new"] {
+            assert_eq!(
+                errno_of_folder(store.remove_folder(&n(r))),
+                errno_of_io(fs::remove_dir(p(r))),
+                "rmdir {r}"
+            );
+        }
+        for (from, dest) in [
+            ("a", "a/b/c"),
+            ("a", "a/b"),
+            ("a", "full"),
+            ("a", "f"),
+            ("nope", "z"),
+            ("a", "nope/z"),
+            ("a", "empty"),
+            ("empty", "a"),
+        ] {
+            assert_eq!(
+                errno_of_folder(store.rename_folder(&n(from), &n(dest))),
+                errno_of_io(fs::rename(p(from), p(dest))),
+                "rename {from} {dest}"
+            );
+        }
+        // Both trees ended the same.
+        let root = dir.path().join("store");
+        assert_eq!(
+            tree::walk(&root, crate::name::MAX_DEPTH).unwrap(),
+            tree::walk(&plain, crate::name::MAX_DEPTH).unwrap()
+        );
+    }
+}
+
+/// A folder holding only a seal that waits for its round is not empty,
+/// and a folder rename takes such seals, block tags and recorded states
+/// along; a store without folders refuses folder operations.
+#[test]
+fn a_folder_rename_takes_everything_below_along() {
+    let (dir, store, id) = grouped();
+    let meta = Arc::new(Meta::open(&dir.path().join("meta.redb")).unwrap());
+    let store = store.with_states(&meta).with_folders();
+    let key = Arc::new(TagKey::of(&id));
+    let tagged = SealTo {
+        tags: Some(key.clone()),
+        ..SealTo::keys(vec![id.to_public()])
+    };
+    store.make_folder(&n("old")).unwrap();
+    store.make_folder(&n("old/sub")).unwrap();
+    seal_later(&store, &id, "old/sub/waits", b"waits");
+    assert_eq!(
+        errno_of_folder(store.remove_folder(&n("old/sub"))),
+        Some(libc::ENOTEMPTY)
+    );
+    store
+        .seal(&n("old/big"), Cursor::new(bytes(200_000)), &tagged, 1 << 20)
+        .unwrap();
+    store
+        .seal(&n("old/kept"), Cursor::new(b"x"), &tagged, 100)
+        .unwrap();
+    meta.apply(&[crate::meta::Op::SetState(
+        n("old/kept"),
+        Some(State::Conflict),
+    )])
+    .unwrap();
+    let moved = store.rename_folder(&n("old"), &n("new")).unwrap();
+    assert_eq!(
+        moved,
+        vec![
+            (n("old/big"), n("new/big")),
+            (n("old/kept"), n("new/kept")),
+            (n("old/sub/waits"), n("new/sub/waits")),
+        ]
+    );
+    assert_eq!(read(&store, &id, "new/sub/waits"), b"waits");
+    assert_eq!(read(&store, &id, "new/big"), bytes(200_000));
+    assert!(!store.contains(&n("old/big")) && !store.is_folder(&n("old")));
+    assert_eq!(store.state(&n("new/kept")).unwrap(), Some(State::Conflict));
+    assert_eq!(store.state(&n("old/kept")).unwrap(), None);
+    let f = store.open_file(&n("new/big")).unwrap();
+    let p = seal::Payload::open(&id, &f).unwrap();
+    assert!(
+        store
+            .read_tags(&n("new/big"), &key, &p.binding(), p.plaintext_len())
+            .is_some(),
+        "the tags moved with the folder"
+    );
+    assert!(!dir.path().join("tags/old").exists());
+    store.sync_now().unwrap();
+    assert_eq!(
+        store.names().unwrap(),
+        vec![n("new/big"), n("new/kept"), n("new/sub/waits")]
+    );
+    // Without folders, every folder operation is refused.
+    let flat = Store::open(dir.path()).unwrap();
+    assert_eq!(
+        errno_of_folder(flat.make_folder(&n("x"))),
+        Some(libc::EPERM)
+    );
+    assert_eq!(
+        errno_of_folder(flat.remove_folder(&n("new/sub"))),
+        Some(libc::EPERM)
+    );
+    assert_eq!(
+        errno_of_folder(flat.rename_folder(&n("new"), &n("x"))),
+        Some(libc::EPERM)
+    );
+}

@@ -211,6 +211,170 @@ impl Store {
     }
 }
 
+/// A folder operation refused with `errno`, as Linux refuses it.
+fn refused(op: &'static str, folder: &Name, errno: i32) -> Error {
+    folder_error(op, folder, io::Error::from_raw_os_error(errno))
+}
+
+fn folder_error(op: &'static str, folder: &Name, source: io::Error) -> Error {
+    Error::Folder {
+        op,
+        name: folder.to_string(),
+        source,
+    }
+}
+
+/// Folder operations. They change the store's tree only: the journal
+/// hears of folders once the mesh carries them (`docs/folders.md`, "Order
+/// of the work"), so each is refused (`EPERM`) by a store that does not
+/// list folders ([`Store::with_folders`]).
+impl Store {
+    fn folders_on(&self, op: &'static str, folder: &Name) -> Result<(), Error> {
+        if self.folders {
+            Ok(())
+        } else {
+            Err(refused(op, folder, libc::EPERM))
+        }
+    }
+
+    /// Whether a seal waiting for its round lies within `folder`.
+    fn waiting_within(&self, folder: &Name) -> bool {
+        self.waiting
+            .as_ref()
+            .is_some_and(|w| lock(&w.files).keys().any(|n| n.is_within(folder)))
+    }
+
+    /// Whether `name` is a folder of the store.
+    pub fn is_folder(&self, name: &Name) -> bool {
+        fs::symlink_metadata(self.path_of(name)).is_ok_and(|m| m.is_dir())
+    }
+
+    /// Make the folder `folder` (0700) in a folder that exists, as
+    /// `mkdir(2)`: `EEXIST` if the name is taken (by a seal still waiting
+    /// too), `ENOENT` or `ENOTDIR` if its parent is missing or a file.
+    pub fn make_folder(&self, folder: &Name) -> Result<(), Error> {
+        self.folders_on("make", folder)?;
+        let _changes = self.lock_changes();
+        if self.waiting_temp(folder).is_some() {
+            return Err(refused("make", folder, libc::EEXIST));
+        }
+        DirBuilder::new()
+            .mode(0o700)
+            .create(self.path_of(folder))
+            .map_err(|e| folder_error("make", folder, e))?;
+        self.folder_changed(folder)
+    }
+
+    /// Remove the empty folder `folder`, as `rmdir(2)`: `ENOTEMPTY` if
+    /// anything is in it (a seal still waiting for its round too),
+    /// `ENOTDIR` if it is a file, `ENOENT` if it is missing.
+    pub fn remove_folder(&self, folder: &Name) -> Result<(), Error> {
+        self.folders_on("remove", folder)?;
+        let _changes = self.lock_changes();
+        if self.waiting_within(folder) {
+            return Err(refused("remove", folder, libc::ENOTEMPTY));
+        }
+        fs::remove_dir(self.path_of(folder)).map_err(|e| folder_error("remove", folder, e))?;
+        // Its block tags' folder, if it is empty (tags are a cache: one
+        // left behind costs nothing).
+        let _ = fs::remove_dir(self.tags.join(folder.as_os_str()));
+        self.folder_changed(folder)
+    }
+
+    /// Rename the folder `from`, with everything in it, to `to`, as
+    /// `rename(2)` of a folder: `EINVAL` into its own subtree, `ENOTEMPTY`
+    /// over a folder that is not empty, `ENOTDIR` over a file or when
+    /// `from` is a file, `ENAMETOOLONG` when a name below would pass a
+    /// limit; over an empty folder it replaces it. Seals waiting for their
+    /// round within `from` are put in place first; block tags and recorded
+    /// states go with their names. Returns each file moved, old name and
+    /// new, sorted by the old.
+    pub fn rename_folder(&self, from: &Name, to: &Name) -> Result<Vec<(Name, Name)>, Error> {
+        self.folders_on("rename", from)?;
+        let _changes = self.lock_changes();
+        if !self.is_folder(from) {
+            let errno = if self.contains(from) {
+                libc::ENOTDIR
+            } else {
+                libc::ENOENT
+            };
+            return Err(refused("rename", from, errno));
+        }
+        if from == to {
+            return Ok(Vec::new());
+        }
+        if to.is_within(from) {
+            return Err(refused("rename", from, libc::EINVAL));
+        }
+        if self.waiting_within(to) {
+            return Err(refused("rename", from, libc::ENOTEMPTY));
+        }
+        if self.waiting_temp(to).is_some() {
+            return Err(refused("rename", from, libc::ENOTDIR));
+        }
+        let inside = walk(&self.path_of(from), crate::name::MAX_DEPTH)?;
+        let mut moved = Vec::with_capacity(inside.files.len());
+        for rel in &inside.files {
+            let old = Name::new([from.as_bytes(), b"/", rel.as_bytes()].concat())?;
+            let new = Name::new([to.as_bytes(), b"/", rel.as_bytes()].concat())
+                .map_err(|_| refused("rename", from, libc::ENAMETOOLONG))?;
+            moved.push((old, new));
+        }
+        // Waiting seals inside go in place first, so the one rename of the
+        // folder takes them along.
+        let waiting: Vec<Name> = match &self.waiting {
+            Some(w) => lock(&w.files)
+                .keys()
+                .filter(|n| n.is_within(from))
+                .cloned()
+                .collect(),
+            None => Vec::new(),
+        };
+        for name in &waiting {
+            self.install_locked(name)?;
+            let rel = &name.as_bytes()[from.as_bytes().len() + 1..];
+            let new = Name::new([to.as_bytes(), b"/", rel].concat())
+                .map_err(|_| refused("rename", from, libc::ENAMETOOLONG))?;
+            moved.push((name.clone(), new));
+        }
+        moved.sort();
+        moved.dedup();
+        fs::rename(self.path_of(from), self.path_of(to))
+            .map_err(|e| folder_error("rename", from, e))?;
+        self.move_folder_tags(from, to, &moved);
+        self.move_states_locked(&moved);
+        self.folder_changed(from)?;
+        self.folder_changed(to)?;
+        Ok(moved)
+    }
+
+    /// The block tags of the files `moved` with folder `from` go to `to`
+    /// (one rename of the tags' folder); if that fails, they are dropped.
+    fn move_folder_tags(&self, from: &Name, to: &Name, moved: &[(Name, Name)]) {
+        let mut tagged = lock(&self.tagged);
+        if !moved.iter().any(|(old, _)| tagged.contains(old)) {
+            return;
+        }
+        let (a, b) = (
+            self.tags.join(from.as_os_str()),
+            self.tags.join(to.as_os_str()),
+        );
+        // A folder of tags left at `to` (a cache: drop it) would refuse the
+        // rename.
+        let _ = fs::remove_dir_all(&b);
+        let ok = rename_making_folders(&self.tags, &a, to).is_ok();
+        for (old, new) in moved {
+            tagged.remove(new);
+            if tagged.remove(old) && ok {
+                tagged.insert(new.clone());
+            }
+        }
+        if !ok {
+            let _ = fs::remove_dir_all(&a);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
