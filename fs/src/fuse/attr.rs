@@ -20,23 +20,12 @@ use super::{errno_of, LockboxFs, ROOT, TTL};
 impl LockboxFs {
     pub(super) fn root_attr(&self) -> FileAttr {
         let mtime = *lock(&self.folder_mtime);
-        FileAttr {
-            ino: INodeNo(ROOT),
-            size: 0,
-            blocks: 0,
-            atime: mtime,
-            mtime,
-            ctime: mtime,
-            crtime: mtime,
-            kind: FileType::Directory,
-            perm: 0o700,
-            nlink: 2,
-            uid: self.uid,
-            gid: self.gid,
-            rdev: 0,
-            blksize: 4096,
-            flags: 0,
-        }
+        let folders = if self.has_folders() {
+            self.store.folder_count_at_top()
+        } else {
+            0
+        };
+        self.dir_attr(ROOT, mtime, folders)
     }
 
     pub(super) fn file_attr(&self, ino: u64, size: u64, mtime: SystemTime) -> FileAttr {
@@ -68,11 +57,14 @@ impl LockboxFs {
         if ino == ROOT {
             return Ok(self.root_attr());
         }
-        let (name, staged) = {
+        let (name, staged, folder) = {
             let inner = lock(&self.inner);
             let node = inner.nodes.get(&ino).ok_or(Errno::ENOENT)?;
-            (node.name.clone(), node.staged.clone())
+            (node.name.clone(), node.staged.clone(), node.folder)
         };
+        if folder {
+            return self.folder_attr(ino, name.as_ref().ok_or(Errno::ENOENT)?);
+        }
         if let Some(s) = staged {
             let s = lock(&s);
             if s.loaded && s.poisoned.is_none() && !s.released {
@@ -160,7 +152,38 @@ impl LockboxFs {
         reply: ReplyAttr,
     ) {
         if ino.0 == ROOT {
+            if let Some(t) = mtime {
+                *lock(&self.folder_mtime) = match t {
+                    TimeOrNow::SpecificTime(t) => t,
+                    TimeOrNow::Now => SystemTime::now(),
+                };
+            }
             return reply.attr(&TTL, &self.root_attr());
+        }
+        let folder = lock(&self.inner)
+            .nodes
+            .get(&ino.0)
+            .filter(|n| n.folder)
+            .map(|n| n.name.clone());
+        if let Some(name) = folder {
+            // A folder: its time only (modes and owners are fixed).
+            let Some(name) = name else {
+                return reply.error(Errno::ENOENT);
+            };
+            if size.is_some() {
+                return reply.error(Errno::EISDIR);
+            }
+            if let Some(t) = mtime {
+                let t = match t {
+                    TimeOrNow::SpecificTime(t) => t,
+                    TimeOrNow::Now => SystemTime::now(),
+                };
+                lock(&self.inner).folder_times.insert(name.clone(), t);
+            }
+            return match self.folder_attr(ino.0, &name) {
+                Ok(a) => reply.attr(&TTL, &a),
+                Err(e) => reply.error(e),
+            };
         }
         // chmod/chown are accepted and ignored: files are always 0600, ours.
         let staged = lock(&self.inner)

@@ -1,7 +1,6 @@
-//! The folder: `opendir` lists the store's names and the files created
-//! but not sealed yet, giving each a node; `readdir` pages through that
-//! listing; `releasedir` forgets it. The mount shows one flat folder (no
-//! subfolders yet).
+//! The folders' listings: `opendir` lists a folder (the store's entries
+//! in it and the files created there but not sealed yet), giving each a
+//! node; `readdir` pages through that listing; `releasedir` forgets it.
 
 use std::ffi::OsStr;
 
@@ -11,16 +10,18 @@ use fuser::{
 
 use crate::{lock, Name};
 
+use super::inodes::Listing;
 use super::{errno_of, LockboxFs, ROOT};
 
 impl LockboxFs {
-    /// `opendir`: list the folder (the store's names and files created but
-    /// not sealed yet) under a new handle.
+    /// `opendir`: list the folder (the store's entries and files created
+    /// but not sealed yet) under a new handle.
     pub(super) fn open_dir(&self, ino: INodeNo, reply: ReplyOpen) {
-        if ino.0 != ROOT {
-            return reply.error(Errno::ENOTDIR);
-        }
-        let mut names: Vec<Name> = match self.store.names() {
+        let folder = match self.folder_at(ino.0) {
+            Ok(f) => f,
+            Err(e) => return reply.error(e),
+        };
+        let mut names: Vec<(Name, bool)> = match self.store.entries_in(folder.as_ref()) {
             Ok(names) => names,
             Err(e) => return reply.error(errno_of(&e)),
         };
@@ -28,42 +29,61 @@ impl LockboxFs {
         // Files created but not sealed yet are listed too.
         for n in inner.nodes.values() {
             if let (Some(name), Some(_)) = (&n.name, &n.staged) {
-                names.push(name.clone());
+                if name.parent() == folder {
+                    names.push((name.clone(), false));
+                }
             }
         }
         names.sort();
-        names.dedup();
-        let entries: Vec<(u64, Name)> = names
+        names.dedup_by(|a, b| a.0 == b.0);
+        let entries: Vec<(u64, Name, bool)> = names
             .into_iter()
-            .map(|name| {
+            .map(|(name, is_folder)| {
                 let ino = match inner.by_name.get(&name) {
                     Some(&i) => i,
+                    None if is_folder => LockboxFs::add_folder_node(&mut inner, name.clone()),
                     None => LockboxFs::add_node(&mut inner, name.clone(), None),
                 };
-                (ino, name)
+                (ino, name, is_folder)
             })
             .collect();
+        let parent = match &folder {
+            None => ROOT,
+            Some(f) => LockboxFs::parent_ino(&inner, f).unwrap_or(ROOT),
+        };
         let fh = inner.next_fh;
         inner.next_fh += 1;
-        inner.dirs.insert(fh, entries);
+        inner.dirs.insert(
+            fh,
+            Listing {
+                ino: ino.0,
+                parent,
+                entries,
+            },
+        );
         reply.opened(FileHandle(fh), FopenFlags::empty())
     }
 
     /// `readdir`: the entries of listing `fh` from `offset` on.
     pub(super) fn read_dir(&self, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let inner = lock(&self.inner);
-        let Some(entries) = inner.dirs.get(&fh.0) else {
+        let Some(listing) = inner.dirs.get(&fh.0) else {
             return reply.error(Errno::EBADF);
         };
         let dots = [
-            (ROOT, FileType::Directory, OsStr::new(".")),
-            (ROOT, FileType::Directory, OsStr::new("..")),
+            (listing.ino, FileType::Directory, OsStr::new(".")),
+            (listing.parent, FileType::Directory, OsStr::new("..")),
         ];
-        let all = dots.into_iter().chain(
-            entries
-                .iter()
-                .map(|(i, n)| (*i, FileType::RegularFile, n.as_os_str())),
-        );
+        let all = dots
+            .into_iter()
+            .chain(listing.entries.iter().map(|(i, n, is_folder)| {
+                let kind = if *is_folder {
+                    FileType::Directory
+                } else {
+                    FileType::RegularFile
+                };
+                (*i, kind, last_component(n))
+            }));
         for (i, (ino, kind, name)) in all.enumerate().skip(offset as usize) {
             if reply.add(INodeNo(ino), (i + 1) as u64, kind, name) {
                 break;
@@ -77,4 +97,11 @@ impl LockboxFs {
         lock(&self.inner).dirs.remove(&fh.0);
         reply.ok()
     }
+}
+
+/// The last component of `name`, as the listing of its folder shows it.
+fn last_component(name: &Name) -> &OsStr {
+    let b = name.as_bytes();
+    let start = b.iter().rposition(|c| *c == b'/').map_or(0, |i| i + 1);
+    std::os::unix::ffi::OsStrExt::from_bytes(&b[start..])
 }

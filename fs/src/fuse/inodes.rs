@@ -43,6 +43,8 @@ impl StoreVersion {
 pub(super) struct Node {
     /// `None` once unlinked (or replaced by a rename) while still open.
     pub(super) name: Option<Name>,
+    /// A folder (else a file).
+    pub(super) folder: bool,
     pub(super) lookups: u64,
     pub(super) open: u32,
     pub(super) staged: Option<Arc<Mutex<Staged>>>,
@@ -93,7 +95,10 @@ pub(super) struct FsState {
     pub(super) next_ino: u64,
     pub(super) handles: HashMap<u64, Arc<Handle>>,
     pub(super) next_fh: u64,
-    pub(super) dirs: HashMap<u64, Vec<(u64, Name)>>,
+    pub(super) dirs: HashMap<u64, Listing>,
+    /// The times this mount gave folders (a name in one changed, or
+    /// `utimensat`); the root's is [`LockboxFs`]'s `folder_mtime`.
+    pub(super) folder_times: HashMap<Name, std::time::SystemTime>,
     pub(super) warned_damaged: HashSet<StoreVersion>,
     /// Plaintext sizes of the store versions the mount has stat'ed or
     /// sealed, so that a name whose node the kernel forgot (memory
@@ -101,6 +106,14 @@ pub(super) struct FsState {
     /// stat'ed again without reading its header. Cleared when it reaches
     /// [`MAX_SIZES`]; a miss only costs that read.
     pub(super) sizes: HashMap<StoreVersion, u64>,
+}
+
+/// An open folder's listing: its own inode, its parent's, and each entry
+/// (inode, name, whether a folder).
+pub(super) struct Listing {
+    pub(super) ino: u64,
+    pub(super) parent: u64,
+    pub(super) entries: Vec<(u64, Name, bool)>,
 }
 
 /// Versions whose plaintext size [`FsState::sizes`] keeps (about 40 bytes
@@ -168,11 +181,19 @@ impl LockboxFs {
             Some(ino) => (ino, self.attr_of(ino)),
             None => {
                 let meta = self.store.metadata(name).map_err(|e| errno_of(&e))?;
+                let is_folder = meta.is_dir();
+                if is_folder && !self.has_folders() {
+                    return Err(Errno::ENOENT);
+                }
                 let (ino, fresh) = {
                     let mut inner = lock(&self.inner);
                     match inner.by_name.get(name) {
                         // Made meanwhile (a create): ask it.
                         Some(&ino) => (counted(&mut inner, ino), false),
+                        None if is_folder => {
+                            let ino = Self::add_folder_node(&mut inner, name.clone());
+                            (counted(&mut inner, ino), false)
+                        }
                         None => {
                             let ino = Self::add_node(&mut inner, name.clone(), None);
                             (counted(&mut inner, ino), true)
@@ -217,10 +238,17 @@ impl LockboxFs {
             Self::forget_gone(&mut inner, name, ino);
             return Err(Errno::ENOENT);
         }
-        if !self.store.contains(name) {
-            return Err(Errno::ENOENT);
+        match self.store.metadata(name) {
+            Err(_) => Err(Errno::ENOENT),
+            Ok(m) if m.is_dir() => {
+                if self.has_folders() {
+                    Ok(Self::add_folder_node(&mut inner, name.clone()))
+                } else {
+                    Err(Errno::ENOENT)
+                }
+            }
+            Ok(_) => Ok(Self::add_node(&mut inner, name.clone(), None)),
         }
-        Ok(Self::add_node(&mut inner, name.clone(), None))
     }
 
     /// [`LockboxFs::resolve`] without asking the store about a name that
@@ -257,6 +285,20 @@ impl LockboxFs {
         name: Name,
         staged: Option<Arc<Mutex<Staged>>>,
     ) -> u64 {
+        Self::insert_node(inner, name, staged, false)
+    }
+
+    /// A node for the folder `name`.
+    pub(super) fn add_folder_node(inner: &mut FsState, name: Name) -> u64 {
+        Self::insert_node(inner, name, None, true)
+    }
+
+    fn insert_node(
+        inner: &mut FsState,
+        name: Name,
+        staged: Option<Arc<Mutex<Staged>>>,
+        folder: bool,
+    ) -> u64 {
         let ino = inner.next_ino;
         inner.next_ino += 1;
         inner.by_name.insert(name.clone(), ino);
@@ -264,6 +306,7 @@ impl LockboxFs {
             ino,
             Node {
                 name: Some(name),
+                folder,
                 lookups: 0,
                 open: 0,
                 staged,

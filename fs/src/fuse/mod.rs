@@ -1,5 +1,6 @@
 //! The FUSE adapter: `~/lockbox` as one flat folder of regular files
-//! (see `docs/design.md`, "The mount").
+//! (see `docs/design.md`, "The mount"), or a tree of folders over a store
+//! that has them (`docs/folders.md`).
 //!
 //! A thin layer over [`Store`]: writes are staged in memory ([`Pages`](crate::pages::Pages)) and
 //! sealed into the store when a writer closes (`flush`, so `close(2)` reports
@@ -23,7 +24,10 @@
 //!   open handles, and the store version each node last had.
 //! - `attr`: the attributes the kernel is shown, and `setattr`.
 //! - `names`: `create`, `unlink` and `rename`.
-//! - `dir`: the folder listing (`opendir`, `readdir`, `releasedir`).
+//! - `dir`: the folder listings (`opendir`, `readdir`, `releasedir`).
+//! - `folders`: folders, over a store that has them: which name a
+//!   component of a folder node is, folder attributes, `mkdir`, `rmdir`,
+//!   the rename of a whole folder.
 //! - `staged`: the write buffer of a file open for writing ([`Pages`](crate::pages::Pages) or
 //!   a [`SealStream`](crate::store::SealStream)): opening for writing,
 //!   `write`, and the seal at flush, fsync and release.
@@ -32,11 +36,11 @@
 //! - `cache`: the bounded caches of decrypted chunks and block tags.
 //! - `ops`: [`FuseOps`], the `fuser::Filesystem` operations: each checks
 //!   or decodes its arguments and calls into the files above.
-//! - `tests`: the unit tests.
+//! - `tests`, `folder_tests`: the unit tests (the folder tests on a real
+//!   mount).
 //!
 //! Mounting is [`crate::mount`]'s; nothing here writes plaintext to disk.
 
-use std::ffi::OsStr;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -54,6 +58,7 @@ use crate::{lock, Error, Name};
 mod attr;
 mod cache;
 mod dir;
+mod folders;
 mod inodes;
 mod names;
 mod ops;
@@ -123,15 +128,6 @@ fn errno_of(e: &Error) -> Errno {
         },
         _ => Errno::EIO,
     }
-}
-
-/// The name of `component` in the mount's root folder (the only folder
-/// until folders land: `docs/folders.md`), or the errno for a component
-/// that cannot be one (`ENAMETOOLONG` over 255 bytes, else `EINVAL`).
-fn child(component: &OsStr) -> Result<Name, Errno> {
-    crate::name::Component::from_os(component)
-        .map(Name::from)
-        .map_err(|e| errno_of(&e))
 }
 
 impl LockboxFs {
@@ -219,13 +215,14 @@ impl LockboxFs {
     /// kernel's cached attributes, pages and name for it. Must not be called
     /// from a FUSE request thread.
     pub fn invalidate(&self, name: &Name) {
-        self.folder_changed();
-        let (ino, cached) = {
+        self.touch_folder(name.parent().as_ref());
+        let (ino, parent, cached) = {
             let mut inner = lock(&self.inner);
             let ino = inner.by_name.get(name).copied();
+            let parent = Self::parent_ino(&inner, name);
             // Its size is read from the header again.
             let cached = ino.and_then(|i| Self::file_gone(&mut inner, i));
-            (ino, cached)
+            (ino, parent, cached)
         };
         if let Some(c) = cached {
             self.forget_cached(c);
@@ -234,9 +231,12 @@ impl LockboxFs {
             if let Some(ino) = ino {
                 let _ = notifier.inval_inode(INodeNo(ino), 0, 0);
             }
-            let _ = notifier.inval_entry(INodeNo(ROOT), name.as_os_str());
-            // The folder's time moved.
-            let _ = notifier.inval_inode(INodeNo(ROOT), 0, 0);
+            // A folder the kernel does not know has no entries cached.
+            if let Some(parent) = parent {
+                let _ = notifier.inval_entry(INodeNo(parent), name.file_name().as_os_str());
+                // The folder's time moved.
+                let _ = notifier.inval_inode(INodeNo(parent), 0, 0);
+            }
         }
     }
 
@@ -284,6 +284,9 @@ impl LockboxFs {
         let (name, staged) = {
             let inner = lock(&self.inner);
             let node = inner.nodes.get(&ino).ok_or(Errno::ESTALE)?;
+            if node.folder {
+                return Err(Errno::EISDIR);
+            }
             // Replaced by a rename or unlinked while the kernel still held
             // the old name: ESTALE makes it look the name up again.
             (node.name.clone().ok_or(Errno::ESTALE)?, node.staged.clone())
@@ -295,5 +298,7 @@ impl LockboxFs {
     }
 }
 
+#[cfg(test)]
+mod folder_tests;
 #[cfg(test)]
 mod tests;

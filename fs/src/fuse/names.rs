@@ -20,17 +20,16 @@ use crate::{lock, Error};
 
 use super::inodes::Handle;
 use super::staged::{lock_both, Staged};
-use super::{child, errno_of, LockboxFs, ROOT, TTL};
+use super::{errno_of, LockboxFs, TTL};
 
 impl LockboxFs {
     /// `unlink`: remove `name` from the store and the node table; the
     /// tombstone is made after the answer.
     pub(super) fn unlink_name(&self, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        if parent.0 != ROOT {
-            return reply.error(Errno::ENOENT);
-        }
-        let Ok(name) = child(name) else {
-            return reply.error(Errno::ENOENT);
+        let name = match self.name_in(parent, name) {
+            Ok(n) => n,
+            Err(e @ (Errno::ENAMETOOLONG | Errno::ENOTDIR)) => return reply.error(e),
+            Err(_) => return reply.error(Errno::ENOENT),
         };
         let ino = lock(&self.inner).by_name.get(&name).copied();
         let staged = ino.and_then(|i| {
@@ -71,7 +70,7 @@ impl LockboxFs {
         }
         tracing::debug!("deleted {}", name.escaped());
         self.keys.deleted(&name);
-        self.folder_changed();
+        self.touch_folder(name.parent().as_ref());
         reply.ok();
         // The tombstone is signed and recorded after the answer.
         drop(removed);
@@ -88,18 +87,33 @@ impl LockboxFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        if parent.0 != ROOT || newparent.0 != ROOT {
-            return reply.error(Errno::ENOENT);
-        }
         if flags.contains(RenameFlags::RENAME_EXCHANGE)
             || flags.contains(RenameFlags::RENAME_WHITEOUT)
         {
             return reply.error(Errno::EINVAL);
         }
-        let (from, to) = match (child(name), child(newname)) {
+        let (from, to) = match (self.name_in(parent, name), self.name_in(newparent, newname)) {
             (Ok(from), Ok(to)) => (from, to),
             (Err(e), _) | (_, Err(e)) => return reply.error(e),
         };
+        if self.has_folders() {
+            let from_folder = {
+                let inner = lock(&self.inner);
+                let node = inner.by_name.get(&from).and_then(|i| inner.nodes.get(i));
+                node.map(|n| n.folder)
+            };
+            let from_folder = match from_folder {
+                Some(f) => f,
+                None => self.store.is_folder(&from),
+            };
+            if from_folder {
+                return self.rename_dir(from, to, flags, reply);
+            }
+            // A file over a folder.
+            if self.store.is_folder(&to) {
+                return reply.error(Errno::EISDIR);
+            }
+        }
         let src = match self.resolve_known(&from) {
             Ok(i) => i,
             Err(e) => return reply.error(e),
@@ -161,10 +175,11 @@ impl LockboxFs {
             inner.by_name.remove(&from);
             inner.by_name.insert(at.clone(), src);
             if let Some(n) = inner.nodes.get_mut(&src) {
-                n.name = Some(at);
+                n.name = Some(at.clone());
             }
             drop(inner);
-            self.folder_changed();
+            self.touch_folder(from.parent().as_ref());
+            self.touch_folder(at.parent().as_ref());
             reply.ok();
             drop(recorded);
             return;
@@ -181,7 +196,7 @@ impl LockboxFs {
         if let Some(n) = inner.nodes.get_mut(&src) {
             // The size cache stays: it is keyed by the store file's inode,
             // size and mtime, which a rename keeps.
-            n.name = Some(to);
+            n.name = Some(to.clone());
         }
         drop(inner);
         // Before the answer: once rename(2) returns, the replaced file's
@@ -189,7 +204,8 @@ impl LockboxFs {
         if let Some(c) = replaced {
             self.forget_cached(c);
         }
-        self.folder_changed();
+        self.touch_folder(from.parent().as_ref());
+        self.touch_folder(to.parent().as_ref());
         reply.ok();
         // The records of the move are signed and made after the answer.
         drop(recorded);
@@ -203,10 +219,7 @@ impl LockboxFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        if parent.0 != ROOT {
-            return reply.error(Errno::ENOENT);
-        }
-        let name = match child(name) {
+        let name = match self.name_in(parent, name) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
@@ -224,7 +237,7 @@ impl LockboxFs {
                 st.base = self.store.base_of(&name);
                 let staged = Arc::new(Mutex::new(st));
                 new_file = true;
-                self.folder_changed();
+                self.touch_folder(name.parent().as_ref());
                 LockboxFs::add_node(&mut lock(&self.inner), name, Some(staged))
             }
         };

@@ -18,7 +18,7 @@ use fuser::{
 
 use crate::lock;
 
-use super::{child, LockboxFs, ROOT, TTL};
+use super::{LockboxFs, ROOT, TTL};
 
 /// The FUSE operations: what implements [`Filesystem`] for the fuser
 /// session (see [`crate::mount`]), each over the [`LockboxFs`] it shares
@@ -36,12 +36,9 @@ impl Filesystem for FuseOps {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        if parent.0 != ROOT {
-            return reply.error(Errno::ENOENT);
-        }
-        let name = match child(name) {
+        let name = match self.0.name_in(parent, name) {
             Ok(n) => n,
-            Err(Errno::ENAMETOOLONG) => return reply.error(Errno::ENAMETOOLONG),
+            Err(e @ (Errno::ENAMETOOLONG | Errno::ENOTDIR)) => return reply.error(e),
             Err(_) => return reply.error(Errno::ENOENT),
         };
         let fs = &self.0;
@@ -70,16 +67,17 @@ impl Filesystem for FuseOps {
     /// `access(2)`. The mount has no `default_permissions` (so the kernel
     /// asks no `getattr` of the folder before each name it changes) and
     /// no `allow_other` (so the kernel lets only the owner in at all); for
-    /// the owner, the modes shown decide: the folder is 0700, a file 0600,
+    /// the owner, the modes shown decide: a folder is 0700, a file 0600,
     /// never executable.
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         if ino.0 == ROOT {
             return reply.ok();
         }
-        if !lock(&self.0.inner).nodes.contains_key(&ino.0) {
-            return reply.error(Errno::ENOENT);
-        }
-        if mask.contains(AccessFlags::X_OK) {
+        let folder = match lock(&self.0.inner).nodes.get(&ino.0) {
+            None => return reply.error(Errno::ENOENT),
+            Some(n) => n.folder,
+        };
+        if mask.contains(AccessFlags::X_OK) && !folder {
             return reply.error(Errno::EACCES);
         }
         reply.ok()
@@ -119,8 +117,16 @@ impl Filesystem for FuseOps {
         reply.error(Errno::EPERM)
     }
 
-    fn mkdir(&self, _r: &Request, _p: INodeNo, _n: &OsStr, _m: u32, _u: u32, reply: ReplyEntry) {
-        reply.error(Errno::EPERM)
+    fn mkdir(
+        &self,
+        _r: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _m: u32,
+        _u: u32,
+        reply: ReplyEntry,
+    ) {
+        self.0.make_dir(parent, name, reply);
     }
 
     fn symlink(
@@ -138,13 +144,8 @@ impl Filesystem for FuseOps {
         reply.error(Errno::EPERM)
     }
 
-    fn rmdir(&self, _r: &Request, _p: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let exists = child(name).is_ok_and(|n| self.0.resolve(&n).is_ok());
-        reply.error(if exists {
-            Errno::ENOTDIR
-        } else {
-            Errno::ENOENT
-        })
+    fn rmdir(&self, _r: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.0.remove_dir(parent, name, reply);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {

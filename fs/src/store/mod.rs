@@ -754,6 +754,14 @@ impl Store {
     /// of the delete is durable (see `held`).
     pub fn remove_pending(&self, name: &Name) -> Result<Pending<'_>, Error> {
         let guard = self.lock_changes();
+        if self.is_folder(name) {
+            // unlink(2) of a folder; and the held folder takes files only.
+            return Err(Error::Folder {
+                op: "remove (as a file)",
+                name: name.to_string(),
+                source: io::Error::from_raw_os_error(libc::EISDIR),
+            });
+        }
         let (had, held) = self.hold_locked(name)?;
         if !had {
             return Err(Error::NotFound(name.to_string()));

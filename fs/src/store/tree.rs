@@ -54,18 +54,47 @@ fn walk_into(
         Some(f) => root.join(f.as_os_str()),
         None => root.to_owned(),
     };
-    let rd = match fs::read_dir(&dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(Error::io("read", &dir, e)),
-    };
-    for dirent in rd {
-        let dirent = dirent.map_err(|e| Error::io("read", &dir, e))?;
-        let name = Component::from_os(&dirent.file_name()).and_then(|c| match folder {
+    for (c, is_folder) in entries(&dir)? {
+        let name = match folder {
             Some(f) => f.join(&c),
-            None => Ok(Name::from(c)),
-        });
+            None => Ok(Name::from(c.clone())),
+        };
         let Ok(name) = name else {
+            tracing::warn!(
+                "ignoring {}: its path is over a lockbox's limits",
+                dir.join(c.as_os_str()).as_os_str().escaped()
+            );
+            continue;
+        };
+        if !is_folder {
+            out.files.push(name);
+        } else if name.depth() < max_depth {
+            walk_into(root, Some(&name), max_depth, out)?;
+            out.folders.push(name);
+        } else {
+            tracing::warn!(
+                "ignoring the folder {}: not a folder this lockbox holds",
+                root.join(name.as_os_str()).as_os_str().escaped()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The entries of one folder: each regular file's and folder's name, and
+/// whether it is a folder. Anything else (a symlink, a device, a name that
+/// cannot be a component) is skipped with a warning; an entry removed
+/// meanwhile, silently. A missing folder has none.
+pub fn entries(dir: &Path) -> Result<Vec<(Component, bool)>, Error> {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io("read", dir, e)),
+    };
+    let mut out = Vec::new();
+    for dirent in rd {
+        let dirent = dirent.map_err(|e| Error::io("read", dir, e))?;
+        let Ok(c) = Component::from_os(&dirent.file_name()) else {
             tracing::warn!(
                 "ignoring {}: not a name a lockbox can hold",
                 dirent.path().as_os_str().escaped()
@@ -73,13 +102,10 @@ fn walk_into(
             continue;
         };
         match dirent.file_type() {
-            Ok(t) if t.is_file() => out.files.push(name),
-            Ok(t) if t.is_dir() && name.depth() < max_depth => {
-                walk_into(root, Some(&name), max_depth, out)?;
-                out.folders.push(name);
-            }
+            Ok(t) if t.is_file() => out.push((c, false)),
+            Ok(t) if t.is_dir() => out.push((c, true)),
             Ok(_) => tracing::warn!(
-                "ignoring {}: not a file or a folder this lockbox holds",
+                "ignoring {}: lockbox holds regular files and folders only",
                 dirent.path().as_os_str().escaped()
             ),
             // Removed between readdir and stat: not an error.
@@ -87,7 +113,7 @@ fn walk_into(
             Err(e) => return Err(Error::io("stat", &dirent.path(), e)),
         }
     }
-    Ok(())
+    Ok(out)
 }
 
 /// Rename `from` to `to`, making the folders above `to` (below `root`)
@@ -211,6 +237,14 @@ impl Store {
     }
 }
 
+fn count_folders(dir: &Path) -> usize {
+    fs::read_dir(dir).map_or(0, |rd| {
+        rd.flatten()
+            .filter(|d| d.file_type().is_ok_and(|t| t.is_dir()))
+            .count()
+    })
+}
+
 /// A folder operation refused with `errno`, as Linux refuses it.
 fn refused(op: &'static str, folder: &Name, errno: i32) -> Error {
     folder_error(op, folder, io::Error::from_raw_os_error(errno))
@@ -247,6 +281,57 @@ impl Store {
     /// Whether `name` is a folder of the store.
     pub fn is_folder(&self, name: &Name) -> bool {
         fs::symlink_metadata(self.path_of(name)).is_ok_and(|m| m.is_dir())
+    }
+
+    /// Whether this store lists names in folders ([`Store::with_folders`]).
+    pub fn lists_folders(&self) -> bool {
+        self.folders
+    }
+
+    /// What one folder holds (`None`: the top of the store): each entry's
+    /// name and whether it is a folder, files whose seal still waits for
+    /// its round included, sorted. Without [`Store::with_folders`], the
+    /// top's files only.
+    pub fn entries_in(&self, folder: Option<&Name>) -> Result<Vec<(Name, bool)>, Error> {
+        let dir = match folder {
+            Some(f) => self.path_of(f),
+            None => self.dir.clone(),
+        };
+        let mut out = Vec::new();
+        for (c, is_folder) in entries(&dir)? {
+            if is_folder && !self.folders {
+                tracing::warn!(
+                    "ignoring the folder {}: this lockbox holds loose files only",
+                    dir.join(c.as_os_str()).as_os_str().escaped()
+                );
+                continue;
+            }
+            let name = match folder {
+                Some(f) => f.join(&c)?,
+                None => Name::from(c),
+            };
+            out.push((name, is_folder));
+        }
+        if let Some(wf) = &self.waiting {
+            for n in lock(&wf.files).keys() {
+                if n.parent().as_ref() == folder {
+                    out.push((n.clone(), false));
+                }
+            }
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// How many folders `folder` holds (for its link count).
+    pub fn folder_count(&self, folder: &Name) -> usize {
+        count_folders(&self.path_of(folder))
+    }
+
+    /// How many folders the top of the store holds.
+    pub fn folder_count_at_top(&self) -> usize {
+        count_folders(&self.dir)
     }
 
     /// Make the folder `folder` (0700) in a folder that exists, as

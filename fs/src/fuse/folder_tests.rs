@@ -1,0 +1,343 @@
+//! Folders on a real mount (`docs/folders.md`, "The mount"): the adapter
+//! over a store that lists folders, mounted with FUSE in this process, is
+//! driven like ext4 by the same calls as a plain folder beside it, and the
+//! answers and the trees must agree. The lockbox crate's tests cover the
+//! agent's mount; these need a store with folders, which the agent does
+//! not turn on until the mesh carries them.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::UNIX_EPOCH;
+
+use super::*;
+use crate::mount::Mount;
+use crate::test_keys::TestKeys;
+
+/// A mount of a store with folders, unmounted when dropped.
+struct Mounted {
+    mount: Option<Mount>,
+    at: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if let Some(m) = self.mount.take() {
+            let _ = m.unmount();
+        }
+    }
+}
+
+/// Mount a fresh store with folders, or `None` (said loudly) where FUSE
+/// cannot mount and `CI` is not set; under `CI=true` it must mount.
+fn mounted() -> Option<Mounted> {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("state"))
+        .unwrap()
+        .with_grouped_syncs(Duration::from_millis(100))
+        .with_folders();
+    let config = FsConfig {
+        max_file_size: 1 << 30,
+        cache_bytes: 16 << 20,
+    };
+    let fs = LockboxFs::new(store, TestKeys::unlocked(), config).unwrap();
+    let at = dir.path().join("mnt");
+    match Mount::start(Arc::new(fs), &at, 2) {
+        Ok(m) => Some(Mounted {
+            mount: Some(m),
+            at,
+            _dir: dir,
+        }),
+        Err(e) if std::env::var("CI").as_deref() != Ok("true") => {
+            eprintln!("SKIPPED: cannot mount FUSE here ({e}); CI=true makes this a failure");
+            None
+        }
+        Err(e) => panic!("cannot mount FUSE under CI=true: {e}"),
+    }
+}
+
+/// One call, on a root given to it.
+type Step = Box<dyn Fn(&Path) -> io::Result<()>>;
+
+/// The errno of a result (`None`: success).
+fn errno<T>(r: io::Result<T>) -> Option<i32> {
+    r.err().map(|e| e.raw_os_error().unwrap_or(-1))
+}
+
+/// Every entry below `root`: its kind and, for a file, its bytes.
+fn tree(root: &Path) -> BTreeMap<String, Option<Vec<u8>>> {
+    let mut out = BTreeMap::new();
+    let mut todo = vec![root.to_owned()];
+    while let Some(d) = todo.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let rel = e
+                .path()
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            if e.file_type().unwrap().is_dir() {
+                todo.push(e.path());
+                out.insert(rel, None);
+            } else {
+                out.insert(rel, Some(fs::read(e.path()).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+/// mkdir, rmdir, rename, unlink, create and open of folders and files in
+/// them answer what ext4 answers, and leave the same tree.
+#[test]
+fn folder_calls_on_the_mount_answer_as_on_ext4() {
+    let Some(m) = mounted() else { return };
+    let plain = m._dir.path().join("plain");
+    fs::create_dir(&plain).unwrap();
+    let long = "n".repeat(256);
+    let mkdir = |p: &'static str| -> Step { Box::new(move |r: &Path| fs::create_dir(r.join(p))) };
+    let rmdir = |p: &'static str| -> Step { Box::new(move |r: &Path| fs::remove_dir(r.join(p))) };
+    let unlink = |p: &'static str| -> Step { Box::new(move |r: &Path| fs::remove_file(r.join(p))) };
+    let write = |p: &'static str, b: &'static [u8]| -> Step {
+        Box::new(move |r: &Path| fs::write(r.join(p), b))
+    };
+    let mv = |a: &'static str, b: &'static str| -> Step {
+        Box::new(move |r: &Path| fs::rename(r.join(a), r.join(b)))
+    };
+    let steps: Vec<(&str, Step)> = vec![
+        ("mkdir a", mkdir("a")),
+        ("mkdir a again", mkdir("a")),
+        ("mkdir a/b", mkdir("a/b")),
+        ("mkdir in a missing folder", mkdir("x/y")),
+        ("write a/f", write("a/f", b"in a")),
+        ("write a/b/g", write("a/b/g", b"in b")),
+        ("mkdir under a file", mkdir("a/f/z")),
+        ("mkdir over a file", mkdir("a/f")),
+        ("write over a folder", write("a/b", b"no")),
+        ("rmdir a, not empty", rmdir("a")),
+        ("rmdir a file", rmdir("a/f")),
+        ("rmdir a missing folder", rmdir("nope")),
+        ("unlink a folder", unlink("a/b")),
+        ("rename a into itself", mv("a", "a/b/c")),
+        ("rename a file over a folder", mv("a/f", "a/b")),
+        ("write top", write("top", b"top")),
+        ("rename a folder over a file", mv("a", "top")),
+        ("mkdir e", mkdir("e")),
+        ("mkdir full", mkdir("full")),
+        ("write full/x", write("full/x", b"x")),
+        ("rename a folder over a full one", mv("a", "full")),
+        ("rename a folder over an empty one", mv("a", "e")),
+        ("rename a file across folders", mv("e/f", "top2")),
+        ("rename a file into a folder", mv("top", "e/b/top")),
+        ("rename a folder within", mv("e/b", "e/b2")),
+        ("rename a folder up", mv("e/b2", "b3")),
+        ("rmdir the old name", rmdir("e/b2")),
+        ("a name too long", mkdir_long(&long)),
+        ("mkdir a folder in a renamed one", mkdir("b3/new")),
+        ("write in it", write("b3/new/deep", b"deep")),
+        ("rmdir an empty folder", rmdir("e")),
+    ];
+    for (what, step) in &steps {
+        let want = errno(step(&plain));
+        let got = errno(step(&m.at));
+        assert_eq!(got, want, "{what}: lockbox answered {got:?}, ext4 {want:?}");
+    }
+    assert_eq!(tree(&m.at), tree(&plain));
+    // Opening a folder for writing, and a file as a folder.
+    let w = fs::OpenOptions::new().write(true).open(m.at.join("b3"));
+    assert_eq!(errno(w), Some(libc::EISDIR));
+    assert_eq!(errno(fs::read_dir(m.at.join("top2"))), Some(libc::ENOTDIR));
+}
+
+fn mkdir_long(long: &str) -> Step {
+    let long = long.to_owned();
+    Box::new(move |r: &Path| fs::create_dir(r.join("a").join(&long)))
+}
+
+/// A folder shows as ext4 shows one: 0700, ours, 2 links plus one per
+/// folder in it, `.` and `..` listed, a time that moves with its names
+/// and stays as `utimensat` sets it; the store holds it as a 0700 folder
+/// of 0600 ciphertext.
+#[test]
+fn folders_show_modes_links_and_times_as_ext4_does() {
+    let Some(m) = mounted() else { return };
+    let a = m.at.join("a");
+    fs::create_dir_all(a.join("b/c")).unwrap();
+    fs::create_dir(a.join("d")).unwrap();
+    fs::write(a.join("f"), b"secret").unwrap();
+    let meta = fs::metadata(&a).unwrap();
+    assert!(meta.is_dir());
+    assert_eq!(meta.mode() & 0o7777, 0o700);
+    assert_eq!(meta.nlink(), 4, "2 + two folders");
+    assert_eq!(fs::metadata(m.at.join("a/b/c")).unwrap().nlink(), 2);
+    let listed = Command::new("ls").arg("-a").arg(&a).output().unwrap();
+    let listed = String::from_utf8(listed.stdout).unwrap();
+    assert_eq!(
+        listed.split_whitespace().collect::<Vec<_>>(),
+        [".", "..", "b", "d", "f"]
+    );
+    // The time is set exactly, and moves when a name in it changes.
+    let then = UNIX_EPOCH + Duration::from_secs(1_577_836_800);
+    fs::File::open(&a).unwrap().set_modified(then).unwrap();
+    assert_eq!(fs::metadata(&a).unwrap().modified().unwrap(), then);
+    fs::write(a.join("b/inner"), b"x").unwrap();
+    assert_eq!(
+        fs::metadata(&a).unwrap().modified().unwrap(),
+        then,
+        "a name below b"
+    );
+    fs::write(a.join("g"), b"x").unwrap();
+    assert!(fs::metadata(&a).unwrap().modified().unwrap() > then);
+    // The store: the same tree, private, ciphertext only.
+    let store = m._dir.path().join("state/store");
+    m.mount.as_ref().unwrap().fs().store.sync_now().unwrap();
+    let s = fs::metadata(store.join("a/b")).unwrap();
+    assert!(s.is_dir() && s.mode() & 0o777 == 0o700);
+    let f = store.join("a/f");
+    assert_eq!(fs::metadata(&f).unwrap().mode() & 0o777, 0o600);
+    assert!(fs::read(&f)
+        .unwrap()
+        .starts_with(b"age-encryption.org/v1\n"));
+    // cd works (search permission), and a file still is not executable.
+    let pwd = Command::new("sh")
+        .arg("-c")
+        .arg("cd a/b && pwd")
+        .current_dir(&m.at)
+        .output()
+        .unwrap();
+    assert!(
+        pwd.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pwd.stderr)
+    );
+}
+
+/// Ordinary tools on trees: `cp -r`, `rsync -a` twice (the second run
+/// changes nothing), `tar x`, `find`, `du`, `mv` and `rm -r`.
+#[test]
+fn ordinary_tools_work_on_trees() {
+    let Some(m) = mounted() else { return };
+    let src = m._dir.path().join("src/ssh");
+    fs::create_dir_all(src.join("keys/old")).unwrap();
+    fs::create_dir_all(src.join("empty")).unwrap();
+    for (p, body) in [
+        ("config", &b"Host *\n"[..]),
+        ("keys/id_ed25519", b"-----BEGIN OPENSSH PRIVATE KEY-----\n"),
+        ("keys/old/id_rsa", &[7u8; 300_000][..]),
+    ] {
+        fs::write(src.join(p), body).unwrap();
+    }
+    // Owner-only, as lockbox keeps them (`docs/folders.md`, "Modes").
+    let run = |cmd: &str| {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .current_dir(&m.at)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    run(&format!(
+        "chmod -R u=rwX,go= {s} && touch -d 2020-01-01 {s}/config && cp -rp {s} cp",
+        s = src.display()
+    ));
+    assert_eq!(tree(&m.at.join("cp")), tree(&src));
+    assert_eq!(
+        fs::metadata(m.at.join("cp/config"))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        fs::metadata(src.join("config"))
+            .unwrap()
+            .modified()
+            .unwrap()
+    );
+    // rsync -a, twice: the second run has nothing to change.
+    run(&format!("rsync -a {}/ rs/", src.display()));
+    assert_eq!(tree(&m.at.join("rs")), tree(&src));
+    let again = run(&format!(
+        "rsync -a --itemize-changes {}/ rs/",
+        src.display()
+    ));
+    assert_eq!(again, "", "the second rsync changed something");
+    // tar x of an archive holding folders; find and du see the tree.
+    run(&format!(
+        "tar -C {} -cf {}/t.tar ssh",
+        src.parent().unwrap().display(),
+        m._dir.path().display()
+    ));
+    run(&format!(
+        "mkdir untar && tar -C untar -xf {}/t.tar",
+        m._dir.path().display()
+    ));
+    assert_eq!(tree(&m.at.join("untar/ssh")), tree(&src));
+    let found = run("find untar -type f | sort");
+    assert_eq!(
+        found.lines().collect::<Vec<_>>(),
+        [
+            "untar/ssh/config",
+            "untar/ssh/keys/id_ed25519",
+            "untar/ssh/keys/old/id_rsa"
+        ]
+    );
+    let du: u64 = run("du -sb untar | cut -f1").trim().parse().unwrap();
+    assert!(du >= 300_000, "du saw {du} bytes");
+    // mv of a folder, then rm -r.
+    run("mv untar/ssh moved && rm -r untar cp");
+    assert_eq!(tree(&m.at.join("moved")), tree(&src));
+    run("rm -r moved rs");
+    assert_eq!(run("ls -A"), "");
+}
+
+/// git works in a folder of the mount: init, add, commit, log, gc.
+#[test]
+fn git_works_in_a_folder() {
+    let Some(m) = mounted() else { return };
+    if Command::new("git").arg("--version").output().is_err() {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "git is missing under CI=true"
+        );
+        eprintln!("SKIPPED: git is not installed");
+        return;
+    }
+    let repo = m.at.join("work/repo");
+    fs::create_dir_all(&repo).unwrap();
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.org"])
+            .args(args)
+            .current_dir(&repo)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    git(&["init", "-q"]);
+    fs::create_dir(repo.join("sub")).unwrap();
+    fs::write(repo.join("sub/notes.txt"), b"first\n").unwrap();
+    git(&["add", "."]);
+    git(&["commit", "-q", "-m", "first"]);
+    fs::write(repo.join("sub/notes.txt"), b"second\n").unwrap();
+    git(&["commit", "-q", "-am", "second"]);
+    let log = git(&["log", "--format=%s"]);
+    assert_eq!(log.lines().collect::<Vec<_>>(), ["second", "first"]);
+    git(&["gc", "-q"]);
+    git(&["fsck", "--strict"]);
+    assert_eq!(git(&["show", "HEAD~1:sub/notes.txt"]), "first\n");
+}
