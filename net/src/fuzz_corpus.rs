@@ -415,6 +415,10 @@ fn routes() -> BTreeMap<String, Vec<u8>> {
         ("file", Route::File(Name::new("notes.txt").unwrap())),
         ("file-encoded", Route::File(odd.clone())),
         ("push", Route::Push(odd)),
+        (
+            "push-in-folder",
+            Route::Push(Name::new("ssh/keys/id").unwrap()),
+        ),
         ("get-tombstones", Route::GetTable(Table::Tombstones)),
         ("post-leaves", Route::PostTable(Table::Leaves)),
     ];
@@ -423,7 +427,11 @@ fn routes() -> BTreeMap<String, Vec<u8>> {
     }
     for (stem, m, path) in [
         ("traversal", Method::GET, "/lockbox/files/alice/%2e%2e"),
-        ("slash-in-name", Method::POST, "/lockbox/push/alice/a%2Fb"),
+        (
+            "empty-component",
+            Method::POST,
+            "/lockbox/push/alice/a%2F%2Fb",
+        ),
         ("other-user", Method::GET, "/lockbox/hello/bob"),
         (
             "wrong-method",
@@ -529,7 +537,7 @@ fn the_seeds_are_what_they_say() {
         let valid = !matches!(
             name.as_str(),
             "traversal"
-                | "slash-in-name"
+                | "empty-component"
                 | "other-user"
                 | "wrong-method"
                 | "unknown-kind"

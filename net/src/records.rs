@@ -35,11 +35,8 @@ fn bad(what: &str) -> lockbox_crypto::Error {
 }
 
 fn decode_name(d: &mut Decoder<'_>) -> lockbox_crypto::Result<Name> {
-    let raw = d.bytes(lockbox_fs::name::MAX_NAME_BYTES)?;
-    // Protocol 2 carries names at the root only (`docs/protocol.md`).
-    Name::new(raw.to_vec())
-        .and_then(Name::at_root_only)
-        .map_err(|e| bad(&format!("record file name: {e}")))
+    let raw = d.bytes(lockbox_fs::name::MAX_PATH_BYTES)?;
+    Name::new(raw.to_vec()).map_err(|e| bad(&format!("record file name: {e}")))
 }
 
 fn decode_wire(d: &mut Decoder<'_>, field: &str) -> lockbox_crypto::Result<WireName> {

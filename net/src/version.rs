@@ -377,13 +377,14 @@ const STAMP_MAX_UNIX: i64 = days_from_civil(10000, 1, 1) * SECONDS_PER_DAY - 1;
 /// digits of its ciphertext hash (unique to that seal), so two losers of
 /// one name from one envoy in one second never share a copy.
 ///
-/// The result is always one valid file name of at most
-/// [`MAX_FILE_NAME_LEN`] bytes:
+/// A name in a folder (`dir/notes.txt`) gets its copy beside it, in the
+/// same folder: the rule applies to its last component. The result's last
+/// component is always one valid name of at most [`MAX_FILE_NAME_LEN`]
+/// bytes:
 ///
-/// - if it would be longer, `name` is shortened (at a character boundary) so
-///   the suffix fits whole;
-/// - `/` and NUL, which a file name never has, are replaced by `_` should
-///   `name` contain them anyway;
+/// - if it would be longer, that component is shortened (at a character
+///   boundary) so the suffix fits whole;
+/// - NUL, which a name never has, is replaced by `_` should it be there;
 /// - seal times before year 0 or after year 9999 (a broken clock) are shown
 ///   as the nearest of those bounds, so the stamp is always 15 characters.
 ///
@@ -401,6 +402,12 @@ pub fn conflict_name(
         utc_stamp(sealed_unix),
         hex_prefix(hash)
     );
+    // A name in a folder: the copy goes beside it, the rule applies to
+    // the last component.
+    let (folder, name) = match name.rfind('/') {
+        Some(i) => name.split_at(i + 1),
+        None => ("", name),
+    };
     // At most 10 + 64 + 1 + 15 + 1 + 8 = 99 bytes, so the budget is at
     // least 156.
     let budget = MAX_FILE_NAME_LEN.saturating_sub(suffix.len());
@@ -408,10 +415,8 @@ pub fn conflict_name(
     while !name.is_char_boundary(cut) {
         cut -= 1;
     }
-    let mut out: String = name[..cut]
-        .chars()
-        .map(|c| if c == '/' || c == '\0' { '_' } else { c })
-        .collect();
+    let mut out = folder.to_owned();
+    out.extend(name[..cut].chars().map(|c| if c == '\0' { '_' } else { c }));
     out.push_str(&suffix);
     out
 }
@@ -905,10 +910,21 @@ mod tests {
     }
 
     #[test]
-    fn conflict_name_never_splits_a_path() {
+    fn a_conflict_copy_goes_beside_its_file_in_its_folder() {
         assert_eq!(
             conflict_name("a/b\0c", &name("x"), 0, &HASH),
-            "a_b_c.conflict-x-19700101-000000-0a1b2c3d"
+            "a/b_c.conflict-x-19700101-000000-0a1b2c3d"
+        );
+        // The cut is the last component's, whatever the folders' length.
+        let envoy = name(&"e".repeat(64));
+        let long = format!("{}/{}", "d".repeat(200), "é".repeat(200));
+        let out = conflict_name(&long, &envoy, 0, &HASH);
+        let (folder, last) = out.rsplit_once('/').unwrap();
+        assert_eq!(folder, "d".repeat(200));
+        assert_eq!(last.len(), 156 + 99);
+        assert_eq!(
+            conflict_origin(out.as_bytes()),
+            Some(&long.as_bytes()[..201 + 156])
         );
     }
 
@@ -1080,20 +1096,26 @@ mod tests {
         }
 
         #[test]
-        fn conflict_name_is_one_short_component(
+        fn a_conflict_copy_is_one_short_component_beside_its_file(
             n in "\\PC{0,300}",
             envoy in "[a-z0-9.-]{1,64}",
             unix in any::<i64>(),
         ) {
             prop_assume!(envoy != "." && envoy != "..");
             let out = conflict_name(&n, &name(&envoy), unix, &HASH);
-            prop_assert!(out.len() <= MAX_FILE_NAME_LEN);
-            prop_assert!(!out.contains('/') && !out.contains('\0'));
+            // The same folder; a last component that is one short name.
+            let (folder, last) = n.rsplit_once('/').map_or(("", n.as_str()), |(f, l)| (f, l));
+            let (out_folder, out_last) =
+                out.rsplit_once('/').map_or(("", out.as_str()), |(f, l)| (f, l));
+            prop_assert_eq!(out_folder, folder);
+            prop_assert!(out_last.len() <= MAX_FILE_NAME_LEN);
+            prop_assert!(!out_last.contains('\0'));
             // The suffix is always whole; the stamp and id are fixed width.
-            let suffix_at = out.len() - (".conflict-".len() + envoy.len() + 1 + 15 + 1 + 8);
-            prop_assert!(out[suffix_at..].starts_with(".conflict-"));
+            let suffix_at =
+                out_last.len() - (".conflict-".len() + envoy.len() + 1 + 15 + 1 + 8);
+            prop_assert!(out_last[suffix_at..].starts_with(".conflict-"));
             // The kept part of the name is a prefix of the original.
-            prop_assert!(n.replace(['/', '\0'], "_").starts_with(&out[..suffix_at]));
+            prop_assert!(last.replace('\0', "_").starts_with(&out_last[..suffix_at]));
         }
 
         #[test]

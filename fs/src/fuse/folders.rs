@@ -77,17 +77,13 @@ impl LockboxFs {
     /// one this mount gave it (a name in it changed, or `utimensat`), else
     /// the store folder's; its link count is 2 and one per folder in it.
     pub(super) fn folder_attr(&self, ino: u64, name: &Name) -> Result<FileAttr, Errno> {
+        // Asked every time: the mesh may have removed it.
+        let meta = self.store.metadata(name).map_err(|_| Errno::ENOENT)?;
+        if !meta.is_dir() {
+            return Err(Errno::ENOENT);
+        }
         let known = lock(&self.inner).folder_times.get(name).copied();
-        let mtime = match known {
-            Some(t) => t,
-            None => {
-                let meta = self.store.metadata(name).map_err(|_| Errno::ENOENT)?;
-                if !meta.is_dir() {
-                    return Err(Errno::ENOENT);
-                }
-                meta.modified().unwrap_or(UNIX_EPOCH)
-            }
-        };
+        let mtime = known.unwrap_or_else(|| meta.modified().unwrap_or(UNIX_EPOCH));
         Ok(self.dir_attr(ino, mtime, self.store.folder_count(name)))
     }
 

@@ -433,6 +433,38 @@ impl Store {
         Ok(moved)
     }
 
+    /// After the mesh removed `name`: remove each folder above it that is
+    /// now empty and that `keep` does not hold (a folder made here or
+    /// announced by a peer stays; one made only because a file arrived in
+    /// it goes with its last entry), from the deepest up; returns them.
+    /// The caller holds the change lock. A store without folders has none
+    /// to remove.
+    pub fn prune_folders_locked(&self, name: &Name, keep: impl Fn(&Name) -> bool) -> Vec<Name> {
+        let mut pruned = Vec::new();
+        if !self.folders {
+            return pruned;
+        }
+        let mut at = name.parent();
+        while let Some(folder) = at {
+            if keep(&folder) || self.waiting_within(&folder) {
+                return pruned;
+            }
+            match fs::remove_dir(self.path_of(&folder)) {
+                Ok(()) => {
+                    let _ = fs::remove_dir(self.tags.join(folder.as_os_str()));
+                    if let Err(e) = self.folder_changed(&folder) {
+                        tracing::warn!("{e}");
+                    }
+                }
+                // Not empty, or not there: nothing above it goes either.
+                Err(_) => return pruned,
+            }
+            at = folder.parent();
+            pruned.push(folder);
+        }
+        pruned
+    }
+
     /// The block tags of the files `moved` with folder `from` go to `to`
     /// (one rename of the tags' folder); if that fails, they are dropped.
     fn move_folder_tags(&self, from: &Name, to: &Name, moved: &[(Name, Name)]) {

@@ -115,10 +115,7 @@ impl Route {
         if !user_ok {
             return Err(RouteError::OtherUser);
         }
-        // Names at the root only, as records carry (`docs/protocol.md`).
-        let name = match rest.map(|r| {
-            Name::new(percent_decode_str(r).collect::<Vec<u8>>()).and_then(Name::at_root_only)
-        }) {
+        let name = match rest.map(|r| Name::new(percent_decode_str(r).collect::<Vec<u8>>())) {
             None => None,
             Some(Ok(n)) => Some(n),
             Some(Err(e)) => return Err(RouteError::BadName(e.to_string())),
@@ -355,7 +352,9 @@ mod tests {
             "/lockbox/files/alice/a%00b",
             "/lockbox/files/alice/",
             "/lockbox/push/alice/..",
-            "/lockbox/push/alice/a%2Fb",
+            "/lockbox/push/alice/a%2F%2Fb",
+            "/lockbox/push/alice/a%2F",
+            "/lockbox/push/alice/a%2F..%2Fb",
         ] {
             let got =
                 Route::parse(&Method::GET, path, USER).and(Route::parse(&Method::POST, path, USER));
@@ -375,6 +374,12 @@ mod tests {
             get("/lockbox/hello/alice/.."),
             Err(RouteError::BadName(_))
         ));
+        // A path in folders is a name (whether this envoy holds folders is
+        // the replica's to say), percent-encoded '/' and all.
+        assert_eq!(
+            get("/lockbox/files/alice/ssh%2Fkeys%2Fid"),
+            Ok(Route::File(name("ssh/keys/id")))
+        );
         let e = get("/lockbox/files/alice/..").unwrap_err();
         assert_eq!(e.refusal().map(|r| r.status()), Some(400));
         assert!(e.to_string().contains("'.' or '..'"), "{e}");

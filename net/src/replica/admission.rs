@@ -167,6 +167,8 @@ impl Replica {
     /// When it is a version already held under another signed record, the
     /// record to keep is settled here ([`kept_record`]).
     pub fn admit(&self, name: &Name, rec: &Signed<FileVersion>) -> Result<Admission, Refusal> {
+        self.carries(name)?;
+        self.carries(&rec.body().name)?;
         check_offer(&self.user, &self.members(), name, rec)?;
         if *name != rec.body().name {
             // Offered under its conflict copy: if it is what this envoy
@@ -285,6 +287,7 @@ impl Replica {
             return Ok(false);
         }
         self.store.remove_locked(name).map_err(internal)?;
+        self.store.prune_folders_locked(name, |_| false);
         self.meta
             .apply(&[lockbox_fs::meta::Op::DelVersion(name.clone())])
             .map_err(internal)?;

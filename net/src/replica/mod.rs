@@ -1038,6 +1038,66 @@ mod tests {
         assert_eq!(alpha.files_digest(), bravo.files_digest());
     }
 
+    /// Names in folders travel like names at the root: a version at
+    /// `ssh/keys/id` is admitted and installed in its folders, a rename
+    /// across folders travels as a tombstone and a version, and a delete
+    /// from a peer takes the folders the file alone made. An envoy whose
+    /// store holds no folders refuses them (400), as one from before
+    /// folders does.
+    #[test]
+    fn names_in_folders_travel_and_take_their_folders_along() {
+        let n = |s: &str| Name::new(s).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let [a, b, c] = circle(dir.path(), ["alpha", "bravo", "charlie"]);
+        let alpha = a.open_with(Store::open(&a.state).unwrap().with_folders());
+        let bravo = b.open_with(Store::open(&b.state).unwrap().with_folders());
+        let flat = c.open();
+        let to =
+            lockbox_fs::SealTo::keys(vec![lockbox_crypto::AgeIdentity::generate().to_public()]);
+        let id = n("ssh/keys/id");
+        alpha
+            .store()
+            .seal(&id, std::io::Cursor::new(b"key".to_vec()), &to, 1 << 20)
+            .unwrap();
+        assert!(matches!(
+            offer(&alpha, &bravo, &id),
+            Ok(Admission::Store(_))
+        ));
+        assert_eq!(
+            fs::read(bravo.store().path_of(&id)).unwrap(),
+            fs::read(alpha.store().path_of(&id)).unwrap()
+        );
+        assert!(matches!(offer(&alpha, &flat, &id), Err(Refusal::Bad(_))));
+        assert!(!flat.store().path_of(&n("ssh")).exists());
+        // A rename across folders.
+        let moved = n("gpg/id");
+        alpha.store().rename(&id, &moved).unwrap();
+        let tombs = alpha.tombstones(&id);
+        assert_eq!(tombs.len(), 1, "the rename's tombstone at the old path");
+        assert_eq!(bravo.apply_tombstone(&tombs[0]), Ok(true));
+        assert!(matches!(
+            flat.apply_tombstone(&tombs[0]),
+            Err(Refusal::Bad(_))
+        ));
+        assert!(matches!(
+            offer(&alpha, &bravo, &moved),
+            Ok(Admission::Store(_))
+        ));
+        assert!(bravo.store().path_of(&moved).is_file());
+        assert!(
+            !bravo.store().path_of(&n("ssh")).exists(),
+            "the folders the file alone made went with it"
+        );
+        assert_eq!(holdings(&alpha), holdings(&bravo));
+        // A delete.
+        alpha.store().remove(&moved).unwrap();
+        for t in alpha.tombstones(&moved) {
+            assert_eq!(bravo.apply_tombstone(&t), Ok(true));
+        }
+        assert!(!bravo.store().path_of(&n("gpg")).exists());
+        assert!(holdings(&bravo).is_empty());
+    }
+
     /// Offer what `from` holds under `at` to `to` under `at`, as a push or
     /// a catch-up does: admitted, then (if wanted) its body staged and
     /// installed. Returns the admission.

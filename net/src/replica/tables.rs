@@ -45,6 +45,20 @@ impl Table {
 }
 
 impl Replica {
+    /// Refuse a name in a folder while this envoy's store does not hold
+    /// folders (`docs/folders.md`, "Order of the work"), with 400, as an
+    /// envoy from before folders does.
+    pub(super) fn carries(&self, name: &Name) -> Result<(), Refusal> {
+        if name.is_at_root() || self.store.lists_folders() {
+            Ok(())
+        } else {
+            Err(Refusal::Bad(format!(
+                "{}: this envoy does not hold folders yet",
+                name.escaped()
+            )))
+        }
+    }
+
     /// Whether `name`'s file stays out of the mesh: the store recorded it
     /// as a failed seal (a plaintext it could not seal). Its name says
     /// nothing; a state that cannot be read keeps it out too.
@@ -254,6 +268,7 @@ impl Replica {
     /// deletes, if held. Returns whether anything changed.
     pub fn apply_tombstone(&self, t: &Signed<Tombstone>) -> Result<bool, Refusal> {
         let name = t.body().name.clone();
+        self.carries(&name)?;
         self.check_member_record(&format!("delete of {name}"), &t.signer(), &t.body().user)?;
         let _guard = self.store.change_lock();
         let old = self.tombstones(&name);
@@ -273,8 +288,10 @@ impl Replica {
         let delete = cur
             .as_ref()
             .is_some_and(|c| records::deleted_by(&merged, &resurrects, &c.body().vv));
+        let mut pruned = Vec::new();
         if delete {
             self.store.remove_locked(&name).map_err(internal)?;
+            pruned = self.store.prune_folders_locked(&name, |_| false);
             ops.push(Op::DelVersion(name.clone()));
         }
         self.meta.apply(&ops).map_err(internal)?;
@@ -294,6 +311,9 @@ impl Replica {
             );
             self.remote_changed(&name);
         }
+        for folder in &pruned {
+            self.remote_changed(folder);
+        }
         Ok(true)
     }
 
@@ -301,6 +321,7 @@ impl Replica {
     /// no longer gate the name. Returns whether anything changed.
     pub fn apply_resurrect(&self, r: &Signed<Resurrect>) -> Result<bool, Refusal> {
         let name = r.body().name.clone();
+        self.carries(&name)?;
         self.check_member_record(&format!("re-add of {name}"), &r.signer(), &r.body().user)?;
         let _guard = self.store.change_lock();
         let old = self.resurrects(&name);
