@@ -109,6 +109,18 @@ pub trait Journal: Send + Sync + std::fmt::Debug {
         None
     }
 
+    /// The folder `name` was made (`mkdir`, or as the new name of a folder
+    /// renamed: see [`Store::rename_folder`](crate::Store::rename_folder)).
+    fn folder_made(&self, name: &Name) {
+        let _ = name;
+    }
+
+    /// The folder `name` was removed (`rmdir`, or as the old name of a
+    /// folder renamed).
+    fn folder_removed(&self, name: &Name) {
+        let _ = name;
+    }
+
     /// A rename placed by [`Journal::place_rename`] moved `from` to `at`.
     fn renamed_placed(&self, from: &Name, at: &Name, version: &[u8], stat: Option<LocalStat>) {
         let _ = version;
@@ -128,13 +140,21 @@ pub(crate) enum Event {
     /// A rename placed by [`Journal::place_rename`]: from, where, its
     /// description.
     RenamedPlaced(Name, Name, Vec<u8>, Option<LocalStat>),
+    /// A folder made.
+    FolderMade(Name),
+    /// A folder removed.
+    FolderRemoved(Name),
 }
 
 impl Event {
     /// The names it changes.
     fn names(&self) -> [Option<&Name>; 2] {
         match self {
-            Event::Changed(n, ..) | Event::Removed(n, _) | Event::Placed(n, ..) => [Some(n), None],
+            Event::Changed(n, ..)
+            | Event::Removed(n, _)
+            | Event::Placed(n, ..)
+            | Event::FolderMade(n)
+            | Event::FolderRemoved(n) => [Some(n), None],
             Event::Renamed(a, b, _) | Event::RenamedPlaced(a, b, ..) => [Some(a), Some(b)],
         }
     }
@@ -247,6 +267,8 @@ impl Queue {
             Event::RenamedPlaced(from, at, version, stat) => {
                 j.renamed_placed(&from, &at, &version, stat)
             }
+            Event::FolderMade(name) => j.folder_made(&name),
+            Event::FolderRemoved(name) => j.folder_removed(&name),
         }
         let mut counts = lock(&self.undelivered);
         for n in names {

@@ -45,6 +45,8 @@ const TOMBSTONES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tombston
 const RESURRECTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("resurrects");
 const LEAVES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("leaves");
 const STATES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("states");
+/// Per folder path, its live signed folder versions (format 3).
+const FOLDERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("folders");
 
 /// What lockbox recorded about a file when it made it (the `states`
 /// table; see `docs/format.md`, "The metadata database"). A file with no
@@ -85,6 +87,8 @@ pub enum List {
     Tombstones,
     /// Signed re-adds.
     Resurrects,
+    /// Signed folder versions (the live ones).
+    Folders,
 }
 
 const MISC: TableDefinition<&str, &[u8]> = TableDefinition::new("misc");
@@ -180,10 +184,11 @@ enum Tbl {
     Resurrects = 3,
     Leaves = 4,
     States = 5,
-    Misc = 6,
+    Folders = 6,
+    Misc = 7,
 }
 
-const TABLES: usize = 7;
+const TABLES: usize = 8;
 
 /// Every table, in index order.
 const ALL_TABLES: [Tbl; TABLES] = [
@@ -193,6 +198,7 @@ const ALL_TABLES: [Tbl; TABLES] = [
     Tbl::Resurrects,
     Tbl::Leaves,
     Tbl::States,
+    Tbl::Folders,
     Tbl::Misc,
 ];
 
@@ -204,6 +210,7 @@ impl From<List> for Tbl {
         match l {
             List::Tombstones => Tbl::Tombstones,
             List::Resurrects => Tbl::Resurrects,
+            List::Folders => Tbl::Folders,
         }
     }
 }
@@ -544,6 +551,7 @@ fn byte_table(t: Tbl) -> TableDefinition<'static, &'static [u8], &'static [u8]> 
         Tbl::Tombstones => TOMBSTONES,
         Tbl::Resurrects => RESURRECTS,
         Tbl::States => STATES,
+        Tbl::Folders => FOLDERS,
         Tbl::Leaves | Tbl::Misc => LEAVES,
     }
 }

@@ -218,6 +218,53 @@ impl Record for Tombstone {
     }
 }
 
+/// One version of a folder (`docs/folders.md`, "On the mesh"): the
+/// folder at `name` exists. A folder has no content; its versions share
+/// its path's history with the file versions and tombstones of that path,
+/// so a tombstone at the path deletes the folder versions it covers, and
+/// a folder made after a delete comes after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Folder {
+    /// The user whose lockbox it belongs to.
+    pub user: WireName,
+    /// The folder's path.
+    pub name: Name,
+    /// Its version vector.
+    pub vv: VersionVector,
+    /// The envoy that made it.
+    pub author: WireName,
+    /// When, Unix seconds by the author's clock.
+    pub made_unix: i64,
+}
+
+impl Record for Folder {
+    const DOMAIN: &'static str = "lockbox/folder/v1";
+
+    fn encode(&self, e: &mut Encoder) {
+        e.str(self.user.as_str());
+        e.bytes(self.name.as_bytes());
+        encode_vv(e, &self.vv);
+        e.str(self.author.as_str());
+        e.u64(self.made_unix as u64);
+    }
+
+    fn decode(d: &mut Decoder<'_>) -> lockbox_crypto::Result<Self> {
+        let user = decode_wire(d, "user")?;
+        let name = decode_name(d)?;
+        let vv = decode_vv(d)?;
+        if vv.is_empty() {
+            return Err(bad("a folder with an empty version vector"));
+        }
+        Ok(Self {
+            user,
+            name,
+            vv,
+            author: decode_wire(d, "author")?,
+            made_unix: d.u64()? as i64,
+        })
+    }
+}
+
 /// Whether tombstone vector `t` deletes a version with vector `v`.
 pub fn deletes(t: &VersionVector, v: &VersionVector) -> bool {
     matches!(v.compare(t), Causality::Before | Causality::Equal)
@@ -363,6 +410,12 @@ impl Versioned for Tombstone {
 }
 
 impl Versioned for Resurrect {
+    fn vv(&self) -> &VersionVector {
+        &self.vv
+    }
+}
+
+impl Versioned for Folder {
     fn vv(&self) -> &VersionVector {
         &self.vv
     }

@@ -63,6 +63,7 @@ mod waiting;
 pub use crate::journal::Journal;
 pub use held::{moved_from_at, release_held, set_moved_from};
 pub use seal::{pump, seal_into, Seal, SealStream};
+pub use tree::{walk, Walk};
 pub use waiting::Leftovers;
 use waiting::Waiting;
 

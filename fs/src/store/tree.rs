@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use crate::durable::sync_dir;
 use crate::escape::Escape;
+use crate::journal::Event;
 use crate::name::{Component, Name};
 use crate::{lock, Error};
 
@@ -258,11 +259,19 @@ fn folder_error(op: &'static str, folder: &Name, source: io::Error) -> Error {
     }
 }
 
-/// Folder operations. They change the store's tree only: the journal
-/// hears of folders once the mesh carries them (`docs/folders.md`, "Order
-/// of the work"), so each is refused (`EPERM`) by a store that does not
-/// list folders ([`Store::with_folders`]).
+/// Folder operations, each told to the journal: a folder made or removed,
+/// and a folder rename as what it is for every entry below (each file
+/// renamed, each folder removed at its old path and made at its new one).
+/// A store that does not list folders ([`Store::with_folders`]) refuses
+/// them (`EPERM`).
 impl Store {
+    /// Queue `event` for the journal; the caller holds the change lock.
+    fn queue_locked(&self, event: Event) {
+        if let Some(q) = &self.journal {
+            q.push(event);
+        }
+    }
+
     fn folders_on(&self, op: &'static str, folder: &Name) -> Result<(), Error> {
         if self.folders {
             Ok(())
@@ -276,6 +285,35 @@ impl Store {
         self.waiting
             .as_ref()
             .is_some_and(|w| lock(&w.files).keys().any(|n| n.is_within(folder)))
+    }
+
+    /// Make the folder `folder` and any missing above it, for the mesh
+    /// (no journal entry: the folder's record came with it); the caller
+    /// holds the change lock. The folders made, top down.
+    pub fn make_folders_locked(&self, folder: &Name) -> Result<Vec<Name>, Error> {
+        self.folders_on("make", folder)?;
+        let made = make_folders(&self.dir, folder).map_err(|e| folder_error("make", folder, e))?;
+        for f in &made {
+            self.folder_changed(f)?;
+        }
+        Ok(made)
+    }
+
+    /// Remove the empty folder `folder` for the mesh (no journal entry);
+    /// the caller holds the change lock. Whether it went: a folder with
+    /// something in it stays.
+    pub fn remove_folder_locked(&self, folder: &Name) -> bool {
+        if !self.folders || self.waiting_within(folder) {
+            return false;
+        }
+        if fs::remove_dir(self.path_of(folder)).is_err() {
+            return false;
+        }
+        let _ = fs::remove_dir(self.tags.join(folder.as_os_str()));
+        if let Err(e) = self.folder_changed(folder) {
+            tracing::warn!("{e}");
+        }
+        true
     }
 
     /// Whether `name` is a folder of the store.
@@ -347,7 +385,9 @@ impl Store {
             .mode(0o700)
             .create(self.path_of(folder))
             .map_err(|e| folder_error("make", folder, e))?;
-        self.folder_changed(folder)
+        self.folder_changed(folder)?;
+        self.queue_locked(Event::FolderMade(folder.clone()));
+        Ok(())
     }
 
     /// Remove the empty folder `folder`, as `rmdir(2)`: `ENOTEMPTY` if
@@ -363,7 +403,9 @@ impl Store {
         // Its block tags' folder, if it is empty (tags are a cache: one
         // left behind costs nothing).
         let _ = fs::remove_dir(self.tags.join(folder.as_os_str()));
-        self.folder_changed(folder)
+        self.folder_changed(folder)?;
+        self.queue_locked(Event::FolderRemoved(folder.clone()));
+        Ok(())
     }
 
     /// Rename the folder `from`, with everything in it, to `to`, as
@@ -424,12 +466,36 @@ impl Store {
         }
         moved.sort();
         moved.dedup();
+        let replaced = self.is_folder(to);
         fs::rename(self.path_of(from), self.path_of(to))
             .map_err(|e| folder_error("rename", from, e))?;
         self.move_folder_tags(from, to, &moved);
         self.move_states_locked(&moved);
         self.folder_changed(from)?;
         self.folder_changed(to)?;
+        // The journal: the folders at their new paths (top down), the files
+        // moved, then the folders at their old paths (bottom up), and the
+        // empty folder the rename replaced.
+        let folders: Vec<(Name, Name)> = std::iter::once(Ok((from.clone(), to.clone())))
+            .chain(inside.folders.iter().map(|rel| {
+                let old = Name::new([from.as_bytes(), b"/", rel.as_bytes()].concat())?;
+                let new = Name::new([to.as_bytes(), b"/", rel.as_bytes()].concat())?;
+                Ok((old, new))
+            }))
+            .collect::<Result<_, Error>>()?;
+        if replaced {
+            self.queue_locked(Event::FolderRemoved(to.clone()));
+        }
+        for (_, new) in &folders {
+            self.queue_locked(Event::FolderMade(new.clone()));
+        }
+        for (old, new) in &moved {
+            let stat = self.local_stat(new);
+            self.queue_locked(Event::Renamed(old.clone(), new.clone(), stat));
+        }
+        for (old, _) in folders.iter().rev() {
+            self.queue_locked(Event::FolderRemoved(old.clone()));
+        }
         Ok(moved)
     }
 

@@ -33,6 +33,8 @@ impl Mesh {
                 Table::Tombstones => theirs.tombstones,
                 Table::Resurrects => theirs.resurrects,
                 Table::Leaves => theirs.leaves,
+                // Announced within the files' digest, pulled with them.
+                Table::Folders => continue,
             };
             if their != self.replica.table_digest(table) {
                 self.pull_table(addr, table).await?;
@@ -48,6 +50,13 @@ impl Mesh {
         // An envoy that left the circle keeps its tables (so it knows) but
         // takes no more files.
         if theirs.files != self.replica.files_digest() && self.replica.departed().is_none() {
+            // The folders first (an envoy from before folders has none to
+            // serve), so the files that follow find theirs on record.
+            match self.pull_table(addr, Table::Folders).await {
+                Ok(()) => {}
+                Err(PeerError::NotServed { status, .. }) if status.as_u16() == 404 => {}
+                Err(e) => return Err(e),
+            }
             self.pull_files(addr).await?;
         }
         if let Ok(mut l) = self.last_catchup.lock() {

@@ -42,6 +42,9 @@ pub(super) async fn fan_out(
                         mesh.push_record(addr, Table::Resurrects, &r.to_bytes())
                             .await;
                     }
+                    Outgoing::Folder(f) => {
+                        mesh.push_record(addr, Table::Folders, &f.to_bytes()).await;
+                    }
                 }
             });
         }

@@ -287,7 +287,8 @@ impl Replica {
             return Ok(false);
         }
         self.store.remove_locked(name).map_err(internal)?;
-        self.store.prune_folders_locked(name, |_| false);
+        self.store
+            .prune_folders_locked(name, |f| self.folder_is_live(f));
         self.meta
             .apply(&[lockbox_fs::meta::Op::DelVersion(name.clone())])
             .map_err(internal)?;

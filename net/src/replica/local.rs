@@ -30,7 +30,7 @@ use lockbox_fs::{Base, Name, Placed, Sealed};
 
 use super::tables::encode_records;
 use super::{now_unix, version_ops, Outgoing, Refusal, Replica, ReplicaError};
-use crate::records::{self, FileVersion, Resurrect, Tombstone};
+use crate::records::{self, FileVersion, Folder, Resurrect, Tombstone};
 use crate::version::{resolve, Resolution};
 use crate::{VersionVector, WireName};
 
@@ -108,6 +108,18 @@ impl Journal for JournalLink {
                 r.local_removed(from, prev);
             }
             r.local_changed(to, None, moved.as_ref(), stat);
+        }
+    }
+
+    fn folder_made(&self, name: &Name) {
+        if let Some(r) = self.0.upgrade() {
+            r.local_folder_made(name);
+        }
+    }
+
+    fn folder_removed(&self, name: &Name) {
+        if let Some(r) = self.0.upgrade() {
+            r.local_folder_removed(name);
         }
     }
 }
@@ -714,6 +726,81 @@ impl Replica {
         match result {
             Ok(()) => self.emit(Outgoing::Tombstone(t)),
             Err(e) => tracing::warn!("cannot record the delete of {}: {e}", name.escaped()),
+        }
+    }
+
+    /// Record the local making of the folder `name`: a folder version
+    /// after everything its path held (tombstones, folder versions, a
+    /// file's version), signed and sent.
+    pub(super) fn local_folder_made(&self, name: &Name) {
+        let mut held = self.folders(name);
+        let floor = records::floor(&self.tombstones(name))
+            .merge(&records::floor(&held))
+            .merge(
+                &self
+                    .record(name)
+                    .ok()
+                    .flatten()
+                    .map(|r| r.body().vv.clone())
+                    .unwrap_or_default(),
+            );
+        let vv = match local_vector(&self.envoy, &VersionVector::new(), None, &floor) {
+            Ok(vv) => vv,
+            Err(e) => {
+                tracing::warn!("cannot record the folder {}: {e}", name.escaped());
+                return;
+            }
+        };
+        let f = Signed::sign(
+            Folder {
+                user: self.user.clone(),
+                name: name.clone(),
+                vv,
+                author: self.envoy.clone(),
+                made_unix: now_unix(),
+            },
+            &self.signing,
+        );
+        held.push(f.clone());
+        let held = records::merge_antichain(held);
+        match self.meta.apply(&[Op::PutList(
+            List::Folders,
+            name.clone(),
+            encode_records(&held),
+        )]) {
+            Ok(()) => self.emit(Outgoing::Folder(f)),
+            Err(e) => tracing::warn!("cannot record the folder {}: {e}", name.escaped()),
+        }
+    }
+
+    /// Record the local removal of the folder `name`: a tombstone of its
+    /// path covering the folder versions held, signed and sent.
+    pub(super) fn local_folder_removed(&self, name: &Name) {
+        let held = self.folders(name);
+        if held.is_empty() {
+            return;
+        }
+        let resurrects = self.resurrects(name);
+        let t = Signed::sign(
+            Tombstone {
+                user: self.user.clone(),
+                name: name.clone(),
+                vv: tombstone_vector(&self.envoy, &records::floor(&held), &resurrects),
+                author: self.envoy.clone(),
+                deleted_unix: now_unix(),
+            },
+            &self.signing,
+        );
+        let mut tombs = self.tombstones(name);
+        tombs.push(t.clone());
+        let tombs = records::merge_antichain(tombs);
+        let ops = [
+            Op::PutList(List::Tombstones, name.clone(), encode_records(&tombs)),
+            Op::PutList(List::Folders, name.clone(), Vec::new()),
+        ];
+        match self.meta.apply(&ops) {
+            Ok(()) => self.emit(Outgoing::Tombstone(t)),
+            Err(e) => tracing::warn!("cannot record the removal of {}: {e}", name.escaped()),
         }
     }
 

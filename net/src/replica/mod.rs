@@ -214,6 +214,8 @@ pub enum Outgoing {
     Tombstone(Signed<Tombstone>),
     /// A new resurrect.
     Resurrect(Signed<Resurrect>),
+    /// A new folder version.
+    Folder(Signed<crate::records::Folder>),
 }
 
 /// Where the replica keeps what is not in the store.
@@ -1096,6 +1098,138 @@ mod tests {
         }
         assert!(!bravo.store().path_of(&n("gpg")).exists());
         assert!(holdings(&bravo).is_empty());
+    }
+
+    /// What a catch-up from `from` brings `to`: every table, then every
+    /// file (refusals are the tests' to look at, not here).
+    fn sync(from: &Replica, to: &Replica) {
+        for t in Table::SERVED {
+            let recs = from.table_records(t);
+            let _ = to.apply_table(
+                t,
+                &crate::records::encode_list(recs.iter().map(|r| r.as_slice())),
+            );
+        }
+        for (name, _) in from.manifest() {
+            let _ = offer(from, to, &name);
+        }
+    }
+
+    /// The tree of `r`'s store: every file and folder.
+    fn tree_of(r: &Replica) -> lockbox_fs::store::Walk {
+        lockbox_fs::store::walk(r.store().dir(), lockbox_fs::name::MAX_DEPTH).unwrap()
+    }
+
+    fn folder_pair(dir: &Path) -> (Arc<Replica>, Arc<Replica>) {
+        let [a, b] = circle(dir, ["alpha", "bravo"]);
+        (
+            a.open_with(Store::open(&a.state).unwrap().with_folders()),
+            b.open_with(Store::open(&b.state).unwrap().with_folders()),
+        )
+    }
+
+    fn seal_at(r: &Replica, name: &str, body: &[u8]) {
+        let to =
+            lockbox_fs::SealTo::keys(vec![lockbox_crypto::AgeIdentity::generate().to_public()]);
+        r.store()
+            .seal(
+                &Name::new(name).unwrap(),
+                std::io::Cursor::new(body.to_vec()),
+                &to,
+                1 << 20,
+            )
+            .unwrap();
+    }
+
+    /// Folders travel: made (empty too), renamed with what is in them,
+    /// removed; each envoy ends with the same tree and the same digests.
+    #[test]
+    fn folders_are_made_renamed_and_removed_on_every_envoy() {
+        let n = |s: &str| Name::new(s).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (alpha, bravo) = folder_pair(dir.path());
+        let a = alpha.store();
+        a.make_folder(&n("ssh")).unwrap();
+        a.make_folder(&n("ssh/empty")).unwrap();
+        seal_at(&alpha, "ssh/id", b"key");
+        a.deliver_journal();
+        assert!(alpha.folder_is_live(&n("ssh")) && alpha.folder_is_live(&n("ssh/empty")));
+        sync(&alpha, &bravo);
+        assert_eq!(tree_of(&bravo), tree_of(&alpha));
+        assert!(bravo.store().is_folder(&n("ssh/empty")));
+        assert_eq!(bravo.files_digest(), alpha.files_digest());
+        assert_ne!(bravo.files_digest(), {
+            let [_, _, c] = circle(dir.path(), ["a2", "b2", "c2"]);
+            c.open().files_digest()
+        });
+        // A rename of the folder with what is in it.
+        let moved = a.rename_folder(&n("ssh"), &n("keys")).unwrap();
+        assert_eq!(moved, vec![(n("ssh/id"), n("keys/id"))]);
+        a.deliver_journal();
+        sync(&alpha, &bravo);
+        assert_eq!(tree_of(&bravo), tree_of(&alpha));
+        assert_eq!(
+            tree_of(&bravo).folders,
+            vec![n("keys"), n("keys/empty")],
+            "the old folders went, the new came"
+        );
+        assert_eq!(bravo.files_digest(), alpha.files_digest());
+        // rm -r.
+        a.remove(&n("keys/id")).unwrap();
+        a.remove_folder(&n("keys/empty")).unwrap();
+        a.remove_folder(&n("keys")).unwrap();
+        a.deliver_journal();
+        sync(&alpha, &bravo);
+        assert_eq!(tree_of(&bravo), lockbox_fs::store::Walk::default());
+        assert_eq!(bravo.files_digest(), alpha.files_digest());
+        // Either way round, again: nothing changes.
+        sync(&bravo, &alpha);
+        assert_eq!(tree_of(&alpha), lockbox_fs::store::Walk::default());
+    }
+
+    /// A file written on bravo into a folder that alpha renamed meanwhile
+    /// survives where it was written, on both, and so does its folder; a
+    /// folder made on one envoy where the other made a file keeps the path,
+    /// and the file goes to its conflict copy.
+    #[test]
+    fn concurrent_writes_into_moved_folders_survive_and_a_folder_keeps_its_path() {
+        let n = |s: &str| Name::new(s).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (alpha, bravo) = folder_pair(dir.path());
+        alpha.store().make_folder(&n("d")).unwrap();
+        seal_at(&alpha, "d/old", b"old");
+        alpha.store().deliver_journal();
+        sync(&alpha, &bravo);
+        // Apart: alpha renames d, bravo writes into it; alpha makes a
+        // folder x where bravo writes a file x.
+        alpha.store().rename_folder(&n("d"), &n("e")).unwrap();
+        alpha.store().make_folder(&n("x")).unwrap();
+        seal_at(&bravo, "d/new", b"written on bravo");
+        seal_at(&bravo, "x", b"a file named x");
+        alpha.store().deliver_journal();
+        bravo.store().deliver_journal();
+        // Together again, in either order.
+        sync(&alpha, &bravo);
+        sync(&bravo, &alpha);
+        sync(&alpha, &bravo);
+        assert_eq!(tree_of(&alpha), tree_of(&bravo));
+        let t = tree_of(&alpha);
+        assert!(
+            t.files.contains(&n("d/new")),
+            "the write into the moved folder: {t:?}"
+        );
+        assert!(
+            t.files.contains(&n("e/old")) && !t.files.contains(&n("d/old")),
+            "{t:?}"
+        );
+        assert!(t.folders.contains(&n("x")), "{t:?}");
+        assert!(
+            t.files
+                .iter()
+                .any(|f| f.as_bytes().starts_with(b"x.conflict-bravo-")),
+            "the file x kept as its conflict copy: {t:?}"
+        );
+        assert_eq!(alpha.files_digest(), bravo.files_digest());
     }
 
     /// Offer what `from` holds under `at` to `to` under `at`, as a push or

@@ -4,6 +4,7 @@
 //! current version to its conflict copy. It must not decide the rule
 //! itself (that is [`super::admission`]).
 
+use lockbox_fs::escape::Escape;
 use std::fs;
 use std::io::{Read, Write};
 
@@ -69,15 +70,29 @@ impl Replica {
     ) -> Result<Admission, Refusal> {
         let _guard = self.store.change_lock();
         super::admission::check_offer(&self.user, &self.members(), name, rec)?;
-        let target = match self.decide(name, rec.body())? {
+        let mut target = match self.decide(name, rec.body())? {
             Admission::Same => {
                 self.keep_one_record_locked(name, rec)?;
                 return Ok(Admission::Same);
             }
             Admission::Store(t) => t,
         };
+        let mut touched = Vec::new();
+        if self.store.lists_folders() {
+            // Kinds at one path (`docs/folders.md`): a folder keeps its path,
+            // a file there goes to its conflict copy; a file where a folder
+            // above it goes gives way the same.
+            if self.store.is_folder(&target) {
+                target = rec.body().conflict_name().ok_or_else(|| {
+                    Refusal::Bad(format!("{}: a folder holds the path", target.escaped()))
+                })?;
+            }
+            if let Some(parent) = target.parent() {
+                touched.extend(self.make_folder_locked(&parent)?);
+            }
+        }
         let mut ops = Vec::new();
-        let mut touched = vec![target.clone()];
+        touched.push(target.clone());
         let before = self
             .record(&target)
             .ok()

@@ -11,7 +11,7 @@ use lockbox_fs::meta::{List, Op, State};
 use lockbox_fs::Name;
 
 use super::{internal, Refusal, Replica, ReplicaError};
-use crate::records::{self, FileVersion, Leave, Resurrect, Tombstone, Versioned};
+use crate::records::{self, FileVersion, Folder, Leave, Resurrect, Tombstone, Versioned};
 use crate::WireName;
 
 /// Most entries a manifest or tombstone table may hold.
@@ -26,6 +26,9 @@ pub enum Table {
     Resurrects,
     /// Signed leaves and evictions (`/lockbox/leaves`).
     Leaves,
+    /// Signed folder versions (`/lockbox/folders`): announced within the
+    /// files' digest, so envoys from before folders see no new digest.
+    Folders,
 }
 
 impl Table {
@@ -34,12 +37,21 @@ impl Table {
     /// lets back in is not removed by the delete it lifts on the way.
     pub const ALL: [Table; 3] = [Table::Leaves, Table::Resurrects, Table::Tombstones];
 
+    /// Every table a peer may ask for or post to.
+    pub const SERVED: [Table; 4] = [
+        Table::Leaves,
+        Table::Resurrects,
+        Table::Tombstones,
+        Table::Folders,
+    ];
+
     /// The endpoint's path segment.
     pub fn path(self) -> &'static str {
         match self {
             Table::Tombstones => "tombstones",
             Table::Resurrects => "resurrects",
             Table::Leaves => "leaves",
+            Table::Folders => "folders",
         }
     }
 }
@@ -98,6 +110,100 @@ impl Replica {
         decode_records(&self.meta.list(List::Resurrects, name).unwrap_or_default())
     }
 
+    /// The live folder versions of `name`.
+    pub fn folders(&self, name: &Name) -> Vec<Signed<Folder>> {
+        decode_records(&self.meta.list(List::Folders, name).unwrap_or_default())
+    }
+
+    /// Whether the folder `name` is on record here (made here, or by a
+    /// peer), so it stays when its last entry goes.
+    pub fn folder_is_live(&self, name: &Name) -> bool {
+        !self.folders(name).is_empty()
+    }
+
+    /// Apply a folder version from a peer: record it unless a tombstone
+    /// of its path covers it, and make the folder (and the folders above
+    /// it). Returns whether anything changed.
+    pub fn apply_folder(&self, f: &Signed<Folder>) -> Result<bool, Refusal> {
+        let name = f.body().name.clone();
+        self.carries(&name)?;
+        self.check_member_record(&format!("folder {name}"), &f.signer(), &f.body().user)?;
+        let guard = self.store.change_lock();
+        if self.is_deleted(&name, &f.body().vv) {
+            return Ok(false);
+        }
+        let old = self.folders(&name);
+        let mut merged = old.clone();
+        merged.push(f.clone());
+        let merged = records::merge_antichain(merged);
+        if merged == old {
+            return Ok(false);
+        }
+        let made = self.make_folder_locked(&name)?;
+        self.meta
+            .apply(&[Op::PutList(
+                List::Folders,
+                name.clone(),
+                encode_records(&merged),
+            )])
+            .map_err(internal)?;
+        drop(guard);
+        if !made.is_empty() {
+            tracing::info!(
+                "folder {} was made on envoy {}",
+                name.escaped(),
+                f.body().author.as_str().escaped()
+            );
+        }
+        for m in &made {
+            self.remote_changed(m);
+        }
+        Ok(true)
+    }
+
+    /// Under the change lock: make the folder `name` and those above it
+    /// in the store, if missing; the folders made, top down. A file where
+    /// one of them goes is moved to its conflict copy first: the folder
+    /// keeps the path (`docs/folders.md`, "Kinds at one path").
+    pub(super) fn make_folder_locked(&self, name: &Name) -> Result<Vec<Name>, Refusal> {
+        let mut at = Some(name.clone());
+        let mut chain = Vec::new();
+        while let Some(f) = at {
+            at = f.parent();
+            chain.push(f);
+        }
+        for f in chain.iter().rev() {
+            if self.store.contains(f) && !self.store.is_folder(f) {
+                self.file_gives_way_locked(f)?;
+            }
+        }
+        self.store.make_folders_locked(name).map_err(internal)
+    }
+
+    /// Under the change lock: the file at `name` moves to its conflict
+    /// copy, so a folder can take the path.
+    fn file_gives_way_locked(&self, name: &Name) -> Result<(), Refusal> {
+        let cur = self.record(name).map_err(internal)?;
+        let aside = match &cur {
+            Some(c) => self.set_aside_locked(name, c)?,
+            None => None,
+        };
+        let Some((copy, mut ops)) = aside else {
+            return Err(Refusal::Bad(format!(
+                "{}: a file without a record holds the folder's path",
+                name.escaped()
+            )));
+        };
+        ops.push(Op::DelVersion(name.clone()));
+        self.meta.apply(&ops).map_err(internal)?;
+        tracing::info!(
+            "{} became a folder on another envoy: the file is kept as {}",
+            name.escaped(),
+            copy.escaped()
+        );
+        Ok(())
+    }
+
     /// Whether a version of `name` with vector `vv` is deleted here: a
     /// tombstone covers it and no resurrect lifts that tombstone.
     pub fn is_deleted(&self, name: &Name, vv: &crate::VersionVector) -> bool {
@@ -117,6 +223,7 @@ impl Replica {
         match table {
             Table::Tombstones => lists(List::Tombstones),
             Table::Resurrects => lists(List::Resurrects),
+            Table::Folders => lists(List::Folders),
             Table::Leaves => self
                 .meta
                 .leaves()
@@ -132,6 +239,7 @@ impl Replica {
         let rows = match table {
             Table::Tombstones => self.meta.all_lists(List::Tombstones),
             Table::Resurrects => self.meta.all_lists(List::Resurrects),
+            Table::Folders => self.meta.all_lists(List::Folders),
             Table::Leaves => self.meta.leaves(),
         }
         .unwrap_or_default();
@@ -139,8 +247,8 @@ impl Replica {
     }
 
     /// How many records each table holds (for `status`).
-    pub fn table_sizes(&self) -> [(Table, usize); 3] {
-        Table::ALL.map(|t| (t, self.table_records(t).len()))
+    pub fn table_sizes(&self) -> [(Table, usize); 4] {
+        Table::SERVED.map(|t| (t, self.table_records(t).len()))
     }
 
     /// Every `(stored name, record)` of the mesh's files.
@@ -182,10 +290,18 @@ impl Replica {
         records::encode_list(items.iter().map(|v| v.as_slice()))
     }
 
-    /// The digest of the file table (as announced).
+    /// The digest of the file table and the folder table, as announced:
+    /// the file table's alone while there are no folder records (what an
+    /// envoy from before folders announces), else the digest of both.
     pub fn files_digest(&self) -> [u8; 16] {
         let m = self.manifest();
-        records::table_digest(m.iter().map(|(n, r)| (n.as_bytes(), r.as_slice())))
+        let files = records::table_digest(m.iter().map(|(n, r)| (n.as_bytes(), r.as_slice())));
+        let folders = self.meta.all_lists(List::Folders).unwrap_or_default();
+        if folders.is_empty() {
+            return files;
+        }
+        let folders = self.table_digest(Table::Folders);
+        records::table_digest([(&b"files"[..], &files[..]), (b"folders", &folders[..])])
     }
 
     /// Check that a peer's record is signed by a member, for our user.
@@ -260,6 +376,9 @@ impl Replica {
             Table::Leaves => Signed::<Leave>::from_bytes(item)
                 .map_err(bad)
                 .and_then(|l| self.apply_leave(&l)),
+            Table::Folders => Signed::<Folder>::from_bytes(item)
+                .map_err(bad)
+                .and_then(|f| self.apply_folder(&f)),
         }
         .map(|_| ())
     }
@@ -291,10 +410,41 @@ impl Replica {
         let mut pruned = Vec::new();
         if delete {
             self.store.remove_locked(&name).map_err(internal)?;
-            pruned = self.store.prune_folders_locked(&name, |_| false);
             ops.push(Op::DelVersion(name.clone()));
         }
+        // The folder versions of the path it covers go; the folder with
+        // them, once nothing is left in it.
+        let folders = self.folders(&name);
+        let live: Vec<_> = folders
+            .iter()
+            .filter(|f| !records::deleted_by(&merged, &resurrects, &f.body().vv))
+            .cloned()
+            .collect();
+        if live.len() != folders.len() {
+            // An empty list is no list (so the digests of envoys agree).
+            let list = if live.is_empty() {
+                Vec::new()
+            } else {
+                encode_records(&live)
+            };
+            ops.push(Op::PutList(List::Folders, name.clone(), list));
+        }
         self.meta.apply(&ops).map_err(internal)?;
+        if live.is_empty() && self.store.is_folder(&name) && self.store.remove_folder_locked(&name)
+        {
+            tracing::info!(
+                "folder {} was removed on envoy {}",
+                name.escaped(),
+                t.body().author.as_str().escaped()
+            );
+            pruned.push(name.clone());
+        }
+        if delete || pruned.len() == 1 {
+            pruned.extend(
+                self.store
+                    .prune_folders_locked(&name, |f| self.folder_is_live(f)),
+            );
+        }
         // The delete of a conflict copy covers the version that lost its
         // name to make it: where that version is still held under the name
         // (its envoy never saw the winner), the name gives it up.
