@@ -379,9 +379,11 @@ impl Store {
     /// a restart after a kill), and its round puts it in place over `to`'s
     /// older file. This is how editors and `rsync` replace a file: write a
     /// temp file, close it, rename it over the target; installing the temp
-    /// first would cost each of them an `fdatasync`. Until the round, a
-    /// crash keeps both names as they were before the temp file was made
-    /// (the create and the rename both undone), which the window allows.
+    /// first would cost each of them an `fdatasync`. A start after a crash
+    /// puts the seal in place under `to` (a complete seal of this boot),
+    /// marked with `from` by the rename (`held`'s mark), so a version of
+    /// `from` that was signed and sent before the crash is deleted there as
+    /// the rename did.
     /// `false`, nothing done, if `from` has no waiting seal or also a file
     /// in the store, which must leave the name with the rename.
     pub(super) fn pass_waiting_locked(&self, from: &Name, to: &Name) -> Result<bool, Error> {

@@ -865,6 +865,71 @@ mod tests {
         );
     }
 
+    /// A seal renamed while it waited for its round (the rename passes the
+    /// seal on, an editor's or rsync's save) whose version was signed, and
+    /// maybe pushed, before the agent was killed, with none of the records
+    /// durable: the start puts it in place under the new name and signs
+    /// the delete of the old one, which a peer that got the push would
+    /// otherwise send back (found by `crash::a_delete_and_a_rename_…`
+    /// under load).
+    #[test]
+    fn a_waiting_seal_renamed_before_a_kill_deletes_its_old_name_at_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let [a] = circle(dir.path(), ["alpha"]);
+        let n = |s: &str| Name::new(s).unwrap();
+        let alpha = a.open_grouped();
+        let to =
+            lockbox_fs::SealTo::keys(vec![lockbox_crypto::AgeIdentity::generate().to_public()]);
+        let seal = alpha
+            .store()
+            .seal_deferred(
+                &n("moved"),
+                std::io::Cursor::new(b"the only version".to_vec()),
+                &to,
+                1 << 20,
+                std::time::SystemTime::now(),
+                &lockbox_fs::Base::Current,
+            )
+            .unwrap();
+        drop(seal);
+        alpha.store().deliver_journal();
+        let pushed = {
+            let _guard = alpha.store().change_lock();
+            alpha.record(&n("moved")).unwrap().expect("signed")
+        };
+        alpha.store().rename(&n("moved"), &n("there")).unwrap();
+        assert_eq!(
+            fs::read_dir(a.state.join("tmp")).unwrap().count(),
+            1,
+            "the seal no longer waits"
+        );
+        // Killed before any round or commit: no record of either name.
+        {
+            let _guard = alpha.store().change_lock();
+            alpha
+                .meta
+                .apply(&[
+                    Op::DelVersion(n("moved")),
+                    Op::DelVersion(n("there")),
+                    Op::PutList(List::Tombstones, n("moved"), Vec::new()),
+                ])
+                .unwrap();
+        }
+        drop(alpha);
+        let alpha = a.open();
+        assert_eq!(
+            alpha.store().recover_leftovers().unwrap().recovered,
+            vec![n("there")]
+        );
+        alpha.reconcile().unwrap();
+        let _guard = alpha.store().change_lock();
+        assert!(
+            crate::records::deleted_by(&alpha.tombstones(&n("moved")), &[], &pushed.body().vv),
+            "the rename's delete of the old name was not signed"
+        );
+        assert!(alpha.record(&n("there")).unwrap().is_some());
+    }
+
     /// A delete and a rename whose records were lost (the agent killed
     /// before they were durable) are signed at the next start from what
     /// they left: the held bytes, the moved bytes' mark. A record whose

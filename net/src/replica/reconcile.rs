@@ -15,9 +15,11 @@
 //!   gone and whose bytes are held there was deleted here on purpose, and
 //!   its delete is signed now;
 //! - a rename left without its records left the moved bytes naming where
-//!   they came from (`user.lockbox.moved-from`): the record of that name,
-//!   whose bytes these are, was renamed away here, and its delete is
-//!   signed now;
+//!   they came from (`user.lockbox.moved-from`; a seal passed on while it
+//!   waited for its round too): the record of that name, whose bytes
+//!   these are (or, when that record is gone too, the rename's own record
+//!   attached to them, made after it), was renamed away here, and its
+//!   delete is signed now;
 //! - a record whose file is gone with no such evidence lost its file (by
 //!   hand, or the disk): it is dropped, and a peer sends the file again.
 //!
@@ -249,7 +251,18 @@ impl Replica {
             if present.contains(&from) {
                 continue; // the name has a file again
             }
-            let attached = self.attached_version(&self.store.path_of(name), &from);
+            let path = self.store.path_of(name);
+            let attached = self.attached_version(&path, &from).or_else(|| {
+                // The rename's own record of the moved bytes, signed from
+                // the origin's version (so after it), when it was lost
+                // with the rest: it stands for the origin's, which it
+                // replaced on the file. (With its record on file, the
+                // rename's records were made: nothing to do.)
+                match self.record(name) {
+                    Ok(None) => self.attached_version(&path, name),
+                    _ => None,
+                }
+            });
             moved.push(Moved {
                 at: name.clone(),
                 from,
