@@ -595,7 +595,7 @@ fn handle(agent: &Agent, mut stream: UnixStream) {
         Request::Encrypt { name } => encrypt(agent, &mut stream, name),
         Request::Reencrypt => reencrypt_all(agent, &mut stream),
         Request::Resurrect { name } => {
-            let resp = match Name::new(name).and_then(Name::at_root_only) {
+            let resp = match Name::new(name) {
                 Ok(n) => match agent.replica.resurrect(&n) {
                     Ok(_) => Response::Ok,
                     Err(e) => Response::Error {
@@ -641,8 +641,24 @@ fn handle(agent: &Agent, mut stream: UnixStream) {
             control::write_message(&mut stream, &resp)
         }
         Request::Decrypt { name } => decrypt(agent, &mut stream, name),
+        Request::MakeFolder { name } => {
+            let resp = match Name::new(name) {
+                Ok(n) => match agent.envoy.make_folder(&n) {
+                    Ok(()) => {
+                        invalidate(agent, &n);
+                        Response::Ok
+                    }
+                    Err(e) => error_response(&e),
+                },
+                Err(e) => Response::Error {
+                    failure: Failure::Invalid,
+                    message: e.to_string(),
+                },
+            };
+            control::write_message(&mut stream, &resp)
+        }
         Request::Delete { name } => {
-            let resp = match Name::new(name).and_then(Name::at_root_only) {
+            let resp = match Name::new(name) {
                 Ok(n) => match agent.envoy.delete(&n) {
                     Ok(()) => {
                         invalidate(agent, &n);
@@ -1094,7 +1110,7 @@ fn rekey_protocol_1(
 }
 
 fn encrypt(agent: &Agent, stream: &mut UnixStream, name: Vec<u8>) -> std::io::Result<()> {
-    let name = match Name::new(name).and_then(Name::at_root_only) {
+    let name = match Name::new(name) {
         Ok(n) => n,
         Err(e) => return reply_err(stream, Failure::Invalid, e.to_string()),
     };
@@ -1125,7 +1141,7 @@ fn encrypt(agent: &Agent, stream: &mut UnixStream, name: Vec<u8>) -> std::io::Re
 }
 
 fn decrypt(agent: &Agent, stream: &mut UnixStream, name: Vec<u8>) -> std::io::Result<()> {
-    let name = match Name::new(name).and_then(Name::at_root_only) {
+    let name = match Name::new(name) {
         Ok(n) => n,
         Err(e) => return reply_err(stream, Failure::Invalid, e.to_string()),
     };

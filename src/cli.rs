@@ -51,11 +51,16 @@ enum Command {
     Stop,
     /// Add a plaintext file from anywhere, sealed (works while locked).
     Encrypt {
-        /// The file to add.
+        /// The file to add (with -r, the folder).
         path: PathBuf,
-        /// Name in the lockbox (default: the file's base name).
+        /// Name in the lockbox, a path like ssh/id_ed25519 (default: the
+        /// file's base name).
         #[arg(long, value_name = "NAME")]
         name: Option<OsString>,
+        /// Add a folder and everything in it, under NAME (default: the
+        /// folder's base name).
+        #[arg(short = 'r', long)]
+        recursive: bool,
     },
     /// Write a file's plaintext to OUT, or to stdout; needs unlock.
     Decrypt {
@@ -261,7 +266,17 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Unlock { pass } => cmd::agentctl::unlock(&paths, &pass.source(&paths)?),
         Command::Lock => cmd::agentctl::lock(&paths),
         Command::Stop => cmd::agentctl::stop(&paths),
-        Command::Encrypt { path, name } => cmd::files::encrypt(&paths, &path, name),
+        Command::Encrypt {
+            path,
+            name,
+            recursive,
+        } => {
+            if recursive {
+                cmd::files::encrypt_tree(&paths, &path, name)
+            } else {
+                cmd::files::encrypt(&paths, &path, name)
+            }
+        }
         Command::Decrypt { name, out, force } => {
             cmd::files::decrypt(&paths, &name, out.as_deref(), force)
         }

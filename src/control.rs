@@ -51,6 +51,11 @@ pub enum Request {
     /// Re-encrypt every file to the current members (`Progress` frames,
     /// then `Reencrypted`).
     Reencrypt,
+    /// Make the folder `name` and those above it (`mkdir -p`).
+    MakeFolder {
+        /// Raw name bytes.
+        name: Vec<u8>,
+    },
     /// Lift the delete of `name` on every envoy.
     Resurrect {
         /// Raw name bytes.

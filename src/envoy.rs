@@ -42,7 +42,8 @@ impl Envoy {
             );
         }
         let config = load_config(&paths)?;
-        let store = Store::open(&paths.state)?;
+        // Folders on: names are paths (docs/folders.md).
+        let store = Store::open(&paths.state)?.with_folders();
         Ok(Envoy {
             paths,
             config,
@@ -127,14 +128,27 @@ impl Envoy {
         read_recipients(&self.paths.recipients())
     }
 
-    /// Seal `plaintext` as `name` to the current recipients.
+    /// Seal `plaintext` as `name` to the current recipients, making the
+    /// folders it is in first (as `mkdir -p` would).
     pub fn encrypt(&self, name: &Name, plaintext: impl Read) -> anyhow::Result<Sealed> {
         let recipients = self.recipients()?;
+        if let Some(folder) = name.parent() {
+            self.make_folder(&folder)?;
+        }
         let sealed = self
             .store
             .seal(name, plaintext, &recipients, self.config.max_file_size)?;
         tracing::info!("sealed {} ({} bytes)", name.escaped(), sealed.plaintext_len);
         Ok(sealed)
+    }
+
+    /// Make the folder `name` and those above it that are missing (`mkdir
+    /// -p`); each is recorded and sent to the mesh.
+    pub fn make_folder(&self, name: &Name) -> anyhow::Result<()> {
+        for made in self.store.make_folder_all(name)? {
+            tracing::info!("made the folder {}", made.escaped());
+        }
+        Ok(())
     }
 
     /// Remove `name`: the replica records a signed tombstone and the mesh

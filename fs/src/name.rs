@@ -185,21 +185,6 @@ impl Name {
     pub fn failed(&self, unix_ts: u64) -> Result<Name, Error> {
         self.with_suffix(&format!(".{unix_ts}.failed"))
     }
-
-    /// Refuse a name in a folder, for the places folders do not reach yet
-    /// (`docs/folders.md`, "Order of the work": the mesh, the CLI and the
-    /// mount carry names at the root until the tree is built through).
-    pub fn at_root_only(self) -> Result<Name, Error> {
-        if self.is_at_root() {
-            Ok(self)
-        } else {
-            Err(bad(
-                &self.0,
-                "is in a folder (contains '/'), and lockbox holds only loose files for now",
-                false,
-            ))
-        }
-    }
 }
 
 impl Component {
@@ -347,14 +332,6 @@ mod tests {
         let long = p(&format!("a/{}", "k".repeat(250)));
         assert!(too_long(long.failed(1_700_000_000).unwrap_err()));
         assert!(p(&"a".repeat(250)).failed(1_700_000_000).is_err());
-    }
-
-    #[test]
-    fn at_root_only_refuses_a_folder() {
-        assert!(p("a").at_root_only().is_ok());
-        let e = p("a/b").at_root_only().unwrap_err();
-        assert!(e.to_string().contains("folder"), "{e}");
-        assert!(!too_long(e));
     }
 
     #[test]

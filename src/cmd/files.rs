@@ -35,11 +35,14 @@ pub fn encrypt(paths: &Paths, path: &Path, name: Option<std::ffi::OsString>) -> 
             format!("{} has no file name: give one with --name", path.display())
         })?,
     };
-    let name = Name::from_os(&name)?.at_root_only()?;
+    let name = Name::from_os(&name)?;
     let mut src = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let meta = src.metadata()?;
     if meta.is_dir() {
-        bail!("{} is a folder: lockbox holds only files", path.display());
+        bail!(
+            "{} is a folder: add it with everything in it with lockbox encrypt -r",
+            path.display()
+        );
     }
     // Refused before a byte is read (a pipe, whose size is unknown, is
     // checked by the seal as it streams).
@@ -78,6 +81,116 @@ pub fn encrypt(paths: &Paths, path: &Path, name: Option<std::ffi::OsString>) -> 
     Ok(())
 }
 
+/// `lockbox encrypt -r DIR [--name NAME]`: every folder and regular file
+/// under DIR, under NAME (default: DIR's base name), through the agent or
+/// here. Symlinks and other kinds are skipped with a warning, as are names
+/// a lockbox cannot hold; files over the size limit are reported and
+/// skipped.
+pub fn encrypt_tree(
+    paths: &Paths,
+    dir: &Path,
+    name: Option<std::ffi::OsString>,
+) -> anyhow::Result<()> {
+    if !fs::metadata(dir)
+        .with_context(|| format!("cannot open {}", dir.display()))?
+        .is_dir()
+    {
+        bail!("{} is not a folder: add a file without -r", dir.display());
+    }
+    let name = match name {
+        Some(n) => n,
+        None => dir.file_name().map(OsStr::to_owned).with_context(|| {
+            format!(
+                "{} has no name of its own: give one with --name",
+                dir.display()
+            )
+        })?,
+    };
+    let top = Name::from_os(&name)?;
+    let tree = lockbox_fs::store::walk(dir, lockbox_fs::name::MAX_DEPTH)?;
+    let under = |rel: &Name| Name::new([top.as_bytes(), b"/", rel.as_bytes()].concat());
+    let limit = crate::envoy::load_config(paths)?.max_file_size;
+    let mut folders = vec![top.clone()];
+    for f in &tree.folders {
+        folders.push(under(f)?);
+    }
+    let mut sealed = 0usize;
+    let mut skipped = Vec::new();
+    let mut files = Vec::new();
+    for rel in &tree.files {
+        let src = dir.join(rel.as_os_str());
+        let len = fs::symlink_metadata(&src).map(|m| m.len()).unwrap_or(0);
+        if len > limit {
+            skipped.push(format!(
+                "{} ({}, over max_file_size)",
+                src.display(),
+                bytesize::ByteSize(len)
+            ));
+            continue;
+        }
+        files.push((under(rel)?, src));
+    }
+    match agent(paths)? {
+        Some(first) => {
+            // One request per connection; the agent stopping meanwhile is
+            // an error (what was sealed so far stays).
+            let mut first = Some(first);
+            let mut connect = || -> anyhow::Result<Client> {
+                if let Some(c) = first.take() {
+                    return Ok(c);
+                }
+                agent(paths)?.context("the agent stopped while the folder was being added")
+            };
+            for f in &folders {
+                let mut c = connect()?;
+                match c.call(&Request::MakeFolder {
+                    name: f.as_bytes().to_vec(),
+                })? {
+                    Response::Ok => {}
+                    other => return Err(client::into_error(other)),
+                }
+            }
+            for (name, src) in &files {
+                let mut file =
+                    File::open(src).with_context(|| format!("cannot open {}", src.display()))?;
+                let mut c = connect()?;
+                match c.call(&Request::Encrypt {
+                    name: name.as_bytes().to_vec(),
+                })? {
+                    Response::Ok => {}
+                    other => return Err(client::into_error(other)),
+                }
+                c.send_data(&mut file)?;
+                match c.response()? {
+                    Response::Encrypted { .. } => sealed += 1,
+                    other => return Err(client::into_error(other)),
+                }
+            }
+        }
+        None => {
+            let (envoy, _lock) = Envoy::load_exclusive(paths.clone(), None)?;
+            for f in &folders {
+                envoy.make_folder(f)?;
+            }
+            for (name, src) in &files {
+                let file =
+                    File::open(src).with_context(|| format!("cannot open {}", src.display()))?;
+                envoy.encrypt(name, file)?;
+                sealed += 1;
+            }
+        }
+    }
+    for s in &skipped {
+        eprintln!("skipped {s}");
+    }
+    println!(
+        "sealed {sealed} file(s) in {} folder(s) under {}",
+        folders.len(),
+        top.escaped()
+    );
+    Ok(())
+}
+
 /// `lockbox decrypt NAME [-o OUT] [--force]`. Without `-o` (or with
 /// `-o -`) the plaintext goes to stdout; a terminal gets it only when it
 /// looks like text, or with `--force` (binary would garble it). A file
@@ -85,7 +198,7 @@ pub fn encrypt(paths: &Paths, path: &Path, name: Option<std::ffi::OsString>) -> 
 /// the whole plaintext authenticated, so a damaged ciphertext leaves no
 /// partial file behind; every error names OUT, never the temp file.
 pub fn decrypt(paths: &Paths, name: &OsStr, out: Option<&Path>, force: bool) -> anyhow::Result<()> {
-    let name = Name::from_os(name)?.at_root_only()?;
+    let name = Name::from_os(name)?;
     let out = out.filter(|o| *o != Path::new("-"));
     if let Some(out) = out {
         if out.is_dir() {
@@ -223,7 +336,7 @@ fn through_agent_or_locally(
 /// `lockbox delete NAME`. Without an agent the tombstone is signed and
 /// recorded here, and the peers pull it when the agent next runs.
 pub fn delete(paths: &Paths, name: &OsStr) -> anyhow::Result<()> {
-    let name = Name::from_os(name)?.at_root_only()?;
+    let name = Name::from_os(name)?;
     let req = Request::Delete {
         name: name.as_bytes().to_vec(),
     };
@@ -235,7 +348,7 @@ pub fn delete(paths: &Paths, name: &OsStr) -> anyhow::Result<()> {
 /// `lockbox resurrect NAME`: lift the delete of NAME on every envoy (through
 /// the agent, or recorded here for the peers to pull).
 pub fn resurrect(paths: &Paths, name: &OsStr) -> anyhow::Result<()> {
-    let name = Name::from_os(name)?.at_root_only()?;
+    let name = Name::from_os(name)?;
     let req = Request::Resurrect {
         name: name.as_bytes().to_vec(),
     };

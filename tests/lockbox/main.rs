@@ -46,6 +46,7 @@ mod cli_status;
 mod cli_truthful;
 mod crash;
 mod fleet;
+mod folders;
 mod impostor;
 mod interop;
 mod join;

@@ -8,7 +8,6 @@
 
 use crate::escape::Escape;
 use std::fs::{self, File};
-use std::io;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -79,8 +78,9 @@ impl Store {
     }
 
     /// Seal every regular file found in `dir` (the bare `~/lockbox/` before
-    /// mounting) into the store under the same name, then, once the sealed
-    /// copies are durable, remove the plaintext originals. Every file is
+    /// mounting), in its folders too when the store has folders, into the
+    /// store under the same name, then, once the sealed copies are durable,
+    /// remove the plaintext originals and the folders they leave empty. Every file is
     /// plaintext there, an age file too (sealed again, it reads back as the
     /// same bytes). Files over `max_size` stay where they are.
     pub fn import_dir(
@@ -92,26 +92,24 @@ impl Store {
         let mut report = SweepReport::default();
         // Sealed, their plaintext not yet removed.
         let mut imported = Vec::new();
-        let rd = match fs::read_dir(dir) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(report),
-            Err(e) => return Err(Error::io("read", dir, e)),
+        // With folders, the whole tree (its folders made first, each told
+        // to the journal); without, the top's files.
+        let depth = if self.folders {
+            crate::name::MAX_DEPTH
+        } else {
+            0
         };
-        for dirent in rd.flatten() {
-            let path = dirent.path();
-            let Ok(name) = Name::from_os(&dirent.file_name()) else {
-                continue;
-            };
+        let tree = super::tree::walk(dir, depth)?;
+        for folder in &tree.folders {
+            if let Err(e) = self.make_folder_all(folder) {
+                tracing::warn!("could not make the folder {}: {e}", folder.escaped());
+            }
+        }
+        for name in tree.files {
+            let path = dir.join(name.as_os_str());
             let Ok(meta) = path.symlink_metadata() else {
                 continue;
             };
-            if !meta.file_type().is_file() {
-                tracing::warn!(
-                    "ignoring {}: lockbox holds only regular files",
-                    path.as_os_str().escaped()
-                );
-                continue;
-            }
             if meta.len() > max_size {
                 tracing::warn!(
                     "{} is over the size limit: left in place",
@@ -131,14 +129,13 @@ impl Store {
                 }
             }
         }
-        if imported.is_empty() {
-            return Ok(report);
-        }
         // A plaintext original goes only once its sealed copy is durable,
         // the rename into the store included (which grouped syncs would
         // otherwise leave to the next round): a crash in between must not
         // lose both.
-        self.sync_now()?;
+        if !imported.is_empty() {
+            self.sync_now()?;
+        }
         for (name, path) in imported {
             match fs::remove_file(&path) {
                 Ok(()) => tracing::info!("sealed {} from the unmounted folder", name.escaped()),
@@ -149,6 +146,11 @@ impl Store {
                 ),
             }
             report.sealed.push(name);
+        }
+        // The folders emptied of their plaintext go too, deepest first
+        // (one still holding something stays).
+        for folder in tree.folders.iter().rev() {
+            let _ = fs::remove_dir(dir.join(folder.as_os_str()));
         }
         Ok(report)
     }

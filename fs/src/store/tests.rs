@@ -287,6 +287,35 @@ fn import_dir_moves_plaintext_into_store() {
     );
 }
 
+/// With folders, the bare folder's whole tree is sealed into the store at
+/// the same paths, folders (empty ones too) made, and the plaintext goes
+/// with the folders it leaves empty; a file over the limit keeps its
+/// folder.
+#[test]
+fn import_dir_takes_a_whole_tree_with_folders() {
+    let (dir, store, id) = setup();
+    let store = store.with_folders();
+    let bare = dir.path().join("bare");
+    fs::create_dir_all(bare.join("ssh/keys")).unwrap();
+    fs::create_dir_all(bare.join("empty")).unwrap();
+    fs::create_dir_all(bare.join("big")).unwrap();
+    fs::write(bare.join("ssh/keys/id"), b"key").unwrap();
+    fs::write(bare.join("ssh/config"), b"Host *").unwrap();
+    fs::write(bare.join("big/huge"), vec![0u8; 500]).unwrap();
+    let rep = store
+        .import_dir(&bare, &SealTo::keys(vec![id.to_public()]), 400)
+        .unwrap();
+    let mut sealed = rep.sealed.clone();
+    sealed.sort();
+    assert_eq!(sealed, vec![n("ssh/config"), n("ssh/keys/id")]);
+    assert_eq!(rep.too_large, vec![n("big/huge")]);
+    assert_eq!(read(&store, &id, "ssh/keys/id"), b"key");
+    assert!(store.is_folder(&n("empty")) && store.is_folder(&n("ssh/keys")));
+    let left = tree::walk(&bare, crate::name::MAX_DEPTH).unwrap();
+    assert_eq!(left.files, vec![n("big/huge")]);
+    assert_eq!(left.folders, vec![n("big")]);
+}
+
 /// A failed sync of the waiting seals drops them: a second sync could
 /// succeed without the pages the first failed to write, so installing
 /// them then would put a file with holes in place of a whole version.

@@ -287,6 +287,20 @@ impl Store {
             .is_some_and(|w| lock(&w.files).keys().any(|n| n.is_within(folder)))
     }
 
+    /// `mkdir -p`: make `folder` and each folder above it that is missing
+    /// (0700), each told to the journal as made. The folders made, top
+    /// down; `ENOTDIR` where a file is in the way.
+    pub fn make_folder_all(&self, folder: &Name) -> Result<Vec<Name>, Error> {
+        self.folders_on("make", folder)?;
+        let _changes = self.lock_changes();
+        let made = make_folders(&self.dir, folder).map_err(|e| folder_error("make", folder, e))?;
+        for f in &made {
+            self.folder_changed(f)?;
+            self.queue_locked(Event::FolderMade(f.clone()));
+        }
+        Ok(made)
+    }
+
     /// Make the folder `folder` and any missing above it, for the mesh
     /// (no journal entry: the folder's record came with it); the caller
     /// holds the change lock. The folders made, top down.
