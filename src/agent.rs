@@ -642,35 +642,11 @@ fn handle(agent: &Agent, mut stream: UnixStream) {
         }
         Request::Decrypt { name } => decrypt(agent, &mut stream, name),
         Request::MakeFolder { name } => {
-            let resp = match Name::new(name) {
-                Ok(n) => match agent.envoy.make_folder(&n) {
-                    Ok(()) => {
-                        invalidate(agent, &n);
-                        Response::Ok
-                    }
-                    Err(e) => error_response(&e),
-                },
-                Err(e) => Response::Error {
-                    failure: Failure::Invalid,
-                    message: e.to_string(),
-                },
-            };
+            let resp = change_name(agent, name, |n| agent.envoy.make_folder(n));
             control::write_message(&mut stream, &resp)
         }
         Request::Delete { name } => {
-            let resp = match Name::new(name) {
-                Ok(n) => match agent.envoy.delete(&n) {
-                    Ok(()) => {
-                        invalidate(agent, &n);
-                        Response::Ok
-                    }
-                    Err(e) => error_response(&e),
-                },
-                Err(e) => Response::Error {
-                    failure: Failure::Invalid,
-                    message: e.to_string(),
-                },
-            };
+            let resp = change_name(agent, name, |n| agent.envoy.delete(n));
             control::write_message(&mut stream, &resp)
         }
         Request::Stop => {
@@ -694,6 +670,28 @@ fn handle(agent: &Agent, mut stream: UnixStream) {
 
 /// Tell the kernel a store file changed outside the mount: it caches
 /// names and attributes until told (see `TTL` in `lockbox_fs::fuse`).
+/// A change of the name `raw` asked on the control socket: `change`, then
+/// the mount told.
+fn change_name(
+    agent: &Agent,
+    raw: Vec<u8>,
+    change: impl FnOnce(&Name) -> anyhow::Result<()>,
+) -> Response {
+    match Name::new(raw) {
+        Ok(n) => match change(&n) {
+            Ok(()) => {
+                invalidate(agent, &n);
+                Response::Ok
+            }
+            Err(e) => error_response(&e),
+        },
+        Err(e) => Response::Error {
+            failure: Failure::Invalid,
+            message: e.to_string(),
+        },
+    }
+}
+
 fn invalidate(agent: &Agent, name: &Name) {
     agent.fs.invalidate(name);
 }

@@ -692,19 +692,7 @@ impl Replica {
         held: Vec<PathBuf>,
     ) {
         let resurrects = self.resurrects(name);
-        let t = Signed::sign(
-            Tombstone {
-                user: self.user.clone(),
-                name: name.clone(),
-                vv: tombstone_vector(&self.envoy, &prev.body().vv, &resurrects),
-                author: self.envoy.clone(),
-                deleted_unix: now_unix(),
-            },
-            &self.signing,
-        );
-        let mut tombs = self.tombstones(name);
-        tombs.push(t.clone());
-        let tombs = records::merge_antichain(tombs);
+        let (t, tombs) = self.sign_tombstone(name, &prev.body().vv, &resurrects);
         let mut ops = vec![Op::PutList(
             List::Tombstones,
             name.clone(),
@@ -727,6 +715,30 @@ impl Replica {
             Ok(()) => self.emit(Outgoing::Tombstone(t)),
             Err(e) => tracing::warn!("cannot record the delete of {}: {e}", name.escaped()),
         }
+    }
+
+    /// Sign a tombstone of `name` deleting what has vector `vv` (see
+    /// [`tombstone_vector`]), and return it with the name's tombstones
+    /// merged with it.
+    fn sign_tombstone(
+        &self,
+        name: &Name,
+        vv: &VersionVector,
+        resurrects: &[Signed<Resurrect>],
+    ) -> (Signed<Tombstone>, Vec<Signed<Tombstone>>) {
+        let t = Signed::sign(
+            Tombstone {
+                user: self.user.clone(),
+                name: name.clone(),
+                vv: tombstone_vector(&self.envoy, vv, resurrects),
+                author: self.envoy.clone(),
+                deleted_unix: now_unix(),
+            },
+            &self.signing,
+        );
+        let mut tombs = self.tombstones(name);
+        tombs.push(t.clone());
+        (t, records::merge_antichain(tombs))
     }
 
     /// Record the local making of the folder `name`: a folder version
@@ -781,19 +793,7 @@ impl Replica {
             return;
         }
         let resurrects = self.resurrects(name);
-        let t = Signed::sign(
-            Tombstone {
-                user: self.user.clone(),
-                name: name.clone(),
-                vv: tombstone_vector(&self.envoy, &records::floor(&held), &resurrects),
-                author: self.envoy.clone(),
-                deleted_unix: now_unix(),
-            },
-            &self.signing,
-        );
-        let mut tombs = self.tombstones(name);
-        tombs.push(t.clone());
-        let tombs = records::merge_antichain(tombs);
+        let (t, tombs) = self.sign_tombstone(name, &records::floor(&held), &resurrects);
         let ops = [
             Op::PutList(List::Tombstones, name.clone(), encode_records(&tombs)),
             Op::PutList(List::Folders, name.clone(), Vec::new()),
