@@ -260,6 +260,22 @@ fn steps(root: &Path, envoys: &[DemoEnvoy]) -> anyhow::Result<()> {
         String::from_utf8_lossy(first)
     );
 
+    // A folder made on charlie, with a file in it: the tree reaches everyone.
+    let folder = envoys[2].mount().join("ssh");
+    std::fs::create_dir(&folder)?;
+    std::fs::write(folder.join("config"), "Host *\n  IdentitiesOnly yes\n")?;
+    println!("[charlie] $ mkdir ~/lockbox/ssh && echo ... > ~/lockbox/ssh/config");
+    for e in &envoys[..2] {
+        let path = e.mount().join("ssh/config");
+        wait_for(
+            &format!("ssh/config on {}", e.name),
+            Duration::from_secs(20),
+            || path.is_file(),
+        )?;
+        println!("[{}] $ ls ~/lockbox/ssh     config", e.name);
+    }
+    println!();
+
     // A file written on bravo, deleted on charlie: the delete reaches everyone.
     std::fs::write(envoys[1].mount().join("old_key"), "an old key\n")?;
     println!("[bravo] $ echo 'an old key' > ~/lockbox/old_key");
