@@ -126,3 +126,99 @@ fn the_cli_adds_and_reads_trees() {
     let err = a.m.e.fails(1, &["decrypt", "aws/../x"]);
     assert!(err.contains("bad file name"), "{err}");
 }
+
+/// A `pass` store in a folder of the mount, with a throwaway GPG key:
+/// `init`, `insert`, `show`, `mv`, `rm -r`, and the store on the other
+/// envoy.
+#[test]
+fn a_pass_store_lives_in_the_lockbox() {
+    require_fuse!();
+    for tool in ["pass", "gpg"] {
+        let found = std::process::Command::new(tool).arg("--version").output();
+        if found.is_err() {
+            assert_ne!(
+                std::env::var("CI").as_deref(),
+                Ok("true"),
+                "{tool} is missing under CI=true"
+            );
+            eprintln!("SKIPPED: {tool} is not installed");
+            return;
+        }
+    }
+    let c = Circle::loopback(&["alpha", "bravo"]);
+    c.wait_formed(&["alpha", "bravo"]);
+    let a = c.node("alpha");
+    let gnupg = tempfile::Builder::new()
+        .prefix("gpg")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let store = a.at("pass");
+    let run = |args: &[&str], input: Option<&str>| -> String {
+        use std::io::Write;
+        let mut cmd = std::process::Command::new(args[0]);
+        cmd.args(&args[1..])
+            .env("GNUPGHOME", gnupg.path())
+            .env("PASSWORD_STORE_DIR", &store)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        if let Some(i) = input {
+            stdin.write_all(i.as_bytes()).unwrap();
+        }
+        drop(stdin);
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let key = "lockbox-test@example.org";
+    run(
+        &[
+            "gpg",
+            "--batch",
+            "--passphrase",
+            "",
+            "--quick-gen-key",
+            key,
+            "default",
+            "default",
+            "never",
+        ],
+        None,
+    );
+    run(&["pass", "init", key], None);
+    run(
+        &["pass", "insert", "-m", "web/example.org"],
+        Some("hunter2\nuser: me\n"),
+    );
+    assert_eq!(
+        run(&["pass", "show", "web/example.org"], None),
+        "hunter2\nuser: me\n"
+    );
+    // The entry is GPG ciphertext in a folder, and on bravo too.
+    assert!(a.at("pass/web/example.org.gpg").is_file());
+    let entry = fs::read(a.at("pass/web/example.org.gpg")).unwrap();
+    c.wait_content(&["bravo"], "pass/web/example.org.gpg", &entry);
+    c.wait_content(&["bravo"], "pass/.gpg-id", format!("{key}\n").as_bytes());
+    run(
+        &["pass", "mv", "web/example.org", "sites/example.org"],
+        None,
+    );
+    assert_eq!(
+        run(&["pass", "show", "sites/example.org"], None),
+        "hunter2\nuser: me\n"
+    );
+    c.wait_content(&["bravo"], "pass/sites/example.org.gpg", &entry);
+    run(&["pass", "rm", "-rf", "sites"], None);
+    assert!(!a.at("pass/sites").exists());
+    c.wait_gone(&["bravo"], "pass/sites/example.org.gpg");
+    let _ = std::process::Command::new("gpgconf")
+        .args(["--kill", "gpg-agent"])
+        .env("GNUPGHOME", gnupg.path())
+        .status();
+}
