@@ -278,3 +278,78 @@ fn delete_and_rename_then_kill(attempt: usize) -> bool {
     .unwrap_or_else(|e| panic!("held bytes stay in {}: {e}", removed.display()));
     recovered
 }
+
+/// A folder rename and an `rm -r` that returned stay done when the agent
+/// is killed right after them, before their records were durable: after
+/// the restart both envoys hold the renamed tree whole (every file old or
+/// new, never torn) and nothing of the removed one, and the stores hold
+/// only ciphertext. The other envoy is stopped meanwhile, so it can only
+/// learn of the changes from what the start recovers.
+#[test]
+fn a_folder_rename_and_an_rm_r_just_before_a_sigkill_stay_done() {
+    require_fuse!();
+    let c = Circle::loopback(&["a", "b"]);
+    let (a, b) = (c.node("a"), c.node("b"));
+    let mut files = Vec::new();
+    for i in 0..12 {
+        let (dir, name) = if i % 3 == 0 { ("d/sub", i) } else { ("d", i) };
+        files.push((
+            format!("{dir}/f{name:02}"),
+            content(&format!("f{i}"), 1000 + i * 700),
+        ));
+    }
+    for i in 0..8 {
+        files.push((format!("rm/g{i}"), content(&format!("g{i}"), 3000)));
+    }
+    std::fs::create_dir_all(a.at("d/sub")).unwrap();
+    std::fs::create_dir_all(a.at("rm")).unwrap();
+    for (name, body) in &files {
+        fs::write(a.at(name), body).unwrap();
+    }
+    for (name, body) in &files {
+        c.wait_content(&["b"], name, body);
+    }
+    b.m.e.ok(&["stop"]);
+    let pid = a.m.e.agent_pid().expect("a's agent");
+    std::fs::rename(a.at("d"), a.at("e")).unwrap();
+    std::fs::remove_dir_all(a.at("rm")).unwrap();
+    kill9(pid);
+    assert!(exited(pid), "a survived SIGKILL");
+    detach_mount(&a.m.mnt);
+    a.m.e.unlock();
+    a.m.assert_mounted();
+    let log = a.m.log();
+    eprintln!(
+        "recovered at the start: rename {}, rm -r {}",
+        log.contains("d/f01 was renamed here just before the agent stopped"),
+        log.contains("rm/g0 was deleted here just before the agent stopped")
+    );
+    detach_mount(&b.m.mnt);
+    b.m.e.unlock();
+    b.m.assert_mounted();
+    c.wait_settled(&["a", "b"], "b", "settled");
+    for n in ["a", "b"] {
+        let node = c.node(n);
+        for (name, body) in &files {
+            let Some(rest) = name.strip_prefix("d/") else {
+                assert!(!fs::present(node.at(name)), "{name} came back on {n}");
+                continue;
+            };
+            let moved = format!("e/{rest}");
+            assert_eq!(
+                fs::read(node.at(&moved)).ok().as_deref(),
+                Some(&body[..]),
+                "{moved} on {n}; a's log:\n{}\n{}",
+                a.m.log(),
+                c.dump()
+            );
+            assert!(!fs::present(node.at(name)), "{name} came back on {n}");
+        }
+        assert!(!fs::present(node.at("d")), "the folder d came back on {n}");
+        assert!(
+            !fs::present(node.at("rm")),
+            "the folder rm came back on {n}"
+        );
+        assert_store_is_ciphertext(&node.m.e);
+    }
+}

@@ -483,6 +483,12 @@ impl Store {
         let replaced = self.is_folder(to);
         fs::rename(self.path_of(from), self.path_of(to))
             .map_err(|e| folder_error("rename", from, e))?;
+        // Each file says where it came from: a start after a crash that
+        // lost the rename's records signs the deletes of the old names
+        // from these (`held`'s mark; `net`'s reconcile).
+        for (old, new) in &moved {
+            super::held::set_moved_from(&self.path_of(new), old);
+        }
         self.move_folder_tags(from, to, &moved);
         self.move_states_locked(&moved);
         self.folder_changed(from)?;

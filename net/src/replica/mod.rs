@@ -1252,6 +1252,67 @@ mod tests {
         assert_eq!(tree_of(&alpha), lockbox_fs::store::Walk::default());
     }
 
+    /// A folder rename, a folder made and a folder removed whose records
+    /// were lost (the agent killed before they were durable) are recorded
+    /// at the next start: the files' marks sign the old names' deletes,
+    /// the folders of the store are recorded, and a folder on record that
+    /// is gone has its removal signed. Without that, a peer would send the
+    /// old tree back, and the new folders would stay here alone.
+    #[test]
+    fn folder_changes_whose_records_were_lost_are_recorded_at_the_start() {
+        let n = |s: &str| Name::new(s).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (alpha, _bravo) = folder_pair(dir.path());
+        let a = alpha.store();
+        a.make_folder(&n("d")).unwrap();
+        a.make_folder(&n("gone")).unwrap();
+        seal_at(&alpha, "d/x", b"x");
+        a.deliver_journal();
+        let list = |name: &str| alpha.meta.list(List::Folders, &n(name)).unwrap();
+        let (d_list, gone_list) = (list("d"), list("gone"));
+        let x = {
+            let _guard = a.change_lock();
+            alpha.record(&n("d/x")).unwrap().unwrap()
+        };
+        a.rename_folder(&n("d"), &n("e")).unwrap();
+        a.remove_folder(&n("gone")).unwrap();
+        a.make_folder(&n("new")).unwrap();
+        a.deliver_journal();
+        // Killed: the records as before these changes.
+        {
+            let _guard = a.change_lock();
+            let mut ops = version_ops(&n("d/x"), &x, None).to_vec();
+            ops.extend([
+                Op::DelVersion(n("e/x")),
+                Op::PutList(List::Folders, n("d"), d_list),
+                Op::PutList(List::Folders, n("gone"), gone_list),
+                Op::PutList(List::Folders, n("e"), Vec::new()),
+                Op::PutList(List::Folders, n("new"), Vec::new()),
+            ]);
+            for t in ["d/x", "d", "gone"] {
+                ops.push(Op::PutList(List::Tombstones, n(t), Vec::new()));
+            }
+            alpha.meta.apply(&ops).unwrap();
+        }
+        assert!(alpha.reconcile().unwrap() >= 5);
+        let _guard = a.change_lock();
+        assert!(
+            crate::records::deleted_by(&alpha.tombstones(&n("d/x")), &[], &x.body().vv),
+            "the old name's delete"
+        );
+        assert!(alpha.record(&n("e/x")).unwrap().is_some());
+        for (f, live) in [("d", false), ("gone", false), ("e", true), ("new", true)] {
+            assert_eq!(alpha.folder_is_live(&n(f)), live, "{f}");
+        }
+        assert!(
+            !alpha.tombstones(&n("gone")).is_empty(),
+            "the removal of gone"
+        );
+        // Again: nothing more to record.
+        drop(_guard);
+        assert_eq!(alpha.reconcile().unwrap(), 0);
+    }
+
     /// A file written on bravo into a folder that alpha renamed meanwhile
     /// survives where it was written, on both, and so does its folder; a
     /// folder made on one envoy where the other made a file keeps the path,

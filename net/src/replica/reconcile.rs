@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 
 use lockbox_crypto::sign::Signed;
 use lockbox_fs::escape::Escape;
-use lockbox_fs::meta::{LocalStat, Op};
+use lockbox_fs::meta::{List, LocalStat, Op};
 use lockbox_fs::store::{attached_record_at, moved_from_at, release_held};
 use lockbox_fs::{FileState, Name};
 
@@ -113,6 +113,7 @@ impl Replica {
             self.meta.apply(&[Op::DelVersion(n)])?;
             changed += 1;
         }
+        changed += self.reconcile_folders()?;
         // A state whose file is gone (removed by hand while the agent was
         // down) goes too.
         for (name, _) in self.meta.states()? {
@@ -121,6 +122,45 @@ impl Replica {
                     self.meta.apply(&[Op::SetState(n, None)])?;
                 }
             }
+        }
+        Ok(changed)
+    }
+
+    /// Bring the folder records in line with the store's folders: a
+    /// folder on record that is gone was removed (or renamed away) here
+    /// just before the agent stopped, and its removal is signed; a folder
+    /// of the store with no record and no delete at its path was made
+    /// here, and is recorded. (A folder whose path has a delete on record
+    /// stays as it is: it may be one the mesh removed while its record was
+    /// already gone.) Returns how many records changed.
+    fn reconcile_folders(&self) -> Result<usize, ReplicaError> {
+        if !self.store.lists_folders() {
+            return Ok(0);
+        }
+        let mut changed = 0;
+        let walk = lockbox_fs::store::walk(self.store.dir(), lockbox_fs::name::MAX_DEPTH)?;
+        let present: HashSet<&Name> = walk.folders.iter().collect();
+        for (name, _) in self.meta.all_lists(List::Folders)? {
+            let Ok(n) = Name::new(name) else { continue };
+            if !present.contains(&n) {
+                tracing::info!(
+                    "the folder {} was removed here just before the agent stopped: recording it",
+                    n.escaped()
+                );
+                self.local_folder_removed(&n);
+                changed += 1;
+            }
+        }
+        for f in &walk.folders {
+            if self.folder_is_live(f) || !self.tombstones(f).is_empty() {
+                continue;
+            }
+            tracing::info!(
+                "the folder {} was made here just before the agent stopped: recording it",
+                f.escaped()
+            );
+            self.local_folder_made(f);
+            changed += 1;
         }
         Ok(changed)
     }

@@ -256,18 +256,32 @@ pub(crate) fn names(dir: &Path) -> Vec<String> {
     v
 }
 
-/// Every file in the store is an age file with mode 0600.
+/// Every file in the store's tree is an age file with mode 0600, every
+/// folder a folder with mode 0700.
 #[track_caller]
 pub(crate) fn assert_store_is_ciphertext(e: &Envoy) {
     e.settle();
-    for name in names(&e.store()) {
-        let p = e.store().join(&name);
-        let meta = fs::symlink_metadata(&p).unwrap();
-        assert!(meta.is_file(), "store/{name} is not a regular file");
-        assert_eq!(meta.mode() & 0o777, 0o600, "store/{name} mode");
-        let mut head = vec![0u8; AGE_MAGIC.len()];
-        let n = fs::open(&p).unwrap().read(&mut head).unwrap();
-        assert_eq!(&head[..n], AGE_MAGIC, "store/{name} is not an age file");
+    let mut todo = vec![String::new()];
+    while let Some(folder) = todo.pop() {
+        for name in names(&e.store().join(&folder)) {
+            let rel = if folder.is_empty() {
+                name
+            } else {
+                format!("{folder}/{name}")
+            };
+            let p = e.store().join(&rel);
+            let meta = fs::symlink_metadata(&p).unwrap();
+            if meta.is_dir() {
+                assert_eq!(meta.mode() & 0o777, 0o700, "store/{rel} mode");
+                todo.push(rel);
+                continue;
+            }
+            assert!(meta.is_file(), "store/{rel} is not a regular file");
+            assert_eq!(meta.mode() & 0o777, 0o600, "store/{rel} mode");
+            let mut head = vec![0u8; AGE_MAGIC.len()];
+            let n = fs::open(&p).unwrap().read(&mut head).unwrap();
+            assert_eq!(&head[..n], AGE_MAGIC, "store/{rel} is not an age file");
+        }
     }
 }
 
