@@ -154,6 +154,12 @@ impl Envoy {
     /// Remove `name`: the replica records a signed tombstone and the mesh
     /// fans it out.
     pub fn delete(&self, name: &Name) -> anyhow::Result<()> {
+        if self.store.is_folder(name) {
+            bail!(
+                "{} is a folder: remove what is in it first, or rm -r it in ~/lockbox",
+                name.escaped()
+            );
+        }
         self.store.remove(name)?;
         tracing::info!("deleted {}", name.escaped());
         Ok(())

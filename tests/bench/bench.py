@@ -2,6 +2,7 @@
 """The Python half of the mount benchmark (tests/bench/mount.sh runs it).
 
     bench.py small DIR N             the small-file rows, N files, in DIR
+    bench.py tree DIR N              the tree rows: N files in 20 folders, cp -r of half, find
     bench.py rand FILE N SEED        N random 4 KiB preads in FILE
     bench.py mkfiles DIR N           N files of 1 KiB (for the idle RSS)
     bench.py table RES TARGETS ...   the report's tables from mount.sh's results
@@ -14,7 +15,7 @@ won: one run's 15 pairs give a wide interval, several runs' a narrow one
 (docs/benchmarks.md).
 """
 
-import math, os, random, re, sys, time
+import math, os, random, re, shutil, subprocess, sys, time
 
 def small_steps(d, n, data, prefix="small"):
     """The small-file cycle, one step per file and phase: n files of `data`
@@ -72,6 +73,43 @@ def small(d, n, size=4096):
     left = [f for f in os.listdir(d) if f.startswith("small-")]
     if left:
         raise OSError("%d files left after delete" % len(left))
+
+def tree(d, n, folders=20, size=1024):
+    """The tree rows: n files of `size` bytes made in `folders` folders
+    (two halves of folders/2 each), `cp -r` of one half (n/2 files) to a
+    new folder, then `find` over everything (1.5 n files). The trees are
+    removed afterwards, untimed."""
+    rng = random.Random(2)
+    data = bytes(rng.getrandbits(8) for _ in range(size))
+    src = os.path.join(d, "tree-src")
+    copy = os.path.join(d, "tree-copy")
+    half = folders // 2
+    t = time.perf_counter()
+    os.mkdir(src)
+    for h in ("a", "b"):
+        os.mkdir(os.path.join(src, h))
+    for f in range(folders):
+        os.mkdir(os.path.join(src, "ab"[f // half], "d%02d" % f))
+    for i in range(n):
+        f = i % folders
+        with open(os.path.join(src, "ab"[f // half], "d%02d" % f, "f%05d" % i), "wb") as fh:
+            fh.write(data)
+    made = time.perf_counter() - t
+    t = time.perf_counter()
+    subprocess.run(["cp", "-r", os.path.join(src, "a"), copy], check=True)
+    copied = time.perf_counter() - t
+    t = time.perf_counter()
+    found = subprocess.run(["find", src, copy, "-type", "f"], check=True,
+                           stdout=subprocess.PIPE).stdout.count(b"\n")
+    walked = time.perf_counter() - t
+    want = n + n // 2
+    if found != want:
+        raise OSError("find saw %d files, not %d" % (found, want))
+    shutil.rmtree(copy)
+    shutil.rmtree(src)
+    print("tree_create\t%.1f" % (n / made))
+    print("tree_cp\t%.1f" % ((n // 2) / copied))
+    print("tree_find\t%.1f" % (want / walked))
 
 def rand(path, n, seed):
     """n random 4 KiB-aligned 4 KiB preads in `path` (content must be zeros)."""
@@ -188,6 +226,9 @@ def table(res_path, targets, big_mib, small_n, rand_n, rss_n, out):
         ("small_rename", "rename %d files" % small_n, "files/s", "%.0f"),
         ("small_delete", "delete %d files" % small_n, "files/s", "%.0f"),
         ("random_read", "%d random 4 KiB preads in the %s file, cold cache" % (rand_n, size), "reads/s", "%.0f"),
+        ("tree_create", "create %d × 1 KiB files in 20 folders" % small_n, "files/s", "%.0f"),
+        ("tree_cp", "`cp -r` of %d of them (10 folders)" % (small_n // 2), "files/s", "%.0f"),
+        ("tree_find", "`find` over the %d files" % (small_n + small_n // 2), "files/s", "%.0f"),
     ]
     L = []
     def pairs(k):
@@ -271,6 +312,7 @@ ROW_LABELS = {
     "seq_write": "sequential write", "seq_read": "sequential read",
     "small_create": "create", "small_stat": "stat", "small_read": "read",
     "small_rename": "rename", "small_delete": "delete", "random_read": "random 4 KiB reads",
+    "tree_create": "tree: create", "tree_cp": "tree: cp -r", "tree_find": "tree: find",
 }
 
 def pool(paths):
@@ -310,6 +352,8 @@ if __name__ == "__main__":
     cmd = sys.argv[1]
     if cmd == "small":
         small(sys.argv[2], int(sys.argv[3]))
+    elif cmd == "tree":
+        tree(sys.argv[2], int(sys.argv[3]))
     elif cmd == "rand":
         rand(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
     elif cmd == "mkfiles":

@@ -388,6 +388,20 @@ row_small() {  # target, repetition, round
     fi
 }
 
+row_tree() {  # target, repetition, round
+    local t="$1" rep="$2" round="$3" out k
+    use "$t"
+    log "$t (rep $rep/$REPS, round $round/$ROUNDS): a tree of $SMALL_FILES files in 20 folders: create / cp -r / find"
+    settle
+    if out="$("$PYTHON" "$PY" tree "$DIR" "$SMALL_FILES" 2>"$WORK/py.err")"; then
+        printf '%s\n' "$out" | sed "s/^/$t\t/" >>"$RES"
+    else
+        log "$t: tree FAILED: $(tail -n 2 "$WORK/py.err" | tr '\n' ' ')"
+        rm -rf "$DIR/tree-src" "$DIR/tree-copy" 2>/dev/null || true
+        for k in create cp find; do record "$t" "tree_$k" ERR; done
+    fi
+}
+
 idle_rss_with_files() {  # fresh daemon, RSS_FILES small files created through it, then idle
     local t="$1" out
     log "$t: idle RSS with $RSS_FILES small files (fresh mount)"
@@ -471,6 +485,9 @@ for rep in $(seq "$REPS"); do
     done
     for round in $(seq "$ROUNDS"); do
         turn; for t in "${TURN_ORDER[@]}"; do row_small "$t" "$rep" "$round"; done
+    done
+    for round in $(seq "$ROUNDS"); do
+        turn; for t in "${TURN_ORDER[@]}"; do row_tree "$t" "$rep" "$round"; done
     done
 done
 for t in gocryptfs lockbox; do

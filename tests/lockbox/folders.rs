@@ -122,7 +122,11 @@ fn the_cli_adds_and_reads_trees() {
     wait_tree(&c, &["bravo"], &want, "the added tree on bravo");
     a.m.e.ok(&["delete", "aws/sso/cache/token.json"]);
     c.wait_gone(&["bravo"], "aws/sso/cache/token.json");
-    // A file where a folder is, or a name that is not a path: refused.
+    // A folder is not deleted as a file, and a name that is not a path
+    // is refused.
+    let err = a.m.e.fails(1, &["delete", "aws/sso"]);
+    assert!(err.contains("is a folder"), "{err}");
+    assert!(a.at("aws/sso/cache").is_dir());
     let err = a.m.e.fails(1, &["decrypt", "aws/../x"]);
     assert!(err.contains("bad file name"), "{err}");
 }

@@ -32,6 +32,11 @@ impl LockboxFs {
             Err(_) => return reply.error(Errno::ENOENT),
         };
         let ino = lock(&self.inner).by_name.get(&name).copied();
+        // unlink(2) of a folder (the kernel refuses it first; the store's
+        // remove takes files only).
+        if ino.is_some_and(|i| lock(&self.inner).nodes.get(&i).is_some_and(|n| n.folder)) {
+            return reply.error(Errno::EISDIR);
+        }
         let staged = ino.and_then(|i| {
             lock(&self.inner)
                 .nodes
@@ -97,20 +102,25 @@ impl LockboxFs {
             (Err(e), _) | (_, Err(e)) => return reply.error(e),
         };
         if self.has_folders() {
-            let from_folder = {
+            // The kinds from the nodes the kernel looked up before the
+            // rename (no stat of the store; without a node, ask it).
+            let kinds = {
                 let inner = lock(&self.inner);
-                let node = inner.by_name.get(&from).and_then(|i| inner.nodes.get(i));
-                node.map(|n| n.folder)
+                let kind = |n: &crate::Name| {
+                    let node = inner.by_name.get(n).and_then(|i| inner.nodes.get(i));
+                    node.map(|n| n.folder)
+                };
+                (kind(&from), kind(&to))
             };
-            let from_folder = match from_folder {
+            let from_folder = match kinds.0 {
                 Some(f) => f,
                 None => self.store.is_folder(&from),
             };
             if from_folder {
                 return self.rename_dir(from, to, flags, reply);
             }
-            // A file over a folder.
-            if self.store.is_folder(&to) {
+            // A file over a folder (the kernel refuses it first).
+            if kinds.1 == Some(true) {
                 return reply.error(Errno::EISDIR);
             }
         }

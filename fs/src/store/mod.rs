@@ -750,19 +750,13 @@ impl Store {
     }
 
     /// [`Store::remove`], with the journal entry left to the returned
-    /// [`Pending`].
+    /// [`Pending`]. `name` must not be a folder (the mount knows its
+    /// nodes' kinds, the CLI asks [`Store::is_folder`]): the held folder
+    /// takes files only.
     /// The store file is not unlinked but held until the journal's record
     /// of the delete is durable (see `held`).
     pub fn remove_pending(&self, name: &Name) -> Result<Pending<'_>, Error> {
         let guard = self.lock_changes();
-        if self.is_folder(name) {
-            // unlink(2) of a folder; and the held folder takes files only.
-            return Err(Error::Folder {
-                op: "remove (as a file)",
-                name: name.to_string(),
-                source: io::Error::from_raw_os_error(libc::EISDIR),
-            });
-        }
         let (had, held) = self.hold_locked(name)?;
         if !had {
             return Err(Error::NotFound(name.to_string()));

@@ -88,7 +88,20 @@ impl Replica {
                 })?;
             }
             if let Some(parent) = target.parent() {
-                touched.extend(self.make_folder_locked(&parent)?);
+                let made = self.make_folder_locked(&parent)?;
+                // A folder this envoy removed or renamed away comes back
+                // for a file written into it elsewhere meanwhile
+                // (`docs/folders.md`, "On the mesh"): say where it is.
+                if let Some(gone) = made.iter().find(|f| !self.tombstones(f).is_empty()) {
+                    tracing::warn!(
+                        "{} was written on envoy {} into the folder {}, which was removed or \
+                         renamed here meanwhile: it is kept where it was written",
+                        target.escaped(),
+                        rec.body().author.as_str().escaped(),
+                        gone.escaped()
+                    );
+                }
+                touched.extend(made);
             }
         }
         let mut ops = Vec::new();
