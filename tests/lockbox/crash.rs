@@ -226,6 +226,14 @@ fn a_delete_and_a_rename_just_before_a_sigkill_stay_done() {
     );
 }
 
+/// Start a killed or stopped agent again: its stale mount detached, then
+/// unlocked and mounted.
+fn restart(n: &Node) {
+    detach_mount(&n.m.mnt);
+    n.m.e.unlock();
+    n.m.assert_mounted();
+}
+
 /// One attempt; whether the start had to recover both changes.
 fn delete_and_rename_then_kill(attempt: usize) -> bool {
     let c = Circle::loopback(&["a", "b"]);
@@ -243,16 +251,12 @@ fn delete_and_rename_then_kill(attempt: usize) -> bool {
     kill9(pid);
     assert!(exited(pid), "a survived SIGKILL");
     let held = fs::read_dir(a.m.e.state().join("removed")).unwrap().count();
-    detach_mount(&a.m.mnt);
-    a.m.e.unlock();
-    a.m.assert_mounted();
+    restart(a);
     let log = a.m.log();
     let recovered = log.contains("gone was deleted here just before the agent stopped")
         && log.contains("moved was renamed here just before the agent stopped");
     eprintln!("attempt {attempt}: {held} file(s) held at the kill; recovered: {recovered}");
-    detach_mount(&b.m.mnt);
-    b.m.e.unlock();
-    b.m.assert_mounted();
+    restart(b);
     c.wait_settled(&["a", "b"], "b", "settled");
     for n in ["a", "b"] {
         let node = c.node(n);
@@ -315,18 +319,14 @@ fn a_folder_rename_and_an_rm_r_just_before_a_sigkill_stay_done() {
     std::fs::remove_dir_all(a.at("rm")).unwrap();
     kill9(pid);
     assert!(exited(pid), "a survived SIGKILL");
-    detach_mount(&a.m.mnt);
-    a.m.e.unlock();
-    a.m.assert_mounted();
+    restart(a);
     let log = a.m.log();
     eprintln!(
         "recovered at the start: rename {}, rm -r {}",
         log.contains("d/f01 was renamed here just before the agent stopped"),
         log.contains("rm/g0 was deleted here just before the agent stopped")
     );
-    detach_mount(&b.m.mnt);
-    b.m.e.unlock();
-    b.m.assert_mounted();
+    restart(b);
     c.wait_settled(&["a", "b"], "b", "settled");
     for n in ["a", "b"] {
         let node = c.node(n);
