@@ -462,13 +462,26 @@ pub fn fmt_size(bytes: u64) -> String {
 /// The text `lockbox list` prints.
 pub fn render_list(rows: &[ListEntry]) -> String {
     let mut o = String::new();
-    let names: Vec<String> = rows
+    // As a tree: each folder on a line of its own (`name/`) the first time
+    // a file below it comes, its entries indented under it. The rows come
+    // sorted by path, so a folder's files follow it.
+    let mut lines: Vec<(String, Option<&ListEntry>)> = Vec::new();
+    let mut open: Vec<&[u8]> = Vec::new();
+    for r in rows {
+        let parts: Vec<&[u8]> = r.raw_name().split(|b| *b == b'/').collect();
+        let (folders, file) = parts.split_at(parts.len() - 1);
+        let same = open.iter().zip(folders).take_while(|(a, b)| a == b).count();
+        open.truncate(same);
+        for (depth, f) in folders.iter().enumerate().skip(same) {
+            lines.push((format!("{}{}/", "  ".repeat(depth), f.escaped()), None));
+            open.push(f);
+        }
+        let indent = "  ".repeat(folders.len());
+        lines.push((format!("{indent}{}", file[0].escaped()), Some(r)));
+    }
+    let w = lines
         .iter()
-        .map(|r| r.raw_name().escaped().to_string())
-        .collect();
-    let w = names
-        .iter()
-        .map(|n| n.chars().count())
+        .map(|(n, _)| n.chars().count())
         .max()
         .unwrap_or(4)
         .max(4);
@@ -477,16 +490,23 @@ pub fn render_list(rows: &[ListEntry]) -> String {
         "{:<w$}  {:>10}  {:<25}  {:<10}  ENVOYS",
         "NAME", "SIZE", "MODIFIED", "STATE"
     );
-    for (r, name) in rows.iter().zip(&names) {
-        let _ = writeln!(
-            o,
-            "{:<w$}  {:>10}  {:<25}  {:<10}  {}",
-            name,
-            fmt_size(r.size),
-            fmt_time(r.mtime),
-            r.state,
-            r.envoys
-        );
+    for (name, row) in &lines {
+        match row {
+            Some(r) => {
+                let _ = writeln!(
+                    o,
+                    "{:<w$}  {:>10}  {:<25}  {:<10}  {}",
+                    name,
+                    fmt_size(r.size),
+                    fmt_time(r.mtime),
+                    r.state,
+                    r.envoys
+                );
+            }
+            None => {
+                let _ = writeln!(o, "{name}");
+            }
+        }
     }
     o
 }
@@ -579,6 +599,49 @@ mod tests {
         assert_eq!(list.lines().count(), 3, "{list}");
         assert!(list.contains("\na\\x1b[31mred\\nfake line  "), "{list}");
         assert!(list.contains("\ncaf\\xe9  "), "{list}");
+    }
+
+    #[test]
+    fn the_list_shows_the_tree() {
+        let row = |name: &str| ListEntry {
+            name: name.into(),
+            name_bytes: None,
+            size: 1,
+            mtime: 0,
+            state: "ciphertext".into(),
+            envoys: 2,
+        };
+        let list = render_list(&[
+            row("aws/config"),
+            row("aws/sso/cache/t.json"),
+            row("aws/sso/x"),
+            row("id"),
+            row("ssh/a\nb"),
+        ]);
+        let firsts: Vec<String> = list
+            .lines()
+            .skip(1)
+            .map(|l| {
+                let indent = l.len() - l.trim_start().len();
+                let word = l.split_whitespace().next().unwrap_or("");
+                format!("{indent}:{word}")
+            })
+            .collect();
+        assert_eq!(
+            firsts,
+            [
+                "0:aws/", "2:config", "2:sso/", "4:cache/", "6:t.json", "4:x", "0:id", "0:ssh/",
+                "2:a\\nb",
+            ],
+            "{list}"
+        );
+        // A folder line has no columns; a file line has them all.
+        assert!(list.lines().any(|l| l == "aws/"), "{list}");
+        assert!(
+            list.lines()
+                .any(|l| l.starts_with("  config") && l.ends_with("  2")),
+            "{list}"
+        );
     }
 
     #[test]
