@@ -179,6 +179,10 @@ impl LockboxFs {
                     TimeOrNow::Now => SystemTime::now(),
                 };
                 lock(&self.inner).folder_times.insert(name.clone(), t);
+                // On the store folder too, for the next start.
+                if let Err(e) = self.store.set_folder_mtime(&name, t) {
+                    tracing::debug!("{e}");
+                }
             }
             return match self.folder_attr(ino.0, &name) {
                 Ok(a) => reply.attr(&TTL, &a),

@@ -35,7 +35,12 @@ impl Drop for Mounted {
 /// Mount a fresh store with folders, or `None` (said loudly) where FUSE
 /// cannot mount and `CI` is not set; under `CI=true` it must mount.
 fn mounted() -> Option<Mounted> {
-    let dir = tempfile::tempdir().unwrap();
+    mounted_in(tempfile::tempdir().unwrap())
+}
+
+/// [`mounted`], with the state and the mount point in `dir` (a store
+/// there is opened again).
+fn mounted_in(dir: tempfile::TempDir) -> Option<Mounted> {
     let store = Store::open(&dir.path().join("state"))
         .unwrap()
         .with_grouped_syncs(Duration::from_millis(100))
@@ -340,4 +345,27 @@ fn git_works_in_a_folder() {
     git(&["gc", "-q"]);
     git(&["fsck", "--strict"]);
     assert_eq!(git(&["show", "HEAD~1:sub/notes.txt"]), "first\n");
+}
+
+/// A folder's time set with `utimensat` is kept across a restart of the
+/// file system (on the store folder), not only in the mount's memory.
+#[test]
+fn a_folders_time_survives_a_restart() {
+    let Some(mut m) = mounted() else { return };
+    fs::create_dir(m.at.join("kept")).unwrap();
+    fs::write(m.at.join("kept/f"), b"x").unwrap();
+    m.mount.as_ref().unwrap().fs().store.sync_now().unwrap();
+    let then = UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+    fs::File::open(m.at.join("kept"))
+        .unwrap()
+        .set_modified(then)
+        .unwrap();
+    m.mount.take().unwrap().unmount().unwrap();
+    let dir = std::mem::replace(&mut m._dir, tempfile::tempdir().unwrap());
+    drop(m);
+    let m = mounted_in(dir).expect("mounted again");
+    assert_eq!(
+        fs::metadata(m.at.join("kept")).unwrap().modified().unwrap(),
+        then
+    );
 }

@@ -330,6 +330,16 @@ impl Store {
         true
     }
 
+    /// Set the time of the store folder `folder` (a folder's time as
+    /// `utimensat` set it, kept across an agent restart; a later change in
+    /// the folder moves it, as on any file system).
+    pub fn set_folder_mtime(&self, folder: &Name, t: std::time::SystemTime) -> Result<(), Error> {
+        let p = self.path_of(folder);
+        fs::File::open(&p)
+            .and_then(|f| f.set_modified(t))
+            .map_err(|e| folder_error("set the time of", folder, e))
+    }
+
     /// Whether `name` is a folder of the store.
     pub fn is_folder(&self, name: &Name) -> bool {
         fs::symlink_metadata(self.path_of(name)).is_ok_and(|m| m.is_dir())
