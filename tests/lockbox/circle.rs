@@ -488,34 +488,7 @@ fn a_partition_heals_to_one_agreed_state() {
     );
     let lab = crate::harness::netlab::NetLab::new(3).expect("network lab");
     let interval = std::time::Duration::from_secs(1);
-    let config = format!(
-        "listen: 0.0.0.0\nannounce_interval: {}ms\nstale_after: 3s\n{}",
-        interval.as_millis(),
-        crate::harness::KDF
-    );
-    let fleet = crate::harness::Fleet::new();
-    let nodes: Vec<Node> = ALL
-        .iter()
-        .enumerate()
-        .map(|(i, name)| {
-            let mut e = crate::harness::Envoy::with_config(&config);
-            e.netns = Some(lab.ns_path(i));
-            fleet.issue(&e, name, &[&lab.addr(i).to_string()]);
-            Node {
-                m: crate::harness::MountedEnvoy::named(e, name),
-                name: name.to_string(),
-                port: 1531,
-            }
-        })
-        .collect();
-    let c = Circle {
-        nodes,
-        _fleet: fleet,
-    };
-    for n in &c.nodes {
-        n.m.e.unlock();
-    }
-    c.wait_formed(&ALL);
+    let c = Circle::in_lab(&lab, interval);
     for f in ["edited", "readded", "plain"] {
         fs::write(c.node("alpha").at(f), format!("{f} v1")).expect("write");
         c.wait_content(&ALL, f, format!("{f} v1").as_bytes());
@@ -524,14 +497,7 @@ fn a_partition_heals_to_one_agreed_state() {
     // charlie is cut off. On alpha's side: "edited" is deleted, "readded"
     // is deleted and written again on bravo. On charlie: "edited" is edited.
     lab.cut(2).expect("cut charlie off");
-    c.wait("charlie stale on both sides", CONVERGE, || {
-        ["alpha", "bravo"].iter().all(|n| {
-            c.node(n)
-                .peers()
-                .iter()
-                .any(|(e, s, _)| e == "charlie" && s == "stale")
-        })
-    });
+    c.wait_stale(&["alpha", "bravo"], "charlie");
     fs::remove_file(c.node("alpha").at("edited")).expect("delete edited");
     fs::remove_file(c.node("bravo").at("readded")).expect("delete readded");
     fs::write(c.node("bravo").at("readded"), b"readded v2").expect("re-add");

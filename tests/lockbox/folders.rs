@@ -226,3 +226,53 @@ fn a_pass_store_lives_in_the_lockbox() {
         .env("GNUPGHOME", gnupg.path())
         .status();
 }
+
+/// Across a partition (network namespaces): charlie, cut off, writes into
+/// a folder that alpha renames and makes a file where bravo makes a
+/// folder; after the heal every envoy holds the same tree, the write kept
+/// where it was written (its folder back with it), the renamed folder
+/// whole, the folder at the contested path and the file as its conflict
+/// copy.
+#[test]
+fn a_partition_heals_to_one_tree() {
+    require_fuse!();
+    crate::require!(
+        crate::harness::netlab::available().is_ok(),
+        crate::harness::netlab::available().unwrap_err()
+    );
+    let lab = crate::harness::netlab::NetLab::new(3).expect("network lab");
+    let c = Circle::in_lab(&lab, std::time::Duration::from_secs(1));
+    let a = c.node("alpha");
+    fs::create_dir(a.at("d")).unwrap();
+    fs::write(a.at("d/old"), b"old").unwrap();
+    c.wait_content(&ALL, "d/old", b"old");
+
+    lab.cut(2).expect("cut charlie off");
+    c.wait_stale(&["alpha", "bravo"], "charlie");
+    fs::rename(a.at("d"), a.at("e")).unwrap();
+    fs::create_dir(c.node("bravo").at("x")).unwrap();
+    fs::write(c.node("charlie").at("d/new"), b"written on charlie").unwrap();
+    fs::write(c.node("charlie").at("x"), b"a file named x").unwrap();
+    c.wait_content(&["bravo"], "e/old", b"old");
+
+    lab.heal(2).expect("heal");
+    c.wait_content(&ALL, "d/new", b"written on charlie");
+    c.wait_content(&ALL, "e/old", b"old");
+    let settled = |t: &BTreeMap<String, Option<Vec<u8>>>| {
+        t.get("x") == Some(&None)
+            && t.iter().any(|(k, v)| {
+                k.starts_with("x.conflict-charlie-") && v.as_deref() == Some(&b"a file named x"[..])
+            })
+    };
+    c.wait("one tree on every envoy, x a folder", CONVERGE, || {
+        let t = tree(&c.node("charlie").m.mnt);
+        settled(&t)
+            && ["alpha", "bravo"]
+                .iter()
+                .all(|n| tree(&c.node(n).m.mnt) == t)
+    });
+    let want = tree(&c.node("alpha").m.mnt);
+    assert!(!want.contains_key("d/old"), "{want:?}");
+    drop(c);
+    drop(lab);
+}

@@ -291,6 +291,54 @@ impl Circle {
         }
     }
 
+    /// [`ALL`] in the hosts of `lab` (one each, in order), announcing every
+    /// `interval` and stale after 3 s, unlocked and formed into one
+    /// circle: for partitions (`lab.cut`, `lab.heal`).
+    pub fn in_lab(lab: &super::netlab::NetLab, interval: Duration) -> Circle {
+        let config = format!(
+            "listen: 0.0.0.0\nannounce_interval: {}ms\nstale_after: 3s\n{}",
+            interval.as_millis(),
+            KDF
+        );
+        let fleet = Fleet::new();
+        let nodes: Vec<Node> = ALL
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let mut e = Envoy::with_config(&config);
+                e.netns = Some(lab.ns_path(i));
+                fleet.issue(&e, name, &[&lab.addr(i).to_string()]);
+                Node {
+                    m: MountedEnvoy::named(e, name),
+                    name: name.to_string(),
+                    port: 1531,
+                }
+            })
+            .collect();
+        let c = Circle {
+            nodes,
+            _fleet: fleet,
+        };
+        for n in &c.nodes {
+            n.m.e.unlock();
+        }
+        c.wait_formed(&ALL);
+        c
+    }
+
+    /// Wait until `name` is stale on every envoy of `on` (cut off).
+    #[track_caller]
+    pub(crate) fn wait_stale(&self, on: &[&str], name: &str) {
+        self.wait(&format!("{name} stale on {on:?}"), CONVERGE, || {
+            on.iter().all(|n| {
+                self.node(n)
+                    .peers()
+                    .iter()
+                    .any(|(e, s, _)| e == name && s == "stale")
+            })
+        });
+    }
+
     pub fn node(&self, name: &str) -> &Node {
         self.nodes
             .iter()
