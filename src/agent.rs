@@ -802,6 +802,7 @@ fn status(agent: &Agent) -> StatusReport {
         )
     });
     report.hardening = Some(agent.hardening);
+    report.warnings.extend(agent.replica.kept_where_written());
     if agent.hardening.dumpable {
         report
             .warnings

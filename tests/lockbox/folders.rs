@@ -273,6 +273,13 @@ fn a_partition_heals_to_one_tree() {
     });
     let want = tree(&c.node("alpha").m.mnt);
     assert!(!want.contains_key("d/old"), "{want:?}");
+    // alpha, which renamed d, says where charlie's write is.
+    let status = a.m.e.status_json();
+    let warnings = status["warnings"].to_string();
+    assert!(
+        warnings.contains("d/new was written on envoy charlie into the folder d"),
+        "{warnings}"
+    );
     drop(c);
     drop(lab);
 }

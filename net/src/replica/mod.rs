@@ -205,6 +205,32 @@ pub enum Admission {
     Store(Name),
 }
 
+/// Notices of files kept where they were written that `status` shows.
+pub const MAX_KEPT: usize = 20;
+
+impl Replica {
+    /// The notices of files kept where they were written, oldest first:
+    /// for each file a peer wrote into a folder removed or renamed here
+    /// meanwhile, where it is.
+    pub fn kept_where_written(&self) -> Vec<String> {
+        self.kept
+            .lock()
+            .map(|k| k.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Note (and log) a file kept where it was written.
+    pub(super) fn note_kept(&self, notice: String) {
+        tracing::warn!("{notice}");
+        if let Ok(mut k) = self.kept.lock() {
+            if k.len() == MAX_KEPT {
+                k.pop_front();
+            }
+            k.push_back(notice);
+        }
+    }
+}
+
 /// Something for the fan-out to send.
 #[derive(Debug, Clone)]
 pub enum Outgoing {
@@ -273,6 +299,10 @@ pub struct Replica {
     this: std::sync::Weak<Replica>,
     /// What a local writer could have seen (see `local::Sightings`).
     sightings: local::Sightings,
+    /// The files peers wrote into folders this envoy removed or renamed
+    /// meanwhile, kept where they were written (newest last, at most
+    /// [`MAX_KEPT`]; for `status`).
+    kept: Mutex<std::collections::VecDeque<String>>,
 }
 
 /// A callback that is told a file name.
@@ -381,6 +411,7 @@ impl Replica {
             on_members_change: Mutex::new(None),
             this: weak.clone(),
             sightings: local::Sightings::default(),
+            kept: Mutex::default(),
         }))
     }
 

@@ -93,13 +93,13 @@ impl Replica {
                 // for a file written into it elsewhere meanwhile
                 // (`docs/folders.md`, "On the mesh"): say where it is.
                 if let Some(gone) = made.iter().find(|f| !self.tombstones(f).is_empty()) {
-                    tracing::warn!(
+                    self.note_kept(format!(
                         "{} was written on envoy {} into the folder {}, which was removed or \
-                         renamed here meanwhile: it is kept where it was written",
+                         renamed meanwhile: it is kept where it was written",
                         target.escaped(),
                         rec.body().author.as_str().escaped(),
                         gone.escaped()
-                    );
+                    ));
                 }
                 touched.extend(made);
             }
