@@ -668,8 +668,6 @@ fn handle(agent: &Agent, mut stream: UnixStream) {
     }
 }
 
-/// Tell the kernel a store file changed outside the mount: it caches
-/// names and attributes until told (see `TTL` in `lockbox_fs::fuse`).
 /// A change of the name `raw` asked on the control socket: `change`, then
 /// the mount told.
 fn change_name(
@@ -692,6 +690,8 @@ fn change_name(
     }
 }
 
+/// Tell the kernel a store file changed outside the mount: it caches
+/// names and attributes until told (see `TTL` in `lockbox_fs::fuse`).
 fn invalidate(agent: &Agent, name: &Name) {
     agent.fs.invalidate(name);
 }
