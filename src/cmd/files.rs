@@ -58,19 +58,7 @@ pub fn encrypt(paths: &Paths, path: &Path, name: Option<std::ffi::OsString>) -> 
         );
     }
     let len = match agent(paths)? {
-        Some(mut c) => {
-            match c.call(&Request::Encrypt {
-                name: name.as_bytes().to_vec(),
-            })? {
-                Response::Ok => {}
-                other => return Err(client::into_error(other)),
-            }
-            c.send_data(&mut src)?;
-            match c.response()? {
-                Response::Encrypted { len } => len,
-                other => return Err(client::into_error(other)),
-            }
-        }
+        Some(mut c) => encrypt_through(&mut c, &name, &mut src)?,
         None => {
             // No agent: seal directly, holding the agent lock meanwhile.
             let (envoy, _lock) = Envoy::load_exclusive(paths.clone(), None)?;
@@ -79,6 +67,21 @@ pub fn encrypt(paths: &Paths, path: &Path, name: Option<std::ffi::OsString>) -> 
     };
     println!("sealed {} ({len} bytes)", name.escaped());
     Ok(())
+}
+
+/// Seal `src` as `name` through the agent on `c`; the plaintext length.
+fn encrypt_through(c: &mut Client, name: &Name, src: &mut File) -> anyhow::Result<u64> {
+    match c.call(&Request::Encrypt {
+        name: name.as_bytes().to_vec(),
+    })? {
+        Response::Ok => {}
+        other => return Err(client::into_error(other)),
+    }
+    c.send_data(src)?;
+    match c.response()? {
+        Response::Encrypted { len } => Ok(len),
+        other => Err(client::into_error(other)),
+    }
 }
 
 /// `lockbox encrypt -r DIR [--name NAME]`: every folder and regular file
@@ -153,18 +156,8 @@ pub fn encrypt_tree(
             for (name, src) in &files {
                 let mut file =
                     File::open(src).with_context(|| format!("cannot open {}", src.display()))?;
-                let mut c = connect()?;
-                match c.call(&Request::Encrypt {
-                    name: name.as_bytes().to_vec(),
-                })? {
-                    Response::Ok => {}
-                    other => return Err(client::into_error(other)),
-                }
-                c.send_data(&mut file)?;
-                match c.response()? {
-                    Response::Encrypted { .. } => sealed += 1,
-                    other => return Err(client::into_error(other)),
-                }
+                encrypt_through(&mut connect()?, name, &mut file)?;
+                sealed += 1;
             }
         }
         None => {
