@@ -570,36 +570,9 @@ fn envoys_in_network_namespaces_find_each_other_by_multicast() {
     // The lab first: the circle drops before it, stopping the agents through
     // the namespaces that still exist.
     let lab = crate::harness::netlab::NetLab::new(3).expect("network lab");
-    let fleet = Fleet::new();
     // The defaults: multicast on 224.0.0.44:1533, peer port 1531, no static
     // peers; each host has its own address and port space.
-    let config = format!(
-        "listen: 0.0.0.0\nannounce_interval: {}ms\nstale_after: 3s\n{KDF}",
-        INTERVAL.as_millis()
-    );
-    let nodes: Vec<Node> = ALL
-        .iter()
-        .enumerate()
-        .map(|(i, name)| {
-            let mut e = Envoy::with_config(&config);
-            e.netns = Some(lab.ns_path(i));
-            fleet.issue(&e, name, &[&lab.addr(i).to_string()]);
-            Node {
-                m: MountedEnvoy::named(e, name),
-                name: name.to_string(),
-                port: 1531,
-            }
-        })
-        .collect();
-    let c = Circle {
-        nodes,
-        _fleet: fleet,
-    };
-    for n in &c.nodes {
-        n.m.e.unlock();
-        n.m.assert_mounted();
-    }
-    c.wait_formed(&ALL);
+    let c = Circle::in_lab(&lab, INTERVAL);
     // Each envoy reached the others at their own addresses (once every
     // peer line says live: wait_formed counts live members, not lines).
     c.wait("every peer of every envoy live", CONVERGE, || {

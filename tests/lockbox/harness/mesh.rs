@@ -321,6 +321,7 @@ impl Circle {
         };
         for n in &c.nodes {
             n.m.e.unlock();
+            n.m.assert_mounted();
         }
         c.wait_formed(&ALL);
         c
