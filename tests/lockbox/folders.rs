@@ -138,16 +138,10 @@ fn the_cli_adds_and_reads_trees() {
 fn a_pass_store_lives_in_the_lockbox() {
     require_fuse!();
     for tool in ["pass", "gpg"] {
-        let found = std::process::Command::new(tool).arg("--version").output();
-        if found.is_err() {
-            assert_ne!(
-                std::env::var("CI").as_deref(),
-                Ok("true"),
-                "{tool} is missing under CI=true"
-            );
-            eprintln!("SKIPPED: {tool} is not installed");
-            return;
-        }
+        crate::require!(
+            crate::harness::skip::on_path(tool),
+            format!("{tool} not found (apt-get install pass gnupg)")
+        );
     }
     let c = Circle::loopback(&["alpha", "bravo"]);
     c.wait_formed(&["alpha", "bravo"]);

@@ -84,7 +84,7 @@ impl LockboxFs {
         }
         let known = lock(&self.inner).folder_times.get(name).copied();
         let mtime = known.unwrap_or_else(|| meta.modified().unwrap_or(UNIX_EPOCH));
-        Ok(self.dir_attr(ino, mtime, self.store.folder_count(name)))
+        Ok(self.dir_attr(ino, mtime, self.store.folder_count(name, &meta)))
     }
 
     /// A folder's attributes: 0700, ours, `2 + folders` links.
@@ -125,6 +125,18 @@ impl LockboxFs {
                     .as_ref()
                     .is_some_and(|m| m != folder && m.is_within(folder))
         })
+    }
+
+    /// What the store cannot see at `name`: its node, whether that is a
+    /// file created here and not sealed yet, and whether such a file lies
+    /// within it.
+    fn unsealed_at(&self, name: &Name) -> (Option<u64>, bool, bool) {
+        let inner = lock(&self.inner);
+        let ino = inner.by_name.get(name).copied();
+        let staged = ino
+            .and_then(|i| inner.nodes.get(&i))
+            .is_some_and(|n| n.staged.is_some());
+        (ino, staged, Self::staged_within(&inner, name))
     }
 
     /// `mkdir`: make the folder in the store and give it a node.
@@ -171,14 +183,7 @@ impl LockboxFs {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
-        let (ino, staged, within) = {
-            let inner = lock(&self.inner);
-            let ino = inner.by_name.get(&name).copied();
-            let staged = ino
-                .and_then(|i| inner.nodes.get(&i))
-                .is_some_and(|n| n.staged.is_some());
-            (ino, staged, Self::staged_within(&inner, &name))
-        };
+        let (ino, staged, within) = self.unsealed_at(&name);
         if staged {
             return reply.error(Errno::ENOTDIR);
         }
@@ -212,14 +217,7 @@ impl LockboxFs {
     /// with everything in it: one rename in the store, and every node
     /// within renamed with it.
     pub(super) fn rename_dir(&self, from: Name, to: Name, flags: RenameFlags, reply: ReplyEmpty) {
-        let (dst, dst_staged, staged_in_dst) = {
-            let inner = lock(&self.inner);
-            let dst = inner.by_name.get(&to).copied();
-            let dst_staged = dst
-                .and_then(|i| inner.nodes.get(&i))
-                .is_some_and(|n| n.staged.is_some());
-            (dst, dst_staged, Self::staged_within(&inner, &to))
-        };
+        let (dst, dst_staged, staged_in_dst) = self.unsealed_at(&to);
         if flags.contains(RenameFlags::RENAME_NOREPLACE)
             && (dst_staged || self.store.contains(&to))
             && from != to

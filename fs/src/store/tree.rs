@@ -238,20 +238,19 @@ impl Store {
     }
 }
 
-/// How many folders `dir` holds: from its link count where the file
-/// system keeps it as 2 + its folders (ext4, xfs, tmpfs: one `stat`),
-/// else by listing it (btrfs keeps 1).
-fn count_folders(dir: &Path) -> usize {
+/// How many folders `dir` (whose metadata is `meta`) holds: from its link
+/// count where the file system keeps it as 2 + its folders (ext4, xfs,
+/// tmpfs), else by listing it (btrfs keeps 1).
+fn count_folders(dir: &Path, meta: &fs::Metadata) -> usize {
     use std::os::unix::fs::MetadataExt;
-    match fs::metadata(dir) {
-        Ok(m) if m.nlink() >= 2 => (m.nlink() - 2) as usize,
-        Ok(_) => fs::read_dir(dir).map_or(0, |rd| {
-            rd.flatten()
-                .filter(|d| d.file_type().is_ok_and(|t| t.is_dir()))
-                .count()
-        }),
-        Err(_) => 0,
+    if meta.nlink() >= 2 {
+        return (meta.nlink() - 2) as usize;
     }
+    fs::read_dir(dir).map_or(0, |rd| {
+        rd.flatten()
+            .filter(|d| d.file_type().is_ok_and(|t| t.is_dir()))
+            .count()
+    })
 }
 
 /// A folder operation refused with `errno`, as Linux refuses it.
@@ -394,14 +393,15 @@ impl Store {
         Ok(out)
     }
 
-    /// How many folders `folder` holds (for its link count).
-    pub fn folder_count(&self, folder: &Name) -> usize {
-        count_folders(&self.path_of(folder))
+    /// How many folders `folder`, whose metadata is `meta`, holds (for its
+    /// link count).
+    pub fn folder_count(&self, folder: &Name, meta: &fs::Metadata) -> usize {
+        count_folders(&self.path_of(folder), meta)
     }
 
     /// How many folders the top of the store holds.
     pub fn folder_count_at_top(&self) -> usize {
-        count_folders(&self.dir)
+        fs::metadata(&self.dir).map_or(0, |m| count_folders(&self.dir, &m))
     }
 
     /// Make the folder `folder` (0700) in a folder that exists, as
