@@ -406,6 +406,12 @@ pub(crate) fn append_all(f: &mut fs::File, data: &[u8]) {
 
 /// `strace` attached to every thread of a process, logging its `fsync`s
 /// with wall-clock times; detached when dropped, pass or fail.
+///
+/// Each thread is logged to its own file (`-ff`): in one shared log, a
+/// sync that another thread's call interrupts is split into an
+/// "unfinished" line and a "resumed" one, and a parser of whole lines
+/// misses exactly the syncs that overlap — which, under load, is the
+/// fsync handler's sync racing the syncer's.
 pub(crate) struct FsyncTrace {
     child: std::process::Child,
     log: PathBuf,
@@ -415,7 +421,7 @@ impl FsyncTrace {
     /// Attach to `pid` and return once every thread of it is traced.
     pub(crate) fn attach(pid: u32, log: PathBuf) -> FsyncTrace {
         let mut child = Command::new("strace")
-            .args(["-f", "-ttt", "-y", "-e", "trace=fsync,fdatasync", "-o"])
+            .args(["-ff", "-ttt", "-y", "-e", "trace=fsync,fdatasync", "-o"])
             .arg(&log)
             .args(["-p", &pid.to_string()])
             .stdin(Stdio::null())
@@ -454,13 +460,30 @@ impl FsyncTrace {
             .status();
         let _ = self.child.wait();
         let needle = format!("<{}>)", dir.display());
-        fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains(&needle) && l.trim_end().ends_with("= 0"))
-            // "TID SECONDS.MICROS fsync(FD<PATH>) = 0"
-            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-            .collect()
+        // One log per thread: `LOG.TID`.
+        let prefix = format!("{}.", self.log.file_name().unwrap().to_string_lossy());
+        let folder = self.log.parent().expect("the log's folder");
+        let mut times: Vec<f64> = fs::read_dir(folder)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with(&prefix)
+            })
+            .flat_map(|p| {
+                fs::read_to_string(p)
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| l.contains(&needle) && l.trim_end().ends_with("= 0"))
+                    // "SECONDS.MICROS fsync(FD<PATH>) = 0"
+                    .filter_map(|l| l.split_whitespace().next()?.parse::<f64>().ok())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        times.sort_by(f64::total_cmp);
+        times
     }
 }
 
