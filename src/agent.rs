@@ -592,7 +592,7 @@ fn handle(agent: &Agent, mut stream: UnixStream) {
             tracing::info!("session locked");
             control::write_message(&mut stream, &Response::Ok)
         }
-        Request::Encrypt { name } => encrypt(agent, &mut stream, name),
+        Request::Encrypt { name, executable } => encrypt(agent, &mut stream, name, executable),
         Request::Reencrypt => reencrypt_all(agent, &mut stream),
         Request::Resurrect { name } => {
             let resp = match Name::new(name) {
@@ -1108,7 +1108,12 @@ fn rekey_protocol_1(
     }
 }
 
-fn encrypt(agent: &Agent, stream: &mut UnixStream, name: Vec<u8>) -> std::io::Result<()> {
+fn encrypt(
+    agent: &Agent,
+    stream: &mut UnixStream,
+    name: Vec<u8>,
+    executable: Option<bool>,
+) -> std::io::Result<()> {
     let name = match Name::new(name) {
         Ok(n) => n,
         Err(e) => return reply_err(stream, Failure::Invalid, e.to_string()),
@@ -1122,7 +1127,10 @@ fn encrypt(agent: &Agent, stream: &mut UnixStream, name: Vec<u8>) -> std::io::Re
     // Tell the client to start sending, then seal straight from the frames.
     control::write_message(stream, &Response::Ok)?;
     let mut reader = stream.try_clone()?;
-    let resp = match agent.envoy.encrypt(&name, DataFrames::new(&mut reader)) {
+    let resp = match agent
+        .envoy
+        .encrypt(&name, DataFrames::new(&mut reader), executable)
+    {
         Ok(s) => {
             invalidate(agent, &name);
             Response::Encrypted {
@@ -1158,6 +1166,9 @@ fn decrypt(agent: &Agent, stream: &mut UnixStream, name: Vec<u8>) -> std::io::Re
         Ok(f) => f,
         Err(e) => return control::write_message(stream, &error_response(&e.into())),
     };
+    let executable = file
+        .metadata()
+        .is_ok_and(|m| lockbox_fs::store::is_executable(&m));
     let mut opened = match Opened::open(&identity, file) {
         Ok(o) => o,
         Err(lockbox_crypto::Error::NotAge) => {
@@ -1176,6 +1187,7 @@ fn decrypt(agent: &Agent, stream: &mut UnixStream, name: Vec<u8>) -> std::io::Re
         stream,
         &Response::Decrypting {
             len: opened.plaintext_len(),
+            executable,
         },
     )?;
     let mut buf = zeroize::Zeroizing::new(vec![0u8; control::DATA_CHUNK]);

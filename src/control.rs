@@ -37,6 +37,10 @@ pub enum Request {
     Encrypt {
         /// Raw name bytes.
         name: Vec<u8>,
+        /// The owner's execute bit to give the file (its source's); absent:
+        /// the one of the version it replaces.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        executable: Option<bool>,
     },
     /// Stream the plaintext of `name` back in data frames.
     Decrypt {
@@ -128,6 +132,10 @@ pub enum Response {
     Decrypting {
         /// Plaintext length.
         len: u64,
+        /// Whether the file is executable (a file written with `-o` is
+        /// made so too).
+        #[serde(default)]
+        executable: bool,
     },
     /// The data stream is complete.
     End,

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use lockbox_crypto::sign::SigningKey;
 use lockbox_fs::escape::Escape;
+use lockbox_fs::store::SealAttrs;
 use lockbox_fs::{Name, SealTo, Sealed, Store, SweepReport};
 use lockbox_net::replica::{Replica, ReplicaPaths};
 use lockbox_net::WireName;
@@ -129,15 +130,30 @@ impl Envoy {
     }
 
     /// Seal `plaintext` as `name` to the current recipients, making the
-    /// folders it is in first (as `mkdir -p` would).
-    pub fn encrypt(&self, name: &Name, plaintext: impl Read) -> anyhow::Result<Sealed> {
+    /// folders it is in first (as `mkdir -p` would). The file is given the
+    /// owner's execute bit `executable`, or (`None`) keeps the one of the
+    /// version it replaces.
+    pub fn encrypt(
+        &self,
+        name: &Name,
+        plaintext: impl Read,
+        executable: Option<bool>,
+    ) -> anyhow::Result<Sealed> {
         let recipients = self.recipients()?;
         if let Some(folder) = name.parent() {
             self.make_folder(&folder)?;
         }
-        let sealed = self
-            .store
-            .seal(name, plaintext, &recipients, self.config.max_file_size)?;
+        let attrs = SealAttrs {
+            executable,
+            ..SealAttrs::default()
+        };
+        let sealed = self.store.seal_with(
+            name,
+            plaintext,
+            &recipients,
+            self.config.max_file_size,
+            attrs,
+        )?;
         tracing::info!("sealed {} ({} bytes)", name.escaped(), sealed.plaintext_len);
         Ok(sealed)
     }

@@ -1,6 +1,6 @@
 //! What a completed seal produced ([`Sealed`]): the plaintext and
-//! ciphertext lengths, the ciphertext's hash and the envoys it is sealed
-//! to; what the writer started from ([`Base`]); and where the journal
+//! ciphertext lengths, the ciphertext's hash, the envoys it is sealed
+//! to and whether the file is executable; what the writer started from ([`Base`]); and where the journal
 //! placed a local seal ([`Placed`]).
 //!
 //! A module of its own because the store makes it, the journal carries it
@@ -20,6 +20,9 @@ pub struct Sealed {
     pub hash: Sha256,
     /// The envoys it is sealed to ([`SealTo::envoys`](crate::SealTo::envoys)).
     pub envoys: Vec<String>,
+    /// The owner's execute bit its store file was given
+    /// ([`crate::store::file_mode`]).
+    pub executable: bool,
 }
 
 /// The version a local change started from: the version current for the

@@ -93,22 +93,28 @@ fn version_vectors() -> BTreeMap<String, Vec<u8>> {
 fn records() -> BTreeMap<String, Vec<u8>> {
     let alpha = SigningKey::from_seed(&[1; 32]);
     let doc = Name::new("notes.txt").unwrap();
-    let version = Signed::sign(
+    let body = FileVersion {
+        user: wn("alice"),
+        name: doc.clone(),
+        vv: vv(&[("alpha", 2), ("bravo", 1)]),
+        author: wn("alpha"),
+        sealed_unix: 1_767_225_600,
+        plaintext_len: 1234,
+        ciphertext_len: 1234 + 16 + 200,
+        hash: Sha256([0xab; 32]),
+        recipients: vec![wn("alpha"), wn("bravo")],
+        reseal: false,
+        executable: false,
+    };
+    let executable = Signed::sign(
         FileVersion {
-            user: wn("alice"),
-            name: doc.clone(),
-            vv: vv(&[("alpha", 2), ("bravo", 1)]),
-            author: wn("alpha"),
-            sealed_unix: 1_767_225_600,
-            plaintext_len: 1234,
-            ciphertext_len: 1234 + 16 + 200,
-            hash: Sha256([0xab; 32]),
-            recipients: vec![wn("alpha"), wn("bravo")],
-            reseal: false,
+            executable: true,
+            ..body.clone()
         },
         &alpha,
     )
     .to_bytes();
+    let version = Signed::sign(body, &alpha).to_bytes();
     let tombstone = Signed::sign(
         Tombstone {
             user: wn("alice"),
@@ -147,6 +153,7 @@ fn records() -> BTreeMap<String, Vec<u8>> {
     near(&mut out, "tombstone", &tombstone, 10);
     for (stem, bytes) in [
         ("version", &version),
+        ("version-executable", &executable),
         ("tombstone", &tombstone),
         ("resurrect", &resurrect),
         ("leave", &leave),

@@ -79,7 +79,16 @@ pub struct FileVersion {
     /// A re-encryption of the same content to a new recipient set: it keeps
     /// the vector of the version it re-encrypts.
     pub reseal: bool,
+    /// The owner's execute bit: the store file is 0700, not 0600. On the
+    /// wire, an optional trailing mode byte, present only when it is set
+    /// (so a record without it is byte for byte what envoys before it
+    /// wrote, and they refuse one with it as having trailing bytes).
+    pub executable: bool,
 }
+
+/// The mode byte's bit for the owner's execute bit; no other bit is
+/// defined.
+const MODE_EXECUTABLE: u8 = 1;
 
 impl Record for FileVersion {
     const DOMAIN: &'static str = "lockbox/file-version/v1";
@@ -98,6 +107,9 @@ impl Record for FileVersion {
             e.str(r.as_str());
         }
         e.u8(u8::from(self.reseal));
+        if self.executable {
+            e.u8(MODE_EXECUTABLE);
+        }
     }
 
     fn decode(d: &mut Decoder<'_>) -> lockbox_crypto::Result<Self> {
@@ -132,6 +144,19 @@ impl Record for FileVersion {
             1 => true,
             _ => return Err(bad("reseal flag is neither 0 nor 1")),
         };
+        // One encoding per record: a mode with no bit set is no mode byte.
+        let executable = match d.remaining() {
+            0 => false,
+            _ => match d.u8()? {
+                MODE_EXECUTABLE => true,
+                0 => return Err(bad("a mode byte with no bit set (it is left out)")),
+                m => {
+                    return Err(bad(&format!(
+                        "mode byte {m:#04x} has bits no version defines"
+                    )))
+                }
+            },
+        };
         Ok(Self {
             user,
             name,
@@ -143,6 +168,7 @@ impl Record for FileVersion {
             hash: Sha256(hash),
             recipients,
             reseal,
+            executable,
         })
     }
 }
@@ -777,6 +803,7 @@ mod tests {
             hash: Sha256([7; 32]),
             recipients: vec![w("desk"), w("laptop")],
             reseal: false,
+            executable: false,
         }
     }
 
@@ -808,6 +835,44 @@ mod tests {
         // A tombstone signature never verifies as a version.
         let t = tomb(&key, vv(&[("desk", 1)]));
         assert!(Signed::<FileVersion>::from_bytes(&t.to_bytes()).is_err());
+    }
+
+    /// The execute bit is one trailing mode byte, written only when set: a
+    /// record without it is byte for byte what envoys before it signed
+    /// (so they still take it; one with it they refuse, as they refuse any
+    /// trailing byte), and each mode has one encoding.
+    #[test]
+    fn the_execute_bit_is_a_trailing_mode_byte_present_only_when_set() {
+        let key = SigningKey::generate();
+        let plain = version(vv(&[("desk", 1)]));
+        let exec = FileVersion {
+            executable: true,
+            ..plain.clone()
+        };
+        let (p, x) = (Signed::sign(plain, &key), Signed::sign(exec, &key));
+        // The fields before it are unchanged: the body ends with the reseal
+        // flag, and the executable one adds exactly the mode byte.
+        assert_eq!(p.body_bytes().last(), Some(&0u8), "reseal flag last");
+        assert_eq!(x.body_bytes().len(), p.body_bytes().len() + 1);
+        assert_eq!(&x.body_bytes()[..p.body_bytes().len()], p.body_bytes());
+        assert_eq!(x.body_bytes().last(), Some(&MODE_EXECUTABLE));
+        let back = Signed::<FileVersion>::from_bytes(&x.to_bytes()).unwrap();
+        assert!(back.body().executable);
+        assert!(
+            !Signed::<FileVersion>::from_bytes(&p.to_bytes())
+                .unwrap()
+                .body()
+                .executable
+        );
+        // A mode byte of 0 (the bit clear, which is written as no byte),
+        // unknown bits, and a second byte are refused, signed or not.
+        for tail in [&[0u8][..], &[2], &[0x81], &[1, 1]] {
+            let mut body = p.body_bytes().to_vec();
+            body.extend_from_slice(tail);
+            let mut d = Decoder::new(&body);
+            let r = FileVersion::decode(&mut d).and_then(|_| d.finish());
+            assert!(r.is_err(), "tail {tail:?} decoded");
+        }
     }
 
     #[test]

@@ -62,17 +62,27 @@ pub fn encrypt(paths: &Paths, path: &Path, name: Option<std::ffi::OsString>) -> 
         None => {
             // No agent: seal directly, holding the agent lock meanwhile.
             let (envoy, _lock) = Envoy::load_exclusive(paths.clone(), None)?;
-            envoy.encrypt(&name, src)?.plaintext_len
+            let executable = executable_of(&src);
+            envoy.encrypt(&name, src, executable)?.plaintext_len
         }
     };
     println!("sealed {} ({len} bytes)", name.escaped());
     Ok(())
 }
 
+/// The owner's execute bit a file sealed from `src` gets: a regular
+/// file's own (a script stays runnable); `None` for a pipe or a device,
+/// which keep the bit of the version they replace.
+fn executable_of(src: &File) -> Option<bool> {
+    let meta = src.metadata().ok().filter(|m| m.is_file())?;
+    Some(lockbox_fs::store::is_executable(&meta))
+}
+
 /// Seal `src` as `name` through the agent on `c`; the plaintext length.
 fn encrypt_through(c: &mut Client, name: &Name, src: &mut File) -> anyhow::Result<u64> {
     match c.call(&Request::Encrypt {
         name: name.as_bytes().to_vec(),
+        executable: executable_of(src),
     })? {
         Response::Ok => {}
         other => return Err(client::into_error(other)),
@@ -168,7 +178,8 @@ pub fn encrypt_tree(
             for (name, src) in &files {
                 let file =
                     File::open(src).with_context(|| format!("cannot open {}", src.display()))?;
-                envoy.encrypt(name, file)?;
+                let executable = executable_of(&file);
+                envoy.encrypt(name, file, executable)?;
                 sealed += 1;
             }
         }
@@ -199,16 +210,16 @@ pub fn decrypt(paths: &Paths, name: &OsStr, out: Option<&Path>, force: bool) -> 
         }
     }
     let mut c = Client::require(paths)?;
-    let len = match c.call(&Request::Decrypt {
+    let (len, executable) = match c.call(&Request::Decrypt {
         name: name.as_bytes().to_vec(),
     })? {
-        Response::Decrypting { len } => len,
+        Response::Decrypting { len, executable } => (len, executable),
         r if client::is_failure(&r, Failure::Locked) => bail!("locked: run lockbox unlock"),
         other => return Err(client::into_error(other)),
     };
     match out {
         None => to_stdout(&mut c, force),
-        Some(out) => to_file(&mut c, len, out),
+        Some(out) => to_file(&mut c, len, executable, out),
     }
 }
 
@@ -266,8 +277,9 @@ fn looks_binary(piece: &[u8]) -> bool {
         .any(|ch| ch.is_control() && !matches!(ch, '\t' | '\n' | '\r'))
 }
 
-/// The plaintext into `out`, through a temp file beside it.
-fn to_file(c: &mut Client, len: u64, out: &Path) -> anyhow::Result<()> {
+/// The plaintext into `out`, through a temp file beside it: 0600, or 0700
+/// when the file in the lockbox is `executable`.
+fn to_file(c: &mut Client, len: u64, executable: bool, out: &Path) -> anyhow::Result<()> {
     let dir = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -287,7 +299,7 @@ fn to_file(c: &mut Client, len: u64, out: &Path) -> anyhow::Result<()> {
     let f = OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o600)
+        .mode(lockbox_fs::store::file_mode(executable))
         .open(&tmp)
         .map_err(named)?;
     let result = (|| -> anyhow::Result<()> {

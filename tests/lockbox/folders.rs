@@ -35,6 +35,18 @@ fn tree(root: &Path) -> BTreeMap<String, Option<Vec<u8>>> {
     out
 }
 
+/// chmod `p` to `bits`.
+fn set_mode(p: &Path, bits: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(p, fs::Permissions::from_mode(bits)).unwrap();
+}
+
+/// The permission bits of `m`.
+fn mode_of(m: &fs::Metadata) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    m.permissions().mode() & 0o7777
+}
+
 /// Wait until the mount of every envoy in `on` holds `want`.
 fn wait_tree(c: &Circle, on: &[&str], want: &BTreeMap<String, Option<Vec<u8>>>, what: &str) {
     c.wait(what, CONVERGE, || {
@@ -55,14 +67,33 @@ fn a_tree_made_on_one_envoy_is_on_every_envoy() {
     fs::write(a.at("ssh/config"), b"Host *\n").unwrap();
     fs::write(a.at("ssh/keys/id_ed25519"), content("key", 3000)).unwrap();
     fs::write(a.at("ssh/keys/old/id_rsa"), content("old", 200_000)).unwrap();
+    fs::write(a.at("ssh/connect"), b"#!/bin/sh\nexec ssh \"$@\"\n").unwrap();
+    set_mode(&a.at("ssh/connect"), 0o755);
     let made = tree(&a.m.mnt);
-    assert_eq!(made.len(), 7, "{made:?}");
+    assert_eq!(made.len(), 8, "{made:?}");
     wait_tree(
         &c,
         &["bravo", "charlie"],
         &made,
         "the tree on bravo and charlie",
     );
+    // The owner's execute bit travels with the script, and a chmod of it
+    // travels back; the other files stay 0600.
+    let modes_are = |on: &[&str], want: u32| {
+        on.iter()
+            .all(|n| fs::metadata(c.node(n).at("ssh/connect")).is_ok_and(|m| mode_of(&m) == want))
+    };
+    c.wait(
+        "the script executable on bravo and charlie",
+        CONVERGE,
+        || modes_are(&["bravo", "charlie"], 0o700),
+    );
+    assert_eq!(mode(&c.node("bravo").at("ssh/config")), 0o600);
+    assert_eq!(mode(&c.node("charlie").stored("ssh/connect")), 0o700);
+    set_mode(&c.node("bravo").at("ssh/connect"), 0o644);
+    c.wait("the chmod -x on alpha and charlie", CONVERGE, || {
+        modes_are(&["alpha", "charlie"], 0o600)
+    });
     // The stores hold it as ciphertext in folders of their own.
     let stored = c.node("charlie").stored("ssh/keys/old/id_rsa");
     assert!(fs::read(&stored)
@@ -106,11 +137,23 @@ fn the_cli_adds_and_reads_trees() {
     fs::create_dir_all(src.join("empty")).unwrap();
     fs::write(src.join("credentials"), b"[default]\nkey = 1\n").unwrap();
     fs::write(src.join("sso/cache/token.json"), b"{}").unwrap();
+    fs::write(src.join("sso/login"), b"#!/bin/sh\necho in\n").unwrap();
+    set_mode(&src.join("sso/login"), 0o755);
     let out = a.m.e.ok(&["encrypt", "-r", &src.to_string_lossy()]);
     assert!(
-        out.contains("sealed 2 file(s) in 4 folder(s) under aws"),
+        out.contains("sealed 3 file(s) in 4 folder(s) under aws"),
         "{out}"
     );
+    // A script stays executable: in the mount, and decrypted to a file.
+    assert_eq!(mode(&a.at("aws/sso/login")), 0o700);
+    assert_eq!(mode(&a.at("aws/credentials")), 0o600);
+    let out_dir = a.m.home.parent().unwrap().join("out");
+    fs::create_dir(&out_dir).unwrap();
+    for (name, want) in [("aws/sso/login", 0o700), ("aws/credentials", 0o600)] {
+        let to = out_dir.join(name.rsplit('/').next().unwrap());
+        a.m.e.ok(&["decrypt", name, "-o", &to.to_string_lossy()]);
+        assert_eq!(mode(&to), want, "{name} decrypted");
+    }
     let list = a.m.e.ok(&["list", "--json"]);
     assert!(list.contains("aws/sso/cache/token.json"), "{list}");
     assert_eq!(

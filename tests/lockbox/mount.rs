@@ -360,15 +360,21 @@ fn only_regular_files_and_attributes_are_fixed() {
     m.settle();
     assert_eq!(names(&m.store()), ["f"]);
 
-    // chmod and chown are accepted and ignored.
+    // chown is accepted and ignored; of chmod, only the owner's execute
+    // bit is kept (group and other bits are cleared, as a umask would).
     m.tool_ok(&["chmod", "0644", s(&f)]);
     m.tool_ok(&["chown", &my_uid().to_string(), s(&f)]);
     assert_eq!(stat(&m, "%a %u", &f), format!("600 {}", my_uid()));
     fs::set_permissions(&f, fs::Permissions::from_mode(0o755)).unwrap();
+    assert_eq!(mode(&f), 0o700);
+    m.settle();
+    assert_eq!(mode(&m.store().join("f")), 0o700, "the store file keeps it");
+    m.tool_ok(&["chmod", "a-x", s(&f)]);
     assert_eq!(mode(&f), 0o600);
 
     // The modes shown decide access(2) and exec (the mount has no
-    // default_permissions): readable, writable, never executable.
+    // default_permissions): readable, writable, executable when the
+    // owner's execute bit is set.
     m.tool_ok(&["test", "-r", s(&f)]);
     m.tool_ok(&["test", "-w", s(&f)]);
     m.tool_ok(&["test", "-x", s(&m.mnt)]);
@@ -380,6 +386,10 @@ fn only_regular_files_and_attributes_are_fixed() {
     fs::write(&script, b"#!/bin/sh\necho ran\n").unwrap();
     let err = Command::new(&script).output().unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EACCES), "exec: {err}");
+    m.tool_ok(&["chmod", "+x", s(&script)]);
+    m.tool_ok(&["test", "-x", s(&script)]);
+    let ran = Command::new(&script).output().unwrap();
+    assert_eq!(ran.stdout, b"ran\n", "{ran:?}");
     fs::remove_file(&script).unwrap();
     let gone = fs::metadata(m.at("script")).unwrap_err();
     assert_eq!(gone.raw_os_error(), Some(libc::ENOENT));

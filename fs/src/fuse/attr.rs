@@ -1,20 +1,24 @@
 //! The attributes the kernel is shown: the folder's, a file's from its
 //! staged content or its store version's plaintext size (no key needed),
 //! and an unlinked file's from a handle still open on it; and `setattr`
-//! (truncation and the modification time; modes and owners are fixed).
+//! (truncation, the modification time and the owner's execute bit; the
+//! other mode bits and owners are fixed).
 //! Reading attributes must not change the node table beyond noting a
 //! store version's size.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use fuser::{Errno, FileAttr, FileHandle, FileType, INodeNo, ReplyAttr, TimeOrNow};
 use lockbox_crypto::seal::CHUNK_SIZE;
 
-use crate::{lock, Name};
+use crate::escape::Escape;
+use crate::store::{file_mode, is_executable};
+use crate::{lock, Error, Name};
 
 use super::inodes::{Handle, StoreVersion};
+use super::staged::Staged;
 use super::{errno_of, LockboxFs, ROOT, TTL};
 
 impl LockboxFs {
@@ -28,7 +32,14 @@ impl LockboxFs {
         self.dir_attr(ROOT, mtime, folders)
     }
 
-    pub(super) fn file_attr(&self, ino: u64, size: u64, mtime: SystemTime) -> FileAttr {
+    /// A file's attributes: 0600, or 0700 when `executable`.
+    pub(super) fn file_attr(
+        &self,
+        ino: u64,
+        size: u64,
+        mtime: SystemTime,
+        executable: bool,
+    ) -> FileAttr {
         FileAttr {
             ino: INodeNo(ino),
             size,
@@ -38,7 +49,7 @@ impl LockboxFs {
             ctime: mtime,
             crtime: mtime,
             kind: FileType::RegularFile,
-            perm: 0o600,
+            perm: file_mode(executable) as u16,
             nlink: 1,
             uid: self.uid,
             gid: self.gid,
@@ -68,7 +79,7 @@ impl LockboxFs {
         if let Some(s) = staged {
             let s = lock(&s);
             if s.loaded && s.poisoned.is_none() && !s.released {
-                let mut attr = self.file_attr(ino, s.len(), s.mtime);
+                let mut attr = self.file_attr(ino, s.len(), s.mtime, s.executable);
                 if name.is_none() {
                     attr.nlink = 0;
                 }
@@ -99,13 +110,14 @@ impl LockboxFs {
         let mut attr = open.iter().find_map(|h| match &**h {
             Handle::Reader { len, state, .. } => {
                 let file = lock(state).file.clone();
-                let mtime = file.metadata().and_then(|m| m.modified()).ok()?;
-                Some(self.file_attr(ino, *len, mtime))
+                let meta = file.metadata().ok()?;
+                let mtime = meta.modified().ok()?;
+                Some(self.file_attr(ino, *len, mtime, is_executable(&meta)))
             }
             Handle::Staged { staged, .. } => {
                 let st = lock(staged);
                 (st.loaded && st.poisoned.is_none())
-                    .then(|| self.file_attr(ino, st.len(), st.mtime))
+                    .then(|| self.file_attr(ino, st.len(), st.mtime, st.executable))
             }
         })?;
         attr.nlink = 0;
@@ -138,14 +150,55 @@ impl LockboxFs {
                 size
             }
         };
-        Ok(self.file_attr(ino, size, meta.modified().unwrap_or(UNIX_EPOCH)))
+        let mtime = meta.modified().unwrap_or(UNIX_EPOCH);
+        Ok(self.file_attr(ino, size, mtime, is_executable(meta)))
     }
 
-    /// `setattr`: truncate (`truncate(2)`, `ftruncate(2)`) and set the
-    /// modification time; answers with the attributes after.
+    /// `chmod` of file `ino` (its staged buffer, if it has one): give it
+    /// the owner's execute bit `on`. A buffer changed since its last seal
+    /// carries the bit to the seal that is to come; otherwise the store
+    /// file takes it now, a new version of the same content, and a buffer
+    /// open on it keeps the bit for its next seal.
+    fn set_executable(
+        &self,
+        ino: u64,
+        staged: Option<&Arc<Mutex<Staged>>>,
+        on: bool,
+    ) -> Result<(), Errno> {
+        let mut st = staged.map(|s| lock(s)).filter(|st| !st.released);
+        if let Some(st) = st.as_deref_mut() {
+            st.executable = on;
+            if st.dirty {
+                return Ok(());
+            }
+        }
+        let name = lock(&self.inner)
+            .nodes
+            .get(&ino)
+            .and_then(|n| n.name.clone())
+            .ok_or(Errno::ENOENT)?;
+        match self.store.set_executable(&name, on) {
+            // The new version is recorded once the reply is on its way.
+            Ok(recorded) => {
+                drop(recorded);
+                Ok(())
+            }
+            // Created and not sealed yet: its first seal takes the bit.
+            Err(Error::NotFound(_)) if st.is_some() => Ok(()),
+            Err(e) => {
+                tracing::warn!("chmod of {}: {e}", name.escaped());
+                Err(errno_of(&e))
+            }
+        }
+    }
+
+    /// `setattr`: truncate (`truncate(2)`, `ftruncate(2)`), set the
+    /// modification time and (`chmod`) the owner's execute bit; answers
+    /// with the attributes after.
     pub(super) fn set_attr(
         &self,
         ino: INodeNo,
+        mode: Option<u32>,
         size: Option<u64>,
         mtime: Option<TimeOrNow>,
         fh: Option<FileHandle>,
@@ -189,11 +242,17 @@ impl LockboxFs {
                 Err(e) => reply.error(e),
             };
         }
-        // chmod/chown are accepted and ignored: files are always 0600, ours.
+        // chown is accepted and ignored (the files are the owner's); of a
+        // chmod, only the owner's execute bit is kept.
         let staged = lock(&self.inner)
             .nodes
             .get(&ino.0)
             .and_then(|n| n.staged.clone());
+        if let Some(mode) = mode {
+            if let Err(e) = self.set_executable(ino.0, staged.as_ref(), mode & 0o100 != 0) {
+                return reply.error(e);
+            }
+        }
         let mtime = mtime.map(|t| match t {
             TimeOrNow::SpecificTime(t) => t,
             TimeOrNow::Now => SystemTime::now(),

@@ -227,6 +227,7 @@ impl LockboxFs {
         parent: INodeNo,
         name: &OsStr,
         flags: i32,
+        executable: bool,
         reply: ReplyCreate,
     ) {
         let name = match self.name_in(parent, name) {
@@ -245,6 +246,7 @@ impl LockboxFs {
                 // A new file exists once closed, even if nothing is written.
                 let mut st = Staged::new(Pages::new(), true, true, 0);
                 st.base = self.store.base_of(&name);
+                st.executable = executable;
                 let staged = Arc::new(Mutex::new(st));
                 new_file = true;
                 self.touch_folder(name.parent().as_ref());

@@ -68,26 +68,24 @@ impl Filesystem for FuseOps {
     /// asks no `getattr` of the folder before each name it changes) and
     /// no `allow_other` (so the kernel lets only the owner in at all); for
     /// the owner, the modes shown decide: a folder is 0700, a file 0600,
-    /// never executable.
+    /// or 0700 when it is executable.
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         if ino.0 == ROOT {
             return reply.ok();
         }
-        let folder = match lock(&self.0.inner).nodes.get(&ino.0) {
-            None => return reply.error(Errno::ENOENT),
-            Some(n) => n.folder,
-        };
-        if mask.contains(AccessFlags::X_OK) && !folder {
-            return reply.error(Errno::EACCES);
+        let exec = mask.contains(AccessFlags::X_OK);
+        match self.0.attr_of(ino.0) {
+            Ok(a) if !exec || a.perm & 0o100 != 0 => reply.ok(),
+            Ok(_) => reply.error(Errno::EACCES),
+            Err(e) => reply.error(e),
         }
-        reply.ok()
     }
 
     fn setattr(
         &self,
         _req: &Request,
         ino: INodeNo,
-        _mode: Option<u32>,
+        mode: Option<u32>,
         _uid: Option<u32>,
         _gid: Option<u32>,
         size: Option<u64>,
@@ -101,7 +99,7 @@ impl Filesystem for FuseOps {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        self.0.set_attr(ino, size, mtime, fh, reply);
+        self.0.set_attr(ino, mode, size, mtime, fh, reply);
     }
 
     fn mknod(
@@ -184,12 +182,14 @@ impl Filesystem for FuseOps {
         _req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        _mode: u32,
+        mode: u32,
         _umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
-        self.0.create_name(parent, name, flags, reply);
+        // Of the mode asked, only the owner's execute bit is kept.
+        self.0
+            .create_name(parent, name, flags, mode & 0o100 != 0, reply);
     }
 
     fn read(

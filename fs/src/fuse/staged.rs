@@ -13,7 +13,7 @@ use std::time::SystemTime;
 use fuser::{Errno, FileHandle, OpenAccMode, ReplyEmpty, ReplyWrite};
 
 use crate::pages::Pages;
-use crate::store::{Pending, Seal, SealStream};
+use crate::store::{is_executable, Pending, Seal, SealAttrs, SealStream};
 use crate::{lock, Base, Name};
 
 use super::cache::Cached;
@@ -83,6 +83,10 @@ pub(super) struct Staged {
     /// `docs/design.md`, "Version vectors of local versions"). Kept while
     /// locked, until the seal at unlock.
     pub(super) base: Base,
+    /// The owner's execute bit the file shows and its next seal gives the
+    /// store file: the create mode's, the store file's when it was
+    /// staged, or what a `chmod` set since.
+    pub(super) executable: bool,
 }
 
 impl Staged {
@@ -98,6 +102,7 @@ impl Staged {
             poisoned: None,
             mtime: SystemTime::now(),
             base: Base::Current,
+            executable: false,
         }
     }
 
@@ -178,7 +183,8 @@ impl LockboxFs {
             // write through a handle still open loads it again.
             st.loaded = false;
             st.streamable = false;
-            self.store.finish_stream(stream, &name, st.mtime, &st.base)
+            let attrs = SealAttrs::new(st.mtime, st.executable);
+            self.store.finish_stream(stream, &name, attrs, &st.base)
         } else {
             let recipients = self.seal_to().map_err(|e| {
                 tracing::warn!("cannot seal {}: {e}", name.escaped());
@@ -189,7 +195,7 @@ impl LockboxFs {
                 st.pages.reader(),
                 &recipients,
                 self.config.max_file_size,
-                st.mtime,
+                SealAttrs::new(st.mtime, st.executable),
                 &st.base,
             )
         };
@@ -472,9 +478,10 @@ impl LockboxFs {
         }
         let mut st = Staged::new(Pages::new(), empty, trunc && size > 0, 1);
         st.base = self.store.base_of(name);
+        let meta = self.store.metadata(name).ok();
+        st.executable = meta.as_ref().is_some_and(is_executable);
         if !trunc {
             // Unchanged until its first write: the store file's time.
-            let meta = self.store.metadata(name).ok();
             if let Some(t) = meta.and_then(|m| m.modified().ok()) {
                 st.mtime = t;
             }
@@ -501,6 +508,7 @@ impl LockboxFs {
         pages.truncate(size);
         let mut st = Staged::new(pages, true, true, 0);
         st.base = base;
+        st.executable = self.store.executable(&name);
         self.seal_staged(ino, &mut st)
     }
 

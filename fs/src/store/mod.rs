@@ -1,4 +1,5 @@
-//! The store: `~/.lockbox/store/`, one age file per lockbox file, mode 0600.
+//! The store: `~/.lockbox/store/`, one age file per lockbox file, mode 0600
+//! (0700 when the file is executable).
 //!
 //! Every write is atomic: the ciphertext goes to a temp file in
 //! `~/.lockbox/tmp/` (same file system), is made durable with `fsync`, is
@@ -17,6 +18,8 @@
 //!   a round, and the recovery of completed seals a stopped agent left
 //!   ([`Leftovers`]).
 //! - `tags`: the block tags kept for store files in `~/.lockbox/tags/`.
+//! - `mode`: the owner's execute bit, the one mode bit a file keeps
+//!   ([`SealAttrs`], [`Store::set_executable`]).
 //! - `held`: deleted bytes held in `~/.lockbox/removed/` until the delete
 //!   is on record, and the name a renamed file came from.
 //! - `sweep`: sealing plaintext found in the store or in the bare mount
@@ -54,6 +57,7 @@ use crate::sealed::{Base, Placed, Sealed};
 use crate::{lock, Error};
 
 mod held;
+mod mode;
 mod seal;
 mod sweep;
 mod tags;
@@ -62,6 +66,7 @@ mod waiting;
 
 pub use crate::journal::Journal;
 pub use held::{moved_from_at, release_held, set_moved_from};
+pub use mode::{file_mode, is_executable, SealAttrs, EXECUTABLE_FILE_MODE, FILE_MODE};
 pub use seal::{pump, seal_into, Seal, SealStream};
 pub use tree::{walk, Walk};
 pub use waiting::Leftovers;
@@ -509,7 +514,7 @@ impl Store {
             .read(true)
             .write(true)
             .create_new(true)
-            .mode(0o600)
+            .mode(FILE_MODE)
             .open(&staged.path)
             .map_err(|e| Error::io("create", &staged.path, e))?;
         Ok((staged, file))

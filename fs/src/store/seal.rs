@@ -26,7 +26,7 @@ use crate::sealed::{Base, Placed, Sealed};
 use crate::Error;
 
 use super::waiting::mark_complete;
-use super::{Pending, SealTo, StagedFile, Store};
+use super::{Pending, SealAttrs, SealTo, StagedFile, Store};
 
 /// A seal through the mount, done: what it sealed, its block tags when
 /// it kept some, and the journal entry to drop once the caller answered.
@@ -125,6 +125,7 @@ pub(super) fn seal_tagged(
         ciphertext_len,
         hash,
         envoys: recipients.envoys.clone(),
+        executable: false,
     };
     Ok((sealed, SealTags::of(tagger).1))
 }
@@ -186,6 +187,7 @@ impl SealStream {
             ciphertext_len,
             hash,
             envoys,
+            executable: false,
         };
         Ok((staged, writeback.file, sealed, tagged))
     }
@@ -329,6 +331,7 @@ impl Store {
     /// install it as `name`. More than `max_size` bytes of plaintext →
     /// [`Error::TooLarge`] and nothing changes. The journal has been told
     /// when it returns.
+    /// The file keeps the execute bit of the version it replaces.
     pub fn seal(
         &self,
         name: &Name,
@@ -336,9 +339,22 @@ impl Store {
         recipients: &SealTo,
         max_size: u64,
     ) -> Result<Sealed, Error> {
+        self.seal_with(name, plaintext, recipients, max_size, SealAttrs::default())
+    }
+
+    /// [`Store::seal`], giving the store file `attrs` (an import of a
+    /// plaintext file keeps its execute bit and time).
+    pub fn seal_with(
+        &self,
+        name: &Name,
+        plaintext: impl Read,
+        recipients: &SealTo,
+        max_size: u64,
+        attrs: SealAttrs,
+    ) -> Result<Sealed, Error> {
         let sealed = self
-            .seal_pending(name, plaintext, recipients, max_size)
-            .map(|(sealed, _recorded)| sealed)?;
+            .seal_tagged_pending(name, plaintext, recipients, max_size, attrs, &Base::Current)
+            .map(|s| s.sealed)?;
         self.deliver_journal();
         Ok(sealed)
     }
@@ -348,32 +364,25 @@ impl Store {
     /// read of `name` sees it at once, and it is durable within the window
     /// (or at [`Store::sync_now`]). For the mount's closes; a seal that
     /// replaces a source it then deletes (the sweep) must not wait.
-    /// `mtime` becomes the store file's modification time (the mount's
-    /// last write, or the time utimensat set), before the journal takes
-    /// its stat.
+    /// `attrs` go on the store file (the mount's last write, or the time
+    /// utimensat set; the execute bit the file shows) before the journal
+    /// takes its stat.
     pub fn seal_deferred(
         &self,
         name: &Name,
         plaintext: impl Read,
         recipients: &SealTo,
         max_size: u64,
-        mtime: SystemTime,
+        attrs: SealAttrs,
         base: &Base,
     ) -> Result<Seal<'_>, Error> {
         let (Some(g), Some(w)) = (&self.grouped, &self.waiting) else {
-            return self.seal_tagged_pending(
-                name,
-                plaintext,
-                recipients,
-                max_size,
-                Some(mtime),
-                base,
-            );
+            return self.seal_tagged_pending(name, plaintext, recipients, max_size, attrs, base);
         };
         let seq = w.next.fetch_add(1, Ordering::Relaxed);
         let fill = |file: &mut File| {
-            let done = seal_tagged(file, name, plaintext, recipients, self.shares(), max_size)?;
-            set_mtime_of(file, mtime);
+            let mut done = seal_tagged(file, name, plaintext, recipients, self.shares(), max_size)?;
+            self.give_attrs(file, name, attrs, &mut done.0);
             mark_complete(file, seq, name);
             Ok(done)
         };
@@ -414,11 +423,11 @@ impl Store {
         &self,
         stream: SealStream,
         name: &Name,
-        mtime: SystemTime,
+        attrs: SealAttrs,
         base: &Base,
     ) -> Result<Seal<'_>, Error> {
-        let (staged, file, sealed, tagged) = stream.finish()?;
-        set_mtime_of(&file, mtime);
+        let (staged, file, mut sealed, tagged) = stream.finish()?;
+        self.give_attrs(&file, name, attrs, &mut sealed);
         let tags = self.keep_tags(name, tagged.tags);
         let (sealed, metadata, recorded, placed) =
             if let (Some(g), Some(w)) = (&self.grouped, &self.waiting) {
@@ -451,26 +460,25 @@ impl Store {
         recipients: &SealTo,
         max_size: u64,
     ) -> Result<(Sealed, Pending<'_>), Error> {
-        self.seal_tagged_pending(name, plaintext, recipients, max_size, None, &Base::Current)
+        let attrs = SealAttrs::default();
+        self.seal_tagged_pending(name, plaintext, recipients, max_size, attrs, &Base::Current)
             .map(|s| (s.sealed, s.recorded))
     }
 
-    /// [`Store::seal_pending`], with the block tags it kept, and the
-    /// modification time set to `mtime` if given.
+    /// [`Store::seal_pending`], with the block tags it kept, and `attrs`
+    /// given to the store file.
     pub(super) fn seal_tagged_pending(
         &self,
         name: &Name,
         plaintext: impl Read,
         recipients: &SealTo,
         max_size: u64,
-        mtime: Option<SystemTime>,
+        attrs: SealAttrs,
         base: &Base,
     ) -> Result<Seal<'_>, Error> {
         let seal = |file: &mut File| {
-            let done = seal_tagged(file, name, plaintext, recipients, self.shares(), max_size)?;
-            if let Some(t) = mtime {
-                set_mtime_of(file, t);
-            }
+            let mut done = seal_tagged(file, name, plaintext, recipients, self.shares(), max_size)?;
+            self.give_attrs(file, name, attrs, &mut done.0);
             Ok(done)
         };
         let (staged, (sealed, tagged)) = self.stage(seal)?;

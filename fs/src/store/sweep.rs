@@ -14,7 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::name::Name;
 use crate::Error;
 
-use super::{Event, SealTo, State, Store};
+use super::{is_executable, Event, SealAttrs, SealTo, State, Store};
 use super::{FileState, SweepReport};
 
 impl Store {
@@ -118,9 +118,17 @@ impl Store {
                 report.too_large.push(name);
                 continue;
             }
+            // A script stays runnable.
+            let attrs = SealAttrs {
+                executable: Some(is_executable(&meta)),
+                ..SealAttrs::default()
+            };
             let result = File::open(&path)
                 .map_err(|e| Error::io("open", &path, e))
-                .and_then(|f| self.seal(&name, f, recipients, max_size).map(|_| ()));
+                .and_then(|f| {
+                    self.seal_with(&name, f, recipients, max_size, attrs)
+                        .map(|_| ())
+                });
             match result {
                 Ok(()) => imported.push((name, path)),
                 Err(e) => {

@@ -423,7 +423,7 @@ fn seal_later(store: &Store, id: &lockbox_crypto::AgeIdentity, name: &str, text:
             Cursor::new(text.to_vec()),
             &to,
             1 << 20,
-            then(),
+            crate::store::SealAttrs::new(then(), false),
             &crate::Base::Current,
         )
         .unwrap();
@@ -467,7 +467,12 @@ fn a_stream_sealed_in_pieces_is_one_age_file_in_either_mode() {
             recorded: pending,
             ..
         } = store
-            .finish_stream(stream, &n("s"), then(), &crate::Base::Current)
+            .finish_stream(
+                stream,
+                &n("s"),
+                crate::store::SealAttrs::new(then(), false),
+                &crate::Base::Current,
+            )
             .unwrap();
         drop(pending);
         assert_eq!(sealed.plaintext_len, text.len() as u64);
@@ -505,7 +510,7 @@ fn block_tags_are_kept_for_their_version_and_follow_renames_and_removes() {
                 Cursor::new(text.to_vec()),
                 to,
                 1 << 20,
-                then(),
+                crate::store::SealAttrs::new(then(), false),
                 &crate::Base::Current,
             )
             .unwrap()
@@ -1328,4 +1333,97 @@ fn a_folder_rename_takes_everything_below_along() {
         errno_of_folder(flat.rename_folder(&n("new"), &n("x"))),
         Some(libc::EPERM)
     );
+}
+
+/// The owner's execute bit (`store::mode`): a seal gives it as asked or
+/// keeps the one of the version it replaces, the sweep keeps a plaintext
+/// file's, and `set_executable` flips it on the newest bytes (a waiting
+/// seal's too) and tells the journal only when it changed.
+#[test]
+fn the_execute_bit_is_given_kept_and_flipped_as_a_change() {
+    let (dir, store, id) = grouped();
+    let log = Arc::new(Log::default());
+    let store = store.with_journal(log.clone());
+    let to = SealTo::keys(vec![id.to_public()]);
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let at = |name: &str| store.current_path(&n(name));
+    let exec = SealAttrs {
+        executable: Some(true),
+        ..SealAttrs::default()
+    };
+    let sealed = store
+        .seal_with(
+            &n("run"),
+            Cursor::new(b"#!/bin/sh".to_vec()),
+            &to,
+            1 << 20,
+            exec,
+        )
+        .unwrap();
+    assert!(sealed.executable);
+    assert_eq!(mode(&at("run")), 0o700);
+    // A seal with nothing asked keeps it.
+    let sealed = store
+        .seal(
+            &n("run"),
+            Cursor::new(b"#!/bin/sh\n".to_vec()),
+            &to,
+            1 << 20,
+        )
+        .unwrap();
+    assert!(sealed.executable && store.executable(&n("run")));
+    // A new name starts plain; a deferred seal (waiting for its round)
+    // takes what the mount asks.
+    store
+        .seal(&n("plain"), Cursor::new(b"x".to_vec()), &to, 1 << 20)
+        .unwrap();
+    assert!(!store.executable(&n("plain")));
+    assert_eq!(mode(&at("plain")), 0o600);
+    let seal = store
+        .seal_deferred(
+            &n("plain"),
+            Cursor::new(b"y".to_vec()),
+            &to,
+            1 << 20,
+            SealAttrs::new(then(), true),
+            &crate::Base::Current,
+        )
+        .unwrap();
+    assert!(seal.sealed.executable);
+    drop(seal);
+    assert!(store.waiting_temp(&n("plain")).is_some(), "still waiting");
+    assert_eq!(mode(&at("plain")), 0o700);
+    store.deliver_journal();
+    let before = log.entries().len();
+    // chmod: the waiting seal's bytes flip; the same bit again is no change.
+    assert!(store.set_executable(&n("plain"), true).unwrap().is_none());
+    drop(
+        store
+            .set_executable(&n("plain"), false)
+            .unwrap()
+            .expect("a change"),
+    );
+    store.deliver_journal();
+    assert_eq!(mode(&at("plain")), 0o600);
+    let entries = log.entries();
+    assert_eq!(entries.len(), before + 1, "{entries:?}");
+    assert!(
+        entries[before].starts_with("changed plain sealed=false"),
+        "{entries:?}"
+    );
+    store.sync_now().unwrap();
+    assert_eq!(mode(&dir.path().join("store/plain")), 0o600);
+    assert!(matches!(
+        store.set_executable(&n("gone"), true),
+        Err(Error::NotFound(_))
+    ));
+    // The sweep keeps a plaintext file's bit.
+    let bare = dir.path().join("bare");
+    fs::create_dir(&bare).unwrap();
+    fs::write(bare.join("script"), b"#!/bin/sh").unwrap();
+    fs::set_permissions(bare.join("script"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(bare.join("notes"), b"n").unwrap();
+    store.import_dir(&bare, &to, 1 << 20).unwrap();
+    assert!(store.executable(&n("script")));
+    assert!(!store.executable(&n("notes")));
 }

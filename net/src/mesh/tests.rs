@@ -392,6 +392,7 @@ impl World {
             hash: Sha256::of(body),
             recipients: vec![wn("alpha"), wn("bravo")],
             reseal: false,
+            executable: false,
         };
         Signed::sign(v, &self.bravo_key)
     }
@@ -902,6 +903,7 @@ async fn a_file_over_the_size_limit_is_refused_unread() {
             hash: Sha256::of(b""),
             recipients: vec![wn("alpha"), wn("bravo")],
             reseal: false,
+            executable: false,
         },
         &w.bravo_key,
     );

@@ -464,6 +464,7 @@ mod tests {
             hash: Sha256([content; 32]),
             recipients: vec![wn("alpha"), wn("bravo")],
             reseal: false,
+            executable: false,
         }
     }
 

@@ -385,6 +385,7 @@ impl Replica {
             hash: sealed.hash,
             recipients: sealed_to(&sealed.envoys).unwrap_or_else(|| self.member_names()),
             reseal: false,
+            executable: sealed.executable,
         };
         let under = self.place_against(name, &v, current.as_ref());
         self.sightings.opened(&under, since);
@@ -488,6 +489,7 @@ impl Replica {
             hash: m.hash,
             recipients: m.recipients.clone(),
             reseal: false,
+            executable: m.executable,
         };
         let under = self.place_against(to, &v, current.as_ref());
         Some(Placed {
@@ -619,14 +621,19 @@ impl Replica {
         reseal_of: Option<&FileVersion>,
         stat: Option<LocalStat>,
     ) -> Result<Signed<FileVersion>, ReplicaError> {
-        let (plaintext_len, ciphertext_len, hash) = match (sealed, moved) {
-            (Some(s), _) => (s.plaintext_len, s.ciphertext_len, s.hash),
+        let (plaintext_len, ciphertext_len, hash, executable) = match (sealed, moved) {
+            (Some(s), _) => (s.plaintext_len, s.ciphertext_len, s.hash, s.executable),
             (None, Some(m)) => (
                 m.body().plaintext_len,
                 m.body().ciphertext_len,
                 m.body().hash,
+                m.body().executable,
             ),
-            (None, None) => describe_file(&self.store.current_path(name))?,
+            (None, None) => {
+                let path = self.store.current_path(name);
+                let (plain, len, hash) = describe_file(&path)?;
+                (plain, len, hash, executable_at(&path))
+            }
         };
         let recipients = match (moved, sealed) {
             (Some(m), None) => m.body().recipients.clone(),
@@ -664,6 +671,7 @@ impl Replica {
                 hash,
                 recipients,
                 reseal: false,
+                executable,
             })
         };
         // With the bytes before anywhere else: killed before the record is
@@ -867,6 +875,11 @@ pub(super) fn sealed_to(envoys: &[String]) -> Option<Vec<WireName>> {
 
 /// Length of the plaintext and ciphertext, and the ciphertext hash, of a
 /// store file (read through once).
+/// Whether the store file at `path` is executable (false if it is gone).
+pub(super) fn executable_at(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|m| lockbox_fs::store::is_executable(&m))
+}
+
 pub(super) fn describe_file(path: &Path) -> Result<(u64, u64, Sha256), ReplicaError> {
     let io = |source| ReplicaError::Unreadable {
         path: path.to_path_buf(),

@@ -860,7 +860,7 @@ mod tests {
                 std::io::Cursor::new(b"v2".to_vec()),
                 &to,
                 1 << 20,
-                std::time::SystemTime::now(),
+                lockbox_fs::store::SealAttrs::new(std::time::SystemTime::now(), false),
                 &base,
             )
             .unwrap();
@@ -918,7 +918,7 @@ mod tests {
                 std::io::Cursor::new(b"the only version".to_vec()),
                 &to,
                 1 << 20,
-                std::time::SystemTime::now(),
+                lockbox_fs::store::SealAttrs::new(std::time::SystemTime::now(), false),
                 &lockbox_fs::Base::Current,
             )
             .unwrap();
@@ -1392,6 +1392,111 @@ mod tests {
     /// Offer what `from` holds under `at` to `to` under `at`, as a push or
     /// a catch-up does: admitted, then (if wanted) its body staged and
     /// installed. Returns the admission.
+    /// The owner's execute bit travels (`docs/folders.md`, "Modes"): a
+    /// version's record names it and the receiver's store file takes it;
+    /// a chmod is a new version of the same content, which supersedes the
+    /// old one everywhere; a re-encryption keeps it; and a chmod whose
+    /// record was lost (the agent killed) is recorded at the next start.
+    #[test]
+    fn the_execute_bit_travels_and_a_chmod_is_a_version() {
+        use lockbox_fs::store::SealAttrs;
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let [a, b] = circle(dir.path(), ["alpha", "bravo"]);
+        let (alpha, bravo) = (a.open(), b.open());
+        let mode = |r: &Replica, n: &Name| {
+            fs::metadata(r.store().current_path(n))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        let record = |r: &Replica, n: &Name| {
+            let _guard = r.store().change_lock();
+            r.record(n).unwrap().expect("recorded").body().clone()
+        };
+        let to =
+            lockbox_fs::SealTo::keys(vec![lockbox_crypto::AgeIdentity::generate().to_public()]);
+        let run = Name::new("run.sh").unwrap();
+        let exec = SealAttrs {
+            executable: Some(true),
+            ..SealAttrs::default()
+        };
+        alpha
+            .store()
+            .seal_with(
+                &run,
+                std::io::Cursor::new(b"#!/bin/sh".to_vec()),
+                &to,
+                1 << 20,
+                exec,
+            )
+            .unwrap();
+        let first = record(&alpha, &run);
+        assert!(first.executable);
+        assert!(matches!(
+            offer(&alpha, &bravo, &run),
+            Ok(Admission::Store(_))
+        ));
+        assert_eq!(mode(&bravo, &run), 0o700);
+        assert!(record(&bravo, &run).executable);
+        // chmod -x on alpha: a version of the same bytes after the first.
+        drop(
+            alpha
+                .store()
+                .set_executable(&run, false)
+                .unwrap()
+                .expect("changed"),
+        );
+        alpha.store().deliver_journal();
+        let second = record(&alpha, &run);
+        assert!(!second.executable);
+        assert_eq!(second.hash, first.hash);
+        assert_eq!(
+            second.vv.compare(&first.vv),
+            crate::version::Causality::After
+        );
+        assert!(matches!(
+            offer(&alpha, &bravo, &run),
+            Ok(Admission::Store(_))
+        ));
+        assert_eq!(mode(&bravo, &run), 0o600);
+        assert_eq!(record(&bravo, &run), second);
+        // The same bit again is no version at all.
+        assert!(alpha.store().set_executable(&run, false).unwrap().is_none());
+        // A chmod +x by hand while the agent is stopped (or whose record
+        // was lost): the next start records it, as a version after.
+        fs::set_permissions(
+            bravo.store().path_of(&run),
+            fs::Permissions::from_mode(0o700),
+        )
+        .unwrap();
+        assert_eq!(bravo.reconcile().unwrap(), 1);
+        let third = record(&bravo, &run);
+        assert!(third.executable);
+        assert_eq!(
+            third.vv.compare(&second.vv),
+            crate::version::Causality::After
+        );
+        assert_eq!(bravo.reconcile().unwrap(), 0, "recorded once");
+        // A re-encryption keeps the bit, in the record and on the file.
+        let resealed = bravo
+            .reseal(&run, Reseal::All, |src, out| {
+                std::io::copy(src, out).map_err(|e| e.to_string())?;
+                Ok::<_, String>(lockbox_fs::Sealed {
+                    plaintext_len: third.plaintext_len,
+                    ciphertext_len: third.ciphertext_len,
+                    hash: third.hash,
+                    envoys: Vec::new(),
+                    executable: false,
+                })
+            })
+            .unwrap();
+        assert!(resealed);
+        assert!(record(&bravo, &run).executable);
+        assert_eq!(mode(&bravo, &run), 0o700);
+    }
+
     fn offer(from: &Replica, to: &Replica, at: &Name) -> Result<Admission, Refusal> {
         let rec = {
             let _guard = from.store().change_lock();

@@ -125,7 +125,11 @@ impl Replica {
             }
         }
         // The record goes with the file: killed before the records are
-        // durable, the next start finds it there (`reconcile`).
+        // durable, the next start finds it there (`reconcile`). So does
+        // the execute bit it names.
+        staged
+            .set_executable(rec.body().executable)
+            .map_err(internal)?;
         staged.attach_record(&rec.to_bytes());
         self.store
             .commit_staged(staged, &target)

@@ -26,12 +26,13 @@
 //! See docs/design.md, "Durability and its bound".
 
 use std::collections::{HashMap, HashSet};
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use lockbox_crypto::sign::Signed;
 use lockbox_fs::escape::Escape;
 use lockbox_fs::meta::{List, LocalStat, Op};
-use lockbox_fs::store::{attached_record_at, moved_from_at, release_held};
+use lockbox_fs::store::{attached_record_at, is_executable, moved_from_at, release_held};
 use lockbox_fs::{FileState, Name};
 
 use super::local::{decode_version, describe_file};
@@ -169,26 +170,30 @@ impl Replica {
     /// with it. Returns whether the record changed.
     fn reconcile_file(&self, name: &Name) -> Result<bool, ReplicaError> {
         let path = self.store.path_of(name);
-        let stat = LocalStat::of(&path).ok();
+        let meta = fs::symlink_metadata(&path).ok();
+        let stat = meta.as_ref().map(LocalStat::from_metadata);
+        // A chmod changes neither the stat kept nor the content.
+        let executable = meta.as_ref().is_some_and(is_executable);
         let known = self.meta.version(name)?;
         let record = known
             .as_ref()
             .and_then(|(b, _)| Signed::<FileVersion>::from_trusted_bytes(b).ok());
-        if let (Some((_, Some(s))), Some(_)) = (&known, &record) {
-            if Some(*s) == stat {
+        if let (Some((_, Some(s))), Some(r)) = (&known, &record) {
+            if Some(*s) == stat && r.body().executable == executable {
                 return Ok(false);
             }
         }
         let (_, _, hash) = describe_file(&path)?;
+        let describes = |v: &FileVersion| v.hash == hash && v.executable == executable;
         // A file received or recorded just before a crash carries its
         // record, which may not have been made durable with the others
         // (and may have been pushed already): it keeps that record.
-        let record = record.filter(|r| r.body().hash == hash).or_else(|| {
+        let record = record.filter(|r| describes(r.body())).or_else(|| {
             self.store
                 .attached_record(name)
                 .and_then(|b| Signed::<FileVersion>::from_bytes(&b).ok())
                 .filter(|r| {
-                    r.body().hash == hash
+                    describes(r.body())
                         && r.body().fits_name(name)
                         && self.members().by_key(&r.signer()).is_some()
                 })
@@ -203,14 +208,14 @@ impl Replica {
                 .attached_placed(name)
                 .and_then(|b| decode_version(&b))
                 .filter(|v| {
-                    v.hash == hash
+                    describes(v)
                         && v.fits_name(name)
                         && v.author == self.envoy
                         && v.user == self.user
                 })
         };
         match record {
-            Some(r) if r.body().hash == hash => {
+            Some(r) => {
                 self.meta.apply(&version_ops(name, &r, stat))?;
                 Ok(false)
             }

@@ -130,14 +130,17 @@ impl Replica {
             reseal(&mut src, out).map_err(|e| lockbox_fs::Error::Journal(e.to_string()))
         })?;
         let _guard = self.store.change_lock();
-        // Only if the version is still the one we re-encrypted.
-        match self.record(name)? {
-            Some(now) if now.body().hash == rec.body().hash => {}
+        // Only if the content is still the one we re-encrypted. (A chmod
+        // meanwhile made a version of the same content: that is the one
+        // re-encrypted, with its vector and execute bit.)
+        let now = match self.record(name)? {
+            Some(now) if now.body().hash == rec.body().hash => now,
             _ => return Ok(false),
-        }
+        };
+        staged.set_executable(now.body().executable)?;
         self.store.commit_staged(staged, name)?;
         let stat = self.store.local_stat(name);
-        self.record_local(name, Some(&sealed), None, Some(rec.body()), stat)?;
+        self.record_local(name, Some(&sealed), None, Some(now.body()), stat)?;
         drop(_guard);
         self.remote_changed(name);
         Ok(true)
