@@ -465,3 +465,41 @@ fn the_owners_execute_bit_is_kept_and_the_other_bits_cleared() {
     let hello = m.at.join("bin/hello");
     assert!(rustix::fs::access(&hello, rustix::fs::Access::EXEC_OK).is_ok());
 }
+
+/// A folder's time set right after the files in it were closed (what
+/// `rsync -a` does), before the round that puts their seals in place, is
+/// the time the store folder keeps; so is the time of a folder whose
+/// files only get new versions. A name made in it later moves it.
+#[test]
+fn a_folders_time_set_before_its_seals_land_is_kept_on_disk() {
+    let Some(m) = mounted() else { return };
+    let store_dir = m._dir.path().join("state/store");
+    let on_disk = |f: &str| fs::metadata(store_dir.join(f)).unwrap().modified().unwrap();
+    let store = &m.mount.as_ref().unwrap().fs().store;
+    let then = UNIX_EPOCH + Duration::from_secs(1_500_000_000);
+    fs::create_dir(m.at.join("d")).unwrap();
+    fs::write(m.at.join("d/new"), b"made").unwrap();
+    fs::File::open(m.at.join("d"))
+        .unwrap()
+        .set_modified(then)
+        .unwrap();
+    store.sync_now().unwrap();
+    assert_eq!(
+        on_disk("d"),
+        then,
+        "the create's seal landed after the time"
+    );
+    // A new version of a file in it leaves the folder's time.
+    fs::write(m.at.join("d/new"), b"changed").unwrap();
+    store.sync_now().unwrap();
+    assert_eq!(on_disk("d"), then, "a new version moved the folder's time");
+    assert_eq!(
+        fs::metadata(m.at.join("d")).unwrap().modified().unwrap(),
+        then
+    );
+    // A name made in it moves it, on the mount and on disk.
+    fs::write(m.at.join("d/another"), b"x").unwrap();
+    store.sync_now().unwrap();
+    assert!(on_disk("d") > then);
+    assert!(fs::metadata(m.at.join("d")).unwrap().modified().unwrap() > then);
+}

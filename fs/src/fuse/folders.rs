@@ -63,12 +63,13 @@ impl LockboxFs {
     /// A name in `folder` (`None`: the root) came, went or moved: its time
     /// is now, as a folder's on disk.
     pub(super) fn touch_folder(&self, folder: Option<&Name>) {
+        let now = SystemTime::now();
+        // The store folder keeps it too, when a seal lands there later.
+        self.store.folder_touched(folder, now);
         match folder {
-            None => self.folder_changed(),
+            None => *lock(&self.folder_mtime) = now,
             Some(f) => {
-                lock(&self.inner)
-                    .folder_times
-                    .insert(f.clone(), SystemTime::now());
+                lock(&self.inner).folder_times.insert(f.clone(), now);
             }
         }
     }

@@ -170,11 +170,6 @@ impl LockboxFs {
         })
     }
 
-    /// A name in the folder came, went or moved: its time is now.
-    pub(super) fn folder_changed(&self) {
-        *lock(&self.folder_mtime) = SystemTime::now();
-    }
-
     /// The session was locked: drop every decrypted chunk, every open
     /// reader's key material and the plaintext the kernel caches for the
     /// mount's files, so that a reader open across the lock is refused too.

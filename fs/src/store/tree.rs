@@ -339,12 +339,35 @@ impl Store {
 
     /// Set the time of the store folder `folder` (a folder's time as
     /// `utimensat` set it, kept across an agent restart; a later change in
-    /// the folder moves it, as on any file system).
+    /// the folder moves it, as on any file system: the mount says so with
+    /// [`Store::folder_touched`]). A seal put in place there by a later
+    /// round keeps it (see `Waiting::folder_times`).
     pub fn set_folder_mtime(&self, folder: &Name, t: std::time::SystemTime) -> Result<(), Error> {
         let p = self.path_of(folder);
+        // Under the lock a round holds while it puts seals in place, so
+        // none lands between the two.
+        let mut times = self.waiting.as_ref().map(|w| lock(&w.folder_times));
         fs::File::open(&p)
             .and_then(|f| f.set_modified(t))
-            .map_err(|e| folder_error("set the time of", folder, e))
+            .map_err(|e| folder_error("set the time of", folder, e))?;
+        if let Some(times) = times.as_mut() {
+            times.insert(p, (t, std::time::Instant::now()));
+        }
+        Ok(())
+    }
+
+    /// A name in `folder` (`None`: the top) was made, removed or renamed
+    /// through the mount at `t`: that is its time now (what the mount
+    /// shows), which a seal put in place there by a later round keeps. (A
+    /// seal of a new file lands in the store folder up to a window after
+    /// its create; left to move the folder's time then, it would show a
+    /// time after one set meanwhile, or, after a restart, a later second
+    /// than `rsync` set or saw.)
+    pub fn folder_touched(&self, folder: Option<&Name>, t: std::time::SystemTime) {
+        if let Some(w) = &self.waiting {
+            let p = folder.map_or_else(|| self.dir.clone(), |f| self.path_of(f));
+            lock(&w.folder_times).insert(p, (t, std::time::Instant::now()));
+        }
     }
 
     /// Whether `name` is a folder of the store.

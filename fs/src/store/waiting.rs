@@ -13,12 +13,13 @@
 //! only the store's single writer may recover.
 
 use crate::escape::Escape;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::durable::sync_dir;
 use crate::grouped::GroupedSync;
@@ -125,6 +126,14 @@ pub(super) struct Waiting {
     pub(super) round: Mutex<()>,
     /// The store folders whose entries changed since their last sync.
     pub(super) changed: super::tree::Changed,
+    /// The time each store folder should have, as the mount shows it: set
+    /// by `utimensat`, or the time a name in it last changed through the
+    /// mount. A round that puts a seal in place in such a folder gives it
+    /// this time back (the seal's create, or the time set, came before the
+    /// rename that lands it). Kept while seals wait there, and for
+    /// [`KEEP_FOLDER_TIME`] (a file being written there has no seal
+    /// waiting yet), with when it was noted.
+    pub(super) folder_times: Mutex<HashMap<PathBuf, (std::time::SystemTime, Instant)>>,
     /// Tests: the next sync of the waiting temps fails as a disk's would.
     #[cfg(test)]
     pub(super) fail_next_sync: AtomicBool,
@@ -135,6 +144,13 @@ pub(super) struct WaitingFile {
     pub(super) temp: PathBuf,
     pub(super) seq: u64,
 }
+
+/// How long the time the mount gave a store folder is kept for a seal
+/// that lands there later, when none waits there yet (a file written for
+/// longer than this, across a change of its folder, may move the folder's
+/// time on disk when its seal lands; the mount shows the right one until
+/// the agent restarts).
+pub(super) const KEEP_FOLDER_TIME: Duration = Duration::from_secs(600);
 
 /// Say that `name`'s waiting seal was dropped because the disk failed to
 /// store it (`e`).
@@ -270,6 +286,9 @@ impl Store {
                 return Err(e);
             }
             let _changes = self.lock_changes();
+            // Held through the renames: a folder's time set meanwhile
+            // (`set_folder_mtime`) comes before or after each one whole.
+            let mut times = lock(&w.folder_times);
             let mut failed = None;
             for (name, temp, seq) in batch {
                 let mut files = lock(&w.files);
@@ -277,6 +296,7 @@ impl Store {
                     continue; // replaced, removed or installed meanwhile
                 }
                 let dest = self.path_of(&name);
+                let keep = self.folder_time_to_keep(&times, &name, &dest);
                 match tree::rename_making_folders(&self.dir, &temp, &name) {
                     Ok(made) => {
                         files.remove(&name);
@@ -284,16 +304,52 @@ impl Store {
                             w.changed.insert(self.folder_of(n));
                         }
                         let _ = rustix::fs::removexattr(&dest, SEAL_XATTR);
+                        if let Some((folder, t)) = keep {
+                            let _ = File::open(&folder).and_then(|f| f.set_modified(t));
+                        }
                     }
                     Err(e) => failed = Some(Error::io("rename into", &dest, e)),
                 }
             }
+            // A folder no seal waits for has its time on disk, unless a
+            // file written there is still to be sealed.
+            let files = lock(&w.files);
+            let waited: HashSet<PathBuf> = files.keys().map(|n| self.folder_of(n)).collect();
+            times.retain(|folder, (_, noted)| {
+                waited.contains(folder) || noted.elapsed() < KEEP_FOLDER_TIME
+            });
+            drop((times, files));
             if let Some(e) = failed {
                 return Err(e);
             }
         }
         w.changed.sync(force_dir.then_some(self.dir.as_path()))?;
         self.sync_held()
+    }
+
+    /// The time the folder of `name` (whose store file is `dest`) must keep
+    /// when the round puts `name`'s seal in place, which on disk moves the
+    /// folder's time although the mount showed the change before: the time
+    /// the mount gave it since (`Waiting::folder_times`: a name changed, or
+    /// `rsync -a` set it right after closing the files in it); else, for a
+    /// seal that replaces a file, the time it has (a new version of a file
+    /// is not a change of its folder).
+    fn folder_time_to_keep(
+        &self,
+        times: &HashMap<PathBuf, (std::time::SystemTime, Instant)>,
+        name: &Name,
+        dest: &Path,
+    ) -> Option<(PathBuf, std::time::SystemTime)> {
+        let folder = self.folder_of(name);
+        let set = times.get(&folder).map(|(t, _)| *t);
+        let t = match set {
+            Some(t) => t,
+            None if dest.symlink_metadata().is_ok() => {
+                folder.symlink_metadata().and_then(|m| m.modified()).ok()?
+            }
+            None => return None,
+        };
+        Some((folder, t))
     }
 
     /// A round's sync of the waiting temps failed: drop those seals, so
