@@ -40,9 +40,12 @@ enum State<W> {
 impl<W: Write + Send + 'static> OffloadedSink<W> {
     /// A writer into `sink`, offloading after `threshold` bytes.
     pub fn new(sink: W, threshold: u64) -> Self {
+        // The buffer grows with what comes: a small file's seal (most of
+        // them) needs a few KiB, and a whole block at once would be a
+        // fresh mapping of 256 KiB, its page faults and its unmapping.
         OffloadedSink {
             state: State::Inline(sink),
-            buf: Vec::with_capacity(BLOCK),
+            buf: Vec::new(),
             sent: 0,
             threshold,
         }
@@ -135,6 +138,11 @@ impl<W: Write + Send + 'static> Drop for OffloadedSink<W> {
 impl<W: Write + Send + 'static> Write for OffloadedSink<W> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         let n = data.len().min(BLOCK - self.buf.len());
+        if self.buf.capacity() - self.buf.len() < n {
+            // Doubling up to a block: a large file reaches it in a few steps.
+            let want = (self.buf.len() + n).next_power_of_two().min(BLOCK);
+            self.buf.reserve_exact(want - self.buf.len());
+        }
         self.buf.extend_from_slice(&data[..n]);
         if self.buf.len() == BLOCK {
             self.dispatch()?;

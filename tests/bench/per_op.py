@@ -15,6 +15,11 @@ the stat phase no longer overlaps what the daemon does right after a
 burst of creates (lockbox's last grouped-sync round; see
 docs/benchmarks.md, "The runs of 2026-12-06").
 
+A phase's CPU is counted until the daemon settles after it (no CPU for
+--settle S seconds, 0.3 by default): work a daemon leaves for later (a
+grouped sync, signing a version record) is the phase's cost too. The
+rate is the phase's own wall-clock time.
+
 The cycle does not drop caches; run `sync; echo 3 >
 /proc/sys/vm/drop_caches` between invocations for cold starts. The
 daemon's pid: `cat ~/.lockbox/agent.lock` for lockbox, `pgrep gocryptfs`.
@@ -46,6 +51,22 @@ def daemon_cpu(pid):
     return by_name
 
 
+def settled(pid, quiet, limit=30.0):
+    """The daemon's CPU per thread once it has used none for `quiet`
+    seconds (at most `limit` seconds of waiting)."""
+    last = daemon_cpu(pid)
+    still_since = time.monotonic()
+    end = still_since + limit
+    while time.monotonic() < end:
+        time.sleep(0.05)
+        now = daemon_cpu(pid)
+        if sum(now.values()) != sum(last.values()):
+            last, still_since = now, time.monotonic()
+        elif time.monotonic() - still_since >= quiet:
+            break
+    return last
+
+
 def phases(d, n):
     """The small-file cycle's phases in order, as (name, function)."""
     def phase(steps):
@@ -65,6 +86,8 @@ def main():
     ap.add_argument("--pause", type=float, default=0.0,
                     help="seconds between the creates and the stats")
     ap.add_argument("--cycles", type=int, default=1)
+    ap.add_argument("--settle", type=float, default=0.3,
+                    help="seconds without daemon CPU that end a phase's count")
     a = ap.parse_args()
     if not os.path.isdir("/proc/%d/task" % a.pid):
         sys.exit("per_op.py: no process %d" % a.pid)
@@ -79,7 +102,7 @@ def main():
             t = time.perf_counter()
             run()
             secs = time.perf_counter() - t
-            after = daemon_cpu(a.pid)
+            after = settled(a.pid, a.settle)
             per = {k: (after[k] - before.get(k, 0)) / a.files / 1000.0
                    for k in after if after[k] > before.get(k, 0)}
             out.append("%-6s %7.0f/s %6.1f µs (%s)" % (
