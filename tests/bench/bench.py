@@ -1,12 +1,19 @@
 #!/usr/bin/env python3
 """The Python half of the mount benchmark (tests/bench/mount.sh runs it).
 
-    bench.py small DIR N             the small-file rows, N files, in DIR
-    bench.py tree DIR N              the tree rows: N files in 20 folders, cp -r of half, find
+    bench.py small DIR N [PID] [KEY] the small-file rows, N files, in DIR
+    bench.py tree DIR N [PID]        the tree rows: N files in 20 folders, cp -r of half, find
     bench.py rand FILE N SEED        N random 4 KiB preads in FILE
     bench.py mkfiles DIR N           N files of 1 KiB (for the idle RSS)
     bench.py table RES TARGETS ...   the report's tables from mount.sh's results
     bench.py pool REPORT...          the paired runs of several reports, pooled
+
+With PID (the daemon serving DIR), `small` and `tree` also print each
+phase's daemon CPU per file in µs (`small_create_cpu` ...), counted from
+the phase's start until the daemon has used no CPU for 0.3 s: work a
+daemon leaves for later (lockbox's grouped sync, the version record its
+journal signs) is the phase's too. KEY replaces `small` in the printed
+keys (`busy_small` for the busy-host runs).
 
 `pool` reads the "All repetitions" lists of reports that mount.sh wrote
 with --out and prints, per row, the median lockbox/gocryptfs ratio over
@@ -15,7 +22,57 @@ won: one run's 15 pairs give a wide interval, several runs' a narrow one
 (docs/benchmarks.md).
 """
 
-import math, os, random, re, shutil, subprocess, sys, time
+import collections, glob, math, os, random, re, shutil, subprocess, sys, time
+
+def daemon_cpu(pid):
+    """CPU nanoseconds per thread name of process `pid` (from
+    /proc/PID/task/*/schedstat; names lose their trailing numbers, so
+    lockbox's fuser-0..3 count as one "fuser")."""
+    by_name = collections.Counter()
+    for stat in glob.glob("/proc/%d/task/*/schedstat" % pid):
+        try:
+            with open(stat) as f:
+                ns = int(f.read().split()[0])
+            with open(stat[: -len("schedstat")] + "comm") as f:
+                name = re.sub(r"-?[0-9]+$", "", f.read().strip()) or "?"
+        except (OSError, ValueError, IndexError):
+            continue  # a thread that ended meanwhile
+        by_name[name] += ns
+    return by_name
+
+def settled(pid, quiet=0.3, limit=30.0):
+    """daemon_cpu(pid) once the daemon has used none for `quiet` seconds
+    (waiting at most `limit` seconds)."""
+    last = daemon_cpu(pid)
+    still_since = time.monotonic()
+    end = still_since + limit
+    while time.monotonic() < end:
+        time.sleep(0.05)
+        now = daemon_cpu(pid)
+        if sum(now.values()) != sum(last.values()):
+            last, still_since = now, time.monotonic()
+        elif time.monotonic() - still_since >= quiet:
+            break
+    return last
+
+class Phase:
+    """Times one phase and, with a daemon pid, counts its CPU (to idle)."""
+    def __init__(self, pid):
+        self.pid = pid
+    def __enter__(self):
+        self.cpu = sum(daemon_cpu(self.pid).values()) if self.pid else 0
+        self.t = time.perf_counter()
+        return self
+    def __exit__(self, *exc):
+        self.secs = time.perf_counter() - self.t
+        if self.pid and exc[0] is None:
+            self.cpu = sum(settled(self.pid).values()) - self.cpu
+        return False
+    def report(self, key, n):
+        """The phase's lines: the rate, and µs of daemon CPU per item."""
+        print("%s\t%.1f" % (key, n / self.secs))
+        if self.pid:
+            print("%s_cpu\t%.1f" % (key, self.cpu / n / 1000.0))
 
 def small_steps(d, n, data, prefix="small"):
     """The small-file cycle, one step per file and phase: n files of `data`
@@ -58,23 +115,20 @@ def small_steps(d, n, data, prefix="small"):
         ("delete", [step(os.unlink, p) for p in moved]),
     ]
 
-def small(d, n, size=4096):
+def small(d, n, pid=None, key="small", size=4096):
     """n files of `size` bytes: create, stat, read, rename, delete (one process)."""
     rng = random.Random(1)
     data = bytes(rng.getrandbits(8) for _ in range(size))
-    res = {}
     for phase, steps in small_steps(d, n, data):
-        t = time.perf_counter()
-        for run in steps:
-            run()
-        res[phase] = time.perf_counter() - t
-    for k, v in res.items():
-        print("small_%s\t%.1f" % (k, n / v))
+        with Phase(pid) as p:
+            for run in steps:
+                run()
+        p.report("%s_%s" % (key, phase), n)
     left = [f for f in os.listdir(d) if f.startswith("small-")]
     if left:
         raise OSError("%d files left after delete" % len(left))
 
-def tree(d, n, folders=20, size=1024):
+def tree(d, n, pid=None, folders=20, size=1024):
     """The tree rows: n files of `size` bytes made in `folders` folders
     (two halves of folders/2 each), `cp -r` of one half (n/2 files) to a
     new folder, then `find` over everything (1.5 n files). The trees are
@@ -84,32 +138,29 @@ def tree(d, n, folders=20, size=1024):
     src = os.path.join(d, "tree-src")
     copy = os.path.join(d, "tree-copy")
     half = folders // 2
-    t = time.perf_counter()
-    os.mkdir(src)
-    for h in ("a", "b"):
-        os.mkdir(os.path.join(src, h))
-    for f in range(folders):
-        os.mkdir(os.path.join(src, "ab"[f // half], "d%02d" % f))
-    for i in range(n):
-        f = i % folders
-        with open(os.path.join(src, "ab"[f // half], "d%02d" % f, "f%05d" % i), "wb") as fh:
-            fh.write(data)
-    made = time.perf_counter() - t
-    t = time.perf_counter()
-    subprocess.run(["cp", "-r", os.path.join(src, "a"), copy], check=True)
-    copied = time.perf_counter() - t
-    t = time.perf_counter()
-    found = subprocess.run(["find", src, copy, "-type", "f"], check=True,
-                           stdout=subprocess.PIPE).stdout.count(b"\n")
-    walked = time.perf_counter() - t
+    with Phase(pid) as made:
+        os.mkdir(src)
+        for h in ("a", "b"):
+            os.mkdir(os.path.join(src, h))
+        for f in range(folders):
+            os.mkdir(os.path.join(src, "ab"[f // half], "d%02d" % f))
+        for i in range(n):
+            f = i % folders
+            with open(os.path.join(src, "ab"[f // half], "d%02d" % f, "f%05d" % i), "wb") as fh:
+                fh.write(data)
+    with Phase(pid) as copied:
+        subprocess.run(["cp", "-r", os.path.join(src, "a"), copy], check=True)
     want = n + n // 2
+    with Phase(pid) as walked:
+        found = subprocess.run(["find", src, copy, "-type", "f"], check=True,
+                               stdout=subprocess.PIPE).stdout.count(b"\n")
     if found != want:
         raise OSError("find saw %d files, not %d" % (found, want))
     shutil.rmtree(copy)
     shutil.rmtree(src)
-    print("tree_create\t%.1f" % (n / made))
-    print("tree_cp\t%.1f" % ((n // 2) / copied))
-    print("tree_find\t%.1f" % (want / walked))
+    made.report("tree_create", n)
+    copied.report("tree_cp", n // 2)
+    walked.report("tree_find", want)
 
 def rand(path, n, seed):
     """n random 4 KiB-aligned 4 KiB preads in `path` (content must be zeros)."""
@@ -186,6 +237,21 @@ def versus_mark(ratio, ci):
         return "≥ gocryptfs: **MISS** (behind)"
     return "≥ gocryptfs: level (interval spans 1.00)"
 
+def cpu_mark(ratio, ci, limit):
+    """The mark of a CPU row against "lockbox ≤ limit × gocryptfs": met
+    when all of the interval is at or below the limit, missed when all of
+    it is above, else level with the limit; by the median alone without
+    an interval."""
+    target = "≤ %.2f× gocryptfs: " % limit
+    if ci is None:
+        return target + ("ok" if ratio <= limit else "**MISS**") + " (median)"
+    lo, hi = ci
+    if hi <= limit:
+        return target + "ok"
+    if lo > limit:
+        return target + "**MISS**"
+    return target + "level (interval spans it)"
+
 def table(res_path, targets, big_mib, small_n, rand_n, rss_n, out):
     V = {}
     for line in open(res_path):
@@ -225,6 +291,11 @@ def table(res_path, targets, big_mib, small_n, rand_n, rss_n, out):
         ("small_read", "read %d files" % small_n, "files/s", "%.0f"),
         ("small_rename", "rename %d files" % small_n, "files/s", "%.0f"),
         ("small_delete", "delete %d files" % small_n, "files/s", "%.0f"),
+        ("busy_small_create", "busy host: create %d × 4 KiB files" % small_n, "files/s", "%.0f"),
+        ("busy_small_stat", "busy host: stat %d files" % small_n, "files/s", "%.0f"),
+        ("busy_small_read", "busy host: read %d files" % small_n, "files/s", "%.0f"),
+        ("busy_small_rename", "busy host: rename %d files" % small_n, "files/s", "%.0f"),
+        ("busy_small_delete", "busy host: delete %d files" % small_n, "files/s", "%.0f"),
         ("random_read", "%d random 4 KiB preads in the %s file, cold cache" % (rand_n, size), "reads/s", "%.0f"),
         ("tree_create", "create %d × 1 KiB files in 20 folders" % small_n, "files/s", "%.0f"),
         ("tree_cp", "`cp -r` of %d of them (10 folders)" % (small_n // 2), "files/s", "%.0f"),
@@ -265,6 +336,25 @@ def table(res_path, targets, big_mib, small_n, rand_n, rss_n, out):
             "%d/%d" % (sum(a > b for a, b in ps), len(ps)) if ps else "–",
             "%.2f" % r_pl if r_pl is not None else "–",
             "; ".join(marks)))
+    cpu_rows = [(k + "_cpu", label) for k, label, _, _ in rows
+                if k.startswith(("small_", "busy_small_", "tree_"))]
+    if any(("lockbox", k) in V or ("gocryptfs", k) in V for k, _ in cpu_rows):
+        L.append("")
+        L.append("Daemon CPU per operation (µs, from the phase's start until the daemon is idle; lower is better):")
+        L.append("")
+        L.append("| operation | gocryptfs | lockbox | lockbox/gocryptfs | 95 % interval | target |")
+        L.append("|---|--:|--:|--:|--:|---|")
+        for k, label in cpu_rows:
+            lb, gc = num("lockbox", k), num("gocryptfs", k)
+            ratio = lb / gc if lb is not None and gc else None
+            ps = pairs(k)
+            ci = median_interval([a / b for a, b in ps]) if ps else None
+            limit = 0.5 if k.endswith("small_create_cpu") else 1.0
+            L.append("| %s | %s | %s | %s | %s | %s |" % (
+                label, cell("gocryptfs", k, "%.0f"), cell("lockbox", k, "%.0f"),
+                "%.2f" % ratio if ratio is not None else "–",
+                "%.2f–%.2f" % ci if ci else "–",
+                cpu_mark(ratio, ci, limit) if ratio is not None else "–"))
     if R.get(("lockbox", "store_check")) == "BAD":
         L.append("")
         L.append("**WARNING: after the sequential write the lockbox store did not hold a complete age file; "
@@ -313,6 +403,9 @@ ROW_LABELS = {
     "small_create": "create", "small_stat": "stat", "small_read": "read",
     "small_rename": "rename", "small_delete": "delete", "random_read": "random 4 KiB reads",
     "tree_create": "tree: create", "tree_cp": "tree: cp -r", "tree_find": "tree: find",
+    "busy_small_create": "busy host: create", "busy_small_stat": "busy host: stat",
+    "busy_small_read": "busy host: read", "busy_small_rename": "busy host: rename",
+    "busy_small_delete": "busy host: delete",
 }
 
 def pool(paths):
@@ -350,10 +443,12 @@ def pool(paths):
 
 if __name__ == "__main__":
     cmd = sys.argv[1]
+    def pid():
+        return int(sys.argv[4]) if len(sys.argv) > 4 and sys.argv[4] else None
     if cmd == "small":
-        small(sys.argv[2], int(sys.argv[3]))
+        small(sys.argv[2], int(sys.argv[3]), pid(), sys.argv[5] if len(sys.argv) > 5 else "small")
     elif cmd == "tree":
-        tree(sys.argv[2], int(sys.argv[3]))
+        tree(sys.argv[2], int(sys.argv[3]), pid())
     elif cmd == "rand":
         rand(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
     elif cmd == "mkfiles":

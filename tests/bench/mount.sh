@@ -378,14 +378,34 @@ row_small() {  # target, repetition, round
     use "$t"
     log "$t (rep $rep/$REPS, round $round/$ROUNDS): $SMALL_FILES small files: create / stat / read / rename / delete"
     settle
-    if out="$("$PYTHON" "$PY" small "$DIR" "$SMALL_FILES" 2>"$WORK/py.err")"; then
+    small_run "$t" small
+}
+
+small_run() {  # target, key (small or busy_small): the small-file cycle, now
+    local t="$1" key="$2" out k
+    if out="$("$PYTHON" "$PY" small "$DIR" "$SMALL_FILES" "$DPID" "$key" 2>"$WORK/py.err")"; then
         printf '%s\n' "$out" | sed "s/^/$t\t/" >>"$RES"
     else
         log "$t: small files FAILED: $(tail -n 2 "$WORK/py.err" | tr '\n' ' ')"
         # rm what is left so that the next round starts clean
         find "$DIR" -maxdepth 1 -type f \( -name 'small-*' -o -name 'moved-*' \) -delete 2>/dev/null || true
-        for k in create stat read rename delete; do record "$t" "small_$k" ERR; done
+        for k in create stat read rename delete; do record "$t" "${key}_$k" ERR; done
     fi
+}
+
+row_small_busy() {  # target, repetition, round: the same cycle on a busy host
+    # The vCPUs are awake and the daemon warm: right after a 256 MiB
+    # write, its cold read and its delete on this mount, with no wait for
+    # idle in between (the state a `git checkout` or an `rsync` on a
+    # working laptop finds). The quiet runs (row_small) start from idle.
+    local t="$1" rep="$2" round="$3"
+    use "$t"
+    log "$t (rep $rep/$REPS, round $round/$ROUNDS): $SMALL_FILES small files on a busy host"
+    settle
+    dd if=/dev/zero of="$DIR/warm" bs=1M count=256 conv=fsync status=none &&
+        drop_caches && cat "$DIR/warm" >/dev/null && rm -f "$DIR/warm" ||
+        log "$t: the busy host's warm-up failed"
+    small_run "$t" busy_small
 }
 
 row_tree() {  # target, repetition, round
@@ -393,7 +413,7 @@ row_tree() {  # target, repetition, round
     use "$t"
     log "$t (rep $rep/$REPS, round $round/$ROUNDS): a tree of $SMALL_FILES files in 20 folders: create / cp -r / find"
     settle
-    if out="$("$PYTHON" "$PY" tree "$DIR" "$SMALL_FILES" 2>"$WORK/py.err")"; then
+    if out="$("$PYTHON" "$PY" tree "$DIR" "$SMALL_FILES" "$DPID" 2>"$WORK/py.err")"; then
         printf '%s\n' "$out" | sed "s/^/$t\t/" >>"$RES"
     else
         log "$t: tree FAILED: $(tail -n 2 "$WORK/py.err" | tr '\n' ' ')"
@@ -485,6 +505,9 @@ for rep in $(seq "$REPS"); do
     done
     for round in $(seq "$ROUNDS"); do
         turn; for t in "${TURN_ORDER[@]}"; do row_small "$t" "$rep" "$round"; done
+    done
+    for round in $(seq "$ROUNDS"); do
+        turn; for t in "${TURN_ORDER[@]}"; do row_small_busy "$t" "$rep" "$round"; done
     done
     for round in $(seq "$ROUNDS"); do
         turn; for t in "${TURN_ORDER[@]}"; do row_tree "$t" "$rep" "$round"; done

@@ -26,45 +26,12 @@ daemon's pid: `cat ~/.lockbox/agent.lock` for lockbox, `pgrep gocryptfs`.
 """
 
 import argparse
-import collections
-import glob
 import os
-import re
 import sys
 import time
 
-import bench  # the small-file cycle (tests/bench/bench.py)
-
-
-def daemon_cpu(pid):
-    """CPU nanoseconds per thread name of process `pid`."""
-    by_name = collections.Counter()
-    for stat in glob.glob("/proc/%d/task/*/schedstat" % pid):
-        try:
-            with open(stat) as f:
-                ns = int(f.read().split()[0])
-            with open(stat[: -len("schedstat")] + "comm") as f:
-                name = re.sub(r"-?[0-9]+$", "", f.read().strip()) or "?"
-        except (OSError, ValueError, IndexError):
-            continue  # a thread that ended meanwhile
-        by_name[name] += ns
-    return by_name
-
-
-def settled(pid, quiet, limit=30.0):
-    """The daemon's CPU per thread once it has used none for `quiet`
-    seconds (at most `limit` seconds of waiting)."""
-    last = daemon_cpu(pid)
-    still_since = time.monotonic()
-    end = still_since + limit
-    while time.monotonic() < end:
-        time.sleep(0.05)
-        now = daemon_cpu(pid)
-        if sum(now.values()) != sum(last.values()):
-            last, still_since = now, time.monotonic()
-        elif time.monotonic() - still_since >= quiet:
-            break
-    return last
+import bench  # the small-file cycle and the CPU counters (tests/bench/bench.py)
+from bench import daemon_cpu, settled
 
 
 def phases(d, n):

@@ -154,6 +154,35 @@ impl LockboxFs {
         Ok(self.file_attr(ino, size, mtime, is_executable(meta)))
     }
 
+    /// For `access(2)` with `X_OK`: whether node `ino` shows an execute
+    /// bit (a folder always does). Only a stat, never a header read.
+    pub(super) fn may_execute(&self, ino: u64) -> Result<bool, Errno> {
+        let (name, staged, folder) = {
+            let inner = lock(&self.inner);
+            let node = inner.nodes.get(&ino).ok_or(Errno::ENOENT)?;
+            (node.name.clone(), node.staged.clone(), node.folder)
+        };
+        if folder {
+            return Ok(true);
+        }
+        if let Some(s) = staged {
+            let s = lock(&s);
+            if !s.released {
+                return Ok(s.executable);
+            }
+        }
+        match name {
+            Some(name) => {
+                let meta = self.store.metadata(&name).map_err(|_| Errno::ENOENT)?;
+                Ok(is_executable(&meta))
+            }
+            None => {
+                let attr = self.unnamed_attr(ino).ok_or(Errno::ENOENT)?;
+                Ok(attr.perm & 0o100 != 0)
+            }
+        }
+    }
+
     /// `chmod` of file `ino` (its staged buffer, if it has one): give it
     /// the owner's execute bit `on`. A buffer changed since its last seal
     /// carries the bit to the seal that is to come; otherwise the store

@@ -73,10 +73,15 @@ impl Filesystem for FuseOps {
         if ino.0 == ROOT {
             return reply.ok();
         }
-        let exec = mask.contains(AccessFlags::X_OK);
-        match self.0.attr_of(ino.0) {
-            Ok(a) if !exec || a.perm & 0o100 != 0 => reply.ok(),
-            Ok(_) => reply.error(Errno::EACCES),
+        if !mask.contains(AccessFlags::X_OK) {
+            return match lock(&self.0.inner).nodes.contains_key(&ino.0) {
+                true => reply.ok(),
+                false => reply.error(Errno::ENOENT),
+            };
+        }
+        match self.0.may_execute(ino.0) {
+            Ok(true) => reply.ok(),
+            Ok(false) => reply.error(Errno::EACCES),
             Err(e) => reply.error(e),
         }
     }

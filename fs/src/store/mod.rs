@@ -876,10 +876,14 @@ impl Store {
     /// skipped with a warning.
     pub fn names(&self) -> Result<Vec<Name>, Error> {
         let depth = if self.folders { MAX_DEPTH } else { 0 };
+        // Held through the walk: a round moves a seal from the waiting
+        // ones into the store under this lock (see `entries_in`).
+        let waiting = self.waiting.as_ref().map(|w| lock(&w.files));
         let mut out = tree::walk(&self.dir, depth)?.files;
-        if let Some(w) = &self.waiting {
-            out.extend(lock(&w.files).keys().cloned());
+        if let Some(files) = &waiting {
+            out.extend(files.keys().cloned());
         }
+        drop(waiting);
         out.sort();
         out.dedup();
         Ok(out)

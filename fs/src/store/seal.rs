@@ -330,8 +330,8 @@ impl Store {
     /// Seal everything `plaintext` yields to `recipients` and atomically
     /// install it as `name`. More than `max_size` bytes of plaintext →
     /// [`Error::TooLarge`] and nothing changes. The journal has been told
-    /// when it returns.
-    /// The file keeps the execute bit of the version it replaces.
+    /// when it returns. The file keeps the execute bit of the version it
+    /// replaces.
     pub fn seal(
         &self,
         name: &Name,

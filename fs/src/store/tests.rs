@@ -1427,3 +1427,51 @@ fn the_execute_bit_is_given_kept_and_flipped_as_a_change() {
     assert!(store.executable(&n("script")));
     assert!(!store.executable(&n("notes")));
 }
+
+/// A listing never misses a name whose seal a round is putting in place
+/// meanwhile: the round renames it into the store folder and then drops
+/// it from the waiting seals, and a listing that read the folder before
+/// the one and the waiting seals after the other saw it in neither.
+#[test]
+fn a_listing_during_rounds_sees_every_sealed_name() {
+    let (_dir, store, id) = grouped();
+    let store = store.with_folders();
+    let to = SealTo::keys(vec![id.to_public()]);
+    store.make_folder(&n("d")).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let rounds = {
+        let (store, stop) = (store.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                store.sync_now().unwrap();
+            }
+        })
+    };
+    let mut misses = Vec::new();
+    for i in 0..400 {
+        let name = n(&format!("d/f{i:03}"));
+        let seal = store
+            .seal_deferred(
+                &name,
+                Cursor::new(b"x".to_vec()),
+                &to,
+                1 << 20,
+                SealAttrs::new(then(), false),
+                &crate::Base::Current,
+            )
+            .unwrap();
+        drop(seal);
+        for _ in 0..3 {
+            let listed = store.entries_in(Some(&n("d"))).unwrap();
+            if !listed.iter().any(|(l, _)| *l == name) {
+                misses.push(name.to_string());
+            }
+            if !store.names().unwrap().contains(&name) {
+                misses.push(format!("{name} (names)"));
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    rounds.join().unwrap();
+    assert!(misses.is_empty(), "listed without: {misses:?}");
+}

@@ -389,6 +389,11 @@ impl Store {
             Some(f) => self.path_of(f),
             None => self.dir.clone(),
         };
+        // The waiting seals are held still while the folder is read: a
+        // round renames a seal into the folder and then drops it from the
+        // waiting ones under this lock, so read between the two, the name
+        // would be in neither.
+        let waiting = self.waiting.as_ref().map(|w| lock(&w.files));
         let mut out = Vec::new();
         for (c, is_folder) in entries(&dir)? {
             if is_folder && !self.folders {
@@ -404,13 +409,14 @@ impl Store {
             };
             out.push((name, is_folder));
         }
-        if let Some(wf) = &self.waiting {
-            for n in lock(&wf.files).keys() {
+        if let Some(files) = &waiting {
+            for n in files.keys() {
                 if n.parent().as_ref() == folder {
                     out.push((n.clone(), false));
                 }
             }
         }
+        drop(waiting);
         out.sort();
         out.dedup();
         Ok(out)
