@@ -250,7 +250,7 @@ fn ordinary_tools_work_on_trees() {
         fs::create_dir_all(src.join(p).parent().unwrap()).unwrap();
         fs::write(src.join(p), body).unwrap();
     }
-    // Owner-only, as lockbox keeps them (`docs/folders.md`, "Modes").
+    // Owner-only, as lockbox keeps them (`docs/folders.md`, "What users get": modes).
     let run = |cmd: &str| {
         let out = Command::new("sh")
             .arg("-c")
@@ -388,7 +388,7 @@ fn a_folders_time_survives_a_restart() {
     );
 }
 
-/// The owner's execute bit (`docs/folders.md`, "Modes"): asked for at
+/// The owner's execute bit (`docs/folders.md`, "What users get": modes): asked for at
 /// create or by `chmod`, it is kept (0700) and the group and other bits
 /// are cleared; `stat`, `access(2)` and exec agree with it; a seal keeps
 /// it, and so does the store file, across a rename and a restart.

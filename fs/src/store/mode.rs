@@ -1,7 +1,8 @@
 //! The mode of a store file: the one attribute besides its time that a
 //! file in the lockbox keeps and the mesh carries (see `docs/format.md`,
-//! "The store"). Owner read and write always; the owner's execute bit when
-//! the file is executable, so a script kept in the lockbox stays runnable.
+//! "Store files", and `docs/folders.md`, "What users get"). Owner read
+//! and write always; the owner's execute bit when the file is
+//! executable, so a script kept in the lockbox stays runnable.
 //! Group and other bits are never set: a `chmod` that asks for them is
 //! granted with them cleared, the way a umask would.
 //!

@@ -1392,7 +1392,7 @@ mod tests {
     /// Offer what `from` holds under `at` to `to` under `at`, as a push or
     /// a catch-up does: admitted, then (if wanted) its body staged and
     /// installed. Returns the admission.
-    /// The owner's execute bit travels (`docs/folders.md`, "Modes"): a
+    /// The owner's execute bit travels (`docs/folders.md`, "What users get": modes): a
     /// version's record names it and the receiver's store file takes it;
     /// a chmod is a new version of the same content, which supersedes the
     /// old one everywhere; a re-encryption keeps it; and a chmod whose
