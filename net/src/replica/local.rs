@@ -631,8 +631,15 @@ impl Replica {
             ),
             (None, None) => {
                 let path = self.store.current_path(name);
-                let (plain, len, hash) = describe_file(&path)?;
-                (plain, len, hash, executable_at(&path))
+                let executable = executable_at(&path);
+                match self.unchanged_content(name, &path) {
+                    // A chmod: the bytes are the recorded ones, unread.
+                    Some(v) => (v.plaintext_len, v.ciphertext_len, v.hash, executable),
+                    None => {
+                        let (plain, len, hash) = describe_file(&path)?;
+                        (plain, len, hash, executable)
+                    }
+                }
             }
         };
         let recipients = match (moved, sealed) {
@@ -681,6 +688,22 @@ impl Replica {
         self.meta.apply(&version_ops(name, &signed, stat))?;
         self.emit(Outgoing::Version(name.clone()));
         Ok(signed)
+    }
+
+    /// The record of `name` when the file at `path` still has the stat
+    /// (inode, size, modification time) recorded with it: its bytes are
+    /// that version's, and need not be read to be described again (a
+    /// `chmod` of a large file would read all of it).
+    fn unchanged_content(&self, name: &Name, path: &Path) -> Option<FileVersion> {
+        let (bytes, Some(stat)) = self.meta.version(name).ok()?? else {
+            return None;
+        };
+        if LocalStat::of(path).ok()? != stat {
+            return None;
+        }
+        Signed::<FileVersion>::from_trusted_bytes(&bytes)
+            .ok()
+            .map(|r| r.body().clone())
     }
 
     /// Record the local delete of `name`, whose version was `prev` (told by
