@@ -353,3 +353,71 @@ fn a_folder_rename_and_an_rm_r_just_before_a_sigkill_stay_done() {
         assert_store_is_ciphertext(&node.m.e);
     }
 }
+
+/// The owner's execute bit, set just before a SIGKILL, stays set and
+/// reaches the other envoy: a `chmod +x` and a `chmod -x` (their new mode
+/// synced before they return, their records maybe not yet durable; here
+/// they usually land on seals still waiting for their round, which the
+/// start then puts in place with the new mode) and a script created
+/// executable and closed. The other envoy is stopped meanwhile, so it
+/// learns of them only from what the start recovers. (That the start
+/// records a mode its record lacks is
+/// `replica::tests::the_execute_bit_travels_and_a_chmod_is_a_version`.)
+#[test]
+fn a_chmod_just_before_a_sigkill_is_kept_and_travels() {
+    use std::os::unix::fs::PermissionsExt;
+    require_fuse!();
+    let c = Circle::loopback(&["a", "b"]);
+    let (a, b) = (c.node("a"), c.node("b"));
+    let mode = |p: &std::path::Path| {
+        fs::metadata(p)
+            .map(|m| m.permissions().mode() & 0o777)
+            .unwrap_or(0)
+    };
+    let chmod = |p: &std::path::Path, bits: u32| {
+        fs::set_permissions(p, fs::Permissions::from_mode(bits)).unwrap();
+    };
+    fs::write(a.at("plain-to-exec"), b"#!/bin/sh\necho one\n").unwrap();
+    fs::write(a.at("exec-to-plain"), b"#!/bin/sh\necho two\n").unwrap();
+    chmod(&a.at("exec-to-plain"), 0o755);
+    c.wait_content(&["b"], "plain-to-exec", b"#!/bin/sh\necho one\n");
+    c.wait("exec-to-plain executable on b", CONVERGE, || {
+        mode(&b.at("exec-to-plain")) == 0o700
+    });
+    b.m.e.ok(&["stop"]);
+    let pid = a.m.e.agent_pid().expect("a's agent");
+    chmod(&a.at("plain-to-exec"), 0o755);
+    chmod(&a.at("exec-to-plain"), 0o644);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o755)
+        .open(a.at("made-exec"))
+        .unwrap();
+    std::io::Write::write_all(&mut f, b"#!/bin/sh\necho three\n").unwrap();
+    drop(f);
+    kill9(pid);
+    assert!(exited(pid), "a survived SIGKILL");
+    restart(a);
+    restart(b);
+    c.wait_settled(&["a", "b"], "b", "settled");
+    for n in ["a", "b"] {
+        let node = c.node(n);
+        let want = [
+            ("plain-to-exec", 0o700),
+            ("exec-to-plain", 0o600),
+            ("made-exec", 0o700),
+        ];
+        c.wait(&format!("the modes on {n}"), CONVERGE, || {
+            want.iter().all(|(f, m)| mode(&node.at(f)) == *m)
+        });
+        for (f, m) in want {
+            assert_eq!(mode(&node.stored(f)), m, "{f}'s store file on {n}");
+        }
+        assert_store_is_ciphertext(&node.m.e);
+    }
+    assert_eq!(
+        fs::read(b.at("made-exec")).unwrap(),
+        b"#!/bin/sh\necho three\n"
+    );
+}
