@@ -896,6 +896,75 @@ mod tests {
         );
     }
 
+    /// A placed seal that a chmod then superseded (a version signed, maybe
+    /// pushed) is not signed again as placed at the start, even when a
+    /// second chmod, whose record the kill lost, gave the file back the
+    /// mode the placed version names: the start records a version after
+    /// the chmod's instead. (Signed as placed, the older version lost to
+    /// the chmod's on every envoy, and the second chmod was undone: found
+    /// by `crash::a_chmod_just_before_a_sigkill_…` under load.)
+    #[test]
+    fn a_placed_seal_a_chmod_superseded_is_not_signed_again_as_placed() {
+        // The chmod +x's record durable, or only attached to the file.
+        for lost in [false, true] {
+            a_placed_seal_superseded(lost);
+        }
+    }
+
+    fn a_placed_seal_superseded(record_lost: bool) {
+        use crate::version::Causality;
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let [a] = circle(dir.path(), ["alpha"]);
+        let alpha = a.open();
+        let (doc, _) = seal_doc(&alpha, b"v1");
+        let to =
+            lockbox_fs::SealTo::keys(vec![lockbox_crypto::AgeIdentity::generate().to_public()]);
+        let base = alpha.store().base_of(&doc);
+        let seal = alpha
+            .store()
+            .seal_deferred(
+                &doc,
+                std::io::Cursor::new(b"v2".to_vec()),
+                &to,
+                1 << 20,
+                lockbox_fs::store::SealAttrs::new(std::time::SystemTime::now(), false),
+                &base,
+            )
+            .unwrap();
+        drop(seal);
+        // chmod +x, recorded (and attached to the file) ...
+        drop(
+            alpha
+                .store()
+                .set_executable(&doc, true)
+                .unwrap()
+                .expect("changed"),
+        );
+        alpha.store().deliver_journal();
+        let plus_x = {
+            let _guard = alpha.store().change_lock();
+            alpha.record(&doc).unwrap().expect("recorded")
+        };
+        assert!(plus_x.body().executable);
+        if record_lost {
+            alpha.meta.apply(&[Op::DelVersion(doc.clone())]).unwrap();
+        }
+        // ... then chmod -x, killed before the journal heard of it.
+        let path = alpha.store().current_path(&doc);
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(alpha.reconcile().unwrap(), 1);
+        let _guard = alpha.store().change_lock();
+        let got = alpha.record(&doc).unwrap().expect("recorded");
+        assert!(!got.body().executable, "the chmod -x was undone");
+        assert_eq!(
+            got.body().vv.compare(&plus_x.body().vv),
+            Causality::After,
+            "not after the chmod +x's version (its record lost: {record_lost})"
+        );
+        assert_eq!(got.body().hash, plus_x.body().hash);
+    }
+
     /// A seal renamed while it waited for its round (the rename passes the
     /// seal on, an editor's or rsync's save) whose version was signed, and
     /// maybe pushed, before the agent was killed, with none of the records

@@ -38,6 +38,7 @@ use lockbox_fs::{FileState, Name};
 use super::local::{decode_version, describe_file};
 use super::{version_ops, Replica, ReplicaError};
 use crate::records::{self, FileVersion};
+use crate::version::Causality;
 
 /// A change made here whose delete may not have reached the records: the
 /// name, the version it took away, and the held bytes (if any) that go
@@ -175,10 +176,10 @@ impl Replica {
         // A chmod changes neither the stat kept nor the content.
         let executable = meta.as_ref().is_some_and(is_executable);
         let known = self.meta.version(name)?;
-        let record = known
+        let stored = known
             .as_ref()
             .and_then(|(b, _)| Signed::<FileVersion>::from_trusted_bytes(b).ok());
-        if let (Some((_, Some(s))), Some(r)) = (&known, &record) {
+        if let (Some((_, Some(s))), Some(r)) = (&known, &stored) {
             if Some(*s) == stat && r.body().executable == executable {
                 return Ok(false);
             }
@@ -188,31 +189,43 @@ impl Replica {
         // A file received or recorded just before a crash carries its
         // record, which may not have been made durable with the others
         // (and may have been pushed already): it keeps that record.
-        let record = record.filter(|r| describes(r.body())).or_else(|| {
-            self.store
-                .attached_record(name)
-                .and_then(|b| Signed::<FileVersion>::from_bytes(&b).ok())
-                .filter(|r| {
-                    describes(r.body())
-                        && r.body().fits_name(name)
-                        && self.members().by_key(&r.signer()).is_some()
-                })
-        });
+        let attached = self
+            .store
+            .attached_record(name)
+            .and_then(|b| Signed::<FileVersion>::from_bytes(&b).ok())
+            .filter(|r| r.body().fits_name(name) && self.members().by_key(&r.signer()).is_some());
+        // A version recorded after the seal was placed (a chmod of it,
+        // maybe pushed already) makes the placed one stale, even when it
+        // describes the file again (a chmod +x and -x).
+        let superseded = |v: &FileVersion| {
+            [&stored, &attached].into_iter().flatten().any(|r| {
+                matches!(
+                    r.body().vv.compare(&v.vv),
+                    Causality::After | Causality::Equal
+                )
+            })
+        };
+        let placed_version = self
+            .store
+            .attached_placed(name)
+            .and_then(|b| decode_version(&b));
+        let record = stored
+            .clone()
+            .filter(|r| describes(r.body()))
+            .or_else(|| attached.clone().filter(|r| describes(r.body())));
         // A local seal placed just before the agent was killed, before
         // its version was signed (or its record durable): sign exactly
         // the version it was placed as (its vector from what its writer
         // started from; a signature of the same body is the same
         // record), not one derived from whatever record survived.
         let placed = || {
-            self.store
-                .attached_placed(name)
-                .and_then(|b| decode_version(&b))
-                .filter(|v| {
-                    describes(v)
-                        && v.fits_name(name)
-                        && v.author == self.envoy
-                        && v.user == self.user
-                })
+            placed_version.clone().filter(|v| {
+                describes(v)
+                    && v.fits_name(name)
+                    && v.author == self.envoy
+                    && v.user == self.user
+                    && !superseded(v)
+            })
         };
         match record {
             Some(r) => {
@@ -229,6 +242,18 @@ impl Replica {
             }
             _ => {
                 tracing::info!("recording {} as a new local version", name.escaped());
+                // After every version of the name this envoy signed: the
+                // record attached to the file may be newer than the one
+                // that was durable (signed and pushed, then lost).
+                let newer_attached = attached.filter(|a| {
+                    stored
+                        .as_ref()
+                        .is_none_or(|s| a.body().vv.compare(&s.body().vv) == Causality::After)
+                });
+                if let Some(a) = newer_attached {
+                    // Without a stat: it may not describe these bytes.
+                    self.meta.apply(&version_ops(name, &a, None))?;
+                }
                 self.record_local(name, None, None, None, stat)?;
                 Ok(true)
             }
