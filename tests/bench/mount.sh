@@ -25,7 +25,8 @@ export LC_ALL=C
 
 usage() {
     cat <<'EOF'
-usage: sudo bash tests/bench/mount.sh [--quick] [--only LIST] [--reps N] [--rounds N] [--out FILE]
+usage: sudo bash tests/bench/mount.sh [--quick] [--only LIST] [--reps N] [--rounds N]
+                                     [--recipients N] [--out FILE]
 
   --quick       256 MiB instead of 1 GiB, 500 instead of 2000 small files,
                 2000 instead of 10000 files for the idle-RSS measurement
@@ -35,6 +36,10 @@ usage: sudo bash tests/bench/mount.sh [--quick] [--only LIST] [--reps N] [--roun
   --rounds N    runs of the random-read and small-file rows within each
                 repetition (default 5; 1 with --quick): they take a
                 second or less each, so one run is mostly noise
+  --recipients N  envoys in lockbox's circle (default 1): with N > 1, N - 1
+                more envoys on loopback join it (their own agents, mounts
+                and stores), so every file is sealed to N recipients and
+                pushed to N - 1 peers, as in a real circle
   --out FILE    also write the result tables (markdown) to FILE
   -h, --help    this help
 
@@ -47,6 +52,7 @@ REPS=""
 ROUNDS=""
 ONLY="plain,gocryptfs,lockbox"
 OUT=""
+RECIPIENTS=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) QUICK=1 ;;
@@ -59,6 +65,9 @@ while [ $# -gt 0 ]; do
         --rounds) [ $# -ge 2 ] && [[ "$2" =~ ^[1-9][0-9]*$ ]] ||
                     { echo "mount.sh: --rounds needs a positive number" >&2; exit 2; }
                 ROUNDS="$2"; shift ;;
+        --recipients) [ $# -ge 2 ] && [[ "$2" =~ ^[1-8]$ ]] ||
+                    { echo "mount.sh: --recipients needs a number from 1 to 8" >&2; exit 2; }
+                RECIPIENTS="$2"; shift ;;
         --out) [ $# -ge 2 ] || { echo "mount.sh: --out needs a file" >&2; exit 2; }
                OUT="$2"; shift ;;
         --out=*) OUT="${1#--out=}" ;;
@@ -128,6 +137,7 @@ GC_PID=""
 LB_HOME="$WORK/lockbox-home"
 LB_MNT="$LB_HOME/lockbox"
 LB_STARTED=0
+PEER_HOMES=()   # the other envoys of the circle (--recipients)
 SAMPLER_PID=""
 
 is_mounted() { awk -v p="$1" '$2 == p { f = 1 } END { exit !f }' /proc/self/mounts; }
@@ -164,6 +174,11 @@ cleanup() {
         fi
         unmount "$LB_MNT"
     fi
+    for h in "${PEER_HOMES[@]}"; do
+        log "cleanup: lockbox stop ($h)"
+        timeout 180 env HOME="$h" "$LOCKBOX_BIN" stop >/dev/null 2>&1 || log "cleanup: stop of $h failed"
+        unmount "$h/lockbox"
+    done
     if is_mounted "$GC_MNT"; then log "cleanup: unmount gocryptfs"; unmount "$GC_MNT"; fi
     if [ -n "$GC_PID" ]; then
         for _ in $(seq 50); do kill -0 "$GC_PID" 2>/dev/null || break; sleep 0.1; done
@@ -296,10 +311,49 @@ setup_lockbox() {
     mkdir -p "$LB_HOME/.lockbox"
     printf 'multicast: off\npeer_port: 0\nlisten: 127.0.0.1\n' >"$LB_HOME/.lockbox/config.yaml"
     echo "bench passphrase" >"$WORK/pass"; chmod 600 "$WORK/pass"
+    [ "$RECIPIENTS" -gt 1 ] && setup_circle
     lb init --passphrase-file "$WORK/pass" --envoy bench >>"$WORK/lockbox.out" 2>&1 ||
         lb_fail "init failed: $(tail -n 3 "$WORK/lockbox.out" | tr '\n' ' ')"
     lb_unlock
+    [ "$RECIPIENTS" -gt 1 ] && wait_circle
     DIR="$LB_MNT"
+}
+setup_circle() {  # --recipients: the other envoys, each with a fleet certificate, all on loopback
+    local i h ports others names
+    mkdir -p "$WORK/fleet-home"
+    HOME="$WORK/fleet-home" "$LOCKBOX_BIN" fleet init --out "$WORK/fleet" >>"$WORK/lockbox.out" 2>&1 ||
+        lb_fail "fleet init failed: $(tail -n 3 "$WORK/lockbox.out" | tr '\n' ' ')"
+    read -r -a ports <<<"$("$PYTHON" -c "
+import socket
+socks = [socket.socket() for _ in range($RECIPIENTS)]
+for s in socks: s.bind(('127.0.0.1', 0))
+print(' '.join(str(s.getsockname()[1]) for s in socks))")"
+    names=(bench)
+    for i in $(seq 2 "$RECIPIENTS"); do names+=("peer$i"); done
+    for i in $(seq 0 $((RECIPIENTS - 1))); do
+        if [ "$i" = 0 ]; then h="$LB_HOME"; else h="$WORK/peer$((i + 1))-home"; PEER_HOMES+=("$h"); fi
+        mkdir -p "$h/.lockbox"
+        others="$(for j in $(seq 0 $((RECIPIENTS - 1))); do [ "$j" = "$i" ] || printf '"127.0.0.1:%s",' "${ports[$j]}"; done)"
+        printf 'multicast: off\nlisten: 127.0.0.1\npeer_port: %s\ncross_subnet_peers: [%s]\n' \
+            "${ports[$i]}" "${others%,}" >"$h/.lockbox/config.yaml"
+        HOME="$h" "$LOCKBOX_BIN" fleet issue --ca "$WORK/fleet" --envoy "${names[$i]}" \
+            --out "$h/.lockbox/tls" --host 127.0.0.1 >>"$WORK/lockbox.out" 2>&1 ||
+            lb_fail "fleet issue for ${names[$i]} failed: $(tail -n 3 "$WORK/lockbox.out" | tr '\n' ' ')"
+        [ "$i" = 0 ] && continue
+        HOME="$h" "$LOCKBOX_BIN" init --passphrase-file "$WORK/pass" --envoy "${names[$i]}" >>"$WORK/lockbox.out" 2>&1 ||
+            lb_fail "init of ${names[$i]} failed: $(tail -n 3 "$WORK/lockbox.out" | tr '\n' ' ')"
+        HOME="$h" "$LOCKBOX_BIN" unlock --passphrase-file "$WORK/pass" >>"$WORK/lockbox.out" 2>&1 ||
+            lb_fail "unlock of ${names[$i]} failed: $(tail -n 3 "$WORK/lockbox.out" | tr '\n' ' ')"
+    done
+}
+wait_circle() {  # until the bench envoy seals to every envoy of the circle
+    local i n=0
+    for i in $(seq 600); do
+        n="$(lb status --json 2>/dev/null | "$PYTHON" -c 'import json, sys; print(len(json.load(sys.stdin)["recipients"]))' 2>/dev/null || echo 0)"
+        [ "$n" = "$RECIPIENTS" ] && { log "lockbox: the circle has $n envoys"; return 0; }
+        sleep 0.2
+    done
+    lb_fail "the circle did not form: $n of $RECIPIENTS envoys after 120 s"
 }
 lb_check_store() {  # the write really went to the store, as age ciphertext
     local f="$LB_HOME/.lockbox/store/$(basename "$1")" size magic
@@ -450,6 +504,7 @@ idle_rss_with_files() {  # fresh daemon, RSS_FILES small files created through i
     if want gocryptfs; then echo "- gocryptfs: $(gocryptfs -version 2>/dev/null | head -n 1)"; fi
     if want lockbox; then
         echo "- lockbox: $LOCKBOX_BIN (built $(date -u -r "$LOCKBOX_BIN" '+%Y-%m-%d %H:%M UTC'), repo HEAD $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?'))"
+        echo "- lockbox's circle: $RECIPIENTS envoy(s) (every file sealed to $RECIPIENTS recipient(s))"
     fi
     echo "- load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 } >"$WORK/header.md"
