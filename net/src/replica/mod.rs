@@ -827,6 +827,26 @@ mod tests {
         assert_eq!(got.to_bytes(), rec.to_bytes());
     }
 
+    /// Seal `content` as `doc` as the mount does at a close: from the
+    /// version its writer started from, placed by the journal.
+    fn seal_placed(r: &Replica, doc: &Name, content: &[u8]) {
+        let to =
+            lockbox_fs::SealTo::keys(vec![lockbox_crypto::AgeIdentity::generate().to_public()]);
+        let base = r.store().base_of(doc);
+        let seal = r
+            .store()
+            .seal_deferred(
+                doc,
+                std::io::Cursor::new(content.to_vec()),
+                &to,
+                1 << 20,
+                lockbox_fs::store::SealAttrs::new(std::time::SystemTime::now(), false),
+                &base,
+            )
+            .unwrap();
+        drop(seal);
+    }
+
     /// A seal placed through the mount's path just before the agent was
     /// killed — its version not yet signed onto its file, and neither its
     /// record nor the one before it durable — is signed at the next start
@@ -850,21 +870,7 @@ mod tests {
         let [a] = circle(dir.path(), ["alpha"]);
         let alpha = if grouped { a.open_grouped() } else { a.open() };
         let (doc, v1) = seal_doc(&alpha, b"v1");
-        let to =
-            lockbox_fs::SealTo::keys(vec![lockbox_crypto::AgeIdentity::generate().to_public()]);
-        let base = alpha.store().base_of(&doc);
-        let seal = alpha
-            .store()
-            .seal_deferred(
-                &doc,
-                std::io::Cursor::new(b"v2".to_vec()),
-                &to,
-                1 << 20,
-                lockbox_fs::store::SealAttrs::new(std::time::SystemTime::now(), false),
-                &base,
-            )
-            .unwrap();
-        drop(seal);
+        seal_placed(&alpha, &doc, b"v2");
         alpha.store().deliver_journal();
         let v2 = {
             let _guard = alpha.store().change_lock();
@@ -918,21 +924,7 @@ mod tests {
         let [a] = circle(dir.path(), ["alpha"]);
         let alpha = a.open();
         let (doc, _) = seal_doc(&alpha, b"v1");
-        let to =
-            lockbox_fs::SealTo::keys(vec![lockbox_crypto::AgeIdentity::generate().to_public()]);
-        let base = alpha.store().base_of(&doc);
-        let seal = alpha
-            .store()
-            .seal_deferred(
-                &doc,
-                std::io::Cursor::new(b"v2".to_vec()),
-                &to,
-                1 << 20,
-                lockbox_fs::store::SealAttrs::new(std::time::SystemTime::now(), false),
-                &base,
-            )
-            .unwrap();
-        drop(seal);
+        seal_placed(&alpha, &doc, b"v2");
         // chmod +x, recorded (and attached to the file) ...
         drop(
             alpha
