@@ -310,8 +310,29 @@ where
     Ok(out)
 }
 
-/// A streamed body that reads `file` on a blocking thread.
+/// Files up to this size are sent as one body read at once, on the
+/// caller's task: a small file (most secrets) was just written and is in
+/// the page cache, and reading it costs less than what streaming it did
+/// per push and peer (a task, two hand-offs to the blocking pool and a
+/// 256 KiB buffer). The caller opened the file on its task already.
+const READ_AT_ONCE: u64 = 64 * 1024;
+
+/// The body of `file`: read at once when it is small, else streamed from
+/// a blocking thread.
 pub(super) fn file_body(mut file: std::fs::File) -> Body {
+    let len = file.metadata().map_or(u64::MAX, |m| m.len());
+    if len <= READ_AT_ONCE {
+        // One more byte: the read that finds the end needs no new buffer.
+        let mut buf = Vec::with_capacity(len as usize + 1);
+        return match file.read_to_end(&mut buf) {
+            Ok(_) => full(buf),
+            Err(e) => {
+                let (tx, body) = http_body_util::channel::Channel::<Bytes, std::io::Error>::new(1);
+                tx.abort(e);
+                body.boxed()
+            }
+        };
+    }
     let (mut tx, body) = http_body_util::channel::Channel::<Bytes, std::io::Error>::new(4);
     tokio::spawn(async move {
         loop {
@@ -432,6 +453,27 @@ mod tests {
 
     /// Long enough for any answer that does not wait for more input.
     const PROMPTLY: Duration = Duration::from_secs(10);
+
+    /// A file's body holds its bytes whether it is read at once (small)
+    /// or streamed (large).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_body_holds_the_file_small_or_large() {
+        let dir = tempfile::tempdir().unwrap();
+        for len in [
+            0,
+            1,
+            READ_AT_ONCE as usize,
+            READ_AT_ONCE as usize + 1,
+            700_000,
+        ] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+            let p = dir.path().join(format!("f{len}"));
+            std::fs::write(&p, &bytes).unwrap();
+            let body = file_body(std::fs::File::open(&p).unwrap());
+            let got = body.collect().await.unwrap().to_bytes();
+            assert!(got[..] == bytes[..], "{len} bytes");
+        }
+    }
 
     #[tokio::test]
     async fn a_body_up_to_the_cap_is_read_whole() {
