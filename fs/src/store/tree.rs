@@ -206,8 +206,13 @@ impl Changed {
 impl Store {
     /// The store folder that holds `name`.
     pub(super) fn folder_of(&self, name: &Name) -> PathBuf {
-        match name.parent() {
-            Some(p) => self.dir.join(p.as_os_str()),
+        self.folder_path(name.parent().as_ref())
+    }
+
+    /// The store folder of `folder` (`None`: the top of the store).
+    fn folder_path(&self, folder: Option<&Name>) -> PathBuf {
+        match folder {
+            Some(f) => self.path_of(f),
             None => self.dir.clone(),
         }
     }
@@ -365,7 +370,7 @@ impl Store {
     /// than `rsync` set or saw.)
     pub fn folder_touched(&self, folder: Option<&Name>, t: std::time::SystemTime) {
         if let Some(w) = &self.waiting {
-            let p = folder.map_or_else(|| self.dir.clone(), |f| self.path_of(f));
+            let p = self.folder_path(folder);
             lock(&w.folder_times).insert(p, (t, std::time::Instant::now()));
         }
     }
@@ -385,10 +390,7 @@ impl Store {
     /// its round included, sorted. Without [`Store::with_folders`], the
     /// top's files only.
     pub fn entries_in(&self, folder: Option<&Name>) -> Result<Vec<(Name, bool)>, Error> {
-        let dir = match folder {
-            Some(f) => self.path_of(f),
-            None => self.dir.clone(),
-        };
+        let dir = self.folder_path(folder);
         // The waiting seals are held still while the folder is read: a
         // round renames a seal into the folder and then drops it from the
         // waiting ones under this lock, so read between the two, the name

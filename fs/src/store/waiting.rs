@@ -152,6 +152,29 @@ pub(super) struct WaitingFile {
 /// the agent restarts).
 pub(super) const KEEP_FOLDER_TIME: Duration = Duration::from_secs(600);
 
+/// The time `folder` must keep when a round puts a seal in place as its
+/// file `dest`, which on disk moves the folder's time although the mount
+/// showed the change before: the time the mount gave it since
+/// (`Waiting::folder_times`: a name changed, or `rsync -a` set it right
+/// after closing the files in it); else, for a seal that replaces a file,
+/// the time it had before the round (`before`, if an earlier seal of the
+/// round kept one), since a new version of a file is not a change of its
+/// folder; else `None`.
+fn folder_time_to_keep(
+    times: &HashMap<PathBuf, (std::time::SystemTime, Instant)>,
+    before: Option<std::time::SystemTime>,
+    folder: &Path,
+    dest: &Path,
+) -> Option<std::time::SystemTime> {
+    if let Some((t, _)) = times.get(folder) {
+        return Some(*t);
+    }
+    if dest.symlink_metadata().is_err() {
+        return None;
+    }
+    before.or_else(|| folder.symlink_metadata().and_then(|m| m.modified()).ok())
+}
+
 /// Say that `name`'s waiting seal was dropped because the disk failed to
 /// store it (`e`).
 pub(super) fn log_lost_to_the_disk(name: &Name, e: &Error) {
@@ -289,6 +312,10 @@ impl Store {
             // Held through the renames: a folder's time set meanwhile
             // (`set_folder_mtime`) comes before or after each one whole.
             let mut times = lock(&w.folder_times);
+            // Per folder, the time to give back once the round's seals are
+            // in place (its last rename's verdict; `None`: that rename
+            // moves it): one `utimensat` per folder, not per seal.
+            let mut give_back: HashMap<PathBuf, Option<std::time::SystemTime>> = HashMap::new();
             let mut failed = None;
             for (name, temp, seq) in batch {
                 let mut files = lock(&w.files);
@@ -296,7 +323,9 @@ impl Store {
                     continue; // replaced, removed or installed meanwhile
                 }
                 let dest = self.path_of(&name);
-                let keep = self.folder_time_to_keep(&times, &name, &dest);
+                let folder = self.folder_of(&name);
+                let before = give_back.get(&folder).copied().flatten();
+                let keep = folder_time_to_keep(&times, before, &folder, &dest);
                 match tree::rename_making_folders(&self.dir, &temp, &name) {
                     Ok(made) => {
                         files.remove(&name);
@@ -304,11 +333,14 @@ impl Store {
                             w.changed.insert(self.folder_of(n));
                         }
                         let _ = rustix::fs::removexattr(&dest, SEAL_XATTR);
-                        if let Some((folder, t)) = keep {
-                            let _ = File::open(&folder).and_then(|f| f.set_modified(t));
-                        }
+                        give_back.insert(folder, keep);
                     }
                     Err(e) => failed = Some(Error::io("rename into", &dest, e)),
+                }
+            }
+            for (folder, t) in give_back {
+                if let Some(t) = t {
+                    let _ = File::open(&folder).and_then(|f| f.set_modified(t));
                 }
             }
             // A folder no seal waits for has its time on disk, unless a
@@ -325,31 +357,6 @@ impl Store {
         }
         w.changed.sync(force_dir.then_some(self.dir.as_path()))?;
         self.sync_held()
-    }
-
-    /// The time the folder of `name` (whose store file is `dest`) must keep
-    /// when the round puts `name`'s seal in place, which on disk moves the
-    /// folder's time although the mount showed the change before: the time
-    /// the mount gave it since (`Waiting::folder_times`: a name changed, or
-    /// `rsync -a` set it right after closing the files in it); else, for a
-    /// seal that replaces a file, the time it has (a new version of a file
-    /// is not a change of its folder).
-    fn folder_time_to_keep(
-        &self,
-        times: &HashMap<PathBuf, (std::time::SystemTime, Instant)>,
-        name: &Name,
-        dest: &Path,
-    ) -> Option<(PathBuf, std::time::SystemTime)> {
-        let folder = self.folder_of(name);
-        let set = times.get(&folder).map(|(t, _)| *t);
-        let t = match set {
-            Some(t) => t,
-            None if dest.symlink_metadata().is_ok() => {
-                folder.symlink_metadata().and_then(|m| m.modified()).ok()?
-            }
-            None => return None,
-        };
-        Some((folder, t))
     }
 
     /// A round's sync of the waiting temps failed: drop those seals, so
