@@ -631,7 +631,7 @@ impl Replica {
             ),
             (None, None) => {
                 let path = self.store.current_path(name);
-                let executable = executable_at(&path);
+                let executable = self.store.executable(name);
                 match self.unchanged_content(name, &path) {
                     // A chmod: the bytes are the recorded ones, unread.
                     Some(v) => (v.plaintext_len, v.ciphertext_len, v.hash, executable),
@@ -898,11 +898,6 @@ pub(super) fn sealed_to(envoys: &[String]) -> Option<Vec<WireName>> {
 
 /// Length of the plaintext and ciphertext, and the ciphertext hash, of a
 /// store file (read through once).
-/// Whether the store file at `path` is executable (false if it is gone).
-pub(super) fn executable_at(path: &Path) -> bool {
-    fs::symlink_metadata(path).is_ok_and(|m| lockbox_fs::store::is_executable(&m))
-}
-
 pub(super) fn describe_file(path: &Path) -> Result<(u64, u64, Sha256), ReplicaError> {
     let io = |source| ReplicaError::Unreadable {
         path: path.to_path_buf(),
