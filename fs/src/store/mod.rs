@@ -239,6 +239,12 @@ impl StagedFile {
     fn attach_placed(&self, version: &[u8]) {
         attach_placed_to(&self.path, version);
     }
+
+    /// [`StagedFile::attach_placed`] through `file`, the staged file open:
+    /// no walk of its path.
+    fn attach_placed_via(file: &File, version: &[u8]) {
+        let _ = rustix::fs::fsetxattr(file, PLACED_XATTR, version, rustix::fs::XattrFlags::empty());
+    }
 }
 
 /// The record attached to the file at `path` (a store file, or held
@@ -493,13 +499,24 @@ impl Store {
         fill: impl FnOnce(&mut File) -> Result<T, Error>,
         durable: bool,
     ) -> Result<(StagedFile, T), Error> {
-        let (staged, mut file) = self.new_temp()?;
-        let t = fill(&mut file)?;
+        let (staged, file, t) = self.stage_open(fill)?;
         if durable {
             file.sync_all()
                 .map_err(|e| Error::io("sync", &staged.path, e))?;
         }
         Ok((staged, t))
+    }
+
+    /// Write a complete file into the temp folder with `fill`, not synced,
+    /// and keep it open: what comes next (its mark, its placed version,
+    /// its stat) goes through the open file rather than its path.
+    fn stage_open<T>(
+        &self,
+        fill: impl FnOnce(&mut File) -> Result<T, Error>,
+    ) -> Result<(StagedFile, File, T), Error> {
+        let (staged, mut file) = self.new_temp()?;
+        let t = fill(&mut file)?;
+        Ok((staged, file, t))
     }
 
     /// A fresh, empty 0600 temp file (removed when the [`StagedFile`] is

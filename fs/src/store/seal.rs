@@ -386,10 +386,10 @@ impl Store {
             mark_complete(file, seq, name);
             Ok(done)
         };
-        let (staged, (sealed, tagged)) = self.stage_with(fill, false)?;
+        let (staged, file, (sealed, tagged)) = self.stage_open(fill)?;
         let tags = self.keep_tags(name, tagged.tags);
         let (sealed, metadata, recorded, placed) =
-            self.wait_staged(g, w, name, staged, seq, sealed, base);
+            self.wait_staged(g, w, name, staged, &file, seq, sealed, base);
         Ok(Seal {
             sealed,
             tags,
@@ -433,7 +433,7 @@ impl Store {
             if let (Some(g), Some(w)) = (&self.grouped, &self.waiting) {
                 let seq = w.next.fetch_add(1, Ordering::Relaxed);
                 mark_complete(&file, seq, name);
-                self.wait_staged(g, w, name, staged, seq, sealed, base)
+                self.wait_staged(g, w, name, staged, &file, seq, sealed, base)
             } else {
                 file.sync_all()
                     .map_err(|e| Error::io("sync", &staged.path, e))?;

@@ -526,6 +526,7 @@ impl Store {
         w: &Waiting,
         name: &Name,
         mut staged: StagedFile,
+        file: &File,
         seq: u64,
         sealed: Sealed,
         base: &Base,
@@ -533,20 +534,13 @@ impl Store {
         let guard = self.lock_changes();
         let placed = self.place_locked(name, base, &sealed);
         if let Some(p) = &placed {
-            staged.attach_placed(&p.version);
+            StagedFile::attach_placed_via(file, &p.version);
         }
         let at = placed.as_ref().map_or(name, |p| &p.under);
         if at != name {
-            if let Some(mark) = seal_mark(seq, at) {
-                let _ = rustix::fs::setxattr(
-                    &staged.path,
-                    SEAL_XATTR,
-                    &mark,
-                    rustix::fs::XattrFlags::empty(),
-                );
-            }
+            mark_complete(file, seq, at);
         }
-        let metadata = fs::symlink_metadata(&staged.path).ok();
+        let metadata = file.metadata().ok();
         let stat = metadata.as_ref().map(LocalStat::from_metadata);
         let temp = std::mem::take(&mut staged.path);
         let older = lock(&w.files).insert(at.clone(), WaitingFile { temp, seq });
