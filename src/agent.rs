@@ -56,6 +56,8 @@ struct Agent {
     /// Connections of `stop` callers: closed only when the process exits,
     /// which is how they learn the agent is gone.
     stoppers: Mutex<Vec<UnixStream>>,
+    /// The status page, once `lockbox web` asked for it.
+    web: Mutex<Option<crate::web::Web>>,
 }
 
 /// Run the agent in the foreground until stopped.
@@ -122,6 +124,7 @@ pub fn run(paths: Paths) -> anyhow::Result<()> {
         shutdown: Notify::new(),
         hardening,
         stoppers: Mutex::new(Vec::new()),
+        web: Mutex::new(None),
     });
     let notify = agent.members_changed.clone();
     agent.replica.on_members_change(move || notify.notify_one());
@@ -129,6 +132,11 @@ pub fn run(paths: Paths) -> anyhow::Result<()> {
         // Joins run while unlocked, with what the session holds.
         let session = agent.session.clone();
         mesh.set_join_credentials(Box::new(move || session.lock().ok()?.join()));
+        // Members' status pages show whether the user is unlocked here.
+        let session = agent.session.clone();
+        mesh.set_unlocked_source(Box::new(move || {
+            session.lock().is_ok_and(|s| s.is_unlocked())
+        }));
     }
     let result = runtime.block_on(serve(agent.clone()));
     // Seal what is open and unmount, then lock the session (zeroizing the
@@ -561,7 +569,7 @@ async fn idle_timer(agent: Arc<Agent>) {
     }
 }
 
-fn handle(agent: &Agent, mut stream: UnixStream) {
+fn handle(agent: &Arc<Agent>, mut stream: UnixStream) {
     let req = match control::read_frame::<Request>(&mut stream) {
         Ok(Some(Frame::Message(r))) => r,
         Ok(None) => return,
@@ -574,6 +582,7 @@ fn handle(agent: &Agent, mut stream: UnixStream) {
         Request::Status => {
             control::write_message(&mut stream, &Response::Status(Box::new(status(agent))))
         }
+        Request::Web => control::write_message(&mut stream, &web_page(agent)),
         Request::List => match agent.envoy.store.list() {
             Ok(entries) => control::write_message(
                 &mut stream,
@@ -793,6 +802,7 @@ fn status(agent: &Agent) -> StatusReport {
         report.tables = table_lines(&agent.replica, &mesh.digests(), &peers);
         report.long_absence = mesh.long_absence();
     }
+    fill_circle_tables(agent, &mut report, unlocked);
     report.departed = agent.replica.departed().map(|l| {
         format!(
             "this envoy {} the circle on {}: the others refuse it; run lockbox purge --yes \
@@ -814,6 +824,139 @@ fn status(agent: &Agent) -> StatusReport {
             .push("the agent could not disable core dumps".into());
     }
     report
+}
+
+/// The status page's address, starting it on the agent's runtime the first
+/// time (on `web_port`, or a free port).
+fn web_page(agent: &Arc<Agent>) -> Response {
+    let Ok(mut web) = agent.web.lock() else {
+        return Response::Error {
+            failure: Failure::Internal,
+            message: "the status page's state is damaged".into(),
+        };
+    };
+    if web.is_none() {
+        let source: Arc<dyn crate::web::Source> = Arc::new(WebSource(agent.clone()));
+        let port = agent.envoy.config.web_port;
+        let started = tokio::runtime::Handle::try_current()
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .and_then(|h| h.block_on(crate::web::Web::start(port, source)));
+        match started {
+            Ok(w) => {
+                tracing::info!("status page on http://{}/", w.addr());
+                *web = Some(w);
+            }
+            Err(e) => {
+                return Response::Error {
+                    failure: Failure::Internal,
+                    message: format!(
+                        "cannot serve the status page on 127.0.0.1:{port}: {e} (set web_port \
+                         in ~/.lockbox/config.yaml to a free port, or 0 for any)"
+                    ),
+                }
+            }
+        }
+    }
+    match web.as_ref() {
+        Some(w) => Response::Web { url: w.url() },
+        None => Response::Error {
+            failure: Failure::Internal,
+            message: "the status page did not start".into(),
+        },
+    }
+}
+
+/// The agent as the status page sees it: its status, and the two actions
+/// the page offers.
+struct WebSource(Arc<Agent>);
+
+impl crate::web::Source for WebSource {
+    fn status(&self) -> StatusReport {
+        status(&self.0)
+    }
+
+    fn act(&self, action: crate::web::Action) -> crate::web::ActionResult {
+        let agent = &self.0;
+        match action {
+            crate::web::Action::Reencrypt => match reencrypt(agent, Reseal::Drifted, |_, _| {}) {
+                Ok((done, total)) => Ok(format!(
+                    "re-encrypted {done} of {total} drifted file(s) to the current members"
+                )),
+                Err(ReencryptError::Locked) => {
+                    Err((403, "locked: run lockbox unlock first".into()))
+                }
+                Err(e) => Err((500, format!("{:?}", e.response()))),
+            },
+            crate::web::Action::Resurrect(name) => {
+                let n = Name::new(name.clone().into_bytes()).map_err(|e| (400, e.to_string()))?;
+                agent
+                    .replica
+                    .resurrect(&n)
+                    .map(|_| format!("resurrected {}", name.escaped()))
+                    .map_err(|e| (400, e.to_string()))
+            }
+        }
+    }
+}
+
+/// The status page's tables: the envoys, the presence matrix and the
+/// deletes (see `docs/status-page.md`).
+fn fill_circle_tables(agent: &Agent, report: &mut StatusReport, unlocked: bool) {
+    use lockbox_net::mesh::Held;
+    use lockbox_net::records::{FileVersion, Tombstone};
+    let e = &agent.envoy;
+    let free = e.store.free_percent().ok();
+    let me = crate::status::EnvoyLine {
+        envoy: e.config.envoy.clone(),
+        this: true,
+        state: "reporting".into(),
+        last_seen_secs: Some(0),
+        unlocked: Some(unlocked),
+        free_percent: free,
+        disk_short: free.is_some_and(|f| f <= e.config.disk_pressure_percent),
+        protocol: Some(lockbox_net::mesh::PROTOCOL_VERSION),
+        detail: "this envoy".into(),
+    };
+    let members = agent.replica.members().names();
+    let (peers, holdings) = match &agent.mesh {
+        Some(m) => (m.peers(), m.holdings()),
+        None => Default::default(),
+    };
+    report.envoys = crate::status::envoy_lines(me, &members, &peers, e.config.stale_after);
+    let local = agent
+        .replica
+        .manifest()
+        .into_iter()
+        .filter_map(|(name, rec)| {
+            let rec = Signed::<FileVersion>::from_trusted_bytes(&rec).ok()?;
+            let v = rec.body();
+            Some(crate::status::LocalVersion {
+                held: Held::of(v),
+                size: v.plaintext_len,
+                sealed_unix: v.sealed_unix,
+                author: v.author.to_string(),
+                name,
+            })
+        })
+        .collect();
+    report.presence = crate::status::presence_rows(&e.config.envoy, local, &holdings);
+    let mut deletes: Vec<_> = agent
+        .replica
+        .table_records(lockbox_net::replica::Table::Tombstones)
+        .iter()
+        .filter_map(|b| Signed::<Tombstone>::from_trusted_bytes(b).ok())
+        .map(|t| crate::status::DeleteLine {
+            name: t.body().name.to_string(),
+            by: t.body().author.to_string(),
+            deleted_unix: t.body().deleted_unix,
+        })
+        .collect();
+    deletes.sort_by(|a, b| {
+        b.deleted_unix
+            .cmp(&a.deleted_unix)
+            .then(a.name.cmp(&b.name))
+    });
+    report.deletes = deletes;
 }
 
 /// One line per member envoy (live, stale, or absent when never heard

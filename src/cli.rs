@@ -95,6 +95,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Open the status page: envoys, which envoy holds what, drift, deletes.
+    ///
+    /// The running agent serves it on 127.0.0.1 (web_port in the config, or
+    /// a free port); this prints its address with a fresh token and opens
+    /// it in the browser when a desktop is there.
+    Web {
+        /// Print the address only; do not start a browser.
+        #[arg(long)]
+        no_open: bool,
+    },
     /// Print this envoy's AGE-SECRET-KEY for offline recovery (after the passphrase).
     ExportIdentity {
         #[command(flatten)]
@@ -283,6 +293,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Delete { name } => cmd::files::delete(&paths, &name),
         Command::List { json } => cmd::files::list(&paths, json),
         Command::Status { json } => cmd::report::status(&paths, json),
+        Command::Web { no_open } => cmd::report::web(&paths, !no_open),
         Command::ExportIdentity { pass } => {
             cmd::init::export_identity(&paths, &pass.source(&paths)?)
         }

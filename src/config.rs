@@ -80,6 +80,9 @@ pub struct Config {
     pub stale_after: Duration,
     /// Peers contacted directly (`host` or `host:port`).
     pub cross_subnet_peers: Vec<String>,
+    /// Port of the status page (`lockbox web`) on 127.0.0.1; 0 = any free
+    /// port.
+    pub web_port: u16,
     /// Idle time after which the unlock session ends. A number means
     /// minutes; a duration string such as `2s` is accepted too (see
     /// `docs/operations.md`, "Configuration").
@@ -114,6 +117,7 @@ impl Default for Config {
             announce_interval: Duration::from_secs(30),
             stale_after: Duration::from_secs(90),
             cross_subnet_peers: Vec::new(),
+            web_port: 0,
             idle_timeout_minutes: Duration::from_secs(60 * 60),
             max_file_size: MAX_FILE_SIZE,
             tombstone_retention: Duration::from_secs(90 * 24 * 3600),
@@ -246,7 +250,8 @@ impl Config {
              max_file_size: {max}\n\
              tombstone_retention: {tr}\n\
              push_concurrency: {pc}\n\
-             disk_pressure_percent: {dp}\n",
+             disk_pressure_percent: {dp}\n\
+             web_port: {wp}                # status page on 127.0.0.1 (0 = any free port)\n",
             envoy = self.envoy,
             user = self.user,
             peer_port = self.peer_port,
@@ -259,6 +264,7 @@ impl Config {
             tr = render_duration(self.tombstone_retention),
             pc = self.push_concurrency,
             dp = self.disk_pressure_percent,
+            wp = self.web_port,
         );
         if let Some(k) = self.kdf {
             out.push_str(&format!(

@@ -24,6 +24,8 @@ pub const DATA_CHUNK: usize = 256 * 1024;
 pub enum Request {
     /// Status of the agent and the store (resets the idle timer).
     Status,
+    /// The status page's address (starting the page if it is not up).
+    Web,
     /// The files of the store.
     List,
     /// Unwrap the identity with this passphrase and hold it.
@@ -161,6 +163,11 @@ pub enum Response {
         asked: usize,
         /// Other members of the circle (live or not) before it.
         members: usize,
+    },
+    /// The status page's address, with its token.
+    Web {
+        /// `http://127.0.0.1:PORT/?token=…`
+        url: String,
     },
     /// Re-encryption is complete.
     Reencrypted {

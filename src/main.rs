@@ -18,6 +18,7 @@ mod paths;
 mod session;
 mod status;
 mod sys;
+mod web;
 
 use std::process::ExitCode;
 

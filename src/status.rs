@@ -129,7 +129,7 @@ impl FileCounts {
 }
 
 /// Everything `lockbox status` shows.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct StatusReport {
     /// This envoy's name.
     pub envoy: String,
@@ -185,6 +185,79 @@ pub struct StatusReport {
     pub hardening: Option<Hardening>,
     /// Warnings (swap, core dumps, hardening).
     pub warnings: Vec<String>,
+    /// Every member envoy, this one first: reporting or not, locked or
+    /// not, its disk (the status page's envoy table).
+    #[serde(default)]
+    pub envoys: Vec<EnvoyLine>,
+    /// Every file held here × every member: what each holds of it (the
+    /// status page's presence matrix).
+    #[serde(default)]
+    pub presence: Vec<PresenceRow>,
+    /// The deletes on record (tombstones), newest first.
+    #[serde(default)]
+    pub deletes: Vec<DeleteLine>,
+}
+
+/// One member envoy in `status --json` and on the status page.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EnvoyLine {
+    /// Its name.
+    pub envoy: String,
+    /// Whether it is this envoy.
+    pub this: bool,
+    /// `reporting` (heard within `stale_after`), `stale` (heard before
+    /// that, within [`NOT_REPORTING_AFTER`] times it) or `not reporting`.
+    pub state: String,
+    /// Seconds since it was last heard from (none: not since this agent
+    /// started).
+    pub last_seen_secs: Option<u64>,
+    /// Whether its user's session is unlocked, as it last said (none: it
+    /// did not say).
+    pub unlocked: Option<bool>,
+    /// Free disk of its store, percent, as it last said.
+    pub free_percent: Option<u8>,
+    /// Its disk is short: it refuses pushes.
+    pub disk_short: bool,
+    /// The protocol it speaks, as it last said.
+    pub protocol: Option<u32>,
+    /// Where it was reached, and why the last contact failed if it did.
+    pub detail: String,
+}
+
+/// A member heard from longer ago than this many `stale_after` is "not
+/// reporting" rather than "stale".
+pub const NOT_REPORTING_AFTER: u64 = 3;
+
+/// One file in the presence matrix.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PresenceRow {
+    /// Its name (lossy UTF-8; see [`ListEntry::name`]).
+    pub name: String,
+    /// Plaintext size of the version held here.
+    pub size: u64,
+    /// When that version was sealed, Unix seconds by its author's clock.
+    pub sealed_unix: i64,
+    /// The envoy that wrote it.
+    pub author: String,
+    /// Per member envoy: `current`, `older`, `newer`, `conflict`,
+    /// `missing` or `unknown` (see `lockbox_net::mesh::Presence`).
+    pub holders: std::collections::BTreeMap<String, String>,
+    /// Every member holds the version held here.
+    pub everywhere: bool,
+    /// It is a conflict copy (`name~conflict-…`), or a member holds a
+    /// version concurrent with it.
+    pub conflict: bool,
+}
+
+/// One delete on record.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DeleteLine {
+    /// The deleted name (lossy UTF-8).
+    pub name: String,
+    /// The envoy that deleted it.
+    pub by: String,
+    /// When, Unix seconds by its clock.
+    pub deleted_unix: i64,
 }
 
 /// One table of the mesh in `status`.
@@ -257,6 +330,9 @@ impl StatusReport {
             long_absence: None,
             hardening: None,
             warnings,
+            envoys: vec![],
+            presence: vec![],
+            deletes: vec![],
         })
     }
 
@@ -286,6 +362,9 @@ impl StatusReport {
             long_absence: None,
             hardening: None,
             warnings: vec![],
+            envoys: vec![],
+            presence: vec![],
+            deletes: vec![],
         }
     }
 
@@ -511,6 +590,114 @@ pub fn render_list(rows: &[ListEntry]) -> String {
     o
 }
 
+/// One file held here, for [`presence_rows`].
+pub struct LocalVersion {
+    /// Its name.
+    pub name: lockbox_fs::Name,
+    /// The version held here.
+    pub held: lockbox_net::mesh::Held,
+    /// Its plaintext size.
+    pub size: u64,
+    /// When it was sealed (its author's clock).
+    pub sealed_unix: i64,
+    /// Who wrote it.
+    pub author: String,
+}
+
+/// The presence matrix: each file held here (`local`) against what every
+/// other member holds of it (`holdings`, by envoy); this envoy (`me`)
+/// holds each by definition.
+pub fn presence_rows(
+    me: &str,
+    local: Vec<LocalVersion>,
+    holdings: &std::collections::HashMap<String, lockbox_net::mesh::Holdings>,
+) -> Vec<PresenceRow> {
+    use lockbox_net::mesh::Presence;
+    local
+        .into_iter()
+        .map(|v| {
+            let mut holders = std::collections::BTreeMap::new();
+            holders.insert(me.to_string(), Presence::Current.word().to_string());
+            let mut everywhere = true;
+            let mut conflict = lockbox_net::version::conflict_origin(v.name.as_bytes()).is_some();
+            for (envoy, h) in holdings {
+                let p = h.of(&v.name, &v.held);
+                everywhere &= p == Presence::Current;
+                conflict |= p == Presence::Conflict;
+                holders.insert(envoy.clone(), p.word().to_string());
+            }
+            PresenceRow {
+                name: v.name.to_string(),
+                size: v.size,
+                sealed_unix: v.sealed_unix,
+                author: v.author,
+                holders,
+                everywhere,
+                conflict,
+            }
+        })
+        .collect()
+}
+
+/// The envoy table: this envoy (`me`, unlocked or not, its free disk),
+/// then each other member as `peers` (the mesh's view) has it.
+pub fn envoy_lines(
+    me: EnvoyLine,
+    members: &[String],
+    peers: &[lockbox_net::mesh::PeerStatus],
+    stale_after: std::time::Duration,
+) -> Vec<EnvoyLine> {
+    let gone = stale_after.as_secs().max(1) * NOT_REPORTING_AFTER;
+    let this = me.envoy.clone();
+    let mut out = vec![me];
+    for m in members.iter().filter(|m| **m != this) {
+        let seen: Vec<_> = peers
+            .iter()
+            .filter(|p| p.envoy.as_deref() == Some(m.as_str()) && p.refused.is_none())
+            .collect();
+        // The address heard from last speaks for the envoy.
+        let best = seen
+            .iter()
+            .filter(|p| p.last_seen_secs.is_some())
+            .min_by_key(|p| p.last_seen_secs);
+        out.push(match best {
+            Some(p) => EnvoyLine {
+                envoy: m.clone(),
+                this: false,
+                state: if p.live {
+                    "reporting"
+                } else if p.last_seen_secs.is_some_and(|s| s < gone) {
+                    "stale"
+                } else {
+                    "not reporting"
+                }
+                .into(),
+                last_seen_secs: p.last_seen_secs,
+                unlocked: p.unlocked,
+                free_percent: p.free_percent,
+                disk_short: p.disk_short,
+                protocol: p.protocol,
+                detail: match &p.error {
+                    Some(e) => format!("{}; since then: {e}", p.addr),
+                    None => p.addr.clone(),
+                },
+            },
+            None => EnvoyLine {
+                envoy: m.clone(),
+                this: false,
+                state: "not reporting".into(),
+                last_seen_secs: None,
+                unlocked: None,
+                free_percent: None,
+                disk_short: false,
+                protocol: None,
+                detail: "not heard from since this agent started".into(),
+            },
+        });
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -549,6 +736,7 @@ mod tests {
                 core_limit: 0,
             }),
             warnings: vec![],
+            ..StatusReport::default()
         }
     }
 

@@ -227,6 +227,7 @@ fn hellos() -> BTreeMap<String, Vec<u8>> {
         tombstones: hex::encode([2u8; 16]),
         resurrects: hex::encode([3u8; 16]),
         leaves: hex::encode([4u8; 16]),
+        unlocked: Some(false),
     };
     let mut out = BTreeMap::new();
     let bytes = h.encode().unwrap();

@@ -36,6 +36,71 @@ pub fn status(paths: &Paths, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `lockbox web [--no-open]`: the status page's address, from the agent
+/// (which starts the page the first time), opened with `xdg-open` when a
+/// desktop session is there.
+pub fn web(paths: &Paths, open: bool) -> anyhow::Result<()> {
+    let mut c = match Client::connect(paths) {
+        Ok(c) => c,
+        Err(ConnectError::NotRunning) => {
+            bail!("the agent is not running: the status page is the agent's; run lockbox unlock")
+        }
+        Err(ConnectError::Refused(e)) => return Err(e),
+    };
+    let url = match c.call(&Request::Web)? {
+        Response::Web { url } => url,
+        other => return Err(client::into_error(other)),
+    };
+    let desktop = ["DISPLAY", "WAYLAND_DISPLAY"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()));
+    // As Jupyter does, the browser is pointed at a 0600 file that redirects
+    // to the address, so the token is in no process's arguments (which
+    // every user can read); the page trades it for a cookie at once.
+    let opened = open
+        && desktop
+        && open_file(paths, &url).is_some_and(|f| {
+            std::process::Command::new("xdg-open")
+                .arg(&f)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+    if opened {
+        println!("{url}   (opened in your browser)");
+    } else {
+        println!("{url}");
+    }
+    Ok(())
+}
+
+/// Write the redirect to `url` that `lockbox web` opens (next to the
+/// control socket, 0600), and return its path.
+fn open_file(paths: &Paths, url: &str) -> Option<std::path::PathBuf> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = paths.socket_dir().join("web-open.html");
+    let _ = std::fs::remove_file(&path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .ok()?;
+    // The address is ours (hex and digits), but it is escaped all the same.
+    let url = maud::html! { (url) }.into_string();
+    writeln!(
+        f,
+        "<!DOCTYPE html><meta charset=\"utf-8\">\
+         <meta http-equiv=\"refresh\" content=\"0;url={url}\">\
+         <title>lockbox</title><a href=\"{url}\">Open the lockbox status page</a>"
+    )
+    .ok()?;
+    Some(path)
+}
+
 /// The running agent's mesh is off for want of a certificate, and one is
 /// there now (`fleet issue` after the agent started): the agent reads its
 /// certificate at start only, so say to restart it.

@@ -178,6 +178,7 @@ fn a_fake_peer_with_a_members_endorsement_learns_nothing_and_gets_nothing() {
                 tombstones: hex::encode([7u8; 16]),
                 resurrects: hex::encode([7u8; 16]),
                 leaves: hex::encode([7u8; 16]),
+                unlocked: None,
             }
             .encode()
             .expect("a hello")

@@ -57,3 +57,4 @@ mod resources;
 mod soak;
 mod unprivileged;
 mod versions;
+mod web;

@@ -129,12 +129,15 @@ impl Mesh {
         let mut list = ListBody::new(resp.into_body(), MAX_TABLE_ENTRIES)?;
         let most = self.cfg.push_concurrency.max(1);
         let mut tasks = tokio::task::JoinSet::new();
+        // What the peer holds, for the presence matrix (see `presence`).
+        let mut listed = std::collections::HashMap::new();
         let read = async {
             while let Some(item) = list.next().await.map_err(|e| match e {
                 ListBodyError::Body(e) => PeerError::Body(e),
                 ListBodyError::List(e) => PeerError::Manifest(ManifestError::List(e)),
             })? {
                 let (name, rec) = replica::decode_manifest_entry(&item)?;
+                listed.insert(name.clone(), super::Held::of(rec.body()));
                 if let Err(e) = self.size_allowed(&name, rec.body()) {
                     tracing::debug!("peer {addr}: not taking {}: {e}", name.escaped());
                     continue;
@@ -163,6 +166,9 @@ impl Mesh {
         }
         .await;
         while tasks.join_next().await.is_some() {}
+        if read.is_ok() {
+            self.learn_manifest(addr, listed);
+        }
         read
     }
 
@@ -183,10 +189,15 @@ impl Mesh {
             Err(e) => return Err(e.into()),
         }
         let replica = self.replica.clone();
-        match receive_body(replica, name, rec, resp.into_body()).await {
+        let version = rec.body().clone();
+        match receive_body(replica, name.clone(), rec, resp.into_body()).await {
+            Ok(_) => {
+                self.learn_version(addr, &name, &version);
+                Ok(())
+            }
             // Overtaken while it streamed (a newer version or a delete came
             // in meanwhile): nothing to fetch any more.
-            Ok(_) | Err(Refusal::Newer(_) | Refusal::Tombstoned) => Ok(()),
+            Err(Refusal::Newer(_) | Refusal::Tombstoned) => Ok(()),
             Err(e) => Err(e.into()),
         }
     }

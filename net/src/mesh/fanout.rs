@@ -138,7 +138,10 @@ impl Mesh {
             .await
             .unwrap_or_default();
         match status.as_u16() {
-            200..=299 => Ok(()),
+            200..=299 => {
+                self.learn_version(addr, name, rec.body());
+                Ok(())
+            }
             409 | 410 | 400 | 403 | 413 => Err(PushError::Final(format!(
                 "{status}: {}",
                 String::from_utf8_lossy(&text)

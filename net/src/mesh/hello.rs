@@ -81,7 +81,15 @@ pub struct Hello {
     /// Digest of its leave table (hex).
     #[serde(default)]
     pub leaves: String,
+    /// Whether its user's session is unlocked (for the members' status
+    /// pages); absent from envoys before it, and from one that does not
+    /// know.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unlocked: Option<bool>,
 }
+
+/// Where the mesh learns whether the session is unlocked.
+pub type UnlockedSource = Box<dyn Fn() -> bool + Send + Sync>;
 
 impl Hello {
     /// The longest hello accepted, in bytes.
@@ -336,7 +344,20 @@ impl Mesh {
             tombstones: hex::encode(d.tombstones),
             resurrects: hex::encode(d.resurrects),
             leaves: hex::encode(d.leaves),
+            unlocked: self.unlocked(),
         }
+    }
+
+    /// Sets where the mesh learns whether the session is unlocked (the
+    /// agent's session), for its hello answers.
+    pub fn set_unlocked_source(&self, source: UnlockedSource) {
+        if let Ok(mut s) = self.unlocked_source.lock() {
+            *s = Some(source);
+        }
+    }
+
+    fn unlocked(&self) -> Option<bool> {
+        self.unlocked_source.lock().ok()?.as_ref().map(|f| f())
     }
 
     /// The hello this envoy asks with on the connection with `exporter`:
@@ -585,6 +606,8 @@ impl Mesh {
             p.refused = None;
             p.free_percent = Some(hello.free_percent);
             p.disk_short = hello.disk_short;
+            p.unlocked = hello.unlocked;
+            p.protocol = Some(hello.protocol);
             p.digests = Some(hello.digests());
         });
         Ok(hello)
@@ -856,6 +879,7 @@ mod tests {
             tombstones: hex::encode([2u8; 16]),
             resurrects: hex::encode([3u8; 16]),
             leaves: hex::encode([4u8; 16]),
+            unlocked: Some(true),
         }
     }
 
@@ -889,7 +913,12 @@ mod tests {
         let h = Hello::parse(json).unwrap();
         assert!(!h.disk_short);
         assert_eq!((h.resurrects.as_str(), h.leaves.as_str()), ("", ""));
+        assert_eq!(h.unlocked, None);
         assert_eq!(Hello::parse(&h.encode().unwrap()).unwrap(), h);
+        // An envoy that does not say writes no field at all.
+        assert!(!String::from_utf8(h.encode().unwrap())
+            .unwrap()
+            .contains("unlocked"));
     }
 
     #[test]

@@ -63,6 +63,7 @@ mod discover;
 mod fanout;
 mod hello;
 mod join;
+mod presence;
 pub mod route;
 mod server;
 #[cfg(test)]
@@ -73,6 +74,7 @@ pub use hello::{open_membership, seal_membership, Hello, HelloAsk, HelloError};
 pub use join::{
     CredentialSource, JoinCredentials, RefusedJoin, SecretOpener, FAILED_JOINS_PER_HOUR,
 };
+pub use presence::{Held, Holdings, Presence};
 
 /// The protocol version spoken on the peer port.
 /// Protocol 2 proves membership on every connection (a hello carrying a
@@ -346,6 +348,13 @@ pub struct PeerStatus {
     /// It said its disk is short (hello or a 507): it gets no pushes.
     #[serde(default)]
     pub disk_short: bool,
+    /// Whether its user's session is unlocked, from its last hello answer
+    /// (none: an envoy that does not say).
+    #[serde(default)]
+    pub unlocked: Option<bool>,
+    /// The protocol it speaks, from its last hello answer.
+    #[serde(default)]
+    pub protocol: Option<u32>,
     /// Why the last contact failed (unreachable, refused in the TLS
     /// handshake, …), until it next answers.
     #[serde(default)]
@@ -364,6 +373,8 @@ struct Peer {
     refused: Option<String>,
     free_percent: Option<u8>,
     disk_short: bool,
+    unlocked: Option<bool>,
+    protocol: Option<u32>,
     digests: Option<Digests>,
     error: Option<String>,
 }
@@ -391,6 +402,9 @@ pub struct Mesh {
     refused_log: Mutex<HashMap<std::net::IpAddr, Instant>>,
     /// Where the credentials for joins come from (the unlock session).
     join_source: Mutex<Option<join::CredentialSource>>,
+    /// Whether the user's session is unlocked here (told to members in
+    /// the hello answer); unknown until the agent sets it.
+    unlocked_source: Mutex<Option<hello::UnlockedSource>>,
     /// Held while a join settles (one merge at a time).
     join_lock: tokio::sync::Mutex<()>,
     /// Failed joins per address (answering side).
@@ -400,6 +414,8 @@ pub struct Mesh {
     /// This envoy's circle merged with another envoy's since start.
     merged: std::sync::atomic::AtomicBool,
     last_catchup: Mutex<Option<SystemTime>>,
+    /// What each member envoy holds, as learnt (see [`presence`]).
+    holdings: Mutex<HashMap<String, presence::PeerFiles>>,
     /// Set at start when the last catch-up is older than the retention:
     /// until one completes, nothing is pushed or served.
     absence: Mutex<Absence>,
@@ -497,12 +513,14 @@ impl Mesh {
             connections: tokio::sync::Mutex::new(HashMap::new()),
             refused_log: Mutex::new(HashMap::new()),
             join_source: Mutex::new(None),
+            unlocked_source: Mutex::new(None),
             join_lock: tokio::sync::Mutex::new(()),
             join_attempts: Mutex::new(HashMap::new()),
             join_tried: Mutex::new(HashMap::new()),
             merged: std::sync::atomic::AtomicBool::new(false),
             contacting: Mutex::new(HashSet::new()),
             last_catchup: Mutex::new(None),
+            holdings: Mutex::new(HashMap::new()),
             absence: Mutex::new(Absence {
                 away_since,
                 back_at: None,
@@ -574,6 +592,8 @@ impl Mesh {
                 refused: p.refused.clone(),
                 free_percent: p.free_percent,
                 disk_short: p.disk_short,
+                unlocked: p.unlocked,
+                protocol: p.protocol,
                 error: p.error.clone(),
                 digests: p.digests,
             })

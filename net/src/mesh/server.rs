@@ -322,7 +322,10 @@ impl Mesh {
                 }
             }
             Route::File(name) => self.serve_file(&name),
-            Route::Push(name) => self.serve_push(name, req).await,
+            Route::Push(name) => {
+                let from = session.proven().map(|(envoy, _)| envoy);
+                self.serve_push(name, from, req).await
+            }
             Route::GetTable(table) => {
                 let all = self.replica.table_records(table);
                 respond(200, records::encode_list(all.iter().map(|v| v.as_slice())))
@@ -376,7 +379,13 @@ impl Mesh {
         }
     }
 
-    pub(super) async fn serve_push(&self, name: Name, req: Request<Incoming>) -> Response<Body> {
+    /// A push from the envoy `from` (proven on the connection).
+    pub(super) async fn serve_push(
+        &self,
+        name: Name,
+        from: Option<String>,
+        req: Request<Incoming>,
+    ) -> Response<Body> {
         // Everything is decided from the record before the body is read.
         let rec = match record_header(req.headers()) {
             Ok(r) => r,
@@ -397,7 +406,12 @@ impl Mesh {
         if let Some(resp) = early {
             return after_small_body(req, resp).await;
         }
-        match receive_body(self.replica.clone(), name, rec, req.into_body()).await {
+        let version = rec.body().clone();
+        let got = receive_body(self.replica.clone(), name.clone(), rec, req.into_body()).await;
+        if let (Ok(_), Some(from)) = (&got, from) {
+            self.learn_held(from, &name, &version);
+        }
+        match got {
             Ok(Admission::Same) => respond(200, "already held"),
             Ok(Admission::Store(n)) => respond(201, format!("stored as {n}")),
             Err(r) => refuse(&r),

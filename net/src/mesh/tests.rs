@@ -365,6 +365,7 @@ impl World {
             tombstones: hex::encode(d.tombstones),
             resurrects: hex::encode(d.resurrects),
             leaves: hex::encode(d.leaves),
+            unlocked: None,
         };
         tweak(&mut h);
         let seed = self.bravo_seed;

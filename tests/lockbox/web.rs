@@ -1,0 +1,294 @@
+//! The status page (`lockbox web`; `docs/status-page.md`) on real agents:
+//! who may read it (the token, its cookie, `Host`, `Origin`, the CSRF
+//! header, loopback only), that it never serves a file's content, and that
+//! it and `status --json` show a circle as it is: each envoy reporting or
+//! not, locked or not, and which envoy holds which file.
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::harness::fs;
+use crate::harness::*;
+use crate::{require, require_fuse};
+
+/// One answer of curl: status, headers (lower-cased names), body.
+struct Answer {
+    status: u16,
+    headers: String,
+    body: String,
+}
+
+/// `curl -i` with `args`; `None` when nothing answered.
+fn curl(args: &[&str]) -> Option<Answer> {
+    let out = Command::new("curl")
+        .args(["-s", "-i", "--max-time", "10"])
+        .args(args)
+        .output()
+        .expect("curl runs");
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status line");
+    Some(Answer {
+        status,
+        headers: head.to_lowercase(),
+        body: body.to_string(),
+    })
+}
+
+/// The page's address as `lockbox web --no-open` prints it: (base, token).
+fn web_url(e: &Envoy) -> (String, String) {
+    let out = e.ok(&["web", "--no-open"]);
+    let url = out.trim();
+    let (base, token) = url
+        .split_once("/?token=")
+        .unwrap_or_else(|| panic!("no token in {url:?}"));
+    assert!(base.starts_with("http://127.0.0.1:"), "{url}");
+    (base.to_string(), token.to_string())
+}
+
+/// The cookie a browser gets for `token`.
+fn cookie(token: &str) -> String {
+    format!("lockbox_web={token}")
+}
+
+/// The CSRF value the page carries.
+fn csrf_of(page: &str) -> String {
+    let at = page
+        .find(r#"name="lockbox-csrf" content=""#)
+        .expect("the page has its CSRF value")
+        + r#"name="lockbox-csrf" content=""#.len();
+    page[at..].split('"').next().unwrap().to_string()
+}
+
+#[test]
+fn only_the_token_on_loopback_reads_the_page_and_no_content_is_served() {
+    require_fuse!();
+    require!(
+        Command::new("curl").arg("--version").output().is_ok(),
+        "curl is not installed"
+    );
+    let m = MountedEnvoy::unlocked();
+    let marker = "PLAINTEXT-MARKER-5f1e0c";
+    fs::write(m.at("secret.txt"), marker).expect("write");
+    m.e.settle();
+    let (base, token) = web_url(&m.e);
+    // A second call gives the same page (one per agent).
+    assert_eq!(web_url(&m.e), (base.clone(), token.clone()));
+    let port = base.rsplit(':').next().unwrap().to_string();
+    let cookie = cookie(&token);
+    let mut bodies = Vec::new();
+
+    // No token, a wrong one, a cookie with a wrong one: 401.
+    let a = curl(&[&format!("{base}/")]).expect("answers");
+    assert_eq!(a.status, 401, "{}", a.body);
+    let a = curl(&[&format!("{base}/status.json?token={}", "0".repeat(64))]).unwrap();
+    assert_eq!(a.status, 401);
+    let a = curl(&[
+        "-H",
+        &format!("Cookie: lockbox_web={}", "f".repeat(64)),
+        &format!("{base}/status.json"),
+    ])
+    .unwrap();
+    assert_eq!(a.status, 401);
+
+    // The token in the address: a cookie for it, and a redirect without it.
+    let a = curl(&[&format!("{base}/?token={token}")]).unwrap();
+    assert_eq!(a.status, 303, "{}", a.headers);
+    assert!(a.headers.contains("location: /\r\n"), "{}", a.headers);
+    let set = a
+        .headers
+        .lines()
+        .find(|l| l.starts_with("set-cookie:"))
+        .expect("a cookie is set");
+    assert!(
+        set.contains("httponly") && set.contains("samesite=strict") && set.contains("path=/"),
+        "{set}"
+    );
+
+    // With the cookie: the page, with its protective headers.
+    let page = curl(&["-H", &format!("Cookie: {cookie}"), &format!("{base}/")]).unwrap();
+    assert_eq!(page.status, 200, "{}", page.body);
+    for h in [
+        "content-security-policy: default-src 'self'",
+        "x-frame-options: deny",
+        "cache-control: no-store",
+        "referrer-policy: no-referrer",
+    ] {
+        assert!(page.headers.contains(h), "{h} in {}", page.headers);
+    }
+    assert!(page.body.contains("secret.txt"), "the file is listed");
+    let csrf = csrf_of(&page.body);
+    bodies.push(page.body);
+
+    // Another Host (DNS rebinding) or Origin: refused even with the cookie.
+    for (h, v) in [
+        ("Host", format!("evil.example:{port}")),
+        ("Host", "127.0.0.1:1".to_string()),
+        ("Origin", format!("http://evil.example:{port}")),
+    ] {
+        let a = curl(&[
+            "-H",
+            &format!("Cookie: {cookie}"),
+            "-H",
+            &format!("{h}: {v}"),
+            &format!("{base}/status.json"),
+        ])
+        .unwrap();
+        assert_eq!(a.status, 403, "{h}: {v}: {}", a.body);
+    }
+
+    // A POST needs the CSRF header besides the cookie.
+    let post = |extra: &[&str]| {
+        let mut args = vec!["-X", "POST", "-H"];
+        let c = format!("Cookie: {cookie}");
+        args.push(&c);
+        args.extend_from_slice(extra);
+        let url = format!("{base}/reencrypt");
+        args.push(&url);
+        curl(&args).unwrap()
+    };
+    assert_eq!(post(&[]).status, 403);
+    assert_eq!(
+        post(&["-H", &format!("X-Lockbox-CSRF: {token}")]).status,
+        403
+    );
+    let a = post(&["-H", &format!("X-Lockbox-CSRF: {csrf}")]);
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(a.body.contains("re-encrypted"), "{}", a.body);
+
+    // Every route, and what each gives.
+    for path in [
+        "/status.json",
+        "/main",
+        "/app.js",
+        "/app.css",
+        "/?only=conflicts",
+    ] {
+        let a = curl(&["-H", &format!("Cookie: {cookie}"), &format!("{base}{path}")]).unwrap();
+        assert_eq!(a.status, 200, "{path}: {}", a.body);
+        bodies.push(a.body);
+    }
+    let st: serde_json::Value = serde_json::from_str(&bodies[1]).expect("status.json is JSON");
+    assert_eq!(st["envoys"][0]["this"], true, "{st}");
+    assert_eq!(st["envoys"][0]["unlocked"], true, "{st}");
+    let ev = curl(&[
+        "-H",
+        &format!("Cookie: {cookie}"),
+        "--max-time",
+        "2",
+        &format!("{base}/events"),
+    ]);
+    // The stream does not end: curl gives up at --max-time (exit 28).
+    assert!(ev.is_none(), "the event stream stays open");
+    for b in &bodies {
+        assert!(!b.contains(marker), "a response holds the file's content");
+    }
+
+    // Loopback only: no other address of this host answers on the port.
+    let addrs = Command::new("hostname")
+        .arg("-I")
+        .output()
+        .expect("hostname -I");
+    for ip in String::from_utf8_lossy(&addrs.stdout).split_whitespace() {
+        if ip.contains(':') {
+            continue;
+        }
+        let a = curl(&["--connect-timeout", "2", &format!("http://{ip}:{port}/")]);
+        assert!(a.is_none(), "{ip}:{port} answered");
+    }
+}
+
+/// Whether `holders` (a presence row's) says `current` for every envoy in
+/// `envoys`.
+fn held_by(row: &serde_json::Value, envoys: &[&str]) -> bool {
+    envoys.iter().all(|e| row["holders"][e] == "current")
+}
+
+fn row<'a>(st: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {
+    st["presence"]
+        .as_array()?
+        .iter()
+        .find(|r| r["name"] == name)
+}
+
+fn envoy<'a>(st: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {
+    st["envoys"].as_array()?.iter().find(|r| r["envoy"] == name)
+}
+
+#[test]
+fn the_circle_shows_who_holds_what_who_is_locked_and_who_reports() {
+    require_fuse!();
+    let c = Circle::loopback(&ALL);
+    let bravo = c.node("bravo");
+    fs::write(c.node("alpha").at("ssh-key"), b"key material").expect("write");
+    c.wait(
+        "every envoy holds ssh-key, as bravo sees it",
+        CONVERGE,
+        || {
+            let st = bravo.m.e.status_json();
+            row(&st, "ssh-key").is_some_and(|r| held_by(r, &ALL) && r["everywhere"] == true)
+        },
+    );
+    let st = bravo.m.e.status_json();
+    let r = row(&st, "ssh-key").unwrap();
+    assert_eq!(r["author"], "alpha", "{r}");
+    assert_eq!(r["size"], 12, "{r}");
+    for n in ALL {
+        let e = envoy(&st, n).unwrap_or_else(|| panic!("{n} in {st}"));
+        assert_eq!(e["state"], "reporting", "{e}");
+        assert_eq!(e["unlocked"], true, "{e}");
+    }
+
+    // charlie locks: bravo learns it at its next hello.
+    c.node("charlie").m.e.ok(&["lock"]);
+    c.wait("bravo sees charlie locked", CONVERGE, || {
+        envoy(&bravo.m.e.status_json(), "charlie").is_some_and(|e| e["unlocked"] == false)
+    });
+
+    // The page shows the same.
+    let (base, token) = web_url(&bravo.m.e);
+    let page = curl(&[
+        "-H",
+        &format!("Cookie: {}", cookie(&token)),
+        &format!("{base}/"),
+    ])
+    .unwrap();
+    assert_eq!(page.status, 200);
+    assert!(
+        page.body
+            .contains(r#"<td class="p current" data-envoy="charlie">current</td>"#),
+        "{}",
+        page.body
+    );
+
+    // charlie stops: stale after stale_after (3 s), then not reporting.
+    c.node("charlie").m.e.ok(&["stop"]);
+    c.wait("bravo calls charlie stale", Duration::from_secs(20), || {
+        envoy(&bravo.m.e.status_json(), "charlie").is_some_and(|e| e["state"] == "stale")
+    });
+    c.wait(
+        "bravo calls charlie not reporting",
+        Duration::from_secs(30),
+        || {
+            envoy(&bravo.m.e.status_json(), "charlie")
+                .is_some_and(|e| e["state"] == "not reporting")
+        },
+    );
+
+    // A delete shows, with who made it.
+    fs::remove_file(c.node("alpha").at("ssh-key")).expect("rm");
+    c.wait("bravo lists alpha's delete", CONVERGE, || {
+        let st = bravo.m.e.status_json();
+        st["deletes"].as_array().is_some_and(|d| {
+            d.iter()
+                .any(|x| x["name"] == "ssh-key" && x["by"] == "alpha")
+        })
+    });
+}
