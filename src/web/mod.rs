@@ -156,32 +156,34 @@ impl HttpBody for Body {
     }
 }
 
-fn respond(status: StatusCode, kind: &str, body: impl Into<Bytes>) -> Response<Body> {
+/// What every answer carries: no script, style or frame from elsewhere (no
+/// inline script either), never framed, no referrer, never cached, its
+/// type as declared.
+const PROTECTIVE: [(&str, &str); 5] = [
+    (
+        "content-security-policy",
+        "default-src 'self'; frame-ancestors 'none'",
+    ),
+    ("x-frame-options", "DENY"),
+    ("referrer-policy", "no-referrer"),
+    ("cache-control", "no-store"),
+    ("x-content-type-options", "nosniff"),
+];
+
+/// An answer of type `kind` with [`PROTECTIVE`] headers.
+fn with_headers(mut r: Response<Body>, kind: &'static str) -> Response<Body> {
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, header::HeaderValue::from_static(kind));
+    for (k, v) in PROTECTIVE {
+        h.insert(k, header::HeaderValue::from_static(v));
+    }
+    r
+}
+
+fn respond(status: StatusCode, kind: &'static str, body: impl Into<Bytes>) -> Response<Body> {
     let mut r = Response::new(Body::Full(Full::new(body.into())));
     *r.status_mut() = status;
-    let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, kind.parse().expect("a content type"));
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        header::HeaderValue::from_static("default-src 'self'; frame-ancestors 'none'"),
-    );
-    h.insert(
-        header::X_FRAME_OPTIONS,
-        header::HeaderValue::from_static("DENY"),
-    );
-    h.insert(
-        header::REFERRER_POLICY,
-        header::HeaderValue::from_static("no-referrer"),
-    );
-    h.insert(
-        header::CACHE_CONTROL,
-        header::HeaderValue::from_static("no-store"),
-    );
-    h.insert(
-        "x-content-type-options",
-        header::HeaderValue::from_static("nosniff"),
-    );
-    r
+    with_headers(r, kind)
 }
 
 const TEXT: &str = "text/plain; charset=utf-8";
@@ -373,15 +375,5 @@ fn events(state: Arc<State>) -> Response<Body> {
             quiet += EVENT_POLL;
         }
     });
-    let mut r = Response::new(Body::Events(rx));
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(
-        header::CACHE_CONTROL,
-        header::HeaderValue::from_static("no-store"),
-    );
-    r
+    with_headers(Response::new(Body::Events(rx)), "text/event-stream")
 }
