@@ -768,7 +768,9 @@ fn status(agent: &Agent) -> StatusReport {
     report.mesh = agent.mesh_state.clone();
     report.mesh_on = agent.mesh.is_some();
     report.mesh_port = agent.mesh.as_ref().map(|m| m.port());
-    report.recipient_drift = agent.replica.drift().len();
+    let drift = agent.replica.drift();
+    report.recipient_drift = drift.len();
+    report.drifted = drift.iter().map(|n| n.to_string()).collect();
     if let Some(mesh) = &agent.mesh {
         report.last_catch_up = mesh
             .last_catchup()
@@ -945,6 +947,14 @@ fn fill_circle_tables(agent: &Agent, report: &mut StatusReport, unlocked: bool) 
         .table_records(lockbox_net::replica::Table::Tombstones)
         .iter()
         .filter_map(|b| Signed::<Tombstone>::from_trusted_bytes(b).ok())
+        // A delete a resurrect lifted is not one any more.
+        .filter(|t| {
+            let name = &t.body().name;
+            lockbox_net::records::has_live_tombstone(
+                &agent.replica.tombstones(name),
+                &agent.replica.resurrects(name),
+            )
+        })
         .map(|t| crate::status::DeleteLine {
             name: t.body().name.to_string(),
             by: t.body().author.to_string(),

@@ -169,6 +169,9 @@ pub struct StatusReport {
     /// (re-encrypted at unlock, or by `lockbox reencrypt`).
     #[serde(default)]
     pub recipient_drift: usize,
+    /// Their names (lossy UTF-8).
+    #[serde(default)]
+    pub drifted: Vec<String>,
     /// The mesh's tables, and whether the live peers agree on them.
     #[serde(default)]
     pub tables: Vec<TableLine>,
@@ -193,7 +196,7 @@ pub struct StatusReport {
     /// status page's presence matrix).
     #[serde(default)]
     pub presence: Vec<PresenceRow>,
-    /// The deletes on record (tombstones), newest first.
+    /// The deletes in force (tombstones no resurrect lifted), newest first.
     #[serde(default)]
     pub deletes: Vec<DeleteLine>,
 }
@@ -323,6 +326,7 @@ impl StatusReport {
             mesh_on: false,
             mesh_port: None,
             recipient_drift: 0,
+            drifted: vec![],
             tables: vec![],
             departed: None,
             files: FileCounts::of(&entries),
@@ -355,6 +359,7 @@ impl StatusReport {
             mesh_on: false,
             mesh_port: None,
             recipient_drift: 0,
+            drifted: vec![],
             tables: vec![],
             departed: None,
             files: Default::default(),
@@ -719,6 +724,7 @@ mod tests {
             mesh_on: false,
             mesh_port: None,
             recipient_drift: 0,
+            drifted: vec![],
             tables: vec![],
             departed: None,
             files: FileCounts {

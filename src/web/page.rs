@@ -45,6 +45,9 @@ impl Only {
     }
 }
 
+/// Drifted files named on the page; `status --json` has them all.
+const DRIFT_SHOWN: usize = 50;
+
 /// The whole page.
 pub fn page(report: &StatusReport, csrf: &str, only: Only, now: i64) -> String {
     html! {
@@ -93,7 +96,7 @@ pub fn main(report: &StatusReport, only: Only, now: i64) -> Markup {
         }
         section #envoys {
             h2 { "Envoys" }
-            table {
+            div.scroll { table {
                 thead { tr { th { "envoy" } th { "state" } th { "session" } th { "disk free" } th { "last heard" } th { "protocol" } } }
                 tbody {
                     @for e in &report.envoys {
@@ -124,7 +127,7 @@ pub fn main(report: &StatusReport, only: Only, now: i64) -> Markup {
                         }
                     }
                 }
-            }
+            } }
             @let refused: Vec<_> = report.peers.iter().filter(|p| matches!(p.state.as_str(), "refused" | "join refused" | "unreachable")).collect();
             @if !refused.is_empty() {
                 h3 { "Refused and unreachable peers" }
@@ -177,14 +180,20 @@ pub fn main(report: &StatusReport, only: Only, now: i64) -> Markup {
                     b #drift-count { (report.recipient_drift) } " file(s) are sealed to a set other than the current members. "
                     button data-action="/reencrypt" { "Re-encrypt now" }
                 }
+                ul #drifted {
+                    @for n in report.drifted.iter().take(DRIFT_SHOWN) { li { (n) } }
+                    @if report.drifted.len() > DRIFT_SHOWN {
+                        li { "and " (report.drifted.len() - DRIFT_SHOWN) " more (lockbox status --json lists them all)" }
+                    }
+                }
             }
         }
         section #deletes {
             h2 { "Deletes" }
             @if report.deletes.is_empty() {
-                p { "None on record." }
+                p { "None in force." }
             } @else {
-                table {
+                div.scroll { table {
                     thead { tr { th { "name" } th { "by" } th { "when" } th {} } }
                     tbody {
                         @for d in &report.deletes {
@@ -196,7 +205,7 @@ pub fn main(report: &StatusReport, only: Only, now: i64) -> Markup {
                             }
                         }
                     }
-                }
+                } }
             }
             p.small {
                 "Last catch-up: "

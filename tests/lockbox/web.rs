@@ -292,3 +292,194 @@ fn the_circle_shows_who_holds_what_who_is_locked_and_who_reports() {
         })
     });
 }
+
+/// JavaScript: the text of the presence cell of file `f` for envoy `e`.
+fn cell(f: &str, e: &str) -> String {
+    format!(
+        "(document.querySelector('#presence tr[data-name=\"{f}\"] td[data-envoy=\"{e}\"]') \
+         || {{}}).textContent"
+    )
+}
+
+/// JavaScript: whether every envoy's cell of file `f` says `current`.
+fn complete(f: &str) -> String {
+    ALL.iter()
+        .map(|e| format!("{} === 'current'", cell(f, e)))
+        .collect::<Vec<_>>()
+        .join(" && ")
+}
+
+/// JavaScript: the data-state of envoy `e`'s row.
+fn envoy_state(e: &str) -> String {
+    format!("(document.querySelector('#envoys tr[data-envoy=\"{e}\"]') || {{dataset: {{}}}}).dataset.state")
+}
+
+/// The page in a real browser (headless Chromium) on bravo of a circle of
+/// three, as the user sees it: signed in by the printed address, the
+/// matrix right, and every change arriving without a reload (a value set
+/// in the page at the start is still there at the end): a file written
+/// on alpha, a lock on another envoy and on this one, a delete and its
+/// resurrect by the page's button, charlie going stale then not
+/// reporting, and the drift after charlie is evicted, whose button says
+/// what a locked session needs, and which clears once bravo is unlocked.
+/// It also fits a phone-sized window.
+#[test]
+fn the_page_in_a_browser_follows_the_circle_live() {
+    use crate::harness::browser::{chromium, Browser};
+    require_fuse!();
+    require!(
+        chromium().is_some(),
+        "chromium is not installed (apt-get install chromium)"
+    );
+    let c = Circle::loopback(&ALL);
+    let bravo = c.node("bravo");
+    for (on, f) in [("alpha", "from-alpha"), ("charlie", "from-charlie")] {
+        fs::write(c.node(on).at(f), format!("written on {on}")).expect("write");
+    }
+    let (base, token) = web_url(&bravo.m.e);
+    let mut b = Browser::open(&format!("{base}/?token={token}"), 1100, 900);
+    let limit = Duration::from_secs(30);
+    b.wait_for(
+        "the page loads with its cookie, the token gone from the address",
+        limit,
+        "location.pathname === '/' && location.search === '' \
+         && !!document.querySelector('#presence')",
+        "location.href + ' ' + document.title",
+    );
+    b.eval("window.kept = 'no reload'");
+    let kept = "window.kept === 'no reload'";
+    for f in ["from-alpha", "from-charlie"] {
+        b.wait_for(
+            &format!("{f} on every envoy"),
+            CONVERGE,
+            &complete(f),
+            "document.querySelector('#presence').innerText",
+        );
+    }
+    let shot = tempfile::tempdir().expect("tmp");
+    let png = match std::env::var_os("LOCKBOX_WRITE_SCREENSHOT") {
+        Some(_) => {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/status-page.png")
+        }
+        None => shot.path().join("status-page.png"),
+    };
+    b.screenshot(&png);
+    let bytes = std::fs::read(&png).expect("the screenshot");
+    assert!(
+        bytes.starts_with(b"\x89PNG") && bytes.len() > 10_000,
+        "{} bytes",
+        bytes.len()
+    );
+
+    // A file written on alpha: its row turns complete on bravo's page.
+    fs::write(c.node("alpha").at("new-key"), b"fresh").expect("write");
+    b.wait_for(
+        "new-key complete on bravo's page, live",
+        CONVERGE,
+        &format!("{} && {kept}", complete("new-key")),
+        "document.querySelector('#presence').innerText",
+    );
+
+    // alpha locks: its session cell says so; bravo locks: the page's own
+    // badge says so.
+    c.node("alpha").m.e.ok(&["lock"]);
+    b.wait_for(
+        "alpha shows locked",
+        CONVERGE,
+        "document.querySelector('#envoys tr[data-envoy=\"alpha\"] td.session').textContent === 'locked'",
+        "document.querySelector('#envoys').innerText",
+    );
+    bravo.m.e.ok(&["lock"]);
+    b.wait_for(
+        "bravo's page shows it locked",
+        limit,
+        &format!("document.querySelector('#session').textContent === 'locked' && {kept}"),
+        "document.querySelector('header').innerText",
+    );
+
+    // A delete on alpha shows on bravo's page; its button lifts it.
+    c.node("alpha").m.e.ok(&["delete", "from-charlie"]);
+    let delete_row = "document.querySelector('#deletes tr[data-name=\"from-charlie\"]')";
+    b.wait_for(
+        "the delete is listed",
+        CONVERGE,
+        &format!("!!{delete_row}"),
+        "document.querySelector('#deletes').innerText",
+    );
+    b.eval(&format!(
+        "{delete_row}.querySelector('button').click(); true"
+    ));
+    b.wait_for(
+        "the resurrect went through and the delete is gone",
+        limit,
+        &format!(
+            "document.querySelector('#said').textContent.startsWith('resurrected') \
+             && !{delete_row} && {kept}"
+        ),
+        "document.querySelector('#said').textContent + ' | ' + document.querySelector('#deletes').innerText",
+    );
+
+    // charlie stops: stale, then not reporting.
+    c.node("charlie").m.e.ok(&["stop"]);
+    b.wait_for(
+        "charlie stale",
+        Duration::from_secs(20),
+        &format!("{} === 'stale'", envoy_state("charlie")),
+        "document.querySelector('#envoys').innerText",
+    );
+    b.wait_for(
+        "charlie not reporting",
+        Duration::from_secs(30),
+        &format!("{} === 'not reporting' && {kept}", envoy_state("charlie")),
+        "document.querySelector('#envoys').innerText",
+    );
+
+    // charlie is evicted: bravo, locked, cannot re-seal, so the files
+    // drift; the button says it needs the session unlocked; the unlock
+    // re-seals them and the drift clears.
+    let pass = text(&c.node("alpha").m.e.pass);
+    c.node("alpha")
+        .m
+        .e
+        .ok(&["evict", "charlie", "--passphrase-file", &pass]);
+    b.wait_for(
+        "drift shows, naming the files",
+        CONVERGE,
+        "!!document.querySelector('#drift button') \
+         && document.querySelector('#drifted').innerText.includes('from-alpha')",
+        "document.querySelector('#drift').innerText",
+    );
+    b.eval("document.querySelector('#drift button').click(); true");
+    b.wait_for(
+        "the button says the session is locked",
+        limit,
+        "document.querySelector('#said').textContent.startsWith('locked')",
+        "document.querySelector('#said').textContent",
+    );
+    bravo.m.e.unlock();
+    b.wait_for(
+        "the drift clears once bravo is unlocked",
+        CONVERGE,
+        &format!(
+            "!document.querySelector('#drift button') \
+             && document.querySelector('#session').textContent === 'unlocked' && {kept}"
+        ),
+        "document.querySelector('#drift').innerText",
+    );
+    drop(b);
+
+    // A phone-sized window: nothing sticks out sideways but the matrix,
+    // which scrolls in its own box.
+    let mut phone = Browser::open(&format!("{base}/?token={token}"), 390, 800);
+    phone.wait_for(
+        "the page loads on a phone",
+        limit,
+        "!!document.querySelector('#presence')",
+        "location.href",
+    );
+    let wide = phone.eval("document.documentElement.scrollWidth");
+    assert!(
+        wide.as_u64().is_some_and(|w| w <= 390),
+        "the page is {wide} px wide"
+    );
+}

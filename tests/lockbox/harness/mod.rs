@@ -20,6 +20,8 @@
 //! - [`netlab`]: `NetLab`, hosts in network namespaces joined by a bridge,
 //!   and the probes the lab's own tests use.
 //! - [`age`]: the reference `age` CLI (whether it runs, what it decrypts).
+//! - [`browser`]: `Browser`, a headless Chromium driven over the DevTools
+//!   protocol on a pipe (the status page's tests).
 //! - [`crash`]: feeding a big file through a mount with `dd`, and the
 //!   on-disk checks after an agent is killed.
 //! - [`fleet`]: an envoy with a fleet CA, for the fleet-command tests.
@@ -30,6 +32,7 @@
 //!   child spawned meanwhile).
 
 pub mod age;
+pub mod browser;
 pub mod crash;
 pub mod envoy;
 pub mod fleet;
