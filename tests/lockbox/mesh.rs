@@ -120,6 +120,40 @@ fn every_envoy_writing_at_once_converges() {
     }
 }
 
+/// A burst of small files (a `cp -r` of a tree), with a few large ones
+/// among them: the small ones travel in batches (`net/src/mesh/batch.rs`),
+/// the large ones alone, and every envoy ends with every file, byte for
+/// byte, and its store sealed.
+#[test]
+fn a_burst_of_small_files_reaches_every_envoy() {
+    require_fuse!();
+    let c = Circle::loopback(&ALL);
+    let alpha = c.node("alpha");
+    let len = |i: usize| {
+        if i % 50 == 7 {
+            200_000 + i
+        } else {
+            300 + i * 13
+        }
+    };
+    let files: Vec<(String, Vec<u8>)> = (0..300)
+        .map(|i| {
+            let name = format!("burst-{i:03}");
+            let body = content(&name, len(i));
+            (name, body)
+        })
+        .collect();
+    for (name, body) in &files {
+        fs::write(alpha.at(name), body).expect("write");
+    }
+    for (name, body) in &files {
+        c.wait_content(&ALL, name, body);
+    }
+    for n in &c.nodes {
+        n.assert_store_sealed();
+    }
+}
+
 #[test]
 fn a_delete_reaches_every_envoy_and_a_lagging_copy_does_not_return() {
     require_fuse!();

@@ -28,12 +28,17 @@ pub(super) async fn fan_out(
             continue;
         }
         for addr in mesh.push_targets() {
+            if let Outgoing::Version(name) = &out {
+                // Queued: a burst goes in batches (see `batch`).
+                mesh.queue_push(addr, name.clone());
+                continue;
+            }
             let mesh = mesh.clone();
             let out = out.clone();
             tokio::spawn(async move {
                 let _permit = mesh.transfers.acquire().await;
                 match &out {
-                    Outgoing::Version(name) => mesh.push(addr, name).await,
+                    Outgoing::Version(_) => {}
                     Outgoing::Tombstone(t) => {
                         mesh.push_record(addr, Table::Tombstones, &t.to_bytes())
                             .await;

@@ -56,6 +56,7 @@ use crate::discovery::Discovery;
 use crate::records::FileVersion;
 use crate::replica::{ManifestError, Refusal, Replica, Table, MAX_TABLE_ENTRIES};
 
+mod batch;
 mod body;
 mod catchup;
 mod client;
@@ -414,6 +415,8 @@ pub struct Mesh {
     /// This envoy's circle merged with another envoy's since start.
     merged: std::sync::atomic::AtomicBool,
     last_catchup: Mutex<Option<SystemTime>>,
+    /// The versions waiting to be pushed to each peer (see [`batch`]).
+    queues: Mutex<HashMap<SocketAddr, batch::Queue>>,
     /// What each member envoy holds, as learnt (see [`presence`]).
     holdings: Mutex<HashMap<String, presence::PeerFiles>>,
     /// Set at start when the last catch-up is older than the retention:
@@ -521,6 +524,7 @@ impl Mesh {
             contacting: Mutex::new(HashSet::new()),
             last_catchup: Mutex::new(None),
             holdings: Mutex::new(HashMap::new()),
+            queues: Mutex::new(HashMap::new()),
             absence: Mutex::new(Absence {
                 away_since,
                 back_at: None,

@@ -16,6 +16,7 @@
 //! | GET    | `files/<user>`                 | [`Route::Manifest`]      |
 //! | GET    | `files/<user>/<name>`          | [`Route::File`]          |
 //! | POST   | `push/<user>/<name>`           | [`Route::Push`]          |
+//! | POST   | `push/<user>`                  | [`Route::PushBatch`]     |
 //! | GET    | `tombstones\|resurrects\|leaves/<user>` | [`Route::GetTable`] |
 //! | POST   | `tombstones\|resurrects\|leaves/<user>` | [`Route::PostTable`] |
 
@@ -49,6 +50,9 @@ pub enum Route {
     File(Name),
     /// `POST /lockbox/push/<user>/<name>`: a version pushed to us.
     Push(Name),
+    /// `POST /lockbox/push/<user>`: several small versions pushed to us in
+    /// one body (see `batch`).
+    PushBatch,
     /// `GET /lockbox/<table>/<user>`: every record of a table.
     GetTable(Table),
     /// `POST /lockbox/<table>/<user>`: records for a table.
@@ -128,6 +132,7 @@ impl Route {
             (&Method::GET, "files", None) => Ok(Route::Manifest),
             (&Method::GET, "files", Some(name)) => Ok(Route::File(name)),
             (&Method::POST, "push", Some(name)) => Ok(Route::Push(name)),
+            (&Method::POST, "push", None) => Ok(Route::PushBatch),
             (&Method::GET, kind, None) => table_of(kind)
                 .map(Route::GetTable)
                 .ok_or(RouteError::NotFound),
@@ -146,6 +151,7 @@ impl Route {
             | Route::Join
             | Route::JoinConfirm
             | Route::Push(_)
+            | Route::PushBatch
             | Route::PostTable(_) => Method::POST,
         }
     }
@@ -159,7 +165,7 @@ impl Route {
             Route::Join => "join",
             Route::JoinConfirm => "join-confirm",
             Route::Manifest | Route::File(_) => "files",
-            Route::Push(_) => "push",
+            Route::Push(_) | Route::PushBatch => "push",
             Route::GetTable(t) | Route::PostTable(t) => t.path(),
         };
         let user_path = format!("/lockbox/{kind}/{}", utf8_percent_encode(user, PATH_SET));
@@ -197,6 +203,8 @@ mod tests {
         assert_eq!(get("/lockbox/hello/alice"), Ok(Route::OldHello));
         assert_eq!(post("/lockbox/join/alice"), Ok(Route::Join));
         assert_eq!(post("/lockbox/join-confirm/alice"), Ok(Route::JoinConfirm));
+        assert_eq!(post("/lockbox/push/alice"), Ok(Route::PushBatch));
+        assert_eq!(get("/lockbox/push/alice"), Err(RouteError::NotFound));
         assert_eq!(get("/lockbox/join/alice"), Err(RouteError::NotFound));
         assert_eq!(get("/lockbox/files/alice"), Ok(Route::Manifest));
         assert_eq!(
@@ -232,6 +240,7 @@ mod tests {
             Route::Push(name("report 2026.pdf")),
             Route::File(odd.clone()),
             Route::Push(odd),
+            Route::PushBatch,
         ];
         for t in Table::SERVED {
             routes.push(Route::GetTable(t));
@@ -278,7 +287,9 @@ mod tests {
     #[test]
     fn a_name_where_none_belongs_or_none_where_one_does_is_not_found() {
         assert_eq!(get("/lockbox/hello/alice/a"), Err(RouteError::NotFound));
-        assert_eq!(post("/lockbox/push/alice"), Err(RouteError::NotFound));
+        // (`POST push/<user>` without a name is the batch route.)
+        assert_eq!(get("/lockbox/push/alice"), Err(RouteError::NotFound));
+        assert_eq!(post("/lockbox/join/alice/a"), Err(RouteError::NotFound));
         assert_eq!(
             get("/lockbox/tombstones/alice/a"),
             Err(RouteError::NotFound)

@@ -326,6 +326,10 @@ impl Mesh {
                 let from = session.proven().map(|(envoy, _)| envoy);
                 self.serve_push(name, from, req).await
             }
+            Route::PushBatch => {
+                let from = session.proven().map(|(envoy, _)| envoy);
+                self.serve_push_batch(from, req).await
+            }
             Route::GetTable(table) => {
                 let all = self.replica.table_records(table);
                 respond(200, records::encode_list(all.iter().map(|v| v.as_slice())))

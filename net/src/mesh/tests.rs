@@ -1243,3 +1243,121 @@ async fn a_sealed_hello_opens_only_with_the_circles_key_on_its_session() {
     let (status, _) = ask(&mut send, get_manifest()).await;
     assert_eq!(status, 200);
 }
+
+/// A proven raw connection of bravo's to alpha.
+async fn proven_bravo(w: &World) -> hyper::client::conn::http2::SendRequest<Body> {
+    use crate::proof::Side;
+    let (mut send, exporter) = raw_to_alpha(w).await;
+    let (status, body) = ask(
+        &mut send,
+        bravo_ask(w, bravo_proof_for(exporter, Side::Asker)),
+    )
+    .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    send
+}
+
+fn batch_request(body: Vec<u8>) -> Request<Body> {
+    Request::post("https://127.0.0.1/lockbox/push/alice")
+        .body(super::body::full(body))
+        .unwrap()
+}
+
+/// A batch is taken item by item, as separate pushes would be: the good
+/// versions are stored, one whose body is not what its record says is
+/// refused on its own, and the answer lists each status in order. A
+/// malformed batch changes nothing, and an unproven connection is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_pushes_is_taken_item_by_item() {
+    let w = world().await;
+    let before = w.held();
+    let items: Vec<(Name, Vec<u8>, Vec<u8>)> = ["one", "two", "bad"]
+        .iter()
+        .map(|f| {
+            let body = ciphertext(500 + f.len());
+            let rec = w.version(f, &body);
+            let mut sent = body.clone();
+            if *f == "bad" {
+                sent[100] ^= 1;
+            }
+            (name(f), rec.to_bytes(), sent)
+        })
+        .collect();
+    let encoded = super::batch::encode(&items);
+
+    let (mut unproven, _) = raw_to_alpha(&w).await;
+    let (status, _) = ask(&mut unproven, batch_request(encoded.clone())).await;
+    assert_eq!(status, 403);
+
+    let mut send = proven_bravo(&w).await;
+    let mut broken = encoded.clone();
+    broken.truncate(encoded.len() - 1);
+    let (status, _) = ask(&mut send, batch_request(broken)).await;
+    assert_eq!(status, 400);
+    assert_eq!(w.held(), before, "a malformed batch changed something");
+
+    let (status, body) = ask(&mut send, batch_request(encoded)).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let statuses: Vec<u16> = serde_json::from_slice(&body).unwrap();
+    assert_eq!(statuses[..2], [201, 201], "{statuses:?}");
+    assert!((400..500).contains(&statuses[2]), "{statuses:?}");
+    let names = w.replica.store().names().unwrap();
+    assert!(names.contains(&name("one")) && names.contains(&name("two")));
+    assert!(!names.contains(&name("bad")), "{names:?}");
+    for f in ["one", "two"] {
+        let held = fs::read(w.state.join("store").join(f)).unwrap();
+        assert_eq!(held, ciphertext(500 + f.len()), "{f}");
+    }
+}
+
+/// Versions queued for a peer while none is in flight go together as one
+/// batch; a peer that does not know the route (404) gets each alone, and
+/// is not asked for a batch again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_without_batches_gets_each_version_alone() {
+    let w = world().await;
+    let mut send = proven_bravo(&w).await;
+    let items: Vec<(Name, Vec<u8>, Vec<u8>)> = ["one", "two", "three"]
+        .iter()
+        .map(|f| {
+            let body = ciphertext(700);
+            (name(f), w.version(f, &body).to_bytes(), body)
+        })
+        .collect();
+    let (status, _) = ask(&mut send, batch_request(super::batch::encode(&items))).await;
+    assert_eq!(status, 200);
+    const BATCH: &str = "/lockbox/push/alice";
+    w.serve(|path| match path {
+        BATCH => respond(404, "no such endpoint"),
+        _ => respond(201, "stored"),
+    });
+    let singles = |w: &World| {
+        w.asked()
+            .iter()
+            .filter(|p| p.starts_with("/lockbox/push/alice/"))
+            .count()
+    };
+    for f in ["one", "two", "three"] {
+        w.mesh.queue_push(w.peer, name(f));
+    }
+    tokio::time::timeout(PROMPTLY, async {
+        while singles(&w) < 3 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("every version pushed alone");
+    let batches = |w: &World| w.asked().iter().filter(|p| *p == BATCH).count();
+    assert_eq!(batches(&w), 1, "{:?}", w.asked());
+    for f in ["one", "two"] {
+        w.mesh.queue_push(w.peer, name(f));
+    }
+    tokio::time::timeout(PROMPTLY, async {
+        while singles(&w) < 5 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("pushed alone again");
+    assert_eq!(batches(&w), 1, "asked for a batch again: {:?}", w.asked());
+}
