@@ -454,6 +454,43 @@ fn routes() -> BTreeMap<String, Vec<u8>> {
     out
 }
 
+/// Batches of pushes: one of two small versions, the same cut short, and
+/// one with a flipped length.
+fn batches() -> BTreeMap<String, Vec<u8>> {
+    let alpha = SigningKey::from_seed(&[1; 32]);
+    let item = |name: &str, body: &[u8]| {
+        let v = FileVersion {
+            user: wn("alice"),
+            name: Name::new(name).unwrap(),
+            vv: vv(&[("alpha", 1)]),
+            author: wn("alpha"),
+            sealed_unix: 1_767_225_600,
+            plaintext_len: body.len() as u64,
+            ciphertext_len: body.len() as u64,
+            hash: Sha256::of(body),
+            recipients: vec![wn("alpha"), wn("bravo")],
+            reseal: false,
+            executable: false,
+        };
+        (
+            Name::new(name).unwrap(),
+            Signed::sign(v, &alpha).to_bytes(),
+            body.to_vec(),
+        )
+    };
+    let valid = crate::mesh::batch::encode(&[
+        item("notes.txt", b"age-encryption.org/v1\n..."),
+        item("ssh/id_ed25519", &[7; 300]),
+    ]);
+    let mut out = BTreeMap::new();
+    out.insert("batch-truncated".into(), valid[..valid.len() - 1].to_vec());
+    let mut long = valid.clone();
+    long[7] ^= 0x40;
+    out.insert("batch-bad-length".into(), long);
+    out.insert("batch".into(), valid);
+    out
+}
+
 fn corpus() -> Corpus {
     let mut c = Corpus::new();
     c.insert("announcement", announcements());
@@ -466,6 +503,7 @@ fn corpus() -> Corpus {
     c.insert("join", joins());
     c.insert("handover", handovers());
     c.insert("route", routes());
+    c.insert("batch", batches());
     c
 }
 
@@ -488,6 +526,10 @@ fn the_seeds_are_what_they_say() {
     for (name, bytes) in &c["hello"] {
         let valid = !name.contains('-');
         assert_eq!(Hello::parse(bytes).is_ok(), valid, "{name}");
+    }
+    for (name, bytes) in &c["batch"] {
+        let valid = !name.contains('-');
+        assert_eq!(crate::mesh::batch::decode(bytes).is_ok(), valid, "{name}");
     }
     for (name, bytes) in &c["list_stream"] {
         let valid = !name.contains('-') || name == "pieces-of-7";

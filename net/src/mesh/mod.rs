@@ -56,7 +56,7 @@ use crate::discovery::Discovery;
 use crate::records::FileVersion;
 use crate::replica::{ManifestError, Refusal, Replica, Table, MAX_TABLE_ENTRIES};
 
-mod batch;
+pub mod batch;
 mod body;
 mod catchup;
 mod client;
