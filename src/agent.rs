@@ -916,6 +916,7 @@ fn fill_circle_tables(agent: &Agent, report: &mut StatusReport, unlocked: bool) 
         unlocked: Some(unlocked),
         free_percent: free,
         disk_short: free.is_some_and(|f| f <= e.config.disk_pressure_percent),
+        disk_refusals: agent.mesh.as_ref().map_or(0, |m| m.disk_refusals()),
         protocol: Some(lockbox_net::mesh::PROTOCOL_VERSION),
         detail: "this envoy".into(),
     };

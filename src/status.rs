@@ -221,6 +221,11 @@ pub struct EnvoyLine {
     pub free_percent: Option<u8>,
     /// Its disk is short: it refuses pushes.
     pub disk_short: bool,
+    /// Pushes it refused for want of disk since this agent started (for
+    /// this envoy, the ones it refused; for another, the ones it refused
+    /// this envoy).
+    #[serde(default)]
+    pub disk_refusals: u64,
     /// The protocol it speaks, as it last said.
     pub protocol: Option<u32>,
     /// Where it was reached, and why the last contact failed if it did.
@@ -681,6 +686,7 @@ pub fn envoy_lines(
                 unlocked: p.unlocked,
                 free_percent: p.free_percent,
                 disk_short: p.disk_short,
+                disk_refusals: p.disk_refusals,
                 protocol: p.protocol,
                 detail: match &p.error {
                     Some(e) => format!("{}; since then: {e}", p.addr),
@@ -695,6 +701,7 @@ pub fn envoy_lines(
                 unlocked: None,
                 free_percent: None,
                 disk_short: false,
+                disk_refusals: 0,
                 protocol: None,
                 detail: "not heard from since this agent started".into(),
             },

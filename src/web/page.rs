@@ -112,7 +112,10 @@ pub fn main(report: &StatusReport, only: Only, now: i64) -> Markup {
                             }
                             td {
                                 @match e.free_percent {
-                                    Some(f) => { (f) "%" @if e.disk_short { " (short: takes no pushes)" } },
+                                    Some(f) => {
+                                        (f) "%" @if e.disk_short { " (short: takes no pushes)" }
+                                        @if e.disk_refusals > 0 { " · " (e.disk_refusals) " push(es) refused" }
+                                    },
                                     None => "?",
                                 }
                             }
@@ -246,6 +249,7 @@ mod tests {
             unlocked: Some(true),
             free_percent: Some(50),
             disk_short: false,
+            disk_refusals: 0,
             protocol: Some(3),
             detail: String::new(),
         };

@@ -881,6 +881,12 @@ fn a_peer_short_of_disk_refuses_pushes_and_is_skipped() {
             .any(|(e, _, d)| e == "bravo" && d.contains("disk")),
         "alpha's status says why bravo gets nothing: {peers:?}"
     );
+    // bravo's status page counts the push it refused.
+    let st = bravo.m.e.status_json();
+    let own = &st["envoys"][0];
+    assert_eq!(own["envoy"], "bravo", "{st}");
+    assert_eq!(own["disk_short"], true, "{own}");
+    assert!(own["disk_refusals"].as_u64() >= Some(1), "{own}");
 }
 
 /// The envoy folders a demo made in `dir` (`lockbox-demo-*`).

@@ -212,6 +212,7 @@ impl Mesh {
     ) -> Response<Body> {
         let free = self.replica.store().free_percent().unwrap_or(100);
         if free <= self.cfg.disk_pressure_percent {
+            self.refusing_for_disk();
             return after_small_body(req, refuse(&Refusal::DiskFull(free))).await;
         }
         let bytes = match read_capped(req.into_body(), MAX_BODY as usize).await {
@@ -428,7 +429,7 @@ impl Mesh {
             200 => {}
             404 | 405 => return Sent::NotServed,
             507 => {
-                self.seen(addr, |p| p.disk_short = true);
+                self.disk_refused_by(addr);
                 return Sent::Answered;
             }
             s => return Sent::Failed(format!("{s}: {}", String::from_utf8_lossy(&text))),
@@ -450,7 +451,7 @@ impl Mesh {
                         self.learn_version(addr, name, r.body());
                     }
                 }
-                507 => self.seen(addr, |p| p.disk_short = true),
+                507 => self.disk_refused_by(addr),
                 s => tracing::debug!("push of {} to {addr} in a batch: {s}", name.escaped()),
             }
         }

@@ -152,7 +152,7 @@ impl Mesh {
                 String::from_utf8_lossy(&text)
             ))),
             507 => {
-                self.seen(addr, |p| p.disk_short = true);
+                self.disk_refused_by(addr);
                 Err(PushError::Final("peer disk full".into()))
             }
             _ => Err(PushError::Retry(format!("{status}"))),

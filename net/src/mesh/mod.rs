@@ -356,6 +356,9 @@ pub struct PeerStatus {
     /// The protocol it speaks, from its last hello answer.
     #[serde(default)]
     pub protocol: Option<u32>,
+    /// Pushes it refused for want of disk (507) since this agent started.
+    #[serde(default)]
+    pub disk_refusals: u64,
     /// Why the last contact failed (unreachable, refused in the TLS
     /// handshake, …), until it next answers.
     #[serde(default)]
@@ -376,6 +379,7 @@ struct Peer {
     disk_short: bool,
     unlocked: Option<bool>,
     protocol: Option<u32>,
+    disk_refusals: u64,
     digests: Option<Digests>,
     error: Option<String>,
 }
@@ -417,6 +421,8 @@ pub struct Mesh {
     last_catchup: Mutex<Option<SystemTime>>,
     /// The versions waiting to be pushed to each peer (see [`batch`]).
     queues: Mutex<HashMap<SocketAddr, batch::Queue>>,
+    /// Pushes this envoy refused for want of disk since it started.
+    disk_refusals: std::sync::atomic::AtomicU64,
     /// What each member envoy holds, as learnt (see [`presence`]).
     holdings: Mutex<HashMap<String, presence::PeerFiles>>,
     /// Set at start when the last catch-up is older than the retention:
@@ -524,6 +530,7 @@ impl Mesh {
             contacting: Mutex::new(HashSet::new()),
             last_catchup: Mutex::new(None),
             holdings: Mutex::new(HashMap::new()),
+            disk_refusals: std::sync::atomic::AtomicU64::new(0),
             queues: Mutex::new(HashMap::new()),
             absence: Mutex::new(Absence {
                 away_since,
@@ -598,6 +605,7 @@ impl Mesh {
                 disk_short: p.disk_short,
                 unlocked: p.unlocked,
                 protocol: p.protocol,
+                disk_refusals: p.disk_refusals,
                 error: p.error.clone(),
                 digests: p.digests,
             })
@@ -614,6 +622,27 @@ impl Mesh {
             leaves: self.replica.table_digest(Table::Leaves),
             resurrects: self.replica.table_digest(Table::Resurrects),
         }
+    }
+
+    /// The peer at `addr` refused a push for want of disk (507): it gets
+    /// no pushes until it says otherwise.
+    fn disk_refused_by(&self, addr: SocketAddr) {
+        self.seen(addr, |p| {
+            p.disk_short = true;
+            p.disk_refusals += 1;
+        });
+    }
+
+    /// This envoy refused a push for want of disk.
+    fn refusing_for_disk(&self) {
+        self.disk_refusals
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Pushes this envoy refused for want of disk since it started.
+    pub fn disk_refusals(&self) -> u64 {
+        self.disk_refusals
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn seen(&self, addr: SocketAddr, update: impl FnOnce(&mut Peer)) {

@@ -399,6 +399,7 @@ impl Mesh {
         let early = if let Err(r) = self.size_allowed(&name, rec.body()) {
             Some(refuse(&r))
         } else if free <= self.cfg.disk_pressure_percent {
+            self.refusing_for_disk();
             Some(refuse(&Refusal::DiskFull(free)))
         } else {
             match self.replica.admit(&name, &rec) {
