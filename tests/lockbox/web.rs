@@ -205,6 +205,67 @@ fn only_the_token_on_loopback_reads_the_page_and_no_content_is_served() {
     }
 }
 
+/// With a desktop, `lockbox web` opens the page through `xdg-open`, which
+/// is given a 0600 file that leads to the address, never the token itself
+/// (every user can read a process's arguments); without one, or with
+/// `--no-open`, it only prints the address.
+#[test]
+fn web_opens_the_browser_without_the_token_in_any_arguments() {
+    require_fuse!();
+    let m = MountedEnvoy::unlocked();
+    let bin = tempfile::tempdir().expect("tmp");
+    let said = bin.path().join("said");
+    let fake = bin.path().join("xdg-open");
+    std::fs::write(
+        &fake,
+        format!("#!/bin/sh\nprintf '%s\\n' \"$@\" >> {}\n", said.display()),
+    )
+    .expect("a fake xdg-open");
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let web = |extra: &[&str], display: Option<&str>| {
+        let mut args = vec!["web"];
+        args.extend_from_slice(extra);
+        let mut c = m.e.cmd(&args);
+        c.env("PATH", &path)
+            .env_remove("DISPLAY")
+            .env_remove("WAYLAND_DISPLAY");
+        if let Some(d) = display {
+            c.env("DISPLAY", d);
+        }
+        let out = c.output().expect("lockbox web");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+
+    let out = web(&[], Some(":0"));
+    assert!(out.contains("(opened in your browser)"), "{out}");
+    let url = out.split_whitespace().next().unwrap().to_string();
+    let token = url.split_once("?token=").expect("a token").1.to_string();
+    let args = std::fs::read_to_string(&said).expect("xdg-open ran");
+    assert!(
+        !args.contains(&token),
+        "the token is in xdg-open's arguments: {args}"
+    );
+    let file = std::path::PathBuf::from(args.trim());
+    assert_eq!(mode(&file) & 0o777, 0o600, "{}", file.display());
+    let page = std::fs::read_to_string(&file).expect("the redirect file");
+    assert!(page.contains(&url.replace('&', "&amp;")), "{page}");
+
+    // No desktop, or --no-open: the address only, and no browser.
+    std::fs::remove_file(&said).expect("rm");
+    for (extra, display) in [(&[][..], None), (&["--no-open"][..], Some(":0"))] {
+        let out = web(extra, display);
+        assert_eq!(out.trim(), url, "{out}");
+    }
+    assert!(!said.exists(), "a browser was opened");
+}
+
 /// Whether `holders` (a presence row's) says `current` for every envoy in
 /// `envoys`.
 fn held_by(row: &serde_json::Value, envoys: &[&str]) -> bool {
