@@ -1310,6 +1310,23 @@ async fn a_batch_of_pushes_is_taken_item_by_item() {
     }
 }
 
+/// Wait until the fake peer has been sent `n` single pushes in all.
+async fn pushed_alone(w: &World, n: usize) {
+    let singles = || {
+        w.asked()
+            .iter()
+            .filter(|p| p.starts_with("/lockbox/push/alice/"))
+            .count()
+    };
+    tokio::time::timeout(PROMPTLY, async {
+        while singles() < n {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{n} single pushes: {:?}", w.asked()));
+}
+
 /// Versions queued for a peer while none is in flight go together as one
 /// batch; a peer that does not know the route (404) gets each alone, and
 /// is not asked for a batch again.
@@ -1331,33 +1348,15 @@ async fn a_peer_without_batches_gets_each_version_alone() {
         BATCH => respond(404, "no such endpoint"),
         _ => respond(201, "stored"),
     });
-    let singles = |w: &World| {
-        w.asked()
-            .iter()
-            .filter(|p| p.starts_with("/lockbox/push/alice/"))
-            .count()
-    };
     for f in ["one", "two", "three"] {
         w.mesh.queue_push(w.peer, name(f));
     }
-    tokio::time::timeout(PROMPTLY, async {
-        while singles(&w) < 3 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("every version pushed alone");
+    pushed_alone(&w, 3).await;
     let batches = |w: &World| w.asked().iter().filter(|p| *p == BATCH).count();
     assert_eq!(batches(&w), 1, "{:?}", w.asked());
     for f in ["one", "two"] {
         w.mesh.queue_push(w.peer, name(f));
     }
-    tokio::time::timeout(PROMPTLY, async {
-        while singles(&w) < 5 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("pushed alone again");
+    pushed_alone(&w, 5).await;
     assert_eq!(batches(&w), 1, "asked for a batch again: {:?}", w.asked());
 }
