@@ -348,18 +348,22 @@ impl Mesh {
                 let _permit = self.transfers.acquire().await;
                 let (items, taken) = self.batch_of(rest);
                 rest = &rest[taken..];
+                let mut alone: Vec<&Name> = items.iter().map(|(name, _, _)| name).collect();
                 match self.push_batch(addr, &items).await {
                     Sent::Answered => continue,
                     Sent::NotServed => {
                         if let Ok(mut q) = self.queues.lock() {
                             q.entry(addr).or_default().alone = true;
                         }
+                        // The rest of this burst goes alone too.
+                        alone.extend(rest);
+                        rest = &[];
                     }
                     Sent::Failed(e) => {
                         tracing::debug!("a batch of {} to {addr} failed: {e}", items.len());
                     }
                 }
-                for (name, _, _) in &items {
+                for name in alone {
                     self.push(addr, name).await;
                 }
             }
