@@ -877,6 +877,65 @@ impl crate::web::Source for WebSource {
         status(&self.0)
     }
 
+    fn fingerprint(&self) -> Vec<u8> {
+        let agent = &self.0;
+        let e = &agent.envoy;
+        let unlocked = agent.session.lock().is_ok_and(|s| s.is_unlocked());
+        let members = agent.replica.members().names();
+        let mut digests = vec![agent.replica.files_digest()];
+        digests.extend(Table::ALL.map(|t| agent.replica.table_digest(t)));
+        let (peers, mesh) = match &agent.mesh {
+            Some(m) => (
+                m.peers(),
+                Some((
+                    m.holdings_learnt(),
+                    m.disk_refusals(),
+                    m.last_catchup(),
+                    m.long_absence(),
+                )),
+            ),
+            None => (Vec::new(), None),
+        };
+        // The envoy lines as the page words them, without what moves with
+        // the clock alone.
+        let me = crate::status::EnvoyLine {
+            envoy: e.config.envoy.clone(),
+            this: true,
+            state: String::new(),
+            last_seen_secs: None,
+            unlocked: Some(unlocked),
+            free_percent: e.store.free_percent().ok(),
+            disk_short: false,
+            disk_refusals: 0,
+            protocol: None,
+            detail: String::new(),
+        };
+        let lines: Vec<_> = crate::status::envoy_lines(me, &members, &peers, e.config.stale_after)
+            .into_iter()
+            .map(|l| {
+                (
+                    l.envoy,
+                    l.state,
+                    l.unlocked,
+                    l.free_percent,
+                    l.disk_short,
+                    l.disk_refusals,
+                    l.protocol,
+                )
+            })
+            .collect();
+        // Refusals, failures, and each peer's files digest (equal to ours
+        // turns its whole column current).
+        let views: Vec<_> = peers
+            .iter()
+            .map(|p| {
+                let files = p.digests.map(|d| d.files);
+                (p.addr.clone(), p.refused.clone(), p.error.is_some(), files)
+            })
+            .collect();
+        format!("{unlocked:?}{members:?}{digests:?}{lines:?}{views:?}{mesh:?}").into_bytes()
+    }
+
     fn act(&self, action: crate::web::Action) -> crate::web::ActionResult {
         let agent = &self.0;
         match action {

@@ -57,6 +57,10 @@ pub type ActionResult = Result<String, (u16, String)>;
 pub trait Source: Send + Sync + 'static {
     /// The status, as `lockbox status --json` has it.
     fn status(&self) -> StatusReport;
+    /// A value that changes whenever what the page shows may have changed
+    /// (not with the clock alone): the event stream compares it twice a
+    /// second, so it must cost little, whatever the store holds.
+    fn fingerprint(&self) -> Vec<u8>;
     /// Carry out `action` (blocking: it runs on the blocking pool).
     fn act(&self, action: Action) -> ActionResult;
 }
@@ -321,23 +325,8 @@ async fn act(state: &Arc<State>, action: Action) -> Response<Body> {
     }
 }
 
-/// What of `report` the page shows, without the figures that move with
-/// the clock alone (seconds since a peer was heard, the idle time left):
-/// the event stream compares these.
-fn shape(mut report: StatusReport) -> Vec<u8> {
-    report.idle_left_secs = None;
-    for e in &mut report.envoys {
-        e.last_seen_secs = None;
-        e.detail.clear();
-    }
-    for p in &mut report.peers {
-        p.detail.clear();
-    }
-    serde_json::to_vec(&report).unwrap_or_default()
-}
-
-/// The event stream: `data: N` each time the status (as JSON) differs from
-/// the last one sent, N counting up; a comment when quiet. It ends when the
+/// The event stream: `data: N` each time [`Source::fingerprint`] differs
+/// from the last one sent, N counting up; a comment when quiet. It ends when the
 /// page goes away (the send fails).
 fn events(state: Arc<State>) -> Response<Body> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
@@ -353,7 +342,10 @@ fn events(state: Arc<State>) -> Response<Body> {
             return;
         }
         loop {
-            let now = shape(status(&state).await);
+            let source = state.source.clone();
+            let Ok(now) = tokio::task::spawn_blocking(move || source.fingerprint()).await else {
+                return;
+            };
             if last.as_ref() != Some(&now) {
                 last = Some(now);
                 n += 1;

@@ -423,6 +423,8 @@ pub struct Mesh {
     queues: Mutex<HashMap<SocketAddr, batch::Queue>>,
     /// Pushes this envoy refused for want of disk since it started.
     disk_refusals: std::sync::atomic::AtomicU64,
+    /// Moves each time `holdings` learns something ([`Mesh::holdings_learnt`]).
+    learnt: std::sync::atomic::AtomicU64,
     /// What each member envoy holds, as learnt (see [`presence`]).
     holdings: Mutex<HashMap<String, presence::PeerFiles>>,
     /// Set at start when the last catch-up is older than the retention:
@@ -531,6 +533,7 @@ impl Mesh {
             last_catchup: Mutex::new(None),
             holdings: Mutex::new(HashMap::new()),
             disk_refusals: std::sync::atomic::AtomicU64::new(0),
+            learnt: std::sync::atomic::AtomicU64::new(0),
             queues: Mutex::new(HashMap::new()),
             absence: Mutex::new(Absence {
                 away_since,

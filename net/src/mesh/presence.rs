@@ -146,6 +146,8 @@ impl Mesh {
 
     /// The envoy `envoy` holds `v` (it pushed it to us).
     pub(super) fn learn_held(&self, envoy: String, name: &Name, v: &FileVersion) {
+        self.learnt
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Ok(mut h) = self.holdings.lock() {
             h.entry(envoy)
                 .or_default()
@@ -159,6 +161,8 @@ impl Mesh {
         let Some(envoy) = self.envoy_at(addr) else {
             return;
         };
+        self.learnt
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Ok(mut h) = self.holdings.lock() {
             h.insert(
                 envoy,
@@ -168,6 +172,12 @@ impl Mesh {
                 },
             );
         }
+    }
+
+    /// A count that moves each time something is learnt of what a peer
+    /// holds (for the status page's change detection).
+    pub fn holdings_learnt(&self) -> u64 {
+        self.learnt.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// What each member peer holds, by envoy name, as far as this envoy
