@@ -6,10 +6,12 @@
 //!   `localhost:PORT`), and `Origin`, when a browser sends one, the same:
 //!   a page on another site that rebinds its DNS name to 127.0.0.1 sends
 //!   its own name, and is refused.
-//! - The token comes once, in the URL `lockbox web` prints; the answer
-//!   moves it into a cookie (`HttpOnly`, `SameSite=Strict`) and redirects to
-//!   the same path without it, so it leaves the address bar and history.
-//!   Every other request must carry the cookie.
+//! - Each `lockbox web` mints a fresh token ([`Gate::mint`]) and prints it
+//!   once, in the URL; the answer moves it into a cookie (`HttpOnly`,
+//!   `SameSite=Strict`) and redirects to the same path without it, so it
+//!   leaves the address bar and history. Every other request must carry
+//!   the cookie. The last [`TOKENS_KEPT`] tokens stay valid, so a page
+//!   opened before goes on working; all end with the agent.
 //! - A request that changes something is a POST carrying the CSRF value
 //!   of the page in a header, besides the cookie.
 
@@ -18,11 +20,14 @@ pub const COOKIE: &str = "lockbox_web";
 /// The header that carries the CSRF value on a POST.
 pub const CSRF_HEADER: &str = "x-lockbox-csrf";
 
-/// The secrets of one run of the page: both new at each agent start.
-#[derive(Clone)]
+/// Tokens that stay valid at once: the newest ones minted.
+pub const TOKENS_KEPT: usize = 16;
+
+/// The secrets of one run of the page: the tokens minted so far (the
+/// newest [`TOKENS_KEPT`]) and the CSRF value, new at each agent start.
 pub struct Gate {
     port: u16,
-    token: String,
+    tokens: std::sync::Mutex<std::collections::VecDeque<String>>,
     csrf: String,
 }
 
@@ -62,6 +67,8 @@ pub enum Verdict {
     SetCookie {
         /// Where to go (the same path, without the token).
         path: String,
+        /// The token, for the cookie.
+        token: String,
     },
     /// 401: no token or a wrong one.
     Unauthorized,
@@ -87,18 +94,32 @@ fn random_hex() -> String {
 }
 
 impl Gate {
-    /// A gate for a page on `port`, with a fresh token and CSRF value.
+    /// A gate for a page on `port`, with a fresh CSRF value and no token
+    /// yet ([`Gate::mint`]).
     pub fn new(port: u16) -> Gate {
         Gate {
             port,
-            token: random_hex(),
+            tokens: std::sync::Mutex::new(std::collections::VecDeque::new()),
             csrf: random_hex(),
         }
     }
 
-    /// The token (for the URL `lockbox web` prints).
-    pub fn token(&self) -> &str {
-        &self.token
+    /// A fresh token (for the URL `lockbox web` prints); the oldest of
+    /// more than [`TOKENS_KEPT`] stops being valid.
+    pub fn mint(&self) -> String {
+        let t = random_hex();
+        let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        tokens.push_back(t.clone());
+        while tokens.len() > TOKENS_KEPT {
+            tokens.pop_front();
+        }
+        t
+    }
+
+    /// Whether `t` is a valid token (compared with each, in constant time).
+    fn valid(&self, t: &str) -> bool {
+        let tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        tokens.iter().fold(false, |ok, known| same(t, known) | ok)
     }
 
     /// The CSRF value (for the page, which sends it back on its POSTs).
@@ -106,9 +127,9 @@ impl Gate {
         &self.csrf
     }
 
-    /// The value of `Set-Cookie` that hands the browser the token.
-    pub fn set_cookie(&self) -> String {
-        format!("{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/", self.token)
+    /// The value of `Set-Cookie` that hands the browser `token`.
+    pub fn set_cookie(token: &str) -> String {
+        format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/")
     }
 
     fn own_host(&self, host: &str) -> bool {
@@ -142,16 +163,17 @@ impl Gate {
             if ask.method != "GET" {
                 return Verdict::Forbidden("the token goes in a cookie, not in a POST's address");
             }
-            return if same(t, &self.token) {
+            return if self.valid(t) {
                 Verdict::SetCookie {
                     path: ask.path.to_string(),
+                    token: t.to_string(),
                 }
             } else {
                 Verdict::Unauthorized
             };
         }
         match Self::token_in_cookies(&ask.cookies) {
-            Some(t) if same(t, &self.token) => {}
+            Some(t) if self.valid(t) => {}
             _ => return Verdict::Unauthorized,
         }
         match ask.method {
@@ -169,8 +191,11 @@ impl Gate {
 mod tests {
     use super::*;
 
-    fn gate() -> Gate {
-        Gate::new(4321)
+    /// A gate with one token minted, and that token.
+    fn gate() -> (Gate, String) {
+        let g = Gate::new(4321);
+        let t = g.mint();
+        (g, t)
     }
 
     fn get<'a>(g: &'a Gate, cookie: &'a str) -> Ask<'a> {
@@ -186,8 +211,8 @@ mod tests {
 
     #[test]
     fn the_token_in_the_url_becomes_a_cookie_once() {
-        let g = gate();
-        let q = format!("token={}", g.token());
+        let (g, token) = gate();
+        let q = format!("token={}", token.as_str());
         let ask = Ask {
             method: "GET",
             path: "/",
@@ -195,8 +220,14 @@ mod tests {
             host: Some("localhost:4321"),
             ..Ask::default()
         };
-        assert_eq!(g.check(&ask), Verdict::SetCookie { path: "/".into() });
-        let c = g.set_cookie();
+        assert_eq!(
+            g.check(&ask),
+            Verdict::SetCookie {
+                path: "/".into(),
+                token: token.clone()
+            }
+        );
+        let c = Gate::set_cookie(&token);
         assert!(
             c.contains("HttpOnly") && c.contains("SameSite=Strict"),
             "{c}"
@@ -213,21 +244,21 @@ mod tests {
 
     #[test]
     fn without_the_cookie_nothing_passes() {
-        let g = gate();
-        let cookie = format!("a=b; {COOKIE}={}", g.token());
+        let (g, token) = gate();
+        let cookie = format!("a=b; {COOKIE}={}", token.as_str());
         assert_eq!(g.check(&get(&g, &cookie)), Verdict::Pass);
         assert_eq!(g.check(&get(&g, "a=b")), Verdict::Unauthorized);
-        let other = format!("{COOKIE}={}", Gate::new(4321).token());
+        let other = format!("{COOKIE}={}", gate().1);
         assert_eq!(g.check(&get(&g, &other)), Verdict::Unauthorized);
         // A prefix of the token is no token.
-        let short = format!("{COOKIE}={}", &g.token()[..10]);
+        let short = format!("{COOKIE}={}", &token.as_str()[..10]);
         assert_eq!(g.check(&get(&g, &short)), Verdict::Unauthorized);
     }
 
     #[test]
     fn another_host_or_origin_is_refused_even_with_the_cookie() {
-        let g = gate();
-        let cookie = format!("{COOKIE}={}", g.token());
+        let (g, token) = gate();
+        let cookie = format!("{COOKIE}={}", token.as_str());
         for host in [
             None,
             Some("evil.example:4321"),
@@ -256,8 +287,8 @@ mod tests {
 
     #[test]
     fn a_post_needs_the_csrf_header() {
-        let g = gate();
-        let cookie = format!("{COOKIE}={}", g.token());
+        let (g, token) = gate();
+        let cookie = format!("{COOKIE}={}", token.as_str());
         let post = Ask {
             method: "POST",
             path: "/reencrypt",
@@ -265,7 +296,7 @@ mod tests {
         };
         assert!(matches!(g.check(&post), Verdict::Forbidden(_)));
         let wrong = Ask {
-            csrf: Some(g.token()),
+            csrf: Some(&token),
             ..post
         };
         assert!(matches!(g.check(&wrong), Verdict::Forbidden(_)));
@@ -279,5 +310,21 @@ mod tests {
             ..right
         };
         assert!(matches!(g.check(&other), Verdict::Forbidden(_)));
+    }
+
+    #[test]
+    fn each_minted_token_is_valid_until_many_newer_ones_are() {
+        let (g, first) = gate();
+        let second = g.mint();
+        assert_ne!(first, second, "a fresh token each time");
+        for t in [&first, &second] {
+            let cookie = format!("{COOKIE}={t}");
+            assert_eq!(g.check(&get(&g, &cookie)), Verdict::Pass);
+        }
+        for _ in 0..TOKENS_KEPT {
+            g.mint();
+        }
+        let cookie = format!("{COOKIE}={first}");
+        assert_eq!(g.check(&get(&g, &cookie)), Verdict::Unauthorized);
     }
 }

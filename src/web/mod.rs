@@ -75,7 +75,7 @@ const KEEPALIVE: Duration = Duration::from_secs(15);
 /// A running status page.
 #[derive(Debug)]
 pub struct Web {
-    gate: Gate,
+    gate: Arc<Gate>,
     addr: SocketAddr,
 }
 
@@ -85,7 +85,7 @@ impl Web {
     pub async fn start(port: u16, source: Arc<dyn Source>) -> std::io::Result<Web> {
         let listener = TcpListener::bind(("127.0.0.1", port)).await?;
         let addr = listener.local_addr()?;
-        let gate = Gate::new(addr.port());
+        let gate = Arc::new(Gate::new(addr.port()));
         let state = Arc::new(State {
             gate: gate.clone(),
             source,
@@ -94,9 +94,9 @@ impl Web {
         Ok(Web { gate, addr })
     }
 
-    /// The address to open: with the token, once.
+    /// The address to open, with a fresh token ([`Gate::mint`]).
     pub fn url(&self) -> String {
-        format!("http://{}/?token={}", self.addr, self.gate.token())
+        format!("http://{}/?token={}", self.addr, self.gate.mint())
     }
 
     /// Where it listens.
@@ -106,7 +106,7 @@ impl Web {
 }
 
 struct State {
-    gate: Gate,
+    gate: Arc<Gate>,
     source: Arc<dyn Source>,
 }
 
@@ -217,12 +217,12 @@ async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
     };
     match state.gate.check(&ask) {
         Verdict::Pass => {}
-        Verdict::SetCookie { path } => {
+        Verdict::SetCookie { path, token } => {
             let mut r = respond(StatusCode::SEE_OTHER, TEXT, "signed in\n");
             let h = r.headers_mut();
             h.insert(
                 header::SET_COOKIE,
-                state.gate.set_cookie().parse().expect("a cookie"),
+                Gate::set_cookie(&token).parse().expect("a cookie"),
             );
             h.insert(
                 header::LOCATION,
