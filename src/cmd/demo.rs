@@ -183,9 +183,12 @@ fn steps(root: &Path, envoys: &[DemoEnvoy]) -> anyhow::Result<()> {
             .map(|(_, p)| format!("\"127.0.0.1:{p}\""))
             .collect();
         // Loopback only, no multicast; short intervals so the demo is quick.
+        // Its files are a few KiB: it also runs on a disk with less than
+        // the default 10 % free, which would make each envoy refuse the
+        // others' pushes (`disk_pressure_percent`).
         let config = format!(
             "multicast: off\nlisten: 127.0.0.1\npeer_port: {}\ncross_subnet_peers: [{}]\n\
-             announce_interval: 1s\nstale_after: 5s\n",
+             announce_interval: 1s\nstale_after: 5s\ndisk_pressure_percent: 0\n",
             ports[i],
             peers.join(", ")
         );
