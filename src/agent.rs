@@ -604,17 +604,11 @@ fn handle(agent: &Arc<Agent>, mut stream: UnixStream) {
         Request::Encrypt { name, executable } => encrypt(agent, &mut stream, name, executable),
         Request::Reencrypt => reencrypt_all(agent, &mut stream),
         Request::Resurrect { name } => {
-            let resp = match Name::new(name) {
-                Ok(n) => match agent.replica.resurrect(&n) {
-                    Ok(_) => Response::Ok,
-                    Err(e) => Response::Error {
-                        failure: Failure::Invalid,
-                        message: e.to_string(),
-                    },
-                },
-                Err(e) => Response::Error {
+            let resp = match resurrect_name(agent, name) {
+                Ok(_) => Response::Ok,
+                Err(message) => Response::Error {
                     failure: Failure::Invalid,
-                    message: e.to_string(),
+                    message,
                 },
             };
             control::write_message(&mut stream, &resp)
@@ -898,18 +892,7 @@ impl crate::web::Source for WebSource {
         };
         // The envoy lines as the page words them, without what moves with
         // the clock alone.
-        let me = crate::status::EnvoyLine {
-            envoy: e.config.envoy.clone(),
-            this: true,
-            state: String::new(),
-            last_seen_secs: None,
-            unlocked: Some(unlocked),
-            free_percent: e.store.free_percent().ok(),
-            disk_short: false,
-            disk_refusals: 0,
-            protocol: None,
-            detail: String::new(),
-        };
+        let me = own_envoy_line(agent, unlocked);
         let lines: Vec<_> = crate::status::envoy_lines(me, &members, &peers, e.config.stale_after)
             .into_iter()
             .map(|l| {
@@ -943,31 +926,31 @@ impl crate::web::Source for WebSource {
                 Ok((done, total)) => Ok(format!(
                     "re-encrypted {done} of {total} drifted file(s) to the current members"
                 )),
-                Err(ReencryptError::Locked) => {
-                    Err((403, "locked: run lockbox unlock first".into()))
+                // The CLI's message: "locked: run lockbox unlock", or why
+                // the members could not be read.
+                Err(e) => {
+                    let status = match e {
+                        ReencryptError::Locked => 403,
+                        ReencryptError::Recipients(_) => 500,
+                    };
+                    match e.response() {
+                        Response::Error { message, .. } => Err((status, message)),
+                        _ => Err((status, "re-encryption did not start".into())),
+                    }
                 }
-                Err(e) => Err((500, format!("{:?}", e.response()))),
             },
-            crate::web::Action::Resurrect(name) => {
-                let n = Name::new(name.clone().into_bytes()).map_err(|e| (400, e.to_string()))?;
-                agent
-                    .replica
-                    .resurrect(&n)
-                    .map(|_| format!("resurrected {}", name.escaped()))
-                    .map_err(|e| (400, e.to_string()))
-            }
+            crate::web::Action::Resurrect(name) => resurrect_name(agent, name.into_bytes())
+                .map(|n| format!("resurrected {}", n.escaped()))
+                .map_err(|e| (400, e)),
         }
     }
 }
 
-/// The status page's tables: the envoys, the presence matrix and the
-/// deletes (see `docs/status-page.md`).
-fn fill_circle_tables(agent: &Agent, report: &mut StatusReport, unlocked: bool) {
-    use lockbox_net::mesh::Held;
-    use lockbox_net::records::{FileVersion, Tombstone};
+/// This envoy's line of the envoy table.
+fn own_envoy_line(agent: &Agent, unlocked: bool) -> crate::status::EnvoyLine {
     let e = &agent.envoy;
     let free = e.store.free_percent().ok();
-    let me = crate::status::EnvoyLine {
+    crate::status::EnvoyLine {
         envoy: e.config.envoy.clone(),
         this: true,
         state: "reporting".into(),
@@ -978,13 +961,37 @@ fn fill_circle_tables(agent: &Agent, report: &mut StatusReport, unlocked: bool) 
         disk_refusals: agent.mesh.as_ref().map_or(0, |m| m.disk_refusals()),
         protocol: Some(lockbox_net::mesh::PROTOCOL_VERSION),
         detail: "this envoy".into(),
-    };
+    }
+}
+
+/// Lift the delete of the name `raw` (`lockbox resurrect` and the status
+/// page's button); the error is the user's to read.
+fn resurrect_name(agent: &Agent, raw: Vec<u8>) -> Result<Name, String> {
+    let name = Name::new(raw).map_err(|e| e.to_string())?;
+    agent
+        .replica
+        .resurrect(&name)
+        .map(|_| name)
+        .map_err(|e| e.to_string())
+}
+
+/// The status page's tables: the envoys, the presence matrix and the
+/// deletes (see `docs/status-page.md`).
+fn fill_circle_tables(agent: &Agent, report: &mut StatusReport, unlocked: bool) {
+    use lockbox_net::mesh::Held;
+    use lockbox_net::records::{FileVersion, Tombstone};
+    let e = &agent.envoy;
     let members = agent.replica.members().names();
     let (peers, holdings) = match &agent.mesh {
         Some(m) => (m.peers(), m.holdings()),
         None => Default::default(),
     };
-    report.envoys = crate::status::envoy_lines(me, &members, &peers, e.config.stale_after);
+    report.envoys = crate::status::envoy_lines(
+        own_envoy_line(agent, unlocked),
+        &members,
+        &peers,
+        e.config.stale_after,
+    );
     let local = agent
         .replica
         .manifest()
