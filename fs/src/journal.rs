@@ -172,8 +172,14 @@ const IDLE_CHECK: Duration = Duration::from_secs(1);
 pub(crate) struct Queue {
     journal: Arc<dyn Journal>,
     events: Mutex<VecDeque<Event>>,
-    /// Signalled when an event is queued.
+    /// Signalled when an event is queued while the delivering thread
+    /// waits for one.
     queued: Condvar,
+    /// The delivering thread waits on `queued`. Changed and read only
+    /// with `events` locked, so a push that finds it false knows the
+    /// thread will look at the queue again before it waits: a burst of
+    /// seals wakes it once, not once per seal.
+    waiting: AtomicBool,
     /// Held while events are delivered: one deliverer at a time, so the
     /// journal sees them in queue order.
     delivering: Mutex<()>,
@@ -192,6 +198,7 @@ impl Queue {
             journal,
             events: Mutex::new(VecDeque::new()),
             queued: Condvar::new(),
+            waiting: AtomicBool::new(false),
             delivering: Mutex::new(()),
             threaded: AtomicBool::new(true),
             undelivered: Mutex::new(HashMap::new()),
@@ -216,14 +223,17 @@ impl Queue {
                 *counts.entry(n.clone()).or_insert(0) += 1;
             }
         }
-        let full = {
+        let (full, waiting) = {
             let mut events = lock(&self.events);
             events.push_back(event);
-            events.len() > MAX_QUEUED
+            (
+                events.len() > MAX_QUEUED,
+                self.waiting.load(Ordering::Relaxed),
+            )
         };
         if full || !self.threaded.load(Ordering::Relaxed) {
             self.deliver();
-        } else {
+        } else if waiting {
             self.queued.notify_one();
         }
     }
@@ -299,11 +309,16 @@ fn deliver_loop(queue: Weak<Queue>) {
             return;
         };
         let has_events = {
-            let events = lock(&q.events);
-            let (events, _) = q
-                .queued
-                .wait_timeout_while(events, IDLE_CHECK, |e| e.is_empty())
-                .unwrap_or_else(|e| e.into_inner());
+            let mut events = lock(&q.events);
+            if events.is_empty() {
+                q.waiting.store(true, Ordering::Relaxed);
+                events = q
+                    .queued
+                    .wait_timeout_while(events, IDLE_CHECK, |e| e.is_empty())
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+                q.waiting.store(false, Ordering::Relaxed);
+            }
             !events.is_empty()
         };
         if has_events {
