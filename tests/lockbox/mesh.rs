@@ -123,7 +123,10 @@ fn every_envoy_writing_at_once_converges() {
 /// A burst of small files (a `cp -r` of a tree), with a few large ones
 /// among them: the small ones travel in batches (`net/src/mesh/batch.rs`),
 /// the large ones alone, and every envoy ends with every file, byte for
-/// byte, and its store sealed.
+/// byte, and its store sealed. Then a burst of renames and deletes, whose
+/// tombstones travel as lists (`net/src/mesh/record_queue.rs`): every
+/// envoy ends with the moved files under their new names only, and
+/// without the deleted ones.
 #[test]
 fn a_burst_of_small_files_reaches_every_envoy() {
     require_fuse!();
@@ -151,6 +154,20 @@ fn a_burst_of_small_files_reaches_every_envoy() {
     }
     for n in &c.nodes {
         n.assert_store_sealed();
+    }
+    let (moved, deleted) = files.split_at(150);
+    for (name, _) in moved {
+        fs::rename(alpha.at(name), alpha.at(&format!("moved-{name}"))).expect("mv");
+    }
+    for (name, _) in deleted {
+        fs::remove_file(alpha.at(name)).expect("rm");
+    }
+    for (name, body) in moved {
+        c.wait_content(&ALL, &format!("moved-{name}"), body);
+        c.wait_gone(&ALL, name);
+    }
+    for (name, _) in deleted {
+        c.wait_gone(&ALL, name);
     }
 }
 

@@ -27,31 +27,20 @@ pub(super) async fn fan_out(
             // departed envoy's are refused anyway).
             continue;
         }
+        // Queued per peer: a burst goes in batches (see `batch` and
+        // `record_queue`).
+        let record = match &out {
+            Outgoing::Version(_) => None,
+            Outgoing::Tombstone(t) => Some((Table::Tombstones, t.to_bytes())),
+            Outgoing::Resurrect(r) => Some((Table::Resurrects, r.to_bytes())),
+            Outgoing::Folder(f) => Some((Table::Folders, f.to_bytes())),
+        };
         for addr in mesh.push_targets() {
-            if let Outgoing::Version(name) = &out {
-                // Queued: a burst goes in batches (see `batch`).
-                mesh.queue_push(addr, name.clone());
-                continue;
+            match (&out, &record) {
+                (Outgoing::Version(name), _) => mesh.queue_push(addr, name.clone()),
+                (_, Some((table, bytes))) => mesh.queue_record(addr, *table, bytes.clone()),
+                (_, None) => {}
             }
-            let mesh = mesh.clone();
-            let out = out.clone();
-            tokio::spawn(async move {
-                let _permit = mesh.transfers.acquire().await;
-                match &out {
-                    Outgoing::Version(_) => {}
-                    Outgoing::Tombstone(t) => {
-                        mesh.push_record(addr, Table::Tombstones, &t.to_bytes())
-                            .await;
-                    }
-                    Outgoing::Resurrect(r) => {
-                        mesh.push_record(addr, Table::Resurrects, &r.to_bytes())
-                            .await;
-                    }
-                    Outgoing::Folder(f) => {
-                        mesh.push_record(addr, Table::Folders, &f.to_bytes()).await;
-                    }
-                }
-            });
         }
     }
 }
@@ -162,7 +151,18 @@ impl Mesh {
     /// POST one signed record to `addr`'s `table`, with a few retries.
     /// Returns whether the peer took it.
     pub(super) async fn push_record(&self, addr: SocketAddr, table: Table, record: &[u8]) -> bool {
-        let body = records::encode_list([record]);
+        self.push_records(addr, table, &[record]).await
+    }
+
+    /// POST signed records of `table` to `addr` as one list, with a few
+    /// retries. Returns whether the peer took them.
+    pub(super) async fn push_records(
+        &self,
+        addr: SocketAddr,
+        table: Table,
+        records: &[impl AsRef<[u8]>],
+    ) -> bool {
+        let body = records::encode_list(records.iter().map(AsRef::as_ref));
         for _ in 0..3 {
             let req = match Request::builder()
                 .method(Method::POST)

@@ -65,6 +65,7 @@ mod fanout;
 mod hello;
 mod join;
 mod presence;
+mod record_queue;
 pub mod route;
 mod server;
 #[cfg(test)]
@@ -421,6 +422,9 @@ pub struct Mesh {
     last_catchup: Mutex<Option<SystemTime>>,
     /// The versions waiting to be pushed to each peer (see [`batch`]).
     queues: Mutex<HashMap<SocketAddr, batch::Queue>>,
+    /// Per peer and table, the signed records waiting for a push
+    /// (`record_queue`).
+    record_queues: Mutex<record_queue::RecordQueues>,
     /// Pushes this envoy refused for want of disk since it started.
     disk_refusals: std::sync::atomic::AtomicU64,
     /// Moves each time `holdings` learns something ([`Mesh::holdings_learnt`]).
@@ -535,6 +539,7 @@ impl Mesh {
             disk_refusals: std::sync::atomic::AtomicU64::new(0),
             learnt: std::sync::atomic::AtomicU64::new(0),
             queues: Mutex::new(HashMap::new()),
+            record_queues: Mutex::default(),
             absence: Mutex::new(Absence {
                 away_since,
                 back_at: None,

@@ -87,6 +87,8 @@ struct World {
     script: Arc<Mutex<Script>>,
     /// The hellos it was asked: each connection's exporter and the body.
     hello_bodies: HelloBodies,
+    /// The body of each tombstone list POSTed to the fake peer.
+    tombstone_bodies: Arc<Mutex<Vec<Vec<u8>>>>,
     /// The circle's hello key.
     hello_key: HelloKey,
     /// The paths it was asked for, in order.
@@ -171,11 +173,13 @@ async fn world() -> World {
     })));
     let asked = Arc::new(Mutex::new(Vec::new()));
     let hello_bodies = Arc::new(Mutex::new(Vec::new()));
+    let tombstone_bodies = Arc::new(Mutex::new(Vec::new()));
     let peer = fake_peer(
         bravo_tls.server_config().unwrap(),
         script.clone(),
         asked.clone(),
         hello_bodies.clone(),
+        tombstone_bodies.clone(),
     )
     .await;
     World {
@@ -192,18 +196,21 @@ async fn world() -> World {
         script,
         asked,
         hello_bodies,
+        tombstone_bodies,
         hello_key,
     }
 }
 
 /// An HTTP/2 server over mutual TLS on `127.0.0.1:0` that answers each
 /// request with `script` and notes its path in `asked`, and the body of
-/// each hello in `hello_bodies`.
+/// each hello in `hello_bodies`, and of each tombstone list in
+/// `tombstone_bodies`.
 async fn fake_peer(
     tls: Arc<rustls::ServerConfig>,
     script: Arc<Mutex<Script>>,
     asked: Arc<Mutex<Vec<String>>>,
     hello_bodies: HelloBodies,
+    tombstone_bodies: Arc<Mutex<Vec<Vec<u8>>>>,
 ) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -219,20 +226,27 @@ async fn fake_peer(
                 .export_keying_material([0u8; 32], crate::proof::EXPORTER_LABEL, None)
                 .unwrap();
             let (script, asked, bodies) = (script.clone(), asked.clone(), hello_bodies.clone());
+            let tombstones = tombstone_bodies.clone();
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let path = req.uri().path().to_string();
                 asked.lock().unwrap().push(path.clone());
                 let resp = (script.lock().unwrap())(&path, &exporter);
                 let bodies = bodies.clone();
+                let tombstones = tombstones.clone();
                 async move {
-                    // Only a hello's body is read (others may be stalled
-                    // uploads the script answers before they end).
+                    // Only a hello's and a tombstone list's body are read
+                    // (others may be stalled uploads the script answers
+                    // before they end).
                     if path == HELLO {
                         if let Ok(b) = req.into_body().collect().await {
                             bodies
                                 .lock()
                                 .unwrap()
                                 .push((exporter, b.to_bytes().to_vec()));
+                        }
+                    } else if path == TOMBSTONES && req.method() == http::Method::POST {
+                        if let Ok(b) = req.into_body().collect().await {
+                            tombstones.lock().unwrap().push(b.to_bytes().to_vec());
                         }
                     }
                     Ok::<_, Infallible>(resp)
@@ -1359,4 +1373,46 @@ async fn a_peer_without_batches_gets_each_version_alone() {
     }
     pushed_alone(&w, 5).await;
     assert_eq!(batches(&w), 1, "asked for a batch again: {:?}", w.asked());
+}
+
+/// Tombstones queued for a peer while one list is in flight go together
+/// as the next list: a burst of deletes is a few requests, not one per
+/// record, and every record arrives, in order, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_tombstones_goes_as_a_few_lists() {
+    let w = world().await;
+    w.serve(|_| respond(200, "ok"));
+    const N: usize = 300;
+    let records: Vec<Vec<u8>> = (0..N).map(|i| format!("record {i}").into_bytes()).collect();
+    for r in &records {
+        w.mesh
+            .queue_record(w.peer, crate::replica::Table::Tombstones, r.clone());
+    }
+    let received = || -> Vec<Vec<u8>> {
+        let bodies = w.tombstone_bodies.lock().unwrap().clone();
+        bodies
+            .iter()
+            .flat_map(|b| {
+                crate::records::decode_list(b, N)
+                    .unwrap()
+                    .into_iter()
+                    .map(<[u8]>::to_vec)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    tokio::time::timeout(PROMPTLY, async {
+        while received().len() < N {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{} of {N} records: {:?}", received().len(), w.asked()));
+    assert_eq!(received(), records, "every record, in order, once");
+    let lists = w.asked().iter().filter(|p| *p == TOMBSTONES).count();
+    // The first goes alone; the rest queue behind it (256 at most a list).
+    assert!(
+        (2..=6).contains(&lists),
+        "{lists} requests for {N} tombstones"
+    );
 }

@@ -18,7 +18,7 @@ use crate::WireName;
 pub const MAX_TABLE_ENTRIES: usize = 1 << 20;
 
 /// The tables the mesh compares by digest and exchanges whole.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Table {
     /// Signed deletes (`/lockbox/tombstones`).
     Tombstones,
