@@ -492,6 +492,25 @@ impl Store {
         self.stage_with(fill, true)
     }
 
+    /// [`Store::stage`], not yet durable: the caller makes it so with
+    /// [`Store::sync_staged`] before it commits it. For several files
+    /// received together, which one sync then covers.
+    pub fn stage_unsynced<T>(
+        &self,
+        fill: impl FnOnce(&mut File) -> Result<T, Error>,
+    ) -> Result<(StagedFile, T), Error> {
+        self.stage_with(fill, false)
+    }
+
+    /// Make the staged files `staged` durable: one `fdatasync` for one
+    /// file, one `syncfs` of the store's file system for more.
+    pub fn sync_staged(&self, staged: &[&StagedFile]) -> Result<(), Error> {
+        if staged.is_empty() {
+            return Ok(());
+        }
+        self.sync_contents(staged.iter().map(|s| s.path()))
+    }
+
     /// [`Store::stage`], made durable only if `durable` (else a round of the
     /// grouped syncs does it before the file enters the store).
     fn stage_with<T>(

@@ -26,6 +26,7 @@ use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use lockbox_crypto::sign::Signed;
 use lockbox_fs::escape::Escape;
+use lockbox_fs::store::StagedFile;
 use lockbox_fs::Name;
 
 use super::body::{after_small_body, full, read_capped, refuse, respond, Body};
@@ -226,14 +227,7 @@ impl Mesh {
         drop(bytes);
         let me = self.clone();
         let done = tokio::task::spawn_blocking(move || {
-            let statuses: Vec<u16> = items
-                .iter()
-                .map(|it| match me.take_item(it) {
-                    Ok(Admission::Same) => 200,
-                    Ok(Admission::Store(_)) => 201,
-                    Err(r) => r.status(),
-                })
-                .collect();
+            let statuses = me.take_items(&items);
             if let Some(from) = from {
                 for (it, s) in items.iter().zip(&statuses) {
                     if matches!(s, 200 | 201) {
@@ -250,15 +244,56 @@ impl Mesh {
         }
     }
 
-    /// Decide on one item of a batch and install it if it is wanted.
-    fn take_item(&self, it: &Item) -> Result<Admission, Refusal> {
+    /// Decide on each item of a batch and install those that are wanted,
+    /// as pushes of their own would be; their statuses, in order. The
+    /// wanted ones are staged first and made durable together (one sync
+    /// for the batch, not one per file), then installed in order, each
+    /// decided again under the change lock.
+    fn take_items(&self, items: &[Item]) -> Vec<u16> {
+        let status = |r: Result<Admission, Refusal>| match r {
+            Ok(Admission::Same) => 200,
+            Ok(Admission::Store(_)) => 201,
+            Err(r) => r.status(),
+        };
+        let mut staged: Vec<Result<Option<StagedFile>, Refusal>> =
+            items.iter().map(|it| self.stage_item(it)).collect();
+        let ready: Vec<&StagedFile> = staged
+            .iter()
+            .filter_map(|s| s.as_ref().ok().and_then(Option::as_ref))
+            .collect();
+        if let Err(e) = self.replica.store().sync_staged(&ready) {
+            tracing::warn!("cannot make a received batch durable: {e}");
+            for s in &mut staged {
+                if matches!(s, Ok(Some(_))) {
+                    // Dropped: its temp file goes.
+                    *s = Err(Refusal::Internal(format!("sync: {e}")));
+                }
+            }
+        }
+        items
+            .iter()
+            .zip(staged)
+            .map(|(it, s)| {
+                status(match s {
+                    Ok(None) => Ok(Admission::Same),
+                    Ok(Some(staged)) => self.replica.install(&it.name, &it.rec, staged),
+                    Err(r) => Err(r),
+                })
+            })
+            .collect()
+    }
+
+    /// Decide on one item of a batch and stage it, unsynced, if it is
+    /// wanted (`None`: this envoy holds it already).
+    fn stage_item(&self, it: &Item) -> Result<Option<StagedFile>, Refusal> {
         self.size_allowed(&it.name, it.rec.body())?;
         match self.replica.admit(&it.name, &it.rec)? {
-            Admission::Same => return Ok(Admission::Same),
+            Admission::Same => return Ok(None),
             Admission::Store(_) => {}
         }
-        let staged = self.replica.stage_body(it.rec.body(), &mut &it.body[..])?;
-        self.replica.install(&it.name, &it.rec, staged)
+        self.replica
+            .stage_bytes_unsynced(it.rec.body(), &it.body)
+            .map(Some)
     }
 }
 

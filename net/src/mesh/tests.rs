@@ -1322,6 +1322,15 @@ async fn a_batch_of_pushes_is_taken_item_by_item() {
         let held = fs::read(w.state.join("store").join(f)).unwrap();
         assert_eq!(held, ciphertext(500 + f.len()), "{f}");
     }
+    // The same batch again: held already, nothing staged; and no staged
+    // file of either batch is left behind.
+    let (status, body) = ask(&mut send, batch_request(super::batch::encode(&items))).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let statuses: Vec<u16> = serde_json::from_slice(&body).unwrap();
+    assert_eq!(statuses[..2], [200, 200], "{statuses:?}");
+    assert!((400..500).contains(&statuses[2]), "{statuses:?}");
+    let left: Vec<_> = fs::read_dir(w.state.join("tmp")).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 /// Wait until the fake peer has been sent `n` single pushes in all.

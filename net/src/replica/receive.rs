@@ -25,18 +25,57 @@ impl Replica {
         rec: &FileVersion,
         body: &mut dyn Read,
     ) -> Result<StagedFile, Refusal> {
+        let staged = self.stage_checked(rec, body, true)?;
+        let mut head = [0u8; 32];
+        let n = fs::File::open(staged.path())
+            .and_then(|mut f| f.read(&mut head))
+            .map_err(internal)?;
+        if !lockbox_crypto::seal::is_age(&head[..n]) {
+            return Err(Refusal::Bad("the body is not an age file".into()));
+        }
+        Ok(staged)
+    }
+
+    /// [`Replica::stage_body`] for a body already in memory (an item of a
+    /// batch), not yet durable: the caller syncs the staged files of a
+    /// batch together ([`lockbox_fs::Store::sync_staged`]) before it
+    /// installs them.
+    pub fn stage_bytes_unsynced(
+        &self,
+        rec: &FileVersion,
+        body: &[u8],
+    ) -> Result<StagedFile, Refusal> {
+        let staged = self.stage_checked(rec, &mut &body[..], false)?;
+        if !lockbox_crypto::seal::is_age(&body[..body.len().min(32)]) {
+            return Err(Refusal::Bad("the body is not an age file".into()));
+        }
+        Ok(staged)
+    }
+
+    /// Copy `body` into a staged file (synced if `durable`), checking its
+    /// length and hash against `rec`.
+    fn stage_checked(
+        &self,
+        rec: &FileVersion,
+        body: &mut dyn Read,
+        durable: bool,
+    ) -> Result<StagedFile, Refusal> {
         let limit = rec.ciphertext_len;
-        let (staged, (hash, len)) = self
-            .store
-            .stage(|f| {
-                let mut w = HashingWriter::new(f);
-                let mut limited = body.take(limit + 1);
-                let n = std::io::copy(&mut limited, &mut w).map_err(lockbox_fs::Error::Read)?;
-                w.flush().map_err(lockbox_fs::Error::Read)?;
-                let (_, hash, _) = w.finish();
-                Ok((hash, n))
-            })
-            .map_err(|e| Refusal::Bad(format!("receiving the body failed: {e}")))?;
+        let fill = |f: &mut fs::File| {
+            let mut w = HashingWriter::new(f);
+            let mut limited = body.take(limit + 1);
+            let n = std::io::copy(&mut limited, &mut w).map_err(lockbox_fs::Error::Read)?;
+            w.flush().map_err(lockbox_fs::Error::Read)?;
+            let (_, hash, _) = w.finish();
+            Ok((hash, n))
+        };
+        let staged = if durable {
+            self.store.stage(fill)
+        } else {
+            self.store.stage_unsynced(fill)
+        };
+        let (staged, (hash, len)) =
+            staged.map_err(|e| Refusal::Bad(format!("receiving the body failed: {e}")))?;
         if len != rec.ciphertext_len || hash != rec.hash {
             return Err(Refusal::Bad(format!(
                 "the body of {} does not match its record ({len} bytes received, {} expected, \
@@ -49,13 +88,6 @@ impl Replica {
                     "differs"
                 }
             )));
-        }
-        let mut head = [0u8; 32];
-        let n = fs::File::open(staged.path())
-            .and_then(|mut f| f.read(&mut head))
-            .map_err(internal)?;
-        if !lockbox_crypto::seal::is_age(&head[..n]) {
-            return Err(Refusal::Bad("the body is not an age file".into()));
         }
         Ok(staged)
     }
