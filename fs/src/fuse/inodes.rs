@@ -106,7 +106,18 @@ pub(super) struct FsState {
     /// stat'ed again without reading its header. Cleared when it reaches
     /// [`MAX_SIZES`]; a miss only costs that read.
     pub(super) sizes: HashMap<StoreVersion, u64>,
+    /// The inode number each name had when its node was dropped (the
+    /// kernel forgot it), given to the name's next node: a file keeps its
+    /// `st_ino` while the agent runs, as on a disk, even when the kernel
+    /// drops its entry in between. vim compares the number it stat'ed
+    /// with the one of the descriptor it writes through ("E949: File
+    /// changed while writing"). A number is taken out when it is given
+    /// again, so no two nodes share one. Cleared at [`MAX_RETIRED`].
+    pub(super) retired: HashMap<Name, u64>,
 }
+
+/// Names whose inode number [`FsState::retired`] keeps.
+pub(super) const MAX_RETIRED: usize = 1 << 16;
 
 /// An open folder's listing: its own inode, its parent's, and each entry
 /// (inode, name, whether a folder).
@@ -299,8 +310,14 @@ impl LockboxFs {
         staged: Option<Arc<Mutex<Staged>>>,
         folder: bool,
     ) -> u64 {
-        let ino = inner.next_ino;
-        inner.next_ino += 1;
+        let ino = match inner.retired.remove(&name) {
+            Some(i) if !inner.nodes.contains_key(&i) => i,
+            _ => {
+                let i = inner.next_ino;
+                inner.next_ino += 1;
+                i
+            }
+        };
         inner.by_name.insert(name.clone(), ino);
         inner.nodes.insert(
             ino,
@@ -323,10 +340,14 @@ impl LockboxFs {
             return;
         };
         if n.lookups == 0 && n.open == 0 && n.staged.is_none() {
-            if let Some(name) = &n.name {
-                if inner.by_name.get(name) == Some(&ino) {
-                    inner.by_name.remove(name);
+            if let Some(name) = n.name.clone() {
+                if inner.by_name.get(&name) == Some(&ino) {
+                    inner.by_name.remove(&name);
                 }
+                if inner.retired.len() >= MAX_RETIRED {
+                    inner.retired.clear();
+                }
+                inner.retired.insert(name, ino);
             }
             inner.nodes.remove(&ino);
         }

@@ -99,3 +99,31 @@ fn attributes_after_a_truncate_in_a_release_window_are_the_store_files() {
         "the answer to the truncate gave the released buffer's size"
     );
 }
+
+/// A file keeps its inode number when the kernel forgets its node and
+/// looks it up again (vim checks it: "E949: File changed while
+/// writing"); another name gets a number of its own.
+#[test]
+fn a_name_keeps_its_inode_number_after_the_kernel_forgets_it() {
+    let (_dir, keys, fs) = unlocked_fs();
+    let to = keys.recipients().unwrap();
+    for n in ["kept", "other"] {
+        fs.store
+            .seal(&Name::new(n).unwrap(), &b"x"[..], &to, 1 << 20)
+            .unwrap();
+    }
+    let kept = Name::new("kept").unwrap();
+    let (first, _) = fs.lookup_attr(&kept).unwrap();
+    // The kernel forgets it: the node goes.
+    {
+        let mut inner = lock(&fs.inner);
+        inner.nodes.get_mut(&first).unwrap().lookups = 0;
+        LockboxFs::maybe_drop(&mut inner, first);
+        assert!(!inner.nodes.contains_key(&first), "the node stayed");
+    }
+    let (other, _) = fs.lookup_attr(&Name::new("other").unwrap()).unwrap();
+    assert_ne!(other, first);
+    let (again, attr) = fs.lookup_attr(&kept).unwrap();
+    assert_eq!(again, first, "a new inode number for the same file");
+    assert_eq!(attr.ino.0, first);
+}
