@@ -345,10 +345,17 @@ fn a_folder_rename_and_an_rm_r_just_before_a_sigkill_stay_done() {
             );
             assert!(!fs::present(node.at(name)), "{name} came back on {n}");
         }
-        assert!(!fs::present(node.at("d")), "the folder d came back on {n}");
+        assert!(
+            !fs::present(node.at("d")),
+            "the folder d came back on {n}; a's log:\n{}\n{}",
+            a.m.log(),
+            c.dump()
+        );
         assert!(
             !fs::present(node.at("rm")),
-            "the folder rm came back on {n}"
+            "the folder rm came back on {n}; a's log:\n{}\n{}",
+            a.m.log(),
+            c.dump()
         );
         assert_store_is_ciphertext(&node.m.e);
     }
