@@ -751,7 +751,7 @@ impl Replica {
     /// Sign a tombstone of `name` deleting what has vector `vv` (see
     /// [`tombstone_vector`]), and return it with the name's tombstones
     /// merged with it.
-    fn sign_tombstone(
+    pub(super) fn sign_tombstone(
         &self,
         name: &Name,
         vv: &VersionVector,

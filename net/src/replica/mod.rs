@@ -287,6 +287,12 @@ pub struct Replica {
     own_endorsement: RwLock<Option<Signed<Endorsement>>>,
     /// Where new local versions and tombstones go (set by the mesh).
     outgoing: Mutex<Option<tokio::sync::mpsc::UnboundedSender<Outgoing>>>,
+    /// Folders that held files this envoy deleted or moved away just
+    /// before it stopped (found by [`Replica::reconcile`]) and that its
+    /// store no longer has: a folder version of its own for one of them,
+    /// back from a peer, was lost here with the same commit window
+    /// (see [`Replica::apply_folder`]).
+    lost_folders: Mutex<std::collections::HashSet<Name>>,
     /// Called with every name a peer changed (the agent drops the kernel's
     /// cached pages and attributes of it).
     on_remote_change: Mutex<Option<NameHook>>,
@@ -406,6 +412,7 @@ impl Replica {
             members: RwLock::new(members),
             own_endorsement: RwLock::new(own_endorsement),
             outgoing: Mutex::new(None),
+            lost_folders: Mutex::default(),
             on_remote_change: Mutex::new(None),
             recipients_file: Mutex::new(()),
             on_members_change: Mutex::new(None),
@@ -1342,6 +1349,73 @@ mod tests {
         // Either way round, again: nothing changes.
         sync(&bravo, &alpha);
         assert_eq!(tree_of(&alpha), lockbox_fs::store::Walk::default());
+    }
+
+    /// A folder made and moved away in one commit window before a SIGKILL
+    /// loses both records here, while a peer got the first. Back from the
+    /// peer, that record of this envoy's own is met with the removal the
+    /// store shows (its files moved away just before the stop), not taken
+    /// as news. Without that evidence (an envoy restored from an older
+    /// copy of its state) a folder of its own from a peer is taken back.
+    #[test]
+    fn an_own_folder_lost_in_a_crash_is_not_taken_back_from_a_peer() {
+        let n = |s: &str| Name::new(s).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (alpha, _bravo) = folder_pair(dir.path());
+        let a = alpha.store();
+        a.make_folder(&n("d")).unwrap();
+        a.make_folder(&n("kept")).unwrap();
+        seal_at(&alpha, "d/x", b"x");
+        a.deliver_journal();
+        let (d_rec, kept_rec) = {
+            let _guard = a.change_lock();
+            (
+                alpha.folders(&n("d"))[0].clone(),
+                alpha.folders(&n("kept"))[0].clone(),
+            )
+        };
+        let x = {
+            let _guard = a.change_lock();
+            alpha.record(&n("d/x")).unwrap().unwrap()
+        };
+        a.rename_folder(&n("d"), &n("e")).unwrap();
+        a.deliver_journal();
+        // Killed: the file's record as before the move, and no record of
+        // either folder (nor of kept, as if restored from an older copy).
+        {
+            let _guard = a.change_lock();
+            let mut ops = version_ops(&n("d/x"), &x, None).to_vec();
+            ops.push(Op::DelVersion(n("e/x")));
+            for f in ["d", "e", "kept"] {
+                ops.push(Op::PutList(List::Folders, n(f), Vec::new()));
+            }
+            for t in ["d/x", "d"] {
+                ops.push(Op::PutList(List::Tombstones, n(t), Vec::new()));
+            }
+            alpha.meta.apply(&ops).unwrap();
+        }
+        a.remove_folder(&n("kept")).unwrap();
+        a.deliver_journal();
+        alpha
+            .meta
+            .apply(&[
+                Op::PutList(List::Folders, n("kept"), Vec::new()),
+                Op::PutList(List::Tombstones, n("kept"), Vec::new()),
+            ])
+            .unwrap();
+        alpha.reconcile().unwrap();
+        // The peer sends both folder records back.
+        assert!(alpha.apply_folder(&d_rec).unwrap());
+        assert!(alpha.apply_folder(&kept_rec).unwrap());
+        let _guard = a.change_lock();
+        assert!(!alpha.folder_is_live(&n("d")), "d was taken back");
+        assert!(!a.is_folder(&n("d")), "d is in the store again");
+        assert!(
+            crate::records::deleted_by(&alpha.tombstones(&n("d")), &[], &d_rec.body().vv),
+            "no removal of d that covers its record"
+        );
+        assert!(alpha.folder_is_live(&n("kept")), "kept was not taken back");
+        assert!(a.is_folder(&n("kept")));
     }
 
     /// A folder rename, a folder made and a folder removed whose records

@@ -133,6 +133,28 @@ impl Replica {
             return Ok(false);
         }
         let old = self.folders(&name);
+        if old.is_empty() && self.lost_own_folder(f) {
+            // Made here and then removed or moved away just before the
+            // agent stopped, both records lost with one commit window
+            // (a peer got the first): the store says what happened here.
+            let resurrects = self.resurrects(&name);
+            let (t, tombs) = self.sign_tombstone(&name, &f.body().vv, &resurrects);
+            self.meta
+                .apply(&[Op::PutList(
+                    List::Tombstones,
+                    name.clone(),
+                    encode_records(&tombs),
+                )])
+                .map_err(internal)?;
+            drop(guard);
+            tracing::info!(
+                "the folder {} was removed here just before the agent stopped, and its \
+                 record lost: recording its removal",
+                name.escaped()
+            );
+            self.emit(crate::replica::Outgoing::Tombstone(t));
+            return Ok(true);
+        }
         let mut merged = old.clone();
         merged.push(f.clone());
         let merged = records::merge_antichain(merged);
@@ -159,6 +181,22 @@ impl Replica {
             self.remote_changed(m);
         }
         Ok(true)
+    }
+
+    /// Whether `f` is a folder version this envoy signed (with its key of
+    /// now) for a folder that held files it deleted or moved away just
+    /// before it stopped and that its store no longer has: its record was
+    /// lost here ([`Replica::reconcile`]). Only that evidence counts: an
+    /// envoy whose state was restored from an older copy must take its
+    /// newer folders back from its peers.
+    fn lost_own_folder(&self, f: &Signed<Folder>) -> bool {
+        f.signer() == self.signing.public()
+            && !self.store.is_folder(&f.body().name)
+            && self
+                .lost_folders
+                .lock()
+                .map(|l| l.contains(&f.body().name))
+                .unwrap_or(false)
     }
 
     /// Under the change lock: make the folder `name` and those above it
