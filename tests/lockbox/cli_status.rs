@@ -112,8 +112,10 @@ fn doctor_tells_who_holds_the_peer_port_and_whether_the_config_exists() {
     );
 
     // Another program on the port an envoy is configured with.
-    let port = free_ports(1)[0];
-    let squatter = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    // Bound to a port the kernel picks: a port found free first could be
+    // taken by a parallel test before this binds it.
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let port = squatter.local_addr().unwrap().port();
     let e = Envoy::with_config(&loopback_config(port, &[]));
     e.init("lone");
     let line = doctor_line(&e, "peer port");
