@@ -87,7 +87,7 @@ impl Replica {
         }
         let mut traces = self.held_traces(&gone)?;
         traces.extend(self.moved_traces(moved, &gone));
-        self.note_lost_folders(traces.iter().map(|t| &t.name))?;
+        self.note_lost_folders(traces.iter().map(|t| &t.name));
         for t in traces {
             let tombs = self.tombstones(&t.name);
             if records::deleted_by(&tombs, &self.resurrects(&t.name), &t.version.body().vv) {
@@ -132,12 +132,9 @@ impl Replica {
     /// Note the folders above `names` (files deleted or moved away just
     /// before the agent stopped) that the store no longer has: their own
     /// records may have been lost in the same commit window.
-    fn note_lost_folders<'n>(
-        &self,
-        names: impl Iterator<Item = &'n Name>,
-    ) -> Result<(), ReplicaError> {
+    fn note_lost_folders<'n>(&self, names: impl Iterator<Item = &'n Name>) {
         if !self.store.lists_folders() {
-            return Ok(());
+            return;
         }
         let mut lost = self.lost_folders.lock().unwrap_or_else(|e| e.into_inner());
         for name in names {
@@ -149,7 +146,6 @@ impl Replica {
                 at = f.parent();
             }
         }
-        Ok(())
     }
 
     /// Bring the folder records in line with the store's folders: a
